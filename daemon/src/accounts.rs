@@ -1,0 +1,80 @@
+//! Sending accounts and their SMTP credentials (from the config for now).
+
+use crate::config::AccountSettings;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    domains: Vec<String>,
+}
+
+impl Account {
+    /// Whether the account may send as `sender` (envelope address).
+    pub fn owns_sender(&self, sender: &str) -> bool {
+        if self.domains.is_empty() {
+            return true;
+        }
+        let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+#[derive(Default)]
+pub struct Accounts {
+    by_username: HashMap<String, (String, Arc<Account>)>,
+}
+
+impl Accounts {
+    pub fn from_settings(list: &[AccountSettings]) -> Accounts {
+        let by_username = list
+            .iter()
+            .map(|a| {
+                (
+                    a.username.clone(),
+                    (
+                        a.password.clone(),
+                        Arc::new(Account {
+                            name: a.name.clone(),
+                            domains: a.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                        }),
+                    ),
+                )
+            })
+            .collect();
+        Accounts { by_username }
+    }
+
+    pub fn authenticate(&self, username: &str, password: &str) -> Option<Arc<Account>> {
+        let (expected, account) = self.by_username.get(username)?;
+        constant_time_eq(expected.as_bytes(), password.as_bytes()).then(|| account.clone())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authenticates_and_scopes_senders() {
+        let accounts = Accounts::from_settings(&[AccountSettings {
+            name: "shop".into(),
+            username: "shop".into(),
+            password: "s3cret".into(),
+            domains: vec!["Shop.Example".into()],
+        }]);
+        assert!(accounts.authenticate("shop", "wrong").is_none());
+        assert!(accounts.authenticate("nobody", "s3cret").is_none());
+        let acct = accounts.authenticate("shop", "s3cret").unwrap();
+        assert!(acct.owns_sender("news@shop.example"));
+        assert!(!acct.owns_sender("news@other.example"));
+    }
+}

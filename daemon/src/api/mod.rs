@@ -1,0 +1,160 @@
+//! HTTP listener. For now: health, and the loopback-only admin endpoints
+//! the `kiln` subcommands use (message status, DKIM keys, queue size).
+
+use crate::config::Settings;
+use crate::dkim::{self, DkimSigners};
+use crate::store::Store;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub signers: Arc<DkimSigners>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/admin/messages/{id}", get(message_status))
+        .route("/admin/dkim/{domain}", get(dkim_show).post(dkim_create))
+        .route("/admin/queue", get(queue_info))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+fn loopback_only(peer: SocketAddr) -> Result<(), Response> {
+    if peer.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "admin endpoints answer on loopback only",
+        ))
+    }
+}
+
+async fn health(State(s): State<ApiState>) -> Response {
+    match s.store.queue_len().await {
+        Ok(n) => Json(json!({"status": "ok", "store": s.store.backend_name(), "queued": n}))
+            .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", e.to_string()),
+    }
+}
+
+async fn message_status(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return r;
+    }
+    match s.store.status(&id).await {
+        Ok(Some(status)) => Json(status).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "MessageNotFound",
+            format!("no message {id}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "StoreError", e.to_string()),
+    }
+}
+
+async fn queue_info(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return r;
+    }
+    match s.store.queue_len().await {
+        Ok(n) => Json(json!({"queued": n})).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "StoreError", e.to_string()),
+    }
+}
+
+fn key_json(key: &dkim::DkimKey) -> serde_json::Value {
+    json!({
+        "domain": key.domain,
+        "selector": key.selector,
+        "algorithm": key.algorithm,
+        "dns_name": key.dns_name(),
+        "txt": key.txt_record(),
+    })
+}
+
+async fn dkim_show(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(domain): Path<String>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return r;
+    }
+    match dkim::load_key(&s.store, &domain).await {
+        Ok(Some(key)) => Json(key_json(&key)).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "DkimKeyNotFound",
+            format!("no DKIM key for {domain}; create one with `kiln dkim create {domain}`"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "StoreError", e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateKey {
+    algorithm: Option<String>,
+    selector: Option<String>,
+}
+
+async fn dkim_create(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(domain): Path<String>,
+    Query(q): Query<CreateKey>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return r;
+    }
+    if !crate::smtp_in::parser::valid_domain(&domain) || domain.starts_with('[') {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValue.Domain",
+            format!("{domain:?} is not a domain name"),
+        );
+    }
+    let algorithm = q.algorithm.unwrap_or_else(|| s.settings.dkim.algorithm.clone());
+    if !matches!(algorithm.as_str(), "rsa" | "ed25519") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValue.Algorithm",
+            format!("algorithm {algorithm:?} is not one of rsa, ed25519"),
+        );
+    }
+    let selector = q.selector.unwrap_or_else(|| s.settings.dkim.selector.clone());
+    match dkim::ensure_key(&s.store, &domain, &selector, &algorithm).await {
+        Ok(key) => {
+            s.signers.clear();
+            Json(key_json(&key)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "DkimError", e.to_string()),
+    }
+}

@@ -1,0 +1,522 @@
+//! Settings: one struct per section, every key declared once with its default.
+//!
+//! Loaded with the `config` crate from an optional TOML file, then overridden by
+//! environment variables `KILN_SECTION__KEY` (e.g. `KILN_DELIVERY__MX_PORT=2526`).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Load {
+        file: String,
+        source: config::ConfigError,
+    },
+    #[error("{}", .problems.join("\n"))]
+    Invalid { problems: Vec<String> },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub smtp: SmtpSettings,
+    pub http: HttpSettings,
+    pub store: StoreSettings,
+    pub dns: DnsSettings,
+    pub delivery: DeliverySettings,
+    pub queue: QueueSettings,
+    pub dkim: DkimSettings,
+    pub log: LogSettings,
+    pub accounts: Vec<AccountSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Name used in the SMTP greeting and in EHLO towards remote MXs.
+    pub hostname: String,
+    /// Identifies this node in queue leases (defaults to hostname + pid).
+    pub node_id: String,
+    /// Directory for the embedded store, generated TLS certificates, etc.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// Plain text, STARTTLS offered.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// Plain text, no STARTTLS offered.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSettings {
+    pub address: SocketAddr,
+    #[serde(default = "default_listener_tls")]
+    pub tls: ListenerTls,
+    /// A trusted listener allows AUTH on a connection without TLS.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Client networks (CIDR) allowed to relay without AUTH, like Postfix's mynetworks.
+    #[serde(default)]
+    pub relay_networks: Vec<String>,
+}
+
+fn default_listener_tls() -> ListenerTls {
+    ListenerTls::Starttls
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub listeners: Vec<ListenerSettings>,
+    /// PEM certificate chain and key; a self-signed pair is generated when unset.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_line_length: usize,
+    pub max_connections: usize,
+    #[serde(with = "humantime_secs")]
+    pub command_timeout: Duration,
+    #[serde(with = "humantime_secs")]
+    pub data_timeout: Duration,
+    /// Errors a client may make before it is disconnected.
+    pub max_errors: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+    /// Embedded store file; relative paths are under `server.data_dir`.
+    pub path: PathBuf,
+    pub redis_url: String,
+    /// Key prefix (hash tag) shared by all nodes of one cluster.
+    pub redis_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSettings {
+    /// `ip:port` of recursive resolvers; empty uses the system's resolv.conf.
+    pub nameservers: Vec<String>,
+    #[serde(with = "humantime_secs")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub mx_port: u16,
+    /// Simultaneous connections to one destination domain.
+    pub max_connections_per_destination: usize,
+    /// Deliveries in flight on this node, all destinations together.
+    pub max_in_flight: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    #[serde(with = "humantime_secs")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_secs")]
+    pub idle_timeout: Duration,
+    /// Destination domains that must be reached over verified TLS.
+    pub require_tls_domains: Vec<String>,
+    /// Extra PEM CA bundle trusted when verifying remote certificates.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Source address for outgoing connections.
+    pub source_address: Option<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Delays between attempts, in seconds; the last one repeats.
+    pub retry_schedule: Vec<u64>,
+    /// Give up this long after the message was accepted.
+    #[serde(with = "humantime_secs")]
+    pub max_age: Duration,
+    /// How long a node owns a leased message before others may take it over.
+    #[serde(with = "humantime_secs")]
+    pub lease_time: Duration,
+    /// How long a delivery status record is kept after the last change.
+    #[serde(with = "humantime_secs")]
+    pub status_retention: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DkimSettings {
+    pub selector: String,
+    /// `rsa` (2048 bits) or `ed25519`.
+    pub algorithm: String,
+    pub sign_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `human` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info,kiln=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSettings {
+    pub name: String,
+    pub username: String,
+    pub password: String,
+    /// Sender domains this account may use; empty allows any.
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            server: ServerSettings::default(),
+            smtp: SmtpSettings::default(),
+            http: HttpSettings::default(),
+            store: StoreSettings::default(),
+            dns: DnsSettings {
+                nameservers: Vec::new(),
+                timeout: Duration::from_secs(5),
+            },
+            delivery: DeliverySettings::default(),
+            queue: QueueSettings::default(),
+            dkim: DkimSettings::default(),
+            log: LogSettings::default(),
+            accounts: Vec::new(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            hostname: "localhost".into(),
+            node_id: String::new(),
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        SmtpSettings {
+            listeners: vec![ListenerSettings {
+                address: SocketAddr::from(([127, 0, 0, 1], 2525)),
+                tls: ListenerTls::Starttls,
+                trusted: false,
+                relay_networks: Vec::new(),
+            }],
+            tls_cert: None,
+            tls_key: None,
+            max_message_size: 4 * 1024 * 1024,
+            max_recipients: 50,
+            max_line_length: 1000,
+            max_connections: 1000,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            max_errors: 10,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            backend: StoreBackend::Embedded,
+            path: PathBuf::from("kiln.redb"),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_prefix: "kiln".into(),
+        }
+    }
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            mx_port: 25,
+            max_connections_per_destination: 16,
+            max_in_flight: 512,
+            max_messages_per_connection: 1000,
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(5),
+            require_tls_domains: Vec::new(),
+            tls_ca_file: None,
+            source_address: None,
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            retry_schedule: vec![60, 300, 900, 1800, 3600, 7200, 14400],
+            max_age: Duration::from_secs(72 * 3600),
+            lease_time: Duration::from_secs(300),
+            status_retention: Duration::from_secs(30 * 86400),
+        }
+    }
+}
+
+impl Default for DkimSettings {
+    fn default() -> Self {
+        DkimSettings {
+            selector: "kiln".into(),
+            algorithm: "rsa".into(),
+            sign_headers: [
+                "From",
+                "To",
+                "Cc",
+                "Subject",
+                "Date",
+                "Message-ID",
+                "Reply-To",
+                "MIME-Version",
+                "Content-Type",
+                "Content-Transfer-Encoding",
+                "List-Unsubscribe",
+                "List-Unsubscribe-Post",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the file (if any) and the environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let file_name = file
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "(defaults)".into());
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("KILN")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("dns.nameservers")
+                .with_list_parse_key("delivery.require_tls_domains")
+                .with_list_parse_key("queue.retry_schedule")
+                .try_parsing(true),
+        );
+        let load_err = |source| ConfigError::Load {
+            file: file_name.clone(),
+            source,
+        };
+        let settings: Settings = builder
+            .build()
+            .map_err(load_err)?
+            .try_deserialize()
+            .map_err(load_err)?;
+        let problems = settings.problems();
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError::Invalid {
+                problems: problems
+                    .into_iter()
+                    .map(|p| format!("{file_name}: {p}"))
+                    .collect(),
+            })
+        }
+    }
+
+    /// Every semantic problem, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, ns) in self.dns.nameservers.iter().enumerate() {
+            if ns.parse::<SocketAddr>().is_err() {
+                out.push(format!(
+                    "dns.nameservers[{i}]: {ns:?} is not an ip:port address"
+                ));
+            }
+        }
+        if self.smtp.listeners.is_empty() {
+            out.push("smtp.listeners: at least one listener is needed".into());
+        }
+        for (i, l) in self.smtp.listeners.iter().enumerate() {
+            for (j, net) in l.relay_networks.iter().enumerate() {
+                if crate::net::Cidr::parse(net).is_none() {
+                    out.push(format!(
+                        "smtp.listeners[{i}].relay_networks[{j}]: {net:?} is not a CIDR network"
+                    ));
+                }
+            }
+        }
+        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
+            out.push("smtp.tls_cert / smtp.tls_key: set both or neither".into());
+        }
+        if self.smtp.max_message_size == 0 {
+            out.push("smtp.max_message_size: must be greater than 0".into());
+        }
+        if self.smtp.max_recipients == 0 {
+            out.push("smtp.max_recipients: must be greater than 0".into());
+        }
+        if self.smtp.max_line_length < 512 {
+            out.push("smtp.max_line_length: RFC 5321 requires at least 512".into());
+        }
+        if self.store.backend == StoreBackend::Redis
+            && !self.store.redis_url.starts_with("redis://")
+            && !self.store.redis_url.starts_with("rediss://")
+            && !self.store.redis_url.starts_with("redis+unix://")
+        {
+            out.push(format!(
+                "store.redis_url: {:?} is not a redis:// URL",
+                self.store.redis_url
+            ));
+        }
+        if self.delivery.mx_port == 0 {
+            out.push("delivery.mx_port: must not be 0".into());
+        }
+        if self.delivery.max_connections_per_destination == 0 {
+            out.push("delivery.max_connections_per_destination: must be greater than 0".into());
+        }
+        if self.delivery.max_in_flight == 0 {
+            out.push("delivery.max_in_flight: must be greater than 0".into());
+        }
+        if self.queue.retry_schedule.is_empty() || self.queue.retry_schedule.contains(&0) {
+            out.push("queue.retry_schedule: needs at least one delay, each > 0 seconds".into());
+        }
+        if self.queue.lease_time < Duration::from_secs(2) {
+            out.push("queue.lease_time: must be at least 2 seconds".into());
+        }
+        if !matches!(self.dkim.algorithm.as_str(), "rsa" | "ed25519") {
+            out.push(format!(
+                "dkim.algorithm: {:?} is not one of \"rsa\", \"ed25519\"",
+                self.dkim.algorithm
+            ));
+        }
+        if self.dkim.selector.is_empty() {
+            out.push("dkim.selector: must not be empty".into());
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            out.push(format!(
+                "log.format: {:?} is not one of \"human\", \"json\"",
+                self.log.format
+            ));
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            if a.username.is_empty() || a.password.is_empty() {
+                out.push(format!(
+                    "accounts[{i}] ({}): username and password must not be empty",
+                    a.name
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        if self.store.path.is_absolute() {
+            self.store.path.clone()
+        } else {
+            self.server.data_dir.join(&self.store.path)
+        }
+    }
+
+    pub fn node_id(&self) -> String {
+        if self.server.node_id.is_empty() {
+            format!("{}-{}", self.server.hostname, std::process::id())
+        } else {
+            self.server.node_id.clone()
+        }
+    }
+}
+
+/// Durations in config files are whole seconds (a number).
+mod humantime_secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !(0.0..=1e9).contains(&secs) {
+            return Err(serde::de::Error::custom("duration out of range"));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Settings::default().problems().is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(
+            &file,
+            "[dns]\nnameservers = [\"nope\"]\n[dkim]\nalgorithm = \"dsa\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("bad.toml: dns.nameservers[0]"), "{err}");
+        assert!(err.contains("bad.toml: dkim.algorithm"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("typo.toml");
+        std::fs::write(&file, "[delivery]\nmx_prot = 25\n").unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("mx_prot"), "{err}");
+    }
+}

@@ -1,0 +1,359 @@
+//! SMTP client for delivery: one connection to one MX address, reused for
+//! several messages (RSET between), PIPELINING when offered, opportunistic or
+//! required STARTTLS. Timeouts are those of RFC 5321 section 4.5.3.2.
+
+use crate::line_io::{LineError, LineIo, dot_stuff};
+use crate::tls::ClientConfigs;
+use rustls::pki_types::ServerName;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::net::TcpSocket;
+use tokio_util::either::Either;
+
+const GREETING_TIMEOUT: Duration = Duration::from_secs(300);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
+const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+const MAX_REPLY_LINE: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: Option<String>,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    fn parse(lines: &[String]) -> Option<Reply> {
+        let first = lines.first()?;
+        let code: u16 = first.get(..3)?.parse().ok()?;
+        if !(200..600).contains(&code) {
+            return None;
+        }
+        let text: Vec<&str> = lines
+            .iter()
+            .map(|l| l.get(4..).unwrap_or("").trim())
+            .collect();
+        let mut text = text.join(" ");
+        let enhanced = text
+            .split_whitespace()
+            .next()
+            .filter(|t| is_enhanced_code(t, code))
+            .map(|t| t.to_string());
+        if let Some(e) = &enhanced {
+            text = text[e.len()..].trim_start().to_string();
+        }
+        Some(Reply {
+            code,
+            enhanced,
+            text,
+        })
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.enhanced {
+            Some(e) => write!(f, "{} {} {}", self.code, e, self.text),
+            None => write!(f, "{} {}", self.code, self.text),
+        }
+    }
+}
+
+fn is_enhanced_code(token: &str, code: u16) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.len() == 3
+        && parts[0] == (code / 100).to_string()
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connection to {0} failed: {1}")]
+    Connect(SocketAddr, String),
+    #[error("{0}")]
+    Io(#[from] LineError),
+    #[error("malformed reply from server")]
+    Malformed,
+    #[error("server replied {0}")]
+    Rejected(Reply),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Encrypt if offered, any certificate.
+    Opportunistic,
+    /// Encrypt and verify the certificate against the MX host name.
+    Required,
+    /// Plain text (fallback after a failed opportunistic handshake).
+    Disabled,
+}
+
+pub struct Connection {
+    io: LineIo,
+    pub mx: String,
+    pub ip: IpAddr,
+    pub tls_version: Option<String>,
+    pub verified_tls: bool,
+    pipelining: bool,
+    size_limit: Option<usize>,
+}
+
+#[derive(Default)]
+struct Extensions {
+    pipelining: bool,
+    starttls: bool,
+    size: Option<usize>,
+}
+
+async fn read_reply(io: &mut LineIo, timeout: Duration) -> Result<Reply, ClientError> {
+    let mut lines = Vec::new();
+    loop {
+        let line = io.read_line(MAX_REPLY_LINE, timeout).await?;
+        let last = line.len() < 4 || line.as_bytes()[3] != b'-';
+        lines.push(line);
+        if last || lines.len() > 100 {
+            break;
+        }
+    }
+    Reply::parse(&lines).ok_or(ClientError::Malformed)
+}
+
+async fn command(io: &mut LineIo, line: &str, timeout: Duration) -> Result<Reply, ClientError> {
+    io.queue(line.as_bytes());
+    io.queue(b"\r\n");
+    read_reply(io, timeout).await
+}
+
+async fn ehlo(io: &mut LineIo, helo: &str) -> Result<Extensions, ClientError> {
+    io.queue(format!("EHLO {helo}\r\n").as_bytes());
+    let mut lines = Vec::new();
+    loop {
+        let line = io.read_line(MAX_REPLY_LINE, COMMAND_TIMEOUT).await?;
+        let last = line.len() < 4 || line.as_bytes()[3] != b'-';
+        lines.push(line);
+        if last || lines.len() > 100 {
+            break;
+        }
+    }
+    let reply = Reply::parse(&lines).ok_or(ClientError::Malformed)?;
+    if reply.code != 250 {
+        let helo_reply = command(io, &format!("HELO {helo}"), COMMAND_TIMEOUT).await?;
+        if helo_reply.code != 250 {
+            return Err(ClientError::Rejected(helo_reply));
+        }
+        return Ok(Extensions::default());
+    }
+    let mut ext = Extensions::default();
+    for line in lines.iter().skip(1) {
+        let kw = line.get(4..).unwrap_or("").to_ascii_uppercase();
+        let mut words = kw.split_whitespace();
+        match words.next() {
+            Some("PIPELINING") => ext.pipelining = true,
+            Some("STARTTLS") => ext.starttls = true,
+            Some("SIZE") => ext.size = words.next().and_then(|s| s.parse().ok()).filter(|s| *s > 0),
+            _ => {}
+        }
+    }
+    Ok(ext)
+}
+
+impl Connection {
+    pub async fn open(
+        mx: &str,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        helo: &str,
+        mode: TlsMode,
+        tls: &ClientConfigs,
+        connect_timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| ClientError::Connect(addr, e.to_string()))?;
+        if let Some(src) = source {
+            socket
+                .bind(SocketAddr::new(src, 0))
+                .map_err(|e| ClientError::Connect(addr, e.to_string()))?;
+        }
+        let tcp = tokio::time::timeout(connect_timeout, socket.connect(addr))
+            .await
+            .map_err(|_| ClientError::Connect(addr, "timed out".into()))?
+            .map_err(|e| ClientError::Connect(addr, e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut io = LineIo::new(Either::Left(tcp));
+        let greeting = read_reply(&mut io, GREETING_TIMEOUT).await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Rejected(greeting));
+        }
+        let mut ext = ehlo(&mut io, helo).await?;
+        let mut tls_version = None;
+        let mut verified_tls = false;
+        if ext.starttls && mode != TlsMode::Disabled {
+            let reply = command(&mut io, "STARTTLS", COMMAND_TIMEOUT).await?;
+            if reply.code != 220 {
+                if mode == TlsMode::Required {
+                    return Err(ClientError::Rejected(reply));
+                }
+            } else {
+                let (stream, _) = io.into_parts();
+                let Either::Left(tcp) = stream else {
+                    return Err(ClientError::Tls("already encrypted".into()));
+                };
+                let config = if mode == TlsMode::Required {
+                    tls.verified.clone()
+                } else {
+                    tls.opportunistic.clone()
+                };
+                let name = ServerName::try_from(mx.trim_end_matches('.').to_string())
+                    .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let stream = tokio::time::timeout(COMMAND_TIMEOUT, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| ClientError::Tls("handshake timed out".into()))?
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                tls_version = stream
+                    .get_ref()
+                    .1
+                    .protocol_version()
+                    .and_then(|v| v.as_str().map(|s| s.replace('_', ".")));
+                verified_tls = mode == TlsMode::Required;
+                io = LineIo::new(Either::Right(tokio_rustls::TlsStream::Client(stream)));
+                ext = ehlo(&mut io, helo).await?;
+            }
+        } else if mode == TlsMode::Required {
+            return Err(ClientError::Tls(format!(
+                "TLS required but {mx} does not offer STARTTLS"
+            )));
+        }
+        Ok(Connection {
+            io,
+            mx: mx.to_string(),
+            ip: addr.ip(),
+            tls_version,
+            verified_tls,
+            pipelining: ext.pipelining,
+            size_limit: ext.size,
+        })
+    }
+
+    /// One transaction for one recipient. `Ok` carries the deciding reply
+    /// (a MAIL/RCPT refusal or the reply to the data); `Err` means the
+    /// connection is no longer usable.
+    pub async fn send(&mut self, from: &str, to: &str, body: &[u8]) -> Result<Reply, ClientError> {
+        if let Some(limit) = self.size_limit
+            && body.len() > limit
+        {
+            return Ok(Reply {
+                code: 552,
+                enhanced: Some("5.3.4".into()),
+                text: format!("message size {} exceeds the server's limit {limit}", body.len()),
+            });
+        }
+        let mail = format!("MAIL FROM:<{from}>\r\n");
+        let rcpt = format!("RCPT TO:<{to}>\r\n");
+        let io = &mut self.io;
+        let (mail_r, rcpt_r, data_r) = if self.pipelining {
+            io.queue(mail.as_bytes());
+            io.queue(rcpt.as_bytes());
+            io.queue(b"DATA\r\n");
+            let m = read_reply(io, COMMAND_TIMEOUT).await?;
+            let r = read_reply(io, COMMAND_TIMEOUT).await?;
+            let d = read_reply(io, DATA_INIT_TIMEOUT).await?;
+            (m, Some(r), Some(d))
+        } else {
+            io.queue(mail.as_bytes());
+            let m = read_reply(io, COMMAND_TIMEOUT).await?;
+            if !m.is_positive() {
+                (m, None, None)
+            } else {
+                io.queue(rcpt.as_bytes());
+                let r = read_reply(io, COMMAND_TIMEOUT).await?;
+                if !r.is_positive() {
+                    (m, Some(r), None)
+                } else {
+                    io.queue(b"DATA\r\n");
+                    let d = read_reply(io, DATA_INIT_TIMEOUT).await?;
+                    (m, Some(r), Some(d))
+                }
+            }
+        };
+        let data_started = data_r.as_ref().is_some_and(|d| d.code == 354);
+        let refusal = if !mail_r.is_positive() {
+            Some(mail_r)
+        } else if let Some(r) = rcpt_r.filter(|r| !r.is_positive()) {
+            Some(r)
+        } else if let Some(d) = data_r.as_ref().filter(|d| d.code != 354) {
+            Some(d.clone())
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            if data_started {
+                // The server took DATA despite refusing the recipient: end it empty.
+                io.queue(b".\r\n");
+                read_reply(io, DATA_END_TIMEOUT).await?;
+            }
+            self.reset().await?;
+            return Ok(refusal);
+        }
+        io.write_all(&dot_stuff(body)).await?;
+        let final_reply = read_reply(io, DATA_END_TIMEOUT).await?;
+        if !final_reply.is_positive() {
+            self.reset().await?;
+        }
+        Ok(final_reply)
+    }
+
+    async fn reset(&mut self) -> Result<(), ClientError> {
+        let r = command(&mut self.io, "RSET", COMMAND_TIMEOUT).await?;
+        if r.code != 250 {
+            return Err(ClientError::Rejected(r));
+        }
+        Ok(())
+    }
+
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            command(&mut self.io, "QUIT", COMMAND_TIMEOUT),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_replies() {
+        let r = Reply::parse(&["250-first".into(), "250 2.0.0 Ok queued".into()]).unwrap();
+        assert_eq!(r.code, 250);
+        assert_eq!(r.enhanced, None, "enhanced code only on the first token");
+        let r = Reply::parse(&["550 5.1.1 <a@b>: no such user".into()]).unwrap();
+        assert_eq!(r.enhanced.as_deref(), Some("5.1.1"));
+        assert_eq!(r.text, "<a@b>: no such user");
+        let r = Reply::parse(&["451 4.7.1 try later".into()]).unwrap();
+        assert!(!r.is_permanent());
+        assert!(Reply::parse(&["hello".into()]).is_none());
+        assert!(Reply::parse(&["999 x".into()]).is_none());
+        let r = Reply::parse(&["550 5.1 nope".into()]).unwrap();
+        assert_eq!(r.enhanced, None);
+    }
+}

@@ -1,0 +1,411 @@
+//! Delivery: per-destination connection workers that send leased entries
+//! and settle each outcome in the store.
+//!
+//! Each destination domain has a queue of jobs and up to
+//! `max_connections_per_destination` workers; a worker keeps its connection
+//! for the next job (RSET between messages) until it idles out.
+
+pub mod client;
+pub mod mx;
+
+use crate::config::Settings;
+use crate::net::now_ms;
+use crate::queue::QueueHandle;
+use crate::store::{Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus};
+use crate::tls::ClientConfigs;
+use client::{ClientError, Connection, Reply, TlsMode};
+use mx::{MxResolver, RouteError};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct Job {
+    entry: QueueEntry,
+    _slot: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct DestState {
+    jobs: VecDeque<Job>,
+    workers: usize,
+    idle: usize,
+}
+
+struct Destination {
+    domain: String,
+    state: Mutex<DestState>,
+    wake: Notify,
+}
+
+impl Destination {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DestState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How one attempt ended, before the retry policy is applied.
+enum Verdict {
+    Delivered,
+    Temporary,
+    Permanent,
+}
+
+pub struct Delivery {
+    settings: Arc<Settings>,
+    queue: QueueHandle,
+    resolver: MxResolver,
+    tls: ClientConfigs,
+    destinations: Mutex<HashMap<String, Arc<Destination>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Delivery {
+    pub fn new(
+        settings: Arc<Settings>,
+        queue: QueueHandle,
+        resolver: MxResolver,
+        tls: ClientConfigs,
+        shutdown: CancellationToken,
+    ) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            settings,
+            queue,
+            resolver,
+            tls,
+            destinations: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    pub fn dispatch(self: &Arc<Self>, entry: QueueEntry, slot: OwnedSemaphorePermit) {
+        let domain = entry.domain().to_ascii_lowercase();
+        let dest = {
+            let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(domain.clone())
+                .or_insert_with(|| {
+                    Arc::new(Destination {
+                        domain,
+                        state: Mutex::new(DestState::default()),
+                        wake: Notify::new(),
+                    })
+                })
+                .clone()
+        };
+        let spawn = {
+            let mut st = dest.lock();
+            st.jobs.push_back(Job { entry, _slot: slot });
+            if st.idle > 0 {
+                dest.wake.notify_one();
+                false
+            } else if st.workers < self.settings.delivery.max_connections_per_destination {
+                st.workers += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if spawn {
+            let this = self.clone();
+            self.tracker.spawn(async move { this.worker(dest).await });
+        }
+    }
+
+    /// After shutdown: waits for running attempts, then gives queued but
+    /// unstarted jobs back to the store.
+    pub async fn drain(&self, grace: Duration) {
+        let mut unstarted = Vec::new();
+        {
+            let map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+            for dest in map.values() {
+                let mut st = dest.lock();
+                unstarted.extend(st.jobs.drain(..).map(|j| j.entry));
+                dest.wake.notify_waiters();
+            }
+        }
+        if let Err(e) = self.queue.store.release(&unstarted).await {
+            tracing::error!(error = %e, "could not release queued entries");
+        }
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("deliveries still running at shutdown; their leases will expire");
+        }
+    }
+
+    async fn next_job(&self, dest: &Destination) -> Option<Job> {
+        let idle_timeout = self.settings.delivery.idle_timeout;
+        let mut waited = false;
+        loop {
+            {
+                let mut st = dest.lock();
+                if self.shutdown.is_cancelled() {
+                    st.workers -= 1;
+                    return None;
+                }
+                if let Some(job) = st.jobs.pop_front() {
+                    return Some(job);
+                }
+                if waited {
+                    st.workers -= 1;
+                    return None;
+                }
+                st.idle += 1;
+            }
+            tokio::select! {
+                _ = dest.wake.notified() => {}
+                _ = tokio::time::sleep(idle_timeout) => waited = true,
+                _ = self.shutdown.cancelled() => {}
+            }
+            dest.lock().idle -= 1;
+        }
+    }
+
+    async fn worker(self: Arc<Self>, dest: Arc<Destination>) {
+        let mut conn: Option<Connection> = None;
+        let mut sent = 0usize;
+        while let Some(job) = self.next_job(&dest).await {
+            let entry = job.entry.clone();
+            let started = Instant::now();
+            let mut attempt = Attempt {
+                at_ms: now_ms(),
+                mx: None,
+                ip: None,
+                code: None,
+                enhanced_code: None,
+                message: String::new(),
+                tls: None,
+                duration_ms: 0,
+            };
+            let body = match self.queue.body(&entry.msg_id).await {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    attempt.message = "message body missing from the store".into();
+                    self.settle(&entry, Verdict::Permanent, attempt).await;
+                    continue;
+                }
+                Err(e) => {
+                    attempt.message = format!("store: {e}");
+                    self.settle(&entry, Verdict::Temporary, attempt).await;
+                    continue;
+                }
+            };
+            let require_tls = entry.require_tls
+                || self
+                    .settings
+                    .delivery
+                    .require_tls_domains
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(&dest.domain));
+            if conn.as_ref().is_some_and(|c| require_tls && !c.verified_tls) {
+                if let Some(c) = conn.take() {
+                    c.quit().await;
+                }
+            }
+            if conn.is_none() {
+                match self.connect(&dest.domain, require_tls).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        sent = 0;
+                    }
+                    Err((verdict, text, enhanced)) => {
+                        attempt.message = text;
+                        attempt.enhanced_code = enhanced;
+                        attempt.duration_ms = started.elapsed().as_millis() as u64;
+                        self.settle(&entry, verdict, attempt).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            attempt.mx = Some(c.mx.clone());
+            attempt.ip = Some(c.ip.to_string());
+            attempt.tls = c.tls_version.clone();
+            let verdict = match c.send(&entry.sender, &entry.recipient, &body).await {
+                Ok(reply) => {
+                    let verdict = verdict_for(&reply);
+                    record_reply(&mut attempt, &reply);
+                    verdict
+                }
+                Err(e) => {
+                    conn = None;
+                    attempt.message = format!("connection lost: {e}");
+                    Verdict::Temporary
+                }
+            };
+            attempt.duration_ms = started.elapsed().as_millis() as u64;
+            sent += 1;
+            if sent >= self.settings.delivery.max_messages_per_connection
+                && let Some(c) = conn.take()
+            {
+                c.quit().await;
+            }
+            self.settle(&entry, verdict, attempt).await;
+            drop(job);
+        }
+        if let Some(c) = conn {
+            c.quit().await;
+        }
+    }
+
+    /// Tries each MX in order, each of its addresses, until one answers.
+    async fn connect(
+        &self,
+        domain: &str,
+        require_tls: bool,
+    ) -> Result<Connection, (Verdict, String, Option<String>)> {
+        let hosts = match self.resolver.route(domain).await {
+            Ok(h) => h,
+            Err(RouteError::Permanent { enhanced, text }) => {
+                return Err((Verdict::Permanent, text, Some(enhanced.to_string())));
+            }
+            Err(RouteError::Temporary(text)) => {
+                return Err((Verdict::Temporary, text, Some("4.4.3".into())));
+            }
+        };
+        let d = &self.settings.delivery;
+        let mode = if require_tls {
+            TlsMode::Required
+        } else {
+            TlsMode::Opportunistic
+        };
+        let helo = &self.settings.server.hostname;
+        let mut errors = Vec::new();
+        for host in hosts.iter() {
+            for ip in host.addrs.iter().take(4) {
+                let addr = SocketAddr::new(*ip, d.mx_port);
+                let opened = Connection::open(
+                    &host.name,
+                    addr,
+                    d.source_address,
+                    helo,
+                    mode,
+                    &self.tls,
+                    d.connect_timeout,
+                )
+                .await;
+                let opened = match opened {
+                    Err(ClientError::Tls(e)) if mode == TlsMode::Opportunistic => {
+                        tracing::info!(mx = %host.name, %addr, error = %e, "STARTTLS failed, retrying in plain text");
+                        Connection::open(
+                            &host.name,
+                            addr,
+                            d.source_address,
+                            helo,
+                            TlsMode::Disabled,
+                            &self.tls,
+                            d.connect_timeout,
+                        )
+                        .await
+                    }
+                    other => other,
+                };
+                match opened {
+                    Ok(c) => return Ok(c),
+                    Err(ClientError::Rejected(reply)) if reply.is_permanent() && hosts.len() == 1 => {
+                        return Err((
+                            Verdict::Permanent,
+                            format!("{} ({}) refused the connection: {reply}", host.name, addr),
+                            reply.enhanced.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::debug!(mx = %host.name, %addr, error = %e, "MX unreachable");
+                        errors.push(format!("{} ({addr}): {e}", host.name));
+                    }
+                }
+            }
+        }
+        Err((
+            Verdict::Temporary,
+            format!("no MX of {domain} accepted a connection: {}", errors.join("; ")),
+            Some("4.4.1".into()),
+        ))
+    }
+
+    async fn settle(&self, entry: &QueueEntry, verdict: Verdict, attempt: Attempt) {
+        let now = now_ms();
+        let q = &self.settings.queue;
+        let expired = now - entry.received_at_ms >= q.max_age.as_millis() as i64;
+        let state = match verdict {
+            Verdict::Delivered => RecipientState::Delivered,
+            Verdict::Permanent => RecipientState::Bounced,
+            Verdict::Temporary if expired => RecipientState::Expired,
+            Verdict::Temporary => RecipientState::Deferred,
+        };
+        tracing::info!(
+            msg_id = %entry.msg_id,
+            recipient = %entry.recipient,
+            mx = attempt.mx.as_deref().unwrap_or("-"),
+            ip = attempt.ip.as_deref().unwrap_or("-"),
+            code = attempt.code.unwrap_or(0),
+            enhanced_code = attempt.enhanced_code.as_deref().unwrap_or("-"),
+            tls = attempt.tls.as_deref().unwrap_or("none"),
+            attempt = entry.attempts + 1,
+            elapsed_ms = attempt.duration_ms,
+            outcome = ?state,
+            reply = %attempt.message,
+            "delivery attempt"
+        );
+        let mut attempts = if entry.attempts > 0 {
+            match self.queue.store.status(&entry.msg_id).await {
+                Ok(Some(s)) => s
+                    .recipients
+                    .into_iter()
+                    .nth(entry.rcpt_idx as usize)
+                    .map(|r| r.attempts)
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        attempts.push(attempt);
+        let mut status = RecipientStatus {
+            recipient: entry.recipient.clone(),
+            state,
+            updated_at_ms: now,
+            next_attempt_at_ms: None,
+            attempts,
+        };
+        let disposition = if state == RecipientState::Deferred {
+            let idx = (entry.attempts as usize).min(q.retry_schedule.len().saturating_sub(1));
+            let delay_ms = q.retry_schedule.get(idx).copied().unwrap_or(3600) as i64 * 1000;
+            let deadline = entry.received_at_ms + q.max_age.as_millis() as i64;
+            let mut next = entry.clone();
+            next.attempts += 1;
+            // One last try at the deadline rather than none past it.
+            next.ready_at_ms = (now + delay_ms).min(deadline.max(now + 1000));
+            status.next_attempt_at_ms = Some(next.ready_at_ms);
+            self.queue.cache.remove(&entry.msg_id);
+            Disposition::Retry(next, status)
+        } else {
+            self.queue.cache.recipient_done(&entry.msg_id);
+            Disposition::Final(status)
+        };
+        if let Err(e) = self.queue.store.settle(entry, disposition).await {
+            // The lease will expire and the entry be tried again.
+            tracing::error!(msg_id = %entry.msg_id, error = %e, "could not record delivery outcome");
+        }
+    }
+}
+
+fn verdict_for(reply: &Reply) -> Verdict {
+    if reply.is_positive() {
+        Verdict::Delivered
+    } else if reply.is_permanent() {
+        Verdict::Permanent
+    } else {
+        Verdict::Temporary
+    }
+}
+
+fn record_reply(attempt: &mut Attempt, reply: &Reply) {
+    attempt.code = Some(reply.code);
+    attempt.enhanced_code = reply.enhanced.clone();
+    attempt.message = reply.text.clone();
+}

@@ -1,0 +1,165 @@
+//! The `kiln` command: run the daemon, check a config, ask a running daemon.
+
+use clap::{Parser, Subcommand};
+use kiln::config::Settings;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Kiln: a self-hosted email sending service")]
+struct Cli {
+    /// TOML configuration file (defaults apply without one).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve,
+    /// Validate a configuration file; exit 1 and name every problem.
+    CheckConfig,
+    /// Show a message's state and its delivery attempts (asks the daemon).
+    Status { message_id: String },
+    /// DKIM keys (asks the daemon).
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Print the DNS TXT record to publish for a domain's key.
+    Show { domain: String },
+    /// Generate a key for a domain (kept if it already has one).
+    Create {
+        domain: String,
+        /// rsa (2048 bits) or ed25519; default from the config.
+        #[arg(long)]
+        algorithm: Option<String>,
+        #[arg(long)]
+        selector: Option<String>,
+    },
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if settings.log.format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            println!(
+                "{}: ok",
+                cli.config
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(defaults)".into())
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            init_logging(&settings);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("kiln: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(kiln::server::run(settings, cli.config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("kiln: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Status { message_id } => admin(&settings, "GET", &format!("/admin/messages/{message_id}")),
+        Command::Dkim { command } => match command {
+            DkimCommand::Show { domain } => admin(&settings, "GET", &format!("/admin/dkim/{domain}")),
+            DkimCommand::Create {
+                domain,
+                algorithm,
+                selector,
+            } => {
+                let mut query = Vec::new();
+                if let Some(a) = algorithm {
+                    query.push(format!("algorithm={a}"));
+                }
+                if let Some(s) = selector {
+                    query.push(format!("selector={s}"));
+                }
+                admin(
+                    &settings,
+                    "POST",
+                    &format!("/admin/dkim/{domain}?{}", query.join("&")),
+                )
+            }
+        },
+    }
+}
+
+/// Calls the running daemon's loopback admin endpoint and prints the JSON.
+fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
+    let mut addr = settings.http.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}{path}");
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let client = reqwest::Client::new();
+                let req = if method == "POST" {
+                    client.post(&url)
+                } else {
+                    client.get(&url)
+                };
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| format!("cannot reach the daemon at {url}: {e}"))?;
+                let ok = resp.status().is_success();
+                let body = resp.text().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((ok, body))
+            })
+        });
+    match result {
+        Ok((ok, body)) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(body);
+            println!("{pretty}");
+            if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

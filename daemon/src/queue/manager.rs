@@ -1,0 +1,78 @@
+//! The queue manager: leases what is ready, as fast as delivery slots free up.
+
+use super::QueueHandle;
+use crate::delivery::Delivery;
+use crate::net::now_ms;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub struct Manager {
+    pub queue: QueueHandle,
+    pub delivery: Arc<Delivery>,
+    pub max_in_flight: usize,
+    pub lease_time: Duration,
+    /// How often to look for work other nodes queued (Redis) or timers.
+    pub poll: Duration,
+}
+
+impl Manager {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.max_in_flight));
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let want = (slots.available_permits() + 1).min(1000);
+            let batch = match self.queue.store.lease(want, self.lease_time).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "queue lease failed");
+                    drop(first);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if batch.is_empty() {
+                drop(first);
+                let wait = match self.queue.store.next_ready_ms().await {
+                    Ok(Some(t)) => Duration::from_millis((t - now_ms()).clamp(1, i64::MAX) as u64)
+                        .min(self.poll),
+                    _ => self.poll,
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.queue.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            let mut permit = Some(first);
+            for entry in batch {
+                let p = match permit.take() {
+                    Some(p) => p,
+                    None => match slots.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            // Cannot happen (we asked for what was free),
+                            // but never drop a leased entry on the floor.
+                            match slots.clone().acquire_owned().await {
+                                Ok(p) => p,
+                                Err(_) => break,
+                            }
+                        }
+                    },
+                };
+                self.delivery.dispatch(entry, p);
+            }
+        }
+        tracing::info!("queue manager stopped");
+    }
+}

@@ -1,0 +1,47 @@
+//! The queue: the one owner of queue state on this node.
+//!
+//! SMTP sessions call [`QueueHandle::submit`], which makes the message durable
+//! and wakes the manager. The manager leases ready entries from the store as
+//! delivery slots free up and hands them to delivery; delivery reports each
+//! outcome back through [`crate::delivery`], which settles it in the store.
+
+pub mod cache;
+pub mod manager;
+
+use crate::store::{NewMessage, Store, StoreError};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+#[derive(Clone)]
+pub struct QueueHandle {
+    pub store: Store,
+    pub wake: Arc<Notify>,
+    pub cache: Arc<cache::BodyCache>,
+}
+
+impl QueueHandle {
+    pub fn new(store: Store, cache_bytes: usize) -> QueueHandle {
+        QueueHandle {
+            store,
+            wake: Arc::new(Notify::new()),
+            cache: Arc::new(cache::BodyCache::new(cache_bytes)),
+        }
+    }
+
+    /// Durable on return; delivery starts right away.
+    pub async fn submit(&self, msg: &NewMessage) -> Result<(), StoreError> {
+        self.store.enqueue(msg).await?;
+        self.cache
+            .insert(&msg.id, msg.body.clone(), msg.recipients.len());
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The body of a queued message, from memory when possible.
+    pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>, StoreError> {
+        if let Some(b) = self.cache.get(msg_id) {
+            return Ok(Some(b));
+        }
+        self.store.body(msg_id).await
+    }
+}

@@ -1,0 +1,205 @@
+//! Daemon lifecycle: open the store, bind listeners, start the queue
+//! manager, tell systemd we are ready; SIGHUP reloads, SIGTERM drains.
+
+use crate::accounts::Accounts;
+use crate::api::{self, ApiState};
+use crate::config::{Settings, StoreBackend};
+use crate::delivery::{Delivery, mx::MxResolver};
+use crate::dkim::DkimSigners;
+use crate::queue::{QueueHandle, manager::Manager};
+use crate::smtp_in::{self, Listener, SmtpContext};
+use crate::store::{Store, embedded::EmbeddedStore, redis::RedisStore};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const BODY_CACHE_BYTES: usize = 256 * 1024 * 1024;
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    Ok(match settings.store.backend {
+        StoreBackend::Embedded => {
+            let path = settings.store_path();
+            Store::Embedded(
+                EmbeddedStore::open(&path, settings.queue.status_retention)
+                    .with_context(|| format!("opening embedded store {}", path.display()))?,
+            )
+        }
+        StoreBackend::Redis => Store::Redis(
+            RedisStore::connect(
+                &settings.store.redis_url,
+                &settings.store.redis_prefix,
+                settings.queue.status_retention,
+            )
+            .await
+            .with_context(|| format!("connecting to {}", settings.store.redis_url))?,
+        ),
+    })
+}
+
+fn tls_acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
+    let config = crate::tls::server_config(
+        settings.smtp.tls_cert.as_deref(),
+        settings.smtp.tls_key.as_deref(),
+        &settings.server.data_dir,
+        &settings.server.hostname,
+    )
+    .context("loading the SMTP TLS certificate")?;
+    Ok(TlsAcceptor::from(config))
+}
+
+pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    std::fs::create_dir_all(&settings.server.data_dir).with_context(|| {
+        format!("creating data directory {}", settings.server.data_dir.display())
+    })?;
+    let store = open_store(&settings).await?;
+    let shutdown = CancellationToken::new();
+    let queue = QueueHandle::new(store.clone(), BODY_CACHE_BYTES);
+    let signers = Arc::new(DkimSigners::new(
+        store.clone(),
+        settings.dkim.sign_headers.clone(),
+    ));
+    let resolver = MxResolver::new(&settings.dns.nameservers, settings.dns.timeout)?;
+    let client_tls = crate::tls::client_configs(settings.delivery.tls_ca_file.as_deref())?;
+    let delivery_stop = CancellationToken::new();
+    let delivery = Delivery::new(
+        settings.clone(),
+        queue.clone(),
+        resolver,
+        client_tls,
+        delivery_stop.clone(),
+    );
+    let ctx = Arc::new(SmtpContext {
+        settings: settings.clone(),
+        accounts: RwLock::new(Arc::new(Accounts::from_settings(&settings.accounts))),
+        tls: RwLock::new(Some(tls_acceptor(&settings)?)),
+        store: store.clone(),
+        signers: signers.clone(),
+        queue: queue.clone(),
+    });
+
+    let mut listeners = Vec::new();
+    for l in &settings.smtp.listeners {
+        let listener = Listener::bind(l)
+            .await
+            .with_context(|| format!("binding SMTP listener {}", l.address))?;
+        tracing::info!(address = %listener.local_addr()?, tls = ?l.tls, "SMTP listening");
+        listeners.push(listener);
+    }
+    let http = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {}", settings.http.listen))?;
+    tracing::info!(address = %http.local_addr()?, "HTTP listening");
+    tracing::info!(
+        store = store.backend_name(),
+        node = %settings.node_id(),
+        queued = store.queue_len().await.unwrap_or(0),
+        "kiln started"
+    );
+
+    let sessions = TaskTracker::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(settings.smtp.max_connections));
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        accept_tasks.push(tokio::spawn(smtp_in::serve(
+            ctx.clone(),
+            listener,
+            shutdown.clone(),
+            sessions.clone(),
+            connections.clone(),
+        )));
+    }
+    let api_state = ApiState {
+        settings: settings.clone(),
+        store: store.clone(),
+        signers: signers.clone(),
+    };
+    let http_stop = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        let app = api::router(api_state)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(http, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    let manager = Manager {
+        queue: queue.clone(),
+        delivery: delivery.clone(),
+        max_in_flight: settings.delivery.max_in_flight,
+        lease_time: settings.queue.lease_time,
+        poll: match settings.store.backend {
+            StoreBackend::Embedded => Duration::from_secs(1),
+            StoreBackend::Redis => Duration::from_millis(200),
+        },
+    };
+    let manager_task = tokio::spawn(manager.run(delivery_stop.clone()));
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&ctx, config_path.as_deref()),
+        }
+    }
+
+    tracing::info!("shutting down: no new connections");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    sessions.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+        tracing::warn!("SMTP sessions still open after the grace period");
+    }
+    delivery_stop.cancel();
+    let _ = manager_task.await;
+    delivery.drain(SHUTDOWN_GRACE).await;
+    let _ = http_task.await;
+    if let Store::Embedded(s) = &store {
+        s.close();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads what can change without a restart: accounts, the TLS
+/// certificate, cached DKIM keys. A bad file changes nothing.
+fn reload(ctx: &SmtpContext, config_path: Option<&std::path::Path>) {
+    let settings = match Settings::load(config_path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed, keeping the running configuration");
+            return;
+        }
+    };
+    let acceptor = match tls_acceptor(&settings) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed, keeping the running configuration");
+            return;
+        }
+    };
+    if let Ok(mut a) = ctx.accounts.write() {
+        *a = Arc::new(Accounts::from_settings(&settings.accounts));
+    }
+    if let Ok(mut t) = ctx.tls.write() {
+        *t = Some(acceptor);
+    }
+    ctx.signers.clear();
+    tracing::info!(accounts = settings.accounts.len(), "configuration reloaded");
+}

@@ -1,0 +1,121 @@
+//! What the submission server adds to a message before it is queued:
+//! a trace header, the Message-ID and Date a client left out (RFC 6409
+//! section 8), nothing else. No I/O.
+
+/// Offset of the blank line that ends the header block (or the body length).
+fn header_end(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 0;
+    }
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(message.len())
+}
+
+/// Unfolded header values named `name` (case-insensitive).
+pub fn header_values<'a>(message: &'a [u8], name: &str) -> Vec<String> {
+    let headers = &message[..header_end(message)];
+    let text = String::from_utf8_lossy(headers);
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(c) = current.as_mut() {
+                c.push(' ');
+                c.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some(c) = current.take() {
+            out.push(c);
+        }
+        if let Some((n, v)) = line.split_once(':')
+            && n.trim().eq_ignore_ascii_case(name)
+        {
+            current = Some(v.trim().to_string());
+        }
+    }
+    out.extend(current);
+    out
+}
+
+/// The domain of the first address in the From header.
+pub fn from_domain(message: &[u8]) -> Option<String> {
+    let from = header_values(message, "From").into_iter().next()?;
+    let addr = match (from.rfind('<'), from.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &from[a + 1..b],
+        _ => from.split([',', ' ']).find(|p| p.contains('@'))?,
+    };
+    let domain = addr.rsplit_once('@')?.1.trim();
+    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+}
+
+pub struct Trace<'a> {
+    pub id: &'a str,
+    pub helo: &'a str,
+    pub peer: std::net::IpAddr,
+    pub hostname: &'a str,
+    pub protocol: &'a str,
+    pub recipient: Option<&'a str>,
+    pub now_secs: i64,
+}
+
+/// The message as queued: Received on top, Message-ID and Date ensured.
+pub fn prepare(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
+    let date = mail_builder::headers::date::Date::new(trace.now_secs).to_rfc822();
+    let mut out = Vec::with_capacity(message.len() + 512);
+    let for_clause = trace
+        .recipient
+        .map(|r| format!("\r\n\tfor <{r}>"))
+        .unwrap_or_default();
+    out.extend_from_slice(
+        format!(
+            "Received: from {} ([{}])\r\n\tby {} (Kiln) with {} id {}{};\r\n\t{}\r\n",
+            trace.helo, trace.peer, trace.hostname, trace.protocol, trace.id, for_clause, date
+        )
+        .as_bytes(),
+    );
+    if header_values(message, "Message-ID").is_empty() {
+        out.extend_from_slice(format!("Message-ID: <{}@{}>\r\n", trace.id, trace.hostname).as_bytes());
+    }
+    if header_values(message, "Date").is_empty() {
+        out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
+    }
+    out.extend_from_slice(message);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_folded_headers_and_from_domain() {
+        let msg = b"Subject: a\r\n b\r\nFrom: \"Shop\" <News@Shop.Example>\r\n\r\nFrom: body@x.y\r\n";
+        assert_eq!(header_values(msg, "subject"), vec!["a b".to_string()]);
+        assert_eq!(from_domain(msg).as_deref(), Some("shop.example"));
+        assert_eq!(from_domain(b"From: a@b.c\r\n\r\n").as_deref(), Some("b.c"));
+        assert_eq!(from_domain(b"Subject: x\r\n\r\nFrom: a@b.c\r\n"), None);
+    }
+
+    #[test]
+    fn adds_missing_headers_only() {
+        let trace = Trace {
+            id: "ID1",
+            helo: "client",
+            peer: "127.0.0.1".parse().unwrap(),
+            hostname: "mx.kiln",
+            protocol: "ESMTPSA",
+            recipient: None,
+            now_secs: 0,
+        };
+        let out = prepare(b"Message-ID: <x@y>\r\nSubject: s\r\n\r\nbody\r\n", &trace);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("Received: from client ([127.0.0.1])"));
+        assert_eq!(text.matches("Message-ID").count(), 1);
+        assert_eq!(text.matches("\r\nDate: ").count(), 1);
+        assert!(text.ends_with("\r\n\r\nbody\r\n"));
+    }
+}

@@ -1,0 +1,139 @@
+//! SMTP submission server: listeners, TLS, and one task per session.
+//!
+//! A session only writes: it makes the message durable through the store,
+//! tells the queue manager, and answers 250. It never delivers.
+
+pub mod message;
+pub mod parser;
+pub mod session;
+
+use crate::accounts::Accounts;
+use crate::config::{ListenerSettings, ListenerTls, Settings};
+use crate::dkim::DkimSigners;
+use crate::line_io::{LineIo, Stream};
+use crate::net::Cidr;
+use crate::queue::QueueHandle;
+use crate::store::Store;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What sessions share; the parts a reload may replace sit behind locks.
+pub struct SmtpContext {
+    pub settings: Arc<Settings>,
+    pub accounts: RwLock<Arc<Accounts>>,
+    pub tls: RwLock<Option<TlsAcceptor>>,
+    pub store: Store,
+    pub signers: Arc<DkimSigners>,
+    pub queue: QueueHandle,
+}
+
+impl SmtpContext {
+    pub fn accounts(&self) -> Arc<Accounts> {
+        self.accounts
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// One bound listener and its policy.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub settings: ListenerSettings,
+    relay_networks: Vec<Cidr>,
+}
+
+impl Listener {
+    pub async fn bind(settings: &ListenerSettings) -> std::io::Result<Listener> {
+        let socket = TcpListener::bind(settings.address).await?;
+        Ok(Listener {
+            socket,
+            settings: settings.clone(),
+            relay_networks: settings
+                .relay_networks
+                .iter()
+                .filter_map(|n| Cidr::parse(n))
+                .collect(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}
+
+/// Accepts connections until `shutdown`; sessions are tracked by `tracker`.
+pub async fn serve(
+    ctx: Arc<SmtpContext>,
+    listener: Listener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    connections: Arc<tokio::sync::Semaphore>,
+) {
+    let listener = Arc::new(listener);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.socket.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracker.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut tcp = tcp;
+                let _ = tcp
+                    .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                    .await;
+            });
+            continue;
+        };
+        let ctx = ctx.clone();
+        let listener = listener.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let stream: Stream = match listener.settings.tls {
+                ListenerTls::Implicit => {
+                    let Some(acceptor) = ctx.tls() else { return };
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => Either::Right(tokio_rustls::TlsStream::Server(tls)),
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+                _ => Either::Left(tcp),
+            };
+            let relay_allowed = listener.relay_networks.iter().any(|n| n.contains(peer.ip()));
+            let session = session::Session::new(
+                ctx,
+                &listener.settings,
+                peer,
+                relay_allowed,
+                shutdown,
+            );
+            session.run(LineIo::new(stream)).await;
+        });
+    }
+}

@@ -1,0 +1,476 @@
+//! One SMTP session: greeting, EHLO, STARTTLS, AUTH, transactions.
+//!
+//! Replies follow RFC 5321 with RFC 3463 enhanced codes. Output is buffered
+//! and flushed only when the client has nothing more pipelined.
+
+use super::SmtpContext;
+use super::message::{Trace, from_domain, prepare};
+use super::parser::{Command, ParseError, parse_command};
+use crate::accounts::Account;
+use crate::config::{ListenerSettings, ListenerTls};
+use crate::line_io::{Data, LineError, LineIo};
+use crate::net::now_ms;
+use crate::store::NewMessage;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+
+enum Step {
+    Quit,
+    StartTls,
+}
+
+pub struct Session {
+    ctx: Arc<SmtpContext>,
+    peer: SocketAddr,
+    listener_tls: ListenerTls,
+    trusted: bool,
+    relay_allowed: bool,
+    shutdown: CancellationToken,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: bool,
+    account: Option<Arc<Account>>,
+    mail_from: Option<String>,
+    rcpt_to: Vec<String>,
+    errors: usize,
+}
+
+impl Session {
+    pub fn new(
+        ctx: Arc<SmtpContext>,
+        listener: &ListenerSettings,
+        peer: SocketAddr,
+        relay_allowed: bool,
+        shutdown: CancellationToken,
+    ) -> Session {
+        Session {
+            ctx,
+            peer,
+            listener_tls: listener.tls,
+            trusted: listener.trusted,
+            relay_allowed,
+            shutdown,
+            helo: None,
+            esmtp: false,
+            tls: listener.tls == ListenerTls::Implicit,
+            account: None,
+            mail_from: None,
+            rcpt_to: Vec::new(),
+            errors: 0,
+        }
+    }
+
+    pub async fn run(mut self, mut io: LineIo) {
+        let greeting = format!("220 {} ESMTP Kiln\r\n", self.ctx.settings.server.hostname);
+        io.queue(greeting.as_bytes());
+        loop {
+            match self.serve(&mut io).await {
+                Step::Quit => {
+                    let _ = io.flush().await;
+                    return;
+                }
+                Step::StartTls => {
+                    let Some(acceptor) = self.ctx.tls() else {
+                        return;
+                    };
+                    // Anything pipelined after STARTTLS was sent in clear
+                    // text and must not be acted on (RFC 3207 section 5).
+                    let (stream, _discarded) = io.into_parts();
+                    let Either::Left(tcp) = stream else { return };
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            io = LineIo::new(Either::Right(tokio_rustls::TlsStream::Server(tls)));
+                            self.tls = true;
+                            self.helo = None;
+                            self.reset();
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %self.peer, error = %e, "STARTTLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.mail_from = None;
+        self.rcpt_to.clear();
+    }
+
+    fn reply(&mut self, io: &mut LineIo, text: &str) {
+        io.queue(text.as_bytes());
+        io.queue(b"\r\n");
+    }
+
+    /// A client error; returns true when the client has made too many.
+    fn error(&mut self, io: &mut LineIo, text: &str) -> bool {
+        self.reply(io, text);
+        self.errors += 1;
+        if self.errors >= self.ctx.settings.smtp.max_errors {
+            self.reply(io, "421 4.7.0 Too many errors, closing connection");
+            return true;
+        }
+        false
+    }
+
+    async fn serve(&mut self, io: &mut LineIo) -> Step {
+        let settings = self.ctx.settings.clone();
+        let smtp = &settings.smtp;
+        let (max_line, timeout) = (smtp.max_line_length, smtp.command_timeout);
+        loop {
+            let line = tokio::select! {
+                l = io.read_line(max_line, timeout) => l,
+                _ = self.shutdown.cancelled(), if !io.has_buffered_input() && self.mail_from.is_none() => {
+                    self.reply(io, "421 4.3.2 Service shutting down, try again later");
+                    return Step::Quit;
+                }
+            };
+            let line = match line {
+                Ok(l) => l,
+                Err(LineError::TooLong) => {
+                    if self.error(io, "500 5.5.2 Line too long") {
+                        return Step::Quit;
+                    }
+                    continue;
+                }
+                Err(LineError::Timeout) => {
+                    self.reply(io, "421 4.4.2 Timeout exceeded, closing connection");
+                    return Step::Quit;
+                }
+                Err(_) => return Step::Quit,
+            };
+            let command = match parse_command(&line) {
+                Ok(c) => c,
+                Err(e) => {
+                    if self.error(io, &parse_error_reply(&e)) {
+                        return Step::Quit;
+                    }
+                    continue;
+                }
+            };
+            match command {
+                Command::Ehlo(host) => {
+                    self.helo = Some(host);
+                    self.esmtp = true;
+                    self.reset();
+                    let ehlo = self.ehlo_reply();
+                    self.reply(io, &ehlo);
+                }
+                Command::Helo(host) => {
+                    self.helo = Some(host);
+                    self.esmtp = false;
+                    self.reset();
+                    let text = format!("250 {}", self.ctx.settings.server.hostname);
+                    self.reply(io, &text);
+                }
+                Command::StartTls => {
+                    if self.tls {
+                        self.reply(io, "503 5.5.1 TLS already active");
+                    } else if self.listener_tls == ListenerTls::None || self.ctx.tls().is_none() {
+                        self.reply(io, "502 5.5.1 STARTTLS not available");
+                    } else {
+                        self.reply(io, "220 2.0.0 Ready to start TLS");
+                        if io.flush().await.is_err() {
+                            return Step::Quit;
+                        }
+                        return Step::StartTls;
+                    }
+                }
+                Command::Auth { mechanism, initial } => {
+                    if self.auth(io, &mechanism, initial).await {
+                        return Step::Quit;
+                    }
+                }
+                Command::Mail { from, params } => {
+                    if self.helo.is_none() {
+                        self.error(io, "503 5.5.1 Send EHLO/HELO first");
+                    } else if self.mail_from.is_some() {
+                        self.error(io, "503 5.5.1 Sender already specified");
+                    } else if params.size.is_some_and(|s| s > smtp.max_message_size) {
+                        self.reply(
+                            io,
+                            "552 5.3.4 Message size exceeds fixed maximum message size",
+                        );
+                    } else if let Some(acct) = self.account.as_ref().filter(|a| !a.owns_sender(&from)) {
+                        let text = format!(
+                            "553 5.7.1 <{from}>: Sender address not owned by account {}",
+                            acct.name
+                        );
+                        self.reply(io, &text);
+                    } else {
+                        self.mail_from = Some(from);
+                        self.reply(io, "250 2.1.0 Ok");
+                    }
+                }
+                Command::Rcpt { to } => {
+                    if self.mail_from.is_none() {
+                        self.error(io, "503 5.5.1 Need MAIL command first");
+                    } else if self.account.is_none() && !self.relay_allowed {
+                        let text = format!("550 5.7.1 <{to}>: Relay access denied");
+                        if self.error(io, &text) {
+                            return Step::Quit;
+                        }
+                    } else if self.rcpt_to.len() >= smtp.max_recipients {
+                        self.reply(io, "452 4.5.3 Too many recipients");
+                    } else {
+                        self.rcpt_to.push(to);
+                        self.reply(io, "250 2.1.5 Ok");
+                    }
+                }
+                Command::Data => {
+                    if self.mail_from.is_none() {
+                        self.error(io, "503 5.5.1 Need MAIL command first");
+                    } else if self.rcpt_to.is_empty() {
+                        self.error(io, "554 5.5.1 No valid recipients");
+                    } else {
+                        self.reply(io, "354 End data with <CR><LF>.<CR><LF>");
+                        match io.read_data(smtp.max_message_size, smtp.data_timeout).await {
+                            Ok(Data::Complete(body)) => {
+                                let reply = self.accept(body).await;
+                                self.reply(io, &reply);
+                            }
+                            Ok(Data::TooBig) => self.reply(
+                                io,
+                                "552 5.3.4 Message size exceeds fixed maximum message size",
+                            ),
+                            Err(LineError::Timeout) => {
+                                self.reply(io, "421 4.4.2 Timeout exceeded, closing connection");
+                                return Step::Quit;
+                            }
+                            Err(_) => return Step::Quit,
+                        }
+                        self.reset();
+                    }
+                }
+                Command::Rset => {
+                    self.reset();
+                    self.reply(io, "250 2.0.0 Ok");
+                }
+                Command::Noop => self.reply(io, "250 2.0.0 Ok"),
+                Command::Vrfy => self.reply(io, "252 2.5.2 Cannot VRFY user"),
+                Command::Help => self.reply(io, "214 2.0.0 See RFC 5321"),
+                Command::Quit => {
+                    self.reply(io, "221 2.0.0 Bye");
+                    return Step::Quit;
+                }
+            }
+        }
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.tls || self.trusted
+    }
+
+    fn ehlo_reply(&self) -> String {
+        let smtp = &self.ctx.settings.smtp;
+        let mut lines = vec![
+            self.ctx.settings.server.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", smtp.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if !self.tls && self.listener_tls == ListenerTls::Starttls && self.ctx.tls().is_some() {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() && self.account.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        let n = lines.len();
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("250{}{l}", if i + 1 == n { ' ' } else { '-' }))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    /// Runs an AUTH exchange; returns true when the session must end.
+    async fn auth(&mut self, io: &mut LineIo, mechanism: &str, initial: Option<String>) -> bool {
+        if self.account.is_some() {
+            self.reply(io, "503 5.5.1 Already authenticated");
+            return false;
+        }
+        if self.mail_from.is_some() {
+            self.reply(io, "503 5.5.1 AUTH not allowed during a mail transaction");
+            return false;
+        }
+        if !self.auth_offered() {
+            return self.error(
+                io,
+                "538 5.7.11 Encryption required for requested authentication mechanism",
+            );
+        }
+        let credentials = match mechanism {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(r) if r != "=" => Some(r),
+                    Some(_) => Some(String::new()),
+                    None => self.challenge(io, "").await,
+                };
+                response.and_then(|r| decode_plain(&r))
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(u) => Some(u),
+                    None => self.challenge(io, "VXNlcm5hbWU6").await,
+                };
+                let user = user.and_then(|u| decode_b64(&u));
+                match user {
+                    Some(u) => self
+                        .challenge(io, "UGFzc3dvcmQ6")
+                        .await
+                        .and_then(|p| decode_b64(&p))
+                        .map(|p| (u, p)),
+                    None => None,
+                }
+            }
+            _ => {
+                return self.error(io, "504 5.5.4 Unrecognized authentication type");
+            }
+        };
+        let Some((user, password)) = credentials else {
+            return self.error(io, "501 5.5.2 Cannot decode AUTH response or AUTH cancelled");
+        };
+        match self.ctx.accounts().authenticate(&user, &password) {
+            Some(account) => {
+                tracing::info!(peer = %self.peer, account = %account.name, "authenticated");
+                self.account = Some(account);
+                self.reply(io, "235 2.7.0 Authentication successful");
+                false
+            }
+            None => {
+                tracing::info!(peer = %self.peer, user = %user, "authentication failed");
+                self.error(io, "535 5.7.8 Authentication credentials invalid")
+            }
+        }
+    }
+
+    async fn challenge(&mut self, io: &mut LineIo, prompt: &str) -> Option<String> {
+        io.queue(format!("334 {prompt}\r\n").as_bytes());
+        let smtp = &self.ctx.settings.smtp;
+        let line = io
+            .read_line(smtp.max_line_length, smtp.command_timeout)
+            .await
+            .ok()?;
+        (line != "*").then_some(line)
+    }
+
+    /// Makes the message durable, then returns the reply for the client.
+    async fn accept(&mut self, body: Vec<u8>) -> String {
+        let Some(sender) = self.mail_from.clone() else {
+            return "503 5.5.1 Need MAIL command first".into();
+        };
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let settings = &self.ctx.settings;
+        let protocol = match (self.esmtp, self.tls, self.account.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
+        let helo = self.helo.clone().unwrap_or_default();
+        let now = now_ms();
+        let mut message = prepare(
+            &body,
+            &Trace {
+                id: &id,
+                helo: &helo,
+                peer: self.peer.ip(),
+                hostname: &settings.server.hostname,
+                protocol,
+                recipient: (self.rcpt_to.len() == 1).then(|| self.rcpt_to[0].as_str()),
+                now_secs: now / 1000,
+            },
+        );
+        drop(body);
+        let sign_domain = from_domain(&message)
+            .or_else(|| sender.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
+        if let Some(domain) = sign_domain {
+            match self.ctx.signers.sign(&domain, &message).await {
+                Ok(Some(header)) => {
+                    let mut signed = Vec::with_capacity(header.len() + message.len());
+                    signed.extend_from_slice(header.as_bytes());
+                    signed.extend_from_slice(&message);
+                    message = signed;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(msg_id = %id, %domain, error = %e, "DKIM signing failed");
+                    return "451 4.7.0 Temporary signing failure, try again later".into();
+                }
+            }
+        }
+        let msg = NewMessage {
+            id: id.clone(),
+            account: self
+                .account
+                .as_ref()
+                .map(|a| a.name.clone())
+                .unwrap_or_default(),
+            sender: sender.clone(),
+            recipients: std::mem::take(&mut self.rcpt_to),
+            body: Arc::from(message),
+            received_at_ms: now,
+            require_tls: false,
+        };
+        match self.ctx.queue.submit(&msg).await {
+            Ok(()) => {
+                tracing::info!(
+                    msg_id = %id,
+                    peer = %self.peer,
+                    sender = %sender,
+                    recipients = msg.recipients.len(),
+                    size = msg.body.len(),
+                    "message accepted"
+                );
+                format!("250 2.0.0 Ok: queued as {id}")
+            }
+            Err(e) => {
+                tracing::error!(msg_id = %id, error = %e, "could not queue message");
+                "451 4.3.0 Temporary local problem, try again later".into()
+            }
+        }
+    }
+}
+
+fn parse_error_reply(e: &ParseError) -> String {
+    e.to_string()
+}
+
+fn decode_b64(text: &str) -> Option<String> {
+    B64.decode(text.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+/// `authzid NUL authcid NUL password` (RFC 4616).
+fn decode_plain(text: &str) -> Option<(String, String)> {
+    let raw = decode_b64(text)?;
+    let mut parts = raw.split('\0');
+    let _authzid = parts.next()?;
+    let user = parts.next()?.to_string();
+    let password = parts.next()?.to_string();
+    parts.next().is_none().then_some((user, password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_auth_plain() {
+        let token = B64.encode("\0user\0pass");
+        assert_eq!(decode_plain(&token), Some(("user".into(), "pass".into())));
+        assert_eq!(decode_plain("!!!"), None);
+        assert_eq!(decode_plain(&B64.encode("user")), None);
+    }
+}

@@ -1,0 +1,656 @@
+//! Embedded store: one redb file, for a single node.
+//!
+//! All writes go to one writer thread that folds whatever is waiting into a
+//! single transaction and commits it with one fsync (group commit): many SMTP
+//! sessions share the cost of a sync, and none is answered before its data is
+//! on disk. The queue index (what is ready when, what is leased) lives in
+//! memory and is rebuilt from the file at start, so leases cost no disk write:
+//! after a crash every entry is simply ready again.
+
+use super::{
+    Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
+    StoreError, decode, encode,
+};
+use crate::net::now_ms;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
+const QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("queue");
+const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
+/// Values here carry an 8-byte expiry prefix (ms since epoch, 0 = never).
+const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("status");
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Expiry index: 8-byte big-endian deadline, table tag, key.
+const EXPIRES: TableDefinition<&[u8], ()> = TableDefinition::new("expires");
+
+const TAG_STATUS: u8 = b's';
+const TAG_KV: u8 = b'k';
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Embedded(e.to_string())
+}
+
+#[derive(Default)]
+struct QueueIndex {
+    ready: BTreeSet<(i64, String)>,
+    entries: HashMap<String, QueueEntry>,
+    leased: HashSet<String>,
+}
+
+enum Op {
+    Enqueue {
+        msg_id: String,
+        body: Arc<[u8]>,
+        meta: Vec<u8>,
+        entries: Vec<(String, Vec<u8>, Vec<u8>)>,
+    },
+    Settle {
+        key: String,
+        msg_id: String,
+        /// New queue record for a retry; None removes the entry.
+        requeue: Option<Vec<u8>>,
+        status: Vec<u8>,
+    },
+    Incr {
+        key: String,
+        by: i64,
+        ttl: Duration,
+    },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    },
+    Delete {
+        key: String,
+    },
+    Sweep,
+}
+
+enum Outcome {
+    Unit,
+    Int(i64),
+    Bool(bool),
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    index: Mutex<QueueIndex>,
+    retention: Duration,
+}
+
+fn with_expiry(expires_at: i64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + value.len());
+    out.extend_from_slice(&expires_at.to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// Splits an expiring value; None when it has expired.
+fn live_value(raw: &[u8], now: i64) -> Option<&[u8]> {
+    if raw.len() < 8 {
+        return None;
+    }
+    let (exp, value) = raw.split_at(8);
+    let exp = i64::from_be_bytes(exp.try_into().ok()?);
+    (exp == 0 || exp > now).then_some(value)
+}
+
+fn expiry_key(expires_at: i64, tag: u8, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.extend_from_slice(&expires_at.to_be_bytes());
+    out.push(tag);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn set_key(set: &str, member: &str) -> String {
+    format!("\u{1}set\u{1}{set}\u{1}{member}")
+}
+
+impl EmbeddedStore {
+    pub fn open(path: &Path, retention: Duration) -> Result<Arc<EmbeddedStore>> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(MESSAGES).map_err(err)?;
+        txn.open_table(QUEUE).map_err(err)?;
+        txn.open_table(PENDING).map_err(err)?;
+        txn.open_table(STATUS).map_err(err)?;
+        txn.open_table(KV).map_err(err)?;
+        txn.open_table(EXPIRES).map_err(err)?;
+        txn.commit().map_err(err)?;
+
+        let mut index = QueueIndex::default();
+        {
+            let read = db.begin_read().map_err(err)?;
+            let queue = read.open_table(QUEUE).map_err(err)?;
+            for row in queue.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let entry: QueueEntry = decode(k.value(), v.value())?;
+                index.ready.insert((entry.ready_at_ms, k.value().to_string()));
+                index.entries.insert(k.value().to_string(), entry);
+            }
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("kiln-store-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx))
+            .map_err(err)?;
+        let store = Arc::new(EmbeddedStore {
+            db,
+            writer: Mutex::new(Some(tx)),
+            index: Mutex::new(index),
+            retention,
+        });
+        let sweeper = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let Some(store) = sweeper.upgrade() else { break };
+                if let Err(e) = store.submit(Op::Sweep).await {
+                    tracing::warn!(error = %e, "expiry sweep failed");
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    /// Stops the writer after it has committed what it holds.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+    }
+
+    async fn submit(&self, op: Op) -> Result<Outcome> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let writer = self.writer.lock().map_err(|_| StoreError::Closed)?;
+            let writer = writer.as_ref().ok_or(StoreError::Closed)?;
+            writer
+                .send(Job { op, reply })
+                .map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, QueueIndex> {
+        // A panic while holding the lock cannot leave the index half-updated
+        // in a way that matters more than losing the process; recover it.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn status_expiry(&self) -> i64 {
+        now_ms() + self.retention.as_millis() as i64
+    }
+
+    pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
+        let exp = self.status_expiry();
+        let entries: Vec<QueueEntry> = msg.entries().collect();
+        let rows = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.key(),
+                    encode(e),
+                    with_expiry(exp, &encode(&msg.initial_status(&e.recipient))),
+                )
+            })
+            .collect();
+        self.submit(Op::Enqueue {
+            msg_id: msg.id.clone(),
+            body: msg.body.clone(),
+            meta: with_expiry(exp, &encode(&msg.meta())),
+            entries: rows,
+        })
+        .await?;
+        let mut index = self.index();
+        for e in entries {
+            let key = e.key();
+            index.ready.insert((e.ready_at_ms, key.clone()));
+            index.entries.insert(key, e);
+        }
+        Ok(())
+    }
+
+    pub async fn lease(&self, max: usize) -> Result<Vec<QueueEntry>> {
+        let now = now_ms();
+        let mut index = self.index();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(first) = index.ready.first() else {
+                break;
+            };
+            if first.0 > now {
+                break;
+            }
+            let Some((_, key)) = index.ready.pop_first() else {
+                break;
+            };
+            if let Some(entry) = index.entries.get(&key).cloned() {
+                index.leased.insert(key);
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn next_ready_ms(&self) -> Option<i64> {
+        self.index().ready.first().map(|(t, _)| *t)
+    }
+
+    pub fn queue_len(&self) -> u64 {
+        self.index().entries.len() as u64
+    }
+
+    pub fn release(&self, entries: &[QueueEntry]) {
+        let mut index = self.index();
+        for e in entries {
+            let key = e.key();
+            if index.leased.remove(&key) {
+                let ready = index
+                    .entries
+                    .get(&key)
+                    .map(|e| e.ready_at_ms)
+                    .unwrap_or(e.ready_at_ms);
+                index.ready.insert((ready, key));
+            }
+        }
+    }
+
+    pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>> {
+        let read = self.db.begin_read().map_err(err)?;
+        let table = read.open_table(MESSAGES).map_err(err)?;
+        Ok(table
+            .get(msg_id)
+            .map_err(err)?
+            .map(|v| Arc::from(v.value())))
+    }
+
+    pub async fn settle(&self, entry: &QueueEntry, disposition: Disposition) -> Result<()> {
+        let exp = self.status_expiry();
+        let key = entry.key();
+        let (requeue, status, retry_entry) = match &disposition {
+            Disposition::Final(status) => (None, status, None),
+            Disposition::Retry(next, status) => (Some(encode(next)), status, Some(next.clone())),
+        };
+        self.submit(Op::Settle {
+            key: key.clone(),
+            msg_id: entry.msg_id.clone(),
+            requeue,
+            status: with_expiry(exp, &encode(status)),
+        })
+        .await?;
+        let mut index = self.index();
+        index.leased.remove(&key);
+        match retry_entry {
+            Some(next) => {
+                index.ready.insert((next.ready_at_ms, key.clone()));
+                index.entries.insert(key, next);
+            }
+            None => {
+                index.entries.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self, msg_id: &str) -> Result<Option<MessageStatus>> {
+        let now = now_ms();
+        let read = self.db.begin_read().map_err(err)?;
+        let table = read.open_table(STATUS).map_err(err)?;
+        let Some(meta_raw) = table.get(msg_id).map_err(err)? else {
+            return Ok(None);
+        };
+        let Some(meta_bytes) = live_value(meta_raw.value(), now) else {
+            return Ok(None);
+        };
+        let meta: MessageMeta = decode(msg_id, meta_bytes)?;
+        let mut recipients: Vec<(u32, RecipientStatus)> = Vec::new();
+        let start = format!("{msg_id}/");
+        let end = format!("{msg_id}0"); // '0' sorts right after '/'
+        for row in table.range(start.as_str()..end.as_str()).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let idx = k
+                .value()
+                .rsplit_once('/')
+                .and_then(|(_, i)| i.parse::<u32>().ok())
+                .unwrap_or(u32::MAX);
+            if let Some(bytes) = live_value(v.value(), now) {
+                recipients.push((idx, decode(k.value(), bytes)?));
+            }
+        }
+        recipients.sort_by_key(|(i, _)| *i);
+        Ok(Some(MessageStatus {
+            meta,
+            recipients: recipients.into_iter().map(|(_, r)| r).collect(),
+        }))
+    }
+
+    pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        match self
+            .submit(Op::Incr {
+                key: key.to_string(),
+                by,
+                ttl,
+            })
+            .await?
+        {
+            Outcome::Int(v) => Ok(v),
+            _ => Err(err("unexpected writer reply")),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let read = self.db.begin_read().map_err(err)?;
+        let table = read.open_table(KV).map_err(err)?;
+        let value = table.get(key).map_err(err)?;
+        Ok(value.and_then(|v| live_value(v.value(), now_ms()).map(|b| b.to_vec())))
+    }
+
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        self.submit(Op::Put {
+            key: key.to_string(),
+            value: value.to_vec(),
+            ttl,
+            only_if_absent: false,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
+        match self
+            .submit(Op::Put {
+                key: key.to_string(),
+                value: value.to_vec(),
+                ttl: None,
+                only_if_absent: true,
+            })
+            .await?
+        {
+            Outcome::Bool(b) => Ok(b),
+            _ => Err(err("unexpected writer reply")),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        match self
+            .submit(Op::Delete {
+                key: key.to_string(),
+            })
+            .await?
+        {
+            Outcome::Bool(b) => Ok(b),
+            _ => Err(err("unexpected writer reply")),
+        }
+    }
+
+    pub async fn set_add(&self, set: &str, member: &str, ttl: Option<Duration>) -> Result<()> {
+        self.put(&set_key(set, member), b"", ttl).await
+    }
+
+    pub async fn set_contains(&self, set: &str, member: &str) -> Result<bool> {
+        Ok(self.get(&set_key(set, member)).await?.is_some())
+    }
+
+    pub async fn set_remove(&self, set: &str, member: &str) -> Result<bool> {
+        self.delete(&set_key(set, member)).await
+    }
+
+    pub async fn set_members(&self, set: &str) -> Result<Vec<String>> {
+        let prefix = set_key(set, "");
+        let now = now_ms();
+        let read = self.db.begin_read().map_err(err)?;
+        let table = read.open_table(KV).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.range(prefix.as_str()..).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let Some(member) = k.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            if live_value(v.value(), now).is_some() {
+                out.push(member.to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<()> {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut tables = Tables {
+                    messages: txn.open_table(MESSAGES).map_err(err)?,
+                    queue: txn.open_table(QUEUE).map_err(err)?,
+                    pending: txn.open_table(PENDING).map_err(err)?,
+                    status: txn.open_table(STATUS).map_err(err)?,
+                    kv: txn.open_table(KV).map_err(err)?,
+                    expires: txn.open_table(EXPIRES).map_err(err)?,
+                };
+                for job in &batch {
+                    results.push(tables.apply(&job.op));
+                }
+            }
+            txn.commit().map_err(err)
+        })();
+        match committed {
+            Ok(()) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store commit failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Embedded(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+struct Tables<'t> {
+    messages: redb::Table<'t, &'static str, &'static [u8]>,
+    queue: redb::Table<'t, &'static str, &'static [u8]>,
+    pending: redb::Table<'t, &'static str, u64>,
+    status: redb::Table<'t, &'static str, &'static [u8]>,
+    kv: redb::Table<'t, &'static str, &'static [u8]>,
+    expires: redb::Table<'t, &'static [u8], ()>,
+}
+
+impl Tables<'_> {
+    fn apply(&mut self, op: &Op) -> Result<Outcome> {
+        let now = now_ms();
+        match op {
+            Op::Enqueue {
+                msg_id,
+                body,
+                meta,
+                entries,
+            } => {
+                self.messages.insert(msg_id.as_str(), &body[..]).map_err(err)?;
+                self.pending
+                    .insert(msg_id.as_str(), entries.len() as u64)
+                    .map_err(err)?;
+                self.put_status(msg_id, meta)?;
+                for (key, entry, status) in entries {
+                    self.queue.insert(key.as_str(), entry.as_slice()).map_err(err)?;
+                    self.put_status(key, status)?;
+                }
+                Ok(Outcome::Unit)
+            }
+            Op::Settle {
+                key,
+                msg_id,
+                requeue,
+                status,
+            } => {
+                self.put_status(key, status)?;
+                match requeue {
+                    Some(entry) => {
+                        self.queue.insert(key.as_str(), entry.as_slice()).map_err(err)?;
+                    }
+                    None => {
+                        let was_queued = self.queue.remove(key.as_str()).map_err(err)?.is_some();
+                        if was_queued {
+                            let left = self
+                                .pending
+                                .get(msg_id.as_str())
+                                .map_err(err)?
+                                .map(|v| v.value())
+                                .unwrap_or(1)
+                                .saturating_sub(1);
+                            if left == 0 {
+                                self.pending.remove(msg_id.as_str()).map_err(err)?;
+                                self.messages.remove(msg_id.as_str()).map_err(err)?;
+                            } else {
+                                self.pending.insert(msg_id.as_str(), left).map_err(err)?;
+                            }
+                        }
+                    }
+                }
+                Ok(Outcome::Unit)
+            }
+            Op::Incr { key, by, ttl } => {
+                let current = self
+                    .kv
+                    .get(key.as_str())
+                    .map_err(err)?
+                    .and_then(|v| {
+                        let raw = v.value();
+                        let exp = i64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+                        let value = live_value(raw, now)?;
+                        let n = std::str::from_utf8(value).ok()?.parse::<i64>().ok()?;
+                        Some((n, exp))
+                    });
+                let (value, exp) = match current {
+                    Some((n, exp)) => (n.saturating_add(*by), exp),
+                    None => {
+                        let exp = now + ttl.as_millis() as i64;
+                        self.expires
+                            .insert(expiry_key(exp, TAG_KV, key).as_slice(), ())
+                            .map_err(err)?;
+                        (*by, exp)
+                    }
+                };
+                self.kv
+                    .insert(key.as_str(), with_expiry(exp, value.to_string().as_bytes()).as_slice())
+                    .map_err(err)?;
+                Ok(Outcome::Int(value))
+            }
+            Op::Put {
+                key,
+                value,
+                ttl,
+                only_if_absent,
+            } => {
+                if *only_if_absent {
+                    let exists = self
+                        .kv
+                        .get(key.as_str())
+                        .map_err(err)?
+                        .is_some_and(|v| live_value(v.value(), now).is_some());
+                    if exists {
+                        return Ok(Outcome::Bool(false));
+                    }
+                }
+                let exp = match ttl {
+                    Some(t) => {
+                        let exp = now + t.as_millis() as i64;
+                        self.expires
+                            .insert(expiry_key(exp, TAG_KV, key).as_slice(), ())
+                            .map_err(err)?;
+                        exp
+                    }
+                    None => 0,
+                };
+                self.kv
+                    .insert(key.as_str(), with_expiry(exp, value).as_slice())
+                    .map_err(err)?;
+                Ok(Outcome::Bool(true))
+            }
+            Op::Delete { key } => {
+                let old = self.kv.remove(key.as_str()).map_err(err)?;
+                Ok(Outcome::Bool(
+                    old.is_some_and(|v| live_value(v.value(), now).is_some()),
+                ))
+            }
+            Op::Sweep => {
+                let mut due = Vec::new();
+                for row in self
+                    .expires
+                    .range(..now.to_be_bytes().as_slice())
+                    .map_err(err)?
+                {
+                    let (k, _) = row.map_err(err)?;
+                    due.push(k.value().to_vec());
+                    if due.len() >= 10_000 {
+                        break;
+                    }
+                }
+                for k in due {
+                    self.expires.remove(k.as_slice()).map_err(err)?;
+                    let (tag, key) = (k[8], String::from_utf8_lossy(&k[9..]).into_owned());
+                    let table = if tag == TAG_STATUS {
+                        &mut self.status
+                    } else {
+                        &mut self.kv
+                    };
+                    // The index may be stale (the key was rewritten later).
+                    let expired = table
+                        .get(key.as_str())
+                        .map_err(err)?
+                        .is_some_and(|v| live_value(v.value(), now).is_none());
+                    if expired {
+                        table.remove(key.as_str()).map_err(err)?;
+                    }
+                }
+                Ok(Outcome::Unit)
+            }
+        }
+    }
+
+    fn put_status(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        if let Some(exp) = value.get(..8).and_then(|b| b.try_into().ok()) {
+            let exp = i64::from_be_bytes(exp);
+            if exp != 0 {
+                self.expires
+                    .insert(expiry_key(exp, TAG_STATUS, key).as_slice(), ())
+                    .map_err(err)?;
+            }
+        }
+        self.status.insert(key, value).map_err(err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,334 @@
+//! The one store interface, with two backends.
+//!
+//! Everything that must survive a restart or be shared between nodes goes
+//! through [`Store`]: the message queue (bodies, per-recipient queue entries,
+//! leases), delivery status records, counters with expiry, keys and sets with
+//! a TTL. `embedded` is a single crash-safe redb file with group commit for
+//! one node; `redis` is shared by the nodes of a cluster, every multi-key step
+//! a server-side script.
+
+pub mod embedded;
+pub mod redis;
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("embedded store: {0}")]
+    Embedded(String),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("store is shutting down")]
+    Closed,
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A message accepted for delivery: the body is stored once, each recipient
+/// becomes its own queue entry.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub account: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub body: Arc<[u8]>,
+    pub received_at_ms: i64,
+    pub require_tls: bool,
+}
+
+/// One recipient's pending delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub msg_id: String,
+    pub rcpt_idx: u32,
+    pub recipient: String,
+    pub sender: String,
+    pub attempts: u32,
+    pub received_at_ms: i64,
+    pub ready_at_ms: i64,
+    #[serde(default)]
+    pub require_tls: bool,
+}
+
+impl QueueEntry {
+    pub fn key(&self) -> String {
+        entry_key(&self.msg_id, self.rcpt_idx)
+    }
+
+    pub fn domain(&self) -> &str {
+        self.recipient
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or("")
+    }
+}
+
+pub fn entry_key(msg_id: &str, idx: u32) -> String {
+    format!("{msg_id}/{idx}")
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientState {
+    Queued,
+    Deferred,
+    Delivered,
+    Bounced,
+    Expired,
+}
+
+impl RecipientState {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RecipientState::Delivered | RecipientState::Bounced | RecipientState::Expired
+        )
+    }
+}
+
+/// One delivery attempt, as reported by `kiln status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attempt {
+    pub at_ms: i64,
+    pub mx: Option<String>,
+    pub ip: Option<String>,
+    pub code: Option<u16>,
+    pub enhanced_code: Option<String>,
+    pub message: String,
+    pub tls: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecipientStatus {
+    pub recipient: String,
+    pub state: RecipientState,
+    pub updated_at_ms: i64,
+    pub next_attempt_at_ms: Option<i64>,
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub id: String,
+    pub account: String,
+    pub sender: String,
+    pub size: usize,
+    pub received_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageStatus {
+    #[serde(flatten)]
+    pub meta: MessageMeta,
+    pub recipients: Vec<RecipientStatus>,
+}
+
+impl NewMessage {
+    fn meta(&self) -> MessageMeta {
+        MessageMeta {
+            id: self.id.clone(),
+            account: self.account.clone(),
+            sender: self.sender.clone(),
+            size: self.body.len(),
+            received_at_ms: self.received_at_ms,
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = QueueEntry> + '_ {
+        self.recipients
+            .iter()
+            .enumerate()
+            .map(|(i, r)| QueueEntry {
+                msg_id: self.id.clone(),
+                rcpt_idx: i as u32,
+                recipient: r.clone(),
+                sender: self.sender.clone(),
+                attempts: 0,
+                received_at_ms: self.received_at_ms,
+                ready_at_ms: self.received_at_ms,
+                require_tls: self.require_tls,
+            })
+    }
+
+    fn initial_status(&self, recipient: &str) -> RecipientStatus {
+        RecipientStatus {
+            recipient: recipient.to_string(),
+            state: RecipientState::Queued,
+            updated_at_ms: self.received_at_ms,
+            next_attempt_at_ms: Some(self.received_at_ms),
+            attempts: Vec::new(),
+        }
+    }
+}
+
+/// What to do with a leased entry once an attempt is over.
+#[derive(Debug, Clone)]
+pub enum Disposition {
+    /// Delivered, bounced or expired: the entry leaves the queue.
+    Final(RecipientStatus),
+    /// Try again at `entry.ready_at_ms` (already updated by the caller).
+    Retry(QueueEntry, RecipientStatus),
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Embedded(Arc<embedded::EmbeddedStore>),
+    Redis(Arc<redis::RedisStore>),
+}
+
+impl Store {
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Embedded(_) => "embedded",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Durable when it returns: the caller may then acknowledge the message.
+    pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
+        match self {
+            Store::Embedded(s) => s.enqueue(msg).await,
+            Store::Redis(s) => s.enqueue(msg).await,
+        }
+    }
+
+    /// Leases up to `max` entries whose time has come, for `lease` long.
+    pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
+        match self {
+            Store::Embedded(s) => s.lease(max).await,
+            Store::Redis(s) => s.lease(max, lease).await,
+        }
+    }
+
+    /// Milliseconds until the next entry becomes ready (if known cheaply).
+    pub async fn next_ready_ms(&self) -> Result<Option<i64>> {
+        match self {
+            Store::Embedded(s) => Ok(s.next_ready_ms()),
+            Store::Redis(s) => s.next_ready_ms().await,
+        }
+    }
+
+    pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>> {
+        match self {
+            Store::Embedded(s) => s.body(msg_id).await,
+            Store::Redis(s) => s.body(msg_id).await,
+        }
+    }
+
+    pub async fn settle(&self, entry: &QueueEntry, disposition: Disposition) -> Result<()> {
+        match self {
+            Store::Embedded(s) => s.settle(entry, disposition).await,
+            Store::Redis(s) => s.settle(entry, disposition).await,
+        }
+    }
+
+    /// Gives leased entries back (shutdown): other nodes may take them now.
+    pub async fn release(&self, entries: &[QueueEntry]) -> Result<()> {
+        match self {
+            Store::Embedded(s) => {
+                s.release(entries);
+                Ok(())
+            }
+            Store::Redis(s) => s.release(entries).await,
+        }
+    }
+
+    pub async fn status(&self, msg_id: &str) -> Result<Option<MessageStatus>> {
+        match self {
+            Store::Embedded(s) => s.status(msg_id).await,
+            Store::Redis(s) => s.status(msg_id).await,
+        }
+    }
+
+    /// Number of queue entries not yet final (all nodes).
+    pub async fn queue_len(&self) -> Result<u64> {
+        match self {
+            Store::Embedded(s) => Ok(s.queue_len()),
+            Store::Redis(s) => s.queue_len().await,
+        }
+    }
+
+    /// Adds `by` to a counter; the first increment of a window sets its expiry.
+    pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        match self {
+            Store::Embedded(s) => s.incr(key, by, ttl).await,
+            Store::Redis(s) => s.incr(key, by, ttl).await,
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Embedded(s) => s.get(key).await,
+            Store::Redis(s) => s.get(key).await,
+        }
+    }
+
+    /// Stores a value; `ttl` None keeps it until deleted.
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        match self {
+            Store::Embedded(s) => s.put(key, value, ttl).await,
+            Store::Redis(s) => s.put(key, value, ttl).await,
+        }
+    }
+
+    /// Stores a value only if the key is absent; true when it was stored.
+    pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
+        match self {
+            Store::Embedded(s) => s.put_if_absent(key, value).await,
+            Store::Redis(s) => s.put_if_absent(key, value).await,
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        match self {
+            Store::Embedded(s) => s.delete(key).await,
+            Store::Redis(s) => s.delete(key).await,
+        }
+    }
+
+    pub async fn set_add(&self, set: &str, member: &str, ttl: Option<Duration>) -> Result<()> {
+        match self {
+            Store::Embedded(s) => s.set_add(set, member, ttl).await,
+            Store::Redis(s) => s.set_add(set, member, ttl).await,
+        }
+    }
+
+    pub async fn set_contains(&self, set: &str, member: &str) -> Result<bool> {
+        match self {
+            Store::Embedded(s) => s.set_contains(set, member).await,
+            Store::Redis(s) => s.set_contains(set, member).await,
+        }
+    }
+
+    pub async fn set_remove(&self, set: &str, member: &str) -> Result<bool> {
+        match self {
+            Store::Embedded(s) => s.set_remove(set, member).await,
+            Store::Redis(s) => s.set_remove(set, member).await,
+        }
+    }
+
+    pub async fn set_members(&self, set: &str) -> Result<Vec<String>> {
+        match self {
+            Store::Embedded(s) => s.set_members(set).await,
+            Store::Redis(s) => s.set_members(set).await,
+        }
+    }
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own plain structs cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}

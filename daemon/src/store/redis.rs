@@ -1,0 +1,342 @@
+//! Redis store: shared by every node of a cluster.
+//!
+//! Queue keys share one hash tag (`{prefix}`) so every multi-key step is one
+//! server-side script, atomic and one round trip, also on Redis Cluster.
+//! Leases are a sorted set scored by their deadline: a node that dies simply
+//! stops settling, and the next `lease` call of any node moves the expired
+//! entries back to the ready set.
+
+use super::{
+    Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
+    decode, encode,
+};
+use crate::net::now_ms;
+use redis::AsyncCommands;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+
+const ENQUEUE: &str = r#"
+-- KEYS: ready, entries, pending, body, status
+-- ARGV: now, msg_id, body, meta, retention, then (key, entry, idx, status)*
+redis.call('SET', KEYS[4], ARGV[3])
+local n = (#ARGV - 5) / 4
+redis.call('HSET', KEYS[3], ARGV[2], n)
+redis.call('HSET', KEYS[5], 'meta', ARGV[4])
+for i = 0, n - 1 do
+  local b = 6 + i * 4
+  redis.call('HSET', KEYS[2], ARGV[b], ARGV[b + 1])
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[b])
+  redis.call('HSET', KEYS[5], ARGV[b + 2], ARGV[b + 3])
+end
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+return n
+"#;
+
+const LEASE: &str = r#"
+-- KEYS: ready, leased, entries     ARGV: now, lease_until, max
+local now = tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, k in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], k)
+  redis.call('ZADD', KEYS[1], now, k)
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+if #ids == 0 then return {} end
+for _, k in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], k)
+  redis.call('ZADD', KEYS[2], ARGV[2], k)
+end
+return redis.call('HMGET', KEYS[3], unpack(ids))
+"#;
+
+const SETTLE: &str = r#"
+-- KEYS: leased, ready, entries, pending, body, status
+-- ARGV: entry_key, msg_id, idx, status, retention, requeue_entry_or_empty, ready_at
+redis.call('HSET', KEYS[6], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[6], ARGV[5])
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[6])
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
+  return 1
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HDEL', KEYS[3], ARGV[1]) == 1 then
+  local left = redis.call('HINCRBY', KEYS[4], ARGV[2], -1)
+  if left <= 0 then
+    redis.call('HDEL', KEYS[4], ARGV[2])
+    redis.call('DEL', KEYS[5])
+  end
+end
+return 0
+"#;
+
+const RELEASE: &str = r#"
+-- KEYS: leased, ready     ARGV: now, keys...
+for i = 2, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
+  end
+end
+return 0
+"#;
+
+const INCR: &str = r#"
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v
+"#;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    retention: Duration,
+    enqueue: Script,
+    lease: Script,
+    settle: Script,
+    release: Script,
+    incr: Script,
+}
+
+impl RedisStore {
+    pub async fn connect(url: &str, prefix: &str, retention: Duration) -> Result<Arc<RedisStore>> {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_connection_manager().await?;
+        Ok(Arc::new(RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            retention,
+            enqueue: Script::new(ENQUEUE),
+            lease: Script::new(LEASE),
+            settle: Script::new(SETTLE),
+            release: Script::new(RELEASE),
+            incr: Script::new(INCR),
+        }))
+    }
+
+    fn q(&self, name: &str) -> String {
+        format!("{{{}}}:q:{name}", self.prefix)
+    }
+
+    fn body_key(&self, msg_id: &str) -> String {
+        format!("{{{}}}:body:{msg_id}", self.prefix)
+    }
+
+    fn status_key(&self, msg_id: &str) -> String {
+        format!("{{{}}}:status:{msg_id}", self.prefix)
+    }
+
+    fn kv_key(&self, key: &str) -> String {
+        format!("{}:kv:{key}", self.prefix)
+    }
+
+    fn set_key(&self, set: &str) -> String {
+        format!("{}:set:{set}", self.prefix)
+    }
+
+    pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
+        let mut inv = self.enqueue.prepare_invoke();
+        inv.key(self.q("ready"))
+            .key(self.q("entries"))
+            .key(self.q("pending"))
+            .key(self.body_key(&msg.id))
+            .key(self.status_key(&msg.id))
+            .arg(msg.received_at_ms)
+            .arg(&msg.id)
+            .arg(&msg.body[..])
+            .arg(encode(&msg.meta()))
+            .arg(self.retention.as_secs().max(1));
+        for e in msg.entries() {
+            inv.arg(e.key())
+                .arg(encode(&e))
+                .arg(e.rcpt_idx)
+                .arg(encode(&msg.initial_status(&e.recipient)));
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
+        let now = now_ms();
+        let rows: Vec<Option<Vec<u8>>> = self
+            .lease
+            .key(self.q("ready"))
+            .key(self.q("leased"))
+            .key(self.q("entries"))
+            .arg(now)
+            .arg(now + lease.as_millis() as i64)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().flatten() {
+            match decode::<QueueEntry>("queue entry", &row) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::error!(error = %e, "skipping corrupt queue entry"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn next_ready_ms(&self) -> Result<Option<i64>> {
+        let first: Vec<(String, f64)> = self
+            .conn
+            .clone()
+            .zrange_withscores(self.q("ready"), 0, 0)
+            .await?;
+        let leased: Vec<(String, f64)> = self
+            .conn
+            .clone()
+            .zrange_withscores(self.q("leased"), 0, 0)
+            .await?;
+        Ok(first
+            .into_iter()
+            .chain(leased)
+            .map(|(_, s)| s as i64)
+            .min())
+    }
+
+    pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>> {
+        let body: Option<Vec<u8>> = self.conn.clone().get(self.body_key(msg_id)).await?;
+        Ok(body.map(Arc::from))
+    }
+
+    pub async fn settle(&self, entry: &QueueEntry, disposition: Disposition) -> Result<()> {
+        let (requeue, ready_at, status) = match &disposition {
+            Disposition::Final(s) => (Vec::new(), 0, s),
+            Disposition::Retry(next, s) => (encode(next), next.ready_at_ms, s),
+        };
+        let _: i64 = self
+            .settle
+            .key(self.q("leased"))
+            .key(self.q("ready"))
+            .key(self.q("entries"))
+            .key(self.q("pending"))
+            .key(self.body_key(&entry.msg_id))
+            .key(self.status_key(&entry.msg_id))
+            .arg(entry.key())
+            .arg(&entry.msg_id)
+            .arg(entry.rcpt_idx)
+            .arg(encode(status))
+            .arg(self.retention.as_secs().max(1))
+            .arg(requeue)
+            .arg(ready_at)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn release(&self, entries: &[QueueEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.release.prepare_invoke();
+        inv.key(self.q("leased")).key(self.q("ready")).arg(now_ms());
+        for e in entries {
+            inv.arg(e.key());
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    pub async fn status(&self, msg_id: &str) -> Result<Option<MessageStatus>> {
+        let key = self.status_key(msg_id);
+        let fields: Vec<(String, Vec<u8>)> = self.conn.clone().hgetall(&key).await?;
+        let mut meta: Option<MessageMeta> = None;
+        let mut recipients: Vec<(u32, RecipientStatus)> = Vec::new();
+        for (field, value) in fields {
+            if field == "meta" {
+                meta = Some(decode(&key, &value)?);
+            } else if let Ok(idx) = field.parse::<u32>() {
+                recipients.push((idx, decode(&key, &value)?));
+            }
+        }
+        recipients.sort_by_key(|(i, _)| *i);
+        Ok(meta.map(|meta| MessageStatus {
+            meta,
+            recipients: recipients.into_iter().map(|(_, r)| r).collect(),
+        }))
+    }
+
+    pub async fn queue_len(&self) -> Result<u64> {
+        Ok(self.conn.clone().hlen(self.q("entries")).await?)
+    }
+
+    pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        Ok(self
+            .incr
+            .key(self.kv_key(key))
+            .arg(by)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.conn.clone().get(self.kv_key(key)).await?)
+    }
+
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let key = self.kv_key(key);
+        match ttl {
+            Some(t) => {
+                let _: () = self
+                    .conn
+                    .clone()
+                    .pset_ex(key, value, t.as_millis().max(1) as u64)
+                    .await?;
+            }
+            None => {
+                let _: () = self.conn.clone().set(key, value).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
+        Ok(self.conn.clone().set_nx(self.kv_key(key), value).await?)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let n: i64 = self.conn.clone().del(self.kv_key(key)).await?;
+        Ok(n > 0)
+    }
+
+    // Set members carry their own deadline as the score (+inf = no expiry),
+    // since Redis sets have no per-member TTL.
+    pub async fn set_add(&self, set: &str, member: &str, ttl: Option<Duration>) -> Result<()> {
+        let key = self.set_key(set);
+        let score = match ttl {
+            Some(t) => (now_ms() + t.as_millis() as i64) as f64,
+            None => f64::INFINITY,
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrembyscore(&key, "-inf", now_ms())
+            .ignore()
+            .zadd(&key, member, score)
+            .ignore();
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    pub async fn set_contains(&self, set: &str, member: &str) -> Result<bool> {
+        let score: Option<f64> = self.conn.clone().zscore(self.set_key(set), member).await?;
+        Ok(score.is_some_and(|s| s > now_ms() as f64))
+    }
+
+    pub async fn set_remove(&self, set: &str, member: &str) -> Result<bool> {
+        let n: i64 = self.conn.clone().zrem(self.set_key(set), member).await?;
+        Ok(n > 0)
+    }
+
+    pub async fn set_members(&self, set: &str) -> Result<Vec<String>> {
+        Ok(self
+            .conn
+            .clone()
+            .zrangebyscore(self.set_key(set), format!("({}", now_ms()), "+inf")
+            .await?)
+    }
+}

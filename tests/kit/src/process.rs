@@ -1,0 +1,206 @@
+//! The `kiln` binary as a child process, with a config written for the test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Kiln {
+    pub smtp: SocketAddr,
+    pub smtp_tls: SocketAddr,
+    pub http: SocketAddr,
+    pub config: PathBuf,
+    binary: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// What a test changes from the defaults; the rest of the TOML is generated.
+pub struct KilnOptions {
+    pub data_dir: PathBuf,
+    pub nameserver: String,
+    pub mx_port: u16,
+    /// `embedded` or a redis:// URL.
+    pub redis_url: Option<String>,
+    /// Extra TOML appended verbatim (sections of its own).
+    pub extra: String,
+    /// Extra settings for the [queue] section.
+    pub queue: String,
+    /// Extra settings for the first listener (e.g. relay networks).
+    pub listener: String,
+    pub node_id: String,
+}
+
+impl KilnOptions {
+    pub fn new(data_dir: &Path, nameserver: &str, mx_port: u16) -> KilnOptions {
+        KilnOptions {
+            data_dir: data_dir.to_path_buf(),
+            nameserver: nameserver.to_string(),
+            mx_port,
+            redis_url: None,
+            extra: String::new(),
+            queue: String::new(),
+            listener: String::new(),
+            node_id: "node-a".into(),
+        }
+    }
+}
+
+impl Kiln {
+    pub fn start(binary: &Path, opts: &KilnOptions) -> Kiln {
+        let smtp: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().expect("addr");
+        let smtp_tls: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().expect("addr");
+        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().expect("addr");
+        std::fs::create_dir_all(&opts.data_dir).expect("data dir");
+        let config = opts.data_dir.join(format!("kiln-{}.toml", opts.node_id));
+        let store = match &opts.redis_url {
+            Some(url) => format!("backend = \"redis\"\nredis_url = \"{url}\"\n"),
+            None => "backend = \"embedded\"\n".to_string(),
+        };
+        let toml = format!(
+            r#"[server]
+hostname = "kiln.test"
+node_id = "{node}"
+data_dir = "{data}"
+
+[store]
+{store}
+[dns]
+nameservers = ["{ns}"]
+timeout = 2
+
+[delivery]
+mx_port = {mx_port}
+connect_timeout = 3
+idle_timeout = 2
+
+[queue]
+lease_time = 30
+{queue}
+
+[http]
+listen = "{http}"
+
+[smtp]
+max_errors = 50
+
+[[smtp.listeners]]
+address = "{smtp}"
+tls = "starttls"
+{listener}
+
+[[smtp.listeners]]
+address = "{smtp_tls}"
+tls = "implicit"
+
+[[accounts]]
+name = "shop"
+username = "shop"
+password = "shop-password"
+domains = ["shop.test"]
+
+{extra}
+"#,
+            node = opts.node_id,
+            data = opts.data_dir.display(),
+            ns = opts.nameserver,
+            mx_port = opts.mx_port,
+            queue = opts.queue,
+            listener = opts.listener,
+            extra = opts.extra,
+        );
+        std::fs::write(&config, toml).expect("write config");
+        let mut kiln = Kiln {
+            smtp,
+            smtp_tls,
+            http,
+            config,
+            binary: binary.to_path_buf(),
+            child: None,
+            log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
+        };
+        kiln.spawn();
+        kiln
+    }
+
+    /// (Re)starts the process on the same config and waits for its ports.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(&self.binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("KILN_LOG", "info,kiln=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kiln");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = std::net::TcpStream::connect(self.smtp).is_ok()
+                && std::net::TcpStream::connect(self.http).is_ok();
+            if up {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("kiln exited with {status}:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "kiln did not start:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a `kiln` subcommand against this instance's config.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.binary)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run kiln")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
