@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Done, DkimSigner, generate::DkimKeyPair};
+use mail_auth::dkim::{DkimSigner, Done, generate::DkimKeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -149,7 +149,11 @@ pub async fn ensure_key(
     if let Some(key) = load_key(store, domain).await? {
         return Ok(key);
     }
-    let (d, s, a) = (domain.to_string(), selector.to_string(), algorithm.to_string());
+    let (d, s, a) = (
+        domain.to_string(),
+        selector.to_string(),
+        algorithm.to_string(),
+    );
     let key = tokio::task::spawn_blocking(move || DkimKey::generate(&d, &s, &a))
         .await
         .map_err(|e| DkimError::Generate(e.to_string()))??;

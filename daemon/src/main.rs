@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Kiln: a self-hosted email sending service")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: a self-hosted email sending service"
+)]
 struct Cli {
     /// TOML configuration file (defaults apply without one).
     #[arg(long, short, global = true)]
@@ -46,10 +50,11 @@ enum DkimCommand {
 }
 
 fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log.level))
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if settings.log.format == "json" {
         builder.json().flatten_event(true).init();
     } else {
@@ -79,7 +84,10 @@ fn main() -> ExitCode {
         }
         Command::Serve => {
             init_logging(&settings);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("kiln: cannot start the runtime: {e}");
@@ -95,9 +103,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { message_id } => admin(&settings, "GET", &format!("/admin/messages/{message_id}")),
+        Command::Status { message_id } => {
+            admin(&settings, "GET", &format!("/admin/messages/{message_id}"))
+        }
         Command::Dkim { command } => match command {
-            DkimCommand::Show { domain } => admin(&settings, "GET", &format!("/admin/dkim/{domain}")),
+            DkimCommand::Show { domain } => {
+                admin(&settings, "GET", &format!("/admin/dkim/{domain}"))
+            }
             DkimCommand::Create {
                 domain,
                 algorithm,
@@ -155,7 +167,11 @@ fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
                 .and_then(|v| serde_json::to_string_pretty(&v).ok())
                 .unwrap_or(body);
             println!("{pretty}");
-            if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             eprintln!("kiln: {e}");

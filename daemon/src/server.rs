@@ -56,7 +56,10 @@ fn tls_acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
 pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     std::fs::create_dir_all(&settings.server.data_dir).with_context(|| {
-        format!("creating data directory {}", settings.server.data_dir.display())
+        format!(
+            "creating data directory {}",
+            settings.server.data_dir.display()
+        )
     })?;
     let store = open_store(&settings).await?;
     let shutdown = CancellationToken::new();
@@ -122,8 +125,8 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     };
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {
-        let app = api::router(api_state)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let app =
+            api::router(api_state).into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(http, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await
@@ -163,7 +166,10 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         let _ = t.await;
     }
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("SMTP sessions still open after the grace period");
     }
     delivery_stop.cancel();

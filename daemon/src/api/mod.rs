@@ -54,7 +54,11 @@ async fn health(State(s): State<ApiState>) -> Response {
     match s.store.queue_len().await {
         Ok(n) => Json(json!({"status": "ok", "store": s.store.backend_name(), "queued": n}))
             .into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", e.to_string()),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "StoreUnavailable",
+            e.to_string(),
+        ),
     }
 }
 
@@ -73,7 +77,11 @@ async fn message_status(
             "MessageNotFound",
             format!("no message {id}"),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "StoreError", e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreError",
+            e.to_string(),
+        ),
     }
 }
 
@@ -86,7 +94,11 @@ async fn queue_info(
     }
     match s.store.queue_len().await {
         Ok(n) => Json(json!({"queued": n})).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "StoreError", e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreError",
+            e.to_string(),
+        ),
     }
 }
 
@@ -115,7 +127,11 @@ async fn dkim_show(
             "DkimKeyNotFound",
             format!("no DKIM key for {domain}; create one with `kiln dkim create {domain}`"),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "StoreError", e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreError",
+            e.to_string(),
+        ),
     }
 }
 
@@ -141,7 +157,9 @@ async fn dkim_create(
             format!("{domain:?} is not a domain name"),
         );
     }
-    let algorithm = q.algorithm.unwrap_or_else(|| s.settings.dkim.algorithm.clone());
+    let algorithm = q
+        .algorithm
+        .unwrap_or_else(|| s.settings.dkim.algorithm.clone());
     if !matches!(algorithm.as_str(), "rsa" | "ed25519") {
         return error(
             StatusCode::BAD_REQUEST,
@@ -149,12 +167,18 @@ async fn dkim_create(
             format!("algorithm {algorithm:?} is not one of rsa, ed25519"),
         );
     }
-    let selector = q.selector.unwrap_or_else(|| s.settings.dkim.selector.clone());
+    let selector = q
+        .selector
+        .unwrap_or_else(|| s.settings.dkim.selector.clone());
     match dkim::ensure_key(&s.store, &domain, &selector, &algorithm).await {
         Ok(key) => {
             s.signers.clear();
             Json(key_json(&key)).into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "DkimError", e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "DkimError",
+            e.to_string(),
+        ),
     }
 }

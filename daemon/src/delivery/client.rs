@@ -262,7 +262,10 @@ impl Connection {
             return Ok(Reply {
                 code: 552,
                 enhanced: Some("5.3.4".into()),
-                text: format!("message size {} exceeds the server's limit {limit}", body.len()),
+                text: format!(
+                    "message size {} exceeds the server's limit {limit}",
+                    body.len()
+                ),
             });
         }
         let mail = format!("MAIL FROM:<{from}>\r\n");

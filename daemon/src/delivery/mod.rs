@@ -132,7 +132,10 @@ impl Delivery {
             tracing::error!(error = %e, "could not release queued entries");
         }
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("deliveries still running at shutdown; their leases will expire");
         }
     }
@@ -201,7 +204,10 @@ impl Delivery {
                     .require_tls_domains
                     .iter()
                     .any(|d| d.eq_ignore_ascii_case(&dest.domain));
-            if conn.as_ref().is_some_and(|c| require_tls && !c.verified_tls) {
+            if conn
+                .as_ref()
+                .is_some_and(|c| require_tls && !c.verified_tls)
+            {
                 if let Some(c) = conn.take() {
                     c.quit().await;
                 }
@@ -306,7 +312,9 @@ impl Delivery {
                 };
                 match opened {
                     Ok(c) => return Ok(c),
-                    Err(ClientError::Rejected(reply)) if reply.is_permanent() && hosts.len() == 1 => {
+                    Err(ClientError::Rejected(reply))
+                        if reply.is_permanent() && hosts.len() == 1 =>
+                    {
                         return Err((
                             Verdict::Permanent,
                             format!("{} ({}) refused the connection: {reply}", host.name, addr),
@@ -322,7 +330,10 @@ impl Delivery {
         }
         Err((
             Verdict::Temporary,
-            format!("no MX of {domain} accepted a connection: {}", errors.join("; ")),
+            format!(
+                "no MX of {domain} accepted a connection: {}",
+                errors.join("; ")
+            ),
             Some("4.4.1".into()),
         ))
     }

@@ -20,7 +20,10 @@ pub struct MxHost {
 pub enum RouteError {
     /// The domain can never receive mail: bounce.
     #[error("{enhanced} {text}")]
-    Permanent { enhanced: &'static str, text: String },
+    Permanent {
+        enhanced: &'static str,
+        text: String,
+    },
     /// DNS trouble: try again later.
     #[error("4.4.3 {0}")]
     Temporary(String),
@@ -36,7 +39,10 @@ pub struct MxResolver {
 
 impl MxResolver {
     /// `nameservers` as `ip:port`; empty uses the system configuration.
-    pub fn new(nameservers: &[String], timeout: Duration) -> Result<MxResolver, ResolverSetupError> {
+    pub fn new(
+        nameservers: &[String],
+        timeout: Duration,
+    ) -> Result<MxResolver, ResolverSetupError> {
         let mut opts = ResolverOpts::default();
         opts.timeout = timeout;
         opts.attempts = 2;
@@ -73,13 +79,14 @@ impl MxResolver {
 
     pub async fn route(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
         if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-            let ip: IpAddr = literal
-                .trim_start_matches("IPv6:")
-                .parse()
-                .map_err(|_| RouteError::Permanent {
-                    enhanced: "5.1.2",
-                    text: format!("bad address literal {domain}"),
-                })?;
+            let ip: IpAddr =
+                literal
+                    .trim_start_matches("IPv6:")
+                    .parse()
+                    .map_err(|_| RouteError::Permanent {
+                        enhanced: "5.1.2",
+                        text: format!("bad address literal {domain}"),
+                    })?;
             return Ok(vec![MxHost {
                 name: domain.to_string(),
                 addrs: vec![ip],
@@ -102,7 +109,11 @@ impl MxResolver {
                 });
             }
             Err(e) if e.is_no_records_found() => Vec::new(),
-            Err(e) => return Err(RouteError::Temporary(format!("MX lookup for {domain}: {e}"))),
+            Err(e) => {
+                return Err(RouteError::Temporary(format!(
+                    "MX lookup for {domain}: {e}"
+                )));
+            }
         };
         if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
             return Err(RouteError::Permanent {
@@ -153,7 +164,9 @@ impl MxResolver {
         match self.resolver.lookup_ip(name).await {
             Ok(lookup) => Ok(lookup.iter().collect()),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-            Err(e) => Err(RouteError::Temporary(format!("address lookup for {name}: {e}"))),
+            Err(e) => Err(RouteError::Temporary(format!(
+                "address lookup for {name}: {e}"
+            ))),
         }
     }
 }

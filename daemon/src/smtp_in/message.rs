@@ -78,7 +78,9 @@ pub fn prepare(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
         .as_bytes(),
     );
     if header_values(message, "Message-ID").is_empty() {
-        out.extend_from_slice(format!("Message-ID: <{}@{}>\r\n", trace.id, trace.hostname).as_bytes());
+        out.extend_from_slice(
+            format!("Message-ID: <{}@{}>\r\n", trace.id, trace.hostname).as_bytes(),
+        );
     }
     if header_values(message, "Date").is_empty() {
         out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
@@ -93,7 +95,8 @@ mod tests {
 
     #[test]
     fn reads_folded_headers_and_from_domain() {
-        let msg = b"Subject: a\r\n b\r\nFrom: \"Shop\" <News@Shop.Example>\r\n\r\nFrom: body@x.y\r\n";
+        let msg =
+            b"Subject: a\r\n b\r\nFrom: \"Shop\" <News@Shop.Example>\r\n\r\nFrom: body@x.y\r\n";
         assert_eq!(header_values(msg, "subject"), vec!["a b".to_string()]);
         assert_eq!(from_domain(msg).as_deref(), Some("shop.example"));
         assert_eq!(from_domain(b"From: a@b.c\r\n\r\n").as_deref(), Some("b.c"));

@@ -125,14 +125,12 @@ pub async fn serve(
                 }
                 _ => Either::Left(tcp),
             };
-            let relay_allowed = listener.relay_networks.iter().any(|n| n.contains(peer.ip()));
-            let session = session::Session::new(
-                ctx,
-                &listener.settings,
-                peer,
-                relay_allowed,
-                shutdown,
-            );
+            let relay_allowed = listener
+                .relay_networks
+                .iter()
+                .any(|n| n.contains(peer.ip()));
+            let session =
+                session::Session::new(ctx, &listener.settings, peer, relay_allowed, shutdown);
             session.run(LineIo::new(stream)).await;
         });
     }

@@ -4,8 +4,13 @@
 pub enum Command {
     Ehlo(String),
     Helo(String),
-    Mail { from: String, params: MailParams },
-    Rcpt { to: String },
+    Mail {
+        from: String,
+        params: MailParams,
+    },
+    Rcpt {
+        to: String,
+    },
     Data,
     Rset,
     Noop,
@@ -13,7 +18,10 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
-    Auth { mechanism: String, initial: Option<String> },
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -213,10 +221,22 @@ mod tests {
     fn rejects_bad_input() {
         assert_eq!(parse_command("FOO"), Err(ParseError::Unknown));
         assert_eq!(parse_command("RCPT TO:<>"), Err(ParseError::BadRecipient));
-        assert_eq!(parse_command("RCPT TO:<no-at-sign>"), Err(ParseError::BadRecipient));
-        assert_eq!(parse_command("MAIL FROM:<a@-bad-.com>"), Err(ParseError::BadSender));
-        assert_eq!(parse_command("MAIL FROM:<a@b.com> X=1"), Err(ParseError::UnknownParam));
-        assert_eq!(parse_command("MAIL FROM:<a@b.com> SIZE=abc"), Err(ParseError::Syntax));
+        assert_eq!(
+            parse_command("RCPT TO:<no-at-sign>"),
+            Err(ParseError::BadRecipient)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<a@-bad-.com>"),
+            Err(ParseError::BadSender)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<a@b.com> X=1"),
+            Err(ParseError::UnknownParam)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<a@b.com> SIZE=abc"),
+            Err(ParseError::Syntax)
+        );
         assert_eq!(parse_command("DATA now"), Err(ParseError::Syntax));
         assert_eq!(parse_command("EHLO"), Err(ParseError::Syntax));
         assert_eq!(parse_command("MAIL TO:<a@b.com>"), Err(ParseError::Syntax));

@@ -197,7 +197,9 @@ impl Session {
                             io,
                             "552 5.3.4 Message size exceeds fixed maximum message size",
                         );
-                    } else if let Some(acct) = self.account.as_ref().filter(|a| !a.owns_sender(&from)) {
+                    } else if let Some(acct) =
+                        self.account.as_ref().filter(|a| !a.owns_sender(&from))
+                    {
                         let text = format!(
                             "553 5.7.1 <{from}>: Sender address not owned by account {}",
                             acct.name
@@ -337,7 +339,10 @@ impl Session {
             }
         };
         let Some((user, password)) = credentials else {
-            return self.error(io, "501 5.5.2 Cannot decode AUTH response or AUTH cancelled");
+            return self.error(
+                io,
+                "501 5.5.2 Cannot decode AUTH response or AUTH cancelled",
+            );
         };
         match self.ctx.accounts().authenticate(&user, &password) {
             Some(account) => {

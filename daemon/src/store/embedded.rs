@@ -145,7 +145,9 @@ impl EmbeddedStore {
             for row in queue.iter().map_err(err)? {
                 let (k, v) = row.map_err(err)?;
                 let entry: QueueEntry = decode(k.value(), v.value())?;
-                index.ready.insert((entry.ready_at_ms, k.value().to_string()));
+                index
+                    .ready
+                    .insert((entry.ready_at_ms, k.value().to_string()));
                 index.entries.insert(k.value().to_string(), entry);
             }
         }
@@ -166,7 +168,9 @@ impl EmbeddedStore {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                let Some(store) = sweeper.upgrade() else { break };
+                let Some(store) = sweeper.upgrade() else {
+                    break;
+                };
                 if let Err(e) = store.submit(Op::Sweep).await {
                     tracing::warn!(error = %e, "expiry sweep failed");
                 }
@@ -499,13 +503,17 @@ impl Tables<'_> {
                 meta,
                 entries,
             } => {
-                self.messages.insert(msg_id.as_str(), &body[..]).map_err(err)?;
+                self.messages
+                    .insert(msg_id.as_str(), &body[..])
+                    .map_err(err)?;
                 self.pending
                     .insert(msg_id.as_str(), entries.len() as u64)
                     .map_err(err)?;
                 self.put_status(msg_id, meta)?;
                 for (key, entry, status) in entries {
-                    self.queue.insert(key.as_str(), entry.as_slice()).map_err(err)?;
+                    self.queue
+                        .insert(key.as_str(), entry.as_slice())
+                        .map_err(err)?;
                     self.put_status(key, status)?;
                 }
                 Ok(Outcome::Unit)
@@ -519,7 +527,9 @@ impl Tables<'_> {
                 self.put_status(key, status)?;
                 match requeue {
                     Some(entry) => {
-                        self.queue.insert(key.as_str(), entry.as_slice()).map_err(err)?;
+                        self.queue
+                            .insert(key.as_str(), entry.as_slice())
+                            .map_err(err)?;
                     }
                     None => {
                         let was_queued = self.queue.remove(key.as_str()).map_err(err)?.is_some();
@@ -543,17 +553,13 @@ impl Tables<'_> {
                 Ok(Outcome::Unit)
             }
             Op::Incr { key, by, ttl } => {
-                let current = self
-                    .kv
-                    .get(key.as_str())
-                    .map_err(err)?
-                    .and_then(|v| {
-                        let raw = v.value();
-                        let exp = i64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
-                        let value = live_value(raw, now)?;
-                        let n = std::str::from_utf8(value).ok()?.parse::<i64>().ok()?;
-                        Some((n, exp))
-                    });
+                let current = self.kv.get(key.as_str()).map_err(err)?.and_then(|v| {
+                    let raw = v.value();
+                    let exp = i64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+                    let value = live_value(raw, now)?;
+                    let n = std::str::from_utf8(value).ok()?.parse::<i64>().ok()?;
+                    Some((n, exp))
+                });
                 let (value, exp) = match current {
                     Some((n, exp)) => (n.saturating_add(*by), exp),
                     None => {
@@ -565,7 +571,10 @@ impl Tables<'_> {
                     }
                 };
                 self.kv
-                    .insert(key.as_str(), with_expiry(exp, value.to_string().as_bytes()).as_slice())
+                    .insert(
+                        key.as_str(),
+                        with_expiry(exp, value.to_string().as_bytes()).as_slice(),
+                    )
                     .map_err(err)?;
                 Ok(Outcome::Int(value))
             }

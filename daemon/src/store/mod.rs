@@ -141,19 +141,16 @@ impl NewMessage {
     }
 
     fn entries(&self) -> impl Iterator<Item = QueueEntry> + '_ {
-        self.recipients
-            .iter()
-            .enumerate()
-            .map(|(i, r)| QueueEntry {
-                msg_id: self.id.clone(),
-                rcpt_idx: i as u32,
-                recipient: r.clone(),
-                sender: self.sender.clone(),
-                attempts: 0,
-                received_at_ms: self.received_at_ms,
-                ready_at_ms: self.received_at_ms,
-                require_tls: self.require_tls,
-            })
+        self.recipients.iter().enumerate().map(|(i, r)| QueueEntry {
+            msg_id: self.id.clone(),
+            rcpt_idx: i as u32,
+            recipient: r.clone(),
+            sender: self.sender.clone(),
+            attempts: 0,
+            received_at_ms: self.received_at_ms,
+            ready_at_ms: self.received_at_ms,
+            require_tls: self.require_tls,
+        })
     }
 
     fn initial_status(&self, recipient: &str) -> RecipientStatus {

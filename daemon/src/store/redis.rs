@@ -191,11 +191,7 @@ impl RedisStore {
             .clone()
             .zrange_withscores(self.q("leased"), 0, 0)
             .await?;
-        Ok(first
-            .into_iter()
-            .chain(leased)
-            .map(|(_, s)| s as i64)
-            .min())
+        Ok(first.into_iter().chain(leased).map(|(_, s)| s as i64).min())
     }
 
     pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>> {

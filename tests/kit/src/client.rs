@@ -70,7 +70,8 @@ impl SmtpClient {
     }
 
     pub async fn auth_plain(&mut self, user: &str, password: &str) -> anyhow::Result<Reply> {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
         self.cmd(&format!("AUTH PLAIN {token}")).await
     }
 

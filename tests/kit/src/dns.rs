@@ -40,7 +40,9 @@ impl DnsServer {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
-                let Ok((n, peer)) = udp.recv_from(&mut buf).await else { continue };
+                let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+                    continue;
+                };
                 if let Some(reply) = answer(&z, &buf[..n]) {
                     let _ = udp.send_to(&reply, peer).await;
                 }
@@ -49,7 +51,9 @@ impl DnsServer {
         let z = zone.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = tcp.accept().await else { continue };
+                let Ok((mut s, _)) = tcp.accept().await else {
+                    continue;
+                };
                 let z = z.clone();
                 tokio::spawn(async move {
                     loop {

@@ -48,9 +48,15 @@ impl KilnOptions {
 
 impl Kiln {
     pub fn start(binary: &Path, opts: &KilnOptions) -> Kiln {
-        let smtp: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().expect("addr");
-        let smtp_tls: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().expect("addr");
-        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().expect("addr");
+        let smtp: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
+            .parse()
+            .expect("addr");
+        let smtp_tls: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
+            .parse()
+            .expect("addr");
+        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
+            .parse()
+            .expect("addr");
         std::fs::create_dir_all(&opts.data_dir).expect("data dir");
         let config = opts.data_dir.join(format!("kiln-{}.toml", opts.node_id));
         let store = match &opts.redis_url {
@@ -75,7 +81,6 @@ connect_timeout = 3
 idle_timeout = 2
 
 [queue]
-lease_time = 30
 {queue}
 
 [http]
@@ -105,7 +110,11 @@ domains = ["shop.test"]
             data = opts.data_dir.display(),
             ns = opts.nameserver,
             mx_port = opts.mx_port,
-            queue = opts.queue,
+            queue = if opts.queue.contains("lease_time") {
+                opts.queue.clone()
+            } else {
+                format!("lease_time = 30\n{}", opts.queue)
+            },
             listener = opts.listener,
             extra = opts.extra,
         );
@@ -134,7 +143,7 @@ domains = ["shop.test"]
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
-            .env("KILN_LOG", "info,kiln=debug")
+            .env("KILN_LOG__LEVEL", "info,kiln=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -147,10 +156,18 @@ domains = ["shop.test"]
             if up {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("kiln exited with {status}:\n{}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "kiln did not start:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "kiln did not start:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -170,7 +187,10 @@ domains = ["shop.test"]
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = c.try_wait() {

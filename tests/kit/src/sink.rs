@@ -41,11 +41,14 @@ impl Sink {
             keep_data,
             ..SinkState::default()
         });
-        let acceptor = tls.then(|| tokio_rustls::TlsAcceptor::from(crate::tls::server_config("mx.test")));
+        let acceptor =
+            tls.then(|| tokio_rustls::TlsAcceptor::from(crate::tls::server_config("mx.test")));
         let st = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 st.connections.fetch_add(1, Ordering::Relaxed);
                 let st = st.clone();
@@ -99,7 +102,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     offer_tls: bool,
     tls: bool,
 ) -> Option<Upgrade> {
-    if !tls && conn.get_mut().write_all(b"220 sink.test ESMTP\r\n").await.is_err() {
+    if !tls
+        && conn
+            .get_mut()
+            .write_all(b"220 sink.test ESMTP\r\n")
+            .await
+            .is_err()
+    {
         return None;
     }
     let mut from = String::new();

@@ -1,0 +1,73 @@
+//! Two nodes on one Redis share one queue.
+
+use crate::durability::{inject, subjects};
+use crate::harness::{Backend, binary, env};
+use kiln_testkit::process::{Kiln, KilnOptions};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
+    let setup = |o: &mut KilnOptions| {
+        o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+        o.queue = "lease_time = 3\nretry_schedule = [1]".into();
+    };
+    let e = env(Backend::Redis, setup).await;
+    let mut opts = KilnOptions::new(
+        &e.dir.path().join("node-b"),
+        &e.dns.nameserver(),
+        e.sink.addr.port(),
+    );
+    opts.redis_url = e.redis.as_ref().map(|r| r.url());
+    opts.node_id = "node-b".into();
+    setup(&mut opts);
+    let mut b = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+
+    // 1,000 messages split over both nodes: each delivered exactly once.
+    let (ra, rb) = tokio::join!(
+        inject(e.kiln.smtp, 500, 10, "a"),
+        inject(b.smtp, 500, 10, "b")
+    );
+    let acked = ra.lock().unwrap().len() + rb.lock().unwrap().len();
+    assert_eq!(acked, 1000);
+    let sink = e.sink.clone();
+    let all = kiln_testkit::wait_for(Duration::from_secs(60), || {
+        let s = sink.clone();
+        async move { s.count() >= 1000 }
+    })
+    .await;
+    assert!(all, "only {} of 1000 delivered", e.sink.count());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for s in subjects(&e.sink) {
+        *seen.entry(s).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 1000);
+    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "delivered twice: {dupes:?}");
+
+    // Node B leases work and dies with it: node A takes over after expiry.
+    e.sink.set_rule("sink@dest.test", "451 4.3.0 Not yet");
+    let before = e.sink.count();
+    let acked_b = inject(b.smtp, 300, 10, "dead").await;
+    let acked_b: Vec<String> = acked_b.lock().unwrap().clone();
+    assert_eq!(acked_b.len(), 300);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.kill9();
+    e.sink.clear_rule("sink@dest.test");
+    let sink = e.sink.clone();
+    let done = kiln_testkit::wait_for(Duration::from_secs(60), || {
+        let s = sink.clone();
+        async move { s.count() >= before + 300 }
+    })
+    .await;
+    assert!(
+        done,
+        "node A delivered {} of node B's 300",
+        e.sink.count() - before
+    );
+    let got: std::collections::HashSet<String> = subjects(&e.sink).into_iter().collect();
+    for s in &acked_b {
+        assert!(got.contains(s), "{s} lost with node B");
+    }
+}

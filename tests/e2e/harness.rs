@@ -1,0 +1,117 @@
+//! Shared setup: one DNS server, one sink, one kiln per scenario.
+
+use kiln_testkit::client::SmtpClient;
+use kiln_testkit::dns::DnsServer;
+use kiln_testkit::process::{Kiln, KilnOptions};
+use kiln_testkit::redis::RedisServer;
+use kiln_testkit::sink::Sink;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+pub const BOTH: [Backend; 2] = [Backend::Embedded, Backend::Redis];
+
+pub struct Env {
+    pub dns: DnsServer,
+    pub sink: Sink,
+    pub kiln: Kiln,
+    pub redis: Option<RedisServer>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+/// DNS with `dest.test` → mx.dest.test → 127.0.0.1, a TLS sink, and kiln.
+pub async fn env(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Env {
+    let dns = DnsServer::start().await;
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", "127.0.0.1".parse().unwrap());
+    let redis = (backend == Backend::Redis).then(RedisServer::start);
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = KilnOptions::new(
+        &dir.path().join("data"),
+        &dns.nameserver(),
+        sink.addr.port(),
+    );
+    opts.redis_url = redis.as_ref().map(|r| r.url());
+    tweak(&mut opts);
+    let kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+    Env {
+        dns,
+        sink,
+        kiln,
+        redis,
+        dir,
+    }
+}
+
+/// An authenticated submission session (STARTTLS, AUTH PLAIN).
+pub async fn submit_session(addr: SocketAddr) -> SmtpClient {
+    let mut c = SmtpClient::connect(addr).await.unwrap();
+    assert_eq!(c.greeting.code, 220);
+    assert_eq!(c.cmd("EHLO client.test").await.unwrap().code, 250);
+    assert_eq!(c.starttls().await.unwrap().code, 220);
+    let ehlo = c.cmd("EHLO client.test").await.unwrap();
+    assert!(ehlo.text.contains("AUTH PLAIN LOGIN"), "{}", ehlo.text);
+    let auth = c.auth_plain("shop", "shop-password").await.unwrap();
+    assert_eq!(auth.code, 235, "{}", auth.text);
+    c
+}
+
+pub fn queued_id(reply_text: &str) -> String {
+    reply_text
+        .rsplit("queued as ")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+pub async fn status(kiln: &Kiln, id: &str) -> Option<Value> {
+    let resp = reqwest::get(format!("http://{}/admin/messages/{id}", kiln.http))
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
+}
+
+/// Waits until recipient `idx` of message `id` is in `state`; returns its record.
+pub async fn wait_state(kiln: &Kiln, id: &str, idx: usize, state: &str, secs: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let st = status(kiln, id).await;
+        if let Some(r) = st.as_ref().and_then(|s| s["recipients"].get(idx))
+            && r["state"] == state
+        {
+            return r.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message {id} recipient {idx} never reached {state}: {st:?}\n{}",
+            kiln.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn queued(kiln: &Kiln) -> u64 {
+    let v: Value = reqwest::get(format!("http://{}/healthz", kiln.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["queued"].as_u64().unwrap()
+}
