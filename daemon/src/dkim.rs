@@ -168,13 +168,16 @@ pub async fn ensure_key(
     }
 }
 
+/// A cached signer (None: the domain has no key), with when it was looked up.
+type CachedSigner = (Instant, Option<Arc<Signer>>);
+
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 /// Per-domain signer cache in front of the store.
 pub struct DkimSigners {
     store: Store,
     headers: Vec<String>,
-    cache: Mutex<HashMap<String, (Instant, Option<Arc<Signer>>)>>,
+    cache: Mutex<HashMap<String, CachedSigner>>,
 }
 
 impl DkimSigners {

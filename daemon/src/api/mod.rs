@@ -38,15 +38,15 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-fn loopback_only(peer: SocketAddr) -> Result<(), Response> {
+fn loopback_only(peer: SocketAddr) -> Result<(), Box<Response>> {
     if peer.ip().is_loopback() {
         Ok(())
     } else {
-        Err(error(
+        Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "Forbidden",
             "admin endpoints answer on loopback only",
-        ))
+        )))
     }
 }
 
@@ -68,7 +68,7 @@ async fn message_status(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = loopback_only(peer) {
-        return r;
+        return *r;
     }
     match s.store.status(&id).await {
         Ok(Some(status)) => Json(status).into_response(),
@@ -90,7 +90,7 @@ async fn queue_info(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     if let Err(r) = loopback_only(peer) {
-        return r;
+        return *r;
     }
     match s.store.queue_len().await {
         Ok(n) => Json(json!({"queued": n})).into_response(),
@@ -118,7 +118,7 @@ async fn dkim_show(
     Path(domain): Path<String>,
 ) -> Response {
     if let Err(r) = loopback_only(peer) {
-        return r;
+        return *r;
     }
     match dkim::load_key(&s.store, &domain).await {
         Ok(Some(key)) => Json(key_json(&key)).into_response(),
@@ -148,7 +148,7 @@ async fn dkim_create(
     Query(q): Query<CreateKey>,
 ) -> Response {
     if let Err(r) = loopback_only(peer) {
-        return r;
+        return *r;
     }
     if !crate::smtp_in::parser::valid_domain(&domain) || domain.starts_with('[') {
         return error(

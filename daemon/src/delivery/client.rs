@@ -301,10 +301,8 @@ impl Connection {
             Some(mail_r)
         } else if let Some(r) = rcpt_r.filter(|r| !r.is_positive()) {
             Some(r)
-        } else if let Some(d) = data_r.as_ref().filter(|d| d.code != 354) {
-            Some(d.clone())
         } else {
-            None
+            data_r.as_ref().filter(|d| d.code != 354).cloned()
         };
         if let Some(refusal) = refusal {
             if data_started {

@@ -207,10 +207,9 @@ impl Delivery {
             if conn
                 .as_ref()
                 .is_some_and(|c| require_tls && !c.verified_tls)
+                && let Some(c) = conn.take()
             {
-                if let Some(c) = conn.take() {
-                    c.quit().await;
-                }
+                c.quit().await;
             }
             if conn.is_none() {
                 match self.connect(&dest.domain, require_tls).await {
@@ -399,8 +398,12 @@ impl Delivery {
             Disposition::Final(status)
         };
         if let Err(e) = self.queue.store.settle(entry, disposition).await {
-            // The lease will expire and the entry be tried again.
+            // Put it back so it is tried again (at worst delivered twice,
+            // never lost); if even that fails the lease expires.
             tracing::error!(msg_id = %entry.msg_id, error = %e, "could not record delivery outcome");
+            if let Err(e) = self.queue.store.release(std::slice::from_ref(entry)).await {
+                tracing::error!(msg_id = %entry.msg_id, error = %e, "could not release entry");
+            }
         }
     }
 }

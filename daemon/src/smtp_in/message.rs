@@ -15,7 +15,7 @@ fn header_end(message: &[u8]) -> usize {
 }
 
 /// Unfolded header values named `name` (case-insensitive).
-pub fn header_values<'a>(message: &'a [u8], name: &str) -> Vec<String> {
+pub fn header_values(message: &[u8], name: &str) -> Vec<String> {
     let headers = &message[..header_end(message)];
     let text = String::from_utf8_lossy(headers);
     let mut out = Vec::new();

@@ -1,0 +1,126 @@
+//! Starts a DNS server, an SMTP sink and `kiln` (release build), injects N
+//! messages of 2 KB over 20 parallel sessions (one connection per message,
+//! like Postfix's smtp-source), waits until the sink has them all, and prints
+//!
+//! `kiln end_to_end_mps=<n> inject_mps=<n> n=<N> dkim=<on|off> store=<embedded|redis>`
+//!
+//! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis] [--kiln PATH]
+
+use kiln_testkit::client::{SmtpClient, message};
+use kiln_testkit::dns::DnsServer;
+use kiln_testkit::process::{Kiln, KilnOptions};
+use kiln_testkit::redis::RedisServer;
+use kiln_testkit::sink::Sink;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+struct Args {
+    n: usize,
+    sessions: usize,
+    dkim: bool,
+    redis: bool,
+    kiln: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        n: 20_000,
+        sessions: 20,
+        dkim: false,
+        redis: false,
+        kiln: PathBuf::from("target/release/kiln"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--n" => args.n = value.parse().map_err(|_| "--n: not a number")?,
+            "--sessions" => args.sessions = value.parse().map_err(|_| "--sessions: not a number")?,
+            "--dkim" => args.dkim = value == "on",
+            "--store" => args.redis = value == "redis",
+            "--kiln" => args.kiln = PathBuf::from(value),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kiln-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let dns = DnsServer::start().await;
+    dns.add_mx("sink.test", 10, "mx.sink.test");
+    dns.add_ip("mx.sink.test", "127.0.0.1".parse().expect("ip"));
+    let sink = Sink::start("127.0.0.1:0".parse().expect("addr"), false, false).await;
+    let redis = args.redis.then(RedisServer::start);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = KilnOptions::new(&dir.path().join("data"), &dns.nameserver(), sink.addr.port());
+    opts.redis_url = redis.as_ref().map(|r| r.url());
+    opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+    opts.extra = "[log]\nlevel = \"warn\"\n".into();
+    let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
+    if args.dkim {
+        let out = kiln.command(&["dkim", "create", "shop.test", "--algorithm", "rsa"]);
+        assert!(out.status.success(), "dkim create failed");
+    }
+
+    let body = Arc::new(message("bench@shop.test", "rcpt@sink.test", "bench", 2048));
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.sessions {
+        let (next, failed, body, addr, n) = (next.clone(), failed.clone(), body.clone(), kiln.smtp, args.n);
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let ok = async {
+                    let mut c = SmtpClient::connect(addr).await.ok()?;
+                    c.cmd("EHLO bench.test").await.ok()?;
+                    let r = c.send("bench@shop.test", &["rcpt@sink.test"], &body).await.ok()?;
+                    c.quit().await;
+                    (r.code == 250).then_some(())
+                }
+                .await;
+                if ok.is_none() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let inject_secs = start.elapsed().as_secs_f64();
+    let accepted = args.n - failed.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while sink.count() < accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let total_secs = start.elapsed().as_secs_f64();
+    if sink.count() < accepted {
+        eprintln!("kiln-bench: only {} of {accepted} delivered", sink.count());
+        std::process::exit(1);
+    }
+    eprintln!(
+        "injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections",
+        args.n - accepted,
+        sink.connections()
+    );
+    println!(
+        "kiln end_to_end_mps={:.0} inject_mps={:.0} n={} dkim={} store={}",
+        accepted as f64 / total_secs,
+        accepted as f64 / inject_secs,
+        accepted,
+        if args.dkim { "on" } else { "off" },
+        if args.redis { "redis" } else { "embedded" }
+    );
+    drop(kiln);
+}
