@@ -74,6 +74,8 @@ impl LineIo {
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), LineError> {
         self.flush().await?;
         self.stream.write_all(bytes).await?;
+        // TLS may hold the tail of what was written until flushed.
+        self.stream.flush().await?;
         Ok(())
     }
 

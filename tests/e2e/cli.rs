@@ -20,7 +20,10 @@ fn check_config_names_file_key_and_problem() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for key in ["dns.nameservers[0]", "store.redis_url", "delivery.mx_port"] {
-        assert!(err.contains(&format!("bad.toml: {key}")), "{key} not named in: {err}");
+        assert!(
+            err.contains(&format!("bad.toml: {key}")),
+            "{key} not named in: {err}"
+        );
     }
 
     let good = dir.path().join("good.toml");
@@ -30,7 +33,11 @@ fn check_config_names_file_key_and_problem() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let typo = dir.path().join("typo.toml");
     std::fs::write(&typo, "[delivery]\nmx_prot = 25\n").unwrap();

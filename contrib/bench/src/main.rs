@@ -37,7 +37,9 @@ fn parse_args() -> Result<Args, String> {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--n" => args.n = value.parse().map_err(|_| "--n: not a number")?,
-            "--sessions" => args.sessions = value.parse().map_err(|_| "--sessions: not a number")?,
+            "--sessions" => {
+                args.sessions = value.parse().map_err(|_| "--sessions: not a number")?
+            }
             "--dkim" => args.dkim = value == "on",
             "--store" => args.redis = value == "redis",
             "--kiln" => args.kiln = PathBuf::from(value),
@@ -62,7 +64,11 @@ async fn main() {
     let sink = Sink::start("127.0.0.1:0".parse().expect("addr"), false, false).await;
     let redis = args.redis.then(RedisServer::start);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = KilnOptions::new(&dir.path().join("data"), &dns.nameserver(), sink.addr.port());
+    let mut opts = KilnOptions::new(
+        &dir.path().join("data"),
+        &dns.nameserver(),
+        sink.addr.port(),
+    );
     opts.redis_url = redis.as_ref().map(|r| r.url());
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
     opts.extra = "[log]\nlevel = \"warn\"\n".into();
@@ -78,13 +84,22 @@ async fn main() {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.sessions {
-        let (next, failed, body, addr, n) = (next.clone(), failed.clone(), body.clone(), kiln.smtp, args.n);
+        let (next, failed, body, addr, n) = (
+            next.clone(),
+            failed.clone(),
+            body.clone(),
+            kiln.smtp,
+            args.n,
+        );
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let ok = async {
                     let mut c = SmtpClient::connect(addr).await.ok()?;
                     c.cmd("EHLO bench.test").await.ok()?;
-                    let r = c.send("bench@shop.test", &["rcpt@sink.test"], &body).await.ok()?;
+                    let r = c
+                        .send("bench@shop.test", &["rcpt@sink.test"], &body)
+                        .await
+                        .ok()?;
                     c.quit().await;
                     (r.code == 250).then_some(())
                 }

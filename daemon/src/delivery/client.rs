@@ -118,16 +118,21 @@ struct Extensions {
     size: Option<usize>,
 }
 
-async fn read_reply(io: &mut LineIo, timeout: Duration) -> Result<Reply, ClientError> {
+/// The lines of one (possibly multi-line) reply.
+async fn read_reply_lines(io: &mut LineIo, timeout: Duration) -> Result<Vec<String>, ClientError> {
     let mut lines = Vec::new();
     loop {
         let line = io.read_line(MAX_REPLY_LINE, timeout).await?;
         let last = line.len() < 4 || line.as_bytes()[3] != b'-';
         lines.push(line);
         if last || lines.len() > 100 {
-            break;
+            return Ok(lines);
         }
     }
+}
+
+async fn read_reply(io: &mut LineIo, timeout: Duration) -> Result<Reply, ClientError> {
+    let lines = read_reply_lines(io, timeout).await?;
     Reply::parse(&lines).ok_or(ClientError::Malformed)
 }
 
@@ -139,15 +144,7 @@ async fn command(io: &mut LineIo, line: &str, timeout: Duration) -> Result<Reply
 
 async fn ehlo(io: &mut LineIo, helo: &str) -> Result<Extensions, ClientError> {
     io.queue(format!("EHLO {helo}\r\n").as_bytes());
-    let mut lines = Vec::new();
-    loop {
-        let line = io.read_line(MAX_REPLY_LINE, COMMAND_TIMEOUT).await?;
-        let last = line.len() < 4 || line.as_bytes()[3] != b'-';
-        lines.push(line);
-        if last || lines.len() > 100 {
-            break;
-        }
-    }
+    let lines = read_reply_lines(io, COMMAND_TIMEOUT).await?;
     let reply = Reply::parse(&lines).ok_or(ClientError::Malformed)?;
     if reply.code != 250 {
         let helo_reply = command(io, &format!("HELO {helo}"), COMMAND_TIMEOUT).await?;

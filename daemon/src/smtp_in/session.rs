@@ -104,6 +104,7 @@ impl Session {
     }
 
     fn reply(&mut self, io: &mut LineIo, text: &str) {
+        tracing::debug!(peer = %self.peer, reply = text.get(..3).unwrap_or(text), "reply");
         io.queue(text.as_bytes());
         io.queue(b"\r\n");
     }
@@ -145,6 +146,7 @@ impl Session {
                 }
                 Err(_) => return Step::Quit,
             };
+            tracing::debug!(peer = %self.peer, verb = line.split(' ').next().unwrap_or(""), "command");
             let command = match parse_command(&line) {
                 Ok(c) => c,
                 Err(e) => {

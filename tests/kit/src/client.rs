@@ -51,6 +51,7 @@ impl SmtpClient {
             .get_mut()
             .write_all(format!("{line}\r\n").as_bytes())
             .await?;
+        self.conn.get_mut().flush().await?;
         read_reply(&mut self.conn).await
     }
 
@@ -112,6 +113,7 @@ impl SmtpClient {
         }
         out.extend_from_slice(b".\r\n");
         self.conn.get_mut().write_all(&out).await?;
+        self.conn.get_mut().flush().await?;
         Ok(())
     }
 
@@ -121,6 +123,7 @@ impl SmtpClient {
 
     pub async fn write_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.conn.get_mut().write_all(bytes).await?;
+        self.conn.get_mut().flush().await?;
         Ok(())
     }
 
@@ -130,6 +133,13 @@ impl SmtpClient {
 }
 
 async fn read_reply(conn: &mut BufReader<Box<dyn Io>>) -> anyhow::Result<Reply> {
+    match tokio::time::timeout(std::time::Duration::from_secs(30), read_reply_inner(conn)).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("no reply within 30 s"),
+    }
+}
+
+async fn read_reply_inner(conn: &mut BufReader<Box<dyn Io>>) -> anyhow::Result<Reply> {
     let mut text = String::new();
     loop {
         let mut line = String::new();

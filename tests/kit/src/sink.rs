@@ -117,7 +117,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut line = String::new();
     loop {
         if conn.buffer().is_empty() && !out.is_empty() {
-            if conn.get_mut().write_all(&out).await.is_err() {
+            if send(conn, &out).await.is_err() {
                 return None;
             }
             out.clear();
@@ -139,7 +139,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             out.extend_from_slice(b"250 sink.test\r\n");
         } else if upper == "STARTTLS" && offer_tls {
             out.extend_from_slice(b"220 2.0.0 go ahead\r\n");
-            let _ = conn.get_mut().write_all(&out).await;
+            let _ = send(conn, &out).await;
             return Some(Upgrade);
         } else if upper.starts_with("MAIL FROM:") {
             from = angle(&cmd[10..]);
@@ -161,7 +161,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             out.extend_from_slice(b"354 go\r\n");
-            if conn.get_mut().write_all(&out).await.is_err() {
+            if send(conn, &out).await.is_err() {
                 return None;
             }
             out.clear();
@@ -196,7 +196,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             out.extend_from_slice(b"250 2.0.0 ok\r\n");
         } else if upper == "QUIT" {
             out.extend_from_slice(b"221 2.0.0 bye\r\n");
-            let _ = conn.get_mut().write_all(&out).await;
+            let _ = send(conn, &out).await;
             return None;
         } else if upper == "NOOP" {
             out.extend_from_slice(b"250 2.0.0 ok\r\n");
@@ -213,4 +213,13 @@ fn angle(arg: &str) -> String {
         .and_then(|a| a.split_once('>').map(|(a, _)| a))
         .unwrap_or(arg);
     inner.to_string()
+}
+
+/// Writes and flushes (TLS holds data back until flushed).
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut BufReader<S>,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    conn.get_mut().write_all(bytes).await?;
+    conn.get_mut().flush().await
 }
