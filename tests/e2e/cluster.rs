@@ -10,7 +10,8 @@ use std::time::Duration;
 async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
     let setup = |o: &mut KilnOptions| {
         o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
-        o.queue = "lease_time = 3\nretry_schedule = [1]".into();
+        o.lease_time_secs = 3;
+        o.queue = "retry_schedule = [1]".into();
     };
     let e = env(Backend::Redis, setup).await;
     let mut opts = KilnOptions::new(

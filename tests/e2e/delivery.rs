@@ -1,7 +1,7 @@
 //! Delivery: DKIM-signed mail reaches the MX that DNS names; MX fallback;
 //! retries after 4xx; bounces after 5xx, missing domains and null MX.
 
-use crate::harness::{BOTH, env, queued_id, submit_session, wait_state};
+use crate::harness::{BOTH, env, queued_id, submit_one, submit_session, wait_state};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use kiln_testkit::client::message;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters};
@@ -22,6 +22,11 @@ async fn verify_dkim(nameserver: std::net::SocketAddr, data: &[u8]) -> Vec<DkimR
         .into_iter()
         .map(|o| o.result().clone())
         .collect()
+}
+
+/// The text of a recipient record's first attempt (remote reply or local reason).
+fn first_reply(rec: &serde_json::Value) -> &str {
+    rec["attempts"][0]["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,15 +53,14 @@ async fn signed_mail_reaches_the_mx_dns_names() {
         assert!(String::from_utf8_lossy(&show.stdout).contains(txt));
         e.dns.add_txt("kiln._domainkey.shop.test", txt);
 
-        let mut c = submit_session(e.kiln.smtp).await;
-        let body = message("news@shop.test", "alice@dest.test", "Hello", 2048);
-        let r = c
-            .send("news@shop.test", &["alice@dest.test"], &body)
-            .await
-            .unwrap();
-        assert_eq!(r.code, 250, "{r:?}");
-        let id = queued_id(&r.text);
-        c.quit().await;
+        let id = submit_one(
+            e.kiln.smtp,
+            "news@shop.test",
+            "alice@dest.test",
+            "Hello",
+            2048,
+        )
+        .await;
 
         let rec = wait_state(&e.kiln, &id, 0, "delivered", 20).await;
         let attempt = &rec["attempts"][0];
@@ -136,31 +140,14 @@ async fn fallback_retry_and_bounces() {
         let rec = wait_state(&e.kiln, &ids[2], 0, "bounced", 30).await;
         assert_eq!(rec["attempts"][0]["code"], 550);
         assert_eq!(rec["attempts"][0]["enhanced_code"], "5.1.1");
-        assert!(
-            rec["attempts"][0]["message"]
-                .as_str()
-                .unwrap()
-                .contains("No such user")
-        );
+        assert!(first_reply(&rec).contains("No such user"));
 
         let rec = wait_state(&e.kiln, &ids[3], 0, "bounced", 30).await;
-        assert!(
-            rec["attempts"][0]["message"]
-                .as_str()
-                .unwrap()
-                .contains("no MX and no A/AAAA"),
-            "{rec}"
-        );
+        assert!(first_reply(&rec).contains("no MX and no A/AAAA"), "{rec}");
         let rec = wait_state(&e.kiln, &ids[4], 0, "bounced", 30).await;
         assert_eq!(rec["attempts"][0]["enhanced_code"], "5.1.10", "{rec}");
         let rec = wait_state(&e.kiln, &ids[5], 0, "bounced", 30).await;
-        assert!(
-            rec["attempts"][0]["message"]
-                .as_str()
-                .unwrap()
-                .contains("does not exist"),
-            "{rec}"
-        );
+        assert!(first_reply(&rec).contains("does not exist"), "{rec}");
 
         // Exactly the two deliverable messages arrived.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -182,14 +169,7 @@ async fn sigterm_exits_cleanly_and_keeps_the_queue() {
         let mut e = env(backend, |o| o.queue = "retry_schedule = [3600]".into()).await;
         e.sink
             .set_rule("slow@dest.test", "451 4.3.0 Try again later");
-        let mut c = submit_session(e.kiln.smtp).await;
-        let body = message("a@shop.test", "slow@dest.test", "kept", 1024);
-        let r = c
-            .send("a@shop.test", &["slow@dest.test"], &body)
-            .await
-            .unwrap();
-        let id = queued_id(&r.text);
-        c.quit().await;
+        let id = submit_one(e.kiln.smtp, "a@shop.test", "slow@dest.test", "kept", 1024).await;
         wait_state(&e.kiln, &id, 0, "deferred", 20).await;
         let status = tokio::task::block_in_place(|| e.kiln.terminate()).unwrap();
         assert!(

@@ -68,6 +68,22 @@ pub async fn submit_session(addr: SocketAddr) -> SmtpClient {
     c
 }
 
+/// Submits one message in its own authenticated session; returns its id.
+pub async fn submit_one(
+    addr: SocketAddr,
+    from: &str,
+    to: &str,
+    subject: &str,
+    size: usize,
+) -> String {
+    let mut c = submit_session(addr).await;
+    let body = kiln_testkit::client::message(from, to, subject, size);
+    let r = c.send(from, &[to], &body).await.unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    c.quit().await;
+    queued_id(&r.text)
+}
+
 pub fn queued_id(reply_text: &str) -> String {
     reply_text
         .rsplit("queued as ")

@@ -47,11 +47,7 @@ impl SmtpClient {
     }
 
     pub async fn cmd(&mut self, line: &str) -> anyhow::Result<Reply> {
-        self.conn
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await?;
-        self.conn.get_mut().flush().await?;
+        self.write_raw(format!("{line}\r\n").as_bytes()).await?;
         read_reply(&mut self.conn).await
     }
 
@@ -112,15 +108,14 @@ impl SmtpClient {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
-        self.conn.get_mut().write_all(&out).await?;
-        self.conn.get_mut().flush().await?;
-        Ok(())
+        self.write_raw(&out).await
     }
 
     pub async fn read_reply(&mut self) -> anyhow::Result<Reply> {
         read_reply(&mut self.conn).await
     }
 
+    /// Writes and flushes (TLS holds data back until flushed).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.conn.get_mut().write_all(bytes).await?;
         self.conn.get_mut().flush().await?;

@@ -24,6 +24,8 @@ pub struct KilnOptions {
     pub redis_url: Option<String>,
     /// Extra TOML appended verbatim (sections of its own).
     pub extra: String,
+    /// `queue.lease_time`, short where a test waits for a dead node's leases.
+    pub lease_time_secs: u64,
     /// Extra settings for the [queue] section.
     pub queue: String,
     /// Extra settings for the first listener (e.g. relay networks).
@@ -39,6 +41,7 @@ impl KilnOptions {
             mx_port,
             redis_url: None,
             extra: String::new(),
+            lease_time_secs: 30,
             queue: String::new(),
             listener: String::new(),
             node_id: "node-a".into(),
@@ -48,15 +51,8 @@ impl KilnOptions {
 
 impl Kiln {
     pub fn start(binary: &Path, opts: &KilnOptions) -> Kiln {
-        let smtp: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
-            .parse()
-            .expect("addr");
-        let smtp_tls: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
-            .parse()
-            .expect("addr");
-        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
-            .parse()
-            .expect("addr");
+        let free_addr = || SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let (smtp, smtp_tls, http) = (free_addr(), free_addr(), free_addr());
         std::fs::create_dir_all(&opts.data_dir).expect("data dir");
         let config = opts.data_dir.join(format!("kiln-{}.toml", opts.node_id));
         let store = match &opts.redis_url {
@@ -81,6 +77,7 @@ connect_timeout = 3
 idle_timeout = 2
 
 [queue]
+lease_time = {lease_time}
 {queue}
 
 [http]
@@ -110,11 +107,8 @@ domains = ["shop.test"]
             data = opts.data_dir.display(),
             ns = opts.nameserver,
             mx_port = opts.mx_port,
-            queue = if opts.queue.contains("lease_time") {
-                opts.queue.clone()
-            } else {
-                format!("lease_time = 30\n{}", opts.queue)
-            },
+            lease_time = opts.lease_time_secs,
+            queue = opts.queue,
             listener = opts.listener,
             extra = opts.extra,
         );
