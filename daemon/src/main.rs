@@ -49,17 +49,30 @@ enum DkimCommand {
     },
 }
 
-fn init_logging(settings: &Settings) {
+/// Log lines go through a buffer that a background thread writes out
+/// whenever it runs dry, so a busy node makes one write for many lines instead
+/// of one per line. Nothing is dropped: a full buffer makes callers wait.
+/// The guard flushes on drop; keep it until the process exits.
+fn init_logging(settings: &Settings) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("kiln-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer);
     if settings.log.format == "json" {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -83,7 +96,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => {
-            init_logging(&settings);
+            let _log_guard = init_logging(&settings);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

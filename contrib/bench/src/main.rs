@@ -5,13 +5,18 @@
 //! `kiln end_to_end_mps=<n> inject_mps=<n> n=<N> dkim=<on|off> store=<embedded|redis>`
 //!
 //! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis] [--kiln PATH]
+//!                   [--source PATH-TO-smtp-source]
+//!
+//! With `--source`, Postfix's `smtp-source` generates the load (the tool the
+//! reference figures in BENCHMARKS.md were taken with); without it, a built-in
+//! client does the same thing.
 
 use kiln_testkit::client::{SmtpClient, message};
 use kiln_testkit::dns::DnsServer;
 use kiln_testkit::process::{Kiln, KilnOptions};
 use kiln_testkit::redis::RedisServer;
 use kiln_testkit::sink::Sink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ struct Args {
     dkim: bool,
     redis: bool,
     kiln: PathBuf,
+    source: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -31,6 +37,7 @@ fn parse_args() -> Result<Args, String> {
         dkim: false,
         redis: false,
         kiln: PathBuf::from("target/release/kiln"),
+        source: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
             "--dkim" => args.dkim = value == "on",
             "--store" => args.redis = value == "redis",
             "--kiln" => args.kiln = PathBuf::from(value),
+            "--source" => args.source = Some(PathBuf::from(value)),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -71,50 +79,20 @@ async fn main() {
     );
     opts.redis_url = redis.as_ref().map(|r| r.url());
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
-    opts.extra = "[log]\nlevel = \"warn\"\n".into();
+    opts.log_level = "info".into();
     let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
     if args.dkim {
         let out = kiln.command(&["dkim", "create", "shop.test", "--algorithm", "rsa"]);
         assert!(out.status.success(), "dkim create failed");
     }
 
-    let body = Arc::new(message("bench@shop.test", "rcpt@sink.test", "bench", 2048));
-    let next = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.sessions {
-        let (next, failed, body, addr, n) = (
-            next.clone(),
-            failed.clone(),
-            body.clone(),
-            kiln.smtp,
-            args.n,
-        );
-        tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                let ok = async {
-                    let mut c = SmtpClient::connect(addr).await.ok()?;
-                    c.cmd("EHLO bench.test").await.ok()?;
-                    let r = c
-                        .send("bench@shop.test", &["rcpt@sink.test"], &body)
-                        .await
-                        .ok()?;
-                    c.quit().await;
-                    (r.code == 250).then_some(())
-                }
-                .await;
-                if ok.is_none() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+    let failed = match &args.source {
+        Some(source) => inject_with_smtp_source(source, &args, kiln.smtp),
+        None => inject_builtin(&args, kiln.smtp).await,
+    };
     let inject_secs = start.elapsed().as_secs_f64();
-    let accepted = args.n - failed.load(Ordering::Relaxed);
+    let accepted = args.n - failed;
     let deadline = Instant::now() + Duration::from_secs(600);
     while sink.count() < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -138,4 +116,63 @@ async fn main() {
         if args.redis { "redis" } else { "embedded" }
     );
     drop(kiln);
+}
+
+/// 20 sessions (by default), one connection per message; returns how many
+/// messages were refused.
+async fn inject_builtin(args: &Args, addr: std::net::SocketAddr) -> usize {
+    let body = Arc::new(message("bench@shop.test", "rcpt@sink.test", "bench", 2048));
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.sessions {
+        let (next, failed, body, n) = (next.clone(), failed.clone(), body.clone(), args.n);
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let ok = async {
+                    let mut c = SmtpClient::connect(addr).await.ok()?;
+                    c.cmd("EHLO bench.test").await.ok()?;
+                    let r = c
+                        .send("bench@shop.test", &["rcpt@sink.test"], &body)
+                        .await
+                        .ok()?;
+                    c.quit().await;
+                    (r.code == 250).then_some(())
+                }
+                .await;
+                if ok.is_none() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    failed.load(Ordering::Relaxed)
+}
+
+/// Runs Postfix's smtp-source with the reference load. It gives up at the
+/// first refused message, so a failure ends the benchmark.
+fn inject_with_smtp_source(source: &Path, args: &Args, addr: std::net::SocketAddr) -> usize {
+    let status = tokio::task::block_in_place(|| {
+        std::process::Command::new(source)
+            .args(["-s", &args.sessions.to_string()])
+            .args(["-l", "2048", "-m", &args.n.to_string()])
+            .args(["-f", "bench@shop.test", "-t", "rcpt@sink.test"])
+            .args(["-M", "bench.test"])
+            .arg(addr.to_string())
+            .status()
+    });
+    match status {
+        Ok(s) if s.success() => 0,
+        Ok(s) => {
+            eprintln!("kiln-bench: smtp-source exited with {s}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("kiln-bench: cannot run {}: {e}", source.display());
+            std::process::exit(2);
+        }
+    }
 }

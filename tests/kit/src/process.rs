@@ -13,6 +13,7 @@ pub struct Kiln {
     binary: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    log_level: String,
 }
 
 /// What a test changes from the defaults; the rest of the TOML is generated.
@@ -31,6 +32,9 @@ pub struct KilnOptions {
     /// Extra settings for the first listener (e.g. relay networks).
     pub listener: String,
     pub node_id: String,
+    /// `KILN_LOG__LEVEL`; tests log commands and replies, the benchmark
+    /// logs what production logs.
+    pub log_level: String,
 }
 
 impl KilnOptions {
@@ -45,6 +49,7 @@ impl KilnOptions {
             queue: String::new(),
             listener: String::new(),
             node_id: "node-a".into(),
+            log_level: "info,kiln=debug".into(),
         }
     }
 }
@@ -121,6 +126,7 @@ domains = ["shop.test"]
             binary: binary.to_path_buf(),
             child: None,
             log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
+            log_level: opts.log_level.clone(),
         };
         kiln.spawn();
         kiln
@@ -137,7 +143,7 @@ domains = ["shop.test"]
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
-            .env("KILN_LOG__LEVEL", "info,kiln=debug")
+            .env("KILN_LOG__LEVEL", &self.log_level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
