@@ -1,12 +1,39 @@
 #!/usr/bin/env bash
-# Kiln's end-to-end benchmark: the four runs README.md reports.
+# Kiln's end-to-end benchmark: the runs README.md reports.
 # Usage: contrib/bench/run.sh [N]     (default N=20000)
+#
+# Every store/DKIM combination runs twice: once with the built-in load
+# generator (pipelining client) and once with Postfix's smtp-source, the tool
+# the reference figures in BENCHMARKS.md were taken with (no pipelining: one
+# round trip per command). smtp-source is taken from PATH, or extracted from
+# Debian's postfix package into target/postfix-tools without installing it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${1:-20000}"
 cargo build --release -p kiln -p kiln-bench >&2
+
+source_bin="$(command -v smtp-source || true)"
+if [ -z "$source_bin" ]; then
+  tools="$PWD/target/postfix-tools"
+  if [ ! -x "$tools/usr/sbin/smtp-source" ]; then
+    mkdir -p "$tools"
+    (cd "$tools" && apt-get download postfix >&2 && dpkg -x postfix_*.deb . && rm -f postfix_*.deb) \
+      || echo "kiln-bench: smtp-source unavailable; built-in load only" >&2
+  fi
+  if [ -x "$tools/usr/sbin/smtp-source" ]; then
+    source_bin="$tools/usr/sbin/smtp-source"
+    export LD_LIBRARY_PATH="$tools/usr/lib/postfix${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+fi
+
 for store in embedded redis; do
   for dkim in off on; do
+    echo "# load: built-in client" >&2
     target/release/kiln-bench --n "$N" --dkim "$dkim" --store "$store" --kiln target/release/kiln
+    if [ -n "$source_bin" ]; then
+      echo "# load: smtp-source" >&2
+      target/release/kiln-bench --n "$N" --dkim "$dkim" --store "$store" --kiln target/release/kiln \
+        --source "$source_bin"
+    fi
   done
 done

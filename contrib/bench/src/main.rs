@@ -103,7 +103,12 @@ async fn main() {
         std::process::exit(1);
     }
     eprintln!(
-        "injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections",
+        "load {}: injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections",
+        if args.source.is_some() {
+            "smtp-source"
+        } else {
+            "built-in"
+        },
         args.n - accepted,
         sink.connections()
     );

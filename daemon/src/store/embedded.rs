@@ -7,17 +7,24 @@
 //! memory and is rebuilt from the file at start, so leases cost no disk write:
 //! after a crash every entry is simply ready again.
 
+use super::wal::{self, Change, TableId, Wal};
 use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
     StoreError, decode, encode,
 };
 use crate::net::now_ms;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// How long changes may live only in the write-ahead log before redb is
+/// made durable; bounds the replay at start.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// Bytes of jobs folded into one group commit, at most.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 const QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("queue");
@@ -138,6 +145,24 @@ impl EmbeddedStore {
         txn.open_table(EXPIRES).map_err(err)?;
         txn.commit().map_err(err)?;
 
+        let wal_path = path.with_extension("wal");
+        let (mut wal, changes) = Wal::open(&wal_path, wal::DEFAULT_SIZE).map_err(err)?;
+        if !changes.is_empty() {
+            tracing::info!(changes = changes.len(), "replaying the write-ahead log");
+            let mut txn = db.begin_write().map_err(err)?;
+            txn.set_durability(Durability::Immediate).map_err(err)?;
+            {
+                let mut tables = Tables::open(&txn)?;
+                for change in changes {
+                    tables.replay(change)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+        }
+        // Always start over, so no frame written before this start can ever
+        // be mistaken for a new one.
+        wal.start_over().map_err(err)?;
+
         let mut index = QueueIndex::default();
         {
             let read = db.begin_read().map_err(err)?;
@@ -156,7 +181,7 @@ impl EmbeddedStore {
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name("kiln-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx))
+            .spawn(move || writer_loop(&writer_db, wal, rx))
             .map_err(err)?;
         let store = Arc::new(EmbeddedStore {
             db,
@@ -441,35 +466,65 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+fn job_bytes(op: &Op) -> usize {
+    match op {
+        Op::Enqueue { body, .. } => body.len() + 512,
+        _ => 256,
+    }
+}
+
+/// Commits whatever jobs are waiting as one batch: their changes go to the
+/// write-ahead log (one sync), then into redb without a sync; redb itself is
+/// synced at checkpoints.
+fn writer_loop(db: &Database, mut wal: Wal, rx: mpsc::Receiver<Job>) {
+    let mut last_checkpoint = Instant::now();
+    let mut dirty = false;
+    let mut frame = Vec::new();
+    loop {
+        let first = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if dirty {
+                    dirty = !checkpoint(db, &mut wal);
+                    last_checkpoint = Instant::now();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut bytes = job_bytes(&first.op);
         let mut batch = vec![first];
-        while batch.len() < 4096 {
+        while batch.len() < 4096 && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => {
+                    bytes += job_bytes(&job.op);
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
+        if wal.is_full_for(bytes) && dirty {
+            dirty = !checkpoint(db, &mut wal);
+            last_checkpoint = Instant::now();
+        }
+        frame.clear();
         let mut results = Vec::with_capacity(batch.len());
         let committed = (|| -> Result<()> {
-            let txn = db.begin_write().map_err(err)?;
+            let mut txn = db.begin_write().map_err(err)?;
+            txn.set_durability(Durability::None).map_err(err)?;
             {
-                let mut tables = Tables {
-                    messages: txn.open_table(MESSAGES).map_err(err)?,
-                    queue: txn.open_table(QUEUE).map_err(err)?,
-                    pending: txn.open_table(PENDING).map_err(err)?,
-                    status: txn.open_table(STATUS).map_err(err)?,
-                    kv: txn.open_table(KV).map_err(err)?,
-                    expires: txn.open_table(EXPIRES).map_err(err)?,
-                };
+                let mut tables = Tables::open(&txn)?;
                 for job in &batch {
-                    results.push(tables.apply(&job.op));
+                    results.push(tables.apply(&job.op, &mut frame));
                 }
             }
+            // Durable from here on: the log holds every change of the batch.
+            wal.append(&frame).map_err(err)?;
             txn.commit().map_err(err)
         })();
         match committed {
             Ok(()) => {
+                dirty = true;
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }
@@ -480,6 +535,31 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
                     let _ = job.reply.send(Err(StoreError::Embedded(e.to_string())));
                 }
             }
+        }
+        if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+            dirty = !checkpoint(db, &mut wal);
+            last_checkpoint = Instant::now();
+        }
+    }
+    if dirty {
+        checkpoint(db, &mut wal);
+    }
+}
+
+/// Makes everything redb holds durable, then starts the log over. On
+/// failure the log is kept (and still replays at start); returns success.
+fn checkpoint(db: &Database, wal: &mut Wal) -> bool {
+    let synced = (|| -> Result<()> {
+        let mut txn = db.begin_write().map_err(err)?;
+        txn.set_durability(Durability::Immediate).map_err(err)?;
+        txn.commit().map_err(err)?;
+        wal.start_over().map_err(err)
+    })();
+    match synced {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "embedded store checkpoint failed");
+            false
         }
     }
 }
@@ -493,8 +573,84 @@ struct Tables<'t> {
     expires: redb::Table<'t, &'static [u8], ()>,
 }
 
-impl Tables<'_> {
-    fn apply(&mut self, op: &Op) -> Result<Outcome> {
+fn key_str(key: &[u8]) -> Result<&str> {
+    std::str::from_utf8(key).map_err(|_| err("non-UTF-8 key in the write-ahead log"))
+}
+
+/// Every change goes through `put` and `remove`, which apply it and record it
+/// in the frame for the write-ahead log, so the log holds exactly what redb
+/// holds.
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Tables<'t>> {
+        Ok(Tables {
+            messages: txn.open_table(MESSAGES).map_err(err)?,
+            queue: txn.open_table(QUEUE).map_err(err)?,
+            pending: txn.open_table(PENDING).map_err(err)?,
+            status: txn.open_table(STATUS).map_err(err)?,
+            kv: txn.open_table(KV).map_err(err)?,
+            expires: txn.open_table(EXPIRES).map_err(err)?,
+        })
+    }
+
+    fn put_row(&mut self, table: TableId, key: &[u8], value: &[u8]) -> Result<()> {
+        match table {
+            TableId::Messages => self.messages.insert(key_str(key)?, value).map(|_| ()),
+            TableId::Queue => self.queue.insert(key_str(key)?, value).map(|_| ()),
+            TableId::Status => self.status.insert(key_str(key)?, value).map(|_| ()),
+            TableId::Kv => self.kv.insert(key_str(key)?, value).map(|_| ()),
+            TableId::Expires => self.expires.insert(key, ()).map(|_| ()),
+            TableId::Pending => {
+                let n = u64::from_le_bytes(
+                    value
+                        .try_into()
+                        .map_err(|_| err("bad pending count in the write-ahead log"))?,
+                );
+                self.pending.insert(key_str(key)?, n).map(|_| ())
+            }
+        }
+        .map_err(err)
+    }
+
+    /// True when the row existed.
+    fn remove_row(&mut self, table: TableId, key: &[u8]) -> Result<bool> {
+        let key_s = key_str(key);
+        match table {
+            TableId::Messages => self.messages.remove(key_s?).map(|v| v.is_some()),
+            TableId::Queue => self.queue.remove(key_s?).map(|v| v.is_some()),
+            TableId::Status => self.status.remove(key_s?).map(|v| v.is_some()),
+            TableId::Kv => self.kv.remove(key_s?).map(|v| v.is_some()),
+            TableId::Pending => self.pending.remove(key_s?).map(|v| v.is_some()),
+            TableId::Expires => self.expires.remove(key).map(|v| v.is_some()),
+        }
+        .map_err(err)
+    }
+
+    fn put(&mut self, frame: &mut Vec<u8>, table: TableId, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_row(table, key, value)?;
+        wal::record_put(frame, table, key, value);
+        Ok(())
+    }
+
+    fn remove(&mut self, frame: &mut Vec<u8>, table: TableId, key: &[u8]) -> Result<bool> {
+        let existed = self.remove_row(table, key)?;
+        if existed {
+            wal::record_remove(frame, table, key);
+        }
+        Ok(existed)
+    }
+
+    fn replay(&mut self, change: Change) -> Result<()> {
+        match change {
+            Change::Put { table, key, value } => self.put_row(table, &key, &value),
+            Change::Remove { table, key } => self.remove_row(table, &key).map(|_| ()),
+        }
+    }
+
+    fn kv_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn apply(&mut self, op: &Op, f: &mut Vec<u8>) -> Result<Outcome> {
         let now = now_ms();
         match op {
             Op::Enqueue {
@@ -503,18 +659,14 @@ impl Tables<'_> {
                 meta,
                 entries,
             } => {
-                self.messages
-                    .insert(msg_id.as_str(), &body[..])
-                    .map_err(err)?;
-                self.pending
-                    .insert(msg_id.as_str(), entries.len() as u64)
-                    .map_err(err)?;
-                self.put_status(msg_id, meta)?;
+                let id = msg_id.as_bytes();
+                self.put(f, TableId::Messages, id, body)?;
+                let count = (entries.len() as u64).to_le_bytes();
+                self.put(f, TableId::Pending, id, &count)?;
+                self.put_status(f, msg_id, meta)?;
                 for (key, entry, status) in entries {
-                    self.queue
-                        .insert(key.as_str(), entry.as_slice())
-                        .map_err(err)?;
-                    self.put_status(key, status)?;
+                    self.put(f, TableId::Queue, key.as_bytes(), entry)?;
+                    self.put_status(f, key, status)?;
                 }
                 Ok(Outcome::Unit)
             }
@@ -524,16 +676,11 @@ impl Tables<'_> {
                 requeue,
                 status,
             } => {
-                self.put_status(key, status)?;
+                self.put_status(f, key, status)?;
                 match requeue {
-                    Some(entry) => {
-                        self.queue
-                            .insert(key.as_str(), entry.as_slice())
-                            .map_err(err)?;
-                    }
+                    Some(entry) => self.put(f, TableId::Queue, key.as_bytes(), entry)?,
                     None => {
-                        let was_queued = self.queue.remove(key.as_str()).map_err(err)?.is_some();
-                        if was_queued {
+                        if self.remove(f, TableId::Queue, key.as_bytes())? {
                             let left = self
                                 .pending
                                 .get(msg_id.as_str())
@@ -541,11 +688,12 @@ impl Tables<'_> {
                                 .map(|v| v.value())
                                 .unwrap_or(1)
                                 .saturating_sub(1);
+                            let id = msg_id.as_bytes();
                             if left == 0 {
-                                self.pending.remove(msg_id.as_str()).map_err(err)?;
-                                self.messages.remove(msg_id.as_str()).map_err(err)?;
+                                self.remove(f, TableId::Pending, id)?;
+                                self.remove(f, TableId::Messages, id)?;
                             } else {
-                                self.pending.insert(msg_id.as_str(), left).map_err(err)?;
+                                self.put(f, TableId::Pending, id, &left.to_le_bytes())?;
                             }
                         }
                     }
@@ -553,10 +701,9 @@ impl Tables<'_> {
                 Ok(Outcome::Unit)
             }
             Op::Incr { key, by, ttl } => {
-                let current = self.kv.get(key.as_str()).map_err(err)?.and_then(|v| {
-                    let raw = v.value();
+                let current = self.kv_value(key)?.and_then(|raw| {
                     let exp = i64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
-                    let value = live_value(raw, now)?;
+                    let value = live_value(&raw, now)?;
                     let n = std::str::from_utf8(value).ok()?.parse::<i64>().ok()?;
                     Some((n, exp))
                 });
@@ -564,18 +711,12 @@ impl Tables<'_> {
                     Some((n, exp)) => (n.saturating_add(*by), exp),
                     None => {
                         let exp = now + ttl.as_millis() as i64;
-                        self.expires
-                            .insert(expiry_key(exp, TAG_KV, key).as_slice(), ())
-                            .map_err(err)?;
+                        self.put(f, TableId::Expires, &expiry_key(exp, TAG_KV, key), &[])?;
                         (*by, exp)
                     }
                 };
-                self.kv
-                    .insert(
-                        key.as_str(),
-                        with_expiry(exp, value.to_string().as_bytes()).as_slice(),
-                    )
-                    .map_err(err)?;
+                let row = with_expiry(exp, value.to_string().as_bytes());
+                self.put(f, TableId::Kv, key.as_bytes(), &row)?;
                 Ok(Outcome::Int(value))
             }
             Op::Put {
@@ -586,10 +727,8 @@ impl Tables<'_> {
             } => {
                 if *only_if_absent {
                     let exists = self
-                        .kv
-                        .get(key.as_str())
-                        .map_err(err)?
-                        .is_some_and(|v| live_value(v.value(), now).is_some());
+                        .kv_value(key)?
+                        .is_some_and(|v| live_value(&v, now).is_some());
                     if exists {
                         return Ok(Outcome::Bool(false));
                     }
@@ -597,23 +736,20 @@ impl Tables<'_> {
                 let exp = match ttl {
                     Some(t) => {
                         let exp = now + t.as_millis() as i64;
-                        self.expires
-                            .insert(expiry_key(exp, TAG_KV, key).as_slice(), ())
-                            .map_err(err)?;
+                        self.put(f, TableId::Expires, &expiry_key(exp, TAG_KV, key), &[])?;
                         exp
                     }
                     None => 0,
                 };
-                self.kv
-                    .insert(key.as_str(), with_expiry(exp, value).as_slice())
-                    .map_err(err)?;
+                self.put(f, TableId::Kv, key.as_bytes(), &with_expiry(exp, value))?;
                 Ok(Outcome::Bool(true))
             }
             Op::Delete { key } => {
-                let old = self.kv.remove(key.as_str()).map_err(err)?;
-                Ok(Outcome::Bool(
-                    old.is_some_and(|v| live_value(v.value(), now).is_some()),
-                ))
+                let live = self
+                    .kv_value(key)?
+                    .is_some_and(|v| live_value(&v, now).is_some());
+                self.remove(f, TableId::Kv, key.as_bytes())?;
+                Ok(Outcome::Bool(live))
             }
             Op::Sweep => {
                 let mut due = Vec::new();
@@ -629,20 +765,17 @@ impl Tables<'_> {
                     }
                 }
                 for k in due {
-                    self.expires.remove(k.as_slice()).map_err(err)?;
-                    let (tag, key) = (k[8], String::from_utf8_lossy(&k[9..]).into_owned());
-                    let table = if tag == TAG_STATUS {
-                        &mut self.status
+                    self.remove(f, TableId::Expires, &k)?;
+                    let (tag, key) = (k[8], &k[9..]);
+                    let (table, current) = if tag == TAG_STATUS {
+                        let v = self.status.get(key_str(key)?).map_err(err)?;
+                        (TableId::Status, v.map(|v| v.value().to_vec()))
                     } else {
-                        &mut self.kv
+                        (TableId::Kv, self.kv_value(key_str(key)?)?)
                     };
                     // The index may be stale (the key was rewritten later).
-                    let expired = table
-                        .get(key.as_str())
-                        .map_err(err)?
-                        .is_some_and(|v| live_value(v.value(), now).is_none());
-                    if expired {
-                        table.remove(key.as_str()).map_err(err)?;
+                    if current.is_some_and(|v| live_value(&v, now).is_none()) {
+                        self.remove(f, table, key)?;
                     }
                 }
                 Ok(Outcome::Unit)
@@ -650,16 +783,13 @@ impl Tables<'_> {
         }
     }
 
-    fn put_status(&mut self, key: &str, value: &[u8]) -> Result<()> {
+    fn put_status(&mut self, f: &mut Vec<u8>, key: &str, value: &[u8]) -> Result<()> {
         if let Some(exp) = value.get(..8).and_then(|b| b.try_into().ok()) {
             let exp = i64::from_be_bytes(exp);
             if exp != 0 {
-                self.expires
-                    .insert(expiry_key(exp, TAG_STATUS, key).as_slice(), ())
-                    .map_err(err)?;
+                self.put(f, TableId::Expires, &expiry_key(exp, TAG_STATUS, key), &[])?;
             }
         }
-        self.status.insert(key, value).map_err(err)?;
-        Ok(())
+        self.put(f, TableId::Status, key.as_bytes(), value)
     }
 }

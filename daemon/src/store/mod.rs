@@ -9,6 +9,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod wal;
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
