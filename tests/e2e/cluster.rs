@@ -72,3 +72,32 @@ async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
         assert!(got.contains(s), "{s} lost with node B");
     }
 }
+
+/// An attempt that outlasts the lease keeps it: the other node does not take
+/// the entry over and deliver it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_attempt_keeps_its_lease() {
+    let setup = |o: &mut KilnOptions| {
+        o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+        o.lease_time_secs = 2;
+    };
+    let e = env(Backend::Redis, setup).await;
+    let mut opts = KilnOptions::new(
+        &e.dir.path().join("node-b"),
+        &e.dns.nameserver(),
+        e.sink.addr.port(),
+    );
+    opts.redis_url = e.redis.as_ref().map(|r| r.url());
+    opts.node_id = "node-b".into();
+    setup(&mut opts);
+    let _b = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+
+    // The receiver takes three leases' time to answer.
+    e.sink.set_delay("slow@dest.test", Duration::from_secs(6));
+    let id =
+        crate::harness::submit_one(e.kiln.smtp, "a@shop.test", "slow@dest.test", "slow", 512).await;
+    crate::harness::wait_state(&e.kiln, &id, 0, "delivered", 30).await;
+    // Had the lease lapsed, the other node's copy would arrive about now.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(e.sink.count(), 1, "delivered more than once");
+}

@@ -1,7 +1,9 @@
 //! Delivery: DKIM-signed mail reaches the MX that DNS names; MX fallback;
-//! retries after 4xx; bounces after 5xx, missing domains and null MX.
+//! retries after 4xx; bounces after 5xx, missing domains and null MX;
+//! required TLS (per domain or per message with REQUIRETLS) is verified and
+//! never downgraded.
 
-use crate::harness::{BOTH, env, queued_id, submit_one, submit_session, wait_state};
+use crate::harness::{BOTH, env, env_with_sink, queued_id, submit_one, submit_session, wait_state};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use kiln_testkit::client::message;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters};
@@ -184,5 +186,105 @@ async fn sigterm_exits_cleanly_and_keeps_the_queue() {
             1,
             "not retried early: {rec}"
         );
+    }
+}
+
+/// Submits one message with `MAIL FROM:<..> REQUIRETLS` over STARTTLS.
+async fn submit_requiretls(addr: std::net::SocketAddr, to: &str) -> String {
+    let mut c = submit_session(addr).await;
+    let r = c.cmd("MAIL FROM:<a@shop.test> REQUIRETLS").await.unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(c.cmd(&format!("RCPT TO:<{to}>")).await.unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").await.unwrap().code, 354);
+    c.write_data(&message("a@shop.test", to, "requiretls", 512))
+        .await
+        .unwrap();
+    let r = c.read_reply().await.unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    c.quit().await;
+    queued_id(&r.text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tls_is_verified_and_never_downgraded() {
+    for backend in BOTH {
+        // The MX's certificate is for mx.secure.test, signed by a private CA
+        // that kiln is told to trust.
+        let (ca_pem, server) = kiln_testkit::tls::ca_signed_server_config("mx.secure.test");
+        let sink = kiln_testkit::sink::Sink::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(server),
+            true,
+        )
+        .await;
+        let e = env_with_sink(backend, sink, |o, dir| {
+            o.queue = "retry_schedule = [1]".into();
+            let ca = dir.join("ca.pem");
+            std::fs::write(&ca, &ca_pem).unwrap();
+            o.delivery = format!(
+                "require_tls_domains = [\"secure.test\", \"wrongname.test\"]\ntls_ca_file = \"{}\"",
+                ca.display()
+            );
+        })
+        .await;
+        for (domain, mx) in [
+            ("secure.test", "mx.secure.test"),
+            ("wrongname.test", "mx.wrongname.test"),
+            ("other.test", "mx.other.test"),
+        ] {
+            e.dns.add_mx(domain, 10, mx);
+            e.dns.add_ip(mx, "127.0.0.1".parse().unwrap());
+        }
+
+        // Policy requires TLS and the certificate matches: delivered over TLS.
+        let ok = submit_one(e.kiln.smtp, "a@shop.test", "u@secure.test", "s", 512).await;
+        let rec = wait_state(&e.kiln, &ok, 0, "delivered", 30).await;
+        assert!(rec["attempts"][0]["tls"].is_string(), "{rec}");
+        // Required, but the certificate names another host: deferred, and
+        // nothing is sent in the clear instead.
+        let bad = submit_one(e.kiln.smtp, "a@shop.test", "u@wrongname.test", "s", 512).await;
+        let rec = wait_state(&e.kiln, &bad, 0, "deferred", 30).await;
+        let why = rec["attempts"][0]["message"].as_str().unwrap_or_default();
+        assert!(why.contains("TLS") || why.contains("certificate"), "{rec}");
+        // Not required: opportunistic TLS accepts the same certificate.
+        let opp = submit_one(e.kiln.smtp, "a@shop.test", "u@other.test", "s", 512).await;
+        wait_state(&e.kiln, &opp, 0, "delivered", 30).await;
+
+        // REQUIRETLS is refused outside TLS...
+        let mut plain = kiln_testkit::client::SmtpClient::connect(e.kiln.smtp)
+            .await
+            .unwrap();
+        plain.cmd("EHLO client.test").await.unwrap();
+        let r = plain
+            .cmd("MAIL FROM:<a@shop.test> REQUIRETLS")
+            .await
+            .unwrap();
+        assert!(r.code == 530 && r.text.contains(" 5.7.10 "), "{r:?}");
+        plain.quit().await;
+        // ...a REQUIRETLS message is held to verified TLS even where the
+        // domain's policy is not...
+        let strict = submit_requiretls(e.kiln.smtp, "v@other.test").await;
+        wait_state(&e.kiln, &strict, 0, "deferred", 30).await;
+        // ...and waits while the MX does not offer REQUIRETLS; once it does,
+        // the retry goes, with REQUIRETLS passed on.
+        let strict = submit_requiretls(e.kiln.smtp, "w@secure.test").await;
+        let rec = wait_state(&e.kiln, &strict, 0, "deferred", 30).await;
+        assert_eq!(rec["attempts"][0]["enhanced_code"], "4.7.30", "{rec}");
+        e.sink.offer_requiretls(true);
+        wait_state(&e.kiln, &strict, 0, "delivered", 30).await;
+
+        let got = e.sink.messages();
+        let to = |r: &str| got.iter().find(|m| m.rcpt_to.iter().any(|t| t == r));
+        assert!(to("u@secure.test").is_some_and(|m| m.tls));
+        assert!(
+            to("u@wrongname.test").is_none(),
+            "sent without verified TLS"
+        );
+        assert!(
+            to("v@other.test").is_none(),
+            "REQUIRETLS message was downgraded"
+        );
+        let w = to("w@secure.test").expect("REQUIRETLS message delivered");
+        assert!(w.tls && w.mail_params.contains("REQUIRETLS"), "{w:?}");
     }
 }

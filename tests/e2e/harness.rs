@@ -32,8 +32,18 @@ pub fn binary() -> &'static Path {
 
 /// DNS with `dest.test` → mx.dest.test → 127.0.0.1, a TLS sink, and kiln.
 pub async fn env(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Env {
-    let dns = DnsServer::start().await;
     let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    env_with_sink(backend, sink, |o, _| tweak(o)).await
+}
+
+/// Like [`env`] with a sink of the test's own; `tweak` also gets the data
+/// directory's parent, for files the config points at.
+pub async fn env_with_sink(
+    backend: Backend,
+    sink: Sink,
+    tweak: impl FnOnce(&mut KilnOptions, &Path),
+) -> Env {
+    let dns = DnsServer::start().await;
     dns.add_mx("dest.test", 10, "mx.dest.test");
     dns.add_ip("mx.dest.test", "127.0.0.1".parse().unwrap());
     let redis = (backend == Backend::Redis).then(RedisServer::start);
@@ -44,7 +54,7 @@ pub async fn env(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Env 
         sink.addr.port(),
     );
     opts.redis_url = redis.as_ref().map(|r| r.url());
-    tweak(&mut opts);
+    tweak(&mut opts, dir.path());
     let kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
     Env {
         dns,

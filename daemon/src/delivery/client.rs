@@ -109,6 +109,7 @@ pub struct Connection {
     pub verified_tls: bool,
     pipelining: bool,
     size_limit: Option<usize>,
+    requiretls: bool,
 }
 
 #[derive(Default)]
@@ -116,6 +117,7 @@ struct Extensions {
     pipelining: bool,
     starttls: bool,
     size: Option<usize>,
+    requiretls: bool,
 }
 
 /// The lines of one (possibly multi-line) reply.
@@ -160,6 +162,7 @@ async fn ehlo(io: &mut LineIo, helo: &str) -> Result<Extensions, ClientError> {
         match words.next() {
             Some("PIPELINING") => ext.pipelining = true,
             Some("STARTTLS") => ext.starttls = true,
+            Some("REQUIRETLS") => ext.requiretls = true,
             Some("SIZE") => ext.size = words.next().and_then(|s| s.parse().ok()).filter(|s| *s > 0),
             _ => {}
         }
@@ -246,13 +249,28 @@ impl Connection {
             verified_tls,
             pipelining: ext.pipelining,
             size_limit: ext.size,
+            requiretls: ext.requiretls,
         })
     }
 
     /// One transaction for one recipient. `Ok` carries the deciding reply
     /// (a MAIL/RCPT refusal or the reply to the data); `Err` means the
-    /// connection is no longer usable.
-    pub async fn send(&mut self, from: &str, to: &str, body: &[u8]) -> Result<Reply, ClientError> {
+    /// connection is no longer usable. A message sent with REQUIRETLS only
+    /// goes to a server that offers it too (RFC 8689 section 4.2.1).
+    pub async fn send(
+        &mut self,
+        from: &str,
+        to: &str,
+        body: &[u8],
+        requiretls: bool,
+    ) -> Result<Reply, ClientError> {
+        if requiretls && !self.requiretls {
+            return Ok(Reply {
+                code: 450,
+                enhanced: Some("4.7.30".into()),
+                text: format!("{} does not offer REQUIRETLS", self.mx),
+            });
+        }
         if let Some(limit) = self.size_limit
             && body.len() > limit
         {
@@ -265,7 +283,11 @@ impl Connection {
                 ),
             });
         }
-        let mail = format!("MAIL FROM:<{from}>\r\n");
+        let mail = if requiretls {
+            format!("MAIL FROM:<{from}> REQUIRETLS\r\n")
+        } else {
+            format!("MAIL FROM:<{from}>\r\n")
+        };
         let rcpt = format!("RCPT TO:<{to}>\r\n");
         let io = &mut self.io;
         let (mail_r, rcpt_r, data_r) = if self.pipelining {

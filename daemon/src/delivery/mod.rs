@@ -230,7 +230,10 @@ impl Delivery {
             attempt.mx = Some(c.mx.clone());
             attempt.ip = Some(c.ip.to_string());
             attempt.tls = c.tls_version.clone();
-            let verdict = match c.send(&entry.sender, &entry.recipient, &body).await {
+            let verdict = match c
+                .send(&entry.sender, &entry.recipient, &body, entry.require_tls)
+                .await
+            {
                 Ok(reply) => {
                     let verdict = verdict_for(&reply);
                     record_reply(&mut attempt, &reply);
@@ -244,7 +247,10 @@ impl Delivery {
             };
             attempt.duration_ms = started.elapsed().as_millis() as u64;
             sent += 1;
-            if sent >= self.settings.delivery.max_messages_per_connection
+            // A connection that could not carry a REQUIRETLS message is
+            // closed, so the retry asks a fresh session what it offers.
+            let unfit = attempt.enhanced_code.as_deref() == Some("4.7.30");
+            if (unfit || sent >= self.settings.delivery.max_messages_per_connection)
                 && let Some(c) = conn.take()
             {
                 c.quit().await;

@@ -28,6 +28,8 @@ pub enum Command {
 pub struct MailParams {
     pub size: Option<usize>,
     pub smtputf8: bool,
+    /// RFC 8689: deliver only over TLS with a verified certificate.
+    pub require_tls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +114,7 @@ fn parse_mail(rest: &str) -> Result<Command, ParseError> {
                 }
             }
             "SMTPUTF8" => out.smtputf8 = true,
+            "REQUIRETLS" if v.is_empty() => out.require_tls = true,
             "AUTH" | "RET" | "ENVID" => {}
             _ => return Err(ParseError::UnknownParam),
         }
@@ -232,6 +235,20 @@ mod tests {
         assert_eq!(
             parse_command("MAIL FROM:<a@b.com> X=1"),
             Err(ParseError::UnknownParam)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<a@b.com> REQUIRETLS=yes"),
+            Err(ParseError::UnknownParam)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<a@b.com> requiretls"),
+            Ok(Command::Mail {
+                from: "a@b.com".into(),
+                params: MailParams {
+                    require_tls: true,
+                    ..MailParams::default()
+                }
+            })
         );
         assert_eq!(
             parse_command("MAIL FROM:<a@b.com> SIZE=abc"),

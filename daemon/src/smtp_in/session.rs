@@ -35,6 +35,7 @@ pub struct Session {
     tls: bool,
     account: Option<Arc<Account>>,
     mail_from: Option<String>,
+    require_tls: bool,
     rcpt_to: Vec<String>,
     errors: usize,
 }
@@ -59,6 +60,7 @@ impl Session {
             tls: listener.tls == ListenerTls::Implicit,
             account: None,
             mail_from: None,
+            require_tls: false,
             rcpt_to: Vec::new(),
             errors: 0,
         }
@@ -100,6 +102,7 @@ impl Session {
 
     fn reset(&mut self) {
         self.mail_from = None;
+        self.require_tls = false;
         self.rcpt_to.clear();
     }
 
@@ -199,6 +202,10 @@ impl Session {
                             io,
                             "552 5.3.4 Message size exceeds fixed maximum message size",
                         );
+                    } else if params.require_tls && !self.tls {
+                        // RFC 8689 section 4.1: only offered, and only
+                        // accepted, over TLS.
+                        self.reply(io, "530 5.7.10 REQUIRETLS needs a TLS session");
                     } else if let Some(acct) =
                         self.account.as_ref().filter(|a| !a.owns_sender(&from))
                     {
@@ -209,6 +216,7 @@ impl Session {
                         self.reply(io, &text);
                     } else {
                         self.mail_from = Some(from);
+                        self.require_tls = params.require_tls;
                         self.reply(io, "250 2.1.0 Ok");
                     }
                 }
@@ -283,6 +291,9 @@ impl Session {
         ];
         if !self.tls && self.listener_tls == ListenerTls::Starttls && self.ctx.tls().is_some() {
             lines.push("STARTTLS".into());
+        }
+        if self.tls {
+            lines.push("REQUIRETLS".into());
         }
         if self.auth_offered() && self.account.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
@@ -427,7 +438,7 @@ impl Session {
             recipients: std::mem::take(&mut self.rcpt_to),
             body: Arc::from(message),
             received_at_ms: now,
-            require_tls: false,
+            require_tls: self.require_tls,
         };
         match self.ctx.queue.submit(&msg).await {
             Ok(()) => {

@@ -14,7 +14,9 @@ use crate::net::now_ms;
 use redis::AsyncCommands;
 use redis::Script;
 use redis::aio::ConnectionManager;
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const ENQUEUE: &str = r#"
@@ -98,13 +100,29 @@ pub struct RedisStore {
     settle: Script,
     release: Script,
     incr: Script,
+    renew: Script,
+    /// Entries this node holds leases on, with the lease length last asked
+    /// for; renewed in the background so that an attempt that waits or runs
+    /// longer than one lease is not taken over by another node.
+    held: std::sync::Mutex<HashSet<String>>,
+    lease_ms: std::sync::atomic::AtomicI64,
 }
+
+const RENEW: &str = r#"
+-- KEYS: leased     ARGV: until, keys...
+-- Only entries still leased are renewed: a settled or released entry stays gone.
+local n = 0
+for i = 2, #ARGV do
+  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[i])
+end
+return n
+"#;
 
 impl RedisStore {
     pub async fn connect(url: &str, prefix: &str, retention: Duration) -> Result<Arc<RedisStore>> {
         let client = redis::Client::open(url)?;
         let conn = client.get_connection_manager().await?;
-        Ok(Arc::new(RedisStore {
+        let store = Arc::new(RedisStore {
             conn,
             prefix: prefix.to_string(),
             retention,
@@ -113,7 +131,46 @@ impl RedisStore {
             settle: Script::new(SETTLE),
             release: Script::new(RELEASE),
             incr: Script::new(INCR),
-        }))
+            renew: Script::new(RENEW),
+            held: std::sync::Mutex::new(HashSet::new()),
+            lease_ms: std::sync::atomic::AtomicI64::new(0),
+        });
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            loop {
+                let lease_ms = match weak.upgrade() {
+                    Some(s) => s.lease_ms.load(Ordering::Relaxed),
+                    None => break,
+                };
+                // Renew at a third of the lease, so two renewals can fail
+                // before another node may take an entry over.
+                let every = Duration::from_millis((lease_ms / 3).max(500) as u64);
+                tokio::time::sleep(every).await;
+                let Some(store) = weak.upgrade() else { break };
+                if let Err(e) = store.renew_leases().await {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn renew_leases(&self) -> Result<()> {
+        let keys: Vec<String> = self.held().iter().cloned().collect();
+        let lease_ms = self.lease_ms.load(Ordering::Relaxed);
+        for chunk in keys.chunks(1000) {
+            let mut inv = self.renew.prepare_invoke();
+            inv.key(self.q("leased")).arg(now_ms() + lease_ms);
+            for k in chunk {
+                inv.arg(k);
+            }
+            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        }
+        Ok(())
     }
 
     fn q(&self, name: &str) -> String {
@@ -160,6 +217,8 @@ impl RedisStore {
 
     pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
         let now = now_ms();
+        self.lease_ms
+            .store(lease.as_millis() as i64, Ordering::Relaxed);
         let rows: Vec<Option<Vec<u8>>> = self
             .lease
             .key(self.q("ready"))
@@ -177,6 +236,7 @@ impl RedisStore {
                 Err(e) => tracing::error!(error = %e, "skipping corrupt queue entry"),
             }
         }
+        self.held().extend(out.iter().map(|e| e.key()));
         Ok(out)
     }
 
@@ -221,6 +281,7 @@ impl RedisStore {
             .arg(ready_at)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        self.held().remove(&entry.key());
         Ok(())
     }
 
@@ -234,6 +295,10 @@ impl RedisStore {
             inv.arg(e.key());
         }
         let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        let mut held = self.held();
+        for e in entries {
+            held.remove(&e.key());
+        }
         Ok(())
     }
 

@@ -29,6 +29,8 @@ pub struct KilnOptions {
     pub lease_time_secs: u64,
     /// Extra settings for the [queue] section.
     pub queue: String,
+    /// Extra settings for the [delivery] section.
+    pub delivery: String,
     /// Extra settings for the first listener (e.g. relay networks).
     pub listener: String,
     pub node_id: String,
@@ -47,6 +49,7 @@ impl KilnOptions {
             extra: String::new(),
             lease_time_secs: 30,
             queue: String::new(),
+            delivery: String::new(),
             listener: String::new(),
             node_id: "node-a".into(),
             log_level: "info,kiln=debug".into(),
@@ -80,6 +83,7 @@ timeout = 2
 mx_port = {mx_port}
 connect_timeout = 3
 idle_timeout = 2
+{delivery}
 
 [queue]
 lease_time = {lease_time}
@@ -114,6 +118,7 @@ domains = ["shop.test"]
             mx_port = opts.mx_port,
             lease_time = opts.lease_time_secs,
             queue = opts.queue,
+            delivery = opts.delivery,
             listener = opts.listener,
             extra = opts.extra,
         );

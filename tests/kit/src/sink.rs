@@ -14,6 +14,8 @@ pub struct Received {
     pub rcpt_to: Vec<String>,
     pub data: Vec<u8>,
     pub tls: bool,
+    /// What followed the path in MAIL FROM (e.g. "REQUIRETLS").
+    pub mail_params: String,
 }
 
 #[derive(Default)]
@@ -24,6 +26,10 @@ pub struct SinkState {
     count: AtomicUsize,
     connections: AtomicUsize,
     keep_data: bool,
+    /// Recipient → how long to wait before answering its RCPT.
+    delays: Mutex<HashMap<String, std::time::Duration>>,
+    /// Offer REQUIRETLS (RFC 8689) on TLS sessions.
+    requiretls: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -35,14 +41,23 @@ pub struct Sink {
 impl Sink {
     /// Listens on `addr` (port 0 for a free one); STARTTLS offered when `tls`.
     pub async fn start(addr: SocketAddr, tls: bool, keep_data: bool) -> Sink {
+        let config = tls.then(|| crate::tls::server_config("mx.test"));
+        Sink::start_with(addr, config, keep_data).await
+    }
+
+    /// Like `start`, offering STARTTLS with the given certificate.
+    pub async fn start_with(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        keep_data: bool,
+    ) -> Sink {
         let listener = TcpListener::bind(addr).await.expect("sink bind");
         let addr = listener.local_addr().expect("sink addr");
         let state = Arc::new(SinkState {
             keep_data,
             ..SinkState::default()
         });
-        let acceptor =
-            tls.then(|| tokio_rustls::TlsAcceptor::from(crate::tls::server_config("mx.test")));
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let st = state.clone();
         tokio::spawn(async move {
             loop {
@@ -74,6 +89,19 @@ impl Sink {
             .lock()
             .expect("rules")
             .insert(recipient.to_string(), reply.to_string());
+    }
+
+    /// A slow receiver: RCPT for `recipient` is answered after `delay`.
+    pub fn set_delay(&self, recipient: &str, delay: std::time::Duration) {
+        self.state
+            .delays
+            .lock()
+            .expect("delays")
+            .insert(recipient.to_string(), delay);
+    }
+
+    pub fn offer_requiretls(&self, offer: bool) {
+        self.state.requiretls.store(offer, Ordering::Relaxed);
     }
 
     pub fn clear_rule(&self, recipient: &str) {
@@ -112,6 +140,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         return None;
     }
     let mut from = String::new();
+    let mut mail_params = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut out = Vec::new();
     let mut line = String::new();
@@ -134,6 +163,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             if offer_tls {
                 out.extend_from_slice(b"250-STARTTLS\r\n");
             }
+            if tls && st.requiretls.load(Ordering::Relaxed) {
+                out.extend_from_slice(b"250-REQUIRETLS\r\n");
+            }
             out.extend_from_slice(b"250 SIZE 10485760\r\n");
         } else if upper.starts_with("HELO") {
             out.extend_from_slice(b"250 sink.test\r\n");
@@ -143,10 +175,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             return Some(Upgrade);
         } else if upper.starts_with("MAIL FROM:") {
             from = angle(&cmd[10..]);
+            mail_params = cmd
+                .rsplit_once('>')
+                .map(|(_, p)| p.trim().to_string())
+                .unwrap_or_default();
             rcpts.clear();
             out.extend_from_slice(b"250 2.1.0 ok\r\n");
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = angle(&cmd[8..]);
+            let delay = st.delays.lock().ok().and_then(|d| d.get(&rcpt).copied());
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             let rule = st.rules.lock().ok().and_then(|r| r.get(&rcpt).cloned());
             match rule {
                 Some(reply) => out.extend_from_slice(format!("{reply}\r\n").as_bytes()),
@@ -187,6 +227,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     rcpt_to: std::mem::take(&mut rcpts),
                     data,
                     tls,
+                    mail_params: mail_params.clone(),
                 });
             }
             rcpts.clear();

@@ -20,6 +20,38 @@ pub fn server_config(name: &str) -> Arc<rustls::ServerConfig> {
     Arc::new(config)
 }
 
+/// A private CA and a server config for `name` with a certificate it
+/// signed; returns the CA certificate as PEM, for the client to trust.
+pub fn ca_signed_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Kiln test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf cert");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![
+                CertificateDer::from(leaf.der().to_vec()),
+                CertificateDer::from(ca_cert.der().to_vec()),
+            ],
+            key,
+        )
+        .expect("server config");
+    (ca_cert.pem(), Arc::new(config))
+}
+
 /// A client config that accepts any certificate (the peer is ours).
 pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
     #[derive(Debug)]
