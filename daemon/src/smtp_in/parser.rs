@@ -194,7 +194,7 @@ mod tests {
                 from: "A@example.com".into(),
                 params: MailParams {
                     size: Some(1000),
-                    smtputf8: false
+                    ..MailParams::default()
                 }
             })
         );
