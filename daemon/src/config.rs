@@ -31,7 +31,59 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub dkim: DkimSettings,
     pub log: LogSettings,
+    pub policy: PolicyConfig,
     pub accounts: Vec<AccountSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Where the default plugins are read from (built-in copies fill gaps).
+    pub plugins_dir: PathBuf,
+    /// The operator's policy script; absent means the plugins as they are.
+    pub script: PathBuf,
+    /// IANA time zone in which days (daily quotas, warm-up) are counted.
+    pub time_zone: String,
+    /// Lua states, i.e. hooks that can run at once.
+    pub states: usize,
+    /// Per hook call.
+    pub max_instructions: u64,
+    #[serde(with = "humantime_secs")]
+    pub timeout: Duration,
+    /// Per Lua state.
+    pub max_memory_mb: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            plugins_dir: PathBuf::from("plugins"),
+            script: PathBuf::from("scripts/policy.lua"),
+            time_zone: "UTC".into(),
+            states: std::thread::available_parallelism()
+                .map(|n| n.get() * 4)
+                .unwrap_or(8),
+            max_instructions: 10_000_000,
+            timeout: Duration::from_secs(2),
+            max_memory_mb: 64,
+        }
+    }
+}
+
+impl PolicyConfig {
+    pub fn to_settings(&self) -> Result<crate::policy::PolicySettings, String> {
+        let time_zone = jiff::tz::TimeZone::get(&self.time_zone)
+            .map_err(|e| format!("policy.time_zone: {:?}: {e}", self.time_zone))?;
+        Ok(crate::policy::PolicySettings {
+            plugins_dir: self.plugins_dir.clone(),
+            script: self.script.clone(),
+            time_zone,
+            states: self.states,
+            max_instructions: self.max_instructions,
+            max_memory_mb: self.max_memory_mb,
+            timeout: self.timeout,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +260,7 @@ impl Default for Settings {
             queue: QueueSettings::default(),
             dkim: DkimSettings::default(),
             log: LogSettings::default(),
+            policy: PolicyConfig::default(),
             accounts: Vec::new(),
         }
     }
@@ -381,6 +434,15 @@ impl Settings {
                     "dns.nameservers[{i}]: {ns:?} is not an ip:port address"
                 ));
             }
+        }
+        if let Err(e) = self.policy.to_settings() {
+            out.push(e);
+        }
+        if self.policy.states == 0 {
+            out.push("policy.states: must be at least 1".into());
+        }
+        if self.policy.max_memory_mb < 4 {
+            out.push("policy.max_memory_mb: must be at least 4".into());
         }
         if self.smtp.listeners.is_empty() {
             out.push("smtp.listeners: at least one listener is needed".into());

@@ -33,6 +33,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod line_io;
 pub mod net;
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod smtp_in;

@@ -1,0 +1,179 @@
+//! What hooks are given and what they may answer, as Rust types. Scripts see
+//! the arguments as plain Lua tables (copies: changing them changes nothing)
+//! and answer with a table or nil; see `docs/lua-api.md`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `on_connect(conn)`.
+#[derive(Debug, Serialize)]
+pub struct ConnectInfo {
+    pub ip: String,
+    pub port: u16,
+    pub listener: String,
+    pub tls: bool,
+}
+
+/// `on_mail_from(tx)` and `on_rcpt_to(tx)`.
+#[derive(Debug, Serialize)]
+pub struct TransactionInfo {
+    pub ip: String,
+    pub helo: String,
+    pub tls: bool,
+    /// Authenticated account, or "" for a relay client.
+    pub account: String,
+    pub sender: String,
+    pub sender_domain: String,
+    /// The recipient being checked (on_rcpt_to), else "".
+    pub recipient: String,
+    /// Recipients accepted so far.
+    pub recipients: Vec<String>,
+}
+
+/// `check_limits(msg)` and `content_filter(msg)` for a message.
+#[derive(Debug, Serialize)]
+pub struct MessageInfo {
+    pub kind: &'static str,
+    pub id: String,
+    pub account: String,
+    pub sender: String,
+    pub sender_domain: String,
+    pub recipients: Vec<String>,
+    pub size: usize,
+    pub subject: String,
+    pub subject_valid_utf8: bool,
+    /// "regular" (API SendEmail, SMTP) or "batch" (batch tasks).
+    pub trigger_type: String,
+    /// Scenario: transactional, notification or marketing (from the
+    /// template or the X-Kiln-Scenario header), or "".
+    pub scenario: String,
+    pub now: i64,
+}
+
+/// `reputation(event)`: one delivery outcome or engagement event, or a
+/// question (`kind = "query"`).
+#[derive(Debug, Serialize)]
+pub struct ReputationEvent {
+    pub domain: String,
+    pub account: String,
+    pub kind: String,
+    pub count: i64,
+    pub now: i64,
+}
+
+/// What `reputation` answers.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ReputationState {
+    pub level: i64,
+    pub daily_limit: i64,
+    pub blocked: bool,
+    pub lower_tomorrow: bool,
+}
+
+/// `classify_bounce(reply)`.
+#[derive(Debug, Serialize)]
+pub struct BounceInfo {
+    pub code: u16,
+    pub enhanced_code: String,
+    pub text: String,
+    pub recipient: String,
+    pub sender_domain: String,
+    pub mx: String,
+    /// "smtp" (a reply during delivery) or "dsn" (a report that came back).
+    pub source: &'static str,
+}
+
+/// What `classify_bounce` answers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct BounceClass {
+    /// hard, soft, spam, quota, policy, other
+    pub class: String,
+    /// Retry (true) or give up (false); the reply code decides when absent.
+    pub retry: Option<bool>,
+    /// Add the recipient to the installation-wide blocklist.
+    pub blocklist: bool,
+    /// Counts as an invalid address for the reputation rules.
+    pub invalid_address: bool,
+}
+
+/// `select_egress(msg)` answers a pool and optionally a source address.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Egress {
+    pub pool: String,
+    pub source_ip: Option<String>,
+}
+
+/// The common answer of the accept/reject hooks and of `check_limits` and
+/// `content_filter`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Decision {
+    /// accept | reject | defer (and for check_limits: send)
+    pub action: String,
+    /// API error code (e.g. FailedOperation.ExceedSendLimit).
+    pub code: Option<String>,
+    /// SMTP reply line, e.g. "550 5.7.1 Not from here".
+    pub smtp: Option<String>,
+    pub message: Option<String>,
+    /// defer: when to try again (ms since the epoch).
+    pub retry_at: Option<i64>,
+    /// content_filter: every reason, not just the first.
+    pub reasons: Vec<String>,
+    /// check_limits: recipients dropped, with the reason code.
+    pub drop: BTreeMap<String, String>,
+}
+
+impl Decision {
+    pub fn is_reject(&self) -> bool {
+        self.action == "reject"
+    }
+
+    pub fn is_defer(&self) -> bool {
+        self.action == "defer"
+    }
+
+    /// The SMTP reply for a refusal: the script's own line if it is a valid
+    /// 4xx/5xx reply, else one built from `fallback` and the message.
+    pub fn smtp_reply(&self, fallback: &str) -> String {
+        if let Some(line) = &self.smtp {
+            let code_ok = line.len() >= 3
+                && line.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+                && matches!(line.as_bytes()[0], b'4' | b'5')
+                && (line.len() == 3 || line.as_bytes()[3] == b' ');
+            if code_ok && !line.contains(['\r', '\n']) {
+                return line.clone();
+            }
+        }
+        let text = self
+            .message
+            .clone()
+            .or_else(|| self.code.clone())
+            .unwrap_or_else(|| "Refused by policy".into());
+        format!("{fallback} {}", text.replace(['\r', '\n'], " "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_reply_uses_only_well_formed_script_lines() {
+        let d = Decision {
+            smtp: Some("550 5.7.1 Not from here".into()),
+            ..Decision::default()
+        };
+        assert_eq!(d.smtp_reply("554 5.7.1"), "550 5.7.1 Not from here");
+        for bad in ["250 ok", "55x nope", "550\r\nRSET", "hello"] {
+            let d = Decision {
+                smtp: Some(bad.into()),
+                message: Some("blocked".into()),
+                ..Decision::default()
+            };
+            assert_eq!(d.smtp_reply("554 5.7.1"), "554 5.7.1 blocked", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! One sandboxed Lua state with the `kiln` API, the plugins and the
+//! operator's policy loaded, and the hook functions they define.
+//!
+//! The sandbox keeps the string, table, math, utf8 and coroutine libraries
+//! and the safe part of the base library; there is no `io`, `os`, `debug`,
+//! `package`, `load`, `loadfile`, `dofile` or `string.dump`. Modules come from
+//! the plugin directory through our own `require`, read-only. Every call runs
+//! under an instruction budget and a deadline (checked every 1,000
+//! instructions) and the state under a memory limit, so a runaway script ends
+//! in an error instead of taking the node down.
+
+use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
+use crate::net::now_ms;
+use crate::store::Store;
+use mlua::chunk::ChunkMode;
+use mlua::{Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value, VmState};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// Keys and sets that scripts touch live under this prefix in the store.
+const NAMESPACE: &str = "lua:";
+
+/// The default plugins, built in: used when the plugin directory has no file
+/// of that name, so `kiln serve` works from any directory.
+fn builtin_plugin(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "limits" => include_str!("../../../plugins/limits.lua"),
+        "reputation" => include_str!("../../../plugins/reputation.lua"),
+        "warmup" => include_str!("../../../plugins/warmup.lua"),
+        "content_filter" => include_str!("../../../plugins/content_filter.lua"),
+        "bounces" => include_str!("../../../plugins/bounces.lua"),
+        "egress" => include_str!("../../../plugins/egress.lua"),
+        _ => return None,
+    })
+}
+
+/// Per-call limits, shared with the instruction hook.
+struct Budget {
+    instructions_left: AtomicI64,
+    deadline_ms: AtomicI64,
+}
+
+pub struct LuaHost {
+    lua: Lua,
+    budget: Arc<Budget>,
+    hooks: HashMap<&'static str, Function>,
+    max_instructions: i64,
+    timeout: Duration,
+}
+
+fn lua_err(e: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::RuntimeError(e.to_string())
+}
+
+impl LuaHost {
+    pub fn new(settings: &PolicySettings, store: Store) -> Result<LuaHost, PolicyError> {
+        let load_err = |e: mlua::Error| PolicyError::Load(e.to_string());
+        let lua = Lua::new_with(
+            StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE,
+            LuaOptions::new(),
+        )
+        .map_err(load_err)?;
+        lua.set_memory_limit(settings.max_memory_mb.saturating_mul(1024 * 1024))
+            .map_err(load_err)?;
+        let budget = Arc::new(Budget {
+            instructions_left: AtomicI64::new(i64::MAX),
+            deadline_ms: AtomicI64::new(i64::MAX),
+        });
+        let b = budget.clone();
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(1000),
+            move |_, _| {
+                let left = b.instructions_left.fetch_sub(1000, Ordering::Relaxed) - 1000;
+                if left < 0 {
+                    return Err(lua_err("instruction limit exceeded"));
+                }
+                if now_ms() > b.deadline_ms.load(Ordering::Relaxed) {
+                    return Err(lua_err("time limit exceeded"));
+                }
+                Ok(VmState::Continue)
+            },
+        )
+        .map_err(load_err)?;
+        sandbox(&lua).map_err(load_err)?;
+        install_api(&lua, settings, store).map_err(load_err)?;
+        install_require(&lua, settings.plugins_dir.clone()).map_err(load_err)?;
+
+        let mut host = LuaHost {
+            lua,
+            budget,
+            hooks: HashMap::new(),
+            max_instructions: settings.max_instructions as i64,
+            timeout: settings.timeout,
+        };
+        // Loading runs scripts too: the same limits apply.
+        host.arm();
+        let hooks = host.load_hooks(settings)?;
+        host.hooks = hooks;
+        Ok(host)
+    }
+
+    fn arm(&self) {
+        self.budget
+            .instructions_left
+            .store(self.max_instructions, Ordering::Relaxed);
+        self.budget.deadline_ms.store(
+            now_ms() + self.timeout.as_millis() as i64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Plugins first (unless the policy disables them), then the policy's
+    /// own hooks over them; the result is also `kiln.hooks`, so one hook
+    /// may call another (the limits plugin asks `warmup_limit`).
+    fn load_hooks(
+        &self,
+        settings: &PolicySettings,
+    ) -> Result<HashMap<&'static str, Function>, PolicyError> {
+        let lua = &self.lua;
+        let load_err = |e: mlua::Error| PolicyError::Load(e.to_string());
+        let policy: Table = match std::fs::read_to_string(&settings.script) {
+            Ok(source) => lua
+                .load(source)
+                .set_name(format!("@{}", settings.script.display()))
+                .set_mode(ChunkMode::Text)
+                .eval::<Option<Table>>()
+                .map_err(load_err)?
+                .map_or_else(|| lua.create_table(), Ok)
+                .map_err(load_err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                lua.create_table().map_err(load_err)?
+            }
+            Err(e) => {
+                return Err(PolicyError::Load(format!(
+                    "{}: {e}",
+                    settings.script.display()
+                )));
+            }
+        };
+        let kiln: Table = lua.globals().get("kiln").map_err(load_err)?;
+        // Plugin settings from the policy, before any plugin loads.
+        let config = match policy.get::<Option<Table>>("config").map_err(load_err)? {
+            Some(t) => t,
+            None => lua.create_table().map_err(load_err)?,
+        };
+        kiln.set("_config", config).map_err(load_err)?;
+
+        let mut disabled = Vec::new();
+        if let Some(list) = policy.get::<Option<Table>>("disable").map_err(load_err)? {
+            for name in list.sequence_values::<String>() {
+                let name = name.map_err(load_err)?;
+                if !PLUGINS.contains(&name.as_str()) {
+                    return Err(PolicyError::Load(format!(
+                        "{}: disable: unknown plugin {name:?} (plugins: {})",
+                        settings.script.display(),
+                        PLUGINS.join(", ")
+                    )));
+                }
+                disabled.push(name);
+            }
+        }
+        let hooks_table = lua.create_table().map_err(load_err)?;
+        kiln.set("hooks", hooks_table.clone()).map_err(load_err)?;
+        let require: Function = lua.globals().get("require").map_err(load_err)?;
+        for plugin in PLUGINS {
+            if disabled.iter().any(|d| d == plugin) {
+                continue;
+            }
+            let module: Table = require.call(*plugin).map_err(load_err)?;
+            if let Some(hooks) = module.get::<Option<Table>>("hooks").map_err(load_err)? {
+                copy_hooks(&hooks, &hooks_table, &format!("plugin {plugin}"))?;
+            }
+        }
+        if let Some(hooks) = policy.get::<Option<Table>>("hooks").map_err(load_err)? {
+            copy_hooks(&hooks, &hooks_table, &settings.script.display().to_string())?;
+        }
+        let mut out = HashMap::new();
+        for hook in HOOKS {
+            if let Some(f) = hooks_table
+                .get::<Option<Function>>(*hook)
+                .map_err(load_err)?
+            {
+                out.insert(*hook, f);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn has_hook(&self, hook: &str) -> bool {
+        self.hooks.contains_key(hook)
+    }
+
+    /// Calls `hook` with one argument; `Ok(None)` when no script defines it.
+    pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        let Some(f) = self.hooks.get(hook) else {
+            return Ok(None);
+        };
+        let script_err = |e: mlua::Error| PolicyError::Script {
+            hook,
+            message: first_line(&e.to_string()),
+        };
+        let options = mlua::serde::ser::Options::new()
+            .serialize_none_to_null(false)
+            .serialize_unit_to_null(false);
+        let arg = self.lua.to_value_with(arg, options).map_err(script_err)?;
+        self.arm();
+        let value: Value = match tokio::time::timeout(
+            self.timeout + Duration::from_millis(100),
+            f.call_async(arg),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(script_err)?,
+            Err(_) => {
+                return Err(PolicyError::Script {
+                    hook,
+                    message: "time limit exceeded (waiting on the store)".into(),
+                });
+            }
+        };
+        if value.is_nil() {
+            return Ok(None);
+        }
+        let options = mlua::serde::de::Options::new().deny_unsupported_types(false);
+        self.lua
+            .from_value_with(value, options)
+            .map(Some)
+            .map_err(|e| PolicyError::Script {
+                hook,
+                message: format!("bad return value: {e}"),
+            })
+    }
+}
+
+#[cfg(test)]
+impl LuaHost {
+    /// Runs a chunk under the same limits as a hook; for tests.
+    pub async fn eval(&self, code: &str) -> Result<serde_json::Value, String> {
+        self.arm();
+        let v: Value = self
+            .lua
+            .load(code)
+            .set_name("=test")
+            .eval_async()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.lua.from_value(v).map_err(|e| e.to_string())
+    }
+}
+
+/// The error line with its file and line, without the traceback.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or(text).trim().to_string()
+}
+
+fn copy_hooks(from: &Table, to: &Table, origin: &str) -> Result<(), PolicyError> {
+    for pair in from.pairs::<String, Value>() {
+        let (name, value) = pair.map_err(|e| PolicyError::Load(e.to_string()))?;
+        if !HOOKS.contains(&name.as_str()) {
+            return Err(PolicyError::Load(format!(
+                "{origin}: hooks: unknown hook {name:?} (hooks: {})",
+                HOOKS.join(", ")
+            )));
+        }
+        match value {
+            // `false` switches a hook off, back to the built-in behaviour.
+            Value::Boolean(false) => to.set(name, Value::Nil),
+            Value::Function(_) => to.set(name, value),
+            other => {
+                return Err(PolicyError::Load(format!(
+                    "{origin}: hooks.{name}: expected a function or false, got {}",
+                    other.type_name()
+                )));
+            }
+        }
+        .map_err(|e| PolicyError::Load(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn sandbox(lua: &Lua) -> mlua::Result<()> {
+    let g = lua.globals();
+    for name in ["dofile", "loadfile", "load", "collectgarbage", "require"] {
+        g.set(name, Value::Nil)?;
+    }
+    let string: Table = g.get("string")?;
+    string.set("dump", Value::Nil)?;
+    // `print` goes to the log like kiln.log.info.
+    g.set(
+        "print",
+        lua.create_function(|lua, args: mlua::Variadic<Value>| {
+            let text: Vec<String> = args
+                .iter()
+                .map(|v| v.to_string().unwrap_or_else(|_| "?".into()))
+                .collect();
+            tracing::info!(target: "kiln::policy", script = %caller(lua), "{}", text.join("\t"));
+            Ok(())
+        })?,
+    )?;
+    Ok(())
+}
+
+/// `file:line` of the Lua code that called into Rust.
+fn caller(lua: &Lua) -> String {
+    lua.inspect_stack(1, |d| {
+        let src = d.source();
+        format!(
+            "{}:{}",
+            src.short_src.as_deref().unwrap_or("?"),
+            d.current_line().unwrap_or(0)
+        )
+    })
+    .unwrap_or_default()
+}
+
+/// `require(name)`: a module from the plugin directory (or the built-in
+/// copy), run once per state and cached. Names are plain words and slashes:
+/// no way out of the directory.
+fn install_require(lua: &Lua, dir: PathBuf) -> mlua::Result<()> {
+    let cache = lua.create_table()?;
+    let require = lua.create_function(move |lua, name: String| {
+        if let Some(m) = cache.get::<Option<Value>>(name.as_str())? {
+            return Ok(m);
+        }
+        let valid = !name.is_empty()
+            && name
+                .split('/')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        if !valid {
+            return Err(lua_err(format!("require: bad module name {name:?}")));
+        }
+        let path: PathBuf = dir.join(format!("{name}.lua"));
+        let (source, chunk_name) = match std::fs::read_to_string(&path) {
+            Ok(s) => (s, format!("@{}", path.display())),
+            Err(_) => match builtin_plugin(&name) {
+                Some(s) => (s.to_string(), format!("@plugins/{name}.lua (built in)")),
+                None => {
+                    return Err(lua_err(format!(
+                        "require: no module {name:?} in {}",
+                        dir.display()
+                    )));
+                }
+            },
+        };
+        let value: Value = lua
+            .load(source)
+            .set_name(chunk_name)
+            .set_mode(ChunkMode::Text)
+            .eval()?;
+        let value = if value.is_nil() {
+            Value::Boolean(true)
+        } else {
+            value
+        };
+        cache.set(name.as_str(), value.clone())?;
+        Ok(value)
+    })?;
+    lua.globals().set("require", require)
+}
+
+fn ttl(secs: Option<f64>) -> Option<Duration> {
+    secs.filter(|s| *s > 0.0).map(Duration::from_secs_f64)
+}
+
+fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Result<()> {
+    let kiln = lua.create_table()?;
+    let tz = settings.time_zone.clone();
+
+    kiln.set("now", lua.create_function(|_, ()| Ok(now_ms()))?)?;
+    let zone = tz.clone();
+    kiln.set(
+        "day",
+        lua.create_function(move |_, ms: Option<i64>| {
+            super::time::day(&zone, ms.unwrap_or_else(now_ms)).map_err(lua_err)
+        })?,
+    )?;
+    let zone = tz.clone();
+    kiln.set(
+        "day_start",
+        lua.create_function(move |_, ms: Option<i64>| {
+            super::time::day_start(&zone, ms.unwrap_or_else(now_ms)).map_err(lua_err)
+        })?,
+    )?;
+    let zone = tz.clone();
+    kiln.set(
+        "next_day_start",
+        lua.create_function(move |_, ms: Option<i64>| {
+            super::time::next_day_start(&zone, ms.unwrap_or_else(now_ms)).map_err(lua_err)
+        })?,
+    )?;
+    kiln.set(
+        "days_between",
+        lua.create_function(|_, (a, b): (String, String)| {
+            super::time::days_between(&a, &b).map_err(lua_err)
+        })?,
+    )?;
+
+    let log = lua.create_table()?;
+    for level in ["debug", "info", "warn", "error"] {
+        log.set(
+            level,
+            lua.create_function(move |lua, text: String| {
+                let script = caller(lua);
+                match level {
+                    "debug" => tracing::debug!(target: "kiln::policy", %script, "{text}"),
+                    "info" => tracing::info!(target: "kiln::policy", %script, "{text}"),
+                    "warn" => tracing::warn!(target: "kiln::policy", %script, "{text}"),
+                    _ => tracing::error!(target: "kiln::policy", %script, "{text}"),
+                }
+                Ok(())
+            })?,
+        )?;
+    }
+    kiln.set("log", log)?;
+
+    let json = lua.create_table()?;
+    json.set(
+        "encode",
+        lua.create_function(|lua, v: Value| {
+            let j: serde_json::Value = lua.from_value(v)?;
+            serde_json::to_string(&j).map_err(lua_err)
+        })?,
+    )?;
+    json.set(
+        "decode",
+        lua.create_function(|lua, s: String| {
+            let j: serde_json::Value = serde_json::from_str(&s).map_err(lua_err)?;
+            lua.to_value(&j)
+        })?,
+    )?;
+    kiln.set("json", json)?;
+
+    kiln.set(
+        "config",
+        lua.create_function(|lua, name: String| {
+            let kiln: Table = lua.globals().get("kiln")?;
+            let all: Table = kiln.get("_config")?;
+            match all.get::<Option<Table>>(name)? {
+                Some(t) => Ok(t),
+                None => lua.create_table(),
+            }
+        })?,
+    )?;
+
+    let counter = lua.create_table()?;
+    let s = store.clone();
+    counter.set(
+        "incr",
+        lua.create_async_function(move |_, (key, by, secs): (String, Option<i64>, f64)| {
+            let s = s.clone();
+            async move {
+                let ttl =
+                    ttl(Some(secs)).ok_or_else(|| lua_err("counter.incr: ttl must be > 0"))?;
+                s.incr(&format!("{NAMESPACE}{key}"), by.unwrap_or(1), ttl)
+                    .await
+                    .map_err(lua_err)
+            }
+        })?,
+    )?;
+    let s = store.clone();
+    counter.set(
+        "get",
+        lua.create_async_function(move |_, key: String| {
+            let s = s.clone();
+            async move {
+                let raw = s.get(&format!("{NAMESPACE}{key}")).await.map_err(lua_err)?;
+                Ok(raw
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+                    .unwrap_or(0))
+            }
+        })?,
+    )?;
+    kiln.set("counter", counter)?;
+
+    let kv = lua.create_table()?;
+    let s = store.clone();
+    kv.set(
+        "get",
+        lua.create_async_function(move |lua, key: String| {
+            let s = s.clone();
+            async move {
+                let raw = s.get(&format!("{NAMESPACE}{key}")).await.map_err(lua_err)?;
+                match raw {
+                    Some(b) => Ok(Value::String(lua.create_string(&b)?)),
+                    None => Ok(Value::Nil),
+                }
+            }
+        })?,
+    )?;
+    let s = store.clone();
+    kv.set(
+        "put",
+        lua.create_async_function(
+            move |_, (key, value, secs): (String, mlua::LuaString, Option<f64>)| {
+                let s = s.clone();
+                let value = value.as_bytes().to_vec();
+                async move {
+                    s.put(&format!("{NAMESPACE}{key}"), &value, ttl(secs))
+                        .await
+                        .map_err(lua_err)
+                }
+            },
+        )?,
+    )?;
+    let s = store.clone();
+    kv.set(
+        "put_if_absent",
+        lua.create_async_function(move |_, (key, value): (String, mlua::LuaString)| {
+            let s = s.clone();
+            let value = value.as_bytes().to_vec();
+            async move {
+                s.put_if_absent(&format!("{NAMESPACE}{key}"), &value)
+                    .await
+                    .map_err(lua_err)
+            }
+        })?,
+    )?;
+    let s = store.clone();
+    kv.set(
+        "delete",
+        lua.create_async_function(move |_, key: String| {
+            let s = s.clone();
+            async move {
+                s.delete(&format!("{NAMESPACE}{key}"))
+                    .await
+                    .map_err(lua_err)
+            }
+        })?,
+    )?;
+    kiln.set("kv", kv)?;
+
+    let set = lua.create_table()?;
+    let s = store.clone();
+    set.set(
+        "add",
+        lua.create_async_function(
+            move |_, (name, member, secs): (String, String, Option<f64>)| {
+                let s = s.clone();
+                async move {
+                    s.set_add(&format!("{NAMESPACE}{name}"), &member, ttl(secs))
+                        .await
+                        .map_err(lua_err)
+                }
+            },
+        )?,
+    )?;
+    let s = store.clone();
+    set.set(
+        "contains",
+        lua.create_async_function(move |_, (name, member): (String, String)| {
+            let s = s.clone();
+            async move {
+                s.set_contains(&format!("{NAMESPACE}{name}"), &member)
+                    .await
+                    .map_err(lua_err)
+            }
+        })?,
+    )?;
+    let s = store;
+    set.set(
+        "remove",
+        lua.create_async_function(move |_, (name, member): (String, String)| {
+            let s = s.clone();
+            async move {
+                s.set_remove(&format!("{NAMESPACE}{name}"), &member)
+                    .await
+                    .map_err(lua_err)
+            }
+        })?,
+    )?;
+    kiln.set("set", set)?;
+
+    lua.globals().set("kiln", kiln)
+}

@@ -1,0 +1,223 @@
+//! The policy engine: Lua decides, Rust does.
+//!
+//! A [`Policy`] holds the current [`Engine`]: a pool of sandboxed Lua states
+//! ([`lua_host::LuaHost`]), each with the plugins and the operator's policy
+//! script loaded, so hooks run in parallel on every core. A reload builds a
+//! complete new engine first and swaps it in only if every state loaded;
+//! calls already running finish on the engine they started with.
+//!
+//! A hook that fails (error, runaway loop, memory, bad return value) is
+//! reported as [`PolicyError::Script`], logged with the script's file and
+//! line, and counted; callers never lose a message over it: SMTP answers
+//! 4xx, the queue retries later. See `docs/lua-api.md` for the hooks.
+
+pub mod decisions;
+pub mod lua_host;
+pub mod time;
+
+#[cfg(test)]
+mod tests;
+
+use crate::store::Store;
+use lua_host::LuaHost;
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Every hook a script may define.
+pub const HOOKS: &[&str] = &[
+    "on_connect",
+    "on_mail_from",
+    "on_rcpt_to",
+    "content_filter",
+    "check_limits",
+    "warmup_limit",
+    "reputation",
+    "select_egress",
+    "classify_bounce",
+    "callback_format",
+];
+
+/// The default plugins, in load order (later ones may use earlier ones).
+pub const PLUGINS: &[&str] = &[
+    "reputation",
+    "warmup",
+    "limits",
+    "content_filter",
+    "bounces",
+    "egress",
+];
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy did not load: {0}")]
+    Load(String),
+    #[error("hook {hook} failed: {message}")]
+    Script { hook: &'static str, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub plugins_dir: PathBuf,
+    pub script: PathBuf,
+    pub time_zone: jiff::tz::TimeZone,
+    pub states: usize,
+    pub max_instructions: u64,
+    pub max_memory_mb: usize,
+    pub timeout: Duration,
+}
+
+/// One loaded version of the policy.
+pub struct Engine {
+    hosts: Mutex<Vec<LuaHost>>,
+    free: Semaphore,
+    pub version: u64,
+}
+
+impl Engine {
+    fn load(settings: &PolicySettings, store: &Store, version: u64) -> Result<Engine, PolicyError> {
+        let mut hosts = Vec::with_capacity(settings.states);
+        for _ in 0..settings.states.max(1) {
+            hosts.push(LuaHost::new(settings, store.clone())?);
+        }
+        Ok(Engine {
+            free: Semaphore::new(hosts.len()),
+            hosts: Mutex::new(hosts),
+            version,
+        })
+    }
+
+    async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let _permit = self.free.acquire().await.map_err(|_| PolicyError::Script {
+            hook,
+            message: "policy engine closed".into(),
+        })?;
+        let host = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or_else(|| PolicyError::Script {
+                hook,
+                message: "no Lua state free".into(),
+            })?;
+        // Give the state back even if this future is dropped mid-call.
+        let guard = HostGuard {
+            host: Some(host),
+            engine: self,
+        };
+        let host = guard.host.as_ref().ok_or_else(|| PolicyError::Script {
+            hook,
+            message: "no Lua state free".into(),
+        })?;
+        host.call(hook, arg).await
+    }
+
+    fn has_hook(&self, hook: &str) -> bool {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .is_some_and(|h| h.has_hook(hook))
+    }
+}
+
+struct HostGuard<'a> {
+    host: Option<LuaHost>,
+    engine: &'a Engine,
+}
+
+impl Drop for HostGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.host.take() {
+            self.engine
+                .hosts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(h);
+        }
+    }
+}
+
+pub struct Policy {
+    settings: PolicySettings,
+    store: Store,
+    current: RwLock<Arc<Engine>>,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    reloads: AtomicU64,
+}
+
+impl Policy {
+    pub fn load(settings: PolicySettings, store: Store) -> Result<Policy, PolicyError> {
+        let engine = Engine::load(&settings, &store, 1)?;
+        Ok(Policy {
+            settings,
+            store,
+            current: RwLock::new(Arc::new(engine)),
+            errors: Mutex::new(BTreeMap::new()),
+            reloads: AtomicU64::new(1),
+        })
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        self.current
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Loads the scripts again; on failure the running policy stays.
+    /// Blocking (it runs the scripts' top level): call from a blocking task.
+    pub fn reload(&self) -> Result<u64, PolicyError> {
+        let version = self.reloads.fetch_add(1, Ordering::Relaxed) + 1;
+        let engine = Engine::load(&self.settings, &self.store, version)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(engine);
+        Ok(version)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.engine().version
+    }
+
+    pub fn has_hook(&self, hook: &str) -> bool {
+        self.engine().has_hook(hook)
+    }
+
+    /// Calls a hook; `Ok(None)` when no script defines it or it returned
+    /// nil. Errors are logged and counted here, once.
+    pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let engine = self.engine();
+        let result = engine.call(hook, arg).await;
+        if let Err(e) = &result {
+            tracing::error!(target: "kiln::policy", hook, error = %e, "policy hook failed");
+            *self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(hook)
+                .or_default() += 1;
+        }
+        result
+    }
+
+    /// Hook failures since start, per hook.
+    pub fn error_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}

@@ -1,0 +1,536 @@
+//! The plugins, driven through the real Lua host on a real (embedded) store,
+//! with table-driven cases at the rule boundaries; and the sandbox.
+
+use super::decisions::{Decision, MessageInfo};
+use super::lua_host::LuaHost;
+use super::{Policy, PolicyError, PolicySettings};
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Store,
+}
+
+fn plugins_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins")
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::Embedded(
+            EmbeddedStore::open(&dir.path().join("kiln.redb"), Duration::from_secs(3600))
+                .expect("store"),
+        );
+        Fixture { dir, store }
+    }
+
+    fn settings(&self, policy: &str) -> PolicySettings {
+        let script = self.dir.path().join("policy.lua");
+        std::fs::write(&script, policy).expect("write policy");
+        PolicySettings {
+            plugins_dir: plugins_dir(),
+            script,
+            time_zone: jiff::tz::TimeZone::UTC,
+            states: 2,
+            max_instructions: 2_000_000,
+            max_memory_mb: 16,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn host(&self, policy: &str) -> LuaHost {
+        LuaHost::new(&self.settings(policy), self.store.clone()).expect("policy loads")
+    }
+}
+
+fn message(recipients: &[&str], subject: &str, trigger: &str, now: i64) -> MessageInfo {
+    MessageInfo {
+        kind: "message",
+        id: "m1".into(),
+        account: "shop".into(),
+        sender: "a@shop.test".into(),
+        sender_domain: "shop.test".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        size: 2048,
+        subject: subject.into(),
+        subject_valid_utf8: true,
+        trigger_type: trigger.into(),
+        scenario: String::new(),
+        now,
+    }
+}
+
+/// 2026-11-22T10:00:00Z
+const NOW: i64 = 1_795_341_600_000;
+
+/// Level before, the day's counters, and (level after, lower tomorrow,
+/// blocked today).
+type RepCase = (i64, [i64; 7], (i64, bool, bool));
+
+#[tokio::test]
+async fn reputation_rules_at_their_boundaries() {
+    let f = Fixture::new();
+    let host = f.host("return {}");
+    // (level, sent, delivered, bounce, invalid, spam, complaint, open)
+    //   -> (level after, lower tomorrow, blocked today)
+    let cases: &[RepCase] = &[
+        // Raise at exactly 70% of the level's limit, not at 69.9%.
+        (3, [1400, 1400, 0, 0, 0, 0, 0], (4, false, false)),
+        (3, [1398, 1398, 0, 0, 0, 0, 0], (3, false, false)),
+        // Several levels in one day: 7,000 clean sends from level 1 reach
+        // level 6 (70% of 10,000 = 7,000; 70% of 20,000 is not reached).
+        (1, [7000, 7000, 0, 0, 0, 0, 0], (6, false, false)),
+        // Rule A fails at exactly 5% invalid; rule B (opens > 50%) still raises.
+        (1, [400, 380, 20, 20, 0, 0, 0], (1, false, false)),
+        (1, [400, 380, 20, 20, 0, 0, 191], (2, false, false)),
+        // Rule B needs opens above 50%, not at 50%.
+        (1, [400, 370, 30, 20, 0, 0, 185], (1, false, false)),
+        // Deliverability must be above 92% for rule A.
+        (1, [400, 368, 32, 0, 0, 0, 0], (1, false, false)),
+        (1, [400, 369, 31, 0, 0, 0, 0], (2, false, false)),
+        // Lower only above 300 sent: 10% invalid at 300 does nothing, at 301 it lowers.
+        (2, [300, 270, 30, 30, 0, 0, 0], (2, false, false)),
+        (2, [301, 270, 30, 30, 0, 0, 0], (2, true, false)),
+        // Each of the four bad-quality rules.
+        (2, [1000, 905, 95, 91, 0, 0, 0], (2, true, false)),
+        (2, [1000, 640, 360, 0, 0, 0, 0], (2, true, false)),
+        (2, [1000, 949, 51, 0, 51, 0, 0], (2, true, false)),
+        (2, [1000, 1000, 0, 0, 0, 6, 0], (2, true, false)),
+        // Temporary block: invalid above 11% (11.01% blocks, 11% does not).
+        (2, [10000, 8899, 1101, 1101, 0, 0, 0], (2, true, true)),
+        (2, [10000, 8900, 1100, 1100, 0, 0, 0], (2, true, false)),
+        // ... or spam bounces above 15%.
+        (2, [1000, 849, 151, 0, 151, 0, 0], (2, true, true)),
+        (2, [1000, 850, 150, 0, 150, 0, 0], (2, true, false)),
+        // Level 20 is the top.
+        (20, [1000000, 1000000, 0, 0, 0, 0, 0], (20, false, false)),
+    ];
+    for (level, s, want) in cases {
+        let code = format!(
+            "local r = require('reputation')
+             local st = {{ level = {level}, day = '2026-11-22', lower_tomorrow = false }}
+             r.evaluate(st, {{ sent = {}, delivered = {}, bounce = {}, invalid = {}, spam = {},
+                              complaint = {}, open = {} }})
+             return {{ st.level, st.lower_tomorrow, st.blocked_day == st.day }}",
+            s[0], s[1], s[2], s[3], s[4], s[5], s[6]
+        );
+        let got = host.eval(&code).await.expect("eval");
+        assert_eq!(
+            got,
+            json!([want.0, want.1, want.2]),
+            "level {level} with {s:?}"
+        );
+    }
+    // The pending lowering happens on the next day, and the block ends.
+    let got = host
+        .eval(
+            "local r = require('reputation')
+             local st = { level = 4, day = '2026-11-21', lower_tomorrow = true, blocked_day = '2026-11-21' }
+             r.roll_over(st, '2026-11-22')
+             return { st.level, st.lower_tomorrow, st.blocked_day == nil }",
+        )
+        .await
+        .expect("eval");
+    assert_eq!(got, json!([3, false, true]));
+}
+
+#[tokio::test]
+async fn reputation_hook_counts_events_in_the_store() {
+    let f = Fixture::new();
+    let host = f.host("return {}");
+    let event = |kind: &str, count: i64| json!({"domain": "shop.test", "account": "shop", "kind": kind, "count": count, "now": NOW});
+    host.call::<_, Value>("reputation", &event("sent", 350))
+        .await
+        .expect("sent");
+    let st: Value = host
+        .call("reputation", &event("delivered", 350))
+        .await
+        .expect("delivered")
+        .expect("state");
+    assert_eq!(st["level"], 2, "{st}");
+    assert_eq!(st["daily_limit"], 1000);
+    let st: Value = host
+        .call("reputation", &event("query", 0))
+        .await
+        .expect("query")
+        .expect("state");
+    assert_eq!(st["level"], 2, "the level is kept in the store: {st}");
+}
+
+#[tokio::test]
+async fn warmup_curve_doubles_after_its_last_step() {
+    let f = Fixture::new();
+    let host = f.host("return {}");
+    let got = host
+        .eval(
+            "local w = require('warmup') local out = {}
+             for n = 0, 8 do out[#out + 1] = w.cap(w.CURVE, n) end return out",
+        )
+        .await
+        .expect("eval");
+    assert_eq!(
+        got,
+        json!([200, 500, 1000, 2000, 5000, 10000, 20000, 40000, 80000])
+    );
+    // Per-identity curve and opt-out from the policy's config.
+    let host = f.host(
+        "return { config = { warmup = { identities = {
+             ['fast.test'] = { curve = { 1000 } }, ['free.test'] = { disabled = true } } } } }",
+    );
+    let cap = |id: &'static str| {
+        let host = &host;
+        async move {
+            host.call::<_, Value>("warmup_limit", &json!({"identity": id, "now": NOW}))
+                .await
+                .expect("warmup")
+        }
+    };
+    assert_eq!(cap("fast.test").await.expect("cap")["cap"], 1000);
+    assert_eq!(cap("new.test").await.expect("cap")["cap"], 200);
+    assert!(cap("free.test").await.is_none());
+}
+
+#[tokio::test]
+async fn limits_quota_rate_recipient_and_subject() {
+    let f = Fixture::new();
+    let host = f.host("return { config = { limits = { rate_per_second = 1000 } } }");
+    let check = |m: MessageInfo| {
+        let host = &host;
+        async move {
+            host.call::<_, Decision>("check_limits", &m)
+                .await
+                .expect("check_limits")
+                .expect("decision")
+        }
+    };
+    // Warm-up day 0 allows 200 (below level 1's 500): the 201st fails.
+    for i in 0..200 {
+        let d = check(message(&[&format!("r{i}@x.test")], "hi", "regular", NOW)).await;
+        assert_eq!(d.action, "send", "message {i}: {d:?}");
+    }
+    let d = check(message(&["r200@x.test"], "hi", "regular", NOW)).await;
+    assert!(d.is_reject(), "{d:?}");
+    assert_eq!(d.code.as_deref(), Some("FailedOperation.ExceedSendLimit"));
+    assert!(d.smtp_reply("451 4.7.1").starts_with("451 4.7.1"), "{d:?}");
+    // A batch-task message waits for the next day instead.
+    let d = check(message(&["r201@x.test"], "hi", "batch", NOW)).await;
+    assert!(d.is_defer(), "{d:?}");
+    assert_eq!(d.retry_at, Some(1_795_392_000_000), "next midnight UTC");
+    // The next day the quota starts over (warm-up day 1: 500).
+    let d = check(message(&["r202@x.test"], "hi", "regular", NOW + 86_400_000)).await;
+    assert_eq!(d.action, "send", "{d:?}");
+
+    // One recipient: 10 per hour, the 11th is dropped.
+    let f = Fixture::new();
+    let host = f.host("return { config = { limits = { rate_per_second = 1000 } } }");
+    let check = |m: MessageInfo| {
+        let host = &host;
+        async move {
+            host.call::<_, Decision>("check_limits", &m)
+                .await
+                .expect("check_limits")
+                .expect("decision")
+        }
+    };
+    for i in 0..10 {
+        let d = check(message(&["same@x.test"], "hi", "regular", NOW)).await;
+        assert_eq!(d.action, "send", "message {i}");
+    }
+    let d = check(message(
+        &["same@x.test", "other@x.test"],
+        "hi",
+        "regular",
+        NOW,
+    ))
+    .await;
+    assert_eq!(d.action, "send");
+    assert_eq!(
+        d.drop.get("same@x.test").map(String::as_str),
+        Some("FailedOperation.FrequencyLimit")
+    );
+    assert!(!d.drop.contains_key("other@x.test"));
+    // An hour later it may receive again.
+    let d = check(message(&["same@x.test"], "hi", "regular", NOW + 3_600_000)).await;
+    assert_eq!(d.action, "send", "{d:?}");
+
+    // Subject: 998 characters (multi-byte) pass, 999 fail; bad UTF-8 fails.
+    let d = check(message(&["s1@x.test"], &"é".repeat(998), "regular", NOW)).await;
+    assert_eq!(d.action, "send", "{d:?}");
+    let d = check(message(&["s2@x.test"], &"é".repeat(999), "regular", NOW)).await;
+    assert!(d.is_reject());
+    let mut m = message(&["s3@x.test"], "x", "regular", NOW);
+    m.subject_valid_utf8 = false;
+    assert!(check(m).await.is_reject());
+    let mut m = message(&["s4@x.test"], "x", "regular", NOW);
+    m.size = 4 * 1024 * 1024 + 1;
+    assert_eq!(
+        check(m).await.code.as_deref(),
+        Some("FailedOperation.EmailContentToolarge")
+    );
+
+    // Blocklisted and unsubscribed recipients are dropped with their reason.
+    f.store
+        .set_add("lua:blocklist", "bad@x.test", None)
+        .await
+        .expect("blocklist");
+    f.store
+        .set_add("lua:unsubscribed:shop.test", "gone@x.test", None)
+        .await
+        .expect("unsubscribe");
+    let d = check(message(
+        &["bad@x.test", "gone@x.test", "ok@x.test"],
+        "hi",
+        "regular",
+        NOW,
+    ))
+    .await;
+    assert_eq!(d.action, "send");
+    assert_eq!(d.drop["bad@x.test"], "FailedOperation.EmailAddrInBlacklist");
+    assert_eq!(
+        d.drop["gone@x.test"],
+        "FailedOperation.ReceiverHasUnsubscribed"
+    );
+    let d = check(message(&["bad@x.test"], "hi", "regular", NOW)).await;
+    assert_eq!(
+        d.code.as_deref(),
+        Some("FailedOperation.EmailAddrInBlacklist")
+    );
+}
+
+#[tokio::test]
+async fn limits_account_rate_per_second() {
+    let f = Fixture::new();
+    let host = f.host("return { config = { limits = { rate_per_second = 3 } } }");
+    let mut actions = Vec::new();
+    for i in 0..4 {
+        let d: Decision = host
+            .call(
+                "check_limits",
+                &message(&[&format!("r{i}@x.test")], "hi", "regular", NOW),
+            )
+            .await
+            .expect("call")
+            .expect("decision");
+        actions.push(d.code.unwrap_or(d.action));
+    }
+    assert_eq!(
+        actions,
+        ["send", "send", "send", "FailedOperation.FrequencyLimit"]
+    );
+}
+
+#[tokio::test]
+async fn template_review_reports_every_reason() {
+    let f = Fixture::new();
+    let host = f.host(
+        "return { config = { content_filter = { banned_words = { 'free money' },
+                   flag_url_hosts = { 'bad.example' } } } }",
+    );
+    let review = |t: Value| {
+        let host = &host;
+        async move {
+            host.call::<_, Decision>("content_filter", &t)
+                .await
+                .expect("call")
+                .expect("decision")
+        }
+    };
+    let words = |n: usize| vec!["word"; n].join(" ");
+    let t = |kind: &str, html: String| json!({"kind": "template", "type": kind, "subject": "s", "html": html, "text": ""});
+    assert_eq!(review(t("marketing", words(150))).await.action, "accept");
+    let d = review(t("marketing", words(149))).await;
+    assert!(d.is_reject() && d.reasons.len() == 1, "{d:?}");
+    assert_eq!(review(t("notification", words(50))).await.action, "accept");
+    assert!(review(t("notification", words(49))).await.is_reject());
+    assert_eq!(review(t("trigger", String::new())).await.action, "accept");
+    // 1 variable per 5 words is the most.
+    let ok = format!(
+        "{} {{{{a}}}} {{{{b}}}} {{{{c}}}} {{{{d}}}} {{{{e}}}} {{{{f}}}} {{{{g}}}} {{{{h}}}} {{{{i}}}} {{{{j}}}}",
+        words(50)
+    );
+    assert_eq!(review(t("notification", ok)).await.action, "accept");
+    let too_many = format!(
+        "{} {{{{k}}}}",
+        words(50).replace("word word word word word", "word word word word word {{x}}")
+    );
+    assert!(review(t("notification", too_many)).await.is_reject());
+    let d = review(t("trigger", "{{a}} {{b}}".into())).await;
+    assert!(
+        d.reasons.iter().any(|r| r.contains("only variables")),
+        "{d:?}"
+    );
+    let d = review(t("trigger", "<img src=a.png><img src=b.png>".into())).await;
+    assert!(d.reasons.iter().any(|r| r.contains("only images")), "{d:?}");
+    let images = "<img src=x.png>".repeat(51);
+    let d = review(t("trigger", format!("{} {images}", words(10)))).await;
+    assert!(
+        d.reasons.iter().any(|r| r.contains("too many images")),
+        "{d:?}"
+    );
+    // Everything at once: every reason comes back.
+    let d = review(t(
+        "marketing",
+        "Free money at <a href=\"https://bad.example/x\">here</a> <img src=a.png>".into(),
+    ))
+    .await;
+    assert!(d.reasons.len() >= 3, "{d:?}");
+    assert!(d.reasons.iter().any(|r| r.contains("banned word")), "{d:?}");
+    assert!(d.reasons.iter().any(|r| r.contains("bad.example")), "{d:?}");
+    assert!(
+        d.reasons.iter().any(|r| r.contains("too few words")),
+        "{d:?}"
+    );
+    // Messages are not templates: the default plugin leaves them alone.
+    let none: Option<Decision> = host
+        .call("content_filter", &json!({"kind": "message"}))
+        .await
+        .expect("call");
+    assert!(none.is_none());
+}
+
+#[tokio::test]
+async fn bounces_are_classified_and_bad_mailboxes_blocklisted() {
+    let f = Fixture::new();
+    let host = f.host("return {}");
+    let cases: &[(u16, &str, &str, &str, bool)] = &[
+        (550, "5.1.1", "No such user here", "hard", true),
+        (550, "", "User unknown", "hard", true),
+        (552, "5.2.2", "Mailbox full", "quota", false),
+        (554, "5.7.1", "Message refused as spam", "spam", false),
+        (550, "5.7.1", "Sender not authorized", "policy", false),
+        (451, "4.3.0", "Try again later", "soft", false),
+        (554, "5.3.0", "Other problem", "other", false),
+    ];
+    for (i, (code, enhanced, text, class, blocklisted)) in cases.iter().enumerate() {
+        let rcpt = format!("r{i}@x.test");
+        let b: Value = host
+            .call(
+                "classify_bounce",
+                &json!({"code": code, "enhanced_code": enhanced, "text": text,
+                        "recipient": rcpt, "sender_domain": "shop.test", "mx": "mx", "source": "smtp"}),
+            )
+            .await
+            .expect("call")
+            .expect("class");
+        assert_eq!(b["class"], *class, "{code} {enhanced} {text}");
+        let listed = f
+            .store
+            .set_contains("lua:blocklist", &rcpt)
+            .await
+            .expect("set");
+        assert_eq!(listed, *blocklisted, "{code} {enhanced} {text}");
+    }
+}
+
+#[tokio::test]
+async fn the_sandbox_has_no_way_out() {
+    let f = Fixture::new();
+    let host = f.host("return {}");
+    let got = host
+        .eval(
+            "return { type(os), type(io), type(load), type(loadfile), type(dofile),
+                      type(string.dump), type(debug), type(package) }",
+        )
+        .await
+        .expect("eval");
+    assert_eq!(
+        got,
+        json!(["nil", "nil", "nil", "nil", "nil", "nil", "nil", "nil"])
+    );
+    for bad in ["../etc/passwd", "/etc/passwd", "a.b"] {
+        let err = host
+            .eval(&format!("return require('{bad}')"))
+            .await
+            .expect_err("must not load");
+        assert!(err.contains("bad module name"), "{bad}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn runaway_and_failing_hooks_are_errors_with_file_and_line() {
+    let f = Fixture::new();
+    let host = f.host(
+        "return { hooks = {
+            on_connect = function(c) while true do end end,
+            on_mail_from = function(t) local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(1000) end end,
+            on_rcpt_to = function(t) error('no such thing') end,
+            check_limits = function(m) return 42 end,
+         } }",
+    );
+    let err = |r: Result<Option<Decision>, PolicyError>| match r {
+        Err(PolicyError::Script { message, .. }) => message,
+        other => panic!("expected a script error, got {other:?}"),
+    };
+    let started = std::time::Instant::now();
+    let m = err(host.call("on_connect", &json!({})).await);
+    assert!(m.contains("instruction limit"), "{m}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let m = err(host.call("on_mail_from", &json!({})).await);
+    assert!(m.contains("memory") || m.contains("limit"), "{m}");
+    let m = err(host.call("on_rcpt_to", &json!({})).await);
+    assert!(
+        m.contains("policy.lua:4:") && m.contains("no such thing"),
+        "{m}"
+    );
+    let m = err(host.call("check_limits", &json!({})).await);
+    assert!(m.contains("bad return value"), "{m}");
+    // The state is still usable after all that.
+    assert_eq!(host.eval("return 1 + 1").await.expect("eval"), json!(2));
+}
+
+#[tokio::test]
+async fn a_policy_that_fails_to_load_leaves_the_old_one_in_force() {
+    let f = Fixture::new();
+    let settings = f.settings("return { hooks = { on_connect = function(c) return { action = 'reject', message = 'v1' } end } }");
+    let policy = Policy::load(settings.clone(), f.store.clone()).expect("load");
+    let v1: Decision = policy
+        .call("on_connect", &json!({}))
+        .await
+        .expect("call")
+        .expect("decision");
+    assert_eq!(v1.message.as_deref(), Some("v1"));
+    for broken in [
+        "return { hooks = { on_connect = function( } }",
+        "return { hooks = { on_conect = function() end } }",
+        "return { disable = { 'nope' } }",
+        "error('boom')",
+    ] {
+        std::fs::write(&settings.script, broken).expect("write");
+        let e = policy.reload().expect_err(broken);
+        assert!(matches!(e, PolicyError::Load(_)), "{e}");
+        let still: Decision = policy
+            .call("on_connect", &json!({}))
+            .await
+            .expect("call")
+            .expect("decision");
+        assert_eq!(still.message.as_deref(), Some("v1"), "after {broken}");
+    }
+    std::fs::write(
+        &settings.script,
+        "return { hooks = { on_connect = function(c) return { action = 'reject', message = 'v2' } end } }",
+    )
+    .expect("write");
+    let version = policy.reload().expect("reload");
+    assert_eq!(version, policy.version());
+    let v2: Decision = policy
+        .call("on_connect", &json!({}))
+        .await
+        .expect("call")
+        .expect("decision");
+    assert_eq!(v2.message.as_deref(), Some("v2"));
+    // Disabling a plugin removes its hooks; `false` switches one hook off.
+    std::fs::write(
+        &settings.script,
+        "return { disable = { 'limits' }, hooks = { classify_bounce = false } }",
+    )
+    .expect("write");
+    policy.reload().expect("reload");
+    assert!(!policy.has_hook("check_limits"));
+    assert!(!policy.has_hook("classify_bounce"));
+    assert!(policy.has_hook("reputation"));
+}

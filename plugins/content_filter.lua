@@ -1,0 +1,89 @@
+-- Template review (hook content_filter, for templates; messages pass).
+-- Rules, each reported (all reasons, not just the first):
+--   minimum words by template type: marketing 150; notification,
+--   transactional and test 50; trigger none;
+--   variables ({{name}}) at most 1 per 5 words of text, and not only variables;
+--   at most 50 images, and not only images;
+--   no banned word (from the list in config.content_filter.banned_words, or
+--   the data file plugins/data/banned_words.txt, one per line);
+--   URLs: flagged when their host is in config.content_filter.flag_url_hosts.
+-- Answers { action = "accept" } or { action = "reject", reasons = {...} }.
+
+local M = { hooks = {} }
+local cfg = kiln.config("content_filter")
+
+M.MIN_WORDS = cfg.min_words or {
+  marketing = 150, notification = 50, transactional = 50, test = 50, trigger = 0,
+}
+M.MAX_IMAGES = cfg.max_images or 50
+M.MAX_VARIABLE_RATIO = cfg.max_variable_ratio or 0.2
+M.BANNED = {}
+for _, w in ipairs(cfg.banned_words or {}) do M.BANNED[#M.BANNED + 1] = string.lower(w) end
+M.FLAG_HOSTS = {}
+for _, h in ipairs(cfg.flag_url_hosts or {}) do M.FLAG_HOSTS[string.lower(h)] = true end
+
+-- Visible text of HTML: tags, scripts and styles removed, entities as spaces.
+function M.visible_text(html)
+  local t = html:gsub("<[sS][cC][rR][iI][pP][tT].-</[sS][cC][rR][iI][pP][tT]>", " ")
+  t = t:gsub("<[sS][tT][yY][lL][eE].-</[sS][tT][yY][lL][eE]>", " ")
+  t = t:gsub("<[^>]*>", " ")
+  t = t:gsub("&%a+;", " "):gsub("&#%d+;", " ")
+  return t
+end
+
+local function count_words(text)
+  local n = 0
+  for _ in text:gmatch("[%w\128-\255][%w\128-\255'%-]*") do n = n + 1 end
+  return n
+end
+
+-- Reviews a template: t.type, t.subject, t.html, t.text. Returns the reasons.
+function M.review(t)
+  local reasons = {}
+  local kind = string.lower(t.type or "notification")
+  local body = (t.html and t.html ~= "") and M.visible_text(t.html) or (t.text or "")
+  local vars = 0
+  for _ in body:gmatch("{{%s*[%w_%.]+%s*}}") do vars = vars + 1 end
+  local plain = body:gsub("{{%s*[%w_%.]+%s*}}", " ")
+  local words = count_words(plain)
+  local images = 0
+  for _ in (t.html or ""):gmatch("<[iI][mM][gG][%s/>]") do images = images + 1 end
+
+  local min = M.MIN_WORDS[kind] or 50
+  if words < min then
+    reasons[#reasons + 1] = string.format("too few words for a %s template: %d, need at least %d", kind, words, min)
+  end
+  if vars > 0 and words == 0 then
+    reasons[#reasons + 1] = "the template is only variables"
+  elseif vars > 0 and vars > words * M.MAX_VARIABLE_RATIO then
+    reasons[#reasons + 1] = string.format("too many variables: %d for %d words (at most 1 per 5 words)", vars, words)
+  end
+  if images > M.MAX_IMAGES then
+    reasons[#reasons + 1] = string.format("too many images: %d, at most %d", images, M.MAX_IMAGES)
+  end
+  if images > 0 and words == 0 then
+    reasons[#reasons + 1] = "the template is only images"
+  end
+  local lower = string.lower((t.subject or "") .. "\n" .. plain)
+  for _, w in ipairs(M.BANNED) do
+    if lower:find(w, 1, true) then
+      reasons[#reasons + 1] = "banned word: " .. w
+    end
+  end
+  for host in ((t.html or "") .. "\n" .. (t.text or "")):gmatch("https?://([%w%.%-]+)") do
+    if M.FLAG_HOSTS[string.lower(host)] then
+      reasons[#reasons + 1] = "flagged link host: " .. string.lower(host)
+    end
+  end
+  return reasons
+end
+
+function M.hooks.content_filter(item)
+  if item.kind ~= "template" then return nil end
+  local reasons = M.review(item)
+  if #reasons == 0 then return { action = "accept" } end
+  return { action = "reject", reasons = reasons, code = "FailedOperation.TemplateContentReviewFailed",
+    message = table.concat(reasons, "; ") }
+end
+
+return M

@@ -1,0 +1,18 @@
+-- Egress selection (hook select_egress): one IP pool per scenario, so that
+-- transactional mail never shares addresses with marketing mail.
+-- Config (policy.lua: config.egress):
+--   pools = { transactional = { "192.0.2.10" }, marketing = { "192.0.2.20", "192.0.2.21" } }
+-- With no pools configured, the system picks the source address.
+
+local M = { hooks = {} }
+local cfg = kiln.config("egress")
+local pools = cfg.pools or {}
+
+function M.hooks.select_egress(msg)
+  local scenario = msg.scenario ~= "" and msg.scenario or "transactional"
+  local ips = pools[scenario]
+  if not ips or #ips == 0 then return { pool = scenario } end
+  return { pool = scenario, source_ip = ips[math.random(#ips)] }
+end
+
+return M

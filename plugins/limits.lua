@@ -1,0 +1,150 @@
+-- Sending limits, checked before a message is queued (hook check_limits):
+-- size, subject, blocklist and unsubscribes, one recipient at most 10 per
+-- hour, per-account rate (20/s) and daily ceiling (300,000), the sender
+-- domain's daily quota (its reputation level, capped by warm-up), and the
+-- automatic stop when 8% of an account's mail is to blocklisted addresses.
+--
+-- Over the daily quota a regular send is refused with
+-- FailedOperation.ExceedSendLimit; a batch-task message is deferred to the
+-- start of the next day.
+--
+-- Config (policy.lua: config.limits): rate_per_second, account_daily_limit,
+-- per_recipient_per_hour, max_size, max_subject_chars,
+-- stop_blocklisted_share, stop_min_sent.
+
+local M = { hooks = {} }
+local cfg = kiln.config("limits")
+
+M.RATE = cfg.rate_per_second or 20
+M.ACCOUNT_DAILY = cfg.account_daily_limit or 300000
+M.PER_RECIPIENT_HOUR = cfg.per_recipient_per_hour or 10
+M.MAX_SIZE = cfg.max_size or 4 * 1024 * 1024
+M.MAX_SUBJECT = cfg.max_subject_chars or 998
+M.STOP_SHARE = cfg.stop_blocklisted_share or 0.08
+M.STOP_MIN_SENT = cfg.stop_min_sent or 100
+
+local DAY_TTL = 2 * 86400
+
+local function reject(code, smtp, message)
+  return { action = "reject", code = code, smtp = smtp, message = message }
+end
+
+local function over_quota(msg, what)
+  if msg.trigger_type == "batch" then
+    return {
+      action = "defer",
+      retry_at = kiln.next_day_start(msg.now),
+      code = "FailedOperation.ExceedSendLimit",
+      message = what .. " reached; paused until tomorrow",
+    }
+  end
+  return reject("FailedOperation.ExceedSendLimit",
+    "451 4.7.1 " .. what .. " reached, try again tomorrow", what .. " reached")
+end
+
+-- Checks that need no counters; returns a refusal or nil.
+function M.static_checks(msg)
+  if msg.size > M.MAX_SIZE then
+    return reject("FailedOperation.EmailContentToolarge",
+      "552 5.3.4 Message size exceeds the limit", "message larger than " .. M.MAX_SIZE .. " bytes")
+  end
+  if not msg.subject_valid_utf8 or utf8.len(msg.subject) == nil then
+    return reject("InvalidParameterValue.EmailContentIsWrong",
+      "554 5.6.7 Subject is not valid UTF-8", "subject is not valid UTF-8")
+  end
+  if utf8.len(msg.subject) > M.MAX_SUBJECT then
+    return reject("InvalidParameterValue.EmailContentIsWrong",
+      "554 5.6.0 Subject longer than " .. M.MAX_SUBJECT .. " characters",
+      "subject longer than " .. M.MAX_SUBJECT .. " characters")
+  end
+  return nil
+end
+
+function M.hooks.check_limits(msg)
+  local refused = M.static_checks(msg)
+  if refused then return refused end
+
+  local today = kiln.day(msg.now)
+  local account = msg.account ~= "" and msg.account or ("domain:" .. msg.sender_domain)
+  local acct = "acct:" .. account .. ":" .. today
+
+  local sent = kiln.counter.get(acct .. ":sent")
+  if sent >= M.STOP_MIN_SENT
+      and kiln.counter.get(acct .. ":blocklisted") / sent >= M.STOP_SHARE then
+    return reject("FailedOperation.HighRejectionRate",
+      "550 5.7.1 Sending stopped: too much mail to blocklisted addresses",
+      "sending stopped for the day: " .. math.floor(M.STOP_SHARE * 100) ..
+      "% of today's mail went to blocklisted addresses")
+  end
+
+  local drop, keep, blocklisted = {}, {}, 0
+  local hour = math.floor(msg.now / 3600000)
+  for _, rcpt in ipairs(msg.recipients) do
+    local r = string.lower(rcpt)
+    if kiln.set.contains("blocklist", r) then
+      drop[rcpt] = "FailedOperation.EmailAddrInBlacklist"
+      blocklisted = blocklisted + 1
+    elseif kiln.set.contains("unsubscribed:" .. msg.sender_domain, r) then
+      drop[rcpt] = "FailedOperation.ReceiverHasUnsubscribed"
+    elseif kiln.counter.incr("rcpt:" .. r .. ":" .. hour, 1, 3600) > M.PER_RECIPIENT_HOUR then
+      drop[rcpt] = "FailedOperation.FrequencyLimit"
+    else
+      keep[#keep + 1] = rcpt
+    end
+  end
+  if blocklisted > 0 then
+    kiln.counter.incr(acct .. ":blocklisted", blocklisted, DAY_TTL)
+    kiln.counter.incr(acct .. ":sent", blocklisted, DAY_TTL)
+  end
+  if #keep == 0 then
+    local code = drop[msg.recipients[1]] or "FailedOperation.EmailAddrInBlacklist"
+    return reject(code, "550 5.7.1 No recipient may receive this message (" .. code .. ")",
+      "every recipient was refused")
+  end
+  local n = #keep
+
+  if kiln.counter.incr("rate:" .. account .. ":" .. math.floor(msg.now / 1000), n, 2) > M.RATE then
+    return reject("FailedOperation.FrequencyLimit",
+      "451 4.7.1 Sending rate above " .. M.RATE .. " per second, slow down",
+      "account rate above " .. M.RATE .. " messages per second")
+  end
+
+  if kiln.counter.incr(acct .. ":sent", n, DAY_TTL) > M.ACCOUNT_DAILY then
+    kiln.counter.incr(acct .. ":sent", -n, DAY_TTL)
+    return over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
+  end
+
+  local cap, why = math.huge, nil
+  local rep = kiln.hooks.reputation
+  if rep then
+    local st = rep({ domain = msg.sender_domain, account = account, kind = "query", count = 0, now = msg.now })
+    if st and st.blocked then
+      kiln.counter.incr(acct .. ":sent", -n, DAY_TTL)
+      return reject("FailedOperation.HighRejectionRate",
+        "451 4.7.1 Sender domain blocked for today: too many bounces",
+        "sender domain " .. msg.sender_domain .. " is blocked for today")
+    end
+    if st and st.daily_limit then
+      cap, why = st.daily_limit, "reputation level " .. st.level .. " limit of " .. st.daily_limit
+    end
+  end
+  local warm = kiln.hooks.warmup_limit
+  if warm then
+    local w = warm({ identity = msg.sender_domain, now = msg.now })
+    if w and w.cap and w.cap < cap then
+      cap, why = w.cap, "warm-up limit of " .. w.cap
+    end
+  end
+  local quota_key = "quota:" .. msg.sender_domain .. ":" .. today
+  if kiln.counter.incr(quota_key, n, DAY_TTL) > cap then
+    kiln.counter.incr(quota_key, -n, DAY_TTL)
+    kiln.counter.incr(acct .. ":sent", -n, DAY_TTL)
+    return over_quota(msg, "daily " .. why .. " for " .. msg.sender_domain)
+  end
+  if rep then
+    rep({ domain = msg.sender_domain, account = account, kind = "sent", count = n, now = msg.now })
+  end
+  return { action = "send", drop = drop }
+end
+
+return M

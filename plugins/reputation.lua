@@ -1,0 +1,135 @@
+-- Domain reputation: the 20-level daily-limit table and the rules that move a
+-- sender domain between levels (raise at once, lower the next day, block for
+-- the day). Counters are per domain and calendar day (kiln.day), in the store,
+-- so every node of a cluster sees the same numbers.
+--
+-- Rates are shares of the messages that reached an outcome today
+-- (delivered + bounced): messages still in flight count for neither side.
+-- Complaint and open rates are shares of the delivered ones.
+--
+-- Config (policy.lua: config.reputation): levels (the 20 limits),
+-- initial_level (1), min_sent_for_penalty (300).
+
+local M = { hooks = {} }
+local cfg = kiln.config("reputation")
+
+M.LIMITS = cfg.levels or {
+  500, 1000, 2000, 5000, 10000, 20000, 40000, 60000, 80000, 100000,
+  150000, 200000, 300000, 400000, 500000, 600000, 700000, 800000, 900000, 1000000,
+}
+M.INITIAL_LEVEL = cfg.initial_level or 1
+M.MIN_SENT = cfg.min_sent_for_penalty or 300
+
+-- What the counters count (see docs/lua-api.md, hook `reputation`).
+M.KINDS = { "sent", "delivered", "bounce", "invalid", "spam", "complaint", "open" }
+local KNOWN = {}
+for _, k in ipairs(M.KINDS) do KNOWN[k] = true end
+local TTL = 3 * 86400
+
+local function counter_key(domain, day, kind)
+  return "rep:" .. domain .. ":" .. day .. ":" .. kind
+end
+
+local function ratio(n, d)
+  if d <= 0 then return 0 end
+  return n / d
+end
+
+-- The rates the rules use, from a day's counters.
+function M.rates(s)
+  local final = s.delivered + s.bounce
+  return {
+    invalid = ratio(s.invalid, final),
+    deliverability = final > 0 and ratio(s.delivered, final) or 1,
+    spam = ratio(s.spam, final),
+    complaint = ratio(s.complaint, s.delivered),
+    open = ratio(s.open, s.delivered),
+  }
+end
+
+-- Either quality rule that allows a raise.
+function M.good_quality(r)
+  local a = r.invalid < 0.05 and r.deliverability > 0.92 and r.spam < 0.025
+    and r.complaint < 0.001
+  local b = r.deliverability > 0.90 and r.complaint < 0.001 and r.open > 0.50
+  return a or b
+end
+
+-- Any of the four rules that lower the level tomorrow.
+function M.bad_quality(r)
+  return r.invalid > 0.09 or r.deliverability < 0.65 or r.spam > 0.05
+    or r.complaint > 0.005
+end
+
+-- Applies the rules to `st` (level, day, lower_tomorrow, blocked_day) given
+-- today's counters `s`. Pure: tests drive it with numbers.
+function M.evaluate(st, s)
+  local r = M.rates(s)
+  while st.level < #M.LIMITS and s.sent >= 0.7 * M.LIMITS[st.level]
+      and M.good_quality(r) do
+    st.level = st.level + 1
+  end
+  if s.sent > M.MIN_SENT then
+    if M.bad_quality(r) then st.lower_tomorrow = true end
+    if r.invalid > 0.11 or r.spam > 0.15 then st.blocked_day = st.day end
+  end
+  return st
+end
+
+-- A new day: the pending lowering takes effect, the block ends.
+function M.roll_over(st, today)
+  if st.day ~= today then
+    if st.lower_tomorrow then st.level = math.max(1, st.level - 1) end
+    st.lower_tomorrow = false
+    st.blocked_day = nil
+    st.day = today
+  end
+  return st
+end
+
+function M.stats(domain, day)
+  local s = {}
+  for _, k in ipairs(M.KINDS) do
+    s[k] = kiln.counter.get(counter_key(domain, day, k))
+  end
+  return s
+end
+
+local function state_key(domain) return "rep:" .. domain .. ":state" end
+
+function M.load(domain, today)
+  local raw = kiln.kv.get(state_key(domain))
+  local st = raw and kiln.json.decode(raw)
+    or { level = M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
+  return M.roll_over(st, today)
+end
+
+function M.answer(st, today)
+  return {
+    level = st.level,
+    daily_limit = M.LIMITS[st.level],
+    blocked = st.blocked_day == today,
+    lower_tomorrow = st.lower_tomorrow or false,
+  }
+end
+
+-- reputation(event): count the event, apply the rules, answer the state.
+-- event.kind = "query" only answers.
+function M.hooks.reputation(ev)
+  local today = kiln.day(ev.now)
+  local domain = string.lower(ev.domain)
+  local before = kiln.kv.get(state_key(domain))
+  local st = M.load(domain, today)
+  if ev.kind ~= "query" then
+    if not KNOWN[ev.kind] then
+      error("reputation: unknown event kind " .. tostring(ev.kind))
+    end
+    kiln.counter.incr(counter_key(domain, today, ev.kind), ev.count or 1, TTL)
+    M.evaluate(st, M.stats(domain, today))
+  end
+  local after = kiln.json.encode(st)
+  if after ~= before then kiln.kv.put(state_key(domain), after) end
+  return M.answer(st, today)
+end
+
+return M
