@@ -22,6 +22,8 @@ end
 
 local function first_day(identity, today)
   local key = "warmup:" .. identity .. ":first_day"
+  local day = kiln.kv.get(key)
+  if day then return day end
   kiln.kv.put_if_absent(key, today)
   return kiln.kv.get(key) or today
 end

@@ -27,6 +27,11 @@ enum Command {
     CheckConfig,
     /// Show a message's state and its delivery attempts (asks the daemon).
     Status { message_id: String },
+    /// Reload accounts, TLS certificate, DKIM keys and the policy scripts
+    /// (asks the daemon; same as SIGHUP, but reports the outcome).
+    Reload,
+    /// The running policy: version, hooks defined, hook failures.
+    Policy,
     /// DKIM keys (asks the daemon).
     Dkim {
         #[command(subcommand)]
@@ -116,6 +121,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reload => admin(&settings, "POST", "/admin/reload"),
+        Command::Policy => admin(&settings, "GET", "/admin/policy"),
         Command::Status { message_id } => {
             admin(&settings, "GET", &format!("/admin/messages/{message_id}"))
         }

@@ -68,12 +68,26 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         store.clone(),
         settings.dkim.sign_headers.clone(),
     ));
+    let policy_settings = settings
+        .policy
+        .to_settings()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let policy = Arc::new(
+        crate::policy::Policy::load(policy_settings, store.clone())
+            .context("loading the policy scripts")?,
+    );
+    tracing::info!(
+        script = %settings.policy.script.display(),
+        plugins = %settings.policy.plugins_dir.display(),
+        "policy loaded"
+    );
     let resolver = MxResolver::new(&settings.dns.nameservers, settings.dns.timeout)?;
     let client_tls = crate::tls::client_configs(settings.delivery.tls_ca_file.as_deref())?;
     let delivery_stop = CancellationToken::new();
     let delivery = Delivery::new(
         settings.clone(),
         queue.clone(),
+        policy.clone(),
         resolver,
         client_tls,
         delivery_stop.clone(),
@@ -85,6 +99,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         store: store.clone(),
         signers: signers.clone(),
         queue: queue.clone(),
+        policy: policy.clone(),
     });
 
     let mut listeners = Vec::new();
@@ -122,6 +137,8 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         settings: settings.clone(),
         store: store.clone(),
         signers: signers.clone(),
+        smtp: ctx.clone(),
+        config_path: config_path.clone(),
     };
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {
@@ -155,7 +172,9 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&ctx, config_path.as_deref()),
+            _ = hup.recv() => {
+                let _ = reload(&ctx, config_path.as_deref()).await;
+            }
         }
     }
 
@@ -184,22 +203,25 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
 }
 
 /// Re-reads what can change without a restart: accounts, the TLS
-/// certificate, cached DKIM keys. A bad file changes nothing.
-fn reload(ctx: &SmtpContext, config_path: Option<&std::path::Path>) {
-    let settings = match Settings::load(config_path) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "reload failed, keeping the running configuration");
-            return;
-        }
+/// certificate, cached DKIM keys, the policy scripts. A bad file changes
+/// nothing: the running configuration and policy stay in force. Returns the
+/// policy version now running.
+pub async fn reload(
+    ctx: &SmtpContext,
+    config_path: Option<&std::path::Path>,
+) -> Result<u64, String> {
+    let fail = |e: String| {
+        tracing::error!(error = %e, "reload failed, keeping the running configuration");
+        e
     };
-    let acceptor = match tls_acceptor(&settings) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "reload failed, keeping the running configuration");
-            return;
-        }
-    };
+    let settings = Settings::load(config_path).map_err(|e| fail(e.to_string()))?;
+    let acceptor = tls_acceptor(&settings).map_err(|e| fail(format!("{e:#}")))?;
+    let policy = ctx.policy.clone();
+    // Loading runs the scripts' top level: off the async workers.
+    let version = tokio::task::spawn_blocking(move || policy.reload())
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
     if let Ok(mut a) = ctx.accounts.write() {
         *a = Arc::new(Accounts::from_settings(&settings.accounts));
     }
@@ -207,5 +229,10 @@ fn reload(ctx: &SmtpContext, config_path: Option<&std::path::Path>) {
         *t = Some(acceptor);
     }
     ctx.signers.clear();
-    tracing::info!(accounts = settings.accounts.len(), "configuration reloaded");
+    tracing::info!(
+        accounts = settings.accounts.len(),
+        policy_version = version,
+        "configuration and policy reloaded"
+    );
+    Ok(version)
 }

@@ -1,5 +1,6 @@
 //! HTTP listener. For now: health, and the loopback-only admin endpoints
-//! the `kiln` subcommands use (message status, DKIM keys, queue size).
+//! the `kiln` subcommands use (message status, DKIM keys, queue size,
+//! reload, policy state).
 
 use crate::config::Settings;
 use crate::dkim::{self, DkimSigners};
@@ -19,6 +20,8 @@ pub struct ApiState {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub signers: Arc<DkimSigners>,
+    pub smtp: Arc<crate::smtp_in::SmtpContext>,
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -27,6 +30,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/admin/messages/{id}", get(message_status))
         .route("/admin/dkim/{domain}", get(dkim_show).post(dkim_create))
         .route("/admin/queue", get(queue_info))
+        .route("/admin/reload", axum::routing::post(reload))
+        .route("/admin/policy", get(policy_info))
         .with_state(state)
 }
 
@@ -83,6 +88,41 @@ async fn message_status(
             e.to_string(),
         ),
     }
+}
+
+async fn reload(State(s): State<ApiState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return *r;
+    }
+    match crate::server::reload(&s.smtp, s.config_path.as_deref()).await {
+        Ok(version) => Json(json!({"reloaded": true, "policy_version": version})).into_response(),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ReloadFailed",
+            format!("{e} (the running configuration and policy stay in force)"),
+        ),
+    }
+}
+
+async fn policy_info(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return *r;
+    }
+    let policy = &s.smtp.policy;
+    let hooks: Vec<&str> = crate::policy::HOOKS
+        .iter()
+        .copied()
+        .filter(|h| policy.has_hook(h))
+        .collect();
+    Json(json!({
+        "version": policy.version(),
+        "hooks": hooks,
+        "errors": policy.error_counts(),
+    }))
+    .into_response()
 }
 
 async fn queue_info(

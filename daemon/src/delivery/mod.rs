@@ -10,6 +10,7 @@ pub mod mx;
 
 use crate::config::Settings;
 use crate::net::now_ms;
+use crate::policy::decisions::{BounceClass, BounceInfo, ReputationEvent};
 use crate::queue::QueueHandle;
 use crate::store::{Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus};
 use crate::tls::ClientConfigs;
@@ -48,6 +49,7 @@ impl Destination {
 }
 
 /// How one attempt ended, before the retry policy is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Delivered,
     Temporary,
@@ -57,6 +59,7 @@ enum Verdict {
 pub struct Delivery {
     settings: Arc<Settings>,
     queue: QueueHandle,
+    policy: Arc<crate::policy::Policy>,
     resolver: MxResolver,
     tls: ClientConfigs,
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
@@ -68,6 +71,7 @@ impl Delivery {
     pub fn new(
         settings: Arc<Settings>,
         queue: QueueHandle,
+        policy: Arc<crate::policy::Policy>,
         resolver: MxResolver,
         tls: ClientConfigs,
         shutdown: CancellationToken,
@@ -75,6 +79,7 @@ impl Delivery {
         Arc::new(Delivery {
             settings,
             queue,
+            policy,
             resolver,
             tls,
             destinations: Mutex::new(HashMap::new()),
@@ -343,7 +348,90 @@ impl Delivery {
         ))
     }
 
-    async fn settle(&self, entry: &QueueEntry, verdict: Verdict, attempt: Attempt) {
+    /// Asks `classify_bounce` about a refusal the MX replied with; its
+    /// answer may turn a retry into a bounce or the other way round. If the
+    /// hook fails, the recipient is retried later: a script error never
+    /// bounces mail.
+    async fn classify(
+        &self,
+        entry: &QueueEntry,
+        verdict: Verdict,
+        attempt: &mut Attempt,
+    ) -> (Verdict, Option<BounceClass>) {
+        // Only replies are classified; DNS and connection failures are ours.
+        if verdict == Verdict::Delivered || attempt.code.is_none() {
+            return (verdict, None);
+        }
+        let info = BounceInfo {
+            code: attempt.code.unwrap_or(0),
+            enhanced_code: attempt.enhanced_code.clone().unwrap_or_default(),
+            text: attempt.message.clone(),
+            recipient: entry.recipient.clone(),
+            sender_domain: domain_of(&entry.sender),
+            mx: attempt.mx.clone().unwrap_or_default(),
+            source: "smtp",
+        };
+        match self
+            .policy
+            .call::<_, BounceClass>("classify_bounce", &info)
+            .await
+        {
+            Ok(Some(class)) => {
+                let verdict = match class.retry {
+                    Some(true) => Verdict::Temporary,
+                    Some(false) => Verdict::Permanent,
+                    None => verdict,
+                };
+                (verdict, Some(class))
+            }
+            Ok(None) => (verdict, None),
+            Err(e) => {
+                attempt.message =
+                    format!("{} (bounce classification failed: {e})", attempt.message);
+                (Verdict::Temporary, None)
+            }
+        }
+    }
+
+    /// Tells the `reputation` hook about a final outcome.
+    async fn report_outcome(
+        &self,
+        entry: &QueueEntry,
+        state: RecipientState,
+        class: Option<&BounceClass>,
+    ) {
+        let mut kinds = Vec::new();
+        match state {
+            RecipientState::Delivered => kinds.push("delivered"),
+            RecipientState::Bounced | RecipientState::Expired => {
+                kinds.push("bounce");
+                if class.is_some_and(|c| c.invalid_address) {
+                    kinds.push("invalid");
+                }
+                if class.is_some_and(|c| c.class == "spam") {
+                    kinds.push("spam");
+                }
+            }
+            _ => return,
+        }
+        for kind in kinds {
+            let event = ReputationEvent {
+                domain: domain_of(&entry.sender),
+                account: String::new(),
+                kind: kind.into(),
+                count: 1,
+                now: now_ms(),
+            };
+            // Errors are logged and counted by the policy; the outcome stands.
+            let _ = self
+                .policy
+                .call::<_, serde_json::Value>("reputation", &event)
+                .await;
+        }
+    }
+
+    async fn settle(&self, entry: &QueueEntry, verdict: Verdict, mut attempt: Attempt) {
+        let (verdict, class) = self.classify(entry, verdict, &mut attempt).await;
         let now = now_ms();
         let q = &self.settings.queue;
         let expired = now - entry.received_at_ms >= q.max_age.as_millis() as i64;
@@ -388,6 +476,10 @@ impl Delivery {
             next_attempt_at_ms: None,
             attempts,
         };
+        if let Some(c) = &class {
+            tracing::debug!(msg_id = %entry.msg_id, class = %c.class, "bounce classified");
+        }
+        self.report_outcome(entry, state, class.as_ref()).await;
         let disposition = if state == RecipientState::Deferred {
             let idx = (entry.attempts as usize).min(q.retry_schedule.len().saturating_sub(1));
             let delay_ms = q.retry_schedule.get(idx).copied().unwrap_or(3600) as i64 * 1000;
@@ -428,4 +520,11 @@ fn record_reply(attempt: &mut Attempt, reply: &Reply) {
     attempt.code = Some(reply.code);
     attempt.enhanced_code = reply.enhanced.clone();
     attempt.message = reply.text.clone();
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
 }

@@ -41,6 +41,18 @@ pub fn header_values(message: &[u8], name: &str) -> Vec<String> {
     out
 }
 
+/// The decoded Subject (RFC 2047 words decoded), and whether the raw header
+/// was valid UTF-8.
+pub fn subject(message: &[u8]) -> (String, bool) {
+    let headers = &message[..header_end(message)];
+    let valid = std::str::from_utf8(headers).is_ok();
+    let decoded = mail_parser::MessageParser::default()
+        .parse_headers(headers)
+        .and_then(|m| m.subject().map(str::to_string))
+        .unwrap_or_default();
+    (decoded, valid)
+}
+
 /// The domain of the first address in the From header.
 pub fn from_domain(message: &[u8]) -> Option<String> {
     let from = header_values(message, "From").into_iter().next()?;
@@ -92,6 +104,14 @@ pub fn prepare(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_the_subject() {
+        let m = b"Subject: =?UTF-8?B?w6nDqQ==?= x\r\nFrom: a@b.c\r\n\r\nbody";
+        assert_eq!(subject(m), ("\u{e9}\u{e9} x".to_string(), true));
+        let bad = b"Subject: \xff\xfe\r\n\r\nbody";
+        assert!(!subject(bad).1);
+    }
 
     #[test]
     fn reads_folded_headers_and_from_domain() {

@@ -30,6 +30,7 @@ pub struct SmtpContext {
     pub store: Store,
     pub signers: Arc<DkimSigners>,
     pub queue: QueueHandle,
+    pub policy: Arc<crate::policy::Policy>,
 }
 
 impl SmtpContext {

@@ -4,12 +4,13 @@
 //! and flushed only when the client has nothing more pipelined.
 
 use super::SmtpContext;
-use super::message::{Trace, from_domain, prepare};
+use super::message::{Trace, from_domain, header_values, prepare, subject};
 use super::parser::{Command, ParseError, parse_command};
 use crate::accounts::Account;
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::line_io::{Data, LineError, LineIo};
 use crate::net::now_ms;
+use crate::policy::decisions::{ConnectInfo, Decision, MessageInfo, TransactionInfo};
 use crate::store::NewMessage;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -23,9 +24,29 @@ enum Step {
     StartTls,
 }
 
+/// A policy hook failed: the client keeps the message and tries later.
+const POLICY_UNAVAILABLE_421: &str = "421 4.3.0 Policy temporarily unavailable, try again later";
+const POLICY_UNAVAILABLE: &str = "451 4.3.0 Policy temporarily unavailable, try again later";
+
+/// What a hook's answer means for an SMTP command: None to go on, or the
+/// reply that refuses it.
+fn refusal(
+    answer: Result<Option<Decision>, crate::policy::PolicyError>,
+    permanent: &str,
+    temporary: &str,
+) -> Option<String> {
+    match answer {
+        Ok(Some(d)) if d.is_reject() => Some(d.smtp_reply(permanent)),
+        Ok(Some(d)) if d.is_defer() => Some(d.smtp_reply(temporary)),
+        Ok(_) => None,
+        Err(_) => Some(POLICY_UNAVAILABLE.into()),
+    }
+}
+
 pub struct Session {
     ctx: Arc<SmtpContext>,
     peer: SocketAddr,
+    listener_name: String,
     listener_tls: ListenerTls,
     trusted: bool,
     relay_allowed: bool,
@@ -51,6 +72,7 @@ impl Session {
         Session {
             ctx,
             peer,
+            listener_name: listener.address.to_string(),
             listener_tls: listener.tls,
             trusted: listener.trusted,
             relay_allowed,
@@ -67,6 +89,35 @@ impl Session {
     }
 
     pub async fn run(mut self, mut io: LineIo) {
+        let conn = ConnectInfo {
+            ip: self.peer.ip().to_string(),
+            port: self.peer.port(),
+            listener: self.listener_name.clone(),
+            tls: self.tls,
+        };
+        match self
+            .ctx
+            .policy
+            .call::<_, Decision>("on_connect", &conn)
+            .await
+        {
+            Ok(Some(d)) if d.is_reject() || d.is_defer() => {
+                let fallback = if d.is_defer() {
+                    "421 4.7.0"
+                } else {
+                    "554 5.7.1"
+                };
+                self.reply(&mut io, &d.smtp_reply(fallback));
+                let _ = io.flush().await;
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.reply(&mut io, POLICY_UNAVAILABLE_421);
+                let _ = io.flush().await;
+                return;
+            }
+        }
         let greeting = format!("220 {} ESMTP Kiln\r\n", self.ctx.settings.server.hostname);
         io.queue(greeting.as_bytes());
         loop {
@@ -214,6 +265,15 @@ impl Session {
                             acct.name
                         );
                         self.reply(io, &text);
+                    } else if let Some(refused) = refusal(
+                        self.ctx
+                            .policy
+                            .call("on_mail_from", &self.transaction(&from, ""))
+                            .await,
+                        "550 5.7.1",
+                        "451 4.7.1",
+                    ) {
+                        self.reply(io, &refused);
                     } else {
                         self.mail_from = Some(from);
                         self.require_tls = params.require_tls;
@@ -230,6 +290,18 @@ impl Session {
                         }
                     } else if self.rcpt_to.len() >= smtp.max_recipients {
                         self.reply(io, "452 4.5.3 Too many recipients");
+                    } else if let Some(refused) = refusal(
+                        self.ctx
+                            .policy
+                            .call(
+                                "on_rcpt_to",
+                                &self.transaction(self.mail_from.as_deref().unwrap_or(""), &to),
+                            )
+                            .await,
+                        "550 5.7.1",
+                        "450 4.7.1",
+                    ) {
+                        self.reply(io, &refused);
                     } else {
                         self.rcpt_to.push(to);
                         self.reply(io, "250 2.1.5 Ok");
@@ -273,6 +345,90 @@ impl Session {
                 }
             }
         }
+    }
+
+    fn transaction(&self, sender: &str, recipient: &str) -> TransactionInfo {
+        TransactionInfo {
+            ip: self.peer.ip().to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            tls: self.tls,
+            account: self
+                .account
+                .as_ref()
+                .map(|a| a.name.clone())
+                .unwrap_or_default(),
+            sender: sender.to_string(),
+            sender_domain: domain_of(sender),
+            recipient: recipient.to_string(),
+            recipients: self.rcpt_to.clone(),
+        }
+    }
+
+    /// `content_filter` and `check_limits` for the message at the end of
+    /// DATA. Ok carries the recipients to queue and when; Err the reply.
+    async fn apply_limits(
+        &mut self,
+        id: &str,
+        sender: &str,
+        message: &[u8],
+        now: i64,
+    ) -> Result<(Vec<String>, i64), String> {
+        let (subject, subject_valid_utf8) = subject(message);
+        let info = MessageInfo {
+            kind: "message",
+            id: id.to_string(),
+            account: self
+                .account
+                .as_ref()
+                .map(|a| a.name.clone())
+                .unwrap_or_default(),
+            sender: sender.to_string(),
+            sender_domain: from_domain(message).unwrap_or_else(|| domain_of(sender)),
+            recipients: self.rcpt_to.clone(),
+            size: message.len(),
+            subject,
+            subject_valid_utf8,
+            trigger_type: "regular".into(),
+            scenario: header_values(message, "X-Kiln-Scenario")
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+            now,
+        };
+        let policy = &self.ctx.policy;
+        let filtered = policy.call::<_, Decision>("content_filter", &info).await;
+        if let Some(refused) = refusal(filtered, "554 5.7.1", "451 4.7.1") {
+            return Err(refused);
+        }
+        let decision = match policy.call::<_, Decision>("check_limits", &info).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok((info.recipients, now)),
+            Err(_) => return Err(POLICY_UNAVAILABLE.into()),
+        };
+        if decision.is_reject() {
+            let temporary = decision.smtp.as_deref().is_some_and(|l| l.starts_with('4'));
+            let fallback = if temporary { "451 4.7.1" } else { "550 5.7.1" };
+            return Err(decision.smtp_reply(fallback));
+        }
+        let ready_at = if decision.is_defer() {
+            decision.retry_at.unwrap_or(now).max(now)
+        } else {
+            now
+        };
+        let mut keep = Vec::with_capacity(info.recipients.len());
+        for rcpt in info.recipients {
+            match decision.drop.get(&rcpt) {
+                Some(reason) => {
+                    tracing::info!(msg_id = %id, recipient = %rcpt, %reason, "recipient dropped by policy");
+                }
+                None => keep.push(rcpt),
+            }
+        }
+        if keep.is_empty() {
+            return Err("550 5.7.1 No recipient may receive this message".into());
+        }
+        Ok((keep, ready_at))
     }
 
     fn auth_offered(&self) -> bool {
@@ -410,6 +566,10 @@ impl Session {
             },
         );
         drop(body);
+        let (recipients, ready_at_ms) = match self.apply_limits(&id, &sender, &message, now).await {
+            Ok(r) => r,
+            Err(reply) => return reply,
+        };
         let sign_domain = from_domain(&message)
             .or_else(|| sender.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
         if let Some(domain) = sign_domain {
@@ -435,9 +595,10 @@ impl Session {
                 .map(|a| a.name.clone())
                 .unwrap_or_default(),
             sender: sender.clone(),
-            recipients: std::mem::take(&mut self.rcpt_to),
+            recipients,
             body: Arc::from(message),
             received_at_ms: now,
+            ready_at_ms,
             require_tls: self.require_tls,
         };
         match self.ctx.queue.submit(&msg).await {
@@ -458,6 +619,13 @@ impl Session {
             }
         }
     }
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 fn parse_error_reply(e: &ParseError) -> String {

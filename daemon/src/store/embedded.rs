@@ -63,11 +63,6 @@ enum Op {
         requeue: Option<Vec<u8>>,
         status: Vec<u8>,
     },
-    Incr {
-        key: String,
-        by: i64,
-        ttl: Duration,
-    },
     Put {
         key: String,
         value: Vec<u8>,
@@ -77,12 +72,13 @@ enum Op {
     Delete {
         key: String,
     },
+    /// Counter values to write: key, value, expiry (ms).
+    Counters(Vec<(String, i64, i64)>),
     Sweep,
 }
 
 enum Outcome {
     Unit,
-    Int(i64),
     Bool(bool),
 }
 
@@ -96,7 +92,19 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     index: Mutex<QueueIndex>,
     retention: Duration,
+    counters: Mutex<HashMap<String, Counter>>,
 }
+
+/// A counter lives in memory and reaches the file within a second (and at
+/// a clean stop): rate and quota counters change on every message and need
+/// no sync of their own. A crash loses at most the last second of counts.
+struct Counter {
+    value: i64,
+    expires_at: i64,
+    dirty: bool,
+}
+
+const COUNTER_FLUSH: Duration = Duration::from_secs(1);
 
 fn with_expiry(expires_at: i64, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + value.len());
@@ -188,6 +196,22 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             index: Mutex::new(index),
             retention,
+            counters: Mutex::new(HashMap::new()),
+        });
+        let flusher = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(COUNTER_FLUSH).await;
+                let Some(store) = flusher.upgrade() else {
+                    break;
+                };
+                let dirty = store.take_dirty_counters();
+                if !dirty.is_empty()
+                    && let Err(e) = store.submit(Op::Counters(dirty)).await
+                {
+                    tracing::warn!(error = %e, "writing counters failed");
+                }
+            }
         });
         let sweeper = Arc::downgrade(&store);
         tokio::spawn(async move {
@@ -204,11 +228,41 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    /// Stops the writer after it has committed what it holds.
+    /// Stops the writer after it has committed what it holds, counters
+    /// included.
     pub fn close(&self) {
+        let dirty = self.take_dirty_counters();
         if let Ok(mut w) = self.writer.lock() {
+            if let Some(tx) = w.as_ref()
+                && !dirty.is_empty()
+            {
+                let (reply, _) = oneshot::channel();
+                let _ = tx.send(Job {
+                    op: Op::Counters(dirty),
+                    reply,
+                });
+            }
             w.take();
         }
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counter>> {
+        self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Dirty counters to persist; expired ones are forgotten.
+    fn take_dirty_counters(&self) -> Vec<(String, i64, i64)> {
+        let now = now_ms();
+        let mut counters = self.counters();
+        counters.retain(|_, c| c.expires_at > now);
+        counters
+            .iter_mut()
+            .filter(|(_, c)| c.dirty)
+            .map(|(k, c)| {
+                c.dirty = false;
+                (k.clone(), c.value, c.expires_at)
+            })
+            .collect()
     }
 
     async fn submit(&self, op: Op) -> Result<Outcome> {
@@ -377,20 +431,67 @@ impl EmbeddedStore {
     }
 
     pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        match self
-            .submit(Op::Incr {
-                key: key.to_string(),
-                by,
-                ttl,
-            })
-            .await?
+        let now = now_ms();
         {
-            Outcome::Int(v) => Ok(v),
-            _ => Err(err("unexpected writer reply")),
+            let mut counters = self.counters();
+            if let Some(c) = counters.get_mut(key).filter(|c| c.expires_at > now) {
+                c.value = c.value.saturating_add(by);
+                c.dirty = true;
+                return Ok(c.value);
+            }
         }
+        // Not in memory: start from what the file holds (written before a
+        // restart), if it is still live.
+        let (stored, expires_at) = match self.stored_kv(key)? {
+            Some((raw, exp)) => (
+                std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .unwrap_or(0),
+                exp,
+            ),
+            None => (0, now + ttl.as_millis() as i64),
+        };
+        let mut counters = self.counters();
+        let c = counters
+            .entry(key.to_string())
+            .and_modify(|c| {
+                if c.expires_at <= now {
+                    c.value = stored;
+                    c.expires_at = expires_at;
+                }
+            })
+            .or_insert(Counter {
+                value: stored,
+                expires_at,
+                dirty: false,
+            });
+        c.value = c.value.saturating_add(by);
+        c.dirty = true;
+        Ok(c.value)
+    }
+
+    /// A live KV row and its expiry (0 = never; counters always expire).
+    fn stored_kv(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
+        let read = self.db.begin_read().map_err(err)?;
+        let table = read.open_table(KV).map_err(err)?;
+        let Some(v) = table.get(key).map_err(err)? else {
+            return Ok(None);
+        };
+        let raw = v.value();
+        let exp = raw
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+            .unwrap_or(0);
+        Ok(live_value(raw, now_ms()).map(|b| (b.to_vec(), exp)))
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let now = now_ms();
+        if let Some(c) = self.counters().get(key).filter(|c| c.expires_at > now) {
+            return Ok(Some(c.value.to_string().into_bytes()));
+        }
         let read = self.db.begin_read().map_err(err)?;
         let table = read.open_table(KV).map_err(err)?;
         let value = table.get(key).map_err(err)?;
@@ -424,13 +525,17 @@ impl EmbeddedStore {
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool> {
+        let was_counter = self
+            .counters()
+            .remove(key)
+            .is_some_and(|c| c.expires_at > now_ms());
         match self
             .submit(Op::Delete {
                 key: key.to_string(),
             })
             .await?
         {
-            Outcome::Bool(b) => Ok(b),
+            Outcome::Bool(b) => Ok(b || was_counter),
             _ => Err(err("unexpected writer reply")),
         }
     }
@@ -700,25 +805,6 @@ impl<'t> Tables<'t> {
                 }
                 Ok(Outcome::Unit)
             }
-            Op::Incr { key, by, ttl } => {
-                let current = self.kv_value(key)?.and_then(|raw| {
-                    let exp = i64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
-                    let value = live_value(&raw, now)?;
-                    let n = std::str::from_utf8(value).ok()?.parse::<i64>().ok()?;
-                    Some((n, exp))
-                });
-                let (value, exp) = match current {
-                    Some((n, exp)) => (n.saturating_add(*by), exp),
-                    None => {
-                        let exp = now + ttl.as_millis() as i64;
-                        self.put(f, TableId::Expires, &expiry_key(exp, TAG_KV, key), &[])?;
-                        (*by, exp)
-                    }
-                };
-                let row = with_expiry(exp, value.to_string().as_bytes());
-                self.put(f, TableId::Kv, key.as_bytes(), &row)?;
-                Ok(Outcome::Int(value))
-            }
             Op::Put {
                 key,
                 value,
@@ -743,6 +829,14 @@ impl<'t> Tables<'t> {
                 };
                 self.put(f, TableId::Kv, key.as_bytes(), &with_expiry(exp, value))?;
                 Ok(Outcome::Bool(true))
+            }
+            Op::Counters(rows) => {
+                for (key, value, exp) in rows {
+                    self.put(f, TableId::Expires, &expiry_key(*exp, TAG_KV, key), &[])?;
+                    let row = with_expiry(*exp, value.to_string().as_bytes());
+                    self.put(f, TableId::Kv, key.as_bytes(), &row)?;
+                }
+                Ok(Outcome::Unit)
             }
             Op::Delete { key } => {
                 let live = self
@@ -791,5 +885,38 @@ impl<'t> Tables<'t> {
             }
         }
         self.put(f, TableId::Status, key.as_bytes(), value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counters_count_in_memory_and_survive_a_clean_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kiln.redb");
+        let ttl = Duration::from_secs(60);
+        {
+            let store = EmbeddedStore::open(&path, ttl).expect("open");
+            for want in 1..=3 {
+                assert_eq!(store.incr("c", 1, ttl).await.expect("incr"), want);
+            }
+            assert_eq!(store.incr("c", -1, ttl).await.expect("incr"), 2);
+            assert_eq!(store.get("c").await.expect("get"), Some(b"2".to_vec()));
+            store.close();
+            // The writer commits what it was handed before it stops.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let store = EmbeddedStore::open(&path, ttl).expect("reopen");
+        assert_eq!(store.get("c").await.expect("get"), Some(b"2".to_vec()));
+        assert_eq!(store.incr("c", 5, ttl).await.expect("incr"), 7);
+        assert!(store.delete("c").await.expect("delete"));
+        assert_eq!(store.get("c").await.expect("get"), None);
+        // An expired counter starts over.
+        let short = Duration::from_millis(50);
+        assert_eq!(store.incr("d", 1, short).await.expect("incr"), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(store.incr("d", 1, short).await.expect("incr"), 1);
     }
 }

@@ -39,6 +39,9 @@ pub struct NewMessage {
     pub recipients: Vec<String>,
     pub body: Arc<[u8]>,
     pub received_at_ms: i64,
+    /// When the first attempt may start (later than receipt when the policy
+    /// deferred the message, e.g. to the next day).
+    pub ready_at_ms: i64,
     pub require_tls: bool,
 }
 
@@ -149,7 +152,7 @@ impl NewMessage {
             sender: self.sender.clone(),
             attempts: 0,
             received_at_ms: self.received_at_ms,
-            ready_at_ms: self.received_at_ms,
+            ready_at_ms: self.ready_at_ms,
             require_tls: self.require_tls,
         })
     }
@@ -159,7 +162,7 @@ impl NewMessage {
             recipient: recipient.to_string(),
             state: RecipientState::Queued,
             updated_at_ms: self.received_at_ms,
-            next_attempt_at_ms: Some(self.received_at_ms),
+            next_attempt_at_ms: Some(self.ready_at_ms),
             attempts: Vec::new(),
         }
     }

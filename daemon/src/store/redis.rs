@@ -21,7 +21,7 @@ use std::time::Duration;
 
 const ENQUEUE: &str = r#"
 -- KEYS: ready, entries, pending, body, status
--- ARGV: now, msg_id, body, meta, retention, then (key, entry, idx, status)*
+-- ARGV: ready_at, msg_id, body, meta, retention, then (key, entry, idx, status)*
 redis.call('SET', KEYS[4], ARGV[3])
 local n = (#ARGV - 5) / 4
 redis.call('HSET', KEYS[3], ARGV[2], n)
@@ -200,7 +200,7 @@ impl RedisStore {
             .key(self.q("pending"))
             .key(self.body_key(&msg.id))
             .key(self.status_key(&msg.id))
-            .arg(msg.received_at_ms)
+            .arg(msg.ready_at_ms)
             .arg(&msg.id)
             .arg(&msg.body[..])
             .arg(encode(&msg.meta()))

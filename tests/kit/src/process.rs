@@ -34,9 +34,26 @@ pub struct KilnOptions {
     /// Extra settings for the first listener (e.g. relay networks).
     pub listener: String,
     pub node_id: String,
+    /// The policy script (Lua) the daemon runs; by default the plugins with
+    /// limits raised out of the way of tests that are not about limits.
+    pub policy: String,
     /// `KILN_LOG__LEVEL`; tests log commands and replies, the benchmark
     /// logs what production logs.
     pub log_level: String,
+}
+
+/// The default plugins, configured so that volume never trips a limit.
+pub const PERMISSIVE_POLICY: &str = r#"
+return { config = {
+  limits = { rate_per_second = 1e9, account_daily_limit = 1e12, per_recipient_per_hour = 1e12 },
+  reputation = { initial_level = 20 },
+  warmup = { curve = { 1e12 } },
+} }
+"#;
+
+/// The plugin directory of this repository.
+pub fn plugins_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins")
 }
 
 impl KilnOptions {
@@ -53,6 +70,7 @@ impl KilnOptions {
             listener: String::new(),
             node_id: "node-a".into(),
             log_level: "info,kiln=debug".into(),
+            policy: PERMISSIVE_POLICY.into(),
         }
     }
 }
@@ -63,6 +81,8 @@ impl Kiln {
         let (smtp, smtp_tls, http) = (free_addr(), free_addr(), free_addr());
         std::fs::create_dir_all(&opts.data_dir).expect("data dir");
         let config = opts.data_dir.join(format!("kiln-{}.toml", opts.node_id));
+        let policy = opts.data_dir.join(format!("policy-{}.lua", opts.node_id));
+        std::fs::write(&policy, &opts.policy).expect("write policy");
         let store = match &opts.redis_url {
             Some(url) => format!("backend = \"redis\"\nredis_url = \"{url}\"\n"),
             None => "backend = \"embedded\"\n".to_string(),
@@ -84,6 +104,10 @@ mx_port = {mx_port}
 connect_timeout = 3
 idle_timeout = 2
 {delivery}
+
+[policy]
+script = "{policy}"
+plugins_dir = "{plugins}"
 
 [queue]
 lease_time = {lease_time}
@@ -119,6 +143,8 @@ domains = ["shop.test"]
             lease_time = opts.lease_time_secs,
             queue = opts.queue,
             delivery = opts.delivery,
+            policy = policy.display(),
+            plugins = plugins_dir().display(),
             listener = opts.listener,
             extra = opts.extra,
         );
