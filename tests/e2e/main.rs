@@ -11,4 +11,5 @@ mod cluster;
 mod delivery;
 mod durability;
 mod harness;
+mod policy;
 mod smtp_in;

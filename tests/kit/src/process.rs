@@ -10,6 +10,8 @@ pub struct Kiln {
     pub smtp_tls: SocketAddr,
     pub http: SocketAddr,
     pub config: PathBuf,
+    /// The policy script the config points at (tests rewrite it and reload).
+    pub policy: PathBuf,
     binary: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -154,6 +156,7 @@ domains = ["shop.test"]
             smtp_tls,
             http,
             config,
+            policy,
             binary: binary.to_path_buf(),
             child: None,
             log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
