@@ -97,11 +97,27 @@ end
 
 local function state_key(domain) return "rep:" .. domain .. ":state" end
 
+-- Decoded states by their stored text, so an unchanged record is not
+-- decoded again (a per-Lua-state cache; the store stays the truth).
+local decoded = {}
+
 function M.load(domain, today)
   local raw = kiln.kv.get(state_key(domain))
-  local st = raw and kiln.json.decode(raw)
-    or { level = M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
-  return M.roll_over(st, today)
+  local st
+  if raw then
+    local cached = decoded[domain]
+    if cached and cached.raw == raw then
+      st = { level = cached.st.level, day = cached.st.day,
+             lower_tomorrow = cached.st.lower_tomorrow, blocked_day = cached.st.blocked_day }
+    else
+      st = kiln.json.decode(raw)
+      decoded[domain] = { raw = raw, st = { level = st.level, day = st.day,
+        lower_tomorrow = st.lower_tomorrow, blocked_day = st.blocked_day } }
+    end
+  else
+    st = { level = M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
+  end
+  return M.roll_over(st, today), raw
 end
 
 function M.answer(st, today)
@@ -113,22 +129,48 @@ function M.answer(st, today)
   }
 end
 
+-- Whether an event can change the outcome of the rules, so that today's
+-- counters need reading. Rates are shares of outcomes: a send changes none
+-- of them, and a delivery or an open only improves them, so those events
+-- matter only for a raise; the bad events matter once past the penalty
+-- threshold; crossing that threshold itself matters too.
+function M.needs_evaluation(kind, sent, count, level)
+  local can_raise = level < #M.LIMITS and sent >= 0.7 * M.LIMITS[level]
+  if kind == "sent" then
+    return can_raise or (sent > M.MIN_SENT and sent - count <= M.MIN_SENT)
+  end
+  if kind == "delivered" or kind == "open" then
+    return can_raise
+  end
+  return sent > M.MIN_SENT
+end
+
+local function same(a, b)
+  return a.level == b.level and a.day == b.day and a.lower_tomorrow == b.lower_tomorrow
+    and a.blocked_day == b.blocked_day
+end
+
 -- reputation(event): count the event, apply the rules, answer the state.
 -- event.kind = "query" only answers.
 function M.hooks.reputation(ev)
   local today = kiln.day(ev.now)
   local domain = string.lower(ev.domain)
-  local before = kiln.kv.get(state_key(domain))
-  local st = M.load(domain, today)
+  local st, raw = M.load(domain, today)
+  local before = { level = st.level, day = st.day, lower_tomorrow = st.lower_tomorrow,
+                   blocked_day = st.blocked_day }
   if ev.kind ~= "query" then
     if not KNOWN[ev.kind] then
       error("reputation: unknown event kind " .. tostring(ev.kind))
     end
-    kiln.counter.incr(counter_key(domain, today, ev.kind), ev.count or 1, TTL)
-    M.evaluate(st, M.stats(domain, today))
+    local n = kiln.counter.incr(counter_key(domain, today, ev.kind), ev.count or 1, TTL)
+    local sent = ev.kind == "sent" and n or kiln.counter.get(counter_key(domain, today, "sent"))
+    if M.needs_evaluation(ev.kind, sent, ev.count or 1, st.level) then
+      M.evaluate(st, M.stats(domain, today))
+    end
   end
-  local after = kiln.json.encode(st)
-  if after ~= before then kiln.kv.put(state_key(domain), after) end
+  if raw == nil or not same(st, before) or st.day ~= before.day then
+    kiln.kv.put(state_key(domain), kiln.json.encode(st))
+  end
   return M.answer(st, today)
 end
 

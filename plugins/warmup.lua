@@ -20,9 +20,14 @@ function M.cap(curve, n)
   return cap
 end
 
+-- First sending days never change once set: remembered per Lua state.
+local known = {}
+
 local function first_day(identity, today)
+  if known[identity] then return known[identity] end
   local key = "warmup:" .. identity .. ":first_day"
   local day = kiln.kv.get(key)
+  if day then known[identity] = day end
   if day then return day end
   kiln.kv.put_if_absent(key, today)
   return kiln.kv.get(key) or today

@@ -5,11 +5,15 @@
 //! `kiln end_to_end_mps=<n> inject_mps=<n> n=<N> dkim=<on|off> store=<embedded|redis>`
 //!
 //! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis] [--kiln PATH]
-//!                   [--source PATH-TO-smtp-source]
+//!                   [--source PATH-TO-smtp-source] [--policy default|off]
 //!
 //! With `--source`, Postfix's `smtp-source` generates the load (the tool the
 //! reference figures in BENCHMARKS.md were taken with); without it, a built-in
 //! client does the same thing.
+//!
+//! `--policy default` (the default) runs every default plugin, configured so
+//! that the benchmark's volume from one fresh domain trips no limit; `off`
+//! disables every plugin, so no hook runs.
 
 use kiln_testkit::client::{SmtpClient, message};
 use kiln_testkit::dns::DnsServer;
@@ -28,6 +32,7 @@ struct Args {
     redis: bool,
     kiln: PathBuf,
     source: Option<PathBuf>,
+    policy_off: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         redis: false,
         kiln: PathBuf::from("target/release/kiln"),
         source: None,
+        policy_off: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
             "--store" => args.redis = value == "redis",
             "--kiln" => args.kiln = PathBuf::from(value),
             "--source" => args.source = Some(PathBuf::from(value)),
+            "--policy" => args.policy_off = value == "off",
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -80,6 +87,9 @@ async fn main() {
     opts.redis_url = redis.as_ref().map(|r| r.url());
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
     opts.log_level = "info".into();
+    if args.policy_off {
+        opts.policy = "return { disable = { 'reputation', 'warmup', 'limits', 'content_filter', 'bounces', 'egress' } }".into();
+    }
     let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
     if args.dkim {
         let out = kiln.command(&["dkim", "create", "shop.test", "--algorithm", "rsa"]);
@@ -103,7 +113,8 @@ async fn main() {
         std::process::exit(1);
     }
     eprintln!(
-        "load {}: injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections",
+        "policy {}, load {}: injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections",
+        if args.policy_off { "off" } else { "default" },
         if args.source.is_some() {
             "smtp-source"
         } else {

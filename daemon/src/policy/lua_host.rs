@@ -65,6 +65,11 @@ impl LuaHost {
         .map_err(load_err)?;
         lua.set_memory_limit(settings.max_memory_mb.saturating_mul(1024 * 1024))
             .map_err(load_err)?;
+        // Hooks make short-lived tables and strings: the generational
+        // collector handles those cheaply.
+        lua.gc_set_mode(mlua::state::GcMode::Generational(
+            mlua::state::GcGenParams::default(),
+        ));
         let budget = Arc::new(Budget {
             instructions_left: AtomicI64::new(i64::MAX),
             deadline_ms: AtomicI64::new(i64::MAX),
