@@ -40,7 +40,7 @@ function M.rates(s)
   local final = s.delivered + s.bounce
   return {
     invalid = ratio(s.invalid, final),
-    deliverability = final > 0 and ratio(s.delivered, final) or 1,
+    deliverability = ratio(s.delivered, final),
     spam = ratio(s.spam, final),
     complaint = ratio(s.complaint, s.delivered),
     open = ratio(s.open, s.delivered),
@@ -62,8 +62,10 @@ function M.bad_quality(r)
 end
 
 -- Applies the rules to `st` (level, day, lower_tomorrow, blocked_day) given
--- today's counters `s`. Pure: tests drive it with numbers.
+-- today's counters `s`. Pure: tests drive it with numbers. Without a single
+-- outcome today there is no evidence either way, and nothing changes.
 function M.evaluate(st, s)
+  if s.delivered + s.bounce == 0 then return st end
   local r = M.rates(s)
   while st.level < #M.LIMITS and s.sent >= 0.7 * M.LIMITS[st.level]
       and M.good_quality(r) do

@@ -107,6 +107,8 @@ async fn reputation_rules_at_their_boundaries() {
         // ... or spam bounces above 15%.
         (2, [1000, 849, 151, 0, 151, 0, 0], (2, true, true)),
         (2, [1000, 850, 150, 0, 150, 0, 0], (2, true, false)),
+        // No outcome yet: no evidence, no change, however much was sent.
+        (1, [7000, 0, 0, 0, 0, 0, 0], (1, false, false)),
         // Level 20 is the top.
         (20, [1000000, 1000000, 0, 0, 0, 0, 0], (20, false, false)),
     ];
@@ -144,9 +146,12 @@ async fn reputation_hook_counts_events_in_the_store() {
     let f = Fixture::new();
     let host = f.host("return {}");
     let event = |kind: &str, count: i64| json!({"domain": "shop.test", "account": "shop", "kind": kind, "count": count, "now": NOW});
-    host.call::<_, Value>("reputation", &event("sent", 350))
+    let st: Value = host
+        .call("reputation", &event("sent", 350))
         .await
-        .expect("sent");
+        .expect("sent")
+        .expect("state");
+    assert_eq!(st["level"], 1, "sends alone are no evidence: {st}");
     let st: Value = host
         .call("reputation", &event("delivered", 350))
         .await
