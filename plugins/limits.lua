@@ -25,6 +25,17 @@ M.STOP_MIN_SENT = cfg.stop_min_sent or 100
 
 local DAY_TTL = 2 * 86400
 
+-- The domain's reputation state, asked at most once a second per Lua state:
+-- it changes a few times a day, and a raise or a block may take a second.
+local rep_cache = {}
+local function reputation_of(domain, account, now)
+  local c = rep_cache[domain]
+  if c and now - c.at < 1000 and now >= c.at then return c.st end
+  local st = kiln.hooks.reputation({ domain = domain, account = account, kind = "query", count = 0, now = now })
+  rep_cache[domain] = { at = now, st = st }
+  return st
+end
+
 local function reject(code, smtp, message)
   return { action = "reject", code = code, smtp = smtp, message = message }
 end
@@ -117,7 +128,7 @@ function M.hooks.check_limits(msg)
   local cap, why = math.huge, nil
   local rep = kiln.hooks.reputation
   if rep then
-    local st = rep({ domain = msg.sender_domain, account = account, kind = "query", count = 0, now = msg.now })
+    local st = reputation_of(msg.sender_domain, account, msg.now)
     if st and st.blocked then
       kiln.counter.incr(acct .. ":sent", -n, DAY_TTL)
       return reject("FailedOperation.HighRejectionRate",

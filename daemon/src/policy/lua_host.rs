@@ -9,6 +9,7 @@
 //! instructions) and the state under a memory limit, so a runaway script ends
 //! in an error instead of taking the node down.
 
+use super::decisions::HookArg;
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
 use crate::net::now_ms;
 use crate::store::Store;
@@ -201,7 +202,7 @@ impl LuaHost {
     /// Calls `hook` with one argument; `Ok(None)` when no script defines it.
     pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
     where
-        A: serde::Serialize + ?Sized,
+        A: HookArg + ?Sized,
         R: serde::de::DeserializeOwned,
     {
         let Some(f) = self.hooks.get(hook) else {
@@ -211,10 +212,7 @@ impl LuaHost {
             hook,
             message: first_line(&e.to_string()),
         };
-        let options = mlua::serde::ser::Options::new()
-            .serialize_none_to_null(false)
-            .serialize_unit_to_null(false);
-        let arg = self.lua.to_value_with(arg, options).map_err(script_err)?;
+        let arg = arg.to_lua(&self.lua).map_err(script_err)?;
         self.arm();
         let value: Value = match tokio::time::timeout(
             self.timeout + Duration::from_millis(100),

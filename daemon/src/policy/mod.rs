@@ -19,8 +19,9 @@ pub mod time;
 mod tests;
 
 use crate::store::Store;
+use decisions::HookArg;
 use lua_host::LuaHost;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,7 +94,7 @@ impl Engine {
 
     async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
     where
-        A: Serialize + ?Sized,
+        A: HookArg + ?Sized,
         R: DeserializeOwned,
     {
         let _permit = self.free.acquire().await.map_err(|_| PolicyError::Script {
@@ -196,7 +197,7 @@ impl Policy {
     /// nil. Errors are logged and counted here, once.
     pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
     where
-        A: Serialize + ?Sized,
+        A: HookArg + ?Sized,
         R: DeserializeOwned,
     {
         let engine = self.engine();
