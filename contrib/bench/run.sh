@@ -2,6 +2,7 @@
 # Kiln's end-to-end benchmark: the runs README.md reports.
 # Usage: contrib/bench/run.sh [N]     (default N=20000)
 #
+# The last runs compare the default policy with every plugin disabled.
 # Every store/DKIM combination runs twice: once with the built-in load
 # generator (pipelining client) and once with Postfix's smtp-source, the tool
 # the reference figures in BENCHMARKS.md were taken with (no pipelining: one
@@ -35,5 +36,13 @@ for store in embedded redis; do
       target/release/kiln-bench --n "$N" --dkim "$dkim" --store "$store" --kiln target/release/kiln \
         --source "$source_bin"
     fi
+  done
+done
+
+# What the policy costs: the default plugins against no hook at all.
+for store in embedded redis; do
+  for policy in default off; do
+    echo "# policy: $policy" >&2
+    target/release/kiln-bench --n "$N" --store "$store" --policy "$policy" --kiln target/release/kiln
   done
 done
