@@ -30,10 +30,10 @@ fi
 for store in embedded redis; do
   for dkim in off on; do
     echo "# load: built-in client" >&2
-    target/release/kiln-bench --n "$N" --dkim "$dkim" --store "$store" --kiln target/release/kiln
+    target/release/kiln-bench --n "$N" --dkim "$dkim" --store "$store" --policy off --kiln target/release/kiln
     if [ -n "$source_bin" ]; then
       echo "# load: smtp-source" >&2
-      target/release/kiln-bench --n "$N" --dkim "$dkim" --store "$store" --kiln target/release/kiln \
+      target/release/kiln-bench --n "$N" --dkim "$dkim" --store "$store" --policy off --kiln target/release/kiln \
         --source "$source_bin"
     fi
   done
