@@ -71,6 +71,8 @@ function M.static_checks(msg)
   return nil
 end
 
+-- Store traffic is batched (kiln.batch): on Redis each batch is one round
+-- trip, and a message costs two of them (plus the reputation event).
 function M.hooks.check_limits(msg)
   local refused = M.static_checks(msg)
   if refused then return refused end
@@ -78,10 +80,20 @@ function M.hooks.check_limits(msg)
   local today = kiln.day(msg.now)
   local account = msg.account ~= "" and msg.account or ("domain:" .. msg.sender_domain)
   local acct = "acct:" .. account .. ":" .. today
+  local hour = math.floor(msg.now / 3600000)
 
-  local sent = kiln.counter.get(acct .. ":sent")
-  if sent >= M.STOP_MIN_SENT
-      and kiln.counter.get(acct .. ":blocklisted") / sent >= M.STOP_SHARE then
+  -- 1. Everything to read, and each recipient's hourly count (a refused
+  -- recipient's count goes up too: it was asked for).
+  local ops = { { "get", acct .. ":sent" }, { "get", acct .. ":blocklisted" } }
+  for _, rcpt in ipairs(msg.recipients) do
+    local r = string.lower(rcpt)
+    ops[#ops + 1] = { "contains", "blocklist", r }
+    ops[#ops + 1] = { "contains", "unsubscribed:" .. msg.sender_domain, r }
+    ops[#ops + 1] = { "incr", "rcpt:" .. r .. ":" .. hour, 1, 3600 }
+  end
+  local got = kiln.batch(ops)
+  local sent = tonumber(got[1]) or 0
+  if sent >= M.STOP_MIN_SENT and (tonumber(got[2]) or 0) / sent >= M.STOP_SHARE then
     return reject("FailedOperation.HighRejectionRate",
       "550 5.7.1 Sending stopped: too much mail to blocklisted addresses",
       "sending stopped for the day: " .. math.floor(M.STOP_SHARE * 100) ..
@@ -89,23 +101,24 @@ function M.hooks.check_limits(msg)
   end
 
   local drop, keep, blocklisted = {}, {}, 0
-  local hour = math.floor(msg.now / 3600000)
-  for _, rcpt in ipairs(msg.recipients) do
-    local r = string.lower(rcpt)
-    if kiln.set.contains("blocklist", r) then
+  for i, rcpt in ipairs(msg.recipients) do
+    local at = 3 * i
+    if got[at] then
       drop[rcpt] = "FailedOperation.EmailAddrInBlacklist"
       blocklisted = blocklisted + 1
-    elseif kiln.set.contains("unsubscribed:" .. msg.sender_domain, r) then
+    elseif got[at + 1] then
       drop[rcpt] = "FailedOperation.ReceiverHasUnsubscribed"
-    elseif kiln.counter.incr("rcpt:" .. r .. ":" .. hour, 1, 3600) > M.PER_RECIPIENT_HOUR then
+    elseif got[at + 2] > M.PER_RECIPIENT_HOUR then
       drop[rcpt] = "FailedOperation.FrequencyLimit"
     else
       keep[#keep + 1] = rcpt
     end
   end
   if blocklisted > 0 then
-    kiln.counter.incr(acct .. ":blocklisted", blocklisted, DAY_TTL)
-    kiln.counter.incr(acct .. ":sent", blocklisted, DAY_TTL)
+    kiln.batch({
+      { "incr", acct .. ":blocklisted", blocklisted, DAY_TTL },
+      { "incr", acct .. ":sent", blocklisted, DAY_TTL },
+    })
   end
   if #keep == 0 then
     local code = drop[msg.recipients[1]] or "FailedOperation.EmailAddrInBlacklist"
@@ -114,23 +127,12 @@ function M.hooks.check_limits(msg)
   end
   local n = #keep
 
-  if kiln.counter.incr("rate:" .. account .. ":" .. math.floor(msg.now / 1000), n, 2) > M.RATE then
-    return reject("FailedOperation.FrequencyLimit",
-      "451 4.7.1 Sending rate above " .. M.RATE .. " per second, slow down",
-      "account rate above " .. M.RATE .. " messages per second")
-  end
-
-  if kiln.counter.incr(acct .. ":sent", n, DAY_TTL) > M.ACCOUNT_DAILY then
-    kiln.counter.incr(acct .. ":sent", -n, DAY_TTL)
-    return over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
-  end
-
+  -- Today's cap for the sender domain: its reputation limit, or warm-up.
   local cap, why = math.huge, nil
   local rep = kiln.hooks.reputation
   if rep then
     local st = reputation_of(msg.sender_domain, account, msg.now)
     if st and st.blocked then
-      kiln.counter.incr(acct .. ":sent", -n, DAY_TTL)
       return reject("FailedOperation.HighRejectionRate",
         "451 4.7.1 Sender domain blocked for today: too many bounces",
         "sender domain " .. msg.sender_domain .. " is blocked for today")
@@ -146,11 +148,27 @@ function M.hooks.check_limits(msg)
       cap, why = w.cap, "warm-up limit of " .. w.cap
     end
   end
+
+  -- 2. Rate, account and domain counts together; undone if one is over.
   local quota_key = "quota:" .. msg.sender_domain .. ":" .. today
-  if kiln.counter.incr(quota_key, n, DAY_TTL) > cap then
-    kiln.counter.incr(quota_key, -n, DAY_TTL)
-    kiln.counter.incr(acct .. ":sent", -n, DAY_TTL)
-    return over_quota(msg, "daily " .. why .. " for " .. msg.sender_domain)
+  local c = kiln.batch({
+    { "incr", "rate:" .. account .. ":" .. math.floor(msg.now / 1000), n, 2 },
+    { "incr", acct .. ":sent", n, DAY_TTL },
+    { "incr", quota_key, n, DAY_TTL },
+  })
+  local over = nil
+  if c[1] > M.RATE then
+    over = reject("FailedOperation.FrequencyLimit",
+      "451 4.7.1 Sending rate above " .. M.RATE .. " per second, slow down",
+      "account rate above " .. M.RATE .. " messages per second")
+  elseif c[2] > M.ACCOUNT_DAILY then
+    over = over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
+  elseif c[3] > cap then
+    over = over_quota(msg, "daily " .. why .. " for " .. msg.sender_domain)
+  end
+  if over then
+    kiln.batch({ { "incr", acct .. ":sent", -n, DAY_TTL }, { "incr", quota_key, -n, DAY_TTL } })
+    return over
   end
   if rep then
     rep({ domain = msg.sender_domain, account = account, kind = "sent", count = n, now = msg.now })

@@ -90,10 +90,11 @@ function M.roll_over(st, today)
 end
 
 function M.stats(domain, day)
+  local ops = {}
+  for i, k in ipairs(M.KINDS) do ops[i] = { "get", counter_key(domain, day, k) } end
+  local got = kiln.batch(ops)
   local s = {}
-  for _, k in ipairs(M.KINDS) do
-    s[k] = kiln.counter.get(counter_key(domain, day, k))
-  end
+  for i, k in ipairs(M.KINDS) do s[k] = tonumber(got[i]) or 0 end
   return s
 end
 
@@ -103,8 +104,8 @@ local function state_key(domain) return "rep:" .. domain .. ":state" end
 -- decoded again (a per-Lua-state cache; the store stays the truth).
 local decoded = {}
 
-function M.load(domain, today)
-  local raw = kiln.kv.get(state_key(domain))
+-- The state from its stored text (nil: a new domain).
+function M.load(domain, today, raw)
   local st
   if raw then
     local cached = decoded[domain]
@@ -119,7 +120,7 @@ function M.load(domain, today)
   else
     st = { level = M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
   end
-  return M.roll_over(st, today), raw
+  return M.roll_over(st, today)
 end
 
 function M.answer(st, today)
@@ -157,15 +158,23 @@ end
 function M.hooks.reputation(ev)
   local today = kiln.day(ev.now)
   local domain = string.lower(ev.domain)
-  local st, raw = M.load(domain, today)
+  local counting = ev.kind ~= "query"
+  if counting and not KNOWN[ev.kind] then
+    error("reputation: unknown event kind " .. tostring(ev.kind))
+  end
+  -- One round trip: the state, the count, and today's sends.
+  local ops = { { "get", state_key(domain) } }
+  if counting then
+    ops[2] = { "incr", counter_key(domain, today, ev.kind), ev.count or 1, TTL }
+    ops[3] = { "get", counter_key(domain, today, "sent") }
+  end
+  local got = kiln.batch(ops)
+  local raw = got[1]
+  local st = M.load(domain, today, raw)
   local before = { level = st.level, day = st.day, lower_tomorrow = st.lower_tomorrow,
                    blocked_day = st.blocked_day }
-  if ev.kind ~= "query" then
-    if not KNOWN[ev.kind] then
-      error("reputation: unknown event kind " .. tostring(ev.kind))
-    end
-    local n = kiln.counter.incr(counter_key(domain, today, ev.kind), ev.count or 1, TTL)
-    local sent = ev.kind == "sent" and n or kiln.counter.get(counter_key(domain, today, "sent"))
+  if counting then
+    local sent = ev.kind == "sent" and got[2] or (tonumber(got[3]) or 0)
     if M.needs_evaluation(ev.kind, sent, ev.count or 1, st.level) then
       M.evaluate(st, M.stats(domain, today))
     end

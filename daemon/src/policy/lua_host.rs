@@ -12,7 +12,7 @@
 use super::decisions::HookArg;
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
 use crate::net::now_ms;
-use crate::store::Store;
+use crate::store::{BatchOp, BatchValue, Store};
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value, VmState};
 use std::collections::HashMap;
@@ -567,6 +567,7 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
             }
         })?,
     )?;
+    let batch_store = store.clone();
     let s = store;
     set.set(
         "remove",
@@ -580,6 +581,47 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
         })?,
     )?;
     kiln.set("set", set)?;
+
+    let s = batch_store;
+    kiln.set(
+        "batch",
+        lua.create_async_function(move |lua, ops: Table| {
+            let s = s.clone();
+            async move {
+                let mut batch = Vec::new();
+                for op in ops.sequence_values::<Table>() {
+                    let op = op?;
+                    let kind: String = op.get(1)?;
+                    batch.push(match kind.as_str() {
+                        "get" => BatchOp::Get(format!("{NAMESPACE}{}", op.get::<String>(2)?)),
+                        "contains" => BatchOp::Contains(
+                            format!("{NAMESPACE}{}", op.get::<String>(2)?),
+                            op.get::<String>(3)?,
+                        ),
+                        "incr" => BatchOp::Incr(
+                            format!("{NAMESPACE}{}", op.get::<String>(2)?),
+                            op.get::<Option<i64>>(3)?.unwrap_or(1),
+                            ttl(op.get::<Option<f64>>(4)?)
+                                .ok_or_else(|| lua_err("batch: incr needs a ttl > 0"))?,
+                        ),
+                        other => return Err(lua_err(format!("batch: unknown operation {other:?}"))),
+                    });
+                }
+                let values = s.batch(&batch).await.map_err(lua_err)?;
+                let out = lua.create_table_with_capacity(values.len(), 0)?;
+                for (i, v) in values.into_iter().enumerate() {
+                    let v = match v {
+                        BatchValue::Bytes(Some(b)) => Value::String(lua.create_string(&b)?),
+                        BatchValue::Bytes(None) => Value::Nil,
+                        BatchValue::Bool(b) => Value::Boolean(b),
+                        BatchValue::Int(n) => Value::Integer(n),
+                    };
+                    out.raw_set(i + 1, v)?;
+                }
+                Ok(out)
+            }
+        })?,
+    )?;
 
     lua.globals().set("kiln", kiln)
 }

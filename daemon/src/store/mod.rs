@@ -320,6 +320,39 @@ impl Store {
             Store::Redis(s) => s.set_members(set).await,
         }
     }
+
+    /// Several independent reads and increments in one go: one round trip
+    /// on Redis (a pipeline), plain calls on the embedded store.
+    pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
+        match self {
+            Store::Embedded(_) => {
+                let mut out = Vec::with_capacity(ops.len());
+                for op in ops {
+                    out.push(match op {
+                        BatchOp::Get(k) => BatchValue::Bytes(self.get(k).await?),
+                        BatchOp::Contains(set, m) => BatchValue::Bool(self.set_contains(set, m).await?),
+                        BatchOp::Incr(k, by, ttl) => BatchValue::Int(self.incr(k, *by, *ttl).await?),
+                    });
+                }
+                Ok(out)
+            }
+            Store::Redis(s) => s.batch(ops).await,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum BatchOp {
+    Get(String),
+    Contains(String, String),
+    Incr(String, i64, Duration),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchValue {
+    Bytes(Option<Vec<u8>>),
+    Bool(bool),
+    Int(i64),
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {

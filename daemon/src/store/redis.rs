@@ -393,6 +393,50 @@ impl RedisStore {
         Ok(n > 0)
     }
 
+    /// One pipeline: GET, ZSCORE (a set member's expiry), INCRBY with
+    /// PEXPIRE NX (the window starts at the first increment; Redis 7).
+    pub async fn batch(&self, ops: &[super::BatchOp]) -> Result<Vec<super::BatchValue>> {
+        use super::{BatchOp, BatchValue};
+        let mut pipe = redis::pipe();
+        for op in ops {
+            match op {
+                BatchOp::Get(k) => {
+                    pipe.get(self.kv_key(k));
+                }
+                BatchOp::Contains(set, m) => {
+                    pipe.zscore(self.set_key(set), m);
+                }
+                BatchOp::Incr(k, by, ttl) => {
+                    let key = self.kv_key(k);
+                    pipe.incr(&key, *by);
+                    pipe.cmd("PEXPIRE")
+                        .arg(&key)
+                        .arg(ttl.as_millis().max(1) as u64)
+                        .arg("NX")
+                        .ignore();
+                }
+            }
+        }
+        let values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        let now = now_ms() as f64;
+        let bad = |e: redis::ParsingError| super::StoreError::Corrupt {
+            key: "batch reply".into(),
+            reason: e.to_string(),
+        };
+        let mut out = Vec::with_capacity(ops.len());
+        for (op, v) in ops.iter().zip(values) {
+            out.push(match op {
+                BatchOp::Get(_) => BatchValue::Bytes(redis::from_redis_value(v).map_err(bad)?),
+                BatchOp::Contains(..) => {
+                    let score: Option<f64> = redis::from_redis_value(v).map_err(bad)?;
+                    BatchValue::Bool(score.is_some_and(|s| s > now))
+                }
+                BatchOp::Incr(..) => BatchValue::Int(redis::from_redis_value(v).map_err(bad)?),
+            });
+        }
+        Ok(out)
+    }
+
     pub async fn set_members(&self, set: &str) -> Result<Vec<String>> {
         Ok(self
             .conn
