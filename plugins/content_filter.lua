@@ -12,6 +12,10 @@
 local M = { hooks = {} }
 local cfg = kiln.config("content_filter")
 
+-- Kiln calls this plugin's hook for templates only (a hook of your own in
+-- policy.lua sees messages too).
+M.only = { content_filter = { "template" } }
+
 M.MIN_WORDS = cfg.min_words or {
   marketing = 150, notification = 50, transactional = 50, test = 50, trigger = 0,
 }

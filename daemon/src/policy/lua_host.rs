@@ -53,6 +53,10 @@ pub struct LuaHost {
     lua: Lua,
     budget: Arc<Budget>,
     hooks: HashMap<&'static str, Function>,
+    /// Hooks a plugin declared for some kinds of item only (`M.only`), e.g.
+    /// template review: not called for other kinds, which saves a call per
+    /// message. A hook the policy defines has no such restriction.
+    only: HashMap<&'static str, Vec<String>>,
     max_instructions: i64,
     timeout: Duration,
 }
@@ -84,7 +88,8 @@ impl LuaHost {
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY as u32),
             move |_, _| {
-                let left = b.instructions_left.fetch_sub(HOOK_EVERY, Ordering::Relaxed) - HOOK_EVERY;
+                let left =
+                    b.instructions_left.fetch_sub(HOOK_EVERY, Ordering::Relaxed) - HOOK_EVERY;
                 if left < 0 {
                     return Err(lua_err("instruction limit exceeded"));
                 }
@@ -103,13 +108,15 @@ impl LuaHost {
             lua,
             budget,
             hooks: HashMap::new(),
+            only: HashMap::new(),
             max_instructions: settings.max_instructions as i64,
             timeout: settings.timeout,
         };
         // Loading runs scripts too: the same limits apply.
         host.arm();
-        let hooks = host.load_hooks(settings)?;
+        let (hooks, only) = host.load_hooks(settings)?;
         host.hooks = hooks;
+        host.only = only;
         Ok(host)
     }
 
@@ -126,10 +133,17 @@ impl LuaHost {
     /// Plugins first (unless the policy disables them), then the policy's
     /// own hooks over them; the result is also `kiln.hooks`, so one hook
     /// may call another (the limits plugin asks `warmup_limit`).
+    #[allow(clippy::type_complexity)]
     fn load_hooks(
         &self,
         settings: &PolicySettings,
-    ) -> Result<HashMap<&'static str, Function>, PolicyError> {
+    ) -> Result<
+        (
+            HashMap<&'static str, Function>,
+            HashMap<&'static str, Vec<String>>,
+        ),
+        PolicyError,
+    > {
         let lua = &self.lua;
         let load_err = |e: mlua::Error| PolicyError::Load(e.to_string());
         let policy: Table = match std::fs::read_to_string(&settings.script) {
@@ -175,6 +189,7 @@ impl LuaHost {
         }
         let hooks_table = lua.create_table().map_err(load_err)?;
         kiln.set("hooks", hooks_table.clone()).map_err(load_err)?;
+        let mut only: HashMap<&'static str, Vec<String>> = HashMap::new();
         let require: Function = lua.globals().get("require").map_err(load_err)?;
         for plugin in PLUGINS {
             if disabled.iter().any(|d| d == plugin) {
@@ -182,11 +197,23 @@ impl LuaHost {
             }
             let module: Table = require.call(*plugin).map_err(load_err)?;
             if let Some(hooks) = module.get::<Option<Table>>("hooks").map_err(load_err)? {
-                copy_hooks(&hooks, &hooks_table, &format!("plugin {plugin}"))?;
+                for name in copy_hooks(&hooks, &hooks_table, &format!("plugin {plugin}"))? {
+                    only.remove(name);
+                }
+            }
+            if let Some(table) = module.get::<Option<Table>>("only").map_err(load_err)? {
+                for pair in table.pairs::<String, Vec<String>>() {
+                    let (hook, kinds) = pair.map_err(load_err)?;
+                    if let Some(h) = HOOKS.iter().find(|h| **h == hook) {
+                        only.insert(*h, kinds);
+                    }
+                }
             }
         }
         if let Some(hooks) = policy.get::<Option<Table>>("hooks").map_err(load_err)? {
-            copy_hooks(&hooks, &hooks_table, &settings.script.display().to_string())?;
+            for name in copy_hooks(&hooks, &hooks_table, &settings.script.display().to_string())? {
+                only.remove(name);
+            }
         }
         let mut out = HashMap::new();
         for hook in HOOKS {
@@ -197,11 +224,18 @@ impl LuaHost {
                 out.insert(*hook, f);
             }
         }
-        Ok(out)
+        Ok((out, only))
     }
 
     pub fn has_hook(&self, hook: &str) -> bool {
         self.hooks.contains_key(hook)
+    }
+
+    /// False when the hook's plugin declared it for other kinds only.
+    pub fn wants(&self, hook: &str, kind: &str) -> bool {
+        self.only
+            .get(hook)
+            .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
     }
 
     /// Calls `hook` with one argument; `Ok(None)` when no script defines it.
@@ -268,15 +302,18 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or(text).trim().to_string()
 }
 
-fn copy_hooks(from: &Table, to: &Table, origin: &str) -> Result<(), PolicyError> {
+/// Copies hook functions; returns the names of the hooks it set or cleared.
+fn copy_hooks(from: &Table, to: &Table, origin: &str) -> Result<Vec<&'static str>, PolicyError> {
+    let mut names = Vec::new();
     for pair in from.pairs::<String, Value>() {
         let (name, value) = pair.map_err(|e| PolicyError::Load(e.to_string()))?;
-        if !HOOKS.contains(&name.as_str()) {
+        let Some(known) = HOOKS.iter().find(|h| **h == name) else {
             return Err(PolicyError::Load(format!(
                 "{origin}: hooks: unknown hook {name:?} (hooks: {})",
                 HOOKS.join(", ")
             )));
-        }
+        };
+        names.push(*known);
         match value {
             // `false` switches a hook off, back to the built-in behaviour.
             Value::Boolean(false) => to.set(name, Value::Nil),
@@ -290,7 +327,7 @@ fn copy_hooks(from: &Table, to: &Table, origin: &str) -> Result<(), PolicyError>
         }
         .map_err(|e| PolicyError::Load(e.to_string()))?;
     }
-    Ok(())
+    Ok(names)
 }
 
 fn sandbox(lua: &Lua) -> mlua::Result<()> {
@@ -609,7 +646,9 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
                             ttl(op.get::<Option<f64>>(4)?)
                                 .ok_or_else(|| lua_err("batch: incr needs a ttl > 0"))?,
                         ),
-                        other => return Err(lua_err(format!("batch: unknown operation {other:?}"))),
+                        other => {
+                            return Err(lua_err(format!("batch: unknown operation {other:?}")));
+                        }
                     });
                 }
                 let values = s.batch(&batch).await.map_err(lua_err)?;

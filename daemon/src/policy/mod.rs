@@ -92,7 +92,12 @@ impl Engine {
         })
     }
 
-    async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
+    async fn call<A, R>(
+        &self,
+        hook: &'static str,
+        kind: Option<&str>,
+        arg: &A,
+    ) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
         R: DeserializeOwned,
@@ -119,6 +124,9 @@ impl Engine {
             hook,
             message: "no Lua state free".into(),
         })?;
+        if kind.is_some_and(|k| !host.wants(hook, k)) {
+            return Ok(None);
+        }
         host.call(hook, arg).await
     }
 
@@ -200,8 +208,23 @@ impl Policy {
         A: HookArg + ?Sized,
         R: DeserializeOwned,
     {
+        self.call_for(hook, None, arg).await
+    }
+
+    /// Like `call`, for an item of a kind (e.g. `content_filter` on a
+    /// "message"): skipped when the hook's plugin only handles other kinds.
+    pub async fn call_for<A, R>(
+        &self,
+        hook: &'static str,
+        kind: Option<&str>,
+        arg: &A,
+    ) -> Result<Option<R>, PolicyError>
+    where
+        A: HookArg + ?Sized,
+        R: DeserializeOwned,
+    {
         let engine = self.engine();
-        let result = engine.call(hook, arg).await;
+        let result = engine.call(hook, kind, arg).await;
         if let Err(e) = &result {
             tracing::error!(target: "kiln::policy", hook, error = %e, "policy hook failed");
             *self

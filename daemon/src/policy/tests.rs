@@ -539,3 +539,38 @@ async fn a_policy_that_fails_to_load_leaves_the_old_one_in_force() {
     assert!(!policy.has_hook("classify_bounce"));
     assert!(policy.has_hook("reputation"));
 }
+
+#[tokio::test]
+async fn a_plugin_hook_for_templates_only_is_not_called_for_messages() {
+    let f = Fixture::new();
+    let policy = Policy::load(f.settings("return {}"), f.store.clone()).expect("load");
+    let template =
+        json!({"kind": "template", "type": "trigger", "subject": "s", "html": "", "text": ""});
+    let reviewed: Option<Decision> = policy
+        .call_for("content_filter", Some("template"), &template)
+        .await
+        .expect("call");
+    assert_eq!(reviewed.expect("reviewed").action, "accept");
+    // The plugin's hook would crash on this message; it is never called.
+    let skipped: Option<Decision> = policy
+        .call_for("content_filter", Some("message"), &json!(null))
+        .await
+        .expect("not called");
+    assert!(skipped.is_none());
+    // A policy's own content_filter sees messages.
+    std::fs::write(
+        f.dir.path().join("policy.lua"),
+        "return { hooks = { content_filter = function(m) return { action = 'reject', reasons = { m.kind } } end } }",
+    )
+    .expect("write");
+    policy.reload().expect("reload");
+    let seen: Option<Decision> = policy
+        .call_for(
+            "content_filter",
+            Some("message"),
+            &json!({"kind": "message"}),
+        )
+        .await
+        .expect("call");
+    assert_eq!(seen.expect("decision").reasons, ["message"]);
+}

@@ -397,7 +397,9 @@ impl Session {
             now,
         };
         let policy = &self.ctx.policy;
-        let filtered = policy.call::<_, Decision>("content_filter", &info).await;
+        let filtered = policy
+            .call_for::<_, Decision>("content_filter", Some("message"), &info)
+            .await;
         if let Some(refused) = refusal(filtered, "554 5.7.1", "451 4.7.1") {
             return Err(refused);
         }

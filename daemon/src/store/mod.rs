@@ -330,8 +330,12 @@ impl Store {
                 for op in ops {
                     out.push(match op {
                         BatchOp::Get(k) => BatchValue::Bytes(self.get(k).await?),
-                        BatchOp::Contains(set, m) => BatchValue::Bool(self.set_contains(set, m).await?),
-                        BatchOp::Incr(k, by, ttl) => BatchValue::Int(self.incr(k, *by, *ttl).await?),
+                        BatchOp::Contains(set, m) => {
+                            BatchValue::Bool(self.set_contains(set, m).await?)
+                        }
+                        BatchOp::Incr(k, by, ttl) => {
+                            BatchValue::Int(self.incr(k, *by, *ttl).await?)
+                        }
                     });
                 }
                 Ok(out)
