@@ -1,8 +1,8 @@
 //! Two nodes on one Redis share one queue.
 
 use crate::durability::{inject, subjects};
-use crate::harness::{Backend, binary, env};
-use kiln_testkit::process::{Kiln, KilnOptions};
+use crate::harness::{Backend, env, second_node};
+use kiln_testkit::process::KilnOptions;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -14,15 +14,7 @@ async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
         o.queue = "retry_schedule = [1]".into();
     };
     let e = env(Backend::Redis, setup).await;
-    let mut opts = KilnOptions::new(
-        &e.dir.path().join("node-b"),
-        &e.dns.nameserver(),
-        e.sink.addr.port(),
-    );
-    opts.redis_url = e.redis.as_ref().map(|r| r.url());
-    opts.node_id = "node-b".into();
-    setup(&mut opts);
-    let mut b = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+    let mut b = second_node(&e, setup);
 
     // 1,000 messages split over both nodes: each delivered exactly once.
     let (ra, rb) = tokio::join!(
@@ -82,15 +74,7 @@ async fn a_long_attempt_keeps_its_lease() {
         o.lease_time_secs = 2;
     };
     let e = env(Backend::Redis, setup).await;
-    let mut opts = KilnOptions::new(
-        &e.dir.path().join("node-b"),
-        &e.dns.nameserver(),
-        e.sink.addr.port(),
-    );
-    opts.redis_url = e.redis.as_ref().map(|r| r.url());
-    opts.node_id = "node-b".into();
-    setup(&mut opts);
-    let _b = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+    let _b = second_node(&e, setup);
 
     // The receiver takes three leases' time to answer.
     e.sink.set_delay("slow@dest.test", Duration::from_secs(6));

@@ -65,6 +65,19 @@ pub async fn env_with_sink(
     }
 }
 
+/// A second node on the same Redis, DNS and sink, set up by `tweak`.
+pub fn second_node(e: &Env, tweak: impl FnOnce(&mut KilnOptions)) -> Kiln {
+    let mut opts = KilnOptions::new(
+        &e.dir.path().join("node-b"),
+        &e.dns.nameserver(),
+        e.sink.addr.port(),
+    );
+    opts.redis_url = e.redis.as_ref().map(|r| r.url());
+    opts.node_id = "node-b".into();
+    tweak(&mut opts);
+    tokio::task::block_in_place(|| Kiln::start(binary(), &opts))
+}
+
 /// An authenticated submission session (STARTTLS, AUTH PLAIN).
 pub async fn submit_session(addr: SocketAddr) -> SmtpClient {
     let mut c = SmtpClient::connect(addr).await.unwrap();

@@ -3,7 +3,7 @@
 //! counters are shared by the nodes of a cluster.
 
 use crate::durability::inject;
-use crate::harness::{BOTH, Backend, binary, env, queued_id, wait_state};
+use crate::harness::{BOTH, Backend, env, queued_id, second_node, wait_state};
 use kiln_testkit::client::{Reply, SmtpClient, message};
 use kiln_testkit::process::{Kiln, KilnOptions, PERMISSIVE_POLICY};
 use std::net::SocketAddr;
@@ -167,16 +167,10 @@ async fn two_nodes_share_one_rate_limit() {
         o.policy = policy.into();
     })
     .await;
-    let mut opts = KilnOptions::new(
-        &e.dir.path().join("node-b"),
-        &e.dns.nameserver(),
-        e.sink.addr.port(),
-    );
-    opts.redis_url = e.redis.as_ref().map(|r| r.url());
-    opts.node_id = "node-b".into();
-    relay(&mut opts);
-    opts.policy = policy.into();
-    let b = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+    let b = second_node(&e, |o| {
+        relay(o);
+        o.policy = policy.into();
+    });
 
     // Both nodes take as much as they can for about three seconds.
     let until = tokio::time::Instant::now() + Duration::from_millis(2900);

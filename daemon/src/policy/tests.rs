@@ -65,6 +65,13 @@ fn message(recipients: &[&str], subject: &str, trigger: &str, now: i64) -> Messa
     }
 }
 
+async fn check_limits(host: &LuaHost, m: MessageInfo) -> Decision {
+    host.call::<_, Decision>("check_limits", &m)
+        .await
+        .expect("check_limits")
+        .expect("decision")
+}
+
 /// 2026-11-22T10:00:00Z
 const NOW: i64 = 1_795_341_600_000;
 
@@ -204,15 +211,7 @@ async fn warmup_curve_doubles_after_its_last_step() {
 async fn limits_quota_rate_recipient_and_subject() {
     let f = Fixture::new();
     let host = f.host("return { config = { limits = { rate_per_second = 1000 } } }");
-    let check = |m: MessageInfo| {
-        let host = &host;
-        async move {
-            host.call::<_, Decision>("check_limits", &m)
-                .await
-                .expect("check_limits")
-                .expect("decision")
-        }
-    };
+    let check = |m: MessageInfo| check_limits(&host, m);
     // Warm-up day 0 allows 200 (below level 1's 500): the 201st fails.
     for i in 0..200 {
         let d = check(message(&[&format!("r{i}@x.test")], "hi", "regular", NOW)).await;
@@ -233,15 +232,7 @@ async fn limits_quota_rate_recipient_and_subject() {
     // One recipient: 10 per hour, the 11th is dropped.
     let f = Fixture::new();
     let host = f.host("return { config = { limits = { rate_per_second = 1000 } } }");
-    let check = |m: MessageInfo| {
-        let host = &host;
-        async move {
-            host.call::<_, Decision>("check_limits", &m)
-                .await
-                .expect("check_limits")
-                .expect("decision")
-        }
-    };
+    let check = |m: MessageInfo| check_limits(&host, m);
     for i in 0..10 {
         let d = check(message(&["same@x.test"], "hi", "regular", NOW)).await;
         assert_eq!(d.action, "send", "message {i}");

@@ -347,16 +347,20 @@ impl Session {
         }
     }
 
+    /// The authenticated account, or "" for a relay client.
+    fn account_name(&self) -> String {
+        self.account
+            .as_ref()
+            .map(|a| a.name.clone())
+            .unwrap_or_default()
+    }
+
     fn transaction(&self, sender: &str, recipient: &str) -> TransactionInfo {
         TransactionInfo {
             ip: self.peer.ip().to_string(),
             helo: self.helo.clone().unwrap_or_default(),
             tls: self.tls,
-            account: self
-                .account
-                .as_ref()
-                .map(|a| a.name.clone())
-                .unwrap_or_default(),
+            account: self.account_name(),
             sender: sender.to_string(),
             sender_domain: domain_of(sender),
             recipient: recipient.to_string(),
@@ -377,11 +381,7 @@ impl Session {
         let info = MessageInfo {
             kind: "message",
             id: id.to_string(),
-            account: self
-                .account
-                .as_ref()
-                .map(|a| a.name.clone())
-                .unwrap_or_default(),
+            account: self.account_name(),
             sender: sender.to_string(),
             sender_domain: from_domain(message).unwrap_or_else(|| domain_of(sender)),
             recipients: self.rcpt_to.clone(),
@@ -591,11 +591,7 @@ impl Session {
         }
         let msg = NewMessage {
             id: id.clone(),
-            account: self
-                .account
-                .as_ref()
-                .map(|a| a.name.clone())
-                .unwrap_or_default(),
+            account: self.account_name(),
             sender: sender.clone(),
             recipients,
             body: Arc::from(message),
