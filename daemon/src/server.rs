@@ -84,10 +84,14 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     let resolver = MxResolver::new(&settings.dns.nameservers, settings.dns.timeout)?;
     let client_tls = crate::tls::client_configs(settings.delivery.tls_ca_file.as_deref())?;
     let delivery_stop = CancellationToken::new();
+    let outcomes = crate::policy::outcomes::OutcomeFeed::new(policy.clone());
+    let outcomes_stop = CancellationToken::new();
+    let outcomes_task = tokio::spawn(outcomes.clone().run(outcomes_stop.clone()));
     let delivery = Delivery::new(
         settings.clone(),
         queue.clone(),
         policy.clone(),
+        outcomes,
         resolver,
         client_tls,
         delivery_stop.clone(),
@@ -194,6 +198,9 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     delivery_stop.cancel();
     let _ = manager_task.await;
     delivery.drain(SHUTDOWN_GRACE).await;
+    // The last outcomes reach the reputation counters before the store closes.
+    outcomes_stop.cancel();
+    let _ = outcomes_task.await;
     let _ = http_task.await;
     if let Store::Embedded(s) = &store {
         s.close();

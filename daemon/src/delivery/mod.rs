@@ -10,7 +10,7 @@ pub mod mx;
 
 use crate::config::Settings;
 use crate::net::now_ms;
-use crate::policy::decisions::{BounceClass, BounceInfo, ReputationEvent};
+use crate::policy::decisions::{BounceClass, BounceInfo};
 use crate::queue::QueueHandle;
 use crate::store::{Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus};
 use crate::tls::ClientConfigs;
@@ -60,6 +60,7 @@ pub struct Delivery {
     settings: Arc<Settings>,
     queue: QueueHandle,
     policy: Arc<crate::policy::Policy>,
+    outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
     resolver: MxResolver,
     tls: ClientConfigs,
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
@@ -72,6 +73,7 @@ impl Delivery {
         settings: Arc<Settings>,
         queue: QueueHandle,
         policy: Arc<crate::policy::Policy>,
+        outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
         resolver: MxResolver,
         tls: ClientConfigs,
         shutdown: CancellationToken,
@@ -80,6 +82,7 @@ impl Delivery {
             settings,
             queue,
             policy,
+            outcomes,
             resolver,
             tls,
             destinations: Mutex::new(HashMap::new()),
@@ -394,39 +397,27 @@ impl Delivery {
     }
 
     /// Tells the `reputation` hook about a final outcome.
-    async fn report_outcome(
+    /// Tells the `reputation` hook (through the outcome feed) about a final
+    /// outcome.
+    fn report_outcome(
         &self,
         entry: &QueueEntry,
         state: RecipientState,
         class: Option<&BounceClass>,
     ) {
-        let mut kinds = Vec::new();
+        let domain = domain_of(&entry.sender);
         match state {
-            RecipientState::Delivered => kinds.push("delivered"),
+            RecipientState::Delivered => self.outcomes.record(&domain, "delivered"),
             RecipientState::Bounced | RecipientState::Expired => {
-                kinds.push("bounce");
+                self.outcomes.record(&domain, "bounce");
                 if class.is_some_and(|c| c.invalid_address) {
-                    kinds.push("invalid");
+                    self.outcomes.record(&domain, "invalid");
                 }
                 if class.is_some_and(|c| c.class == "spam") {
-                    kinds.push("spam");
+                    self.outcomes.record(&domain, "spam");
                 }
             }
-            _ => return,
-        }
-        for kind in kinds {
-            let event = ReputationEvent {
-                domain: domain_of(&entry.sender),
-                account: String::new(),
-                kind: kind.into(),
-                count: 1,
-                now: now_ms(),
-            };
-            // Errors are logged and counted by the policy; the outcome stands.
-            let _ = self
-                .policy
-                .call::<_, serde_json::Value>("reputation", &event)
-                .await;
+            _ => {}
         }
     }
 
@@ -479,7 +470,7 @@ impl Delivery {
         if let Some(c) = &class {
             tracing::debug!(msg_id = %entry.msg_id, class = %c.class, "bounce classified");
         }
-        self.report_outcome(entry, state, class.as_ref()).await;
+        self.report_outcome(entry, state, class.as_ref());
         let disposition = if state == RecipientState::Deferred {
             let idx = (entry.attempts as usize).min(q.retry_schedule.len().saturating_sub(1));
             let delay_ms = q.retry_schedule.get(idx).copied().unwrap_or(3600) as i64 * 1000;

@@ -13,6 +13,7 @@
 
 pub mod decisions;
 pub mod lua_host;
+pub mod outcomes;
 pub mod time;
 
 #[cfg(test)]

@@ -1,0 +1,67 @@
+//! Delivery outcomes for the `reputation` hook, summed per sender domain and
+//! kind and handed over a few times a second: one hook call for many
+//! outcomes instead of one per message. The rules work on the day's
+//! counters, so only the timing of a raise or a block moves (by at most one
+//! interval); a crash forgets at most one interval of outcomes.
+
+use super::Policy;
+use super::decisions::ReputationEvent;
+use crate::net::now_ms;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct OutcomeFeed {
+    policy: Arc<Policy>,
+    pending: Mutex<HashMap<(String, &'static str), i64>>,
+}
+
+impl OutcomeFeed {
+    pub fn new(policy: Arc<Policy>) -> Arc<OutcomeFeed> {
+        Arc::new(OutcomeFeed {
+            policy,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn record(&self, domain: &str, kind: &'static str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        *pending.entry((domain.to_string(), kind)).or_default() += 1;
+    }
+
+    /// Hands everything recorded so far to the hook.
+    pub async fn flush(&self) {
+        let batch: Vec<((String, &'static str), i64)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.drain().collect()
+        };
+        for ((domain, kind), count) in batch {
+            let event = ReputationEvent {
+                domain,
+                account: String::new(),
+                kind: kind.into(),
+                count,
+                now: now_ms(),
+            };
+            // Errors are logged and counted by the policy; outcomes stand.
+            let _ = self
+                .policy
+                .call::<_, serde_json::Value>("reputation", &event)
+                .await;
+        }
+    }
+
+    /// Flushes every interval until `stop`, then once more.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(FLUSH_INTERVAL) => self.flush().await,
+            }
+        }
+        self.flush().await;
+    }
+}
