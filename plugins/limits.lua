@@ -170,9 +170,7 @@ function M.hooks.check_limits(msg)
     kiln.batch({ { "incr", acct .. ":sent", -n, DAY_TTL }, { "incr", quota_key, -n, DAY_TTL } })
     return over
   end
-  if rep then
-    rep({ domain = msg.sender_domain, account = account, kind = "sent", count = n, now = msg.now })
-  end
+  -- Kiln reports the queued message to `reputation` as "sent" itself.
   return { action = "send", drop = drop }
 end
 

@@ -91,7 +91,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         settings.clone(),
         queue.clone(),
         policy.clone(),
-        outcomes,
+        outcomes.clone(),
         resolver,
         client_tls,
         delivery_stop.clone(),
@@ -104,6 +104,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         signers: signers.clone(),
         queue: queue.clone(),
         policy: policy.clone(),
+        outcomes: outcomes.clone(),
     });
 
     let mut listeners = Vec::new();

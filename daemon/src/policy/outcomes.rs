@@ -1,4 +1,4 @@
-//! Delivery outcomes for the `reputation` hook, summed per sender domain and
+//! Sends and delivery outcomes for the `reputation` hook, summed per sender domain and
 //! kind and handed over a few times a second: one hook call for many
 //! outcomes instead of one per message. The rules work on the day's
 //! counters, so only the timing of a raise or a block moves (by at most one
@@ -28,8 +28,12 @@ impl OutcomeFeed {
     }
 
     pub fn record(&self, domain: &str, kind: &'static str) {
+        self.record_n(domain, kind, 1);
+    }
+
+    pub fn record_n(&self, domain: &str, kind: &'static str, n: i64) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        *pending.entry((domain.to_string(), kind)).or_default() += 1;
+        *pending.entry((domain.to_string(), kind)).or_default() += n;
     }
 
     /// Hands everything recorded so far to the hook.

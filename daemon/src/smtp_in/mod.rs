@@ -31,6 +31,7 @@ pub struct SmtpContext {
     pub signers: Arc<DkimSigners>,
     pub queue: QueueHandle,
     pub policy: Arc<crate::policy::Policy>,
+    pub outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
 }
 
 impl SmtpContext {

@@ -574,6 +574,7 @@ impl Session {
         };
         let sign_domain = from_domain(&message)
             .or_else(|| sender.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
+        let sender_domain = sign_domain.clone().unwrap_or_default();
         if let Some(domain) = sign_domain {
             match self.ctx.signers.sign(&domain, &message).await {
                 Ok(Some(header)) => {
@@ -601,6 +602,9 @@ impl Session {
         };
         match self.ctx.queue.submit(&msg).await {
             Ok(()) => {
+                self.ctx
+                    .outcomes
+                    .record_n(&sender_domain, "sent", msg.recipients.len() as i64);
                 tracing::info!(
                     msg_id = %id,
                     peer = %self.peer,
