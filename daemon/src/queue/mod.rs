@@ -31,8 +31,11 @@ impl QueueHandle {
     /// Durable on return; delivery starts right away.
     pub async fn submit(&self, msg: &NewMessage) -> Result<(), StoreError> {
         self.store.enqueue(msg).await?;
-        self.cache
-            .insert(&msg.id, msg.body.clone(), msg.recipients.len());
+        // A message held back (e.g. to tomorrow) is read from the store then.
+        if msg.ready_at_ms <= msg.received_at_ms {
+            self.cache
+                .insert(&msg.id, msg.body.clone(), msg.recipients.len());
+        }
         self.wake.notify_one();
         Ok(())
     }
