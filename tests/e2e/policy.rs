@@ -203,3 +203,57 @@ async fn two_nodes_share_one_rate_limit() {
         "both nodes hit the limit: a {a_no}, b {b_no}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_egress_picks_the_source_address_per_scenario() {
+    for backend in BOTH {
+        let e = env(backend, |o| {
+            relay(o);
+            o.policy = PERMISSIVE_POLICY.replacen(
+                "return { config = {",
+                r#"return { config = {
+  egress = { pools = { transactional = { "127.0.0.2" }, marketing = { "127.0.0.3" } } },"#,
+                1,
+            );
+        })
+        .await;
+        let r = send(e.kiln.smtp, "t@dest.test", "transactional").await;
+        assert_eq!(r.code, 250, "{r:?}");
+        let mut c = SmtpClient::connect(e.kiln.smtp).await.unwrap();
+        c.cmd("EHLO client.test").await.unwrap();
+        let body = [
+            b"X-Kiln-Scenario: marketing\r\n".as_slice(),
+            &message("a@shop.test", "m@dest.test", "marketing", 256),
+        ]
+        .concat();
+        let r = c
+            .send("a@shop.test", &["m@dest.test"], &body)
+            .await
+            .unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+        c.quit().await;
+        let sink = e.sink.clone();
+        let both = kiln_testkit::wait_for(Duration::from_secs(30), || {
+            let s = sink.clone();
+            async move { s.count() >= 2 }
+        })
+        .await;
+        assert!(both, "{}", e.kiln.log_text());
+        let got = e.sink.messages();
+        let from = |rcpt: &str| {
+            got.iter()
+                .find(|m| m.rcpt_to.iter().any(|t| t == rcpt))
+                .map(|m| m.peer.to_string())
+        };
+        assert_eq!(
+            from("t@dest.test").as_deref(),
+            Some("127.0.0.2"),
+            "{backend:?}"
+        );
+        assert_eq!(
+            from("m@dest.test").as_deref(),
+            Some("127.0.0.3"),
+            "{backend:?}"
+        );
+    }
+}

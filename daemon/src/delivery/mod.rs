@@ -36,8 +36,10 @@ struct DestState {
     idle: usize,
 }
 
+/// Mail for one domain from one source address.
 struct Destination {
     domain: String,
+    source_ip: Option<std::net::IpAddr>,
     state: Mutex<DestState>,
     wake: Notify,
 }
@@ -93,12 +95,18 @@ impl Delivery {
 
     pub fn dispatch(self: &Arc<Self>, entry: QueueEntry, slot: OwnedSemaphorePermit) {
         let domain = entry.domain().to_ascii_lowercase();
+        let source_ip = entry.source_ip;
+        let key = match source_ip {
+            Some(ip) => format!("{domain}|{ip}"),
+            None => domain.clone(),
+        };
         let dest = {
             let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(domain.clone())
+            map.entry(key)
                 .or_insert_with(|| {
                     Arc::new(Destination {
                         domain,
+                        source_ip,
                         state: Mutex::new(DestState::default()),
                         wake: Notify::new(),
                     })
@@ -220,7 +228,10 @@ impl Delivery {
                 c.quit().await;
             }
             if conn.is_none() {
-                match self.connect(&dest.domain, require_tls).await {
+                match self
+                    .connect(&dest.domain, dest.source_ip, require_tls)
+                    .await
+                {
                     Ok(c) => {
                         conn = Some(c);
                         sent = 0;
@@ -275,8 +286,10 @@ impl Delivery {
     async fn connect(
         &self,
         domain: &str,
+        source_ip: Option<std::net::IpAddr>,
         require_tls: bool,
     ) -> Result<Connection, (Verdict, String, Option<String>)> {
+        let source = source_ip.or(self.settings.delivery.source_address);
         let hosts = match self.resolver.route(domain).await {
             Ok(h) => h,
             Err(RouteError::Permanent { enhanced, text }) => {
@@ -300,7 +313,7 @@ impl Delivery {
                 let opened = Connection::open(
                     &host.name,
                     addr,
-                    d.source_address,
+                    source,
                     helo,
                     mode,
                     &self.tls,
@@ -313,7 +326,7 @@ impl Delivery {
                         Connection::open(
                             &host.name,
                             addr,
-                            d.source_address,
+                            source,
                             helo,
                             TlsMode::Disabled,
                             &self.tls,

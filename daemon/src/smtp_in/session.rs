@@ -10,7 +10,7 @@ use crate::accounts::Account;
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::line_io::{Data, LineError, LineIo};
 use crate::net::now_ms;
-use crate::policy::decisions::{ConnectInfo, Decision, MessageInfo, TransactionInfo};
+use crate::policy::decisions::{ConnectInfo, Decision, Egress, MessageInfo, TransactionInfo};
 use crate::store::NewMessage;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -22,6 +22,13 @@ use tokio_util::sync::CancellationToken;
 enum Step {
     Quit,
     StartTls,
+}
+
+/// What the policy lets into the queue.
+struct Admitted {
+    recipients: Vec<String>,
+    ready_at_ms: i64,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 /// A policy hook failed: the client keeps the message and tries later.
@@ -368,15 +375,15 @@ impl Session {
         }
     }
 
-    /// `content_filter` and `check_limits` for the message at the end of
-    /// DATA. Ok carries the recipients to queue and when; Err the reply.
+    /// `content_filter`, `check_limits` and `select_egress` for the message
+    /// at the end of DATA. Ok carries what to queue; Err the reply.
     async fn apply_limits(
         &mut self,
         id: &str,
         sender: &str,
         message: &[u8],
         now: i64,
-    ) -> Result<(Vec<String>, i64), String> {
+    ) -> Result<Admitted, String> {
         let (subject, subject_valid_utf8) = subject(message);
         let info = MessageInfo {
             kind: "message",
@@ -405,7 +412,10 @@ impl Session {
         }
         let decision = match policy.call::<_, Decision>("check_limits", &info).await {
             Ok(Some(d)) => d,
-            Ok(None) => return Ok((info.recipients, now)),
+            Ok(None) => Decision {
+                action: "send".into(),
+                ..Decision::default()
+            },
             Err(_) => return Err(POLICY_UNAVAILABLE.into()),
         };
         if decision.is_reject() {
@@ -419,7 +429,7 @@ impl Session {
             now
         };
         let mut keep = Vec::with_capacity(info.recipients.len());
-        for rcpt in info.recipients {
+        for rcpt in info.recipients.iter().cloned() {
             match decision.drop.get(&rcpt) {
                 Some(reason) => {
                     tracing::info!(msg_id = %id, recipient = %rcpt, %reason, "recipient dropped by policy");
@@ -430,7 +440,25 @@ impl Session {
         if keep.is_empty() {
             return Err("550 5.7.1 No recipient may receive this message".into());
         }
-        Ok((keep, ready_at))
+        let source_ip = match policy.call::<_, Egress>("select_egress", &info).await {
+            Ok(Some(Egress {
+                source_ip: Some(ip),
+                ..
+            })) => match ip.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    tracing::error!(msg_id = %id, %ip, "select_egress: not an IP address");
+                    return Err(POLICY_UNAVAILABLE.into());
+                }
+            },
+            Ok(_) => None,
+            Err(_) => return Err(POLICY_UNAVAILABLE.into()),
+        };
+        Ok(Admitted {
+            recipients: keep,
+            ready_at_ms: ready_at,
+            source_ip,
+        })
     }
 
     fn auth_offered(&self) -> bool {
@@ -568,8 +596,12 @@ impl Session {
             },
         );
         drop(body);
-        let (recipients, ready_at_ms) = match self.apply_limits(&id, &sender, &message, now).await {
-            Ok(r) => r,
+        let Admitted {
+            recipients,
+            ready_at_ms,
+            source_ip,
+        } = match self.apply_limits(&id, &sender, &message, now).await {
+            Ok(a) => a,
             Err(reply) => return reply,
         };
         let sign_domain = from_domain(&message)
@@ -599,6 +631,7 @@ impl Session {
             received_at_ms: now,
             ready_at_ms,
             require_tls: self.require_tls,
+            source_ip,
         };
         match self.ctx.queue.submit(&msg).await {
             Ok(()) => {

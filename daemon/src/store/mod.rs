@@ -43,6 +43,8 @@ pub struct NewMessage {
     /// deferred the message, e.g. to the next day).
     pub ready_at_ms: i64,
     pub require_tls: bool,
+    /// Source address chosen by `select_egress`, if any.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// One recipient's pending delivery.
@@ -57,6 +59,8 @@ pub struct QueueEntry {
     pub ready_at_ms: i64,
     #[serde(default)]
     pub require_tls: bool,
+    #[serde(default)]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl QueueEntry {
@@ -154,6 +158,7 @@ impl NewMessage {
             received_at_ms: self.received_at_ms,
             ready_at_ms: self.ready_at_ms,
             require_tls: self.require_tls,
+            source_ip: self.source_ip,
         })
     }
 

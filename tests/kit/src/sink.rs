@@ -16,6 +16,8 @@ pub struct Received {
     pub tls: bool,
     /// What followed the path in MAIL FROM (e.g. "REQUIRETLS").
     pub mail_params: String,
+    /// The address the connection came from.
+    pub peer: std::net::IpAddr,
 }
 
 #[derive(Default)]
@@ -61,7 +63,7 @@ impl Sink {
         let st = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
+                let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
@@ -70,12 +72,13 @@ impl Sink {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let mut conn = BufReader::new(tcp);
-                    if let Some(Upgrade) = session(&st, &mut conn, acceptor.is_some(), false).await
+                    if let Some(Upgrade) =
+                        session(&st, &mut conn, acceptor.is_some(), false, peer.ip()).await
                         && let Some(acceptor) = acceptor
                         && let Ok(tls) = acceptor.accept(conn.into_inner()).await
                     {
                         let mut conn = BufReader::new(tls);
-                        let _ = session(&st, &mut conn, false, true).await;
+                        let _ = session(&st, &mut conn, false, true, peer.ip()).await;
                     }
                 });
             }
@@ -129,6 +132,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut BufReader<S>,
     offer_tls: bool,
     tls: bool,
+    peer: std::net::IpAddr,
 ) -> Option<Upgrade> {
     if !tls
         && conn
@@ -228,6 +232,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     data,
                     tls,
                     mail_params: mail_params.clone(),
+                    peer,
                 });
             }
             rcpts.clear();
