@@ -71,8 +71,9 @@ function M.static_checks(msg)
   return nil
 end
 
--- Store traffic is batched (kiln.batch): on Redis each batch is one round
--- trip, and a message costs two of them (plus the reputation event).
+-- Store traffic is batched (kiln.batch; one round trip each on Redis). The
+-- counts are raised for every recipient up front and lowered again for those
+-- not sent, so a message that passes costs a single round trip.
 function M.hooks.check_limits(msg)
   local refused = M.static_checks(msg)
   if refused then return refused end
@@ -82,55 +83,9 @@ function M.hooks.check_limits(msg)
   local acct = "acct:" .. account .. ":" .. today
   local hour = math.floor(msg.now / 3600000)
 
-  -- 1. Everything to read, and each recipient's hourly count (a refused
-  -- recipient's count goes up too: it was asked for).
-  local ops = { { "get", acct .. ":sent" }, { "get", acct .. ":blocklisted" } }
-  for _, rcpt in ipairs(msg.recipients) do
-    local r = string.lower(rcpt)
-    ops[#ops + 1] = { "contains", "blocklist", r }
-    ops[#ops + 1] = { "contains", "unsubscribed:" .. msg.sender_domain, r }
-    ops[#ops + 1] = { "incr", "rcpt:" .. r .. ":" .. hour, 1, 3600 }
-  end
-  local got = kiln.batch(ops)
-  local sent = tonumber(got[1]) or 0
-  if sent >= M.STOP_MIN_SENT and (tonumber(got[2]) or 0) / sent >= M.STOP_SHARE then
-    return reject("FailedOperation.HighRejectionRate",
-      "550 5.7.1 Sending stopped: too much mail to blocklisted addresses",
-      "sending stopped for the day: " .. math.floor(M.STOP_SHARE * 100) ..
-      "% of today's mail went to blocklisted addresses")
-  end
-
-  local drop, keep, blocklisted = {}, {}, 0
-  for i, rcpt in ipairs(msg.recipients) do
-    local at = 3 * i
-    if got[at] then
-      drop[rcpt] = "FailedOperation.EmailAddrInBlacklist"
-      blocklisted = blocklisted + 1
-    elseif got[at + 1] then
-      drop[rcpt] = "FailedOperation.ReceiverHasUnsubscribed"
-    elseif got[at + 2] > M.PER_RECIPIENT_HOUR then
-      drop[rcpt] = "FailedOperation.FrequencyLimit"
-    else
-      keep[#keep + 1] = rcpt
-    end
-  end
-  if blocklisted > 0 then
-    kiln.batch({
-      { "incr", acct .. ":blocklisted", blocklisted, DAY_TTL },
-      { "incr", acct .. ":sent", blocklisted, DAY_TTL },
-    })
-  end
-  if #keep == 0 then
-    local code = drop[msg.recipients[1]] or "FailedOperation.EmailAddrInBlacklist"
-    return reject(code, "550 5.7.1 No recipient may receive this message (" .. code .. ")",
-      "every recipient was refused")
-  end
-  local n = #keep
-
   -- Today's cap for the sender domain: its reputation limit, or warm-up.
   local cap, why = math.huge, nil
-  local rep = kiln.hooks.reputation
-  if rep then
+  if kiln.hooks.reputation then
     local st = reputation_of(msg.sender_domain, account, msg.now)
     if st and st.blocked then
       return reject("FailedOperation.HighRejectionRate",
@@ -149,27 +104,78 @@ function M.hooks.check_limits(msg)
     end
   end
 
-  -- 2. Rate, account and domain counts together; undone if one is over.
+  local all = #msg.recipients
+  local rate_key = "rate:" .. account .. ":" .. math.floor(msg.now / 1000)
   local quota_key = "quota:" .. msg.sender_domain .. ":" .. today
-  local c = kiln.batch({
-    { "incr", "rate:" .. account .. ":" .. math.floor(msg.now / 1000), n, 2 },
-    { "incr", acct .. ":sent", n, DAY_TTL },
-    { "incr", quota_key, n, DAY_TTL },
-  })
-  local over = nil
-  if c[1] > M.RATE then
-    over = reject("FailedOperation.FrequencyLimit",
+  local ops = {
+    { "get", acct .. ":blocklisted" },
+    { "incr", rate_key, all, 2 },
+    { "incr", acct .. ":sent", all, DAY_TTL },
+    { "incr", quota_key, all, DAY_TTL },
+  }
+  for _, rcpt in ipairs(msg.recipients) do
+    local r = string.lower(rcpt)
+    ops[#ops + 1] = { "contains", "blocklist", r }
+    ops[#ops + 1] = { "contains", "unsubscribed:" .. msg.sender_domain, r }
+    -- A refused recipient's hourly count goes up too: it was asked for.
+    ops[#ops + 1] = { "incr", "rcpt:" .. r .. ":" .. hour, 1, 3600 }
+  end
+  local got = kiln.batch(ops)
+
+  local drop, keep, blocklisted = {}, {}, 0
+  for i, rcpt in ipairs(msg.recipients) do
+    local at = 2 + 3 * i
+    if got[at] then
+      drop[rcpt] = "FailedOperation.EmailAddrInBlacklist"
+      blocklisted = blocklisted + 1
+    elseif got[at + 1] then
+      drop[rcpt] = "FailedOperation.ReceiverHasUnsubscribed"
+    elseif got[at + 2] > M.PER_RECIPIENT_HOUR then
+      drop[rcpt] = "FailedOperation.FrequencyLimit"
+    else
+      keep[#keep + 1] = rcpt
+    end
+  end
+  local n = #keep
+  local sent_before = got[3] - all
+
+  -- Which refusal, if any; then one batch puts the counts right: rate and
+  -- quota count what is sent, the account's count also what went to
+  -- blocklisted addresses (the share that stops sending).
+  local refusal = nil
+  if sent_before >= M.STOP_MIN_SENT
+      and (tonumber(got[1]) or 0) / sent_before >= M.STOP_SHARE then
+    refusal = reject("FailedOperation.HighRejectionRate",
+      "550 5.7.1 Sending stopped: too much mail to blocklisted addresses",
+      "sending stopped for the day: " .. math.floor(M.STOP_SHARE * 100) ..
+      "% of today's mail went to blocklisted addresses")
+  elseif n == 0 then
+    local code = drop[msg.recipients[1]] or "FailedOperation.EmailAddrInBlacklist"
+    refusal = reject(code, "550 5.7.1 No recipient may receive this message (" .. code .. ")",
+      "every recipient was refused")
+  elseif got[2] - (all - n) > M.RATE then
+    refusal = reject("FailedOperation.FrequencyLimit",
       "451 4.7.1 Sending rate above " .. M.RATE .. " per second, slow down",
       "account rate above " .. M.RATE .. " messages per second")
-  elseif c[2] > M.ACCOUNT_DAILY then
-    over = over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
-  elseif c[3] > cap then
-    over = over_quota(msg, "daily " .. why .. " for " .. msg.sender_domain)
+  elseif got[3] - (all - n) > M.ACCOUNT_DAILY then
+    refusal = over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
+  elseif got[4] - (all - n) > cap then
+    refusal = over_quota(msg, "daily " .. why .. " for " .. msg.sender_domain)
   end
-  if over then
-    kiln.batch({ { "incr", acct .. ":sent", -n, DAY_TTL }, { "incr", quota_key, -n, DAY_TTL } })
-    return over
+  local sent_now = refusal and 0 or n
+  local fix = {}
+  if all > sent_now then
+    fix[#fix + 1] = { "incr", rate_key, sent_now - all, 2 }
+    fix[#fix + 1] = { "incr", quota_key, sent_now - all, DAY_TTL }
   end
+  if all > sent_now + blocklisted then
+    fix[#fix + 1] = { "incr", acct .. ":sent", sent_now + blocklisted - all, DAY_TTL }
+  end
+  if blocklisted > 0 then
+    fix[#fix + 1] = { "incr", acct .. ":blocklisted", blocklisted, DAY_TTL }
+  end
+  if #fix > 0 then kiln.batch(fix) end
+  if refusal then return refusal end
   -- Kiln reports the queued message to `reputation` as "sent" itself.
   return { action = "send", drop = drop }
 end

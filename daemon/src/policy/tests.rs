@@ -603,3 +603,36 @@ async fn delivery_outcomes_reach_the_reputation_hook_summed() {
         "one event carried all 350"
     );
 }
+
+#[tokio::test]
+async fn sending_stops_at_the_blocklisted_share() {
+    let f = Fixture::new();
+    let host = f.host(
+        "return { config = { limits = { stop_min_sent = 10 },
+                   warmup = { curve = { 1e9 } }, reputation = { initial_level = 20 } } }",
+    );
+    f.store
+        .set_add("lua:blocklist", "bad@x.test", None)
+        .await
+        .expect("blocklist");
+    for i in 0..10 {
+        let d = check_limits(
+            &host,
+            message(&[&format!("r{i}@x.test")], "hi", "regular", NOW),
+        )
+        .await;
+        assert_eq!(d.action, "send");
+    }
+    // 1 of 11 (9%) to a blocklisted address: at or above 8%, sending stops.
+    let d = check_limits(&host, message(&["bad@x.test"], "hi", "regular", NOW)).await;
+    assert_eq!(
+        d.code.as_deref(),
+        Some("FailedOperation.EmailAddrInBlacklist")
+    );
+    let d = check_limits(&host, message(&["ok@x.test"], "hi", "regular", NOW)).await;
+    assert_eq!(
+        d.code.as_deref(),
+        Some("FailedOperation.HighRejectionRate"),
+        "{d:?}"
+    );
+}
