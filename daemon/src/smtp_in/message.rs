@@ -46,10 +46,16 @@ pub fn header_values(message: &[u8], name: &str) -> Vec<String> {
 pub fn subject(message: &[u8]) -> (String, bool) {
     let headers = &message[..header_end(message)];
     let valid = std::str::from_utf8(headers).is_ok();
+    let Some(raw) = header_values(message, "Subject").into_iter().next() else {
+        return (String::new(), valid);
+    };
+    // Only the Subject goes through the parser (for its RFC 2047 words):
+    // parsing every header, Received lines and all, costs more than it saves.
+    let one = format!("Subject: {raw}\r\n\r\n");
     let decoded = mail_parser::MessageParser::default()
-        .parse_headers(headers)
+        .parse_headers(one.as_bytes())
         .and_then(|m| m.subject().map(str::to_string))
-        .unwrap_or_default();
+        .unwrap_or(raw);
     (decoded, valid)
 }
 
