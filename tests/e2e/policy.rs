@@ -142,11 +142,30 @@ async fn default_limits_answer_over_smtp() {
         let r = send(e.kiln.smtp, "gone@dest.test", "first").await;
         assert_eq!(r.code, 250, "{r:?}");
         wait_state(&e.kiln, &queued_id(&r.text), 0, "bounced", 30).await;
-        // ...so the next message to it is refused before it is queued.
+        // ...so the next message to it is refused before it is queued...
         let r = send(e.kiln.smtp, "gone@dest.test", "second").await;
         assert_eq!(r.code, 550, "{backend:?}: {r:?}");
-        // Warm-up day one allows 3 for this domain (the bounce counted).
-        for i in 0..2 {
+        // ...and with another recipient, it is dropped and says why.
+        let mut c = SmtpClient::connect(e.kiln.smtp).await.unwrap();
+        c.cmd("EHLO client.test").await.unwrap();
+        let body = message("a@shop.test", "gone@dest.test", "mixed", 256);
+        let r = c
+            .send("a@shop.test", &["gone@dest.test", "ok@dest.test"], &body)
+            .await
+            .unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+        c.quit().await;
+        let id = queued_id(&r.text);
+        wait_state(&e.kiln, &id, 1, "delivered", 30).await;
+        let dropped = wait_state(&e.kiln, &id, 0, "dropped", 5).await;
+        assert_eq!(
+            dropped["reason"], "FailedOperation.EmailAddrInBlacklist",
+            "{dropped}"
+        );
+        assert_eq!(dropped["recipient"], "gone@dest.test");
+        // Warm-up day one allows 3 for this domain (the bounce and the
+        // delivered recipient counted).
+        for i in 0..1 {
             let r = send(e.kiln.smtp, &format!("u{i}@dest.test"), "ok").await;
             assert_eq!(r.code, 250, "{backend:?} message {i}: {r:?}");
         }

@@ -479,6 +479,7 @@ impl Delivery {
             updated_at_ms: now,
             next_attempt_at_ms: None,
             attempts,
+            reason: None,
         };
         if let Some(c) = &class {
             tracing::debug!(msg_id = %entry.msg_id, class = %c.class, "bounce classified");

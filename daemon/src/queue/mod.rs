@@ -34,7 +34,7 @@ impl QueueHandle {
         // A message held back (e.g. to tomorrow) is read from the store then.
         if msg.ready_at_ms <= msg.received_at_ms {
             self.cache
-                .insert(&msg.id, msg.body.clone(), msg.recipients.len());
+                .insert(&msg.id, msg.body.clone(), msg.queued_count());
         }
         self.wake.notify_one();
         Ok(())

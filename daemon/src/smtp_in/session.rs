@@ -27,6 +27,7 @@ enum Step {
 /// What the policy lets into the queue.
 struct Admitted {
     recipients: Vec<String>,
+    dropped: std::collections::BTreeMap<usize, String>,
     ready_at_ms: i64,
     source_ip: Option<std::net::IpAddr>,
 }
@@ -428,16 +429,14 @@ impl Session {
         } else {
             now
         };
-        let mut keep = Vec::with_capacity(info.recipients.len());
-        for rcpt in info.recipients.iter().cloned() {
-            match decision.drop.get(&rcpt) {
-                Some(reason) => {
-                    tracing::info!(msg_id = %id, recipient = %rcpt, %reason, "recipient dropped by policy");
-                }
-                None => keep.push(rcpt),
+        let mut dropped = std::collections::BTreeMap::new();
+        for (i, rcpt) in info.recipients.iter().enumerate() {
+            if let Some(reason) = decision.drop.get(rcpt) {
+                tracing::info!(msg_id = %id, recipient = %rcpt, %reason, "recipient dropped by policy");
+                dropped.insert(i, reason.clone());
             }
         }
-        if keep.is_empty() {
+        if dropped.len() == info.recipients.len() {
             return Err("550 5.7.1 No recipient may receive this message".into());
         }
         let source_ip = match policy.call::<_, Egress>("select_egress", &info).await {
@@ -455,7 +454,8 @@ impl Session {
             Err(_) => return Err(POLICY_UNAVAILABLE.into()),
         };
         Ok(Admitted {
-            recipients: keep,
+            recipients: info.recipients,
+            dropped,
             ready_at_ms: ready_at,
             source_ip,
         })
@@ -598,6 +598,7 @@ impl Session {
         drop(body);
         let Admitted {
             recipients,
+            dropped,
             ready_at_ms,
             source_ip,
         } = match self.apply_limits(&id, &sender, &message, now).await {
@@ -627,6 +628,7 @@ impl Session {
             account: self.account_name(),
             sender: sender.clone(),
             recipients,
+            dropped,
             body: Arc::from(message),
             received_at_ms: now,
             ready_at_ms,
@@ -637,12 +639,12 @@ impl Session {
             Ok(()) => {
                 self.ctx
                     .outcomes
-                    .record_n(&sender_domain, "sent", msg.recipients.len() as i64);
+                    .record_n(&sender_domain, "sent", msg.queued_count() as i64);
                 tracing::info!(
                     msg_id = %id,
                     peer = %self.peer,
                     sender = %sender,
-                    recipients = msg.recipients.len(),
+                    recipients = msg.queued_count(),
                     size = msg.body.len(),
                     "message accepted"
                 );

@@ -55,6 +55,8 @@ enum Op {
         body: Arc<[u8]>,
         meta: Vec<u8>,
         entries: Vec<(String, Vec<u8>, Vec<u8>)>,
+        /// Status rows of recipients that are final already (dropped).
+        finals: Vec<(String, Vec<u8>)>,
     },
     Settle {
         key: String,
@@ -300,11 +302,16 @@ impl EmbeddedStore {
                 )
             })
             .collect();
+        let finals = msg
+            .dropped_statuses()
+            .map(|(i, st)| (super::entry_key(&msg.id, i), with_expiry(exp, &encode(&st))))
+            .collect();
         self.submit(Op::Enqueue {
             msg_id: msg.id.clone(),
             body: msg.body.clone(),
             meta: with_expiry(exp, &encode(&msg.meta())),
             entries: rows,
+            finals,
         })
         .await?;
         let mut index = self.index();
@@ -763,7 +770,11 @@ impl<'t> Tables<'t> {
                 body,
                 meta,
                 entries,
+                finals,
             } => {
+                for (key, status) in finals {
+                    self.put_status(f, key, status)?;
+                }
                 let id = msg_id.as_bytes();
                 self.put(f, TableId::Messages, id, body)?;
                 let count = (entries.len() as u64).to_le_bytes();

@@ -37,6 +37,9 @@ pub struct NewMessage {
     pub account: String,
     pub sender: String,
     pub recipients: Vec<String>,
+    /// Recipients the policy dropped (by index), with the reason code: they
+    /// get a final status and no queue entry.
+    pub dropped: std::collections::BTreeMap<usize, String>,
     pub body: Arc<[u8]>,
     pub received_at_ms: i64,
     /// When the first attempt may start (later than receipt when the policy
@@ -88,13 +91,18 @@ pub enum RecipientState {
     Delivered,
     Bounced,
     Expired,
+    /// Refused by the policy before queuing (blocklist, unsubscribe, ...).
+    Dropped,
 }
 
 impl RecipientState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RecipientState::Delivered | RecipientState::Bounced | RecipientState::Expired
+            RecipientState::Delivered
+                | RecipientState::Bounced
+                | RecipientState::Expired
+                | RecipientState::Dropped
         )
     }
 }
@@ -119,6 +127,9 @@ pub struct RecipientStatus {
     pub updated_at_ms: i64,
     pub next_attempt_at_ms: Option<i64>,
     pub attempts: Vec<Attempt>,
+    /// Why the recipient was dropped (an API error code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -148,18 +159,27 @@ impl NewMessage {
         }
     }
 
+    /// Recipients that are queued.
+    pub fn queued_count(&self) -> usize {
+        self.recipients.len() - self.dropped.len()
+    }
+
     fn entries(&self) -> impl Iterator<Item = QueueEntry> + '_ {
-        self.recipients.iter().enumerate().map(|(i, r)| QueueEntry {
-            msg_id: self.id.clone(),
-            rcpt_idx: i as u32,
-            recipient: r.clone(),
-            sender: self.sender.clone(),
-            attempts: 0,
-            received_at_ms: self.received_at_ms,
-            ready_at_ms: self.ready_at_ms,
-            require_tls: self.require_tls,
-            source_ip: self.source_ip,
-        })
+        self.recipients
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.dropped.contains_key(i))
+            .map(|(i, r)| QueueEntry {
+                msg_id: self.id.clone(),
+                rcpt_idx: i as u32,
+                recipient: r.clone(),
+                sender: self.sender.clone(),
+                attempts: 0,
+                received_at_ms: self.received_at_ms,
+                ready_at_ms: self.ready_at_ms,
+                require_tls: self.require_tls,
+                source_ip: self.source_ip,
+            })
     }
 
     fn initial_status(&self, recipient: &str) -> RecipientStatus {
@@ -169,7 +189,25 @@ impl NewMessage {
             updated_at_ms: self.received_at_ms,
             next_attempt_at_ms: Some(self.ready_at_ms),
             attempts: Vec::new(),
+            reason: None,
         }
+    }
+
+    /// Final statuses of the dropped recipients: (index, status).
+    fn dropped_statuses(&self) -> impl Iterator<Item = (u32, RecipientStatus)> + '_ {
+        self.dropped.iter().filter_map(|(i, reason)| {
+            Some((
+                *i as u32,
+                RecipientStatus {
+                    recipient: self.recipients.get(*i)?.clone(),
+                    state: RecipientState::Dropped,
+                    updated_at_ms: self.received_at_ms,
+                    next_attempt_at_ms: None,
+                    attempts: Vec::new(),
+                    reason: Some(reason.clone()),
+                },
+            ))
+        })
     }
 }
 

@@ -23,15 +23,20 @@ const ENQUEUE: &str = r#"
 -- KEYS: ready, entries, pending, body, status
 -- ARGV: ready_at, msg_id, body, meta, retention, then (key, entry, idx, status)*
 redis.call('SET', KEYS[4], ARGV[3])
-local n = (#ARGV - 5) / 4
-redis.call('HSET', KEYS[3], ARGV[2], n)
+-- An empty entry is a recipient that is final already (dropped): status only.
+local groups = (#ARGV - 5) / 4
+local n = 0
 redis.call('HSET', KEYS[5], 'meta', ARGV[4])
-for i = 0, n - 1 do
+for i = 0, groups - 1 do
   local b = 6 + i * 4
-  redis.call('HSET', KEYS[2], ARGV[b], ARGV[b + 1])
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[b])
+  if ARGV[b + 1] ~= '' then
+    redis.call('HSET', KEYS[2], ARGV[b], ARGV[b + 1])
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[b])
+    n = n + 1
+  end
   redis.call('HSET', KEYS[5], ARGV[b + 2], ARGV[b + 3])
 end
+redis.call('HSET', KEYS[3], ARGV[2], n)
 redis.call('EXPIRE', KEYS[5], ARGV[5])
 return n
 "#;
@@ -210,6 +215,12 @@ impl RedisStore {
                 .arg(encode(&e))
                 .arg(e.rcpt_idx)
                 .arg(encode(&msg.initial_status(&e.recipient)));
+        }
+        for (i, status) in msg.dropped_statuses() {
+            inv.arg(super::entry_key(&msg.id, i))
+                .arg("")
+                .arg(i)
+                .arg(encode(&status));
         }
         let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(())
