@@ -91,6 +91,23 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig => {
+            // The policy scripts are part of the configuration.
+            let checked = settings
+                .policy
+                .to_settings()
+                .map_err(|e| e.to_string())
+                .and_then(|ps| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?
+                        .block_on(kiln::policy::check(&ps))
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = checked {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
             println!(
                 "{}: ok",
                 cli.config

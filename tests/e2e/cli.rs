@@ -43,3 +43,36 @@ fn check_config_names_file_key_and_problem() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mx_prot"));
 }
+
+#[test]
+fn check_config_loads_the_policy_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("policy.lua");
+    std::fs::write(&script, "return {\n  hooks = {\n    on_connect = function(c) return { action = 'accept' } end,\n  }\n}\n").unwrap();
+    let toml = format!("[policy]\nscript = \"{}\"\n", script.display());
+    let out = check_config(dir.path(), "policy.toml", &toml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A syntax error is reported with the script's file and line.
+    std::fs::write(
+        &script,
+        "return {\n  hooks = {\n    on_connect = function(c) return { end,\n  }\n}\n",
+    )
+    .unwrap();
+    let out = check_config(dir.path(), "policy.toml", &toml);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("policy.lua:3:"), "{err}");
+
+    let out = check_config(
+        dir.path(),
+        "tz.toml",
+        "[policy]\ntime_zone = \"Mars/Olympus\"\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy.time_zone"));
+}

@@ -157,6 +157,25 @@ impl Drop for HostGuard<'_> {
     }
 }
 
+/// Loads the policy once against a scratch store, to report script errors
+/// (with file and line) without touching the running daemon or its store.
+pub async fn check(settings: &PolicySettings) -> Result<(), PolicyError> {
+    let dir = std::env::temp_dir().join(format!("kiln-check-{}", std::process::id()));
+    let result = async {
+        let store = crate::store::embedded::EmbeddedStore::open(
+            &dir.join("scratch.redb"),
+            Duration::from_secs(60),
+        )
+        .map_err(|e| PolicyError::Load(format!("scratch store: {e}")))?;
+        let loaded = LuaHost::new(settings, Store::Embedded(store.clone())).map(|_| ());
+        store.close();
+        loaded
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 pub struct Policy {
     settings: PolicySettings,
     store: Store,
