@@ -63,6 +63,7 @@ hook_arg!(MessageInfo {
     trigger_type,
     scenario,
     now,
+    headers,
 });
 hook_arg!(ReputationEvent {
     domain,
@@ -106,8 +107,27 @@ pub struct TransactionInfo {
     pub recipients: Vec<String>,
 }
 
+/// The header block of a message, read on demand from Lua:
+/// `msg.headers:get("List-Id")` (first value or nil) and
+/// `msg.headers:all("Received")` (every value). Values are unfolded.
+#[derive(Debug, Clone)]
+pub struct HeaderView(pub std::sync::Arc<[u8]>);
+
+impl mlua::UserData for HeaderView {
+    fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get", |_, this, name: String| {
+            Ok(crate::smtp_in::message::header_values(&this.0, &name)
+                .into_iter()
+                .next())
+        });
+        methods.add_method("all", |_, this, name: String| {
+            Ok(crate::smtp_in::message::header_values(&this.0, &name))
+        });
+    }
+}
+
 /// `check_limits(msg)` and `content_filter(msg)` for a message.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct MessageInfo {
     pub kind: &'static str,
     pub id: String,
@@ -124,6 +144,7 @@ pub struct MessageInfo {
     /// template or the X-Kiln-Scenario header), or "".
     pub scenario: String,
     pub now: i64,
+    pub headers: HeaderView,
 }
 
 /// `reputation(event)`: one delivery outcome or engagement event, or a

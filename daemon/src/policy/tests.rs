@@ -62,6 +62,9 @@ fn message(recipients: &[&str], subject: &str, trigger: &str, now: i64) -> Messa
         trigger_type: trigger.into(),
         scenario: String::new(),
         now,
+        headers: super::decisions::HeaderView(std::sync::Arc::from(
+            &b"Subject: hi\r\nX-Campaign: spring\r\n sale\r\nReceived: a\r\nReceived: b\r\n"[..],
+        )),
     }
 }
 
@@ -635,4 +638,17 @@ async fn sending_stops_at_the_blocklisted_share() {
         Some("FailedOperation.HighRejectionRate"),
         "{d:?}"
     );
+}
+
+#[tokio::test]
+async fn hooks_read_headers_on_demand() {
+    let f = Fixture::new();
+    let host = f.host(
+        "return { hooks = { check_limits = function(m)
+            return { action = 'reject', message = m.headers:get('x-campaign') .. '|' ..
+                     #m.headers:all('Received') .. '|' .. tostring(m.headers:get('Nope')) }
+          end } }",
+    );
+    let d = check_limits(&host, message(&["a@x.test"], "hi", "regular", NOW)).await;
+    assert_eq!(d.message.as_deref(), Some("spring sale|2|nil"));
 }

@@ -2,6 +2,11 @@
 //! a trace header, the Message-ID and Date a client left out (RFC 6409
 //! section 8), nothing else. No I/O.
 
+/// The header block (without the blank line that ends it).
+pub fn header_block(message: &[u8]) -> &[u8] {
+    &message[..header_end(message)]
+}
+
 /// Offset of the blank line that ends the header block (or the body length).
 fn header_end(message: &[u8]) -> usize {
     if message.starts_with(b"\r\n") {

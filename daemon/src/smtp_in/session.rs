@@ -4,13 +4,15 @@
 //! and flushed only when the client has nothing more pipelined.
 
 use super::SmtpContext;
-use super::message::{Trace, from_domain, header_values, prepare, subject};
+use super::message::{Trace, from_domain, header_block, header_values, prepare, subject};
 use super::parser::{Command, ParseError, parse_command};
 use crate::accounts::Account;
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::line_io::{Data, LineError, LineIo};
 use crate::net::now_ms;
-use crate::policy::decisions::{ConnectInfo, Decision, Egress, MessageInfo, TransactionInfo};
+use crate::policy::decisions::{
+    ConnectInfo, Decision, Egress, HeaderView, MessageInfo, TransactionInfo,
+};
 use crate::store::NewMessage;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -403,6 +405,7 @@ impl Session {
                 .unwrap_or_default()
                 .to_ascii_lowercase(),
             now,
+            headers: HeaderView(Arc::from(header_block(message))),
         };
         let policy = &self.ctx.policy;
         let filtered = policy
