@@ -8,7 +8,9 @@
 -- Complaint and open rates are shares of the delivered ones.
 --
 -- Config (policy.lua: config.reputation): levels (the 20 limits),
--- initial_level (1), min_sent_for_penalty (300).
+-- initial_level (1), min_sent_for_penalty (300), and
+-- domains = { ["example.com"] = { level = 8 } } to start a known domain
+-- at its level instead of level 1.
 
 local M = { hooks = {} }
 local cfg = kiln.config("reputation")
@@ -118,7 +120,8 @@ function M.load(domain, today, raw)
         lower_tomorrow = st.lower_tomorrow, blocked_day = st.blocked_day } }
     end
   else
-    st = { level = M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
+    local known = (cfg.domains or {})[domain]
+    st = { level = known and known.level or M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
   end
   return M.roll_over(st, today)
 end

@@ -175,6 +175,21 @@ async fn reputation_hook_counts_events_in_the_store() {
         .expect("query")
         .expect("state");
     assert_eq!(st["level"], 2, "the level is kept in the store: {st}");
+    // A domain the policy knows starts at its own level.
+    let host = f.host(
+        "return { config = { reputation = { domains = { ['old.test'] = { level = 9 } } } } }",
+    );
+    let known =
+        json!({"domain": "old.test", "account": "", "kind": "query", "count": 0, "now": NOW});
+    let st: Value = host
+        .call("reputation", &known)
+        .await
+        .expect("query")
+        .expect("state");
+    assert_eq!(
+        (st["level"].clone(), st["daily_limit"].clone()),
+        (json!(9), json!(80000))
+    );
 }
 
 #[tokio::test]
