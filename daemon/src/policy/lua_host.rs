@@ -410,6 +410,23 @@ fn install_require(lua: &Lua, dir: PathBuf) -> mlua::Result<()> {
     lua.globals().set("require", require)
 }
 
+/// A script's key or set name in the store: under the scripts' own prefix.
+fn ns(key: &str) -> String {
+    format!("{NAMESPACE}{key}")
+}
+
+/// An async Lua function over the store; `f` gets its own store handle.
+fn store_fn<A, R, F, Fut>(lua: &Lua, store: &Store, f: F) -> mlua::Result<Function>
+where
+    A: mlua::FromLuaMulti + mlua::MaybeSend + 'static,
+    R: mlua::IntoLuaMulti + 'static,
+    F: Fn(Lua, Store, A) -> Fut + mlua::MaybeSend + 'static,
+    Fut: std::future::Future<Output = mlua::Result<R>> + mlua::MaybeSend + 'static,
+{
+    let store = store.clone();
+    lua.create_async_function(move |lua, args: A| f(lua, store.clone(), args))
+}
+
 fn ttl(secs: Option<f64>) -> Option<Duration> {
     secs.filter(|s| *s > 0.0).map(Duration::from_secs_f64)
 }
@@ -495,175 +512,140 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
     )?;
 
     let counter = lua.create_table()?;
-    let s = store.clone();
     counter.set(
         "incr",
-        lua.create_async_function(move |_, (key, by, secs): (String, Option<i64>, f64)| {
-            let s = s.clone();
-            async move {
+        store_fn(
+            lua,
+            &store,
+            |_, s, (key, by, secs): (String, Option<i64>, f64)| async move {
                 let ttl =
                     ttl(Some(secs)).ok_or_else(|| lua_err("counter.incr: ttl must be > 0"))?;
-                s.incr(&format!("{NAMESPACE}{key}"), by.unwrap_or(1), ttl)
+                s.incr(&ns(&key), by.unwrap_or(1), ttl)
                     .await
                     .map_err(lua_err)
-            }
-        })?,
+            },
+        )?,
     )?;
-    let s = store.clone();
     counter.set(
         "get",
-        lua.create_async_function(move |_, key: String| {
-            let s = s.clone();
-            async move {
-                let raw = s.get(&format!("{NAMESPACE}{key}")).await.map_err(lua_err)?;
-                Ok(raw
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|t| t.trim().parse::<i64>().ok())
-                    .unwrap_or(0))
-            }
+        store_fn(lua, &store, |_, s, key: String| async move {
+            let raw = s.get(&ns(&key)).await.map_err(lua_err)?;
+            Ok(raw
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .unwrap_or(0))
         })?,
     )?;
     kiln.set("counter", counter)?;
 
     let kv = lua.create_table()?;
-    let s = store.clone();
     kv.set(
         "get",
-        lua.create_async_function(move |lua, key: String| {
-            let s = s.clone();
-            async move {
-                let raw = s.get(&format!("{NAMESPACE}{key}")).await.map_err(lua_err)?;
-                match raw {
-                    Some(b) => Ok(Value::String(lua.create_string(&b)?)),
-                    None => Ok(Value::Nil),
-                }
+        store_fn(lua, &store, |lua, s, key: String| async move {
+            match s.get(&ns(&key)).await.map_err(lua_err)? {
+                Some(b) => Ok(Value::String(lua.create_string(&b)?)),
+                None => Ok(Value::Nil),
             }
         })?,
     )?;
-    let s = store.clone();
     kv.set(
         "put",
-        lua.create_async_function(
-            move |_, (key, value, secs): (String, mlua::LuaString, Option<f64>)| {
-                let s = s.clone();
+        store_fn(
+            lua,
+            &store,
+            |_, s, (key, value, secs): (String, mlua::LuaString, Option<f64>)| {
                 let value = value.as_bytes().to_vec();
-                async move {
-                    s.put(&format!("{NAMESPACE}{key}"), &value, ttl(secs))
-                        .await
-                        .map_err(lua_err)
-                }
+                async move { s.put(&ns(&key), &value, ttl(secs)).await.map_err(lua_err) }
             },
         )?,
     )?;
-    let s = store.clone();
     kv.set(
         "put_if_absent",
-        lua.create_async_function(move |_, (key, value): (String, mlua::LuaString)| {
-            let s = s.clone();
-            let value = value.as_bytes().to_vec();
-            async move {
-                s.put_if_absent(&format!("{NAMESPACE}{key}"), &value)
-                    .await
-                    .map_err(lua_err)
-            }
-        })?,
+        store_fn(
+            lua,
+            &store,
+            |_, s, (key, value): (String, mlua::LuaString)| {
+                let value = value.as_bytes().to_vec();
+                async move { s.put_if_absent(&ns(&key), &value).await.map_err(lua_err) }
+            },
+        )?,
     )?;
-    let s = store.clone();
     kv.set(
         "delete",
-        lua.create_async_function(move |_, key: String| {
-            let s = s.clone();
-            async move {
-                s.delete(&format!("{NAMESPACE}{key}"))
-                    .await
-                    .map_err(lua_err)
-            }
+        store_fn(lua, &store, |_, s, key: String| async move {
+            s.delete(&ns(&key)).await.map_err(lua_err)
         })?,
     )?;
     kiln.set("kv", kv)?;
 
     let set = lua.create_table()?;
-    let s = store.clone();
     set.set(
         "add",
-        lua.create_async_function(
-            move |_, (name, member, secs): (String, String, Option<f64>)| {
-                let s = s.clone();
-                async move {
-                    s.set_add(&format!("{NAMESPACE}{name}"), &member, ttl(secs))
-                        .await
-                        .map_err(lua_err)
-                }
+        store_fn(
+            lua,
+            &store,
+            |_, s, (name, member, secs): (String, String, Option<f64>)| async move {
+                s.set_add(&ns(&name), &member, ttl(secs))
+                    .await
+                    .map_err(lua_err)
             },
         )?,
     )?;
-    let s = store.clone();
     set.set(
         "contains",
-        lua.create_async_function(move |_, (name, member): (String, String)| {
-            let s = s.clone();
-            async move {
-                s.set_contains(&format!("{NAMESPACE}{name}"), &member)
-                    .await
-                    .map_err(lua_err)
-            }
-        })?,
+        store_fn(
+            lua,
+            &store,
+            |_, s, (name, member): (String, String)| async move {
+                s.set_contains(&ns(&name), &member).await.map_err(lua_err)
+            },
+        )?,
     )?;
-    let batch_store = store.clone();
-    let s = store;
     set.set(
         "remove",
-        lua.create_async_function(move |_, (name, member): (String, String)| {
-            let s = s.clone();
-            async move {
-                s.set_remove(&format!("{NAMESPACE}{name}"), &member)
-                    .await
-                    .map_err(lua_err)
-            }
-        })?,
+        store_fn(
+            lua,
+            &store,
+            |_, s, (name, member): (String, String)| async move {
+                s.set_remove(&ns(&name), &member).await.map_err(lua_err)
+            },
+        )?,
     )?;
     kiln.set("set", set)?;
 
-    let s = batch_store;
     kiln.set(
         "batch",
-        lua.create_async_function(move |lua, ops: Table| {
-            let s = s.clone();
-            async move {
-                let mut batch = Vec::new();
-                for op in ops.sequence_values::<Table>() {
-                    let op = op?;
-                    let kind: String = op.get(1)?;
-                    batch.push(match kind.as_str() {
-                        "get" => BatchOp::Get(format!("{NAMESPACE}{}", op.get::<String>(2)?)),
-                        "contains" => BatchOp::Contains(
-                            format!("{NAMESPACE}{}", op.get::<String>(2)?),
-                            op.get::<String>(3)?,
-                        ),
-                        "incr" => BatchOp::Incr(
-                            format!("{NAMESPACE}{}", op.get::<String>(2)?),
-                            op.get::<Option<i64>>(3)?.unwrap_or(1),
-                            ttl(op.get::<Option<f64>>(4)?)
-                                .ok_or_else(|| lua_err("batch: incr needs a ttl > 0"))?,
-                        ),
-                        other => {
-                            return Err(lua_err(format!("batch: unknown operation {other:?}")));
-                        }
-                    });
-                }
-                let values = s.batch(&batch).await.map_err(lua_err)?;
-                let out = lua.create_table_with_capacity(values.len(), 0)?;
-                for (i, v) in values.into_iter().enumerate() {
-                    let v = match v {
-                        BatchValue::Bytes(Some(b)) => Value::String(lua.create_string(&b)?),
-                        BatchValue::Bytes(None) => Value::Nil,
-                        BatchValue::Bool(b) => Value::Boolean(b),
-                        BatchValue::Int(n) => Value::Integer(n),
-                    };
-                    out.raw_set(i + 1, v)?;
-                }
-                Ok(out)
+        store_fn(lua, &store, |lua, s, ops: Table| async move {
+            let mut batch = Vec::new();
+            for op in ops.sequence_values::<Table>() {
+                let op = op?;
+                let kind: String = op.get(1)?;
+                batch.push(match kind.as_str() {
+                    "get" => BatchOp::Get(ns(&op.get::<String>(2)?)),
+                    "contains" => {
+                        BatchOp::Contains(ns(&op.get::<String>(2)?), op.get::<String>(3)?)
+                    }
+                    "incr" => BatchOp::Incr(
+                        ns(&op.get::<String>(2)?),
+                        op.get::<Option<i64>>(3)?.unwrap_or(1),
+                        ttl(op.get::<Option<f64>>(4)?)
+                            .ok_or_else(|| lua_err("batch: incr needs a ttl > 0"))?,
+                    ),
+                    other => return Err(lua_err(format!("batch: unknown operation {other:?}"))),
+                });
             }
+            let values = s.batch(&batch).await.map_err(lua_err)?;
+            let out = lua.create_table_with_capacity(values.len(), 0)?;
+            for (i, v) in values.into_iter().enumerate() {
+                let v = match v {
+                    BatchValue::Bytes(Some(b)) => Value::String(lua.create_string(&b)?),
+                    BatchValue::Bytes(None) => Value::Nil,
+                    BatchValue::Bool(b) => Value::Boolean(b),
+                    BatchValue::Int(n) => Value::Integer(n),
+                };
+                out.raw_set(i + 1, v)?;
+            }
+            Ok(out)
         })?,
     )?;
 
