@@ -427,8 +427,12 @@ where
     lua.create_async_function(move |lua, args: A| f(lua, store.clone(), args))
 }
 
+/// A script's TTL in seconds: positive and finite, at most ten years
+/// (anything a script passes must not be able to overflow a deadline).
 fn ttl(secs: Option<f64>) -> Option<Duration> {
-    secs.filter(|s| *s > 0.0).map(Duration::from_secs_f64)
+    const MAX: f64 = 10.0 * 365.0 * 86_400.0;
+    secs.filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s.min(MAX)).ok())
 }
 
 fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Result<()> {

@@ -456,6 +456,21 @@ async fn the_sandbox_has_no_way_out() {
         got,
         json!(["nil", "nil", "nil", "nil", "nil", "nil", "nil", "nil"])
     );
+    // Whatever a script passes as a TTL, nothing panics.
+    let got = host
+        .eval(
+            "kiln.counter.incr('t1', 1, math.huge) kiln.kv.put('t2', 'x', 1e300)
+             kiln.set.add('t3', 'm', 0/0)
+             return { kiln.counter.get('t1'), kiln.kv.get('t2'), kiln.set.contains('t3', 'm') }",
+        )
+        .await
+        .expect("eval");
+    assert_eq!(got, json!([1, "x", true]));
+    let err = host
+        .eval("kiln.counter.incr('t4', 1, -5)")
+        .await
+        .expect_err("a negative ttl is an error");
+    assert!(err.contains("ttl"), "{err}");
     for bad in ["../etc/passwd", "/etc/passwd", "a.b"] {
         let err = host
             .eval(&format!("return require('{bad}')"))
