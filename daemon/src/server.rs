@@ -78,8 +78,10 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     );
     tracing::info!(
         script = %settings.policy.script.display(),
+        script_found = settings.policy.script.exists(),
         plugins = %settings.policy.plugins_dir.display(),
-        "policy loaded"
+        plugins_found = settings.policy.plugins_dir.is_dir(),
+        "policy loaded (missing files: the built-in default plugins, unconfigured)"
     );
     let resolver = MxResolver::new(&settings.dns.nameservers, settings.dns.timeout)?;
     let client_tls = crate::tls::client_configs(settings.delivery.tls_ca_file.as_deref())?;
