@@ -81,7 +81,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         script_found = settings.policy.script.exists(),
         plugins = %settings.policy.plugins_dir.display(),
         plugins_found = settings.policy.plugins_dir.is_dir(),
-        "policy loaded (missing files: the built-in default plugins, unconfigured)"
+        "policy loaded (a missing script or plugin file means the built-in defaults)"
     );
     let resolver = MxResolver::new(&settings.dns.nameservers, settings.dns.timeout)?;
     let client_tls = crate::tls::client_configs(settings.delivery.tls_ca_file.as_deref())?;
