@@ -15,6 +15,8 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub mod tc3;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub settings: Arc<Settings>,
