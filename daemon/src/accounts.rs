@@ -24,26 +24,33 @@ impl Account {
 #[derive(Default)]
 pub struct Accounts {
     by_username: HashMap<String, (String, Arc<Account>)>,
+    /// SecretId → (SecretKey, account), for the API.
+    by_secret_id: HashMap<String, (String, Arc<Account>)>,
 }
 
 impl Accounts {
     pub fn from_settings(list: &[AccountSettings]) -> Accounts {
-        let by_username = list
-            .iter()
-            .map(|a| {
-                (
-                    a.username.clone(),
-                    (
-                        a.password.clone(),
-                        Arc::new(Account {
-                            name: a.name.clone(),
-                            domains: a.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-                        }),
-                    ),
-                )
-            })
-            .collect();
-        Accounts { by_username }
+        let mut accounts = Accounts::default();
+        for a in list {
+            let account = Arc::new(Account {
+                name: a.name.clone(),
+                domains: a.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            });
+            accounts
+                .by_username
+                .insert(a.username.clone(), (a.password.clone(), account.clone()));
+            if let (Some(id), Some(key)) = (&a.secret_id, &a.secret_key) {
+                accounts
+                    .by_secret_id
+                    .insert(id.clone(), (key.clone(), account));
+            }
+        }
+        accounts
+    }
+
+    /// The SecretKey and account of an API SecretId.
+    pub fn api_key(&self, secret_id: &str) -> Option<(String, Arc<Account>)> {
+        self.by_secret_id.get(secret_id).cloned()
     }
 
     pub fn authenticate(&self, username: &str, password: &str) -> Option<Arc<Account>> {
@@ -70,7 +77,16 @@ mod tests {
             username: "shop".into(),
             password: "s3cret".into(),
             domains: vec!["Shop.Example".into()],
+            secret_id: Some("AKIDshop".into()),
+            secret_key: Some("key".into()),
         }]);
+        assert_eq!(
+            accounts
+                .api_key("AKIDshop")
+                .map(|(k, a)| (k, a.name.clone())),
+            Some(("key".into(), "shop".into()))
+        );
+        assert!(accounts.api_key("AKIDother").is_none());
         assert!(accounts.authenticate("shop", "wrong").is_none());
         assert!(accounts.authenticate("nobody", "s3cret").is_none());
         let acct = accounts.authenticate("shop", "s3cret").unwrap();

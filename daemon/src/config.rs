@@ -243,6 +243,11 @@ pub struct AccountSettings {
     /// Sender domains this account may use; empty allows any.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// API credentials (TC3-HMAC-SHA256), as the Tencent Cloud SDKs use.
+    #[serde(default)]
+    pub secret_id: Option<String>,
+    #[serde(default)]
+    pub secret_key: Option<String>,
 }
 
 impl Default for Settings {
@@ -432,6 +437,14 @@ impl Settings {
             if ns.parse::<SocketAddr>().is_err() {
                 out.push(format!(
                     "dns.nameservers[{i}]: {ns:?} is not an ip:port address"
+                ));
+            }
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            if a.secret_id.is_some() != a.secret_key.is_some() {
+                out.push(format!(
+                    "accounts[{i}] ({}): secret_id and secret_key go together",
+                    a.name
                 ));
             }
         }

@@ -6,6 +6,7 @@
 //! (MX, retries, bounces, DKIM), `durability` (kill -9), `cluster` (two
 //! nodes on one Redis).
 
+mod api;
 mod cli;
 mod cluster;
 mod delivery;

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub mod tc3;
+pub mod tencent;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -28,6 +29,7 @@ pub struct ApiState {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", axum::routing::post(tencent::handle))
         .route("/healthz", get(health))
         .route("/admin/messages/{id}", get(message_status))
         .route("/admin/dkim/{domain}", get(dkim_show).post(dkim_create))

@@ -135,6 +135,8 @@ name = "shop"
 username = "shop"
 password = "shop-password"
 domains = ["shop.test"]
+secret_id = "AKIDshop"
+secret_key = "shop-secret-key"
 
 {extra}
 "#,
