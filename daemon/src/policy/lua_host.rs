@@ -227,15 +227,14 @@ impl LuaHost {
         Ok((out, only))
     }
 
-    pub fn has_hook(&self, hook: &str) -> bool {
-        self.hooks.contains_key(hook)
+    /// The hooks this state's scripts define.
+    pub fn hook_names(&self) -> std::collections::HashSet<&'static str> {
+        self.hooks.keys().copied().collect()
     }
 
-    /// False when the hook's plugin declared it for other kinds only.
-    pub fn wants(&self, hook: &str, kind: &str) -> bool {
-        self.only
-            .get(hook)
-            .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
+    /// Hooks a plugin declared for some kinds of item only.
+    pub fn kind_restrictions(&self) -> &HashMap<&'static str, Vec<String>> {
+        &self.only
     }
 
     /// Calls `hook` with one argument; `Ok(None)` when no script defines it.

@@ -23,7 +23,7 @@ use crate::store::Store;
 use decisions::HookArg;
 use lua_host::LuaHost;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -78,6 +78,11 @@ pub struct Engine {
     hosts: Mutex<Vec<LuaHost>>,
     free: Semaphore,
     pub version: u64,
+    /// What every state of this version defines (they all load the same
+    /// files): known without taking a state out of the pool, so a hook
+    /// nobody defined costs nothing and the answer holds under load.
+    hooks: HashSet<&'static str>,
+    only: HashMap<&'static str, Vec<String>>,
 }
 
 impl Engine {
@@ -86,11 +91,28 @@ impl Engine {
         for _ in 0..settings.states.max(1) {
             hosts.push(LuaHost::new(settings, store.clone())?);
         }
+        let (hooks, only) = match hosts.first() {
+            Some(h) => (h.hook_names(), h.kind_restrictions().clone()),
+            None => Default::default(),
+        };
         Ok(Engine {
             free: Semaphore::new(hosts.len()),
             hosts: Mutex::new(hosts),
             version,
+            hooks,
+            only,
         })
+    }
+
+    /// Whether `hook` is defined, and for an item of `kind` if one is given
+    /// (a plugin may declare a hook for some kinds of item only).
+    fn wants(&self, hook: &str, kind: Option<&str>) -> bool {
+        self.hooks.contains(hook)
+            && kind.is_none_or(|k| {
+                self.only
+                    .get(hook)
+                    .is_none_or(|kinds| kinds.iter().any(|x| x == k))
+            })
     }
 
     async fn call<A, R>(
@@ -103,6 +125,9 @@ impl Engine {
         A: HookArg + ?Sized,
         R: DeserializeOwned,
     {
+        if !self.wants(hook, kind) {
+            return Ok(None);
+        }
         let _permit = self.free.acquire().await.map_err(|_| PolicyError::Script {
             hook,
             message: "policy engine closed".into(),
@@ -116,27 +141,15 @@ impl Engine {
                 hook,
                 message: "no Lua state free".into(),
             })?;
-        // Give the state back even if this future is dropped mid-call.
+        // Gives the state back even if this future is dropped mid-call.
         let guard = HostGuard {
             host: Some(host),
             engine: self,
         };
-        let host = guard.host.as_ref().ok_or_else(|| PolicyError::Script {
-            hook,
-            message: "no Lua state free".into(),
-        })?;
-        if kind.is_some_and(|k| !host.wants(hook, k)) {
-            return Ok(None);
+        match &guard.host {
+            Some(host) => host.call(hook, arg).await,
+            None => Ok(None),
         }
-        host.call(hook, arg).await
-    }
-
-    fn has_hook(&self, hook: &str) -> bool {
-        self.hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first()
-            .is_some_and(|h| h.has_hook(hook))
     }
 }
 
@@ -218,7 +231,7 @@ impl Policy {
     }
 
     pub fn has_hook(&self, hook: &str) -> bool {
-        self.engine().has_hook(hook)
+        self.engine().wants(hook, None)
     }
 
     /// Calls a hook; `Ok(None)` when no script defines it or it returned
