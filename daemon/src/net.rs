@@ -1,6 +1,15 @@
-//! Small network helpers: CIDR matching for relay networks.
+//! Small network helpers: CIDR matching for relay networks, the domain of
+//! a mail address.
 
 use std::net::IpAddr;
+
+/// The lower-case domain of a mail address ("" when it has none).
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Cidr {

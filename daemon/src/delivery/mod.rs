@@ -9,7 +9,7 @@ pub mod client;
 pub mod mx;
 
 use crate::config::Settings;
-use crate::net::now_ms;
+use crate::net::{domain_of, now_ms};
 use crate::policy::decisions::{BounceClass, BounceInfo};
 use crate::queue::QueueHandle;
 use crate::store::{Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus};
@@ -525,11 +525,4 @@ fn record_reply(attempt: &mut Attempt, reply: &Reply) {
     attempt.code = Some(reply.code);
     attempt.enhanced_code = reply.enhanced.clone();
     attempt.message = reply.text.clone();
-}
-
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use super::parser::{Command, ParseError, parse_command};
 use crate::accounts::Account;
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::line_io::{Data, LineError, LineIo};
-use crate::net::now_ms;
+use crate::net::{domain_of, now_ms};
 use crate::policy::decisions::{
     ConnectInfo, Decision, Egress, HeaderView, MessageInfo, TransactionInfo,
 };
@@ -384,16 +384,30 @@ impl Session {
         &mut self,
         id: &str,
         sender: &str,
+        sender_domain: &str,
         message: &[u8],
         now: i64,
     ) -> Result<Admitted, String> {
+        let policy = &self.ctx.policy;
+        if !["content_filter", "check_limits", "select_egress"]
+            .iter()
+            .any(|h| policy.has_hook(h))
+        {
+            // No hook to ask: nothing to parse out of the message.
+            return Ok(Admitted {
+                recipients: self.rcpt_to.clone(),
+                dropped: Default::default(),
+                ready_at_ms: now,
+                source_ip: None,
+            });
+        }
         let (subject, subject_valid_utf8) = subject(message);
         let info = MessageInfo {
             kind: "message",
             id: id.to_string(),
             account: self.account_name(),
             sender: sender.to_string(),
-            sender_domain: from_domain(message).unwrap_or_else(|| domain_of(sender)),
+            sender_domain: sender_domain.to_string(),
             recipients: self.rcpt_to.clone(),
             size: message.len(),
             subject,
@@ -407,7 +421,6 @@ impl Session {
             now,
             headers: HeaderView(Arc::from(header_block(message))),
         };
-        let policy = &self.ctx.policy;
         let filtered = policy
             .call_for::<_, Decision>("content_filter", Some("message"), &info)
             .await;
@@ -599,20 +612,24 @@ impl Session {
             },
         );
         drop(body);
+        // The From header's domain (the one DKIM signs for and the policy
+        // counts against), else the envelope sender's.
+        let sender_domain = from_domain(&message).unwrap_or_else(|| domain_of(&sender));
         let Admitted {
             recipients,
             dropped,
             ready_at_ms,
             source_ip,
-        } = match self.apply_limits(&id, &sender, &message, now).await {
+        } = match self
+            .apply_limits(&id, &sender, &sender_domain, &message, now)
+            .await
+        {
             Ok(a) => a,
             Err(reply) => return reply,
         };
-        let sign_domain = from_domain(&message)
-            .or_else(|| sender.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
-        let sender_domain = sign_domain.clone().unwrap_or_default();
-        if let Some(domain) = sign_domain {
-            match self.ctx.signers.sign(&domain, &message).await {
+        if !sender_domain.is_empty() {
+            let domain = &sender_domain;
+            match self.ctx.signers.sign(domain, &message).await {
                 Ok(Some(header)) => {
                     let mut signed = Vec::with_capacity(header.len() + message.len());
                     signed.extend_from_slice(header.as_bytes());
@@ -659,13 +676,6 @@ impl Session {
             }
         }
     }
-}
-
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 fn parse_error_reply(e: &ParseError) -> String {
