@@ -23,12 +23,7 @@ async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
     );
     let acked = ra.lock().unwrap().len() + rb.lock().unwrap().len();
     assert_eq!(acked, 1000);
-    let sink = e.sink.clone();
-    let all = kiln_testkit::wait_for(Duration::from_secs(60), || {
-        let s = sink.clone();
-        async move { s.count() >= 1000 }
-    })
-    .await;
+    let all = e.sink.wait_count(1000, Duration::from_secs(60)).await;
     assert!(all, "only {} of 1000 delivered", e.sink.count());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -48,12 +43,10 @@ async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     b.kill9();
     e.sink.clear_rule("sink@dest.test");
-    let sink = e.sink.clone();
-    let done = kiln_testkit::wait_for(Duration::from_secs(60), || {
-        let s = sink.clone();
-        async move { s.count() >= before + 300 }
-    })
-    .await;
+    let done = e
+        .sink
+        .wait_count(before + 300, Duration::from_secs(60))
+        .await;
     assert!(
         done,
         "node A delivered {} of node B's 300",

@@ -118,12 +118,7 @@ async fn reload_under_load_loses_nothing_and_applies_to_later_mail() {
     // Every message acknowledged during the reloads is delivered.
     let acked = load.await.unwrap().lock().unwrap().len();
     assert_eq!(acked, 400);
-    let sink = e.sink.clone();
-    let all = kiln_testkit::wait_for(Duration::from_secs(60), || {
-        let s = sink.clone();
-        async move { s.count() >= 401 }
-    })
-    .await;
+    let all = e.sink.wait_count(401, Duration::from_secs(60)).await;
     assert!(all, "only {} of 401 delivered", e.sink.count());
 }
 
@@ -251,12 +246,7 @@ async fn select_egress_picks_the_source_address_per_scenario() {
             .unwrap();
         assert_eq!(r.code, 250, "{r:?}");
         c.quit().await;
-        let sink = e.sink.clone();
-        let both = kiln_testkit::wait_for(Duration::from_secs(30), || {
-            let s = sink.clone();
-            async move { s.count() >= 2 }
-        })
-        .await;
+        let both = e.sink.wait_count(2, Duration::from_secs(30)).await;
         assert!(both, "{}", e.kiln.log_text());
         let got = e.sink.messages();
         let from = |rcpt: &str| {

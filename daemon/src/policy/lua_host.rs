@@ -409,6 +409,19 @@ fn install_require(lua: &Lua, dir: PathBuf) -> mlua::Result<()> {
     lua.globals().set("require", require)
 }
 
+/// `kiln.<name>([ms])`: a calendar computation in the policy's zone, on
+/// the given instant or now.
+fn zone_fn<R: mlua::IntoLua + 'static>(
+    lua: &Lua,
+    tz: &jiff::tz::TimeZone,
+    f: fn(&jiff::tz::TimeZone, i64) -> Result<R, jiff::Error>,
+) -> mlua::Result<Function> {
+    let tz = tz.clone();
+    lua.create_function(move |_, ms: Option<i64>| {
+        f(&tz, ms.unwrap_or_else(now_ms)).map_err(lua_err)
+    })
+}
+
 /// A script's key or set name in the store: under the scripts' own prefix.
 fn ns(key: &str) -> String {
     format!("{NAMESPACE}{key}")
@@ -439,26 +452,11 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
     let tz = settings.time_zone.clone();
 
     kiln.set("now", lua.create_function(|_, ()| Ok(now_ms()))?)?;
-    let zone = tz.clone();
-    kiln.set(
-        "day",
-        lua.create_function(move |_, ms: Option<i64>| {
-            super::time::day(&zone, ms.unwrap_or_else(now_ms)).map_err(lua_err)
-        })?,
-    )?;
-    let zone = tz.clone();
-    kiln.set(
-        "day_start",
-        lua.create_function(move |_, ms: Option<i64>| {
-            super::time::day_start(&zone, ms.unwrap_or_else(now_ms)).map_err(lua_err)
-        })?,
-    )?;
-    let zone = tz.clone();
+    kiln.set("day", zone_fn(lua, &tz, super::time::day)?)?;
+    kiln.set("day_start", zone_fn(lua, &tz, super::time::day_start)?)?;
     kiln.set(
         "next_day_start",
-        lua.create_function(move |_, ms: Option<i64>| {
-            super::time::next_day_start(&zone, ms.unwrap_or_else(now_ms)).map_err(lua_err)
-        })?,
+        zone_fn(lua, &tz, super::time::next_day_start)?,
     )?;
     kiln.set(
         "days_between",

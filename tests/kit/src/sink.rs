@@ -94,6 +94,11 @@ impl Sink {
             .insert(recipient.to_string(), reply.to_string());
     }
 
+    /// Waits until the sink holds at least `n` recipients' deliveries.
+    pub async fn wait_count(&self, n: usize, timeout: std::time::Duration) -> bool {
+        crate::wait_for(timeout, || async move { self.count() >= n }).await
+    }
+
     /// A slow receiver: RCPT for `recipient` is answered after `delay`.
     pub fn set_delay(&self, recipient: &str, delay: std::time::Duration) {
         self.state
