@@ -32,7 +32,64 @@ pub struct Settings {
     pub dkim: DkimSettings,
     pub log: LogSettings,
     pub policy: PolicyConfig,
+    pub platform: PlatformSettings,
     pub accounts: Vec<AccountSettings>,
+}
+
+/// The sending platform behind the API: what a sender domain must publish,
+/// and the limits on what an account may create.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformSettings {
+    /// The MX host a sender domain points at (bounces and replies come
+    /// back to Kiln); empty means `server.hostname`.
+    pub mx_host: String,
+    /// The SPF record a sender domain includes; empty means
+    /// `_spf.<server.hostname>`.
+    pub spf_include: String,
+    /// Sender domains per account.
+    pub max_identities: usize,
+    /// Sender addresses per account.
+    pub max_addresses: usize,
+    /// Templates per account.
+    pub max_templates: usize,
+    /// Whether SendEmail may carry its own content (`Simple`) instead of a
+    /// template; the service it reproduces allows it only on request.
+    pub allow_simple: bool,
+    /// Largest TemplateData, in bytes.
+    pub max_template_data: usize,
+}
+
+impl Default for PlatformSettings {
+    fn default() -> Self {
+        PlatformSettings {
+            mx_host: String::new(),
+            spf_include: String::new(),
+            max_identities: 10,
+            max_addresses: 100,
+            max_templates: 1000,
+            allow_simple: false,
+            max_template_data: 64 * 1024,
+        }
+    }
+}
+
+impl Settings {
+    pub fn mx_host(&self) -> String {
+        if self.platform.mx_host.is_empty() {
+            self.server.hostname.clone()
+        } else {
+            self.platform.mx_host.clone()
+        }
+    }
+
+    pub fn spf_include(&self) -> String {
+        if self.platform.spf_include.is_empty() {
+            format!("_spf.{}", self.server.hostname)
+        } else {
+            self.platform.spf_include.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +323,7 @@ impl Default for Settings {
             dkim: DkimSettings::default(),
             log: LogSettings::default(),
             policy: PolicyConfig::default(),
+            platform: PlatformSettings::default(),
             accounts: Vec::new(),
         }
     }

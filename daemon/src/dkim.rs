@@ -45,8 +45,18 @@ pub struct DkimKey {
 
 impl DkimKey {
     pub fn generate(domain: &str, selector: &str, algorithm: &str) -> Result<DkimKey, DkimError> {
+        Self::generate_sized(domain, selector, algorithm, 2048)
+    }
+
+    /// `bits` applies to RSA (1024 or 2048).
+    pub fn generate_sized(
+        domain: &str,
+        selector: &str,
+        algorithm: &str,
+        bits: usize,
+    ) -> Result<DkimKey, DkimError> {
         let pair = match algorithm {
-            "rsa" => DkimKeyPair::generate_rsa(2048),
+            "rsa" => DkimKeyPair::generate_rsa(bits),
             "ed25519" => DkimKeyPair::generate_ed25519(),
             other => return Err(DkimError::Algorithm(other.to_string())),
         }
@@ -127,6 +137,71 @@ pub fn store_key(domain: &str) -> String {
     format!("dkim:{}", domain.to_ascii_lowercase())
 }
 
+/// Where a domain's second key (dual signing) is kept.
+fn second_store_key(domain: &str) -> String {
+    format!("dkim2:{}", domain.to_ascii_lowercase())
+}
+
+/// Every key a domain signs with (none, one, or two for dual signing).
+pub async fn load_keys(store: &Store, domain: &str) -> Result<Vec<DkimKey>, DkimError> {
+    let mut keys = Vec::new();
+    keys.extend(load_key(store, domain).await?);
+    if let Some(bytes) = store.get(&second_store_key(domain)).await? {
+        keys.push(
+            serde_json::from_slice(&bytes).map_err(|e| DkimError::BadKey {
+                domain: domain.to_string(),
+                reason: e.to_string(),
+            })?,
+        );
+    }
+    Ok(keys)
+}
+
+/// Generates fresh keys for a domain, one per RSA size in `bits` (selector
+/// `<selector>` for the first, `<selector><bits>` for a second), replacing
+/// whatever it had. Nodes pick the new keys up within [`SIGNER_TTL`].
+pub async fn replace_keys(
+    store: &Store,
+    domain: &str,
+    selector: &str,
+    bits: &[usize],
+) -> Result<Vec<DkimKey>, DkimError> {
+    let mut keys = Vec::new();
+    for (i, size) in bits.iter().enumerate() {
+        let sel = if i == 0 {
+            selector.to_string()
+        } else {
+            format!("{selector}{size}")
+        };
+        let (d, size) = (domain.to_string(), *size);
+        let key = tokio::task::spawn_blocking(move || DkimKey::generate_sized(&d, &sel, "rsa", size))
+            .await
+            .map_err(|e| DkimError::Generate(e.to_string()))??;
+        keys.push(key);
+    }
+    let encode = |k: &DkimKey| serde_json::to_vec(k).map_err(|e| DkimError::Generate(e.to_string()));
+    match keys.first() {
+        Some(k) => store.put(&store_key(domain), &encode(k)?, None).await?,
+        None => {
+            store.delete(&store_key(domain)).await?;
+        }
+    }
+    match keys.get(1) {
+        Some(k) => store.put(&second_store_key(domain), &encode(k)?, None).await?,
+        None => {
+            store.delete(&second_store_key(domain)).await?;
+        }
+    }
+    Ok(keys)
+}
+
+/// Removes a domain's keys.
+pub async fn delete_keys(store: &Store, domain: &str) -> Result<(), DkimError> {
+    store.delete(&store_key(domain)).await?;
+    store.delete(&second_store_key(domain)).await?;
+    Ok(())
+}
+
 pub async fn load_key(store: &Store, domain: &str) -> Result<Option<DkimKey>, DkimError> {
     let Some(bytes) = store.get(&store_key(domain)).await? else {
         return Ok(None);
@@ -168,16 +243,20 @@ pub async fn ensure_key(
     }
 }
 
-/// A cached signer (None: the domain has no key), with when it was looked up.
-type CachedSigner = (Instant, Option<Arc<Signer>>);
+/// A domain's cached signers (empty: it has no key), with when they were
+/// looked up.
+type CachedSigners = (Instant, Arc<[Signer]>);
 
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// How long a node signs with keys it has loaded before looking again (keys
+/// replaced through the API on another node take effect within this time).
+pub const SIGNER_TTL: Duration = Duration::from_secs(60);
 
 /// Per-domain signer cache in front of the store.
 pub struct DkimSigners {
     store: Store,
     headers: Vec<String>,
-    cache: Mutex<HashMap<String, CachedSigner>>,
+    cache: Mutex<HashMap<String, CachedSigners>>,
 }
 
 impl DkimSigners {
@@ -195,8 +274,8 @@ impl DkimSigners {
         }
     }
 
-    /// The `DKIM-Signature` header for `message` (a full header line with
-    /// CRLF), or None when the domain has no key.
+    /// The `DKIM-Signature` header(s) for `message` (full header lines with
+    /// CRLF, one per key), or None when the domain has no key.
     pub async fn sign(&self, domain: &str, message: &[u8]) -> Result<Option<String>, DkimError> {
         let domain = domain.to_ascii_lowercase();
         let cached = self
@@ -204,23 +283,36 @@ impl DkimSigners {
             .lock()
             .ok()
             .and_then(|c| c.get(&domain).cloned())
-            .filter(|(at, signer)| signer.is_some() || at.elapsed() < NEGATIVE_TTL);
-        let signer = match cached {
-            Some((_, signer)) => signer,
+            .filter(|(at, signers)| {
+                at.elapsed()
+                    < if signers.is_empty() {
+                        NEGATIVE_TTL
+                    } else {
+                        SIGNER_TTL
+                    }
+            });
+        let signers = match cached {
+            Some((_, signers)) => signers,
             None => {
-                let signer = match load_key(&self.store, &domain).await? {
-                    Some(key) => Some(Arc::new(key.signer(&self.headers)?)),
-                    None => None,
-                };
+                let keys = load_keys(&self.store, &domain).await?;
+                let signers: Arc<[Signer]> = keys
+                    .iter()
+                    .map(|k| k.signer(&self.headers))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into();
                 if let Ok(mut c) = self.cache.lock() {
-                    c.insert(domain.clone(), (Instant::now(), signer.clone()));
+                    c.insert(domain.clone(), (Instant::now(), signers.clone()));
                 }
-                signer
+                signers
             }
         };
-        match signer {
-            Some(s) => s.sign(message).map(Some),
-            None => Ok(None),
+        if signers.is_empty() {
+            return Ok(None);
         }
+        let mut headers = String::new();
+        for s in signers.iter() {
+            headers.push_str(&s.sign(message)?);
+        }
+        Ok(Some(headers))
     }
 }

@@ -27,12 +27,14 @@
 //! ```
 
 pub mod accounts;
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod line_io;
 pub mod net;
+pub mod platform;
 pub mod policy;
 pub mod queue;
 pub mod server;

@@ -4,16 +4,16 @@
 //! and flushed only when the client has nothing more pipelined.
 
 use super::SmtpContext;
-use super::message::{Trace, from_domain, header_block, header_values, prepare, subject};
+use super::message::{Trace, prepare};
+use crate::admission::{Refusal, Submission};
 use super::parser::{Command, ParseError, parse_command};
 use crate::accounts::Account;
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::line_io::{Data, LineError, LineIo};
 use crate::net::{domain_of, now_ms};
 use crate::policy::decisions::{
-    ConnectInfo, Decision, Egress, HeaderView, MessageInfo, TransactionInfo,
+    ConnectInfo, Decision, TransactionInfo,
 };
-use crate::store::NewMessage;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::net::SocketAddr;
@@ -24,14 +24,6 @@ use tokio_util::sync::CancellationToken;
 enum Step {
     Quit,
     StartTls,
-}
-
-/// What the policy lets into the queue.
-struct Admitted {
-    recipients: Vec<String>,
-    dropped: std::collections::BTreeMap<usize, String>,
-    ready_at_ms: i64,
-    source_ip: Option<std::net::IpAddr>,
 }
 
 /// A policy hook failed: the client keeps the message and tries later.
@@ -378,105 +370,6 @@ impl Session {
         }
     }
 
-    /// `content_filter`, `check_limits` and `select_egress` for the message
-    /// at the end of DATA. Ok carries what to queue; Err the reply.
-    async fn apply_limits(
-        &mut self,
-        id: &str,
-        sender: &str,
-        sender_domain: &str,
-        message: &[u8],
-        now: i64,
-    ) -> Result<Admitted, String> {
-        let policy = &self.ctx.policy;
-        if !["content_filter", "check_limits", "select_egress"]
-            .iter()
-            .any(|h| policy.has_hook(h))
-        {
-            // No hook to ask: nothing to parse out of the message.
-            return Ok(Admitted {
-                recipients: self.rcpt_to.clone(),
-                dropped: Default::default(),
-                ready_at_ms: now,
-                source_ip: None,
-            });
-        }
-        let (subject, subject_valid_utf8) = subject(message);
-        let info = MessageInfo {
-            kind: "message",
-            id: id.to_string(),
-            account: self.account_name(),
-            sender: sender.to_string(),
-            sender_domain: sender_domain.to_string(),
-            recipients: self.rcpt_to.clone(),
-            size: message.len(),
-            subject,
-            subject_valid_utf8,
-            trigger_type: "regular".into(),
-            scenario: header_values(message, "X-Kiln-Scenario")
-                .into_iter()
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
-            now,
-            headers: HeaderView(Arc::from(header_block(message))),
-        };
-        let filtered = policy
-            .call_for::<_, Decision>("content_filter", Some("message"), &info)
-            .await;
-        if let Some(refused) = refusal(filtered, "554 5.7.1", "451 4.7.1") {
-            return Err(refused);
-        }
-        let decision = match policy.call::<_, Decision>("check_limits", &info).await {
-            Ok(Some(d)) => d,
-            Ok(None) => Decision {
-                action: "send".into(),
-                ..Decision::default()
-            },
-            Err(_) => return Err(POLICY_UNAVAILABLE.into()),
-        };
-        if decision.is_reject() {
-            let temporary = decision.smtp.as_deref().is_some_and(|l| l.starts_with('4'));
-            let fallback = if temporary { "451 4.7.1" } else { "550 5.7.1" };
-            return Err(decision.smtp_reply(fallback));
-        }
-        let ready_at = if decision.is_defer() {
-            decision.retry_at.unwrap_or(now).max(now)
-        } else {
-            now
-        };
-        let mut dropped = std::collections::BTreeMap::new();
-        for (i, rcpt) in info.recipients.iter().enumerate() {
-            if let Some(reason) = decision.drop.get(rcpt) {
-                tracing::info!(msg_id = %id, recipient = %rcpt, %reason, "recipient dropped by policy");
-                dropped.insert(i, reason.clone());
-            }
-        }
-        if dropped.len() == info.recipients.len() {
-            return Err("550 5.7.1 No recipient may receive this message".into());
-        }
-        let source_ip = match policy.call::<_, Egress>("select_egress", &info).await {
-            Ok(Some(Egress {
-                source_ip: Some(ip),
-                ..
-            })) => match ip.parse::<std::net::IpAddr>() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    tracing::error!(msg_id = %id, %ip, "select_egress: not an IP address");
-                    return Err(POLICY_UNAVAILABLE.into());
-                }
-            },
-            Ok(_) => None,
-            Err(_) => return Err(POLICY_UNAVAILABLE.into()),
-        };
-        Ok(Admitted {
-            recipients: info.recipients,
-            dropped,
-            ready_at_ms: ready_at,
-            source_ip,
-        })
-    }
-
     fn auth_offered(&self) -> bool {
         self.tls || self.trusted
     }
@@ -599,7 +492,7 @@ impl Session {
         };
         let helo = self.helo.clone().unwrap_or_default();
         let now = now_ms();
-        let mut message = prepare(
+        let message = prepare(
             &body,
             &Trace {
                 id: &id,
@@ -614,67 +507,39 @@ impl Session {
         drop(body);
         // The From header's domain (the one DKIM signs for and the policy
         // counts against), else the envelope sender's.
-        let sender_domain = from_domain(&message).unwrap_or_else(|| domain_of(&sender));
-        let Admitted {
-            recipients,
-            dropped,
-            ready_at_ms,
-            source_ip,
-        } = match self
-            .apply_limits(&id, &sender, &sender_domain, &message, now)
-            .await
-        {
-            Ok(a) => a,
-            Err(reply) => return reply,
-        };
-        if !sender_domain.is_empty() {
-            let domain = &sender_domain;
-            match self.ctx.signers.sign(domain, &message).await {
-                Ok(Some(header)) => {
-                    let mut signed = Vec::with_capacity(header.len() + message.len());
-                    signed.extend_from_slice(header.as_bytes());
-                    signed.extend_from_slice(&message);
-                    message = signed;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(msg_id = %id, %domain, error = %e, "DKIM signing failed");
-                    return "451 4.7.0 Temporary signing failure, try again later".into();
-                }
-            }
-        }
-        let msg = NewMessage {
+        let sender_domain = crate::admission::sender_domain(&message, &sender);
+        let submission = Submission {
             id: id.clone(),
             account: self.account_name(),
-            sender: sender.clone(),
-            recipients,
-            dropped,
-            body: Arc::from(message),
-            received_at_ms: now,
-            ready_at_ms,
+            sender,
+            sender_domain,
+            recipients: self.rcpt_to.clone(),
+            message,
+            now,
+            trigger_type: "regular",
             require_tls: self.require_tls,
-            source_ip,
+            origin: self.peer.to_string(),
         };
-        match self.ctx.queue.submit(&msg).await {
-            Ok(()) => {
-                self.ctx
-                    .outcomes
-                    .record_n(&sender_domain, "sent", msg.queued_count() as i64);
-                tracing::info!(
-                    msg_id = %id,
-                    peer = %self.peer,
-                    sender = %sender,
-                    recipients = msg.queued_count(),
-                    size = msg.body.len(),
-                    "message accepted"
-                );
-                format!("250 2.0.0 Ok: queued as {id}")
-            }
-            Err(e) => {
-                tracing::error!(msg_id = %id, error = %e, "could not queue message");
-                "451 4.3.0 Temporary local problem, try again later".into()
-            }
+        match crate::admission::admit(&self.ctx, submission).await {
+            Ok(_) => format!("250 2.0.0 Ok: queued as {id}"),
+            Err(refusal) => smtp_refusal(refusal),
         }
+    }
+}
+
+/// The reply for a message admission refused.
+fn smtp_refusal(refusal: Refusal) -> String {
+    match refusal {
+        Refusal::Content(d) if d.is_defer() => d.smtp_reply("451 4.7.1"),
+        Refusal::Content(d) => d.smtp_reply("554 5.7.1"),
+        Refusal::Limits(d) => {
+            let temporary = d.smtp.as_deref().is_some_and(|l| l.starts_with('4'));
+            d.smtp_reply(if temporary { "451 4.7.1" } else { "550 5.7.1" })
+        }
+        Refusal::AllDropped(_) => "550 5.7.1 No recipient may receive this message".into(),
+        Refusal::PolicyUnavailable => POLICY_UNAVAILABLE.into(),
+        Refusal::Signing => "451 4.7.0 Temporary signing failure, try again later".into(),
+        Refusal::Store => "451 4.3.0 Temporary local problem, try again later".into(),
     }
 }
 

@@ -1,0 +1,219 @@
+//! Admission: what every message goes through between "a client handed it
+//! over" and "it is durable in the queue", whoever the client is (an SMTP
+//! session or an API call). The policy's `content_filter`, `check_limits`
+//! and `select_egress` hooks, DKIM signing, then the queue. Callers turn a
+//! [`Refusal`] into their own protocol's answer.
+
+use crate::net::domain_of;
+use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
+use crate::smtp_in::SmtpContext;
+use crate::smtp_in::message::{header_block, header_values, subject};
+use crate::store::NewMessage;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A message ready for admission (trace headers already added).
+pub struct Submission {
+    pub id: String,
+    /// "" for a relay client.
+    pub account: String,
+    /// Envelope sender.
+    pub sender: String,
+    /// The domain DKIM signs for and the policy counts against.
+    pub sender_domain: String,
+    pub recipients: Vec<String>,
+    pub message: Vec<u8>,
+    pub now: i64,
+    /// regular | trigger | batch
+    pub trigger_type: &'static str,
+    pub require_tls: bool,
+    /// Where it came from, for the log: an SMTP peer, "api".
+    pub origin: String,
+}
+
+#[derive(Debug)]
+pub enum Refusal {
+    /// `content_filter` said no (reject, or defer for later).
+    Content(Decision),
+    /// `check_limits` refused the message.
+    Limits(Decision),
+    /// Every recipient was dropped: recipient → reason code.
+    AllDropped(BTreeMap<String, String>),
+    /// A hook failed: the client should try again later.
+    PolicyUnavailable,
+    Signing,
+    Store,
+}
+
+#[derive(Debug)]
+pub struct Admitted {
+    pub id: String,
+    pub queued: usize,
+    /// Recipient → reason code, for those the policy dropped.
+    pub dropped: BTreeMap<String, String>,
+}
+
+struct Verdict {
+    dropped: BTreeMap<usize, String>,
+    ready_at_ms: i64,
+    source_ip: Option<std::net::IpAddr>,
+}
+
+async fn apply_policy(ctx: &SmtpContext, s: &Submission) -> Result<Verdict, Refusal> {
+    let policy = &ctx.policy;
+    if !["content_filter", "check_limits", "select_egress"]
+        .iter()
+        .any(|h| policy.has_hook(h))
+    {
+        // No hook to ask: nothing to parse out of the message.
+        return Ok(Verdict {
+            dropped: BTreeMap::new(),
+            ready_at_ms: s.now,
+            source_ip: None,
+        });
+    }
+    let (subject, subject_valid_utf8) = subject(&s.message);
+    let info = MessageInfo {
+        kind: "message",
+        id: s.id.clone(),
+        account: s.account.clone(),
+        sender: s.sender.clone(),
+        sender_domain: s.sender_domain.clone(),
+        recipients: s.recipients.clone(),
+        size: s.message.len(),
+        subject,
+        subject_valid_utf8,
+        trigger_type: s.trigger_type.into(),
+        scenario: header_values(&s.message, "X-Kiln-Scenario")
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        now: s.now,
+        headers: HeaderView(Arc::from(header_block(&s.message))),
+    };
+    match policy
+        .call_for::<_, Decision>("content_filter", Some("message"), &info)
+        .await
+    {
+        Ok(Some(d)) if d.is_reject() || d.is_defer() => return Err(Refusal::Content(d)),
+        Ok(_) => {}
+        Err(_) => return Err(Refusal::PolicyUnavailable),
+    }
+    let decision = match policy.call::<_, Decision>("check_limits", &info).await {
+        Ok(Some(d)) => d,
+        Ok(None) => Decision::default(),
+        Err(_) => return Err(Refusal::PolicyUnavailable),
+    };
+    if decision.is_reject() {
+        return Err(Refusal::Limits(decision));
+    }
+    let ready_at_ms = if decision.is_defer() {
+        decision.retry_at.unwrap_or(s.now).max(s.now)
+    } else {
+        s.now
+    };
+    let mut dropped = BTreeMap::new();
+    for (i, rcpt) in s.recipients.iter().enumerate() {
+        if let Some(reason) = decision.drop.get(rcpt) {
+            tracing::info!(msg_id = %s.id, recipient = %rcpt, %reason, "recipient dropped by policy");
+            dropped.insert(i, reason.clone());
+        }
+    }
+    if dropped.len() == s.recipients.len() {
+        return Err(Refusal::AllDropped(
+            dropped
+                .into_iter()
+                .filter_map(|(i, r)| Some((s.recipients.get(i)?.clone(), r)))
+                .collect(),
+        ));
+    }
+    let source_ip = match policy.call::<_, Egress>("select_egress", &info).await {
+        Ok(Some(Egress {
+            source_ip: Some(ip),
+            ..
+        })) => match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                tracing::error!(msg_id = %s.id, %ip, "select_egress: not an IP address");
+                return Err(Refusal::PolicyUnavailable);
+            }
+        },
+        Ok(_) => None,
+        Err(_) => return Err(Refusal::PolicyUnavailable),
+    };
+    Ok(Verdict {
+        dropped,
+        ready_at_ms,
+        source_ip,
+    })
+}
+
+/// Runs the policy, signs, and makes the message durable. Ok means it is in
+/// the queue (or every recipient has a final status).
+pub async fn admit(ctx: &SmtpContext, s: Submission) -> Result<Admitted, Refusal> {
+    let verdict = apply_policy(ctx, &s).await?;
+    let mut message = s.message;
+    if !s.sender_domain.is_empty() {
+        let domain = &s.sender_domain;
+        match ctx.signers.sign(domain, &message).await {
+            Ok(Some(header)) => {
+                let mut signed = Vec::with_capacity(header.len() + message.len());
+                signed.extend_from_slice(header.as_bytes());
+                signed.extend_from_slice(&message);
+                message = signed;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(msg_id = %s.id, %domain, error = %e, "DKIM signing failed");
+                return Err(Refusal::Signing);
+            }
+        }
+    }
+    let dropped: BTreeMap<String, String> = verdict
+        .dropped
+        .iter()
+        .filter_map(|(i, r)| Some((s.recipients.get(*i)?.clone(), r.clone())))
+        .collect();
+    let msg = NewMessage {
+        id: s.id.clone(),
+        account: s.account,
+        sender: s.sender.clone(),
+        recipients: s.recipients,
+        dropped: verdict.dropped,
+        body: Arc::from(message),
+        received_at_ms: s.now,
+        ready_at_ms: verdict.ready_at_ms,
+        require_tls: s.require_tls,
+        source_ip: verdict.source_ip,
+    };
+    match ctx.queue.submit(&msg).await {
+        Ok(()) => {
+            let queued = msg.queued_count();
+            ctx.outcomes
+                .record_n(&s.sender_domain, "sent", queued as i64);
+            tracing::info!(
+                msg_id = %s.id,
+                origin = %s.origin,
+                sender = %s.sender,
+                recipients = queued,
+                size = msg.body.len(),
+                "message accepted"
+            );
+            Ok(Admitted {
+                id: s.id,
+                queued,
+                dropped,
+            })
+        }
+        Err(e) => {
+            tracing::error!(msg_id = %s.id, error = %e, "could not queue message");
+            Err(Refusal::Store)
+        }
+    }
+}
+
+/// The envelope sender's domain when the message has no From domain.
+pub fn sender_domain(message: &[u8], sender: &str) -> String {
+    crate::smtp_in::message::from_domain(message).unwrap_or_else(|| domain_of(sender))
+}
