@@ -8,12 +8,28 @@ use std::sync::Arc;
 pub struct Account {
     pub name: String,
     domains: Vec<String>,
+    /// Signed in as a sender address of a store account: it may use only
+    /// that account's verified domains (none means none).
+    platform: bool,
 }
 
 impl Account {
+    /// An account that may send only from `domains`.
+    pub fn new(name: &str, domains: Vec<String>) -> Account {
+        Account {
+            name: name.to_string(),
+            domains,
+            platform: true,
+        }
+    }
+
+    fn from_platform(&self) -> bool {
+        self.platform
+    }
+
     /// Whether the account may send as `sender` (envelope address).
     pub fn owns_sender(&self, sender: &str) -> bool {
-        if self.domains.is_empty() {
+        if self.domains.is_empty() && !self.from_platform() {
             return true;
         }
         let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
@@ -35,6 +51,7 @@ impl Accounts {
             let account = Arc::new(Account {
                 name: a.name.clone(),
                 domains: a.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                platform: false,
             });
             accounts
                 .by_username

@@ -174,12 +174,14 @@ pub async fn replace_keys(
             format!("{selector}{size}")
         };
         let (d, size) = (domain.to_string(), *size);
-        let key = tokio::task::spawn_blocking(move || DkimKey::generate_sized(&d, &sel, "rsa", size))
-            .await
-            .map_err(|e| DkimError::Generate(e.to_string()))??;
+        let key =
+            tokio::task::spawn_blocking(move || DkimKey::generate_sized(&d, &sel, "rsa", size))
+                .await
+                .map_err(|e| DkimError::Generate(e.to_string()))??;
         keys.push(key);
     }
-    let encode = |k: &DkimKey| serde_json::to_vec(k).map_err(|e| DkimError::Generate(e.to_string()));
+    let encode =
+        |k: &DkimKey| serde_json::to_vec(k).map_err(|e| DkimError::Generate(e.to_string()));
     match keys.first() {
         Some(k) => store.put(&store_key(domain), &encode(k)?, None).await?,
         None => {
@@ -187,7 +189,11 @@ pub async fn replace_keys(
         }
     }
     match keys.get(1) {
-        Some(k) => store.put(&second_store_key(domain), &encode(k)?, None).await?,
+        Some(k) => {
+            store
+                .put(&second_store_key(domain), &encode(k)?, None)
+                .await?
+        }
         None => {
             store.delete(&second_store_key(domain)).await?;
         }

@@ -32,11 +32,31 @@ enum Command {
     Reload,
     /// The running policy: version, hooks defined, hook failures.
     Policy,
+    /// API accounts: each gets a SecretId and SecretKey for the SES API
+    /// (asks the daemon).
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// DKIM keys (asks the daemon).
     Dkim {
         #[command(subcommand)]
         command: DkimCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account; prints its SecretId and SecretKey as JSON.
+    Create { name: String },
+    /// List the accounts (without their keys).
+    List,
+    /// Refuse the account's API requests and SMTP logins.
+    Disable { name: String },
+    /// Undo `disable`.
+    Enable { name: String },
+    /// Issue a new SecretId and SecretKey; the old ones stop working.
+    RotateKey { name: String },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +163,25 @@ fn main() -> ExitCode {
         Command::Status { message_id } => {
             admin(&settings, "GET", &format!("/admin/messages/{message_id}"))
         }
+        Command::Account { command } => match command {
+            AccountCommand::Create { name } => {
+                admin(&settings, "POST", &format!("/admin/accounts/{name}"))
+            }
+            AccountCommand::List => admin(&settings, "GET", "/admin/accounts"),
+            AccountCommand::Disable { name } => admin(
+                &settings,
+                "POST",
+                &format!("/admin/accounts/{name}/disable"),
+            ),
+            AccountCommand::Enable { name } => {
+                admin(&settings, "POST", &format!("/admin/accounts/{name}/enable"))
+            }
+            AccountCommand::RotateKey { name } => admin(
+                &settings,
+                "POST",
+                &format!("/admin/accounts/{name}/rotate-key"),
+            ),
+        },
         Command::Dkim { command } => match command {
             DkimCommand::Show { domain } => {
                 admin(&settings, "GET", &format!("/admin/dkim/{domain}"))

@@ -98,6 +98,18 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         client_tls,
         delivery_stop.clone(),
     );
+    let platform = crate::platform::Platform {
+        store: store.clone(),
+        settings: settings.clone(),
+        // Uncached: a record just published must be seen at once.
+        resolver: Arc::new(MxResolver::new_uncached(
+            &settings.dns.nameservers,
+            settings.dns.timeout,
+        )?),
+        policy: policy.clone(),
+        time_zone: jiff::tz::TimeZone::get(&settings.policy.time_zone)
+            .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?,
+    };
     let ctx = Arc::new(SmtpContext {
         settings: settings.clone(),
         accounts: RwLock::new(Arc::new(Accounts::from_settings(&settings.accounts))),
@@ -107,6 +119,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         queue: queue.clone(),
         policy: policy.clone(),
         outcomes: outcomes.clone(),
+        platform,
     });
 
     let mut listeners = Vec::new();
@@ -146,6 +159,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         signers: signers.clone(),
         smtp: ctx.clone(),
         config_path: config_path.clone(),
+        platform: ctx.platform.clone(),
     };
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {

@@ -15,6 +15,8 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub mod params;
+pub mod ses;
 pub mod tc3;
 pub mod tencent;
 
@@ -25,6 +27,7 @@ pub struct ApiState {
     pub signers: Arc<DkimSigners>,
     pub smtp: Arc<crate::smtp_in::SmtpContext>,
     pub config_path: Option<std::path::PathBuf>,
+    pub platform: crate::platform::Platform,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -36,6 +39,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/admin/queue", get(queue_info))
         .route("/admin/reload", axum::routing::post(reload))
         .route("/admin/policy", get(policy_info))
+        .route("/admin/accounts", get(accounts_list))
+        .route(
+            "/admin/accounts/{name}",
+            axum::routing::post(account_create),
+        )
+        .route(
+            "/admin/accounts/{name}/{operation}",
+            axum::routing::post(account_change),
+        )
         .with_state(state)
 }
 
@@ -224,5 +236,98 @@ async fn dkim_create(
             "DkimError",
             e.to_string(),
         ),
+    }
+}
+
+fn account_error(e: crate::platform::accounts::AccountError) -> Response {
+    use crate::platform::accounts::AccountError;
+    let (status, code) = match &e {
+        AccountError::InvalidName(_) => {
+            (StatusCode::BAD_REQUEST, "InvalidParameterValue.AccountName")
+        }
+        AccountError::Exists(_) => (StatusCode::CONFLICT, "AccountExists"),
+        AccountError::NotFound(_) => (StatusCode::NOT_FOUND, "AccountNotFound"),
+        AccountError::Platform(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StoreError"),
+    };
+    error(status, code, e.to_string())
+}
+
+fn credentials_json(a: &crate::platform::accounts::AccountRecord) -> serde_json::Value {
+    json!({"Account": a.name, "SecretId": a.secret_id, "SecretKey": a.secret_key})
+}
+
+async fn account_create(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return *r;
+    }
+    match s.platform.create_account(&name).await {
+        Ok(a) => {
+            tracing::info!(account = %a.name, "account created");
+            Json(credentials_json(&a)).into_response()
+        }
+        Err(e) => account_error(e),
+    }
+}
+
+async fn accounts_list(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return *r;
+    }
+    match s.platform.list_accounts().await {
+        Ok(list) => Json(
+            list.iter()
+                .map(|a| {
+                    json!({
+                        "Account": a.name,
+                        "SecretId": a.secret_id,
+                        "Disabled": a.disabled,
+                        "CreatedTimestamp": a.created_at_ms / 1000,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => account_error(e.into()),
+    }
+}
+
+/// disable, enable, rotate-key.
+async fn account_change(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((name, operation)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return *r;
+    }
+    let result = match operation.as_str() {
+        "disable" => s.platform.set_account_disabled(&name, true).await,
+        "enable" => s.platform.set_account_disabled(&name, false).await,
+        "rotate-key" => s.platform.rotate_account_key(&name).await,
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "UnknownOperation",
+                format!("{other:?} is not one of disable, enable, rotate-key"),
+            );
+        }
+    };
+    match result {
+        Ok(a) => {
+            tracing::info!(account = %a.name, %operation, "account changed");
+            if operation == "rotate-key" {
+                Json(credentials_json(&a)).into_response()
+            } else {
+                Json(json!({"Account": a.name, "Disabled": a.disabled})).into_response()
+            }
+        }
+        Err(e) => account_error(e),
     }
 }

@@ -4,16 +4,18 @@
 //! `{"Response": {..., "RequestId": "..."}}` with HTTP 200, errors as
 //! `{"Response": {"Error": {"Code", "Message"}, "RequestId"}}`.
 //!
-//! So far: authentication and the envelope. The SES actions themselves are
-//! not implemented yet and answer `UnsupportedOperation`.
+//! Authentication and the envelope are here; the actions are in `ses`.
 
+use super::params::Params;
+use super::ses::Call;
 use super::{ApiState, tc3};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 
 pub const VERSION: &str = "2020-10-02";
 
@@ -61,16 +63,33 @@ pub const ACTIONS: &[&str] = &[
 /// is wrong.
 #[derive(Debug)]
 pub struct ApiError {
-    pub code: &'static str,
+    pub code: String,
     pub message: String,
 }
 
 impl ApiError {
-    fn new(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A code decided at run time (e.g. by a policy script).
+    pub fn dynamic(code: String, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
             message: message.into(),
         }
+    }
+
+    /// A failure on our side: logged in full, answered without details.
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "API request failed");
+        ApiError::new(
+            "InternalError",
+            "an internal error occurred; the server log has the details",
+        )
     }
 }
 
@@ -100,24 +119,48 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 pub async fn handle(
     State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let result = authenticate_and_dispatch(&s, &uri, &headers, &body);
+    let result = match authenticate(&s, &uri, &headers, &body).await {
+        Ok((action, account)) => match Params::parse(&body) {
+            Ok(params) => {
+                let call = Call {
+                    state: &s,
+                    platform: &s.platform,
+                    account: &account,
+                    params,
+                    request_id: &request_id,
+                    peer: peer.ip(),
+                };
+                match super::ses::dispatch(&action, call).await {
+                    Some(r) => r,
+                    None => Err(ApiError::new(
+                        "UnsupportedOperation",
+                        format!("{action} is not implemented by this Kiln yet"),
+                    )),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
-        tracing::info!(%request_id, code = e.code, message = %e.message, "API request refused");
+        tracing::info!(%request_id, code = %e.code, message = %e.message, "API request refused");
     }
     envelope(&request_id, result)
 }
 
-fn authenticate_and_dispatch(
+/// The action and the account name of a correctly signed request.
+async fn authenticate(
     s: &ApiState,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Value, ApiError> {
+) -> Result<(String, String), ApiError> {
     let action = header(headers, "x-tc-action")
         .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Action header is missing"))?;
     let version = header(headers, "x-tc-version")
@@ -138,12 +181,26 @@ fn authenticate_and_dispatch(
         .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     let timestamp = header(headers, "x-tc-timestamp")
         .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Timestamp header is missing"))?;
-    let (secret_key, account) = s.smtp.accounts().api_key(&auth.secret_id).ok_or_else(|| {
-        ApiError::new(
-            "AuthFailure.SecretIdNotFound",
-            format!("SecretId {} does not exist", auth.secret_id),
-        )
-    })?;
+    let (secret_key, account) = match s.smtp.accounts().api_key(&auth.secret_id) {
+        Some((key, account)) => (key, account.name.clone()),
+        None => match s.platform.account_by_secret_id(&auth.secret_id).await? {
+            Some(a) => {
+                if a.disabled {
+                    return Err(ApiError::new(
+                        "AuthFailure.UnauthorizedOperation",
+                        format!("account {} is disabled", a.name),
+                    ));
+                }
+                (a.secret_key, a.name)
+            }
+            None => {
+                return Err(ApiError::new(
+                    "AuthFailure.SecretIdNotFound",
+                    format!("SecretId {} does not exist", auth.secret_id),
+                ));
+            }
+        },
+    };
     let lookup = |name: &str| header(headers, name);
     let request = tc3::Request {
         method: "POST",
@@ -166,11 +223,5 @@ fn authenticate_and_dispatch(
             format!("the action {action:?} does not exist in SES {VERSION}"),
         ));
     }
-    Err(ApiError::new(
-        "UnsupportedOperation",
-        format!(
-            "{action} is not implemented by this Kiln yet (account {} authenticated)",
-            account.name
-        ),
-    ))
+    Ok((action, account))
 }

@@ -43,7 +43,27 @@ impl MxResolver {
         nameservers: &[String],
         timeout: Duration,
     ) -> Result<MxResolver, ResolverSetupError> {
+        Self::build(nameservers, timeout, true)
+    }
+
+    /// A resolver that asks every time (for checks an operator is waiting
+    /// on, e.g. a sender domain's records just published).
+    pub fn new_uncached(
+        nameservers: &[String],
+        timeout: Duration,
+    ) -> Result<MxResolver, ResolverSetupError> {
+        Self::build(nameservers, timeout, false)
+    }
+
+    fn build(
+        nameservers: &[String],
+        timeout: Duration,
+        cache: bool,
+    ) -> Result<MxResolver, ResolverSetupError> {
         let mut opts = ResolverOpts::default();
+        if !cache {
+            opts.cache_size = 0;
+        }
         opts.timeout = timeout;
         opts.attempts = 2;
         opts.ndots = 0;

@@ -194,7 +194,9 @@ impl Platform {
             .await?
             .ok_or_else(|| AddressError::NotFound(address.into()))?;
         self.store.delete(&record_key(&record.address)).await?;
-        self.store.set_remove(&index(account), &record.address).await?;
+        self.store
+            .set_remove(&index(account), &record.address)
+            .await?;
         Ok(())
     }
 

@@ -255,7 +255,10 @@ impl Platform {
 
     /// Fills in what DNS holds for each record, and whether it passes.
     async fn look_up(&self, attributes: &mut [DnsAttribute]) {
-        let spf_include = format!("include:{}", self.settings.spf_include().to_ascii_lowercase());
+        let spf_include = format!(
+            "include:{}",
+            self.settings.spf_include().to_ascii_lowercase()
+        );
         for a in attributes.iter_mut() {
             let fqdn = format!("{}.", a.name);
             if a.kind == "MX" {
@@ -298,7 +301,10 @@ impl Platform {
             let matching = texts.iter().find(|t| {
                 let lower = t.to_ascii_lowercase();
                 if a.expected.starts_with("v=spf1") {
-                    lower.starts_with("v=spf1") && lower.split_whitespace().any(|w| w.trim_start_matches(['+', '~', '?']) == spf_include)
+                    lower.starts_with("v=spf1")
+                        && lower
+                            .split_whitespace()
+                            .any(|w| w.trim_start_matches(['+', '~', '?']) == spf_include)
                 } else if a.expected.starts_with("v=DMARC1") {
                     dmarc_ok(t)
                 } else {
@@ -321,8 +327,7 @@ fn dmarc_ok(text: &str) -> bool {
         .filter_map(|t| t.split_once('='))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase()))
         .collect();
-    tags.first()
-        .is_some_and(|(k, v)| k == "v" && v == "dmarc1")
+    tags.first().is_some_and(|(k, v)| k == "v" && v == "dmarc1")
         && tags
             .iter()
             .any(|(k, v)| k == "p" && matches!(v.as_str(), "none" | "quarantine" | "reject"))
@@ -362,7 +367,10 @@ mod tests {
 
     #[test]
     fn domains_are_normalized() {
-        assert_eq!(normalize_domain(" Mail.Shop.Example. ").as_deref(), Some("mail.shop.example"));
+        assert_eq!(
+            normalize_domain(" Mail.Shop.Example. ").as_deref(),
+            Some("mail.shop.example")
+        );
         assert_eq!(normalize_domain("localhost"), None);
         assert_eq!(normalize_domain("[1.2.3.4]"), None);
         assert_eq!(normalize_domain("a b.c"), None);

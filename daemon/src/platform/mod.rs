@@ -37,6 +37,8 @@ pub struct Platform {
     pub settings: Arc<Settings>,
     pub resolver: Arc<crate::delivery::mx::MxResolver>,
     pub policy: Arc<crate::policy::Policy>,
+    /// Days (quotas, statistics, the message index) are counted in it.
+    pub time_zone: jiff::tz::TimeZone,
 }
 
 impl Platform {
@@ -80,6 +82,37 @@ impl Platform {
             }
         }
         Ok(out)
+    }
+}
+
+impl Platform {
+    /// `YYYY-MM-DD` of `ms` in the configured time zone.
+    pub fn day(&self, ms: i64) -> String {
+        crate::policy::time::day(&self.time_zone, ms).unwrap_or_default()
+    }
+
+    /// Records an API message under its day, for GetSendEmailStatus.
+    pub async fn index_message(&self, account: &str, id: &str, now_ms: i64) -> Result<()> {
+        let ttl = self.settings.queue.status_retention + std::time::Duration::from_secs(86400);
+        self.store
+            .set_add(
+                &account_key(account, &format!("messages:{}", self.day(now_ms))),
+                id,
+                Some(ttl),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The account's API messages of a day, oldest first.
+    pub async fn messages_of_day(&self, account: &str, day: &str) -> Result<Vec<String>> {
+        let mut ids = self
+            .store
+            .set_members(&account_key(account, &format!("messages:{day}")))
+            .await?;
+        // Ids are UUIDv7: their order is the order of arrival.
+        ids.sort();
+        Ok(ids)
     }
 }
 

@@ -263,9 +263,14 @@ mod tests {
             render("{{missing}}", &d, false),
             Err(TemplateError::MissingVariable(v)) if v == "missing"
         ));
-        assert_eq!(render("{{ not a var }}", &d, false).unwrap(), "{{ not a var }}");
         assert_eq!(
-            variables("{{a}} {{ b }} {{a}}").into_iter().collect::<Vec<_>>(),
+            render("{{ not a var }}", &d, false).unwrap(),
+            "{{ not a var }}"
+        );
+        assert_eq!(
+            variables("{{a}} {{ b }} {{a}}")
+                .into_iter()
+                .collect::<Vec<_>>(),
             vec!["a".to_string(), "b".to_string()]
         );
     }

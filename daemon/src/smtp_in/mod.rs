@@ -32,6 +32,7 @@ pub struct SmtpContext {
     pub queue: QueueHandle,
     pub policy: Arc<crate::policy::Policy>,
     pub outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
+    pub platform: crate::platform::Platform,
 }
 
 impl SmtpContext {

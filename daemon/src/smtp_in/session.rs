@@ -5,15 +5,13 @@
 
 use super::SmtpContext;
 use super::message::{Trace, prepare};
-use crate::admission::{Refusal, Submission};
 use super::parser::{Command, ParseError, parse_command};
 use crate::accounts::Account;
+use crate::admission::{Refusal, Submission};
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::line_io::{Data, LineError, LineIo};
 use crate::net::{domain_of, now_ms};
-use crate::policy::decisions::{
-    ConnectInfo, Decision, TransactionInfo,
-};
+use crate::policy::decisions::{ConnectInfo, Decision, TransactionInfo};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::net::SocketAddr;
@@ -452,7 +450,11 @@ impl Session {
                 "501 5.5.2 Cannot decode AUTH response or AUTH cancelled",
             );
         };
-        match self.ctx.accounts().authenticate(&user, &password) {
+        let mut authenticated = self.ctx.accounts().authenticate(&user, &password);
+        if authenticated.is_none() {
+            authenticated = self.address_account(&user, &password).await;
+        }
+        match authenticated {
             Some(account) => {
                 tracing::info!(peer = %self.peer, account = %account.name, "authenticated");
                 self.account = Some(account);
@@ -464,6 +466,28 @@ impl Session {
                 self.error(io, "535 5.7.8 Authentication credentials invalid")
             }
         }
+    }
+
+    /// SMTP AUTH as a sender address (its password set through the API):
+    /// the address's account, limited to its verified domains.
+    async fn address_account(&self, user: &str, password: &str) -> Option<Arc<Account>> {
+        let platform = &self.ctx.platform;
+        let name = match platform.authenticate_address(user, password).await {
+            Ok(name) => name?,
+            Err(e) => {
+                tracing::error!(error = %e, "looking up SMTP credentials failed");
+                return None;
+            }
+        };
+        let domains = platform
+            .list_identities(&name)
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|i| i.verified)
+            .map(|i| i.domain)
+            .collect();
+        Some(Arc::new(Account::new(&name, domains)))
     }
 
     async fn challenge(&mut self, io: &mut LineIo, prompt: &str) -> Option<String> {

@@ -1,0 +1,541 @@
+//! SendEmail: a template (or, where allowed, content of its own) rendered
+//! for the recipients, built as MIME, then admitted like any SMTP message
+//! (policy, DKIM, queue). The MessageId is returned once it is durable.
+
+use super::Call;
+use crate::admission::{Refusal, Submission};
+use crate::api::params::Params;
+use crate::api::tencent::ApiError;
+use crate::platform::addresses::normalize_address;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::raw::Raw;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeSet;
+
+const MAX_TO: usize = 50;
+const MAX_CC: usize = 20;
+const MAX_ATTACHMENTS: usize = 10;
+const MAX_ATTACHMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Headers SmtpHeaders may not set: Kiln writes them, or they decide where
+/// the message goes and how it is read.
+const RESERVED_HEADERS: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "message-id",
+    "date",
+    "sender",
+    "reply-to",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "dkim-signature",
+    "received",
+    "return-path",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+];
+
+fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
+}
+
+/// `addr` or `Name <addr>` → (name, address).
+fn parse_mailbox(field: &str, text: &str) -> Result<(String, String), ApiError> {
+    let text = text.trim();
+    let (name, addr) = match (text.rfind('<'), text.ends_with('>')) {
+        (Some(open), true) => (text[..open].trim(), &text[open + 1..text.len() - 1]),
+        _ => ("", text),
+    };
+    let name = name.trim_matches('"').trim();
+    if name.contains([':', '"', '\r', '\n', '<', '>']) {
+        return Err(invalid(
+            "InvalidParameterValue.IllegalSenderName",
+            format!("{field}: the name {name:?} may not contain ':', quotes or angle brackets"),
+        ));
+    }
+    let addr = normalize_address(addr).ok_or_else(|| {
+        invalid(
+            "InvalidParameterValue.IllegalEmailAddress",
+            format!("{field}: {addr:?} is not an email address"),
+        )
+    })?;
+    Ok((name.to_string(), addr))
+}
+
+fn recipients(p: &Params, field: &str, max: usize) -> Result<Vec<String>, ApiError> {
+    let list = p.strings(field)?;
+    if list.len() > max {
+        return Err(invalid(
+            "FailedOperation.TooManyRecipients",
+            format!("{field} has {} addresses; at most {max}", list.len()),
+        ));
+    }
+    list.iter()
+        .map(|a| {
+            normalize_address(a).ok_or_else(|| {
+                invalid(
+                    "InvalidParameterValue.IllegalEmailAddress",
+                    format!("{field}: {a:?} is not an email address"),
+                )
+            })
+        })
+        .collect()
+}
+
+struct Attachment {
+    name: String,
+    content_type: &'static str,
+    bytes: Vec<u8>,
+}
+
+fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("pdf") => "application/pdf",
+        Some("txt" | "log") => "text/plain",
+        Some("csv") => "text/csv",
+        Some("htm" | "html") => "text/html",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("zip") => "application/zip",
+        Some("json") => "application/json",
+        Some("xml") => "application/xml",
+        Some("doc") => "application/msword",
+        Some("docx") => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        Some("xls") => "application/vnd.ms-excel",
+        Some("xlsx") => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        Some("ics") => "text/calendar",
+        _ => "application/octet-stream",
+    }
+}
+
+fn attachments(p: &Params) -> Result<Vec<Attachment>, ApiError> {
+    let list = p.objects("Attachments")?;
+    if list.len() > MAX_ATTACHMENTS {
+        return Err(invalid(
+            "FailedOperation.TooManyAttachments",
+            format!("{} attachments; at most {MAX_ATTACHMENTS}", list.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut total = 0;
+    for (i, a) in list.iter().enumerate() {
+        a.only(&["FileName", "Content", "FileURL"])?;
+        let name = a.str("FileName")?;
+        if name.len() > 255 || name.contains(['/', '\\', '\r', '\n', '"']) || name.trim().is_empty()
+        {
+            return Err(invalid(
+                "FailedOperation.InvalidAttachName",
+                format!("Attachments.{i}.FileName {name:?} is not a valid file name"),
+            ));
+        }
+        if a.str_opt("FileURL")?.is_some() {
+            return Err(invalid(
+                "UnsupportedOperation",
+                format!("Attachments.{i}.FileURL: Kiln does not fetch attachments; send Content"),
+            ));
+        }
+        let content = a.str("Content")?;
+        let bytes = B64.decode(content.trim()).map_err(|_| {
+            invalid(
+                "InvalidParameterValue.AttachContentIsWrong",
+                format!("Attachments.{i}.Content is not valid base64"),
+            )
+        })?;
+        total += bytes.len();
+        if total > MAX_ATTACHMENT_BYTES {
+            return Err(invalid(
+                "FailedOperation.AttachContentToolarge",
+                format!("the attachments are larger than {MAX_ATTACHMENT_BYTES} bytes in total"),
+            ));
+        }
+        out.push(Attachment {
+            content_type: content_type_of(&name),
+            name,
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Extra headers from SmtpHeaders (a JSON object of name → value).
+fn extra_headers(p: &Params) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(raw) = p.str_opt("SmtpHeaders")? else {
+        return Ok(Vec::new());
+    };
+    if raw.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |m: String| invalid("InvalidParameterValue", m);
+    let map: Map<String, Value> = serde_json::from_str(&raw)
+        .map_err(|_| bad("SmtpHeaders must be a JSON object of header names to values".into()))?;
+    let mut out = Vec::new();
+    for (name, value) in map {
+        let name_ok = !name.is_empty()
+            && name.len() <= 76
+            && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !name_ok {
+            return Err(bad(format!("SmtpHeaders: {name:?} is not a header name")));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(bad(format!(
+                "SmtpHeaders: {name} is set by Kiln and may not be given"
+            )));
+        }
+        let value = match value {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        if value.contains(['\r', '\n']) || value.len() > 998 {
+            return Err(bad(format!(
+                "SmtpHeaders: the value of {name} must be one line of at most 998 characters"
+            )));
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Subject, HTML and text of the message.
+async fn content(
+    c: &Call<'_>,
+    subject: &str,
+) -> Result<(String, String, String, Option<u64>), ApiError> {
+    if let Some(t) = c.params.object_opt("Template")? {
+        t.only(&["TemplateID", "TemplateData"])?;
+        let id = t.int("TemplateID")?;
+        let id = u64::try_from(id).map_err(|_| {
+            invalid(
+                "InvalidParameterValue.TemplateNotExist",
+                format!("template {id} does not exist in this account"),
+            )
+        })?;
+        let template = c.platform.template(c.account, id).await?;
+        if template.status != crate::platform::templates::APPROVED {
+            return Err(crate::platform::templates::TemplateError::NotApproved(
+                id,
+                template.status,
+            )
+            .into());
+        }
+        let raw = t.str_opt("TemplateData")?.unwrap_or_else(|| "{}".into());
+        let max = c.platform.settings.platform.max_template_data;
+        if raw.len() > max {
+            return Err(invalid(
+                "InvalidParameterValue.TemplateDataLenLimit",
+                format!(
+                    "Template.TemplateData is {} bytes; at most {max}",
+                    raw.len()
+                ),
+            ));
+        }
+        let data: Map<String, Value> =
+            match serde_json::from_str::<Value>(if raw.trim().is_empty() { "{}" } else { &raw }) {
+                Ok(Value::Object(m)) => m,
+                _ => {
+                    return Err(invalid(
+                        "InvalidParameterValue.TemplateDataError",
+                        "Template.TemplateData must be a JSON object, e.g. {\"name\":\"Ann\"}",
+                    ));
+                }
+            };
+        use crate::platform::templates::render;
+        return Ok((
+            render(subject, &data, false)?,
+            render(&template.html, &data, true)?,
+            render(&template.text, &data, false)?,
+            Some(id),
+        ));
+    }
+    if let Some(simple) = c.params.object_opt("Simple")? {
+        if !c.platform.settings.platform.allow_simple {
+            return Err(invalid(
+                "FailedOperation.WithOutPermission",
+                "this account must send with a Template (Simple content is not enabled)",
+            ));
+        }
+        simple.only(&["Html", "Text"])?;
+        let decode = |field: &str| -> Result<String, ApiError> {
+            let Some(v) = simple.str_opt(field)? else {
+                return Ok(String::new());
+            };
+            B64.decode(v.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "InvalidParameterValue.EmailContentIsWrong",
+                        format!("Simple.{field} is not base64 UTF-8 text"),
+                    )
+                })
+        };
+        let (html, text) = (decode("Html")?, decode("Text")?);
+        if html.is_empty() && text.is_empty() {
+            return Err(invalid(
+                "FailedOperation.MissingEmailContent",
+                "Simple needs Html or Text",
+            ));
+        }
+        return Ok((subject.to_string(), html, text, None));
+    }
+    Err(invalid(
+        "MissingParameter.SendParamNecessary",
+        "the parameter Template is required",
+    ))
+}
+
+/// Checks the sender: the address must be one of the account's, on a
+/// verified domain of the account.
+async fn check_sender(
+    c: &Call<'_>,
+    field: &str,
+    address: &str,
+    need_address: bool,
+) -> Result<(), ApiError> {
+    let domain = crate::net::domain_of(address);
+    match c.platform.identity(c.account, &domain).await? {
+        None => Err(invalid(
+            "FailedOperation.NotAuthenticatedSender",
+            format!("{field}: {domain} is not a sender domain of this account"),
+        )),
+        Some(i) if !i.verified => Err(invalid(
+            "OperationDenied.DomainNotVerified",
+            format!(
+                "{field}: the domain {domain} is not verified yet (GetEmailIdentity checks its DNS records)"
+            ),
+        )),
+        Some(_) if need_address && c.platform.address(c.account, address).await?.is_none() => {
+            Err(invalid(
+                "InvalidParameterValue.NoSuchSender",
+                format!(
+                    "{field}: {address} is not a sender address of this account (CreateEmailAddress)"
+                ),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
+    c.params.only(&[
+        "FromEmailAddress",
+        "Subject",
+        "Destination",
+        "ReplyToAddresses",
+        "Cc",
+        "Bcc",
+        "Template",
+        "Simple",
+        "Attachments",
+        "Unsubscribe",
+        "TriggerType",
+        "SmtpMessageId",
+        "SmtpHeaders",
+        "HeaderFrom",
+    ])?;
+    let (from_name, from) = parse_mailbox("FromEmailAddress", &c.params.str("FromEmailAddress")?)?;
+    let subject = c.params.str("Subject")?;
+    let to = recipients(&c.params, "Destination", MAX_TO)?;
+    let cc = recipients(&c.params, "Cc", MAX_CC)?;
+    let bcc = recipients(&c.params, "Bcc", MAX_CC)?;
+    if to.is_empty() && cc.is_empty() && bcc.is_empty() {
+        return Err(invalid(
+            "MissingParameter.EmailsNecessary",
+            "the parameter Destination is required (or Cc or Bcc)",
+        ));
+    }
+    if let Some(b) = bcc
+        .iter()
+        .find(|b| to.iter().any(|t| t.eq_ignore_ascii_case(b)))
+    {
+        return Err(invalid(
+            "InvalidParameterValue",
+            format!("Bcc: {b} is also in Destination"),
+        ));
+    }
+    let reply_to = match c.params.str_opt("ReplyToAddresses")? {
+        Some(r) if !r.trim().is_empty() => Some(parse_mailbox("ReplyToAddresses", &r)?),
+        _ => None,
+    };
+    let header_from = match c.params.str_opt("HeaderFrom")? {
+        Some(h) if !h.trim().is_empty() => Some(parse_mailbox("HeaderFrom", &h)?),
+        _ => None,
+    };
+    let unsubscribe = c.params.str_opt("Unsubscribe")?.unwrap_or_default();
+    if !unsubscribe.is_empty() && !matches!(unsubscribe.parse::<u8>(), Ok(0..=12)) {
+        return Err(invalid(
+            "InvalidParameterValue",
+            format!("Unsubscribe must be 0 to 12, not {unsubscribe:?}"),
+        ));
+    }
+    let trigger_type = match c.params.int_opt("TriggerType")?.unwrap_or(0) {
+        0 => "regular",
+        1 => "trigger",
+        n => {
+            return Err(invalid(
+                "InvalidParameterValue",
+                format!("TriggerType must be 0 or 1, not {n}"),
+            ));
+        }
+    };
+    let message_id = match c.params.str_opt("SmtpMessageId")? {
+        Some(m) if !m.trim().is_empty() => {
+            let inner = m.trim().trim_start_matches('<').trim_end_matches('>');
+            let ok = inner.contains('@')
+                && inner.len() < 250
+                && inner
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"<>\"\\".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "InvalidParameterValue",
+                    format!("SmtpMessageId {m:?} is not a message id like <id@domain>"),
+                ));
+            }
+            Some(inner.to_string())
+        }
+        _ => None,
+    };
+    let headers = extra_headers(&c.params)?;
+    let files = attachments(&c.params)?;
+    check_sender(&c, "FromEmailAddress", &from, true).await?;
+    if let Some((_, h)) = &header_from {
+        check_sender(&c, "HeaderFrom", h, false).await?;
+    }
+    let (subject, html, text, template_id) = content(&c, &subject).await?;
+
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let hostname = &c.platform.settings.server.hostname;
+    let (display_name, display_addr) = header_from
+        .clone()
+        .unwrap_or((from_name.clone(), from.clone()));
+    let mailbox = |(name, addr): (String, String)| -> Address<'static> {
+        if name.is_empty() {
+            Address::new_address(None::<String>, addr)
+        } else {
+            Address::new_address(Some(name), addr)
+        }
+    };
+    let mut builder = MessageBuilder::new()
+        .from(mailbox((display_name, display_addr.clone())))
+        .subject(subject)
+        .message_id(message_id.unwrap_or_else(|| format!("{id}@{hostname}")));
+    if !to.is_empty() {
+        builder = builder.to(to
+            .iter()
+            .map(|a| mailbox((String::new(), a.clone())))
+            .collect::<Vec<_>>());
+    }
+    if !cc.is_empty() {
+        builder = builder.cc(cc
+            .iter()
+            .map(|a| mailbox((String::new(), a.clone())))
+            .collect::<Vec<_>>());
+    }
+    if let Some(r) = reply_to {
+        builder = builder.reply_to(mailbox(r));
+    }
+    for (name, value) in headers {
+        builder = builder.header(name, Raw::new(value));
+    }
+    if let Some(t) = template_id {
+        builder = builder.header("X-Kiln-Template", Raw::new(t.to_string()));
+    }
+    if !html.is_empty() {
+        builder = builder.html_body(html);
+    }
+    if !text.is_empty() {
+        builder = builder.text_body(text);
+    }
+    for f in files {
+        builder = builder.attachment(f.content_type, f.name, f.bytes);
+    }
+    let body = builder.write_to_vec().map_err(ApiError::internal)?;
+    let now = crate::net::now_ms();
+    let message = crate::smtp_in::message::prepare(
+        &body,
+        &crate::smtp_in::message::Trace {
+            id: &id,
+            helo: "api",
+            peer: c.peer,
+            hostname,
+            protocol: "HTTP",
+            recipient: None,
+            now_secs: now / 1000,
+        },
+    );
+    let mut all: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in to.iter().chain(&cc).chain(&bcc) {
+        if seen.insert(r.to_ascii_lowercase()) {
+            all.push(r.clone());
+        }
+    }
+    let submission = Submission {
+        id: id.clone(),
+        account: c.account.to_string(),
+        sender: from.clone(),
+        sender_domain: crate::net::domain_of(&display_addr),
+        recipients: all,
+        message,
+        now,
+        trigger_type,
+        require_tls: false,
+        origin: format!("api {} request {}", c.peer, c.request_id),
+    };
+    match crate::admission::admit(&c.state.smtp, submission).await {
+        Ok(_) => {
+            c.platform.index_message(c.account, &id, now).await?;
+            Ok(json!({ "MessageId": id }))
+        }
+        Err(refusal) => Err(api_refusal(refusal)),
+    }
+}
+
+/// The API error for a message admission refused.
+pub fn api_refusal(refusal: Refusal) -> ApiError {
+    let from_decision = |d: crate::policy::decisions::Decision, fallback: &'static str| {
+        let message = d
+            .message
+            .clone()
+            .or_else(|| (!d.reasons.is_empty()).then(|| d.reasons.join("; ")))
+            .unwrap_or_else(|| "refused by the sending policy".into());
+        ApiError::dynamic(d.code.unwrap_or_else(|| fallback.to_string()), message)
+    };
+    match refusal {
+        Refusal::Content(d) => from_decision(d, "FailedOperation.SendEmailErr"),
+        Refusal::Limits(d) => from_decision(d, "FailedOperation.SendEmailErr"),
+        Refusal::AllDropped(dropped) => {
+            let code = dropped
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| "FailedOperation.SendEmailErr".into());
+            let list: Vec<String> = dropped
+                .iter()
+                .map(|(r, why)| format!("{r} ({why})"))
+                .collect();
+            ApiError::dynamic(
+                code,
+                format!("no recipient may receive this message: {}", list.join(", ")),
+            )
+        }
+        Refusal::PolicyUnavailable => ApiError::new(
+            "FailedOperation.ServiceNotAvailable",
+            "the sending policy is temporarily unavailable; try again later",
+        ),
+        Refusal::Signing => ApiError::new("InternalError", "DKIM signing failed; try again later"),
+        Refusal::Store => ApiError::new(
+            "InternalError",
+            "the message could not be stored; try again later",
+        ),
+    }
+}
