@@ -48,7 +48,15 @@ end
 function M.hooks.classify_bounce(b)
   local c = M.classify(b.code, b.enhanced_code, b.text)
   if c.blocklist then
-    kiln.set.add("blocklist", string.lower(b.recipient), M.BLOCKLIST_DAYS * 86400)
+    local r, ttl = string.lower(b.recipient), M.BLOCKLIST_DAYS * 86400
+    kiln.set.add("blocklist", r, ttl)
+    -- Filed under the sender domain too: its account lists and removes it
+    -- (ListBlackEmailAddress, DeleteBlackList).
+    if b.sender_domain ~= "" then
+      kiln.set.add("blocklist:" .. string.lower(b.sender_domain), r, ttl)
+    end
+    kiln.kv.put("blocklist-at:" .. r,
+      kiln.json.encode({ at_ms = kiln.now(), reason = (b.code .. " " .. (b.enhanced_code or "") .. " " .. (b.text or "")) }), ttl)
   end
   return c
 end

@@ -1,5 +1,5 @@
 -- Sending limits, checked before a message is queued (hook check_limits):
--- size, subject, blocklist and unsubscribes, one recipient at most 10 per
+-- size, subject, blocklist, the account's own blocklist and unsubscribes, one recipient at most 10 per
 -- hour, per-account rate (20/s) and daily ceiling (300,000), the sender
 -- domain's daily quota (its reputation level, capped by warm-up), and the
 -- automatic stop when 8% of an account's mail is to blocklisted addresses.
@@ -113,21 +113,26 @@ function M.hooks.check_limits(msg)
     { "incr", acct .. ":sent", all, DAY_TTL },
     { "incr", quota_key, all, DAY_TTL },
   }
+  -- The account's own blocklist (CreateCustomBlacklist).
+  local custom = "custom-blocklist:" .. msg.account
   for _, rcpt in ipairs(msg.recipients) do
     local r = string.lower(rcpt)
     ops[#ops + 1] = { "contains", "blocklist", r }
     ops[#ops + 1] = { "contains", "unsubscribed:" .. msg.sender_domain, r }
     -- A refused recipient's hourly count goes up too: it was asked for.
     ops[#ops + 1] = { "incr", "rcpt:" .. r .. ":" .. hour, 1, 3600 }
+    ops[#ops + 1] = { "contains", custom, r }
   end
   local got = kiln.batch(ops)
 
   local drop, keep, blocklisted = {}, {}, 0
   for i, rcpt in ipairs(msg.recipients) do
-    local at = 2 + 3 * i
+    local at = 1 + 4 * i
     if got[at] then
       drop[rcpt] = "FailedOperation.EmailAddrInBlacklist"
       blocklisted = blocklisted + 1
+    elseif got[at + 3] then
+      drop[rcpt] = "FailedOperation.EmailAddrInBlacklist"
     elseif got[at + 1] then
       drop[rcpt] = "FailedOperation.ReceiverHasUnsubscribed"
     elseif got[at + 2] > M.PER_RECIPIENT_HOUR then

@@ -9,7 +9,7 @@ use kiln_testkit::client::message;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters};
 use std::time::Duration;
 
-async fn verify_dkim(nameserver: std::net::SocketAddr, data: &[u8]) -> Vec<DkimResult> {
+pub(crate) async fn verify_dkim(nameserver: std::net::SocketAddr, data: &[u8]) -> Vec<DkimResult> {
     let mut udp = ConnectionConfig::udp();
     udp.port = nameserver.port();
     let config = ResolverConfig::from_parts(

@@ -10,8 +10,10 @@
 
 pub mod accounts;
 pub mod addresses;
+pub mod blocklists;
 pub mod identities;
 pub mod templates;
+pub mod unsubscribe;
 
 use crate::config::Settings;
 use crate::store::{Store, StoreError};

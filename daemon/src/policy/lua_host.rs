@@ -423,7 +423,7 @@ fn zone_fn<R: mlua::IntoLua + 'static>(
 }
 
 /// A script's key or set name in the store: under the scripts' own prefix.
-fn ns(key: &str) -> String {
+pub fn ns(key: &str) -> String {
     format!("{NAMESPACE}{key}")
 }
 

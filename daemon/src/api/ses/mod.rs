@@ -2,10 +2,12 @@
 //! account and its parameters and answers the action's response fields.
 
 mod address;
+mod blocklist;
 mod identity;
 mod send;
 mod status;
 mod template;
+mod unsubscribe;
 
 use super::ApiState;
 use super::params::Params;
@@ -42,6 +44,16 @@ pub async fn dispatch(action: &str, call: Call<'_>) -> Option<Result<Value, ApiE
         "DeleteEmailTemplate" => template::delete(call).await,
         "SendEmail" => send::send_email(call).await,
         "GetSendEmailStatus" => status::get_send_email_status(call).await,
+        "ListBlackEmailAddress" => blocklist::list_black(call).await,
+        "DeleteBlackList" => blocklist::delete_black(call).await,
+        "CreateCustomBlacklist" => blocklist::create_custom(call).await,
+        "ListCustomBlacklist" => blocklist::list_custom(call).await,
+        "UpdateCustomBlackList" => blocklist::update_custom(call).await,
+        "DeleteCustomBlackList" => blocklist::delete_custom(call).await,
+        "CreateAddressUnsubscribeConfig" => unsubscribe::create(call).await,
+        "ListAddressUnsubscribeConfig" => unsubscribe::list(call).await,
+        "UpdateAddressUnsubscribeConfig" => unsubscribe::update(call).await,
+        "DeleteAddressUnsubscribeConfig" => unsubscribe::delete(call).await,
         _ => return None,
     })
 }

@@ -411,6 +411,16 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         check_sender(&c, "HeaderFrom", h, false).await?;
     }
     let (subject, html, text, template_id) = content(&c, &subject).await?;
+    // Without a name in the request, the address's own display name.
+    let from_name = if from_name.is_empty() {
+        c.platform
+            .address(c.account, &from)
+            .await?
+            .map(|a| a.sender_name)
+            .unwrap_or_default()
+    } else {
+        from_name
+    };
 
     let id = uuid::Uuid::now_v7().simple().to_string();
     let hostname = &c.platform.settings.server.hostname;
