@@ -23,13 +23,9 @@ impl Account {
         }
     }
 
-    fn from_platform(&self) -> bool {
-        self.platform
-    }
-
     /// Whether the account may send as `sender` (envelope address).
     pub fn owns_sender(&self, sender: &str) -> bool {
-        if self.domains.is_empty() && !self.from_platform() {
+        if self.domains.is_empty() && !self.platform {
             return true;
         }
         let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
