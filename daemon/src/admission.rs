@@ -192,6 +192,13 @@ pub async fn admit(ctx: &SmtpContext, s: Submission) -> Result<Admitted, Refusal
             let queued = msg.queued_count();
             ctx.outcomes
                 .record_n(&s.sender_domain, "sent", queued as i64);
+            let stats = &ctx.platform.stats;
+            for (i, r) in msg.recipients.iter().enumerate() {
+                stats.record(&s.sender_domain, r, "request", 1);
+                if !msg.dropped.contains_key(&i) {
+                    stats.record(&s.sender_domain, r, "accepted", 1);
+                }
+            }
             tracing::info!(
                 msg_id = %s.id,
                 origin = %s.origin,

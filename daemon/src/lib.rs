@@ -39,5 +39,6 @@ pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod smtp_in;
+pub mod stats;
 pub mod store;
 pub mod tls;

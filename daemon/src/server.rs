@@ -89,11 +89,16 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     let outcomes = crate::policy::outcomes::OutcomeFeed::new(policy.clone());
     let outcomes_stop = CancellationToken::new();
     let outcomes_task = tokio::spawn(outcomes.clone().run(outcomes_stop.clone()));
+    let time_zone = jiff::tz::TimeZone::get(&settings.policy.time_zone)
+        .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?;
+    let stats = crate::stats::DailyStats::new(store.clone(), time_zone.clone());
+    let stats_task = tokio::spawn(stats.clone().run(outcomes_stop.clone()));
     let delivery = Delivery::new(
         settings.clone(),
         queue.clone(),
         policy.clone(),
         outcomes.clone(),
+        stats.clone(),
         resolver,
         client_tls,
         delivery_stop.clone(),
@@ -107,8 +112,8 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
             settings.dns.timeout,
         )?),
         policy: policy.clone(),
-        time_zone: jiff::tz::TimeZone::get(&settings.policy.time_zone)
-            .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?,
+        time_zone,
+        stats: stats.clone(),
     };
     let ctx = Arc::new(SmtpContext {
         settings: settings.clone(),
@@ -218,6 +223,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     // The last outcomes reach the reputation counters before the store closes.
     outcomes_stop.cancel();
     let _ = outcomes_task.await;
+    let _ = stats_task.await;
     let _ = http_task.await;
     if let Store::Embedded(s) = &store {
         s.close();

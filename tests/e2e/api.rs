@@ -404,8 +404,47 @@ async fn the_sdk_flow_from_domain_to_delivery_and_the_blocklist() {
             )
             .await;
         wait_deliver_status(&mut sdk, &acme, sent["MessageId"].as_str().unwrap(), 1).await;
-        drop(e);
-        let _ = backend;
+
+        // Statistics: five recipients asked for (the refused send is not a
+        // request), one dropped, three delivered (bob with the mixed send),
+        // one bounced; by provider too.
+        let report = |provider: &str| json!({"StartDate": today(), "EndDate": today(), "Domain": domain, "ReceivingMailboxType": provider});
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = sdk
+                .ok(&acme, "GetStatisticsReport", report("dest.test"))
+                .await;
+            let v = &r["OverallVolume"];
+            let got = [
+                "RequestCount",
+                "AcceptedCount",
+                "DeliveredCount",
+                "BounceCount",
+            ]
+            .map(|f| v[f].as_i64().unwrap());
+            if got == [5, 4, 3, 1] {
+                assert_eq!(r["DailyVolumes"][0]["SendDate"], today());
+                assert_eq!(r["DailyVolumes"][0]["DeliveredCount"], 3);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{backend:?} statistics: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let r = sdk
+            .ok(&acme, "GetStatisticsReport", report("gmail.com"))
+            .await;
+        assert_eq!(r["OverallVolume"]["RequestCount"], 0, "{r}");
+        let (code, _) = sdk
+            .err(
+                &acme,
+                "GetStatisticsReport",
+                json!({"StartDate": "2026-13-01", "EndDate": today()}),
+            )
+            .await;
+        assert_eq!(code, "InvalidParameter.InvalidStartTimeFormat");
     }
 }
 
@@ -1101,6 +1140,14 @@ async fn one_account_cannot_see_or_touch_another_accounts_resources() {
         )
         .await;
     assert_eq!(l["Total"], 0, "{l}");
+    let r = sdk
+        .ok(
+            &b,
+            "GetStatisticsReport",
+            json!({"StartDate": today(), "EndDate": today()}),
+        )
+        .await;
+    assert_eq!(r["OverallVolume"]["RequestCount"], 0, "{r}");
     let rows = send_status(&mut sdk, &b, &msg_a).await;
     assert!(rows.is_empty(), "{rows:?}");
     let l = sdk

@@ -63,6 +63,7 @@ pub struct Delivery {
     queue: QueueHandle,
     policy: Arc<crate::policy::Policy>,
     outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
+    stats: Arc<crate::stats::DailyStats>,
     resolver: MxResolver,
     tls: ClientConfigs,
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
@@ -76,6 +77,7 @@ impl Delivery {
         queue: QueueHandle,
         policy: Arc<crate::policy::Policy>,
         outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
+        stats: Arc<crate::stats::DailyStats>,
         resolver: MxResolver,
         tls: ClientConfigs,
         shutdown: CancellationToken,
@@ -85,6 +87,7 @@ impl Delivery {
             queue,
             policy,
             outcomes,
+            stats,
             resolver,
             tls,
             destinations: Mutex::new(HashMap::new()),
@@ -409,9 +412,8 @@ impl Delivery {
         }
     }
 
-    /// Tells the `reputation` hook about a final outcome.
-    /// Tells the `reputation` hook (through the outcome feed) about a final
-    /// outcome.
+    /// Tells the `reputation` hook (through the outcome feed) and the daily
+    /// statistics about a final outcome.
     fn report_outcome(
         &self,
         entry: &QueueEntry,
@@ -420,9 +422,13 @@ impl Delivery {
     ) {
         let domain = domain_of(&entry.sender);
         match state {
-            RecipientState::Delivered => self.outcomes.record(&domain, "delivered"),
+            RecipientState::Delivered => {
+                self.outcomes.record(&domain, "delivered");
+                self.stats.record(&domain, &entry.recipient, "delivered", 1);
+            }
             RecipientState::Bounced | RecipientState::Expired => {
                 self.outcomes.record(&domain, "bounce");
+                self.stats.record(&domain, &entry.recipient, "bounce", 1);
                 if class.is_some_and(|c| c.invalid_address) {
                     self.outcomes.record(&domain, "invalid");
                 }

@@ -41,6 +41,7 @@ pub struct Platform {
     pub policy: Arc<crate::policy::Policy>,
     /// Days (quotas, statistics, the message index) are counted in it.
     pub time_zone: jiff::tz::TimeZone,
+    pub stats: Arc<crate::stats::DailyStats>,
 }
 
 impl Platform {

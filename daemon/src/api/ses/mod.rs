@@ -44,6 +44,7 @@ pub async fn dispatch(action: &str, call: Call<'_>) -> Option<Result<Value, ApiE
         "DeleteEmailTemplate" => template::delete(call).await,
         "SendEmail" => send::send_email(call).await,
         "GetSendEmailStatus" => status::get_send_email_status(call).await,
+        "GetStatisticsReport" => status::get_statistics_report(call).await,
         "ListBlackEmailAddress" => blocklist::list_black(call).await,
         "DeleteBlackList" => blocklist::delete_black(call).await,
         "CreateCustomBlacklist" => blocklist::create_custom(call).await,

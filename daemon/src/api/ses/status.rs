@@ -129,3 +129,99 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
     }
     Ok(json!({ "EmailStatusList": super::page_json(rows, (offset, limit)) }))
 }
+
+fn day_param(c: &Call<'_>, field: &str, code: &str) -> Result<jiff::civil::Date, ApiError> {
+    let text = c.params.str(field)?;
+    text.trim().parse().map_err(|_| {
+        ApiError::new(
+            code,
+            format!("{field} {text:?} is not a date like 2026-11-22"),
+        )
+    })
+}
+
+/// Longest range GetStatisticsReport covers at once.
+const MAX_REPORT_DAYS: i32 = 92;
+
+fn volume(date: Option<&str>, counts: &[i64; 7]) -> Value {
+    let mut v = json!({
+        "RequestCount": counts[0],
+        "AcceptedCount": counts[1],
+        "DeliveredCount": counts[2],
+        "BounceCount": counts[3],
+        "OpenedCount": counts[4],
+        "ClickedCount": counts[5],
+        "UnsubscribeCount": counts[6],
+    });
+    if let (Some(d), Some(o)) = (date, v.as_object_mut()) {
+        o.insert("SendDate".into(), json!(d));
+    }
+    v
+}
+
+/// Per day, over the account's sender domains (or one of them), for all
+/// receiving mailbox providers (or one).
+pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
+    c.params
+        .only(&["StartDate", "EndDate", "Domain", "ReceivingMailboxType"])?;
+    let start = day_param(&c, "StartDate", "InvalidParameter.InvalidStartTimeFormat")?;
+    let end = day_param(&c, "EndDate", "InvalidParameter.InvalidEndTimeFormat")?;
+    let days = (end - start).get_days();
+    if !(0..MAX_REPORT_DAYS).contains(&days) {
+        return Err(ApiError::new(
+            "InvalidParameterValue.WrongDate",
+            format!("EndDate must be on or after StartDate, at most {MAX_REPORT_DAYS} days later"),
+        ));
+    }
+    let domains: Vec<String> = match c.params.str_opt("Domain")?.filter(|d| !d.is_empty()) {
+        Some(d) => vec![
+            c.platform
+                .identity(c.account, &d)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        "InvalidParameterValue.NotExistDomain",
+                        format!("the domain {d} is not a sender domain of this account"),
+                    )
+                })?
+                .domain,
+        ],
+        None => c
+            .platform
+            .list_identities(c.account)
+            .await?
+            .into_iter()
+            .map(|i| i.domain)
+            .collect(),
+    };
+    let provider = c
+        .params
+        .str_opt("ReceivingMailboxType")?
+        .filter(|p| !p.is_empty());
+    let mut daily = Vec::new();
+    let mut overall = [0i64; 7];
+    let mut day = start;
+    loop {
+        let text = day.to_string();
+        let mut counts = [0i64; 7];
+        for d in &domains {
+            let got = c
+                .platform
+                .stats
+                .day_counts(d, &text, provider.as_deref())
+                .await?;
+            for (sum, n) in counts.iter_mut().zip(got) {
+                *sum += n;
+            }
+        }
+        for (sum, n) in overall.iter_mut().zip(counts) {
+            *sum += n;
+        }
+        daily.push(volume(Some(&text), &counts));
+        if day >= end {
+            break;
+        }
+        day = day.tomorrow().map_err(ApiError::internal)?;
+    }
+    Ok(json!({"DailyVolumes": daily, "OverallVolume": volume(None, &overall)}))
+}
