@@ -105,7 +105,8 @@ async fn apply_policy(ctx: &SmtpContext, s: &Submission) -> Result<Verdict, Refu
         Ok(None) => Decision::default(),
         Err(_) => return Err(Refusal::PolicyUnavailable),
     };
-    if decision.is_reject() {
+    // A batch task pauses rather than queue mail for tomorrow.
+    if decision.is_reject() || (decision.is_defer() && s.trigger_type == "batch") {
         return Err(Refusal::Limits(decision));
     }
     let ready_at_ms = if decision.is_defer() {

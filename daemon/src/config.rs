@@ -152,6 +152,9 @@ pub struct ServerSettings {
     pub node_id: String,
     /// Directory for the embedded store, generated TLS certificates, etc.
     pub data_dir: PathBuf,
+    /// Lets `POST /admin/clock` move this process's clock forward: for
+    /// tests of day boundaries. Never on in production.
+    pub test_clock: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -335,6 +338,7 @@ impl Default for ServerSettings {
             hostname: "localhost".into(),
             node_id: String::new(),
             data_dir: PathBuf::from("./data"),
+            test_clock: false,
         }
     }
 }

@@ -114,6 +114,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         policy: policy.clone(),
         time_zone,
         stats: stats.clone(),
+        uploads: Default::default(),
     };
     let ctx = Arc::new(SmtpContext {
         settings: settings.clone(),
@@ -188,6 +189,10 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         },
     };
     let manager_task = tokio::spawn(manager.run(delivery_stop.clone()));
+    let tasks_task = tokio::spawn(crate::platform::tasks::run(
+        ctx.clone(),
+        delivery_stop.clone(),
+    ));
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -219,6 +224,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     }
     delivery_stop.cancel();
     let _ = manager_task.await;
+    let _ = tasks_task.await;
     delivery.drain(SHUTDOWN_GRACE).await;
     // The last outcomes reach the reputation counters before the store closes.
     outcomes_stop.cancel();

@@ -1021,6 +1021,19 @@ async fn one_account_cannot_see_or_touch_another_accounts_resources() {
         .ok(&a, "SendEmail", send_params(da, ta, "ann@dest.test"))
         .await;
     let msg_a = sent["MessageId"].as_str().unwrap().to_string();
+    let list_a = sdk
+        .ok(&a, "CreateReceiver", json!({"ReceiversName": "alpha list"}))
+        .await["ReceiverId"]
+        .clone();
+    sdk.ok(
+        &a,
+        "CreateReceiverDetail",
+        json!({"ReceiverId": list_a, "Emails": ["l1@dest.test"]}),
+    )
+    .await;
+    let task_data = r#"{"name":"x","code":"y"}"#;
+    sdk.ok(&a, "BatchSendEmail", json!({"FromEmailAddress": addr_a, "ReceiverId": list_a, "Subject": "s", "TaskType": 1, "Template": {"TemplateID": ta, "TemplateData": task_data}}))
+        .await;
     e.sink.set_rule("gone@dest.test", "550 5.1.1 No such user");
     let sent = sdk
         .ok(&a, "SendEmail", send_params(da, ta, "gone@dest.test"))
@@ -1103,6 +1116,27 @@ async fn one_account_cannot_see_or_touch_another_accounts_resources() {
             json!({"Address": addr_a, "UnsubscribeConfig": "1"}),
             "InvalidParameterValue.NoSuchSender",
         ),
+        // Recipient lists and tasks.
+        (
+            "ListReceiverDetails",
+            json!({"ReceiverId": list_a, "Offset": 0, "Limit": 10}),
+            "OperationDenied.ReceiverNotExist",
+        ),
+        (
+            "CreateReceiverDetail",
+            json!({"ReceiverId": list_a, "Emails": ["x@dest.test"]}),
+            "OperationDenied.ReceiverNotExist",
+        ),
+        (
+            "DeleteReceiver",
+            json!({"ReceiverId": list_a}),
+            "OperationDenied.ReceiverNotExist",
+        ),
+        (
+            "BatchSendEmail",
+            json!({"FromEmailAddress": format!("news@{db}"), "ReceiverId": list_a, "Subject": "s", "TaskType": 1, "Template": {"TemplateID": ta}}),
+            "OperationDenied.ReceiverNotExist",
+        ),
         (
             "DeleteAddressUnsubscribeConfig",
             json!({"Address": addr_a}),
@@ -1150,6 +1184,16 @@ async fn one_account_cannot_see_or_touch_another_accounts_resources() {
     assert_eq!(r["OverallVolume"]["RequestCount"], 0, "{r}");
     let rows = send_status(&mut sdk, &b, &msg_a).await;
     assert!(rows.is_empty(), "{rows:?}");
+    assert_eq!(
+        sdk.ok(&b, "ListReceivers", json!({"Offset": 0, "Limit": 100}))
+            .await["TotalCount"],
+        0
+    );
+    assert_eq!(
+        sdk.ok(&b, "ListSendTasks", json!({"Offset": 0, "Limit": 100}))
+            .await["TotalCount"],
+        0
+    );
     let l = sdk
         .ok(
             &b,
@@ -1189,4 +1233,253 @@ async fn one_account_cannot_see_or_touch_another_accounts_resources() {
         1
     );
     assert_eq!(send_status(&mut sdk, &a, &msg_a).await.len(), 1);
+    assert_eq!(
+        sdk.ok(&a, "ListReceivers", json!({"Offset": 0, "Limit": 100}))
+            .await["TotalCount"],
+        1
+    );
+    assert_eq!(
+        sdk.ok(&a, "ListSendTasks", json!({"Offset": 0, "Limit": 100}))
+            .await["TotalCount"],
+        1
+    );
+}
+
+/// A warm-up cap of three a day (six the day after), nothing else limiting.
+const THREE_A_DAY: &str = r#"
+return { config = {
+  limits = { rate_per_second = 1e9, account_daily_limit = 1e12, per_recipient_per_hour = 1e12 },
+  reputation = { initial_level = 20 },
+  warmup = { curve = { 3, 10 } },
+} }
+"#;
+
+async fn task_state(sdk: &mut Sdk, who: &Creds, task: i64) -> Value {
+    let r = sdk
+        .ok(who, "ListSendTasks", json!({"Offset": 0, "Limit": 100}))
+        .await;
+    r["Data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["TaskId"] == task)
+        .cloned()
+        .unwrap_or_else(|| panic!("task {task} not listed: {r}"))
+}
+
+async fn wait_task(sdk: &mut Sdk, who: &Creds, task: i64, status: i64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = task_state(sdk, who, task).await;
+        if t["TaskStatus"] == status {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task never reached status {status}: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn advance_clock(e: &Env, ms: i64) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/admin/clock?ms={ms}", e.kiln.http))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_task_pauses_at_the_days_cap_and_resumes_the_next_day() {
+    let e = env(Backend::Embedded, |o| {
+        o.policy = THREE_A_DAY.into();
+        o.server = "test_clock = true".into();
+    })
+    .await;
+    let mut sdk = Sdk::start(e.kiln.http).await;
+    let acme = create_account(&e, "acme");
+    let domain = "mail.acme.test";
+    verified_sender(&e, &mut sdk, &acme, domain).await;
+    let template = approved_template(&mut sdk, &acme).await;
+
+    let list = sdk
+        .ok(
+            &acme,
+            "CreateReceiver",
+            json!({"ReceiversName": "autumn", "Desc": "customers"}),
+        )
+        .await["ReceiverId"]
+        .as_i64()
+        .unwrap();
+    let (code, _) = sdk
+        .err(&acme, "CreateReceiver", json!({"ReceiversName": "autumn"}))
+        .await;
+    assert_eq!(code, "InvalidParameterValue.RepeatReceiverName");
+    let mut datas: Vec<Value> = (0..5)
+        .map(|i| json!({"Email": format!("r{i}@dest.test"), "TemplateData": format!("{{\"name\":\"R{i}\"}}")}))
+        .collect();
+    datas.push(json!({"Email": "R0@dest.test"}));
+    datas.push(json!({"Email": "bad@"}));
+    let r = sdk
+        .ok(
+            &acme,
+            "CreateReceiverDetailWithData",
+            json!({"ReceiverId": list, "Datas": datas}),
+        )
+        .await;
+    assert_eq!(
+        (
+            r["TotalCount"].as_i64(),
+            r["ValidCount"].as_i64(),
+            r["RepeatCount"].as_i64()
+        ),
+        (Some(7), Some(5), Some(1)),
+        "{r}"
+    );
+    let r = sdk
+        .ok(
+            &acme,
+            "CreateReceiverDetail",
+            json!({"ReceiverId": list, "Emails": ["r1@dest.test"]}),
+        )
+        .await;
+    assert_eq!(r["RepeatCount"], 1, "already in the list: {r}");
+    let lists = sdk
+        .ok(&acme, "ListReceivers", json!({"Offset": 0, "Limit": 10}))
+        .await;
+    assert_eq!(lists["Data"][0]["Count"], 5, "{lists}");
+    assert_eq!(lists["Data"][0]["InvalidCount"], 1, "{lists}");
+    assert_eq!(lists["Data"][0]["ReceiversStatus"], 3, "{lists}");
+    let page = sdk
+        .ok(
+            &acme,
+            "ListReceiverDetails",
+            json!({"ReceiverId": list, "Offset": 1, "Limit": 2}),
+        )
+        .await;
+    assert_eq!(page["TotalCount"], 6, "{page}");
+    assert_eq!(page["Data"].as_array().unwrap().len(), 2);
+    assert_eq!(page["Data"][0]["Email"], "r1@dest.test");
+    let invalid = sdk
+        .ok(
+            &acme,
+            "ListReceiverDetails",
+            json!({"ReceiverId": list, "Offset": 0, "Limit": 10, "Status": 2}),
+        )
+        .await;
+    assert_eq!(invalid["Data"][0]["Email"], "bad@", "{invalid}");
+
+    let (code, _) = sdk
+        .err(&acme, "BatchSendEmail", json!({"FromEmailAddress": format!("news@{domain}"), "ReceiverId": list, "Subject": "s", "TaskType": 2, "Template": {"TemplateID": template}}))
+        .await;
+    assert_eq!(code, "MissingParameter.TimedParamNecessary");
+    let task = sdk
+        .ok(&acme, "BatchSendEmail", json!({
+            "FromEmailAddress": format!("news@{domain}"),
+            "ReceiverId": list,
+            "Subject": "Hello {{name}}",
+            "TaskType": 1,
+            "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"friend\",\"code\":\"C-1\"}"},
+        }))
+        .await["TaskId"]
+        .as_i64()
+        .unwrap();
+    // Three today (the warm-up cap), two kept for tomorrow.
+    let t = wait_task(&mut sdk, &acme, task, 6).await;
+    assert_eq!(
+        (
+            t["RequestCount"].as_i64(),
+            t["SendCount"].as_i64(),
+            t["CacheCount"].as_i64()
+        ),
+        (Some(5), Some(3), Some(2)),
+        "{t}"
+    );
+    assert!(e.sink.wait_count(3, Duration::from_secs(20)).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(e.sink.count(), 3, "nothing more today");
+    let first = e
+        .sink
+        .messages()
+        .into_iter()
+        .find(|m| m.rcpt_to == ["r0@dest.test"])
+        .expect("r0 first");
+    let text = String::from_utf8_lossy(&first.data).to_string();
+    assert!(
+        text.contains("Subject: Hello R0"),
+        "the recipient's own data wins: {text}"
+    );
+    assert!(
+        text.contains("C-1"),
+        "the task's data fills the rest: {text}"
+    );
+    let (code, _) = sdk
+        .err(&acme, "DeleteReceiver", json!({"ReceiverId": list}))
+        .await;
+    assert_eq!(code, "OperationDenied.ReceiverIsOperating");
+
+    // The next day it resumes by itself and finishes.
+    advance_clock(&e, 86_400_000).await;
+    let t = wait_task(&mut sdk, &acme, task, 10).await;
+    assert_eq!(
+        (t["SendCount"].as_i64(), t["CacheCount"].as_i64()),
+        (Some(5), Some(0)),
+        "{t}"
+    );
+    assert!(e.sink.wait_count(5, Duration::from_secs(20)).await);
+    let mut got: Vec<String> = e
+        .sink
+        .messages()
+        .iter()
+        .map(|m| m.rcpt_to[0].clone())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "r0@dest.test",
+            "r1@dest.test",
+            "r2@dest.test",
+            "r3@dest.test",
+            "r4@dest.test"
+        ]
+    );
+
+    // A timed task waits for its time.
+    let later = jiff::Timestamp::from_millisecond(kiln::net::now_ms() + 86_400_000 + 3_600_000)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let timed = sdk
+        .ok(
+            &acme,
+            "BatchSendEmail",
+            json!({
+                "FromEmailAddress": format!("news@{domain}"),
+                "ReceiverId": list,
+                "Subject": "Later {{name}}",
+                "TaskType": 2,
+                "TimedParam": {"BeginTime": later},
+                "Template": {"TemplateID": template, "TemplateData": "{\"code\":\"C-2\"}"},
+            }),
+        )
+        .await["TaskId"]
+        .as_i64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(task_state(&mut sdk, &acme, timed).await["TaskStatus"], 1);
+    assert_eq!(e.sink.count(), 5);
+    advance_clock(&e, 2 * 3_600_000).await;
+    let t = wait_task(&mut sdk, &acme, timed, 10).await;
+    assert_eq!(t["SendCount"], 5, "{t}");
+    sdk.ok(&acme, "DeleteReceiver", json!({"ReceiverId": list}))
+        .await;
+    assert_eq!(
+        sdk.ok(&acme, "ListReceivers", json!({"Offset": 0, "Limit": 10}))
+            .await["TotalCount"],
+        0
+    );
 }

@@ -39,6 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/admin/queue", get(queue_info))
         .route("/admin/reload", axum::routing::post(reload))
         .route("/admin/policy", get(policy_info))
+        .route("/admin/clock", axum::routing::post(clock_advance))
         .route("/admin/accounts", get(accounts_list))
         .route(
             "/admin/accounts/{name}",
@@ -330,4 +331,30 @@ async fn account_change(
         }
         Err(e) => account_error(e),
     }
+}
+
+#[derive(Deserialize)]
+struct Advance {
+    ms: i64,
+}
+
+/// Moves the clock forward, when `server.test_clock` allows it.
+async fn clock_advance(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<Advance>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return *r;
+    }
+    if !s.settings.server.test_clock {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the clock moves only with server.test_clock = true",
+        );
+    }
+    let offset = crate::net::advance_clock(q.ms);
+    tracing::warn!(offset_ms = offset, "clock moved forward (test clock)");
+    Json(json!({"offset_ms": offset, "now_ms": crate::net::now_ms()})).into_response()
 }

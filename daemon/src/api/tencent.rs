@@ -212,7 +212,7 @@ async fn authenticate(
     tc3::verify(
         &auth,
         &timestamp,
-        crate::net::now_ms() / 1000,
+        crate::net::system_now_ms() / 1000,
         &secret_key,
         &request,
     )

@@ -11,7 +11,10 @@
 pub mod accounts;
 pub mod addresses;
 pub mod blocklists;
+pub mod compose;
 pub mod identities;
+pub mod receivers;
+pub mod tasks;
 pub mod templates;
 pub mod unsubscribe;
 
@@ -42,6 +45,8 @@ pub struct Platform {
     /// Days (quotas, statistics, the message index) are counted in it.
     pub time_zone: jiff::tz::TimeZone,
     pub stats: Arc<crate::stats::DailyStats>,
+    /// Recipient-list uploads append to shared chunks: one at a time.
+    pub uploads: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Platform {

@@ -31,6 +31,8 @@ pub struct KilnOptions {
     pub lease_time_secs: u64,
     /// Extra settings for the [queue] section.
     pub queue: String,
+    /// Extra settings for the [server] section.
+    pub server: String,
     /// Extra settings for the [delivery] section.
     pub delivery: String,
     /// Extra settings for the first listener (e.g. relay networks).
@@ -68,6 +70,7 @@ impl KilnOptions {
             extra: String::new(),
             lease_time_secs: 30,
             queue: String::new(),
+            server: String::new(),
             delivery: String::new(),
             listener: String::new(),
             node_id: "node-a".into(),
@@ -94,6 +97,7 @@ impl Kiln {
 hostname = "kiln.test"
 node_id = "{node}"
 data_dir = "{data}"
+{server}
 
 [store]
 {store}
@@ -146,6 +150,7 @@ secret_key = "shop-secret-key"
             mx_port = opts.mx_port,
             lease_time = opts.lease_time_secs,
             queue = opts.queue,
+            server = opts.server,
             delivery = opts.delivery,
             policy = policy.display(),
             plugins = plugins_dir().display(),

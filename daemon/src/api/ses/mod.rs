@@ -2,6 +2,7 @@
 //! account and its parameters and answers the action's response fields.
 
 mod address;
+mod batch;
 mod blocklist;
 mod identity;
 mod send;
@@ -45,6 +46,14 @@ pub async fn dispatch(action: &str, call: Call<'_>) -> Option<Result<Value, ApiE
         "SendEmail" => send::send_email(call).await,
         "GetSendEmailStatus" => status::get_send_email_status(call).await,
         "GetStatisticsReport" => status::get_statistics_report(call).await,
+        "CreateReceiver" => batch::create_receiver(call).await,
+        "CreateReceiverDetail" => batch::create_receiver_detail(call).await,
+        "CreateReceiverDetailWithData" => batch::create_receiver_detail_with_data(call).await,
+        "ListReceivers" => batch::list_receivers(call).await,
+        "ListReceiverDetails" => batch::list_receiver_details(call).await,
+        "DeleteReceiver" => batch::delete_receiver(call).await,
+        "BatchSendEmail" => batch::batch_send_email(call).await,
+        "ListSendTasks" => batch::list_send_tasks(call).await,
         "ListBlackEmailAddress" => blocklist::list_black(call).await,
         "DeleteBlackList" => blocklist::delete_black(call).await,
         "CreateCustomBlacklist" => blocklist::create_custom(call).await,

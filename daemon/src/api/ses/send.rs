@@ -7,11 +7,9 @@ use crate::admission::{Refusal, Submission};
 use crate::api::params::Params;
 use crate::api::tencent::ApiError;
 use crate::platform::addresses::normalize_address;
+use crate::platform::compose::{Attachment, Draft};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use mail_builder::MessageBuilder;
-use mail_builder::headers::address::Address;
-use mail_builder::headers::raw::Raw;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 
@@ -47,7 +45,7 @@ fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 /// `addr` or `Name <addr>` → (name, address).
-fn parse_mailbox(field: &str, text: &str) -> Result<(String, String), ApiError> {
+pub(super) fn parse_mailbox(field: &str, text: &str) -> Result<(String, String), ApiError> {
     let text = text.trim();
     let (name, addr) = match (text.rfind('<'), text.ends_with('>')) {
         (Some(open), true) => (text[..open].trim(), &text[open + 1..text.len() - 1]),
@@ -87,34 +85,6 @@ fn recipients(p: &Params, field: &str, max: usize) -> Result<Vec<String>, ApiErr
             })
         })
         .collect()
-}
-
-struct Attachment {
-    name: String,
-    content_type: &'static str,
-    bytes: Vec<u8>,
-}
-
-fn content_type_of(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("pdf") => "application/pdf",
-        Some("txt" | "log") => "text/plain",
-        Some("csv") => "text/csv",
-        Some("htm" | "html") => "text/html",
-        Some("png") => "image/png",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("gif") => "image/gif",
-        Some("zip") => "application/zip",
-        Some("json") => "application/json",
-        Some("xml") => "application/xml",
-        Some("doc") => "application/msword",
-        Some("docx") => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-        Some("xls") => "application/vnd.ms-excel",
-        Some("xlsx") => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        Some("ics") => "text/calendar",
-        _ => "application/octet-stream",
-    }
 }
 
 fn attachments(p: &Params) -> Result<Vec<Attachment>, ApiError> {
@@ -158,7 +128,7 @@ fn attachments(p: &Params) -> Result<Vec<Attachment>, ApiError> {
             ));
         }
         out.push(Attachment {
-            content_type: content_type_of(&name),
+            content_type: crate::platform::compose::content_type_of(&name),
             name,
             bytes,
         });
@@ -294,7 +264,7 @@ async fn content(
 
 /// Checks the sender: the address must be one of the account's, on a
 /// verified domain of the account.
-async fn check_sender(
+pub(super) async fn check_sender(
     c: &Call<'_>,
     field: &str,
     address: &str,
@@ -427,48 +397,24 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     let (display_name, display_addr) = header_from
         .clone()
         .unwrap_or((from_name.clone(), from.clone()));
-    let mailbox = |(name, addr): (String, String)| -> Address<'static> {
-        if name.is_empty() {
-            Address::new_address(None::<String>, addr)
-        } else {
-            Address::new_address(Some(name), addr)
-        }
-    };
-    let mut builder = MessageBuilder::new()
-        .from(mailbox((display_name, display_addr.clone())))
-        .subject(subject)
-        .message_id(message_id.unwrap_or_else(|| format!("{id}@{hostname}")));
-    if !to.is_empty() {
-        builder = builder.to(to
-            .iter()
-            .map(|a| mailbox((String::new(), a.clone())))
-            .collect::<Vec<_>>());
-    }
-    if !cc.is_empty() {
-        builder = builder.cc(cc
-            .iter()
-            .map(|a| mailbox((String::new(), a.clone())))
-            .collect::<Vec<_>>());
-    }
-    if let Some(r) = reply_to {
-        builder = builder.reply_to(mailbox(r));
-    }
-    for (name, value) in headers {
-        builder = builder.header(name, Raw::new(value));
-    }
+    let mut headers = headers;
     if let Some(t) = template_id {
-        builder = builder.header("X-Kiln-Template", Raw::new(t.to_string()));
+        headers.push(("X-Kiln-Template".into(), t.to_string()));
     }
-    if !html.is_empty() {
-        builder = builder.html_body(html);
+    let body = Draft {
+        from: (display_name, display_addr.clone()),
+        to: to.clone(),
+        cc: cc.clone(),
+        reply_to,
+        subject,
+        html,
+        text,
+        headers,
+        message_id: message_id.unwrap_or_else(|| format!("{id}@{hostname}")),
+        attachments: files,
     }
-    if !text.is_empty() {
-        builder = builder.text_body(text);
-    }
-    for f in files {
-        builder = builder.attachment(f.content_type, f.name, f.bytes);
-    }
-    let body = builder.write_to_vec().map_err(ApiError::internal)?;
+    .build()
+    .map_err(ApiError::internal)?;
     let now = crate::net::now_ms();
     let message = crate::smtp_in::message::prepare(
         &body,

@@ -1,0 +1,99 @@
+//! A message as the platform builds it (SendEmail, batch tasks): headers,
+//! HTML and text alternatives, attachments, as MIME.
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::raw::Raw;
+
+pub struct Attachment {
+    pub name: String,
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+/// Everything a message needs; addresses already checked.
+#[derive(Default)]
+pub struct Draft {
+    /// (display name, address); an empty name is left out.
+    pub from: (String, String),
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub reply_to: Option<(String, String)>,
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+    /// Extra header fields, checked by the caller.
+    pub headers: Vec<(String, String)>,
+    pub message_id: String,
+    pub attachments: Vec<Attachment>,
+}
+
+fn mailbox((name, addr): (String, String)) -> Address<'static> {
+    if name.is_empty() {
+        Address::new_address(None::<String>, addr)
+    } else {
+        Address::new_address(Some(name), addr)
+    }
+}
+
+impl Draft {
+    pub fn build(self) -> std::io::Result<Vec<u8>> {
+        let mut b = MessageBuilder::new()
+            .from(mailbox(self.from))
+            .subject(self.subject)
+            .message_id(self.message_id);
+        if !self.to.is_empty() {
+            b = b.to(self
+                .to
+                .into_iter()
+                .map(|a| mailbox((String::new(), a)))
+                .collect::<Vec<_>>());
+        }
+        if !self.cc.is_empty() {
+            b = b.cc(self
+                .cc
+                .into_iter()
+                .map(|a| mailbox((String::new(), a)))
+                .collect::<Vec<_>>());
+        }
+        if let Some(r) = self.reply_to {
+            b = b.reply_to(mailbox(r));
+        }
+        for (name, value) in self.headers {
+            b = b.header(name, Raw::new(value));
+        }
+        if !self.html.is_empty() {
+            b = b.html_body(self.html);
+        }
+        if !self.text.is_empty() {
+            b = b.text_body(self.text);
+        }
+        for f in self.attachments {
+            b = b.attachment(f.content_type, f.name, f.bytes);
+        }
+        b.write_to_vec()
+    }
+}
+
+/// A content type from a file name's extension.
+pub fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("pdf") => "application/pdf",
+        Some("txt" | "log") => "text/plain",
+        Some("csv") => "text/csv",
+        Some("htm" | "html") => "text/html",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("zip") => "application/zip",
+        Some("json") => "application/json",
+        Some("xml") => "application/xml",
+        Some("doc") => "application/msword",
+        Some("docx") => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        Some("xls") => "application/vnd.ms-excel",
+        Some("xlsx") => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        Some("ics") => "text/calendar",
+        _ => "application/octet-stream",
+    }
+}
