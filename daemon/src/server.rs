@@ -97,8 +97,8 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         settings.clone(),
         queue.clone(),
         policy.clone(),
-        outcomes.clone(),
-        stats.clone(),
+        // Where final outcomes go: reputation, and the daily statistics.
+        (outcomes.clone(), stats.clone()),
         resolver,
         client_tls,
         delivery_stop.clone(),

@@ -76,8 +76,10 @@ impl Delivery {
         settings: Arc<Settings>,
         queue: QueueHandle,
         policy: Arc<crate::policy::Policy>,
-        outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
-        stats: Arc<crate::stats::DailyStats>,
+        (outcomes, stats): (
+            Arc<crate::policy::outcomes::OutcomeFeed>,
+            Arc<crate::stats::DailyStats>,
+        ),
         resolver: MxResolver,
         tls: ClientConfigs,
         shutdown: CancellationToken,
