@@ -102,30 +102,68 @@ impl DkimKey {
                 .selector(&self.selector)
                 .headers(headers.iter().map(|h| h.as_str())),
             ),
-            _ => Signer::Rsa(
-                DkimSigner::from_key(
-                    RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(
-                        der,
-                    )))
-                    .map_err(|e| bad(e.to_string()))?,
-                )
-                .domain(&self.domain)
-                .selector(&self.selector)
-                .headers(headers.iter().map(|h| h.as_str())),
-            ),
+            _ => match RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(
+                PrivatePkcs1KeyDer::from(der.as_slice()),
+            )) {
+                Ok(key) => Signer::Rsa(
+                    DkimSigner::from_key(key)
+                        .domain(&self.domain)
+                        .selector(&self.selector)
+                        .headers(headers.iter().map(|h| h.as_str())),
+                ),
+                // aws-lc-rs takes 2048 bits and up; a smaller key goes to
+                // the pure-Rust signer.
+                Err(_) => {
+                    use rsa::pkcs1::DecodeRsaPrivateKey;
+                    let key =
+                        rsa::RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| bad(e.to_string()))?;
+                    Signer::SmallRsa(
+                        DkimSigner::from_key(SmallRsaKey(rsa::pkcs1v15::SigningKey::new(key)))
+                            .domain(&self.domain)
+                            .selector(&self.selector)
+                            .headers(headers.iter().map(|h| h.as_str())),
+                    )
+                }
+            },
         })
     }
 }
 
 enum Signer {
     Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    /// Keys under 2048 bits, which aws-lc-rs does not sign with.
+    SmallRsa(DkimSigner<SmallRsaKey, Done>),
     Ed25519(DkimSigner<Ed25519Key, Done>),
+}
+
+/// An RSA key of fewer than 2048 bits (the API's DKIMOption 0 makes
+/// 1024-bit keys, which many senders still publish), signed in pure Rust.
+struct SmallRsaKey(rsa::pkcs1v15::SigningKey<rsa::sha2::Sha256>);
+
+impl mail_auth::common::crypto::SigningKey for SmallRsaKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl mail_auth::common::headers::Writable) -> mail_auth::Result<Vec<u8>> {
+        use rsa::signature::{SignatureEncoding, Signer as _};
+        let mut data = Vec::with_capacity(256);
+        input.write(&mut data);
+        self.0.try_sign(&data).map(|s| s.to_vec()).map_err(|e| {
+            mail_auth::Error::Crypto(mail_auth::common::crypto::CryptoError::Library(
+                e.to_string(),
+            ))
+        })
+    }
+
+    fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
+        mail_auth::common::crypto::Algorithm::RsaSha256
+    }
 }
 
 impl Signer {
     fn sign(&self, message: &[u8]) -> Result<String, DkimError> {
         let sig = match self {
             Signer::Rsa(s) => s.sign(message),
+            Signer::SmallRsa(s) => s.sign(message),
             Signer::Ed25519(s) => s.sign(message),
         }
         .map_err(|e| DkimError::Sign(e.to_string()))?;

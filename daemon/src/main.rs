@@ -255,3 +255,8 @@ fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
         }
     }
 }
+
+// Many small short-lived allocations per message (parsing, JSON, Lua):
+// mimalloc serves them with less contention than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

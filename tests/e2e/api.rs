@@ -433,6 +433,22 @@ async fn the_sdk_flow_from_domain_to_delivery_and_the_blocklist() {
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+        let abuse = sdk
+            .ok(
+                &acme,
+                "GetAbuseReport",
+                json!({"StartTime": today(), "EndTime": today()}),
+            )
+            .await;
+        assert_eq!(abuse["TotalCount"], 0, "no complaints yet: {abuse}");
+        let (code, _) = sdk
+            .err(
+                &acme,
+                "GetAbuseReport",
+                json!({"StartTime": "yesterday", "EndTime": today()}),
+            )
+            .await;
+        assert_eq!(code, "InvalidParameter.InvalidStartTimeFormat");
         let r = sdk
             .ok(&acme, "GetStatisticsReport", report("gmail.com"))
             .await;

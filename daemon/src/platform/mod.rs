@@ -8,6 +8,7 @@
 //! read by id is checked against the caller's account: nothing one account
 //! creates is visible to another.
 
+pub mod abuse;
 pub mod accounts;
 pub mod addresses;
 pub mod blocklists;

@@ -46,6 +46,7 @@ pub async fn dispatch(action: &str, call: Call<'_>) -> Option<Result<Value, ApiE
         "SendEmail" => send::send_email(call).await,
         "GetSendEmailStatus" => status::get_send_email_status(call).await,
         "GetStatisticsReport" => status::get_statistics_report(call).await,
+        "GetAbuseReport" => status::get_abuse_report(call).await,
         "CreateReceiver" => batch::create_receiver(call).await,
         "CreateReceiverDetail" => batch::create_receiver_detail(call).await,
         "CreateReceiverDetailWithData" => batch::create_receiver_detail_with_data(call).await,

@@ -225,3 +225,119 @@ pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
     }
     Ok(json!({"DailyVolumes": daily, "OverallVolume": volume(None, &overall)}))
 }
+
+/// `YYYY-MM-DD` or `YYYY-MM-DD HH:MM:SS` → its date.
+fn date_of(c: &Call<'_>, field: &str, code: &str) -> Result<jiff::civil::Date, ApiError> {
+    let text = c.params.str(field)?;
+    let t = text.trim();
+    t.get(..10)
+        .filter(|_| t.len() == 10 || t.len() == 19)
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                code,
+                format!("{field} {text:?} is not a date like 2026-11-22"),
+            )
+        })
+}
+
+fn time_text(c: &Call<'_>, ms: i64) -> String {
+    if ms == 0 {
+        return String::new();
+    }
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| {
+            t.to_zoned(c.platform.time_zone.clone())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Complaints about the account's mail, per day, with filters.
+pub async fn get_abuse_report(c: Call<'_>) -> Result<Value, ApiError> {
+    c.params.only(&[
+        "StartTime",
+        "EndTime",
+        "Offset",
+        "Limit",
+        "FromDomain",
+        "FromAddress",
+        "Mta",
+        "ToAddress",
+        "TemplateId",
+    ])?;
+    let start = date_of(&c, "StartTime", "InvalidParameter.InvalidStartTimeFormat")?;
+    let end = date_of(&c, "EndTime", "InvalidParameter.InvalidEndTimeFormat")?;
+    if !(0..MAX_REPORT_DAYS).contains(&(end - start).get_days()) {
+        return Err(ApiError::new(
+            "InvalidParameterValue.WrongDate",
+            format!("EndTime must be on or after StartTime, at most {MAX_REPORT_DAYS} days later"),
+        ));
+    }
+    let range = c.params.page(1000, 1000)?;
+    let filter = |field: &str| -> Result<Option<String>, ApiError> {
+        Ok(c.params
+            .str_opt(field)?
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_ascii_lowercase()))
+    };
+    let (from_domain, from_address, mta, to, template) = (
+        filter("FromDomain")?,
+        filter("FromAddress")?,
+        filter("Mta")?,
+        filter("ToAddress")?,
+        filter("TemplateId")?,
+    );
+    let mut domains: Vec<String> = c
+        .platform
+        .list_identities(c.account)
+        .await?
+        .into_iter()
+        .map(|i| i.domain)
+        .collect();
+    if let Some(d) = &from_domain {
+        domains.retain(|x| x == d);
+    }
+    let mut rows = Vec::new();
+    let mut day = start;
+    loop {
+        for d in &domains {
+            for r in c.platform.abuse_reports(d, &day.to_string()).await? {
+                let keep = from_address
+                    .as_ref()
+                    .is_none_or(|f| *f == r.mail_from.to_ascii_lowercase())
+                    && mta
+                        .as_ref()
+                        .is_none_or(|m| *m == r.mta.to_ascii_lowercase())
+                    && to
+                        .as_ref()
+                        .is_none_or(|t| *t == r.rcpt_to.to_ascii_lowercase())
+                    && template.as_ref().is_none_or(|t| *t == r.template_id);
+                if keep {
+                    rows.push(json!({
+                        "DeliverTime": time_text(&c, r.delivered_at_ms),
+                        "OriginalMailFrom": r.mail_from,
+                        "OriginalRcptTo": r.rcpt_to,
+                        "FromDomain": r.from_domain,
+                        "ComplainTime": time_text(&c, r.complained_at_ms),
+                        "Mta": r.mta,
+                        "SourceIp": r.source_ip,
+                        "InsertTime": time_text(&c, r.received_at_ms),
+                        "TemplateId": r.template_id,
+                        "BulkId": r.task_id,
+                        "MessageId": r.message_id,
+                        "AbuseTime": time_text(&c, r.complained_at_ms),
+                        "Subject": r.subject,
+                    }));
+                }
+            }
+        }
+        if day >= end {
+            break;
+        }
+        day = day.tomorrow().map_err(ApiError::internal)?;
+    }
+    let total = rows.len();
+    Ok(json!({"Data": super::page_json(rows, range), "TotalCount": total}))
+}
