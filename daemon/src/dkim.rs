@@ -117,12 +117,12 @@ impl DkimKey {
                     use rsa::pkcs1::DecodeRsaPrivateKey;
                     let key =
                         rsa::RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| bad(e.to_string()))?;
-                    Signer::SmallRsa(
+                    Signer::SmallRsa(Box::new(
                         DkimSigner::from_key(SmallRsaKey(rsa::pkcs1v15::SigningKey::new(key)))
                             .domain(&self.domain)
                             .selector(&self.selector)
                             .headers(headers.iter().map(|h| h.as_str())),
-                    )
+                    ))
                 }
             },
         })
@@ -132,7 +132,7 @@ impl DkimKey {
 enum Signer {
     Rsa(DkimSigner<RsaKey<Sha256>, Done>),
     /// Keys under 2048 bits, which aws-lc-rs does not sign with.
-    SmallRsa(DkimSigner<SmallRsaKey, Done>),
+    SmallRsa(Box<DkimSigner<SmallRsaKey, Done>>),
     Ed25519(DkimSigner<Ed25519Key, Done>),
 }
 
