@@ -256,10 +256,10 @@ async fn main() {
                     "Subject": "Order for {{name}}",
                     "Template": {"TemplateID": template, "TemplateData": format!("{{\"name\":\"R{i}\"}}")},
                 });
-                if let Err(e) = api.call("SendEmail", &params).await {
-                    if failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                        eprintln!("kiln-api-bench: {e}");
-                    }
+                if let Err(e) = api.call("SendEmail", &params).await
+                    && failed.fetch_add(1, Ordering::Relaxed) < 3
+                {
+                    eprintln!("kiln-api-bench: {e}");
                 }
             }
         }));
