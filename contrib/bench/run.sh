@@ -2,7 +2,7 @@
 # Kiln's end-to-end benchmark: the runs README.md reports.
 # Usage: contrib/bench/run.sh [N]     (default N=20000)
 #
-# The last runs compare the default policy with every plugin disabled.
+# Then the default policy against every plugin disabled, and the API.
 # Every store/DKIM combination runs twice: once with the built-in load
 # generator (pipelining client) and once with Postfix's smtp-source, the tool
 # the reference figures in BENCHMARKS.md were taken with (no pipelining: one
@@ -44,5 +44,14 @@ for store in embedded redis; do
   for policy in default off; do
     echo "# policy: $policy" >&2
     target/release/kiln-bench --n "$N" --store "$store" --policy "$policy" --kiln target/release/kiln
+  done
+done
+
+# The API: SendEmail with a template over keep-alive connections, signed as
+# the SDKs sign, with the default policy and DKIM (RSA-2048, then the API's
+# default RSA-1024).
+for store in embedded redis; do
+  for dkim in 2048 1024; do
+    target/release/kiln-api-bench --n "$N" --store "$store" --dkim "$dkim" --kiln target/release/kiln
   done
 done
