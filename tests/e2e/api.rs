@@ -105,12 +105,12 @@ pub fn publish(e: &Env, attributes: &Value) {
 }
 
 /// A verified sender domain with one sender address `news@<domain>`.
-pub async fn verified_sender(e: &Env, sdk: &mut Sdk, who: &Creds, domain: &str) {
+pub async fn verified_sender(e: &Env, sdk: &mut Sdk, who: &Creds, domain: &str, dkim_option: i64) {
     let created = sdk
         .ok(
             who,
             "CreateEmailIdentity",
-            json!({"EmailIdentity": domain, "DKIMOption": 1}),
+            json!({"EmailIdentity": domain, "DKIMOption": dkim_option}),
         )
         .await;
     publish(e, &created["Attributes"]);
@@ -470,7 +470,7 @@ async fn send_email_refuses_bad_requests_with_the_field_named() {
     let mut sdk = Sdk::start(e.kiln.http).await;
     let acme = create_account(&e, "acme");
     let domain = "mail.acme.test";
-    verified_sender(&e, &mut sdk, &acme, domain).await;
+    verified_sender(&e, &mut sdk, &acme, domain, 2).await;
     let template = approved_template(&mut sdk, &acme).await;
     let base = send_params(domain, template, "ann@dest.test");
     let with = |f: &dyn Fn(&mut Value)| {
@@ -753,6 +753,13 @@ async fn send_email_refuses_bad_requests_with_the_field_named() {
     );
     assert!(text.contains("X-Campaign: autumn"), "{text}");
     assert!(text.contains("invoice.pdf"), "{text}");
+    // DKIMOption 2: signed twice, RSA-2048 and RSA-1024, both valid.
+    let results = crate::delivery::verify_dkim(e.dns.addr, &last.data).await;
+    assert_eq!(
+        results,
+        [mail_auth::DkimResult::Pass, mail_auth::DkimResult::Pass],
+        "{text}"
+    );
 }
 
 /// A request signed by hand (TC3-HMAC-SHA256), for what the SDK will not
@@ -946,7 +953,7 @@ async fn a_sender_address_submits_over_smtp_with_its_api_password() {
     let mut sdk = Sdk::start(e.kiln.http).await;
     let acme = create_account(&e, "acme");
     let domain = "mail.acme.test";
-    verified_sender(&e, &mut sdk, &acme, domain).await;
+    verified_sender(&e, &mut sdk, &acme, domain, 0).await;
     let address = format!("news@{domain}");
     let (code, _) = sdk
         .err(
@@ -1017,8 +1024,8 @@ async fn one_account_cannot_see_or_touch_another_accounts_resources() {
     let a = create_account(&e, "alpha");
     let b = create_account(&e, "beta");
     let (da, db) = ("mail.alpha.test", "mail.beta.test");
-    verified_sender(&e, &mut sdk, &a, da).await;
-    verified_sender(&e, &mut sdk, &b, db).await;
+    verified_sender(&e, &mut sdk, &a, da, 1).await;
+    verified_sender(&e, &mut sdk, &b, db, 0).await;
     let ta = approved_template(&mut sdk, &a).await;
     let addr_a = format!("news@{da}");
     sdk.ok(
@@ -1317,7 +1324,7 @@ async fn a_batch_task_pauses_at_the_days_cap_and_resumes_the_next_day() {
     let mut sdk = Sdk::start(e.kiln.http).await;
     let acme = create_account(&e, "acme");
     let domain = "mail.acme.test";
-    verified_sender(&e, &mut sdk, &acme, domain).await;
+    verified_sender(&e, &mut sdk, &acme, domain, 1).await;
     let template = approved_template(&mut sdk, &acme).await;
 
     let list = sdk
