@@ -1316,7 +1316,13 @@ async fn advance_clock(e: &Env, ms: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_task_pauses_at_the_days_cap_and_resumes_the_next_day() {
-    let e = env(Backend::Embedded, |o| {
+    for backend in BOTH {
+        batch_task_scenario(backend).await;
+    }
+}
+
+async fn batch_task_scenario(backend: Backend) {
+    let e = env(backend, |o| {
         o.policy = THREE_A_DAY.into();
         o.server = "test_clock = true".into();
     })
@@ -1500,9 +1506,61 @@ async fn a_batch_task_pauses_at_the_days_cap_and_resumes_the_next_day() {
     assert_eq!(t["SendCount"], 5, "{t}");
     sdk.ok(&acme, "DeleteReceiver", json!({"ReceiverId": list}))
         .await;
-    assert_eq!(
-        sdk.ok(&acme, "ListReceivers", json!({"Offset": 0, "Limit": 10}))
-            .await["TotalCount"],
-        0
+
+    // A large upload: one request of 20,000, paged from the end.
+    let big = sdk
+        .ok(
+            &acme,
+            "CreateReceiver",
+            json!({"ReceiversName": "everyone"}),
+        )
+        .await["ReceiverId"]
+        .as_i64()
+        .unwrap();
+    let emails: Vec<String> = (0..20_000).map(|i| format!("u{i}@dest.test")).collect();
+    let started = std::time::Instant::now();
+    let r = sdk
+        .ok(
+            &acme,
+            "CreateReceiverDetail",
+            json!({"ReceiverId": big, "Emails": emails}),
+        )
+        .await;
+    assert_eq!(r["ValidCount"], 20_000, "{r}");
+    eprintln!(
+        "{backend:?}: 20,000 recipients uploaded in {:?}",
+        started.elapsed()
     );
+    let page = sdk
+        .ok(
+            &acme,
+            "ListReceiverDetails",
+            json!({"ReceiverId": big, "Offset": 19_998, "Limit": 10}),
+        )
+        .await;
+    assert_eq!(page["TotalCount"], 20_000);
+    let tail: Vec<&str> = page["Data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["Email"].as_str().unwrap())
+        .collect();
+    assert_eq!(tail, ["u19998@dest.test", "u19999@dest.test"]);
+    let again = sdk
+        .ok(
+            &acme,
+            "CreateReceiverDetail",
+            json!({"ReceiverId": big, "Emails": ["u12345@dest.test", "new@dest.test"]}),
+        )
+        .await;
+    assert_eq!(
+        (again["ValidCount"].as_i64(), again["RepeatCount"].as_i64()),
+        (Some(1), Some(1)),
+        "{again}"
+    );
+    let lists = sdk
+        .ok(&acme, "ListReceivers", json!({"Offset": 0, "Limit": 10}))
+        .await;
+    assert_eq!(lists["TotalCount"], 1, "only the big list is left: {lists}");
+    assert_eq!(lists["Data"][0]["Count"], 20_001);
 }
