@@ -52,6 +52,7 @@ done
 # default RSA-1024).
 for store in embedded redis; do
   for dkim in 2048 1024; do
+    sync  # the earlier runs' writes out of the way
     target/release/kiln-api-bench --n "$N" --store "$store" --dkim "$dkim" --kiln target/release/kiln
   done
 done

@@ -92,6 +92,8 @@ mod tests {
             domains: vec!["Shop.Example".into()],
             secret_id: Some("AKIDshop".into()),
             secret_key: Some("key".into()),
+            callback_url: None,
+            callback_secret: None,
         }]);
         assert_eq!(
             accounts

@@ -29,6 +29,9 @@ pub struct Submission {
     pub require_tls: bool,
     /// Where it came from, for the log: an SMTP peer, "api".
     pub origin: String,
+    /// The template and batch task it was made from ("" when none).
+    pub template_id: String,
+    pub task_id: String,
 }
 
 #[derive(Debug)]
@@ -187,12 +190,26 @@ pub async fn admit(ctx: &SmtpContext, s: Submission) -> Result<Admitted, Refusal
         ready_at_ms: verdict.ready_at_ms,
         require_tls: s.require_tls,
         source_ip: verdict.source_ip,
+        template_id: s.template_id,
+        task_id: s.task_id,
     };
     match ctx.queue.submit(&msg).await {
         Ok(()) => {
             let queued = msg.queued_count();
             ctx.outcomes
                 .record_n(&s.sender_domain, "sent", queued as i64);
+            for (i, reason) in &msg.dropped {
+                let Some(r) = msg.recipients.get(*i) else {
+                    continue;
+                };
+                let mut e =
+                    crate::events::Event::new("dropped", &msg.id, r, &msg.sender, &msg.account);
+                e.reason = reason.clone();
+                e.template_id = msg.template_id.clone();
+                e.task_id = msg.task_id.clone();
+                e.sent_at = msg.received_at_ms;
+                ctx.events.emit(e).await;
+            }
             let stats = &ctx.platform.stats;
             for (i, r) in msg.recipients.iter().enumerate() {
                 stats.record(&s.sender_domain, r, "request", 1);

@@ -33,7 +33,35 @@ pub struct Settings {
     pub log: LogSettings,
     pub policy: PolicyConfig,
     pub platform: PlatformSettings,
+    pub callbacks: CallbackSettings,
     pub accounts: Vec<AccountSettings>,
+}
+
+/// Event callbacks (HTTP POSTs to the customers' receivers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbackSettings {
+    /// Per request.
+    #[serde(with = "humantime_secs")]
+    pub timeout: Duration,
+    /// How long a callback is retried before it is dropped.
+    #[serde(with = "humantime_secs")]
+    pub max_age: Duration,
+    /// Requests in flight on this node, all receivers together.
+    pub concurrency: usize,
+    /// The first retry's delay (ms); each next one doubles, up to 30 min.
+    pub retry_base_ms: u64,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            timeout: Duration::from_secs(10),
+            max_age: Duration::from_secs(24 * 3600),
+            concurrency: 32,
+            retry_base_ms: 10_000,
+        }
+    }
 }
 
 /// The sending platform behind the API: what a sender domain must publish,
@@ -308,6 +336,12 @@ pub struct AccountSettings {
     pub secret_id: Option<String>,
     #[serde(default)]
     pub secret_key: Option<String>,
+    /// Where the account's events are POSTed, and the secret they are
+    /// signed with.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    #[serde(default)]
+    pub callback_secret: Option<String>,
 }
 
 impl Default for Settings {
@@ -327,6 +361,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             policy: PolicyConfig::default(),
             platform: PlatformSettings::default(),
+            callbacks: CallbackSettings::default(),
             accounts: Vec::new(),
         }
     }

@@ -29,9 +29,11 @@
 pub mod accounts;
 pub mod admission;
 pub mod api;
+pub mod callbacks;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
+pub mod events;
 pub mod line_io;
 pub mod net;
 pub mod platform;

@@ -57,6 +57,14 @@ enum AccountCommand {
     Enable { name: String },
     /// Issue a new SecretId and SecretKey; the old ones stop working.
     RotateKey { name: String },
+    /// Where the account's events are POSTed ("" to stop); with --address,
+    /// one sender address's own URL. Prints the signing secret.
+    Callback {
+        name: String,
+        url: String,
+        #[arg(long)]
+        address: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,6 +184,17 @@ fn main() -> ExitCode {
             AccountCommand::Enable { name } => {
                 admin(&settings, "POST", &format!("/admin/accounts/{name}/enable"))
             }
+            AccountCommand::Callback { name, url, address } => {
+                let mut query = format!("url={}", encode_query(&url));
+                if let Some(a) = address {
+                    query.push_str(&format!("&address={}", encode_query(&a)));
+                }
+                admin(
+                    &settings,
+                    "POST",
+                    &format!("/admin/accounts/{name}/callback?{query}"),
+                )
+            }
             AccountCommand::RotateKey { name } => admin(
                 &settings,
                 "POST",
@@ -206,6 +225,19 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Percent-encodes a query value.
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Calls the running daemon's loopback admin endpoint and prints the JSON.

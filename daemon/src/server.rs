@@ -93,16 +93,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?;
     let stats = crate::stats::DailyStats::new(store.clone(), time_zone.clone());
     let stats_task = tokio::spawn(stats.clone().run(outcomes_stop.clone()));
-    let delivery = Delivery::new(
-        settings.clone(),
-        queue.clone(),
-        policy.clone(),
-        // Where final outcomes go: reputation, and the daily statistics.
-        (outcomes.clone(), stats.clone()),
-        resolver,
-        client_tls,
-        delivery_stop.clone(),
-    );
+
     let platform = crate::platform::Platform {
         store: store.clone(),
         settings: settings.clone(),
@@ -116,6 +107,25 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         stats: stats.clone(),
         uploads: Default::default(),
     };
+    let callbacks = crate::callbacks::Callbacks::new(
+        platform.clone(),
+        policy.clone(),
+        settings.callbacks.clone(),
+    );
+    let events = crate::events::Events::new(callbacks.clone());
+    let delivery = Delivery::new(
+        settings.clone(),
+        queue.clone(),
+        policy.clone(),
+        crate::delivery::Feedback {
+            outcomes: outcomes.clone(),
+            stats: stats.clone(),
+            events: events.clone(),
+        },
+        resolver,
+        client_tls,
+        delivery_stop.clone(),
+    );
     let ctx = Arc::new(SmtpContext {
         settings: settings.clone(),
         accounts: RwLock::new(Arc::new(Accounts::from_settings(&settings.accounts))),
@@ -125,8 +135,11 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         queue: queue.clone(),
         policy: policy.clone(),
         outcomes: outcomes.clone(),
-        platform,
+        events: events.clone(),
+        platform: platform.clone(),
     });
+    let callbacks_stop = CancellationToken::new();
+    let sending_task = tokio::spawn(callbacks.clone().send_due(callbacks_stop.clone()));
 
     let mut listeners = Vec::new();
     for l in &settings.smtp.listeners {
@@ -166,6 +179,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         smtp: ctx.clone(),
         config_path: config_path.clone(),
         platform: ctx.platform.clone(),
+        callbacks: callbacks.clone(),
     };
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {
@@ -230,6 +244,8 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     outcomes_stop.cancel();
     let _ = outcomes_task.await;
     let _ = stats_task.await;
+    callbacks_stop.cancel();
+    let _ = sending_task.await;
     let _ = http_task.await;
     if let Store::Embedded(s) = &store {
         s.close();

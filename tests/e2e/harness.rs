@@ -154,3 +154,12 @@ pub async fn queued(kiln: &Kiln) -> u64 {
         .unwrap();
     v["queued"].as_u64().unwrap()
 }
+
+/// Waits until `check` holds (polled every 50 ms); false on timeout.
+pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    kiln_testkit::wait_for(timeout, || {
+        let ok = check();
+        async move { ok }
+    })
+    .await
+}

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod delivery;
 mod durability;
+mod events;
 mod harness;
 mod policy;
 mod smtp_in;

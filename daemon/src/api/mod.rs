@@ -28,6 +28,7 @@ pub struct ApiState {
     pub smtp: Arc<crate::smtp_in::SmtpContext>,
     pub config_path: Option<std::path::PathBuf>,
     pub platform: crate::platform::Platform,
+    pub callbacks: Arc<crate::callbacks::Callbacks>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -44,6 +45,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/admin/accounts/{name}",
             axum::routing::post(account_create),
+        )
+        .route(
+            "/admin/accounts/{name}/callback",
+            axum::routing::post(account_callback),
         )
         .route(
             "/admin/accounts/{name}/{operation}",
@@ -357,4 +362,75 @@ async fn clock_advance(
     let offset = crate::net::advance_clock(q.ms);
     tracing::warn!(offset_ms = offset, "clock moved forward (test clock)");
     Json(json!({"offset_ms": offset, "now_ms": crate::net::now_ms()})).into_response()
+}
+
+#[derive(Deserialize)]
+struct CallbackTarget {
+    /// Empty clears it.
+    #[serde(default)]
+    url: String,
+    /// A sender address of the account: its own URL instead of the account's.
+    address: Option<String>,
+}
+
+/// Sets where an account's (or one sender address's) events are POSTed;
+/// answers the URL and the account's signing secret.
+async fn account_callback(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    Query(q): Query<CallbackTarget>,
+) -> Response {
+    if let Err(r) = loopback_only(peer) {
+        return *r;
+    }
+    if !q.url.is_empty() {
+        let ok = reqwest::Url::parse(&q.url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !ok {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValue.CallbackUrl",
+                format!("{:?} is not an http(s) URL", q.url),
+            );
+        }
+    }
+    // The secret exists once the account has a callback of any kind.
+    let account = match s.platform.account(&name).await {
+        Ok(Some(a)) if q.address.is_some() => {
+            if a.callback_secret.is_some() {
+                Ok(a)
+            } else {
+                let url = a.callback_url.clone().unwrap_or_default();
+                s.platform.set_account_callback(&name, &url).await
+            }
+        }
+        Ok(Some(_)) => s.platform.set_account_callback(&name, &q.url).await,
+        Ok(None) => Err(crate::platform::accounts::AccountError::NotFound(
+            name.clone(),
+        )),
+        Err(e) => Err(e.into()),
+    };
+    let account = match account {
+        Ok(a) => a,
+        Err(e) => return account_error(e),
+    };
+    if let Some(address) = &q.address
+        && let Err(e) = s
+            .platform
+            .set_address_callback(&name, address, &q.url)
+            .await
+    {
+        return error(StatusCode::NOT_FOUND, "AddressNotFound", e.to_string());
+    }
+
+    s.callbacks.forget_routes();
+    tracing::info!(account = %name, address = ?q.address, url = %q.url, "callback URL set");
+    Json(json!({
+        "Account": account.name,
+        "Address": q.address,
+        "CallbackUrl": q.url,
+        "CallbackSecret": account.callback_secret,
+    }))
+    .into_response()
 }

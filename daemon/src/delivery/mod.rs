@@ -64,6 +64,7 @@ pub struct Delivery {
     policy: Arc<crate::policy::Policy>,
     outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
     stats: Arc<crate::stats::DailyStats>,
+    events: crate::events::Events,
     resolver: MxResolver,
     tls: ClientConfigs,
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
@@ -71,15 +72,19 @@ pub struct Delivery {
     shutdown: CancellationToken,
 }
 
+/// Where final outcomes go: reputation, the daily statistics, events.
+pub struct Feedback {
+    pub outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
+    pub stats: Arc<crate::stats::DailyStats>,
+    pub events: crate::events::Events,
+}
+
 impl Delivery {
     pub fn new(
         settings: Arc<Settings>,
         queue: QueueHandle,
         policy: Arc<crate::policy::Policy>,
-        (outcomes, stats): (
-            Arc<crate::policy::outcomes::OutcomeFeed>,
-            Arc<crate::stats::DailyStats>,
-        ),
+        feedback: Feedback,
         resolver: MxResolver,
         tls: ClientConfigs,
         shutdown: CancellationToken,
@@ -88,8 +93,9 @@ impl Delivery {
             settings,
             queue,
             policy,
-            outcomes,
-            stats,
+            outcomes: feedback.outcomes,
+            stats: feedback.stats,
+            events: feedback.events,
             resolver,
             tls,
             destinations: Mutex::new(HashMap::new()),
@@ -442,6 +448,45 @@ impl Delivery {
         }
     }
 
+    /// The event for an attempt's outcome (delivered, deferred, bounce).
+    fn event_for(
+        entry: &QueueEntry,
+        state: RecipientState,
+        class: Option<&BounceClass>,
+        attempt: &Attempt,
+    ) -> Option<crate::events::Event> {
+        let (kind, bounce_type) = match state {
+            RecipientState::Delivered => ("delivered", ""),
+            RecipientState::Deferred => ("deferred", ""),
+            RecipientState::Bounced if class.is_some_and(|c| c.class != "hard") => {
+                ("bounce", "soft")
+            }
+            RecipientState::Bounced => ("bounce", "hard"),
+            RecipientState::Expired => ("bounce", "soft"),
+            RecipientState::Queued | RecipientState::Dropped => return None,
+        };
+        let mut e = crate::events::Event::new(
+            kind,
+            &entry.msg_id,
+            &entry.recipient,
+            &entry.sender,
+            &entry.account,
+        );
+        e.bounce_type = bounce_type.to_string();
+        e.sent_at = entry.received_at_ms;
+        e.template_id = entry.template_id.clone();
+        e.task_id = entry.task_id.clone();
+        e.reason = match (attempt.code, &attempt.enhanced_code) {
+            (Some(c), Some(x)) => format!("{c} {x} {}", attempt.message),
+            (Some(c), None) => format!("{c} {}", attempt.message),
+            _ => attempt.message.clone(),
+        };
+        if state == RecipientState::Expired {
+            e.reason = format!("gave up after the queue's maximum age: {}", e.reason);
+        }
+        Some(e)
+    }
+
     async fn settle(&self, entry: &QueueEntry, verdict: Verdict, mut attempt: Attempt) {
         let (verdict, class) = self.classify(entry, verdict, &mut attempt).await;
         let now = now_ms();
@@ -480,6 +525,7 @@ impl Delivery {
         } else {
             Vec::new()
         };
+        let event = Self::event_for(entry, state, class.as_ref(), &attempt);
         attempts.push(attempt);
         let mut status = RecipientStatus {
             recipient: entry.recipient.clone(),
@@ -508,7 +554,14 @@ impl Delivery {
             self.queue.cache.recipient_done(&entry.msg_id);
             Disposition::Final(status)
         };
-        if let Err(e) = self.queue.store.settle(entry, disposition).await {
+        let settled = self.queue.store.settle(entry, disposition).await;
+        // After the status is durable: the event reports what the store says.
+        if settled.is_ok()
+            && let Some(event) = event
+        {
+            self.events.emit(event).await;
+        }
+        if let Err(e) = settled {
             // Put it back so it is tried again (at worst delivered twice,
             // never lost); if even that fails the lease expires.
             tracing::error!(msg_id = %entry.msg_id, error = %e, "could not record delivery outcome");

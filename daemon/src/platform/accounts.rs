@@ -13,6 +13,12 @@ pub struct AccountRecord {
     #[serde(default)]
     pub disabled: bool,
     pub created_at_ms: i64,
+    /// Where events are POSTed (a sender address's own URL wins).
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Signs every callback (HMAC-SHA256); made with the account.
+    #[serde(default)]
+    pub callback_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,8 @@ impl Platform {
             secret_key: random_token(32),
             disabled: false,
             created_at_ms: crate::net::now_ms(),
+            callback_url: None,
+            callback_secret: Some(random_token(40)),
         };
         if !self.create(&record_key(name), &record).await? {
             return Err(AccountError::Exists(name.to_string()));
@@ -122,6 +130,22 @@ impl Platform {
         disabled: bool,
     ) -> Result<AccountRecord, AccountError> {
         self.update_account(name, |r| r.disabled = disabled).await
+    }
+
+    /// Sets (or, with an empty URL, clears) the account's callback URL;
+    /// makes the callback secret if the account has none.
+    pub async fn set_account_callback(
+        &self,
+        name: &str,
+        url: &str,
+    ) -> Result<AccountRecord, AccountError> {
+        self.update_account(name, |r| {
+            r.callback_url = (!url.is_empty()).then(|| url.to_string());
+            if r.callback_secret.is_none() {
+                r.callback_secret = Some(random_token(40));
+            }
+        })
+        .await
     }
 
     /// A new SecretId and SecretKey; the old pair stops working at once.

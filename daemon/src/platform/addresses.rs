@@ -18,6 +18,9 @@ pub struct SenderAddress {
     /// `pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>`.
     #[serde(default)]
     pub smtp_password: Option<String>,
+    /// Where this address's events are POSTed, instead of the account's.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +160,7 @@ impl Platform {
             sender_name: sender_name.trim().to_string(),
             created_at_ms: crate::net::now_ms(),
             smtp_password: None,
+            callback_url: None,
         };
         // The domain is this account's, so the address cannot be another's.
         if !self.create(&record_key(&address), &record).await? {
@@ -223,6 +227,22 @@ impl Platform {
         record.smtp_password = Some(hash_password(password));
         self.save(&record_key(&record.address), &record).await?;
         Ok(())
+    }
+
+    /// Sets (or, with an empty URL, clears) the address's callback URL.
+    pub async fn set_address_callback(
+        &self,
+        account: &str,
+        address: &str,
+        url: &str,
+    ) -> Result<SenderAddress, AddressError> {
+        let mut record = self
+            .address(account, address)
+            .await?
+            .ok_or_else(|| AddressError::NotFound(address.into()))?;
+        record.callback_url = (!url.is_empty()).then(|| url.to_string());
+        self.save(&record_key(&record.address), &record).await?;
+        Ok(record)
     }
 
     /// SMTP AUTH as a sender address: its account, when the password is

@@ -237,10 +237,6 @@ async fn send_one(ctx: &SmtpContext, t: &Task, e: &ReceiverEntry) -> Outcome {
         subject,
         html,
         text,
-        headers: vec![
-            ("X-Kiln-Template".into(), t.template_id.to_string()),
-            ("X-Kiln-Task".into(), t.id.to_string()),
-        ],
         message_id: format!("{id}@{hostname}"),
         ..Default::default()
     };
@@ -271,6 +267,8 @@ async fn send_one(ctx: &SmtpContext, t: &Task, e: &ReceiverEntry) -> Outcome {
         trigger_type: "batch",
         require_tls: false,
         origin: format!("batch task {}", t.id),
+        template_id: t.template_id.to_string(),
+        task_id: t.id.to_string(),
     };
     match crate::admission::admit(ctx, submission).await {
         Ok(_) => {

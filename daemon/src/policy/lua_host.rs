@@ -39,6 +39,9 @@ fn builtin_plugin(name: &str) -> Option<&'static str> {
         "content_filter" => include_str!("../../../plugins/content_filter.lua"),
         "bounces" => include_str!("../../../plugins/bounces.lua"),
         "egress" => include_str!("../../../plugins/egress.lua"),
+        "callbacks" => include_str!("../../../plugins/callbacks.lua"),
+        "callbacks/tencent" => include_str!("../../../plugins/callbacks/tencent.lua"),
+        "callbacks/generic" => include_str!("../../../plugins/callbacks/generic.lua"),
         _ => return None,
     })
 }

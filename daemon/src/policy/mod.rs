@@ -52,6 +52,7 @@ pub const PLUGINS: &[&str] = &[
     "content_filter",
     "bounces",
     "egress",
+    "callbacks",
 ];
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -33,6 +33,7 @@ pub struct SmtpContext {
     pub policy: Arc<crate::policy::Policy>,
     pub outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
     pub platform: crate::platform::Platform,
+    pub events: crate::events::Events,
 }
 
 impl SmtpContext {

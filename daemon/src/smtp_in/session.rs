@@ -543,6 +543,8 @@ impl Session {
             trigger_type: "regular",
             require_tls: self.require_tls,
             origin: self.peer.to_string(),
+            template_id: String::new(),
+            task_id: String::new(),
         };
         match crate::admission::admit(&self.ctx, submission).await {
             Ok(_) => format!("250 2.0.0 Ok: queued as {id}"),

@@ -48,6 +48,9 @@ pub struct NewMessage {
     pub require_tls: bool,
     /// Source address chosen by `select_egress`, if any.
     pub source_ip: Option<std::net::IpAddr>,
+    /// What the message was sent with, for its events ("" when none).
+    pub template_id: String,
+    pub task_id: String,
 }
 
 /// One recipient's pending delivery.
@@ -64,6 +67,14 @@ pub struct QueueEntry {
     pub require_tls: bool,
     #[serde(default)]
     pub source_ip: Option<std::net::IpAddr>,
+    /// The sending account ("" for a relay client), template and batch
+    /// task, for events.
+    #[serde(default)]
+    pub account: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub template_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub task_id: String,
 }
 
 impl QueueEntry {
@@ -179,6 +190,9 @@ impl NewMessage {
                 ready_at_ms: self.ready_at_ms,
                 require_tls: self.require_tls,
                 source_ip: self.source_ip,
+                account: self.account.clone(),
+                template_id: self.template_id.clone(),
+                task_id: self.task_id.clone(),
             })
     }
 

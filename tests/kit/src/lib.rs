@@ -7,6 +7,7 @@
 //! | `client`  | an SMTP submission client (STARTTLS, AUTH PLAIN) |
 //! | `redis`   | a private `redis-server` on a free port |
 //! | `process` | the `kiln` binary with a generated config |
+//! | `webhook` | an HTTP receiver for event callbacks |
 
 pub mod client;
 pub mod dns;
@@ -14,6 +15,7 @@ pub mod process;
 pub mod redis;
 pub mod sink;
 pub mod tls;
+pub mod webhook;
 
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {

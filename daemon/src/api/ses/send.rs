@@ -397,10 +397,6 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     let (display_name, display_addr) = header_from
         .clone()
         .unwrap_or((from_name.clone(), from.clone()));
-    let mut headers = headers;
-    if let Some(t) = template_id {
-        headers.push(("X-Kiln-Template".into(), t.to_string()));
-    }
     let body = Draft {
         from: (display_name, display_addr.clone()),
         to: to.clone(),
@@ -446,6 +442,8 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         trigger_type,
         require_tls: false,
         origin: format!("api {} request {}", c.peer, c.request_id),
+        template_id: template_id.map(|t| t.to_string()).unwrap_or_default(),
+        task_id: String::new(),
     };
     // Indexed alongside admission (one group commit on the embedded store);
     // an id indexed for a refused message finds no status and is skipped.

@@ -1,0 +1,139 @@
+//! An HTTP receiver for Kiln's event callbacks: records every POST (headers
+//! and body), answers a chosen status, and can go down and come back on the
+//! same port.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub path: String,
+    /// What the receiver answered.
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Hook {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    hooks: Mutex<Vec<Hook>>,
+    status: Mutex<u16>,
+}
+
+pub struct Webhook {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+async fn receive(
+    State(s): State<Arc<Shared>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let status = *s.status.lock().unwrap_or_else(|p| p.into_inner());
+    s.hooks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Hook {
+            path: uri.path().to_string(),
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+}
+
+impl Webhook {
+    pub async fn start() -> Webhook {
+        let shared = Arc::new(Shared {
+            status: Mutex::new(200),
+            ..Shared::default()
+        });
+        let mut hook = Webhook {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            shared,
+            stop: None,
+        };
+        hook.listen().await;
+        hook
+    }
+
+    async fn listen(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("bind webhook");
+        self.addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = axum::Router::new()
+            .route("/", post(receive))
+            .route("/{*path}", post(receive))
+            .with_state(self.shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        self.stop = Some(tx);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops listening (connections are refused) until [`Webhook::resume`].
+    pub fn go_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn resume(&mut self) {
+        for _ in 0..50 {
+            if tokio::net::TcpListener::bind(self.addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.listen().await;
+    }
+
+    /// The status later POSTs get (they are recorded either way).
+    pub fn answer(&self, status: u16) {
+        *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    pub fn hooks(&self) -> Vec<Hook> {
+        self.shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until `n` POSTs were recorded.
+    pub async fn wait_count(&self, n: usize, timeout: std::time::Duration) -> bool {
+        crate::wait_for(timeout, || async { self.hooks().len() >= n }).await
+    }
+}
