@@ -682,3 +682,63 @@ async fn hooks_read_headers_on_demand() {
     let d = check_limits(&host, message(&["a@x.test"], "hi", "regular", NOW)).await;
     assert_eq!(d.message.as_deref(), Some("spring sale|2|nil"));
 }
+
+async fn format(host: &LuaHost, e: Value) -> Value {
+    let out: Value = host
+        .call("callback_format", &e)
+        .await
+        .expect("call")
+        .expect("formatted");
+    assert_eq!(out["headers"]["Content-Type"], "application/json", "{out}");
+    serde_json::from_str::<Value>(out["body"].as_str().expect("body")).expect("JSON body")
+}
+
+#[tokio::test]
+async fn callback_formats_follow_the_tencent_notification_or_stay_generic() {
+    let f = Fixture::new();
+    let event = |kind: &str| {
+        json!({"event": kind, "event_id": "e1", "message_id": "m1", "recipient": "ann@dest.test",
+               "from": "news@shop.test", "from_domain": "shop.test", "account": "shop",
+               "template_id": "4711", "task_id": "", "subject": "", "link": "https://x.test/a",
+               "user_agent": "UA", "ip": "", "reason": "550 5.1.1 gone", "bounce_type": "hard",
+               "at": 1_700_000_001_500i64, "sent_at": 1_700_000_000_900i64})
+    };
+    let tencent = f.host("return {}");
+    let ids = [
+        ("delivered", 1),
+        ("deferred", 2),
+        ("dropped", 3),
+        ("bounce", 4),
+        ("open", 5),
+        ("click", 6),
+        ("spamreport", 7),
+        ("unsubscribe", 8),
+    ];
+    for (kind, id) in ids {
+        let body = format(&tencent, event(kind)).await;
+        assert_eq!(body["eventid"], id, "{kind}: {body}");
+        assert_eq!(body["event"], kind);
+    }
+    let body = format(&tencent, event("bounce")).await;
+    assert_eq!(body["email"], "ann@dest.test");
+    assert_eq!(body["messageId"], "m1");
+    assert_eq!(body["username"], "shop");
+    assert_eq!(body["fromDomain"], "shop.test");
+    assert_eq!(body["templateId"], 4711);
+    assert_eq!(body["bounceType"], "hard");
+    assert_eq!(body["useragent"], "UA");
+    assert_eq!(body["timestamp"], 1_700_000_001);
+    assert_eq!(body["sentTimestamp"], 1_700_000_000);
+
+    let generic = f.host("return { config = { callbacks = { format = 'generic' } } }");
+    let body = format(&generic, event("click")).await;
+    assert_eq!(body, event("click"), "every field, as given");
+
+    let err = LuaHost::new(
+        &f.settings("return { config = { callbacks = { format = 'xml' } } }"),
+        f.store.clone(),
+    )
+    .err()
+    .expect("an unknown format does not load");
+    assert!(err.to_string().contains("unknown format"), "{err}");
+}
