@@ -742,3 +742,106 @@ async fn callback_formats_follow_the_tencent_notification_or_stay_generic() {
     .expect("an unknown format does not load");
     assert!(err.to_string().contains("unknown format"), "{err}");
 }
+
+fn example(name: &str) -> String {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../scripts/examples/{name}.lua"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn the_example_policies_load_and_do_what_they_say() {
+    let f = Fixture::new();
+
+    let host = f.host(&example("warmup_curve"));
+    let cap = |id: &'static str| {
+        let host = &host;
+        async move {
+            let v: Value = host
+                .call("warmup_limit", &json!({"identity": id, "now": NOW}))
+                .await
+                .expect("call")
+                .expect("cap");
+            v["cap"].as_i64()
+        }
+    };
+    assert_eq!(cap("news.new.example").await, Some(50));
+    assert_eq!(cap("mail.established.example").await, Some(2000));
+    assert_eq!(cap("other.example").await, Some(200), "the default curve");
+
+    let host = f.host(&example("provider_rule"));
+    let tx = |rcpt: &str| json!({"recipient": rcpt, "sender_domain": "shop.test"});
+    for _ in 0..500 {
+        let d: Option<Decision> = host
+            .call("on_rcpt_to", &tx("a@gmail.com"))
+            .await
+            .expect("call");
+        assert!(d.is_none());
+    }
+    let d: Decision = host
+        .call("on_rcpt_to", &tx("b@gmail.com"))
+        .await
+        .expect("call")
+        .expect("the 501st is held back");
+    assert!(d.is_defer(), "{d:?}");
+    assert!(
+        d.smtp_reply("451 4.7.1")
+            .starts_with("451 4.7.1 Hourly volume")
+    );
+    let other: Option<Decision> = host
+        .call("on_rcpt_to", &tx("c@outlook.com"))
+        .await
+        .expect("call");
+    assert!(other.is_none(), "other providers are not held back");
+
+    let host = f.host(&example("slack_callbacks"));
+    let out: Value = host
+        .call(
+            "callback_format",
+            &json!({"event": "bounce", "event_id": "e1", "from": "news@shop.test",
+                    "recipient": "ann@dest.test", "reason": "550 5.1.1 gone"}),
+        )
+        .await
+        .expect("call")
+        .expect("formatted");
+    let body: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body["text"],
+        "⛔ bounce: news@shop.test → ann@dest.test (550 5.1.1 gone)"
+    );
+
+    let host = f.host(&example("strict_content"));
+    let words = vec!["word"; 60].join(" ");
+    let d: Decision = host
+        .call(
+            "content_filter",
+            &json!({"kind": "template", "type": "notification", "subject": "s",
+                    "html": format!("<p>{words} https://bit.ly/x</p>"), "text": ""}),
+        )
+        .await
+        .expect("call")
+        .expect("review");
+    assert!(d.is_reject());
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("too few words") && r.contains("80")),
+        "{:?}",
+        d.reasons
+    );
+    assert!(
+        d.reasons.iter().any(|r| r.contains("bit.ly")),
+        "{:?}",
+        d.reasons
+    );
+    let mut loud = message(&["a@dest.test"], "BUY THIS TODAY", "regular", NOW);
+    let d: Decision = host
+        .call("content_filter", &loud)
+        .await
+        .expect("call")
+        .expect("refused");
+    assert!(d.is_reject(), "{d:?}");
+    loud.subject = "Your order".into();
+    let d: Option<Decision> = host.call("content_filter", &loud).await.expect("call");
+    assert!(d.is_none());
+}
