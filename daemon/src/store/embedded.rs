@@ -7,6 +7,7 @@
 //! memory and is rebuilt from the file at start, so leases cost no disk write:
 //! after a crash every entry is simply ready again.
 
+use super::{BatchOp, BatchValue};
 use super::wal::{self, Change, TableId, Wal};
 use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
@@ -545,6 +546,45 @@ impl EmbeddedStore {
             Outcome::Bool(b) => Ok(b || was_counter),
             _ => Err(err("unexpected writer reply")),
         }
+    }
+
+    /// Several reads and increments: every read through one read
+    /// transaction (each one takes locks the writer thread also takes).
+    pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
+        let now = now_ms();
+        let mut out = Vec::with_capacity(ops.len());
+        let mut read: Option<redb::ReadOnlyTable<&str, &[u8]>> = None;
+        for op in ops {
+            let stored = |key: &str, read: &mut Option<redb::ReadOnlyTable<&str, &[u8]>>| -> Result<Option<Vec<u8>>> {
+                if read.is_none() {
+                    let txn = self.db.begin_read().map_err(err)?;
+                    *read = Some(txn.open_table(KV).map_err(err)?);
+                }
+                let Some(table) = read.as_ref() else {
+                    return Ok(None);
+                };
+                let value = table.get(key).map_err(err)?;
+                Ok(value.and_then(|v| live_value(v.value(), now).map(|b| b.to_vec())))
+            };
+            out.push(match op {
+                BatchOp::Get(key) => {
+                    let counter = self
+                        .counters()
+                        .get(key.as_str())
+                        .filter(|c| c.expires_at > now)
+                        .map(|c| c.value);
+                    match counter {
+                        Some(v) => BatchValue::Bytes(Some(v.to_string().into_bytes())),
+                        None => BatchValue::Bytes(stored(key, &mut read)?),
+                    }
+                }
+                BatchOp::Contains(set, member) => {
+                    BatchValue::Bool(stored(&set_key(set, member), &mut read)?.is_some())
+                }
+                BatchOp::Incr(key, by, ttl) => BatchValue::Int(self.incr(key, *by, *ttl).await?),
+            });
+        }
+        Ok(out)
     }
 
     pub async fn set_add(&self, set: &str, member: &str, ttl: Option<Duration>) -> Result<()> {

@@ -379,24 +379,10 @@ impl Store {
     }
 
     /// Several independent reads and increments in one go: one round trip
-    /// on Redis (a pipeline), plain calls on the embedded store.
+    /// on Redis (a pipeline), one read transaction on the embedded store.
     pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
         match self {
-            Store::Embedded(_) => {
-                let mut out = Vec::with_capacity(ops.len());
-                for op in ops {
-                    out.push(match op {
-                        BatchOp::Get(k) => BatchValue::Bytes(self.get(k).await?),
-                        BatchOp::Contains(set, m) => {
-                            BatchValue::Bool(self.set_contains(set, m).await?)
-                        }
-                        BatchOp::Incr(k, by, ttl) => {
-                            BatchValue::Int(self.incr(k, *by, *ttl).await?)
-                        }
-                    });
-                }
-                Ok(out)
-            }
+            Store::Embedded(s) => s.batch(ops).await,
             Store::Redis(s) => s.batch(ops).await,
         }
     }
