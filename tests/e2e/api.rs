@@ -159,6 +159,17 @@ pub async fn approved_template(sdk: &mut Sdk, who: &Creds) -> i64 {
     id
 }
 
+/// The SDK, account "acme" with the verified sender domain mail.acme.test
+/// (its address news@) and an approved template: what most tests start with.
+pub async fn ready_to_send(e: &Env, dkim_option: i64) -> (Sdk, Creds, &'static str, i64) {
+    let mut sdk = Sdk::start(e.kiln.http).await;
+    let acme = create_account(e, "acme");
+    let domain = "mail.acme.test";
+    verified_sender(e, &mut sdk, &acme, domain, dkim_option).await;
+    let template = approved_template(&mut sdk, &acme).await;
+    (sdk, acme, domain, template)
+}
+
 fn send_params(domain: &str, template: i64, to: &str) -> Value {
     json!({
         "FromEmailAddress": format!("News <news@{domain}>"),
@@ -467,11 +478,7 @@ async fn the_sdk_flow_from_domain_to_delivery_and_the_blocklist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_email_refuses_bad_requests_with_the_field_named() {
     let e = env(Backend::Embedded, |_| {}).await;
-    let mut sdk = Sdk::start(e.kiln.http).await;
-    let acme = create_account(&e, "acme");
-    let domain = "mail.acme.test";
-    verified_sender(&e, &mut sdk, &acme, domain, 2).await;
-    let template = approved_template(&mut sdk, &acme).await;
+    let (mut sdk, acme, domain, template) = ready_to_send(&e, 2).await;
     let base = send_params(domain, template, "ann@dest.test");
     let with = |f: &dyn Fn(&mut Value)| {
         let mut p = base.clone();
@@ -1327,11 +1334,7 @@ async fn batch_task_scenario(backend: Backend) {
         o.server = "test_clock = true".into();
     })
     .await;
-    let mut sdk = Sdk::start(e.kiln.http).await;
-    let acme = create_account(&e, "acme");
-    let domain = "mail.acme.test";
-    verified_sender(&e, &mut sdk, &acme, domain, 1).await;
-    let template = approved_template(&mut sdk, &acme).await;
+    let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
 
     let list = sdk
         .ok(

@@ -3,7 +3,7 @@
 //! wins over the account's; a receiver that is down, answers 500, or a
 //! daemon killed with callbacks pending loses no event and gets none twice.
 
-use crate::api::{Creds, Sdk, approved_template, create_account, verified_sender};
+use crate::api::{Creds, Sdk, ready_to_send};
 use crate::harness::{BOTH, Backend, Env, env};
 use kiln_testkit::webhook::{Hook, Webhook};
 use serde_json::{Value, json};
@@ -96,11 +96,7 @@ async fn scenario(backend: Backend) {
         o.extra = "[callbacks]\nretry_base_ms = 100\ntimeout = 2\n".into()
     })
     .await;
-    let mut sdk = Sdk::start(e.kiln.http).await;
-    let acme = create_account(&e, "acme");
-    let domain = "mail.acme.test";
-    verified_sender(&e, &mut sdk, &acme, domain, 1).await;
-    let template = approved_template(&mut sdk, &acme).await;
+    let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
     let secret = set_callback(&e, "acme", &hook.url("/account"), None);
 
     // delivered

@@ -11,13 +11,12 @@
 //! Setup (not timed): an account, a sender domain verified against the
 //! benchmark's DNS server, a sender address and an approved template.
 
+mod peers;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use kiln::api::tc3;
-use kiln_testkit::dns::DnsServer;
-use kiln_testkit::process::{Kiln, KilnOptions};
-use kiln_testkit::redis::RedisServer;
-use kiln_testkit::sink::Sink;
+use kiln_testkit::process::Kiln;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,9 +90,10 @@ impl Api {
                     .find(|(n, _)| *n == name)
                     .map(|(_, v)| v.clone())
             };
-            // Civil date from days since the epoch (UTC), as TC3 wants it.
-            let (y, m, d) = civil_from_days(now.div_euclid(86_400));
-            let date = format!("{y:04}-{m:02}-{d:02}");
+            // The UTC date, as TC3 wants it.
+            let date = jiff::Timestamp::from_second(now)
+                .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date().to_string())
+                .unwrap_or_default();
             let auth = tc3::Authorization {
                 secret_id: self.id.clone(),
                 date: date.clone(),
@@ -136,20 +136,6 @@ impl Api {
     }
 }
 
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[tokio::main]
 async fn main() {
     let args = match parse_args() {
@@ -159,19 +145,9 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let dns = DnsServer::start().await;
-    dns.add_mx("sink.test", 10, "mx.sink.test");
-    dns.add_ip("mx.sink.test", "127.0.0.1".parse().expect("ip"));
-    let sink = Sink::start("127.0.0.1:0".parse().expect("addr"), false, false).await;
-    let redis = args.redis.then(RedisServer::start);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = KilnOptions::new(
-        &dir.path().join("data"),
-        &dns.nameserver(),
-        sink.addr.port(),
-    );
-    opts.redis_url = redis.as_ref().map(|r| r.url());
-    opts.log_level = "info".into();
+    let peers = peers::Peers::start(args.redis).await;
+    let (dns, sink) = (&peers.dns, &peers.sink);
+    let opts = peers.options();
     let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
 
     let out = kiln.command(&["account", "create", "bench"]);

@@ -15,11 +15,10 @@
 //! that the benchmark's volume from one fresh domain trips no limit; `off`
 //! disables every plugin, so no hook runs.
 
+mod peers;
+
 use kiln_testkit::client::{SmtpClient, message};
-use kiln_testkit::dns::DnsServer;
-use kiln_testkit::process::{Kiln, KilnOptions};
-use kiln_testkit::redis::RedisServer;
-use kiln_testkit::sink::Sink;
+use kiln_testkit::process::Kiln;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,20 +72,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let dns = DnsServer::start().await;
-    dns.add_mx("sink.test", 10, "mx.sink.test");
-    dns.add_ip("mx.sink.test", "127.0.0.1".parse().expect("ip"));
-    let sink = Sink::start("127.0.0.1:0".parse().expect("addr"), false, false).await;
-    let redis = args.redis.then(RedisServer::start);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = KilnOptions::new(
-        &dir.path().join("data"),
-        &dns.nameserver(),
-        sink.addr.port(),
-    );
-    opts.redis_url = redis.as_ref().map(|r| r.url());
+    let peers = peers::Peers::start(args.redis).await;
+    let sink = &peers.sink;
+    let mut opts = peers.options();
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
-    opts.log_level = "info".into();
     if args.policy_off {
         opts.policy = "return { disable = { 'reputation', 'warmup', 'limits', 'content_filter', 'bounces', 'egress' } }".into();
     }

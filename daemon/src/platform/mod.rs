@@ -100,6 +100,21 @@ impl Platform {
         crate::policy::time::day(&self.time_zone, ms).unwrap_or_default()
     }
 
+    /// `YYYY-MM-DD HH:MM:SS` of `ms` in the configured time zone, as the API
+    /// shows times ("" for 0, i.e. never).
+    pub fn time_text(&self, ms: i64) -> String {
+        if ms == 0 {
+            return String::new();
+        }
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| {
+                t.to_zoned(self.time_zone.clone())
+                    .strftime("%Y-%m-%d %H:%M:%S")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    }
+
     /// Records an API message under its day, for GetSendEmailStatus.
     pub async fn index_message(&self, account: &str, id: &str, now_ms: i64) -> Result<()> {
         let ttl = self.settings.queue.status_retention + std::time::Duration::from_secs(86400);

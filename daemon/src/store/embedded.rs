@@ -7,8 +7,8 @@
 //! memory and is rebuilt from the file at start, so leases cost no disk write:
 //! after a crash every entry is simply ready again.
 
-use super::{BatchOp, BatchValue};
 use super::wal::{self, Change, TableId, Wal};
+use super::{BatchOp, BatchValue};
 use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
     StoreError, decode, encode,
@@ -555,7 +555,9 @@ impl EmbeddedStore {
         let mut out = Vec::with_capacity(ops.len());
         let mut read: Option<redb::ReadOnlyTable<&str, &[u8]>> = None;
         for op in ops {
-            let stored = |key: &str, read: &mut Option<redb::ReadOnlyTable<&str, &[u8]>>| -> Result<Option<Vec<u8>>> {
+            let stored = |key: &str,
+                          read: &mut Option<redb::ReadOnlyTable<&str, &[u8]>>|
+             -> Result<Option<Vec<u8>>> {
                 if read.is_none() {
                     let txn = self.db.begin_read().map_err(err)?;
                     *read = Some(txn.open_table(KV).map_err(err)?);

@@ -23,16 +23,6 @@ impl From<ReceiverError> for ApiError {
     }
 }
 
-fn time_text(c: &Call<'_>, ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| {
-            t.to_zoned(c.platform.time_zone.clone())
-                .strftime("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 /// `2026-11-22 10:00:00` in the configured time zone → ms.
 fn parse_time(c: &Call<'_>, field: &str, text: &str) -> Result<i64, ApiError> {
     jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text.trim())
@@ -148,7 +138,7 @@ pub async fn list_receivers(c: Call<'_>) -> Result<Value, ApiError> {
             "Count": r.count,
             "Desc": r.desc,
             "ReceiversStatus": r.status,
-            "CreateTime": time_text(&c, r.created_at_ms),
+            "CreateTime": c.platform.time_text(r.created_at_ms),
             "InvalidCount": r.invalid_count,
         }));
     }
@@ -202,7 +192,7 @@ pub async fn list_receiver_details(c: Call<'_>) -> Result<Value, ApiError> {
             if matched >= offset && rows.len() < limit {
                 rows.push(json!({
                     "Email": e.email,
-                    "CreateTime": time_text(&c, e.created_at_ms),
+                    "CreateTime": c.platform.time_text(e.created_at_ms),
                     "TemplateData": e.data,
                     "Reason": e.reason,
                     "Status": e.status,
@@ -433,8 +423,8 @@ pub async fn list_send_tasks(c: Call<'_>) -> Result<Value, ApiError> {
             "RequestCount": t.request_count,
             "SendCount": t.send_count,
             "CacheCount": t.cache_count(),
-            "CreateTime": time_text(&c, t.created_at_ms),
-            "UpdateTime": time_text(&c, t.updated_at_ms),
+            "CreateTime": c.platform.time_text(t.created_at_ms),
+            "UpdateTime": c.platform.time_text(t.updated_at_ms),
             "Subject": t.subject,
             "Template": {"TemplateID": t.template_id, "TemplateData": t.template_data},
             "CycleParam": t.interval_hours.map(|h| json!({"BeginTime": t.begin_time, "IntervalTime": h, "TermCycle": u8::from(t.term_cycle)})),

@@ -19,16 +19,6 @@ fn date(c: &Call<'_>, field: &str) -> Result<Option<jiff::civil::Date>, ApiError
     }
 }
 
-fn time_text(c: &Call<'_>, ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| {
-            t.to_zoned(c.platform.time_zone.clone())
-                .strftime("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 pub async fn list_black(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&[
         "StartDate",
@@ -62,7 +52,7 @@ pub async fn list_black(c: Call<'_>) -> Result<Value, ApiError> {
             continue;
         }
         rows.push(json!({
-            "BounceTime": time_text(&c, b.at_ms),
+            "BounceTime": c.platform.time_text(b.at_ms),
             "EmailAddress": b.address,
             "IspDesc": b.reason,
         }));
@@ -131,7 +121,7 @@ pub async fn list_custom(c: Call<'_>) -> Result<Value, ApiError> {
         rows.push(json!({
             "Id": e.id,
             "Email": e.email,
-            "CreateTime": time_text(&c, e.created_at_ms),
+            "CreateTime": c.platform.time_text(e.created_at_ms),
             "ExpireDate": e.expire_date.clone().unwrap_or_default(),
             "Status": active,
         }));

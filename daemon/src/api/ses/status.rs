@@ -241,19 +241,6 @@ fn date_of(c: &Call<'_>, field: &str, code: &str) -> Result<jiff::civil::Date, A
         })
 }
 
-fn time_text(c: &Call<'_>, ms: i64) -> String {
-    if ms == 0 {
-        return String::new();
-    }
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| {
-            t.to_zoned(c.platform.time_zone.clone())
-                .strftime("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 /// Complaints about the account's mail, per day, with filters.
 pub async fn get_abuse_report(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&[
@@ -316,18 +303,18 @@ pub async fn get_abuse_report(c: Call<'_>) -> Result<Value, ApiError> {
                     && template.as_ref().is_none_or(|t| *t == r.template_id);
                 if keep {
                     rows.push(json!({
-                        "DeliverTime": time_text(&c, r.delivered_at_ms),
+                        "DeliverTime": c.platform.time_text(r.delivered_at_ms),
                         "OriginalMailFrom": r.mail_from,
                         "OriginalRcptTo": r.rcpt_to,
                         "FromDomain": r.from_domain,
-                        "ComplainTime": time_text(&c, r.complained_at_ms),
+                        "ComplainTime": c.platform.time_text(r.complained_at_ms),
                         "Mta": r.mta,
                         "SourceIp": r.source_ip,
-                        "InsertTime": time_text(&c, r.received_at_ms),
+                        "InsertTime": c.platform.time_text(r.received_at_ms),
                         "TemplateId": r.template_id,
                         "BulkId": r.task_id,
                         "MessageId": r.message_id,
-                        "AbuseTime": time_text(&c, r.complained_at_ms),
+                        "AbuseTime": c.platform.time_text(r.complained_at_ms),
                         "Subject": r.subject,
                     }));
                 }
