@@ -76,6 +76,25 @@ pub fn advance_clock(ms: i64) -> i64 {
     CLOCK_OFFSET_MS.fetch_add(ms.max(0), std::sync::atomic::Ordering::Relaxed) + ms.max(0)
 }
 
+/// Runs `flush` every `interval` until `stop`, then once more (so what was
+/// gathered since the last round is not lost at a clean stop).
+pub async fn flush_every<F, Fut>(
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+    mut flush: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => flush().await,
+        }
+    }
+    flush().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

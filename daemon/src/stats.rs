@@ -110,13 +110,7 @@ impl DailyStats {
     }
 
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(FLUSH_INTERVAL) => self.flush().await,
-            }
-        }
-        self.flush().await;
+        crate::net::flush_every(FLUSH_INTERVAL, stop, || self.flush()).await;
     }
 
     /// One day's counts for a sender domain, optionally one provider:

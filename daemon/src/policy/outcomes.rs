@@ -60,12 +60,6 @@ impl OutcomeFeed {
 
     /// Flushes every interval until `stop`, then once more.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(FLUSH_INTERVAL) => self.flush().await,
-            }
-        }
-        self.flush().await;
+        crate::net::flush_every(FLUSH_INTERVAL, stop, || self.flush()).await;
     }
 }
