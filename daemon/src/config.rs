@@ -34,7 +34,37 @@ pub struct Settings {
     pub policy: PolicyConfig,
     pub platform: PlatformSettings,
     pub callbacks: CallbackSettings,
+    pub tracking: TrackingSettings,
     pub accounts: Vec<AccountSettings>,
+}
+
+/// Open and click tracking in HTML parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingSettings {
+    pub enabled: bool,
+    /// Signs the tracking URLs; empty: a random secret kept in the store
+    /// (shared by a cluster's nodes).
+    pub secret: String,
+    /// Where the public reaches Kiln's HTTP listener, e.g.
+    /// `https://t.example.com`; empty: `http://<server.hostname>`.
+    pub base_url: String,
+    /// A base URL of its own per sender domain.
+    pub hosts: std::collections::HashMap<String, String>,
+    /// Tracking requests a client address may make per second.
+    pub rate_per_ip: u32,
+}
+
+impl Default for TrackingSettings {
+    fn default() -> Self {
+        TrackingSettings {
+            enabled: true,
+            secret: String::new(),
+            base_url: String::new(),
+            hosts: Default::default(),
+            rate_per_ip: 50,
+        }
+    }
 }
 
 /// Event callbacks (HTTP POSTs to the customers' receivers).
@@ -362,6 +392,7 @@ impl Default for Settings {
             policy: PolicyConfig::default(),
             platform: PlatformSettings::default(),
             callbacks: CallbackSettings::default(),
+            tracking: TrackingSettings::default(),
             accounts: Vec::new(),
         }
     }

@@ -44,3 +44,4 @@ pub mod smtp_in;
 pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod tracking;

@@ -106,6 +106,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         time_zone,
         stats: stats.clone(),
         uploads: Default::default(),
+        tracker: tracker(&settings, &store).await?,
     };
     let callbacks = crate::callbacks::Callbacks::new(
         platform.clone(),
@@ -180,6 +181,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         config_path: config_path.clone(),
         platform: ctx.platform.clone(),
         callbacks: callbacks.clone(),
+        limiter: Default::default(),
     };
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {
@@ -252,6 +254,39 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The tracker, with the configured secret or the store's (made once).
+async fn tracker(
+    settings: &Settings,
+    store: &Store,
+) -> anyhow::Result<Option<Arc<crate::tracking::Tracker>>> {
+    let t = &settings.tracking;
+    if !t.enabled {
+        return Ok(None);
+    }
+    let secret = if t.secret.is_empty() {
+        let key = "tracking:secret";
+        store
+            .put_if_absent(key, crate::platform::random_token(48).as_bytes())
+            .await?;
+        store
+            .get(key)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("tracking secret vanished from the store"))?
+    } else {
+        t.secret.as_bytes().to_vec()
+    };
+    let base = if t.base_url.is_empty() {
+        format!("http://{}", settings.server.hostname)
+    } else {
+        t.base_url.clone()
+    };
+    Ok(Some(Arc::new(crate::tracking::Tracker::new(
+        &secret,
+        &base,
+        t.hosts.clone(),
+    ))))
 }
 
 /// Re-reads what can change without a restart: accounts, the TLS

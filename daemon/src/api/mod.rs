@@ -19,6 +19,7 @@ pub mod params;
 pub mod ses;
 pub mod tc3;
 pub mod tencent;
+pub mod tracking;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -29,12 +30,15 @@ pub struct ApiState {
     pub config_path: Option<std::path::PathBuf>,
     pub platform: crate::platform::Platform,
     pub callbacks: Arc<crate::callbacks::Callbacks>,
+    pub limiter: Arc<tracking::RateLimiter>,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", axum::routing::post(tencent::handle))
         .route("/healthz", get(health))
+        .route("/t/o/{token}", get(tracking::open))
+        .route("/t/c/{token}", get(tracking::click))
         .route("/admin/messages/{id}", get(message_status))
         .route("/admin/dkim/{domain}", get(dkim_show).post(dkim_create))
         .route("/admin/queue", get(queue_info))

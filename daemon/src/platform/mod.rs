@@ -17,6 +17,7 @@ pub mod identities;
 pub mod receivers;
 pub mod tasks;
 pub mod templates;
+pub mod tracking;
 pub mod unsubscribe;
 
 use crate::config::Settings;
@@ -48,6 +49,8 @@ pub struct Platform {
     pub stats: Arc<crate::stats::DailyStats>,
     /// Recipient-list uploads append to shared chunks: one at a time.
     pub uploads: Arc<tokio::sync::Mutex<()>>,
+    /// Open and click tracking (None when `tracking.enabled` is off).
+    pub tracker: Option<Arc<crate::tracking::Tracker>>,
 }
 
 impl Platform {

@@ -230,6 +230,12 @@ async fn send_one(ctx: &SmtpContext, t: &Task, e: &ReceiverEntry) -> Outcome {
     };
     let id = uuid::Uuid::now_v7().simple().to_string();
     let hostname = &p.settings.server.hostname;
+    let html = match &p.tracker {
+        Some(tr) if !html.is_empty() => {
+            tr.instrument(&html, &crate::net::domain_of(&t.from.1), &id, &e.email)
+        }
+        _ => html,
+    };
     let draft = super::compose::Draft {
         from: t.from.clone(),
         to: vec![e.email.clone()],

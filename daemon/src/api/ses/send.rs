@@ -397,6 +397,20 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     let (display_name, display_addr) = header_from
         .clone()
         .unwrap_or((from_name.clone(), from.clone()));
+    let html = match &c.platform.tracker {
+        Some(t) if !html.is_empty() => {
+            // A token names the recipient only when there is one.
+            let mut everyone: Vec<&String> = to.iter().chain(&cc).chain(&bcc).collect();
+            everyone.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+            let single = if everyone.len() == 1 {
+                everyone[0].as_str()
+            } else {
+                ""
+            };
+            t.instrument(&html, &crate::net::domain_of(&display_addr), &id, single)
+        }
+        _ => html,
+    };
     let body = Draft {
         from: (display_name, display_addr.clone()),
         to: to.clone(),

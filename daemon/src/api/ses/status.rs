@@ -47,7 +47,7 @@ fn deliver_message(r: &RecipientStatus) -> String {
     }
 }
 
-fn row(m: &MessageStatus, r: &RecipientStatus) -> Value {
+fn row(m: &MessageStatus, r: &RecipientStatus, (opened, clicked): (bool, bool)) -> Value {
     let delivered_at = r
         .attempts
         .last()
@@ -63,8 +63,8 @@ fn row(m: &MessageStatus, r: &RecipientStatus) -> Value {
         "DeliverMessage": deliver_message(r),
         "RequestTime": secs(m.meta.received_at_ms),
         "DeliverTime": secs(delivered_at),
-        "UserOpened": false,
-        "UserClicked": false,
+        "UserOpened": opened,
+        "UserClicked": clicked,
         "UserUnsubscribed": false,
         "UserComplainted": false,
         "UserComplained": false,
@@ -118,7 +118,10 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
             {
                 continue;
             }
-            rows.push(row(&status, r));
+            let seen =
+                crate::platform::tracking::seen(&c.state.store, &status.meta.id, &r.recipient)
+                    .await?;
+            rows.push(row(&status, r, seen));
             if rows.len() >= offset + limit {
                 break;
             }

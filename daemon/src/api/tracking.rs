@@ -1,0 +1,111 @@
+//! `GET /t/o/{token}` (the open pixel) and `GET /t/c/{token}` (a tracked
+//! link): on the public listener, so cheap and safe under abuse. A token
+//! that does not verify is a 404 and records nothing; each client address
+//! gets at most `tracking.rate_per_ip` requests a second (429 past that);
+//! recording is one store write or two, done after the answer is sent.
+
+use super::ApiState;
+use crate::tracking::Mark;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+
+/// A transparent 1×1 GIF.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x01, 0x44, 0x00, 0x3b,
+];
+
+/// Requests per client address in the current second.
+#[derive(Default)]
+pub struct RateLimiter {
+    window: Mutex<(i64, HashMap<IpAddr, u32>)>,
+}
+
+impl RateLimiter {
+    fn allow(&self, ip: IpAddr, per_second: u32) -> bool {
+        let now = crate::net::system_now_ms() / 1000;
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0 != now {
+            *w = (now, HashMap::new());
+        }
+        let n = w.1.entry(ip).or_default();
+        *n += 1;
+        *n <= per_second
+    }
+}
+
+/// Checks the limit and the token; records in the background.
+fn accept(
+    s: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    token: &str,
+    kind: char,
+) -> Result<Mark, StatusCode> {
+    let Some(tracker) = s.platform.tracker.clone() else {
+        return Err(StatusCode::NOT_FOUND);
+    };
+    if !s.limiter.allow(peer.ip(), s.settings.tracking.rate_per_ip) {
+        return Err(StatusCode::TOO_MANY_REQUESTS);
+    }
+    let mark = tracker
+        .verify(token)
+        .filter(|m| m.kind == kind)
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(512)
+        .collect::<String>();
+    let ctx = s.smtp.clone();
+    let recorded = mark.clone();
+    tokio::spawn(async move {
+        crate::platform::tracking::record(&ctx, &recorded, peer.ip(), &user_agent).await;
+    });
+    Ok(mark)
+}
+
+pub async fn open(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    match accept(&s, peer, &headers, &token, 'o') {
+        Ok(_) => (
+            [
+                (header::CONTENT_TYPE, "image/gif"),
+                (header::CACHE_CONTROL, "no-store, max-age=0"),
+            ],
+            PIXEL,
+        )
+            .into_response(),
+        Err(status) => status.into_response(),
+    }
+}
+
+pub async fn click(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    match accept(&s, peer, &headers, &token, 'c') {
+        Ok(mark) => (
+            StatusCode::FOUND,
+            [
+                (header::LOCATION, mark.url.as_str()),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+        )
+            .into_response(),
+        Err(status) => status.into_response(),
+    }
+}

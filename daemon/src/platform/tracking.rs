@@ -1,0 +1,120 @@
+//! What an open or a click records: the first one per message and
+//! recipient (time, address, user agent) and a total; the first one also
+//! counts in the daily statistics and, for opens, in the reputation
+//! counters. Every one is an event.
+
+use crate::smtp_in::SmtpContext;
+use crate::tracking::Mark;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirstSeen {
+    pub at_ms: i64,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+fn first_key(kind: char, message_id: &str, recipient: &str) -> String {
+    format!(
+        "tracking:{kind}:{message_id}:{}",
+        recipient.to_ascii_lowercase()
+    )
+}
+
+fn total_key(kind: char, message_id: &str, recipient: &str) -> String {
+    format!(
+        "tracking:{kind}-total:{message_id}:{}",
+        recipient.to_ascii_lowercase()
+    )
+}
+
+pub async fn record(ctx: &SmtpContext, m: &Mark, ip: IpAddr, user_agent: &str) {
+    if let Err(e) = try_record(ctx, m, ip, user_agent).await {
+        tracing::warn!(msg_id = %m.message_id, error = %e, "tracking event not recorded");
+    }
+}
+
+async fn try_record(
+    ctx: &SmtpContext,
+    m: &Mark,
+    ip: IpAddr,
+    user_agent: &str,
+) -> crate::store::Result<()> {
+    let store = &ctx.platform.store;
+    // Only messages Kiln still knows: a token outlives nothing it names.
+    let Some(status) = store.status(&m.message_id).await? else {
+        return Ok(());
+    };
+    let keep = ctx.settings.queue.status_retention;
+    let now = crate::net::now_ms();
+    let first = FirstSeen {
+        at_ms: now,
+        ip: ip.to_string(),
+        user_agent: user_agent.to_string(),
+    };
+    let key = first_key(m.kind, &m.message_id, &m.recipient);
+    let value = crate::store::encode(&first);
+    let is_first = store.put_if_absent(&key, &value).await?;
+    if is_first {
+        // Kept as long as the message's status.
+        store.put(&key, &value, Some(keep)).await?;
+    }
+    store
+        .incr(&total_key(m.kind, &m.message_id, &m.recipient), 1, keep)
+        .await?;
+    let sender = &status.meta.sender;
+    let domain = crate::net::domain_of(sender).to_ascii_lowercase();
+    let (kind, metric) = if m.kind == 'o' {
+        ("open", "open")
+    } else {
+        ("click", "click")
+    };
+    let provider = if m.recipient.is_empty() {
+        status
+            .recipients
+            .first()
+            .map(|r| r.recipient.clone())
+            .unwrap_or_default()
+    } else {
+        m.recipient.clone()
+    };
+    if is_first {
+        ctx.platform.stats.record(&domain, &provider, metric, 1);
+        if m.kind == 'o' {
+            ctx.outcomes.record(&domain, "open");
+        }
+    }
+    let mut e = crate::events::Event::new(
+        kind,
+        &m.message_id,
+        &m.recipient,
+        sender,
+        &status.meta.account,
+    );
+    e.link = m.url.clone();
+    e.ip = ip.to_string();
+    e.user_agent = user_agent.to_string();
+    e.sent_at = status.meta.received_at_ms;
+    ctx.events.emit(e).await;
+    Ok(())
+}
+
+/// Whether the recipient (or, for a message to several, anyone) opened or
+/// clicked: (opened, clicked).
+pub async fn seen(
+    store: &crate::store::Store,
+    message_id: &str,
+    recipient: &str,
+) -> crate::store::Result<(bool, bool)> {
+    use crate::store::{BatchOp, BatchValue};
+    let ops = [
+        BatchOp::Get(first_key('o', message_id, recipient)),
+        BatchOp::Get(first_key('o', message_id, "")),
+        BatchOp::Get(first_key('c', message_id, recipient)),
+        BatchOp::Get(first_key('c', message_id, "")),
+    ];
+    let got = store.batch(&ops).await?;
+    let some = |i: usize| matches!(got.get(i), Some(BatchValue::Bytes(Some(_))));
+    Ok((some(0) || some(1), some(2) || some(3)))
+}
