@@ -232,3 +232,209 @@ async fn scenario(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(delivered_once(&hook).len(), 8, "nothing arrives twice");
 }
+
+/// The HTML part of a received message, decoded.
+fn html_part(data: &[u8]) -> String {
+    let msg = mail_parser::MessageParser::default()
+        .parse(data)
+        .expect("parsable message");
+    msg.body_html(0).expect("an HTML part").into_owned()
+}
+
+/// Opens `url` in headless Chromium (it loads images and follows
+/// redirects), as a mail client's browser would.
+fn chromium(url: &str) -> String {
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ])
+        .args(["--virtual-time-budget=3000", "--dump-dom", url])
+        .output()
+        .expect("chromium runs (apt-get install -y chromium)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_and_clicks_in_a_real_browser_become_events() {
+    let hook = Webhook::start().await;
+    let e = env(Backend::Embedded, |o| {
+        o.extra =
+            "[tracking]\nbase_url = \"http://{http}\"\nsecret = \"tracking-test-secret\"\n".into()
+    })
+    .await;
+    let mut sdk = Sdk::start(e.kiln.http).await;
+    let acme = crate::api::create_account(&e, "acme");
+    let domain = "mail.acme.test";
+    crate::api::verified_sender(&e, &mut sdk, &acme, domain, 1).await;
+    let landing = hook.url("/landing?from=mail");
+    let words = "your parcel left our store today and will arrive soon ".repeat(8);
+    let html = format!(
+        "<html><body><p>Hello {{{{name}}}}, {words}</p>\
+         <p><a href=\"{landing}\">Track it</a> or <a data-kiln-notrack href=\"{}\">keep</a></p></body></html>",
+        hook.url("/untracked")
+    );
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let template = sdk
+        .ok(&acme, "CreateEmailTemplate", json!({"TemplateName": "t", "TemplateContent": {"Html": b64(&html), "Text": b64(&format!("Hello {{{{name}}}}, {words}"))}}))
+        .await["TemplateID"]
+        .as_i64()
+        .unwrap();
+    set_callback(&e, "acme", &hook.url("/events"), None);
+    let id = sdk
+        .ok(
+            &acme,
+            "SendEmail",
+            json!({
+                "FromEmailAddress": format!("news@{domain}"),
+                "Destination": ["ann@dest.test"],
+                "Subject": "Your parcel",
+                "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"Ann\"}"},
+            }),
+        )
+        .await["MessageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(e.sink.wait_count(1, Duration::from_secs(20)).await);
+    let html = html_part(&e.sink.messages()[0].data);
+    assert!(!html.contains(&landing), "the link is tracked: {html}");
+    assert!(
+        html.contains(&hook.url("/untracked")),
+        "an opted-out link is left alone"
+    );
+    let text = String::from_utf8_lossy(&e.sink.messages()[0].data).to_string();
+    assert!(
+        !text.contains("/t/o/") || text.contains("text/html"),
+        "only the HTML part is tracked"
+    );
+    // The delivered event first.
+    assert!(hook.wait_count(1, Duration::from_secs(20)).await);
+
+    // Opening the message in a browser loads the pixel: an open event.
+    let page = e.dir.path().join("message.html");
+    std::fs::write(&page, &html).unwrap();
+    let shown =
+        tokio::task::spawn_blocking(move || chromium(&format!("file://{}", page.display())))
+            .await
+            .unwrap();
+    assert!(shown.contains("Hello Ann"), "{shown}");
+    let events = |hook: &Webhook| -> Vec<Value> { hook.posts().iter().map(body).collect() };
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), || events(&hook)
+            .iter()
+            .any(|v| v["event"] == "open"))
+        .await,
+        "{:?}",
+        hook.hooks()
+    );
+    let open = events(&hook)
+        .into_iter()
+        .find(|v| v["event"] == "open")
+        .unwrap();
+    assert_eq!(
+        (open["eventid"].as_i64(), open["messageId"].as_str()),
+        (Some(5), Some(id.as_str())),
+        "{open}"
+    );
+    assert_eq!(open["email"], "ann@dest.test");
+    assert!(
+        open["useragent"].as_str().unwrap().contains("Chrome"),
+        "{open}"
+    );
+
+    // Following the link lands on the original page: a click event.
+    let start = html.find("/t/c/").expect("tracked link");
+    let head = html[..start].rfind('"').unwrap() + 1;
+    let tracked = html[head..].split('"').next().unwrap().to_string();
+    let link = tracked.clone();
+    let landed = tokio::task::spawn_blocking(move || chromium(&link))
+        .await
+        .unwrap();
+    assert!(landed.contains("landing page"), "{landed}");
+    assert!(
+        hook.hooks().iter().any(|h| h.path == "/landing"),
+        "the original page was reached"
+    );
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), || events(&hook)
+            .iter()
+            .any(|v| v["event"] == "click"))
+        .await
+    );
+    let click = events(&hook)
+        .into_iter()
+        .find(|v| v["event"] == "click")
+        .unwrap();
+    assert_eq!(click["eventid"], 6);
+    assert_eq!(click["link"], landing);
+
+    // A forged or altered token: 404, and nothing is recorded.
+    let before = events(&hook).len();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut forged = tracked.clone();
+    forged.insert(forged.find("/t/c/").unwrap() + 6, 'x');
+    for url in [
+        forged,
+        format!(
+            "http://{}/t/c/bm90LWEtdG9rZW4.AAAAAAAAAAAAAAAAAAAAAA",
+            e.kiln.http
+        ),
+    ] {
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{url}");
+    }
+    let r = client.get(&tracked).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], landing.as_str());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        events(&hook).len(),
+        before + 1,
+        "only the genuine click was recorded"
+    );
+
+    // Status and statistics know about it.
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    let status = sdk
+        .ok(
+            &acme,
+            "GetSendEmailStatus",
+            json!({"RequestDate": today, "MessageId": id, "Offset": 0, "Limit": 10}),
+        )
+        .await;
+    let row = &status["EmailStatusList"][0];
+    assert_eq!(
+        (row["UserOpened"].as_bool(), row["UserClicked"].as_bool()),
+        (Some(true), Some(true)),
+        "{row}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = sdk
+            .ok(
+                &acme,
+                "GetStatisticsReport",
+                json!({"StartDate": today, "EndDate": today}),
+            )
+            .await;
+        let v = &r["OverallVolume"];
+        if (v["OpenedCount"].as_i64(), v["ClickedCount"].as_i64()) == (Some(1), Some(1)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unique opens and clicks counted once: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

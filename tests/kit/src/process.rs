@@ -155,7 +155,8 @@ secret_key = "shop-secret-key"
             policy = policy.display(),
             plugins = plugins_dir().display(),
             listener = opts.listener,
-            extra = opts.extra,
+            // `{http}` in the extra TOML: this instance's HTTP address.
+            extra = opts.extra.replace("{http}", &http.to_string()),
         );
         std::fs::write(&config, toml).expect("write config");
         let mut kiln = Kiln {

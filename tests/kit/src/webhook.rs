@@ -40,6 +40,27 @@ pub struct Webhook {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// A page a tracked link may lead to: GETs are recorded too.
+async fn page(
+    State(s): State<Arc<Shared>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> &'static str {
+    s.hooks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Hook {
+            path: uri.path().to_string(),
+            status: 200,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
+            body: String::new(),
+        });
+    "<html><body>landing page</body></html>"
+}
+
 async fn receive(
     State(s): State<Arc<Shared>>,
     uri: axum::http::Uri,
@@ -85,7 +106,7 @@ impl Webhook {
         let (tx, rx) = oneshot::channel::<()>();
         let app = axum::Router::new()
             .route("/", post(receive))
-            .route("/{*path}", post(receive))
+            .route("/{*path}", post(receive).get(page))
             .with_state(self.shared.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -122,6 +143,14 @@ impl Webhook {
     /// The status later POSTs get (they are recorded either way).
     pub fn answer(&self, status: u16) {
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// The POSTs (callbacks) only.
+    pub fn posts(&self) -> Vec<Hook> {
+        self.hooks()
+            .into_iter()
+            .filter(|h| !h.body.is_empty())
+            .collect()
     }
 
     pub fn hooks(&self) -> Vec<Hook> {
