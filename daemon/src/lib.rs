@@ -45,3 +45,4 @@ pub mod stats;
 pub mod store;
 pub mod tls;
 pub mod tracking;
+pub mod unsubscribe;

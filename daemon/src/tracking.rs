@@ -13,12 +13,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 /// What a token stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mark {
-    /// 'o' (open) or 'c' (click).
+    /// 'o' (open), 'c' (click) or 'u' (unsubscribe).
     pub kind: char,
     pub message_id: String,
     /// The recipient, when the message had one ("" when it went to several).
     pub recipient: String,
-    /// The original link (clicks).
+    /// The original link (clicks), or the language (unsubscribe).
     pub url: String,
 }
 
@@ -82,7 +82,24 @@ impl Tracker {
             recipient: parts.next()?.to_string(),
             url: parts.next()?.to_string(),
         };
-        matches!(kind, 'o' | 'c').then_some(mark)
+        matches!(kind, 'o' | 'c' | 'u').then_some(mark)
+    }
+
+    /// The unsubscribe URL for one recipient of a message, in a language.
+    pub fn unsubscribe_url(
+        &self,
+        sender_domain: &str,
+        message_id: &str,
+        recipient: &str,
+        lang: u8,
+    ) -> String {
+        let token = self.token(&Mark {
+            kind: 'u',
+            message_id: message_id.to_string(),
+            recipient: recipient.to_string(),
+            url: lang.to_string(),
+        });
+        format!("{}/u/{token}", self.base(sender_domain))
     }
 
     /// The HTML with a pixel and tracked links, for one message.

@@ -438,3 +438,185 @@ async fn opens_and_clicks_in_a_real_browser_become_events() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+fn header_value(data: &[u8], name: &str) -> Option<String> {
+    let msg = mail_parser::MessageParser::default().parse(data)?;
+    msg.header_raw(name).map(|v| v.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_click_unsubscribe_suppresses_the_recipient() {
+    let hook = Webhook::start().await;
+    let e = env(Backend::Embedded, |o| {
+        o.extra = "[tracking]\nbase_url = \"http://{http}\"\n".into()
+    })
+    .await;
+    let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
+    set_callback(&e, "acme", &hook.url("/events"), None);
+    let params = |to: &[&str], unsubscribe: &str| {
+        let mut p = json!({
+            "FromEmailAddress": format!("news@{domain}"),
+            "Destination": to,
+            "Subject": "News",
+            "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"A\",\"code\":\"1\"}"},
+        });
+        if !unsubscribe.is_empty() {
+            p["Unsubscribe"] = json!(unsubscribe);
+        }
+        p
+    };
+    let first = sdk
+        .ok(&acme, "SendEmail", params(&["ann@dest.test"], "2"))
+        .await["MessageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(e.sink.wait_count(1, Duration::from_secs(20)).await);
+    let data = e.sink.messages()[0].data.clone();
+    let list = header_value(&data, "List-Unsubscribe").expect("List-Unsubscribe");
+    assert_eq!(
+        header_value(&data, "List-Unsubscribe-Post").as_deref(),
+        Some("List-Unsubscribe=One-Click")
+    );
+    let url = list
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string();
+    assert!(
+        url.starts_with(&format!("http://{}/u/", e.kiln.http)),
+        "{url}"
+    );
+    assert!(
+        html_part(&data).contains("Unsubscribe</a>"),
+        "the footer, in English"
+    );
+    // The DKIM signature covers both headers (RFC 8058 section 4).
+    let text = String::from_utf8_lossy(&data).to_string();
+    let signed = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .replace("\r\n\t", " ");
+    let h = signed
+        .split("h=")
+        .nth(1)
+        .and_then(|t| t.split(';').next())
+        .expect("h= tag")
+        .replace(' ', "");
+    let names: Vec<&str> = h.split(':').collect();
+    assert!(
+        names.contains(&"List-Unsubscribe") && names.contains(&"List-Unsubscribe-Post"),
+        "{h}"
+    );
+    let results = crate::delivery::verify_dkim(e.dns.addr, &data).await;
+    assert_eq!(results, [mail_auth::DkimResult::Pass]);
+
+    // Opening the link only asks; it takes a POST.
+    let page = reqwest::get(&url).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("<form method=\"post\">") && page.contains(domain),
+        "{page}"
+    );
+    sdk.ok(&acme, "SendEmail", params(&["ann@dest.test"], ""))
+        .await;
+
+    // A forged token changes nothing; the provider's one-click POST does.
+    let client = reqwest::Client::new();
+    let forged = format!("{url}x");
+    let r = client
+        .post(&forged)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("You are unsubscribed from mail.acme.test.")
+    );
+    let events = |hook: &Webhook| -> Vec<Value> { hook.posts().iter().map(body).collect() };
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), || events(&hook)
+            .iter()
+            .any(|v| v["event"] == "unsubscribe"))
+        .await,
+        "{:?}",
+        hook.hooks()
+    );
+    let ev = events(&hook)
+        .into_iter()
+        .find(|v| v["event"] == "unsubscribe")
+        .unwrap();
+    assert_eq!(
+        (ev["eventid"].as_i64(), ev["email"].as_str()),
+        (Some(8), Some("ann@dest.test")),
+        "{ev}"
+    );
+    assert_eq!(ev["messageId"], first);
+
+    // From now on the sender domain may not send to her.
+    let (code, _) = sdk
+        .err(&acme, "SendEmail", params(&["ann@dest.test"], "2"))
+        .await;
+    assert_eq!(code, "FailedOperation.ReceiverHasUnsubscribed");
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    let st = sdk
+        .ok(
+            &acme,
+            "GetSendEmailStatus",
+            json!({"RequestDate": today, "MessageId": first, "Offset": 0, "Limit": 10}),
+        )
+        .await;
+    assert_eq!(st["EmailStatusList"][0]["UserUnsubscribed"], true, "{st}");
+
+    // The sender address's setting applies when the request says nothing;
+    // a message to several recipients gets no link (it would not know whom).
+    sdk.ok(
+        &acme,
+        "CreateAddressUnsubscribeConfig",
+        json!({"Address": format!("news@{domain}"), "UnsubscribeConfig": "6", "Status": 1}),
+    )
+    .await;
+    sdk.ok(&acme, "SendEmail", params(&["bob@dest.test"], ""))
+        .await;
+    sdk.ok(
+        &acme,
+        "SendEmail",
+        params(&["cy@dest.test", "di@dest.test"], "2"),
+    )
+    .await;
+    assert!(
+        e.sink.wait_count(5, Duration::from_secs(20)).await,
+        "{}",
+        e.sink.count()
+    );
+    let msgs = e.sink.messages();
+    let bob = msgs
+        .iter()
+        .find(|m| m.rcpt_to == ["bob@dest.test"])
+        .unwrap();
+    assert!(
+        html_part(&bob.data).contains("Abmelden</a>"),
+        "German, from the address's setting"
+    );
+    let group = msgs
+        .iter()
+        .find(|m| m.rcpt_to.contains(&"cy@dest.test".to_string()))
+        .unwrap();
+    assert_eq!(header_value(&group.data, "List-Unsubscribe"), None);
+}

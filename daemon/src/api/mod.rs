@@ -39,6 +39,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(health))
         .route("/t/o/{token}", get(tracking::open))
         .route("/t/c/{token}", get(tracking::click))
+        .route(
+            "/u/{token}",
+            get(tracking::unsubscribe_page).post(tracking::unsubscribe_now),
+        )
         .route("/admin/messages/{id}", get(message_status))
         .route("/admin/dkim/{domain}", get(dkim_show).post(dkim_create))
         .route("/admin/queue", get(queue_info))

@@ -109,3 +109,79 @@ pub async fn click(
         Err(status) => status.into_response(),
     }
 }
+
+fn html_page(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn unsubscribe_mark(s: &ApiState, peer: SocketAddr, token: &str) -> Result<Mark, StatusCode> {
+    let tracker = s.platform.tracker.clone().ok_or(StatusCode::NOT_FOUND)?;
+    if !s.limiter.allow(peer.ip(), s.settings.tracking.rate_per_ip) {
+        return Err(StatusCode::TOO_MANY_REQUESTS);
+    }
+    tracker
+        .verify(token)
+        .filter(|m| m.kind == 'u' && !m.recipient.is_empty())
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+/// `GET /u/{token}`: the confirmation page (a link may be followed by a
+/// scanner; only a POST unsubscribes).
+pub async fn unsubscribe_page(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+) -> Response {
+    let mark = match unsubscribe_mark(&s, peer, &token) {
+        Ok(m) => m,
+        Err(status) => return status.into_response(),
+    };
+    let lang = mark.url.parse().unwrap_or(2);
+    let domain = match s.store.status(&mark.message_id).await {
+        Ok(Some(st)) => crate::net::domain_of(&st.meta.sender),
+        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    html_page(
+        StatusCode::OK,
+        crate::unsubscribe::confirm_page(lang, &domain),
+    )
+}
+
+/// `POST /u/{token}`: the page's button, or a mail provider's one-click
+/// request (RFC 8058, body `List-Unsubscribe=One-Click`).
+pub async fn unsubscribe_now(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let mark = match unsubscribe_mark(&s, peer, &token) {
+        Ok(m) => m,
+        Err(status) => return status.into_response(),
+    };
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(512)
+        .collect::<String>();
+    let lang = mark.url.parse().unwrap_or(2);
+    match crate::platform::tracking::unsubscribe(&s.smtp, &mark, peer.ip(), &user_agent).await {
+        Ok(Some(domain)) => html_page(StatusCode::OK, crate::unsubscribe::done_page(lang, &domain)),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "unsubscribe not recorded");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}

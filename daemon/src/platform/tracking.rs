@@ -118,3 +118,69 @@ pub async fn seen(
     let some = |i: usize| matches!(got.get(i), Some(BatchValue::Bytes(Some(_))));
     Ok((some(0) || some(1), some(2) || some(3)))
 }
+
+/// A recipient unsubscribes: from now on the message's sender domain may
+/// not send to them (`check_limits` drops them with
+/// `FailedOperation.ReceiverHasUnsubscribed`). Done before the answer, so
+/// the page that says "unsubscribed" tells the truth. Returns the sender
+/// domain, for the page.
+pub async fn unsubscribe(
+    ctx: &SmtpContext,
+    m: &Mark,
+    ip: IpAddr,
+    user_agent: &str,
+) -> crate::store::Result<Option<String>> {
+    let store = &ctx.platform.store;
+    let Some(status) = store.status(&m.message_id).await? else {
+        return Ok(None);
+    };
+    let sender = &status.meta.sender;
+    let domain = crate::net::domain_of(sender).to_ascii_lowercase();
+    let recipient = m.recipient.to_ascii_lowercase();
+    store
+        .set_add(
+            &crate::policy::lua_host::ns(&format!("unsubscribed:{domain}")),
+            &recipient,
+            None,
+        )
+        .await?;
+    let key = first_key('u', &m.message_id, &m.recipient);
+    let first = FirstSeen {
+        at_ms: crate::net::now_ms(),
+        ip: ip.to_string(),
+        user_agent: user_agent.to_string(),
+    };
+    let value = crate::store::encode(&first);
+    if store.put_if_absent(&key, &value).await? {
+        store
+            .put(&key, &value, Some(ctx.settings.queue.status_retention))
+            .await?;
+        ctx.platform
+            .stats
+            .record(&domain, &recipient, "unsubscribe", 1);
+        let mut e = crate::events::Event::new(
+            "unsubscribe",
+            &m.message_id,
+            &m.recipient,
+            sender,
+            &status.meta.account,
+        );
+        e.ip = ip.to_string();
+        e.user_agent = user_agent.to_string();
+        e.sent_at = status.meta.received_at_ms;
+        ctx.events.emit(e).await;
+    }
+    Ok(Some(domain))
+}
+
+/// Whether the recipient unsubscribed through this message.
+pub async fn unsubscribed(
+    store: &crate::store::Store,
+    message_id: &str,
+    recipient: &str,
+) -> crate::store::Result<bool> {
+    Ok(store
+        .get(&first_key('u', message_id, recipient))
+        .await?
+        .is_some())
+}

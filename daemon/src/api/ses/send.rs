@@ -397,18 +397,33 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     let (display_name, display_addr) = header_from
         .clone()
         .unwrap_or((from_name.clone(), from.clone()));
-    let html = match &c.platform.tracker {
-        Some(t) if !html.is_empty() => {
-            // A token names the recipient only when there is one.
-            let mut everyone: Vec<&String> = to.iter().chain(&cc).chain(&bcc).collect();
-            everyone.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
-            let single = if everyone.len() == 1 {
-                everyone[0].as_str()
-            } else {
-                ""
-            };
-            t.instrument(&html, &crate::net::domain_of(&display_addr), &id, single)
+    // A token names the recipient only when there is one.
+    let mut everyone: Vec<&String> = to.iter().chain(&cc).chain(&bcc).collect();
+    everyone.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    let single = if everyone.len() == 1 {
+        everyone[0].as_str()
+    } else {
+        ""
+    };
+    let (mut html, mut text, mut headers) = (html, text, headers);
+    // The request's Unsubscribe option, else the sender address's setting.
+    let lang = if unsubscribe.is_empty() {
+        match c.platform.unsubscribe_config(c.account, &from).await? {
+            Some(u) if u.status == 1 => crate::unsubscribe::language(&u.config),
+            _ => None,
         }
+    } else {
+        crate::unsubscribe::language(&unsubscribe)
+    };
+    let sending_domain = crate::net::domain_of(&display_addr);
+    // One link per recipient: a message to several gets none.
+    if let (Some(lang), Some(t), false) = (lang, &c.platform.tracker, single.is_empty()) {
+        let url = t.unsubscribe_url(&sending_domain, &id, single, lang);
+        crate::unsubscribe::add_footer(lang, &url, &mut html, &mut text);
+        headers.extend(crate::unsubscribe::headers(&url));
+    }
+    let html = match &c.platform.tracker {
+        Some(t) if !html.is_empty() => t.instrument(&html, &sending_domain, &id, single),
         _ => html,
     };
     let body = Draft {

@@ -47,7 +47,12 @@ fn deliver_message(r: &RecipientStatus) -> String {
     }
 }
 
-fn row(m: &MessageStatus, r: &RecipientStatus, (opened, clicked): (bool, bool)) -> Value {
+fn row(
+    m: &MessageStatus,
+    r: &RecipientStatus,
+    (opened, clicked): (bool, bool),
+    unsubscribed: bool,
+) -> Value {
     let delivered_at = r
         .attempts
         .last()
@@ -65,7 +70,7 @@ fn row(m: &MessageStatus, r: &RecipientStatus, (opened, clicked): (bool, bool)) 
         "DeliverTime": secs(delivered_at),
         "UserOpened": opened,
         "UserClicked": clicked,
-        "UserUnsubscribed": false,
+        "UserUnsubscribed": unsubscribed,
         "UserComplainted": false,
         "UserComplained": false,
     })
@@ -121,7 +126,13 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
             let seen =
                 crate::platform::tracking::seen(&c.state.store, &status.meta.id, &r.recipient)
                     .await?;
-            rows.push(row(&status, r, seen));
+            let unsubscribed = crate::platform::tracking::unsubscribed(
+                &c.state.store,
+                &status.meta.id,
+                &r.recipient,
+            )
+            .await?;
+            rows.push(row(&status, r, seen, unsubscribed));
             if rows.len() >= offset + limit {
                 break;
             }
