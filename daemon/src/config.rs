@@ -116,6 +116,10 @@ pub struct PlatformSettings {
     pub allow_simple: bool,
     /// Largest TemplateData, in bytes.
     pub max_template_data: usize,
+    /// The domain of the VERP return paths (its MX must be Kiln), where
+    /// bounces and complaints come back; empty: mail leaves with the
+    /// sender's own address and only synchronous bounces are seen.
+    pub bounce_domain: String,
 }
 
 impl Default for PlatformSettings {
@@ -128,6 +132,7 @@ impl Default for PlatformSettings {
             max_templates: 1000,
             allow_simple: false,
             max_template_data: 64 * 1024,
+            bounce_domain: String::new(),
         }
     }
 }

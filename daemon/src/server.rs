@@ -94,6 +94,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     let stats = crate::stats::DailyStats::new(store.clone(), time_zone.clone());
     let stats_task = tokio::spawn(stats.clone().run(outcomes_stop.clone()));
 
+    let secret = signing_secret(&settings, &store).await?;
     let platform = crate::platform::Platform {
         store: store.clone(),
         settings: settings.clone(),
@@ -106,7 +107,13 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         time_zone,
         stats: stats.clone(),
         uploads: Default::default(),
-        tracker: tracker(&settings, &store).await?,
+        tracker: tracker(&settings, &secret),
+        verp: (!settings.platform.bounce_domain.is_empty()).then(|| {
+            Arc::new(crate::verp::Verp::new(
+                &secret,
+                &settings.platform.bounce_domain,
+            ))
+        }),
     };
     let callbacks = crate::callbacks::Callbacks::new(
         platform.clone(),
@@ -122,6 +129,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
             outcomes: outcomes.clone(),
             stats: stats.clone(),
             events: events.clone(),
+            verp: platform.verp.clone(),
         },
         resolver,
         client_tls,
@@ -256,37 +264,37 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     Ok(())
 }
 
-/// The tracker, with the configured secret or the store's (made once).
-async fn tracker(
-    settings: &Settings,
-    store: &Store,
-) -> anyhow::Result<Option<Arc<crate::tracking::Tracker>>> {
+/// The secret that signs tracking URLs and return paths: the configured
+/// one, or one kept in the store (made once, shared by a cluster's nodes).
+async fn signing_secret(settings: &Settings, store: &Store) -> anyhow::Result<Vec<u8>> {
+    if !settings.tracking.secret.is_empty() {
+        return Ok(settings.tracking.secret.as_bytes().to_vec());
+    }
+    let key = "tracking:secret";
+    store
+        .put_if_absent(key, crate::platform::random_token(48).as_bytes())
+        .await?;
+    store
+        .get(key)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("signing secret vanished from the store"))
+}
+
+fn tracker(settings: &Settings, secret: &[u8]) -> Option<Arc<crate::tracking::Tracker>> {
     let t = &settings.tracking;
     if !t.enabled {
-        return Ok(None);
+        return None;
     }
-    let secret = if t.secret.is_empty() {
-        let key = "tracking:secret";
-        store
-            .put_if_absent(key, crate::platform::random_token(48).as_bytes())
-            .await?;
-        store
-            .get(key)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("tracking secret vanished from the store"))?
-    } else {
-        t.secret.as_bytes().to_vec()
-    };
     let base = if t.base_url.is_empty() {
         format!("http://{}", settings.server.hostname)
     } else {
         t.base_url.clone()
     };
-    Ok(Some(Arc::new(crate::tracking::Tracker::new(
-        &secret,
+    Some(Arc::new(crate::tracking::Tracker::new(
+        secret,
         &base,
         t.hosts.clone(),
-    ))))
+    )))
 }
 
 /// Re-reads what can change without a restart: accounts, the TLS

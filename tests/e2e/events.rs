@@ -620,3 +620,191 @@ async fn one_click_unsubscribe_suppresses_the_recipient() {
         .unwrap();
     assert_eq!(header_value(&group.data, "List-Unsubscribe"), None);
 }
+
+/// Sends `body` to `to` the way a remote MTA returns a report: no AUTH,
+/// null sender.
+async fn mail_report(e: &Env, to: &str, body: &str) -> kiln_testkit::client::Reply {
+    let mut c = kiln_testkit::client::SmtpClient::connect(e.kiln.smtp)
+        .await
+        .unwrap();
+    c.cmd("EHLO mx.dest.test").await.unwrap();
+    let r = c.send("", &[to], body.as_bytes()).await.unwrap();
+    c.quit().await;
+    r
+}
+
+fn dsn(to: &str, recipient: &str) -> String {
+    format!(
+        "From: MAILER-DAEMON@mx.dest.test\r\nTo: {to}\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n\
+         --B\r\nContent-Type: text/plain\r\n\r\nThe mailbox does not exist.\r\n\
+         --B\r\nContent-Type: message/delivery-status\r\n\r\n\
+         Reporting-MTA: dns; mx.dest.test\r\n\r\n\
+         Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: user unknown\r\n\r\n\
+         --B\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: News\r\n\r\n--B--\r\n"
+    )
+}
+
+fn arf(to: &str, recipient: &str) -> String {
+    format!(
+        "From: abuse@dest.test\r\nTo: {to}\r\nSubject: Abuse report\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"F\"\r\n\r\n\
+         --F\r\nContent-Type: text/plain\r\n\r\nA user marked this message as spam.\r\n\
+         --F\r\nContent-Type: message/feedback-report\r\n\r\n\
+         Feedback-Type: abuse\r\nUser-Agent: DestMail/1.0\r\nVersion: 1\r\n\
+         Original-Rcpt-To: <{recipient}>\r\nSource-IP: 192.0.2.7\r\n\r\n\
+         --F\r\nContent-Type: message/rfc822\r\n\r\nFrom: news@mail.acme.test\r\nTo: {recipient}\r\nSubject: News for you\r\n\r\nHello\r\n\
+         --F--\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_and_complaints_come_back_to_the_verp_address() {
+    let hook = Webhook::start().await;
+    let e = env(Backend::Embedded, |o| {
+        o.extra = "[platform]\nbounce_domain = \"bounces.kiln.test\"\n".into()
+    })
+    .await;
+    let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
+    set_callback(&e, "acme", &hook.url("/events"), None);
+    let send = |to: &'static str| {
+        json!({
+            "FromEmailAddress": format!("news@{domain}"),
+            "Destination": [to],
+            "Subject": "News",
+            "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"A\",\"code\":\"1\"}"},
+        })
+    };
+    let ann_id = sdk.ok(&acme, "SendEmail", send("ann@dest.test")).await["MessageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bob_id = sdk.ok(&acme, "SendEmail", send("bob@dest.test")).await["MessageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(e.sink.wait_count(2, Duration::from_secs(20)).await);
+    let msgs = e.sink.messages();
+    let return_path = |rcpt: &str| {
+        msgs.iter()
+            .find(|m| m.rcpt_to == [rcpt])
+            .unwrap()
+            .mail_from
+            .clone()
+    };
+    let (ann_rp, bob_rp) = (return_path("ann@dest.test"), return_path("bob@dest.test"));
+    assert!(
+        ann_rp.starts_with(&format!("b-{ann_id}-0-")) && ann_rp.ends_with("@bounces.kiln.test"),
+        "{ann_rp}"
+    );
+    assert_ne!(ann_rp, bob_rp);
+    // DKIM (the From domain's) still passes with the VERP envelope.
+    let results = crate::delivery::verify_dkim(e.dns.addr, &msgs[0].data).await;
+    assert_eq!(results, [mail_auth::DkimResult::Pass]);
+    let events = |hook: &Webhook| -> Vec<Value> { hook.posts().iter().map(body).collect() };
+    assert!(crate::harness::wait_until(Duration::from_secs(20), || events(&hook).len() >= 2).await);
+
+    // A forged return path is no mailbox; other domains are still no relay.
+    let forged = format!("b-{ann_id}-0-000000000000@bounces.kiln.test");
+    assert_eq!(
+        mail_report(&e, &forged, &dsn(&forged, "ann@dest.test"))
+            .await
+            .code,
+        550
+    );
+    assert_eq!(
+        mail_report(&e, "x@elsewhere.test", "Subject: x\r\n\r\nx\r\n")
+            .await
+            .code,
+        550
+    );
+
+    // A DSN: bounce event, and the hard bounce blocklists the address.
+    let r = mail_report(&e, &ann_rp, &dsn(&ann_rp, "ann@dest.test")).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), || events(&hook)
+            .iter()
+            .any(|v| v["event"] == "bounce"))
+        .await,
+        "{:?}",
+        hook.hooks()
+    );
+    let bounce = events(&hook)
+        .into_iter()
+        .find(|v| v["event"] == "bounce")
+        .unwrap();
+    assert_eq!(
+        (bounce["messageId"].as_str(), bounce["email"].as_str()),
+        (Some(ann_id.as_str()), Some("ann@dest.test"))
+    );
+    assert_eq!(bounce["bounceType"], "hard");
+    assert!(
+        bounce["reason"].as_str().unwrap().contains("5.1.1"),
+        "{bounce}"
+    );
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    let black = sdk
+        .ok(
+            &acme,
+            "ListBlackEmailAddress",
+            json!({"StartDate": today, "EndDate": today, "Offset": 0, "Limit": 10}),
+        )
+        .await;
+    assert_eq!(
+        black["BlackList"][0]["EmailAddress"], "ann@dest.test",
+        "{black}"
+    );
+
+    // A complaint: spamreport event, the recipient suppressed, an abuse report.
+    let r = mail_report(&e, &bob_rp, &arf(&bob_rp, "bob@dest.test")).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), || events(&hook)
+            .iter()
+            .any(|v| v["event"] == "spamreport"))
+        .await
+    );
+    let complaint = events(&hook)
+        .into_iter()
+        .find(|v| v["event"] == "spamreport")
+        .unwrap();
+    assert_eq!(
+        (complaint["eventid"].as_i64(), complaint["email"].as_str()),
+        (Some(7), Some("bob@dest.test"))
+    );
+    assert_eq!(complaint["messageId"], bob_id);
+    let (code, _) = sdk.err(&acme, "SendEmail", send("bob@dest.test")).await;
+    assert_eq!(code, "FailedOperation.ReceiverHasUnsubscribed");
+    let abuse = sdk
+        .ok(
+            &acme,
+            "GetAbuseReport",
+            json!({"StartTime": today, "EndTime": today}),
+        )
+        .await;
+    assert_eq!(abuse["TotalCount"], 1, "{abuse}");
+    assert_eq!(abuse["Data"][0]["OriginalRcptTo"], "bob@dest.test");
+    assert_eq!(abuse["Data"][0]["SourceIp"], "192.0.2.7");
+    assert_eq!(abuse["Data"][0]["Subject"], "News for you");
+    let st = sdk
+        .ok(
+            &acme,
+            "GetSendEmailStatus",
+            json!({"RequestDate": today, "MessageId": bob_id, "Offset": 0, "Limit": 10}),
+        )
+        .await;
+    assert_eq!(st["EmailStatusList"][0]["UserComplained"], true, "{st}");
+    assert_eq!(
+        events(&hook)
+            .iter()
+            .filter(|v| v["event"] == "bounce")
+            .count(),
+        1,
+        "the forged DSN raised nothing"
+    );
+}

@@ -65,6 +65,7 @@ pub struct Delivery {
     outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
     stats: Arc<crate::stats::DailyStats>,
     events: crate::events::Events,
+    verp: Option<Arc<crate::verp::Verp>>,
     resolver: MxResolver,
     tls: ClientConfigs,
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
@@ -77,6 +78,8 @@ pub struct Feedback {
     pub outcomes: Arc<crate::policy::outcomes::OutcomeFeed>,
     pub stats: Arc<crate::stats::DailyStats>,
     pub events: crate::events::Events,
+    /// Return paths for account mail (bounces come back to Kiln).
+    pub verp: Option<Arc<crate::verp::Verp>>,
 }
 
 impl Delivery {
@@ -96,6 +99,7 @@ impl Delivery {
             outcomes: feedback.outcomes,
             stats: feedback.stats,
             events: feedback.events,
+            verp: feedback.verp,
             resolver,
             tls,
             destinations: Mutex::new(HashMap::new()),
@@ -260,8 +264,9 @@ impl Delivery {
             attempt.mx = Some(c.mx.clone());
             attempt.ip = Some(c.ip.to_string());
             attempt.tls = c.tls_version.clone();
+            let return_path = self.return_path(&entry);
             let verdict = match c
-                .send(&entry.sender, &entry.recipient, &body, entry.require_tls)
+                .send(&return_path, &entry.recipient, &body, entry.require_tls)
                 .await
             {
                 Ok(reply) => {
@@ -445,6 +450,17 @@ impl Delivery {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The envelope sender for a copy: a VERP return path for an account's
+    /// mail with a sender (null senders and relayed mail keep theirs).
+    fn return_path(&self, entry: &QueueEntry) -> String {
+        match &self.verp {
+            Some(v) if !entry.account.is_empty() && !entry.sender.is_empty() => {
+                v.address(&entry.msg_id, entry.rcpt_idx)
+            }
+            _ => entry.sender.clone(),
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Platform {
     pub uploads: Arc<tokio::sync::Mutex<()>>,
     /// Open and click tracking (None when `tracking.enabled` is off).
     pub tracker: Option<Arc<crate::tracking::Tracker>>,
+    /// VERP return paths (None without `platform.bounce_domain`).
+    pub verp: Option<Arc<crate::verp::Verp>>,
 }
 
 impl Platform {

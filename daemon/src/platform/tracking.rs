@@ -173,14 +173,20 @@ pub async fn unsubscribe(
     Ok(Some(domain))
 }
 
-/// Whether the recipient unsubscribed through this message.
-pub async fn unsubscribed(
+/// Whether the recipient unsubscribed through this message, and whether
+/// they complained about it: (unsubscribed, complained).
+pub async fn flags(
     store: &crate::store::Store,
     message_id: &str,
     recipient: &str,
-) -> crate::store::Result<bool> {
-    Ok(store
-        .get(&first_key('u', message_id, recipient))
-        .await?
-        .is_some())
+) -> crate::store::Result<(bool, bool)> {
+    use crate::store::{BatchOp, BatchValue};
+    let got = store
+        .batch(&[
+            BatchOp::Get(first_key('u', message_id, recipient)),
+            BatchOp::Get(first_key('s', message_id, recipient)),
+        ])
+        .await?;
+    let some = |i: usize| matches!(got.get(i), Some(BatchValue::Bytes(Some(_))));
+    Ok((some(0), some(1)))
 }

@@ -281,8 +281,33 @@ impl Session {
                     }
                 }
                 Command::Rcpt { to } => {
+                    let report = self
+                        .ctx
+                        .platform
+                        .verp
+                        .as_ref()
+                        .filter(|v| v.is_bounce_address(&to));
                     if self.mail_from.is_none() {
                         self.error(io, "503 5.5.1 Need MAIL command first");
+                    } else if let Some(verp) = report {
+                        // Bounces and complaints come back here from
+                        // anyone, for a genuine return path only.
+                        if verp.parse(&to).is_none() {
+                            self.reply(io, &format!("550 5.1.1 <{to}>: No such mailbox"));
+                        } else if self.rcpt_to.iter().any(|r| !verp.is_bounce_address(r)) {
+                            self.reply(io, "452 4.5.3 Reports go in a message of their own");
+                        } else {
+                            self.rcpt_to.push(to);
+                            self.reply(io, "250 2.1.5 Ok");
+                        }
+                    } else if self.rcpt_to.iter().any(|r| {
+                        self.ctx
+                            .platform
+                            .verp
+                            .as_ref()
+                            .is_some_and(|v| v.is_bounce_address(r))
+                    }) {
+                        self.reply(io, "452 4.5.3 Reports go in a message of their own");
                     } else if self.account.is_none() && !self.relay_allowed {
                         let text = format!("550 5.7.1 <{to}>: Relay access denied");
                         if self.error(io, &text) {
@@ -502,6 +527,16 @@ impl Session {
 
     /// Makes the message durable, then returns the reply for the client.
     async fn accept(&mut self, body: Vec<u8>) -> String {
+        let reports = self.ctx.platform.verp.as_ref().is_some_and(|v| {
+            !self.rcpt_to.is_empty() && self.rcpt_to.iter().all(|r| v.is_bounce_address(r))
+        });
+        if reports {
+            for to in self.rcpt_to.clone() {
+                let kind = crate::reports::process(&self.ctx, &to, &body).await;
+                tracing::info!(peer = %self.peer, return_path = %to, %kind, "report received");
+            }
+            return "250 2.0.0 Ok: report received".into();
+        }
         let Some(sender) = self.mail_from.clone() else {
             return "503 5.5.1 Need MAIL command first".into();
         };

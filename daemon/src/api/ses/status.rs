@@ -51,7 +51,7 @@ fn row(
     m: &MessageStatus,
     r: &RecipientStatus,
     (opened, clicked): (bool, bool),
-    unsubscribed: bool,
+    (unsubscribed, complained): (bool, bool),
 ) -> Value {
     let delivered_at = r
         .attempts
@@ -71,8 +71,8 @@ fn row(
         "UserOpened": opened,
         "UserClicked": clicked,
         "UserUnsubscribed": unsubscribed,
-        "UserComplainted": false,
-        "UserComplained": false,
+        "UserComplainted": complained,
+        "UserComplained": complained,
     })
 }
 
@@ -126,12 +126,9 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
             let seen =
                 crate::platform::tracking::seen(&c.state.store, &status.meta.id, &r.recipient)
                     .await?;
-            let unsubscribed = crate::platform::tracking::unsubscribed(
-                &c.state.store,
-                &status.meta.id,
-                &r.recipient,
-            )
-            .await?;
+            let unsubscribed =
+                crate::platform::tracking::flags(&c.state.store, &status.meta.id, &r.recipient)
+                    .await?;
             rows.push(row(&status, r, seen, unsubscribed));
             if rows.len() >= offset + limit {
                 break;
