@@ -56,3 +56,10 @@ for store in embedded redis; do
     target/release/kiln-api-bench --n "$N" --store "$store" --dkim "$dkim" --kiln target/release/kiln
   done
 done
+
+# What the deliverability loop costs: tracking, unsubscribe links, VERP and
+# a callback for every event, against none of it.
+for events in off on; do
+  sync
+  target/release/kiln-api-bench --n "$N" --events "$events" --dkim 2048 --kiln target/release/kiln
+done

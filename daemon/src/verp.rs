@@ -35,12 +35,8 @@ impl Verp {
 
     /// The return path for one recipient of a message.
     pub fn address(&self, message_id: &str, idx: u32) -> String {
-        format!(
-            "b-{}-{idx}-{}@{}",
-            message_id.to_ascii_lowercase(),
-            self.mac(message_id, idx),
-            self.domain
-        )
+        let id = message_id.to_ascii_lowercase();
+        format!("b-{id}-{idx}-{}@{}", self.mac(&id, idx), self.domain)
     }
 
     pub fn is_bounce_address(&self, address: &str) -> bool {

@@ -3,10 +3,15 @@
 //! keep-alive connections, against `kiln` (release build) on the embedded
 //! store with the default policy. Prints
 //!
-//! `kiln api_send_rps=<n> n=<N> connections=<C> dkim=<1024|2048> store=<embedded|redis>`
+//! `kiln api_send_rps=<n> end_to_end_mps=<n> n=<N> connections=<C> dkim=<1024|2048>
+//!  events=<on|off> store=<embedded|redis>`
 //!
 //! Usage: kiln-api-bench [--n N] [--connections C] [--store embedded|redis] [--kiln PATH]
-//!                       [--dkim 1024|2048]
+//!                       [--dkim 1024|2048] [--events on|off]
+//!
+//! `--events on` adds open/click tracking and an unsubscribe link to every
+//! message, VERP return paths, and a callback receiver for every event;
+//! `off` (the default) turns tracking off and sets no callback URL.
 //!
 //! Setup (not timed): an account, a sender domain verified against the
 //! benchmark's DNS server, a sender address and an approved template.
@@ -30,6 +35,8 @@ struct Args {
     kiln: PathBuf,
     /// DKIMOption of the sender domain: 0 RSA-1024 (the API's default), 1 RSA-2048.
     dkim_option: i64,
+    /// Tracking, unsubscribe links, VERP and a callback receiver.
+    events: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
         redis: false,
         kiln: PathBuf::from("target/release/kiln"),
         dkim_option: 0,
+        events: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--store" => args.redis = value == "redis",
             "--kiln" => args.kiln = PathBuf::from(value),
+            "--events" => args.events = value == "on",
             "--dkim" => {
                 args.dkim_option = match value.as_str() {
                     "1024" => 0,
@@ -147,10 +156,25 @@ async fn main() {
     };
     let peers = peers::Peers::start(args.redis).await;
     let (dns, sink) = (&peers.dns, &peers.sink);
-    let opts = peers.options();
+    let mut opts = peers.options();
+    // With events on: open/click tracking and unsubscribe links in every
+    // message, VERP return paths, and every event POSTed to a receiver.
+    let receiver = if args.events {
+        opts.extra = "[platform]\nbounce_domain = \"bounces.bench.test\"\n\
+                      [tracking]\nbase_url = \"http://{http}\"\n"
+            .into();
+        Some(kiln_testkit::webhook::Webhook::start().await)
+    } else {
+        opts.extra = "[tracking]\nenabled = false\n".into();
+        None
+    };
     let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
 
     let out = kiln.command(&["account", "create", "bench"]);
+    if let Some(r) = &receiver {
+        let set = kiln.command(&["account", "callback", "bench", &r.url("/events")]);
+        assert!(set.status.success(), "callback URL not set");
+    }
     let creds: Value = serde_json::from_slice(&out.stdout).expect("account credentials");
     let api = Arc::new(Api {
         http: reqwest::Client::builder()
@@ -218,6 +242,7 @@ async fn main() {
     let failed = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let events = args.events;
     for _ in 0..args.connections {
         let (api, next, failed, n) = (api.clone(), next.clone(), failed.clone(), args.n);
         tasks.push(tokio::spawn(async move {
@@ -226,12 +251,15 @@ async fn main() {
                 if i >= n {
                     break;
                 }
-                let params = json!({
+                let mut params = json!({
                     "FromEmailAddress": "Bench <news@mail.bench.test>",
                     "Destination": [format!("r{}@sink.test", i % 5000)],
                     "Subject": "Order for {{name}}",
                     "Template": {"TemplateID": template, "TemplateData": format!("{{\"name\":\"R{i}\"}}")},
                 });
+                if events {
+                    params["Unsubscribe"] = json!("2");
+                }
                 if let Err(e) = api.call("SendEmail", &params).await
                     && failed.fetch_add(1, Ordering::Relaxed) < 3
                 {
@@ -246,16 +274,30 @@ async fn main() {
     let secs = start.elapsed().as_secs_f64();
     let failed = failed.load(Ordering::Relaxed);
     let ok = args.n - failed;
+    // End to end: every accepted message at the sink; then, with events
+    // on, every delivered event at the receiver.
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    while Instant::now() < deadline && sink.count() < ok {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let total = start.elapsed().as_secs_f64();
+    while Instant::now() < deadline && receiver.as_ref().is_some_and(|r| r.hooks().len() < ok) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let callbacks = receiver.as_ref().map(|r| r.hooks().len()).unwrap_or(0);
     eprintln!(
-        "{ok} SendEmail requests answered with a MessageId in {secs:.2}s ({failed} failed); {} delivered so far",
-        sink.count()
+        "{ok} SendEmail requests answered with a MessageId in {secs:.2}s ({failed} failed); \
+         all delivered after {total:.2}s; {callbacks} callbacks received after {:.2}s",
+        start.elapsed().as_secs_f64()
     );
     println!(
-        "kiln api_send_rps={:.0} n={} connections={} dkim={} store={}",
+        "kiln api_send_rps={:.0} end_to_end_mps={:.0} n={} connections={} dkim={} events={} store={}",
         ok as f64 / secs,
+        ok as f64 / total,
         ok,
         args.connections,
         if args.dkim_option == 0 { 1024 } else { 2048 },
+        if args.events { "on" } else { "off" },
         if args.redis { "redis" } else { "embedded" }
     );
     drop(kiln);
