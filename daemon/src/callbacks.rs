@@ -10,7 +10,9 @@
 //! `X-Kiln-Timestamp` (Unix seconds) and `X-Kiln-Signature: v1=<hex
 //! HMAC-SHA256(secret, timestamp + "." + body)>` with the account's callback
 //! secret, plus `X-Kiln-Event-Id`, so receivers can refuse forgeries and
-//! replays. Sending runs apart from delivery, a few requests per receiver
+//! replays. With `callbacks.batch_max` above 1, due events for one receiver
+//! go several to a POST, as a JSON array (`X-Kiln-Event-Id` then lists
+//! their ids, comma-separated). Sending runs apart from delivery, a few requests per receiver
 //! at a time: a slow or dead receiver delays only its own callbacks.
 
 use crate::config::CallbackSettings;
@@ -279,13 +281,13 @@ impl Callbacks {
                     }
                 } else {
                     all_empty_so_far = false;
-                    for id in ids {
+                    for group in ids.chunks(self.settings.batch_max.max(1)) {
                         let Ok(slot) = self.in_flight.clone().acquire_owned().await else {
                             break;
                         };
-                        let this = self.clone();
+                        let (this, group) = (self.clone(), group.to_vec());
                         tasks.spawn(async move {
-                            this.attempt(b, &id).await;
+                            this.attempt(b, &group).await;
                             drop(slot);
                         });
                     }
@@ -299,66 +301,122 @@ impl Callbacks {
         let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
     }
 
-    async fn attempt(&self, bucket: i64, id: &str) {
-        let store = &self.platform.store;
-        let lock = format!("callback-lock:{id}");
-        // Held for one request at most: a node that dies holding it delays
-        // the job by this much, no more.
+    /// The store lock for one job (held for one request at most: a node
+    /// that dies holding it delays the job by this much, no more).
+    async fn lock(&self, id: &str) -> bool {
         let lock_ttl = self.settings.timeout + Duration::from_secs(5);
-        match store.incr(&lock, 1, lock_ttl).await {
-            Ok(1) => {}
-            _ => return, // another node (or this one) has it
-        }
-        let result = self.attempt_locked(bucket, id).await;
-        if let Err(e) = result {
-            tracing::warn!(callback = %id, error = %e, "callback bookkeeping failed; it will be tried again");
-        }
-        let _ = store.delete(&lock).await;
+        matches!(
+            self.platform
+                .store
+                .incr(&format!("callback-lock:{id}"), 1, lock_ttl)
+                .await,
+            Ok(1)
+        )
     }
 
-    async fn attempt_locked(&self, bucket: i64, id: &str) -> crate::store::Result<()> {
+    async fn unlock(&self, id: &str) {
+        let _ = self
+            .platform
+            .store
+            .delete(&format!("callback-lock:{id}"))
+            .await;
+    }
+
+    /// Sends the due jobs among `ids` (of `bucket`): one POST each, or,
+    /// with `callbacks.batch_max` > 1, one POST per receiver with a JSON
+    /// array of their bodies.
+    async fn attempt(&self, bucket: i64, ids: &[String]) {
+        let mut locked = Vec::new();
+        let mut jobs = Vec::new();
+        for id in ids {
+            if !self.lock(id).await {
+                continue; // another node (or this one) has it
+            }
+            locked.push(id.clone());
+            match self.load_due(bucket, id).await {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(callback = %id, error = %e, "callback not read; it will be tried again")
+                }
+            }
+        }
+        // One request per receiver (and secret), in the order filed.
+        let mut groups: Vec<Vec<Job>> = Vec::new();
+        for job in jobs {
+            match groups
+                .iter_mut()
+                .find(|g| g[0].url == job.url && g[0].secret == job.secret)
+            {
+                Some(g) => g.push(job),
+                None => groups.push(vec![job]),
+            }
+        }
+        for group in groups {
+            let slots = self.receiver_slots(&group[0].url);
+            let outcome = {
+                let _slot = slots.acquire().await;
+                self.post(&group).await
+            };
+            for job in group {
+                let id = job.id.clone();
+                if let Err(e) = self.finish(bucket, job, outcome.clone()).await {
+                    tracing::warn!(callback = %id, error = %e, "callback bookkeeping failed; it will be tried again");
+                }
+            }
+        }
+        for id in locked {
+            self.unlock(&id).await;
+        }
+    }
+
+    /// The job if it is due in this bucket; stale or unreadable entries
+    /// are cleared away.
+    async fn load_due(&self, bucket: i64, id: &str) -> crate::store::Result<Option<Job>> {
         let store = &self.platform.store;
         let Some(raw) = store.get(&job_key(id)).await? else {
             store.set_remove(&bucket_key(bucket), id).await?;
-            return Ok(());
+            return Ok(None);
         };
-        let Ok(mut job) = serde_json::from_slice::<Job>(&raw) else {
+        let Ok(job) = serde_json::from_slice::<Job>(&raw) else {
             tracing::error!(callback = %id, "unreadable callback job dropped");
             store.delete(&job_key(id)).await?;
             store.set_remove(&bucket_key(bucket), id).await?;
-            return Ok(());
+            return Ok(None);
         };
-        let now = crate::net::now_ms();
         if job.next_at_ms.div_euclid(BUCKET_MS) != bucket {
             // Moved on by an earlier attempt; this entry is stale.
             store.set_remove(&bucket_key(bucket), id).await?;
-            return Ok(());
+            return Ok(None);
         }
-        if job.next_at_ms > now {
-            return Ok(());
-        }
-        let slots = self.receiver_slots(&job.url);
-        let outcome = {
-            let _slot = slots.acquire().await;
-            self.post(&job).await
-        };
+        Ok((job.next_at_ms <= crate::net::now_ms()).then_some(job))
+    }
+
+    /// Done (2xx), or again later, or given up after `max_age`.
+    async fn finish(
+        &self,
+        bucket: i64,
+        mut job: Job,
+        outcome: Result<(), String>,
+    ) -> crate::store::Result<()> {
+        let store = &self.platform.store;
         match outcome {
             Ok(()) => {
-                tracing::debug!(callback = %id, url = %job.url, attempts = job.attempts + 1, "callback delivered");
-                store.delete(&job_key(id)).await?;
-                store.set_remove(&bucket_key(bucket), id).await?;
+                tracing::debug!(callback = %job.id, url = %job.url, attempts = job.attempts + 1, "callback delivered");
+                store.delete(&job_key(&job.id)).await?;
+                store.set_remove(&bucket_key(bucket), &job.id).await?;
             }
             Err(why) => {
                 job.attempts += 1;
                 let now = crate::net::now_ms();
                 if now - job.created_at_ms >= self.settings.max_age.as_millis() as i64 {
-                    tracing::error!(callback = %id, url = %job.url, attempts = job.attempts, error = %why, "callback given up");
-                    store.delete(&job_key(id)).await?;
-                    store.set_remove(&bucket_key(bucket), id).await?;
+                    tracing::error!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, "callback given up");
+                    store.delete(&job_key(&job.id)).await?;
+                    store.set_remove(&bucket_key(bucket), &job.id).await?;
                 } else {
                     job.next_at_ms =
                         now + backoff(self.settings.retry_base_ms, job.attempts).as_millis() as i64;
-                    tracing::info!(callback = %id, url = %job.url, attempts = job.attempts, error = %why, retry_in_ms = job.next_at_ms - now, "callback failed; will retry");
+                    tracing::info!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, retry_in_ms = job.next_at_ms - now, "callback failed; will retry");
                     self.save(&job, Some(bucket)).await?;
                 }
             }
@@ -366,10 +424,21 @@ impl Callbacks {
         Ok(())
     }
 
-    async fn post(&self, job: &Job) -> Result<(), String> {
+    /// One POST: a job's body, or several as a JSON array.
+    async fn post(&self, jobs: &[Job]) -> Result<(), String> {
+        let Some(first) = jobs.first() else {
+            return Ok(());
+        };
+        let (body, event_ids) = if jobs.len() == 1 {
+            (first.body.clone(), first.event_id.clone())
+        } else {
+            let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
+            let ids: Vec<&str> = jobs.iter().map(|j| j.event_id.as_str()).collect();
+            (format!("[{}]", bodies.join(",")), ids.join(","))
+        };
         let timestamp = crate::net::system_now_ms() / 1000;
-        let mut req = self.http.post(&job.url);
-        for (name, value) in &job.headers {
+        let mut req = self.http.post(&first.url);
+        for (name, value) in &first.headers {
             let lower = name.to_ascii_lowercase();
             if lower.starts_with("x-kiln-") || lower == "content-length" || lower == "host" {
                 continue;
@@ -380,10 +449,10 @@ impl Callbacks {
             .header("X-Kiln-Timestamp", timestamp.to_string())
             .header(
                 "X-Kiln-Signature",
-                signature(&job.secret, timestamp, job.body.as_bytes()),
+                signature(&first.secret, timestamp, body.as_bytes()),
             )
-            .header("X-Kiln-Event-Id", &job.event_id)
-            .body(job.body.clone())
+            .header("X-Kiln-Event-Id", event_ids)
+            .body(body)
             .send()
             .await
             .map_err(|e| e.to_string())?;

@@ -81,6 +81,9 @@ pub struct CallbackSettings {
     pub concurrency: usize,
     /// The first retry's delay (ms); each next one doubles, up to 30 min.
     pub retry_base_ms: u64,
+    /// Events per POST (a JSON array when more than one); 1 sends each
+    /// event on its own.
+    pub batch_max: usize,
 }
 
 impl Default for CallbackSettings {
@@ -90,6 +93,7 @@ impl Default for CallbackSettings {
             max_age: Duration::from_secs(24 * 3600),
             concurrency: 32,
             retry_base_ms: 10_000,
+            batch_max: 1,
         }
     }
 }

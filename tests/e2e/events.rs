@@ -808,3 +808,54 @@ async fn bounces_and_complaints_come_back_to_the_verp_address() {
         "the forged DSN raised nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_can_go_several_to_a_post() {
+    let mut hook = Webhook::start().await;
+    let e = env(Backend::Embedded, |o| {
+        o.extra = "[callbacks]\nbatch_max = 10\nretry_base_ms = 500\n".into()
+    })
+    .await;
+    let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
+    let secret = set_callback(&e, "acme", &hook.url("/events"), None);
+    hook.go_down();
+    for to in ["a1@dest.test", "a2@dest.test", "a3@dest.test"] {
+        send(&mut sdk, &acme, domain, template, &[to]).await;
+    }
+    assert!(e.sink.wait_count(3, Duration::from_secs(20)).await);
+    // Kept while the receiver is down, then sent together.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hook.resume().await;
+    let delivered = |hook: &Webhook| -> Vec<Value> {
+        hook.posts()
+            .iter()
+            .flat_map(|h| match body(h) {
+                Value::Array(items) => items,
+                one => vec![one],
+            })
+            .collect()
+    };
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(30), || delivered(&hook).len() >= 3).await,
+        "{:?}",
+        hook.hooks()
+    );
+    let posts = hook.posts();
+    let batched = posts
+        .iter()
+        .find(|h| body(h).is_array())
+        .expect("a JSON array of events");
+    assert_signed(batched, &secret);
+    let ids = batched
+        .header("x-kiln-event-id")
+        .unwrap()
+        .split(',')
+        .count();
+    assert_eq!(ids, body(batched).as_array().unwrap().len());
+    let mut emails: Vec<String> = delivered(&hook)
+        .iter()
+        .map(|v| v["email"].as_str().unwrap().to_string())
+        .collect();
+    emails.sort();
+    assert_eq!(emails, ["a1@dest.test", "a2@dest.test", "a3@dest.test"]);
+}
