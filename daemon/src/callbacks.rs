@@ -1,6 +1,7 @@
 //! Callbacks: events POSTed to the account's callback URL (or the sender
 //! address's, which wins), in the format the `callback_format` hook makes
-//! (by default the Tencent Cloud SES notification).
+//! (by default the Tencent Cloud SES notification) when the callback is
+//! first sent.
 //!
 //! Durable and shared: each callback is a job in the store, filed in a
 //! 5-second bucket of when it is due, so any node may send it and a restart
@@ -37,6 +38,9 @@ struct Job {
     event_id: String,
     url: String,
     secret: String,
+    /// The event, until it is formatted (when first sent).
+    #[serde(default)]
+    event: Option<Event>,
     body: String,
     headers: BTreeMap<String, String>,
     created_at_ms: i64,
@@ -180,34 +184,16 @@ impl Callbacks {
         let Some(route) = self.route(&e.account, &e.from).await else {
             return;
         };
-        let arg = serde_json::to_value(&e).unwrap_or_default();
-        let formatted = match self
-            .policy
-            .call::<_, Formatted>("callback_format", &arg)
-            .await
-        {
-            Ok(Some(f)) if !f.body.is_empty() => f,
-            Ok(_) => Formatted {
-                body: arg.to_string(),
-                headers: BTreeMap::from([("Content-Type".into(), "application/json".into())]),
-            },
-            Err(err) => {
-                // The event still goes out, as plain JSON.
-                tracing::error!(event_id = %e.event_id, error = %err, "callback_format failed; sending the event as JSON");
-                Formatted {
-                    body: arg.to_string(),
-                    headers: BTreeMap::from([("Content-Type".into(), "application/json".into())]),
-                }
-            }
-        };
+        // Formatted when it is sent, off the path that raised it.
         let now = crate::net::now_ms();
         let job = Job {
             id: e.event_id.clone(),
-            event_id: e.event_id,
+            event_id: e.event_id.clone(),
             url: route.url,
             secret: route.secret,
-            body: formatted.body,
-            headers: formatted.headers,
+            event: Some(e),
+            body: String::new(),
+            headers: BTreeMap::new(),
             created_at_ms: now,
             attempts: 0,
             next_at_ms: now,
@@ -215,6 +201,31 @@ impl Callbacks {
         if let Err(err) = self.save(&job, None).await {
             tracing::error!(event_id = %job.event_id, error = %err, "callback not queued");
         }
+    }
+
+    /// Body and headers from the `callback_format` hook; on error or nil,
+    /// the event as plain JSON (it still goes out).
+    async fn format(&self, job: &mut Job) {
+        let Some(e) = job.event.take() else { return };
+        let arg = serde_json::to_value(&e).unwrap_or_default();
+        let plain = || Formatted {
+            body: arg.to_string(),
+            headers: BTreeMap::from([("Content-Type".into(), "application/json".into())]),
+        };
+        let formatted = match self
+            .policy
+            .call::<_, Formatted>("callback_format", &arg)
+            .await
+        {
+            Ok(Some(f)) if !f.body.is_empty() => f,
+            Ok(_) => plain(),
+            Err(err) => {
+                tracing::error!(event_id = %e.event_id, error = %err, "callback_format failed; sending the event as JSON");
+                plain()
+            }
+        };
+        job.body = formatted.body;
+        job.headers = formatted.headers;
     }
 
     fn keep_for(&self) -> Duration {
@@ -334,7 +345,10 @@ impl Callbacks {
             }
             locked.push(id.clone());
             match self.load_due(bucket, id).await {
-                Ok(Some(job)) => jobs.push(job),
+                Ok(Some(mut job)) => {
+                    self.format(&mut job).await;
+                    jobs.push(job);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(callback = %id, error = %e, "callback not read; it will be tried again")
