@@ -356,6 +356,7 @@ impl Callbacks {
             }
         }
         // One request per receiver (and secret), in the order filed.
+        let mut done = Vec::new();
         let mut groups: Vec<Vec<Job>> = Vec::new();
         for job in jobs {
             match groups
@@ -374,13 +375,18 @@ impl Callbacks {
             };
             for job in group {
                 let id = job.id.clone();
-                if let Err(e) = self.finish(bucket, job, outcome.clone()).await {
-                    tracing::warn!(callback = %id, error = %e, "callback bookkeeping failed; it will be tried again");
+                match self.finish(bucket, job, outcome.clone()).await {
+                    // Sent and gone: its lock may simply expire.
+                    Ok(()) if outcome.is_ok() => done.push(id),
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(callback = %id, error = %e, "callback bookkeeping failed; it will be tried again");
+                    }
                 }
             }
         }
-        for id in locked {
-            self.unlock(&id).await;
+        for id in locked.iter().filter(|id| !done.contains(id)) {
+            self.unlock(id).await;
         }
     }
 
