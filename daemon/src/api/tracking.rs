@@ -39,6 +39,17 @@ impl RateLimiter {
     }
 }
 
+/// The client's User-Agent, at most 512 characters.
+fn user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(512)
+        .collect()
+}
+
 /// Checks the limit and the token; records in the background.
 fn accept(
     s: &ApiState,
@@ -57,13 +68,7 @@ fn accept(
         .verify(token)
         .filter(|m| m.kind == kind)
         .ok_or(StatusCode::NOT_FOUND)?;
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .chars()
-        .take(512)
-        .collect::<String>();
+    let user_agent = user_agent(headers);
     let ctx = s.smtp.clone();
     let recorded = mark.clone();
     tokio::spawn(async move {
@@ -168,13 +173,7 @@ pub async fn unsubscribe_now(
         Ok(m) => m,
         Err(status) => return status.into_response(),
     };
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .chars()
-        .take(512)
-        .collect::<String>();
+    let user_agent = user_agent(&headers);
     let lang = mark.url.parse().unwrap_or(2);
     match crate::platform::tracking::unsubscribe(&s.smtp, &mark, peer.ip(), &user_agent).await {
         Ok(Some(domain)) => html_page(StatusCode::OK, crate::unsubscribe::done_page(lang, &domain)),
