@@ -134,17 +134,14 @@ async fn try_process(
 
     if let Ok(feedback) = mail_auth::report::Feedback::parse_rfc5322(raw) {
         let now = crate::net::now_ms();
-        store
-            .set_add(
-                &crate::policy::lua_host::ns(&format!("unsubscribed:{domain}")),
-                &recipient.to_ascii_lowercase(),
-                None,
-            )
-            .await?;
+        crate::platform::tracking::suppress(ctx, &domain, &recipient).await?;
         ctx.outcomes.record(&domain, "complaint");
-        let key = format!("tracking:s:{message_id}:{}", recipient.to_ascii_lowercase());
-        store
-            .put(&key, b"1", Some(ctx.settings.queue.status_retention))
+        let ip = feedback
+            .source_ip()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        let agent = feedback.user_agent().unwrap_or_default();
+        crate::platform::tracking::mark_first(ctx, 's', &message_id, &recipient, &ip, agent)
             .await?;
         let original = mail_parser::MessageParser::default().parse(raw);
         ctx.platform
@@ -180,7 +177,7 @@ async fn try_process(
                 reason: e.to_string(),
             })?;
         let mut e = event("spamreport");
-        e.user_agent = feedback.user_agent().unwrap_or_default().to_string();
+        e.user_agent = agent.to_string();
         e.reason = format!("{:?}", feedback.feedback_type()).to_ascii_lowercase();
         ctx.events.emit(e).await;
         return Ok("complaint");

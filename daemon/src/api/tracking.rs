@@ -50,6 +50,20 @@ fn user_agent(headers: &HeaderMap) -> String {
         .collect()
 }
 
+/// The mark of a token of `kind`, within the client's rate limit: 404 for a
+/// token that does not verify (or an unsubscribe token without a
+/// recipient), 429 past the limit.
+fn verified(s: &ApiState, peer: SocketAddr, token: &str, kind: char) -> Result<Mark, StatusCode> {
+    let tracker = s.platform.tracker.as_ref().ok_or(StatusCode::NOT_FOUND)?;
+    if !s.limiter.allow(peer.ip(), s.settings.tracking.rate_per_ip) {
+        return Err(StatusCode::TOO_MANY_REQUESTS);
+    }
+    tracker
+        .verify(token)
+        .filter(|m| m.kind == kind && (kind != 'u' || !m.recipient.is_empty()))
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
 /// Checks the limit and the token; records in the background.
 fn accept(
     s: &ApiState,
@@ -58,16 +72,7 @@ fn accept(
     token: &str,
     kind: char,
 ) -> Result<Mark, StatusCode> {
-    let Some(tracker) = s.platform.tracker.clone() else {
-        return Err(StatusCode::NOT_FOUND);
-    };
-    if !s.limiter.allow(peer.ip(), s.settings.tracking.rate_per_ip) {
-        return Err(StatusCode::TOO_MANY_REQUESTS);
-    }
-    let mark = tracker
-        .verify(token)
-        .filter(|m| m.kind == kind)
-        .ok_or(StatusCode::NOT_FOUND)?;
+    let mark = verified(s, peer, token, kind)?;
     let user_agent = user_agent(headers);
     let ctx = s.smtp.clone();
     let recorded = mark.clone();
@@ -127,17 +132,6 @@ fn html_page(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-fn unsubscribe_mark(s: &ApiState, peer: SocketAddr, token: &str) -> Result<Mark, StatusCode> {
-    let tracker = s.platform.tracker.clone().ok_or(StatusCode::NOT_FOUND)?;
-    if !s.limiter.allow(peer.ip(), s.settings.tracking.rate_per_ip) {
-        return Err(StatusCode::TOO_MANY_REQUESTS);
-    }
-    tracker
-        .verify(token)
-        .filter(|m| m.kind == 'u' && !m.recipient.is_empty())
-        .ok_or(StatusCode::NOT_FOUND)
-}
-
 /// `GET /u/{token}`: the confirmation page (a link may be followed by a
 /// scanner; only a POST unsubscribes).
 pub async fn unsubscribe_page(
@@ -145,7 +139,7 @@ pub async fn unsubscribe_page(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
 ) -> Response {
-    let mark = match unsubscribe_mark(&s, peer, &token) {
+    let mark = match verified(&s, peer, &token, 'u') {
         Ok(m) => m,
         Err(status) => return status.into_response(),
     };
@@ -169,7 +163,7 @@ pub async fn unsubscribe_now(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    let mark = match unsubscribe_mark(&s, peer, &token) {
+    let mark = match verified(&s, peer, &token, 'u') {
         Ok(m) => m,
         Err(status) => return status.into_response(),
     };

@@ -37,6 +37,28 @@ fn mailbox((name, addr): (String, String)) -> Address<'static> {
 }
 
 impl Draft {
+    /// What Kiln adds for the feedback loop: an unsubscribe footer and the
+    /// RFC 8058 headers in `lang` (only for a message to one `recipient`: the
+    /// link must know whom), then open/click tracking in the HTML part.
+    pub fn decorate(
+        &mut self,
+        tracker: Option<&crate::tracking::Tracker>,
+        sender_domain: &str,
+        message_id: &str,
+        recipient: &str,
+        lang: Option<u8>,
+    ) {
+        let Some(t) = tracker else { return };
+        if let (Some(lang), false) = (lang, recipient.is_empty()) {
+            let url = t.unsubscribe_url(sender_domain, message_id, recipient, lang);
+            crate::unsubscribe::add_footer(lang, &url, &mut self.html, &mut self.text);
+            self.headers.extend(crate::unsubscribe::headers(&url));
+        }
+        if !self.html.is_empty() {
+            self.html = t.instrument(&self.html, sender_domain, message_id, recipient);
+        }
+    }
+
     pub fn build(self) -> std::io::Result<Vec<u8>> {
         let mut b = MessageBuilder::new()
             .from(mailbox(self.from))

@@ -230,36 +230,29 @@ async fn send_one(ctx: &SmtpContext, t: &Task, e: &ReceiverEntry) -> Outcome {
     };
     let id = uuid::Uuid::now_v7().simple().to_string();
     let hostname = &p.settings.server.hostname;
-    let domain = crate::net::domain_of(&t.from.1);
-    let (mut html, mut text, mut headers) = (html, text, Vec::new());
-    let lang = if t.unsubscribe.is_empty() {
-        match p.unsubscribe_config(&t.account, &t.from.1).await {
-            Ok(Some(u)) if u.status == 1 => crate::unsubscribe::language(&u.config),
-            _ => None,
-        }
-    } else {
-        crate::unsubscribe::language(&t.unsubscribe)
-    };
-    if let (Some(lang), Some(tr)) = (lang, &p.tracker) {
-        let url = tr.unsubscribe_url(&domain, &id, &e.email, lang);
-        crate::unsubscribe::add_footer(lang, &url, &mut html, &mut text);
-        headers.extend(crate::unsubscribe::headers(&url));
-    }
-    let html = match &p.tracker {
-        Some(tr) if !html.is_empty() => tr.instrument(&html, &domain, &id, &e.email),
-        _ => html,
-    };
-    let draft = super::compose::Draft {
+    // A setting that cannot be read leaves the link out; the send goes on.
+    let lang = p
+        .unsubscribe_language(&t.account, &t.from.1, &t.unsubscribe)
+        .await
+        .ok()
+        .flatten();
+    let mut draft = super::compose::Draft {
         from: t.from.clone(),
         to: vec![e.email.clone()],
         reply_to: t.reply_to.clone(),
         subject,
         html,
         text,
-        headers,
         message_id: format!("{id}@{hostname}"),
         ..Default::default()
     };
+    draft.decorate(
+        p.tracker.as_deref(),
+        &crate::net::domain_of(&t.from.1),
+        &id,
+        &e.email,
+        lang,
+    );
     let Ok(body) = draft.build() else {
         return Outcome::Skipped;
     };

@@ -29,6 +29,50 @@ fn total_key(kind: char, message_id: &str, recipient: &str) -> String {
     )
 }
 
+/// Files the first `kind` ('o' open, 'c' click, 'u' unsubscribe, 's'
+/// complaint) of a message for a recipient, kept as long as the message's
+/// status; true when this was the first.
+pub async fn mark_first(
+    ctx: &SmtpContext,
+    kind: char,
+    message_id: &str,
+    recipient: &str,
+    ip: &str,
+    user_agent: &str,
+) -> crate::store::Result<bool> {
+    let store = &ctx.platform.store;
+    let key = first_key(kind, message_id, recipient);
+    let value = crate::store::encode(&FirstSeen {
+        at_ms: crate::net::now_ms(),
+        ip: ip.to_string(),
+        user_agent: user_agent.to_string(),
+    });
+    let first = store.put_if_absent(&key, &value).await?;
+    if first {
+        store
+            .put(&key, &value, Some(ctx.settings.queue.status_retention))
+            .await?;
+    }
+    Ok(first)
+}
+
+/// From now on `domain` may not send to `recipient` (`check_limits` drops
+/// them with `FailedOperation.ReceiverHasUnsubscribed`).
+pub async fn suppress(
+    ctx: &SmtpContext,
+    domain: &str,
+    recipient: &str,
+) -> crate::store::Result<()> {
+    ctx.platform
+        .store
+        .set_add(
+            &crate::policy::lua_host::ns(&format!("unsubscribed:{}", domain.to_ascii_lowercase())),
+            &recipient.to_ascii_lowercase(),
+            None,
+        )
+        .await
+}
+
 pub async fn record(ctx: &SmtpContext, m: &Mark, ip: IpAddr, user_agent: &str) {
     if let Err(e) = try_record(ctx, m, ip, user_agent).await {
         tracing::warn!(msg_id = %m.message_id, error = %e, "tracking event not recorded");
@@ -46,22 +90,21 @@ async fn try_record(
     let Some(status) = store.status(&m.message_id).await? else {
         return Ok(());
     };
-    let keep = ctx.settings.queue.status_retention;
-    let now = crate::net::now_ms();
-    let first = FirstSeen {
-        at_ms: now,
-        ip: ip.to_string(),
-        user_agent: user_agent.to_string(),
-    };
-    let key = first_key(m.kind, &m.message_id, &m.recipient);
-    let value = crate::store::encode(&first);
-    let is_first = store.put_if_absent(&key, &value).await?;
-    if is_first {
-        // Kept as long as the message's status.
-        store.put(&key, &value, Some(keep)).await?;
-    }
+    let is_first = mark_first(
+        ctx,
+        m.kind,
+        &m.message_id,
+        &m.recipient,
+        &ip.to_string(),
+        user_agent,
+    )
+    .await?;
     store
-        .incr(&total_key(m.kind, &m.message_id, &m.recipient), 1, keep)
+        .incr(
+            &total_key(m.kind, &m.message_id, &m.recipient),
+            1,
+            ctx.settings.queue.status_retention,
+        )
         .await?;
     let sender = &status.meta.sender;
     let domain = crate::net::domain_of(sender).to_ascii_lowercase();
@@ -100,25 +143,6 @@ async fn try_record(
     Ok(())
 }
 
-/// Whether the recipient (or, for a message to several, anyone) opened or
-/// clicked: (opened, clicked).
-pub async fn seen(
-    store: &crate::store::Store,
-    message_id: &str,
-    recipient: &str,
-) -> crate::store::Result<(bool, bool)> {
-    use crate::store::{BatchOp, BatchValue};
-    let ops = [
-        BatchOp::Get(first_key('o', message_id, recipient)),
-        BatchOp::Get(first_key('o', message_id, "")),
-        BatchOp::Get(first_key('c', message_id, recipient)),
-        BatchOp::Get(first_key('c', message_id, "")),
-    ];
-    let got = store.batch(&ops).await?;
-    let some = |i: usize| matches!(got.get(i), Some(BatchValue::Bytes(Some(_))));
-    Ok((some(0) || some(1), some(2) || some(3)))
-}
-
 /// A recipient unsubscribes: from now on the message's sender domain may
 /// not send to them (`check_limits` drops them with
 /// `FailedOperation.ReceiverHasUnsubscribed`). Done before the answer, so
@@ -137,24 +161,17 @@ pub async fn unsubscribe(
     let sender = &status.meta.sender;
     let domain = crate::net::domain_of(sender).to_ascii_lowercase();
     let recipient = m.recipient.to_ascii_lowercase();
-    store
-        .set_add(
-            &crate::policy::lua_host::ns(&format!("unsubscribed:{domain}")),
-            &recipient,
-            None,
-        )
-        .await?;
-    let key = first_key('u', &m.message_id, &m.recipient);
-    let first = FirstSeen {
-        at_ms: crate::net::now_ms(),
-        ip: ip.to_string(),
-        user_agent: user_agent.to_string(),
-    };
-    let value = crate::store::encode(&first);
-    if store.put_if_absent(&key, &value).await? {
-        store
-            .put(&key, &value, Some(ctx.settings.queue.status_retention))
-            .await?;
+    suppress(ctx, &domain, &recipient).await?;
+    if mark_first(
+        ctx,
+        'u',
+        &m.message_id,
+        &m.recipient,
+        &ip.to_string(),
+        user_agent,
+    )
+    .await?
+    {
         ctx.platform
             .stats
             .record(&domain, &recipient, "unsubscribe", 1);
@@ -173,20 +190,41 @@ pub async fn unsubscribe(
     Ok(Some(domain))
 }
 
-/// Whether the recipient unsubscribed through this message, and whether
-/// they complained about it: (unsubscribed, complained).
+/// What a recipient did with a message, for GetSendEmailStatus.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flags {
+    /// Opened / clicked: by this recipient, or, for a message to several,
+    /// by anyone.
+    pub opened: bool,
+    pub clicked: bool,
+    /// Through this message's link.
+    pub unsubscribed: bool,
+    /// A complaint report about this message.
+    pub complained: bool,
+}
+
+/// All four flags in one read (one round trip on Redis).
 pub async fn flags(
     store: &crate::store::Store,
     message_id: &str,
     recipient: &str,
-) -> crate::store::Result<(bool, bool)> {
+) -> crate::store::Result<Flags> {
     use crate::store::{BatchOp, BatchValue};
     let got = store
         .batch(&[
+            BatchOp::Get(first_key('o', message_id, recipient)),
+            BatchOp::Get(first_key('o', message_id, "")),
+            BatchOp::Get(first_key('c', message_id, recipient)),
+            BatchOp::Get(first_key('c', message_id, "")),
             BatchOp::Get(first_key('u', message_id, recipient)),
             BatchOp::Get(first_key('s', message_id, recipient)),
         ])
         .await?;
     let some = |i: usize| matches!(got.get(i), Some(BatchValue::Bytes(Some(_))));
-    Ok((some(0), some(1)))
+    Ok(Flags {
+        opened: some(0) || some(1),
+        clicked: some(2) || some(3),
+        unsubscribed: some(4),
+        complained: some(5),
+    })
 }

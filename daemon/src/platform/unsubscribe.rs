@@ -22,6 +22,23 @@ fn index(account: &str) -> String {
 }
 
 impl Platform {
+    /// The unsubscribe link's language for a send: the request's option
+    /// ("0" for none), else the sender address's setting when it is on.
+    pub async fn unsubscribe_language(
+        &self,
+        account: &str,
+        address: &str,
+        option: &str,
+    ) -> Result<Option<u8>, PlatformError> {
+        if !option.is_empty() {
+            return Ok(crate::unsubscribe::language(option));
+        }
+        Ok(match self.unsubscribe_config(account, address).await? {
+            Some(u) if u.status == 1 => crate::unsubscribe::language(&u.config),
+            _ => None,
+        })
+    }
+
     /// False when the address already has a setting.
     pub async fn create_unsubscribe_config(
         &self,

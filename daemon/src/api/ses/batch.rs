@@ -278,15 +278,9 @@ pub async fn batch_send_email(c: Call<'_>) -> Result<Value, ApiError> {
             "Template.TemplateData must be a JSON object",
         ));
     }
-    super::send::check_sender(&c, "FromEmailAddress", &from.1, true).await?;
+    let sender = super::send::sender_address(&c, "FromEmailAddress", &from.1).await?;
     let from = if from.0.is_empty() {
-        let name = c
-            .platform
-            .address(c.account, &from.1)
-            .await?
-            .map(|a| a.sender_name)
-            .unwrap_or_default();
-        (name, from.1)
+        (sender.sender_name, from.1)
     } else {
         from
     };

@@ -262,14 +262,8 @@ async fn content(
     ))
 }
 
-/// Checks the sender: the address must be one of the account's, on a
-/// verified domain of the account.
-pub(super) async fn check_sender(
-    c: &Call<'_>,
-    field: &str,
-    address: &str,
-    need_address: bool,
-) -> Result<(), ApiError> {
+/// Checks that `address` is on a verified sender domain of the account.
+pub(super) async fn check_domain(c: &Call<'_>, field: &str, address: &str) -> Result<(), ApiError> {
     let domain = crate::net::domain_of(address);
     match c.platform.identity(c.account, &domain).await? {
         None => Err(invalid(
@@ -282,16 +276,24 @@ pub(super) async fn check_sender(
                 "{field}: the domain {domain} is not verified yet (GetEmailIdentity checks its DNS records)"
             ),
         )),
-        Some(_) if need_address && c.platform.address(c.account, address).await?.is_none() => {
-            Err(invalid(
-                "InvalidParameterValue.NoSuchSender",
-                format!(
-                    "{field}: {address} is not a sender address of this account (CreateEmailAddress)"
-                ),
-            ))
-        }
         Some(_) => Ok(()),
     }
+}
+
+/// The sender address: one of the account's, on a verified domain of the
+/// account.
+pub(super) async fn sender_address(
+    c: &Call<'_>,
+    field: &str,
+    address: &str,
+) -> Result<crate::platform::addresses::SenderAddress, ApiError> {
+    check_domain(c, field, address).await?;
+    c.platform.address(c.account, address).await?.ok_or_else(|| {
+        invalid(
+            "InvalidParameterValue.NoSuchSender",
+            format!("{field}: {address} is not a sender address of this account (CreateEmailAddress)"),
+        )
+    })
 }
 
 pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
@@ -376,18 +378,14 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     };
     let headers = extra_headers(&c.params)?;
     let files = attachments(&c.params)?;
-    check_sender(&c, "FromEmailAddress", &from, true).await?;
+    let sender = sender_address(&c, "FromEmailAddress", &from).await?;
     if let Some((_, h)) = &header_from {
-        check_sender(&c, "HeaderFrom", h, false).await?;
+        check_domain(&c, "HeaderFrom", h).await?;
     }
     let (subject, html, text, template_id) = content(&c, &subject).await?;
     // Without a name in the request, the address's own display name.
     let from_name = if from_name.is_empty() {
-        c.platform
-            .address(c.account, &from)
-            .await?
-            .map(|a| a.sender_name)
-            .unwrap_or_default()
+        sender.sender_name
     } else {
         from_name
     };
@@ -397,36 +395,21 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     let (display_name, display_addr) = header_from
         .clone()
         .unwrap_or((from_name.clone(), from.clone()));
-    // A token names the recipient only when there is one.
-    let mut everyone: Vec<&String> = to.iter().chain(&cc).chain(&bcc).collect();
-    everyone.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
-    let single = if everyone.len() == 1 {
-        everyone[0].as_str()
-    } else {
-        ""
-    };
-    let (mut html, mut text, mut headers) = (html, text, headers);
-    // The request's Unsubscribe option, else the sender address's setting.
-    let lang = if unsubscribe.is_empty() {
-        match c.platform.unsubscribe_config(c.account, &from).await? {
-            Some(u) if u.status == 1 => crate::unsubscribe::language(&u.config),
-            _ => None,
+    // Every recipient once (To, Cc, Bcc).
+    let mut all: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in to.iter().chain(&cc).chain(&bcc) {
+        if seen.insert(r.to_ascii_lowercase()) {
+            all.push(r.clone());
         }
-    } else {
-        crate::unsubscribe::language(&unsubscribe)
-    };
-    let sending_domain = crate::net::domain_of(&display_addr);
-    // One link per recipient: a message to several gets none.
-    if let (Some(lang), Some(t), false) = (lang, &c.platform.tracker, single.is_empty()) {
-        let url = t.unsubscribe_url(&sending_domain, &id, single, lang);
-        crate::unsubscribe::add_footer(lang, &url, &mut html, &mut text);
-        headers.extend(crate::unsubscribe::headers(&url));
     }
-    let html = match &c.platform.tracker {
-        Some(t) if !html.is_empty() => t.instrument(&html, &sending_domain, &id, single),
-        _ => html,
-    };
-    let body = Draft {
+    // Tokens name the recipient only when there is one.
+    let single = if all.len() == 1 { all[0].as_str() } else { "" };
+    let lang = c
+        .platform
+        .unsubscribe_language(c.account, &from, &unsubscribe)
+        .await?;
+    let mut draft = Draft {
         from: (display_name, display_addr.clone()),
         to: to.clone(),
         cc: cc.clone(),
@@ -437,9 +420,15 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         headers,
         message_id: message_id.unwrap_or_else(|| format!("{id}@{hostname}")),
         attachments: files,
-    }
-    .build()
-    .map_err(ApiError::internal)?;
+    };
+    draft.decorate(
+        c.platform.tracker.as_deref(),
+        &crate::net::domain_of(&display_addr),
+        &id,
+        single,
+        lang,
+    );
+    let body = draft.build().map_err(ApiError::internal)?;
     let now = crate::net::now_ms();
     let message = crate::smtp_in::message::prepare(
         &body,
@@ -453,13 +442,6 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
             now_secs: now / 1000,
         },
     );
-    let mut all: Vec<String> = Vec::new();
-    let mut seen = BTreeSet::new();
-    for r in to.iter().chain(&cc).chain(&bcc) {
-        if seen.insert(r.to_ascii_lowercase()) {
-            all.push(r.clone());
-        }
-    }
     let submission = Submission {
         id: id.clone(),
         account: c.account.to_string(),

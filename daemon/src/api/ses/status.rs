@@ -47,12 +47,7 @@ fn deliver_message(r: &RecipientStatus) -> String {
     }
 }
 
-fn row(
-    m: &MessageStatus,
-    r: &RecipientStatus,
-    (opened, clicked): (bool, bool),
-    (unsubscribed, complained): (bool, bool),
-) -> Value {
+fn row(m: &MessageStatus, r: &RecipientStatus, f: crate::platform::tracking::Flags) -> Value {
     let delivered_at = r
         .attempts
         .last()
@@ -68,11 +63,11 @@ fn row(
         "DeliverMessage": deliver_message(r),
         "RequestTime": secs(m.meta.received_at_ms),
         "DeliverTime": secs(delivered_at),
-        "UserOpened": opened,
-        "UserClicked": clicked,
-        "UserUnsubscribed": unsubscribed,
-        "UserComplainted": complained,
-        "UserComplained": complained,
+        "UserOpened": f.opened,
+        "UserClicked": f.clicked,
+        "UserUnsubscribed": f.unsubscribed,
+        "UserComplainted": f.complained,
+        "UserComplained": f.complained,
     })
 }
 
@@ -105,8 +100,9 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
         .filter(|s| !s.is_empty())
         .map(|s| s.to_ascii_lowercase());
     let ids = c.platform.messages_of_day(c.account, &date).await?;
-    let mut rows = Vec::new();
-    for id in ids.iter().rev() {
+    // Rows before the page are counted, not built.
+    let (mut matched, mut rows) = (0usize, Vec::new());
+    'messages: for id in ids.iter().rev() {
         if message_id.as_ref().is_some_and(|m| m != id) {
             continue;
         }
@@ -123,22 +119,20 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
             {
                 continue;
             }
-            let seen =
-                crate::platform::tracking::seen(&c.state.store, &status.meta.id, &r.recipient)
-                    .await?;
-            let unsubscribed =
+            matched += 1;
+            if matched <= offset {
+                continue;
+            }
+            let flags =
                 crate::platform::tracking::flags(&c.state.store, &status.meta.id, &r.recipient)
                     .await?;
-            rows.push(row(&status, r, seen, unsubscribed));
-            if rows.len() >= offset + limit {
-                break;
+            rows.push(row(&status, r, flags));
+            if rows.len() >= limit {
+                break 'messages;
             }
         }
-        if rows.len() >= offset + limit {
-            break;
-        }
     }
-    Ok(json!({ "EmailStatusList": super::page_json(rows, (offset, limit)) }))
+    Ok(json!({ "EmailStatusList": rows }))
 }
 
 fn day_param(c: &Call<'_>, field: &str, code: &str) -> Result<jiff::civil::Date, ApiError> {
