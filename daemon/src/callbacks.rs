@@ -4,8 +4,9 @@
 //! first sent.
 //!
 //! Durable and shared: each callback is a job in the store, filed in a
-//! 5-second bucket of when it is due, so any node may send it and a restart
-//! loses none. A job is sent under a store lock, retried with exponential
+//! 5-second bucket of when it is due (in the same commit as the delivery
+//! outcome it reports), so any node may send it and a restart loses none.
+//! A job is sent under a store lock, retried with exponential
 //! backoff (`callbacks.retry_base_ms`, 10 s, doubling, at most 30 min apart) for `callbacks.max_age`
 //! (24 h), then dropped with an error in the log. Each POST is signed:
 //! `X-Kiln-Timestamp` (Unix seconds) and `X-Kiln-Signature: v1=<hex
@@ -20,8 +21,9 @@ use crate::config::CallbackSettings;
 use crate::events::Event;
 use crate::platform::Platform;
 use crate::policy::Policy;
+use crate::store::{BatchOp, BatchValue, Write};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -31,6 +33,8 @@ const BUCKET_MS: i64 = 5_000;
 const ROUTE_TTL: Duration = Duration::from_secs(10);
 /// Requests in flight to one receiver (scheme, host and port).
 const PER_RECEIVER: usize = 4;
+/// Jobs read from a due list at a time.
+const CHUNK: usize = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Job {
@@ -73,6 +77,18 @@ fn job_key(id: &str) -> String {
     format!("callback:{id}")
 }
 
+fn lock_key(id: &str) -> String {
+    format!("callback-lock:{id}")
+}
+
+/// Takes a job out of a bucket's due list.
+fn unfiled(bucket: i64, id: &str) -> Write {
+    Write::SetRemove {
+        set: bucket_key(bucket),
+        member: id.to_string(),
+    }
+}
+
 /// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     use aws_lc_rs::hmac;
@@ -103,7 +119,9 @@ pub struct Callbacks {
     http: reqwest::Client,
     routes: Mutex<HashMap<RouteKey, (Instant, Option<Route>)>>,
     receivers: Mutex<HashMap<String, Arc<Semaphore>>>,
-    in_flight: Arc<Semaphore>,
+    in_flight: Semaphore,
+    /// Jobs this node is reading or sending now.
+    working: Mutex<HashSet<String>>,
 }
 
 impl Callbacks {
@@ -120,7 +138,8 @@ impl Callbacks {
             .build()
             .unwrap_or_default();
         Arc::new(Callbacks {
-            in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            in_flight: Semaphore::new(settings.concurrency.max(1)),
+            working: Mutex::new(HashSet::new()),
             platform,
             policy,
             settings,
@@ -179,10 +198,12 @@ impl Callbacks {
         })
     }
 
-    /// Formats and files one event's callback, if it has somewhere to go.
-    pub async fn file(&self, e: Event) {
+    /// The store changes that file one event's callback (none when it has
+    /// nowhere to go): written with the outcome they report where there is
+    /// one, so the callback is durable exactly when the outcome is.
+    pub async fn writes_for(&self, e: &Event) -> Vec<Write> {
         let Some(route) = self.route(&e.account, &e.from).await else {
-            return;
+            return Vec::new();
         };
         // Formatted when it is sent, off the path that raised it.
         let now = crate::net::now_ms();
@@ -191,15 +212,22 @@ impl Callbacks {
             event_id: e.event_id.clone(),
             url: route.url,
             secret: route.secret,
-            event: Some(e),
+            event: Some(e.clone()),
             body: String::new(),
             headers: BTreeMap::new(),
             created_at_ms: now,
             attempts: 0,
             next_at_ms: now,
         };
-        if let Err(err) = self.save(&job, None).await {
-            tracing::error!(event_id = %job.event_id, error = %err, "callback not queued");
+        self.filing(&job, None)
+    }
+
+    /// Files one event's callback on its own (an event with no outcome
+    /// record to go with).
+    pub async fn file(&self, e: &Event) {
+        let writes = self.writes_for(e).await;
+        if let Err(err) = self.platform.store.write(&writes).await {
+            tracing::error!(event_id = %e.event_id, error = %err, "callback not queued");
         }
     }
 
@@ -233,18 +261,25 @@ impl Callbacks {
     }
 
     /// Stores the job and files it under its due bucket (and out of `from`).
-    async fn save(&self, job: &Job, from: Option<i64>) -> crate::store::Result<()> {
-        let store = &self.platform.store;
+    fn filing(&self, job: &Job, from: Option<i64>) -> Vec<Write> {
         let ttl = Some(self.keep_for());
-        store
-            .put(&job_key(&job.id), &crate::store::encode(job), ttl)
-            .await?;
         let bucket = job.next_at_ms.div_euclid(BUCKET_MS);
-        store.set_add(&bucket_key(bucket), &job.id, ttl).await?;
+        let mut writes = vec![
+            Write::Put {
+                key: job_key(&job.id),
+                value: crate::store::encode(job),
+                ttl,
+            },
+            Write::SetAdd {
+                set: bucket_key(bucket),
+                member: job.id.clone(),
+                ttl,
+            },
+        ];
         if let Some(old) = from.filter(|b| *b != bucket) {
-            store.set_remove(&bucket_key(old), &job.id).await?;
+            writes.push(unfiled(old, &job.id));
         }
-        Ok(())
+        writes
     }
 
     fn receiver_slots(&self, url: &str) -> Arc<Semaphore> {
@@ -292,14 +327,21 @@ impl Callbacks {
                     }
                 } else {
                     all_empty_so_far = false;
-                    for group in ids.chunks(self.settings.batch_max.max(1)) {
-                        let Ok(slot) = self.in_flight.clone().acquire_owned().await else {
-                            break;
-                        };
-                        let (this, group) = (self.clone(), group.to_vec());
+                    // Jobs this node is already on are not read again.
+                    let fresh: Vec<String> = {
+                        let mut working = self.working();
+                        ids.into_iter()
+                            .filter(|id| working.insert(id.clone()))
+                            .collect()
+                    };
+                    for chunk in fresh.chunks(CHUNK) {
+                        let (this, chunk) = (self.clone(), chunk.to_vec());
                         tasks.spawn(async move {
-                            this.attempt(b, &group).await;
-                            drop(slot);
+                            this.send_chunk(b, &chunk).await;
+                            let mut working = this.working();
+                            for id in &chunk {
+                                working.remove(id);
+                            }
                         });
                     }
                 }
@@ -312,136 +354,158 @@ impl Callbacks {
         let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
     }
 
-    /// The store lock for one job (held for one request at most: a node
-    /// that dies holding it delays the job by this much, no more).
-    async fn lock(&self, id: &str) -> bool {
-        let lock_ttl = self.settings.timeout + Duration::from_secs(5);
-        matches!(
-            self.platform
-                .store
-                .incr(&format!("callback-lock:{id}"), 1, lock_ttl)
-                .await,
-            Ok(1)
-        )
+    fn working(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.working.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn unlock(&self, id: &str) {
-        let _ = self
-            .platform
-            .store
-            .delete(&format!("callback-lock:{id}"))
-            .await;
-    }
-
-    /// Sends the due jobs among `ids` (of `bucket`): one POST each, or,
-    /// with `callbacks.batch_max` > 1, one POST per receiver with a JSON
-    /// array of their bodies.
-    async fn attempt(&self, bucket: i64, ids: &[String]) {
-        let mut locked = Vec::new();
-        let mut jobs = Vec::new();
-        for id in ids {
-            if !self.lock(id).await {
-                continue; // another node (or this one) has it
+    /// Reads the jobs among `ids` (of `bucket`) and sends the due ones: one
+    /// POST each, or, with `callbacks.batch_max` > 1, several to a POST,
+    /// grouped by receiver (and secret) in the order filed. Receivers are
+    /// served side by side; each takes its own request slots.
+    async fn send_chunk(&self, bucket: i64, ids: &[String]) {
+        let (jobs, stale) = match self.read_due(bucket, ids).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(error = %e, "callbacks not read; they will be tried again");
+                return;
             }
-            locked.push(id.clone());
-            match self.load_due(bucket, id).await {
-                Ok(Some(mut job)) => {
-                    self.format(&mut job).await;
-                    jobs.push(job);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(callback = %id, error = %e, "callback not read; it will be tried again")
-                }
-            }
+        };
+        if let Err(e) = self.platform.store.write(&stale).await {
+            tracing::warn!(error = %e, "stale callback entries not cleared");
         }
-        // One request per receiver (and secret), in the order filed.
-        let mut done = Vec::new();
         let mut groups: Vec<Vec<Job>> = Vec::new();
         for job in jobs {
-            match groups
-                .iter_mut()
-                .find(|g| g[0].url == job.url && g[0].secret == job.secret)
-            {
+            match groups.iter_mut().find(|g| {
+                g.len() < self.settings.batch_max.max(1)
+                    && g[0].url == job.url
+                    && g[0].secret == job.secret
+            }) {
                 Some(g) => g.push(job),
                 None => groups.push(vec![job]),
             }
         }
-        for group in groups {
-            let slots = self.receiver_slots(&group[0].url);
-            let outcome = {
-                let _slot = slots.acquire().await;
-                self.post(&group).await
-            };
-            for job in group {
-                let id = job.id.clone();
-                match self.finish(bucket, job, outcome.clone()).await {
-                    // Sent and gone: its lock may simply expire.
-                    Ok(()) if outcome.is_ok() => done.push(id),
-                    Ok(()) => {}
-                    Err(e) => {
-                        tracing::warn!(callback = %id, error = %e, "callback bookkeeping failed; it will be tried again");
-                    }
-                }
-            }
-        }
-        for id in locked.iter().filter(|id| !done.contains(id)) {
-            self.unlock(id).await;
-        }
+        futures::future::join_all(groups.into_iter().map(|g| self.send_group(bucket, g))).await;
     }
 
-    /// The job if it is due in this bucket; stale or unreadable entries
-    /// are cleared away.
-    async fn load_due(&self, bucket: i64, id: &str) -> crate::store::Result<Option<Job>> {
-        let store = &self.platform.store;
-        let Some(raw) = store.get(&job_key(id)).await? else {
-            store.set_remove(&bucket_key(bucket), id).await?;
-            return Ok(None);
-        };
-        let Ok(job) = serde_json::from_slice::<Job>(&raw) else {
-            tracing::error!(callback = %id, "unreadable callback job dropped");
-            store.delete(&job_key(id)).await?;
-            store.set_remove(&bucket_key(bucket), id).await?;
-            return Ok(None);
-        };
-        if job.next_at_ms.div_euclid(BUCKET_MS) != bucket {
-            // Moved on by an earlier attempt; this entry is stale.
-            store.set_remove(&bucket_key(bucket), id).await?;
-            return Ok(None);
-        }
-        Ok((job.next_at_ms <= crate::net::now_ms()).then_some(job))
-    }
-
-    /// Done (2xx), or again later, or given up after `max_age`.
-    async fn finish(
+    /// The due jobs among `ids`, and the changes that clear away entries
+    /// that are stale (sent, moved on to a later bucket) or unreadable.
+    async fn read_due(
         &self,
         bucket: i64,
-        mut job: Job,
-        outcome: Result<(), String>,
-    ) -> crate::store::Result<()> {
-        let store = &self.platform.store;
-        match outcome {
-            Ok(()) => {
-                tracing::debug!(callback = %job.id, url = %job.url, attempts = job.attempts + 1, "callback delivered");
-                store.delete(&job_key(&job.id)).await?;
-                store.set_remove(&bucket_key(bucket), &job.id).await?;
-            }
-            Err(why) => {
-                job.attempts += 1;
-                let now = crate::net::now_ms();
-                if now - job.created_at_ms >= self.settings.max_age.as_millis() as i64 {
-                    tracing::error!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, "callback given up");
-                    store.delete(&job_key(&job.id)).await?;
-                    store.set_remove(&bucket_key(bucket), &job.id).await?;
-                } else {
-                    job.next_at_ms =
-                        now + backoff(self.settings.retry_base_ms, job.attempts).as_millis() as i64;
-                    tracing::info!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, retry_in_ms = job.next_at_ms - now, "callback failed; will retry");
-                    self.save(&job, Some(bucket)).await?;
-                }
+        ids: &[String],
+    ) -> crate::store::Result<(Vec<Job>, Vec<Write>)> {
+        let ops: Vec<BatchOp> = ids.iter().map(|id| BatchOp::Get(job_key(id))).collect();
+        let values = self.platform.store.batch(&ops).await?;
+        let now = crate::net::now_ms();
+        let (mut jobs, mut stale) = (Vec::new(), Vec::new());
+        for (id, value) in ids.iter().zip(values) {
+            let BatchValue::Bytes(Some(raw)) = value else {
+                stale.push(unfiled(bucket, id));
+                continue;
+            };
+            let Ok(job) = serde_json::from_slice::<Job>(&raw) else {
+                tracing::error!(callback = %id, "unreadable callback job dropped");
+                stale.push(Write::Delete(job_key(id)));
+                stale.push(unfiled(bucket, id));
+                continue;
+            };
+            if job.next_at_ms.div_euclid(BUCKET_MS) != bucket {
+                stale.push(unfiled(bucket, id));
+            } else if job.next_at_ms <= now {
+                jobs.push(job);
             }
         }
-        Ok(())
+        Ok((jobs, stale))
+    }
+
+    /// One POST for `group` (read earlier), once a request slot for its
+    /// receiver is free: the jobs are then locked and read again, since
+    /// another node may have sent them meanwhile. The lock is held for one
+    /// request at most, so a node that dies holding it delays the jobs by
+    /// that much, no more.
+    async fn send_group(&self, bucket: i64, group: Vec<Job>) {
+        let Some(first) = group.first() else { return };
+        let receiver = self.receiver_slots(&first.url);
+        let Ok(_receiver_slot) = receiver.acquire().await else {
+            return;
+        };
+        let Ok(_slot) = self.in_flight.acquire().await else {
+            return;
+        };
+        let store = &self.platform.store;
+        let lock_ttl = self.settings.timeout + Duration::from_secs(5);
+        let ops: Vec<BatchOp> = group
+            .iter()
+            .flat_map(|j| {
+                [
+                    BatchOp::Incr(lock_key(&j.id), 1, lock_ttl),
+                    BatchOp::Get(job_key(&j.id)),
+                ]
+            })
+            .collect();
+        let values = match store.batch(&ops).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "callbacks not locked; they will be tried again");
+                return;
+            }
+        };
+        let mut jobs = Vec::new();
+        let mut writes = Vec::new();
+        for (job, pair) in group.into_iter().zip(values.chunks(2)) {
+            let (BatchValue::Int(lock), BatchValue::Bytes(raw)) = (&pair[0], &pair[1]) else {
+                continue;
+            };
+            if *lock != 1 {
+                continue; // another node (or this one) has it
+            }
+            let still_due = raw
+                .as_deref()
+                .and_then(|r| serde_json::from_slice::<Job>(r).ok())
+                .is_some_and(|now| now.next_at_ms == job.next_at_ms);
+            if still_due {
+                jobs.push(job);
+            } else {
+                writes.push(Write::Delete(lock_key(&job.id)));
+            }
+        }
+        for job in &mut jobs {
+            self.format(job).await;
+        }
+        let outcome = self.post(&jobs).await;
+        for job in jobs {
+            writes.extend(self.finish(bucket, job, &outcome));
+        }
+        if let Err(e) = store.write(&writes).await {
+            tracing::warn!(error = %e, "callback bookkeeping failed; they will be tried again");
+        }
+    }
+
+    /// Done (2xx): the job goes, its lock is left to expire so no node takes
+    /// it again meanwhile. Failed: again later, unlocked, or given up after
+    /// `max_age`.
+    fn finish(&self, bucket: i64, mut job: Job, outcome: &Result<(), String>) -> Vec<Write> {
+        let gone = |job: &Job| vec![Write::Delete(job_key(&job.id)), unfiled(bucket, &job.id)];
+        let why = match outcome {
+            Ok(()) => {
+                tracing::debug!(callback = %job.id, url = %job.url, attempts = job.attempts + 1, "callback delivered");
+                return gone(&job);
+            }
+            Err(why) => why,
+        };
+        job.attempts += 1;
+        let now = crate::net::now_ms();
+        let mut writes = vec![Write::Delete(lock_key(&job.id))];
+        if now - job.created_at_ms >= self.settings.max_age.as_millis() as i64 {
+            tracing::error!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, "callback given up");
+            writes.extend(gone(&job));
+        } else {
+            job.next_at_ms =
+                now + backoff(self.settings.retry_base_ms, job.attempts).as_millis() as i64;
+            tracing::info!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, retry_in_ms = job.next_at_ms - now, "callback failed; will retry");
+            writes.extend(self.filing(&job, Some(bucket)));
+        }
+        writes
     }
 
     /// One POST: a job's body, or several as a JSON array.

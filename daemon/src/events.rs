@@ -4,8 +4,9 @@
 //! (target `kiln::event`) and, when the account or the sender address has a
 //! callback URL, a callback job (see `callbacks`).
 //!
-//! Emitting waits for the callback job to be in the store (formatted by the
-//! `callback_format` hook), never for the receiver.
+//! Emitting waits for the callback job to be in the store, never for the
+//! receiver. A delivery outcome's callback job is written in the same
+//! commit as the outcome itself.
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -73,7 +74,8 @@ impl Events {
         Events { callbacks }
     }
 
-    fn log(e: &Event) {
+    /// The structured log line of an event.
+    pub fn log(e: &Event) {
         tracing::info!(
             target: "kiln::event",
             event = %e.event,
@@ -89,13 +91,23 @@ impl Events {
         );
     }
 
+    /// The store changes that file the event's callback, for a caller
+    /// that writes them together with the outcome the event reports; it
+    /// then logs the event with [`Events::log`].
+    pub async fn writes_for(&self, e: &Event) -> Vec<crate::store::Write> {
+        if e.account.is_empty() {
+            return Vec::new();
+        }
+        self.callbacks.writes_for(e).await
+    }
+
     /// Logs the event and files its callback (if it has somewhere to go)
     /// before returning: once this returns, a restart does not lose it.
     /// The receiver is not involved: that happens later, elsewhere.
     pub async fn emit(&self, e: Event) {
         Self::log(&e);
         if !e.account.is_empty() {
-            self.callbacks.file(e).await;
+            self.callbacks.file(&e).await;
         }
     }
 }

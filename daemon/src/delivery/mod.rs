@@ -570,12 +570,16 @@ impl Delivery {
             self.queue.cache.recipient_done(&entry.msg_id);
             Disposition::Final(status)
         };
-        let settled = self.queue.store.settle(entry, disposition).await;
+        let also = match &event {
+            Some(e) => self.events.writes_for(e).await,
+            None => Vec::new(),
+        };
+        let settled = self.queue.store.settle(entry, disposition, &also).await;
         // After the status is durable: the event reports what the store says.
         if settled.is_ok()
-            && let Some(event) = event
+            && let Some(event) = &event
         {
-            self.events.emit(event).await;
+            crate::events::Events::log(event);
         }
         if let Err(e) = settled {
             // Put it back so it is tried again (at worst delivered twice,

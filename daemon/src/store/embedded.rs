@@ -11,7 +11,7 @@ use super::wal::{self, Change, TableId, Wal};
 use super::{BatchOp, BatchValue};
 use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
-    StoreError, decode, encode,
+    StoreError, Write, decode, encode,
 };
 use crate::net::now_ms;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -77,6 +77,8 @@ enum Op {
     },
     /// Counter values to write: key, value, expiry (ms).
     Counters(Vec<(String, i64, i64)>),
+    /// Several changes in one commit (replies with the first one's outcome).
+    Many(Vec<Op>),
     Sweep,
 }
 
@@ -378,20 +380,31 @@ impl EmbeddedStore {
             .map(|v| Arc::from(v.value())))
     }
 
-    pub async fn settle(&self, entry: &QueueEntry, disposition: Disposition) -> Result<()> {
+    pub async fn settle(
+        &self,
+        entry: &QueueEntry,
+        disposition: Disposition,
+        also: &[Write],
+    ) -> Result<()> {
         let exp = self.status_expiry();
         let key = entry.key();
         let (requeue, status, retry_entry) = match &disposition {
             Disposition::Final(status) => (None, status, None),
             Disposition::Retry(next, status) => (Some(encode(next)), status, Some(next.clone())),
         };
-        self.submit(Op::Settle {
+        let settle = Op::Settle {
             key: key.clone(),
             msg_id: entry.msg_id.clone(),
             requeue,
             status: with_expiry(exp, &encode(status)),
-        })
-        .await?;
+        };
+        if also.is_empty() {
+            self.submit(settle).await?;
+        } else {
+            let mut ops = vec![settle];
+            ops.extend(self.write_ops(also));
+            self.submit(Op::Many(ops)).await?;
+        }
         let mut index = self.index();
         index.leased.remove(&key);
         match retry_entry {
@@ -589,6 +602,36 @@ impl EmbeddedStore {
         Ok(out)
     }
 
+    pub async fn write(&self, writes: &[Write]) -> Result<()> {
+        let ops = self.write_ops(writes);
+        self.submit(Op::Many(ops)).await.map(|_| ())
+    }
+
+    /// The writer's operations for `writes`; a deleted counter also leaves
+    /// memory, as with [`Self::delete`].
+    fn write_ops(&self, writes: &[Write]) -> Vec<Op> {
+        let put = |key: String, value: Vec<u8>, ttl: Option<Duration>| Op::Put {
+            key,
+            value,
+            ttl,
+            only_if_absent: false,
+        };
+        writes
+            .iter()
+            .map(|w| match w {
+                Write::Put { key, value, ttl } => put(key.clone(), value.clone(), *ttl),
+                Write::Delete(key) => {
+                    self.counters().remove(key);
+                    Op::Delete { key: key.clone() }
+                }
+                Write::SetAdd { set, member, ttl } => put(set_key(set, member), Vec::new(), *ttl),
+                Write::SetRemove { set, member } => Op::Delete {
+                    key: set_key(set, member),
+                },
+            })
+            .collect()
+    }
+
     pub async fn set_add(&self, set: &str, member: &str, ttl: Option<Duration>) -> Result<()> {
         self.put(&set_key(set, member), b"", ttl).await
     }
@@ -623,6 +666,7 @@ impl EmbeddedStore {
 fn job_bytes(op: &Op) -> usize {
     match op {
         Op::Enqueue { body, .. } => body.len() + 512,
+        Op::Many(ops) => ops.iter().map(job_bytes).sum(),
         _ => 256,
     }
 }
@@ -898,6 +942,14 @@ impl<'t> Tables<'t> {
                 self.remove(f, TableId::Kv, key.as_bytes())?;
                 Ok(Outcome::Bool(live))
             }
+            Op::Many(ops) => {
+                let mut first = None;
+                for op in ops {
+                    let outcome = self.apply(op, f)?;
+                    first.get_or_insert(outcome);
+                }
+                Ok(first.unwrap_or(Outcome::Unit))
+            }
             Op::Sweep => {
                 let mut due = Vec::new();
                 for row in self
@@ -971,5 +1023,96 @@ mod tests {
         assert_eq!(store.incr("d", 1, short).await.expect("incr"), 1);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(store.incr("d", 1, short).await.expect("incr"), 1);
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+    use crate::store::{RecipientState, RecipientStatus};
+
+    fn message(id: &str) -> NewMessage {
+        NewMessage {
+            id: id.into(),
+            account: "acme".into(),
+            sender: "news@acme.test".into(),
+            recipients: vec!["ann@dest.test".into()],
+            dropped: Default::default(),
+            body: Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
+            received_at_ms: now_ms(),
+            ready_at_ms: now_ms(),
+            require_tls: false,
+            source_ip: None,
+            template_id: String::new(),
+            task_id: String::new(),
+        }
+    }
+
+    /// An outcome and the writes that go with it are on disk together,
+    /// and a later write takes keys and set members away in one commit.
+    #[tokio::test]
+    async fn settle_carries_its_writes_and_they_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kiln.redb");
+        let ttl = Duration::from_secs(600);
+        let also = [
+            Write::Put {
+                key: "callback:e1".into(),
+                value: b"{job}".to_vec(),
+                ttl: Some(ttl),
+            },
+            Write::SetAdd {
+                set: "due:1".into(),
+                member: "e1".into(),
+                ttl: Some(ttl),
+            },
+        ];
+        {
+            let store = EmbeddedStore::open(&path, ttl).expect("open");
+            store.enqueue(&message("m1")).await.expect("enqueue");
+            let entry = store.lease(10).await.expect("lease").remove(0);
+            let status = RecipientStatus {
+                recipient: entry.recipient.clone(),
+                state: RecipientState::Delivered,
+                updated_at_ms: now_ms(),
+                next_attempt_at_ms: None,
+                attempts: Vec::new(),
+                reason: None,
+            };
+            store
+                .settle(&entry, Disposition::Final(status), &also)
+                .await
+                .expect("settle");
+            store.close();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let store = EmbeddedStore::open(&path, ttl).expect("reopen");
+        let status = store.status("m1").await.expect("status").expect("m1");
+        assert_eq!(status.recipients[0].state, RecipientState::Delivered);
+        assert_eq!(
+            store.get("callback:e1").await.expect("get"),
+            Some(b"{job}".to_vec())
+        );
+        assert_eq!(store.set_members("due:1").await.expect("members"), ["e1"]);
+        assert_eq!(store.queue_len(), 0);
+
+        store
+            .write(&[
+                Write::Delete("callback:e1".into()),
+                Write::SetRemove {
+                    set: "due:1".into(),
+                    member: "e1".into(),
+                },
+            ])
+            .await
+            .expect("write");
+        assert_eq!(store.get("callback:e1").await.expect("get"), None);
+        assert!(
+            store
+                .set_members("due:1")
+                .await
+                .expect("members")
+                .is_empty()
+        );
     }
 }

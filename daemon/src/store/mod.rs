@@ -279,10 +279,30 @@ impl Store {
         }
     }
 
-    pub async fn settle(&self, entry: &QueueEntry, disposition: Disposition) -> Result<()> {
+    /// Records an attempt's outcome, with `also` in the same commit (on
+    /// Redis, the same MULTI): what must be durable exactly when the
+    /// outcome is, such as the outcome's callback job.
+    pub async fn settle(
+        &self,
+        entry: &QueueEntry,
+        disposition: Disposition,
+        also: &[Write],
+    ) -> Result<()> {
         match self {
-            Store::Embedded(s) => s.settle(entry, disposition).await,
-            Store::Redis(s) => s.settle(entry, disposition).await,
+            Store::Embedded(s) => s.settle(entry, disposition, also).await,
+            Store::Redis(s) => s.settle(entry, disposition, also).await,
+        }
+    }
+
+    /// Several key and set changes, all or none: one commit on the
+    /// embedded store, one MULTI on Redis.
+    pub async fn write(&self, writes: &[Write]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Embedded(s) => s.write(writes).await,
+            Store::Redis(s) => s.write(writes).await,
         }
     }
 
@@ -386,6 +406,27 @@ impl Store {
             Store::Redis(s) => s.batch(ops).await,
         }
     }
+}
+
+/// One change of a [`Store::write`], as `put`, `delete`, `set_add` and
+/// `set_remove` make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    },
+    Delete(String),
+    SetAdd {
+        set: String,
+        member: String,
+        ttl: Option<Duration>,
+    },
+    SetRemove {
+        set: String,
+        member: String,
+    },
 }
 
 #[derive(Debug, Clone)]

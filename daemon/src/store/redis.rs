@@ -8,7 +8,7 @@
 
 use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
-    decode, encode,
+    Write, decode, encode,
 };
 use crate::net::now_ms;
 use redis::AsyncCommands;
@@ -270,14 +270,18 @@ impl RedisStore {
         Ok(body.map(Arc::from))
     }
 
-    pub async fn settle(&self, entry: &QueueEntry, disposition: Disposition) -> Result<()> {
+    pub async fn settle(
+        &self,
+        entry: &QueueEntry,
+        disposition: Disposition,
+        also: &[Write],
+    ) -> Result<()> {
         let (requeue, ready_at, status) = match &disposition {
             Disposition::Final(s) => (Vec::new(), 0, s),
             Disposition::Retry(next, s) => (encode(next), next.ready_at_ms, s),
         };
-        let _: i64 = self
-            .settle
-            .key(self.q("leased"))
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(self.q("leased"))
             .key(self.q("ready"))
             .key(self.q("entries"))
             .key(self.q("pending"))
@@ -289,11 +293,75 @@ impl RedisStore {
             .arg(encode(status))
             .arg(self.retention.as_secs().max(1))
             .arg(requeue)
-            .arg(ready_at)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(ready_at);
+        if also.is_empty() {
+            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        } else {
+            // One MULTI. The script may be missing (a restarted server):
+            // then the rest ran without it, and all of it runs again, which
+            // the writes allow (they set, they do not add up).
+            let run = |load: bool| {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if load {
+                    pipe.load_script(&self.settle).ignore();
+                }
+                pipe.invoke_script(&inv).ignore();
+                self.add_writes(&mut pipe, also);
+                pipe
+            };
+            let first: redis::RedisResult<()> =
+                run(false).query_async(&mut self.conn.clone()).await;
+            match first {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let _: () = run(true).query_async(&mut self.conn.clone()).await?;
+                }
+                other => other?,
+            }
+        }
         self.held().remove(&entry.key());
         Ok(())
+    }
+
+    pub async fn write(&self, writes: &[Write]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.add_writes(&mut pipe, writes);
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// `writes` as commands, their replies ignored; sets as in `set_add`.
+    fn add_writes(&self, pipe: &mut redis::Pipeline, writes: &[Write]) {
+        let now = now_ms();
+        for w in writes {
+            match w {
+                Write::Put { key, value, ttl } => {
+                    let key = self.kv_key(key);
+                    match ttl {
+                        Some(t) => pipe.pset_ex(key, value, t.as_millis().max(1) as u64),
+                        None => pipe.set(key, value),
+                    }
+                    .ignore();
+                }
+                Write::Delete(key) => {
+                    pipe.del(self.kv_key(key)).ignore();
+                }
+                Write::SetAdd { set, member, ttl } => {
+                    let key = self.set_key(set);
+                    let score = ttl.map_or(f64::INFINITY, |t| (now + t.as_millis() as i64) as f64);
+                    pipe.zrembyscore(&key, "-inf", now)
+                        .ignore()
+                        .zadd(&key, member, score)
+                        .ignore();
+                }
+                Write::SetRemove { set, member } => {
+                    pipe.zrem(self.set_key(set), member).ignore();
+                }
+            }
+        }
     }
 
     pub async fn release(&self, entries: &[QueueEntry]) -> Result<()> {
