@@ -3,12 +3,16 @@
 //! each about the message and recipient its VERP return path names.
 //!
 //! A failed DSN goes through `classify_bounce` like an SMTP refusal (which
-//! may blocklist the address) and raises `bounce`; a delayed one `deferred`.
+//! may blocklist the address), turns the recipient's status record to
+//! bounced (with the report's reply as its last attempt) and raises
+//! `bounce`, once: a repeated report changes nothing. A delayed one raises
+//! `deferred`.
 //! A complaint raises `spamreport`, suppresses the recipient for the sender
 //! domain, counts for the reputation rules and is filed for GetAbuseReport.
 
 use crate::policy::decisions::{BounceClass, BounceInfo};
 use crate::smtp_in::SmtpContext;
+use crate::store::{Attempt, RecipientState};
 
 /// One recipient block of a delivery-status part.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -17,6 +21,7 @@ struct DsnRecipient {
     action: String,
     status: String,
     diagnostic: String,
+    remote_mta: String,
 }
 
 /// Field blocks of a message/delivery-status body (RFC 3464 section 2.1):
@@ -67,6 +72,7 @@ fn dsn_recipients(text: &str) -> Vec<DsnRecipient> {
             action: value_of(&f, "action").to_ascii_lowercase(),
             status: value_of(&f, "status"),
             diagnostic: value_of(&f, "diagnostic-code"),
+            remote_mta: address(value_of(&f, "remote-mta")),
         })
         .collect()
 }
@@ -197,6 +203,8 @@ async fn try_process(
     };
     let (code, text) = smtp_reply(&block.diagnostic);
     match block.action.as_str() {
+        // A repeated report (or one after an SMTP refusal) changes nothing.
+        "failed" if rcpt.state == RecipientState::Bounced => Ok("bounce already known"),
         "failed" => {
             let info = BounceInfo {
                 code: if code >= 400 { code } else { 550 },
@@ -228,7 +236,35 @@ async fn try_process(
                 "hard".into()
             };
             e.reason = format!("{} {}", block.status, text).trim().to_string();
-            ctx.events.emit(e).await;
+            // The status record says what happened after all, in the same
+            // commit as the event's callback.
+            let detail = text
+                .strip_prefix(&code.to_string())
+                .unwrap_or(&text)
+                .trim_start();
+            let detail = detail
+                .strip_prefix(block.status.as_str())
+                .unwrap_or(detail)
+                .trim_start();
+            let mut updated = rcpt.clone();
+            updated.state = RecipientState::Bounced;
+            updated.updated_at_ms = e.at;
+            updated.next_attempt_at_ms = None;
+            updated.attempts.push(Attempt {
+                at_ms: e.at,
+                mx: Some(block.remote_mta.clone()).filter(|m| !m.is_empty()),
+                ip: None,
+                code: Some(info.code),
+                enhanced_code: Some(block.status.clone()).filter(|s| !s.is_empty()),
+                message: format!("{detail} (returned in a delivery status notification)"),
+                tls: None,
+                duration_ms: 0,
+            });
+            let also = ctx.events.writes_for(&e).await;
+            store
+                .record_status(&message_id, idx, &updated, &also)
+                .await?;
+            crate::events::Events::log(&e);
             Ok("bounce")
         }
         "delayed" => {

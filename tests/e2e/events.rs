@@ -641,6 +641,7 @@ fn dsn(to: &str, recipient: &str) -> String {
          --B\r\nContent-Type: message/delivery-status\r\n\r\n\
          Reporting-MTA: dns; mx.dest.test\r\n\r\n\
          Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Remote-MTA: dns; mx.dest.test\r\n\
          Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: user unknown\r\n\r\n\
          --B\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: News\r\n\r\n--B--\r\n"
     )
@@ -659,10 +660,32 @@ fn arf(to: &str, recipient: &str) -> String {
     )
 }
 
+/// The message's first GetSendEmailStatus row (sent today).
+async fn status_row(sdk: &mut Sdk, who: &Creds, message_id: &str) -> Value {
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    let st = sdk
+        .ok(
+            who,
+            "GetSendEmailStatus",
+            json!({"RequestDate": today, "MessageId": message_id, "Offset": 0, "Limit": 10}),
+        )
+        .await;
+    st["EmailStatusList"][0].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounces_and_complaints_come_back_to_the_verp_address() {
+    for backend in BOTH {
+        verp_reports(backend).await;
+    }
+}
+
+async fn verp_reports(backend: Backend) {
     let hook = Webhook::start().await;
-    let e = env(Backend::Embedded, |o| {
+    let e = env(backend, |o| {
         o.extra = "[platform]\nbounce_domain = \"bounces.kiln.test\"\n".into()
     })
     .await;
@@ -759,6 +782,19 @@ async fn bounces_and_complaints_come_back_to_the_verp_address() {
         black["BlackList"][0]["EmailAddress"], "ann@dest.test",
         "{black}"
     );
+    // The status record now says what the DSN said; the same DSN again
+    // changes nothing (one bounce event, checked at the end).
+    let row = status_row(&mut sdk, &acme, &ann_id).await;
+    assert_eq!(row["DeliverStatus"], 3, "{row}");
+    let said = row["DeliverMessage"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("550 5.1.1 <ann@dest.test>: user unknown")
+            && said.contains("delivery status notification"),
+        "{row}"
+    );
+    let r = mail_report(&e, &ann_rp, &dsn(&ann_rp, "ann@dest.test")).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(status_row(&mut sdk, &acme, &ann_id).await, row);
 
     // A complaint: spamreport event, the recipient suppressed, an abuse report.
     let r = mail_report(&e, &bob_rp, &arf(&bob_rp, "bob@dest.test")).await;
@@ -805,7 +841,7 @@ async fn bounces_and_complaints_come_back_to_the_verp_address() {
             .filter(|v| v["event"] == "bounce")
             .count(),
         1,
-        "the forged DSN raised nothing"
+        "the forged DSN and the repeated one raised nothing"
     );
 }
 

@@ -77,6 +77,11 @@ enum Op {
     },
     /// Counter values to write: key, value, expiry (ms).
     Counters(Vec<(String, i64, i64)>),
+    /// One recipient's status record, rewritten.
+    Status {
+        key: String,
+        status: Vec<u8>,
+    },
     /// Several changes in one commit (replies with the first one's outcome).
     Many(Vec<Op>),
     Sweep,
@@ -602,6 +607,21 @@ impl EmbeddedStore {
         Ok(out)
     }
 
+    pub async fn record_status(
+        &self,
+        msg_id: &str,
+        idx: u32,
+        status: &RecipientStatus,
+        also: &[Write],
+    ) -> Result<()> {
+        let mut ops = vec![Op::Status {
+            key: super::entry_key(msg_id, idx),
+            status: with_expiry(self.status_expiry(), &encode(status)),
+        }];
+        ops.extend(self.write_ops(also));
+        self.submit(Op::Many(ops)).await.map(|_| ())
+    }
+
     pub async fn write(&self, writes: &[Write]) -> Result<()> {
         let ops = self.write_ops(writes);
         self.submit(Op::Many(ops)).await.map(|_| ())
@@ -941,6 +961,10 @@ impl<'t> Tables<'t> {
                     .is_some_and(|v| live_value(&v, now).is_some());
                 self.remove(f, TableId::Kv, key.as_bytes())?;
                 Ok(Outcome::Bool(live))
+            }
+            Op::Status { key, status } => {
+                self.put_status(f, key, status)?;
+                Ok(Outcome::Unit)
             }
             Op::Many(ops) => {
                 let mut first = None;

@@ -294,6 +294,21 @@ impl Store {
         }
     }
 
+    /// Rewrites one recipient's status record (an outcome learnt after the
+    /// fact, such as a returned DSN), with `also` in the same commit.
+    pub async fn record_status(
+        &self,
+        msg_id: &str,
+        idx: u32,
+        status: &RecipientStatus,
+        also: &[Write],
+    ) -> Result<()> {
+        match self {
+            Store::Embedded(s) => s.record_status(msg_id, idx, status, also).await,
+            Store::Redis(s) => s.record_status(msg_id, idx, status, also).await,
+        }
+    }
+
     /// Several key and set changes, all or none: one commit on the
     /// embedded store, one MULTI on Redis.
     pub async fn write(&self, writes: &[Write]) -> Result<()> {

@@ -325,6 +325,22 @@ impl RedisStore {
         Ok(())
     }
 
+    pub async fn record_status(
+        &self,
+        msg_id: &str,
+        idx: u32,
+        status: &RecipientStatus,
+        also: &[Write],
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.status_key(msg_id), idx, encode(status))
+            .ignore();
+        self.add_writes(&mut pipe, also);
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
     pub async fn write(&self, writes: &[Write]) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.atomic();
