@@ -36,6 +36,14 @@ local function reputation_of(domain, account, now)
   return st
 end
 
+-- kiln.day for a time, asked once a second (days start on a whole second).
+local day_at = { sec = nil, day = nil }
+local function day_of(now)
+  local sec = now // 1000
+  if sec ~= day_at.sec then day_at.sec, day_at.day = sec, kiln.day(now) end
+  return day_at.day
+end
+
 local function reject(code, smtp, message)
   return { action = "reject", code = code, smtp = smtp, message = message }
 end
@@ -78,7 +86,7 @@ function M.hooks.check_limits(msg)
   local refused = M.static_checks(msg)
   if refused then return refused end
 
-  local today = kiln.day(msg.now)
+  local today = day_of(msg.now)
   local account = msg.account ~= "" and msg.account or ("domain:" .. msg.sender_domain)
   local acct = "acct:" .. account .. ":" .. today
   local hour = math.floor(msg.now / 3600000)

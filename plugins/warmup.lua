@@ -33,14 +33,24 @@ local function first_day(identity, today)
   return kiln.kv.get(key) or today
 end
 
+-- The answer for an identity, kept for the second it was given in: it
+-- changes once a day (days start on a whole second), and the hook runs for
+-- every message.
+local answered = {}
+
 -- warmup_limit(id): id.identity, id.now; answers { cap = n } or nil (no cap).
 function M.hooks.warmup_limit(id)
   local identity = string.lower(id.identity)
   local own = (cfg.identities or {})[identity] or {}
   if own.disabled then return nil end
+  local sec = id.now // 1000
+  local last = answered[identity]
+  if last and last.sec == sec then return { cap = last.cap, day = last.day } end
   local today = kiln.day(id.now)
   local n = kiln.days_between(first_day(identity, today), today)
-  return { cap = M.cap(own.curve or M.CURVE, math.max(0, n)), day = n }
+  local answer = { cap = M.cap(own.curve or M.CURVE, math.max(0, n)), day = n }
+  if known[identity] then answered[identity] = { sec = sec, cap = answer.cap, day = n } end
+  return answer
 end
 
 return M

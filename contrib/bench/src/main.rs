@@ -5,7 +5,7 @@
 //! `kiln end_to_end_mps=<n> inject_mps=<n> n=<N> dkim=<on|off> store=<embedded|redis>`
 //!
 //! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis] [--kiln PATH]
-//!                   [--source PATH-TO-smtp-source] [--policy default|off]
+//!                   [--source PATH-TO-smtp-source] [--policy default|off|FILE.lua]
 //!
 //! With `--source`, Postfix's `smtp-source` generates the load (the tool the
 //! reference figures in BENCHMARKS.md were taken with); without it, a built-in
@@ -13,7 +13,8 @@
 //!
 //! `--policy default` (the default) runs every default plugin, configured so
 //! that the benchmark's volume from one fresh domain trips no limit; `off`
-//! disables every plugin, so no hook runs.
+//! disables every plugin, so no hook runs; a path to a `.lua` file runs that
+//! policy script instead (to measure what an installation's own policy costs).
 
 mod peers;
 
@@ -32,6 +33,7 @@ struct Args {
     kiln: PathBuf,
     source: Option<PathBuf>,
     policy_off: bool,
+    policy_script: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
         kiln: PathBuf::from("target/release/kiln"),
         source: None,
         policy_off: false,
+        policy_script: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
             "--store" => args.redis = value == "redis",
             "--kiln" => args.kiln = PathBuf::from(value),
             "--source" => args.source = Some(PathBuf::from(value)),
+            "--policy" if value.ends_with(".lua") => args.policy_script = Some(value.into()),
             "--policy" => args.policy_off = value == "off",
             other => return Err(format!("unknown flag {other}")),
         }
@@ -79,12 +83,19 @@ async fn main() {
     if args.policy_off {
         opts.policy = "return { disable = { 'reputation', 'warmup', 'limits', 'content_filter', 'bounces', 'egress' } }".into();
     }
+    if let Some(path) = &args.policy_script {
+        opts.policy = std::fs::read_to_string(path).unwrap_or_else(|e| {
+            eprintln!("kiln-bench: {}: {e}", path.display());
+            std::process::exit(2);
+        });
+    }
     let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
     if args.dkim {
         let out = kiln.command(&["dkim", "create", "shop.test", "--algorithm", "rsa"]);
         assert!(out.status.success(), "dkim create failed");
     }
 
+    let cpu_before = cpu_seconds(kiln.pid());
     let start = Instant::now();
     let failed = match &args.source {
         Some(source) => inject_with_smtp_source(source, &args, kiln.smtp),
@@ -97,13 +108,18 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let total_secs = start.elapsed().as_secs_f64();
+    let kiln_cpu = cpu_seconds(kiln.pid()) - cpu_before;
     if sink.count() < accepted {
         eprintln!("kiln-bench: only {} of {accepted} delivered", sink.count());
         std::process::exit(1);
     }
     eprintln!(
         "policy {}, load {}: injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections",
-        if args.policy_off { "off" } else { "default" },
+        match (&args.policy_script, args.policy_off) {
+            (Some(p), _) => p.display().to_string(),
+            (None, true) => "off".into(),
+            (None, false) => "default".into(),
+        },
         if args.source.is_some() {
             "smtp-source"
         } else {
@@ -113,9 +129,10 @@ async fn main() {
         sink.connections()
     );
     println!(
-        "kiln end_to_end_mps={:.0} inject_mps={:.0} n={} dkim={} store={}",
+        "kiln end_to_end_mps={:.0} inject_mps={:.0} cpu_us_per_msg={:.0} n={} dkim={} store={}",
         accepted as f64 / total_secs,
         accepted as f64 / inject_secs,
+        kiln_cpu * 1e6 / accepted.max(1) as f64,
         accepted,
         if args.dkim { "on" } else { "off" },
         if args.redis { "redis" } else { "embedded" }
@@ -180,4 +197,25 @@ fn inject_with_smtp_source(source: &Path, args: &Args, addr: std::net::SocketAdd
             std::process::exit(2);
         }
     }
+}
+
+/// CPU time (user + system) a process has used so far, in seconds; 0 when
+/// it cannot be read (not Linux, process gone).
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+    else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) end with ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    // Clock ticks are 100 a second on Linux for every architecture we run on.
+    ticks / 100.0
 }

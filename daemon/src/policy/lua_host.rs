@@ -62,6 +62,7 @@ pub struct LuaHost {
     only: HashMap<&'static str, Vec<String>>,
     max_instructions: i64,
     timeout: Duration,
+    memory_limit: usize,
 }
 
 fn lua_err(e: impl std::fmt::Display) -> mlua::Error {
@@ -76,8 +77,8 @@ impl LuaHost {
             LuaOptions::new(),
         )
         .map_err(load_err)?;
-        lua.set_memory_limit(settings.max_memory_mb.saturating_mul(1024 * 1024))
-            .map_err(load_err)?;
+        let memory_limit = memory_limit(settings);
+        lua.set_memory_limit(memory_limit).map_err(load_err)?;
         // Hooks make short-lived tables and strings: the generational
         // collector handles those cheaply.
         lua.gc_set_mode(mlua::state::GcMode::Generational(
@@ -114,6 +115,7 @@ impl LuaHost {
             only: HashMap::new(),
             max_instructions: settings.max_instructions as i64,
             timeout: settings.timeout,
+            memory_limit,
         };
         // Loading runs scripts too: the same limits apply.
         host.arm();
@@ -121,6 +123,15 @@ impl LuaHost {
         host.hooks = hooks;
         host.only = only;
         Ok(host)
+    }
+
+    /// Runs `f` (Kiln building a hook's argument or reading its answer)
+    /// with the memory limit lifted. Under a limit mlua guards every table
+    /// and string it makes with a protected call, which doubles the cost of
+    /// a hook on every message; what Kiln puts in is bounded by data it
+    /// already holds, and scripts still run under the limit.
+    fn unlimited<T>(&self, f: impl FnOnce() -> T) -> T {
+        unlimited(&self.lua, self.memory_limit, f)
     }
 
     fn arm(&self) {
@@ -253,7 +264,9 @@ impl LuaHost {
             hook,
             message: first_line(&e.to_string()),
         };
-        let arg = arg.to_lua(&self.lua).map_err(script_err)?;
+        let arg = self
+            .unlimited(|| arg.to_lua(&self.lua))
+            .map_err(script_err)?;
         self.arm();
         let value: Value = match tokio::time::timeout(
             self.timeout + Duration::from_millis(100),
@@ -273,8 +286,7 @@ impl LuaHost {
             return Ok(None);
         }
         let options = mlua::serde::de::Options::new().deny_unsupported_types(false);
-        self.lua
-            .from_value_with(value, options)
+        self.unlimited(|| self.lua.from_value_with(value, options))
             .map(Some)
             .map_err(|e| PolicyError::Script {
                 hook,
@@ -431,6 +443,19 @@ pub fn ns(key: &str) -> String {
 }
 
 /// An async Lua function over the store; `f` gets its own store handle.
+fn memory_limit(settings: &PolicySettings) -> usize {
+    settings.max_memory_mb.saturating_mul(1024 * 1024).max(1)
+}
+
+/// Runs `f` with the state's memory limit lifted (see `LuaHost::unlimited`),
+/// then puts `limit` back.
+fn unlimited<T>(lua: &Lua, limit: usize, f: impl FnOnce() -> T) -> T {
+    let _ = lua.set_memory_limit(0);
+    let out = f();
+    let _ = lua.set_memory_limit(limit);
+    out
+}
+
 fn store_fn<A, R, F, Fut>(lua: &Lua, store: &Store, f: F) -> mlua::Result<Function>
 where
     A: mlua::FromLuaMulti + mlua::MaybeSend + 'static,
@@ -452,6 +477,7 @@ fn ttl(secs: Option<f64>) -> Option<Duration> {
 
 fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Result<()> {
     let kiln = lua.create_table()?;
+    let memory_limit = memory_limit(settings);
     let tz = settings.time_zone.clone();
 
     kiln.set("now", lua.create_function(|_, ()| Ok(now_ms()))?)?;
@@ -619,37 +645,52 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
 
     kiln.set(
         "batch",
-        store_fn(lua, &store, |lua, s, ops: Table| async move {
-            let mut batch = Vec::new();
-            for op in ops.sequence_values::<Table>() {
-                let op = op?;
-                let kind: String = op.get(1)?;
-                batch.push(match kind.as_str() {
-                    "get" => BatchOp::Get(ns(&op.get::<String>(2)?)),
-                    "contains" => {
-                        BatchOp::Contains(ns(&op.get::<String>(2)?), op.get::<String>(3)?)
-                    }
-                    "incr" => BatchOp::Incr(
-                        ns(&op.get::<String>(2)?),
-                        op.get::<Option<i64>>(3)?.unwrap_or(1),
-                        ttl(op.get::<Option<f64>>(4)?)
-                            .ok_or_else(|| lua_err("batch: incr needs a ttl > 0"))?,
-                    ),
-                    other => return Err(lua_err(format!("batch: unknown operation {other:?}"))),
-                });
-            }
+        store_fn(lua, &store, move |lua, s, ops: Table| async move {
+            // Raw reads: plain tables, and no metamethod to guard against.
+            // The ops and answers are as many as the script made under the
+            // limit: read and built without it, as hook arguments are.
+            let batch = unlimited(&lua, memory_limit, || -> mlua::Result<Vec<BatchOp>> {
+                let n = ops.raw_len();
+                let mut batch = Vec::with_capacity(n);
+                for i in 1..=n {
+                    let op: Table = ops.raw_get(i)?;
+                    let kind: mlua::LuaString = op.raw_get(1)?;
+                    let text = |at: usize| -> mlua::Result<String> {
+                        Ok(op.raw_get::<mlua::LuaString>(at)?.to_str()?.to_owned())
+                    };
+                    batch.push(match kind.as_bytes().as_ref() {
+                        b"get" => BatchOp::Get(ns(&text(2)?)),
+                        b"contains" => BatchOp::Contains(ns(&text(2)?), text(3)?),
+                        b"incr" => BatchOp::Incr(
+                            ns(&text(2)?),
+                            op.raw_get::<Option<i64>>(3)?.unwrap_or(1),
+                            ttl(op.raw_get::<Option<f64>>(4)?)
+                                .ok_or_else(|| lua_err("batch: incr needs a ttl > 0"))?,
+                        ),
+                        _ => {
+                            return Err(lua_err(format!(
+                                "batch: unknown operation {:?}",
+                                kind.to_string_lossy()
+                            )));
+                        }
+                    });
+                }
+                Ok(batch)
+            })?;
             let values = s.batch(&batch).await.map_err(lua_err)?;
-            let out = lua.create_table_with_capacity(values.len(), 0)?;
-            for (i, v) in values.into_iter().enumerate() {
-                let v = match v {
-                    BatchValue::Bytes(Some(b)) => Value::String(lua.create_string(&b)?),
-                    BatchValue::Bytes(None) => Value::Nil,
-                    BatchValue::Bool(b) => Value::Boolean(b),
-                    BatchValue::Int(n) => Value::Integer(n),
-                };
-                out.raw_set(i + 1, v)?;
-            }
-            Ok(out)
+            unlimited(&lua, memory_limit, || {
+                let out = lua.create_table_with_capacity(values.len(), 0)?;
+                for (i, v) in values.into_iter().enumerate() {
+                    let v = match v {
+                        BatchValue::Bytes(Some(b)) => Value::String(lua.create_string(&b)?),
+                        BatchValue::Bytes(None) => Value::Nil,
+                        BatchValue::Bool(b) => Value::Boolean(b),
+                        BatchValue::Int(n) => Value::Integer(n),
+                    };
+                    out.raw_set(i + 1, v)?;
+                }
+                Ok(out)
+            })
         })?,
     )?;
 

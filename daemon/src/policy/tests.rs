@@ -845,3 +845,37 @@ async fn the_example_policies_load_and_do_what_they_say() {
     let d: Option<Decision> = host.call("content_filter", &loud).await.expect("call");
     assert!(d.is_none());
 }
+
+/// Kiln lifts the memory limit while it builds a hook's argument and reads
+/// a batch's ops and answers; the script itself is held to it before and
+/// after, however often that happens.
+#[tokio::test]
+async fn the_memory_limit_holds_around_what_kiln_builds() {
+    let f = Fixture::new();
+    let host = f.host(
+        "return { hooks = {
+            check_limits = function(m)
+              if m.kind == 'big' then return { n = #string.rep('x', 64 * 1024 * 1024) } end
+              kiln.batch({ { 'get', 'k' }, { 'incr', 'c', 1, 60 } })
+              return { n = #string.rep('x', 64 * 1024 * 1024) }
+            end,
+         } }",
+    );
+    for arg in [json!({ "kind": "big" }), json!({ "kind": "after-batch" })] {
+        for _ in 0..3 {
+            match host.call::<_, Value>("check_limits", &arg).await {
+                Err(PolicyError::Script { message, .. }) => {
+                    assert!(message.contains("memory"), "{message}")
+                }
+                other => panic!("64 MB under a 16 MB limit: {other:?}"),
+            }
+        }
+    }
+    // Allocations under the limit still work, and so does the state.
+    assert_eq!(
+        host.eval("return #string.rep('x', 1024 * 1024)")
+            .await
+            .expect("eval"),
+        json!(1048576)
+    );
+}
