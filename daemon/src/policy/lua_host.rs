@@ -74,7 +74,9 @@ impl LuaHost {
         let load_err = |e: mlua::Error| PolicyError::Load(e.to_string());
         let lua = Lua::new_with(
             StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE,
-            LuaOptions::new(),
+            // Every hook call runs in a coroutine (scripts may wait on the
+            // store): reuse them rather than make one per call.
+            LuaOptions::new().thread_pool_size(16),
         )
         .map_err(load_err)?;
         let memory_limit = memory_limit(settings);
