@@ -179,7 +179,7 @@ fn send_params(domain: &str, template: i64, to: &str) -> Value {
     })
 }
 
-fn today() -> String {
+pub fn today() -> String {
     jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .date()
@@ -187,7 +187,7 @@ fn today() -> String {
 }
 
 /// The status rows of one message.
-async fn send_status(sdk: &mut Sdk, who: &Creds, id: &str) -> Vec<Value> {
+pub async fn send_status(sdk: &mut Sdk, who: &Creds, id: &str) -> Vec<Value> {
     let r = sdk
         .ok(
             who,

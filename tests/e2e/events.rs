@@ -3,7 +3,7 @@
 //! wins over the account's; a receiver that is down, answers 500, or a
 //! daemon killed with callbacks pending loses no event and gets none twice.
 
-use crate::api::{Creds, Sdk, ready_to_send};
+use crate::api::{Creds, Sdk, ready_to_send, send_status, today};
 use crate::harness::{BOTH, Backend, Env, env};
 use kiln_testkit::webhook::{Hook, Webhook};
 use serde_json::{Value, json};
@@ -401,10 +401,7 @@ async fn opens_and_clicks_in_a_real_browser_become_events() {
     );
 
     // Status and statistics know about it.
-    let today = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date()
-        .to_string();
+    let today = today();
     let status = sdk
         .ok(
             &acme,
@@ -571,10 +568,7 @@ async fn one_click_unsubscribe_suppresses_the_recipient() {
         .err(&acme, "SendEmail", params(&["ann@dest.test"], "2"))
         .await;
     assert_eq!(code, "FailedOperation.ReceiverHasUnsubscribed");
-    let today = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date()
-        .to_string();
+    let today = today();
     let st = sdk
         .ok(
             &acme,
@@ -658,22 +652,6 @@ fn arf(to: &str, recipient: &str) -> String {
          --F\r\nContent-Type: message/rfc822\r\n\r\nFrom: news@mail.acme.test\r\nTo: {recipient}\r\nSubject: News for you\r\n\r\nHello\r\n\
          --F--\r\n"
     )
-}
-
-/// The message's first GetSendEmailStatus row (sent today).
-async fn status_row(sdk: &mut Sdk, who: &Creds, message_id: &str) -> Value {
-    let today = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date()
-        .to_string();
-    let st = sdk
-        .ok(
-            who,
-            "GetSendEmailStatus",
-            json!({"RequestDate": today, "MessageId": message_id, "Offset": 0, "Limit": 10}),
-        )
-        .await;
-    st["EmailStatusList"][0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,10 +745,7 @@ async fn verp_reports(backend: Backend) {
         bounce["reason"].as_str().unwrap().contains("5.1.1"),
         "{bounce}"
     );
-    let today = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date()
-        .to_string();
+    let today = today();
     let black = sdk
         .ok(
             &acme,
@@ -784,7 +759,7 @@ async fn verp_reports(backend: Backend) {
     );
     // The status record now says what the DSN said; the same DSN again
     // changes nothing (one bounce event, checked at the end).
-    let row = status_row(&mut sdk, &acme, &ann_id).await;
+    let row = send_status(&mut sdk, &acme, &ann_id).await.remove(0);
     assert_eq!(row["DeliverStatus"], 3, "{row}");
     let said = row["DeliverMessage"].as_str().unwrap_or_default();
     assert!(
@@ -794,7 +769,7 @@ async fn verp_reports(backend: Backend) {
     );
     let r = mail_report(&e, &ann_rp, &dsn(&ann_rp, "ann@dest.test")).await;
     assert_eq!(r.code, 250, "{r:?}");
-    assert_eq!(status_row(&mut sdk, &acme, &ann_id).await, row);
+    assert_eq!(send_status(&mut sdk, &acme, &ann_id).await[0], row);
 
     // A complaint: spamreport event, the recipient suppressed, an abuse report.
     let r = mail_report(&e, &bob_rp, &arf(&bob_rp, "bob@dest.test")).await;
