@@ -39,11 +39,15 @@ for store in embedded redis; do
   done
 done
 
-# What the policy costs: the default plugins against no hook at all.
+# What the policy costs: the default plugins against no hook at all, in
+# three alternating pairs per store (single runs vary by ±15 % here).
 for store in embedded redis; do
-  for policy in default off; do
-    echo "# policy: $policy" >&2
-    target/release/kiln-bench --n "$N" --store "$store" --policy "$policy" --kiln target/release/kiln
+  for pair in 1 2 3; do
+    for policy in default off; do
+      echo "# policy: $policy (pair $pair)" >&2
+      sync
+      target/release/kiln-bench --n "$N" --store "$store" --policy "$policy" --kiln target/release/kiln
+    done
   done
 done
 
@@ -59,7 +63,9 @@ done
 
 # What the deliverability loop costs: tracking, unsubscribe links, VERP and
 # a callback for every event, against none of it.
-for events in off on; do
-  sync
-  target/release/kiln-api-bench --n "$N" --events "$events" --dkim 2048 --kiln target/release/kiln
+for pair in 1 2 3; do
+  for events in off on; do
+    sync
+    target/release/kiln-api-bench --n "$N" --events "$events" --dkim 2048 --kiln target/release/kiln
+  done
 done
