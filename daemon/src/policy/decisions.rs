@@ -16,12 +16,57 @@ macro_rules! hook_arg {
         impl HookArg for $t {
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
                 let t = lua.create_table_with_capacity(0, [$(stringify!($f)),*].len())?;
-                $( t.raw_set(stringify!($f), self.$f.clone())?; )*
+                $( t.raw_set(stringify!($f), self.$f.field(lua)?)?; )*
                 Ok(mlua::Value::Table(t))
             }
         }
     };
 }
+
+/// One field of a hook argument as a Lua value, read in place (no copy of
+/// the Rust value first: this runs for every message).
+trait LuaField {
+    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value>;
+}
+
+impl LuaField for String {
+    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
+        lua.create_string(self).map(mlua::Value::String)
+    }
+}
+
+impl LuaField for &'static str {
+    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
+        lua.create_string(self).map(mlua::Value::String)
+    }
+}
+
+impl LuaField for Vec<String> {
+    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
+        let t = lua.create_table_with_capacity(self.len(), 0)?;
+        for (i, s) in self.iter().enumerate() {
+            t.raw_set(i + 1, lua.create_string(s)?)?;
+        }
+        Ok(mlua::Value::Table(t))
+    }
+}
+
+impl LuaField for HeaderView {
+    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
+        lua.create_userdata(self.clone()).map(mlua::Value::UserData)
+    }
+}
+
+macro_rules! plain_field {
+    ($($t:ty),*) => {$(
+        impl LuaField for $t {
+            fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
+                mlua::IntoLua::into_lua(*self, lua)
+            }
+        }
+    )*};
+}
+plain_field!(bool, i64, u16, usize);
 
 /// Tests and tools pass JSON.
 impl HookArg for serde_json::Value {

@@ -660,11 +660,14 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
                     let text = |at: usize| -> mlua::Result<String> {
                         Ok(op.raw_get::<mlua::LuaString>(at)?.to_str()?.to_owned())
                     };
+                    let key = || -> mlua::Result<String> {
+                        Ok(ns(&op.raw_get::<mlua::LuaString>(2)?.to_str()?))
+                    };
                     batch.push(match kind.as_bytes().as_ref() {
-                        b"get" => BatchOp::Get(ns(&text(2)?)),
-                        b"contains" => BatchOp::Contains(ns(&text(2)?), text(3)?),
+                        b"get" => BatchOp::Get(key()?),
+                        b"contains" => BatchOp::Contains(key()?, text(3)?),
                         b"incr" => BatchOp::Incr(
-                            ns(&text(2)?),
+                            key()?,
                             op.raw_get::<Option<i64>>(3)?.unwrap_or(1),
                             ttl(op.raw_get::<Option<f64>>(4)?)
                                 .ok_or_else(|| lua_err("batch: incr needs a ttl > 0"))?,
