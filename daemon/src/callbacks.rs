@@ -35,6 +35,9 @@ const ROUTE_TTL: Duration = Duration::from_secs(10);
 const PER_RECEIVER: usize = 4;
 /// Jobs read from a due list at a time.
 const CHUNK: usize = 256;
+/// Chunks being sent at once: bounds the jobs held in memory (a backlog
+/// for a dead receiver is not read all at once).
+const CHUNKS_AT_ONCE: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Job {
@@ -122,6 +125,7 @@ pub struct Callbacks {
     in_flight: Semaphore,
     /// Jobs this node is reading or sending now.
     working: Mutex<HashSet<String>>,
+    chunks: Arc<Semaphore>,
 }
 
 impl Callbacks {
@@ -140,6 +144,7 @@ impl Callbacks {
         Arc::new(Callbacks {
             in_flight: Semaphore::new(settings.concurrency.max(1)),
             working: Mutex::new(HashSet::new()),
+            chunks: Arc::new(Semaphore::new(CHUNKS_AT_ONCE)),
             platform,
             policy,
             settings,
@@ -334,7 +339,19 @@ impl Callbacks {
                             .filter(|id| working.insert(id.clone()))
                             .collect()
                     };
-                    for chunk in fresh.chunks(CHUNK) {
+                    for (n, chunk) in fresh.chunks(CHUNK).enumerate() {
+                        let permit = tokio::select! {
+                            _ = stop.cancelled() => None,
+                            p = self.chunks.clone().acquire_owned() => p.ok(),
+                        };
+                        let Some(permit) = permit else {
+                            // Not started: the next pass takes these up.
+                            let mut working = self.working();
+                            for id in fresh.iter().skip(n * CHUNK) {
+                                working.remove(id);
+                            }
+                            break;
+                        };
                         let (this, chunk) = (self.clone(), chunk.to_vec());
                         tasks.spawn(async move {
                             this.send_chunk(b, &chunk).await;
@@ -342,6 +359,7 @@ impl Callbacks {
                             for id in &chunk {
                                 working.remove(id);
                             }
+                            drop(permit);
                         });
                     }
                 }
