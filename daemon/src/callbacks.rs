@@ -41,8 +41,8 @@ const CHUNKS_AT_ONCE: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Job {
+    /// The event's id: one job per event.
     id: String,
-    event_id: String,
     url: String,
     secret: String,
     /// The event, until it is formatted (when first sent).
@@ -214,7 +214,6 @@ impl Callbacks {
         let now = crate::net::now_ms();
         let job = Job {
             id: e.event_id.clone(),
-            event_id: e.event_id.clone(),
             url: route.url,
             secret: route.secret,
             event: Some(e.clone()),
@@ -532,10 +531,10 @@ impl Callbacks {
             return Ok(());
         };
         let (body, event_ids) = if jobs.len() == 1 {
-            (first.body.clone(), first.event_id.clone())
+            (first.body.clone(), first.id.clone())
         } else {
             let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
-            let ids: Vec<&str> = jobs.iter().map(|j| j.event_id.as_str()).collect();
+            let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
             (format!("[{}]", bodies.join(",")), ids.join(","))
         };
         let timestamp = crate::net::system_now_ms() / 1000;

@@ -349,7 +349,9 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `writes` as commands, their replies ignored; sets as in `set_add`.
+    /// `writes` as commands, their replies ignored. Set members carry their
+    /// own deadline as the score (+inf = no expiry), since Redis sets have
+    /// no per-member TTL; adding one also drops the expired ones.
     fn add_writes(&self, pipe: &mut redis::Pipeline, writes: &[Write]) {
         let now = now_ms();
         for w in writes {
@@ -435,20 +437,12 @@ impl RedisStore {
     }
 
     pub async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        let key = self.kv_key(key);
-        match ttl {
-            Some(t) => {
-                let _: () = self
-                    .conn
-                    .clone()
-                    .pset_ex(key, value, t.as_millis().max(1) as u64)
-                    .await?;
-            }
-            None => {
-                let _: () = self.conn.clone().set(key, value).await?;
-            }
-        }
-        Ok(())
+        self.write(&[Write::Put {
+            key: key.to_string(),
+            value: value.to_vec(),
+            ttl,
+        }])
+        .await
     }
 
     pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
@@ -460,22 +454,13 @@ impl RedisStore {
         Ok(n > 0)
     }
 
-    // Set members carry their own deadline as the score (+inf = no expiry),
-    // since Redis sets have no per-member TTL.
     pub async fn set_add(&self, set: &str, member: &str, ttl: Option<Duration>) -> Result<()> {
-        let key = self.set_key(set);
-        let score = match ttl {
-            Some(t) => (now_ms() + t.as_millis() as i64) as f64,
-            None => f64::INFINITY,
-        };
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .zrembyscore(&key, "-inf", now_ms())
-            .ignore()
-            .zadd(&key, member, score)
-            .ignore();
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(())
+        self.write(&[Write::SetAdd {
+            set: set.to_string(),
+            member: member.to_string(),
+            ttl,
+        }])
+        .await
     }
 
     pub async fn set_contains(&self, set: &str, member: &str) -> Result<bool> {
