@@ -5,6 +5,7 @@
 //! [`Refusal`] into their own protocol's answer.
 
 use crate::net::domain_of;
+use crate::policy::Policy;
 use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
 use crate::smtp_in::SmtpContext;
 use crate::smtp_in::message::{header_block, header_values, subject};
@@ -56,14 +57,19 @@ pub struct Admitted {
     pub dropped: BTreeMap<String, String>,
 }
 
-struct Verdict {
-    dropped: BTreeMap<usize, String>,
-    ready_at_ms: i64,
-    source_ip: Option<std::net::IpAddr>,
+/// What the policy decided for a message it lets through.
+#[derive(Debug)]
+pub struct Verdict {
+    /// Recipient index → reason code, for those the policy dropped.
+    pub dropped: BTreeMap<usize, String>,
+    pub ready_at_ms: i64,
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
-async fn apply_policy(ctx: &SmtpContext, s: &Submission) -> Result<Verdict, Refusal> {
-    let policy = &ctx.policy;
+/// The policy's part of admission: `content_filter`, `check_limits`,
+/// `select_egress`. Public so that its cost can be measured on its own
+/// (contrib/bench: kiln-policy-bench).
+pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Refusal> {
     if !["content_filter", "check_limits", "select_egress"]
         .iter()
         .any(|h| policy.has_hook(h))
@@ -156,7 +162,7 @@ async fn apply_policy(ctx: &SmtpContext, s: &Submission) -> Result<Verdict, Refu
 /// Runs the policy, signs, and makes the message durable. Ok means it is in
 /// the queue (or every recipient has a final status).
 pub async fn admit(ctx: &SmtpContext, s: Submission) -> Result<Admitted, Refusal> {
-    let verdict = apply_policy(ctx, &s).await?;
+    let verdict = apply_policy(&ctx.policy, &s).await?;
     let mut message = s.message;
     if !s.sender_domain.is_empty() {
         let domain = &s.sender_domain;

@@ -16,6 +16,7 @@
 //! disables every plugin, so no hook runs; a path to a `.lua` file runs that
 //! policy script instead (to measure what an installation's own policy costs).
 
+mod measure;
 mod peers;
 
 use kiln_testkit::client::{SmtpClient, message};
@@ -95,7 +96,7 @@ async fn main() {
         assert!(out.status.success(), "dkim create failed");
     }
 
-    let cpu_before = cpu_seconds(kiln.pid());
+    let cpu_before = measure::cpu_seconds(kiln.pid());
     let start = Instant::now();
     let failed = match &args.source {
         Some(source) => inject_with_smtp_source(source, &args, kiln.smtp),
@@ -108,7 +109,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let total_secs = start.elapsed().as_secs_f64();
-    let kiln_cpu = cpu_seconds(kiln.pid()) - cpu_before;
+    let kiln_cpu = measure::cpu_seconds(kiln.pid()) - cpu_before;
     if sink.count() < accepted {
         eprintln!("kiln-bench: only {} of {accepted} delivered", sink.count());
         std::process::exit(1);
@@ -197,25 +198,4 @@ fn inject_with_smtp_source(source: &Path, args: &Args, addr: std::net::SocketAdd
             std::process::exit(2);
         }
     }
-}
-
-/// CPU time (user + system) a process has used so far, in seconds; 0 when
-/// it cannot be read (not Linux, process gone).
-pub fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-    else {
-        return 0.0;
-    };
-    // Fields after the command (which may hold spaces) end with ')'.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    // Clock ticks are 100 a second on Linux for every architecture we run on.
-    ticks / 100.0
 }
