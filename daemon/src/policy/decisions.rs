@@ -5,68 +5,34 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A hook's argument as a Lua table. Built field by field: going through
-/// serde costs several times more, and hooks run on every message.
+/// A hook's argument as a Lua table. Built field by field through Lua's C
+/// API (see `lua_raw`): going through serde, or mlua's table API, costs
+/// several times more, and hooks run on every message.
 pub trait HookArg {
     fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value>;
 }
 
+/// `hook_arg!(Type { plain fields } userdata { fields that are userdata })`.
 macro_rules! hook_arg {
-    ($t:ty { $($f:ident),* $(,)? }) => {
+    ($t:ty { $($f:ident),* $(,)? } $(userdata { $($u:ident),* })?) => {
         impl HookArg for $t {
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-                let t = lua.create_table_with_capacity(0, [$(stringify!($f)),*].len())?;
-                $( t.raw_set(stringify!($f), self.$f.field(lua)?)?; )*
-                Ok(mlua::Value::Table(t))
+                use super::lua_raw::{FieldName, RawPush};
+                super::lua_raw::table(
+                    lua,
+                    &[$((
+                        const { FieldName::new(concat!(stringify!($f), "\0")) },
+                        &self.$f as &dyn RawPush,
+                    )),*],
+                    vec![$($((
+                        const { FieldName::new(concat!(stringify!($u), "\0")) },
+                        mlua::Value::UserData(lua.create_userdata(self.$u.clone())?),
+                    )),*)?],
+                )
             }
         }
     };
 }
-
-/// One field of a hook argument as a Lua value, read in place (no copy of
-/// the Rust value first: this runs for every message).
-trait LuaField {
-    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value>;
-}
-
-impl LuaField for String {
-    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-        lua.create_string(self).map(mlua::Value::String)
-    }
-}
-
-impl LuaField for &'static str {
-    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-        lua.create_string(self).map(mlua::Value::String)
-    }
-}
-
-impl LuaField for Vec<String> {
-    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-        let t = lua.create_table_with_capacity(self.len(), 0)?;
-        for (i, s) in self.iter().enumerate() {
-            t.raw_set(i + 1, lua.create_string(s)?)?;
-        }
-        Ok(mlua::Value::Table(t))
-    }
-}
-
-impl LuaField for HeaderView {
-    fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-        lua.create_userdata(self.clone()).map(mlua::Value::UserData)
-    }
-}
-
-macro_rules! plain_field {
-    ($($t:ty),*) => {$(
-        impl LuaField for $t {
-            fn field(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-                mlua::IntoLua::into_lua(*self, lua)
-            }
-        }
-    )*};
-}
-plain_field!(bool, i64, u16, usize);
 
 /// Tests and tools pass JSON.
 impl HookArg for serde_json::Value {
@@ -107,9 +73,8 @@ hook_arg!(MessageInfo {
     subject_valid_utf8,
     trigger_type,
     scenario,
-    now,
-    headers,
-});
+    now
+} userdata { headers });
 hook_arg!(ReputationEvent {
     domain,
     account,

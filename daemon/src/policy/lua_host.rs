@@ -12,7 +12,7 @@
 use super::decisions::HookArg;
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
 use crate::net::now_ms;
-use crate::store::{BatchOp, BatchValue, Store};
+use crate::store::Store;
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value, VmState};
 use std::collections::HashMap;
@@ -479,7 +479,6 @@ fn ttl(secs: Option<f64>) -> Option<Duration> {
 
 fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Result<()> {
     let kiln = lua.create_table()?;
-    let memory_limit = memory_limit(settings);
     let tz = settings.time_zone.clone();
 
     kiln.set("now", lua.create_function(|_, ()| Ok(now_ms()))?)?;
@@ -645,59 +644,25 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
     )?;
     kiln.set("set", set)?;
 
-    kiln.set(
-        "batch",
-        store_fn(lua, &store, move |lua, s, ops: Table| async move {
-            // Raw reads: plain tables, and no metamethod to guard against.
-            // The ops and answers are as many as the script made under the
-            // limit: read and built without it, as hook arguments are.
-            let batch = unlimited(&lua, memory_limit, || -> mlua::Result<Vec<BatchOp>> {
-                let n = ops.raw_len();
-                let mut batch = Vec::with_capacity(n);
-                for i in 1..=n {
-                    let op: Table = ops.raw_get(i)?;
-                    let kind: mlua::LuaString = op.raw_get(1)?;
-                    let text = |at: usize| -> mlua::Result<String> {
-                        Ok(op.raw_get::<mlua::LuaString>(at)?.to_str()?.to_owned())
-                    };
-                    let key = || -> mlua::Result<String> {
-                        Ok(ns(&op.raw_get::<mlua::LuaString>(2)?.to_str()?))
-                    };
-                    batch.push(match kind.as_bytes().as_ref() {
-                        b"get" => BatchOp::Get(key()?),
-                        b"contains" => BatchOp::Contains(key()?, text(3)?),
-                        b"incr" => BatchOp::Incr(
-                            key()?,
-                            op.raw_get::<Option<i64>>(3)?.unwrap_or(1),
-                            ttl(op.raw_get::<Option<f64>>(4)?)
-                                .ok_or_else(|| lua_err("batch: incr needs a ttl > 0"))?,
-                        ),
-                        _ => {
-                            return Err(lua_err(format!(
-                                "batch: unknown operation {:?}",
-                                kind.to_string_lossy()
-                            )));
-                        }
-                    });
-                }
-                Ok(batch)
-            })?;
-            let values = s.batch(&batch).await.map_err(lua_err)?;
-            unlimited(&lua, memory_limit, || {
-                let out = lua.create_table_with_capacity(values.len(), 0)?;
-                for (i, v) in values.into_iter().enumerate() {
-                    let v = match v {
-                        BatchValue::Bytes(Some(b)) => Value::String(lua.create_string(&b)?),
-                        BatchValue::Bytes(None) => Value::Nil,
-                        BatchValue::Bool(b) => Value::Boolean(b),
-                        BatchValue::Int(n) => Value::Integer(n),
-                    };
-                    out.raw_set(i + 1, v)?;
-                }
-                Ok(out)
-            })
+    // The embedded store answers a batch without waiting (counters live in
+    // memory, reads are local): a plain function saves the coroutine
+    // round trip of an async one on every message.
+    let batch = match &store {
+        Store::Embedded(embedded) => {
+            let embedded = embedded.clone();
+            lua.create_function(move |lua, ops: Table| {
+                let ops = super::lua_raw::batch_ops(lua, &ops, NAMESPACE, ttl)?;
+                let values = embedded.batch(&ops).map_err(lua_err)?;
+                super::lua_raw::batch_answers(lua, &values)
+            })?
+        }
+        Store::Redis(_) => store_fn(lua, &store, |lua, s, ops: Table| async move {
+            let ops = super::lua_raw::batch_ops(&lua, &ops, NAMESPACE, ttl)?;
+            let values = s.batch(&ops).await.map_err(lua_err)?;
+            super::lua_raw::batch_answers(&lua, &values)
         })?,
-    )?;
+    };
+    kiln.set("batch", batch)?;
 
     lua.globals().set("kiln", kiln)
 }

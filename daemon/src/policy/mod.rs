@@ -13,6 +13,7 @@
 
 pub mod decisions;
 pub mod lua_host;
+mod lua_raw;
 pub mod outcomes;
 pub mod time;
 

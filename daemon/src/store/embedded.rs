@@ -456,7 +456,9 @@ impl EmbeddedStore {
         }))
     }
 
-    pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+    /// Counts in memory (persisted every second): never waits, so policy
+    /// scripts may call it without an await.
+    pub fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
         let now = now_ms();
         {
             let mut counters = self.counters();
@@ -568,7 +570,8 @@ impl EmbeddedStore {
 
     /// Several reads and increments: every read through one read
     /// transaction (each one takes locks the writer thread also takes).
-    pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
+    /// Never waits on the writer, like [`Self::incr`].
+    pub fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
         let now = now_ms();
         let mut out = Vec::with_capacity(ops.len());
         let mut read: Option<redb::ReadOnlyTable<&str, &[u8]>> = None;
@@ -601,7 +604,7 @@ impl EmbeddedStore {
                 BatchOp::Contains(set, member) => {
                     BatchValue::Bool(stored(&set_key(set, member), &mut read)?.is_some())
                 }
-                BatchOp::Incr(key, by, ttl) => BatchValue::Int(self.incr(key, *by, *ttl).await?),
+                BatchOp::Incr(key, by, ttl) => BatchValue::Int(self.incr(key, *by, *ttl)?),
             });
         }
         Ok(out)
@@ -1029,9 +1032,9 @@ mod tests {
         {
             let store = EmbeddedStore::open(&path, ttl).expect("open");
             for want in 1..=3 {
-                assert_eq!(store.incr("c", 1, ttl).await.expect("incr"), want);
+                assert_eq!(store.incr("c", 1, ttl).expect("incr"), want);
             }
-            assert_eq!(store.incr("c", -1, ttl).await.expect("incr"), 2);
+            assert_eq!(store.incr("c", -1, ttl).expect("incr"), 2);
             assert_eq!(store.get("c").await.expect("get"), Some(b"2".to_vec()));
             store.close();
             // The writer commits what it was handed before it stops.
@@ -1039,14 +1042,14 @@ mod tests {
         }
         let store = EmbeddedStore::open(&path, ttl).expect("reopen");
         assert_eq!(store.get("c").await.expect("get"), Some(b"2".to_vec()));
-        assert_eq!(store.incr("c", 5, ttl).await.expect("incr"), 7);
+        assert_eq!(store.incr("c", 5, ttl).expect("incr"), 7);
         assert!(store.delete("c").await.expect("delete"));
         assert_eq!(store.get("c").await.expect("get"), None);
         // An expired counter starts over.
         let short = Duration::from_millis(50);
-        assert_eq!(store.incr("d", 1, short).await.expect("incr"), 1);
+        assert_eq!(store.incr("d", 1, short).expect("incr"), 1);
         tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(store.incr("d", 1, short).await.expect("incr"), 1);
+        assert_eq!(store.incr("d", 1, short).expect("incr"), 1);
     }
 }
 

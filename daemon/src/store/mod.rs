@@ -350,7 +350,7 @@ impl Store {
     /// Adds `by` to a counter; the first increment of a window sets its expiry.
     pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
         match self {
-            Store::Embedded(s) => s.incr(key, by, ttl).await,
+            Store::Embedded(s) => s.incr(key, by, ttl),
             Store::Redis(s) => s.incr(key, by, ttl).await,
         }
     }
@@ -417,7 +417,7 @@ impl Store {
     /// on Redis (a pipeline), one read transaction on the embedded store.
     pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
         match self {
-            Store::Embedded(s) => s.batch(ops).await,
+            Store::Embedded(s) => s.batch(ops),
             Store::Redis(s) => s.batch(ops).await,
         }
     }

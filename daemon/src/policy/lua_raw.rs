@@ -1,0 +1,262 @@
+//! Tables between Rust and Lua through Lua's C API, for what runs on every
+//! message: a hook's argument and `kiln.batch`'s operations and answers.
+//!
+//! mlua's safe API takes its lock, makes a reference and (under a memory
+//! limit) a protected call for every value it moves; here one protected call
+//! (`Lua::exec_raw`) covers a whole table. Inside it only borrowed data is
+//! touched and nothing is allocated on the Rust side before the last call
+//! that can raise a Lua error (out of memory), so an error that unwinds
+//! through it leaks nothing.
+
+use crate::store::{BatchOp, BatchValue};
+use mlua::{Lua, Table, Value, ffi};
+use std::ffi::c_int;
+use std::time::Duration;
+
+/// A Rust value Lua sees as a plain value (a string, a number, a boolean, a
+/// list of strings).
+pub trait RawPush {
+    /// Pushes the value onto `state`'s stack (one slot; may raise a Lua
+    /// memory error).
+    ///
+    /// # Safety
+    /// `state` is the state `Lua::exec_raw` hands its function, with at
+    /// least three free stack slots.
+    unsafe fn push(&self, state: *mut ffi::lua_State);
+}
+
+unsafe fn push_str(state: *mut ffi::lua_State, s: &str) {
+    unsafe { ffi::lua_pushlstring(state, s.as_ptr().cast(), s.len()) };
+}
+
+impl RawPush for String {
+    unsafe fn push(&self, state: *mut ffi::lua_State) {
+        unsafe { push_str(state, self) }
+    }
+}
+
+impl RawPush for &'static str {
+    unsafe fn push(&self, state: *mut ffi::lua_State) {
+        unsafe { push_str(state, self) }
+    }
+}
+
+impl RawPush for Vec<String> {
+    unsafe fn push(&self, state: *mut ffi::lua_State) {
+        unsafe {
+            ffi::lua_createtable(state, c_int::try_from(self.len()).unwrap_or(0), 0);
+            for (i, s) in self.iter().enumerate() {
+                push_str(state, s);
+                ffi::lua_rawseti(state, -2, i as ffi::lua_Integer + 1);
+            }
+        }
+    }
+}
+
+impl RawPush for bool {
+    unsafe fn push(&self, state: *mut ffi::lua_State) {
+        unsafe { ffi::lua_pushboolean(state, c_int::from(*self)) };
+    }
+}
+
+macro_rules! raw_integer {
+    ($($t:ty),*) => {$(
+        impl RawPush for $t {
+            unsafe fn push(&self, state: *mut ffi::lua_State) {
+                // Sizes and times: far below i64::MAX.
+                unsafe { ffi::lua_pushinteger(state, *self as ffi::lua_Integer) };
+            }
+        }
+    )*};
+}
+raw_integer!(i64, u16, usize);
+
+/// A field name with its terminating NUL, as the C API wants it.
+pub struct FieldName(&'static str);
+
+impl FieldName {
+    /// `name` must end in "\0" (the `hook_arg!` macro makes them).
+    pub const fn new(name: &'static str) -> FieldName {
+        assert!(
+            name.as_bytes()[name.len() - 1] == 0,
+            "field name without NUL"
+        );
+        FieldName(name)
+    }
+}
+
+/// A new table with `fields` (pushed as plain values) and `extra` (values
+/// mlua already made, e.g. userdata), in one protected call.
+pub fn table(
+    lua: &Lua,
+    fields: &[(FieldName, &dyn RawPush)],
+    extra: Vec<(FieldName, Value)>,
+) -> mlua::Result<Value> {
+    let (names, values): (Vec<FieldName>, Vec<Value>) = extra.into_iter().unzip();
+    let size = c_int::try_from(fields.len() + names.len()).unwrap_or(0);
+    // SAFETY: only the C API on the state exec_raw hands over; the extra
+    // values are its arguments, at 1..=names.len().
+    unsafe {
+        lua.exec_raw::<Value>(mlua::MultiValue::from_vec(values), |state| {
+            ffi::lua_createtable(state, 0, size);
+            for (name, value) in fields {
+                value.push(state);
+                ffi::lua_setfield(state, -2, name.0.as_ptr().cast());
+            }
+            for (i, name) in names.iter().enumerate() {
+                ffi::lua_pushvalue(state, i as c_int + 1);
+                ffi::lua_setfield(state, -2, name.0.as_ptr().cast());
+            }
+            // The table is the one result.
+            ffi::lua_rotate(state, 1, 1);
+            ffi::lua_settop(state, 1);
+        })
+    }
+}
+
+/// The string at `idx`, if it is one (numbers are not converted: that would
+/// allocate inside the protected call).
+unsafe fn string_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
+    unsafe {
+        if ffi::lua_type(state, idx) != ffi::LUA_TSTRING {
+            return None;
+        }
+        let mut len = 0usize;
+        let ptr = ffi::lua_tolstring(state, idx, &mut len);
+        (!ptr.is_null()).then(|| std::slice::from_raw_parts(ptr.cast::<u8>(), len))
+    }
+}
+
+unsafe fn integer_at(state: *mut ffi::lua_State, idx: c_int) -> Option<i64> {
+    unsafe {
+        let mut ok = 0;
+        let n = ffi::lua_tointegerx(state, idx, &mut ok);
+        (ok != 0).then_some(n)
+    }
+}
+
+unsafe fn number_at(state: *mut ffi::lua_State, idx: c_int) -> Option<f64> {
+    unsafe {
+        let mut ok = 0;
+        let n = ffi::lua_tonumberx(state, idx, &mut ok);
+        (ok != 0).then_some(n)
+    }
+}
+
+/// `kiln.batch`'s operations: `{ {"get", key}, {"contains", set, member},
+/// {"incr", key, by, ttl_secs} }`. Keys and set names get `prefix`; `ttl`
+/// turns a script's seconds into a TTL (None: not a valid one).
+pub fn batch_ops(
+    lua: &Lua,
+    ops: &Table,
+    prefix: &str,
+    ttl: impl Fn(Option<f64>) -> Option<Duration>,
+) -> mlua::Result<Vec<BatchOp>> {
+    let mut out: Vec<BatchOp> = Vec::new();
+    let mut problem: Option<String> = None;
+    let key = |raw: &[u8]| -> Option<String> {
+        let text = std::str::from_utf8(raw).ok()?;
+        let mut k = String::with_capacity(prefix.len() + text.len());
+        k.push_str(prefix);
+        k.push_str(text);
+        Some(k)
+    };
+    // SAFETY: reads only (rawlen, rawgeti, type, tolstring on strings,
+    // tointegerx, tonumberx): none of them raises an error, so nothing
+    // below is skipped by a longjmp. At most two values are pushed at once.
+    unsafe {
+        lua.exec_raw::<()>(ops, |state| {
+            let n = ffi::lua_rawlen(state, 1);
+            out.reserve(n);
+            for i in 1..=n {
+                ffi::lua_rawgeti(state, 1, i as ffi::lua_Integer);
+                if ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
+                    problem = Some(format!("batch: operation {i} is not a table"));
+                    break;
+                }
+                let op = read_op(state, &key, &ttl);
+                ffi::lua_settop(state, 1);
+                match op {
+                    Ok(op) => out.push(op),
+                    Err(e) => {
+                        problem = Some(format!("batch: operation {i}: {e}"));
+                        break;
+                    }
+                }
+            }
+            ffi::lua_settop(state, 0);
+        })?;
+    }
+    match problem {
+        Some(p) => Err(mlua::Error::RuntimeError(p)),
+        None => Ok(out),
+    }
+}
+
+/// One operation: the table on top of the stack. Its elements are pushed
+/// above it and stay there (so the strings read stay alive) until the
+/// caller resets the stack.
+unsafe fn read_op(
+    state: *mut ffi::lua_State,
+    key: &impl Fn(&[u8]) -> Option<String>,
+    ttl: &impl Fn(Option<f64>) -> Option<Duration>,
+) -> Result<BatchOp, String> {
+    unsafe {
+        let op = ffi::lua_gettop(state);
+        for at in 1..=4 {
+            ffi::lua_rawgeti(state, op, at);
+        }
+        let (kind, name, third, fourth) = (op + 1, op + 2, op + 3, op + 4);
+        let name = string_at(state, name)
+            .and_then(key)
+            .ok_or("the key must be a string")?;
+        match string_at(state, kind).unwrap_or_default() {
+            b"get" => Ok(BatchOp::Get(name)),
+            b"contains" => {
+                let member = string_at(state, third)
+                    .and_then(|m| std::str::from_utf8(m).ok())
+                    .ok_or("contains: the member must be a string")?;
+                Ok(BatchOp::Contains(name, member.to_owned()))
+            }
+            b"incr" => {
+                let by = match ffi::lua_type(state, third) {
+                    ffi::LUA_TNIL => Some(1),
+                    _ => integer_at(state, third),
+                };
+                Ok(BatchOp::Incr(
+                    name,
+                    by.ok_or("incr: the amount must be an integer")?,
+                    ttl(number_at(state, fourth)).ok_or("incr needs a ttl > 0")?,
+                ))
+            }
+            other => Err(format!(
+                "unknown operation {:?}",
+                String::from_utf8_lossy(other)
+            )),
+        }
+    }
+}
+
+/// `kiln.batch`'s answers, in the order of its operations (nil for a
+/// missing key).
+pub fn batch_answers(lua: &Lua, values: &[BatchValue]) -> mlua::Result<Table> {
+    let size = c_int::try_from(values.len()).unwrap_or(0);
+    // SAFETY: only the C API on the state exec_raw hands over; `values` is
+    // borrowed, so an out-of-memory error leaks nothing.
+    unsafe {
+        lua.exec_raw::<Table>((), |state| {
+            ffi::lua_createtable(state, size, 0);
+            for (i, v) in values.iter().enumerate() {
+                match v {
+                    BatchValue::Bytes(Some(b)) => {
+                        ffi::lua_pushlstring(state, b.as_ptr().cast(), b.len());
+                    }
+                    BatchValue::Bytes(None) => ffi::lua_pushnil(state),
+                    BatchValue::Bool(b) => ffi::lua_pushboolean(state, c_int::from(*b)),
+                    BatchValue::Int(n) => ffi::lua_pushinteger(state, *n),
+                }
+                ffi::lua_rawseti(state, -2, i as ffi::lua_Integer + 1);
+            }
+        })
+    }
+}
