@@ -67,16 +67,26 @@ function M.static_checks(msg)
     return reject("FailedOperation.EmailContentToolarge",
       "552 5.3.4 Message size exceeds the limit", "message larger than " .. M.MAX_SIZE .. " bytes")
   end
-  if not msg.subject_valid_utf8 or utf8.len(msg.subject) == nil then
+  local chars = msg.subject_valid_utf8 and utf8.len(msg.subject)
+  if not chars then
     return reject("InvalidParameterValue.EmailContentIsWrong",
       "554 5.6.7 Subject is not valid UTF-8", "subject is not valid UTF-8")
   end
-  if utf8.len(msg.subject) > M.MAX_SUBJECT then
+  if chars > M.MAX_SUBJECT then
     return reject("InvalidParameterValue.EmailContentIsWrong",
       "554 5.6.0 Subject longer than " .. M.MAX_SUBJECT .. " characters",
       "subject longer than " .. M.MAX_SUBJECT .. " characters")
   end
   return nil
+end
+
+-- The operations of a check, kept from one message to the next: the
+-- function runs for every message, and a Lua state runs one hook at a time.
+local OPS = {}
+local function op(i, a, b, c, d)
+  local t = OPS[i]
+  if not t then t = {}; OPS[i] = t end
+  t[1], t[2], t[3], t[4] = a, b, c, d
 end
 
 -- Store traffic is batched (kiln.batch; one round trip each on Redis). The
@@ -115,41 +125,45 @@ function M.hooks.check_limits(msg)
   local all = #msg.recipients
   local rate_key = "rate:" .. account .. ":" .. math.floor(msg.now / 1000)
   local quota_key = "quota:" .. msg.sender_domain .. ":" .. today
-  local ops = {
-    { "get", acct .. ":blocklisted" },
-    { "incr", rate_key, all, 2 },
-    { "incr", acct .. ":sent", all, DAY_TTL },
-    { "incr", quota_key, all, DAY_TTL },
-  }
+  op(1, "get", acct .. ":blocklisted")
+  op(2, "incr", rate_key, all, 2)
+  op(3, "incr", acct .. ":sent", all, DAY_TTL)
+  op(4, "incr", quota_key, all, DAY_TTL)
   -- The account's own blocklist (CreateCustomBlacklist).
   local custom = "custom-blocklist:" .. msg.account
-  for _, rcpt in ipairs(msg.recipients) do
-    local r = string.lower(rcpt)
-    ops[#ops + 1] = { "contains", "blocklist", r }
-    ops[#ops + 1] = { "contains", "unsubscribed:" .. msg.sender_domain, r }
+  local unsubscribed = "unsubscribed:" .. msg.sender_domain
+  for i, rcpt in ipairs(msg.recipients) do
+    local r, at = string.lower(rcpt), 4 * i
+    op(at + 1, "contains", "blocklist", r)
+    op(at + 2, "contains", unsubscribed, r)
     -- A refused recipient's hourly count goes up too: it was asked for.
-    ops[#ops + 1] = { "incr", "rcpt:" .. r .. ":" .. hour, 1, 3600 }
-    ops[#ops + 1] = { "contains", custom, r }
+    op(at + 3, "incr", "rcpt:" .. r .. ":" .. hour, 1, 3600)
+    op(at + 4, "contains", custom, r)
   end
-  local got = kiln.batch(ops)
+  for i = 4 * all + 5, #OPS do OPS[i] = nil end
+  local got = kiln.batch(OPS)
 
-  local drop, keep, blocklisted = {}, {}, 0
+  local drop, n, blocklisted = nil, 0, 0
   for i, rcpt in ipairs(msg.recipients) do
     local at = 1 + 4 * i
+    local why = nil
     if got[at] then
-      drop[rcpt] = "FailedOperation.EmailAddrInBlacklist"
+      why = "FailedOperation.EmailAddrInBlacklist"
       blocklisted = blocklisted + 1
     elseif got[at + 3] then
-      drop[rcpt] = "FailedOperation.EmailAddrInBlacklist"
+      why = "FailedOperation.EmailAddrInBlacklist"
     elseif got[at + 1] then
-      drop[rcpt] = "FailedOperation.ReceiverHasUnsubscribed"
+      why = "FailedOperation.ReceiverHasUnsubscribed"
     elseif got[at + 2] > M.PER_RECIPIENT_HOUR then
-      drop[rcpt] = "FailedOperation.FrequencyLimit"
+      why = "FailedOperation.FrequencyLimit"
     else
-      keep[#keep + 1] = rcpt
+      n = n + 1
+    end
+    if why then
+      drop = drop or {}
+      drop[rcpt] = why
     end
   end
-  local n = #keep
   local sent_before = got[3] - all
 
   -- Which refusal, if any; then one batch puts the counts right: rate and
@@ -163,7 +177,7 @@ function M.hooks.check_limits(msg)
       "sending stopped for the day: " .. math.floor(M.STOP_SHARE * 100) ..
       "% of today's mail went to blocklisted addresses")
   elseif n == 0 then
-    local code = drop[msg.recipients[1]] or "FailedOperation.EmailAddrInBlacklist"
+    local code = drop and drop[msg.recipients[1]] or "FailedOperation.EmailAddrInBlacklist"
     refusal = reject(code, "550 5.7.1 No recipient may receive this message (" .. code .. ")",
       "every recipient was refused")
   elseif got[2] - (all - n) > M.RATE then

@@ -39,9 +39,12 @@ end
 local answered = {}
 
 -- warmup_limit(id): id.identity, id.now; answers { cap = n } or nil (no cap).
+local IDENTITIES = cfg.identities or {}
+local DEFAULT = {}
+
 function M.hooks.warmup_limit(id)
   local identity = string.lower(id.identity)
-  local own = (cfg.identities or {})[identity] or {}
+  local own = IDENTITIES[identity] or DEFAULT
   if own.disabled then return nil end
   local sec = id.now // 1000
   local last = answered[identity]

@@ -62,6 +62,7 @@ struct Formatted {
     body: String,
     headers: BTreeMap<String, String>,
 }
+crate::serde_answer!(Formatted);
 
 /// (account, sender address).
 type RouteKey = (String, String);

@@ -2,10 +2,10 @@
 //! messages of 2 KB over 20 parallel sessions (one connection per message,
 //! like Postfix's smtp-source), waits until the sink has them all, and prints
 //!
-//! `kiln end_to_end_mps=<n> inject_mps=<n> n=<N> dkim=<on|off> store=<embedded|redis>`
+//! `kiln end_to_end_mps=<n> inject_mps=<n> cpu_us_per_msg=<n> n=<N> dkim=<on|off> store=<embedded|redis> policy=<P>`
 //!
 //! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis] [--kiln PATH]
-//!                   [--source PATH-TO-smtp-source] [--policy default|off|FILE.lua]
+//!                   [--source PATH-TO-smtp-source] [--policy default|off|FILE.lua] [--pairs K]
 //!
 //! With `--source`, Postfix's `smtp-source` generates the load (the tool the
 //! reference figures in BENCHMARKS.md were taken with); without it, a built-in
@@ -15,6 +15,13 @@
 //! that the benchmark's volume from one fresh domain trips no limit; `off`
 //! disables every plugin, so no hook runs; a path to a `.lua` file runs that
 //! policy script instead (to measure what an installation's own policy costs).
+//!
+//! `--pairs K` runs the policy and `off` alternately K times (a fresh kiln
+//! each run) and ends with what the policy costs:
+//!
+//! `kiln policy_cost pairs=K policy=<P> median_share=<x> min_share=<x> max_share=<x> median_extra_cpu_us_per_msg=<n> store=<s>`
+//!
+//! where a share is the policy run's end-to-end rate over the next off run's.
 
 mod measure;
 mod peers;
@@ -33,8 +40,33 @@ struct Args {
     redis: bool,
     kiln: PathBuf,
     source: Option<PathBuf>,
-    policy_off: bool,
-    policy_script: Option<PathBuf>,
+    policy: Policy,
+    /// With a policy other than off: run it and off alternately this many
+    /// times and print what the policy costs.
+    pairs: usize,
+}
+
+#[derive(Clone, PartialEq)]
+enum Policy {
+    Default,
+    Off,
+    Script(PathBuf),
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Policy::Default => f.write_str("default"),
+            Policy::Off => f.write_str("off"),
+            Policy::Script(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// What one run measured.
+struct Run {
+    end_to_end_mps: f64,
+    cpu_us_per_msg: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,8 +77,8 @@ fn parse_args() -> Result<Args, String> {
         redis: false,
         kiln: PathBuf::from("target/release/kiln"),
         source: None,
-        policy_off: false,
-        policy_script: None,
+        policy: Policy::Default,
+        pairs: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,8 +92,10 @@ fn parse_args() -> Result<Args, String> {
             "--store" => args.redis = value == "redis",
             "--kiln" => args.kiln = PathBuf::from(value),
             "--source" => args.source = Some(PathBuf::from(value)),
-            "--policy" if value.ends_with(".lua") => args.policy_script = Some(value.into()),
-            "--policy" => args.policy_off = value == "off",
+            "--policy" if value.ends_with(".lua") => args.policy = Policy::Script(value.into()),
+            "--policy" if value == "off" => args.policy = Policy::Off,
+            "--policy" if value == "default" => args.policy = Policy::Default,
+            "--pairs" => args.pairs = value.parse().map_err(|_| "--pairs: not a number")?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -77,18 +111,53 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if args.pairs == 0 || args.policy == Policy::Off {
+        run(&args, &args.policy).await;
+        return;
+    }
+    // The policy against none, alternately: this machine's speed drifts by
+    // more than a policy costs, so single runs compare poorly.
+    let mut shares = Vec::with_capacity(args.pairs);
+    let mut extra_cpu = Vec::with_capacity(args.pairs);
+    for _ in 0..args.pairs {
+        let with = run(&args, &args.policy).await;
+        let without = run(&args, &Policy::Off).await;
+        shares.push(with.end_to_end_mps / without.end_to_end_mps);
+        extra_cpu.push(with.cpu_us_per_msg - without.cpu_us_per_msg);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "kiln policy_cost pairs={} policy={} median_share={:.2} min_share={:.2} max_share={:.2} median_extra_cpu_us_per_msg={:.0} store={}",
+        args.pairs,
+        args.policy,
+        median(&mut shares),
+        shares[0],
+        shares[shares.len() - 1],
+        median(&mut extra_cpu),
+        if args.redis { "redis" } else { "embedded" }
+    );
+}
+
+/// One run: a fresh kiln (and peers) under `policy`; prints its line.
+async fn run(args: &Args, policy: &Policy) -> Run {
     let peers = peers::Peers::start(args.redis).await;
     let sink = &peers.sink;
     let mut opts = peers.options();
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
-    if args.policy_off {
-        opts.policy = "return { disable = { 'reputation', 'warmup', 'limits', 'content_filter', 'bounces', 'egress' } }".into();
-    }
-    if let Some(path) = &args.policy_script {
-        opts.policy = std::fs::read_to_string(path).unwrap_or_else(|e| {
-            eprintln!("kiln-bench: {}: {e}", path.display());
-            std::process::exit(2);
-        });
+    match policy {
+        Policy::Default => {}
+        Policy::Off => {
+            opts.policy = "return { disable = { 'reputation', 'warmup', 'limits', 'content_filter', 'bounces', 'egress' } }".into();
+        }
+        Policy::Script(path) => {
+            opts.policy = std::fs::read_to_string(path).unwrap_or_else(|e| {
+                eprintln!("kiln-bench: {}: {e}", path.display());
+                std::process::exit(2);
+            });
+        }
     }
     let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
     if args.dkim {
@@ -116,11 +185,7 @@ async fn main() {
     }
     eprintln!(
         "policy {}, load {}: injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections",
-        match (&args.policy_script, args.policy_off) {
-            (Some(p), _) => p.display().to_string(),
-            (None, true) => "off".into(),
-            (None, false) => "default".into(),
-        },
+        policy,
         if args.source.is_some() {
             "smtp-source"
         } else {
@@ -129,16 +194,21 @@ async fn main() {
         args.n - accepted,
         sink.connections()
     );
+    let measured = Run {
+        end_to_end_mps: accepted as f64 / total_secs,
+        cpu_us_per_msg: kiln_cpu * 1e6 / accepted.max(1) as f64,
+    };
     println!(
-        "kiln end_to_end_mps={:.0} inject_mps={:.0} cpu_us_per_msg={:.0} n={} dkim={} store={}",
-        accepted as f64 / total_secs,
+        "kiln end_to_end_mps={:.0} inject_mps={:.0} cpu_us_per_msg={:.0} n={} dkim={} store={} policy={policy}",
+        measured.end_to_end_mps,
         accepted as f64 / inject_secs,
-        kiln_cpu * 1e6 / accepted.max(1) as f64,
+        measured.cpu_us_per_msg,
         accepted,
         if args.dkim { "on" } else { "off" },
         if args.redis { "redis" } else { "embedded" }
     );
     drop(kiln);
+    measured
 }
 
 /// 20 sessions (by default), one connection per message; returns how many

@@ -12,6 +12,47 @@ pub trait HookArg {
     fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value>;
 }
 
+/// What a hook answers, read from the Lua value it returned (not nil).
+pub trait HookAnswer: Sized {
+    fn from_lua(lua: &mlua::Lua, value: mlua::Value) -> mlua::Result<Self>;
+}
+
+/// Reads an answer through serde (mlua's deserializer): every answer but
+/// the per-message [`Decision`], which has a faster path first.
+pub fn from_lua_serde<R: serde::de::DeserializeOwned>(
+    lua: &mlua::Lua,
+    value: mlua::Value,
+) -> mlua::Result<R> {
+    use mlua::LuaSerdeExt;
+    let options = mlua::serde::de::Options::new().deny_unsupported_types(false);
+    lua.from_value_with(value, options)
+}
+
+/// `serde_answer!(Type, ...)`: the answer is read through serde.
+#[macro_export]
+macro_rules! serde_answer {
+    ($($t:ty),*) => {$(
+        impl $crate::policy::decisions::HookAnswer for $t {
+            fn from_lua(lua: &mlua::Lua, value: mlua::Value) -> mlua::Result<Self> {
+                $crate::policy::decisions::from_lua_serde(lua, value)
+            }
+        }
+    )*};
+}
+
+serde_answer!(serde_json::Value, ReputationState, BounceClass, Egress);
+
+impl HookAnswer for Decision {
+    fn from_lua(lua: &mlua::Lua, value: mlua::Value) -> mlua::Result<Self> {
+        // The usual shapes through the C API; anything else (and every
+        // mistake, for its error message) through serde.
+        match super::lua_raw::decision(lua, &value) {
+            Some(d) => Ok(d),
+            None => from_lua_serde(lua, value),
+        }
+    }
+}
+
 /// `hook_arg!(Type { plain fields } userdata { fields that are userdata })`.
 macro_rules! hook_arg {
     ($t:ty { $($f:ident),* $(,)? } $(userdata { $($u:ident),* })?) => {

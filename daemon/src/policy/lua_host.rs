@@ -9,7 +9,7 @@
 //! instructions) and the state under a memory limit, so a runaway script ends
 //! in an error instead of taking the node down.
 
-use super::decisions::HookArg;
+use super::decisions::{HookAnswer, HookArg};
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
 use crate::net::now_ms;
 use crate::store::Store;
@@ -257,7 +257,7 @@ impl LuaHost {
     pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
-        R: serde::de::DeserializeOwned,
+        R: HookAnswer,
     {
         let Some(f) = self.hooks.get(hook) else {
             return Ok(None);
@@ -287,8 +287,7 @@ impl LuaHost {
         if value.is_nil() {
             return Ok(None);
         }
-        let options = mlua::serde::de::Options::new().deny_unsupported_types(false);
-        self.unlimited(|| self.lua.from_value_with(value, options))
+        self.unlimited(|| R::from_lua(&self.lua, value))
             .map(Some)
             .map_err(|e| PolicyError::Script {
                 hook,

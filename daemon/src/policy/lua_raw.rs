@@ -22,7 +22,7 @@ pub trait RawPush {
     /// # Safety
     /// `state` is the state `Lua::exec_raw` hands its function, with at
     /// least three free stack slots.
-    unsafe fn push(&self, state: *mut ffi::lua_State);
+    unsafe fn push_onto(&self, state: *mut ffi::lua_State);
 }
 
 unsafe fn push_str(state: *mut ffi::lua_State, s: &str) {
@@ -30,19 +30,19 @@ unsafe fn push_str(state: *mut ffi::lua_State, s: &str) {
 }
 
 impl RawPush for String {
-    unsafe fn push(&self, state: *mut ffi::lua_State) {
+    unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
         unsafe { push_str(state, self) }
     }
 }
 
 impl RawPush for &'static str {
-    unsafe fn push(&self, state: *mut ffi::lua_State) {
+    unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
         unsafe { push_str(state, self) }
     }
 }
 
 impl RawPush for Vec<String> {
-    unsafe fn push(&self, state: *mut ffi::lua_State) {
+    unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
         unsafe {
             ffi::lua_createtable(state, c_int::try_from(self.len()).unwrap_or(0), 0);
             for (i, s) in self.iter().enumerate() {
@@ -54,7 +54,7 @@ impl RawPush for Vec<String> {
 }
 
 impl RawPush for bool {
-    unsafe fn push(&self, state: *mut ffi::lua_State) {
+    unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
         unsafe { ffi::lua_pushboolean(state, c_int::from(*self)) };
     }
 }
@@ -62,7 +62,7 @@ impl RawPush for bool {
 macro_rules! raw_integer {
     ($($t:ty),*) => {$(
         impl RawPush for $t {
-            unsafe fn push(&self, state: *mut ffi::lua_State) {
+            unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
                 // Sizes and times: far below i64::MAX.
                 unsafe { ffi::lua_pushinteger(state, *self as ffi::lua_Integer) };
             }
@@ -100,7 +100,7 @@ pub fn table(
         lua.exec_raw::<Value>(mlua::MultiValue::from_vec(values), |state| {
             ffi::lua_createtable(state, 0, size);
             for (name, value) in fields {
-                value.push(state);
+                value.push_onto(state);
                 ffi::lua_setfield(state, -2, name.0.as_ptr().cast());
             }
             for (i, name) in names.iter().enumerate() {
@@ -258,5 +258,112 @@ pub fn batch_answers(lua: &Lua, values: &[BatchValue]) -> mlua::Result<Table> {
                 ffi::lua_rawseti(state, -2, i as ffi::lua_Integer + 1);
             }
         })
+    }
+}
+
+/// A `Decision` from a plain table of its fields (`action`, `code`, `smtp`,
+/// `message`: strings; `retry_at`: an integer; `reasons`: a list of strings;
+/// `drop`: strings by string), as the default plugins answer on every
+/// message. None for anything else (a metatable, a field of another type),
+/// which serde then reads or explains.
+pub fn decision(lua: &Lua, value: &Value) -> Option<super::decisions::Decision> {
+    if !value.is_table() {
+        return None;
+    }
+    let mut out = None;
+    // SAFETY: reads only (lua_next over keys it gave, type checks,
+    // tolstring on strings, tointegerx, rawgeti, rawlen): none raises an
+    // error, so the Strings made here are never skipped by a longjmp.
+    let read = unsafe {
+        lua.exec_raw::<()>(value, |state| {
+            if ffi::lua_getmetatable(state, 1) != 0 {
+                return;
+            }
+            out = read_decision(state);
+            ffi::lua_settop(state, 0);
+        })
+    };
+    read.ok().and(out)
+}
+
+/// The string at `idx` as an owned String (None: not a UTF-8 string).
+unsafe fn owned_at(state: *mut ffi::lua_State, idx: c_int) -> Option<String> {
+    unsafe { string_at(state, idx) }
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_owned)
+}
+
+unsafe fn read_decision(state: *mut ffi::lua_State) -> Option<super::decisions::Decision> {
+    let mut d = super::decisions::Decision::default();
+    unsafe {
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, 1) != 0 {
+            // Key at 2, value at 3.
+            let ok = match string_at(state, 2) {
+                Some(b"action") => owned_at(state, 3).map(|v| d.action = v),
+                Some(b"code") => owned_at(state, 3).map(|v| d.code = Some(v)),
+                Some(b"smtp") => owned_at(state, 3).map(|v| d.smtp = Some(v)),
+                Some(b"message") => owned_at(state, 3).map(|v| d.message = Some(v)),
+                Some(b"retry_at") => (ffi::lua_type(state, 3) == ffi::LUA_TNUMBER)
+                    .then(|| integer_at(state, 3))
+                    .flatten()
+                    .map(|v| d.retry_at = Some(v)),
+                Some(b"reasons") => string_list(state, 3).map(|v| d.reasons = v),
+                Some(b"drop") => string_map(state, 3).map(|v| d.drop = v),
+                Some(_) => Some(()),
+                None => None,
+            };
+            ffi::lua_settop(state, 2);
+            ok?;
+        }
+    }
+    Some(d)
+}
+
+/// A table at `idx` holding only strings at 1..n.
+unsafe fn string_list(state: *mut ffi::lua_State, idx: c_int) -> Option<Vec<String>> {
+    unsafe {
+        if ffi::lua_type(state, idx) != ffi::LUA_TTABLE || ffi::lua_getmetatable(state, idx) != 0 {
+            return None;
+        }
+        let n = ffi::lua_rawlen(state, idx);
+        let mut out: Vec<String> = Vec::with_capacity(n);
+        let top = ffi::lua_gettop(state);
+        for i in 1..=n {
+            ffi::lua_rawgeti(state, idx, i as ffi::lua_Integer);
+            let item: Option<String> = owned_at(state, top + 1);
+            ffi::lua_settop(state, top);
+            out.push(item?);
+        }
+        // Nothing but the sequence (serde would see a map otherwise).
+        let mut keys = 0usize;
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, idx) != 0 {
+            ffi::lua_settop(state, top + 1);
+            keys += 1;
+        }
+        (keys == n).then_some(out)
+    }
+}
+
+/// A table at `idx` of string keys to string values.
+unsafe fn string_map(
+    state: *mut ffi::lua_State,
+    idx: c_int,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    unsafe {
+        if ffi::lua_type(state, idx) != ffi::LUA_TTABLE || ffi::lua_getmetatable(state, idx) != 0 {
+            return None;
+        }
+        let top = ffi::lua_gettop(state);
+        let mut out = std::collections::BTreeMap::new();
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, idx) != 0 {
+            let pair = owned_at(state, top + 1).zip(owned_at(state, top + 2));
+            ffi::lua_settop(state, top + 1);
+            let (k, v) = pair?;
+            out.insert(k, v);
+        }
+        Some(out)
     }
 }

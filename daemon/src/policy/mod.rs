@@ -21,9 +21,8 @@ pub mod time;
 mod tests;
 
 use crate::store::Store;
-use decisions::HookArg;
+use decisions::{HookAnswer, HookArg};
 use lua_host::LuaHost;
-use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,7 +124,7 @@ impl Engine {
     ) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
-        R: DeserializeOwned,
+        R: HookAnswer,
     {
         if !self.wants(hook, kind) {
             return Ok(None);
@@ -241,7 +240,7 @@ impl Policy {
     pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
-        R: DeserializeOwned,
+        R: HookAnswer,
     {
         self.call_for(hook, None, arg).await
     }
@@ -256,7 +255,7 @@ impl Policy {
     ) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
-        R: DeserializeOwned,
+        R: HookAnswer,
     {
         let engine = self.engine();
         let result = engine.call(hook, kind, arg).await;

@@ -879,3 +879,89 @@ async fn the_memory_limit_holds_around_what_kiln_builds() {
         json!(1048576)
     );
 }
+
+/// A hook's argument, built through the C API, has every field with its
+/// Lua type; and it is the script's own copy.
+#[tokio::test]
+async fn a_hook_argument_has_every_field() {
+    let f = Fixture::new();
+    let host = f.host(
+        "return { hooks = { check_limits = function(m)
+            local r = {}
+            for k, v in pairs(m) do r[#r + 1] = k .. '=' .. type(v) end
+            table.sort(r)
+            m.recipients[1] = 'changed'
+            return { action = 'send', reasons = r, code = m.id .. '|' .. m.recipients[2] ..
+              '|' .. m.size .. '|' .. tostring(m.subject_valid_utf8) .. '|' .. m.now ..
+              '|' .. m.headers:get('Subject') }
+          end } }",
+    );
+    let m = message(&["a@x.test", "b@x.test"], "hi", "regular", NOW);
+    let d = check_limits(&host, m).await;
+    assert_eq!(
+        d.reasons,
+        [
+            "account=string",
+            "headers=userdata",
+            "id=string",
+            "kind=string",
+            "now=number",
+            "recipients=table",
+            "scenario=string",
+            "sender=string",
+            "sender_domain=string",
+            "size=number",
+            "subject=string",
+            "subject_valid_utf8=boolean",
+            "trigger_type=string",
+        ]
+    );
+    assert_eq!(
+        d.code.as_deref(),
+        Some(format!("m1|b@x.test|2048|true|{NOW}|hi").as_str())
+    );
+}
+
+/// `kiln.batch` reads every operation before it runs any: a bad one is an
+/// error that names it, and nothing in the batch happened.
+#[tokio::test]
+async fn batch_operations_are_checked_before_any_runs() {
+    let f = Fixture::new();
+    let host = f.host("return {}");
+    let got = host
+        .eval(
+            "kiln.set.add('s', 'm')
+             local r = kiln.batch({ { 'get', 'k' }, { 'incr', 'c', 2, 60 }, { 'contains', 's', 'm' },
+                                    { 'contains', 's', 'x' }, { 'incr', 'c' , nil, 60 }, { 'get', 'c' } })
+             return { tostring(r[1]), r[2], r[3], r[4], r[5], r[6] }",
+        )
+        .await
+        .expect("eval");
+    assert_eq!(got, json!(["nil", 2, true, false, 3, "3"]));
+    for (ops, want) in [
+        ("{ 'x' }", "batch: operation 1 is not a table"),
+        (
+            "{ { 'incr', 'c', 1, 60 }, { 'nope', 'k' } }",
+            "batch: operation 2: unknown operation \"nope\"",
+        ),
+        (
+            "{ { 'incr', 'c', 1.5, 60 } }",
+            "the amount must be an integer",
+        ),
+        ("{ { 'incr', 'c', 1 } }", "incr needs a ttl > 0"),
+        ("{ { 'incr', 'c', 1, -1 } }", "incr needs a ttl > 0"),
+        ("{ { 'get', 5 } }", "the key must be a string"),
+        ("{ { 'contains', 's' } }", "the member must be a string"),
+    ] {
+        let err = host
+            .eval(&format!("return kiln.batch({ops})"))
+            .await
+            .expect_err(ops);
+        assert!(err.contains(want), "{ops}: {err}");
+    }
+    let after = host
+        .eval("return kiln.counter.get('c')")
+        .await
+        .expect("eval");
+    assert_eq!(after, json!(3), "no operation of a failed batch ran");
+}

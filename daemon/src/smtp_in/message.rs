@@ -12,11 +12,16 @@ fn header_end(message: &[u8]) -> usize {
     if message.starts_with(b"\r\n") {
         return 0;
     }
-    message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 2)
-        .unwrap_or(message.len())
+    // From one line end to the next, rather than at every byte.
+    let mut at = 0;
+    while let Some(p) = message[at..].iter().position(|b| *b == b'\n') {
+        let next = at + p + 1;
+        if message[next..].starts_with(b"\r\n") && at + p > 0 && message[at + p - 1] == b'\r' {
+            return next;
+        }
+        at = next;
+    }
+    message.len()
 }
 
 /// Unfolded header values named `name` (case-insensitive).
@@ -54,6 +59,11 @@ pub fn subject(message: &[u8]) -> (String, bool) {
     let Some(raw) = header_values(message, "Subject").into_iter().next() else {
         return (String::new(), valid);
     };
+    // Encoded words all start with "=?": without one there is nothing to
+    // decode (most subjects), and no need for the parser.
+    if !raw.contains("=?") {
+        return (raw, valid);
+    }
     // Only the Subject goes through the parser (for its RFC 2047 words):
     // parsing every header, Received lines and all, costs more than it saves.
     let one = format!("Subject: {raw}\r\n\r\n");
@@ -117,9 +127,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn header_block_ends_at_the_first_blank_line() {
+        assert_eq!(
+            header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\n"),
+            b"A: 1\r\nB: 2\r\n"
+        );
+        assert_eq!(header_block(b"\r\nbody"), b"");
+        assert_eq!(header_block(b"A: 1\r\nB: 2"), b"A: 1\r\nB: 2");
+        // A bare LF is not a line end.
+        assert_eq!(
+            header_block(b"A: 1\n\r\nB: 2\r\n\r\n"),
+            b"A: 1\n\r\nB: 2\r\n"
+        );
+        assert_eq!(header_block(b"\nA: 1\r\n\r\n"), b"\nA: 1\r\n");
+    }
+
+    #[test]
     fn decodes_the_subject() {
         let m = b"Subject: =?UTF-8?B?w6nDqQ==?= x\r\nFrom: a@b.c\r\n\r\nbody";
         assert_eq!(subject(m), ("\u{e9}\u{e9} x".to_string(), true));
+        let plain = b"Subject: plain =? words\r\n and more\r\n\r\nbody";
+        assert_eq!(
+            subject(plain),
+            ("plain =? words and more".to_string(), true)
+        );
+        assert_eq!(
+            subject(b"Subject: plain\r\n\r\n"),
+            ("plain".to_string(), true)
+        );
         let bad = b"Subject: \xff\xfe\r\n\r\nbody";
         assert!(!subject(bad).1);
     }

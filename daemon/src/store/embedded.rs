@@ -99,6 +99,11 @@ struct Job {
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// The KV table as of the writer's last commit. Reads on every message
+    /// (policy counters, blocklists) use it rather than open a read
+    /// transaction of their own: that waits on redb's header lock, which
+    /// the writer holds while it commits, and would block a tokio worker.
+    kv: Arc<KvSnapshot>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     index: Mutex<QueueIndex>,
     retention: Duration,
@@ -115,6 +120,38 @@ struct Counter {
 }
 
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+
+type KvTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+
+/// The newest committed KV table; the writer replaces it after each commit,
+/// before it tells anyone the commit happened, so a read never misses a
+/// write that was acknowledged.
+struct KvSnapshot(std::sync::RwLock<Arc<KvTable>>);
+
+impl KvSnapshot {
+    fn open(db: &Database) -> Result<KvSnapshot> {
+        Ok(KvSnapshot(std::sync::RwLock::new(Arc::new(Self::read(
+            db,
+        )?))))
+    }
+
+    fn read(db: &Database) -> Result<KvTable> {
+        db.begin_read().map_err(err)?.open_table(KV).map_err(err)
+    }
+
+    fn refresh(&self, db: &Database) {
+        match Self::read(db) {
+            Ok(table) => *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table),
+            // Reads then see the previous commit until the next one works;
+            // the writer reports the failure of the commit itself.
+            Err(e) => tracing::error!(error = %e, "cannot read the committed KV table"),
+        }
+    }
+
+    fn current(&self) -> Arc<KvTable> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 fn with_expiry(expires_at: i64, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + value.len());
@@ -195,14 +232,16 @@ impl EmbeddedStore {
             }
         }
         let db = Arc::new(db);
+        let kv = Arc::new(KvSnapshot::open(&db)?);
         let (tx, rx) = mpsc::channel::<Job>();
-        let writer_db = db.clone();
+        let (writer_db, writer_kv) = (db.clone(), kv.clone());
         std::thread::Builder::new()
             .name("kiln-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, wal, rx))
+            .spawn(move || writer_loop(&writer_db, &writer_kv, wal, rx))
             .map_err(err)?;
         let store = Arc::new(EmbeddedStore {
             db,
+            kv,
             writer: Mutex::new(Some(tx)),
             index: Mutex::new(index),
             retention,
@@ -501,8 +540,7 @@ impl EmbeddedStore {
 
     /// A live KV row and its expiry (0 = never; counters always expire).
     fn stored_kv(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
-        let read = self.db.begin_read().map_err(err)?;
-        let table = read.open_table(KV).map_err(err)?;
+        let table = self.kv.current();
         let Some(v) = table.get(key).map_err(err)? else {
             return Ok(None);
         };
@@ -520,9 +558,7 @@ impl EmbeddedStore {
         if let Some(c) = self.counters().get(key).filter(|c| c.expires_at > now) {
             return Ok(Some(c.value.to_string().into_bytes()));
         }
-        let read = self.db.begin_read().map_err(err)?;
-        let table = read.open_table(KV).map_err(err)?;
-        let value = table.get(key).map_err(err)?;
+        let value = self.kv.current().get(key).map_err(err)?;
         Ok(value.and_then(|v| live_value(v.value(), now_ms()).map(|b| b.to_vec())))
     }
 
@@ -568,27 +604,17 @@ impl EmbeddedStore {
         }
     }
 
-    /// Several reads and increments: every read through one read
-    /// transaction (each one takes locks the writer thread also takes).
+    /// Several reads and increments, every read from one committed state.
     /// Never waits on the writer, like [`Self::incr`].
     pub fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
         let now = now_ms();
+        let table = self.kv.current();
+        let stored = |key: &str| -> Result<Option<Vec<u8>>> {
+            let value = table.get(key).map_err(err)?;
+            Ok(value.and_then(|v| live_value(v.value(), now).map(|b| b.to_vec())))
+        };
         let mut out = Vec::with_capacity(ops.len());
-        let mut read: Option<redb::ReadOnlyTable<&str, &[u8]>> = None;
         for op in ops {
-            let stored = |key: &str,
-                          read: &mut Option<redb::ReadOnlyTable<&str, &[u8]>>|
-             -> Result<Option<Vec<u8>>> {
-                if read.is_none() {
-                    let txn = self.db.begin_read().map_err(err)?;
-                    *read = Some(txn.open_table(KV).map_err(err)?);
-                }
-                let Some(table) = read.as_ref() else {
-                    return Ok(None);
-                };
-                let value = table.get(key).map_err(err)?;
-                Ok(value.and_then(|v| live_value(v.value(), now).map(|b| b.to_vec())))
-            };
             out.push(match op {
                 BatchOp::Get(key) => {
                     let counter = self
@@ -598,11 +624,11 @@ impl EmbeddedStore {
                         .map(|c| c.value);
                     match counter {
                         Some(v) => BatchValue::Bytes(Some(v.to_string().into_bytes())),
-                        None => BatchValue::Bytes(stored(key, &mut read)?),
+                        None => BatchValue::Bytes(stored(key)?),
                     }
                 }
                 BatchOp::Contains(set, member) => {
-                    BatchValue::Bool(stored(&set_key(set, member), &mut read)?.is_some())
+                    BatchValue::Bool(stored(&set_key(set, member))?.is_some())
                 }
                 BatchOp::Incr(key, by, ttl) => BatchValue::Int(self.incr(key, *by, *ttl)?),
             });
@@ -697,7 +723,7 @@ fn job_bytes(op: &Op) -> usize {
 /// Commits whatever jobs are waiting as one batch: their changes go to the
 /// write-ahead log (one sync), then into redb without a sync; redb itself is
 /// synced at checkpoints.
-fn writer_loop(db: &Database, mut wal: Wal, rx: mpsc::Receiver<Job>) {
+fn writer_loop(db: &Database, kv: &KvSnapshot, mut wal: Wal, rx: mpsc::Receiver<Job>) {
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
     let mut frame = Vec::new();
@@ -746,6 +772,7 @@ fn writer_loop(db: &Database, mut wal: Wal, rx: mpsc::Receiver<Job>) {
         match committed {
             Ok(()) => {
                 dirty = true;
+                kv.refresh(db);
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }
