@@ -8,7 +8,7 @@ use crate::net::domain_of;
 use crate::policy::Policy;
 use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
 use crate::smtp_in::SmtpContext;
-use crate::smtp_in::message::{header_block, header_values, subject};
+use crate::smtp_in::message::{decode_subject, first_values, header_block};
 use crate::store::NewMessage;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,7 +81,9 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
             source_ip: None,
         });
     }
-    let (subject, subject_valid_utf8) = subject(&s.message);
+    let block = header_block(&s.message);
+    let [subject, scenario] = first_values(block, ["Subject", "X-Kiln-Scenario"]);
+    let (subject, subject_valid_utf8) = decode_subject(subject);
     let info = MessageInfo {
         kind: "message",
         id: s.id.clone(),
@@ -93,13 +95,11 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
         subject,
         subject_valid_utf8,
         trigger_type: s.trigger_type.into(),
-        scenario: header_values(&s.message, "X-Kiln-Scenario")
-            .into_iter()
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
+        scenario: scenario
+            .map(|v| String::from_utf8_lossy(&v).to_ascii_lowercase())
+            .unwrap_or_default(),
         now: s.now,
-        headers: HeaderView(Arc::from(header_block(&s.message))),
+        headers: HeaderView(Arc::from(block)),
     };
     match policy
         .call_for::<_, Decision>("content_filter", Some("message"), &info)

@@ -24,40 +24,95 @@ fn header_end(message: &[u8]) -> usize {
     message.len()
 }
 
+/// The lines of a header block: split at CRLF only (a bare LF stays in
+/// its line, as in `header_end`).
+fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut from = 0;
+        loop {
+            match rest[from..].iter().position(|b| *b == b'\n') {
+                Some(p) if from + p > 0 && rest[from + p - 1] == b'\r' => {
+                    let line = &rest[..from + p - 1];
+                    rest = &rest[from + p + 1..];
+                    return Some(line);
+                }
+                Some(p) => from += p + 1,
+                None => return Some(std::mem::take(&mut rest)),
+            }
+        }
+    })
+}
+
+/// Every header of a block as (name, unfolded value), raw bytes, in order.
+fn fields(block: &[u8]) -> impl Iterator<Item = (&[u8], Vec<u8>)> {
+    let mut lines = lines(block).peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let line = lines.next()?;
+            // A continuation line without a field before it is skipped.
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            if line.starts_with(b" ") || line.starts_with(b"\t") {
+                continue;
+            }
+            let mut value = line[colon + 1..].trim_ascii().to_vec();
+            while let Some(next) = lines.next_if(|l| l.starts_with(b" ") || l.starts_with(b"\t")) {
+                value.push(b' ');
+                value.extend_from_slice(next.trim_ascii());
+            }
+            return Some((line[..colon].trim_ascii(), value));
+        }
+    })
+}
+
 /// Unfolded header values named `name` (case-insensitive).
 pub fn header_values(message: &[u8], name: &str) -> Vec<String> {
-    let headers = &message[..header_end(message)];
-    let text = String::from_utf8_lossy(headers);
-    let mut out = Vec::new();
-    let mut current: Option<String> = None;
-    for line in text.split("\r\n") {
-        if line.starts_with([' ', '\t']) {
-            if let Some(c) = current.as_mut() {
-                c.push(' ');
-                c.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some(c) = current.take() {
-            out.push(c);
-        }
-        if let Some((n, v)) = line.split_once(':')
-            && n.trim().eq_ignore_ascii_case(name)
+    fields(header_block(message))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+        .collect()
+}
+
+/// The first value of each of `names` (case-insensitive) in a header
+/// block, unfolded and raw, found in one pass.
+pub fn first_values<const N: usize>(block: &[u8], names: [&str; N]) -> [Option<Vec<u8>>; N] {
+    let mut out: [Option<Vec<u8>>; N] = std::array::from_fn(|_| None);
+    for (name, value) in fields(block) {
+        if let Some(i) = names
+            .iter()
+            .position(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            && out[i].is_none()
         {
-            current = Some(v.trim().to_string());
+            out[i] = Some(value);
+            if out.iter().all(Option::is_some) {
+                break;
+            }
         }
     }
-    out.extend(current);
     out
 }
 
 /// The decoded Subject (RFC 2047 words decoded), and whether the raw header
 /// was valid UTF-8.
 pub fn subject(message: &[u8]) -> (String, bool) {
-    let headers = &message[..header_end(message)];
-    let valid = std::str::from_utf8(headers).is_ok();
-    let Some(raw) = header_values(message, "Subject").into_iter().next() else {
-        return (String::new(), valid);
+    let [raw] = first_values(header_block(message), ["Subject"]);
+    decode_subject(raw)
+}
+
+/// A raw Subject value decoded (RFC 2047 words), and whether it was valid
+/// UTF-8 (an absent Subject is an empty, valid one).
+pub fn decode_subject(raw: Option<Vec<u8>>) -> (String, bool) {
+    let Some(raw) = raw else {
+        return (String::new(), true);
+    };
+    let (raw, valid) = match String::from_utf8(raw) {
+        Ok(text) => (text, true),
+        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), false),
     };
     // Encoded words all start with "=?": without one there is nothing to
     // decode (most subjects), and no need for the parser.
@@ -157,6 +212,15 @@ mod tests {
         );
         let bad = b"Subject: \xff\xfe\r\n\r\nbody";
         assert!(!subject(bad).1);
+        // Only the Subject's own bytes count.
+        assert_eq!(
+            subject(b"From: \xff@x\r\nSubject: ok\r\n\r\n"),
+            ("ok".to_string(), true)
+        );
+        assert_eq!(
+            subject(b"From: a@b\r\n\r\nSubject: body"),
+            (String::new(), true)
+        );
     }
 
     #[test]
@@ -164,6 +228,12 @@ mod tests {
         let msg =
             b"Subject: a\r\n b\r\nFrom: \"Shop\" <News@Shop.Example>\r\n\r\nFrom: body@x.y\r\n";
         assert_eq!(header_values(msg, "subject"), vec!["a b".to_string()]);
+        let many = b"X-A: 1\r\nx-a:  2 \r\n\t 3\r\nbroken line\r\n cont\r\nX-B: b\r\n\r\nX-A: body";
+        assert_eq!(header_values(many, "X-A"), ["1", "2 3"]);
+        assert_eq!(
+            first_values(header_block(many), ["x-b", "X-A", "X-C"]),
+            [Some(b"b".to_vec()), Some(b"1".to_vec()), None]
+        );
         assert_eq!(from_domain(msg).as_deref(), Some("shop.example"));
         assert_eq!(from_domain(b"From: a@b.c\r\n\r\n").as_deref(), Some("b.c"));
         assert_eq!(from_domain(b"Subject: x\r\n\r\nFrom: a@b.c\r\n"), None);
