@@ -270,18 +270,24 @@ impl LuaHost {
             .unlimited(|| arg.to_lua(&self.lua))
             .map_err(script_err)?;
         self.arm();
-        let value: Value = match tokio::time::timeout(
-            self.timeout + Duration::from_millis(100),
-            f.call_async(arg),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(script_err)?,
-            Err(_) => {
-                return Err(PolicyError::Script {
-                    hook,
-                    message: "time limit exceeded (waiting on the store)".into(),
-                });
+        // A hook that never waits (the embedded store answers at once) is
+        // done at its first poll, under the instruction hook's deadline: a
+        // timer for it would cost more than many hooks do. Only a hook that
+        // waits gets one.
+        let mut running = std::pin::pin!(f.call_async::<Value>(arg));
+        let value = match futures::poll!(running.as_mut()) {
+            std::task::Poll::Ready(r) => r.map_err(script_err)?,
+            std::task::Poll::Pending => {
+                match tokio::time::timeout(self.timeout + Duration::from_millis(100), running).await
+                {
+                    Ok(r) => r.map_err(script_err)?,
+                    Err(_) => {
+                        return Err(PolicyError::Script {
+                            hook,
+                            message: "time limit exceeded (waiting on the store)".into(),
+                        });
+                    }
+                }
             }
         };
         if value.is_nil() {
