@@ -168,8 +168,8 @@ async fn run(args: &Args, policy: &Policy) -> Run {
     let cpu_before = measure::cpu_seconds(kiln.pid());
     let start = Instant::now();
     let failed = match &args.source {
-        Some(source) => inject_with_smtp_source(source, &args, kiln.smtp),
-        None => inject_builtin(&args, kiln.smtp).await,
+        Some(source) => inject_with_smtp_source(source, args, kiln.smtp),
+        None => inject_builtin(args, kiln.smtp).await,
     };
     let inject_secs = start.elapsed().as_secs_f64();
     let accepted = args.n - failed;
