@@ -1102,6 +1102,44 @@ mod write_tests {
         }
     }
 
+    /// Reads come from the table as of the writer's last commit: a write
+    /// is visible to the next read once it has been acknowledged, however
+    /// many commits happen meanwhile, and never before.
+    #[tokio::test]
+    async fn an_acknowledged_write_is_read_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("kiln.redb"), Duration::from_secs(600))
+            .expect("store");
+        let get = |key: &str| BatchOp::Get(key.to_string());
+        let contains = |m: &str| BatchOp::Contains("block".into(), m.to_string());
+        assert_eq!(
+            store.batch(&[get("k"), contains("a")]).expect("batch"),
+            [BatchValue::Bytes(None), BatchValue::Bool(false)]
+        );
+        for round in 0..50u32 {
+            let value = round.to_string().into_bytes();
+            store.put("k", &value, None).await.expect("put");
+            store.set_add("block", "a", None).await.expect("add");
+            assert_eq!(
+                store.batch(&[get("k"), contains("a")]).expect("batch"),
+                [
+                    BatchValue::Bytes(Some(value.clone())),
+                    BatchValue::Bool(true)
+                ],
+                "round {round}"
+            );
+            assert_eq!(store.get("k").await.expect("get"), Some(value));
+            assert!(store.set_remove("block", "a").await.expect("remove"));
+            assert!(store.delete("k").await.expect("delete"));
+            assert_eq!(
+                store.batch(&[get("k"), contains("a")]).expect("batch"),
+                [BatchValue::Bytes(None), BatchValue::Bool(false)],
+                "round {round}"
+            );
+        }
+        store.close();
+    }
+
     /// An outcome and the writes that go with it are on disk together,
     /// and a later write takes keys and set members away in one commit.
     #[tokio::test]
