@@ -125,18 +125,16 @@ async fn main() {
         shares.push(with.end_to_end_mps / without.end_to_end_mps);
         extra_cpu.push(with.cpu_us_per_msg - without.cpu_us_per_msg);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    shares.sort_by(f64::total_cmp);
+    extra_cpu.sort_by(f64::total_cmp);
     println!(
         "kiln policy_cost pairs={} policy={} median_share={:.2} min_share={:.2} max_share={:.2} median_extra_cpu_us_per_msg={:.0} store={}",
         args.pairs,
         args.policy,
-        median(&mut shares),
+        shares[shares.len() / 2],
         shares[0],
         shares[shares.len() - 1],
-        median(&mut extra_cpu),
+        extra_cpu[extra_cpu.len() / 2],
         if args.redis { "redis" } else { "embedded" }
     );
 }

@@ -446,7 +446,11 @@ fn zone_fn<R: mlua::IntoLua + 'static>(
 
 /// A script's key or set name in the store: under the scripts' own prefix.
 pub fn ns(key: &str) -> String {
-    format!("{NAMESPACE}{key}")
+    // Runs for every key of every `kiln.batch`: no formatting machinery.
+    let mut out = String::with_capacity(NAMESPACE.len() + key.len());
+    out.push_str(NAMESPACE);
+    out.push_str(key);
+    out
 }
 
 /// An async Lua function over the store; `f` gets its own store handle.
@@ -656,13 +660,13 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
         Store::Embedded(embedded) => {
             let embedded = embedded.clone();
             lua.create_function(move |lua, ops: Table| {
-                let ops = super::lua_raw::batch_ops(lua, &ops, NAMESPACE, ttl)?;
+                let ops = super::lua_raw::batch_ops(lua, &ops, ns, ttl)?;
                 let values = embedded.batch(&ops).map_err(lua_err)?;
                 super::lua_raw::batch_answers(lua, &values)
             })?
         }
         Store::Redis(_) => store_fn(lua, &store, |lua, s, ops: Table| async move {
-            let ops = super::lua_raw::batch_ops(&lua, &ops, NAMESPACE, ttl)?;
+            let ops = super::lua_raw::batch_ops(&lua, &ops, ns, ttl)?;
             let values = s.batch(&ops).await.map_err(lua_err)?;
             super::lua_raw::batch_answers(&lua, &values)
         })?,

@@ -144,23 +144,18 @@ unsafe fn number_at(state: *mut ffi::lua_State, idx: c_int) -> Option<f64> {
 }
 
 /// `kiln.batch`'s operations: `{ {"get", key}, {"contains", set, member},
-/// {"incr", key, by, ttl_secs} }`. Keys and set names get `prefix`; `ttl`
-/// turns a script's seconds into a TTL (None: not a valid one).
+/// {"incr", key, by, ttl_secs} }`. `ns` places a key or set name in the
+/// scripts' namespace; `ttl` turns a script's seconds into a TTL (None: not
+/// a valid one).
 pub fn batch_ops(
     lua: &Lua,
     ops: &Table,
-    prefix: &str,
+    ns: impl Fn(&str) -> String,
     ttl: impl Fn(Option<f64>) -> Option<Duration>,
 ) -> mlua::Result<Vec<BatchOp>> {
     let mut out: Vec<BatchOp> = Vec::new();
     let mut problem: Option<String> = None;
-    let key = |raw: &[u8]| -> Option<String> {
-        let text = std::str::from_utf8(raw).ok()?;
-        let mut k = String::with_capacity(prefix.len() + text.len());
-        k.push_str(prefix);
-        k.push_str(text);
-        Some(k)
-    };
+    let key = |raw: &[u8]| std::str::from_utf8(raw).ok().map(&ns);
     // SAFETY: reads only (rawlen, rawgeti, type, tolstring on strings,
     // tointegerx, tonumberx): none of them raises an error, so nothing
     // below is skipped by a longjmp. At most two values are pushed at once.

@@ -9,23 +9,20 @@ pub fn header_block(message: &[u8]) -> &[u8] {
 
 /// Offset of the blank line that ends the header block (or the body length).
 fn header_end(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 0;
-    }
-    // From one line end to the next, rather than at every byte.
     let mut at = 0;
-    while let Some(p) = message[at..].iter().position(|b| *b == b'\n') {
-        let next = at + p + 1;
-        if message[next..].starts_with(b"\r\n") && at + p > 0 && message[at + p - 1] == b'\r' {
-            return next;
+    for line in lines(message) {
+        if line.is_empty() {
+            return at;
         }
-        at = next;
+        // Past the last line (which has no CRLF) this overshoots, but the
+        // loop ends there.
+        at += line.len() + 2;
     }
     message.len()
 }
 
-/// The lines of a header block: split at CRLF only (a bare LF stays in
-/// its line, as in `header_end`).
+/// The lines of a message: split at CRLF only (a bare LF stays in its
+/// line).
 fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = block;
     std::iter::from_fn(move || {
@@ -53,13 +50,14 @@ fn fields(block: &[u8]) -> impl Iterator<Item = (&[u8], Vec<u8>)> {
     std::iter::from_fn(move || {
         loop {
             let line = lines.next()?;
-            // A continuation line without a field before it is skipped.
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
-                continue;
-            };
+            // A continuation line without a field before it is skipped, and
+            // so is a line that is no field.
             if line.starts_with(b" ") || line.starts_with(b"\t") {
                 continue;
             }
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
             let mut value = line[colon + 1..].trim_ascii().to_vec();
             while let Some(next) = lines.next_if(|l| l.starts_with(b" ") || l.starts_with(b"\t")) {
                 value.push(b' ');
@@ -95,13 +93,6 @@ pub fn first_values<const N: usize>(block: &[u8], names: [&str; N]) -> [Option<V
         }
     }
     out
-}
-
-/// The decoded Subject (RFC 2047 words decoded), and whether the raw header
-/// was valid UTF-8.
-pub fn subject(message: &[u8]) -> (String, bool) {
-    let [raw] = first_values(header_block(message), ["Subject"]);
-    decode_subject(raw)
 }
 
 /// A raw Subject value decoded (RFC 2047 words), and whether it was valid
@@ -180,6 +171,11 @@ pub fn prepare(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn subject(message: &[u8]) -> (String, bool) {
+        let [raw] = first_values(header_block(message), ["Subject"]);
+        decode_subject(raw)
+    }
 
     #[test]
     fn header_block_ends_at_the_first_blank_line() {

@@ -559,7 +559,7 @@ impl EmbeddedStore {
             return Ok(Some(c.value.to_string().into_bytes()));
         }
         let value = self.kv.current().get(key).map_err(err)?;
-        Ok(value.and_then(|v| live_value(v.value(), now_ms()).map(|b| b.to_vec())))
+        Ok(value.and_then(|v| live_value(v.value(), now).map(|b| b.to_vec())))
     }
 
     pub async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
