@@ -10,7 +10,8 @@
 --
 -- Config (policy.lua: config.limits): rate_per_second, account_daily_limit,
 -- per_recipient_per_hour, max_size, max_subject_chars,
--- stop_blocklisted_share, stop_min_sent.
+-- stop_blocklisted_share, stop_min_sent, read_age_ms (how old a blocklist
+-- or unsubscribe answer may be on Redis, default 1000; 0: always exact).
 
 local M = { hooks = {} }
 local cfg = kiln.config("limits")
@@ -22,6 +23,7 @@ M.MAX_SIZE = cfg.max_size or 4 * 1024 * 1024
 M.MAX_SUBJECT = cfg.max_subject_chars or 998
 M.STOP_SHARE = cfg.stop_blocklisted_share or 0.08
 M.STOP_MIN_SENT = cfg.stop_min_sent or 100
+M.READ_AGE = cfg.read_age_ms or 1000
 
 local DAY_TTL = 2 * 86400
 
@@ -83,15 +85,27 @@ end
 -- The operations of a check, kept from one message to the next: the
 -- function runs for every message, and a Lua state runs one hook at a time.
 local OPS = {}
-local function op(i, a, b, c, d)
+local function op(i, a, b, c, d, e)
   local t = OPS[i]
   if not t then t = {}; OPS[i] = t end
-  t[1], t[2], t[3], t[4] = a, b, c, d
+  t[1], t[2], t[3], t[4], t[5] = a, b, c, d, e
 end
 
--- Store traffic is batched (kiln.batch; one round trip each on Redis). The
--- counts are raised for every recipient up front and lowered again for those
--- not sent, so a message that passes costs a single round trip.
+-- Store traffic is one kiln.batch per message. The message's recipients
+-- are taken from the rate and the daily counts up front, and given back for
+-- those not sent. `take` never counts past a limit, and on Redis it spends
+-- units the node has counted in advance, so the counters need no round trip
+-- per message. The blocklists, unsubscribes and the day's blocklisted share
+-- may be read as they were up to READ_AGE ms ago (another node's new entry
+-- shows after that at most; this node's own at once).
+local function give_back(rate_key, acct_key, quota_key, rate, acct, quota)
+  local ops = {}
+  if rate > 0 then ops[#ops + 1] = { "give", rate_key, rate } end
+  if acct > 0 then ops[#ops + 1] = { "give", acct_key, acct } end
+  if quota > 0 then ops[#ops + 1] = { "give", quota_key, quota } end
+  if #ops > 0 then kiln.batch(ops) end
+end
+
 function M.hooks.check_limits(msg)
   local refused = M.static_checks(msg)
   if refused then return refused end
@@ -99,7 +113,7 @@ function M.hooks.check_limits(msg)
   local today = day_of(msg.now)
   local account = msg.account ~= "" and msg.account or ("domain:" .. msg.sender_domain)
   local acct = "acct:" .. account .. ":" .. today
-  local hour = math.floor(msg.now / 3600000)
+  local hour = msg.now // 3600000
 
   -- Today's cap for the sender domain: its reputation limit, or warm-up.
   local cap, why = math.huge, nil
@@ -123,38 +137,40 @@ function M.hooks.check_limits(msg)
   end
 
   local all = #msg.recipients
-  local rate_key = "rate:" .. account .. ":" .. math.floor(msg.now / 1000)
+  local rate_key = "rate:" .. account .. ":" .. msg.now // 1000
+  local sent_key = acct .. ":sent"
   local quota_key = "quota:" .. msg.sender_domain .. ":" .. today
   op(1, "get", acct .. ":blocklisted")
-  op(2, "incr", rate_key, all, 2)
-  op(3, "incr", acct .. ":sent", all, DAY_TTL)
-  op(4, "incr", quota_key, all, DAY_TTL)
+  op(2, "get", sent_key)
+  op(3, "take", rate_key, all, 2, M.RATE)
+  op(4, "take", sent_key, all, DAY_TTL, M.ACCOUNT_DAILY)
+  op(5, "take", quota_key, all, DAY_TTL, cap)
   -- The account's own blocklist (CreateCustomBlacklist).
   local custom = "custom-blocklist:" .. msg.account
   local unsubscribed = "unsubscribed:" .. msg.sender_domain
   for i, rcpt in ipairs(msg.recipients) do
-    local r, at = string.lower(rcpt), 4 * i
+    local r, at = string.lower(rcpt), 4 * i + 1
     op(at + 1, "contains", "blocklist", r)
     op(at + 2, "contains", unsubscribed, r)
     -- A refused recipient's hourly count goes up too: it was asked for.
-    op(at + 3, "incr", "rcpt:" .. r .. ":" .. hour, 1, 3600)
+    op(at + 3, "take", "rcpt:" .. r .. ":" .. hour, 1, 3600, M.PER_RECIPIENT_HOUR)
     op(at + 4, "contains", custom, r)
   end
-  for i = 4 * all + 5, #OPS do OPS[i] = nil end
-  local got = kiln.batch(OPS)
+  for i = 4 * all + 6, #OPS do OPS[i] = nil end
+  local got = kiln.batch(OPS, M.READ_AGE)
 
   local drop, n, blocklisted = nil, 0, 0
   for i, rcpt in ipairs(msg.recipients) do
-    local at = 1 + 4 * i
+    local at = 4 * i + 1
     local why = nil
-    if got[at] then
+    if got[at + 1] then
       why = "FailedOperation.EmailAddrInBlacklist"
       blocklisted = blocklisted + 1
-    elseif got[at + 3] then
+    elseif got[at + 4] then
       why = "FailedOperation.EmailAddrInBlacklist"
-    elseif got[at + 1] then
+    elseif got[at + 2] then
       why = "FailedOperation.ReceiverHasUnsubscribed"
-    elseif got[at + 2] > M.PER_RECIPIENT_HOUR then
+    elseif not got[at + 3] then
       why = "FailedOperation.FrequencyLimit"
     else
       n = n + 1
@@ -164,11 +180,27 @@ function M.hooks.check_limits(msg)
       drop[rcpt] = why
     end
   end
-  local sent_before = got[3] - all
 
-  -- Which refusal, if any; then one batch puts the counts right: rate and
-  -- quota count what is sent, the account's count also what went to
+  -- A take of every recipient that failed may still fit those sent.
+  local rate_ok, acct_ok, quota_ok = got[3], got[4], got[5]
+  if n > 0 and n < all and not (rate_ok and acct_ok and quota_ok) then
+    local again = kiln.batch({
+      { "take", rate_key, rate_ok and 0 or n, 2, M.RATE },
+      { "take", sent_key, acct_ok and 0 or n, DAY_TTL, M.ACCOUNT_DAILY },
+      { "take", quota_key, quota_ok and 0 or n, DAY_TTL, cap },
+    })
+    -- Counted now: n, where the first take counted all.
+    local function took(first, second) return first and all or (second and n or 0) end
+    rate_ok, acct_ok, quota_ok = took(rate_ok, again[1]), took(acct_ok, again[2]),
+      took(quota_ok, again[3])
+  else
+    local function took(ok) return ok and all or 0 end
+    rate_ok, acct_ok, quota_ok = took(rate_ok), took(acct_ok), took(quota_ok)
+  end
+
+  -- Which refusal, if any. The account's count also holds what went to
   -- blocklisted addresses (the share that stops sending).
+  local sent_before = tonumber(got[2]) or 0
   local refusal = nil
   if sent_before >= M.STOP_MIN_SENT
       and (tonumber(got[1]) or 0) / sent_before >= M.STOP_SHARE then
@@ -180,28 +212,22 @@ function M.hooks.check_limits(msg)
     local code = drop and drop[msg.recipients[1]] or "FailedOperation.EmailAddrInBlacklist"
     refusal = reject(code, "550 5.7.1 No recipient may receive this message (" .. code .. ")",
       "every recipient was refused")
-  elseif got[2] - (all - n) > M.RATE then
+  elseif rate_ok == 0 then
     refusal = reject("FailedOperation.FrequencyLimit",
       "451 4.7.1 Sending rate above " .. M.RATE .. " per second, slow down",
       "account rate above " .. M.RATE .. " messages per second")
-  elseif got[3] - (all - n) > M.ACCOUNT_DAILY then
+  elseif acct_ok == 0 then
     refusal = over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
-  elseif got[4] - (all - n) > cap then
+  elseif quota_ok == 0 then
     refusal = over_quota(msg, "daily " .. why .. " for " .. msg.sender_domain)
   end
   local sent_now = refusal and 0 or n
-  local fix = {}
-  if all > sent_now then
-    fix[#fix + 1] = { "incr", rate_key, sent_now - all, 2 }
-    fix[#fix + 1] = { "incr", quota_key, sent_now - all, DAY_TTL }
-  end
-  if all > sent_now + blocklisted then
-    fix[#fix + 1] = { "incr", acct .. ":sent", sent_now + blocklisted - all, DAY_TTL }
-  end
+  local acct_keep = math.min(acct_ok, sent_now + blocklisted)
+  give_back(rate_key, sent_key, quota_key, rate_ok - math.min(rate_ok, sent_now),
+    acct_ok - acct_keep, quota_ok - math.min(quota_ok, sent_now))
   if blocklisted > 0 then
-    fix[#fix + 1] = { "incr", acct .. ":blocklisted", blocklisted, DAY_TTL }
+    kiln.batch({ { "incr", acct .. ":blocklisted", blocklisted, DAY_TTL } })
   end
-  if #fix > 0 then kiln.batch(fix) end
   if refusal then return refusal end
   -- Kiln reports the queued message to `reputation` as "sent" itself.
   return { action = "send", drop = drop }

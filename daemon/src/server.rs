@@ -257,8 +257,9 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     callbacks_stop.cancel();
     let _ = sending_task.await;
     let _ = http_task.await;
-    if let Store::Embedded(s) = &store {
-        s.close();
+    match &store {
+        Store::Embedded(s) => s.close(),
+        Store::Redis(s) => s.close().await,
     }
     tracing::info!("stopped");
     Ok(())

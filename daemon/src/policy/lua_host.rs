@@ -453,7 +453,19 @@ pub fn ns(key: &str) -> String {
     out
 }
 
-/// An async Lua function over the store; `f` gets its own store handle.
+/// `kiln.batch`'s second argument: how old, in milliseconds, an answer to a
+/// read may be (none: exact).
+fn read_age(ms: Option<f64>) -> mlua::Result<Duration> {
+    let most = crate::store::read_cache::MAX_AGE.as_millis() as f64;
+    match ms {
+        None => Ok(Duration::ZERO),
+        Some(ms) if (0.0..=most).contains(&ms) => Ok(Duration::from_micros((ms * 1000.0) as u64)),
+        Some(_) => Err(mlua::Error::RuntimeError(format!(
+            "batch: the age of an answer must be from 0 to {most} milliseconds"
+        ))),
+    }
+}
+
 fn memory_limit(settings: &PolicySettings) -> usize {
     settings.max_memory_mb.saturating_mul(1024 * 1024).max(1)
 }
@@ -467,6 +479,7 @@ fn unlimited<T>(lua: &Lua, limit: usize, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// An async Lua function over the store; `f` gets its own store handle.
 fn store_fn<A, R, F, Fut>(lua: &Lua, store: &Store, f: F) -> mlua::Result<Function>
 where
     A: mlua::FromLuaMulti + mlua::MaybeSend + 'static,
@@ -659,17 +672,23 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
     let batch = match &store {
         Store::Embedded(embedded) => {
             let embedded = embedded.clone();
-            lua.create_function(move |lua, ops: Table| {
+            lua.create_function(move |lua, (ops, age): (Table, Option<f64>)| {
+                read_age(age)?;
                 let ops = super::lua_raw::batch_ops(lua, &ops, ns, ttl)?;
                 let values = embedded.batch(&ops).map_err(lua_err)?;
                 super::lua_raw::batch_answers(lua, &values)
             })?
         }
-        Store::Redis(_) => store_fn(lua, &store, |lua, s, ops: Table| async move {
-            let ops = super::lua_raw::batch_ops(&lua, &ops, ns, ttl)?;
-            let values = s.batch(&ops).await.map_err(lua_err)?;
-            super::lua_raw::batch_answers(&lua, &values)
-        })?,
+        Store::Redis(_) => store_fn(
+            lua,
+            &store,
+            |lua, s, (ops, age): (Table, Option<f64>)| async move {
+                let age = read_age(age)?;
+                let ops = super::lua_raw::batch_ops(&lua, &ops, ns, ttl)?;
+                let values = s.batch_within(&ops, age).await.map_err(lua_err)?;
+                super::lua_raw::batch_answers(&lua, &values)
+            },
+        )?,
     };
     kiln.set("batch", batch)?;
 

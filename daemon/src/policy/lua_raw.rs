@@ -144,7 +144,8 @@ unsafe fn number_at(state: *mut ffi::lua_State, idx: c_int) -> Option<f64> {
 }
 
 /// `kiln.batch`'s operations: `{ {"get", key}, {"contains", set, member},
-/// {"incr", key, by, ttl_secs} }`. `ns` places a key or set name in the
+/// {"incr", key, by, ttl_secs}, {"take", key, amount, ttl_secs, limit},
+/// {"give", key, amount} }`. `ns` places a key or set name in the
 /// scripts' namespace; `ttl` turns a script's seconds into a TTL (None: not
 /// a valid one).
 pub fn batch_ops(
@@ -198,10 +199,10 @@ unsafe fn read_op(
 ) -> Result<BatchOp, String> {
     unsafe {
         let op = ffi::lua_gettop(state);
-        for at in 1..=4 {
+        for at in 1..=5 {
             ffi::lua_rawgeti(state, op, at);
         }
-        let (kind, name, third, fourth) = (op + 1, op + 2, op + 3, op + 4);
+        let (kind, name, third, fourth, fifth) = (op + 1, op + 2, op + 3, op + 4, op + 5);
         let name = string_at(state, name)
             .and_then(key)
             .ok_or("the key must be a string")?;
@@ -224,6 +225,24 @@ unsafe fn read_op(
                     ttl(number_at(state, fourth)).ok_or("incr needs a ttl > 0")?,
                 ))
             }
+            b"take" => Ok(BatchOp::Take {
+                key: name,
+                amount: integer_at(state, third)
+                    .filter(|n| *n >= 0)
+                    .ok_or("take: the amount must be a whole number, 0 or more")?,
+                ttl: ttl(number_at(state, fourth)).ok_or("take needs a ttl > 0")?,
+                // math.huge (no limit) and 1e9 (a float) are limits too.
+                limit: number_at(state, fifth)
+                    .filter(|l| !l.is_nan())
+                    .map(|l| l as i64)
+                    .ok_or("take: the limit must be a number")?,
+            }),
+            b"give" => Ok(BatchOp::Give {
+                key: name,
+                amount: integer_at(state, third)
+                    .filter(|n| *n >= 0)
+                    .ok_or("give: the amount must be a whole number, 0 or more")?,
+            }),
             other => Err(format!(
                 "unknown operation {:?}",
                 String::from_utf8_lossy(other)

@@ -938,7 +938,34 @@ async fn batch_operations_are_checked_before_any_runs() {
         .await
         .expect("eval");
     assert_eq!(got, json!(["nil", 2, true, false, 3, "3"]));
+    let got = host
+        .eval(
+            "local r = kiln.batch({ { 'take', 't', 2, 60, 3 }, { 'take', 't', 2, 60, 3 },
+                                    { 'give', 't', 1 }, { 'take', 't', 2, 60, math.huge },
+                                    { 'get', 't' } }, 1000)
+             return { r[1], r[2], r[3], r[4], r[5] }",
+        )
+        .await
+        .expect("eval");
+    assert_eq!(got, json!([true, false, true, true, "3"]));
     for (ops, want) in [
+        (
+            "{ { 'take', 't', 1, 60 } }",
+            "take: the limit must be a number",
+        ),
+        (
+            "{ { 'take', 't', -1, 60, 5 } }",
+            "take: the amount must be a whole number, 0 or more",
+        ),
+        ("{ { 'take', 't', 1, 0, 5 } }", "take needs a ttl > 0"),
+        (
+            "{ { 'give', 't', 0.5 } }",
+            "give: the amount must be a whole number, 0 or more",
+        ),
+        (
+            "{ { 'get', 't' } }, -1",
+            "batch: the age of an answer must be from 0 to 60000 milliseconds",
+        ),
         ("{ 'x' }", "batch: operation 1 is not a table"),
         (
             "{ { 'incr', 'c', 1, 60 }, { 'nope', 'k' } }",

@@ -498,26 +498,60 @@ impl EmbeddedStore {
     /// Counts in memory (persisted every second): never waits, so policy
     /// scripts may call it without an await.
     pub fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        self.with_counter(key, Some(ttl), |v| {
+            *v = v.saturating_add(by);
+            *v
+        })
+        .map(|v| v.unwrap_or(by))
+    }
+
+    /// Counts `amount` against `limit` if the count stays within it.
+    pub fn take(&self, key: &str, amount: i64, ttl: Duration, limit: i64) -> Result<bool> {
+        self.with_counter(key, Some(ttl), |v| {
+            let after = v.saturating_add(amount);
+            let fits = after <= limit;
+            if fits {
+                *v = after;
+            }
+            fits
+        })
+        .map(|taken| taken.unwrap_or(false))
+    }
+
+    /// Gives back `amount` taken earlier; a counter that is gone stays gone.
+    pub fn give(&self, key: &str, amount: i64) -> Result<()> {
+        self.with_counter(key, None, |v| *v = v.saturating_sub(amount).max(0))
+            .map(|_| ())
+    }
+
+    /// Applies `change` to a live counter, or to a new one starting at 0
+    /// that expires after `ttl` (None: no new counter, nothing happens).
+    fn with_counter<T>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        change: impl FnOnce(&mut i64) -> T,
+    ) -> Result<Option<T>> {
         let now = now_ms();
         {
             let mut counters = self.counters();
             if let Some(c) = counters.get_mut(key).filter(|c| c.expires_at > now) {
-                c.value = c.value.saturating_add(by);
                 c.dirty = true;
-                return Ok(c.value);
+                return Ok(Some(change(&mut c.value)));
             }
         }
         // Not in memory: start from what the file holds (written before a
         // restart), if it is still live.
-        let (stored, expires_at) = match self.stored_kv(key)? {
-            Some((raw, exp)) => (
+        let (stored, expires_at) = match (self.stored_kv(key)?, ttl) {
+            (Some((raw, exp)), _) => (
                 std::str::from_utf8(&raw)
                     .ok()
                     .and_then(|t| t.parse::<i64>().ok())
                     .unwrap_or(0),
                 exp,
             ),
-            None => (0, now + ttl.as_millis() as i64),
+            (None, Some(ttl)) => (0, now + ttl.as_millis() as i64),
+            (None, None) => return Ok(None),
         };
         let mut counters = self.counters();
         let c = counters
@@ -533,9 +567,8 @@ impl EmbeddedStore {
                 expires_at,
                 dirty: false,
             });
-        c.value = c.value.saturating_add(by);
         c.dirty = true;
-        Ok(c.value)
+        Ok(Some(change(&mut c.value)))
     }
 
     /// A live KV row and its expiry (0 = never; counters always expire).
@@ -631,6 +664,16 @@ impl EmbeddedStore {
                     BatchValue::Bool(stored(&set_key(set, member))?.is_some())
                 }
                 BatchOp::Incr(key, by, ttl) => BatchValue::Int(self.incr(key, *by, *ttl)?),
+                BatchOp::Take {
+                    key,
+                    amount,
+                    ttl,
+                    limit,
+                } => BatchValue::Bool(self.take(key, *amount, *ttl, *limit)?),
+                BatchOp::Give { key, amount } => {
+                    self.give(key, *amount)?;
+                    BatchValue::Bool(true)
+                }
             });
         }
         Ok(out)
@@ -1077,6 +1120,26 @@ mod tests {
         assert_eq!(store.incr("d", 1, short).expect("incr"), 1);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(store.incr("d", 1, short).expect("incr"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_take_counts_only_within_its_limit_and_a_give_never_makes_a_counter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ttl = Duration::from_secs(60);
+        let store = EmbeddedStore::open(&dir.path().join("kiln.redb"), ttl).expect("open");
+        assert!(store.take("t", 2, ttl, 3).expect("take"));
+        assert!(!store.take("t", 2, ttl, 3).expect("take"), "4 > 3");
+        assert!(store.take("t", 1, ttl, 3).expect("take"));
+        assert!(!store.take("t", 1, ttl, 3).expect("take"));
+        assert_eq!(store.get("t").await.expect("get"), Some(b"3".to_vec()));
+        store.give("t", 2).expect("give");
+        assert_eq!(store.get("t").await.expect("get"), Some(b"1".to_vec()));
+        store.give("t", 5).expect("give");
+        assert_eq!(store.get("t").await.expect("get"), Some(b"0".to_vec()), "never below 0");
+        store.give("nothing", 1).expect("give");
+        assert_eq!(store.get("nothing").await.expect("get"), None);
+        assert!(!store.take("big", 4, ttl, 3).expect("take"));
+        assert_eq!(store.get("big").await.expect("get"), Some(b"0".to_vec()));
     }
 }
 

@@ -8,7 +8,9 @@
 //! a server-side script.
 
 pub mod embedded;
+pub mod read_cache;
 pub mod redis;
+pub mod reservations;
 pub mod wal;
 
 use serde::{Deserialize, Serialize};
@@ -416,9 +418,18 @@ impl Store {
     /// Several independent reads and increments in one go: one round trip
     /// on Redis (a pipeline), one read transaction on the embedded store.
     pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
+        self.batch_within(ops, Duration::ZERO).await
+    }
+
+    /// A batch whose reads (`Get`, `Contains`) may be answered from what
+    /// this node read at most `max_age` ago. On Redis that spares the round
+    /// trip for keys read again and again (another node's write shows after
+    /// `max_age` at most; this node's own writes at once); the embedded
+    /// store is the only copy and always answers exactly.
+    pub async fn batch_within(&self, ops: &[BatchOp], max_age: Duration) -> Result<Vec<BatchValue>> {
         match self {
             Store::Embedded(s) => s.batch(ops),
-            Store::Redis(s) => s.batch(ops).await,
+            Store::Redis(s) => s.batch(ops, max_age).await,
         }
     }
 }
@@ -449,6 +460,18 @@ pub enum BatchOp {
     Get(String),
     Contains(String, String),
     Incr(String, i64, Duration),
+    /// Counts `amount` against `limit` if the counter stays within it
+    /// (answers true), else counts nothing (false). The counter expires
+    /// `ttl` after it was made, as with `Incr`.
+    Take {
+        key: String,
+        amount: i64,
+        ttl: Duration,
+        limit: i64,
+    },
+    /// Gives back `amount` taken earlier (the counter never goes below 0;
+    /// a counter that is gone stays gone). Answers true.
+    Give { key: String, amount: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,14 @@ use redis::aio::ConnectionManager;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::read_cache::{Read, ReadCache};
+use super::reservations::{IDLE_RETURN, MAX_GRANT, Reservations, SHARE_DIVISOR};
+use super::{BatchOp, BatchValue};
+
+/// How often unused reserved units go back and old reads are dropped.
+const COUNTER_SWEEP: Duration = Duration::from_millis(250);
 
 const ENQUEUE: &str = r#"
 -- KEYS: ready, entries, pending, body, status
@@ -90,6 +97,32 @@ end
 return 0
 "#;
 
+const TAKE: &str = r#"
+-- KEYS: counter     ARGV: want, limit, share_divisor, max_grant, ttl_ms
+-- Counts at least `want` more against `limit`, and up to a share of what
+-- is left under it for the caller to spend later. Answers { units counted
+-- (0: refused, nothing counted), the counter's PTTL }.
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+local want, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if v + want > limit then return { 0, redis.call('PTTL', KEYS[1]) } end
+local grant = math.floor((limit - v) / tonumber(ARGV[3]))
+if grant > tonumber(ARGV[4]) then grant = tonumber(ARGV[4]) end
+if grant < want then grant = want end
+redis.call('INCRBY', KEYS[1], grant)
+redis.call('PEXPIRE', KEYS[1], ARGV[5], 'NX')
+return { grant, redis.call('PTTL', KEYS[1]) }
+"#;
+
+const GIVE: &str = r#"
+-- KEYS: counter     ARGV: units
+-- Units counted and not spent go back; a counter that is gone stays gone.
+local v = tonumber(redis.call('GET', KEYS[1]))
+if v and v > 0 then
+  redis.call('DECRBY', KEYS[1], math.min(v, tonumber(ARGV[1])))
+end
+return 0
+"#;
+
 const INCR: &str = r#"
 local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -111,6 +144,10 @@ pub struct RedisStore {
     /// longer than one lease is not taken over by another node.
     held: std::sync::Mutex<HashSet<String>>,
     lease_ms: std::sync::atomic::AtomicI64,
+    /// Units of `take` counters counted in Redis ahead of use.
+    reserved: Reservations,
+    /// Answers for batches that accept them of bounded age.
+    reads: ReadCache,
 }
 
 const RENEW: &str = r#"
@@ -139,6 +176,24 @@ impl RedisStore {
             renew: Script::new(RENEW),
             held: std::sync::Mutex::new(HashSet::new()),
             lease_ms: std::sync::atomic::AtomicI64::new(0),
+            reserved: Reservations::default(),
+            reads: ReadCache::default(),
+        });
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            let mut sweeps = 0u32;
+            loop {
+                tokio::time::sleep(COUNTER_SWEEP).await;
+                let Some(store) = weak.upgrade() else { break };
+                let due = store.reserved.due(Instant::now(), IDLE_RETURN);
+                if let Err(e) = store.give_back(&due).await {
+                    tracing::warn!(error = %e, units = due.len(), "returning reserved counter units failed");
+                }
+                sweeps = sweeps.wrapping_add(1);
+                if sweeps % 40 == 0 {
+                    store.reads.sweep(Instant::now());
+                }
+            }
         });
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
@@ -358,6 +413,7 @@ impl RedisStore {
             match w {
                 Write::Put { key, value, ttl } => {
                     let key = self.kv_key(key);
+                    self.reads.forget_key(&key);
                     match ttl {
                         Some(t) => pipe.pset_ex(key, value, t.as_millis().max(1) as u64),
                         None => pipe.set(key, value),
@@ -365,10 +421,13 @@ impl RedisStore {
                     .ignore();
                 }
                 Write::Delete(key) => {
-                    pipe.del(self.kv_key(key)).ignore();
+                    let key = self.kv_key(key);
+                    self.reads.forget_key(&key);
+                    pipe.del(key).ignore();
                 }
                 Write::SetAdd { set, member, ttl } => {
                     let key = self.set_key(set);
+                    self.reads.forget_member(&key, member);
                     let score = ttl.map_or(f64::INFINITY, |t| (now + t.as_millis() as i64) as f64);
                     pipe.zrembyscore(&key, "-inf", now)
                         .ignore()
@@ -376,7 +435,9 @@ impl RedisStore {
                         .ignore();
                 }
                 Write::SetRemove { set, member } => {
-                    pipe.zrem(self.set_key(set), member).ignore();
+                    let key = self.set_key(set);
+                    self.reads.forget_member(&key, member);
+                    pipe.zrem(key, member).ignore();
                 }
             }
         }
@@ -423,9 +484,11 @@ impl RedisStore {
     }
 
     pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        let key = self.kv_key(key);
+        self.reads.forget_key(&key);
         Ok(self
             .incr
-            .key(self.kv_key(key))
+            .key(key)
             .arg(by)
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut self.conn.clone())
@@ -446,11 +509,15 @@ impl RedisStore {
     }
 
     pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
-        Ok(self.conn.clone().set_nx(self.kv_key(key), value).await?)
+        let key = self.kv_key(key);
+        self.reads.forget_key(&key);
+        Ok(self.conn.clone().set_nx(key, value).await?)
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        let n: i64 = self.conn.clone().del(self.kv_key(key)).await?;
+        let key = self.kv_key(key);
+        self.reads.forget_key(&key);
+        let n: i64 = self.conn.clone().del(key).await?;
         Ok(n > 0)
     }
 
@@ -469,52 +536,223 @@ impl RedisStore {
     }
 
     pub async fn set_remove(&self, set: &str, member: &str) -> Result<bool> {
-        let n: i64 = self.conn.clone().zrem(self.set_key(set), member).await?;
+        let set = self.set_key(set);
+        self.reads.forget_member(&set, member);
+        let n: i64 = self.conn.clone().zrem(set, member).await?;
         Ok(n > 0)
     }
 
-    /// One pipeline: GET, ZSCORE (a set member's expiry), INCRBY with
-    /// PEXPIRE NX (the window starts at the first increment; Redis 7).
-    pub async fn batch(&self, ops: &[super::BatchOp]) -> Result<Vec<super::BatchValue>> {
-        use super::{BatchOp, BatchValue};
-        let mut pipe = redis::pipe();
-        for op in ops {
-            match op {
+    /// Answers what it can on this node (reads of bounded age, takes from
+    /// reserved units, gives), the rest in one pipeline: GET, ZSCORE (a
+    /// set member's expiry), INCRBY with PEXPIRE NX (the window starts at
+    /// the first increment; Redis 7), and a script per take to reserve.
+    pub async fn batch(&self, ops: &[BatchOp], max_age: Duration) -> Result<Vec<BatchValue>> {
+        let now = Instant::now();
+        let mut out: Vec<Option<BatchValue>> = Vec::with_capacity(ops.len());
+        let mut remote: Vec<Remote> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let local = match op {
+                BatchOp::Get(k) if !max_age.is_zero() => {
+                    let read = Read::Key(self.kv_key(k));
+                    let hit = self.reads.get(&read, max_age, now);
+                    if hit.is_none() {
+                        remote.push(Remote::Read(i, read));
+                    }
+                    hit
+                }
+                BatchOp::Contains(set, m) if !max_age.is_zero() => {
+                    let read = Read::Member(self.set_key(set), m.clone());
+                    let hit = self.reads.get(&read, max_age, now);
+                    if hit.is_none() {
+                        remote.push(Remote::Read(i, read));
+                    }
+                    hit
+                }
                 BatchOp::Get(k) => {
-                    pipe.get(self.kv_key(k));
+                    remote.push(Remote::Read(i, Read::Key(self.kv_key(k))));
+                    None
                 }
                 BatchOp::Contains(set, m) => {
-                    pipe.zscore(self.set_key(set), m);
+                    remote.push(Remote::Read(i, Read::Member(self.set_key(set), m.clone())));
+                    None
                 }
-                BatchOp::Incr(k, by, ttl) => {
-                    let key = self.kv_key(k);
-                    pipe.incr(&key, *by);
-                    pipe.cmd("PEXPIRE")
-                        .arg(&key)
-                        .arg(ttl.as_millis().max(1) as u64)
-                        .arg("NX")
-                        .ignore();
+                BatchOp::Incr(..) => {
+                    remote.push(Remote::Incr(i));
+                    None
+                }
+                BatchOp::Take { key, amount, .. } => {
+                    let key = self.kv_key(key);
+                    if *amount <= 0 || self.reserved.spend(&key, *amount, now) {
+                        Some(BatchValue::Bool(true))
+                    } else {
+                        let (held, expires) = self.reserved.withdraw(&key, now);
+                        remote.push(Remote::Take {
+                            at: i,
+                            key,
+                            held,
+                            expires,
+                        });
+                        None
+                    }
+                }
+                BatchOp::Give { key, amount } => {
+                    self.reserved.give(&self.kv_key(key), *amount, now);
+                    Some(BatchValue::Bool(true))
+                }
+            };
+            out.push(local);
+        }
+        if !remote.is_empty() {
+            match self.ask_redis(ops, &remote, max_age).await {
+                Ok(answers) => {
+                    for (at, v) in answers {
+                        out[at] = Some(v);
+                    }
+                }
+                Err(e) => {
+                    // Units withdrawn for a top-up that never came are
+                    // still this node's.
+                    for r in &remote {
+                        if let Remote::Take {
+                            key, held, expires, ..
+                        } = r
+                        {
+                            self.reserved.hold(key, *held, *expires, now);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|v| v.unwrap_or(BatchValue::Bool(false)))
+            .collect())
+    }
+
+    /// The operations `remote` names, in one pipeline; answers by position.
+    async fn ask_redis(
+        &self,
+        ops: &[BatchOp],
+        remote: &[Remote],
+        max_age: Duration,
+    ) -> Result<Vec<(usize, BatchValue)>> {
+        let mut pipe = redis::pipe();
+        for r in remote {
+            match r {
+                Remote::Read(_, Read::Key(key)) => {
+                    pipe.get(key);
+                }
+                Remote::Read(_, Read::Member(set, m)) => {
+                    pipe.zscore(set, m);
+                }
+                Remote::Incr(at) => {
+                    if let BatchOp::Incr(k, by, ttl) = &ops[*at] {
+                        let key = self.kv_key(k);
+                        self.reads.forget_key(&key);
+                        pipe.incr(&key, *by);
+                        pipe.cmd("PEXPIRE")
+                            .arg(&key)
+                            .arg(ttl.as_millis().max(1) as u64)
+                            .arg("NX")
+                            .ignore();
+                    }
+                }
+                Remote::Take { at, key, held, .. } => {
+                    if let BatchOp::Take {
+                        amount, ttl, limit, ..
+                    } = &ops[*at]
+                    {
+                        self.reads.forget_key(key);
+                        pipe.cmd("EVAL")
+                            .arg(TAKE)
+                            .arg(1)
+                            .arg(key)
+                            .arg(amount - held)
+                            .arg(*limit)
+                            .arg(SHARE_DIVISOR)
+                            .arg(MAX_GRANT)
+                            .arg(ttl.as_millis().max(1) as u64);
+                    }
                 }
             }
         }
         let values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
-        let now = now_ms() as f64;
         let bad = |e: redis::ParsingError| super::StoreError::Corrupt {
             key: "batch reply".into(),
             reason: e.to_string(),
         };
-        let mut out = Vec::with_capacity(ops.len());
-        for (op, v) in ops.iter().zip(values) {
-            out.push(match op {
-                BatchOp::Get(_) => BatchValue::Bytes(redis::from_redis_value(v).map_err(bad)?),
-                BatchOp::Contains(..) => {
-                    let score: Option<f64> = redis::from_redis_value(v).map_err(bad)?;
-                    BatchValue::Bool(score.is_some_and(|s| s > now))
+        let now_wall = now_ms() as f64;
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(remote.len());
+        for (r, v) in remote.iter().zip(values) {
+            match r {
+                Remote::Read(at, read) => {
+                    let value = match read {
+                        Read::Key(_) => BatchValue::Bytes(redis::from_redis_value(v).map_err(bad)?),
+                        Read::Member(..) => {
+                            let score: Option<f64> = redis::from_redis_value(v).map_err(bad)?;
+                            BatchValue::Bool(score.is_some_and(|s| s > now_wall))
+                        }
+                    };
+                    if !max_age.is_zero() {
+                        self.reads.put(read.clone(), value.clone(), now);
+                    }
+                    out.push((*at, value));
                 }
-                BatchOp::Incr(..) => BatchValue::Int(redis::from_redis_value(v).map_err(bad)?),
-            });
+                Remote::Incr(at) => {
+                    out.push((*at, BatchValue::Int(redis::from_redis_value(v).map_err(bad)?)));
+                }
+                Remote::Take {
+                    at,
+                    key,
+                    held,
+                    expires,
+                } => {
+                    let (granted, pttl): (i64, i64) = redis::from_redis_value(v).map_err(bad)?;
+                    let BatchOp::Take { amount, .. } = &ops[*at] else {
+                        continue;
+                    };
+                    if granted == 0 {
+                        self.reserved.hold(key, *held, *expires, now);
+                        out.push((*at, BatchValue::Bool(false)));
+                    } else {
+                        // A counter without expiry (-1) keeps its units
+                        // until they are spent or idle.
+                        let expires = (pttl > 0).then(|| now + Duration::from_millis(pttl as u64));
+                        let left = held + granted - amount;
+                        self.reserved.hold(key, left, expires, now);
+                        out.push((*at, BatchValue::Bool(true)));
+                    }
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Returns reserved units to their counters.
+    async fn give_back(&self, units: &[(String, i64)]) -> Result<()> {
+        for chunk in units.chunks(500) {
+            let mut pipe = redis::pipe();
+            for (key, n) in chunk {
+                pipe.cmd("EVAL")
+                    .arg(GIVE)
+                    .arg(1)
+                    .arg(key)
+                    .arg(*n)
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives back every reserved unit: for a node that stops.
+    pub async fn close(&self) {
+        let all = self.reserved.all(Instant::now());
+        if let Err(e) = self.give_back(&all).await {
+            tracing::warn!(error = %e, "returning reserved counter units at shutdown failed");
+        }
     }
 
     pub async fn set_members(&self, set: &str) -> Result<Vec<String>> {
@@ -523,5 +761,152 @@ impl RedisStore {
             .clone()
             .zrangebyscore(self.set_key(set), format!("({}", now_ms()), "+inf")
             .await?)
+    }
+}
+
+/// An operation of a batch that needs Redis, by its position in the batch.
+enum Remote {
+    Read(usize, Read),
+    Incr(usize),
+    /// A take beyond the units held here; `held` were withdrawn to go
+    /// towards it.
+    Take {
+        at: usize,
+        key: String,
+        held: i64,
+        expires: Option<Instant>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_testkit::redis::RedisServer;
+
+    async fn node(redis: &RedisServer) -> Arc<RedisStore> {
+        let url = format!("redis://127.0.0.1:{}/", redis.port);
+        RedisStore::connect(&url, "t", Duration::from_secs(3600))
+            .await
+            .expect("connect")
+    }
+
+    fn take(key: &str, amount: i64, limit: i64) -> BatchOp {
+        BatchOp::Take {
+            key: key.into(),
+            amount,
+            ttl: Duration::from_secs(60),
+            limit,
+        }
+    }
+
+    async fn counted(redis: &RedisServer, key: &str) -> i64 {
+        let url = format!("redis://127.0.0.1:{}/", redis.port);
+        let mut c = redis::Client::open(url)
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let v: Option<i64> = c.get(format!("t:kv:{key}")).await.expect("get");
+        v.unwrap_or(0)
+    }
+
+    async fn took(store: &RedisStore, op: BatchOp) -> bool {
+        match store.batch(&[op], Duration::ZERO).await.expect("batch")[..] {
+            [BatchValue::Bool(b)] => b,
+            ref other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_taking_at_once_spend_exactly_the_limit() {
+        let redis = RedisServer::start();
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        let spend = |s: Arc<RedisStore>| async move {
+            let mut n = 0;
+            while took(&s, take("day", 1, 5000)).await {
+                n += 1;
+            }
+            n
+        };
+        let (from_a, from_b) = tokio::join!(
+            tokio::spawn(spend(a.clone())),
+            tokio::spawn(spend(b.clone()))
+        );
+        let (from_a, from_b) = (from_a.expect("a"), from_b.expect("b"));
+        assert_eq!(from_a + from_b, 5000, "a {from_a}, b {from_b}");
+        assert!(from_a > 0 && from_b > 0, "a {from_a}, b {from_b}");
+        assert_eq!(counted(&redis, "day").await, 5000);
+        // Most takes were answered from reserved units, not by Redis.
+        assert!(!took(&a, take("day", 1, 5000)).await);
+    }
+
+    #[tokio::test]
+    async fn near_the_limit_every_unit_is_asked_for() {
+        let redis = RedisServer::start();
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        for i in 0..5 {
+            let store = if i % 2 == 0 { &a } else { &b };
+            assert!(took(store, take("rate", 1, 5)).await, "take {i}");
+            assert_eq!(counted(&redis, "rate").await, i + 1, "nothing held back");
+        }
+        assert!(!took(&a, take("rate", 1, 5)).await);
+        assert!(!took(&b, take("rate", 1, 5)).await);
+        assert!(!took(&a, take("other", 6, 5)).await, "more than the limit");
+        assert_eq!(counted(&redis, "other").await, 0, "a refusal counts nothing");
+        assert!(took(&a, take("other", 0, 5)).await, "nothing always fits");
+    }
+
+    #[tokio::test]
+    async fn units_not_spent_go_back_when_idle_and_at_shutdown() {
+        let redis = RedisServer::start();
+        let a = node(&redis).await;
+        assert!(took(&a, take("idle", 1, 4000)).await);
+        assert_eq!(counted(&redis, "idle").await, 500, "an eighth of what is left");
+        let deadline = Instant::now() + IDLE_RETURN + Duration::from_secs(2);
+        while counted(&redis, "idle").await != 1 {
+            assert!(Instant::now() < deadline, "idle units did not go back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        assert!(took(&a, take("busy", 3, 1_000_000)).await);
+        assert_eq!(counted(&redis, "busy").await, MAX_GRANT);
+        let give = BatchOp::Give {
+            key: "busy".into(),
+            amount: 1,
+        };
+        assert!(took(&a, give).await);
+        a.close().await;
+        assert_eq!(counted(&redis, "busy").await, 2, "3 taken, 1 given back");
+    }
+
+    #[tokio::test]
+    async fn reads_of_bounded_age_see_this_nodes_writes_at_once() {
+        let redis = RedisServer::start();
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        let age = Duration::from_millis(300);
+        let member = |m: &str| BatchOp::Contains("blocklist".into(), m.into());
+        let read = |s: Arc<RedisStore>, m: &'static str, age: Duration| async move {
+            s.batch(&[member(m)], age).await.expect("batch")[0].clone()
+        };
+        assert_eq!(read(a.clone(), "x@y", age).await, BatchValue::Bool(false));
+        b.set_add("blocklist", "x@y", None).await.expect("add");
+        // Another node's write: seen exactly at once, within `age` from a
+        // copy read before it.
+        assert_eq!(read(a.clone(), "x@y", Duration::ZERO).await, BatchValue::Bool(true));
+        assert_eq!(read(a.clone(), "x@y", age).await, BatchValue::Bool(false));
+        tokio::time::sleep(age).await;
+        assert_eq!(read(a.clone(), "x@y", age).await, BatchValue::Bool(true));
+        // This node's own write is seen at once.
+        assert_eq!(read(a.clone(), "z@y", age).await, BatchValue::Bool(false));
+        a.set_add("blocklist", "z@y", None).await.expect("add");
+        assert_eq!(read(a.clone(), "z@y", age).await, BatchValue::Bool(true));
+        a.set_remove("blocklist", "z@y").await.expect("remove");
+        assert_eq!(read(a.clone(), "z@y", age).await, BatchValue::Bool(false));
+        let get = |s: Arc<RedisStore>| async move {
+            s.batch(&[BatchOp::Get("k".into())], age).await.expect("batch")[0].clone()
+        };
+        assert_eq!(get(a.clone()).await, BatchValue::Bytes(None));
+        a.put("k", b"v", None).await.expect("put");
+        assert_eq!(get(a.clone()).await, BatchValue::Bytes(Some(b"v".to_vec())));
     }
 }

@@ -1,0 +1,191 @@
+//! Units of limited counters (`take`) that this node has already counted in
+//! Redis and not spent yet, so that most takes need no round trip.
+//!
+//! The cluster's total stays within every limit: a unit is counted in Redis
+//! before any node spends it. What a node asks for shrinks as the counter
+//! nears its limit (down to exactly what is needed), so what nodes hold
+//! unspent is small precisely when other nodes could use it; a node that
+//! stops using a counter gives its units back soon after. A node that dies
+//! holding units leaves them counted: a limit can be undershot by what one
+//! grant holds, never overshot.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How much of what is left under a limit one grant may hold.
+pub const SHARE_DIVISOR: i64 = 8;
+/// The most units one grant holds (what a crashed node can strand).
+pub const MAX_GRANT: i64 = 1000;
+/// Units unused this long go back to Redis.
+pub const IDLE_RETURN: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub struct Reservations {
+    held: Mutex<HashMap<String, Held>>,
+    /// Units given back with nothing held to add them to: returned to
+    /// Redis by the next sweep.
+    to_return: Mutex<Vec<(String, i64)>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub left: i64,
+    /// When the counter in Redis expires (None: it does not); units of an
+    /// expired counter count for nothing.
+    pub expires: Option<Instant>,
+    used: Instant,
+}
+
+impl Held {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| e > now)
+    }
+}
+
+impl Reservations {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn to_return(&self) -> std::sync::MutexGuard<'_, Vec<(String, i64)>> {
+        self.to_return.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Spends `amount` held units of `key`; false (nothing spent) when
+    /// fewer are held.
+    pub fn spend(&self, key: &str, amount: i64, now: Instant) -> bool {
+        let mut held = self.held();
+        match held.get_mut(key) {
+            Some(h) if h.live(now) && h.left >= amount => {
+                h.left -= amount;
+                h.used = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes and answers what is held of `key` (0 units if nothing
+    /// live), so a grant from Redis can top it up.
+    pub fn withdraw(&self, key: &str, now: Instant) -> (i64, Option<Instant>) {
+        match self.held().remove(key) {
+            Some(h) if h.live(now) => (h.left, h.expires),
+            _ => (0, None),
+        }
+    }
+
+    /// Holds `units` more of `key`, which expires at `expires`.
+    pub fn hold(&self, key: &str, units: i64, expires: Option<Instant>, now: Instant) {
+        if units <= 0 {
+            return;
+        }
+        let mut held = self.held();
+        let h = held.entry(key.to_string()).or_insert(Held {
+            left: 0,
+            expires,
+            used: now,
+        });
+        if !h.live(now) {
+            h.left = 0;
+        }
+        h.left += units;
+        h.expires = expires;
+        h.used = now;
+    }
+
+    /// Takes back `amount` spent units: held again if the counter's units
+    /// are held here, else queued to go back to Redis.
+    pub fn give(&self, key: &str, amount: i64, now: Instant) {
+        if amount <= 0 {
+            return;
+        }
+        if let Some(h) = self.held().get_mut(key).filter(|h| h.live(now)) {
+            h.left += amount;
+            h.used = now;
+            return;
+        }
+        self.to_return().push((key.to_string(), amount));
+    }
+
+    /// What goes back to Redis now: units unused for `idle`, and those
+    /// queued by `give`. Units of expired counters are dropped.
+    pub fn due(&self, now: Instant, idle: Duration) -> Vec<(String, i64)> {
+        let mut out = std::mem::take(&mut *self.to_return());
+        self.held().retain(|key, h| {
+            if !h.live(now) {
+                return false;
+            }
+            if now.duration_since(h.used) < idle {
+                return true;
+            }
+            if h.left > 0 {
+                out.push((key.clone(), h.left));
+            }
+            false
+        });
+        out
+    }
+
+    /// Everything held, for a node that stops.
+    pub fn all(&self, now: Instant) -> Vec<(String, i64)> {
+        self.due(now, Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_units_are_spent_until_none_are_left() {
+        let r = Reservations::default();
+        let now = Instant::now();
+        r.hold("k", 3, None, now);
+        assert!(r.spend("k", 2, now));
+        assert!(!r.spend("k", 2, now), "one left, two wanted");
+        assert!(r.spend("k", 1, now));
+        assert!(!r.spend("k", 1, now));
+        assert!(!r.spend("other", 1, now));
+    }
+
+    #[test]
+    fn units_of_an_expired_counter_count_for_nothing() {
+        let r = Reservations::default();
+        let now = Instant::now();
+        r.hold("k", 5, Some(now + Duration::from_millis(10)), now);
+        let later = now + Duration::from_millis(11);
+        assert!(!r.spend("k", 1, later));
+        assert_eq!(r.withdraw("k", later), (0, None));
+        r.hold("k", 5, Some(now + Duration::from_millis(10)), now);
+        assert!(r.due(later, Duration::ZERO).is_empty(), "nothing to return");
+    }
+
+    #[test]
+    fn idle_units_and_units_given_back_without_a_hold_are_returned() {
+        let r = Reservations::default();
+        let now = Instant::now();
+        r.hold("idle", 4, None, now);
+        r.hold("busy", 4, None, now);
+        r.give("gone", 2, now);
+        let later = now + IDLE_RETURN;
+        assert!(r.spend("busy", 1, later));
+        let mut due = r.due(later, IDLE_RETURN);
+        due.sort();
+        assert_eq!(due, vec![("gone".into(), 2), ("idle".into(), 4)]);
+        assert!(!r.spend("idle", 1, later), "returned units are gone");
+        r.give("busy", 1, later);
+        assert!(r.spend("busy", 4, later), "a give adds to what is held");
+        assert_eq!(r.all(later), Vec::<(String, i64)>::new());
+    }
+
+    #[test]
+    fn a_withdrawal_empties_the_hold() {
+        let r = Reservations::default();
+        let now = Instant::now();
+        let exp = Some(now + Duration::from_secs(5));
+        r.hold("k", 2, exp, now);
+        assert_eq!(r.withdraw("k", now), (2, exp));
+        assert!(!r.spend("k", 1, now));
+    }
+}
