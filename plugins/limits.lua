@@ -106,14 +106,50 @@ local function give_back(rate_key, acct_key, quota_key, rate, acct, quota)
   if #ops > 0 then kiln.batch(ops) end
 end
 
+-- The store keys of an account and a sender domain, made once a day (and
+-- the rate key once a second) rather than for every message. `own` is the
+-- account's own name ("" for mail without one), for its custom blocklist.
+local names = {}
+local function names_of(account, own, domain, today, sec)
+  local a = names[account]
+  if not a or a.today ~= today then
+    local acct = "acct:" .. account .. ":" .. today
+    a = { today = today, blocklisted = acct .. ":blocklisted", sent = acct .. ":sent",
+          custom = "custom-blocklist:" .. own, domains = {} }
+    names[account] = a
+  end
+  if a.sec ~= sec then a.sec, a.rate = sec, "rate:" .. account .. ":" .. sec end
+  local d = a.domains[domain]
+  if not d then
+    d = { quota = "quota:" .. domain .. ":" .. today, unsubscribed = "unsubscribed:" .. domain }
+    a.domains[domain] = d
+  end
+  return a, d
+end
+
+-- The warm-up cap of a domain, asked at most once a second per Lua state
+-- (it changes once a day).
+local warm_cache = {}
+local function warmup_of(domain, now)
+  local sec = now // 1000
+  local c = warm_cache[domain]
+  if c and c.sec == sec then return c.cap end
+  local w = kiln.hooks.warmup_limit({ identity = domain, now = now })
+  local cap = w and w.cap
+  warm_cache[domain] = { sec = sec, cap = cap }
+  return cap
+end
+
+local SEND = { action = "send" }
+
 function M.hooks.check_limits(msg)
   local refused = M.static_checks(msg)
   if refused then return refused end
 
   local today = day_of(msg.now)
   local account = msg.account ~= "" and msg.account or ("domain:" .. msg.sender_domain)
-  local acct = "acct:" .. account .. ":" .. today
   local hour = msg.now // 3600000
+  local a, d = names_of(account, msg.account, msg.sender_domain, today, msg.now // 1000)
 
   -- Today's cap for the sender domain: its reputation limit, or warm-up.
   local cap, why = math.huge, nil
@@ -128,26 +164,22 @@ function M.hooks.check_limits(msg)
       cap, why = st.daily_limit, "reputation level " .. st.level .. " limit of " .. st.daily_limit
     end
   end
-  local warm = kiln.hooks.warmup_limit
-  if warm then
-    local w = warm({ identity = msg.sender_domain, now = msg.now })
-    if w and w.cap and w.cap < cap then
-      cap, why = w.cap, "warm-up limit of " .. w.cap
+  if kiln.hooks.warmup_limit then
+    local w = warmup_of(msg.sender_domain, msg.now)
+    if w and w < cap then
+      cap, why = w, "warm-up limit of " .. w
     end
   end
 
   local all = #msg.recipients
-  local rate_key = "rate:" .. account .. ":" .. msg.now // 1000
-  local sent_key = acct .. ":sent"
-  local quota_key = "quota:" .. msg.sender_domain .. ":" .. today
-  op(1, "get", acct .. ":blocklisted")
+  local rate_key, sent_key, quota_key = a.rate, a.sent, d.quota
+  op(1, "get", a.blocklisted)
   op(2, "get", sent_key)
   op(3, "take", rate_key, all, 2, M.RATE)
   op(4, "take", sent_key, all, DAY_TTL, M.ACCOUNT_DAILY)
   op(5, "take", quota_key, all, DAY_TTL, cap)
   -- The account's own blocklist (CreateCustomBlacklist).
-  local custom = "custom-blocklist:" .. msg.account
-  local unsubscribed = "unsubscribed:" .. msg.sender_domain
+  local custom, unsubscribed = a.custom, d.unsubscribed
   for i, rcpt in ipairs(msg.recipients) do
     local r, at = string.lower(rcpt), 4 * i + 1
     op(at + 1, "contains", "blocklist", r)
@@ -226,10 +258,11 @@ function M.hooks.check_limits(msg)
   give_back(rate_key, sent_key, quota_key, rate_ok - math.min(rate_ok, sent_now),
     acct_ok - acct_keep, quota_ok - math.min(quota_ok, sent_now))
   if blocklisted > 0 then
-    kiln.batch({ { "incr", acct .. ":blocklisted", blocklisted, DAY_TTL } })
+    kiln.batch({ { "incr", a.blocklisted, blocklisted, DAY_TTL } })
   end
   if refusal then return refusal end
   -- Kiln reports the queued message to `reputation` as "sent" itself.
+  if not drop then return SEND end
   return { action = "send", drop = drop }
 end
 

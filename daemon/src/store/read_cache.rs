@@ -14,62 +14,118 @@ pub const MAX_AGE: Duration = Duration::from_secs(60);
 /// Entries kept at most: beyond it, answers are not kept (reads still work).
 const MAX_ENTRIES: usize = 200_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A read, by the names the store's callers use (the backend adds its own
+/// prefix when it asks Redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {
-    /// A key (its full Redis name).
     Key(String),
-    /// A member of a set (the set's full Redis name).
+    /// A member of a set.
     Member(String, String),
 }
 
+type Entry<T> = (Instant, T);
+
+#[derive(Default)]
+struct Entries {
+    keys: HashMap<String, Entry<Option<Vec<u8>>>>,
+    /// Set → member → whether it holds it.
+    members: HashMap<String, HashMap<String, Entry<bool>>>,
+    /// Member entries over all sets.
+    member_count: usize,
+}
+
+impl Entries {
+    fn len(&self) -> usize {
+        self.keys.len() + self.member_count
+    }
+
+    fn retain_younger(&mut self, now: Instant, age: Duration) {
+        let young = |at: &Instant| now.saturating_duration_since(*at) <= age;
+        self.keys.retain(|_, (at, _)| young(at));
+        let mut count = 0;
+        self.members.retain(|_, m| {
+            m.retain(|_, (at, _)| young(at));
+            count += m.len();
+            !m.is_empty()
+        });
+        self.member_count = count;
+    }
+}
+
+/// Lookups borrow the caller's names: a hit allocates nothing but the
+/// answer.
 #[derive(Default)]
 pub struct ReadCache {
-    entries: Mutex<HashMap<Read, (Instant, BatchValue)>>,
+    entries: Mutex<Entries>,
 }
 
 impl ReadCache {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Read, (Instant, BatchValue)>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The answer read at most `max_age` before `now`, if there is one.
-    pub fn get(&self, read: &Read, max_age: Duration, now: Instant) -> Option<BatchValue> {
+    /// A key's value read at most `max_age` before `now`, if there is one.
+    pub fn key(&self, key: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
         let entries = self.entries();
-        let (at, value) = entries.get(read)?;
-        (now.saturating_duration_since(*at) <= max_age).then(|| value.clone())
+        let (at, value) = entries.keys.get(key)?;
+        (now.saturating_duration_since(*at) <= max_age).then(|| BatchValue::Bytes(value.clone()))
     }
 
-    pub fn put(&self, read: Read, value: BatchValue, now: Instant) {
+    /// Whether `set` held `member`, read at most `max_age` before `now`.
+    pub fn member(&self, set: &str, member: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
+        let entries = self.entries();
+        let (at, held) = entries.members.get(set)?.get(member)?;
+        (now.saturating_duration_since(*at) <= max_age).then_some(BatchValue::Bool(*held))
+    }
+
+    /// Keeps what was read (answers of another shape are not kept).
+    pub fn put(&self, read: Read, value: &BatchValue, now: Instant) {
         let mut entries = self.entries();
         if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) <= MAX_AGE);
+            entries.retain_younger(now, MAX_AGE);
             if entries.len() >= MAX_ENTRIES {
                 return;
             }
         }
-        entries.insert(read, (now, value));
+        match (read, value) {
+            (Read::Key(key), BatchValue::Bytes(v)) => {
+                entries.keys.insert(key, (now, v.clone()));
+            }
+            (Read::Member(set, member), BatchValue::Bool(held)) => {
+                let added = entries
+                    .members
+                    .entry(set)
+                    .or_default()
+                    .insert(member, (now, *held))
+                    .is_none();
+                entries.member_count += usize::from(added);
+            }
+            _ => {}
+        }
     }
 
     /// Forgets what was read of a key this node has just changed.
     pub fn forget_key(&self, key: &str) {
         let mut entries = self.entries();
-        if !entries.is_empty() {
-            entries.remove(&Read::Key(key.to_string()));
+        if !entries.keys.is_empty() {
+            entries.keys.remove(key);
         }
     }
 
     /// Forgets what was read of a set member this node has just changed.
     pub fn forget_member(&self, set: &str, member: &str) {
         let mut entries = self.entries();
-        if !entries.is_empty() {
-            entries.remove(&Read::Member(set.to_string(), member.to_string()));
-        }
+        let removed = entries
+            .members
+            .get_mut(set)
+            .and_then(|m| m.remove(member))
+            .is_some();
+        entries.member_count -= usize::from(removed);
     }
 
     /// Drops entries no reader may use any more.
     pub fn sweep(&self, now: Instant) {
-        self.entries()
-            .retain(|_, (at, _)| now.saturating_duration_since(*at) <= MAX_AGE);
+        self.entries().retain_younger(now, MAX_AGE);
     }
 }
 
@@ -81,37 +137,40 @@ mod tests {
     fn an_answer_is_used_only_within_the_age_asked_for() {
         let c = ReadCache::default();
         let now = Instant::now();
-        let k = Read::Key("k".into());
-        c.put(k.clone(), BatchValue::Int(3), now);
+        let three = BatchValue::Bytes(Some(b"3".to_vec()));
+        c.put(Read::Key("k".into()), &three, now);
         let later = now + Duration::from_millis(500);
-        assert_eq!(
-            c.get(&k, Duration::from_secs(1), later),
-            Some(BatchValue::Int(3))
-        );
-        assert_eq!(c.get(&k, Duration::from_millis(499), later), None);
-        assert_eq!(c.get(&k, Duration::ZERO, now), Some(BatchValue::Int(3)));
+        assert_eq!(c.key("k", Duration::from_secs(1), later), Some(three.clone()));
+        assert_eq!(c.key("k", Duration::from_millis(499), later), None);
+        assert_eq!(c.key("k", Duration::ZERO, now), Some(three));
+        assert_eq!(c.key("other", Duration::from_secs(1), now), None);
     }
 
     #[test]
     fn a_write_here_forgets_what_was_read() {
         let c = ReadCache::default();
         let now = Instant::now();
-        let m = Read::Member("s".into(), "a@x".into());
-        c.put(m.clone(), BatchValue::Bool(false), now);
-        c.put(Read::Key("k".into()), BatchValue::Int(1), now);
+        let age = Duration::from_secs(1);
+        c.put(Read::Member("s".into(), "a@x".into()), &BatchValue::Bool(false), now);
+        c.put(Read::Member("s".into(), "b@x".into()), &BatchValue::Bool(true), now);
+        c.put(Read::Key("k".into()), &BatchValue::Bytes(None), now);
+        assert_eq!(c.member("s", "a@x", age, now), Some(BatchValue::Bool(false)));
         c.forget_member("s", "a@x");
         c.forget_key("k");
-        let age = Duration::from_secs(1);
-        assert_eq!(c.get(&m, age, now), None);
-        assert_eq!(c.get(&Read::Key("k".into()), age, now), None);
+        assert_eq!(c.member("s", "a@x", age, now), None);
+        assert_eq!(c.member("s", "b@x", age, now), Some(BatchValue::Bool(true)));
+        assert_eq!(c.key("k", age, now), None);
     }
 
     #[test]
     fn old_entries_are_swept() {
         let c = ReadCache::default();
         let now = Instant::now();
-        c.put(Read::Key("k".into()), BatchValue::Int(1), now);
+        c.put(Read::Key("k".into()), &BatchValue::Bytes(None), now);
+        c.put(Read::Member("s".into(), "m".into()), &BatchValue::Bool(true), now);
         c.sweep(now + MAX_AGE + Duration::from_millis(1));
-        assert_eq!(c.get(&Read::Key("k".into()), MAX_AGE * 2, now), None);
+        assert_eq!(c.key("k", MAX_AGE * 2, now), None);
+        assert_eq!(c.member("s", "m", MAX_AGE * 2, now), None);
+        assert_eq!(c.entries().len(), 0);
     }
 }

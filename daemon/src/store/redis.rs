@@ -412,8 +412,8 @@ impl RedisStore {
         for w in writes {
             match w {
                 Write::Put { key, value, ttl } => {
+                    self.reads.forget_key(key);
                     let key = self.kv_key(key);
-                    self.reads.forget_key(&key);
                     match ttl {
                         Some(t) => pipe.pset_ex(key, value, t.as_millis().max(1) as u64),
                         None => pipe.set(key, value),
@@ -421,13 +421,12 @@ impl RedisStore {
                     .ignore();
                 }
                 Write::Delete(key) => {
-                    let key = self.kv_key(key);
-                    self.reads.forget_key(&key);
-                    pipe.del(key).ignore();
+                    self.reads.forget_key(key);
+                    pipe.del(self.kv_key(key)).ignore();
                 }
                 Write::SetAdd { set, member, ttl } => {
+                    self.reads.forget_member(set, member);
                     let key = self.set_key(set);
-                    self.reads.forget_member(&key, member);
                     let score = ttl.map_or(f64::INFINITY, |t| (now + t.as_millis() as i64) as f64);
                     pipe.zrembyscore(&key, "-inf", now)
                         .ignore()
@@ -435,9 +434,8 @@ impl RedisStore {
                         .ignore();
                 }
                 Write::SetRemove { set, member } => {
-                    let key = self.set_key(set);
-                    self.reads.forget_member(&key, member);
-                    pipe.zrem(key, member).ignore();
+                    self.reads.forget_member(set, member);
+                    pipe.zrem(self.set_key(set), member).ignore();
                 }
             }
         }
@@ -484,11 +482,10 @@ impl RedisStore {
     }
 
     pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        let key = self.kv_key(key);
-        self.reads.forget_key(&key);
+        self.reads.forget_key(key);
         Ok(self
             .incr
-            .key(key)
+            .key(self.kv_key(key))
             .arg(by)
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut self.conn.clone())
@@ -509,15 +506,13 @@ impl RedisStore {
     }
 
     pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
-        let key = self.kv_key(key);
-        self.reads.forget_key(&key);
-        Ok(self.conn.clone().set_nx(key, value).await?)
+        self.reads.forget_key(key);
+        Ok(self.conn.clone().set_nx(self.kv_key(key), value).await?)
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        let key = self.kv_key(key);
-        self.reads.forget_key(&key);
-        let n: i64 = self.conn.clone().del(key).await?;
+        self.reads.forget_key(key);
+        let n: i64 = self.conn.clone().del(self.kv_key(key)).await?;
         Ok(n > 0)
     }
 
@@ -536,9 +531,8 @@ impl RedisStore {
     }
 
     pub async fn set_remove(&self, set: &str, member: &str) -> Result<bool> {
-        let set = self.set_key(set);
-        self.reads.forget_member(&set, member);
-        let n: i64 = self.conn.clone().zrem(set, member).await?;
+        self.reads.forget_member(set, member);
+        let n: i64 = self.conn.clone().zrem(self.set_key(set), member).await?;
         Ok(n > 0)
     }
 
@@ -548,47 +542,38 @@ impl RedisStore {
     /// the first increment; Redis 7), and a script per take to reserve.
     pub async fn batch(&self, ops: &[BatchOp], max_age: Duration) -> Result<Vec<BatchValue>> {
         let now = Instant::now();
-        let mut out: Vec<Option<BatchValue>> = Vec::with_capacity(ops.len());
+        let cached = !max_age.is_zero();
+        let mut out: Vec<BatchValue> = Vec::with_capacity(ops.len());
         let mut remote: Vec<Remote> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let local = match op {
-                BatchOp::Get(k) if !max_age.is_zero() => {
-                    let read = Read::Key(self.kv_key(k));
-                    let hit = self.reads.get(&read, max_age, now);
-                    if hit.is_none() {
-                        remote.push(Remote::Read(i, read));
-                    }
-                    hit
-                }
-                BatchOp::Contains(set, m) if !max_age.is_zero() => {
-                    let read = Read::Member(self.set_key(set), m.clone());
-                    let hit = self.reads.get(&read, max_age, now);
-                    if hit.is_none() {
-                        remote.push(Remote::Read(i, read));
-                    }
-                    hit
-                }
                 BatchOp::Get(k) => {
-                    remote.push(Remote::Read(i, Read::Key(self.kv_key(k))));
-                    None
+                    let hit = cached.then(|| self.reads.key(k, max_age, now)).flatten();
+                    if hit.is_none() {
+                        remote.push(Remote::Read(i, Read::Key(k.clone())));
+                    }
+                    hit
                 }
                 BatchOp::Contains(set, m) => {
-                    remote.push(Remote::Read(i, Read::Member(self.set_key(set), m.clone())));
-                    None
+                    let hit = cached
+                        .then(|| self.reads.member(set, m, max_age, now))
+                        .flatten();
+                    if hit.is_none() {
+                        remote.push(Remote::Read(i, Read::Member(set.clone(), m.clone())));
+                    }
+                    hit
                 }
                 BatchOp::Incr(..) => {
                     remote.push(Remote::Incr(i));
                     None
                 }
                 BatchOp::Take { key, amount, .. } => {
-                    let key = self.kv_key(key);
-                    if *amount <= 0 || self.reserved.spend(&key, *amount, now) {
+                    if *amount <= 0 || self.reserved.spend(key, *amount, now) {
                         Some(BatchValue::Bool(true))
                     } else {
-                        let (held, expires) = self.reserved.withdraw(&key, now);
+                        let (held, expires) = self.reserved.withdraw(key, now);
                         remote.push(Remote::Take {
                             at: i,
-                            key,
                             held,
                             expires,
                         });
@@ -596,60 +581,61 @@ impl RedisStore {
                     }
                 }
                 BatchOp::Give { key, amount } => {
-                    self.reserved.give(&self.kv_key(key), *amount, now);
+                    self.reserved.give(key, *amount, now);
                     Some(BatchValue::Bool(true))
                 }
             };
-            out.push(local);
+            // A placeholder where Redis answers below.
+            out.push(local.unwrap_or(BatchValue::Bool(false)));
         }
-        if !remote.is_empty() {
-            match self.ask_redis(ops, &remote, max_age).await {
-                Ok(answers) => {
-                    for (at, v) in answers {
-                        out[at] = Some(v);
+        if remote.is_empty() {
+            return Ok(out);
+        }
+        match self.ask_redis(ops, &remote, cached).await {
+            Ok(answers) => {
+                for (at, v) in answers {
+                    out[at] = v;
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                // Units withdrawn for a top-up that never came are still
+                // this node's.
+                for r in &remote {
+                    if let Remote::Take {
+                        at, held, expires, ..
+                    } = r
+                        && let BatchOp::Take { key, .. } = &ops[*at]
+                    {
+                        self.reserved.hold(key, *held, *expires, now);
                     }
                 }
-                Err(e) => {
-                    // Units withdrawn for a top-up that never came are
-                    // still this node's.
-                    for r in &remote {
-                        if let Remote::Take {
-                            key, held, expires, ..
-                        } = r
-                        {
-                            self.reserved.hold(key, *held, *expires, now);
-                        }
-                    }
-                    return Err(e);
-                }
+                Err(e)
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|v| v.unwrap_or(BatchValue::Bool(false)))
-            .collect())
     }
 
     /// The operations `remote` names, in one pipeline; answers by position.
+    /// `keep`: what is read is kept for reads of bounded age.
     async fn ask_redis(
         &self,
         ops: &[BatchOp],
         remote: &[Remote],
-        max_age: Duration,
+        keep: bool,
     ) -> Result<Vec<(usize, BatchValue)>> {
         let mut pipe = redis::pipe();
         for r in remote {
             match r {
                 Remote::Read(_, Read::Key(key)) => {
-                    pipe.get(key);
+                    pipe.get(self.kv_key(key));
                 }
                 Remote::Read(_, Read::Member(set, m)) => {
-                    pipe.zscore(set, m);
+                    pipe.zscore(self.set_key(set), m);
                 }
                 Remote::Incr(at) => {
                     if let BatchOp::Incr(k, by, ttl) = &ops[*at] {
+                        self.reads.forget_key(k);
                         let key = self.kv_key(k);
-                        self.reads.forget_key(&key);
                         pipe.incr(&key, *by);
                         pipe.cmd("PEXPIRE")
                             .arg(&key)
@@ -658,16 +644,19 @@ impl RedisStore {
                             .ignore();
                     }
                 }
-                Remote::Take { at, key, held, .. } => {
+                Remote::Take { at, held, .. } => {
                     if let BatchOp::Take {
-                        amount, ttl, limit, ..
+                        key,
+                        amount,
+                        ttl,
+                        limit,
                     } = &ops[*at]
                     {
                         self.reads.forget_key(key);
                         pipe.cmd("EVAL")
                             .arg(TAKE)
                             .arg(1)
-                            .arg(key)
+                            .arg(self.kv_key(key))
                             .arg(amount - held)
                             .arg(*limit)
                             .arg(SHARE_DIVISOR)
@@ -695,22 +684,17 @@ impl RedisStore {
                             BatchValue::Bool(score.is_some_and(|s| s > now_wall))
                         }
                     };
-                    if !max_age.is_zero() {
-                        self.reads.put(read.clone(), value.clone(), now);
+                    if keep {
+                        self.reads.put(read.clone(), &value, now);
                     }
                     out.push((*at, value));
                 }
                 Remote::Incr(at) => {
                     out.push((*at, BatchValue::Int(redis::from_redis_value(v).map_err(bad)?)));
                 }
-                Remote::Take {
-                    at,
-                    key,
-                    held,
-                    expires,
-                } => {
+                Remote::Take { at, held, expires } => {
                     let (granted, pttl): (i64, i64) = redis::from_redis_value(v).map_err(bad)?;
-                    let BatchOp::Take { amount, .. } = &ops[*at] else {
+                    let BatchOp::Take { key, amount, .. } = &ops[*at] else {
                         continue;
                     };
                     if granted == 0 {
@@ -720,8 +704,7 @@ impl RedisStore {
                         // A counter without expiry (-1) keeps its units
                         // until they are spent or idle.
                         let expires = (pttl > 0).then(|| now + Duration::from_millis(pttl as u64));
-                        let left = held + granted - amount;
-                        self.reserved.hold(key, left, expires, now);
+                        self.reserved.hold(key, held + granted - amount, expires, now);
                         out.push((*at, BatchValue::Bool(true)));
                     }
                 }
@@ -738,7 +721,7 @@ impl RedisStore {
                 pipe.cmd("EVAL")
                     .arg(GIVE)
                     .arg(1)
-                    .arg(key)
+                    .arg(self.kv_key(key))
                     .arg(*n)
                     .ignore();
             }
@@ -772,7 +755,6 @@ enum Remote {
     /// towards it.
     Take {
         at: usize,
-        key: String,
         held: i64,
         expires: Option<Instant>,
     },
