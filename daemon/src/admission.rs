@@ -7,6 +7,7 @@
 use crate::net::domain_of;
 use crate::policy::Policy;
 use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
+use std::borrow::Cow;
 use crate::smtp_in::SmtpContext;
 use crate::smtp_in::message::{decode_subject, first_values, header_block};
 use crate::store::NewMessage;
@@ -70,6 +71,7 @@ pub struct Verdict {
 /// `select_egress`. Public so that its cost can be measured on its own
 /// (contrib/bench: kiln-policy-bench).
 pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Refusal> {
+    let policy = policy.current();
     if !["content_filter", "check_limits", "select_egress"]
         .iter()
         .any(|h| policy.has_hook(h))
@@ -86,15 +88,15 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
     let (subject, subject_valid_utf8) = decode_subject(subject);
     let info = MessageInfo {
         kind: "message",
-        id: s.id.clone(),
-        account: s.account.clone(),
-        sender: s.sender.clone(),
-        sender_domain: s.sender_domain.clone(),
-        recipients: s.recipients.clone(),
+        id: Cow::Borrowed(&s.id),
+        account: Cow::Borrowed(&s.account),
+        sender: Cow::Borrowed(&s.sender),
+        sender_domain: Cow::Borrowed(&s.sender_domain),
+        recipients: Cow::Borrowed(&s.recipients),
         size: s.message.len(),
         subject,
         subject_valid_utf8,
-        trigger_type: s.trigger_type.into(),
+        trigger_type: s.trigger_type,
         scenario: scenario
             .map(|v| String::from_utf8_lossy(&v).to_ascii_lowercase())
             .unwrap_or_default(),

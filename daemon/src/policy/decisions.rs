@@ -2,6 +2,7 @@
 //! the arguments as plain Lua tables (copies: changing them changes nothing)
 //! and answer with a table or nil; see `docs/lua-api.md`.
 
+use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -102,7 +103,7 @@ hook_arg!(TransactionInfo {
     recipient,
     recipients
 });
-hook_arg!(MessageInfo {
+hook_arg!(MessageInfo<'_> {
     kind,
     id,
     account,
@@ -177,20 +178,21 @@ impl mlua::UserData for HeaderView {
     }
 }
 
-/// `check_limits(msg)` and `content_filter(msg)` for a message.
+/// `check_limits(msg)` and `content_filter(msg)` for a message. It borrows
+/// what admission holds: it is made for every message.
 #[derive(Debug)]
-pub struct MessageInfo {
+pub struct MessageInfo<'a> {
     pub kind: &'static str,
-    pub id: String,
-    pub account: String,
-    pub sender: String,
-    pub sender_domain: String,
-    pub recipients: Vec<String>,
+    pub id: Cow<'a, str>,
+    pub account: Cow<'a, str>,
+    pub sender: Cow<'a, str>,
+    pub sender_domain: Cow<'a, str>,
+    pub recipients: Cow<'a, [String]>,
     pub size: usize,
     pub subject: String,
     pub subject_valid_utf8: bool,
     /// "regular" (API SendEmail, SMTP) or "batch" (batch tasks).
-    pub trigger_type: String,
+    pub trigger_type: &'a str,
     /// Scenario: transactional, notification or marketing (from the
     /// template or the X-Kiln-Scenario header), or "".
     pub scenario: String,

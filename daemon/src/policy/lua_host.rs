@@ -62,7 +62,6 @@ pub struct LuaHost {
     only: HashMap<&'static str, Vec<String>>,
     max_instructions: i64,
     timeout: Duration,
-    memory_limit: usize,
 }
 
 fn lua_err(e: impl std::fmt::Display) -> mlua::Error {
@@ -117,7 +116,6 @@ impl LuaHost {
             only: HashMap::new(),
             max_instructions: settings.max_instructions as i64,
             timeout: settings.timeout,
-            memory_limit,
         };
         // Loading runs scripts too: the same limits apply.
         host.arm();
@@ -125,15 +123,6 @@ impl LuaHost {
         host.hooks = hooks;
         host.only = only;
         Ok(host)
-    }
-
-    /// Runs `f` (Kiln building a hook's argument or reading its answer)
-    /// with the memory limit lifted. Under a limit mlua guards every table
-    /// and string it makes with a protected call, which doubles the cost of
-    /// a hook on every message; what Kiln puts in is bounded by data it
-    /// already holds, and scripts still run under the limit.
-    fn unlimited<T>(&self, f: impl FnOnce() -> T) -> T {
-        unlimited(&self.lua, self.memory_limit, f)
     }
 
     fn arm(&self) {
@@ -266,9 +255,12 @@ impl LuaHost {
             hook,
             message: first_line(&e.to_string()),
         };
-        let arg = self
-            .unlimited(|| arg.to_lua(&self.lua))
-            .map_err(script_err)?;
+        // Kiln builds the argument and reads the answer mostly through the C
+        // API, inside one protected call, so the memory limit can stay on:
+        // only the few values made through mlua (the header view) pay a
+        // protected call for it, and a state at its limit fails here as its
+        // script would.
+        let arg = arg.to_lua(&self.lua).map_err(script_err)?;
         self.arm();
         // A hook that never waits (the embedded store answers at once) is
         // done at its first poll, under the instruction hook's deadline: a
@@ -293,7 +285,7 @@ impl LuaHost {
         if value.is_nil() {
             return Ok(None);
         }
-        self.unlimited(|| R::from_lua(&self.lua, value))
+        R::from_lua(&self.lua, value)
             .map(Some)
             .map_err(|e| PolicyError::Script {
                 hook,
@@ -470,14 +462,6 @@ fn memory_limit(settings: &PolicySettings) -> usize {
     settings.max_memory_mb.saturating_mul(1024 * 1024).max(1)
 }
 
-/// Runs `f` with the state's memory limit lifted (see `LuaHost::unlimited`),
-/// then puts `limit` back.
-fn unlimited<T>(lua: &Lua, limit: usize, f: impl FnOnce() -> T) -> T {
-    let _ = lua.set_memory_limit(0);
-    let out = f();
-    let _ = lua.set_memory_limit(limit);
-    out
-}
 
 /// An async Lua function over the store; `f` gets its own store handle.
 fn store_fn<A, R, F, Fut>(lua: &Lua, store: &Store, f: F) -> mlua::Result<Function>

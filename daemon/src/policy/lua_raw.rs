@@ -35,13 +35,31 @@ impl RawPush for String {
     }
 }
 
-impl RawPush for &'static str {
+impl RawPush for &str {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
         unsafe { push_str(state, self) }
     }
 }
 
+impl RawPush for std::borrow::Cow<'_, str> {
+    unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        unsafe { push_str(state, self) }
+    }
+}
+
+impl RawPush for std::borrow::Cow<'_, [String]> {
+    unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        unsafe { self.as_ref().push_onto(state) }
+    }
+}
+
 impl RawPush for Vec<String> {
+    unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        unsafe { self.as_slice().push_onto(state) }
+    }
+}
+
+impl RawPush for [String] {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
         unsafe {
             ffi::lua_createtable(state, c_int::try_from(self.len()).unwrap_or(0), 0);

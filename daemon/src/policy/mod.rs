@@ -235,6 +235,15 @@ impl Policy {
         self.engine().wants(hook, None)
     }
 
+    /// The policy in force now, held for several calls (a message's hooks
+    /// run on one version, and the current one is looked up once).
+    pub fn current(&self) -> Current<'_> {
+        Current {
+            policy: self,
+            engine: self.engine(),
+        }
+    }
+
     /// Calls a hook; `Ok(None)` when no script defines it or it returned
     /// nil. Errors are logged and counted here, once.
     pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
@@ -242,7 +251,7 @@ impl Policy {
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        self.call_for(hook, None, arg).await
+        self.current().call_for(hook, None, arg).await
     }
 
     /// Like `call`, for an item of a kind (e.g. `content_filter` on a
@@ -257,18 +266,17 @@ impl Policy {
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        let engine = self.engine();
-        let result = engine.call(hook, kind, arg).await;
-        if let Err(e) = &result {
-            tracing::error!(target: "kiln::policy", hook, error = %e, "policy hook failed");
-            *self
-                .errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(hook)
-                .or_default() += 1;
-        }
-        result
+        self.current().call_for(hook, kind, arg).await
+    }
+
+    fn count_error(&self, hook: &'static str, e: &PolicyError) {
+        tracing::error!(target: "kiln::policy", hook, error = %e, "policy hook failed");
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hook)
+            .or_default() += 1;
     }
 
     /// Hook failures since start, per hook.
@@ -277,5 +285,43 @@ impl Policy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// One version of the policy, held across a few calls: see
+/// [`Policy::current`].
+pub struct Current<'a> {
+    policy: &'a Policy,
+    engine: Arc<Engine>,
+}
+
+impl Current<'_> {
+    pub fn has_hook(&self, hook: &str) -> bool {
+        self.engine.wants(hook, None)
+    }
+
+    pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
+    where
+        A: HookArg + ?Sized,
+        R: HookAnswer,
+    {
+        self.call_for(hook, None, arg).await
+    }
+
+    pub async fn call_for<A, R>(
+        &self,
+        hook: &'static str,
+        kind: Option<&str>,
+        arg: &A,
+    ) -> Result<Option<R>, PolicyError>
+    where
+        A: HookArg + ?Sized,
+        R: HookAnswer,
+    {
+        let result = self.engine.call(hook, kind, arg).await;
+        if let Err(e) = &result {
+            self.policy.count_error(hook, e);
+        }
+        result
     }
 }

@@ -48,7 +48,12 @@ impl Fixture {
     }
 }
 
-fn message(recipients: &[&str], subject: &str, trigger: &str, now: i64) -> MessageInfo {
+fn message(
+    recipients: &[&str],
+    subject: &str,
+    trigger: &'static str,
+    now: i64,
+) -> MessageInfo<'static> {
     MessageInfo {
         kind: "message",
         id: "m1".into(),
@@ -59,7 +64,7 @@ fn message(recipients: &[&str], subject: &str, trigger: &str, now: i64) -> Messa
         size: 2048,
         subject: subject.into(),
         subject_valid_utf8: true,
-        trigger_type: trigger.into(),
+        trigger_type: trigger,
         scenario: String::new(),
         now,
         headers: super::decisions::HeaderView(std::sync::Arc::from(
@@ -68,7 +73,7 @@ fn message(recipients: &[&str], subject: &str, trigger: &str, now: i64) -> Messa
     }
 }
 
-async fn check_limits(host: &LuaHost, m: MessageInfo) -> Decision {
+async fn check_limits(host: &LuaHost, m: MessageInfo<'_>) -> Decision {
     host.call::<_, Decision>("check_limits", &m)
         .await
         .expect("check_limits")
@@ -229,7 +234,7 @@ async fn warmup_curve_doubles_after_its_last_step() {
 async fn limits_quota_rate_recipient_and_subject() {
     let f = Fixture::new();
     let host = f.host("return { config = { limits = { rate_per_second = 1000 } } }");
-    let check = |m: MessageInfo| check_limits(&host, m);
+    let check = |m: MessageInfo<'static>| check_limits(&host, m);
     // Warm-up day 0 allows 200 (below level 1's 500): the 201st fails.
     for i in 0..200 {
         let d = check(message(&[&format!("r{i}@x.test")], "hi", "regular", NOW)).await;
@@ -250,7 +255,7 @@ async fn limits_quota_rate_recipient_and_subject() {
     // One recipient: 10 per hour, the 11th is dropped.
     let f = Fixture::new();
     let host = f.host("return { config = { limits = { rate_per_second = 1000 } } }");
-    let check = |m: MessageInfo| check_limits(&host, m);
+    let check = |m: MessageInfo<'static>| check_limits(&host, m);
     for i in 0..10 {
         let d = check(message(&["same@x.test"], "hi", "regular", NOW)).await;
         assert_eq!(d.action, "send", "message {i}");
