@@ -99,11 +99,20 @@ end
 -- may be read as they were up to READ_AGE ms ago (another node's new entry
 -- shows after that at most; this node's own at once).
 local function give_back(rate_key, acct_key, quota_key, rate, acct, quota)
+  if rate == 0 and acct == 0 and quota == 0 then return end
   local ops = {}
   if rate > 0 then ops[#ops + 1] = { "give", rate_key, rate } end
   if acct > 0 then ops[#ops + 1] = { "give", acct_key, acct } end
   if quota > 0 then ops[#ops + 1] = { "give", quota_key, quota } end
   if #ops > 0 then kiln.batch(ops) end
+end
+
+-- The hour's number as text, made once an hour.
+local hour_at = { n = nil, text = nil }
+local function hour_of(now)
+  local n = now // 3600000
+  if n ~= hour_at.n then hour_at.n, hour_at.text = n, tostring(n) end
+  return hour_at.text
 end
 
 -- The store keys of an account and a sender domain, made once a day (and
@@ -148,7 +157,7 @@ function M.hooks.check_limits(msg)
 
   local today = day_of(msg.now)
   local account = msg.account ~= "" and msg.account or ("domain:" .. msg.sender_domain)
-  local hour = msg.now // 3600000
+  local hour = hour_of(msg.now)
   local a, d = names_of(account, msg.account, msg.sender_domain, today, msg.now // 1000)
 
   -- Today's cap for the sender domain: its reputation limit, or warm-up.

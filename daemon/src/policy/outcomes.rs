@@ -16,7 +16,9 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 
 pub struct OutcomeFeed {
     policy: Arc<Policy>,
-    pending: Mutex<HashMap<(String, &'static str), i64>>,
+    /// Kind → sender domain → count (a message's domain is usually there
+    /// already, and is then not copied).
+    pending: Mutex<HashMap<&'static str, HashMap<String, i64>>>,
 }
 
 impl OutcomeFeed {
@@ -33,16 +35,25 @@ impl OutcomeFeed {
 
     pub fn record_n(&self, domain: &str, kind: &'static str, n: i64) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        *pending.entry((domain.to_string(), kind)).or_default() += n;
+        let domains = pending.entry(kind).or_default();
+        match domains.get_mut(domain) {
+            Some(count) => *count += n,
+            None => {
+                domains.insert(domain.to_string(), n);
+            }
+        }
     }
 
     /// Hands everything recorded so far to the hook.
     pub async fn flush(&self) {
-        let batch: Vec<((String, &'static str), i64)> = {
+        let batch: Vec<(String, &'static str, i64)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.drain().collect()
+            pending
+                .iter_mut()
+                .flat_map(|(kind, domains)| domains.drain().map(|(d, n)| (d, *kind, n)))
+                .collect()
         };
-        for ((domain, kind), count) in batch {
+        for (domain, kind, count) in batch {
             let event = ReputationEvent {
                 domain,
                 account: String::new(),

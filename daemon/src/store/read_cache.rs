@@ -25,8 +25,9 @@ pub enum Read {
 
 type Entry<T> = (Instant, T);
 
+/// What is kept, behind one lock: a batch takes it once for all its reads.
 #[derive(Default)]
-struct Entries {
+pub struct Entries {
     keys: HashMap<String, Entry<Option<Vec<u8>>>>,
     /// Set → member → whether it holds it.
     members: HashMap<String, HashMap<String, Entry<bool>>>,
@@ -35,6 +36,18 @@ struct Entries {
 }
 
 impl Entries {
+    /// A key's value read at most `max_age` before `now`, if there is one.
+    pub fn key(&self, key: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
+        let (at, value) = self.keys.get(key)?;
+        (now.saturating_duration_since(*at) <= max_age).then(|| BatchValue::Bytes(value.clone()))
+    }
+
+    /// Whether `set` held `member`, read at most `max_age` before `now`.
+    pub fn member(&self, set: &str, member: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
+        let (at, held) = self.members.get(set)?.get(member)?;
+        (now.saturating_duration_since(*at) <= max_age).then_some(BatchValue::Bool(*held))
+    }
+
     fn len(&self) -> usize {
         self.keys.len() + self.member_count
     }
@@ -60,22 +73,16 @@ pub struct ReadCache {
 }
 
 impl ReadCache {
-    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+    pub fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A key's value read at most `max_age` before `now`, if there is one.
     pub fn key(&self, key: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
-        let entries = self.entries();
-        let (at, value) = entries.keys.get(key)?;
-        (now.saturating_duration_since(*at) <= max_age).then(|| BatchValue::Bytes(value.clone()))
+        self.entries().key(key, max_age, now)
     }
 
-    /// Whether `set` held `member`, read at most `max_age` before `now`.
     pub fn member(&self, set: &str, member: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
-        let entries = self.entries();
-        let (at, held) = entries.members.get(set)?.get(member)?;
-        (now.saturating_duration_since(*at) <= max_age).then_some(BatchValue::Bool(*held))
+        self.entries().member(set, member, max_age, now)
     }
 
     /// Keeps what was read (answers of another shape are not kept).

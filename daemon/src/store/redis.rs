@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::read_cache::{Read, ReadCache};
+use super::read_cache::{self, Read, ReadCache};
 use super::reservations::{IDLE_RETURN, MAX_GRANT, Reservations, SHARE_DIVISOR};
 use super::{BatchOp, BatchValue};
 
@@ -545,48 +545,54 @@ impl RedisStore {
         let cached = !max_age.is_zero();
         let mut out: Vec<BatchValue> = Vec::with_capacity(ops.len());
         let mut remote: Vec<Remote> = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            let local = match op {
-                BatchOp::Get(k) => {
-                    let hit = cached.then(|| self.reads.key(k, max_age, now)).flatten();
-                    if hit.is_none() {
-                        remote.push(Remote::Read(i, Read::Key(k.clone())));
+        {
+            // One lock of each for the whole batch, not one per operation.
+            let reads = cached.then(|| self.reads.entries());
+            let mut ledger = self.reserved.ledger();
+            let read = |f: &dyn Fn(&read_cache::Entries) -> Option<BatchValue>| {
+                reads.as_deref().and_then(f)
+            };
+            for (i, op) in ops.iter().enumerate() {
+                let local = match op {
+                    BatchOp::Get(k) => {
+                        let hit = read(&|r| r.key(k, max_age, now));
+                        if hit.is_none() {
+                            remote.push(Remote::Read(i, Read::Key(k.clone())));
+                        }
+                        hit
                     }
-                    hit
-                }
-                BatchOp::Contains(set, m) => {
-                    let hit = cached
-                        .then(|| self.reads.member(set, m, max_age, now))
-                        .flatten();
-                    if hit.is_none() {
-                        remote.push(Remote::Read(i, Read::Member(set.clone(), m.clone())));
+                    BatchOp::Contains(set, m) => {
+                        let hit = read(&|r| r.member(set, m, max_age, now));
+                        if hit.is_none() {
+                            remote.push(Remote::Read(i, Read::Member(set.clone(), m.clone())));
+                        }
+                        hit
                     }
-                    hit
-                }
-                BatchOp::Incr(..) => {
-                    remote.push(Remote::Incr(i));
-                    None
-                }
-                BatchOp::Take { key, amount, .. } => {
-                    if *amount <= 0 || self.reserved.spend(key, *amount, now) {
-                        Some(BatchValue::Bool(true))
-                    } else {
-                        let (held, expires) = self.reserved.withdraw(key, now);
-                        remote.push(Remote::Take {
-                            at: i,
-                            held,
-                            expires,
-                        });
+                    BatchOp::Incr(..) => {
+                        remote.push(Remote::Incr(i));
                         None
                     }
-                }
-                BatchOp::Give { key, amount } => {
-                    self.reserved.give(key, *amount, now);
-                    Some(BatchValue::Bool(true))
-                }
-            };
-            // A placeholder where Redis answers below.
-            out.push(local.unwrap_or(BatchValue::Bool(false)));
+                    BatchOp::Take { key, amount, .. } => {
+                        if *amount <= 0 || ledger.spend(key, *amount, now) {
+                            Some(BatchValue::Bool(true))
+                        } else {
+                            let (held, expires) = ledger.withdraw(key, now);
+                            remote.push(Remote::Take {
+                                at: i,
+                                held,
+                                expires,
+                            });
+                            None
+                        }
+                    }
+                    BatchOp::Give { key, amount } => {
+                        ledger.give(key, *amount, now);
+                        Some(BatchValue::Bool(true))
+                    }
+                };
+                // A placeholder where Redis answers below.
+                out.push(local.unwrap_or(BatchValue::Bool(false)));
+            }
         }
         if remote.is_empty() {
             return Ok(out);

@@ -22,10 +22,16 @@ pub const IDLE_RETURN: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Reservations {
-    held: Mutex<HashMap<String, Held>>,
+    ledger: Mutex<Ledger>,
+}
+
+/// What is held, behind one lock: a batch takes it once for all its takes.
+#[derive(Default)]
+pub struct Ledger {
+    held: HashMap<String, Held>,
     /// Units given back with nothing held to add them to: returned to
     /// Redis by the next sweep.
-    to_return: Mutex<Vec<(String, i64)>>,
+    to_return: Vec<(String, i64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -44,19 +50,43 @@ impl Held {
 }
 
 impl Reservations {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn to_return(&self) -> std::sync::MutexGuard<'_, Vec<(String, i64)>> {
-        self.to_return.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn spend(&self, key: &str, amount: i64, now: Instant) -> bool {
+        self.ledger().spend(key, amount, now)
     }
 
+    pub fn withdraw(&self, key: &str, now: Instant) -> (i64, Option<Instant>) {
+        self.ledger().withdraw(key, now)
+    }
+
+    pub fn hold(&self, key: &str, units: i64, expires: Option<Instant>, now: Instant) {
+        self.ledger().hold(key, units, expires, now)
+    }
+
+    pub fn give(&self, key: &str, amount: i64, now: Instant) {
+        self.ledger().give(key, amount, now)
+    }
+
+    /// What goes back to Redis now: units unused for `idle`, and those
+    /// queued by `give`. Units of expired counters are dropped.
+    pub fn due(&self, now: Instant, idle: Duration) -> Vec<(String, i64)> {
+        self.ledger().due(now, idle)
+    }
+
+    /// Everything held, for a node that stops.
+    pub fn all(&self, now: Instant) -> Vec<(String, i64)> {
+        self.due(now, Duration::ZERO)
+    }
+}
+
+impl Ledger {
     /// Spends `amount` held units of `key`; false (nothing spent) when
     /// fewer are held.
-    pub fn spend(&self, key: &str, amount: i64, now: Instant) -> bool {
-        let mut held = self.held();
-        match held.get_mut(key) {
+    pub fn spend(&mut self, key: &str, amount: i64, now: Instant) -> bool {
+        match self.held.get_mut(key) {
             Some(h) if h.live(now) && h.left >= amount => {
                 h.left -= amount;
                 h.used = now;
@@ -68,20 +98,19 @@ impl Reservations {
 
     /// Removes and answers what is held of `key` (0 units if nothing
     /// live), so a grant from Redis can top it up.
-    pub fn withdraw(&self, key: &str, now: Instant) -> (i64, Option<Instant>) {
-        match self.held().remove(key) {
+    pub fn withdraw(&mut self, key: &str, now: Instant) -> (i64, Option<Instant>) {
+        match self.held.remove(key) {
             Some(h) if h.live(now) => (h.left, h.expires),
             _ => (0, None),
         }
     }
 
     /// Holds `units` more of `key`, which expires at `expires`.
-    pub fn hold(&self, key: &str, units: i64, expires: Option<Instant>, now: Instant) {
+    pub fn hold(&mut self, key: &str, units: i64, expires: Option<Instant>, now: Instant) {
         if units <= 0 {
             return;
         }
-        let mut held = self.held();
-        let h = held.entry(key.to_string()).or_insert(Held {
+        let h = self.held.entry(key.to_string()).or_insert(Held {
             left: 0,
             expires,
             used: now,
@@ -96,23 +125,21 @@ impl Reservations {
 
     /// Takes back `amount` spent units: held again if the counter's units
     /// are held here, else queued to go back to Redis.
-    pub fn give(&self, key: &str, amount: i64, now: Instant) {
+    pub fn give(&mut self, key: &str, amount: i64, now: Instant) {
         if amount <= 0 {
             return;
         }
-        if let Some(h) = self.held().get_mut(key).filter(|h| h.live(now)) {
+        if let Some(h) = self.held.get_mut(key).filter(|h| h.live(now)) {
             h.left += amount;
             h.used = now;
             return;
         }
-        self.to_return().push((key.to_string(), amount));
+        self.to_return.push((key.to_string(), amount));
     }
 
-    /// What goes back to Redis now: units unused for `idle`, and those
-    /// queued by `give`. Units of expired counters are dropped.
-    pub fn due(&self, now: Instant, idle: Duration) -> Vec<(String, i64)> {
-        let mut out = std::mem::take(&mut *self.to_return());
-        self.held().retain(|key, h| {
+    fn due(&mut self, now: Instant, idle: Duration) -> Vec<(String, i64)> {
+        let mut out = std::mem::take(&mut self.to_return);
+        self.held.retain(|key, h| {
             if !h.live(now) {
                 return false;
             }
@@ -125,11 +152,6 @@ impl Reservations {
             false
         });
         out
-    }
-
-    /// Everything held, for a node that stops.
-    pub fn all(&self, now: Instant) -> Vec<(String, i64)> {
-        self.due(now, Duration::ZERO)
     }
 }
 
