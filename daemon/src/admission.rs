@@ -7,10 +7,10 @@
 use crate::net::domain_of;
 use crate::policy::Policy;
 use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
-use std::borrow::Cow;
 use crate::smtp_in::SmtpContext;
 use crate::smtp_in::message::{decode_subject, first_values, header_block};
 use crate::store::NewMessage;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

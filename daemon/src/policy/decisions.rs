@@ -2,8 +2,8 @@
 //! the arguments as plain Lua tables (copies: changing them changes nothing)
 //! and answer with a table or nil; see `docs/lua-api.md`.
 
-use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// A hook's argument as a Lua table. Built field by field through Lua's C

@@ -462,7 +462,6 @@ fn memory_limit(settings: &PolicySettings) -> usize {
     settings.max_memory_mb.saturating_mul(1024 * 1024).max(1)
 }
 
-
 /// An async Lua function over the store; `f` gets its own store handle.
 fn store_fn<A, R, F, Fut>(lua: &Lua, store: &Store, f: F) -> mlua::Result<Function>
 where

@@ -1135,7 +1135,11 @@ mod tests {
         store.give("t", 2).expect("give");
         assert_eq!(store.get("t").await.expect("get"), Some(b"1".to_vec()));
         store.give("t", 5).expect("give");
-        assert_eq!(store.get("t").await.expect("get"), Some(b"0".to_vec()), "never below 0");
+        assert_eq!(
+            store.get("t").await.expect("get"),
+            Some(b"0".to_vec()),
+            "never below 0"
+        );
         store.give("nothing", 1).expect("give");
         assert_eq!(store.get("nothing").await.expect("get"), None);
         assert!(!store.take("big", 4, ttl, 3).expect("take"));

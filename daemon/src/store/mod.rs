@@ -426,7 +426,11 @@ impl Store {
     /// trip for keys read again and again (another node's write shows after
     /// `max_age` at most; this node's own writes at once); the embedded
     /// store is the only copy and always answers exactly.
-    pub async fn batch_within(&self, ops: &[BatchOp], max_age: Duration) -> Result<Vec<BatchValue>> {
+    pub async fn batch_within(
+        &self,
+        ops: &[BatchOp],
+        max_age: Duration,
+    ) -> Result<Vec<BatchValue>> {
         match self {
             Store::Embedded(s) => s.batch(ops),
             Store::Redis(s) => s.batch(ops, max_age).await,
@@ -471,7 +475,10 @@ pub enum BatchOp {
     },
     /// Gives back `amount` taken earlier (the counter never goes below 0;
     /// a counter that is gone stays gone). Answers true.
-    Give { key: String, amount: i64 },
+    Give {
+        key: String,
+        amount: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,9 @@
 //! What this node last read from Redis for batches that accept an answer of
 //! bounded age (`Store::batch_within`): a key's value, or whether a set
-//! holds a member. This node's own writes remove what they change, so it
-//! always reads its own writes; another node's show once the entry is older
-//! than the reader accepts.
+//! holds a member. A write of this node removes what it changed once it is
+//! in Redis, and an answer that may predate such a write is not kept, so
+//! this node reads its own writes; another node's show once the entry is
+//! older than the reader accepts.
 
 use super::BatchValue;
 use std::collections::HashMap;
@@ -33,6 +34,9 @@ pub struct Entries {
     members: HashMap<String, HashMap<String, Entry<bool>>>,
     /// Member entries over all sets.
     member_count: usize,
+    /// Raised by every forget: a read sent before a write of this node
+    /// landed must not be kept after it.
+    generation: u64,
 }
 
 impl Entries {
@@ -43,7 +47,13 @@ impl Entries {
     }
 
     /// Whether `set` held `member`, read at most `max_age` before `now`.
-    pub fn member(&self, set: &str, member: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
+    pub fn member(
+        &self,
+        set: &str,
+        member: &str,
+        max_age: Duration,
+        now: Instant,
+    ) -> Option<BatchValue> {
         let (at, held) = self.members.get(set)?.get(member)?;
         (now.saturating_duration_since(*at) <= max_age).then_some(BatchValue::Bool(*held))
     }
@@ -81,13 +91,29 @@ impl ReadCache {
         self.entries().key(key, max_age, now)
     }
 
-    pub fn member(&self, set: &str, member: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
+    pub fn member(
+        &self,
+        set: &str,
+        member: &str,
+        max_age: Duration,
+        now: Instant,
+    ) -> Option<BatchValue> {
         self.entries().member(set, member, max_age, now)
     }
 
-    /// Keeps what was read (answers of another shape are not kept).
-    pub fn put(&self, read: Read, value: &BatchValue, now: Instant) {
+    /// To take before a read is sent, and give to `put` with its answer.
+    pub fn generation(&self) -> u64 {
+        self.entries().generation
+    }
+
+    /// Keeps what was read (answers of another shape are not kept), unless
+    /// this node changed something since `generation` was taken: the
+    /// answer may predate that change.
+    pub fn put(&self, read: Read, value: &BatchValue, now: Instant, generation: u64) {
         let mut entries = self.entries();
+        if entries.generation != generation {
+            return;
+        }
         if entries.len() >= MAX_ENTRIES {
             entries.retain_younger(now, MAX_AGE);
             if entries.len() >= MAX_ENTRIES {
@@ -114,6 +140,7 @@ impl ReadCache {
     /// Forgets what was read of a key this node has just changed.
     pub fn forget_key(&self, key: &str) {
         let mut entries = self.entries();
+        entries.generation += 1;
         if !entries.keys.is_empty() {
             entries.keys.remove(key);
         }
@@ -122,6 +149,7 @@ impl ReadCache {
     /// Forgets what was read of a set member this node has just changed.
     pub fn forget_member(&self, set: &str, member: &str) {
         let mut entries = self.entries();
+        entries.generation += 1;
         let removed = entries
             .members
             .get_mut(set)
@@ -145,9 +173,12 @@ mod tests {
         let c = ReadCache::default();
         let now = Instant::now();
         let three = BatchValue::Bytes(Some(b"3".to_vec()));
-        c.put(Read::Key("k".into()), &three, now);
+        c.put(Read::Key("k".into()), &three, now, c.generation());
         let later = now + Duration::from_millis(500);
-        assert_eq!(c.key("k", Duration::from_secs(1), later), Some(three.clone()));
+        assert_eq!(
+            c.key("k", Duration::from_secs(1), later),
+            Some(three.clone())
+        );
         assert_eq!(c.key("k", Duration::from_millis(499), later), None);
         assert_eq!(c.key("k", Duration::ZERO, now), Some(three));
         assert_eq!(c.key("other", Duration::from_secs(1), now), None);
@@ -158,14 +189,37 @@ mod tests {
         let c = ReadCache::default();
         let now = Instant::now();
         let age = Duration::from_secs(1);
-        c.put(Read::Member("s".into(), "a@x".into()), &BatchValue::Bool(false), now);
-        c.put(Read::Member("s".into(), "b@x".into()), &BatchValue::Bool(true), now);
-        c.put(Read::Key("k".into()), &BatchValue::Bytes(None), now);
-        assert_eq!(c.member("s", "a@x", age, now), Some(BatchValue::Bool(false)));
+        c.put(
+            Read::Member("s".into(), "a@x".into()),
+            &BatchValue::Bool(false),
+            now,
+            c.generation(),
+        );
+        c.put(
+            Read::Member("s".into(), "b@x".into()),
+            &BatchValue::Bool(true),
+            now,
+            c.generation(),
+        );
+        c.put(
+            Read::Key("k".into()),
+            &BatchValue::Bytes(None),
+            now,
+            c.generation(),
+        );
+        assert_eq!(
+            c.member("s", "a@x", age, now),
+            Some(BatchValue::Bool(false))
+        );
         c.forget_member("s", "a@x");
         c.forget_key("k");
         assert_eq!(c.member("s", "a@x", age, now), None);
         assert_eq!(c.member("s", "b@x", age, now), Some(BatchValue::Bool(true)));
+        assert_eq!(c.key("k", age, now), None);
+        // An answer read before a write here landed is not kept.
+        let before = c.generation();
+        c.forget_key("other");
+        c.put(Read::Key("k".into()), &BatchValue::Bytes(None), now, before);
         assert_eq!(c.key("k", age, now), None);
     }
 
@@ -173,8 +227,18 @@ mod tests {
     fn old_entries_are_swept() {
         let c = ReadCache::default();
         let now = Instant::now();
-        c.put(Read::Key("k".into()), &BatchValue::Bytes(None), now);
-        c.put(Read::Member("s".into(), "m".into()), &BatchValue::Bool(true), now);
+        c.put(
+            Read::Key("k".into()),
+            &BatchValue::Bytes(None),
+            now,
+            c.generation(),
+        );
+        c.put(
+            Read::Member("s".into(), "m".into()),
+            &BatchValue::Bool(true),
+            now,
+            c.generation(),
+        );
         c.sweep(now + MAX_AGE + Duration::from_millis(1));
         assert_eq!(c.key("k", MAX_AGE * 2, now), None);
         assert_eq!(c.member("s", "m", MAX_AGE * 2, now), None);

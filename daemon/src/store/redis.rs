@@ -190,7 +190,7 @@ impl RedisStore {
                     tracing::warn!(error = %e, units = due.len(), "returning reserved counter units failed");
                 }
                 sweeps = sweeps.wrapping_add(1);
-                if sweeps % 40 == 0 {
+                if sweeps.is_multiple_of(40) {
                     store.reads.sweep(Instant::now());
                 }
             }
@@ -367,14 +367,16 @@ impl RedisStore {
             };
             let first: redis::RedisResult<()> =
                 run(false).query_async(&mut self.conn.clone()).await;
-            match first {
+            let done = match first {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    let _: () = run(true).query_async(&mut self.conn.clone()).await?;
+                    run(true).query_async(&mut self.conn.clone()).await
                 }
-                other => other?,
-            }
+                other => other,
+            };
+            self.forget_writes(also);
+            done?;
         }
         self.held().remove(&entry.key());
         Ok(())
@@ -392,16 +394,32 @@ impl RedisStore {
             .hset(self.status_key(msg_id), idx, encode(status))
             .ignore();
         self.add_writes(&mut pipe, also);
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(())
+        let done: redis::RedisResult<()> = pipe.query_async(&mut self.conn.clone()).await;
+        self.forget_writes(also);
+        Ok(done?)
     }
 
     pub async fn write(&self, writes: &[Write]) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         self.add_writes(&mut pipe, writes);
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(())
+        let done: redis::RedisResult<()> = pipe.query_async(&mut self.conn.clone()).await;
+        self.forget_writes(writes);
+        Ok(done?)
+    }
+
+    /// This node's copies of what `writes` changed are dropped once the
+    /// change is in Redis (or may be: also after an error), so reads of
+    /// bounded age see this node's own writes.
+    fn forget_writes(&self, writes: &[Write]) {
+        for w in writes {
+            match w {
+                Write::Put { key, .. } | Write::Delete(key) => self.reads.forget_key(key),
+                Write::SetAdd { set, member, .. } | Write::SetRemove { set, member } => {
+                    self.reads.forget_member(set, member)
+                }
+            }
+        }
     }
 
     /// `writes` as commands, their replies ignored. Set members carry their
@@ -412,7 +430,6 @@ impl RedisStore {
         for w in writes {
             match w {
                 Write::Put { key, value, ttl } => {
-                    self.reads.forget_key(key);
                     let key = self.kv_key(key);
                     match ttl {
                         Some(t) => pipe.pset_ex(key, value, t.as_millis().max(1) as u64),
@@ -421,11 +438,9 @@ impl RedisStore {
                     .ignore();
                 }
                 Write::Delete(key) => {
-                    self.reads.forget_key(key);
                     pipe.del(self.kv_key(key)).ignore();
                 }
                 Write::SetAdd { set, member, ttl } => {
-                    self.reads.forget_member(set, member);
                     let key = self.set_key(set);
                     let score = ttl.map_or(f64::INFINITY, |t| (now + t.as_millis() as i64) as f64);
                     pipe.zrembyscore(&key, "-inf", now)
@@ -434,7 +449,6 @@ impl RedisStore {
                         .ignore();
                 }
                 Write::SetRemove { set, member } => {
-                    self.reads.forget_member(set, member);
                     pipe.zrem(self.set_key(set), member).ignore();
                 }
             }
@@ -482,14 +496,15 @@ impl RedisStore {
     }
 
     pub async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        self.reads.forget_key(key);
-        Ok(self
+        let done = self
             .incr
             .key(self.kv_key(key))
             .arg(by)
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut self.conn.clone())
-            .await?)
+            .await;
+        self.reads.forget_key(key);
+        Ok(done?)
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -506,14 +521,15 @@ impl RedisStore {
     }
 
     pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
+        let done = self.conn.clone().set_nx(self.kv_key(key), value).await;
         self.reads.forget_key(key);
-        Ok(self.conn.clone().set_nx(self.kv_key(key), value).await?)
+        Ok(done?)
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool> {
+        let done: redis::RedisResult<i64> = self.conn.clone().del(self.kv_key(key)).await;
         self.reads.forget_key(key);
-        let n: i64 = self.conn.clone().del(self.kv_key(key)).await?;
-        Ok(n > 0)
+        Ok(done? > 0)
     }
 
     pub async fn set_add(&self, set: &str, member: &str, ttl: Option<Duration>) -> Result<()> {
@@ -531,9 +547,9 @@ impl RedisStore {
     }
 
     pub async fn set_remove(&self, set: &str, member: &str) -> Result<bool> {
+        let done: redis::RedisResult<i64> = self.conn.clone().zrem(self.set_key(set), member).await;
         self.reads.forget_member(set, member);
-        let n: i64 = self.conn.clone().zrem(self.set_key(set), member).await?;
-        Ok(n > 0)
+        Ok(done? > 0)
     }
 
     /// Answers what it can on this node (reads of bounded age, takes from
@@ -640,7 +656,6 @@ impl RedisStore {
                 }
                 Remote::Incr(at) => {
                     if let BatchOp::Incr(k, by, ttl) = &ops[*at] {
-                        self.reads.forget_key(k);
                         let key = self.kv_key(k);
                         pipe.incr(&key, *by);
                         pipe.cmd("PEXPIRE")
@@ -658,7 +673,6 @@ impl RedisStore {
                         limit,
                     } = &ops[*at]
                     {
-                        self.reads.forget_key(key);
                         pipe.cmd("EVAL")
                             .arg(TAKE)
                             .arg(1)
@@ -672,7 +686,19 @@ impl RedisStore {
                 }
             }
         }
-        let values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        // A copy is kept only if no write of this node lands in between
+        // (see `ReadCache::put`).
+        let generation = self.reads.generation();
+        let sent: redis::RedisResult<Vec<redis::Value>> =
+            pipe.query_async(&mut self.conn.clone()).await;
+        for r in remote {
+            match (r, &ops[r.at()]) {
+                (Remote::Incr(_), BatchOp::Incr(key, ..))
+                | (Remote::Take { .. }, BatchOp::Take { key, .. }) => self.reads.forget_key(key),
+                _ => {}
+            }
+        }
+        let values = sent?;
         let bad = |e: redis::ParsingError| super::StoreError::Corrupt {
             key: "batch reply".into(),
             reason: e.to_string(),
@@ -691,12 +717,15 @@ impl RedisStore {
                         }
                     };
                     if keep {
-                        self.reads.put(read.clone(), &value, now);
+                        self.reads.put(read.clone(), &value, now, generation);
                     }
                     out.push((*at, value));
                 }
                 Remote::Incr(at) => {
-                    out.push((*at, BatchValue::Int(redis::from_redis_value(v).map_err(bad)?)));
+                    out.push((
+                        *at,
+                        BatchValue::Int(redis::from_redis_value(v).map_err(bad)?),
+                    ));
                 }
                 Remote::Take { at, held, expires } => {
                     let (granted, pttl): (i64, i64) = redis::from_redis_value(v).map_err(bad)?;
@@ -710,7 +739,8 @@ impl RedisStore {
                         // A counter without expiry (-1) keeps its units
                         // until they are spent or idle.
                         let expires = (pttl > 0).then(|| now + Duration::from_millis(pttl as u64));
-                        self.reserved.hold(key, held + granted - amount, expires, now);
+                        self.reserved
+                            .hold(key, held + granted - amount, expires, now);
                         out.push((*at, BatchValue::Bool(true)));
                     }
                 }
@@ -764,6 +794,15 @@ enum Remote {
         held: i64,
         expires: Option<Instant>,
     },
+}
+
+impl Remote {
+    /// The operation's position in its batch.
+    fn at(&self) -> usize {
+        match self {
+            Remote::Read(at, _) | Remote::Incr(at) | Remote::Take { at, .. } => *at,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -840,7 +879,11 @@ mod tests {
         assert!(!took(&a, take("rate", 1, 5)).await);
         assert!(!took(&b, take("rate", 1, 5)).await);
         assert!(!took(&a, take("other", 6, 5)).await, "more than the limit");
-        assert_eq!(counted(&redis, "other").await, 0, "a refusal counts nothing");
+        assert_eq!(
+            counted(&redis, "other").await,
+            0,
+            "a refusal counts nothing"
+        );
         assert!(took(&a, take("other", 0, 5)).await, "nothing always fits");
     }
 
@@ -849,7 +892,11 @@ mod tests {
         let redis = RedisServer::start();
         let a = node(&redis).await;
         assert!(took(&a, take("idle", 1, 4000)).await);
-        assert_eq!(counted(&redis, "idle").await, 500, "an eighth of what is left");
+        assert_eq!(
+            counted(&redis, "idle").await,
+            500,
+            "an eighth of what is left"
+        );
         let deadline = Instant::now() + IDLE_RETURN + Duration::from_secs(2);
         while counted(&redis, "idle").await != 1 {
             assert!(Instant::now() < deadline, "idle units did not go back");
@@ -880,7 +927,10 @@ mod tests {
         b.set_add("blocklist", "x@y", None).await.expect("add");
         // Another node's write: seen exactly at once, within `age` from a
         // copy read before it.
-        assert_eq!(read(a.clone(), "x@y", Duration::ZERO).await, BatchValue::Bool(true));
+        assert_eq!(
+            read(a.clone(), "x@y", Duration::ZERO).await,
+            BatchValue::Bool(true)
+        );
         assert_eq!(read(a.clone(), "x@y", age).await, BatchValue::Bool(false));
         tokio::time::sleep(age).await;
         assert_eq!(read(a.clone(), "x@y", age).await, BatchValue::Bool(true));
@@ -891,7 +941,10 @@ mod tests {
         a.set_remove("blocklist", "z@y").await.expect("remove");
         assert_eq!(read(a.clone(), "z@y", age).await, BatchValue::Bool(false));
         let get = |s: Arc<RedisStore>| async move {
-            s.batch(&[BatchOp::Get("k".into())], age).await.expect("batch")[0].clone()
+            s.batch(&[BatchOp::Get("k".into())], age)
+                .await
+                .expect("batch")[0]
+                .clone()
         };
         assert_eq!(get(a.clone()).await, BatchValue::Bytes(None));
         a.put("k", b"v", None).await.expect("put");
