@@ -168,12 +168,16 @@ impl ReadCache {
 mod tests {
     use super::*;
 
+    fn keep(c: &ReadCache, read: Read, value: &BatchValue, now: Instant) {
+        c.put(read, value, now, c.generation());
+    }
+
     #[test]
     fn an_answer_is_used_only_within_the_age_asked_for() {
         let c = ReadCache::default();
         let now = Instant::now();
         let three = BatchValue::Bytes(Some(b"3".to_vec()));
-        c.put(Read::Key("k".into()), &three, now, c.generation());
+        keep(&c, Read::Key("k".into()), &three, now);
         let later = now + Duration::from_millis(500);
         assert_eq!(
             c.key("k", Duration::from_secs(1), later),
@@ -189,24 +193,19 @@ mod tests {
         let c = ReadCache::default();
         let now = Instant::now();
         let age = Duration::from_secs(1);
-        c.put(
+        keep(
+            &c,
             Read::Member("s".into(), "a@x".into()),
             &BatchValue::Bool(false),
             now,
-            c.generation(),
         );
-        c.put(
+        keep(
+            &c,
             Read::Member("s".into(), "b@x".into()),
             &BatchValue::Bool(true),
             now,
-            c.generation(),
         );
-        c.put(
-            Read::Key("k".into()),
-            &BatchValue::Bytes(None),
-            now,
-            c.generation(),
-        );
+        keep(&c, Read::Key("k".into()), &BatchValue::Bytes(None), now);
         assert_eq!(
             c.member("s", "a@x", age, now),
             Some(BatchValue::Bool(false))
@@ -227,17 +226,12 @@ mod tests {
     fn old_entries_are_swept() {
         let c = ReadCache::default();
         let now = Instant::now();
-        c.put(
-            Read::Key("k".into()),
-            &BatchValue::Bytes(None),
-            now,
-            c.generation(),
-        );
-        c.put(
+        keep(&c, Read::Key("k".into()), &BatchValue::Bytes(None), now);
+        keep(
+            &c,
             Read::Member("s".into(), "m".into()),
             &BatchValue::Bool(true),
             now,
-            c.generation(),
         );
         c.sweep(now + MAX_AGE + Duration::from_millis(1));
         assert_eq!(c.key("k", MAX_AGE * 2, now), None);

@@ -602,8 +602,12 @@ impl RedisStore {
                         }
                     }
                     BatchOp::Give { key, amount } => {
-                        ledger.give(key, *amount, now);
-                        Some(BatchValue::Bool(true))
+                        if ledger.give(key, *amount, now) {
+                            Some(BatchValue::Bool(true))
+                        } else {
+                            remote.push(Remote::Give(i));
+                            None
+                        }
                     }
                 };
                 // A placeholder where Redis answers below.
@@ -665,6 +669,15 @@ impl RedisStore {
                             .ignore();
                     }
                 }
+                Remote::Give(at) => {
+                    if let BatchOp::Give { key, amount } = &ops[*at] {
+                        pipe.cmd("EVAL")
+                            .arg(GIVE)
+                            .arg(1)
+                            .arg(self.kv_key(key))
+                            .arg(*amount);
+                    }
+                }
                 Remote::Take { at, held, .. } => {
                     if let BatchOp::Take {
                         key,
@@ -694,6 +707,7 @@ impl RedisStore {
         for r in remote {
             match (r, &ops[r.at()]) {
                 (Remote::Incr(_), BatchOp::Incr(key, ..))
+                | (Remote::Give(_), BatchOp::Give { key, .. })
                 | (Remote::Take { .. }, BatchOp::Take { key, .. }) => self.reads.forget_key(key),
                 _ => {}
             }
@@ -727,6 +741,7 @@ impl RedisStore {
                         BatchValue::Int(redis::from_redis_value(v).map_err(bad)?),
                     ));
                 }
+                Remote::Give(at) => out.push((*at, BatchValue::Bool(true))),
                 Remote::Take { at, held, expires } => {
                     let (granted, pttl): (i64, i64) = redis::from_redis_value(v).map_err(bad)?;
                     let BatchOp::Take { key, amount, .. } = &ops[*at] else {
@@ -787,6 +802,8 @@ impl RedisStore {
 enum Remote {
     Read(usize, Read),
     Incr(usize),
+    /// Units given back where none are held.
+    Give(usize),
     /// A take beyond the units held here; `held` were withdrawn to go
     /// towards it.
     Take {
@@ -800,7 +817,9 @@ impl Remote {
     /// The operation's position in its batch.
     fn at(&self) -> usize {
         match self {
-            Remote::Read(at, _) | Remote::Incr(at) | Remote::Take { at, .. } => *at,
+            Remote::Read(at, _) | Remote::Incr(at) | Remote::Give(at) | Remote::Take { at, .. } => {
+                *at
+            }
         }
     }
 }
@@ -878,6 +897,15 @@ mod tests {
         }
         assert!(!took(&a, take("rate", 1, 5)).await);
         assert!(!took(&b, take("rate", 1, 5)).await);
+        // Nothing is held near a limit, so what is given back is in Redis
+        // at once, for any node to take.
+        let give = BatchOp::Give {
+            key: "rate".into(),
+            amount: 2,
+        };
+        assert!(took(&a, give).await);
+        assert_eq!(counted(&redis, "rate").await, 3);
+        assert!(took(&b, take("rate", 2, 5)).await);
         assert!(!took(&a, take("other", 6, 5)).await, "more than the limit");
         assert_eq!(
             counted(&redis, "other").await,

@@ -7,7 +7,8 @@
 //! unspent is small precisely when other nodes could use it; a node that
 //! stops using a counter gives its units back soon after. A node that dies
 //! holding units leaves them counted: a limit can be undershot by what one
-//! grant holds, never overshot.
+//! grant holds, never overshot. Units given back where none are held go
+//! straight back to Redis, so a small limit is exact.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,9 +30,6 @@ pub struct Reservations {
 #[derive(Default)]
 pub struct Ledger {
     held: HashMap<String, Held>,
-    /// Units given back with nothing held to add them to: returned to
-    /// Redis by the next sweep.
-    to_return: Vec<(String, i64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,12 +64,12 @@ impl Reservations {
         self.ledger().hold(key, units, expires, now)
     }
 
-    pub fn give(&self, key: &str, amount: i64, now: Instant) {
+    pub fn give(&self, key: &str, amount: i64, now: Instant) -> bool {
         self.ledger().give(key, amount, now)
     }
 
-    /// What goes back to Redis now: units unused for `idle`, and those
-    /// queued by `give`. Units of expired counters are dropped.
+    /// What goes back to Redis now: units unused for `idle`. Units of
+    /// expired counters are dropped.
     pub fn due(&self, now: Instant, idle: Duration) -> Vec<(String, i64)> {
         self.ledger().due(now, idle)
     }
@@ -123,22 +121,25 @@ impl Ledger {
         h.used = now;
     }
 
-    /// Takes back `amount` spent units: held again if the counter's units
-    /// are held here, else queued to go back to Redis.
-    pub fn give(&mut self, key: &str, amount: i64, now: Instant) {
+    /// Takes back `amount` spent units if the counter's units are held
+    /// here (true); otherwise they must go back to Redis now, so that the
+    /// limit is exact where nothing is held (near it).
+    pub fn give(&mut self, key: &str, amount: i64, now: Instant) -> bool {
         if amount <= 0 {
-            return;
+            return true;
         }
-        if let Some(h) = self.held.get_mut(key).filter(|h| h.live(now)) {
-            h.left += amount;
-            h.used = now;
-            return;
+        match self.held.get_mut(key).filter(|h| h.live(now)) {
+            Some(h) => {
+                h.left += amount;
+                h.used = now;
+                true
+            }
+            None => false,
         }
-        self.to_return.push((key.to_string(), amount));
     }
 
     fn due(&mut self, now: Instant, idle: Duration) -> Vec<(String, i64)> {
-        let mut out = std::mem::take(&mut self.to_return);
+        let mut out = Vec::new();
         self.held.retain(|key, h| {
             if !h.live(now) {
                 return false;
@@ -184,19 +185,17 @@ mod tests {
     }
 
     #[test]
-    fn idle_units_and_units_given_back_without_a_hold_are_returned() {
+    fn idle_units_are_returned_and_a_give_adds_to_what_is_held() {
         let r = Reservations::default();
         let now = Instant::now();
         r.hold("idle", 4, None, now);
         r.hold("busy", 4, None, now);
-        r.give("gone", 2, now);
+        assert!(!r.give("gone", 2, now), "nothing held: back to Redis");
         let later = now + IDLE_RETURN;
         assert!(r.spend("busy", 1, later));
-        let mut due = r.due(later, IDLE_RETURN);
-        due.sort();
-        assert_eq!(due, vec![("gone".into(), 2), ("idle".into(), 4)]);
+        assert_eq!(r.due(later, IDLE_RETURN), vec![("idle".into(), 4)]);
         assert!(!r.spend("idle", 1, later), "returned units are gone");
-        r.give("busy", 1, later);
+        assert!(r.give("busy", 1, later));
         assert!(r.spend("busy", 4, later), "a give adds to what is held");
         assert_eq!(r.all(later), Vec::<(String, i64)>::new());
     }
