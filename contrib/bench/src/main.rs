@@ -2,10 +2,11 @@
 //! messages of 2 KB over 20 parallel sessions (one connection per message,
 //! like Postfix's smtp-source), waits until the sink has them all, and prints
 //!
-//! `kiln end_to_end_mps=<n> inject_mps=<n> cpu_us_per_msg=<n> n=<N> dkim=<on|off> store=<embedded|redis> policy=<P>`
+//! `kiln end_to_end_mps=<n> inject_mps=<n> cpu_us_per_msg=<n> n=<N> dkim=<on|off> store=<embedded|redis> policy=<P> recipients=<one|distinct>`
 //!
 //! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis] [--kiln PATH]
 //!                   [--source PATH-TO-smtp-source] [--policy default|off|FILE.lua] [--pairs K]
+//!                   [--recipients one|distinct]
 //!
 //! With `--source`, Postfix's `smtp-source` generates the load (the tool the
 //! reference figures in BENCHMARKS.md were taken with); without it, a built-in
@@ -19,9 +20,13 @@
 //! `--pairs K` runs the policy and `off` alternately K times (a fresh kiln
 //! each run) and ends with what the policy costs:
 //!
-//! `kiln policy_cost pairs=K policy=<P> median_share=<x> min_share=<x> max_share=<x> median_extra_cpu_us_per_msg=<n> store=<s>`
+//! `kiln policy_cost pairs=K policy=<P> median_share=<x> min_share=<x> max_share=<x> median_extra_cpu_us_per_msg=<n> store=<s> recipients=<one|distinct>`
 //!
 //! where a share is the policy run's end-to-end rate over the next off run's.
+//!
+//! `--recipients distinct` sends every message of the built-in load to a
+//! recipient of its own (`r<i>@sink.test`) instead of all to one: each
+//! message's recipient checks then find nothing this node has read before.
 
 mod measure;
 mod peers;
@@ -44,6 +49,9 @@ struct Args {
     /// With a policy other than off: run it and off alternately this many
     /// times and print what the policy costs.
     pairs: usize,
+    /// Every message to its own recipient (built-in load only), rather than
+    /// all to one as smtp-source sends them.
+    distinct: bool,
 }
 
 #[derive(Clone, PartialEq)]
@@ -63,6 +71,12 @@ impl std::fmt::Display for Policy {
     }
 }
 
+impl Args {
+    fn recipients(&self) -> &'static str {
+        if self.distinct { "distinct" } else { "one" }
+    }
+}
+
 /// What one run measured.
 struct Run {
     end_to_end_mps: f64,
@@ -79,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
         source: None,
         policy: Policy::Default,
         pairs: 0,
+        distinct: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -96,6 +111,8 @@ fn parse_args() -> Result<Args, String> {
             "--policy" if value == "off" => args.policy = Policy::Off,
             "--policy" if value == "default" => args.policy = Policy::Default,
             "--pairs" => args.pairs = value.parse().map_err(|_| "--pairs: not a number")?,
+            "--recipients" if value == "one" => args.distinct = false,
+            "--recipients" if value == "distinct" => args.distinct = true,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -128,14 +145,15 @@ async fn main() {
     shares.sort_by(f64::total_cmp);
     extra_cpu.sort_by(f64::total_cmp);
     println!(
-        "kiln policy_cost pairs={} policy={} median_share={:.2} min_share={:.2} max_share={:.2} median_extra_cpu_us_per_msg={:.0} store={}",
+        "kiln policy_cost pairs={} policy={} median_share={:.2} min_share={:.2} max_share={:.2} median_extra_cpu_us_per_msg={:.0} store={} recipients={}",
         args.pairs,
         args.policy,
         shares[shares.len() / 2],
         shares[0],
         shares[shares.len() - 1],
         extra_cpu[extra_cpu.len() / 2],
-        if args.redis { "redis" } else { "embedded" }
+        if args.redis { "redis" } else { "embedded" },
+        args.recipients()
     );
 }
 
@@ -197,13 +215,14 @@ async fn run(args: &Args, policy: &Policy) -> Run {
         cpu_us_per_msg: kiln_cpu * 1e6 / accepted.max(1) as f64,
     };
     println!(
-        "kiln end_to_end_mps={:.0} inject_mps={:.0} cpu_us_per_msg={:.0} n={} dkim={} store={} policy={policy}",
+        "kiln end_to_end_mps={:.0} inject_mps={:.0} cpu_us_per_msg={:.0} n={} dkim={} store={} policy={policy} recipients={}",
         measured.end_to_end_mps,
         accepted as f64 / inject_secs,
         measured.cpu_us_per_msg,
         accepted,
         if args.dkim { "on" } else { "off" },
-        if args.redis { "redis" } else { "embedded" }
+        if args.redis { "redis" } else { "embedded" },
+        args.recipients()
     );
     drop(kiln);
     measured
@@ -218,13 +237,23 @@ async fn inject_builtin(args: &Args, addr: std::net::SocketAddr) -> usize {
     let mut tasks = Vec::new();
     for _ in 0..args.sessions {
         let (next, failed, body, n) = (next.clone(), failed.clone(), body.clone(), args.n);
+        let distinct = args.distinct;
         tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let rcpt = if distinct {
+                    format!("r{i}@sink.test")
+                } else {
+                    "rcpt@sink.test".to_string()
+                };
                 let ok = async {
                     let mut c = SmtpClient::connect(addr).await.ok()?;
                     c.cmd("EHLO bench.test").await.ok()?;
                     let r = c
-                        .send("bench@shop.test", &["rcpt@sink.test"], &body)
+                        .send("bench@shop.test", &[rcpt.as_str()], &body)
                         .await
                         .ok()?;
                     c.quit().await;
