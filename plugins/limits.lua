@@ -85,10 +85,10 @@ end
 -- The operations of a check, kept from one message to the next: the
 -- function runs for every message, and a Lua state runs one hook at a time.
 local OPS = {}
-local function op(i, a, b, c, d, e)
+local function op(i, a, b, c, d, e, f)
   local t = OPS[i]
   if not t then t = {}; OPS[i] = t end
-  t[1], t[2], t[3], t[4], t[5] = a, b, c, d, e
+  t[1], t[2], t[3], t[4], t[5], t[6] = a, b, c, d, e, f
 end
 
 -- Store traffic is one kiln.batch per message. The message's recipients
@@ -123,7 +123,7 @@ local function names_of(account, own, domain, today, sec)
   local a = names[account]
   if not a or a.today ~= today then
     local acct = "acct:" .. account .. ":" .. today
-    a = { today = today, blocklisted = acct .. ":blocklisted", sent = acct .. ":sent",
+    a = { today = today, blocklisted = acct .. ":blocklisted", sent = acct .. ":sent", seen = 0,
           custom = "custom-blocklist:" .. own, domains = {} }
     names[account] = a
   end
@@ -185,7 +185,9 @@ function M.hooks.check_limits(msg)
   op(1, "get", a.blocklisted)
   op(2, "get", sent_key)
   op(3, "take", rate_key, all, 2, M.RATE)
-  op(4, "take", sent_key, all, DAY_TTL, M.ACCOUNT_DAILY)
+  -- The day's count is also the blocklisted share's denominator: a node
+  -- holds at most 1 % of it ahead (see docs/lua-api.md, take).
+  op(4, "take", sent_key, all, DAY_TTL, M.ACCOUNT_DAILY, a.seen // 100)
   op(5, "take", quota_key, all, DAY_TTL, cap)
   -- The account's own blocklist (CreateCustomBlacklist).
   local custom, unsubscribed = a.custom, d.unsubscribed
@@ -199,6 +201,7 @@ function M.hooks.check_limits(msg)
   end
   for i = 4 * all + 6, #OPS do OPS[i] = nil end
   local got = kiln.batch(OPS, M.READ_AGE)
+  a.seen = tonumber(got[2]) or 0
 
   local drop, n, blocklisted = nil, 0, 0
   for i, rcpt in ipairs(msg.recipients) do

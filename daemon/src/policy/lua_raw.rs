@@ -162,7 +162,7 @@ unsafe fn number_at(state: *mut ffi::lua_State, idx: c_int) -> Option<f64> {
 }
 
 /// `kiln.batch`'s operations: `{ {"get", key}, {"contains", set, member},
-/// {"incr", key, by, ttl_secs}, {"take", key, amount, ttl_secs, limit},
+/// {"incr", key, by, ttl_secs}, {"take", key, amount, ttl_secs, limit[, hold]},
 /// {"give", key, amount} }`. `ns` places a key or set name in the
 /// scripts' namespace; `ttl` turns a script's seconds into a TTL (None: not
 /// a valid one).
@@ -217,10 +217,11 @@ unsafe fn read_op(
 ) -> Result<BatchOp, String> {
     unsafe {
         let op = ffi::lua_gettop(state);
-        for at in 1..=5 {
+        for at in 1..=6 {
             ffi::lua_rawgeti(state, op, at);
         }
-        let (kind, name, third, fourth, fifth) = (op + 1, op + 2, op + 3, op + 4, op + 5);
+        let (kind, name, third, fourth, fifth, sixth) =
+            (op + 1, op + 2, op + 3, op + 4, op + 5, op + 6);
         let name = string_at(state, name)
             .and_then(key)
             .ok_or("the key must be a string")?;
@@ -254,6 +255,12 @@ unsafe fn read_op(
                     .filter(|l| !l.is_nan())
                     .map(|l| l as i64)
                     .ok_or("take: the limit must be a number")?,
+                hold_at_most: match ffi::lua_type(state, sixth) {
+                    ffi::LUA_TNIL => i64::MAX,
+                    _ => integer_at(state, sixth)
+                        .filter(|n| *n >= 0)
+                        .ok_or("take: what a node may hold must be a whole number, 0 or more")?,
+                },
             }),
             b"give" => Ok(BatchOp::Give {
                 key: name,

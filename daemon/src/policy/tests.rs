@@ -13,6 +13,7 @@ use std::time::Duration;
 struct Fixture {
     dir: tempfile::TempDir,
     store: Store,
+    _redis: Option<kiln_testkit::redis::RedisServer>,
 }
 
 fn plugins_dir() -> PathBuf {
@@ -26,7 +27,25 @@ impl Fixture {
             EmbeddedStore::open(&dir.path().join("kiln.redb"), Duration::from_secs(3600))
                 .expect("store"),
         );
-        Fixture { dir, store }
+        Fixture {
+            dir,
+            store,
+            _redis: None,
+        }
+    }
+
+    /// The same on a Redis store of its own.
+    async fn redis() -> Fixture {
+        let redis = kiln_testkit::redis::RedisServer::start();
+        let url = format!("redis://127.0.0.1:{}/", redis.port);
+        let store = crate::store::redis::RedisStore::connect(&url, "t", Duration::from_secs(3600))
+            .await
+            .expect("redis store");
+        Fixture {
+            dir: tempfile::tempdir().expect("tempdir"),
+            store: Store::Redis(store),
+            _redis: Some(redis),
+        }
     }
 
     fn settings(&self, policy: &str) -> PolicySettings {
@@ -644,7 +663,14 @@ async fn delivery_outcomes_reach_the_reputation_hook_summed() {
 
 #[tokio::test]
 async fn sending_stops_at_the_blocklisted_share() {
-    let f = Fixture::new();
+    // On Redis too: units a node counts ahead of use must not hide the
+    // share (they are part of the day's count it divides by).
+    for f in [Fixture::new(), Fixture::redis().await] {
+        stops_at_the_blocklisted_share(f).await;
+    }
+}
+
+async fn stops_at_the_blocklisted_share(f: Fixture) {
     let host = f.host(
         "return { config = { limits = { stop_min_sent = 10 },
                    warmup = { curve = { 1e9 } }, reputation = { initial_level = 20 } } }",
@@ -963,6 +989,10 @@ async fn batch_operations_are_checked_before_any_runs() {
             "take: the amount must be a whole number, 0 or more",
         ),
         ("{ { 'take', 't', 1, 0, 5 } }", "take needs a ttl > 0"),
+        (
+            "{ { 'take', 't', 1, 60, 5, -1 } }",
+            "take: what a node may hold must be a whole number, 0 or more",
+        ),
         (
             "{ { 'give', 't', 0.5 } }",
             "give: the amount must be a whole number, 0 or more",

@@ -669,6 +669,7 @@ impl EmbeddedStore {
                     amount,
                     ttl,
                     limit,
+                    ..
                 } => BatchValue::Bool(self.take(key, *amount, *ttl, *limit)?),
                 BatchOp::Give { key, amount } => {
                     self.give(key, *amount)?;

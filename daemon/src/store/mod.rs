@@ -472,6 +472,10 @@ pub enum BatchOp {
         amount: i64,
         ttl: Duration,
         limit: i64,
+        /// The most units a node may count ahead of use (Redis), which
+        /// show in the counter's value until spent or given back: small
+        /// for a counter whose value is read for something else.
+        hold_at_most: i64,
     },
     /// Gives back `amount` taken earlier (the counter never goes below 0;
     /// a counter that is gone stays gone). Answers true.

@@ -684,16 +684,18 @@ impl RedisStore {
                         amount,
                         ttl,
                         limit,
+                        hold_at_most,
                     } = &ops[*at]
                     {
+                        let want = amount - held;
                         pipe.cmd("EVAL")
                             .arg(TAKE)
                             .arg(1)
                             .arg(self.kv_key(key))
-                            .arg(amount - held)
+                            .arg(want)
                             .arg(*limit)
                             .arg(SHARE_DIVISOR)
-                            .arg(MAX_GRANT)
+                            .arg(want.saturating_add((*hold_at_most).clamp(0, MAX_GRANT)))
                             .arg(ttl.as_millis().max(1) as u64);
                     }
                 }
@@ -842,6 +844,7 @@ mod tests {
             amount,
             ttl: Duration::from_secs(60),
             limit,
+            hold_at_most: MAX_GRANT,
         }
     }
 
@@ -931,8 +934,18 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
+        let small = BatchOp::Take {
+            key: "small".into(),
+            amount: 3,
+            ttl: Duration::from_secs(60),
+            limit: 1_000_000,
+            hold_at_most: 2,
+        };
+        assert!(took(&a, small).await);
+        assert_eq!(counted(&redis, "small").await, 5, "3 spent, at most 2 held");
+
         assert!(took(&a, take("busy", 3, 1_000_000)).await);
-        assert_eq!(counted(&redis, "busy").await, MAX_GRANT);
+        assert_eq!(counted(&redis, "busy").await, MAX_GRANT + 3);
         let give = BatchOp::Give {
             key: "busy".into(),
             amount: 1,
