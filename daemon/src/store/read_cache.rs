@@ -109,20 +109,22 @@ impl ReadCache {
     /// Keeps what was read (answers of another shape are not kept), unless
     /// this node changed something since `generation` was taken: the
     /// answer may predate that change.
-    pub fn put(&self, read: Read, value: &BatchValue, now: Instant, generation: u64) {
+    /// Answers whether it was kept.
+    pub fn put(&self, read: Read, value: &BatchValue, now: Instant, generation: u64) -> bool {
         let mut entries = self.entries();
         if entries.generation != generation {
-            return;
+            return false;
         }
         if entries.len() >= MAX_ENTRIES {
             entries.retain_younger(now, MAX_AGE);
             if entries.len() >= MAX_ENTRIES {
-                return;
+                return false;
             }
         }
         match (read, value) {
             (Read::Key(key), BatchValue::Bytes(v)) => {
                 entries.keys.insert(key, (now, v.clone()));
+                true
             }
             (Read::Member(set, member), BatchValue::Bool(held)) => {
                 let added = entries
@@ -132,8 +134,9 @@ impl ReadCache {
                     .insert(member, (now, *held))
                     .is_none();
                 entries.member_count += usize::from(added);
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 

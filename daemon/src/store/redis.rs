@@ -101,16 +101,16 @@ const TAKE: &str = r#"
 -- KEYS: counter     ARGV: want, limit, share_divisor, max_grant, ttl_ms
 -- Counts at least `want` more against `limit`, and up to a share of what
 -- is left under it for the caller to spend later. Answers { units counted
--- (0: refused, nothing counted), the counter's PTTL }.
+-- (0: refused, nothing counted), the counter's PTTL, its value }.
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 local want, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-if v + want > limit then return { 0, redis.call('PTTL', KEYS[1]) } end
+if v + want > limit then return { 0, redis.call('PTTL', KEYS[1]), v } end
 local grant = math.floor((limit - v) / tonumber(ARGV[3]))
 if grant > tonumber(ARGV[4]) then grant = tonumber(ARGV[4]) end
 if grant < want then grant = want end
 redis.call('INCRBY', KEYS[1], grant)
 redis.call('PEXPIRE', KEYS[1], ARGV[5], 'NX')
-return { grant, redis.call('PTTL', KEYS[1]) }
+return { grant, redis.call('PTTL', KEYS[1]), v + grant }
 "#;
 
 const GIVE: &str = r#"
@@ -709,8 +709,11 @@ impl RedisStore {
         for r in remote {
             match (r, &ops[r.at()]) {
                 (Remote::Incr(_), BatchOp::Incr(key, ..))
-                | (Remote::Give(_), BatchOp::Give { key, .. })
-                | (Remote::Take { .. }, BatchOp::Take { key, .. }) => self.reads.forget_key(key),
+                | (Remote::Give(_), BatchOp::Give { key, .. }) => self.reads.forget_key(key),
+                // A take's key is settled with its answer below.
+                (Remote::Take { .. }, BatchOp::Take { key, .. }) if sent.is_err() => {
+                    self.reads.forget_key(key)
+                }
                 _ => {}
             }
         }
@@ -745,10 +748,22 @@ impl RedisStore {
                 }
                 Remote::Give(at) => out.push((*at, BatchValue::Bool(true))),
                 Remote::Take { at, held, expires } => {
-                    let (granted, pttl): (i64, i64) = redis::from_redis_value(v).map_err(bad)?;
+                    let (granted, pttl, value): (i64, i64, i64) =
+                        redis::from_redis_value(v).map_err(bad)?;
                     let BatchOp::Take { key, amount, .. } = &ops[*at] else {
                         continue;
                     };
+                    // The counter's value as the grant left it, so a read of
+                    // bounded age needs no round trip after a top-up; or
+                    // no copy, if another write of this node came between.
+                    let bytes = BatchValue::Bytes(Some(value.to_string().into_bytes()));
+                    if !(keep
+                        && self
+                            .reads
+                            .put(Read::Key(key.clone()), &bytes, now, generation))
+                    {
+                        self.reads.forget_key(key);
+                    }
                     if granted == 0 {
                         self.reserved.hold(key, *held, *expires, now);
                         out.push((*at, BatchValue::Bool(false)));
@@ -990,5 +1005,29 @@ mod tests {
         assert_eq!(get(a.clone()).await, BatchValue::Bytes(None));
         a.put("k", b"v", None).await.expect("put");
         assert_eq!(get(a.clone()).await, BatchValue::Bytes(Some(b"v".to_vec())));
+        // A top-up leaves this node a copy of the counter as it left it:
+        // another writer's change shows only once that copy is too old.
+        let topped = a.batch(&[take("n", 1, 4000)], age).await.expect("batch");
+        assert_eq!(topped, [BatchValue::Bool(true)]);
+        let count = |s: Arc<RedisStore>, age: Duration| async move {
+            s.batch(&[BatchOp::Get("n".into())], age)
+                .await
+                .expect("batch")[0]
+                .clone()
+        };
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port))
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let _: () = c.set("t:kv:n", 7).await.expect("set");
+        assert_eq!(
+            count(a.clone(), age).await,
+            BatchValue::Bytes(Some(b"500".to_vec()))
+        );
+        assert_eq!(
+            count(a.clone(), Duration::ZERO).await,
+            BatchValue::Bytes(Some(b"7".to_vec()))
+        );
     }
 }
