@@ -656,9 +656,9 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
         Store::Embedded(embedded) => {
             let embedded = embedded.clone();
             lua.create_function(move |lua, (ops, age): (Table, Option<f64>)| {
-                read_age(age)?;
+                let age = read_age(age)?;
                 let ops = super::lua_raw::batch_ops(lua, &ops, ns, ttl)?;
-                let values = embedded.batch(&ops).map_err(lua_err)?;
+                let values = embedded.batch(&ops, age).map_err(lua_err)?;
                 super::lua_raw::batch_answers(lua, &values)
             })?
         }

@@ -7,6 +7,7 @@
 //! memory and is rebuilt from the file at start, so leases cost no disk write:
 //! after a crash every entry is simply ready again.
 
+use super::read_cache::{Read, ReadCache};
 use super::wal::{self, Change, TableId, Wal};
 use super::{BatchOp, BatchValue};
 use super::{
@@ -125,14 +126,20 @@ type KvTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
 
 /// The newest committed KV table; the writer replaces it after each commit,
 /// before it tells anyone the commit happened, so a read never misses a
-/// write that was acknowledged.
-struct KvSnapshot(std::sync::RwLock<Arc<KvTable>>);
+/// write that was acknowledged. `reads` keeps answers for batches that accept
+/// them of bounded age; the writer drops those a commit changed, right after
+/// the new table is in place.
+struct KvSnapshot {
+    table: std::sync::RwLock<Arc<KvTable>>,
+    reads: ReadCache,
+}
 
 impl KvSnapshot {
     fn open(db: &Database) -> Result<KvSnapshot> {
-        Ok(KvSnapshot(std::sync::RwLock::new(Arc::new(Self::read(
-            db,
-        )?))))
+        Ok(KvSnapshot {
+            table: std::sync::RwLock::new(Arc::new(Self::read(db)?)),
+            reads: ReadCache::default(),
+        })
     }
 
     fn read(db: &Database) -> Result<KvTable> {
@@ -141,7 +148,7 @@ impl KvSnapshot {
 
     fn refresh(&self, db: &Database) {
         match Self::read(db) {
-            Ok(table) => *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table),
+            Ok(table) => *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table),
             // Reads then see the previous commit until the next one works;
             // the writer reports the failure of the commit itself.
             Err(e) => tracing::error!(error = %e, "cannot read the committed KV table"),
@@ -149,8 +156,37 @@ impl KvSnapshot {
     }
 
     fn current(&self) -> Arc<KvTable> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Drops the kept answers that `ops`, just committed, may have changed.
+    fn forget(&self, ops: &[&Op]) {
+        let mut keys = Vec::new();
+        let mut any = false;
+        for op in ops {
+            any |= !changed_keys(op, &mut keys);
+        }
+        if any {
+            self.reads.clear();
+        } else {
+            for key in keys {
+                self.reads.forget_key(key);
+            }
+        }
+    }
+}
+
+/// The KV keys `op` writes, added to `keys`; false if it may write any (a
+/// sweep of expired rows).
+fn changed_keys<'a>(op: &'a Op, keys: &mut Vec<&'a str>) -> bool {
+    match op {
+        Op::Put { key, .. } | Op::Delete { key } => keys.push(key),
+        Op::Counters(rows) => keys.extend(rows.iter().map(|(k, ..)| k.as_str())),
+        Op::Many(ops) => return ops.iter().all(|op| changed_keys(op, keys)),
+        Op::Sweep => return false,
+        Op::Enqueue { .. } | Op::Settle { .. } | Op::Status { .. } => {}
+    }
+    true
 }
 
 fn with_expiry(expires_at: i64, value: &[u8]) -> Vec<u8> {
@@ -638,13 +674,33 @@ impl EmbeddedStore {
     }
 
     /// Several reads and increments, every read from one committed state.
-    /// Never waits on the writer, like [`Self::incr`].
-    pub fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {
+    /// Never waits on the writer, like [`Self::incr`]. With a `max_age`,
+    /// reads may come from answers kept at most that long (see
+    /// [`Store::batch_within`](super::Store::batch_within)): a row already
+    /// read costs a hash lookup instead of a walk down the table.
+    pub fn batch(&self, ops: &[BatchOp], max_age: Duration) -> Result<Vec<BatchValue>> {
         let now = now_ms();
+        let at = Instant::now();
+        // Taken before the table: see `ReadCache::put`.
+        let generation = self.kv.reads.generation();
         let table = self.kv.current();
-        let stored = |key: &str| -> Result<Option<Vec<u8>>> {
+        let from_table = |key: &str| -> Result<Option<Vec<u8>>> {
             let value = table.get(key).map_err(err)?;
             Ok(value.and_then(|v| live_value(v.value(), now).map(|b| b.to_vec())))
+        };
+        let stored = |key: &str| -> Result<Option<Vec<u8>>> {
+            if max_age.is_zero() {
+                return from_table(key);
+            }
+            if let Some(BatchValue::Bytes(v)) = self.kv.reads.key(key, max_age, at) {
+                return Ok(v);
+            }
+            let value = from_table(key)?;
+            let kept = BatchValue::Bytes(value.clone());
+            self.kv
+                .reads
+                .put(Read::Key(key.to_string()), &kept, at, generation);
+            Ok(value)
         };
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
@@ -817,6 +873,7 @@ fn writer_loop(db: &Database, kv: &KvSnapshot, mut wal: Wal, rx: mpsc::Receiver<
             Ok(()) => {
                 dirty = true;
                 kv.refresh(db);
+                kv.forget(&batch.iter().map(|j| &j.op).collect::<Vec<_>>());
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }
@@ -1175,34 +1232,40 @@ mod write_tests {
     /// many commits happen meanwhile, and never before.
     #[tokio::test]
     async fn an_acknowledged_write_is_read_at_once() {
+        // Also by reads that accept kept answers: a commit drops those it
+        // changed before it is acknowledged.
+        for age in [Duration::ZERO, Duration::from_secs(60)] {
+            acknowledged_writes_are_read_at_once(age).await;
+        }
+    }
+
+    async fn acknowledged_writes_are_read_at_once(age: Duration) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(&dir.path().join("kiln.redb"), Duration::from_secs(600))
             .expect("store");
         let get = |key: &str| BatchOp::Get(key.to_string());
         let contains = |m: &str| BatchOp::Contains("block".into(), m.to_string());
-        assert_eq!(
-            store.batch(&[get("k"), contains("a")]).expect("batch"),
-            [BatchValue::Bytes(None), BatchValue::Bool(false)]
-        );
+        let read = || store.batch(&[get("k"), contains("a")], age).expect("batch");
+        assert_eq!(read(), [BatchValue::Bytes(None), BatchValue::Bool(false)]);
         for round in 0..50u32 {
             let value = round.to_string().into_bytes();
             store.put("k", &value, None).await.expect("put");
             store.set_add("block", "a", None).await.expect("add");
             assert_eq!(
-                store.batch(&[get("k"), contains("a")]).expect("batch"),
+                read(),
                 [
                     BatchValue::Bytes(Some(value.clone())),
                     BatchValue::Bool(true)
                 ],
-                "round {round}"
+                "round {round}, age {age:?}"
             );
             assert_eq!(store.get("k").await.expect("get"), Some(value));
             assert!(store.set_remove("block", "a").await.expect("remove"));
             assert!(store.delete("k").await.expect("delete"));
             assert_eq!(
-                store.batch(&[get("k"), contains("a")]).expect("batch"),
+                read(),
                 [BatchValue::Bytes(None), BatchValue::Bool(false)],
-                "round {round}"
+                "round {round}, age {age:?}"
             );
         }
         store.close();

@@ -424,15 +424,16 @@ impl Store {
     /// A batch whose reads (`Get`, `Contains`) may be answered from what
     /// this node read at most `max_age` ago. On Redis that spares the round
     /// trip for keys read again and again (another node's write shows after
-    /// `max_age` at most; this node's own writes at once); the embedded
-    /// store is the only copy and always answers exactly.
+    /// `max_age` at most; this node's own writes at once); on the embedded
+    /// store, the only copy, every write is this node's, so the answers
+    /// stay exact except that a row may outlive its expiry by `max_age`.
     pub async fn batch_within(
         &self,
         ops: &[BatchOp],
         max_age: Duration,
     ) -> Result<Vec<BatchValue>> {
         match self {
-            Store::Embedded(s) => s.batch(ops),
+            Store::Embedded(s) => s.batch(ops, max_age),
             Store::Redis(s) => s.batch(ops, max_age).await,
         }
     }

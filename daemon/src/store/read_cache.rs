@@ -1,7 +1,7 @@
-//! What this node last read from Redis for batches that accept an answer of
-//! bounded age (`Store::batch_within`): a key's value, or whether a set
-//! holds a member. A write of this node removes what it changed once it is
-//! in Redis, and an answer that may predate such a write is not kept, so
+//! What this node last read from the store for batches that accept an
+//! answer of bounded age (`Store::batch_within`): a key's value, or whether
+//! a set holds a member (on Redis; the embedded store keeps a member's row). A write of this node removes what it changed once it is
+//! in the store, and an answer that may predate such a write is not kept, so
 //! this node reads its own writes; another node's show once the entry is
 //! older than the reader accepts.
 
@@ -159,6 +159,15 @@ impl ReadCache {
             .and_then(|m| m.remove(member))
             .is_some();
         entries.member_count -= usize::from(removed);
+    }
+
+    /// Forgets everything (a change that may have touched any key).
+    pub fn clear(&self) {
+        let mut entries = self.entries();
+        *entries = Entries {
+            generation: entries.generation + 1,
+            ..Entries::default()
+        };
     }
 
     /// Drops entries no reader may use any more.
