@@ -230,7 +230,7 @@ function M.hooks.check_limits(msg)
   if n > 0 and n < all and not (rate_ok and acct_ok and quota_ok) then
     local again = kiln.batch({
       { "take", rate_key, rate_ok and 0 or n, 2, M.RATE },
-      { "take", sent_key, acct_ok and 0 or n, DAY_TTL, M.ACCOUNT_DAILY },
+      { "take", sent_key, acct_ok and 0 or n, DAY_TTL, M.ACCOUNT_DAILY, a.seen // 100 },
       { "take", quota_key, quota_ok and 0 or n, DAY_TTL, cap },
     })
     -- Counted now: n, where the first take counted all.

@@ -143,6 +143,7 @@ impl Platform {
         });
         match self
             .policy
+            .current()
             .call_for::<_, Decision>("content_filter", Some("template"), &item)
             .await
         {

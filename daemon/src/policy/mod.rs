@@ -254,21 +254,6 @@ impl Policy {
         self.current().call_for(hook, None, arg).await
     }
 
-    /// Like `call`, for an item of a kind (e.g. `content_filter` on a
-    /// "message"): skipped when the hook's plugin only handles other kinds.
-    pub async fn call_for<A, R>(
-        &self,
-        hook: &'static str,
-        kind: Option<&str>,
-        arg: &A,
-    ) -> Result<Option<R>, PolicyError>
-    where
-        A: HookArg + ?Sized,
-        R: HookAnswer,
-    {
-        self.current().call_for(hook, kind, arg).await
-    }
-
     fn count_error(&self, hook: &'static str, e: &PolicyError) {
         tracing::error!(target: "kiln::policy", hook, error = %e, "policy hook failed");
         *self
@@ -308,6 +293,8 @@ impl Current<'_> {
         self.call_for(hook, None, arg).await
     }
 
+    /// Like `call`, for an item of a kind (e.g. `content_filter` on a
+    /// "message"): skipped when the hook's plugin only handles other kinds.
     pub async fn call_for<A, R>(
         &self,
         hook: &'static str,

@@ -595,12 +595,14 @@ async fn a_plugin_hook_for_templates_only_is_not_called_for_messages() {
     let template =
         json!({"kind": "template", "type": "trigger", "subject": "s", "html": "", "text": ""});
     let reviewed: Option<Decision> = policy
+        .current()
         .call_for("content_filter", Some("template"), &template)
         .await
         .expect("call");
     assert_eq!(reviewed.expect("reviewed").action, "accept");
     // The plugin's hook would crash on this message; it is never called.
     let skipped: Option<Decision> = policy
+        .current()
         .call_for("content_filter", Some("message"), &json!(null))
         .await
         .expect("not called");
@@ -613,6 +615,7 @@ async fn a_plugin_hook_for_templates_only_is_not_called_for_messages() {
     .expect("write");
     policy.reload().expect("reload");
     let seen: Option<Decision> = policy
+        .current()
         .call_for(
             "content_filter",
             Some("message"),

@@ -91,16 +91,6 @@ impl ReadCache {
         self.entries().key(key, max_age, now)
     }
 
-    pub fn member(
-        &self,
-        set: &str,
-        member: &str,
-        max_age: Duration,
-        now: Instant,
-    ) -> Option<BatchValue> {
-        self.entries().member(set, member, max_age, now)
-    }
-
     /// To take before a read is sent, and give to `put` with its answer.
     pub fn generation(&self) -> u64 {
         self.entries().generation
@@ -219,13 +209,16 @@ mod tests {
         );
         keep(&c, Read::Key("k".into()), &BatchValue::Bytes(None), now);
         assert_eq!(
-            c.member("s", "a@x", age, now),
+            c.entries().member("s", "a@x", age, now),
             Some(BatchValue::Bool(false))
         );
         c.forget_member("s", "a@x");
         c.forget_key("k");
-        assert_eq!(c.member("s", "a@x", age, now), None);
-        assert_eq!(c.member("s", "b@x", age, now), Some(BatchValue::Bool(true)));
+        assert_eq!(c.entries().member("s", "a@x", age, now), None);
+        assert_eq!(
+            c.entries().member("s", "b@x", age, now),
+            Some(BatchValue::Bool(true))
+        );
         assert_eq!(c.key("k", age, now), None);
         // An answer read before a write here landed is not kept.
         let before = c.generation();
@@ -247,7 +240,7 @@ mod tests {
         );
         c.sweep(now + MAX_AGE + Duration::from_millis(1));
         assert_eq!(c.key("k", MAX_AGE * 2, now), None);
-        assert_eq!(c.member("s", "m", MAX_AGE * 2, now), None);
+        assert_eq!(c.entries().member("s", "m", MAX_AGE * 2, now), None);
         assert_eq!(c.entries().len(), 0);
     }
 }
