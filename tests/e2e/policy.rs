@@ -201,7 +201,15 @@ async fn two_nodes_share_one_rate_limit() {
         (accepted, refused)
     };
     let started = std::time::Instant::now();
-    let ((a_ok, a_no), (b_ok, b_no)) = tokio::join!(hammer(e.kiln.smtp), hammer(b.smtp));
+    // Midway, a node holds units it counted ahead of use (the quota and the
+    // one recipient's hourly count, whose limits are far away).
+    let held_midway = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let out = e.kiln.command_async(&["policy"]).await;
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let ((a_ok, a_no), (b_ok, b_no), midway) =
+        tokio::join!(hammer(e.kiln.smtp), hammer(b.smtp), held_midway);
     let seconds = started.elapsed().as_secs() + 1;
     let total = a_ok + b_ok;
     // One shared counter: at most 5 per second window over both nodes
@@ -216,6 +224,27 @@ async fn two_nodes_share_one_rate_limit() {
         a_no > 0 && b_no > 0,
         "both nodes hit the limit: a {a_no}, b {b_no}"
     );
+    assert!(
+        midway["held_ahead"]["units"]
+            .as_i64()
+            .is_some_and(|u| u > 0),
+        "{midway}"
+    );
+    // Each node gives them back once it stops using them.
+    for node in [&e.kiln, &b] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (ok, info) = admin_json(node, &["policy"]);
+            assert!(ok, "{info}");
+            let units = info["held_ahead"]["units"].as_i64();
+            assert!(units.is_some(), "{info}");
+            if units == Some(0) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "still held: {info}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

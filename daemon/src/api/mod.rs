@@ -147,12 +147,15 @@ async fn policy_info(
         .copied()
         .filter(|h| policy.has_hook(h))
         .collect();
-    Json(json!({
+    let mut info = json!({
         "version": policy.version(),
         "hooks": hooks,
         "errors": policy.error_counts(),
-    }))
-    .into_response()
+    });
+    if let Some((counters, units)) = s.store.held_ahead() {
+        info["held_ahead"] = json!({ "counters": counters, "units": units });
+    }
+    Json(info).into_response()
 }
 
 async fn queue_info(

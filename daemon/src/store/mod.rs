@@ -415,6 +415,16 @@ impl Store {
         }
     }
 
+    /// On Redis: how many counters have units this node counted ahead of
+    /// use (`BatchOp::Take`), and how many units in all. They show in the
+    /// counters' values until spent or given back.
+    pub fn held_ahead(&self) -> Option<(usize, i64)> {
+        match self {
+            Store::Embedded(_) => None,
+            Store::Redis(s) => Some(s.held_ahead()),
+        }
+    }
+
     /// Several independent reads and increments in one go: one round trip
     /// on Redis (a pipeline), one read transaction on the embedded store.
     pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchValue>> {

@@ -798,6 +798,11 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Counters with units counted ahead of use on this node, and the units.
+    pub fn held_ahead(&self) -> (usize, i64) {
+        self.reserved.summary(Instant::now())
+    }
+
     /// Gives back every reserved unit: for a node that stops.
     pub async fn close(&self) {
         let all = self.reserved.all(Instant::now());
@@ -966,8 +971,11 @@ mod tests {
             amount: 1,
         };
         assert!(took(&a, give).await);
+        // "small" holds 2, "busy" a grant and the unit given back.
+        assert_eq!(a.held_ahead(), (2, 2 + MAX_GRANT + 1));
         a.close().await;
         assert_eq!(counted(&redis, "busy").await, 2, "3 taken, 1 given back");
+        assert_eq!(a.held_ahead(), (0, 0));
     }
 
     #[tokio::test]

@@ -74,6 +74,16 @@ impl Reservations {
         self.ledger().due(now, idle)
     }
 
+    /// How many counters have units held here, and how many units in all.
+    pub fn summary(&self, now: Instant) -> (usize, i64) {
+        let ledger = self.ledger();
+        ledger
+            .held
+            .values()
+            .filter(|h| h.live(now) && h.left > 0)
+            .fold((0, 0), |(n, units), h| (n + 1, units + h.left))
+    }
+
     /// Everything held, for a node that stops.
     pub fn all(&self, now: Instant) -> Vec<(String, i64)> {
         self.due(now, Duration::ZERO)
@@ -196,7 +206,9 @@ mod tests {
         assert_eq!(r.due(later, IDLE_RETURN), vec![("idle".into(), 4)]);
         assert!(!r.spend("idle", 1, later), "returned units are gone");
         assert!(r.give("busy", 1, later));
+        assert_eq!(r.summary(later), (1, 4));
         assert!(r.spend("busy", 4, later), "a give adds to what is held");
+        assert_eq!(r.summary(later), (0, 0));
         assert_eq!(r.all(later), Vec::<(String, i64)>::new());
     }
 

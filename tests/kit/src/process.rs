@@ -256,6 +256,18 @@ secret_key = "shop-secret-key"
             .expect("run kiln")
     }
 
+    /// Like [`Self::command`], without blocking the runtime: for a command
+    /// run while the test's other tasks keep going.
+    pub async fn command_async(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(&self.binary)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .await
+            .expect("run kiln")
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
