@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::read_cache::{self, Read, ReadCache};
-use super::reservations::{IDLE_RETURN, MAX_GRANT, Reservations, SHARE_DIVISOR};
+use super::reservations::{IDLE_RETURN, MAX_GRANT, Reservations, SHARE_DIVISOR, Withdrawn};
 use super::{BatchOp, BatchValue};
 
 /// How often unused reserved units go back and old reads are dropped.
@@ -592,12 +592,8 @@ impl RedisStore {
                         if *amount <= 0 || ledger.spend(key, *amount, now) {
                             Some(BatchValue::Bool(true))
                         } else {
-                            let (held, expires) = ledger.withdraw(key, now);
-                            remote.push(Remote::Take {
-                                at: i,
-                                held,
-                                expires,
-                            });
+                            let held = ledger.withdraw(key, now);
+                            remote.push(Remote::Take { at: i, held });
                             None
                         }
                     }
@@ -628,12 +624,10 @@ impl RedisStore {
                 // Units withdrawn for a top-up that never came are still
                 // this node's.
                 for r in &remote {
-                    if let Remote::Take {
-                        at, held, expires, ..
-                    } = r
+                    if let Remote::Take { at, held } = r
                         && let BatchOp::Take { key, .. } = &ops[*at]
                     {
-                        self.reserved.hold(key, *held, *expires, now);
+                        self.reserved.hold(key, *held, now);
                     }
                 }
                 Err(e)
@@ -687,7 +681,8 @@ impl RedisStore {
                         hold_at_most,
                     } = &ops[*at]
                     {
-                        let want = amount - held;
+                        let want = amount - held.left;
+                        let ahead = (*hold_at_most).min(held.ahead).clamp(0, MAX_GRANT);
                         pipe.cmd("EVAL")
                             .arg(TAKE)
                             .arg(1)
@@ -695,7 +690,7 @@ impl RedisStore {
                             .arg(want)
                             .arg(*limit)
                             .arg(SHARE_DIVISOR)
-                            .arg(want.saturating_add((*hold_at_most).clamp(0, MAX_GRANT)))
+                            .arg(want.saturating_add(ahead))
                             .arg(ttl.as_millis().max(1) as u64);
                     }
                 }
@@ -747,7 +742,7 @@ impl RedisStore {
                     ));
                 }
                 Remote::Give(at) => out.push((*at, BatchValue::Bool(true))),
-                Remote::Take { at, held, expires } => {
+                Remote::Take { at, held } => {
                     let (granted, pttl, value): (i64, i64, i64) =
                         redis::from_redis_value(v).map_err(bad)?;
                     let BatchOp::Take { key, amount, .. } = &ops[*at] else {
@@ -765,14 +760,17 @@ impl RedisStore {
                         self.reads.forget_key(key);
                     }
                     if granted == 0 {
-                        self.reserved.hold(key, *held, *expires, now);
+                        self.reserved.hold(key, *held, now);
                         out.push((*at, BatchValue::Bool(false)));
                     } else {
                         // A counter without expiry (-1) keeps its units
                         // until they are spent or idle.
-                        let expires = (pttl > 0).then(|| now + Duration::from_millis(pttl as u64));
-                        self.reserved
-                            .hold(key, held + granted - amount, expires, now);
+                        let after = Withdrawn {
+                            left: held.left + granted - amount,
+                            expires: (pttl > 0).then(|| now + Duration::from_millis(pttl as u64)),
+                            ahead: held.next_ahead(),
+                        };
+                        self.reserved.hold(key, after, now);
                         out.push((*at, BatchValue::Bool(true)));
                     }
                 }
@@ -830,8 +828,7 @@ enum Remote {
     /// towards it.
     Take {
         at: usize,
-        held: i64,
-        expires: Option<Instant>,
+        held: Withdrawn,
     },
 }
 
@@ -942,39 +939,50 @@ mod tests {
     async fn units_not_spent_go_back_when_idle_and_at_shutdown() {
         let redis = RedisServer::start();
         let a = node(&redis).await;
+        // A counter new here is counted exactly; as it keeps being used,
+        // grants go further ahead.
         assert!(took(&a, take("idle", 1, 4000)).await);
-        assert_eq!(
-            counted(&redis, "idle").await,
-            500,
-            "an eighth of what is left"
-        );
+        assert_eq!(counted(&redis, "idle").await, 1, "nothing held at first");
+        // 21 takes: grants of 1, 2, 3, 5, 9 and 17 units, 16 left.
+        for _ in 1..21 {
+            assert!(took(&a, take("idle", 1, 4000)).await);
+        }
+        let (_, held) = a.held_ahead();
+        assert_eq!(held, 16, "a busy counter has units held ahead");
+        assert_eq!(counted(&redis, "idle").await, 21 + held);
         let deadline = Instant::now() + IDLE_RETURN + Duration::from_secs(2);
-        while counted(&redis, "idle").await != 1 {
+        while counted(&redis, "idle").await != 21 {
             assert!(Instant::now() < deadline, "idle units did not go back");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        assert_eq!(a.held_ahead(), (0, 0));
 
-        let small = BatchOp::Take {
-            key: "small".into(),
-            amount: 3,
-            ttl: Duration::from_secs(60),
-            limit: 1_000_000,
-            hold_at_most: 2,
-        };
-        assert!(took(&a, small).await);
-        assert_eq!(counted(&redis, "small").await, 5, "3 spent, at most 2 held");
+        // `hold` caps what is held, however busy the counter.
+        for _ in 0..20 {
+            let small = BatchOp::Take {
+                key: "small".into(),
+                amount: 1,
+                ttl: Duration::from_secs(60),
+                limit: 1_000_000,
+                hold_at_most: 2,
+            };
+            assert!(took(&a, small).await);
+            assert!(a.held_ahead().1 <= 2, "{:?}", a.held_ahead());
+        }
 
-        assert!(took(&a, take("busy", 3, 1_000_000)).await);
-        assert_eq!(counted(&redis, "busy").await, MAX_GRANT + 3);
+        // At a clean stop everything held goes back, a unit given back to
+        // what is held too.
+        for _ in 0..20 {
+            assert!(took(&a, take("busy", 3, 1_000_000)).await);
+        }
         let give = BatchOp::Give {
             key: "busy".into(),
             amount: 1,
         };
         assert!(took(&a, give).await);
-        // "small" holds 2, "busy" a grant and the unit given back.
-        assert_eq!(a.held_ahead(), (2, 2 + MAX_GRANT + 1));
         a.close().await;
-        assert_eq!(counted(&redis, "busy").await, 2, "3 taken, 1 given back");
+        assert_eq!(counted(&redis, "busy").await, 59, "60 taken, 1 given back");
+        assert_eq!(counted(&redis, "small").await, 20);
         assert_eq!(a.held_ahead(), (0, 0));
     }
 
@@ -1031,7 +1039,7 @@ mod tests {
         let _: () = c.set("t:kv:n", 7).await.expect("set");
         assert_eq!(
             count(a.clone(), age).await,
-            BatchValue::Bytes(Some(b"500".to_vec()))
+            BatchValue::Bytes(Some(b"1".to_vec()))
         );
         assert_eq!(
             count(a.clone(), Duration::ZERO).await,

@@ -2,10 +2,11 @@
 //! Redis and not spent yet, so that most takes need no round trip.
 //!
 //! The cluster's total stays within every limit: a unit is counted in Redis
-//! before any node spends it. What a node asks for shrinks as the counter
-//! nears its limit (down to exactly what is needed), so what nodes hold
-//! unspent is small precisely when other nodes could use it; a node that
-//! stops using a counter gives its units back soon after. A node that dies
+//! before any node spends it. What a node asks for grows as it keeps using
+//! a counter (a counter used once is counted exactly) and shrinks as the
+//! counter nears its limit (down to exactly what is needed), so what nodes
+//! hold unspent is small precisely when other nodes could use it; a node
+//! that stops using a counter gives its units back soon after. A node that dies
 //! holding units leaves them counted: a limit can be undershot by what one
 //! grant holds, never overshot. Units given back where none are held go
 //! straight back to Redis, so a small limit is exact.
@@ -38,7 +39,27 @@ pub struct Held {
     /// When the counter in Redis expires (None: it does not); units of an
     /// expired counter count for nothing.
     pub expires: Option<Instant>,
+    /// How many units the next grant may hold beyond what it is asked
+    /// for: 0 for a counter new here, doubling with every grant, so that a
+    /// counter used once (a new recipient's) is counted exactly and leaves
+    /// nothing to give back, and a busy one soon needs few round trips.
+    pub ahead: i64,
     used: Instant,
+}
+
+/// What a take that needs Redis finds held: `left` units towards it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Withdrawn {
+    pub left: i64,
+    pub expires: Option<Instant>,
+    pub ahead: i64,
+}
+
+impl Withdrawn {
+    /// How far ahead the grant after this one may go.
+    pub fn next_ahead(&self) -> i64 {
+        (self.ahead * 2).clamp(1, MAX_GRANT)
+    }
 }
 
 impl Held {
@@ -56,12 +77,12 @@ impl Reservations {
         self.ledger().spend(key, amount, now)
     }
 
-    pub fn withdraw(&self, key: &str, now: Instant) -> (i64, Option<Instant>) {
+    pub fn withdraw(&self, key: &str, now: Instant) -> Withdrawn {
         self.ledger().withdraw(key, now)
     }
 
-    pub fn hold(&self, key: &str, units: i64, expires: Option<Instant>, now: Instant) {
-        self.ledger().hold(key, units, expires, now)
+    pub fn hold(&self, key: &str, held: Withdrawn, now: Instant) {
+        self.ledger().hold(key, held, now)
     }
 
     pub fn give(&self, key: &str, amount: i64, now: Instant) -> bool {
@@ -106,28 +127,33 @@ impl Ledger {
 
     /// Removes and answers what is held of `key` (0 units if nothing
     /// live), so a grant from Redis can top it up.
-    pub fn withdraw(&mut self, key: &str, now: Instant) -> (i64, Option<Instant>) {
+    pub fn withdraw(&mut self, key: &str, now: Instant) -> Withdrawn {
         match self.held.remove(key) {
-            Some(h) if h.live(now) => (h.left, h.expires),
-            _ => (0, None),
+            Some(h) if h.live(now) => Withdrawn {
+                left: h.left,
+                expires: h.expires,
+                ahead: h.ahead,
+            },
+            _ => Withdrawn::default(),
         }
     }
 
-    /// Holds `units` more of `key`, which expires at `expires`.
-    pub fn hold(&mut self, key: &str, units: i64, expires: Option<Instant>, now: Instant) {
-        if units <= 0 {
-            return;
-        }
+    /// Holds `held.left` more units of `key` (which expires at
+    /// `held.expires`) and remembers how far ahead its next grant may go,
+    /// also when no unit is left.
+    pub fn hold(&mut self, key: &str, held: Withdrawn, now: Instant) {
         let h = self.held.entry(key.to_string()).or_insert(Held {
             left: 0,
-            expires,
+            expires: held.expires,
+            ahead: 0,
             used: now,
         });
         if !h.live(now) {
             h.left = 0;
         }
-        h.left += units;
-        h.expires = expires;
+        h.left += held.left.max(0);
+        h.expires = held.expires;
+        h.ahead = h.ahead.max(held.ahead);
         h.used = now;
     }
 
@@ -138,7 +164,7 @@ impl Ledger {
         if amount <= 0 {
             return true;
         }
-        match self.held.get_mut(key).filter(|h| h.live(now)) {
+        match self.held.get_mut(key).filter(|h| h.live(now) && h.left > 0) {
             Some(h) => {
                 h.left += amount;
                 h.used = now;
@@ -170,11 +196,53 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    fn held(left: i64, expires: Option<Instant>) -> Withdrawn {
+        Withdrawn {
+            left,
+            expires,
+            ahead: 0,
+        }
+    }
+
+    #[test]
+    fn grants_go_further_ahead_as_a_counter_keeps_being_used() {
+        let r = Reservations::default();
+        let now = Instant::now();
+        let first = r.withdraw("k", now);
+        assert_eq!(first.ahead, 0, "a counter new here is counted exactly");
+        r.hold(
+            "k",
+            Withdrawn {
+                left: 0,
+                ahead: first.next_ahead(),
+                ..first
+            },
+            now,
+        );
+        assert!(!r.give("k", 1, now), "nothing held: straight back to Redis");
+        let mut ahead = Vec::new();
+        for _ in 0..12 {
+            let w = r.withdraw("k", now);
+            ahead.push(w.ahead);
+            r.hold(
+                "k",
+                Withdrawn {
+                    left: 0,
+                    ahead: w.next_ahead(),
+                    ..w
+                },
+                now,
+            );
+        }
+        assert_eq!(ahead, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000]);
+        assert_eq!(r.summary(now), (0, 0), "remembered, not held");
+    }
+
     #[test]
     fn held_units_are_spent_until_none_are_left() {
         let r = Reservations::default();
         let now = Instant::now();
-        r.hold("k", 3, None, now);
+        r.hold("k", held(3, None), now);
         assert!(r.spend("k", 2, now));
         assert!(!r.spend("k", 2, now), "one left, two wanted");
         assert!(r.spend("k", 1, now));
@@ -186,11 +254,11 @@ mod tests {
     fn units_of_an_expired_counter_count_for_nothing() {
         let r = Reservations::default();
         let now = Instant::now();
-        r.hold("k", 5, Some(now + Duration::from_millis(10)), now);
+        r.hold("k", held(5, Some(now + Duration::from_millis(10))), now);
         let later = now + Duration::from_millis(11);
         assert!(!r.spend("k", 1, later));
-        assert_eq!(r.withdraw("k", later), (0, None));
-        r.hold("k", 5, Some(now + Duration::from_millis(10)), now);
+        assert_eq!(r.withdraw("k", later), Withdrawn::default());
+        r.hold("k", held(5, Some(now + Duration::from_millis(10))), now);
         assert!(r.due(later, Duration::ZERO).is_empty(), "nothing to return");
     }
 
@@ -198,8 +266,8 @@ mod tests {
     fn idle_units_are_returned_and_a_give_adds_to_what_is_held() {
         let r = Reservations::default();
         let now = Instant::now();
-        r.hold("idle", 4, None, now);
-        r.hold("busy", 4, None, now);
+        r.hold("idle", held(4, None), now);
+        r.hold("busy", held(4, None), now);
         assert!(!r.give("gone", 2, now), "nothing held: back to Redis");
         let later = now + IDLE_RETURN;
         assert!(r.spend("busy", 1, later));
@@ -217,8 +285,8 @@ mod tests {
         let r = Reservations::default();
         let now = Instant::now();
         let exp = Some(now + Duration::from_secs(5));
-        r.hold("k", 2, exp, now);
-        assert_eq!(r.withdraw("k", now), (2, exp));
+        r.hold("k", held(2, exp), now);
+        assert_eq!(r.withdraw("k", now), held(2, exp));
         assert!(!r.spend("k", 1, now));
     }
 }
