@@ -125,15 +125,20 @@ impl Ledger {
         }
     }
 
-    /// Removes and answers what is held of `key` (0 units if nothing
-    /// live), so a grant from Redis can top it up.
+    /// Takes out and answers what is held of `key` (0 units if nothing
+    /// live), so a grant from Redis can top it up. How far ahead grants
+    /// go stays, so that takes waiting on Redis at once all ask as far.
     pub fn withdraw(&mut self, key: &str, now: Instant) -> Withdrawn {
-        match self.held.remove(key) {
-            Some(h) if h.live(now) => Withdrawn {
-                left: h.left,
-                expires: h.expires,
-                ahead: h.ahead,
-            },
+        match self.held.get_mut(key) {
+            Some(h) if h.live(now) => {
+                let out = Withdrawn {
+                    left: h.left,
+                    expires: h.expires,
+                    ahead: h.ahead,
+                };
+                h.left = 0;
+                out
+            }
             _ => Withdrawn::default(),
         }
     }
