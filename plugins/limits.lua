@@ -104,7 +104,7 @@ local function give_back(rate_key, acct_key, quota_key, rate, acct, quota)
   if rate > 0 then ops[#ops + 1] = { "give", rate_key, rate } end
   if acct > 0 then ops[#ops + 1] = { "give", acct_key, acct } end
   if quota > 0 then ops[#ops + 1] = { "give", quota_key, quota } end
-  if #ops > 0 then kiln.batch(ops) end
+  kiln.batch(ops)
 end
 
 -- The hour's number as text, made once an hour.
@@ -150,6 +150,12 @@ local function warmup_of(domain, now)
 end
 
 local SEND = { action = "send" }
+local NOTHING = {}
+
+-- What a take of `all` (`first`), or else of `n` (`second`), counted.
+local function counted(first, second, all, n)
+  return first and all or (second and n or 0)
+end
 
 function M.hooks.check_limits(msg)
   local refused = M.static_checks(msg)
@@ -225,22 +231,19 @@ function M.hooks.check_limits(msg)
     end
   end
 
-  -- A take of every recipient that failed may still fit those sent.
+  -- How many each take counted: all, or 0 when it did not fit. A take of
+  -- every recipient that failed may still fit those sent: n then.
   local rate_ok, acct_ok, quota_ok = got[3], got[4], got[5]
+  local again = NOTHING
   if n > 0 and n < all and not (rate_ok and acct_ok and quota_ok) then
-    local again = kiln.batch({
+    again = kiln.batch({
       { "take", rate_key, rate_ok and 0 or n, 2, M.RATE },
       { "take", sent_key, acct_ok and 0 or n, DAY_TTL, M.ACCOUNT_DAILY, a.seen // 100 },
       { "take", quota_key, quota_ok and 0 or n, DAY_TTL, cap },
     })
-    -- Counted now: n, where the first take counted all.
-    local function took(first, second) return first and all or (second and n or 0) end
-    rate_ok, acct_ok, quota_ok = took(rate_ok, again[1]), took(acct_ok, again[2]),
-      took(quota_ok, again[3])
-  else
-    local function took(ok) return ok and all or 0 end
-    rate_ok, acct_ok, quota_ok = took(rate_ok), took(acct_ok), took(quota_ok)
   end
+  local rate_n, acct_n, quota_n = counted(rate_ok, again[1], all, n),
+    counted(acct_ok, again[2], all, n), counted(quota_ok, again[3], all, n)
 
   -- Which refusal, if any. The account's count also holds what went to
   -- blocklisted addresses (the share that stops sending).
@@ -256,19 +259,19 @@ function M.hooks.check_limits(msg)
     local code = drop and drop[msg.recipients[1]] or "FailedOperation.EmailAddrInBlacklist"
     refusal = reject(code, "550 5.7.1 No recipient may receive this message (" .. code .. ")",
       "every recipient was refused")
-  elseif rate_ok == 0 then
+  elseif rate_n == 0 then
     refusal = reject("FailedOperation.FrequencyLimit",
       "451 4.7.1 Sending rate above " .. M.RATE .. " per second, slow down",
       "account rate above " .. M.RATE .. " messages per second")
-  elseif acct_ok == 0 then
+  elseif acct_n == 0 then
     refusal = over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
-  elseif quota_ok == 0 then
+  elseif quota_n == 0 then
     refusal = over_quota(msg, "daily " .. why .. " for " .. msg.sender_domain)
   end
   local sent_now = refusal and 0 or n
-  local acct_keep = math.min(acct_ok, sent_now + blocklisted)
-  give_back(rate_key, sent_key, quota_key, rate_ok - math.min(rate_ok, sent_now),
-    acct_ok - acct_keep, quota_ok - math.min(quota_ok, sent_now))
+  local acct_keep = math.min(acct_n, sent_now + blocklisted)
+  give_back(rate_key, sent_key, quota_key, rate_n - math.min(rate_n, sent_now),
+    acct_n - acct_keep, quota_n - math.min(quota_n, sent_now))
   if blocklisted > 0 then
     kiln.batch({ { "incr", a.blocklisted, blocklisted, DAY_TTL } })
   end

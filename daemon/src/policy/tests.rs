@@ -664,6 +664,43 @@ async fn delivery_outcomes_reach_the_reputation_hook_summed() {
     );
 }
 
+/// A message whose recipients do not all fit today's quota, but whose
+/// recipients that may receive it do, is sent to those: the quota counts
+/// what is sent, not what was asked for.
+#[tokio::test]
+async fn a_quota_counts_the_recipients_sent_not_those_dropped() {
+    for f in [Fixture::new(), Fixture::redis().await] {
+        let host = f.host(
+            "return { config = { warmup = { curve = { 2 } },
+                       reputation = { initial_level = 20 } } }",
+        );
+        f.store
+            .set_add("lua:blocklist", "bad@x.test", None)
+            .await
+            .expect("blocklist");
+        let d = check_limits(&host, message(&["a@x.test"], "hi", "regular", NOW)).await;
+        assert_eq!(d.action, "send", "{d:?}");
+        let d = check_limits(
+            &host,
+            message(&["bad@x.test", "b@x.test"], "hi", "regular", NOW),
+        )
+        .await;
+        assert_eq!(d.action, "send", "{d:?}");
+        assert_eq!(
+            d.drop.get("bad@x.test").map(String::as_str),
+            Some("FailedOperation.EmailAddrInBlacklist")
+        );
+        assert!(!d.drop.contains_key("b@x.test"), "{d:?}");
+        // Two sent: the quota of 2 is full.
+        let d = check_limits(&host, message(&["c@x.test"], "hi", "regular", NOW)).await;
+        assert_eq!(
+            d.code.as_deref(),
+            Some("FailedOperation.ExceedSendLimit"),
+            "{d:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn sending_stops_at_the_blocklisted_share() {
     // On Redis too: units a node counts ahead of use must not hide the

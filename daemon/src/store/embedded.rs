@@ -160,7 +160,7 @@ impl KvSnapshot {
     }
 
     /// Drops the kept answers that `ops`, just committed, may have changed.
-    fn forget(&self, ops: &[&Op]) {
+    fn forget<'a>(&self, ops: impl IntoIterator<Item = &'a Op>) {
         let mut keys = Vec::new();
         let mut any = false;
         for op in ops {
@@ -873,7 +873,7 @@ fn writer_loop(db: &Database, kv: &KvSnapshot, mut wal: Wal, rx: mpsc::Receiver<
             Ok(()) => {
                 dirty = true;
                 kv.refresh(db);
-                kv.forget(&batch.iter().map(|j| &j.op).collect::<Vec<_>>());
+                kv.forget(batch.iter().map(|j| &j.op));
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }

@@ -1,9 +1,10 @@
 //! What this node last read from the store for batches that accept an
 //! answer of bounded age (`Store::batch_within`): a key's value, or whether
-//! a set holds a member (on Redis; the embedded store keeps a member's row). A write of this node removes what it changed once it is
-//! in the store, and an answer that may predate such a write is not kept, so
-//! this node reads its own writes; another node's show once the entry is
-//! older than the reader accepts.
+//! a set holds a member (on Redis; the embedded store keeps a member's
+//! row). A write of this node removes what it changed once it is in the
+//! store, and an answer that may predate such a write is not kept, so this
+//! node reads its own writes; another node's show once the entry is older
+//! than the reader accepts.
 
 use super::BatchValue;
 use std::collections::HashMap;
@@ -26,6 +27,11 @@ pub enum Read {
 
 type Entry<T> = (Instant, T);
 
+/// Whether what was read `at` is at most `max_age` old at `now`.
+fn young(at: Instant, now: Instant, max_age: Duration) -> bool {
+    now.saturating_duration_since(at) <= max_age
+}
+
 /// What is kept, behind one lock: a batch takes it once for all its reads.
 #[derive(Default)]
 pub struct Entries {
@@ -43,7 +49,7 @@ impl Entries {
     /// A key's value read at most `max_age` before `now`, if there is one.
     pub fn key(&self, key: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
         let (at, value) = self.keys.get(key)?;
-        (now.saturating_duration_since(*at) <= max_age).then(|| BatchValue::Bytes(value.clone()))
+        young(*at, now, max_age).then(|| BatchValue::Bytes(value.clone()))
     }
 
     /// Whether `set` held `member`, read at most `max_age` before `now`.
@@ -55,7 +61,7 @@ impl Entries {
         now: Instant,
     ) -> Option<BatchValue> {
         let (at, held) = self.members.get(set)?.get(member)?;
-        (now.saturating_duration_since(*at) <= max_age).then_some(BatchValue::Bool(*held))
+        young(*at, now, max_age).then_some(BatchValue::Bool(*held))
     }
 
     fn len(&self) -> usize {
@@ -63,11 +69,10 @@ impl Entries {
     }
 
     fn retain_younger(&mut self, now: Instant, age: Duration) {
-        let young = |at: &Instant| now.saturating_duration_since(*at) <= age;
-        self.keys.retain(|_, (at, _)| young(at));
+        self.keys.retain(|_, (at, _)| young(*at, now, age));
         let mut count = 0;
         self.members.retain(|_, m| {
-            m.retain(|_, (at, _)| young(at));
+            m.retain(|_, (at, _)| young(*at, now, age));
             count += m.len();
             !m.is_empty()
         });
@@ -98,8 +103,7 @@ impl ReadCache {
 
     /// Keeps what was read (answers of another shape are not kept), unless
     /// this node changed something since `generation` was taken: the
-    /// answer may predate that change.
-    /// Answers whether it was kept.
+    /// answer may predate that change. Answers whether it was kept.
     pub fn put(&self, read: Read, value: &BatchValue, now: Instant, generation: u64) -> bool {
         let mut entries = self.entries();
         if entries.generation != generation {
@@ -134,9 +138,7 @@ impl ReadCache {
     pub fn forget_key(&self, key: &str) {
         let mut entries = self.entries();
         entries.generation += 1;
-        if !entries.keys.is_empty() {
-            entries.keys.remove(key);
-        }
+        entries.keys.remove(key);
     }
 
     /// Forgets what was read of a set member this node has just changed.

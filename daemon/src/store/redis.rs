@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::read_cache::{self, Read, ReadCache};
+use super::read_cache::{Read, ReadCache};
 use super::reservations::{IDLE_RETURN, MAX_GRANT, Reservations, SHARE_DIVISOR, Withdrawn};
 use super::{BatchOp, BatchValue};
 
@@ -564,21 +564,19 @@ impl RedisStore {
         {
             // One lock of each for the whole batch, not one per operation.
             let reads = cached.then(|| self.reads.entries());
+            let reads = reads.as_deref();
             let mut ledger = self.reserved.ledger();
-            let read = |f: &dyn Fn(&read_cache::Entries) -> Option<BatchValue>| {
-                reads.as_deref().and_then(f)
-            };
             for (i, op) in ops.iter().enumerate() {
                 let local = match op {
                     BatchOp::Get(k) => {
-                        let hit = read(&|r| r.key(k, max_age, now));
+                        let hit = reads.and_then(|r| r.key(k, max_age, now));
                         if hit.is_none() {
                             remote.push(Remote::Read(i, Read::Key(k.clone())));
                         }
                         hit
                     }
                     BatchOp::Contains(set, m) => {
-                        let hit = read(&|r| r.member(set, m, max_age, now));
+                        let hit = reads.and_then(|r| r.member(set, m, max_age, now));
                         if hit.is_none() {
                             remote.push(Remote::Read(i, Read::Member(set.clone(), m.clone())));
                         }
@@ -665,11 +663,7 @@ impl RedisStore {
                 }
                 Remote::Give(at) => {
                     if let BatchOp::Give { key, amount } = &ops[*at] {
-                        pipe.cmd("EVAL")
-                            .arg(GIVE)
-                            .arg(1)
-                            .arg(self.kv_key(key))
-                            .arg(*amount);
+                        self.give_cmd(&mut pipe, key, *amount);
                     }
                 }
                 Remote::Take { at, held, .. } => {
@@ -779,17 +773,26 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// The script that hands `units` back to the counter `key`.
+    fn give_cmd<'p>(
+        &self,
+        pipe: &'p mut redis::Pipeline,
+        key: &str,
+        units: i64,
+    ) -> &'p mut redis::Pipeline {
+        pipe.cmd("EVAL")
+            .arg(GIVE)
+            .arg(1)
+            .arg(self.kv_key(key))
+            .arg(units)
+    }
+
     /// Returns reserved units to their counters.
     async fn give_back(&self, units: &[(String, i64)]) -> Result<()> {
         for chunk in units.chunks(500) {
             let mut pipe = redis::pipe();
             for (key, n) in chunk {
-                pipe.cmd("EVAL")
-                    .arg(GIVE)
-                    .arg(1)
-                    .arg(self.kv_key(key))
-                    .arg(*n)
-                    .ignore();
+                self.give_cmd(&mut pipe, key, *n).ignore();
             }
             let _: () = pipe.query_async(&mut self.conn.clone()).await?;
         }

@@ -6,8 +6,8 @@
 //! a counter (a counter used once is counted exactly) and shrinks as the
 //! counter nears its limit (down to exactly what is needed), so what nodes
 //! hold unspent is small precisely when other nodes could use it; a node
-//! that stops using a counter gives its units back soon after. A node that dies
-//! holding units leaves them counted: a limit can be undershot by what one
+//! that stops using a counter gives its units back soon after. A node that
+//! dies holding units leaves them counted: a limit can be undershot by what one
 //! grant holds, never overshot. Units given back where none are held go
 //! straight back to Redis, so a small limit is exact.
 
@@ -73,20 +73,8 @@ impl Reservations {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn spend(&self, key: &str, amount: i64, now: Instant) -> bool {
-        self.ledger().spend(key, amount, now)
-    }
-
-    pub fn withdraw(&self, key: &str, now: Instant) -> Withdrawn {
-        self.ledger().withdraw(key, now)
-    }
-
     pub fn hold(&self, key: &str, held: Withdrawn, now: Instant) {
         self.ledger().hold(key, held, now)
-    }
-
-    pub fn give(&self, key: &str, amount: i64, now: Instant) -> bool {
-        self.ledger().give(key, amount, now)
     }
 
     /// What goes back to Redis now: units unused for `idle`. Units of
@@ -213,7 +201,7 @@ mod tests {
     fn grants_go_further_ahead_as_a_counter_keeps_being_used() {
         let r = Reservations::default();
         let now = Instant::now();
-        let first = r.withdraw("k", now);
+        let first = r.ledger().withdraw("k", now);
         assert_eq!(first.ahead, 0, "a counter new here is counted exactly");
         r.hold(
             "k",
@@ -224,10 +212,13 @@ mod tests {
             },
             now,
         );
-        assert!(!r.give("k", 1, now), "nothing held: straight back to Redis");
+        assert!(
+            !r.ledger().give("k", 1, now),
+            "nothing held: straight back to Redis"
+        );
         let mut ahead = Vec::new();
         for _ in 0..12 {
-            let w = r.withdraw("k", now);
+            let w = r.ledger().withdraw("k", now);
             ahead.push(w.ahead);
             r.hold(
                 "k",
@@ -248,11 +239,11 @@ mod tests {
         let r = Reservations::default();
         let now = Instant::now();
         r.hold("k", held(3, None), now);
-        assert!(r.spend("k", 2, now));
-        assert!(!r.spend("k", 2, now), "one left, two wanted");
-        assert!(r.spend("k", 1, now));
-        assert!(!r.spend("k", 1, now));
-        assert!(!r.spend("other", 1, now));
+        assert!(r.ledger().spend("k", 2, now));
+        assert!(!r.ledger().spend("k", 2, now), "one left, two wanted");
+        assert!(r.ledger().spend("k", 1, now));
+        assert!(!r.ledger().spend("k", 1, now));
+        assert!(!r.ledger().spend("other", 1, now));
     }
 
     #[test]
@@ -261,8 +252,8 @@ mod tests {
         let now = Instant::now();
         r.hold("k", held(5, Some(now + Duration::from_millis(10))), now);
         let later = now + Duration::from_millis(11);
-        assert!(!r.spend("k", 1, later));
-        assert_eq!(r.withdraw("k", later), Withdrawn::default());
+        assert!(!r.ledger().spend("k", 1, later));
+        assert_eq!(r.ledger().withdraw("k", later), Withdrawn::default());
         r.hold("k", held(5, Some(now + Duration::from_millis(10))), now);
         assert!(r.due(later, Duration::ZERO).is_empty(), "nothing to return");
     }
@@ -273,14 +264,23 @@ mod tests {
         let now = Instant::now();
         r.hold("idle", held(4, None), now);
         r.hold("busy", held(4, None), now);
-        assert!(!r.give("gone", 2, now), "nothing held: back to Redis");
+        assert!(
+            !r.ledger().give("gone", 2, now),
+            "nothing held: back to Redis"
+        );
         let later = now + IDLE_RETURN;
-        assert!(r.spend("busy", 1, later));
+        assert!(r.ledger().spend("busy", 1, later));
         assert_eq!(r.due(later, IDLE_RETURN), vec![("idle".into(), 4)]);
-        assert!(!r.spend("idle", 1, later), "returned units are gone");
-        assert!(r.give("busy", 1, later));
+        assert!(
+            !r.ledger().spend("idle", 1, later),
+            "returned units are gone"
+        );
+        assert!(r.ledger().give("busy", 1, later));
         assert_eq!(r.summary(later), (1, 4));
-        assert!(r.spend("busy", 4, later), "a give adds to what is held");
+        assert!(
+            r.ledger().spend("busy", 4, later),
+            "a give adds to what is held"
+        );
         assert_eq!(r.summary(later), (0, 0));
         assert_eq!(r.all(later), Vec::<(String, i64)>::new());
     }
@@ -291,7 +291,7 @@ mod tests {
         let now = Instant::now();
         let exp = Some(now + Duration::from_secs(5));
         r.hold("k", held(2, exp), now);
-        assert_eq!(r.withdraw("k", now), held(2, exp));
-        assert!(!r.spend("k", 1, now));
+        assert_eq!(r.ledger().withdraw("k", now), held(2, exp));
+        assert!(!r.ledger().spend("k", 1, now));
     }
 }
