@@ -82,13 +82,22 @@ function M.static_checks(msg)
   return nil
 end
 
--- The operations of a check, kept from one message to the next: the
--- function runs for every message, and a Lua state runs one hook at a time.
-local OPS = {}
-local function op(i, a, b, c, d, e, f)
-  local t = OPS[i]
-  if not t then t = {}; OPS[i] = t end
-  t[1], t[2], t[3], t[4], t[5], t[6] = a, b, c, d, e, f
+-- The operations of a check, kept from one message to the next with what
+-- does not change in them: the function runs for every message, and a Lua
+-- state runs one hook at a time. Five for the account and domain, then four
+-- per recipient (RCPT[i], made once).
+local OPS = {
+  { "get" }, { "get" },
+  { "take", nil, nil, 2, M.RATE },
+  { "take", nil, nil, DAY_TTL, M.ACCOUNT_DAILY },
+  { "take", nil, nil, DAY_TTL },
+}
+local RCPT = {}
+local function rcpt_ops(i)
+  local r = { { "contains", "blocklist" }, { "contains" },
+              { "take", nil, 1, 3600, M.PER_RECIPIENT_HOUR }, { "contains" } }
+  RCPT[i] = r
+  return r
 end
 
 -- Store traffic is one kiln.batch per message. The message's recipients
@@ -149,6 +158,14 @@ local function warmup_of(domain, now)
   return cap
 end
 
+-- Mail without an account counts against its sender domain.
+local domain_account = {}
+local function account_of_domain(domain)
+  local name = "domain:" .. domain
+  domain_account[domain] = name
+  return name
+end
+
 local SEND = { action = "send" }
 local NOTHING = {}
 
@@ -161,57 +178,60 @@ function M.hooks.check_limits(msg)
   local refused = M.static_checks(msg)
   if refused then return refused end
 
-  local today = day_of(msg.now)
-  local account = msg.account ~= "" and msg.account or ("domain:" .. msg.sender_domain)
-  local hour = hour_of(msg.now)
-  local a, d = names_of(account, msg.account, msg.sender_domain, today, msg.now // 1000)
+  local now, domain = msg.now, msg.sender_domain
+  local today = day_of(now)
+  local account = msg.account
+  if account == "" then account = domain_account[domain] or account_of_domain(domain) end
+  local hour = hour_of(now)
+  local a, d = names_of(account, msg.account, domain, today, now // 1000)
 
-  -- Today's cap for the sender domain: its reputation limit, or warm-up.
-  local cap, why = math.huge, nil
+  -- Today's cap for the sender domain: its reputation limit, or warm-up
+  -- (`st` or `w` says which, for the refusal's text).
+  local cap, st, w = math.huge, nil, nil
   if kiln.hooks.reputation then
-    local st = reputation_of(msg.sender_domain, account, msg.now)
+    st = reputation_of(domain, account, now)
     if st and st.blocked then
       return reject("FailedOperation.HighRejectionRate",
         "451 4.7.1 Sender domain blocked for today: too many bounces",
-        "sender domain " .. msg.sender_domain .. " is blocked for today")
+        "sender domain " .. domain .. " is blocked for today")
     end
-    if st and st.daily_limit then
-      cap, why = st.daily_limit, "reputation level " .. st.level .. " limit of " .. st.daily_limit
-    end
+    if st and st.daily_limit then cap = st.daily_limit end
   end
   if kiln.hooks.warmup_limit then
-    local w = warmup_of(msg.sender_domain, msg.now)
-    if w and w < cap then
-      cap, why = w, "warm-up limit of " .. w
-    end
+    w = warmup_of(domain, now)
+    if w and w < cap then cap = w else w = nil end
   end
 
-  local all = #msg.recipients
+  local recipients = msg.recipients
+  local all = #recipients
   local rate_key, sent_key, quota_key = a.rate, a.sent, d.quota
-  op(1, "get", a.blocklisted)
-  op(2, "get", sent_key)
-  op(3, "take", rate_key, all, 2, M.RATE)
+  local o = OPS[1]; o[2] = a.blocklisted
+  o = OPS[2]; o[2] = sent_key
+  o = OPS[3]; o[2], o[3] = rate_key, all
   -- The day's count is also the blocklisted share's denominator: a node
   -- holds at most 1 % of it ahead (see docs/lua-api.md, take).
-  op(4, "take", sent_key, all, DAY_TTL, M.ACCOUNT_DAILY, a.seen // 100)
-  op(5, "take", quota_key, all, DAY_TTL, cap)
+  o = OPS[4]; o[2], o[3], o[6] = sent_key, all, a.seen // 100
+  o = OPS[5]; o[2], o[3], o[5] = quota_key, all, cap
   -- The account's own blocklist (CreateCustomBlacklist).
   local custom, unsubscribed = a.custom, d.unsubscribed
-  for i, rcpt in ipairs(msg.recipients) do
-    local r, at = string.lower(rcpt), 4 * i + 1
-    op(at + 1, "contains", "blocklist", r)
-    op(at + 2, "contains", unsubscribed, r)
+  for i = 1, all do
+    local r, at = string.lower(recipients[i]), 4 * i + 1
+    local ops = RCPT[i] or rcpt_ops(i)
+    local blocklist, unsub, hourly, own = ops[1], ops[2], ops[3], ops[4]
+    blocklist[3] = r
+    unsub[2], unsub[3] = unsubscribed, r
     -- A refused recipient's hourly count goes up too: it was asked for.
-    op(at + 3, "take", "rcpt:" .. r .. ":" .. hour, 1, 3600, M.PER_RECIPIENT_HOUR)
-    op(at + 4, "contains", custom, r)
+    hourly[2] = "rcpt:" .. r .. ":" .. hour
+    own[2], own[3] = custom, r
+    OPS[at + 1], OPS[at + 2], OPS[at + 3], OPS[at + 4] = blocklist, unsub, hourly, own
   end
   for i = 4 * all + 6, #OPS do OPS[i] = nil end
   local got = kiln.batch(OPS, M.READ_AGE)
   a.seen = tonumber(got[2]) or 0
 
   local drop, n, blocklisted = nil, 0, 0
-  for i, rcpt in ipairs(msg.recipients) do
-    local at = 4 * i + 1
+  for i = 1, all do
+    local rcpt, at = recipients[i], 4 * i + 1
     local why = nil
     if got[at + 1] then
       why = "FailedOperation.EmailAddrInBlacklist"
@@ -247,7 +267,7 @@ function M.hooks.check_limits(msg)
 
   -- Which refusal, if any. The account's count also holds what went to
   -- blocklisted addresses (the share that stops sending).
-  local sent_before = tonumber(got[2]) or 0
+  local sent_before = a.seen
   local refusal = nil
   if sent_before >= M.STOP_MIN_SENT
       and (tonumber(got[1]) or 0) / sent_before >= M.STOP_SHARE then
@@ -266,7 +286,9 @@ function M.hooks.check_limits(msg)
   elseif acct_n == 0 then
     refusal = over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
   elseif quota_n == 0 then
-    refusal = over_quota(msg, "daily " .. why .. " for " .. msg.sender_domain)
+    local why = w and ("warm-up limit of " .. w)
+      or ("reputation level " .. st.level .. " limit of " .. st.daily_limit)
+    refusal = over_quota(msg, "daily " .. why .. " for " .. domain)
   end
   local sent_now = refusal and 0 or n
   local acct_keep = math.min(acct_n, sent_now + blocklisted)

@@ -1,5 +1,6 @@
 //! What hooks are given and what they may answer, as Rust types. Scripts see
-//! the arguments as plain Lua tables (copies: changing them changes nothing)
+//! the arguments as plain Lua tables (copies: changing them changes nothing;
+//! a state refills its table of a per-message hook for the next message)
 //! and answer with a table or nil; see `docs/lua-api.md`.
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,19 @@ use std::collections::BTreeMap;
 /// several times more, and hooks run on every message.
 pub trait HookArg {
     fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value>;
+
+    /// The argument in the table a Lua state keeps in `slot` from the last
+    /// call of the same hook, refilled (made and kept first if the slot is
+    /// empty or a script changed the table's keys). Arguments that are not
+    /// made for every message are made afresh each time.
+    fn to_lua_in(
+        &self,
+        lua: &mlua::Lua,
+        slot: &mut Option<super::lua_raw::ArgSlot>,
+    ) -> mlua::Result<mlua::Value> {
+        let _ = slot;
+        self.to_lua(lua)
+    }
 }
 
 /// What a hook answers, read from the Lua value it returned (not nil).
@@ -54,26 +68,72 @@ impl HookAnswer for Decision {
     }
 }
 
-/// `hook_arg!(Type { plain fields } userdata { fields that are userdata })`.
+/// `hook_arg!(Type { plain fields } userdata { fields that are userdata })`;
+/// `hook_arg!(kept Type { ... } userdata { ... })` for the arguments of the
+/// hooks that run on every message, whose table a state keeps and refills.
 macro_rules! hook_arg {
     ($t:ty { $($f:ident),* $(,)? } $(userdata { $($u:ident),* })?) => {
         impl HookArg for $t {
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-                use super::lua_raw::{FieldName, RawPush};
-                super::lua_raw::table(
-                    lua,
-                    &[$((
-                        const { FieldName::new(concat!(stringify!($f), "\0")) },
-                        &self.$f as &dyn RawPush,
-                    )),*],
-                    vec![$($((
-                        const { FieldName::new(concat!(stringify!($u), "\0")) },
-                        mlua::Value::UserData(lua.create_userdata(self.$u.clone())?),
-                    )),*)?],
-                )
+                hook_arg!(@fresh self, lua, { $($f),* } $({ $($u),* })?)
             }
         }
     };
+    (kept $t:ty { $($f:ident),* $(,)? } userdata { $($u:ident),* }) => {
+        impl HookArg for $t {
+            fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
+                hook_arg!(@fresh self, lua, { $($f),* } { $($u),* })
+            }
+
+            fn to_lua_in(
+                &self,
+                lua: &mlua::Lua,
+                slot: &mut Option<super::lua_raw::ArgSlot>,
+            ) -> mlua::Result<mlua::Value> {
+                use super::lua_raw::{ArgSlot, FieldName, RawPush};
+                if let Some(kept) = slot.as_ref() {
+                    let mut userdata = kept.userdata.iter();
+                    $(if let Some(ud) = userdata.next() {
+                        set_userdata(ud, &self.$u)?;
+                    })*
+                    let fields: &[(FieldName, &dyn RawPush)] = &[$((
+                        const { FieldName::new(concat!(stringify!($f), "\0")) },
+                        &self.$f as &dyn RawPush,
+                    )),*];
+                    let extra = [$(const { FieldName::new(concat!(stringify!($u), "\0")) }),*];
+                    if let Some(value) = super::lua_raw::refill(lua, kept, fields, &extra)? {
+                        return Ok(value);
+                    }
+                }
+                let value = self.to_lua(lua)?;
+                if let mlua::Value::Table(table) = &value {
+                    let userdata = vec![$(table.raw_get::<mlua::AnyUserData>(stringify!($u))?),*];
+                    *slot = Some(ArgSlot { table: table.clone(), userdata });
+                }
+                Ok(value)
+            }
+        }
+    };
+    (@fresh $self:ident, $lua:ident, { $($f:ident),* } $({ $($u:ident),* })?) => {{
+        use super::lua_raw::{FieldName, RawPush};
+        super::lua_raw::table(
+            $lua,
+            &[$((
+                const { FieldName::new(concat!(stringify!($f), "\0")) },
+                &$self.$f as &dyn RawPush,
+            )),*],
+            vec![$($((
+                const { FieldName::new(concat!(stringify!($u), "\0")) },
+                mlua::Value::UserData($lua.create_userdata($self.$u.clone())?),
+            )),*)?],
+        )
+    }};
+}
+
+/// Puts `value` into a kept userdata of its type.
+fn set_userdata<T: Clone + 'static>(ud: &mlua::AnyUserData, value: &T) -> mlua::Result<()> {
+    *ud.borrow_mut::<T>()? = value.clone();
+    Ok(())
 }
 
 /// Tests and tools pass JSON.
@@ -103,7 +163,7 @@ hook_arg!(TransactionInfo {
     recipient,
     recipients
 });
-hook_arg!(MessageInfo<'_> {
+hook_arg!(kept MessageInfo<'_> {
     kind,
     id,
     account,

@@ -10,6 +10,7 @@
 //! in an error instead of taking the node down.
 
 use super::decisions::{HookAnswer, HookArg};
+use super::lua_raw::ArgSlot;
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
 use crate::net::now_ms;
 use crate::store::Store;
@@ -55,7 +56,11 @@ struct Budget {
 pub struct LuaHost {
     lua: Lua,
     budget: Arc<Budget>,
-    hooks: HashMap<&'static str, Function>,
+    /// By position in `HOOKS`.
+    hooks: Vec<Option<Function>>,
+    /// The argument table each hook was last called with (see
+    /// `HookArg::to_lua_in`), by position in `HOOKS`.
+    args: std::sync::Mutex<Vec<Option<ArgSlot>>>,
     /// Hooks a plugin declared for some kinds of item only (`M.only`), e.g.
     /// template review: not called for other kinds, which saves a call per
     /// message. A hook the policy defines has no such restriction.
@@ -112,7 +117,8 @@ impl LuaHost {
         let mut host = LuaHost {
             lua,
             budget,
-            hooks: HashMap::new(),
+            hooks: Vec::new(),
+            args: std::sync::Mutex::new(HOOKS.iter().map(|_| None).collect()),
             only: HashMap::new(),
             max_instructions: settings.max_instructions as i64,
             timeout: settings.timeout,
@@ -142,13 +148,7 @@ impl LuaHost {
     fn load_hooks(
         &self,
         settings: &PolicySettings,
-    ) -> Result<
-        (
-            HashMap<&'static str, Function>,
-            HashMap<&'static str, Vec<String>>,
-        ),
-        PolicyError,
-    > {
+    ) -> Result<(Vec<Option<Function>>, HashMap<&'static str, Vec<String>>), PolicyError> {
         let lua = &self.lua;
         let load_err = |e: mlua::Error| PolicyError::Load(e.to_string());
         let policy: Table = match std::fs::read_to_string(&settings.script) {
@@ -220,21 +220,25 @@ impl LuaHost {
                 only.remove(name);
             }
         }
-        let mut out = HashMap::new();
+        let mut out = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
-            if let Some(f) = hooks_table
-                .get::<Option<Function>>(*hook)
-                .map_err(load_err)?
-            {
-                out.insert(*hook, f);
-            }
+            out.push(
+                hooks_table
+                    .get::<Option<Function>>(*hook)
+                    .map_err(load_err)?,
+            );
         }
         Ok((out, only))
     }
 
     /// The hooks this state's scripts define.
     pub fn hook_names(&self) -> std::collections::HashSet<&'static str> {
-        self.hooks.keys().copied().collect()
+        HOOKS
+            .iter()
+            .zip(&self.hooks)
+            .filter(|(_, f)| f.is_some())
+            .map(|(h, _)| *h)
+            .collect()
     }
 
     /// Hooks a plugin declared for some kinds of item only.
@@ -248,7 +252,10 @@ impl LuaHost {
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        let Some(f) = self.hooks.get(hook) else {
+        let Some(at) = HOOKS.iter().position(|h| *h == hook) else {
+            return Ok(None);
+        };
+        let Some(Some(f)) = self.hooks.get(at) else {
             return Ok(None);
         };
         let script_err = |e: mlua::Error| PolicyError::Script {
@@ -260,7 +267,14 @@ impl LuaHost {
         // only the few values made through mlua (the header view) pay a
         // protected call for it, and a state at its limit fails here as its
         // script would.
-        let arg = arg.to_lua(&self.lua).map_err(script_err)?;
+        let arg = {
+            let mut slots = self.args.lock().unwrap_or_else(|p| p.into_inner());
+            match slots.get_mut(at) {
+                Some(slot) => arg.to_lua_in(&self.lua, slot),
+                None => arg.to_lua(&self.lua),
+            }
+        }
+        .map_err(script_err)?;
         self.arm();
         // A hook that never waits (the embedded store answers at once) is
         // done at its first poll, under the instruction hook's deadline: a

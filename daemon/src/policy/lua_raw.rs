@@ -23,6 +23,20 @@ pub trait RawPush {
     /// `state` is the state `Lua::exec_raw` hands its function, with at
     /// least three free stack slots.
     unsafe fn push_onto(&self, state: *mut ffi::lua_State);
+
+    /// Sets field `name` of the table at `table` to the value, without
+    /// metamethods. A list refills the list table it finds there instead of
+    /// making a new one (see [`refill`]).
+    ///
+    /// # Safety
+    /// As `push_onto`; `table` is an absolute index.
+    unsafe fn set_field(&self, state: *mut ffi::lua_State, table: c_int, name: &FieldName) {
+        unsafe {
+            ffi::lua_pushstring(state, name.0.as_ptr().cast());
+            self.push_onto(state);
+            ffi::lua_rawset(state, table);
+        }
+    }
 }
 
 unsafe fn push_str(state: *mut ffi::lua_State, s: &str) {
@@ -69,6 +83,57 @@ impl RawPush for [String] {
             }
         }
     }
+
+    unsafe fn set_field(&self, state: *mut ffi::lua_State, table: c_int, name: &FieldName) {
+        unsafe {
+            ffi::lua_pushstring(state, name.0.as_ptr().cast());
+            let list = ffi::lua_gettop(state) + 1;
+            ffi::lua_pushvalue(state, -1);
+            if ffi::lua_rawget(state, table) == ffi::LUA_TTABLE && plain_list(state, list) {
+                let old = ffi::lua_rawlen(state, list);
+                for (i, s) in self.iter().enumerate() {
+                    push_str(state, s);
+                    ffi::lua_rawseti(state, list, i as ffi::lua_Integer + 1);
+                }
+                for i in self.len() + 1..=old {
+                    ffi::lua_pushnil(state);
+                    ffi::lua_rawseti(state, list, i as ffi::lua_Integer);
+                }
+                ffi::lua_settop(state, list - 2);
+            } else {
+                ffi::lua_settop(state, list - 1);
+                self.push_onto(state);
+                ffi::lua_rawset(state, table);
+            }
+        }
+    }
+}
+
+/// Whether the table at `idx` is a list and nothing else, without a
+/// metatable: one a script may have changed, but that still refills
+/// exactly (its length is its number of keys).
+unsafe fn plain_list(state: *mut ffi::lua_State, idx: c_int) -> bool {
+    unsafe {
+        if ffi::lua_getmetatable(state, idx) != 0 {
+            ffi::lua_pop(state, 1);
+            return false;
+        }
+        let n = ffi::lua_rawlen(state, idx);
+        keys(state, idx) == n
+    }
+}
+
+/// The number of keys of the table at `idx` (absolute).
+unsafe fn keys(state: *mut ffi::lua_State, idx: c_int) -> usize {
+    let mut n = 0usize;
+    unsafe {
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, idx) != 0 {
+            ffi::lua_pop(state, 1);
+            n += 1;
+        }
+    }
+    n
 }
 
 impl RawPush for bool {
@@ -129,6 +194,57 @@ pub fn table(
             ffi::lua_rotate(state, 1, 1);
             ffi::lua_settop(state, 1);
         })
+    }
+}
+
+/// A hook's argument table kept by a Lua state from one call of the hook to
+/// the next, with the userdata in it (see [`refill`]).
+pub struct ArgSlot {
+    pub table: Table,
+    pub userdata: Vec<mlua::AnyUserData>,
+}
+
+/// Refills `slot`'s table with `fields` and `slot`'s userdata (already
+/// updated by the caller) under the names in `extra`, and answers it; or
+/// answers None, changing nothing, when a script has changed the table in a
+/// way a refill would not undo (a key added or removed, a metatable), so
+/// that the caller makes a new one.
+///
+/// A table per call is most of what a hook call costs on its own (making
+/// it, its keys, collecting it): for the hooks that run on every message a
+/// state keeps one and refills it.
+pub fn refill(
+    lua: &Lua,
+    slot: &ArgSlot,
+    fields: &[(FieldName, &dyn RawPush)],
+    extra: &[FieldName],
+) -> mlua::Result<Option<Value>> {
+    let mut args = Vec::with_capacity(1 + slot.userdata.len());
+    args.push(Value::Table(slot.table.clone()));
+    args.extend(slot.userdata.iter().cloned().map(Value::UserData));
+    // SAFETY: only the C API on the state exec_raw hands over; the table is
+    // its argument 1 and the userdata follow it. Nothing on the Rust side
+    // is allocated inside.
+    unsafe {
+        lua.exec_raw::<Value>(mlua::MultiValue::from_vec(args), |state| {
+            let same = ffi::lua_getmetatable(state, 1) == 0
+                && keys(state, 1) == fields.len() + extra.len();
+            if !same {
+                ffi::lua_settop(state, 0);
+                ffi::lua_pushnil(state);
+                return;
+            }
+            for (name, value) in fields {
+                value.set_field(state, 1, name);
+            }
+            for (i, name) in extra.iter().enumerate() {
+                ffi::lua_pushstring(state, name.0.as_ptr().cast());
+                ffi::lua_pushvalue(state, i as c_int + 2);
+                ffi::lua_rawset(state, 1);
+            }
+            ffi::lua_settop(state, 1);
+        })
+        .map(|v| (!v.is_nil()).then_some(v))
     }
 }
 
@@ -217,15 +333,27 @@ unsafe fn read_op(
 ) -> Result<BatchOp, String> {
     unsafe {
         let op = ffi::lua_gettop(state);
-        for at in 1..=6 {
+        ffi::lua_rawgeti(state, op, 1);
+        ffi::lua_rawgeti(state, op, 2);
+        let kind = string_at(state, op + 1).unwrap_or_default();
+        // Only the elements this kind of operation has.
+        let elements = match kind {
+            b"get" => 2,
+            b"contains" | b"give" => 3,
+            b"incr" => 4,
+            _ => 6,
+        };
+        for at in 3..=elements {
             ffi::lua_rawgeti(state, op, at);
         }
-        let (kind, name, third, fourth, fifth, sixth) =
-            (op + 1, op + 2, op + 3, op + 4, op + 5, op + 6);
+        for _ in elements..6 {
+            ffi::lua_pushnil(state);
+        }
+        let (name, third, fourth, fifth, sixth) = (op + 2, op + 3, op + 4, op + 5, op + 6);
         let name = string_at(state, name)
             .and_then(key)
             .ok_or("the key must be a string")?;
-        match string_at(state, kind).unwrap_or_default() {
+        match kind {
             b"get" => Ok(BatchOp::Get(name)),
             b"contains" => {
                 let member = string_at(state, third)

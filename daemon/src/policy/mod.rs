@@ -23,7 +23,7 @@ mod tests;
 use crate::store::Store;
 use decisions::{HookAnswer, HookArg};
 use lua_host::LuaHost;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -80,10 +80,12 @@ pub struct Engine {
     free: Semaphore,
     pub version: u64,
     /// What every state of this version defines (they all load the same
-    /// files): known without taking a state out of the pool, so a hook
-    /// nobody defined costs nothing and the answer holds under load.
-    hooks: HashSet<&'static str>,
-    only: HashMap<&'static str, Vec<String>>,
+    /// files), by position in `HOOKS`: known without taking a state out of
+    /// the pool, so a hook nobody defined costs nothing and the answer holds
+    /// under load.
+    defined: Vec<bool>,
+    /// The kinds of item a hook is for, when its plugin restricts them.
+    only: Vec<Option<Vec<String>>>,
 }
 
 impl Engine {
@@ -92,7 +94,7 @@ impl Engine {
         for _ in 0..settings.states.max(1) {
             hosts.push(LuaHost::new(settings, store.clone())?);
         }
-        let (hooks, only) = match hosts.first() {
+        let (names, only) = match hosts.first() {
             Some(h) => (h.hook_names(), h.kind_restrictions().clone()),
             None => Default::default(),
         };
@@ -100,18 +102,22 @@ impl Engine {
             free: Semaphore::new(hosts.len()),
             hosts: Mutex::new(hosts),
             version,
-            hooks,
-            only,
+            defined: HOOKS.iter().map(|h| names.contains(h)).collect(),
+            only: HOOKS.iter().map(|h| only.get(h).cloned()).collect(),
         })
     }
 
     /// Whether `hook` is defined, and for an item of `kind` if one is given
     /// (a plugin may declare a hook for some kinds of item only).
     fn wants(&self, hook: &str, kind: Option<&str>) -> bool {
-        self.hooks.contains(hook)
+        let Some(at) = HOOKS.iter().position(|h| *h == hook) else {
+            return false;
+        };
+        self.defined.get(at).is_some_and(|d| *d)
             && kind.is_none_or(|k| {
                 self.only
-                    .get(hook)
+                    .get(at)
+                    .and_then(Option::as_ref)
                     .is_none_or(|kinds| kinds.iter().any(|x| x == k))
             })
     }

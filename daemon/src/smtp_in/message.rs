@@ -44,9 +44,12 @@ fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Every header of a block as (name, unfolded value), raw bytes, in order.
-fn fields(block: &[u8]) -> impl Iterator<Item = (&[u8], Vec<u8>)> {
+/// Every header of a block as (name, raw value), in order: the value runs
+/// from after the colon to the end of its last continuation line, folding
+/// and all (see [`unfold`]), so a header nobody asks for costs no copy.
+fn fields(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut lines = lines(block).peekable();
+    let offset = move |part: &[u8]| part.as_ptr() as usize - block.as_ptr() as usize;
     std::iter::from_fn(move || {
         loop {
             let line = lines.next()?;
@@ -58,21 +61,33 @@ fn fields(block: &[u8]) -> impl Iterator<Item = (&[u8], Vec<u8>)> {
             let Some(colon) = line.iter().position(|b| *b == b':') else {
                 continue;
             };
-            let mut value = line[colon + 1..].trim_ascii().to_vec();
+            let start = offset(line) + colon + 1;
+            let mut end = offset(line) + line.len();
             while let Some(next) = lines.next_if(|l| l.starts_with(b" ") || l.starts_with(b"\t")) {
-                value.push(b' ');
-                value.extend_from_slice(next.trim_ascii());
+                end = offset(next) + next.len();
             }
-            return Some((line[..colon].trim_ascii(), value));
+            return Some((line[..colon].trim_ascii(), &block[start..end]));
         }
     })
+}
+
+/// A raw header value unfolded: its lines trimmed and joined by a space.
+fn unfold(raw: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(raw.len());
+    for (i, line) in lines(raw).enumerate() {
+        if i > 0 {
+            value.push(b' ');
+        }
+        value.extend_from_slice(line.trim_ascii());
+    }
+    value
 }
 
 /// Unfolded header values named `name` (case-insensitive).
 pub fn header_values(message: &[u8], name: &str) -> Vec<String> {
     fields(header_block(message))
         .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+        .map(|(_, v)| String::from_utf8_lossy(&unfold(v)).into_owned())
         .collect()
 }
 
@@ -86,7 +101,7 @@ pub fn first_values<const N: usize>(block: &[u8], names: [&str; N]) -> [Option<V
             .position(|n| name.eq_ignore_ascii_case(n.as_bytes()))
             && out[i].is_none()
         {
-            out[i] = Some(value);
+            out[i] = Some(unfold(value));
             if out.iter().all(Option::is_some) {
                 break;
             }

@@ -108,7 +108,7 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     index: Mutex<QueueIndex>,
     retention: Duration,
-    counters: Mutex<HashMap<String, Counter>>,
+    counters: Mutex<foldhash::HashMap<String, Counter>>,
 }
 
 /// A counter lives in memory and reaches the file within a second (and at
@@ -215,7 +215,13 @@ fn expiry_key(expires_at: i64, tag: u8, key: &str) -> Vec<u8> {
 }
 
 fn set_key(set: &str, member: &str) -> String {
-    format!("\u{1}set\u{1}{set}\u{1}{member}")
+    // Made for every `contains` of every message: no formatting machinery.
+    let mut key = String::with_capacity(set.len() + member.len() + 6);
+    key.push_str("\u{1}set\u{1}");
+    key.push_str(set);
+    key.push('\u{1}');
+    key.push_str(member);
+    key
 }
 
 impl EmbeddedStore {
@@ -281,7 +287,7 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             index: Mutex::new(index),
             retention,
-            counters: Mutex::new(HashMap::new()),
+            counters: Mutex::new(foldhash::HashMap::default()),
         });
         let flusher = Arc::downgrade(&store);
         tokio::spawn(async move {
@@ -331,7 +337,7 @@ impl EmbeddedStore {
         }
     }
 
-    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counter>> {
+    fn counters(&self) -> std::sync::MutexGuard<'_, foldhash::HashMap<String, Counter>> {
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -712,7 +718,9 @@ impl EmbeddedStore {
                         .filter(|c| c.expires_at > now)
                         .map(|c| c.value);
                     match counter {
-                        Some(v) => BatchValue::Bytes(Some(v.to_string().into_bytes())),
+                        Some(v) => BatchValue::Bytes(Some(
+                            itoa::Buffer::new().format(v).as_bytes().to_vec(),
+                        )),
                         None => BatchValue::Bytes(stored(key)?),
                     }
                 }

@@ -7,7 +7,7 @@
 //! than the reader accepts.
 
 use super::BatchValue;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
