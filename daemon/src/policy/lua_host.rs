@@ -11,21 +11,18 @@
 
 use super::decisions::{HookAnswer, HookArg};
 use super::lua_raw::ArgSlot;
+use super::watchdog::{HOOK_EVERY, Watch};
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
 use crate::net::now_ms;
 use crate::store::Store;
 use mlua::chunk::ChunkMode;
-use mlua::{Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value, VmState};
+use mlua::{
+    Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Thread, Value, VmState,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
-
-/// How often (in Lua instructions) the budget is checked: often enough to
-/// stop a runaway within about a millisecond, rarely enough to cost nothing
-/// measurable on hooks that run for every message.
-const HOOK_EVERY: i64 = 100_000;
 
 /// Keys and sets that scripts touch live under this prefix in the store.
 const NAMESPACE: &str = "lua:";
@@ -47,15 +44,12 @@ fn builtin_plugin(name: &str) -> Option<&'static str> {
     })
 }
 
-/// Per-call limits, shared with the instruction hook.
-struct Budget {
-    instructions_left: AtomicI64,
-    deadline_ms: AtomicI64,
-}
-
 pub struct LuaHost {
     lua: Lua,
-    budget: Arc<Budget>,
+    /// The Lua thread every hook call runs on (a state runs one call at a
+    /// time), and what stops a call that runs away on it.
+    call_thread: std::sync::Mutex<Thread>,
+    watch: Arc<Watch>,
     /// By position in `HOOKS`.
     hooks: Vec<Option<Function>>,
     /// The argument table each hook was last called with (see
@@ -90,23 +84,16 @@ impl LuaHost {
         lua.gc_set_mode(mlua::state::GcMode::Generational(
             mlua::state::GcGenParams::default(),
         ));
-        let budget = Arc::new(Budget {
-            instructions_left: AtomicI64::new(i64::MAX),
-            deadline_ms: AtomicI64::new(i64::MAX),
-        });
-        let b = budget.clone();
-        lua.set_global_hook(
+        // Loading runs scripts too, on the main thread: under the same
+        // limits, counted from the start (the hook comes off afterwards).
+        let loading = Watch::new(std::ptr::null_mut());
+        loading.arm(settings.max_instructions as i64, settings.timeout);
+        let budget = loading.clone();
+        lua.set_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY as u32),
-            move |_, _| {
-                let left =
-                    b.instructions_left.fetch_sub(HOOK_EVERY, Ordering::Relaxed) - HOOK_EVERY;
-                if left < 0 {
-                    return Err(lua_err("instruction limit exceeded"));
-                }
-                if now_ms() > b.deadline_ms.load(Ordering::Relaxed) {
-                    return Err(lua_err("time limit exceeded"));
-                }
-                Ok(VmState::Continue)
+            move |_, _| match budget.spend() {
+                Some(reason) => Err(lua_err(reason.to_string_lossy())),
+                None => Ok(VmState::Continue),
             },
         )
         .map_err(load_err)?;
@@ -114,31 +101,22 @@ impl LuaHost {
         install_api(&lua, settings, store).map_err(load_err)?;
         install_require(&lua, settings.plugins_dir.clone()).map_err(load_err)?;
 
-        let mut host = LuaHost {
+        let (hooks, only) = Self::load_hooks(&lua, settings)?;
+        lua.remove_hook();
+        // Made after the loading hook is off: a new Lua thread inherits it.
+        let noop = lua.create_function(|_, ()| Ok(())).map_err(load_err)?;
+        let call_thread = lua.create_thread(noop).map_err(load_err)?;
+        let watch = Watch::new(call_thread.state());
+        Ok(LuaHost {
             lua,
-            budget,
-            hooks: Vec::new(),
+            call_thread: std::sync::Mutex::new(call_thread),
+            watch,
+            hooks,
             args: std::sync::Mutex::new(HOOKS.iter().map(|_| None).collect()),
-            only: HashMap::new(),
+            only,
             max_instructions: settings.max_instructions as i64,
             timeout: settings.timeout,
-        };
-        // Loading runs scripts too: the same limits apply.
-        host.arm();
-        let (hooks, only) = host.load_hooks(settings)?;
-        host.hooks = hooks;
-        host.only = only;
-        Ok(host)
-    }
-
-    fn arm(&self) {
-        self.budget
-            .instructions_left
-            .store(self.max_instructions, Ordering::Relaxed);
-        self.budget.deadline_ms.store(
-            now_ms() + self.timeout.as_millis() as i64,
-            Ordering::Relaxed,
-        );
+        })
     }
 
     /// Plugins first (unless the policy disables them), then the policy's
@@ -146,10 +124,9 @@ impl LuaHost {
     /// may call another (the limits plugin asks `warmup_limit`).
     #[allow(clippy::type_complexity)]
     fn load_hooks(
-        &self,
+        lua: &Lua,
         settings: &PolicySettings,
     ) -> Result<(Vec<Option<Function>>, HashMap<&'static str, Vec<String>>), PolicyError> {
-        let lua = &self.lua;
         let load_err = |e: mlua::Error| PolicyError::Load(e.to_string());
         let policy: Table = match std::fs::read_to_string(&settings.script) {
             Ok(source) => lua
@@ -275,25 +252,14 @@ impl LuaHost {
             }
         }
         .map_err(script_err)?;
-        self.arm();
-        // A hook that never waits (the embedded store answers at once) is
-        // done at its first poll, under the instruction hook's deadline: a
-        // timer for it would cost more than many hooks do. Only a hook that
-        // waits gets one.
-        let mut running = std::pin::pin!(f.call_async::<Value>(arg));
-        let value = match futures::poll!(running.as_mut()) {
-            std::task::Poll::Ready(r) => r.map_err(script_err)?,
-            std::task::Poll::Pending => {
-                match tokio::time::timeout(self.timeout + Duration::from_millis(100), running).await
-                {
-                    Ok(r) => r.map_err(script_err)?,
-                    Err(_) => {
-                        return Err(PolicyError::Script {
-                            hook,
-                            message: "time limit exceeded (waiting on the store)".into(),
-                        });
-                    }
-                }
+        let value = match self.run(f, arg).await {
+            Ok(v) => v,
+            Err(Run::Script(e)) => return Err(script_err(e)),
+            Err(Run::Waited) => {
+                return Err(PolicyError::Script {
+                    hook,
+                    message: "time limit exceeded (waiting on the store)".into(),
+                });
             }
         };
         if value.is_nil() {
@@ -306,20 +272,60 @@ impl LuaHost {
                 message: format!("bad return value: {e}"),
             })
     }
+
+    /// Runs `f(arg)` on the call thread, watched, under the call limits.
+    async fn run(&self, f: &Function, arg: Value) -> Result<Value, Run> {
+        let thread = {
+            let mut kept = self.call_thread.lock().unwrap_or_else(|p| p.into_inner());
+            // A thread a call left in error does not reset: a new one.
+            if kept.reset(f.clone()).is_err() {
+                *kept = self.lua.create_thread(f.clone()).map_err(Run::Script)?;
+                self.watch.set_state(kept.state());
+            }
+            kept.clone()
+        };
+        let call = thread.into_async::<Value>(arg).map_err(Run::Script)?;
+        self.watch.arm(self.max_instructions, self.timeout);
+        // A hook that never waits (the embedded store answers at once) is
+        // done at its first poll, under the watchdog's deadline: a timer for
+        // it would cost more than many hooks do. Only a hook that waits gets
+        // one.
+        let mut running = std::pin::pin!(self.watch.run(call));
+        match futures::poll!(running.as_mut()) {
+            std::task::Poll::Ready(r) => r.map_err(Run::Script),
+            std::task::Poll::Pending => {
+                match tokio::time::timeout(self.timeout + Duration::from_millis(100), running).await
+                {
+                    Ok(r) => r.map_err(Run::Script),
+                    Err(_) => Err(Run::Waited),
+                }
+            }
+        }
+    }
+}
+
+/// How a call did not end in a value.
+enum Run {
+    Script(mlua::Error),
+    /// It waited on the store past its deadline.
+    Waited,
 }
 
 #[cfg(test)]
 impl LuaHost {
     /// Runs a chunk under the same limits as a hook; for tests.
     pub async fn eval(&self, code: &str) -> Result<serde_json::Value, String> {
-        self.arm();
-        let v: Value = self
+        let f = self
             .lua
             .load(code)
             .set_name("=test")
-            .eval_async()
-            .await
+            .into_function()
             .map_err(|e| e.to_string())?;
+        let v = match self.run(&f, Value::Nil).await {
+            Ok(v) => v,
+            Err(Run::Script(e)) => return Err(e.to_string()),
+            Err(Run::Waited) => return Err("time limit exceeded (waiting)".into()),
+        };
         self.lua.from_value(v).map_err(|e| e.to_string())
     }
 }
@@ -357,6 +363,24 @@ fn copy_hooks(from: &Table, to: &Table, origin: &str) -> Result<Vec<&'static str
     Ok(names)
 }
 
+/// `coroutine.create` and `coroutine.wrap` that hand every new coroutine
+/// to the function they are given (the watchdog's).
+const WATCHED_COROUTINES: &str = r#"
+local watch = ...
+local create, resume, close = coroutine.create, coroutine.resume, coroutine.close
+coroutine.create = function(f) return watch(create(f)) end
+local function unwrap(co, ok, ...)
+  if ok then return ... end
+  local err = ...
+  close(co)
+  error(err, 0)
+end
+coroutine.wrap = function(f)
+  local co = coroutine.create(f)
+  return function(...) return unwrap(co, resume(co, ...)) end
+end
+"#;
+
 fn sandbox(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     for name in ["dofile", "loadfile", "load", "collectgarbage", "require"] {
@@ -364,6 +388,17 @@ fn sandbox(lua: &Lua) -> mlua::Result<()> {
     }
     let string: Table = g.get("string")?;
     string.set("dump", Value::Nil)?;
+    // Coroutines a script makes carry the count hook for their whole life:
+    // the watchdog stops runaway calls through the call's own Lua thread,
+    // which does not reach into them (see `watchdog`).
+    let watch = lua.create_function(|_, co: Thread| {
+        // SAFETY: a coroutine just made by `coroutine.create`, not running.
+        unsafe { super::watchdog::watch_coroutine(co.state()) };
+        Ok(co)
+    })?;
+    lua.load(WATCHED_COROUTINES)
+        .set_name("=sandbox")
+        .call::<()>(watch)?;
     // `print` goes to the log like kiln.log.info.
     g.set(
         "print",

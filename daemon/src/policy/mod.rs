@@ -16,6 +16,7 @@ pub mod lua_host;
 mod lua_raw;
 pub mod outcomes;
 pub mod time;
+mod watchdog;
 
 #[cfg(test)]
 mod tests;

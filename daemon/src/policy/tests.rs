@@ -513,6 +513,12 @@ async fn runaway_and_failing_hooks_are_errors_with_file_and_line() {
             on_mail_from = function(t) local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(1000) end end,
             on_rcpt_to = function(t) error('no such thing') end,
             check_limits = function(m) return 42 end,
+            select_egress = function(m) coroutine.wrap(function() while true do end end)() end,
+            classify_bounce = function(b)
+              local co = coroutine.create(function() for i = 1, 1e12 do end end)
+              local ok, e = coroutine.resume(co)
+              error(e, 0)
+            end,
          } }",
     );
     let err = |r: Result<Option<Decision>, PolicyError>| match r {
@@ -521,8 +527,20 @@ async fn runaway_and_failing_hooks_are_errors_with_file_and_line() {
     };
     let started = std::time::Instant::now();
     let m = err(host.call("on_connect", &json!({})).await);
-    assert!(m.contains("instruction limit"), "{m}");
+    assert!(m.contains("policy.lua:2: instruction limit"), "{m}");
     assert!(started.elapsed() < Duration::from_secs(2));
+    // Coroutines a script makes are stopped too.
+    let m = err(host.call("select_egress", &json!({})).await);
+    assert!(m.contains("policy.lua:6: instruction limit"), "{m}");
+    let m = err(host.call("classify_bounce", &json!({})).await);
+    assert!(m.contains("policy.lua:8: instruction limit"), "{m}");
+    // Scripts that loop at load time do not load.
+    let looping = LuaHost::new(&f.settings("while true do end"), f.store.clone());
+    match looping {
+        Err(PolicyError::Load(e)) => assert!(e.contains("instruction limit"), "{e}"),
+        Err(other) => panic!("expected a load error, got {other}"),
+        Ok(_) => panic!("a looping policy loaded"),
+    }
     let m = err(host.call("on_mail_from", &json!({})).await);
     assert!(m.contains("memory") || m.contains("limit"), "{m}");
     let m = err(host.call("on_rcpt_to", &json!({})).await);
