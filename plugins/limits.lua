@@ -27,25 +27,6 @@ M.READ_AGE = cfg.read_age_ms or 1000
 
 local DAY_TTL = 2 * 86400
 
--- The domain's reputation state, asked at most once a second per Lua state:
--- it changes a few times a day, and a raise or a block may take a second.
-local rep_cache = {}
-local function reputation_of(domain, account, now)
-  local c = rep_cache[domain]
-  if c and now - c.at < 1000 and now >= c.at then return c.st end
-  local st = kiln.hooks.reputation({ domain = domain, account = account, kind = "query", count = 0, now = now })
-  rep_cache[domain] = { at = now, st = st }
-  return st
-end
-
--- kiln.day for a time, asked once a second (days start on a whole second).
-local day_at = { sec = nil, day = nil }
-local function day_of(now)
-  local sec = now // 1000
-  if sec ~= day_at.sec then day_at.sec, day_at.day = sec, kiln.day(now) end
-  return day_at.day
-end
-
 local function reject(code, smtp, message)
   return { action = "reject", code = code, smtp = smtp, message = message }
 end
@@ -145,17 +126,31 @@ local function names_of(account, own, domain, today, sec)
   return a, d
 end
 
--- The warm-up cap of a domain, asked at most once a second per Lua state
--- (it changes once a day).
-local warm_cache = {}
-local function warmup_of(domain, now)
-  local sec = now // 1000
-  local c = warm_cache[domain]
-  if c and c.sec == sec then return c.cap end
-  local w = kiln.hooks.warmup_limit({ identity = domain, now = now })
-  local cap = w and w.cap
-  warm_cache[domain] = { sec = sec, cap = cap }
-  return cap
+-- What a check needs about an account's mail from a sender domain: its
+-- store keys, the hour, the domain's reputation state and today's cap
+-- (its reputation limit, or warm-up: `w` says which). Made at most once a
+-- second per Lua state rather than for every message: reputation and
+-- warm-up change a few times a day, and a raise or a block may take a
+-- second to show.
+local contexts = {}
+local function context_of(account, own, domain, now, sec)
+  local today = kiln.day(now)
+  local a, d = names_of(account, own, domain, today, sec)
+  local st, cap, w = nil, math.huge, nil
+  if kiln.hooks.reputation then
+    st = kiln.hooks.reputation({ domain = domain, account = account, kind = "query", count = 0, now = now })
+    if st and st.daily_limit then cap = st.daily_limit end
+  end
+  if kiln.hooks.warmup_limit then
+    local answer = kiln.hooks.warmup_limit({ identity = domain, now = now })
+    w = answer and answer.cap
+    if w and w < cap then cap = w else w = nil end
+  end
+  local c = { sec = sec, a = a, d = d, hour = hour_of(now), st = st, cap = cap, w = w }
+  local per = contexts[account]
+  if not per then per = {}; contexts[account] = per end
+  per[domain] = c
+  return c
 end
 
 -- Mail without an account counts against its sender domain.
@@ -167,40 +162,25 @@ local function account_of_domain(domain)
 end
 
 local SEND = { action = "send" }
-local NOTHING = {}
-
--- What a take of `all` (`first`), or else of `n` (`second`), counted.
-local function counted(first, second, all, n)
-  return first and all or (second and n or 0)
-end
 
 function M.hooks.check_limits(msg)
   local refused = M.static_checks(msg)
   if refused then return refused end
 
-  local now, domain = msg.now, msg.sender_domain
-  local today = day_of(now)
-  local account = msg.account
+  local now, domain, own = msg.now, msg.sender_domain, msg.account
+  local account = own
   if account == "" then account = domain_account[domain] or account_of_domain(domain) end
-  local hour = hour_of(now)
-  local a, d = names_of(account, msg.account, domain, today, now // 1000)
-
-  -- Today's cap for the sender domain: its reputation limit, or warm-up
-  -- (`st` or `w` says which, for the refusal's text).
-  local cap, st, w = math.huge, nil, nil
-  if kiln.hooks.reputation then
-    st = reputation_of(domain, account, now)
-    if st and st.blocked then
-      return reject("FailedOperation.HighRejectionRate",
-        "451 4.7.1 Sender domain blocked for today: too many bounces",
-        "sender domain " .. domain .. " is blocked for today")
-    end
-    if st and st.daily_limit then cap = st.daily_limit end
+  local sec = now // 1000
+  local per = contexts[account]
+  local c = per and per[domain]
+  if not c or c.sec ~= sec then c = context_of(account, own, domain, now, sec) end
+  local st = c.st
+  if st and st.blocked then
+    return reject("FailedOperation.HighRejectionRate",
+      "451 4.7.1 Sender domain blocked for today: too many bounces",
+      "sender domain " .. domain .. " is blocked for today")
   end
-  if kiln.hooks.warmup_limit then
-    w = warmup_of(domain, now)
-    if w and w < cap then cap = w else w = nil end
-  end
+  local a, d, cap, hour = c.a, c.d, c.cap, c.hour
 
   local recipients = msg.recipients
   local all = #recipients
@@ -254,16 +234,17 @@ function M.hooks.check_limits(msg)
   -- How many each take counted: all, or 0 when it did not fit. A take of
   -- every recipient that failed may still fit those sent: n then.
   local rate_ok, acct_ok, quota_ok = got[3], got[4], got[5]
-  local again = NOTHING
+  local rate_n, acct_n, quota_n = rate_ok and all or 0, acct_ok and all or 0, quota_ok and all or 0
   if n > 0 and n < all and not (rate_ok and acct_ok and quota_ok) then
-    again = kiln.batch({
+    local again = kiln.batch({
       { "take", rate_key, rate_ok and 0 or n, 2, M.RATE },
       { "take", sent_key, acct_ok and 0 or n, DAY_TTL, M.ACCOUNT_DAILY, a.seen // 100 },
       { "take", quota_key, quota_ok and 0 or n, DAY_TTL, cap },
     })
+    if not rate_ok and again[1] then rate_n = n end
+    if not acct_ok and again[2] then acct_n = n end
+    if not quota_ok and again[3] then quota_n = n end
   end
-  local rate_n, acct_n, quota_n = counted(rate_ok, again[1], all, n),
-    counted(acct_ok, again[2], all, n), counted(quota_ok, again[3], all, n)
 
   -- Which refusal, if any. The account's count also holds what went to
   -- blocklisted addresses (the share that stops sending).
@@ -286,14 +267,17 @@ function M.hooks.check_limits(msg)
   elseif acct_n == 0 then
     refusal = over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
   elseif quota_n == 0 then
-    local why = w and ("warm-up limit of " .. w)
+    local why = c.w and ("warm-up limit of " .. c.w)
       or ("reputation level " .. st.level .. " limit of " .. st.daily_limit)
     refusal = over_quota(msg, "daily " .. why .. " for " .. domain)
   end
-  local sent_now = refusal and 0 or n
-  local acct_keep = math.min(acct_n, sent_now + blocklisted)
-  give_back(rate_key, sent_key, quota_key, rate_n - math.min(rate_n, sent_now),
-    acct_n - acct_keep, quota_n - math.min(quota_n, sent_now))
+  -- Sent to every recipient: every take counted them all, nothing to give.
+  if refusal or n < all then
+    local sent_now = refusal and 0 or n
+    local acct_keep = math.min(acct_n, sent_now + blocklisted)
+    give_back(rate_key, sent_key, quota_key, rate_n - math.min(rate_n, sent_now),
+      acct_n - acct_keep, quota_n - math.min(quota_n, sent_now))
+  end
   if blocklisted > 0 then
     kiln.batch({ { "incr", a.blocklisted, blocklisted, DAY_TTL } })
   end
