@@ -9,16 +9,11 @@ pub fn header_block(message: &[u8]) -> &[u8] {
 
 /// Offset of the blank line that ends the header block (or the body length).
 fn header_end(message: &[u8]) -> usize {
-    let mut at = 0;
-    for line in lines(message) {
-        if line.is_empty() {
-            return at;
-        }
-        // Past the last line (which has no CRLF) this overshoots, but the
-        // loop ends there.
-        at += line.len() + 2;
+    // The first empty line: at the start, or after a CRLF.
+    if message.starts_with(b"\r\n") {
+        return 0;
     }
-    message.len()
+    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |at| at + 2)
 }
 
 /// The lines of a message: split at CRLF only (a bare LF stays in its
@@ -31,7 +26,7 @@ fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
         }
         let mut from = 0;
         loop {
-            match rest[from..].iter().position(|b| *b == b'\n') {
+            match memchr::memchr(b'\n', &rest[from..]) {
                 Some(p) if from + p > 0 && rest[from + p - 1] == b'\r' => {
                     let line = &rest[..from + p - 1];
                     rest = &rest[from + p + 1..];

@@ -215,13 +215,18 @@ fn expiry_key(expires_at: i64, tag: u8, key: &str) -> Vec<u8> {
 }
 
 fn set_key(set: &str, member: &str) -> String {
-    // Made for every `contains` of every message: no formatting machinery.
     let mut key = String::with_capacity(set.len() + member.len() + 6);
+    set_key_into(&mut key, set, member);
+    key
+}
+
+/// `set_key` into a buffer: made for every `contains` of every message.
+fn set_key_into(key: &mut String, set: &str, member: &str) {
+    key.clear();
     key.push_str("\u{1}set\u{1}");
     key.push_str(set);
     key.push('\u{1}');
     key.push_str(member);
-    key
 }
 
 impl EmbeddedStore {
@@ -540,7 +545,11 @@ impl EmbeddedStore {
     /// Counts in memory (persisted every second): never waits, so policy
     /// scripts may call it without an await.
     pub fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        self.with_counter(key, Some(ttl), |v| {
+        self.incr_at(now_ms(), key, by, ttl)
+    }
+
+    fn incr_at(&self, now: i64, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        self.with_counter(now, key, Some(ttl), |v| {
             *v = v.saturating_add(by);
             *v
         })
@@ -549,7 +558,11 @@ impl EmbeddedStore {
 
     /// Counts `amount` against `limit` if the count stays within it.
     pub fn take(&self, key: &str, amount: i64, ttl: Duration, limit: i64) -> Result<bool> {
-        self.with_counter(key, Some(ttl), |v| {
+        self.take_at(now_ms(), key, amount, ttl, limit)
+    }
+
+    fn take_at(&self, now: i64, key: &str, amount: i64, ttl: Duration, limit: i64) -> Result<bool> {
+        self.with_counter(now, key, Some(ttl), |v| {
             let after = v.saturating_add(amount);
             let fits = after <= limit;
             if fits {
@@ -562,7 +575,11 @@ impl EmbeddedStore {
 
     /// Gives back `amount` taken earlier; a counter that is gone stays gone.
     pub fn give(&self, key: &str, amount: i64) -> Result<()> {
-        self.with_counter(key, None, |v| *v = v.saturating_sub(amount).max(0))
+        self.give_at(now_ms(), key, amount)
+    }
+
+    fn give_at(&self, now: i64, key: &str, amount: i64) -> Result<()> {
+        self.with_counter(now, key, None, |v| *v = v.saturating_sub(amount).max(0))
             .map(|_| ())
     }
 
@@ -570,11 +587,11 @@ impl EmbeddedStore {
     /// that expires after `ttl` (None: no new counter, nothing happens).
     fn with_counter<T>(
         &self,
+        now: i64,
         key: &str,
         ttl: Option<Duration>,
         change: impl FnOnce(&mut i64) -> T,
     ) -> Result<Option<T>> {
-        let now = now_ms();
         {
             let mut counters = self.counters();
             if let Some(c) = counters.get_mut(key).filter(|c| c.expires_at > now) {
@@ -708,6 +725,15 @@ impl EmbeddedStore {
                 .put(Read::Key(key.to_string()), &kept, at, generation);
             Ok(value)
         };
+        let present = |key: &str| -> Result<bool> {
+            if !max_age.is_zero()
+                && let Some(held) = self.kv.reads.key_present(key, max_age, at)
+            {
+                return Ok(held);
+            }
+            stored(key).map(|v| v.is_some())
+        };
+        let mut set_buf = String::new();
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             out.push(match op {
@@ -725,18 +751,19 @@ impl EmbeddedStore {
                     }
                 }
                 BatchOp::Contains(set, member) => {
-                    BatchValue::Bool(stored(&set_key(set, member))?.is_some())
+                    set_key_into(&mut set_buf, set, member);
+                    BatchValue::Bool(present(&set_buf)?)
                 }
-                BatchOp::Incr(key, by, ttl) => BatchValue::Int(self.incr(key, *by, *ttl)?),
+                BatchOp::Incr(key, by, ttl) => BatchValue::Int(self.incr_at(now, key, *by, *ttl)?),
                 BatchOp::Take {
                     key,
                     amount,
                     ttl,
                     limit,
                     ..
-                } => BatchValue::Bool(self.take(key, *amount, *ttl, *limit)?),
+                } => BatchValue::Bool(self.take_at(now, key, *amount, *ttl, *limit)?),
                 BatchOp::Give { key, amount } => {
-                    self.give(key, *amount)?;
+                    self.give_at(now, key, *amount)?;
                     BatchValue::Bool(true)
                 }
             });

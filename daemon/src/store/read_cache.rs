@@ -64,6 +64,13 @@ impl Entries {
         young(*at, now, max_age).then_some(BatchValue::Bool(*held))
     }
 
+    /// Whether `key` had a value, read at most `max_age` before `now`
+    /// (the value itself is not copied).
+    pub fn key_present(&self, key: &str, max_age: Duration, now: Instant) -> Option<bool> {
+        let (at, value) = self.keys.get(key)?;
+        young(*at, now, max_age).then_some(value.is_some())
+    }
+
     fn len(&self) -> usize {
         self.keys.len() + self.member_count
     }
@@ -94,6 +101,10 @@ impl ReadCache {
 
     pub fn key(&self, key: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
         self.entries().key(key, max_age, now)
+    }
+
+    pub fn key_present(&self, key: &str, max_age: Duration, now: Instant) -> Option<bool> {
+        self.entries().key_present(key, max_age, now)
     }
 
     /// To take before a read is sent, and give to `put` with its answer.
