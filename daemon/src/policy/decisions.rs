@@ -79,10 +79,10 @@ macro_rules! hook_arg {
             }
         }
     };
-    (kept $t:ty { $($f:ident),* $(,)? } userdata { $($u:ident),* }) => {
+    (kept $t:ty { $($f:ident),* $(,)? } userdata { $u:ident }) => {
         impl HookArg for $t {
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-                hook_arg!(@fresh self, lua, { $($f),* } { $($u),* })
+                hook_arg!(@fresh self, lua, { $($f),* } { $u })
             }
 
             fn to_lua_in(
@@ -91,23 +91,22 @@ macro_rules! hook_arg {
                 slot: &mut Option<super::lua_raw::ArgSlot>,
             ) -> mlua::Result<mlua::Value> {
                 use super::lua_raw::{ArgSlot, FieldName, RawPush};
+                const EXTRA: FieldName = FieldName::new(concat!(stringify!($u), "\0"));
                 if let Some(kept) = slot.as_ref() {
-                    let mut userdata = kept.userdata.iter();
-                    $(if let Some(ud) = userdata.next() {
+                    if let Some(ud) = &kept.userdata {
                         set_userdata(ud, &self.$u)?;
-                    })*
+                    }
                     let fields: &[(FieldName, &dyn RawPush)] = &[$((
                         const { FieldName::new(concat!(stringify!($f), "\0")) },
                         &self.$f as &dyn RawPush,
                     )),*];
-                    let extra = [$(const { FieldName::new(concat!(stringify!($u), "\0")) }),*];
-                    if let Some(value) = super::lua_raw::refill(lua, kept, fields, &extra)? {
+                    if let Some(value) = super::lua_raw::refill(lua, kept, fields, Some(&EXTRA))? {
                         return Ok(value);
                     }
                 }
                 let value = self.to_lua(lua)?;
                 if let mlua::Value::Table(table) = &value {
-                    let userdata = vec![$(table.raw_get::<mlua::AnyUserData>(stringify!($u))?),*];
+                    let userdata = Some(table.raw_get::<mlua::AnyUserData>(stringify!($u))?);
                     *slot = Some(ArgSlot { table: table.clone(), userdata });
                 }
                 Ok(value)

@@ -229,7 +229,7 @@ impl LuaHost {
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        let Some(at) = HOOKS.iter().position(|h| *h == hook) else {
+        let Some(at) = super::hook_index(hook) else {
             return Ok(None);
         };
         let Some(Some(f)) = self.hooks.get(at) else {
@@ -285,12 +285,11 @@ impl LuaHost {
             kept.clone()
         };
         let call = thread.into_async::<Value>(arg).map_err(Run::Script)?;
-        self.watch.arm(self.max_instructions, self.timeout);
         // A hook that never waits (the embedded store answers at once) is
         // done at its first poll, under the watchdog's deadline: a timer for
         // it would cost more than many hooks do. Only a hook that waits gets
         // one.
-        let mut running = std::pin::pin!(self.watch.run(call));
+        let mut running = std::pin::pin!(self.watch.run(call, self.max_instructions, self.timeout));
         match futures::poll!(running.as_mut()) {
             std::task::Poll::Ready(r) => r.map_err(Run::Script),
             std::task::Poll::Pending => {

@@ -198,14 +198,14 @@ pub fn table(
 }
 
 /// A hook's argument table kept by a Lua state from one call of the hook to
-/// the next, with the userdata in it (see [`refill`]).
+/// the next, with the userdata in it, if any (see [`refill`]).
 pub struct ArgSlot {
     pub table: Table,
-    pub userdata: Vec<mlua::AnyUserData>,
+    pub userdata: Option<mlua::AnyUserData>,
 }
 
 /// Refills `slot`'s table with `fields` and `slot`'s userdata (already
-/// updated by the caller) under the names in `extra`, and answers it; or
+/// updated by the caller) under the name `extra`, and answers it; or
 /// answers None, changing nothing, when a script has changed the table in a
 /// way a refill would not undo (a key added or removed, a metatable), so
 /// that the caller makes a new one.
@@ -217,18 +217,15 @@ pub fn refill(
     lua: &Lua,
     slot: &ArgSlot,
     fields: &[(FieldName, &dyn RawPush)],
-    extra: &[FieldName],
+    extra: Option<&FieldName>,
 ) -> mlua::Result<Option<Value>> {
-    let mut args = Vec::with_capacity(1 + slot.userdata.len());
-    args.push(Value::Table(slot.table.clone()));
-    args.extend(slot.userdata.iter().cloned().map(Value::UserData));
+    let expected = fields.len() + usize::from(extra.is_some());
     // SAFETY: only the C API on the state exec_raw hands over; the table is
-    // its argument 1 and the userdata follow it. Nothing on the Rust side
-    // is allocated inside.
+    // its argument 1 and the userdata (or nil) argument 2. Nothing on the
+    // Rust side is allocated inside.
     unsafe {
-        lua.exec_raw::<Value>(mlua::MultiValue::from_vec(args), |state| {
-            let same = ffi::lua_getmetatable(state, 1) == 0
-                && keys(state, 1) == fields.len() + extra.len();
+        lua.exec_raw::<Value>((slot.table.clone(), slot.userdata.clone()), |state| {
+            let same = ffi::lua_getmetatable(state, 1) == 0 && keys(state, 1) == expected;
             if !same {
                 ffi::lua_settop(state, 0);
                 ffi::lua_pushnil(state);
@@ -237,9 +234,9 @@ pub fn refill(
             for (name, value) in fields {
                 value.set_field(state, 1, name);
             }
-            for (i, name) in extra.iter().enumerate() {
+            if let Some(name) = extra {
                 ffi::lua_pushstring(state, name.0.as_ptr().cast());
-                ffi::lua_pushvalue(state, i as c_int + 2);
+                ffi::lua_pushvalue(state, 2);
                 ffi::lua_rawset(state, 1);
             }
             ffi::lua_settop(state, 1);

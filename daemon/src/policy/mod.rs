@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 /// Every hook a script may define.
 pub const HOOKS: &[&str] = &[
@@ -44,6 +44,24 @@ pub const HOOKS: &[&str] = &[
     "classify_bounce",
     "callback_format",
 ];
+
+/// `hook`'s position in [`HOOKS`]: asked several times per message, so
+/// one `match` (by length, then bytes) instead of a search.
+pub fn hook_index(hook: &str) -> Option<usize> {
+    Some(match hook {
+        "on_connect" => 0,
+        "on_mail_from" => 1,
+        "on_rcpt_to" => 2,
+        "content_filter" => 3,
+        "check_limits" => 4,
+        "warmup_limit" => 5,
+        "reputation" => 6,
+        "select_egress" => 7,
+        "classify_bounce" => 8,
+        "callback_format" => 9,
+        _ => return None,
+    })
+}
 
 /// The default plugins, in load order (later ones may use earlier ones).
 pub const PLUGINS: &[&str] = &[
@@ -78,7 +96,8 @@ pub struct PolicySettings {
 /// One loaded version of the policy.
 pub struct Engine {
     hosts: Mutex<Vec<LuaHost>>,
-    free: Semaphore,
+    /// Woken when a state goes back into `hosts`.
+    returned: Notify,
     pub version: u64,
     /// What every state of this version defines (they all load the same
     /// files), by position in `HOOKS`: known without taking a state out of
@@ -100,7 +119,7 @@ impl Engine {
             None => Default::default(),
         };
         Ok(Engine {
-            free: Semaphore::new(hosts.len()),
+            returned: Notify::new(),
             hosts: Mutex::new(hosts),
             version,
             defined: HOOKS.iter().map(|h| names.contains(h)).collect(),
@@ -111,7 +130,7 @@ impl Engine {
     /// Whether `hook` is defined, and for an item of `kind` if one is given
     /// (a plugin may declare a hook for some kinds of item only).
     fn wants(&self, hook: &str, kind: Option<&str>) -> bool {
-        let Some(at) = HOOKS.iter().position(|h| *h == hook) else {
+        let Some(at) = hook_index(hook) else {
             return false;
         };
         self.defined.get(at).is_some_and(|d| *d)
@@ -136,19 +155,7 @@ impl Engine {
         if !self.wants(hook, kind) {
             return Ok(None);
         }
-        let _permit = self.free.acquire().await.map_err(|_| PolicyError::Script {
-            hook,
-            message: "policy engine closed".into(),
-        })?;
-        let host = self
-            .hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .ok_or_else(|| PolicyError::Script {
-                hook,
-                message: "no Lua state free".into(),
-            })?;
+        let host = self.take_host().await;
         // Gives the state back even if this future is dropped mid-call.
         let guard = HostGuard {
             host: Some(host),
@@ -157,6 +164,20 @@ impl Engine {
         match &guard.host {
             Some(host) => host.call(hook, arg).await,
             None => Ok(None),
+        }
+    }
+}
+
+impl Engine {
+    /// A free Lua state, waiting for one if all are busy (on Redis a call
+    /// holds its state while it waits on the store).
+    async fn take_host(&self) -> LuaHost {
+        loop {
+            let notified = self.returned.notified();
+            if let Some(h) = self.hosts.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                return h;
+            }
+            notified.await;
         }
     }
 }
@@ -174,6 +195,7 @@ impl Drop for HostGuard<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(h);
+            self.engine.returned.notify_one();
         }
     }
 }

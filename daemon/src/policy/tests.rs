@@ -1196,3 +1196,11 @@ async fn a_kept_argument_table_shows_each_message_as_it_is() {
     assert_eq!(seen["recipients"], "e@x.test,f@x.test");
     assert_eq!(seen["campaign"], "spring sale");
 }
+
+#[test]
+fn hook_index_is_the_position_in_hooks() {
+    for (i, hook) in super::HOOKS.iter().enumerate() {
+        assert_eq!(super::hook_index(hook), Some(i), "{hook}");
+    }
+    assert_eq!(super::hook_index("no_such_hook"), None);
+}

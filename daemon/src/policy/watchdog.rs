@@ -112,10 +112,21 @@ impl Watch {
         }
     }
 
-    /// Runs `call` (a hook call on this watch's Lua thread) watched.
-    pub fn run<F: Future>(self: &Arc<Self>, call: F) -> Watched<F> {
+    /// Runs `call` (a hook call on this watch's Lua thread) watched, with
+    /// these limits.
+    pub fn run<F: Future>(
+        self: &Arc<Self>,
+        call: F,
+        max_instructions: i64,
+        timeout: Duration,
+    ) -> Watched<F> {
+        let now = now_ms();
+        self.instructions_left
+            .store(max_instructions, Ordering::Relaxed);
+        self.deadline_ms
+            .store(now + timeout.as_millis() as i64, Ordering::Relaxed);
         self.overdue.store(false, Ordering::SeqCst);
-        self.started_ms.store(now_ms(), Ordering::SeqCst);
+        self.started_ms.store(now, Ordering::SeqCst);
         Watched {
             watch: self.clone(),
             call,
