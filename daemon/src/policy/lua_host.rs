@@ -14,7 +14,7 @@ use super::lua_raw::ArgSlot;
 use super::watchdog::{HOOK_EVERY, Watch};
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
 use crate::net::now_ms;
-use crate::store::Store;
+use crate::store::{BatchOp, Store};
 use mlua::chunk::ChunkMode;
 use mlua::{
     Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Thread, Value, VmState,
@@ -705,8 +705,10 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
             let embedded = embedded.clone();
             lua.create_function(move |lua, (ops, age): (Table, Option<f64>)| {
                 let age = read_age(age)?;
-                let ops = super::lua_raw::batch_ops(lua, &ops, ns, ttl)?;
-                let values = embedded.batch(&ops, age).map_err(lua_err)?;
+                let ops = super::lua_raw::batch_op_refs(lua, &ops, ttl)?;
+                let values = embedded
+                    .batch_refs(ops.into_iter(), NAMESPACE, age)
+                    .map_err(lua_err)?;
                 super::lua_raw::batch_answers(lua, &values)
             })?
         }
@@ -715,7 +717,10 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
             &store,
             |lua, s, (ops, age): (Table, Option<f64>)| async move {
                 let age = read_age(age)?;
-                let ops = super::lua_raw::batch_ops(&lua, &ops, ns, ttl)?;
+                let ops: Vec<BatchOp> = super::lua_raw::batch_op_refs(&lua, &ops, ttl)?
+                    .into_iter()
+                    .map(|op| BatchOp::from_ref(op, NAMESPACE))
+                    .collect();
                 let values = s.batch_within(&ops, age).await.map_err(lua_err)?;
                 super::lua_raw::batch_answers(&lua, &values)
             },

@@ -8,7 +8,7 @@
 //! that can raise a Lua error (out of memory), so an error that unwinds
 //! through it leaks nothing.
 
-use crate::store::{BatchOp, BatchValue};
+use crate::store::{BatchValue, OpRef};
 use mlua::{Lua, Table, Value, ffi};
 use std::ffi::c_int;
 use std::time::Duration;
@@ -276,21 +276,25 @@ unsafe fn number_at(state: *mut ffi::lua_State, idx: c_int) -> Option<f64> {
 
 /// `kiln.batch`'s operations: `{ {"get", key}, {"contains", set, member},
 /// {"incr", key, by, ttl_secs}, {"take", key, amount, ttl_secs, limit[, hold]},
-/// {"give", key, amount} }`. `ns` places a key or set name in the
-/// scripts' namespace; `ttl` turns a script's seconds into a TTL (None: not
-/// a valid one).
-pub fn batch_ops(
+/// {"give", key, amount} }`, borrowing their keys from the script's
+/// strings; `ttl` turns a script's seconds into a TTL (None: not a valid
+/// one).
+///
+/// The keys stay valid for as long as `ops` is borrowed: the script's
+/// strings live in its operation tables, which nothing can change while
+/// Kiln runs the batch (the state runs one call at a time, and the call is
+/// in `kiln.batch`), and Lua never moves a string.
+pub fn batch_op_refs<'t>(
     lua: &Lua,
-    ops: &Table,
-    ns: impl Fn(&str) -> String,
+    ops: &'t Table,
     ttl: impl Fn(Option<f64>) -> Option<Duration>,
-) -> mlua::Result<Vec<BatchOp>> {
-    let mut out: Vec<BatchOp> = Vec::new();
+) -> mlua::Result<Vec<OpRef<'t>>> {
+    let mut out: Vec<OpRef<'t>> = Vec::new();
     let mut problem: Option<String> = None;
-    let key = |raw: &[u8]| std::str::from_utf8(raw).ok().map(&ns);
     // SAFETY: reads only (rawlen, rawgeti, type, tolstring on strings,
     // tointegerx, tonumberx): none of them raises an error, so nothing
-    // below is skipped by a longjmp. At most two values are pushed at once.
+    // below is skipped by a longjmp. At most seven values are pushed at
+    // once. The strings read outlive the call: see above.
     unsafe {
         lua.exec_raw::<()>(ops, |state| {
             let n = ffi::lua_rawlen(state, 1);
@@ -301,7 +305,7 @@ pub fn batch_ops(
                     problem = Some(format!("batch: operation {i} is not a table"));
                     break;
                 }
-                let op = read_op(state, &key, &ttl);
+                let op = read_op(state, &ttl);
                 ffi::lua_settop(state, 1);
                 match op {
                     Ok(op) => out.push(op),
@@ -321,13 +325,12 @@ pub fn batch_ops(
 }
 
 /// One operation: the table on top of the stack. Its elements are pushed
-/// above it and stay there (so the strings read stay alive) until the
-/// caller resets the stack.
-unsafe fn read_op(
+/// above it until the caller resets the stack; the strings they are stay
+/// alive in the table.
+unsafe fn read_op<'t>(
     state: *mut ffi::lua_State,
-    key: &impl Fn(&[u8]) -> Option<String>,
     ttl: &impl Fn(Option<f64>) -> Option<Duration>,
-) -> Result<BatchOp, String> {
+) -> Result<OpRef<'t>, String> {
     unsafe {
         let op = ffi::lua_gettop(state);
         ffi::lua_rawgeti(state, op, 1);
@@ -347,29 +350,29 @@ unsafe fn read_op(
             ffi::lua_pushnil(state);
         }
         let (name, third, fourth, fifth, sixth) = (op + 2, op + 3, op + 4, op + 5, op + 6);
-        let name = string_at(state, name)
-            .and_then(key)
+        let name: &'t str = string_at(state, name)
+            .and_then(|k| std::str::from_utf8(k).ok())
             .ok_or("the key must be a string")?;
         match kind {
-            b"get" => Ok(BatchOp::Get(name)),
+            b"get" => Ok(OpRef::Get(name)),
             b"contains" => {
-                let member = string_at(state, third)
+                let member: &'t str = string_at(state, third)
                     .and_then(|m| std::str::from_utf8(m).ok())
                     .ok_or("contains: the member must be a string")?;
-                Ok(BatchOp::Contains(name, member.to_owned()))
+                Ok(OpRef::Contains(name, member))
             }
             b"incr" => {
                 let by = match ffi::lua_type(state, third) {
                     ffi::LUA_TNIL => Some(1),
                     _ => integer_at(state, third),
                 };
-                Ok(BatchOp::Incr(
+                Ok(OpRef::Incr(
                     name,
                     by.ok_or("incr: the amount must be an integer")?,
                     ttl(number_at(state, fourth)).ok_or("incr needs a ttl > 0")?,
                 ))
             }
-            b"take" => Ok(BatchOp::Take {
+            b"take" => Ok(OpRef::Take {
                 key: name,
                 amount: integer_at(state, third)
                     .filter(|n| *n >= 0)
@@ -387,7 +390,7 @@ unsafe fn read_op(
                         .ok_or("take: what a node may hold must be a whole number, 0 or more")?,
                 },
             }),
-            b"give" => Ok(BatchOp::Give {
+            b"give" => Ok(OpRef::Give {
                 key: name,
                 amount: integer_at(state, third)
                     .filter(|n| *n >= 0)

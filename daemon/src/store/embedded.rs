@@ -9,7 +9,7 @@
 
 use super::read_cache::{Read, ReadCache};
 use super::wal::{self, Change, TableId, Wal};
-use super::{BatchOp, BatchValue};
+use super::{BatchOp, BatchValue, OpRef};
 use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
     StoreError, Write, decode, encode,
@@ -702,6 +702,17 @@ impl EmbeddedStore {
     /// [`Store::batch_within`](super::Store::batch_within)): a row already
     /// read costs a hash lookup instead of a walk down the table.
     pub fn batch(&self, ops: &[BatchOp], max_age: Duration) -> Result<Vec<BatchValue>> {
+        self.batch_refs(ops.iter().map(BatchOp::as_ref), "", max_age)
+    }
+
+    /// [`Self::batch`] on borrowed operations whose keys and set names go
+    /// under `prefix`.
+    pub fn batch_refs<'a>(
+        &self,
+        ops: impl ExactSizeIterator<Item = OpRef<'a>>,
+        prefix: &str,
+        max_age: Duration,
+    ) -> Result<Vec<BatchValue>> {
         let now = now_ms();
         let at = Instant::now();
         // Taken before the table: see `ReadCache::put`.
@@ -734,10 +745,25 @@ impl EmbeddedStore {
             stored(key).map(|v| v.is_some())
         };
         let mut set_buf = String::new();
+        let mut key_buf = String::new();
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
+            // The key under its prefix, made in a buffer kept for the batch.
+            let mut full = |k: &str| -> String {
+                key_buf.clear();
+                key_buf.push_str(prefix);
+                key_buf.push_str(k);
+                std::mem::take(&mut key_buf)
+            };
+            let key = match op {
+                OpRef::Get(k)
+                | OpRef::Contains(k, _)
+                | OpRef::Incr(k, ..)
+                | OpRef::Take { key: k, .. }
+                | OpRef::Give { key: k, .. } => full(k),
+            };
             out.push(match op {
-                BatchOp::Get(key) => {
+                OpRef::Get(_) => {
                     let counter = self
                         .counters()
                         .get(key.as_str())
@@ -747,26 +773,23 @@ impl EmbeddedStore {
                         Some(v) => BatchValue::Bytes(Some(
                             itoa::Buffer::new().format(v).as_bytes().to_vec(),
                         )),
-                        None => BatchValue::Bytes(stored(key)?),
+                        None => BatchValue::Bytes(stored(&key)?),
                     }
                 }
-                BatchOp::Contains(set, member) => {
-                    set_key_into(&mut set_buf, set, member);
+                OpRef::Contains(_, member) => {
+                    set_key_into(&mut set_buf, &key, member);
                     BatchValue::Bool(present(&set_buf)?)
                 }
-                BatchOp::Incr(key, by, ttl) => BatchValue::Int(self.incr_at(now, key, *by, *ttl)?),
-                BatchOp::Take {
-                    key,
-                    amount,
-                    ttl,
-                    limit,
-                    ..
-                } => BatchValue::Bool(self.take_at(now, key, *amount, *ttl, *limit)?),
-                BatchOp::Give { key, amount } => {
-                    self.give_at(now, key, *amount)?;
+                OpRef::Incr(_, by, ttl) => BatchValue::Int(self.incr_at(now, &key, by, ttl)?),
+                OpRef::Take {
+                    amount, ttl, limit, ..
+                } => BatchValue::Bool(self.take_at(now, &key, amount, ttl, limit)?),
+                OpRef::Give { amount, .. } => {
+                    self.give_at(now, &key, amount)?;
                     BatchValue::Bool(true)
                 }
             });
+            key_buf = key;
         }
         Ok(out)
     }

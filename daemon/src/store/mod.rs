@@ -496,6 +496,86 @@ pub enum BatchOp {
     },
 }
 
+/// A [`BatchOp`] on borrowed keys, each under a prefix the store puts in
+/// front (`kiln.batch` reads its operations straight out of the script's
+/// tables: no copy of a key per operation).
+#[derive(Debug, Clone, Copy)]
+pub enum OpRef<'a> {
+    Get(&'a str),
+    Contains(&'a str, &'a str),
+    Incr(&'a str, i64, Duration),
+    Take {
+        key: &'a str,
+        amount: i64,
+        ttl: Duration,
+        limit: i64,
+        hold_at_most: i64,
+    },
+    Give {
+        key: &'a str,
+        amount: i64,
+    },
+}
+
+impl BatchOp {
+    pub fn as_ref(&self) -> OpRef<'_> {
+        match self {
+            BatchOp::Get(k) => OpRef::Get(k),
+            BatchOp::Contains(s, m) => OpRef::Contains(s, m),
+            BatchOp::Incr(k, by, ttl) => OpRef::Incr(k, *by, *ttl),
+            BatchOp::Take {
+                key,
+                amount,
+                ttl,
+                limit,
+                hold_at_most,
+            } => OpRef::Take {
+                key,
+                amount: *amount,
+                ttl: *ttl,
+                limit: *limit,
+                hold_at_most: *hold_at_most,
+            },
+            BatchOp::Give { key, amount } => OpRef::Give {
+                key,
+                amount: *amount,
+            },
+        }
+    }
+
+    /// The operation with `prefix` put in front of its key (or set name).
+    pub fn from_ref(op: OpRef<'_>, prefix: &str) -> BatchOp {
+        let key = |k: &str| {
+            let mut out = String::with_capacity(prefix.len() + k.len());
+            out.push_str(prefix);
+            out.push_str(k);
+            out
+        };
+        match op {
+            OpRef::Get(k) => BatchOp::Get(key(k)),
+            OpRef::Contains(s, m) => BatchOp::Contains(key(s), m.to_string()),
+            OpRef::Incr(k, by, ttl) => BatchOp::Incr(key(k), by, ttl),
+            OpRef::Take {
+                key: k,
+                amount,
+                ttl,
+                limit,
+                hold_at_most,
+            } => BatchOp::Take {
+                key: key(k),
+                amount,
+                ttl,
+                limit,
+                hold_at_most,
+            },
+            OpRef::Give { key: k, amount } => BatchOp::Give {
+                key: key(k),
+                amount,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchValue {
     Bytes(Option<Vec<u8>>),
