@@ -592,12 +592,21 @@ impl EmbeddedStore {
         ttl: Option<Duration>,
         change: impl FnOnce(&mut i64) -> T,
     ) -> Result<Option<T>> {
-        {
-            let mut counters = self.counters();
-            if let Some(c) = counters.get_mut(key).filter(|c| c.expires_at > now) {
-                c.dirty = true;
-                return Ok(Some(change(&mut c.value)));
-            }
+        self.with_counter_in(&mut self.counters(), now, key, ttl, change)
+    }
+
+    /// [`Self::with_counter`] under a lock of the counters already held.
+    fn with_counter_in<T>(
+        &self,
+        counters: &mut foldhash::HashMap<String, Counter>,
+        now: i64,
+        key: &str,
+        ttl: Option<Duration>,
+        change: impl FnOnce(&mut i64) -> T,
+    ) -> Result<Option<T>> {
+        if let Some(c) = counters.get_mut(key).filter(|c| c.expires_at > now) {
+            c.dirty = true;
+            return Ok(Some(change(&mut c.value)));
         }
         // Not in memory: start from what the file holds (written before a
         // restart), if it is still live.
@@ -612,7 +621,6 @@ impl EmbeddedStore {
             (None, Some(ttl)) => (0, now + ttl.as_millis() as i64),
             (None, None) => return Ok(None),
         };
-        let mut counters = self.counters();
         let c = counters
             .entry(key.to_string())
             .and_modify(|c| {
@@ -714,6 +722,95 @@ impl EmbeddedStore {
         max_age: Duration,
     ) -> Result<Vec<BatchValue>> {
         let now = now_ms();
+        let full = |k: &str| {
+            let mut key = String::with_capacity(prefix.len() + k.len());
+            key.push_str(prefix);
+            key.push_str(k);
+            key
+        };
+        // First the counters, in order, under one lock of them; a `get`
+        // of a key that is no live counter is read with the rest. Every
+        // message's batch touches the same few counters from every core:
+        // one lock per batch, not per operation.
+        let mut out: Vec<Option<BatchValue>> = Vec::with_capacity(ops.len());
+        let mut reads: Vec<(usize, String, Option<&'a str>)> = Vec::new();
+        {
+            let mut counters = self.counters();
+            for (i, op) in ops.enumerate() {
+                let answer = match op {
+                    OpRef::Get(k) => {
+                        let key = full(k);
+                        match counters.get(key.as_str()).filter(|c| c.expires_at > now) {
+                            Some(c) => Some(BatchValue::Bytes(Some(
+                                itoa::Buffer::new().format(c.value).as_bytes().to_vec(),
+                            ))),
+                            None => {
+                                reads.push((i, key, None));
+                                None
+                            }
+                        }
+                    }
+                    OpRef::Contains(set, member) => {
+                        reads.push((i, full(set), Some(member)));
+                        None
+                    }
+                    OpRef::Incr(k, by, ttl) => Some(BatchValue::Int(
+                        self.with_counter_in(&mut counters, now, &full(k), Some(ttl), |v| {
+                            *v = v.saturating_add(by);
+                            *v
+                        })?
+                        .unwrap_or(by),
+                    )),
+                    OpRef::Take {
+                        key: k,
+                        amount,
+                        ttl,
+                        limit,
+                        ..
+                    } => Some(BatchValue::Bool(
+                        self.with_counter_in(&mut counters, now, &full(k), Some(ttl), |v| {
+                            let after = v.saturating_add(amount);
+                            let fits = after <= limit;
+                            if fits {
+                                *v = after;
+                            }
+                            fits
+                        })?
+                        .unwrap_or(false),
+                    )),
+                    OpRef::Give { key: k, amount } => {
+                        self.with_counter_in(&mut counters, now, &full(k), None, |v| {
+                            *v = v.saturating_sub(amount).max(0)
+                        })?;
+                        Some(BatchValue::Bool(true))
+                    }
+                };
+                out.push(answer);
+            }
+        }
+        if !reads.is_empty() {
+            for (i, value) in self.read_rows(&reads, now, max_age)? {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(value);
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|v| v.unwrap_or(BatchValue::Bytes(None)))
+            .collect())
+    }
+
+    /// The rows of a batch's reads from one committed state: `(index, key,
+    /// None)` is a key's value, `(index, set, Some(member))` whether the
+    /// set holds the member. With a `max_age`, from answers kept at most
+    /// that long where there are some (one lock of them for all).
+    fn read_rows(
+        &self,
+        reads: &[(usize, String, Option<&str>)],
+        now: i64,
+        max_age: Duration,
+    ) -> Result<Vec<(usize, BatchValue)>> {
         let at = Instant::now();
         // Taken before the table: see `ReadCache::put`.
         let generation = self.kv.reads.generation();
@@ -722,74 +819,43 @@ impl EmbeddedStore {
             let value = table.get(key).map_err(err)?;
             Ok(value.and_then(|v| live_value(v.value(), now).map(|b| b.to_vec())))
         };
-        let stored = |key: &str| -> Result<Option<Vec<u8>>> {
-            if max_age.is_zero() {
-                return from_table(key);
-            }
-            if let Some(BatchValue::Bytes(v)) = self.kv.reads.key(key, max_age, at) {
-                return Ok(v);
+        let mut kept = (!max_age.is_zero()).then(|| self.kv.reads.entries());
+        let mut set_buf = String::new();
+        let mut out = Vec::with_capacity(reads.len());
+        for (i, name, member) in reads {
+            let key = match member {
+                Some(m) => {
+                    set_key_into(&mut set_buf, name, m);
+                    set_buf.as_str()
+                }
+                None => name.as_str(),
+            };
+            if let Some(entries) = kept.as_ref() {
+                let hit = match member {
+                    Some(_) => entries.key_present(key, max_age, at).map(BatchValue::Bool),
+                    None => entries.key(key, max_age, at),
+                };
+                if let Some(v) = hit {
+                    out.push((*i, v));
+                    continue;
+                }
             }
             let value = from_table(key)?;
-            let kept = BatchValue::Bytes(value.clone());
-            self.kv
-                .reads
-                .put(Read::Key(key.to_string()), &kept, at, generation);
-            Ok(value)
-        };
-        let present = |key: &str| -> Result<bool> {
-            if !max_age.is_zero()
-                && let Some(held) = self.kv.reads.key_present(key, max_age, at)
-            {
-                return Ok(held);
+            if let Some(entries) = kept.as_mut() {
+                entries.put(
+                    Read::Key(key.to_string()),
+                    &BatchValue::Bytes(value.clone()),
+                    at,
+                    generation,
+                );
             }
-            stored(key).map(|v| v.is_some())
-        };
-        let mut set_buf = String::new();
-        let mut key_buf = String::new();
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            // The key under its prefix, made in a buffer kept for the batch.
-            let mut full = |k: &str| -> String {
-                key_buf.clear();
-                key_buf.push_str(prefix);
-                key_buf.push_str(k);
-                std::mem::take(&mut key_buf)
-            };
-            let key = match op {
-                OpRef::Get(k)
-                | OpRef::Contains(k, _)
-                | OpRef::Incr(k, ..)
-                | OpRef::Take { key: k, .. }
-                | OpRef::Give { key: k, .. } => full(k),
-            };
-            out.push(match op {
-                OpRef::Get(_) => {
-                    let counter = self
-                        .counters()
-                        .get(key.as_str())
-                        .filter(|c| c.expires_at > now)
-                        .map(|c| c.value);
-                    match counter {
-                        Some(v) => BatchValue::Bytes(Some(
-                            itoa::Buffer::new().format(v).as_bytes().to_vec(),
-                        )),
-                        None => BatchValue::Bytes(stored(&key)?),
-                    }
-                }
-                OpRef::Contains(_, member) => {
-                    set_key_into(&mut set_buf, &key, member);
-                    BatchValue::Bool(present(&set_buf)?)
-                }
-                OpRef::Incr(_, by, ttl) => BatchValue::Int(self.incr_at(now, &key, by, ttl)?),
-                OpRef::Take {
-                    amount, ttl, limit, ..
-                } => BatchValue::Bool(self.take_at(now, &key, amount, ttl, limit)?),
-                OpRef::Give { amount, .. } => {
-                    self.give_at(now, &key, amount)?;
-                    BatchValue::Bool(true)
-                }
-            });
-            key_buf = key;
+            out.push((
+                *i,
+                match member {
+                    Some(_) => BatchValue::Bool(value.is_some()),
+                    None => BatchValue::Bytes(value),
+                },
+            ));
         }
         Ok(out)
     }

@@ -71,6 +71,36 @@ impl Entries {
         young(*at, now, max_age).then_some(value.is_some())
     }
 
+    /// See [`ReadCache::put`].
+    pub fn put(&mut self, read: Read, value: &BatchValue, now: Instant, generation: u64) -> bool {
+        if self.generation != generation {
+            return false;
+        }
+        if self.len() >= MAX_ENTRIES {
+            self.retain_younger(now, MAX_AGE);
+            if self.len() >= MAX_ENTRIES {
+                return false;
+            }
+        }
+        match (read, value) {
+            (Read::Key(key), BatchValue::Bytes(v)) => {
+                self.keys.insert(key, (now, v.clone()));
+                true
+            }
+            (Read::Member(set, member), BatchValue::Bool(held)) => {
+                let added = self
+                    .members
+                    .entry(set)
+                    .or_default()
+                    .insert(member, (now, *held))
+                    .is_none();
+                self.member_count += usize::from(added);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn len(&self) -> usize {
         self.keys.len() + self.member_count
     }
@@ -116,33 +146,7 @@ impl ReadCache {
     /// this node changed something since `generation` was taken: the
     /// answer may predate that change. Answers whether it was kept.
     pub fn put(&self, read: Read, value: &BatchValue, now: Instant, generation: u64) -> bool {
-        let mut entries = self.entries();
-        if entries.generation != generation {
-            return false;
-        }
-        if entries.len() >= MAX_ENTRIES {
-            entries.retain_younger(now, MAX_AGE);
-            if entries.len() >= MAX_ENTRIES {
-                return false;
-            }
-        }
-        match (read, value) {
-            (Read::Key(key), BatchValue::Bytes(v)) => {
-                entries.keys.insert(key, (now, v.clone()));
-                true
-            }
-            (Read::Member(set, member), BatchValue::Bool(held)) => {
-                let added = entries
-                    .members
-                    .entry(set)
-                    .or_default()
-                    .insert(member, (now, *held))
-                    .is_none();
-                entries.member_count += usize::from(added);
-                true
-            }
-            _ => false,
-        }
+        self.entries().put(read, value, now, generation)
     }
 
     /// Forgets what was read of a key this node has just changed.
