@@ -26,6 +26,11 @@ M.STOP_MIN_SENT = cfg.stop_min_sent or 100
 M.READ_AGE = cfg.read_age_ms or 1000
 
 local DAY_TTL = 2 * 86400
+-- The settings and library functions the check uses for every message, as
+-- locals (a table lookup each otherwise).
+local MAX_SIZE, MAX_SUBJECT, READ_AGE = M.MAX_SIZE, M.MAX_SUBJECT, M.READ_AGE
+local STOP_MIN_SENT, STOP_SHARE = M.STOP_MIN_SENT, M.STOP_SHARE
+local lower, utf8_len, batch = string.lower, utf8.len, kiln.batch
 
 local function reject(code, smtp, message)
   return { action = "reject", code = code, smtp = smtp, message = message }
@@ -45,23 +50,24 @@ local function over_quota(msg, what)
 end
 
 -- Checks that need no counters; returns a refusal or nil.
-function M.static_checks(msg)
-  if msg.size > M.MAX_SIZE then
+local function static_checks(msg)
+  if msg.size > MAX_SIZE then
     return reject("FailedOperation.EmailContentToolarge",
       "552 5.3.4 Message size exceeds the limit", "message larger than " .. M.MAX_SIZE .. " bytes")
   end
-  local chars = msg.subject_valid_utf8 and utf8.len(msg.subject)
+  local chars = msg.subject_valid_utf8 and utf8_len(msg.subject)
   if not chars then
     return reject("InvalidParameterValue.EmailContentIsWrong",
       "554 5.6.7 Subject is not valid UTF-8", "subject is not valid UTF-8")
   end
-  if chars > M.MAX_SUBJECT then
+  if chars > MAX_SUBJECT then
     return reject("InvalidParameterValue.EmailContentIsWrong",
       "554 5.6.0 Subject longer than " .. M.MAX_SUBJECT .. " characters",
       "subject longer than " .. M.MAX_SUBJECT .. " characters")
   end
   return nil
 end
+M.static_checks = static_checks
 
 -- The operations of a check, kept from one message to the next with what
 -- does not change in them: the function runs for every message, and a Lua
@@ -164,7 +170,7 @@ end
 local SEND = { action = "send" }
 
 function M.hooks.check_limits(msg)
-  local refused = M.static_checks(msg)
+  local refused = static_checks(msg)
   if refused then return refused end
 
   local now, domain, own = msg.now, msg.sender_domain, msg.account
@@ -195,7 +201,7 @@ function M.hooks.check_limits(msg)
   -- The account's own blocklist (CreateCustomBlacklist).
   local custom, unsubscribed = a.custom, d.unsubscribed
   for i = 1, all do
-    local r, at = string.lower(recipients[i]), 4 * i + 1
+    local r, at = lower(recipients[i]), 4 * i + 1
     local ops = RCPT[i] or rcpt_ops(i)
     local blocklist, unsub, hourly, own = ops[1], ops[2], ops[3], ops[4]
     blocklist[3] = r
@@ -206,7 +212,7 @@ function M.hooks.check_limits(msg)
     OPS[at + 1], OPS[at + 2], OPS[at + 3], OPS[at + 4] = blocklist, unsub, hourly, own
   end
   for i = 4 * all + 6, #OPS do OPS[i] = nil end
-  local got = kiln.batch(OPS, M.READ_AGE)
+  local got = batch(OPS, READ_AGE)
   a.seen = tonumber(got[2]) or 0
 
   local drop, n, blocklisted = nil, 0, 0
@@ -250,8 +256,8 @@ function M.hooks.check_limits(msg)
   -- blocklisted addresses (the share that stops sending).
   local sent_before = a.seen
   local refusal = nil
-  if sent_before >= M.STOP_MIN_SENT
-      and (tonumber(got[1]) or 0) / sent_before >= M.STOP_SHARE then
+  if sent_before >= STOP_MIN_SENT
+      and (tonumber(got[1]) or 0) / sent_before >= STOP_SHARE then
     refusal = reject("FailedOperation.HighRejectionRate",
       "550 5.7.1 Sending stopped: too much mail to blocklisted addresses",
       "sending stopped for the day: " .. math.floor(M.STOP_SHARE * 100) ..
