@@ -27,7 +27,7 @@ use lua_host::LuaHost;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -98,8 +98,11 @@ pub struct PolicySettings {
 pub struct Engine {
     /// The states by slot; a slot is empty while its state runs a call.
     hosts: Mutex<Vec<Option<LuaHost>>>,
-    /// Woken when a state goes back into `hosts`.
+    /// Woken when a state goes back into `hosts`, if a call waits for one
+    /// (`waiting`): most calls find a state free, and a wakeup of nobody
+    /// would still write to a line every core shares.
     returned: Notify,
+    waiting: AtomicUsize,
     pub version: u64,
     /// What every state of this version defines (they all load the same
     /// files), by position in `HOOKS`: known without taking a state out of
@@ -122,6 +125,7 @@ impl Engine {
         };
         Ok(Engine {
             returned: Notify::new(),
+            waiting: AtomicUsize::new(0),
             hosts: Mutex::new(hosts.into_iter().map(Some).collect()),
             version,
             defined: HOOKS.iter().map(|h| names.contains(h)).collect(),
@@ -179,6 +183,14 @@ impl Engine {
     /// memory is still in this core's caches, which in a busy daemon saves
     /// more than the call costs on its own.
     async fn take_host(&self) -> (usize, LuaHost) {
+        // Counted while this call waits, also if it is dropped waiting.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let notified = self.returned.notified();
             {
@@ -191,6 +203,12 @@ impl Engine {
                 if let Some(h) = slot.and_then(|at| Some((at, hosts.get_mut(at)?.take()?))) {
                     LAST_SLOT.with(|s| s.set(h.0));
                     return h;
+                }
+                // Counted under the lock: a state given back after this
+                // look sees it and wakes us.
+                if waiting.is_none() {
+                    self.waiting.fetch_add(1, Ordering::SeqCst);
+                    waiting = Some(Waiting(&self.waiting));
                 }
             }
             notified.await;
@@ -221,7 +239,9 @@ impl Drop for HostGuard<'_> {
             {
                 *slot = Some(h);
             }
-            self.engine.returned.notify_one();
+            if self.engine.waiting.load(Ordering::SeqCst) > 0 {
+                self.engine.returned.notify_one();
+            }
         }
     }
 }

@@ -1204,3 +1204,30 @@ fn hook_index_is_the_position_in_hooks() {
     }
     assert_eq!(super::hook_index("no_such_hook"), None);
 }
+
+/// Calls that wait on the store hold their Lua state meanwhile: with one
+/// state, forty of them at once still all finish, each in turn.
+#[tokio::test]
+async fn calls_wait_for_a_free_state() {
+    let f = Fixture::new();
+    let mut settings = f.settings(
+        "return { hooks = { on_connect = function(c)
+           kiln.kv.put('seen:' .. c.n, 'x')
+           return { action = 'accept', message = kiln.kv.get('seen:' .. c.n) }
+         end } }",
+    );
+    settings.states = 1;
+    let policy = std::sync::Arc::new(Policy::load(settings, f.store.clone()).expect("load"));
+    let calls = (0..40).map(|n| {
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            policy
+                .call::<_, Decision>("on_connect", &json!({ "n": n }))
+                .await
+        })
+    });
+    for call in futures::future::join_all(calls).await {
+        let d = call.expect("task").expect("hook").expect("decision");
+        assert_eq!(d.message.as_deref(), Some("x"));
+    }
+}
