@@ -167,7 +167,6 @@ local function account_of_domain(domain)
   return name
 end
 
-local SEND = { action = "send" }
 
 function M.hooks.check_limits(msg)
   local refused = static_checks(msg)
@@ -289,7 +288,8 @@ function M.hooks.check_limits(msg)
   end
   if refusal then return refusal end
   -- Kiln reports the queued message to `reputation` as "sent" itself.
-  if not drop then return SEND end
+  -- nil: no objection, every recipient is sent to (Kiln reads no answer).
+  if not drop then return nil end
   return { action = "send", drop = drop }
 end
 
