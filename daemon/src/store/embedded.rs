@@ -812,45 +812,62 @@ impl EmbeddedStore {
         max_age: Duration,
     ) -> Result<Vec<(usize, BatchValue)>> {
         let at = Instant::now();
-        // Taken before the table: see `ReadCache::put`.
-        let generation = self.kv.reads.generation();
-        let table = self.kv.current();
-        let from_table = |key: &str| -> Result<Option<Vec<u8>>> {
-            let value = table.get(key).map_err(err)?;
-            Ok(value.and_then(|v| live_value(v.value(), now).map(|b| b.to_vec())))
+        let row_key = |buf: &mut String, name: &str, member: Option<&str>| {
+            match member {
+                Some(m) => set_key_into(buf, name, m),
+                None => {
+                    buf.clear();
+                    buf.push_str(name);
+                }
+            };
         };
         let mut kept = (!max_age.is_zero()).then(|| self.kv.reads.entries());
-        let mut set_buf = String::new();
+        let mut buf = String::new();
         let mut out = Vec::with_capacity(reads.len());
-        for (i, name, member) in reads {
-            let key = match member {
-                Some(m) => {
-                    set_key_into(&mut set_buf, name, m);
-                    set_buf.as_str()
-                }
-                None => name.as_str(),
-            };
-            if let Some(entries) = kept.as_ref() {
+        let mut missed = Vec::new();
+        if let Some(entries) = kept.as_ref() {
+            for (i, name, member) in reads {
+                row_key(&mut buf, name, *member);
                 let hit = match member {
-                    Some(_) => entries.key_present(key, max_age, at).map(BatchValue::Bool),
-                    None => entries.key(key, max_age, at),
+                    Some(_) => entries.key_present(&buf, max_age, at).map(BatchValue::Bool),
+                    None => entries.key(&buf, max_age, at),
                 };
-                if let Some(v) = hit {
-                    out.push((*i, v));
-                    continue;
+                match hit {
+                    Some(v) => out.push((*i, v)),
+                    None => missed.push((*i, name, *member)),
                 }
             }
-            let value = from_table(key)?;
+        } else {
+            missed.extend(reads.iter().map(|(i, name, member)| (*i, name, *member)));
+        }
+        if missed.is_empty() {
+            // Every answer was kept: no table snapshot to take (the writer
+            // replaces it after every commit).
+            return Ok(out);
+        }
+        // Taken before the table: see `ReadCache::put` (read from the held
+        // lock, so no forget comes between).
+        let generation = match kept.as_ref() {
+            Some(entries) => entries.generation(),
+            None => self.kv.reads.generation(),
+        };
+        let table = self.kv.current();
+        for (i, name, member) in missed {
+            row_key(&mut buf, name, member);
+            let value = table
+                .get(buf.as_str())
+                .map_err(err)?
+                .and_then(|v| live_value(v.value(), now).map(|b| b.to_vec()));
             if let Some(entries) = kept.as_mut() {
                 entries.put(
-                    Read::Key(key.to_string()),
+                    Read::Key(buf.clone()),
                     &BatchValue::Bytes(value.clone()),
                     at,
                     generation,
                 );
             }
             out.push((
-                *i,
+                i,
                 match member {
                     Some(_) => BatchValue::Bool(value.is_some()),
                     None => BatchValue::Bytes(value),

@@ -101,6 +101,11 @@ impl Entries {
         }
     }
 
+    /// See [`ReadCache::generation`].
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     fn len(&self) -> usize {
         self.keys.len() + self.member_count
     }
