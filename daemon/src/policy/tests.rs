@@ -1087,59 +1087,62 @@ async fn batch_operations_are_checked_before_any_runs() {
     assert_eq!(after, json!(3), "no operation of a failed batch ran");
 }
 
+/// What `check_limits` answered for `m` (the scripts below answer what
+/// they saw).
+async fn seen_by(host: &LuaHost, id: &str, m: MessageInfo<'static>) -> Value {
+    let m = MessageInfo {
+        id: id.to_string().into(),
+        ..m
+    };
+    host.call::<_, Value>("check_limits", &m)
+        .await
+        .expect("check_limits")
+        .expect("answer")
+}
+
+/// A script that reports what it saw of its argument, then changes the
+/// argument as a careless script might: `change` is Lua run on `msg`.
+fn reporting_policy(change: &str) -> String {
+    format!(
+        r#"
+        local last = nil
+        return {{ disable = {{ "limits" }}, hooks = {{ check_limits = function(msg)
+          local seen = {{ same_table = last == msg, id = msg.id, subject = msg.subject,
+                         size = msg.size, mark = msg.mark, meta = getmetatable(msg) ~= nil,
+                         recipients = table.concat(msg.recipients, ","), count = #msg.recipients,
+                         campaign = msg.headers:get("X-Campaign") }}
+          last = msg
+          {change}
+          return seen
+        end }} }}
+        "#
+    )
+}
+
 /// A state keeps a per-message hook's argument table and refills it: the
 /// next message sees its own fields only, whatever a script did to the
 /// table (a key added, a list changed, a metatable), and its own headers.
 #[tokio::test]
 async fn a_kept_argument_table_shows_each_message_as_it_is() {
     let f = Fixture::new();
-    let host = f.host(
-        r#"
-        local last = nil
-        return { disable = { "limits" }, hooks = { check_limits = function(msg)
-          local seen = {
-            same_table = last == msg,
-            id = msg.id,
-            subject = msg.subject,
-            size = msg.size,
-            recipients = table.concat(msg.recipients, ","),
-            count = #msg.recipients,
-            mark = msg.mark,
-            campaign = msg.headers:get("X-Campaign"),
-            meta = getmetatable(msg) ~= nil,
-          }
-          last = msg
-          -- What a careless script might do to its argument.
-          msg.mark = "left over"
-          table.insert(msg.recipients, "extra@x.test")
-          if msg.subject == "meta" then setmetatable(msg, { __index = function() return 1 end }) end
-          return seen
-        end } }
-        "#,
-    );
-    let call = |m: MessageInfo<'static>| {
-        let host = &host;
-        async move {
-            host.call::<_, Value>("check_limits", &m)
-                .await
-                .expect("check_limits")
-                .expect("answer")
-        }
+    let winter = || {
+        super::decisions::HeaderView(std::sync::Arc::from(
+            &b"Subject: two\r\nX-Campaign: winter\r\n"[..],
+        ))
     };
-    let mut first = message(&["a@x.test", "b@x.test", "c@x.test"], "one", "regular", NOW);
-    first.id = "m1".into();
-    let seen = call(first).await;
+
+    // The script adds a key: the next message gets a table of its own.
+    let host = f.host(&reporting_policy(
+        r#"msg.mark = "left over"; table.insert(msg.recipients, "extra@x.test")"#,
+    ));
+    let first = message(&["a@x.test", "b@x.test", "c@x.test"], "one", "regular", NOW);
+    let seen = seen_by(&host, "m1", first).await;
     assert_eq!(seen["same_table"], false);
     assert_eq!(seen["recipients"], "a@x.test,b@x.test,c@x.test");
-
-    // The script added a key: the next message gets a table of its own.
     let mut second = message(&["d@x.test"], "two", "regular", NOW);
-    second.id = "m2".into();
     second.size = 10;
-    second.headers = super::decisions::HeaderView(std::sync::Arc::from(
-        &b"Subject: two\r\nX-Campaign: winter\r\n"[..],
-    ));
-    let seen = call(second).await;
+    second.headers = winter();
+    let seen = seen_by(&host, "m2", second).await;
     assert_eq!(seen["same_table"], false, "{seen}");
     assert_eq!(seen["mark"], Value::Null, "{seen}");
     assert_eq!(seen["id"], "m2");
@@ -1149,48 +1152,24 @@ async fn a_kept_argument_table_shows_each_message_as_it_is() {
     assert_eq!(seen["campaign"], "winter");
 
     // A script that only changes values and the list: the table is kept,
-    // refilled; the list is exactly the new message's.
-    let host = f.host(
-        r#"
-        local last = nil
-        return { disable = { "limits" }, hooks = { check_limits = function(msg)
-          local seen = { same_table = last == msg, id = msg.id, subject = msg.subject,
-                         recipients = table.concat(msg.recipients, ","), count = #msg.recipients,
-                         campaign = msg.headers:get("X-Campaign"), meta = getmetatable(msg) ~= nil }
-          last = msg
-          msg.subject = "changed"
-          msg.recipients[1] = "changed@x.test"
-          table.insert(msg.recipients, "extra@x.test")
-          if msg.id == "m2" then setmetatable(msg, { __index = function() return 1 end }) end
-          return seen
-        end } }
-        "#,
-    );
-    let call = |m: MessageInfo<'static>| {
-        let host = &host;
-        async move {
-            host.call::<_, Value>("check_limits", &m)
-                .await
-                .expect("check_limits")
-                .expect("answer")
-        }
-    };
-    let mut m1 = message(&["a@x.test", "b@x.test", "c@x.test"], "one", "regular", NOW);
-    m1.id = "m1".into();
-    call(m1).await;
+    // refilled; the list is exactly the new message's. A metatable (set
+    // on m2) makes the next message get a new, plain table.
+    let host = f.host(&reporting_policy(
+        r#"msg.subject = "changed"; msg.recipients[1] = "changed@x.test"
+           if msg.id == "m2" then setmetatable(msg, { __index = function() return 1 end }) end"#,
+    ));
+    let m1 = message(&["a@x.test", "b@x.test", "c@x.test"], "one", "regular", NOW);
+    seen_by(&host, "m1", m1).await;
     let mut m2 = message(&["d@x.test"], "two", "regular", NOW);
-    m2.id = "m2".into();
-    m2.headers = super::decisions::HeaderView(std::sync::Arc::from(&b"X-Campaign: winter\r\n"[..]));
-    let seen = call(m2).await;
+    m2.headers = winter();
+    let seen = seen_by(&host, "m2", m2).await;
     assert_eq!(seen["same_table"], true, "{seen}");
     assert_eq!(seen["subject"], "two");
     assert_eq!(seen["recipients"], "d@x.test");
     assert_eq!(seen["count"], 1);
     assert_eq!(seen["campaign"], "winter");
-    // m2's script set a metatable: m3 gets a new, plain table.
-    let mut m3 = message(&["e@x.test", "f@x.test"], "three", "regular", NOW);
-    m3.id = "m3".into();
-    let seen = call(m3).await;
+    let m3 = message(&["e@x.test", "f@x.test"], "three", "regular", NOW);
+    let seen = seen_by(&host, "m3", m3).await;
     assert_eq!(seen["same_table"], false, "{seen}");
     assert_eq!(seen["meta"], false);
     assert_eq!(seen["id"], "m3");
