@@ -712,19 +712,39 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
                 super::lua_raw::batch_answers(lua, &values)
             })?
         }
-        Store::Redis(_) => store_fn(
-            lua,
-            &store,
-            |lua, s, (ops, age): (Table, Option<f64>)| async move {
+        Store::Redis(redis) => {
+            // Most batches are answered on this node: a plain function
+            // tries that, doing nothing if it cannot, and only then the
+            // async one that may ask Redis.
+            let here = redis.clone();
+            let local = lua.create_function(move |lua, (ops, age): (Table, Option<f64>)| {
                 let age = read_age(age)?;
-                let ops: Vec<BatchOp> = super::lua_raw::batch_op_refs(&lua, &ops, ttl)?
-                    .into_iter()
-                    .map(|op| BatchOp::from_ref(op, NAMESPACE))
-                    .collect();
-                let values = s.batch_within(&ops, age).await.map_err(lua_err)?;
-                super::lua_raw::batch_answers(&lua, &values)
-            },
-        )?,
+                let refs = super::lua_raw::batch_op_refs(lua, &ops, ttl)?;
+                match here.batch_local(&refs, NAMESPACE, age) {
+                    Some(values) => super::lua_raw::batch_answers(lua, &values).map(Value::Table),
+                    None => Ok(Value::Nil),
+                }
+            })?;
+            let remote = store_fn(
+                lua,
+                &store,
+                |lua, s, (ops, age): (Table, Option<f64>)| async move {
+                    let age = read_age(age)?;
+                    let ops: Vec<BatchOp> = super::lua_raw::batch_op_refs(&lua, &ops, ttl)?
+                        .into_iter()
+                        .map(|op| BatchOp::from_ref(op, NAMESPACE))
+                        .collect();
+                    let values = s.batch_within(&ops, age).await.map_err(lua_err)?;
+                    super::lua_raw::batch_answers(&lua, &values)
+                },
+            )?;
+            lua.load(
+                "local here, anywhere = ...
+                 return function(ops, age) return here(ops, age) or anywhere(ops, age) end",
+            )
+            .set_name("=kiln.batch")
+            .call::<Function>((local, remote))?
+        }
     };
     kiln.set("batch", batch)?;
 

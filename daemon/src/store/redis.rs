@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::read_cache::{Read, ReadCache};
 use super::reservations::{IDLE_RETURN, MAX_GRANT, Reservations, SHARE_DIVISOR, Withdrawn};
-use super::{BatchOp, BatchValue};
+use super::{BatchOp, BatchValue, OpRef};
 
 /// How often unused reserved units go back and old reads are dropped.
 const COUNTER_SWEEP: Duration = Duration::from_millis(250);
@@ -552,6 +552,84 @@ impl RedisStore {
         Ok(done? > 0)
     }
 
+    /// The whole batch answered on this node without waiting, or None,
+    /// having done nothing, when any operation needs Redis. `kiln.batch`
+    /// tries this first: most messages' batches are answered here, and a
+    /// call that never waits costs less than one that may.
+    pub fn batch_local(
+        &self,
+        ops: &[OpRef<'_>],
+        prefix: &str,
+        max_age: Duration,
+    ) -> Option<Vec<BatchValue>> {
+        let now = Instant::now();
+        let full = |buf: &mut String, k: &str| {
+            buf.clear();
+            buf.push_str(prefix);
+            buf.push_str(k);
+        };
+        // Two takes or gives of one counter would have to be checked
+        // together: such a batch goes the usual way.
+        fn counted<'k>(op: &OpRef<'k>) -> Option<&'k str> {
+            match op {
+                OpRef::Take { key, .. } | OpRef::Give { key, .. } => Some(*key),
+                _ => None,
+            }
+        }
+        for (i, a) in ops.iter().enumerate() {
+            if let Some(k) = counted(a)
+                && ops[i + 1..].iter().any(|b| counted(b) == Some(k))
+            {
+                return None;
+            }
+        }
+        let reads = (!max_age.is_zero()).then(|| self.reads.entries());
+        let mut ledger = self.reserved.ledger();
+        let mut buf = String::new();
+        let mut out = Vec::with_capacity(ops.len());
+        // First every answer, changing nothing; then the counts.
+        for op in ops {
+            let answer = match op {
+                OpRef::Get(k) => {
+                    full(&mut buf, k);
+                    reads.as_ref()?.key(&buf, max_age, now)?
+                }
+                OpRef::Contains(set, m) => {
+                    full(&mut buf, set);
+                    reads.as_ref()?.member(&buf, m, max_age, now)?
+                }
+                OpRef::Incr(..) => return None,
+                OpRef::Take { key, amount, .. } => {
+                    full(&mut buf, key);
+                    ledger
+                        .can_spend(&buf, *amount, now)
+                        .then_some(BatchValue::Bool(true))?
+                }
+                OpRef::Give { key, amount } => {
+                    full(&mut buf, key);
+                    ledger
+                        .can_give(&buf, *amount, now)
+                        .then_some(BatchValue::Bool(true))?
+                }
+            };
+            out.push(answer);
+        }
+        for op in ops {
+            match op {
+                OpRef::Take { key, amount, .. } if *amount > 0 => {
+                    full(&mut buf, key);
+                    ledger.spend(&buf, *amount, now);
+                }
+                OpRef::Give { key, amount } => {
+                    full(&mut buf, key);
+                    ledger.give(&buf, *amount, now);
+                }
+                _ => {}
+            }
+        }
+        Some(out)
+    }
+
     /// Answers what it can on this node (reads of bounded age, takes from
     /// reserved units, gives), the rest in one pipeline: GET, ZSCORE (a
     /// set member's expiry), INCRBY with PEXPIRE NX (the window starts at
@@ -936,6 +1014,64 @@ mod tests {
             "a refusal counts nothing"
         );
         assert!(took(&a, take("other", 0, 5)).await, "nothing always fits");
+    }
+
+    /// `batch_local` answers a batch entirely on this node, or does
+    /// nothing at all and leaves it to `batch`.
+    #[tokio::test]
+    async fn a_batch_is_answered_here_whole_or_not_at_all() {
+        let redis = RedisServer::start();
+        let a = node(&redis).await;
+        let age = Duration::from_secs(1);
+        let take_here = |key, amount| OpRef::Take {
+            key,
+            amount,
+            ttl: Duration::from_secs(60),
+            limit: 4000,
+            hold_at_most: MAX_GRANT,
+        };
+        assert_eq!(
+            a.batch_local(&[take_here("k", 1)], "p:", age),
+            None,
+            "nothing held"
+        );
+        // Units held ahead for p:k after a few takes through Redis.
+        for _ in 0..8 {
+            assert!(took(&a, take("p:k", 1, 4000)).await);
+        }
+        let (_, held) = a.held_ahead();
+        assert!(held >= 2, "{held}");
+        let in_redis = counted(&redis, "p:k").await;
+        // One operation that needs Redis (an unread key, an increment, two
+        // takes of one counter): nothing is spent.
+        for ops in [
+            vec![take_here("k", 1), OpRef::Get("unread")],
+            vec![
+                take_here("k", 1),
+                OpRef::Incr("n", 1, Duration::from_secs(60)),
+            ],
+            vec![take_here("k", 1), take_here("k", 1)],
+            vec![take_here("k", held + 1)],
+        ] {
+            assert_eq!(a.batch_local(&ops, "p:", age), None, "{ops:?}");
+            assert_eq!(a.held_ahead().1, held, "{ops:?} spent nothing");
+        }
+        // Held units and a read kept a moment ago: answered here, spent.
+        a.batch(&[BatchOp::Get("p:seen".into())], age)
+            .await
+            .expect("read");
+        let answered = a.batch_local(&[take_here("k", 2), OpRef::Get("seen")], "p:", age);
+        assert_eq!(
+            answered,
+            Some(vec![BatchValue::Bool(true), BatchValue::Bytes(None)])
+        );
+        assert_eq!(a.held_ahead().1, held - 2);
+        assert_eq!(counted(&redis, "p:k").await, in_redis, "no round trip");
+        // Without an age nothing read is answered here.
+        assert_eq!(
+            a.batch_local(&[OpRef::Get("seen")], "p:", Duration::ZERO),
+            None
+        );
     }
 
     #[tokio::test]

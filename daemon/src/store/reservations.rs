@@ -113,6 +113,24 @@ impl Ledger {
         }
     }
 
+    /// Whether `spend` of `amount` would succeed (it changes nothing).
+    pub fn can_spend(&self, key: &str, amount: i64, now: Instant) -> bool {
+        amount <= 0
+            || self
+                .held
+                .get(key)
+                .is_some_and(|h| h.live(now) && h.left >= amount)
+    }
+
+    /// Whether `give` of `amount` would stay on this node.
+    pub fn can_give(&self, key: &str, amount: i64, now: Instant) -> bool {
+        amount <= 0
+            || self
+                .held
+                .get(key)
+                .is_some_and(|h| h.live(now) && h.left > 0)
+    }
+
     /// Takes out and answers what is held of `key` (0 units if nothing
     /// live), so a grant from Redis can top it up. How far ahead grants
     /// go stays, so that takes waiting on Redis at once all ask as far.
