@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::ffi::CStr;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -52,8 +52,8 @@ pub struct Watch {
     overdue: AtomicBool,
     /// The count hook is set on `state`.
     hooked: AtomicBool,
-    /// The OS thread polling the call now (pthread_t); 0: none.
-    thread: AtomicU64,
+    /// The OS thread polling the call now (its kernel thread id); 0: none.
+    thread: AtomicI32,
     /// The Lua thread the calls run on.
     state: AtomicPtr<ffi::lua_State>,
     instructions_left: AtomicI64,
@@ -64,6 +64,21 @@ thread_local! {
     /// The watch of the call this OS thread is polling, for the signal
     /// handler and the count hook (a plain cell: read in a signal handler).
     static CURRENT: Cell<*const Watch> = const { Cell::new(std::ptr::null()) };
+    /// This thread's kernel id, once asked.
+    static TID: Cell<i32> = const { Cell::new(0) };
+}
+
+/// This OS thread's kernel id. The watchdog signals by it with tgkill,
+/// which reaches only this process's threads: a thread that has ended in
+/// the meantime is no one (or another of ours, which ignores the signal).
+fn this_thread() -> i32 {
+    TID.with(|t| {
+        if t.get() == 0 {
+            // SAFETY: gettid has no preconditions.
+            t.set(unsafe { libc::gettid() });
+        }
+        t.get()
+    })
 }
 
 impl Watch {
@@ -74,7 +89,7 @@ impl Watch {
             started_ms: AtomicI64::new(0),
             overdue: AtomicBool::new(false),
             hooked: AtomicBool::new(false),
-            thread: AtomicU64::new(0),
+            thread: AtomicI32::new(0),
             state: AtomicPtr::new(state),
             instructions_left: AtomicI64::new(i64::MAX),
             deadline_ms: AtomicI64::new(i64::MAX),
@@ -120,13 +135,9 @@ impl Watch {
         max_instructions: i64,
         timeout: Duration,
     ) -> Watched<F> {
-        let now = now_ms();
-        self.instructions_left
-            .store(max_instructions, Ordering::Relaxed);
-        self.deadline_ms
-            .store(now + timeout.as_millis() as i64, Ordering::Relaxed);
+        self.arm(max_instructions, timeout);
         self.overdue.store(false, Ordering::SeqCst);
-        self.started_ms.store(now, Ordering::SeqCst);
+        self.started_ms.store(now_ms(), Ordering::SeqCst);
         Watched {
             watch: self.clone(),
             call,
@@ -137,6 +148,9 @@ impl Watch {
     /// that runs the call (while it polls it, or in the signal handler
     /// that interrupted it).
     fn hook(&self) {
+        if self.state.load(Ordering::SeqCst).is_null() {
+            return;
+        }
         if !self.hooked.swap(true, Ordering::SeqCst) {
             // SAFETY: the state lives as long as the watch is used (see
             // `new`); this OS thread is the one running it.
@@ -177,10 +191,7 @@ impl<F: Future> Future for Watched<F> {
         let this = unsafe { self.get_unchecked_mut() };
         let watch: &Watch = &this.watch;
         let outer = CURRENT.with(|c| c.replace(watch));
-        // SAFETY: pthread_self has no preconditions.
-        watch
-            .thread
-            .store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+        watch.thread.store(this_thread(), Ordering::SeqCst);
         if watch.overdue.load(Ordering::SeqCst) {
             watch.hook();
         }
@@ -303,11 +314,8 @@ impl Watchdog {
                 // call, if one is (else its next poll sets it).
                 let thread = watch.thread.load(Ordering::SeqCst);
                 if thread != 0 && !watch.hooked.load(Ordering::SeqCst) {
-                    // SAFETY: a thread id read while the call ran on it;
-                    // glibc's pthread_kill on a thread that has since
-                    // ended reports ESRCH, and kiln's threads live as long
-                    // as the process.
-                    unsafe { libc::pthread_kill(thread as libc::pthread_t, SIGNAL) };
+                    // SAFETY: a plain system call; see `this_thread`.
+                    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), thread, SIGNAL) };
                 }
             }
             tick = if running { TICK } else { IDLE_TICK };
