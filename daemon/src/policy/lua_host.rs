@@ -11,7 +11,7 @@
 
 use super::decisions::{HookAnswer, HookArg};
 use super::lua_raw::ArgSlot;
-use super::watchdog::{HOOK_EVERY, Watch};
+use super::watchdog::{Budget, HOOK_EVERY, Watch};
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
 use crate::net::now_ms;
 use crate::store::{BatchOp, Store};
@@ -86,9 +86,8 @@ impl LuaHost {
         ));
         // Loading runs scripts too, on the main thread: under the same
         // limits, counted from the start (the hook comes off afterwards).
-        let loading = Watch::new(std::ptr::null_mut());
-        loading.arm(settings.max_instructions as i64, settings.timeout);
-        let budget = loading.clone();
+        let budget = Arc::new(Budget::default());
+        budget.arm(settings.max_instructions as i64, settings.timeout);
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY as u32),
             move |_, _| match budget.spend() {
@@ -208,14 +207,9 @@ impl LuaHost {
         Ok((out, only))
     }
 
-    /// The hooks this state's scripts define.
-    pub fn hook_names(&self) -> std::collections::HashSet<&'static str> {
-        HOOKS
-            .iter()
-            .zip(&self.hooks)
-            .filter(|(_, f)| f.is_some())
-            .map(|(h, _)| *h)
-            .collect()
+    /// Whether this state's scripts define each hook, by position in `HOOKS`.
+    pub fn defined(&self) -> Vec<bool> {
+        self.hooks.iter().map(Option::is_some).collect()
     }
 
     /// Hooks a plugin declared for some kinds of item only.
@@ -229,9 +223,23 @@ impl LuaHost {
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        let Some(at) = super::hook_index(hook) else {
-            return Ok(None);
-        };
+        match super::hook_index(hook) {
+            Some(at) => self.call_at(at, hook, arg).await,
+            None => Ok(None),
+        }
+    }
+
+    /// `call` of the hook at `at` in `HOOKS` (its name is for errors).
+    pub async fn call_at<A, R>(
+        &self,
+        at: usize,
+        hook: &'static str,
+        arg: &A,
+    ) -> Result<Option<R>, PolicyError>
+    where
+        A: HookArg + ?Sized,
+        R: HookAnswer,
+    {
         let Some(Some(f)) = self.hooks.get(at) else {
             return Ok(None);
         };
@@ -506,6 +514,17 @@ fn read_age(ms: Option<f64>) -> mlua::Result<Duration> {
     }
 }
 
+/// `kiln.batch`'s arguments: its operations, and how old an answer to a
+/// read may be.
+fn batch_args<'t>(
+    lua: &Lua,
+    ops: &'t Table,
+    age: Option<f64>,
+) -> mlua::Result<(Vec<crate::store::OpRef<'t>>, Duration)> {
+    let age = read_age(age)?;
+    Ok((super::lua_raw::batch_op_refs(lua, ops, ttl)?, age))
+}
+
 fn memory_limit(settings: &PolicySettings) -> usize {
     settings.max_memory_mb.saturating_mul(1024 * 1024).max(1)
 }
@@ -704,8 +723,7 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
         Store::Embedded(embedded) => {
             let embedded = embedded.clone();
             lua.create_function(move |lua, (ops, age): (Table, Option<f64>)| {
-                let age = read_age(age)?;
-                let ops = super::lua_raw::batch_op_refs(lua, &ops, ttl)?;
+                let (ops, age) = batch_args(lua, &ops, age)?;
                 let values = embedded
                     .batch_refs(ops.into_iter(), NAMESPACE, age)
                     .map_err(lua_err)?;
@@ -718,8 +736,7 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
             // async one that may ask Redis.
             let here = redis.clone();
             let local = lua.create_function(move |lua, (ops, age): (Table, Option<f64>)| {
-                let age = read_age(age)?;
-                let refs = super::lua_raw::batch_op_refs(lua, &ops, ttl)?;
+                let (refs, age) = batch_args(lua, &ops, age)?;
                 match here.batch_local(&refs, NAMESPACE, age) {
                     Some(values) => super::lua_raw::batch_answers(lua, &values).map(Value::Table),
                     None => Ok(Value::Nil),
@@ -729,8 +746,8 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
                 lua,
                 &store,
                 |lua, s, (ops, age): (Table, Option<f64>)| async move {
-                    let age = read_age(age)?;
-                    let ops: Vec<BatchOp> = super::lua_raw::batch_op_refs(&lua, &ops, ttl)?
+                    let (refs, age) = batch_args(&lua, &ops, age)?;
+                    let ops: Vec<BatchOp> = refs
                         .into_iter()
                         .map(|op| BatchOp::from_ref(op, NAMESPACE))
                         .collect();

@@ -119,8 +119,8 @@ impl Engine {
         for _ in 0..settings.states.max(1) {
             hosts.push(LuaHost::new(settings, store.clone())?);
         }
-        let (names, only) = match hosts.first() {
-            Some(h) => (h.hook_names(), h.kind_restrictions().clone()),
+        let (defined, only) = match hosts.first() {
+            Some(h) => (h.defined(), h.kind_restrictions().clone()),
             None => Default::default(),
         };
         Ok(Engine {
@@ -128,7 +128,7 @@ impl Engine {
             waiting: AtomicUsize::new(0),
             hosts: Mutex::new(hosts.into_iter().map(Some).collect()),
             version,
-            defined: HOOKS.iter().map(|h| names.contains(h)).collect(),
+            defined,
             only: HOOKS.iter().map(|h| only.get(h).cloned()).collect(),
         })
     }
@@ -136,9 +136,11 @@ impl Engine {
     /// Whether `hook` is defined, and for an item of `kind` if one is given
     /// (a plugin may declare a hook for some kinds of item only).
     fn wants(&self, hook: &str, kind: Option<&str>) -> bool {
-        let Some(at) = hook_index(hook) else {
-            return false;
-        };
+        hook_index(hook).is_some_and(|at| self.wants_at(at, kind))
+    }
+
+    /// `wants` of the hook at `at` in `HOOKS`.
+    fn wants_at(&self, at: usize, kind: Option<&str>) -> bool {
         self.defined.get(at).is_some_and(|d| *d)
             && kind.is_none_or(|k| {
                 self.only
@@ -158,9 +160,9 @@ impl Engine {
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        if !self.wants(hook, kind) {
+        let Some(at) = hook_index(hook).filter(|at| self.wants_at(*at, kind)) else {
             return Ok(None);
-        }
+        };
         let (slot, host) = self.take_host().await;
         // Gives the state back even if this future is dropped mid-call.
         let guard = HostGuard {
@@ -169,13 +171,11 @@ impl Engine {
             engine: self,
         };
         match &guard.host {
-            Some(host) => host.call(hook, arg).await,
+            Some(host) => host.call_at(at, hook, arg).await,
             None => Ok(None),
         }
     }
-}
 
-impl Engine {
     /// A free Lua state, waiting for one if all are busy (on Redis a call
     /// holds its state while it waits on the store).
     ///

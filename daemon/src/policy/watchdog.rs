@@ -56,8 +56,49 @@ pub struct Watch {
     thread: AtomicI32,
     /// The Lua thread the calls run on.
     state: AtomicPtr<ffi::lua_State>,
+    budget: Budget,
+}
+
+/// What a call (or loading the scripts) may still run: instructions, and
+/// until when.
+pub struct Budget {
     instructions_left: AtomicI64,
     deadline_ms: AtomicI64,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget {
+            instructions_left: AtomicI64::new(i64::MAX),
+            deadline_ms: AtomicI64::new(i64::MAX),
+        }
+    }
+}
+
+impl Budget {
+    /// Sets the limits for what runs next.
+    pub fn arm(&self, max_instructions: i64, timeout: Duration) {
+        self.instructions_left
+            .store(max_instructions, Ordering::Relaxed);
+        self.deadline_ms
+            .store(now_ms() + timeout.as_millis() as i64, Ordering::Relaxed);
+    }
+
+    /// Counts `HOOK_EVERY` instructions against the budget; the error a
+    /// call ends with when it is over a limit.
+    pub fn spend(&self) -> Option<&'static CStr> {
+        let left = self
+            .instructions_left
+            .fetch_sub(HOOK_EVERY as i64, Ordering::Relaxed)
+            - HOOK_EVERY as i64;
+        if left < 0 {
+            Some(c"instruction limit exceeded")
+        } else if now_ms() > self.deadline_ms.load(Ordering::Relaxed) {
+            Some(c"time limit exceeded")
+        } else {
+            None
+        }
+    }
 }
 
 thread_local! {
@@ -91,8 +132,7 @@ impl Watch {
             hooked: AtomicBool::new(false),
             thread: AtomicI32::new(0),
             state: AtomicPtr::new(state),
-            instructions_left: AtomicI64::new(i64::MAX),
-            deadline_ms: AtomicI64::new(i64::MAX),
+            budget: Budget::default(),
         });
         watchdog().register(&watch);
         watch
@@ -103,30 +143,6 @@ impl Watch {
         self.state.store(state, Ordering::SeqCst);
     }
 
-    /// Sets the limits for what runs next (a call, or loading scripts).
-    pub fn arm(&self, max_instructions: i64, timeout: Duration) {
-        self.instructions_left
-            .store(max_instructions, Ordering::Relaxed);
-        self.deadline_ms
-            .store(now_ms() + timeout.as_millis() as i64, Ordering::Relaxed);
-    }
-
-    /// Counts `HOOK_EVERY` instructions against the budget; the error a
-    /// call ends with when it is over a limit.
-    pub fn spend(&self) -> Option<&'static CStr> {
-        let left = self
-            .instructions_left
-            .fetch_sub(HOOK_EVERY as i64, Ordering::Relaxed)
-            - HOOK_EVERY as i64;
-        if left < 0 {
-            Some(c"instruction limit exceeded")
-        } else if now_ms() > self.deadline_ms.load(Ordering::Relaxed) {
-            Some(c"time limit exceeded")
-        } else {
-            None
-        }
-    }
-
     /// Runs `call` (a hook call on this watch's Lua thread) watched, with
     /// these limits.
     pub fn run<F: Future>(
@@ -135,7 +151,7 @@ impl Watch {
         max_instructions: i64,
         timeout: Duration,
     ) -> Watched<F> {
-        self.arm(max_instructions, timeout);
+        self.budget.arm(max_instructions, timeout);
         self.overdue.store(false, Ordering::SeqCst);
         self.started_ms.store(now_ms(), Ordering::SeqCst);
         Watched {
@@ -148,9 +164,6 @@ impl Watch {
     /// that runs the call (while it polls it, or in the signal handler
     /// that interrupted it).
     fn hook(&self) {
-        if self.state.load(Ordering::SeqCst).is_null() {
-            return;
-        }
         if !self.hooked.swap(true, Ordering::SeqCst) {
             // SAFETY: the state lives as long as the watch is used (see
             // `new`); this OS thread is the one running it.
@@ -218,7 +231,7 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, _: *mut ffi::
     }
     // SAFETY: CURRENT points at the watch of the call being polled on this
     // thread, which outlives the poll.
-    let Some(reason) = (unsafe { &*watch }).spend() else {
+    let Some(reason) = (unsafe { &*watch }).budget.spend() else {
         return;
     };
     // SAFETY: raising a Lua error from a hook is allowed; nothing on this

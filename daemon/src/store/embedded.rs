@@ -108,7 +108,7 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     index: Mutex<QueueIndex>,
     retention: Duration,
-    counters: Mutex<foldhash::HashMap<String, Counter>>,
+    counters: Mutex<Counters>,
 }
 
 /// A counter lives in memory and reaches the file within a second (and at
@@ -119,6 +119,9 @@ struct Counter {
     expires_at: i64,
     dirty: bool,
 }
+
+/// The counters in memory, by key.
+type Counters = foldhash::HashMap<String, Counter>;
 
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
 
@@ -292,7 +295,7 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             index: Mutex::new(index),
             retention,
-            counters: Mutex::new(foldhash::HashMap::default()),
+            counters: Mutex::new(Counters::default()),
         });
         let flusher = Arc::downgrade(&store);
         tokio::spawn(async move {
@@ -342,7 +345,7 @@ impl EmbeddedStore {
         }
     }
 
-    fn counters(&self) -> std::sync::MutexGuard<'_, foldhash::HashMap<String, Counter>> {
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -545,24 +548,47 @@ impl EmbeddedStore {
     /// Counts in memory (persisted every second): never waits, so policy
     /// scripts may call it without an await.
     pub fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        self.incr_at(now_ms(), key, by, ttl)
+        self.incr_in(&mut self.counters(), now_ms(), key, by, ttl)
     }
 
-    fn incr_at(&self, now: i64, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        self.with_counter(now, key, Some(ttl), |v| {
+    /// Counts `amount` against `limit` if the count stays within it.
+    pub fn take(&self, key: &str, amount: i64, ttl: Duration, limit: i64) -> Result<bool> {
+        self.take_in(&mut self.counters(), now_ms(), key, amount, ttl, limit)
+    }
+
+    /// Gives back `amount` taken earlier; a counter that is gone stays gone.
+    pub fn give(&self, key: &str, amount: i64) -> Result<()> {
+        self.give_in(&mut self.counters(), now_ms(), key, amount)
+    }
+
+    // `incr`, `take` and `give` under a lock of the counters already held
+    // (a batch takes it once for all its operations).
+
+    fn incr_in(
+        &self,
+        counters: &mut Counters,
+        now: i64,
+        key: &str,
+        by: i64,
+        ttl: Duration,
+    ) -> Result<i64> {
+        self.with_counter(counters, now, key, Some(ttl), |v| {
             *v = v.saturating_add(by);
             *v
         })
         .map(|v| v.unwrap_or(by))
     }
 
-    /// Counts `amount` against `limit` if the count stays within it.
-    pub fn take(&self, key: &str, amount: i64, ttl: Duration, limit: i64) -> Result<bool> {
-        self.take_at(now_ms(), key, amount, ttl, limit)
-    }
-
-    fn take_at(&self, now: i64, key: &str, amount: i64, ttl: Duration, limit: i64) -> Result<bool> {
-        self.with_counter(now, key, Some(ttl), |v| {
+    fn take_in(
+        &self,
+        counters: &mut Counters,
+        now: i64,
+        key: &str,
+        amount: i64,
+        ttl: Duration,
+        limit: i64,
+    ) -> Result<bool> {
+        self.with_counter(counters, now, key, Some(ttl), |v| {
             let after = v.saturating_add(amount);
             let fits = after <= limit;
             if fits {
@@ -573,32 +599,18 @@ impl EmbeddedStore {
         .map(|taken| taken.unwrap_or(false))
     }
 
-    /// Gives back `amount` taken earlier; a counter that is gone stays gone.
-    pub fn give(&self, key: &str, amount: i64) -> Result<()> {
-        self.give_at(now_ms(), key, amount)
-    }
-
-    fn give_at(&self, now: i64, key: &str, amount: i64) -> Result<()> {
-        self.with_counter(now, key, None, |v| *v = v.saturating_sub(amount).max(0))
-            .map(|_| ())
+    fn give_in(&self, counters: &mut Counters, now: i64, key: &str, amount: i64) -> Result<()> {
+        self.with_counter(counters, now, key, None, |v| {
+            *v = v.saturating_sub(amount).max(0)
+        })
+        .map(|_| ())
     }
 
     /// Applies `change` to a live counter, or to a new one starting at 0
     /// that expires after `ttl` (None: no new counter, nothing happens).
     fn with_counter<T>(
         &self,
-        now: i64,
-        key: &str,
-        ttl: Option<Duration>,
-        change: impl FnOnce(&mut i64) -> T,
-    ) -> Result<Option<T>> {
-        self.with_counter_in(&mut self.counters(), now, key, ttl, change)
-    }
-
-    /// [`Self::with_counter`] under a lock of the counters already held.
-    fn with_counter_in<T>(
-        &self,
-        counters: &mut foldhash::HashMap<String, Counter>,
+        counters: &mut Counters,
         now: i64,
         key: &str,
         ttl: Option<Duration>,
@@ -722,11 +734,10 @@ impl EmbeddedStore {
         max_age: Duration,
     ) -> Result<Vec<BatchValue>> {
         let now = now_ms();
-        let full = |k: &str| {
-            let mut key = String::with_capacity(prefix.len() + k.len());
-            key.push_str(prefix);
-            key.push_str(k);
-            key
+        let full = |buf: &mut String, k: &str| {
+            buf.clear();
+            buf.push_str(prefix);
+            buf.push_str(k);
         };
         // First the counters, in order, under one lock of them; a `get`
         // of a key that is no live counter is read with the rest. Every
@@ -734,54 +745,48 @@ impl EmbeddedStore {
         // one lock per batch, not per operation.
         let mut out: Vec<Option<BatchValue>> = Vec::with_capacity(ops.len());
         let mut reads: Vec<(usize, String, Option<&'a str>)> = Vec::new();
+        let mut key = String::new();
         {
             let mut counters = self.counters();
+            let counters = &mut *counters;
             for (i, op) in ops.enumerate() {
                 let answer = match op {
                     OpRef::Get(k) => {
-                        let key = full(k);
+                        full(&mut key, k);
                         match counters.get(key.as_str()).filter(|c| c.expires_at > now) {
                             Some(c) => Some(BatchValue::Bytes(Some(
                                 itoa::Buffer::new().format(c.value).as_bytes().to_vec(),
                             ))),
                             None => {
-                                reads.push((i, key, None));
+                                reads.push((i, key.clone(), None));
                                 None
                             }
                         }
                     }
                     OpRef::Contains(set, member) => {
-                        reads.push((i, full(set), Some(member)));
+                        full(&mut key, set);
+                        reads.push((i, key.clone(), Some(member)));
                         None
                     }
-                    OpRef::Incr(k, by, ttl) => Some(BatchValue::Int(
-                        self.with_counter_in(&mut counters, now, &full(k), Some(ttl), |v| {
-                            *v = v.saturating_add(by);
-                            *v
-                        })?
-                        .unwrap_or(by),
-                    )),
+                    OpRef::Incr(k, by, ttl) => {
+                        full(&mut key, k);
+                        Some(BatchValue::Int(self.incr_in(counters, now, &key, by, ttl)?))
+                    }
                     OpRef::Take {
                         key: k,
                         amount,
                         ttl,
                         limit,
                         ..
-                    } => Some(BatchValue::Bool(
-                        self.with_counter_in(&mut counters, now, &full(k), Some(ttl), |v| {
-                            let after = v.saturating_add(amount);
-                            let fits = after <= limit;
-                            if fits {
-                                *v = after;
-                            }
-                            fits
-                        })?
-                        .unwrap_or(false),
-                    )),
+                    } => {
+                        full(&mut key, k);
+                        Some(BatchValue::Bool(
+                            self.take_in(counters, now, &key, amount, ttl, limit)?,
+                        ))
+                    }
                     OpRef::Give { key: k, amount } => {
-                        self.with_counter_in(&mut counters, now, &full(k), None, |v| {
-                            *v = v.saturating_sub(amount).max(0)
-                        })?;
+                        full(&mut key, k);
+                        self.give_in(counters, now, &key, amount)?;
                         Some(BatchValue::Bool(true))
                     }
                 };

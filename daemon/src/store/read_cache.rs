@@ -138,10 +138,6 @@ impl ReadCache {
         self.entries().key(key, max_age, now)
     }
 
-    pub fn key_present(&self, key: &str, max_age: Duration, now: Instant) -> Option<bool> {
-        self.entries().key_present(key, max_age, now)
-    }
-
     /// To take before a read is sent, and give to `put` with its answer.
     pub fn generation(&self) -> u64 {
         self.entries().generation
