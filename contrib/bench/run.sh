@@ -44,13 +44,13 @@ done
 # with the median share; then the policy step on its own, six runs.
 for store in embedded redis; do
   echo "# policy: default against off, $store" >&2
-  target/release/kiln-bench --n "$N" --store "$store" --policy default --pairs 8 --kiln target/release/kiln
+  target/release/kiln-bench --n "$N" --store "$store" --policy default --pairs 12 --kiln target/release/kiln
 done
 # Every message to a recipient of its own: each message's recipient checks
 # find nothing read before (on Redis, one round trip per message).
 for store in redis embedded; do
   echo "# policy: default against off, $store, distinct recipients" >&2
-  target/release/kiln-bench --n "$N" --store "$store" --policy default --pairs 4 --recipients distinct \
+  target/release/kiln-bench --n "$N" --store "$store" --policy default --pairs 6 --recipients distinct \
     --kiln target/release/kiln
 done
 for store in embedded redis; do

@@ -20,9 +20,11 @@
 //! `--pairs K` runs the policy and `off` alternately K times (a fresh kiln
 //! each run) and ends with what the policy costs:
 //!
-//! `kiln policy_cost pairs=K policy=<P> median_share=<x> min_share=<x> max_share=<x> median_extra_cpu_us_per_msg=<n> store=<s> recipients=<one|distinct>`
+//! `kiln policy_cost pairs=K policy=<P> median_share=<x> q1_share=<x> q3_share=<x> min_share=<x> max_share=<x> share_of_means=<x> median_extra_cpu_us_per_msg=<n> store=<s> recipients=<one|distinct>`
 //!
-//! where a share is the policy run's end-to-end rate over the next off run's.
+//! where a share is the policy run's end-to-end rate over the next off run's
+//! (quartiles interpolated), and `share_of_means` the policy runs' mean rate
+//! over the off runs' mean rate.
 //!
 //! `--recipients distinct` sends every message of the built-in load to a
 //! recipient of its own (`r<i>@sink.test`) instead of all to one: each
@@ -136,25 +138,40 @@ async fn main() {
     // more than a policy costs, so single runs compare poorly.
     let mut shares = Vec::with_capacity(args.pairs);
     let mut extra_cpu = Vec::with_capacity(args.pairs);
+    let (mut with_total, mut without_total) = (0.0, 0.0);
     for _ in 0..args.pairs {
         let with = run(&args, &args.policy).await;
         let without = run(&args, &Policy::Off).await;
         shares.push(with.end_to_end_mps / without.end_to_end_mps);
         extra_cpu.push(with.cpu_us_per_msg - without.cpu_us_per_msg);
+        with_total += with.end_to_end_mps;
+        without_total += without.end_to_end_mps;
     }
     shares.sort_by(f64::total_cmp);
     extra_cpu.sort_by(f64::total_cmp);
     println!(
-        "kiln policy_cost pairs={} policy={} median_share={:.2} min_share={:.2} max_share={:.2} median_extra_cpu_us_per_msg={:.0} store={} recipients={}",
+        "kiln policy_cost pairs={} policy={} median_share={:.2} q1_share={:.2} q3_share={:.2} min_share={:.2} max_share={:.2} share_of_means={:.2} median_extra_cpu_us_per_msg={:.0} store={} recipients={}",
         args.pairs,
         args.policy,
-        shares[shares.len() / 2],
+        quantile(&shares, 0.5),
+        quantile(&shares, 0.25),
+        quantile(&shares, 0.75),
         shares[0],
         shares[shares.len() - 1],
-        extra_cpu[extra_cpu.len() / 2],
+        with_total / without_total,
+        quantile(&extra_cpu, 0.5),
         if args.redis { "redis" } else { "embedded" },
         args.recipients()
     );
+}
+
+/// The `q` quantile of sorted, non-empty `values`, interpolated between
+/// neighbours (so the median of an even count is the mean of the middle two).
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let at = q * (values.len() - 1) as f64;
+    let (low, high) = (at.floor() as usize, at.ceil() as usize);
+    let (a, b) = (values[low], values[high]);
+    a + (b - a) * (at - low as f64)
 }
 
 /// One run: a fresh kiln (and peers) under `policy`; prints its line.
@@ -294,5 +311,23 @@ fn inject_with_smtp_source(source: &Path, args: &Args, addr: std::net::SocketAdd
             eprintln!("kiln-bench: cannot run {}: {e}", source.display());
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_interpolate_between_neighbours() {
+        let v = [0.80, 0.90, 0.95, 1.00];
+        assert!(
+            (quantile(&v, 0.5) - 0.925).abs() < 1e-9,
+            "mean of the middle two"
+        );
+        assert!((quantile(&v, 0.25) - 0.875).abs() < 1e-9);
+        assert!((quantile(&v, 0.0) - 0.80).abs() < 1e-9);
+        assert!((quantile(&v, 1.0) - 1.00).abs() < 1e-9);
+        assert!((quantile(&[0.93], 0.5) - 0.93).abs() < 1e-9);
     }
 }
