@@ -492,13 +492,10 @@ fn zone_fn<R: mlua::IntoLua + 'static>(
     })
 }
 
-/// A script's key or set name in the store: under the scripts' own prefix.
+/// A script's key or set name in the store: under the scripts' own prefix
+/// (`kiln.batch` hands the prefix to the store with borrowed keys instead).
 pub fn ns(key: &str) -> String {
-    // Runs for every key of every `kiln.batch`: no formatting machinery.
-    let mut out = String::with_capacity(NAMESPACE.len() + key.len());
-    out.push_str(NAMESPACE);
-    out.push_str(key);
-    out
+    crate::store::prefixed(NAMESPACE, key)
 }
 
 /// `kiln.batch`'s second argument: how old, in milliseconds, an answer to a

@@ -9,7 +9,7 @@
 
 use super::read_cache::{Read, ReadCache};
 use super::wal::{self, Change, TableId, Wal};
-use super::{BatchOp, BatchValue, OpRef};
+use super::{BatchOp, BatchValue, OpRef, prefixed_into};
 use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
     StoreError, Write, decode, encode,
@@ -734,11 +734,7 @@ impl EmbeddedStore {
         max_age: Duration,
     ) -> Result<Vec<BatchValue>> {
         let now = now_ms();
-        let full = |buf: &mut String, k: &str| {
-            buf.clear();
-            buf.push_str(prefix);
-            buf.push_str(k);
-        };
+        let full = |buf: &mut String, k: &str| prefixed_into(buf, prefix, k);
         // First the counters, in order, under one lock of them; a `get`
         // of a key that is no live counter is read with the rest. Every
         // message's batch touches the same few counters from every core:

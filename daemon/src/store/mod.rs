@@ -496,6 +496,22 @@ pub enum BatchOp {
     },
 }
 
+/// `prefix` then `key`, into `buf` (cleared first). Stores make one of
+/// these for every operation of every batch: no formatting machinery.
+pub fn prefixed_into(buf: &mut String, prefix: &str, key: &str) {
+    buf.clear();
+    buf.reserve(prefix.len() + key.len());
+    buf.push_str(prefix);
+    buf.push_str(key);
+}
+
+/// [`prefixed_into`] a new String.
+pub fn prefixed(prefix: &str, key: &str) -> String {
+    let mut out = String::new();
+    prefixed_into(&mut out, prefix, key);
+    out
+}
+
 /// A [`BatchOp`] on borrowed keys, each under a prefix the store puts in
 /// front (`kiln.batch` reads its operations straight out of the script's
 /// tables: no copy of a key per operation).
@@ -545,12 +561,7 @@ impl BatchOp {
 
     /// The operation with `prefix` put in front of its key (or set name).
     pub fn from_ref(op: OpRef<'_>, prefix: &str) -> BatchOp {
-        let key = |k: &str| {
-            let mut out = String::with_capacity(prefix.len() + k.len());
-            out.push_str(prefix);
-            out.push_str(k);
-            out
-        };
+        let key = |k: &str| prefixed(prefix, k);
         match op {
             OpRef::Get(k) => BatchOp::Get(key(k)),
             OpRef::Contains(s, m) => BatchOp::Contains(key(s), m.to_string()),

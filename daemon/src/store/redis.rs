@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::read_cache::{Read, ReadCache};
 use super::reservations::{IDLE_RETURN, MAX_GRANT, Reservations, SHARE_DIVISOR, Withdrawn};
-use super::{BatchOp, BatchValue, OpRef};
+use super::{BatchOp, BatchValue, OpRef, prefixed_into};
 
 /// How often unused reserved units go back and old reads are dropped.
 const COUNTER_SWEEP: Duration = Duration::from_millis(250);
@@ -563,11 +563,7 @@ impl RedisStore {
         max_age: Duration,
     ) -> Option<Vec<BatchValue>> {
         let now = Instant::now();
-        let full = |buf: &mut String, k: &str| {
-            buf.clear();
-            buf.push_str(prefix);
-            buf.push_str(k);
-        };
+        let full = |buf: &mut String, k: &str| prefixed_into(buf, prefix, k);
         // Two takes or gives of one counter would have to be checked
         // together: such a batch goes the usual way.
         fn counted<'k>(op: &OpRef<'k>) -> Option<&'k str> {
