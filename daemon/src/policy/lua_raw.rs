@@ -109,9 +109,9 @@ impl RawPush for [String] {
     }
 }
 
-/// Whether the table at `idx` is a list and nothing else, without a
-/// metatable: one a script may have changed, but that still refills
-/// exactly (its length is its number of keys).
+/// Whether the table at `idx` (absolute) is a list and nothing else,
+/// without a metatable: its length is its number of keys (a kept list a
+/// script changed still refills exactly; an answer's list reads exactly).
 unsafe fn plain_list(state: *mut ffi::lua_State, idx: c_int) -> bool {
     unsafe {
         if ffi::lua_getmetatable(state, idx) != 0 {
@@ -490,7 +490,8 @@ unsafe fn read_decision(state: *mut ffi::lua_State) -> Option<super::decisions::
 /// A table at `idx` holding only strings at 1..n.
 unsafe fn string_list(state: *mut ffi::lua_State, idx: c_int) -> Option<Vec<String>> {
     unsafe {
-        if ffi::lua_type(state, idx) != ffi::LUA_TTABLE || ffi::lua_getmetatable(state, idx) != 0 {
+        // Nothing but the sequence (serde would see a map otherwise).
+        if ffi::lua_type(state, idx) != ffi::LUA_TTABLE || !plain_list(state, idx) {
             return None;
         }
         let n = ffi::lua_rawlen(state, idx);
@@ -502,14 +503,7 @@ unsafe fn string_list(state: *mut ffi::lua_State, idx: c_int) -> Option<Vec<Stri
             ffi::lua_settop(state, top);
             out.push(item?);
         }
-        // Nothing but the sequence (serde would see a map otherwise).
-        let mut keys = 0usize;
-        ffi::lua_pushnil(state);
-        while ffi::lua_next(state, idx) != 0 {
-            ffi::lua_settop(state, top + 1);
-            keys += 1;
-        }
-        (keys == n).then_some(out)
+        Some(out)
     }
 }
 

@@ -1211,3 +1211,49 @@ async fn calls_wait_for_a_free_state() {
         assert_eq!(d.message.as_deref(), Some("x"));
     }
 }
+
+/// The fast reader of answers takes a `reasons` list only when it is a
+/// plain list (its sequence and nothing else, no metatable), and leaves
+/// any other table to serde; either way the hook's answer reads the same.
+#[tokio::test]
+async fn answer_lists_are_read_fast_only_when_plain() {
+    let lua = mlua::Lua::new();
+    let answer = |reasons: &str| -> mlua::Value {
+        lua.load(format!(
+            "local r = {reasons}; return {{ action = 'reject', reasons = r }}"
+        ))
+        .eval()
+        .expect("answer")
+    };
+    let plain = super::lua_raw::decision(&lua, &answer(r#"{ "too short", "banned word" }"#));
+    assert_eq!(
+        plain.map(|d| d.reasons),
+        Some(vec!["too short".to_string(), "banned word".to_string()])
+    );
+    for other in [
+        r#"{ "too short", "banned word", note = "x" }"#,
+        r#"setmetatable({ "too short" }, {})"#,
+        r#"{ "too short", 7 }"#,
+    ] {
+        assert!(
+            super::lua_raw::decision(&lua, &answer(other)).is_none(),
+            "{other}"
+        );
+    }
+
+    let f = Fixture::new();
+    let host = f.host(
+        r#"return { hooks = { check_limits = function(m)
+             local reasons = { "too short", "banned word" }
+             if m.id == "extra" then reasons.note = "x" end
+             if m.id == "meta" then setmetatable(reasons, {}) end
+             return { action = "reject", reasons = reasons }
+           end } }"#,
+    );
+    for id in ["plain", "extra", "meta"] {
+        let mut m = message(&["a@x.test"], "hi", "regular", NOW);
+        m.id = id.into();
+        let d = check_limits(&host, m).await;
+        assert_eq!(d.reasons, ["too short", "banned word"], "{id}");
+    }
+}
