@@ -23,18 +23,29 @@ impl Account {
         }
     }
 
+    /// Whether the account names the domains it may send from (a config
+    /// account without a list may use any domain nobody else owns).
+    pub fn has_domain_list(&self) -> bool {
+        !self.domains.is_empty() || self.platform
+    }
+
     /// Whether the account may send as `sender` (envelope address).
     pub fn owns_sender(&self, sender: &str) -> bool {
-        if self.domains.is_empty() && !self.platform {
+        if !self.has_domain_list() {
             return true;
         }
-        let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.lists_domain(sender.rsplit_once('@').map(|(_, d)| d).unwrap_or(""))
+    }
+
+    pub fn lists_domain(&self, domain: &str) -> bool {
         self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 }
 
 #[derive(Default)]
 pub struct Accounts {
+    /// Accounts from the config file, by name.
+    by_name: HashMap<String, Arc<Account>>,
     by_username: HashMap<String, (String, Arc<Account>)>,
     /// SecretId → (SecretKey, account), for the API.
     by_secret_id: HashMap<String, (String, Arc<Account>)>,
@@ -49,6 +60,7 @@ impl Accounts {
                 domains: a.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
                 platform: false,
             });
+            accounts.by_name.insert(a.name.clone(), account.clone());
             accounts
                 .by_username
                 .insert(a.username.clone(), (a.password.clone(), account.clone()));
@@ -64,6 +76,19 @@ impl Accounts {
     /// The SecretKey and account of an API SecretId.
     pub fn api_key(&self, secret_id: &str) -> Option<(String, Arc<Account>)> {
         self.by_secret_id.get(secret_id).cloned()
+    }
+
+    /// A config-file account by name (store accounts are not here).
+    pub fn configured(&self, name: &str) -> Option<&Account> {
+        self.by_name.get(name).map(|a| a.as_ref())
+    }
+
+    /// The config-file account that lists `domain` among its domains.
+    pub fn configured_owner(&self, domain: &str) -> Option<&str> {
+        self.by_name
+            .values()
+            .find(|a| a.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)))
+            .map(|a| a.name.as_str())
     }
 
     pub fn authenticate(&self, username: &str, password: &str) -> Option<Arc<Account>> {

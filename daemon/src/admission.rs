@@ -44,6 +44,17 @@ pub enum Refusal {
     Limits(Decision),
     /// Every recipient was dropped: recipient → reason code.
     AllDropped(BTreeMap<String, String>),
+    /// The From header or the envelope sender is on a domain the account
+    /// may not send as (it would be signed with another tenant's key).
+    ForeignDomain {
+        domain: String,
+        account: String,
+    },
+    /// The message could not be delivered as it is: lines too long, bare
+    /// line ends, no single From header.
+    Malformed(String),
+    /// Larger than `smtp.max_message_size`.
+    TooBig(usize),
     /// A hook failed: the client should try again later.
     PolicyUnavailable,
     Signing,
@@ -161,9 +172,69 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
     })
 }
 
+/// What a next hop would refuse, and what would be signed for a domain the
+/// account does not own: checked for every message, whoever sent it.
+async fn check_message(ctx: &SmtpContext, s: &Submission) -> Result<(), Refusal> {
+    let max = ctx.settings.smtp.max_message_size;
+    if s.message.len() > max {
+        return Err(Refusal::TooBig(max));
+    }
+    crate::smtp_in::message::check_lines(&s.message)
+        .map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let authors = crate::smtp_in::message::author_domains(&s.message)
+        .map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let envelope = (!s.sender.is_empty()).then(|| domain_of(&s.sender));
+    let mut checked: Vec<&str> = Vec::with_capacity(authors.len() + 2);
+    let domains = authors
+        .iter()
+        .map(String::as_str)
+        .chain(envelope.as_deref())
+        .chain(std::iter::once(s.sender_domain.as_str()));
+    for domain in domains {
+        if domain.is_empty() || checked.contains(&domain) {
+            continue;
+        }
+        if !may_send_as(ctx, &s.account, domain).await? {
+            return Err(Refusal::ForeignDomain {
+                domain: domain.to_string(),
+                account: s.account.clone(),
+            });
+        }
+        checked.push(domain);
+    }
+    Ok(())
+}
+
+/// Whether `account` ("" for a relay client) may send as `domain`.
+///
+/// - A config account: the domains on its list, its own verified sender
+///   domains, and (without a list) any domain nobody owns.
+/// - A relay client (the operator's own networks): the config accounts'
+///   domains and domains nobody owns, never a store account's.
+/// - A store account: its own verified sender domains.
+async fn may_send_as(ctx: &SmtpContext, account: &str, domain: &str) -> Result<bool, Refusal> {
+    let accounts = ctx.accounts();
+    let configured = accounts.configured(account);
+    if configured.is_some_and(|a| a.lists_domain(domain)) {
+        return Ok(true);
+    }
+    if accounts.configured_owner(domain).is_some() {
+        return Ok(account.is_empty());
+    }
+    let identity = ctx.platform.identity_of_domain(domain).await.map_err(|e| {
+        tracing::error!(%domain, error = %e, "reading the sender domain's owner failed");
+        Refusal::Store
+    })?;
+    Ok(match identity {
+        Some(i) => !account.is_empty() && i.account == account && i.verified,
+        None => account.is_empty() || configured.is_some_and(|a| !a.has_domain_list()),
+    })
+}
+
 /// Runs the policy, signs, and makes the message durable. Ok means it is in
 /// the queue (or every recipient has a final status).
 pub async fn admit(ctx: &SmtpContext, s: Submission) -> Result<Admitted, Refusal> {
+    check_message(ctx, &s).await?;
     let verdict = apply_policy(&ctx.policy, &s).await?;
     let mut message = s.message;
     if !s.sender_domain.is_empty() {

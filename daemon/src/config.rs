@@ -266,8 +266,15 @@ pub struct SmtpSettings {
     pub max_connections: usize,
     #[serde(with = "humantime_secs")]
     pub command_timeout: Duration,
+    /// The longest a DATA section may take, however fast it arrives.
     #[serde(with = "humantime_secs")]
     pub data_timeout: Duration,
+    /// After this long in DATA, the client must have sent at least
+    /// `min_data_rate` bytes a second on average, or it is cut off.
+    #[serde(with = "humantime_secs")]
+    pub data_rate_grace: Duration,
+    /// Bytes a second; 0 turns the rate check off.
+    pub min_data_rate: u64,
     /// Errors a client may make before it is disconnected.
     pub max_errors: usize,
 }
@@ -435,6 +442,8 @@ impl Default for SmtpSettings {
             max_connections: 1000,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            data_rate_grace: Duration::from_secs(30),
+            min_data_rate: 1024,
             max_errors: 10,
         }
     }

@@ -6,6 +6,7 @@ use bytes::{Buf, BytesMut};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::either::Either;
 
 pub type Stream = Either<TcpStream, tokio_rustls::TlsStream<TcpStream>>;
@@ -27,6 +28,40 @@ pub enum Data {
     Complete(Vec<u8>),
     /// The peer sent more than the limit; the rest was read and discarded.
     TooBig,
+    /// A line was longer than RFC 5322 allows ([`MAX_DATA_LINE`]); the
+    /// rest was read and discarded.
+    LineTooLong,
+    /// A bare LF or a lone CR: refused (RFC 5321 section 2.3.8), never
+    /// passed on. `framed` is false when the data did not end with
+    /// CRLF.CRLF: the peer may think it ended elsewhere (SMTP smuggling), so
+    /// the session must not read what follows as commands.
+    BareLineEnding { framed: bool },
+}
+
+/// The longest line a message may have, without its CRLF (RFC 5322
+/// section 2.1.1): a next hop refuses longer ones.
+pub const MAX_DATA_LINE: usize = 998;
+
+/// How long a DATA section may take: at most `max_time` in all, and after
+/// `grace` no slower than `min_rate` bytes a second on average (a peer
+/// trickling bytes cannot hold a connection for the whole `max_time`).
+#[derive(Debug, Clone, Copy)]
+pub struct DataPace {
+    pub max_time: Duration,
+    pub grace: Duration,
+    pub min_rate: u64,
+}
+
+impl DataPace {
+    /// When the read must be over, given what has arrived since `start`.
+    fn deadline(&self, start: Instant, received: usize) -> Instant {
+        let earned = if self.min_rate == 0 {
+            self.max_time
+        } else {
+            Duration::from_secs_f64(received as f64 / self.min_rate as f64)
+        };
+        start + (self.grace + earned).min(self.max_time)
+    }
 }
 
 pub struct LineIo {
@@ -79,13 +114,15 @@ impl LineIo {
         Ok(())
     }
 
-    /// Sends pending output, then waits for more input.
-    async fn fill(&mut self, timeout: Duration) -> Result<(), LineError> {
-        self.flush().await?;
+    /// Sends pending output, then waits for more input until `deadline`.
+    async fn fill(&mut self, deadline: Instant) -> Result<(), LineError> {
+        tokio::time::timeout_at(deadline, self.flush())
+            .await
+            .map_err(|_| LineError::Timeout)??;
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(8192);
         }
-        let n = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.buf))
+        let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
             .await
             .map_err(|_| LineError::Timeout)??;
         if n == 0 {
@@ -96,7 +133,10 @@ impl LineIo {
 
     /// Reads one line (without its CRLF). Lines longer than `max` are an
     /// error once their end has been consumed, so the session can go on.
+    /// The whole line must arrive within `timeout`: a peer sending a byte
+    /// at a time does not restart it.
     pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<String, LineError> {
+        let deadline = Instant::now() + timeout;
         let mut too_long = false;
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
@@ -111,35 +151,50 @@ impl LineIo {
                 too_long = true;
                 self.buf.clear();
             }
-            self.fill(timeout).await?;
+            self.fill(deadline).await?;
         }
     }
 
-    /// Reads a DATA section up to the lone dot, undoing dot-stuffing.
-    pub async fn read_data(
-        &mut self,
-        max_size: usize,
-        timeout: Duration,
-    ) -> Result<Data, LineError> {
+    /// Reads a DATA section up to CRLF.CRLF, undoing dot-stuffing. Only
+    /// that sequence ends it (RFC 5321 section 4.1.1.4): a dot line after a
+    /// bare LF, or ending in one, is content until a bare line ending has
+    /// been seen, and then ends the read as [`Data::BareLineEnding`].
+    pub async fn read_data(&mut self, max_size: usize, pace: DataPace) -> Result<Data, LineError> {
+        let start = Instant::now();
+        let mut received = 0usize;
         let mut body: Vec<u8> = Vec::with_capacity(4096);
         let mut too_big = false;
+        let mut long_line = false;
+        let mut bare = false;
+        // Whether the line before ended with CRLF (DATA's own CRLF counts).
+        let mut after_crlf = true;
+        // Whether the start of the line being read was dropped (too long).
+        let mut partial = false;
         loop {
-            while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            while let Some(pos) = memchr::memchr(b'\n', &self.buf) {
                 let line = &self.buf[..=pos];
-                let content = line
-                    .strip_suffix(b"\r\n")
-                    .or_else(|| line.strip_suffix(b"\n"))
-                    .unwrap_or(line);
-                if content == b"." {
+                let crlf = line.ends_with(b"\r\n");
+                let content = &line[..line.len() - if crlf { 2 } else { 1 }];
+                let dot = content == b"." && !partial;
+                if dot && crlf && after_crlf && !bare {
                     self.buf.advance(pos + 1);
                     return Ok(if too_big {
                         Data::TooBig
+                    } else if long_line {
+                        Data::LineTooLong
                     } else {
                         Data::Complete(body)
                     });
                 }
-                if !too_big {
-                    let content = content.strip_prefix(b".").unwrap_or(content);
+                bare |= !crlf || memchr::memchr(b'\r', content).is_some();
+                if bare && dot {
+                    let framed = crlf && after_crlf;
+                    self.buf.advance(pos + 1);
+                    return Ok(Data::BareLineEnding { framed });
+                }
+                let content = content.strip_prefix(b".").unwrap_or(content);
+                long_line |= content.len() > MAX_DATA_LINE;
+                if !too_big && !long_line && !bare {
                     if body.len() + content.len() + 2 > max_size {
                         too_big = true;
                         body = Vec::new();
@@ -147,19 +202,25 @@ impl LineIo {
                         body.extend_from_slice(content);
                         body.extend_from_slice(b"\r\n");
                     }
+                } else if !body.is_empty() {
+                    body = Vec::new();
                 }
+                after_crlf = crlf;
+                partial = false;
                 self.buf.advance(pos + 1);
             }
             // A line with no end yet: bound what we hold of it.
-            if self.buf.len() > 64 * 1024 && !too_big && body.len() + self.buf.len() > max_size {
-                too_big = true;
+            if self.buf.len() > MAX_DATA_LINE + 2 {
+                long_line = true;
                 body = Vec::new();
-            }
-            if too_big && self.buf.len() > 64 * 1024 {
-                let keep = self.buf.split_off(self.buf.len() - 4);
+                // Keep its last bytes: they may be the start of CRLF.
+                let keep = self.buf.split_off(self.buf.len() - 2);
                 self.buf = keep;
+                partial = true;
             }
-            self.fill(timeout).await?;
+            let before = self.buf.len();
+            self.fill(pace.deadline(start, received)).await?;
+            received += self.buf.len() - before;
         }
     }
 }
@@ -185,6 +246,154 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
+
+    /// A LineIo reading what `peer` writes to a loopback connection.
+    async fn pair() -> (LineIo, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        (LineIo::new(Either::Left(ours)), peer)
+    }
+
+    const PACE: DataPace = DataPace {
+        max_time: Duration::from_secs(60),
+        grace: Duration::from_secs(10),
+        min_rate: 100,
+    };
+
+    async fn data_of(input: &[u8]) -> (Data, LineIo) {
+        let (mut io, mut peer) = pair().await;
+        peer.write_all(input).await.unwrap();
+        let data = io.read_data(4096, PACE).await.unwrap();
+        (data, io)
+    }
+
+    /// What is left in the buffer after DATA: the next commands.
+    fn rest(io: &LineIo) -> Vec<u8> {
+        io.buf.to_vec()
+    }
+
+    #[tokio::test]
+    async fn only_crlf_dot_crlf_ends_data() {
+        let (data, io) = data_of(b"a\r\n..b\r\n.\r\nQUIT\r\n").await;
+        assert!(matches!(data, Data::Complete(ref b) if b == b"a\r\n.b\r\n"));
+        assert_eq!(rest(&io), b"QUIT\r\n");
+        // An empty message.
+        let (data, _) = data_of(b".\r\n").await;
+        assert!(matches!(data, Data::Complete(ref b) if b.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn smuggled_ends_are_refused_and_not_framed() {
+        let tail = b"MAIL FROM:<s@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nz\r\n.\r\n";
+        // A dot line next to a bare LF ends the read, unframed.
+        for end in [&b"\n.\n"[..], b"\r\n.\n", b"\n.\r\n"] {
+            let mut input = b"hello".to_vec();
+            input.extend_from_slice(end);
+            input.extend_from_slice(tail);
+            let (data, _) = data_of(&input).await;
+            assert!(
+                matches!(data, Data::BareLineEnding { framed: false }),
+                "{:?}",
+                String::from_utf8_lossy(end)
+            );
+        }
+        // With CR alone as the trick, no line is a dot line: the smuggled
+        // message stays inside the refused one, up to the real end.
+        for end in [&b"\r.\r\n"[..], b"\n.\r"] {
+            let mut input = b"hello".to_vec();
+            input.extend_from_slice(end);
+            input.extend_from_slice(tail);
+            input.extend_from_slice(b"NOOP\r\n");
+            let (data, io) = data_of(&input).await;
+            assert!(
+                matches!(data, Data::BareLineEnding { framed: true }),
+                "{:?}",
+                String::from_utf8_lossy(end)
+            );
+            assert_eq!(rest(&io), b"NOOP\r\n");
+        }
+        // Bare LF or CR inside, properly ended: refused, the session may
+        // go on after it.
+        for body in [&b"a\nb\r\n"[..], b"a\rb\r\n", b"x\r\n\nz\r\n"] {
+            let mut input = body.to_vec();
+            input.extend_from_slice(b".\r\nNOOP\r\n");
+            let (data, io) = data_of(&input).await;
+            assert!(matches!(data, Data::BareLineEnding { framed: true }));
+            assert_eq!(rest(&io), b"NOOP\r\n");
+        }
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_refused() {
+        let ok = format!("{}\r\n.\r\n", "x".repeat(MAX_DATA_LINE));
+        assert!(matches!(data_of(ok.as_bytes()).await.0, Data::Complete(_)));
+        // Dot-stuffing does not count.
+        let ok = format!(".{}\r\n.\r\n", "x".repeat(MAX_DATA_LINE));
+        assert!(matches!(data_of(ok.as_bytes()).await.0, Data::Complete(_)));
+        let long = format!("{}\r\n.\r\nNOOP\r\n", "x".repeat(MAX_DATA_LINE + 1));
+        let (data, io) = data_of(long.as_bytes()).await;
+        assert!(matches!(data, Data::LineTooLong));
+        assert_eq!(rest(&io), b"NOOP\r\n");
+        // A megabyte on one line, ending in a dot: never held whole, and
+        // its tail is no end of data.
+        let (mut io, mut peer) = pair().await;
+        let writer = tokio::spawn(async move {
+            let line = vec![b'y'; 1 << 20];
+            peer.write_all(&line).await.unwrap();
+            peer.write_all(b".\r\n.\r\n").await.unwrap();
+            peer
+        });
+        let data = io.read_data(4 << 20, PACE).await.unwrap();
+        assert!(matches!(data, Data::LineTooLong));
+        assert!(io.buf.capacity() < 64 * 1024, "{}", io.buf.capacity());
+        drop(writer.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_is_cut_off_and_a_line_has_one_deadline() {
+        let (mut io, mut peer) = pair().await;
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                if peer.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let started = Instant::now();
+        let r = io.read_data(4096, PACE).await;
+        assert!(matches!(r, Err(LineError::Timeout)));
+        // 10 s of grace plus a second per 100 bytes received.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(10) && took < Duration::from_secs(12),
+            "{took:?}"
+        );
+        trickle.abort();
+
+        let (mut io, mut peer) = pair().await;
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                if peer.write_all(b"N").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let started = Instant::now();
+        let r = io.read_line(1000, Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(LineError::Timeout)));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+        trickle.abort();
+    }
 
     #[test]
     fn dot_stuffing() {

@@ -14,4 +14,5 @@ mod durability;
 mod events;
 mod harness;
 mod policy;
+mod security;
 mod smtp_in;

@@ -85,16 +85,25 @@ impl Draft {
             b = b.header(name, Raw::new(value));
         }
         if !self.html.is_empty() {
-            b = b.html_body(self.html);
+            b = b.html_body(one_line_ending(self.html));
         }
         if !self.text.is_empty() {
-            b = b.text_body(self.text);
+            b = b.text_body(one_line_ending(self.text));
         }
         for f in self.attachments {
             b = b.attachment(f.content_type, f.name, f.bytes);
         }
         b.write_to_vec()
     }
+}
+
+/// Text with every line ending (CRLF, lone CR, bare LF) as one LF, which
+/// the builder writes as CRLF: a lone CR never reaches the next hop.
+fn one_line_ending(text: String) -> String {
+    if !text.contains('\r') {
+        return text;
+    }
+    text.replace("\r\n", "\n").replace('\r', "\n")
 }
 
 /// A content type from a file name's extension.
@@ -117,5 +126,39 @@ pub fn content_type_of(name: &str) -> &'static str {
         Some("xlsx") => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         Some("ics") => "text/calendar",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the request holds, the built message has lines a next hop
+    /// accepts: long lines are encoded, bare line ends normalised.
+    #[test]
+    fn built_messages_have_deliverable_lines() {
+        let long_word = "y".repeat(3000);
+        let draft = Draft {
+            from: ("N".repeat(300), "a@shop.test".into()),
+            to: vec!["r@dest.test".into()],
+            subject: format!("{} {}", "s".repeat(990), "t".repeat(40)),
+            html: format!("<p>{long_word}</p>\n<p>bare\rcr</p>"),
+            text: format!("{long_word}\nsecond\rthird\r\n"),
+            headers: vec![("X-Long".into(), "v".repeat(990))],
+            message_id: "id@kiln.test".into(),
+            attachments: vec![Attachment {
+                name: "a.txt".into(),
+                content_type: "text/plain",
+                bytes: format!("{long_word}\r").into_bytes(),
+            }],
+            ..Draft::default()
+        };
+        let built = draft.build().unwrap();
+        assert_eq!(
+            crate::smtp_in::message::check_lines(&built),
+            Ok(()),
+            "{}",
+            String::from_utf8_lossy(&built)
+        );
     }
 }

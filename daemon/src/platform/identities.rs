@@ -99,6 +99,15 @@ impl Platform {
             .ok()
             .filter(|o| *o <= 2)
             .ok_or(IdentityError::DkimOption(dkim_option))?;
+        // A domain the config file gives an account is that account's.
+        if self
+            .settings
+            .accounts
+            .iter()
+            .any(|a| a.name != account && a.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)))
+        {
+            return Err(IdentityError::OwnedByOther(domain));
+        }
         if let Some(existing) = self.load::<Identity>(&record_key(&domain)).await? {
             return Err(if existing.account == account {
                 IdentityError::Exists(domain)
@@ -132,6 +141,14 @@ impl Platform {
         .await?;
         let attributes = self.expected_attributes(&identity).await?;
         Ok((identity, attributes))
+    }
+
+    /// The identity record of `domain`, whoever owns it.
+    pub async fn identity_of_domain(
+        &self,
+        domain: &str,
+    ) -> Result<Option<Identity>, PlatformError> {
+        self.load::<Identity>(&record_key(domain)).await
     }
 
     /// The account's identity for `domain` (None when it is not theirs).

@@ -303,7 +303,16 @@ async fn send_one(ctx: &SmtpContext, t: &Task, e: &ReceiverEntry) -> Outcome {
                     .unwrap_or_else(|| "sending stopped: too many bounces".into()),
             )
         }
-        Err(Refusal::Limits(_) | Refusal::Content(_) | Refusal::AllDropped(_)) => Outcome::Skipped,
+        Err(Refusal::ForeignDomain { domain, .. }) => Outcome::Fail(format!(
+            "{domain} is no longer a verified sender domain of the account"
+        )),
+        Err(
+            Refusal::Limits(_)
+            | Refusal::Content(_)
+            | Refusal::AllDropped(_)
+            | Refusal::Malformed(_)
+            | Refusal::TooBig(_),
+        ) => Outcome::Skipped,
         Err(Refusal::PolicyUnavailable | Refusal::Signing | Refusal::Store) => Outcome::Retry,
     }
 }

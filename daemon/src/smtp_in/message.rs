@@ -130,15 +130,94 @@ pub fn decode_subject(raw: Option<Vec<u8>>) -> (String, bool) {
     (decoded, valid)
 }
 
+/// Why the From header names no author Kiln can check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FromProblem {
+    #[error("the message has more than one From header (RFC 5322 section 3.6)")]
+    Several,
+    #[error("the From header has no address with a domain")]
+    NoAddress,
+}
+
+/// The domain of every mailbox in the From header (RFC 5322.From, which
+/// DMARC aligns on), lower case, in order; empty when there is no From
+/// header. Parsed as receivers parse it (display names, comments, quoted
+/// strings, groups), so the domains checked are the ones a reader sees.
+pub fn author_domains(message: &[u8]) -> Result<Vec<String>, FromProblem> {
+    let mut from = fields(header_block(message)).filter(|(n, _)| n.eq_ignore_ascii_case(b"From"));
+    let Some((_, raw)) = from.next() else {
+        return Ok(Vec::new());
+    };
+    if from.next().is_some() {
+        return Err(FromProblem::Several);
+    }
+    let mut one = Vec::with_capacity(raw.len() + 10);
+    one.extend_from_slice(b"From:");
+    one.extend_from_slice(raw);
+    one.extend_from_slice(b"\r\n\r\n");
+    let parsed = mail_parser::MessageParser::default().parse_headers(&one);
+    let mut domains = Vec::new();
+    for addr in parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .into_iter()
+        .flat_map(|a| a.iter())
+    {
+        let domain = addr
+            .address()
+            .and_then(|a| a.rsplit_once('@'))
+            .map(|(_, d)| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .ok_or(FromProblem::NoAddress)?;
+        domains.push(domain);
+    }
+    if domains.is_empty() {
+        return Err(FromProblem::NoAddress);
+    }
+    Ok(domains)
+}
+
 /// The domain of the first address in the From header.
 pub fn from_domain(message: &[u8]) -> Option<String> {
-    let from = header_values(message, "From").into_iter().next()?;
-    let addr = match (from.rfind('<'), from.rfind('>')) {
-        (Some(a), Some(b)) if a < b => &from[a + 1..b],
-        _ => from.split([',', ' ']).find(|p| p.contains('@'))?,
-    };
-    let domain = addr.rsplit_once('@')?.1.trim();
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+    author_domains(message).ok()?.into_iter().next()
+}
+
+/// Why a message's lines would not survive the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("a line is longer than 998 characters (RFC 5322 section 2.1.1)")]
+    TooLong,
+    #[error("a bare LF or CR (lines must end with CRLF)")]
+    BareLineEnding,
+}
+
+/// Checks that every line ends with CRLF, holds no other CR, and has at
+/// most 998 characters: what a next hop accepts (RFC 5322 section 2.1.1,
+/// RFC 5321 section 2.3.8).
+pub fn check_lines(message: &[u8]) -> Result<(), LineProblem> {
+    let max = crate::line_io::MAX_DATA_LINE;
+    let mut start = 0;
+    for lf in memchr::memchr_iter(b'\n', message) {
+        if lf == start || message[lf - 1] != b'\r' {
+            return Err(LineProblem::BareLineEnding);
+        }
+        let line = &message[start..lf - 1];
+        if line.len() > max {
+            return Err(LineProblem::TooLong);
+        }
+        if memchr::memchr(b'\r', line).is_some() {
+            return Err(LineProblem::BareLineEnding);
+        }
+        start = lf + 1;
+    }
+    let last = &message[start..];
+    if last.len() > max {
+        return Err(LineProblem::TooLong);
+    }
+    if memchr::memchr(b'\r', last).is_some() {
+        return Err(LineProblem::BareLineEnding);
+    }
+    Ok(())
 }
 
 pub struct Trace<'a> {
@@ -243,6 +322,73 @@ mod tests {
         assert_eq!(from_domain(msg).as_deref(), Some("shop.example"));
         assert_eq!(from_domain(b"From: a@b.c\r\n\r\n").as_deref(), Some("b.c"));
         assert_eq!(from_domain(b"Subject: x\r\n\r\nFrom: a@b.c\r\n"), None);
+    }
+
+    #[test]
+    fn every_author_is_found() {
+        let domains = |h: &str| author_domains(format!("{h}\r\n\r\nbody").as_bytes());
+        let ok = |list: &[&str]| Ok(list.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+        assert_eq!(domains("From: a@Probe.Test"), ok(&["probe.test"]));
+        // The display name is no address, whatever it looks like.
+        assert_eq!(
+            domains("From: \"a@probe.test\" <ceo@other.test>"),
+            ok(&["other.test"])
+        );
+        assert_eq!(
+            domains("From: a@probe.test <ceo@other.test>"),
+            ok(&["other.test"])
+        );
+        assert_eq!(
+            domains("From: <a@probe.test>, CEO <ceo@other.test>"),
+            ok(&["probe.test", "other.test"])
+        );
+        assert_eq!(
+            domains("From: a@probe.test,\r\n ceo@other.test"),
+            ok(&["probe.test", "other.test"])
+        );
+        assert_eq!(
+            domains("From: Team: a@probe.test, ceo@other.test;"),
+            ok(&["probe.test", "other.test"])
+        );
+        assert_eq!(
+            domains("From: ceo@other.test (a@probe.test)"),
+            ok(&["other.test"])
+        );
+        assert_eq!(
+            domains("From: a@probe.test\r\nFROM: ceo@other.test"),
+            Err(FromProblem::Several)
+        );
+        assert_eq!(domains("From: nobody"), Err(FromProblem::NoAddress));
+        assert_eq!(domains("From: undisclosed:;"), Err(FromProblem::NoAddress));
+        assert_eq!(domains("Subject: none"), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn lines_a_next_hop_accepts() {
+        assert_eq!(check_lines(b"a\r\nb\r\n"), Ok(()));
+        assert_eq!(check_lines(b""), Ok(()));
+        assert_eq!(check_lines(b"no end"), Ok(()));
+        let longest = format!("{}\r\n", "x".repeat(998));
+        assert_eq!(check_lines(longest.as_bytes()), Ok(()));
+        let long = format!("a\r\n{}\r\n", "x".repeat(999));
+        assert_eq!(check_lines(long.as_bytes()), Err(LineProblem::TooLong));
+        assert_eq!(
+            check_lines("x".repeat(999).as_bytes()),
+            Err(LineProblem::TooLong)
+        );
+        for bad in [
+            &b"a\nb\r\n"[..],
+            b"\n",
+            b"a\rb\r\n",
+            b"a\r\nb\r",
+            b"a\r\r\n",
+        ] {
+            assert_eq!(
+                check_lines(bad),
+                Err(LineProblem::BareLineEnding),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

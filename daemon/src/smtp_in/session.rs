@@ -27,6 +27,12 @@ enum Step {
 /// A policy hook failed: the client keeps the message and tries later.
 const POLICY_UNAVAILABLE_421: &str = "421 4.3.0 Policy temporarily unavailable, try again later";
 const POLICY_UNAVAILABLE: &str = "451 4.3.0 Policy temporarily unavailable, try again later";
+/// Nothing is queued that a next hop would refuse (RFC 5322 section 2.1.1).
+pub const LINE_TOO_LONG: &str =
+    "554 5.6.0 Message has a line longer than 998 characters (RFC 5322 section 2.1.1)";
+/// Postfix's `smtpd_forbid_bare_newline = reject`, for bare CR as well.
+const BARE_LINE_ENDING: &str =
+    "550 5.5.2 Bare LF or CR in message data; lines must end with CRLF (RFC 5321 section 2.3.8)";
 
 /// What a hook's answer means for an SMTP command: None to go on, or the
 /// reply that refuses it.
@@ -339,7 +345,12 @@ impl Session {
                         self.error(io, "554 5.5.1 No valid recipients");
                     } else {
                         self.reply(io, "354 End data with <CR><LF>.<CR><LF>");
-                        match io.read_data(smtp.max_message_size, smtp.data_timeout).await {
+                        let pace = crate::line_io::DataPace {
+                            max_time: smtp.data_timeout,
+                            grace: smtp.data_rate_grace,
+                            min_rate: smtp.min_data_rate,
+                        };
+                        match io.read_data(smtp.max_message_size, pace).await {
                             Ok(Data::Complete(body)) => {
                                 let reply = self.accept(body).await;
                                 self.reply(io, &reply);
@@ -348,6 +359,18 @@ impl Session {
                                 io,
                                 "552 5.3.4 Message size exceeds fixed maximum message size",
                             ),
+                            Ok(Data::LineTooLong) => self.reply(io, LINE_TOO_LONG),
+                            Ok(Data::BareLineEnding { framed }) => {
+                                tracing::info!(peer = %self.peer, framed, "bare LF or CR in DATA, message refused");
+                                self.reply(io, BARE_LINE_ENDING);
+                                if !framed {
+                                    // The client may think its data ended
+                                    // elsewhere: what follows is not ours
+                                    // to read as commands.
+                                    self.reply(io, "421 4.5.0 Data did not end with CRLF.CRLF, closing connection");
+                                    return Step::Quit;
+                                }
+                            }
                             Err(LineError::Timeout) => {
                                 self.reply(io, "421 4.4.2 Timeout exceeded, closing connection");
                                 return Step::Quit;
@@ -598,6 +621,14 @@ fn smtp_refusal(refusal: Refusal) -> String {
             d.smtp_reply(if temporary { "451 4.7.1" } else { "550 5.7.1" })
         }
         Refusal::AllDropped(_) => "550 5.7.1 No recipient may receive this message".into(),
+        Refusal::ForeignDomain { domain, account } if account.is_empty() => {
+            format!("550 5.7.1 <{domain}>: Sender domain belongs to an account; authenticate as it")
+        }
+        Refusal::ForeignDomain { domain, account } => {
+            format!("550 5.7.1 <{domain}>: Sender domain not owned by account {account}")
+        }
+        Refusal::Malformed(why) => format!("554 5.6.0 Message refused: {why}"),
+        Refusal::TooBig(_) => "552 5.3.4 Message size exceeds fixed maximum message size".into(),
         Refusal::PolicyUnavailable => POLICY_UNAVAILABLE.into(),
         Refusal::Signing => "451 4.7.0 Temporary signing failure, try again later".into(),
         Refusal::Store => "451 4.3.0 Temporary local problem, try again later".into(),

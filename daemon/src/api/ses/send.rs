@@ -499,6 +499,18 @@ pub fn api_refusal(refusal: Refusal) -> ApiError {
                 format!("no recipient may receive this message: {}", list.join(", ")),
             )
         }
+        Refusal::ForeignDomain { domain, account } => ApiError::new(
+            "FailedOperation.NotAuthenticatedSender",
+            format!("{domain} is not a verified sender domain of account {account}"),
+        ),
+        Refusal::Malformed(why) => ApiError::new(
+            "InvalidParameterValue.EmailContentIsWrong",
+            format!("the message cannot be sent: {why}"),
+        ),
+        Refusal::TooBig(max) => ApiError::new(
+            "FailedOperation.EmailContentToolarge",
+            format!("the message is larger than {max} bytes, attachments included"),
+        ),
         Refusal::PolicyUnavailable => ApiError::new(
             "FailedOperation.ServiceNotAvailable",
             "the sending policy is temporarily unavailable; try again later",

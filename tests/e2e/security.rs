@@ -1,0 +1,379 @@
+//! What an attacker tries, with the clients an attacker has: Python's
+//! smtplib, raw sockets, the SDK. Each test reproduces one defect of
+//! issue 15 and fails on the code before its fix.
+
+use crate::api::{Sdk, create_account, verified_sender};
+use crate::harness::{BOTH, Backend, env, queued, queued_id, submit_session, wait_state};
+use kiln_testkit::client::{Reply, message};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One message submitted with Python's smtplib (STARTTLS, AUTH unless
+/// `user` is "-"): the reply that decided it.
+pub async fn smtplib(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    from: &str,
+    to: &[&str],
+    data: &[u8],
+) -> Reply {
+    use base64::Engine;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/smtplib_send.py");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(addr.to_string())
+        .arg(user)
+        .arg(password)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let req = json!({
+        "from": from,
+        "to": to,
+        "data": base64::engine::general_purpose::STANDARD.encode(data),
+    });
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(req.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("smtplib finishes")
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "smtplib_send.py: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Reply {
+        code: v["code"].as_u64().unwrap() as u16,
+        text: v["text"].as_str().unwrap().to_string(),
+    }
+}
+
+/// The `d=` of every DKIM-Signature of a delivered message.
+fn signing_domains(data: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(data);
+    let head = format!("\r\n{}", text.split("\r\n\r\n").next().unwrap_or_default());
+    head.split("\r\nDKIM-Signature:")
+        .skip(1)
+        .filter_map(|sig| {
+            let unfolded: String = sig.split("\r\n").collect::<Vec<_>>().join("");
+            unfolded
+                .split(';')
+                .map(str::trim)
+                .find_map(|t| t.strip_prefix("d="))
+                .map(|d| d.trim().to_string())
+        })
+        .collect()
+}
+
+fn with_from(from_header: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "{from_header}\r\nTo: <victim@dest.test>\r\nSubject: {subject}\r\n\r\nWire the money today.\r\n"
+    )
+    .into_bytes()
+}
+
+/// Issue 15.1: an account never gets mail signed with another tenant's
+/// key, whatever its From header says, on any path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_is_signed_only_for_the_senders_own_domains() {
+    for backend in BOTH {
+        let e = env(backend, |o| {
+            o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+            o.extra = r#"
+[[accounts]]
+name = "probe"
+username = "probe"
+password = "probe-password"
+domains = ["probe.test"]
+"#
+            .into();
+        })
+        .await;
+        // The operator's key for the config account shop, and a tenant of
+        // the API ("other") with a verified domain and its own key.
+        for domain in ["shop.test", "probe.test"] {
+            let out = e.kiln.command(&["dkim", "create", domain]);
+            assert!(out.status.success(), "{out:?}");
+        }
+        let mut sdk = Sdk::start(e.kiln.http).await;
+        let other = create_account(&e, "other");
+        verified_sender(&e, &mut sdk, &other, "other.test", 1).await;
+        sdk.ok(
+            &other,
+            "UpdateEmailSmtpPassWord",
+            json!({"EmailAddress": "news@other.test", "Password": "Secret12345"}),
+        )
+        .await;
+
+        let smtp = e.kiln.smtp;
+        let to = ["victim@dest.test"];
+        // Logged in as probe, with another tenant's domain in From.
+        for (from, why) in [
+            ("From: CEO <ceo@other.test>", "another tenant's domain"),
+            (
+                "From: \"a@probe.test\" <ceo@other.test>",
+                "a name that looks like ours",
+            ),
+            ("From: <a@probe.test>, ceo@other.test", "a second author"),
+            (
+                "From: CEO <ceo@shop.test>",
+                "another config account's domain",
+            ),
+        ] {
+            let r = smtplib(
+                smtp,
+                "probe",
+                "probe-password",
+                "a@probe.test",
+                &to,
+                &with_from(from, why),
+            )
+            .await;
+            assert_eq!(r.code, 550, "{backend:?} {why}: {r:?}");
+            assert!(r.text.starts_with("5.7.1"), "{r:?}");
+        }
+        let r = smtplib(
+            smtp,
+            "probe",
+            "probe-password",
+            "a@probe.test",
+            &to,
+            &with_from("From: a@probe.test\r\nFrom: ceo@other.test", "two From"),
+        )
+        .await;
+        assert_eq!(r.code, 554, "{r:?}");
+        assert!(
+            r.text.contains("5.6.0") && r.text.contains("more than one From"),
+            "{r:?}"
+        );
+        // The tenant itself, over SMTP as its sender address: not the
+        // operator's config domains either.
+        let r = smtplib(
+            smtp,
+            "news@other.test",
+            "Secret12345",
+            "news@other.test",
+            &to,
+            &with_from("From: <ceo@shop.test>", "tenant as shop"),
+        )
+        .await;
+        assert_eq!(r.code, 550, "{r:?}");
+        // A relay client (the operator's network) may not use a tenant's domain.
+        let r = smtplib(
+            smtp,
+            "-",
+            "",
+            "x@shop.test",
+            &to,
+            &with_from("From: <ceo@other.test>", "relay"),
+        )
+        .await;
+        assert_eq!(r.code, 550, "{r:?}");
+        let r = smtplib(
+            smtp,
+            "-",
+            "",
+            "x@other.test",
+            &to,
+            &with_from("From: <x@shop.test>", "relay envelope"),
+        )
+        .await;
+        assert_eq!(r.code, 550, "{r:?}");
+        assert_eq!(queued(&e.kiln).await, 0);
+        assert_eq!(e.sink.count(), 0, "nothing refused was delivered");
+
+        // What each may do is still signed, each with its own key.
+        let allowed = [
+            (
+                "probe",
+                "probe-password",
+                "a@probe.test",
+                "From: <a@probe.test>",
+                "probe.test",
+            ),
+            (
+                "news@other.test",
+                "Secret12345",
+                "news@other.test",
+                "From: News <news@other.test>",
+                "other.test",
+            ),
+            ("-", "", "x@shop.test", "From: <x@shop.test>", "shop.test"),
+        ];
+        for (user, password, sender, from, _) in allowed {
+            let r = smtplib(smtp, user, password, sender, &to, &with_from(from, user)).await;
+            assert_eq!(r.code, 250, "{user}: {r:?}");
+        }
+        assert!(e.sink.wait_count(3, Duration::from_secs(30)).await);
+        let mut signed: Vec<(String, Vec<String>)> = e
+            .sink
+            .messages()
+            .iter()
+            .map(|m| (m.mail_from.clone(), signing_domains(&m.data)))
+            .collect();
+        signed.sort();
+        let mut want: Vec<(String, Vec<String>)> = allowed
+            .iter()
+            .map(|(_, _, sender, _, d)| (sender.to_string(), vec![d.to_string()]))
+            .collect();
+        want.sort();
+        assert_eq!(signed, want, "{backend:?}");
+
+        // The API checks the same: HeaderFrom on another tenant's domain.
+        let template = crate::api::approved_template(&mut sdk, &other).await;
+        let (code, _) = sdk
+            .err(
+                &other,
+                "SendEmail",
+                json!({
+                    "FromEmailAddress": "news@other.test",
+                    "HeaderFrom": "ceo@probe.test",
+                    "Destination": ["victim@dest.test"],
+                    "Subject": "s",
+                    "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"a\",\"code\":\"1\"}"},
+                }),
+            )
+            .await;
+        assert_eq!(code, "FailedOperation.NotAuthenticatedSender");
+    }
+}
+
+/// Issue 15.2: only CRLF.CRLF ends DATA; a bare LF or CR is refused and a
+/// smuggled second message never becomes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_smuggling_is_refused() {
+    let e = env(Backend::Embedded, |_| {}).await;
+    let smuggled = "MAIL FROM:<smuggler@shop.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\nFrom: <ceo@shop.test>\r\n\r\nsmuggled\r\n.\r\n";
+    for end in ["\n.\n", "\r\n.\n", "\n.\r\n"] {
+        let mut c = submit_session(e.kiln.smtp).await;
+        assert_eq!(c.cmd("MAIL FROM:<a@shop.test>").await.unwrap().code, 250);
+        assert_eq!(c.cmd("RCPT TO:<r@dest.test>").await.unwrap().code, 250);
+        assert_eq!(c.cmd("DATA").await.unwrap().code, 354);
+        let body = format!("From: <a@shop.test>\r\nSubject: hi\r\n\r\nhello{end}{smuggled}");
+        c.write_raw(body.as_bytes()).await.unwrap();
+        let r = c.read_reply().await.unwrap();
+        assert_eq!(r.code, 550, "{end:?}: {r:?}");
+        assert!(r.text.contains("5.5.2"), "{r:?}");
+        // And the connection is closed: nothing after the bare dot is read
+        // as a command.
+        let r = c.read_reply().await.unwrap();
+        assert_eq!(r.code, 421, "{r:?}");
+        assert!(
+            c.read_reply().await.is_err(),
+            "{end:?}: the connection stays open"
+        );
+    }
+    // A bare LF or CR inside an otherwise well-ended message: refused, and
+    // the session goes on.
+    let mut c = submit_session(e.kiln.smtp).await;
+    for body in [
+        "From: <a@shop.test>\r\n\r\nline\nbreak\r\n.\r\n",
+        "From: <a@shop.test>\r\n\r\nover\rprint\r\n.\r\n",
+    ] {
+        assert_eq!(c.cmd("MAIL FROM:<a@shop.test>").await.unwrap().code, 250);
+        assert_eq!(c.cmd("RCPT TO:<r@dest.test>").await.unwrap().code, 250);
+        assert_eq!(c.cmd("DATA").await.unwrap().code, 354);
+        c.write_raw(body.as_bytes()).await.unwrap();
+        let r = c.read_reply().await.unwrap();
+        assert_eq!(r.code, 550, "{r:?}");
+        assert_eq!(c.cmd("NOOP").await.unwrap().code, 250);
+    }
+    c.quit().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(queued(&e.kiln).await, 0);
+    assert_eq!(e.sink.count(), 0, "nothing was delivered");
+}
+
+/// Issue 15.4: a line no next hop takes is refused at DATA, never
+/// accepted and then bounced; the API encodes long lines instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_a_next_hop_refuses_are_never_accepted() {
+    let e = env(Backend::Embedded, |o| {
+        o.extra = "[platform]\nallow_simple = true\n".into();
+    })
+    .await;
+    let mut long = message("a@shop.test", "r@dest.test", "long", 512);
+    long.extend_from_slice(&vec![b'x'; 1 << 20]);
+    long.extend_from_slice(b"\r\n");
+    let r = smtplib(
+        e.kiln.smtp,
+        "shop",
+        "shop-password",
+        "a@shop.test",
+        &["r@dest.test"],
+        &long,
+    )
+    .await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text.contains("5.6.0") && r.text.contains("998"), "{r:?}");
+    let mut longest = message("a@shop.test", "r@dest.test", "longest", 512);
+    longest.extend_from_slice(&vec![b'y'; 998]);
+    longest.extend_from_slice(b"\r\n");
+    let r = smtplib(
+        e.kiln.smtp,
+        "shop",
+        "shop-password",
+        "a@shop.test",
+        &["r@dest.test"],
+        &longest,
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let id = queued_id(&r.text);
+    wait_state(&e.kiln, &id, 0, "delivered", 20).await;
+
+    // The API: a long line of HTML and a lone CR are encoded, and the
+    // message is delivered whole.
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut sdk = Sdk::start(e.kiln.http).await;
+    let acme = create_account(&e, "acme");
+    verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
+    let html = format!("<p>{}</p>\r<p>end</p>", "z".repeat(5000));
+    let r = sdk
+        .ok(
+            &acme,
+            "SendEmail",
+            json!({
+                "FromEmailAddress": "news@mail.acme.test",
+                "Destination": ["r2@dest.test"],
+                "Subject": "long",
+                "Simple": {"Html": b64(&html), "Text": b64(&"w".repeat(3000))},
+            }),
+        )
+        .await;
+    assert!(r["MessageId"].is_string(), "{r}");
+    assert!(e.sink.wait_count(2, Duration::from_secs(30)).await);
+    let got = e.sink.messages();
+    let data = &got
+        .iter()
+        .find(|m| m.rcpt_to[0] == "r2@dest.test")
+        .unwrap()
+        .data;
+    let text = String::from_utf8_lossy(data);
+    for line in text.split("\r\n") {
+        assert!(
+            line.len() <= 998,
+            "a line of {} characters was sent",
+            line.len()
+        );
+        assert!(
+            !line.contains(['\r', '\n']),
+            "a bare line end was sent: {line:?}"
+        );
+    }
+    let parsed = mail_parser::MessageParser::default()
+        .parse(data.as_slice())
+        .unwrap();
+    assert!(parsed.body_html(0).unwrap().contains(&"z".repeat(5000)));
+}
