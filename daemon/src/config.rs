@@ -316,9 +316,12 @@ pub struct DnsSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliverySettings {
     pub mx_port: u16,
-    /// Simultaneous connections to one destination domain.
+    /// Simultaneous connections to one destination domain; its line holds
+    /// four times as many entries, and the rest wait in the queue.
     pub max_connections_per_destination: usize,
-    /// Deliveries in flight on this node, all destinations together.
+    /// Delivery attempts running at once on this node, all destinations
+    /// together. The node holds up to four times as many queue entries in
+    /// destinations' lines; an entry waiting in a line holds no attempt.
     pub max_in_flight: usize,
     /// Messages sent over one connection before it is closed.
     pub max_messages_per_connection: usize,

@@ -4,7 +4,7 @@
 
 use crate::api::{Sdk, create_account, verified_sender};
 use crate::harness::{BOTH, Backend, env, queued, queued_id, submit_session, wait_state};
-use kiln_testkit::client::{Reply, message};
+use kiln_testkit::client::{Reply, SmtpClient, message};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -376,4 +376,66 @@ async fn lines_a_next_hop_refuses_are_never_accepted() {
         .parse(data.as_slice())
         .unwrap();
     assert!(parsed.body_html(0).unwrap().contains(&"z".repeat(5000)));
+}
+
+/// Issue 15.3: a destination whose MX takes the connection and never
+/// greets (a tarpit), with hundreds of recipients queued for it, holds up
+/// no other destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarpit_destination_does_not_hold_up_the_others() {
+    for backend in BOTH {
+        let e = env(backend, |o| {
+            o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+            o.delivery = "max_in_flight = 64".into();
+        })
+        .await;
+        // mx.tarpit.test: the sink's port on another loopback address, where
+        // a listener accepts and says nothing.
+        let tarpit = tokio::net::TcpListener::bind(SocketAddr::new(
+            "127.0.0.2".parse().unwrap(),
+            e.sink.addr.port(),
+        ))
+        .await
+        .expect("bind 127.0.0.2");
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((socket, _)) = tarpit.accept().await {
+                keep.lock().unwrap().push(socket);
+            }
+        });
+        e.dns.add_mx("tarpit.test", 10, "mx.tarpit.test");
+        e.dns.add_ip("mx.tarpit.test", "127.0.0.2".parse().unwrap());
+
+        let mut c = SmtpClient::connect(e.kiln.smtp).await.unwrap();
+        c.cmd("EHLO client.test").await.unwrap();
+        for m in 0..6 {
+            let to: Vec<String> = (0..50).map(|i| format!("r{m}-{i}@tarpit.test")).collect();
+            let to: Vec<&str> = to.iter().map(String::as_str).collect();
+            let body = message("a@shop.test", to[0], "to the tarpit", 512);
+            assert_eq!(c.send("a@shop.test", &to, &body).await.unwrap().code, 250);
+        }
+        // Give the tarpit's connections time to be opened and stuck.
+        assert!(
+            crate::harness::wait_until(Duration::from_secs(10), || held.lock().unwrap().len()
+                >= 16)
+            .await,
+            "{backend:?}: the tarpit got {} connections",
+            held.lock().unwrap().len()
+        );
+        let started = tokio::time::Instant::now();
+        let body = message("a@shop.test", "alice@dest.test", "healthy", 512);
+        let r = c
+            .send("a@shop.test", &["alice@dest.test"], &body)
+            .await
+            .unwrap();
+        assert_eq!(r.code, 250);
+        wait_state(&e.kiln, &queued_id(&r.text), 0, "delivered", 10).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "{backend:?}: {took:?}");
+        // Nothing for the tarpit was lost or given up on.
+        assert_eq!(queued(&e.kiln).await, 300, "{backend:?}");
+        c.quit().await;
+        accepting.abort();
+    }
 }

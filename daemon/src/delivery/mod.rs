@@ -1,9 +1,13 @@
 //! Delivery: per-destination connection workers that send leased entries
 //! and settle each outcome in the store.
 //!
-//! Each destination domain has a queue of jobs and up to
+//! Each destination domain has a line of jobs and up to
 //! `max_connections_per_destination` workers; a worker keeps its connection
-//! for the next job (RSET between messages) until it idles out.
+//! for the next job (RSET between messages) until it idles out. A job holds
+//! one of `max_in_flight` attempt slots only while it is being attempted,
+//! and a destination's line holds a bounded number of jobs: what does not
+//! fit is parked back in the queue, due when the line should have room.
+//! So a destination that is slow or a tarpit never holds up the others.
 
 pub mod client;
 pub mod mx;
@@ -20,20 +24,57 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 struct Job {
     entry: QueueEntry,
-    _slot: OwnedSemaphorePermit,
+    /// This node's hold on a leased entry (the manager's budget).
+    _leased: OwnedSemaphorePermit,
 }
+
+/// Attempts finished recently, to pace what a full line parks.
+const RATE_WINDOW: usize = 32;
+/// A parked entry waits at least this long, at most [`PARK_MAX_MS`].
+const PARK_MIN_MS: i64 = 1_000;
+const PARK_MAX_MS: i64 = 300_000;
+/// The rate assumed for a destination that has finished no attempt yet
+/// (a tarpit looks like this): attempts a second.
+const SLOWEST_RATE: f64 = 0.2;
 
 #[derive(Default)]
 struct DestState {
     jobs: VecDeque<Job>,
     workers: usize,
     idle: usize,
+    /// Jobs being attempted right now.
+    running: usize,
+    /// When the last few attempts ended.
+    finished: VecDeque<Instant>,
+    /// The due time handed to the last parked entry.
+    park_cursor_ms: i64,
+}
+
+impl DestState {
+    /// Attempts a second, from the recent ones.
+    fn rate(&self) -> f64 {
+        match (self.finished.front(), self.finished.len()) {
+            (Some(first), n) if n >= 2 => (n - 1) as f64 / first.elapsed().as_secs_f64().max(0.001),
+            _ => 0.0,
+        }
+        .max(SLOWEST_RATE)
+    }
+
+    /// When a job that does not fit now should be due: after the ones
+    /// already parked, at the pace the destination takes mail.
+    fn park_at(&mut self, now_ms: i64) -> i64 {
+        let step = (1000.0 / self.rate()) as i64;
+        let next = (self.park_cursor_ms.max(now_ms) + step)
+            .clamp(now_ms + PARK_MIN_MS, now_ms + PARK_MAX_MS);
+        self.park_cursor_ms = next;
+        next
+    }
 }
 
 /// Mail for one domain from one source address.
@@ -47,6 +88,21 @@ struct Destination {
 impl Destination {
     fn lock(&self) -> std::sync::MutexGuard<'_, DestState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A job a worker took from its line: counted in the line until its
+/// attempt is over.
+struct Running<'a>(&'a Destination);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.running -= 1;
+        if st.finished.len() == RATE_WINDOW {
+            st.finished.pop_front();
+        }
+        st.finished.push_back(Instant::now());
     }
 }
 
@@ -69,6 +125,8 @@ pub struct Delivery {
     resolver: MxResolver,
     tls: ClientConfigs,
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
+    /// Attempts running on this node (`max_in_flight`).
+    attempts: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -93,7 +151,6 @@ impl Delivery {
         shutdown: CancellationToken,
     ) -> Arc<Delivery> {
         Arc::new(Delivery {
-            settings,
             queue,
             policy,
             outcomes: feedback.outcomes,
@@ -103,12 +160,26 @@ impl Delivery {
             resolver,
             tls,
             destinations: Mutex::new(HashMap::new()),
+            attempts: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
+            settings,
             tracker: TaskTracker::new(),
             shutdown,
         })
     }
 
-    pub fn dispatch(self: &Arc<Self>, entry: QueueEntry, slot: OwnedSemaphorePermit) {
+    /// Jobs one destination's line may hold, running or waiting.
+    pub fn line_limit(&self) -> usize {
+        self.settings.delivery.max_connections_per_destination * 4
+    }
+
+    /// Puts a leased entry in its destination's line. An entry the line
+    /// has no room for comes back, its `ready_at_ms` set to when it should
+    /// be tried: the caller parks it in the queue.
+    pub fn dispatch(
+        self: &Arc<Self>,
+        mut entry: QueueEntry,
+        leased: OwnedSemaphorePermit,
+    ) -> Option<QueueEntry> {
         let domain = entry.domain().to_ascii_lowercase();
         let source_ip = entry.source_ip;
         let key = match source_ip {
@@ -130,7 +201,14 @@ impl Delivery {
         };
         let spawn = {
             let mut st = dest.lock();
-            st.jobs.push_back(Job { entry, _slot: slot });
+            if st.jobs.len() + st.running >= self.line_limit() {
+                entry.ready_at_ms = st.park_at(now_ms());
+                return Some(entry);
+            }
+            st.jobs.push_back(Job {
+                entry,
+                _leased: leased,
+            });
             if st.idle > 0 {
                 dest.wake.notify_one();
                 false
@@ -145,6 +223,7 @@ impl Delivery {
             let this = self.clone();
             self.tracker.spawn(async move { this.worker(dest).await });
         }
+        None
     }
 
     /// After shutdown: waits for running attempts, then gives queued but
@@ -171,7 +250,8 @@ impl Delivery {
         }
     }
 
-    async fn next_job(&self, dest: &Destination) -> Option<Job> {
+    /// The next job of the line, counted as running until the guard goes.
+    async fn next_job<'d>(&self, dest: &'d Destination) -> Option<(Job, Running<'d>)> {
         let idle_timeout = self.settings.delivery.idle_timeout;
         let mut waited = false;
         loop {
@@ -182,7 +262,8 @@ impl Delivery {
                     return None;
                 }
                 if let Some(job) = st.jobs.pop_front() {
-                    return Some(job);
+                    st.running += 1;
+                    return Some((job, Running(dest)));
                 }
                 if waited {
                     st.workers -= 1;
@@ -202,7 +283,11 @@ impl Delivery {
     async fn worker(self: Arc<Self>, dest: Arc<Destination>) {
         let mut conn: Option<Connection> = None;
         let mut sent = 0usize;
-        while let Some(job) = self.next_job(&dest).await {
+        while let Some((job, _running)) = self.next_job(&dest).await {
+            // The attempt slot, held only while this job is attempted.
+            let Ok(_attempt) = self.attempts.clone().acquire_owned().await else {
+                break;
+            };
             let entry = job.entry.clone();
             let started = Instant::now();
             let mut attempt = Attempt {

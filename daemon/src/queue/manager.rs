@@ -1,4 +1,8 @@
-//! The queue manager: leases what is ready, as fast as delivery slots free up.
+//! The queue manager: leases what is ready, as fast as delivery takes it.
+//!
+//! This node holds at most `max_leased` entries (in destinations' lines or
+//! being attempted); an entry a destination's line cannot take is parked
+//! back in the queue, due later.
 
 use super::QueueHandle;
 use crate::delivery::Delivery;
@@ -11,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Manager {
     pub queue: QueueHandle,
     pub delivery: Arc<Delivery>,
-    pub max_in_flight: usize,
+    /// Entries this node holds at once, waiting in lines or attempted.
+    pub max_leased: usize,
     pub lease_time: Duration,
     /// How often to look for work other nodes queued (Redis) or timers.
     pub poll: Duration,
@@ -19,7 +24,7 @@ pub struct Manager {
 
 impl Manager {
     pub async fn run(self, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.max_in_flight));
+        let slots = Arc::new(Semaphore::new(self.max_leased));
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -55,6 +60,7 @@ impl Manager {
                 continue;
             }
             let mut permit = Some(first);
+            let mut parked = Vec::new();
             for entry in batch {
                 let p = match permit.take() {
                     Some(p) => p,
@@ -70,7 +76,17 @@ impl Manager {
                         }
                     },
                 };
-                self.delivery.dispatch(entry, p);
+                parked.extend(self.delivery.dispatch(entry, p));
+            }
+            if !parked.is_empty() {
+                tracing::debug!(
+                    entries = parked.len(),
+                    "destination lines full, entries parked"
+                );
+                if let Err(e) = self.queue.store.park(&parked).await {
+                    // Their leases expire; another lease takes them then.
+                    tracing::error!(error = %e, "could not park queue entries");
+                }
             }
         }
         tracing::info!("queue manager stopped");

@@ -465,6 +465,18 @@ impl EmbeddedStore {
         }
     }
 
+    /// Gives leased entries back, each due at its `ready_at_ms`. Only the
+    /// index changes: after a restart the entries are due at once.
+    pub fn park(&self, entries: &[QueueEntry]) {
+        let mut index = self.index();
+        for e in entries {
+            let key = e.key();
+            if index.leased.remove(&key) {
+                index.ready.insert((e.ready_at_ms, key));
+            }
+        }
+    }
+
     pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>> {
         let read = self.db.begin_read().map_err(err)?;
         let table = read.open_table(MESSAGES).map_err(err)?;

@@ -334,6 +334,18 @@ impl Store {
         }
     }
 
+    /// Gives leased entries back unattempted, each due at its
+    /// `ready_at_ms` (a destination that cannot take them yet).
+    pub async fn park(&self, entries: &[QueueEntry]) -> Result<()> {
+        match self {
+            Store::Embedded(s) => {
+                s.park(entries);
+                Ok(())
+            }
+            Store::Redis(s) => s.park(entries).await,
+        }
+    }
+
     pub async fn status(&self, msg_id: &str) -> Result<Option<MessageStatus>> {
         match self {
             Store::Embedded(s) => s.status(msg_id).await,

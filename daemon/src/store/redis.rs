@@ -88,10 +88,10 @@ return 0
 "#;
 
 const RELEASE: &str = r#"
--- KEYS: leased, ready     ARGV: now, keys...
-for i = 2, #ARGV do
+-- KEYS: leased, ready     ARGV: key, ready_at, key, ready_at...
+for i = 1, #ARGV, 2 do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
+    redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[i])
   end
 end
 return 0
@@ -456,13 +456,27 @@ impl RedisStore {
     }
 
     pub async fn release(&self, entries: &[QueueEntry]) -> Result<()> {
+        let now = now_ms();
+        self.release_at(entries, |_| now).await
+    }
+
+    /// Gives leased entries back, each due at its `ready_at_ms`.
+    pub async fn park(&self, entries: &[QueueEntry]) -> Result<()> {
+        self.release_at(entries, |e| e.ready_at_ms).await
+    }
+
+    async fn release_at(
+        &self,
+        entries: &[QueueEntry],
+        at: impl Fn(&QueueEntry) -> i64,
+    ) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
         let mut inv = self.release.prepare_invoke();
-        inv.key(self.q("leased")).key(self.q("ready")).arg(now_ms());
+        inv.key(self.q("leased")).key(self.q("ready"));
         for e in entries {
-            inv.arg(e.key());
+            inv.arg(e.key()).arg(at(e));
         }
         let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         let mut held = self.held();
