@@ -277,6 +277,11 @@ pub struct SmtpSettings {
     pub min_data_rate: u64,
     /// Errors a client may make before it is disconnected.
     pub max_errors: usize,
+    /// Whether a recipient may be an address literal (`x@[192.0.2.1]`).
+    pub address_literals: bool,
+    /// Networks (CIDR) a literal may name even though they are internal
+    /// (loopback, private, link-local ...); others are always refused.
+    pub literal_networks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -448,6 +453,8 @@ impl Default for SmtpSettings {
             data_rate_grace: Duration::from_secs(30),
             min_data_rate: 1024,
             max_errors: 10,
+            address_literals: false,
+            literal_networks: Vec::new(),
         }
     }
 }
@@ -555,6 +562,7 @@ impl Settings {
                 .with_list_parse_key("dns.nameservers")
                 .with_list_parse_key("delivery.require_tls_domains")
                 .with_list_parse_key("queue.retry_schedule")
+                .with_list_parse_key("smtp.literal_networks")
                 .try_parsing(true),
         );
         let load_err = |source| ConfigError::Load {
@@ -616,6 +624,13 @@ impl Settings {
                         "smtp.listeners[{i}].relay_networks[{j}]: {net:?} is not a CIDR network"
                     ));
                 }
+            }
+        }
+        for (i, net) in self.smtp.literal_networks.iter().enumerate() {
+            if crate::net::Cidr::parse(net).is_none() {
+                out.push(format!(
+                    "smtp.literal_networks[{i}]: {net:?} is not a CIDR network"
+                ));
             }
         }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {

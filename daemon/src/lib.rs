@@ -27,6 +27,7 @@
 //! ```
 
 pub mod accounts;
+pub mod address;
 pub mod admission;
 pub mod api;
 pub mod callbacks;

@@ -439,3 +439,111 @@ async fn a_tarpit_destination_does_not_hold_up_the_others() {
         accepting.abort();
     }
 }
+
+/// Issue 15.8: one RFC 5321/6531 parser at RCPT and in the API; address
+/// literals refused by default and never to an internal network unless
+/// listed; what a next hop would refuse is refused here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_addresses_and_literals() {
+    let e = env(Backend::Embedded, |_| {}).await;
+    let mut c = submit_session(e.kiln.smtp).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@shop.test>").await.unwrap().code, 250);
+    for (rcpt, code, enhanced) in [
+        ("x@[127.0.0.1]", 550, "5.1.2"),
+        ("x@[IPv6:::1]", 550, "5.1.2"),
+        ("x@[192.0.2.1]", 550, "5.1.2"),
+        ("x@@dest.test", 501, "5.1.3"),
+        ("\"x\"y@dest.test", 501, "5.1.3"),
+        ("x@localhost", 550, "5.1.2"),
+        ("x@dest_test.test", 501, "5.1.3"),
+        ("üser@dest.test", 553, "5.6.7"),
+    ] {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).await.unwrap();
+        assert_eq!(r.code, code, "{rcpt}: {r:?}");
+        assert!(r.text.contains(enhanced), "{rcpt}: {r:?}");
+    }
+    // Quoted local parts: kept quoted only when they must be.
+    for rcpt in ["\"john doe\"@Dest.Test", "\"plain\"@dest.test"] {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).await.unwrap();
+        assert_eq!(r.code, 250, "{rcpt}: {r:?}");
+    }
+    assert_eq!(c.cmd("DATA").await.unwrap().code, 354);
+    c.write_data(&message("a@shop.test", "plain@dest.test", "quoted", 256))
+        .await
+        .unwrap();
+    assert_eq!(c.read_reply().await.unwrap().code, 250);
+    assert!(e.sink.wait_count(2, Duration::from_secs(20)).await);
+    let mut rcpts: Vec<String> = e
+        .sink
+        .messages()
+        .iter()
+        .flat_map(|m| m.rcpt_to.clone())
+        .collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["\"john doe\"@dest.test", "plain@dest.test"]);
+    // UTF-8 only in an SMTPUTF8 transaction, and not passed to a next hop
+    // that does not offer SMTPUTF8 (the sink): bounced, never downgraded.
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@shop.test> SMTPUTF8")
+            .await
+            .unwrap()
+            .code,
+        250
+    );
+    assert_eq!(c.cmd("RCPT TO:<üser@dest.test>").await.unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").await.unwrap().code, 354);
+    c.write_data(&message("a@shop.test", "x@dest.test", "utf8", 256))
+        .await
+        .unwrap();
+    let r = c.read_reply().await.unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    let rec = wait_state(&e.kiln, &queued_id(&r.text), 0, "bounced", 20).await;
+    assert_eq!(rec["attempts"][0]["enhanced_code"], "5.6.7", "{rec}");
+    c.quit().await;
+
+    // The API, through the SDK: the same parser.
+    let mut sdk = Sdk::start(e.kiln.http).await;
+    let acme = create_account(&e, "acme");
+    verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
+    let template = crate::api::approved_template(&mut sdk, &acme).await;
+    for to in [
+        "x@[127.0.0.1]",
+        "x@@dest.test",
+        "x@localhost",
+        "üser@dest.test",
+    ] {
+        let (code, _) = sdk
+            .err(
+                &acme,
+                "SendEmail",
+                json!({
+                    "FromEmailAddress": "news@mail.acme.test",
+                    "Destination": [to],
+                    "Subject": "s",
+                    "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"a\",\"code\":\"1\"}"},
+                }),
+            )
+            .await;
+        assert_eq!(code, "InvalidParameterValue.IllegalEmailAddress", "{to}");
+    }
+    drop(e);
+
+    // Literals allowed by the operator: never to an internal network
+    // unless it is listed.
+    for (extra, internal_ok) in [
+        ("address_literals = true\n", false),
+        (
+            "address_literals = true\nliteral_networks = [\"127.0.0.0/8\"]\n",
+            true,
+        ),
+    ] {
+        let e = env(Backend::Embedded, |o| o.smtp = extra.into()).await;
+        let mut c = submit_session(e.kiln.smtp).await;
+        assert_eq!(c.cmd("MAIL FROM:<a@shop.test>").await.unwrap().code, 250);
+        let r = c.cmd("RCPT TO:<x@[192.0.2.1]>").await.unwrap();
+        assert_eq!(r.code, 550, "documentation range is internal: {r:?}");
+        let r = c.cmd("RCPT TO:<x@[127.0.0.1]>").await.unwrap();
+        assert_eq!(r.code == 250, internal_ok, "{extra}: {r:?}");
+        c.quit().await;
+    }
+}

@@ -223,7 +223,7 @@ async fn dkim_create(
     if let Err(r) = loopback_only(peer) {
         return *r;
     }
-    if !crate::smtp_in::parser::valid_domain(&domain) || domain.starts_with('[') {
+    if !crate::address::valid_domain(&domain) {
         return error(
             StatusCode::BAD_REQUEST,
             "InvalidParameterValue.Domain",

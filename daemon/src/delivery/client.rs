@@ -110,6 +110,7 @@ pub struct Connection {
     pipelining: bool,
     size_limit: Option<usize>,
     requiretls: bool,
+    smtputf8: bool,
 }
 
 #[derive(Default)]
@@ -118,6 +119,7 @@ struct Extensions {
     starttls: bool,
     size: Option<usize>,
     requiretls: bool,
+    smtputf8: bool,
 }
 
 /// The lines of one (possibly multi-line) reply.
@@ -163,6 +165,7 @@ async fn ehlo(io: &mut LineIo, helo: &str) -> Result<Extensions, ClientError> {
             Some("PIPELINING") => ext.pipelining = true,
             Some("STARTTLS") => ext.starttls = true,
             Some("REQUIRETLS") => ext.requiretls = true,
+            Some("SMTPUTF8") => ext.smtputf8 = true,
             Some("SIZE") => ext.size = words.next().and_then(|s| s.parse().ok()).filter(|s| *s > 0),
             _ => {}
         }
@@ -250,6 +253,7 @@ impl Connection {
             pipelining: ext.pipelining,
             size_limit: ext.size,
             requiretls: ext.requiretls,
+            smtputf8: ext.smtputf8,
         })
     }
 
@@ -283,11 +287,24 @@ impl Connection {
                 ),
             });
         }
-        let mail = if requiretls {
-            format!("MAIL FROM:<{from}> REQUIRETLS\r\n")
-        } else {
-            format!("MAIL FROM:<{from}>\r\n")
-        };
+        // A non-ASCII address goes only to a server that takes SMTPUTF8
+        // (RFC 6531 section 3.4: never downgraded).
+        let utf8 = !from.is_ascii() || !to.is_ascii();
+        if utf8 && !self.smtputf8 {
+            return Ok(Reply {
+                code: 553,
+                enhanced: Some("5.6.7".into()),
+                text: format!(
+                    "{} does not offer SMTPUTF8 for a non-ASCII address",
+                    self.mx
+                ),
+            });
+        }
+        let mail = format!(
+            "MAIL FROM:<{from}>{}{}\r\n",
+            if utf8 { " SMTPUTF8" } else { "" },
+            if requiretls { " REQUIRETLS" } else { "" }
+        );
         let rcpt = format!("RCPT TO:<{to}>\r\n");
         let io = &mut self.io;
         let (mail_r, rcpt_r, data_r) = if self.pipelining {

@@ -63,20 +63,12 @@ fn index(account: &str) -> String {
     account_key(account, "senders")
 }
 
-/// `local@domain`, lower-cased domain; None when it is not an address.
+/// An address in the API, canonical (see [`crate::address`]): ASCII,
+/// on a fully-qualified domain name (no address literal); None when it is
+/// not one.
 pub fn normalize_address(address: &str) -> Option<String> {
-    let a = address.trim();
-    let (local, domain) = a.rsplit_once('@')?;
-    let domain = super::identities::normalize_domain(domain)?;
-    let local_ok = !local.is_empty()
-        && local.len() <= 64
-        && local
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b))
-        && !local.starts_with('.')
-        && !local.ends_with('.')
-        && !local.contains("..");
-    local_ok.then(|| format!("{local}@{domain}"))
+    let mailbox = crate::address::Mailbox::parse(address.trim(), false).ok()?;
+    (mailbox.is_qualified() && !mailbox.is_literal()).then(|| mailbox.to_string())
 }
 
 const PBKDF2_ITERATIONS: u32 = 100_000;

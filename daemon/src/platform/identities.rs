@@ -81,7 +81,7 @@ fn key_sizes(option: u8) -> &'static [usize] {
 
 pub fn normalize_domain(domain: &str) -> Option<String> {
     let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    let ok = crate::smtp_in::parser::valid_domain(&d) && !d.starts_with('[') && d.contains('.');
+    let ok = crate::address::valid_domain(&d) && !d.starts_with('[') && d.contains('.');
     ok.then_some(d)
 }
 

@@ -44,6 +44,8 @@ pub enum ParseError {
     BadRecipient,
     #[error("555 5.5.4 Unsupported MAIL parameter")]
     UnknownParam,
+    #[error("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531)")]
+    NeedsUtf8,
 }
 
 pub fn parse_command(line: &str) -> Result<Command, ParseError> {
@@ -73,7 +75,12 @@ pub fn parse_command(line: &str) -> Result<Command, ParseError> {
         "RCPT" => {
             let arg = strip_prefix_ci(rest, "TO:").ok_or(ParseError::Syntax)?;
             let (path, _params) = split_path(arg).ok_or(ParseError::BadRecipient)?;
-            let to = parse_mailbox(path).ok_or(ParseError::BadRecipient)?;
+            // Whether UTF-8 may be used is the transaction's (MAIL's
+            // SMTPUTF8): the session checks.
+            let to = parse_mailbox(path, true).map_err(|e| match e {
+                crate::address::AddressError::NeedsUtf8 => ParseError::NeedsUtf8,
+                _ => ParseError::BadRecipient,
+            })?;
             if to.is_empty() {
                 return Err(ParseError::BadRecipient);
             }
@@ -102,7 +109,6 @@ pub fn parse_command(line: &str) -> Result<Command, ParseError> {
 fn parse_mail(rest: &str) -> Result<Command, ParseError> {
     let arg = strip_prefix_ci(rest, "FROM:").ok_or(ParseError::Syntax)?;
     let (path, params) = split_path(arg).ok_or(ParseError::BadSender)?;
-    let from = parse_mailbox(path).ok_or(ParseError::BadSender)?;
     let mut out = MailParams::default();
     for p in params.split_whitespace() {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
@@ -119,6 +125,10 @@ fn parse_mail(rest: &str) -> Result<Command, ParseError> {
             _ => return Err(ParseError::UnknownParam),
         }
     }
+    let from = parse_mailbox(path, out.smtputf8).map_err(|e| match e {
+        crate::address::AddressError::NeedsUtf8 => ParseError::NeedsUtf8,
+        _ => ParseError::BadSender,
+    })?;
     Ok(Command::Mail { from, params: out })
 }
 
@@ -129,53 +139,37 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// Splits `<path> params` (also tolerates a missing `<>` around the path).
+/// The path ends at the `>` outside a quoted local part.
 fn split_path(arg: &str) -> Option<(&str, &str)> {
     if let Some(inner) = arg.strip_prefix('<') {
-        let end = inner.find('>')?;
-        Some((&inner[..end], inner[end + 1..].trim()))
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, c) in inner.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                '>' if !quoted => return Some((&inner[..i], inner[i + 1..].trim())),
+                _ => {}
+            }
+        }
+        None
     } else {
         let end = arg.find(' ').unwrap_or(arg.len());
         Some((&arg[..end], arg[end..].trim()))
     }
 }
 
-/// Validates a mailbox `local@domain` (source routes dropped); `""` is the null path.
-pub fn parse_mailbox(path: &str) -> Option<String> {
-    let path = match path.rfind(':') {
+/// A path's mailbox in canonical form (source routes dropped); `""` is the
+/// null path.
+pub fn parse_mailbox(path: &str, utf8: bool) -> Result<String, crate::address::AddressError> {
+    let path = match path.find(':') {
         Some(i) if path.starts_with('@') => &path[i + 1..],
         _ => path,
     };
     if path.is_empty() {
-        return Some(String::new());
+        return Ok(String::new());
     }
-    if path.len() > 254 || path.chars().any(|c| c.is_control() || c == ' ') {
-        return None;
-    }
-    let (local, domain) = path.rsplit_once('@')?;
-    if local.is_empty() || local.len() > 64 || !valid_domain(domain) {
-        return None;
-    }
-    Some(format!("{local}@{}", domain.to_ascii_lowercase()))
-}
-
-pub fn valid_domain(domain: &str) -> bool {
-    if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        return lit.parse::<std::net::IpAddr>().is_ok()
-            || lit
-                .strip_prefix("IPv6:")
-                .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
-    }
-    !domain.is_empty()
-        && domain.len() <= 253
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-        })
+    crate::address::canonical(path, utf8)
 }
 
 #[cfg(test)]
@@ -218,6 +212,34 @@ mod tests {
                 initial: Some("dGVzdA==".into())
             })
         );
+    }
+
+    #[test]
+    fn addresses_in_commands() {
+        assert_eq!(
+            parse_command("RCPT TO:<\"john doe\"@Dest.Test>"),
+            Ok(Command::Rcpt {
+                to: "\"john doe\"@dest.test".into()
+            })
+        );
+        assert_eq!(
+            parse_command("RCPT TO:<\"a>b\"@dest.test>"),
+            Ok(Command::Rcpt {
+                to: "\"a>b\"@dest.test".into()
+            })
+        );
+        assert_eq!(
+            parse_command("RCPT TO:<x@@dest.test>"),
+            Err(ParseError::BadRecipient)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<üser@shop.test>"),
+            Err(ParseError::NeedsUtf8)
+        );
+        assert!(matches!(
+            parse_command("MAIL FROM:<üser@shop.test> SMTPUTF8"),
+            Ok(Command::Mail { .. })
+        ));
     }
 
     #[test]

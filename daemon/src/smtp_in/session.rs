@@ -63,6 +63,8 @@ pub struct Session {
     account: Option<Arc<Account>>,
     mail_from: Option<String>,
     require_tls: bool,
+    /// MAIL carried SMTPUTF8: addresses may be UTF-8.
+    smtputf8: bool,
     rcpt_to: Vec<String>,
     errors: usize,
 }
@@ -89,6 +91,7 @@ impl Session {
             account: None,
             mail_from: None,
             require_tls: false,
+            smtputf8: false,
             rcpt_to: Vec::new(),
             errors: 0,
         }
@@ -160,6 +163,7 @@ impl Session {
     fn reset(&mut self) {
         self.mail_from = None;
         self.require_tls = false;
+        self.smtputf8 = false;
         self.rcpt_to.clear();
     }
 
@@ -283,6 +287,7 @@ impl Session {
                     } else {
                         self.mail_from = Some(from);
                         self.require_tls = params.require_tls;
+                        self.smtputf8 = params.smtputf8;
                         self.reply(io, "250 2.1.0 Ok");
                     }
                 }
@@ -319,6 +324,8 @@ impl Session {
                         if self.error(io, &text) {
                             return Step::Quit;
                         }
+                    } else if let Some(refused) = self.refuse_destination(&to) {
+                        self.reply(io, &refused);
                     } else if self.rcpt_to.len() >= smtp.max_recipients {
                         self.reply(io, "452 4.5.3 Too many recipients");
                     } else if let Some(refused) = refusal(
@@ -392,6 +399,42 @@ impl Session {
                     return Step::Quit;
                 }
             }
+        }
+    }
+
+    /// Why a recipient's address is one Kiln will not deliver to: UTF-8
+    /// without SMTPUTF8, a domain that is not fully qualified, an address
+    /// literal (unless `smtp.address_literals` allows it, and never an
+    /// internal address unless `smtp.literal_networks` lists it).
+    fn refuse_destination(&self, to: &str) -> Option<String> {
+        use crate::address::{Domain, Mailbox, is_internal};
+        if !self.smtputf8 && !to.is_ascii() {
+            return Some(format!(
+                "553 5.6.7 <{to}>: Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531)"
+            ));
+        }
+        let mailbox = Mailbox::parse(to, true).ok()?;
+        let smtp = &self.ctx.settings.smtp;
+        match mailbox.domain {
+            Domain::Literal(_) if !smtp.address_literals => Some(format!(
+                "550 5.1.2 <{to}>: Address literals are not accepted; use a domain name"
+            )),
+            Domain::Literal(ip)
+                if is_internal(ip)
+                    && !smtp
+                        .literal_networks
+                        .iter()
+                        .filter_map(|n| crate::net::Cidr::parse(n))
+                        .any(|n| n.contains(ip)) =>
+            {
+                Some(format!(
+                    "550 5.1.2 <{to}>: Address literal of an internal network refused"
+                ))
+            }
+            Domain::Name(_) if !mailbox.is_qualified() => Some(format!(
+                "550 5.1.2 <{to}>: Domain must be fully qualified (RFC 5321 section 2.3.5)"
+            )),
+            _ => None,
         }
     }
 

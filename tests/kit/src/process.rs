@@ -37,6 +37,8 @@ pub struct KilnOptions {
     pub delivery: String,
     /// Extra settings for the first listener (e.g. relay networks).
     pub listener: String,
+    /// Extra settings for the [smtp] section.
+    pub smtp: String,
     pub node_id: String,
     /// The policy script (Lua) the daemon runs; by default the plugins with
     /// limits raised out of the way of tests that are not about limits.
@@ -73,6 +75,7 @@ impl KilnOptions {
             server: String::new(),
             delivery: String::new(),
             listener: String::new(),
+            smtp: String::new(),
             node_id: "node-a".into(),
             log_level: "info,kiln=debug".into(),
             policy: PERMISSIVE_POLICY.into(),
@@ -124,6 +127,7 @@ listen = "{http}"
 
 [smtp]
 max_errors = 50
+{smtp_extra}
 
 [[smtp.listeners]]
 address = "{smtp}"
@@ -155,6 +159,7 @@ secret_key = "shop-secret-key"
             policy = policy.display(),
             plugins = plugins_dir().display(),
             listener = opts.listener,
+            smtp_extra = opts.smtp,
             // `{http}` in the extra TOML: this instance's HTTP address.
             extra = opts.extra.replace("{http}", &http.to_string()),
         );
