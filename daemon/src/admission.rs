@@ -175,7 +175,8 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
 /// What a next hop would refuse, and what would be signed for a domain the
 /// account does not own: checked for every message, whoever sent it.
 async fn check_message(ctx: &SmtpContext, s: &Submission) -> Result<(), Refusal> {
-    let max = ctx.settings.smtp.max_message_size;
+    // SMTP's own limit is enforced as the data is read.
+    let max = ctx.settings.max_built_message_size();
     if s.message.len() > max {
         return Err(Refusal::TooBig(max));
     }

@@ -696,6 +696,19 @@ impl Settings {
         out
     }
 
+    /// The largest message the API or a batch task may build: content up
+    /// to `smtp.max_message_size` (the product's 4 MB, attachments
+    /// included), base64-encoded, plus its headers and MIME structure.
+    pub fn max_built_message_size(&self) -> usize {
+        self.smtp.max_message_size.div_ceil(3) * 4 + 256 * 1024
+    }
+
+    /// The largest API request body: such a message's content as JSON
+    /// carries it (base64), with its template data and the rest.
+    pub fn max_api_request_size(&self) -> usize {
+        self.max_built_message_size() + self.platform.max_template_data
+    }
+
     pub fn store_path(&self) -> PathBuf {
         if self.store.path.is_absolute() {
             self.store.path.clone()

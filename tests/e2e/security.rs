@@ -547,3 +547,115 @@ async fn odd_addresses_and_literals() {
         c.quit().await;
     }
 }
+
+/// Issue 15.7: attachments up to the product's 4 MB fit the API; a larger
+/// request gets an SES error the SDK can read, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_up_to_the_message_limit_fit_the_api() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let e = env(Backend::Embedded, |_| {}).await;
+    let mut sdk = Sdk::start(e.kiln.http).await;
+    let acme = create_account(&e, "acme");
+    verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
+    let template = crate::api::approved_template(&mut sdk, &acme).await;
+    let send = |to: &str, bytes: &[u8]| {
+        json!({
+            "FromEmailAddress": "news@mail.acme.test",
+            "Destination": [to],
+            "Subject": "report",
+            "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"a\",\"code\":\"1\"}"},
+            "Attachments": [{"FileName": "report.pdf", "Content": b64(bytes)}],
+        })
+    };
+    // The message may have 4 MB (the product's limit, attachments
+    // included, counted as sent: base64-encoded).
+    let mut sizes = Vec::new();
+    for (i, size) in [1_600_000usize, 3_000_000].into_iter().enumerate() {
+        let bytes: Vec<u8> = (0..size).map(|n| (n * 7 + i) as u8).collect();
+        let r = sdk
+            .call(&acme, "SendEmail", send(&format!("r{i}@dest.test"), &bytes))
+            .await;
+        assert_eq!(r["ok"], true, "{size} bytes: {}", r["message"]);
+        sizes.push(bytes);
+    }
+    let r = sdk
+        .call(
+            &acme,
+            "SendEmail",
+            send("r3@dest.test", &vec![b'a'; 3_500_000]),
+        )
+        .await;
+    assert_eq!(
+        r["code"], "FailedOperation.EmailContentToolarge",
+        "{}",
+        r["message"]
+    );
+    assert!(e.sink.wait_count(2, Duration::from_secs(60)).await);
+    for (i, bytes) in sizes.iter().enumerate() {
+        let got = e.sink.messages();
+        let m = got
+            .iter()
+            .find(|m| m.rcpt_to[0] == format!("r{i}@dest.test"))
+            .unwrap();
+        let parsed = mail_parser::MessageParser::default()
+            .parse(m.data.as_slice())
+            .unwrap();
+        let attachment = parsed.attachment(0).expect("an attachment");
+        assert!(
+            attachment.contents() == bytes.as_slice(),
+            "attachment {i} changed on the way"
+        );
+    }
+    // Over the limit, through the SDK: an error it reads, naming the limit.
+    let big = vec![b'x'; 6 * 1024 * 1024];
+    let r = sdk
+        .call(&acme, "SendEmail", send("big@dest.test", &big))
+        .await;
+    let (code, message) = (
+        r["code"].as_str().unwrap_or_default(),
+        r["message"].as_str().unwrap_or_default(),
+    );
+    assert_eq!(code, "InvalidParameterValue", "{message}");
+    assert!(
+        message.contains("larger than") && message.contains("4194304"),
+        "{message}"
+    );
+    // And with curl, unsigned: the same JSON, before any authentication.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("http://{}/", e.kiln.http))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(|mut child| {
+            let mut stdin = child.stdin.take().unwrap();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(&vec![b'{'; 8 * 1024 * 1024]).await;
+            });
+            child
+        })
+        .expect("curl runs")
+        .wait_with_output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{text}");
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(
+        v["Response"]["Error"]["Code"], "InvalidParameterValue",
+        "{v}"
+    );
+}

@@ -34,8 +34,13 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
+    let max_request = state.settings.max_api_request_size();
     Router::new()
-        .route("/", axum::routing::post(tencent::handle))
+        .route(
+            "/",
+            axum::routing::post(tencent::handle)
+                .layer(axum::extract::DefaultBodyLimit::max(max_request)),
+        )
         .route("/healthz", get(health))
         .route("/t/o/{token}", get(tracking::open))
         .route("/t/c/{token}", get(tracking::click))

@@ -122,9 +122,33 @@ pub async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    let body = match body {
+        Ok(b) => b,
+        // Answered as the SDKs read errors (HTTP 200, a JSON Error), not
+        // as a bare 413 they report as a network failure.
+        Err(e) => {
+            let max = s.settings.max_api_request_size();
+            let error = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    "InvalidParameterValue",
+                    format!(
+                        "the request is larger than {max} bytes (a message may have {} bytes, attachments included, base64-encoded in the request)",
+                        s.settings.smtp.max_message_size
+                    ),
+                )
+            } else {
+                ApiError::new(
+                    "InvalidParameter",
+                    format!("the request body could not be read: {e}"),
+                )
+            };
+            tracing::info!(%request_id, code = %error.code, message = %error.message, "API request refused");
+            return envelope(&request_id, Err(error));
+        }
+    };
     let result = match authenticate(&s, &uri, &headers, &body).await {
         Ok((action, account)) => match Params::parse(&body) {
             Ok(params) => {

@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 const MAX_TO: usize = 50;
 const MAX_CC: usize = 20;
 const MAX_ATTACHMENTS: usize = 10;
-const MAX_ATTACHMENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Headers SmtpHeaders may not set: Kiln writes them, or they decide where
 /// the message goes and how it is read.
@@ -87,7 +86,8 @@ fn recipients(p: &Params, field: &str, max: usize) -> Result<Vec<String>, ApiErr
         .collect()
 }
 
-fn attachments(p: &Params) -> Result<Vec<Attachment>, ApiError> {
+/// The attachments, at most `max_bytes` in all (the message limit).
+fn attachments(p: &Params, max_bytes: usize) -> Result<Vec<Attachment>, ApiError> {
     let list = p.objects("Attachments")?;
     if list.len() > MAX_ATTACHMENTS {
         return Err(invalid(
@@ -121,10 +121,10 @@ fn attachments(p: &Params) -> Result<Vec<Attachment>, ApiError> {
             )
         })?;
         total += bytes.len();
-        if total > MAX_ATTACHMENT_BYTES {
+        if total > max_bytes {
             return Err(invalid(
                 "FailedOperation.AttachContentToolarge",
-                format!("the attachments are larger than {MAX_ATTACHMENT_BYTES} bytes in total"),
+                format!("the attachments are larger than {max_bytes} bytes in total"),
             ));
         }
         out.push(Attachment {
@@ -377,7 +377,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         _ => None,
     };
     let headers = extra_headers(&c.params)?;
-    let files = attachments(&c.params)?;
+    let files = attachments(&c.params, c.platform.settings.smtp.max_message_size)?;
     let sender = sender_address(&c, "FromEmailAddress", &from).await?;
     if let Some((_, h)) = &header_from {
         check_domain(&c, "HeaderFrom", h).await?;
