@@ -247,6 +247,17 @@ fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let url = format!("http://{addr}{path}");
+    let data_dir = &settings.server.data_dir;
+    let token = match kiln::api::admin_auth::read_token(data_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "kiln: cannot read the admin token {}: {e} (run kiln as the daemon's user)",
+                kiln::api::admin_auth::token_path(data_dir).display(),
+            );
+            return ExitCode::from(1);
+        }
+    };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -260,6 +271,7 @@ fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
                     client.get(&url)
                 };
                 let resp = req
+                    .bearer_auth(&token)
                     .send()
                     .await
                     .map_err(|e| format!("cannot reach the daemon at {url}: {e}"))?;

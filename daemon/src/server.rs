@@ -190,6 +190,10 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         platform: ctx.platform.clone(),
         callbacks: callbacks.clone(),
         limiter: Default::default(),
+        admin_token: Arc::from(
+            crate::api::admin_auth::ensure_token(&settings.server.data_dir)
+                .context("making the admin token in the data directory")?,
+        ),
     };
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {

@@ -1313,9 +1313,9 @@ async fn wait_task(sdk: &mut Sdk, who: &Creds, task: i64, status: i64) -> Value 
 }
 
 async fn advance_clock(e: &Env, ms: i64) {
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/admin/clock?ms={ms}", e.kiln.http))
-        .send()
+    let r = e
+        .kiln
+        .admin_post(&format!("/admin/clock?ms={ms}"))
         .await
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);

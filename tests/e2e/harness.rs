@@ -117,7 +117,8 @@ pub fn queued_id(reply_text: &str) -> String {
 }
 
 pub async fn status(kiln: &Kiln, id: &str) -> Option<Value> {
-    let resp = reqwest::get(format!("http://{}/admin/messages/{id}", kiln.http))
+    let resp = kiln
+        .admin_get(&format!("/admin/messages/{id}"))
         .await
         .ok()?;
     if !resp.status().is_success() {

@@ -659,3 +659,74 @@ async fn attachments_up_to_the_message_limit_fit_the_api() {
         "{v}"
     );
 }
+
+/// Issue 15.9: loopback is no fence on its own: an admin request needs the
+/// operator token, which `kiln` reads from the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_need_the_operator_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = env(Backend::Embedded, |_| {}).await;
+    let token_file = e.kiln.data_dir.join("admin.token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let curl = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .await
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let base = format!("http://{}", e.kiln.http);
+    // A local process (or a proxy on this host) without the token.
+    assert_eq!(
+        curl(vec![
+            "-X".into(),
+            "POST".into(),
+            format!("{base}/admin/accounts/evil")
+        ])
+        .await,
+        "401"
+    );
+    assert_eq!(
+        curl(vec![
+            "-X".into(),
+            "POST".into(),
+            "-H".into(),
+            "Authorization: Bearer guess".into(),
+            format!("{base}/admin/accounts/evil/rotate-key")
+        ])
+        .await,
+        "401"
+    );
+    assert_eq!(curl(vec![format!("{base}/admin/accounts")]).await, "401");
+    // The operator's command reads the token itself.
+    let out = e.kiln.command(&["account", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed, json!([]), "no account was made without the token");
+    let out = e.kiln.command(&["account", "create", "good"]);
+    assert!(out.status.success(), "{out:?}");
+    // A token that does not match (another node's, an old one) is refused.
+    let good = e.kiln.admin_token();
+    std::fs::write(&token_file, "stale").unwrap();
+    let out = e.kiln.command(&["account", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Unauthorized"),
+        "{out:?}"
+    );
+    std::fs::write(&token_file, &good).unwrap();
+    // With the token, curl works too.
+    let token = e.kiln.admin_token();
+    assert_eq!(
+        curl(vec![
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+            format!("{base}/admin/accounts")
+        ])
+        .await,
+        "200"
+    );
+}

@@ -1,20 +1,21 @@
-//! HTTP listener. For now: health, and the loopback-only admin endpoints
-//! the `kiln` subcommands use (message status, DKIM keys, queue size,
-//! reload, policy state).
+//! HTTP listener: the SES API, tracking and unsubscribe pages, health, and
+//! the admin endpoints the `kiln` subcommands use (message status, DKIM
+//! keys, queue size, reload, policy state, accounts), which answer on
+//! loopback to the operator token only (`admin_auth`).
 
 use crate::config::Settings;
 use crate::dkim::{self, DkimSigners};
 use crate::store::Store;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub mod admin_auth;
 pub mod params;
 pub mod ses;
 pub mod tc3;
@@ -31,23 +32,13 @@ pub struct ApiState {
     pub platform: crate::platform::Platform,
     pub callbacks: Arc<crate::callbacks::Callbacks>,
     pub limiter: Arc<tracking::RateLimiter>,
+    /// The operator token every admin request shows.
+    pub admin_token: Arc<str>,
 }
 
 pub fn router(state: ApiState) -> Router {
     let max_request = state.settings.max_api_request_size();
-    Router::new()
-        .route(
-            "/",
-            axum::routing::post(tencent::handle)
-                .layer(axum::extract::DefaultBodyLimit::max(max_request)),
-        )
-        .route("/healthz", get(health))
-        .route("/t/o/{token}", get(tracking::open))
-        .route("/t/c/{token}", get(tracking::click))
-        .route(
-            "/u/{token}",
-            get(tracking::unsubscribe_page).post(tracking::unsubscribe_now),
-        )
+    let admin = Router::new()
         .route("/admin/messages/{id}", get(message_status))
         .route("/admin/dkim/{domain}", get(dkim_show).post(dkim_create))
         .route("/admin/queue", get(queue_info))
@@ -67,6 +58,24 @@ pub fn router(state: ApiState) -> Router {
             "/admin/accounts/{name}/{operation}",
             axum::routing::post(account_change),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.admin_token.clone(),
+            admin_auth::guard,
+        ));
+    Router::new()
+        .route(
+            "/",
+            axum::routing::post(tencent::handle)
+                .layer(axum::extract::DefaultBodyLimit::max(max_request)),
+        )
+        .route("/healthz", get(health))
+        .route("/t/o/{token}", get(tracking::open))
+        .route("/t/c/{token}", get(tracking::click))
+        .route(
+            "/u/{token}",
+            get(tracking::unsubscribe_page).post(tracking::unsubscribe_now),
+        )
+        .merge(admin)
         .with_state(state)
 }
 
@@ -76,18 +85,6 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         Json(json!({"error": {"code": code, "message": message.into()}})),
     )
         .into_response()
-}
-
-fn loopback_only(peer: SocketAddr) -> Result<(), Box<Response>> {
-    if peer.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(Box::new(error(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "admin endpoints answer on loopback only",
-        )))
-    }
 }
 
 async fn health(State(s): State<ApiState>) -> Response {
@@ -102,14 +99,7 @@ async fn health(State(s): State<ApiState>) -> Response {
     }
 }
 
-async fn message_status(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
+async fn message_status(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.store.status(&id).await {
         Ok(Some(status)) => Json(status).into_response(),
         Ok(None) => error(
@@ -125,10 +115,7 @@ async fn message_status(
     }
 }
 
-async fn reload(State(s): State<ApiState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
+async fn reload(State(s): State<ApiState>) -> Response {
     match crate::server::reload(&s.smtp, s.config_path.as_deref()).await {
         Ok(version) => Json(json!({"reloaded": true, "policy_version": version})).into_response(),
         Err(e) => error(
@@ -139,13 +126,7 @@ async fn reload(State(s): State<ApiState>, ConnectInfo(peer): ConnectInfo<Socket
     }
 }
 
-async fn policy_info(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
+async fn policy_info(State(s): State<ApiState>) -> Response {
     let policy = &s.smtp.policy;
     let hooks: Vec<&str> = crate::policy::HOOKS
         .iter()
@@ -163,13 +144,7 @@ async fn policy_info(
     Json(info).into_response()
 }
 
-async fn queue_info(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
+async fn queue_info(State(s): State<ApiState>) -> Response {
     match s.store.queue_len().await {
         Ok(n) => Json(json!({"queued": n})).into_response(),
         Err(e) => error(
@@ -190,14 +165,7 @@ fn key_json(key: &dkim::DkimKey) -> serde_json::Value {
     })
 }
 
-async fn dkim_show(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(domain): Path<String>,
-) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
+async fn dkim_show(State(s): State<ApiState>, Path(domain): Path<String>) -> Response {
     match dkim::load_key(&s.store, &domain).await {
         Ok(Some(key)) => Json(key_json(&key)).into_response(),
         Ok(None) => error(
@@ -221,13 +189,9 @@ struct CreateKey {
 
 async fn dkim_create(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(domain): Path<String>,
     Query(q): Query<CreateKey>,
 ) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
     if !crate::address::valid_domain(&domain) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -278,14 +242,7 @@ fn credentials_json(a: &crate::platform::accounts::AccountRecord) -> serde_json:
     json!({"Account": a.name, "SecretId": a.secret_id, "SecretKey": a.secret_key})
 }
 
-async fn account_create(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
-) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
+async fn account_create(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
     match s.platform.create_account(&name).await {
         Ok(a) => {
             tracing::info!(account = %a.name, "account created");
@@ -295,13 +252,7 @@ async fn account_create(
     }
 }
 
-async fn accounts_list(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
+async fn accounts_list(State(s): State<ApiState>) -> Response {
     match s.platform.list_accounts().await {
         Ok(list) => Json(
             list.iter()
@@ -323,12 +274,8 @@ async fn accounts_list(
 /// disable, enable, rotate-key.
 async fn account_change(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((name, operation)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
     let result = match operation.as_str() {
         "disable" => s.platform.set_account_disabled(&name, true).await,
         "enable" => s.platform.set_account_disabled(&name, false).await,
@@ -360,14 +307,7 @@ struct Advance {
 }
 
 /// Moves the clock forward, when `server.test_clock` allows it.
-async fn clock_advance(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<Advance>,
-) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
+async fn clock_advance(State(s): State<ApiState>, Query(q): Query<Advance>) -> Response {
     if !s.settings.server.test_clock {
         return error(
             StatusCode::FORBIDDEN,
@@ -393,13 +333,9 @@ struct CallbackTarget {
 /// answers the URL and the account's signing secret.
 async fn account_callback(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     Query(q): Query<CallbackTarget>,
 ) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return *r;
-    }
     if !q.url.is_empty() {
         let ok = reqwest::Url::parse(&q.url)
             .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());

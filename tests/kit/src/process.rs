@@ -12,6 +12,8 @@ pub struct Kiln {
     pub config: PathBuf,
     /// The policy script the config points at (tests rewrite it and reload).
     pub policy: PathBuf,
+    /// The data directory (its admin.token authorises admin requests).
+    pub data_dir: PathBuf,
     binary: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -170,6 +172,7 @@ secret_key = "shop-secret-key"
             http,
             config,
             policy,
+            data_dir: opts.data_dir.clone(),
             binary: binary.to_path_buf(),
             child: None,
             log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
@@ -217,6 +220,32 @@ secret_key = "shop-secret-key"
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The operator token the daemon made in its data directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("the daemon made its admin token")
+            .trim()
+            .to_string()
+    }
+
+    /// A GET of an admin endpoint, with the operator token.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        reqwest::Client::new()
+            .get(format!("http://{}{path}", self.http))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+    }
+
+    /// A POST to an admin endpoint, with the operator token.
+    pub async fn admin_post(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        reqwest::Client::new()
+            .post(format!("http://{}{path}", self.http))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
     }
 
     pub fn log_text(&self) -> String {
