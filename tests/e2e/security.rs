@@ -730,3 +730,126 @@ async fn admin_endpoints_need_the_operator_token() {
         "200"
     );
 }
+
+/// Relays TCP to `target` and keeps what the client sent.
+async fn recording_proxy(
+    target: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(target).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, sent)
+}
+
+/// One raw HTTP exchange: `request` as bytes, the response's JSON body.
+async fn raw_http(target: SocketAddr, request: &[u8]) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(target).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a response")
+            .unwrap();
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return serde_json::from_str(&body[..len]).unwrap();
+            }
+        }
+        assert!(n > 0, "connection closed: {text}");
+    }
+}
+
+/// Issue 15.10: a signed request that changes something is good once; a
+/// copy replayed within the timestamp window is refused, on both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_request_is_refused() {
+    for backend in BOTH {
+        let e = env(backend, |_| {}).await;
+        let mut sdk = Sdk::start(e.kiln.http).await;
+        let acme = create_account(&e, "acme");
+        verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
+        let template = crate::api::approved_template(&mut sdk, &acme).await;
+        // The SDK talks through a proxy that keeps what it sent.
+        let (proxy, sent) = recording_proxy(e.kiln.http).await;
+        let mut through_proxy = Sdk::start(proxy).await;
+        let r = through_proxy
+            .ok(
+                &acme,
+                "SendEmail",
+                json!({
+                    "FromEmailAddress": "news@mail.acme.test",
+                    "Destination": ["once@dest.test"],
+                    "Subject": "pay",
+                    "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"a\",\"code\":\"1\"}"},
+                }),
+            )
+            .await;
+        assert!(r["MessageId"].is_string());
+        let captured = sent.lock().unwrap().clone();
+        assert!(
+            captured.starts_with(b"POST / HTTP/1.1"),
+            "{}",
+            String::from_utf8_lossy(&captured)
+        );
+        // The same bytes again, as an attacker on the path would send them.
+        let again = raw_http(e.kiln.http, &captured).await;
+        assert_eq!(
+            again["Response"]["Error"]["Code"], "AuthFailure.SignatureExpire",
+            "{backend:?}: {again}"
+        );
+        assert!(e.sink.wait_count(1, Duration::from_secs(20)).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(e.sink.count(), 1, "{backend:?}: sent once");
+        // Reads may repeat (clients poll them; a copy learns nothing new).
+        let (proxy, sent) = recording_proxy(e.kiln.http).await;
+        let mut through_proxy = Sdk::start(proxy).await;
+        through_proxy
+            .ok(
+                &acme,
+                "ListEmailTemplates",
+                json!({"Limit": 10, "Offset": 0}),
+            )
+            .await;
+        let captured = sent.lock().unwrap().clone();
+        let again = raw_http(e.kiln.http, &captured).await;
+        assert!(again["Response"]["TemplatesMetadata"].is_array(), "{again}");
+    }
+}

@@ -225,27 +225,61 @@ async fn authenticate(
             }
         },
     };
-    let lookup = |name: &str| header(headers, name);
-    let request = tc3::Request {
-        method: "POST",
-        path: uri.path(),
-        query: uri.query().unwrap_or(""),
-        header: &lookup,
-        payload: body,
-    };
-    tc3::verify(
-        &auth,
-        &timestamp,
-        crate::net::system_now_ms() / 1000,
-        &secret_key,
-        &request,
-    )
-    .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    {
+        let lookup = |name: &str| header(headers, name);
+        let request = tc3::Request {
+            method: "POST",
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            header: &lookup,
+            payload: body,
+        };
+        tc3::verify(
+            &auth,
+            &timestamp,
+            crate::net::system_now_ms() / 1000,
+            &secret_key,
+            &request,
+        )
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    }
     if !ACTIONS.contains(&action.as_str()) {
         return Err(ApiError::new(
             "InvalidAction",
             format!("the action {action:?} does not exist in SES {VERSION}"),
         ));
     }
+    refuse_replay(s, &auth, &action).await?;
     Ok((action, account))
+}
+
+/// A signature is good for one request: a copy of a signed request that
+/// changes something (sends, creates, deletes ...) is refused while its
+/// timestamp is still accepted, on every node (the record is in the
+/// store). Reads (Get, List) may repeat: a copy learns nothing new, and
+/// clients poll them.
+async fn refuse_replay(
+    s: &ApiState,
+    auth: &tc3::Authorization,
+    action: &str,
+) -> Result<(), ApiError> {
+    if action.starts_with("Get") || action.starts_with("List") {
+        return Ok(());
+    }
+    // Long enough to cover a timestamp MAX_SKEW_SECS either side of now.
+    let window = std::time::Duration::from_secs(2 * tc3::MAX_SKEW_SECS as u64 + 60);
+    let key = format!("api-signature:{}:{}", auth.secret_id, auth.signature);
+    let seen = s
+        .store
+        .incr(&key, 1, window)
+        .await
+        .map_err(ApiError::internal)?;
+    if seen > 1 {
+        tracing::warn!(secret_id = %auth.secret_id, %action, "replayed API request refused");
+        return Err(ApiError::new(
+            "AuthFailure.SignatureExpire",
+            "this signed request was already received; a signature is good for one request (sign each request anew)",
+        ));
+    }
+    Ok(())
 }
