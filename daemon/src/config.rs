@@ -277,6 +277,14 @@ pub struct SmtpSettings {
     pub min_data_rate: u64,
     /// Errors a client may make before it is disconnected.
     pub max_errors: usize,
+    /// AUTH failures from one client address (an IPv6 client: its /64)
+    /// within `auth_failure_window` before AUTH from it is refused.
+    pub auth_max_failures_per_ip: u64,
+    /// AUTH failures for one user name, from anywhere, within the window
+    /// before AUTH as that user is refused.
+    pub auth_max_failures_per_user: u64,
+    #[serde(with = "humantime_secs")]
+    pub auth_failure_window: Duration,
     /// Whether a recipient may be an address literal (`x@[192.0.2.1]`).
     pub address_literals: bool,
     /// Networks (CIDR) a literal may name even though they are internal
@@ -453,6 +461,9 @@ impl Default for SmtpSettings {
             data_rate_grace: Duration::from_secs(30),
             min_data_rate: 1024,
             max_errors: 10,
+            auth_max_failures_per_ip: 10,
+            auth_max_failures_per_user: 20,
+            auth_failure_window: Duration::from_secs(900),
             address_literals: false,
             literal_networks: Vec::new(),
         }
@@ -638,6 +649,9 @@ impl Settings {
         }
         if self.smtp.max_message_size == 0 {
             out.push("smtp.max_message_size: must be greater than 0".into());
+        }
+        if self.smtp.auth_max_failures_per_ip == 0 || self.smtp.auth_max_failures_per_user == 0 {
+            out.push("smtp.auth_max_failures_per_ip / _per_user: must be at least 1".into());
         }
         if self.smtp.max_recipients == 0 {
             out.push("smtp.max_recipients: must be greater than 0".into());

@@ -43,6 +43,21 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// SMTP AUTH blocked after repeated failures (asks the daemon).
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// What is blocked now: client addresses (`ip:...`) and user names
+    /// (`user:...`).
+    Blocked,
+    /// Lift a block and forget its failures, e.g. `ip:192.0.2.7` or
+    /// `user:shop`.
+    Unblock { subject: String },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +214,14 @@ fn main() -> ExitCode {
                 &settings,
                 "POST",
                 &format!("/admin/accounts/{name}/rotate-key"),
+            ),
+        },
+        Command::Auth { command } => match command {
+            AuthCommand::Blocked => admin(&settings, "GET", "/admin/auth/blocked"),
+            AuthCommand::Unblock { subject } => admin(
+                &settings,
+                "POST",
+                &format!("/admin/auth/unblock?subject={}", encode_query(&subject)),
             ),
         },
         Command::Dkim { command } => match command {

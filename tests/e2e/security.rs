@@ -20,6 +20,27 @@ pub async fn smtplib(
     data: &[u8],
 ) -> Reply {
     use base64::Engine;
+    let req = json!({
+        "from": from,
+        "to": to,
+        "data": base64::engine::general_purpose::STANDARD.encode(data),
+    });
+    run_smtplib(addr, user, password, None, req).await
+}
+
+/// An smtplib login from `source` (a loopback address), and nothing more:
+/// the reply to AUTH.
+pub async fn smtplib_login(addr: SocketAddr, user: &str, password: &str, source: &str) -> Reply {
+    run_smtplib(addr, user, password, Some(source), json!({})).await
+}
+
+async fn run_smtplib(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    source: Option<&str>,
+    req: serde_json::Value,
+) -> Reply {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/smtplib_send.py");
     let mut child = tokio::process::Command::new("python3")
@@ -27,16 +48,12 @@ pub async fn smtplib(
         .arg(addr.to_string())
         .arg(user)
         .arg(password)
+        .args(source)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("python3 runs");
-    let req = json!({
-        "from": from,
-        "to": to,
-        "data": base64::engine::general_purpose::STANDARD.encode(data),
-    });
     use tokio::io::AsyncWriteExt;
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(req.to_string().as_bytes()).await.unwrap();
@@ -851,5 +868,81 @@ async fn a_replayed_request_is_refused() {
         let captured = sent.lock().unwrap().clone();
         let again = raw_http(e.kiln.http, &captured).await;
         assert!(again["Response"]["TemplatesMetadata"].is_array(), "{again}");
+    }
+}
+
+/// Issue 15.6: password guessing is slowed, then stopped per client address
+/// and per user name (the right password too), counted by the store, shown
+/// to the operator and lifted by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_slowed_then_stopped() {
+    for backend in BOTH {
+        let e = env(backend, |o| {
+            o.smtp = "auth_max_failures_per_ip = 3\nauth_max_failures_per_user = 5\nauth_failure_window = 120\n".into();
+        })
+        .await;
+        let smtp = e.kiln.smtp;
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            let started = tokio::time::Instant::now();
+            let r = smtplib_login(smtp, "shop", "guess", "127.0.0.1").await;
+            assert_eq!(r.code, 535, "{backend:?}: {r:?}");
+            waits.push(started.elapsed());
+        }
+        assert!(
+            waits[2] > waits[0] + Duration::from_millis(700),
+            "{waits:?}"
+        );
+        // The address is blocked: the right password too.
+        let r = smtplib_login(smtp, "shop", "shop-password", "127.0.0.1").await;
+        assert_eq!(r.code, 454, "{backend:?}: {r:?}");
+        assert!(r.text.contains("4.7.0"), "{r:?}");
+        // From elsewhere the user may still log in, until the user name has
+        // failed too often from everywhere.
+        assert_eq!(
+            smtplib_login(smtp, "shop", "shop-password", "127.0.0.2")
+                .await
+                .code,
+            235
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                smtplib_login(smtp, "shop", "guess", "127.0.0.2").await.code,
+                535
+            );
+        }
+        let r = smtplib_login(smtp, "shop", "shop-password", "127.0.0.3").await;
+        assert_eq!(r.code, 454, "{backend:?}: the user name is blocked: {r:?}");
+        // The operator sees it and lifts it.
+        let out = e.kiln.command(&["auth", "blocked"]);
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            listed["blocked"],
+            json!(["ip:127.0.0.1", "user:shop"]),
+            "{backend:?}"
+        );
+        assert!(
+            e.kiln
+                .log_text()
+                .contains("SMTP AUTH blocked after repeated failures")
+        );
+        let out = e.kiln.command(&["auth", "unblock", "user:shop"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            smtplib_login(smtp, "shop", "shop-password", "127.0.0.2")
+                .await
+                .code,
+            235
+        );
+        let r = smtplib_login(smtp, "shop", "shop-password", "127.0.0.1").await;
+        assert_eq!(r.code, 454, "the address is still blocked: {r:?}");
+        let out = e.kiln.command(&["auth", "unblock", "ip:127.0.0.1"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            smtplib_login(smtp, "shop", "shop-password", "127.0.0.1")
+                .await
+                .code,
+            235
+        );
     }
 }

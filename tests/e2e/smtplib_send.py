@@ -2,9 +2,9 @@
 STARTTLS (certificate not checked: the test daemon's is self-signed), AUTH
 when a user is given, then MAIL, RCPT and DATA one by one.
 
-Usage: smtplib_send.py HOST:PORT USER PASSWORD   (USER "-": no AUTH)
-Reads {"from": ..., "to": [...], "data": BASE64} on stdin; prints the reply
-that decided it as {"code": N, "text": "..."}.
+Usage: smtplib_send.py HOST:PORT USER PASSWORD [SOURCE_IP]   (USER "-": no AUTH)
+Reads {"from": ..., "to": [...], "data": BASE64} on stdin ({} to log in
+and stop); prints the reply that decided it as {"code": N, "text": "..."}.
 """
 import base64
 import json
@@ -14,6 +14,7 @@ import sys
 
 host, port = sys.argv[1].rsplit(":", 1)
 user, password = sys.argv[2], sys.argv[3]
+source = (sys.argv[4], 0) if len(sys.argv) > 4 else None
 req = json.load(sys.stdin)
 
 
@@ -25,12 +26,17 @@ def answer(code, text):
 
 
 try:
-    s = smtplib.SMTP(host, int(port), timeout=60)
+    s = smtplib.SMTP(host, int(port), timeout=60, source_address=source)
     s.ehlo("client.test")
     s.starttls(context=ssl._create_unverified_context())
     s.ehlo("client.test")
     if user != "-":
-        s.login(user, password)
+        # One mechanism, so that one login is one attempt (smtplib would
+        # try LOGIN after a refused PLAIN).
+        s.esmtp_features["auth"] = "PLAIN"
+        code, text = s.login(user, password)
+        if "from" not in req:
+            answer(code, text)
     code, text = s.mail(req["from"])
     if code != 250:
         answer(code, text)

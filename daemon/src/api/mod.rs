@@ -45,6 +45,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/admin/reload", axum::routing::post(reload))
         .route("/admin/policy", get(policy_info))
         .route("/admin/clock", axum::routing::post(clock_advance))
+        .route("/admin/auth/blocked", get(auth_blocked))
+        .route("/admin/auth/unblock", axum::routing::post(auth_unblock))
         .route("/admin/accounts", get(accounts_list))
         .route(
             "/admin/accounts/{name}",
@@ -298,6 +300,43 @@ async fn account_change(
             }
         }
         Err(e) => account_error(e),
+    }
+}
+
+async fn auth_blocked(State(s): State<ApiState>) -> Response {
+    match crate::smtp_in::auth_throttle::list(&s.store).await {
+        Ok(list) => Json(json!({ "blocked": list })).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreError",
+            e.to_string(),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct Unblock {
+    subject: String,
+}
+
+async fn auth_unblock(State(s): State<ApiState>, Query(q): Query<Unblock>) -> Response {
+    if !(q.subject.starts_with("ip:") || q.subject.starts_with("user:")) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValue.Subject",
+            format!("{:?} is not ip:<address> or user:<name>", q.subject),
+        );
+    }
+    match crate::smtp_in::auth_throttle::unblock(&s.store, &q.subject).await {
+        Ok(was_blocked) => {
+            tracing::info!(subject = %q.subject, was_blocked, "AUTH block lifted by the operator");
+            Json(json!({ "subject": q.subject, "was_blocked": was_blocked })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreError",
+            e.to_string(),
+        ),
     }
 }
 

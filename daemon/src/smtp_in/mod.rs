@@ -3,6 +3,7 @@
 //! A session only writes: it makes the message durable through the store,
 //! tells the queue manager, and answers 250. It never delivers.
 
+pub mod auth_throttle;
 pub mod message;
 pub mod parser;
 pub mod session;

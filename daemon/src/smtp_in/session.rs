@@ -4,6 +4,7 @@
 //! and flushed only when the client has nothing more pipelined.
 
 use super::SmtpContext;
+use super::auth_throttle;
 use super::message::{Trace, prepare};
 use super::parser::{Command, ParseError, parse_command};
 use crate::accounts::Account;
@@ -541,6 +542,21 @@ impl Session {
                 "501 5.5.2 Cannot decode AUTH response or AUTH cancelled",
             );
         };
+        let store = &self.ctx.store;
+        let smtp = &self.ctx.settings.smtp;
+        // Counted per address only outside the operator's own networks.
+        let counted_ip = (!self.relay_allowed).then(|| self.peer.ip());
+        match auth_throttle::blocked(store, smtp, counted_ip, &user).await {
+            Ok(Some(subject)) => {
+                tracing::info!(peer = %self.peer, user = %user, %subject, "AUTH refused: blocked after repeated failures");
+                return self.error(
+                    io,
+                    "454 4.7.0 Too many failed authentication attempts, try again later",
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "reading AUTH failure counts failed"),
+        }
         let mut authenticated = self.ctx.accounts().authenticate(&user, &password);
         if authenticated.is_none() {
             authenticated = self.address_account(&user, &password).await;
@@ -554,6 +570,10 @@ impl Session {
             }
             None => {
                 tracing::info!(peer = %self.peer, user = %user, "authentication failed");
+                match auth_throttle::failed(store, smtp, counted_ip, &user).await {
+                    Ok(delay) => tokio::time::sleep(delay).await,
+                    Err(e) => tracing::error!(error = %e, "counting an AUTH failure failed"),
+                }
                 self.error(io, "535 5.7.8 Authentication credentials invalid")
             }
         }
