@@ -264,6 +264,9 @@ pub struct SmtpSettings {
     pub max_recipients: usize,
     pub max_line_length: usize,
     pub max_connections: usize,
+    /// Sessions one client may hold at once (an IPv6 client: its /64);
+    /// clients in a listener's relay networks are not limited one by one.
+    pub max_connections_per_ip: usize,
     #[serde(with = "humantime_secs")]
     pub command_timeout: Duration,
     /// The longest a DATA section may take, however fast it arrives.
@@ -456,6 +459,7 @@ impl Default for SmtpSettings {
             max_recipients: 50,
             max_line_length: 1000,
             max_connections: 1000,
+            max_connections_per_ip: 20,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             data_rate_grace: Duration::from_secs(30),
@@ -652,6 +656,9 @@ impl Settings {
         }
         if self.smtp.auth_max_failures_per_ip == 0 || self.smtp.auth_max_failures_per_user == 0 {
             out.push("smtp.auth_max_failures_per_ip / _per_user: must be at least 1".into());
+        }
+        if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 {
+            out.push("smtp.max_connections / max_connections_per_ip: must be at least 1".into());
         }
         if self.smtp.max_recipients == 0 {
             out.push("smtp.max_recipients: must be greater than 0".into());

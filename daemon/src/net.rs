@@ -11,6 +11,21 @@ pub fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The client a connection is counted as: its IPv4 address, or the /64 of
+/// its IPv6 address (a host gets a whole /64).
+pub fn client_net(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Cidr {
     network: IpAddr,
@@ -98,6 +113,16 @@ pub async fn flush_every<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        assert_eq!(
+            client_net("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(client_net("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7");
+        assert_eq!(client_net("192.0.2.7".parse().unwrap()), "192.0.2.7");
+    }
 
     #[test]
     fn cidr_matching() {

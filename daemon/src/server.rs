@@ -170,7 +170,10 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     );
 
     let sessions = TaskTracker::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(settings.smtp.max_connections));
+    let connections = smtp_in::ConnectionLimits::new(
+        settings.smtp.max_connections,
+        settings.smtp.max_connections_per_ip,
+    );
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         accept_tasks.push(tokio::spawn(smtp_in::serve(

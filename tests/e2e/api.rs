@@ -179,6 +179,14 @@ fn send_params(domain: &str, template: i64, to: &str) -> Value {
     })
 }
 
+/// Waits until the wall clock's second changes: the SDK signs with a
+/// timestamp in seconds, so the same request sent again within one is
+/// the same bytes (a replay).
+pub async fn next_second() {
+    let now = kiln::net::system_now_ms();
+    tokio::time::sleep(Duration::from_millis((1000 - now % 1000) as u64 + 5)).await;
+}
+
 pub fn today() -> String {
     jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
@@ -370,13 +378,11 @@ async fn the_sdk_flow_from_domain_to_delivery_and_the_blocklist() {
                 .unwrap()
                 .contains("5.1.1")
         );
-        let (code, message) = sdk
-            .err(
-                &acme,
-                "SendEmail",
-                send_params(domain, template, "gone@dest.test"),
-            )
-            .await;
+        // Another message to the same recipient (the same one again within
+        // its second would be refused as a replay).
+        let mut again = send_params(domain, template, "gone@dest.test");
+        again["Subject"] = json!("Again for {{name}}");
+        let (code, message) = sdk.err(&acme, "SendEmail", again).await;
         assert_eq!(code, "FailedOperation.EmailAddrInBlacklist", "{message}");
         // Mixed: the blocklisted recipient is dropped, the other one sent.
         let mut mixed = send_params(domain, template, "gone@dest.test");
@@ -407,13 +413,9 @@ async fn the_sdk_flow_from_domain_to_delivery_and_the_blocklist() {
             .await;
         assert_eq!(black["TotalCount"], 0, "{black}");
         e.sink.clear_rule("gone@dest.test");
-        let sent = sdk
-            .ok(
-                &acme,
-                "SendEmail",
-                send_params(domain, template, "gone@dest.test"),
-            )
-            .await;
+        let mut back = send_params(domain, template, "gone@dest.test");
+        back["Subject"] = json!("Welcome back {{name}}");
+        let sent = sdk.ok(&acme, "SendEmail", back).await;
         wait_deliver_status(&mut sdk, &acme, sent["MessageId"].as_str().unwrap(), 1).await;
 
         // Statistics: five recipients asked for (the refused send is not a
@@ -976,6 +978,9 @@ async fn a_sender_address_submits_over_smtp_with_its_api_password() {
         json!({"EmailAddress": address, "Password": "Secret12345"}),
     )
     .await;
+    // The same request again within the second would be the same signed
+    // bytes, refused as a replay: this one is the user's second try.
+    next_second().await;
     let (code, _) = sdk
         .err(
             &acme,

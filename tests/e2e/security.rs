@@ -946,3 +946,85 @@ async fn password_guessing_is_slowed_then_stopped() {
         );
     }
 }
+
+/// Issue 15.5: a client trickling bytes holds neither a command nor DATA
+/// past its deadline, and one address cannot take every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_holds_nothing_for_long() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env(Backend::Embedded, |o| {
+        o.smtp = "max_connections = 20\nmax_connections_per_ip = 10\ncommand_timeout = 3\ndata_rate_grace = 2\nmin_data_rate = 100\n".into();
+    })
+    .await;
+    let smtp = e.kiln.smtp;
+    // An attacker at 127.0.0.1 opens 20 connections and trickles a byte a
+    // second into each.
+    let mut held = 0;
+    let mut refused = 0;
+    let mut trickles = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(smtp).await.unwrap();
+        let mut greeting = [0u8; 128];
+        let n = s.read(&mut greeting).await.unwrap();
+        let text = String::from_utf8_lossy(&greeting[..n]).to_string();
+        if text.starts_with("220") {
+            held += 1;
+            trickles.push(tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                for b in b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP"
+                    .iter()
+                    .cycle()
+                    .take(60)
+                {
+                    if s.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                let mut rest = String::new();
+                let _ = s.read_to_string(&mut rest).await;
+                (started.elapsed(), rest)
+            }));
+        } else {
+            assert!(
+                text.starts_with("421") && text.contains("your address"),
+                "{text}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!((held, refused), (10, 10));
+    // A real client from elsewhere gets in and sends.
+    let req = json!({
+        "from": "a@shop.test",
+        "to": ["r@dest.test"],
+        "data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, message("a@shop.test", "r@dest.test", "real", 512)),
+    });
+    let r = run_smtplib(smtp, "shop", "shop-password", Some("127.0.0.2"), req).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // Each trickled command is cut at its deadline, though bytes kept coming.
+    for t in trickles {
+        let (took, rest) = t.await.unwrap();
+        assert!(took < Duration::from_secs(6), "{took:?}");
+        assert!(rest.contains("421 4.4.2"), "{rest}");
+    }
+    // DATA at under 100 bytes a second is cut once its grace time is over.
+    let mut c = submit_session(smtp).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@shop.test>").await.unwrap().code, 250);
+    assert_eq!(c.cmd("RCPT TO:<r@dest.test>").await.unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").await.unwrap().code, 354);
+    let started = tokio::time::Instant::now();
+    let reply = loop {
+        if c.write_raw(b"x").await.is_err() {
+            break c.read_reply().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(10) {
+            break c.read_reply().await;
+        }
+    };
+    let took = started.elapsed();
+    let reply = reply.expect("a reply before the connection closes");
+    assert_eq!(reply.code, 421, "{reply:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}

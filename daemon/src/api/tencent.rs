@@ -149,7 +149,8 @@ pub async fn handle(
             return envelope(&request_id, Err(error));
         }
     };
-    let result = match authenticate(&s, &uri, &headers, &body).await {
+    let mut once = None;
+    let result = match authenticate(&s, &uri, &headers, &body, &mut once).await {
         Ok((action, account)) => match Params::parse(&body) {
             Ok(params) => {
                 let call = Call {
@@ -174,16 +175,27 @@ pub async fn handle(
     };
     if let Err(e) = &result {
         tracing::info!(%request_id, code = %e.code, message = %e.message, "API request refused");
+        // A refused request changed nothing: the same request may come
+        // again (after the client fixed what was wrong).
+        if let Some(key) = once {
+            let give_back = [crate::store::BatchOp::Give { key, amount: 1 }];
+            if let Err(e) = s.store.batch(&give_back).await {
+                tracing::warn!(error = %e, "could not forget a refused request's signature");
+            }
+        }
     }
     envelope(&request_id, result)
 }
 
 /// The action and the account name of a correctly signed request.
+/// `once` gets the store key that holds the request's signature as used,
+/// when it was recorded.
 async fn authenticate(
     s: &ApiState,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
+    once: &mut Option<String>,
 ) -> Result<(String, String), ApiError> {
     let action = header(headers, "x-tc-action")
         .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Action header is missing"))?;
@@ -249,22 +261,27 @@ async fn authenticate(
             format!("the action {action:?} does not exist in SES {VERSION}"),
         ));
     }
-    refuse_replay(s, &auth, &action).await?;
+    *once = refuse_replay(s, &auth, &action).await?;
     Ok((action, account))
 }
 
 /// A signature is good for one request: a copy of a signed request that
 /// changes something (sends, creates, deletes ...) is refused while its
 /// timestamp is still accepted, on every node (the record is in the
-/// store). Reads (Get, List) may repeat: a copy learns nothing new, and
-/// clients poll them.
+/// store); answers the record's key. A request refused for another reason
+/// gives its signature back. Reads (Get, List) may repeat: a copy learns
+/// nothing new, and clients poll them.
+///
+/// TC3 signs the timestamp to the second and has no nonce: the same
+/// request sent twice within a second is the same bytes, and the second
+/// is refused as a replay.
 async fn refuse_replay(
     s: &ApiState,
     auth: &tc3::Authorization,
     action: &str,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     if action.starts_with("Get") || action.starts_with("List") {
-        return Ok(());
+        return Ok(None);
     }
     // Long enough to cover a timestamp MAX_SKEW_SECS either side of now.
     let window = std::time::Duration::from_secs(2 * tc3::MAX_SKEW_SECS as u64 + 60);
@@ -276,10 +293,11 @@ async fn refuse_replay(
         .map_err(ApiError::internal)?;
     if seen > 1 {
         tracing::warn!(secret_id = %auth.secret_id, %action, "replayed API request refused");
+        // Not given back: the first one holds it.
         return Err(ApiError::new(
             "AuthFailure.SignatureExpire",
             "this signed request was already received; a signature is good for one request (sign each request anew)",
         ));
     }
-    Ok(())
+    Ok(Some(key))
 }

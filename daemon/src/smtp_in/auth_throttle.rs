@@ -25,25 +25,10 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 fn subjects(ip: Option<IpAddr>, user: &str) -> Vec<String> {
     let mut out = Vec::with_capacity(2);
     if let Some(ip) = ip {
-        out.push(format!("ip:{}", client_net(ip)));
+        out.push(format!("ip:{}", crate::net::client_net(ip)));
     }
     out.push(format!("user:{}", user.to_ascii_lowercase()));
     out
-}
-
-/// An IPv6 client is its /64: a host gets a whole one.
-fn client_net(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(|v4| v4.to_string())
-            .unwrap_or_default(),
-        IpAddr::V4(v4) => v4.to_string(),
-    }
 }
 
 fn counter(subject: &str) -> String {
@@ -129,13 +114,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_ipv6_client_is_its_64() {
-        assert_eq!(
-            client_net("2001:db8:1:2:3:4:5:6".parse().unwrap()),
-            "2001:db8:1:2::/64"
-        );
-        assert_eq!(client_net("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7");
-        assert_eq!(client_net("192.0.2.7".parse().unwrap()), "192.0.2.7");
+    fn subjects_are_the_address_and_the_user() {
         assert_eq!(
             subjects(Some("192.0.2.7".parse().unwrap()), "Bob"),
             ["ip:192.0.2.7", "user:bob"]
