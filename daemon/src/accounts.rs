@@ -87,7 +87,7 @@ impl Accounts {
     pub fn configured_owner(&self, domain: &str) -> Option<&str> {
         self.by_name
             .values()
-            .find(|a| a.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)))
+            .find(|a| a.lists_domain(domain))
             .map(|a| a.name.as_str())
     }
 

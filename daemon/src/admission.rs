@@ -53,7 +53,8 @@ pub enum Refusal {
     /// The message could not be delivered as it is: lines too long, bare
     /// line ends, no single From header.
     Malformed(String),
-    /// Larger than `smtp.max_message_size`.
+    /// Larger than any message may be built
+    /// ([`crate::config::Settings::max_built_message_size`]).
     TooBig(usize),
     /// A hook failed: the client should try again later.
     PolicyUnavailable,
@@ -196,6 +197,13 @@ async fn check_message(ctx: &SmtpContext, s: &Submission) -> Result<(), Refusal>
             continue;
         }
         if !may_send_as(ctx, &s.account, domain).await? {
+            tracing::warn!(
+                msg_id = %s.id,
+                origin = %s.origin,
+                account = %s.account,
+                %domain,
+                "message refused: a sender domain the account may not use"
+            );
             return Err(Refusal::ForeignDomain {
                 domain: domain.to_string(),
                 account: s.account.clone(),

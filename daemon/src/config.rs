@@ -332,8 +332,9 @@ pub struct DnsSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliverySettings {
     pub mx_port: u16,
-    /// Simultaneous connections to one destination domain; its line holds
-    /// four times as many entries, and the rest wait in the queue.
+    /// Simultaneous connections to one destination domain. Its line holds
+    /// four entries per connection, or about a second's worth at the pace
+    /// it takes mail; the rest wait in the queue.
     pub max_connections_per_destination: usize,
     /// Delivery attempts running at once on this node, all destinations
     /// together. The node holds up to four times as many queue entries in

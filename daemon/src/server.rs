@@ -212,7 +212,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     let manager = Manager {
         queue: queue.clone(),
         delivery: delivery.clone(),
-        max_leased: settings.delivery.max_in_flight * 4,
+        max_leased: delivery.max_leased(),
         lease_time: settings.queue.lease_time,
         poll: match settings.store.backend {
             StoreBackend::Embedded => Duration::from_secs(1),

@@ -37,19 +37,24 @@ struct Job {
 /// Attempts finished recently, to pace what a full line parks.
 const RATE_WINDOW: usize = 32;
 /// A parked entry waits at least this long, at most [`PARK_MAX_MS`].
-const PARK_MIN_MS: i64 = 1_000;
+const PARK_MIN_MS: i64 = 100;
 const PARK_MAX_MS: i64 = 300_000;
-/// The rate assumed for a destination that has finished no attempt yet
-/// (a tarpit looks like this): attempts a second.
-const SLOWEST_RATE: f64 = 0.2;
+/// The rate assumed for a destination whose attempts do not finish (a
+/// tarpit looks like this): attempts a second.
+const STALLED_RATE: f64 = 0.2;
+/// An attempt running this long means the destination is stalled.
+const STALLED_AFTER: Duration = Duration::from_secs(5);
+/// Attempts a second per connection assumed for a destination that has not
+/// finished enough attempts to measure, and is not stalled.
+const FRESH_RATE_PER_CONNECTION: f64 = 10.0;
 
 #[derive(Default)]
 struct DestState {
     jobs: VecDeque<Job>,
     workers: usize,
     idle: usize,
-    /// Jobs being attempted right now.
-    running: usize,
+    /// When each job being attempted right now was taken from the line.
+    running: Vec<Instant>,
     /// When the last few attempts ended.
     finished: VecDeque<Instant>,
     /// The due time handed to the last parked entry.
@@ -57,19 +62,27 @@ struct DestState {
 }
 
 impl DestState {
-    /// Attempts a second, from the recent ones.
-    fn rate(&self) -> f64 {
-        match (self.finished.front(), self.finished.len()) {
-            (Some(first), n) if n >= 2 => (n - 1) as f64 / first.elapsed().as_secs_f64().max(0.001),
-            _ => 0.0,
+    /// Attempts a second the destination takes: measured from the recent
+    /// ones; assumed while there are too few.
+    fn rate(&self, connections: usize) -> f64 {
+        let recent = self.finished.front().filter(|_| self.finished.len() >= 2);
+        if let Some(first) = recent
+            && first.elapsed() < Duration::from_secs(60)
+        {
+            let n = self.finished.len() - 1;
+            return (n as f64 / first.elapsed().as_secs_f64().max(0.001)).max(STALLED_RATE);
         }
-        .max(SLOWEST_RATE)
+        if self.running.iter().any(|t| t.elapsed() > STALLED_AFTER) {
+            STALLED_RATE
+        } else {
+            connections as f64 * FRESH_RATE_PER_CONNECTION
+        }
     }
 
     /// When a job that does not fit now should be due: after the ones
     /// already parked, at the pace the destination takes mail.
-    fn park_at(&mut self, now_ms: i64) -> i64 {
-        let step = (1000.0 / self.rate()) as i64;
+    fn park_at(&mut self, now_ms: i64, connections: usize) -> i64 {
+        let step = (1000.0 / self.rate(connections)) as i64;
         let next = (self.park_cursor_ms.max(now_ms) + step)
             .clamp(now_ms + PARK_MIN_MS, now_ms + PARK_MAX_MS);
         self.park_cursor_ms = next;
@@ -98,7 +111,11 @@ struct Running<'a>(&'a Destination);
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         let mut st = self.0.lock();
-        st.running -= 1;
+        // The oldest attempt is the one to go: close enough for "is any
+        // attempt stuck".
+        if !st.running.is_empty() {
+            st.running.remove(0);
+        }
         if st.finished.len() == RATE_WINDOW {
             st.finished.pop_front();
         }
@@ -167,9 +184,19 @@ impl Delivery {
         })
     }
 
-    /// Jobs one destination's line may hold, running or waiting.
-    pub fn line_limit(&self) -> usize {
-        self.settings.delivery.max_connections_per_destination * 4
+    /// Queue entries this node holds at once, in lines or attempted.
+    pub fn max_leased(&self) -> usize {
+        self.settings.delivery.max_in_flight * 4
+    }
+
+    /// Jobs one destination's line may hold, running or waiting: four per
+    /// connection, or about a second's worth at the pace the destination
+    /// takes mail when that is more, never over half of what this node
+    /// holds (a stalled destination keeps the four per connection).
+    fn line_limit(&self, st: &DestState) -> usize {
+        let connections = self.settings.delivery.max_connections_per_destination;
+        let second = st.rate(connections) as usize;
+        (connections * 4).max(second.min(self.max_leased() / 2))
     }
 
     /// Puts a leased entry in its destination's line. An entry the line
@@ -201,8 +228,9 @@ impl Delivery {
         };
         let spawn = {
             let mut st = dest.lock();
-            if st.jobs.len() + st.running >= self.line_limit() {
-                entry.ready_at_ms = st.park_at(now_ms());
+            if st.jobs.len() + st.running.len() >= self.line_limit(&st) {
+                let connections = self.settings.delivery.max_connections_per_destination;
+                entry.ready_at_ms = st.park_at(now_ms(), connections);
                 return Some(entry);
             }
             st.jobs.push_back(Job {
@@ -262,7 +290,7 @@ impl Delivery {
                     return None;
                 }
                 if let Some(job) = st.jobs.pop_front() {
-                    st.running += 1;
+                    st.running.push(Instant::now());
                     return Some((job, Running(dest)));
                 }
                 if waited {
@@ -691,4 +719,41 @@ fn record_reply(attempt: &mut Attempt, reply: &Reply) {
     attempt.code = Some(reply.code);
     attempt.enhanced_code = reply.enhanced.clone();
     attempt.message = reply.text.clone();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_line_parks_at_the_pace_of_its_destination() {
+        let now = 1_000_000;
+        // Fresh: ten a second per connection, so 16 connections: 6 ms apart.
+        let mut fresh = DestState::default();
+        let first = fresh.park_at(now, 16);
+        assert_eq!(first, now + PARK_MIN_MS);
+        assert_eq!(fresh.park_at(now, 16), first + 6);
+        // Stalled (an attempt running for longer than STALLED_AFTER): five
+        // seconds apart, never past PARK_MAX_MS.
+        let mut stalled = DestState::default();
+        stalled
+            .running
+            .push(Instant::now() - STALLED_AFTER - Duration::from_secs(1));
+        assert_eq!(stalled.park_at(now, 16), now + 5_000);
+        assert_eq!(stalled.park_at(now, 16), now + 10_000);
+        for _ in 0..100 {
+            stalled.park_at(now, 16);
+        }
+        assert_eq!(stalled.park_at(now, 16), now + PARK_MAX_MS);
+        // Measured: 32 attempts in about a second, so about 31 a second.
+        let mut measured = DestState::default();
+        let start = Instant::now() - Duration::from_secs(1);
+        for i in 0..RATE_WINDOW {
+            measured
+                .finished
+                .push_back(start + Duration::from_millis(i as u64 * 1000 / 32));
+        }
+        let rate = measured.rate(16);
+        assert!((25.0..35.0).contains(&rate), "{rate}");
+    }
 }

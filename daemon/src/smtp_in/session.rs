@@ -684,11 +684,9 @@ fn smtp_refusal(refusal: Refusal) -> String {
             d.smtp_reply(if temporary { "451 4.7.1" } else { "550 5.7.1" })
         }
         Refusal::AllDropped(_) => "550 5.7.1 No recipient may receive this message".into(),
-        Refusal::ForeignDomain { domain, account } if account.is_empty() => {
-            format!("550 5.7.1 <{domain}>: Sender domain belongs to an account; authenticate as it")
-        }
-        Refusal::ForeignDomain { domain, account } => {
-            format!("550 5.7.1 <{domain}>: Sender domain not owned by account {account}")
+        // Bland: who owns what is for the log (admission logs it).
+        Refusal::ForeignDomain { domain, .. } => {
+            format!("550 5.7.1 <{domain}>: Sender domain not allowed for this client")
         }
         Refusal::Malformed(why) => format!("554 5.6.0 Message refused: {why}"),
         Refusal::TooBig(_) => "552 5.3.4 Message size exceeds fixed maximum message size".into(),
