@@ -353,17 +353,22 @@ mod tests {
         drop(writer.await);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_trickle_is_cut_off_and_a_line_has_one_deadline() {
-        let (mut io, mut peer) = pair().await;
-        let trickle = tokio::spawn(async move {
+    /// A peer that writes `byte` once a second.
+    fn trickle(mut peer: TcpStream, byte: u8) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
             for _ in 0..100 {
-                if peer.write_all(b"x").await.is_err() {
+                if peer.write_all(&[byte]).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        });
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_is_cut_off_and_a_line_has_one_deadline() {
+        let (mut io, peer) = pair().await;
+        let trickling = trickle(peer, b'x');
         let started = Instant::now();
         let r = io.read_data(4096, PACE).await;
         assert!(matches!(r, Err(LineError::Timeout)));
@@ -373,17 +378,10 @@ mod tests {
             took >= Duration::from_secs(10) && took < Duration::from_secs(12),
             "{took:?}"
         );
-        trickle.abort();
+        trickling.abort();
 
-        let (mut io, mut peer) = pair().await;
-        let trickle = tokio::spawn(async move {
-            for _ in 0..100 {
-                if peer.write_all(b"N").await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
+        let (mut io, peer) = pair().await;
+        let trickling = trickle(peer, b'N');
         let started = Instant::now();
         let r = io.read_line(1000, Duration::from_secs(5)).await;
         assert!(matches!(r, Err(LineError::Timeout)));
@@ -392,7 +390,7 @@ mod tests {
             took >= Duration::from_secs(5) && took < Duration::from_secs(6),
             "{took:?}"
         );
-        trickle.abort();
+        trickling.abort();
     }
 
     #[test]

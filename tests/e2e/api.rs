@@ -170,7 +170,8 @@ pub async fn ready_to_send(e: &Env, dkim_option: i64) -> (Sdk, Creds, &'static s
     (sdk, acme, domain, template)
 }
 
-fn send_params(domain: &str, template: i64, to: &str) -> Value {
+/// A SendEmail of the approved template from news@`domain` to `to`.
+pub fn send_params(domain: &str, template: i64, to: &str) -> Value {
     json!({
         "FromEmailAddress": format!("News <news@{domain}>"),
         "Destination": [to],

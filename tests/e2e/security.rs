@@ -2,7 +2,7 @@
 //! smtplib, raw sockets, the SDK. Each test reproduces one defect of
 //! issue 15 and fails on the code before its fix.
 
-use crate::api::{Sdk, create_account, verified_sender};
+use crate::api::{Sdk, create_account, send_params, verified_sender};
 use crate::harness::{BOTH, Backend, env, queued, queued_id, submit_session, wait_state};
 use kiln_testkit::client::{Reply, SmtpClient, message};
 use serde_json::json;
@@ -134,78 +134,59 @@ domains = ["probe.test"]
 
         let smtp = e.kiln.smtp;
         let to = ["victim@dest.test"];
-        // Logged in as probe, with another tenant's domain in From.
-        for (from, why) in [
-            ("From: CEO <ceo@other.test>", "another tenant's domain"),
+        // (user, password, envelope sender, From header, what is tried);
+        // user "-": a relay client, without AUTH.
+        let probe = ("probe", "probe-password", "a@probe.test");
+        let refused = [
             (
+                probe,
+                "From: CEO <ceo@other.test>",
+                "another tenant's domain",
+            ),
+            (
+                probe,
                 "From: \"a@probe.test\" <ceo@other.test>",
                 "a name that looks like ours",
             ),
-            ("From: <a@probe.test>, ceo@other.test", "a second author"),
             (
+                probe,
+                "From: <a@probe.test>, ceo@other.test",
+                "a second author",
+            ),
+            (
+                probe,
                 "From: CEO <ceo@shop.test>",
                 "another config account's domain",
             ),
-        ] {
-            let r = smtplib(
-                smtp,
-                "probe",
-                "probe-password",
-                "a@probe.test",
-                &to,
-                &with_from(from, why),
-            )
-            .await;
+            (
+                ("news@other.test", "Secret12345", "news@other.test"),
+                "From: <ceo@shop.test>",
+                "the tenant, as the operator's config domain",
+            ),
+            (
+                ("-", "", "x@shop.test"),
+                "From: <ceo@other.test>",
+                "a relay client, as a tenant",
+            ),
+            (
+                ("-", "", "x@other.test"),
+                "From: <x@shop.test>",
+                "a relay client, a tenant's envelope",
+            ),
+        ];
+        for ((user, password, sender), from, why) in refused {
+            let r = smtplib(smtp, user, password, sender, &to, &with_from(from, why)).await;
             assert_eq!(r.code, 550, "{backend:?} {why}: {r:?}");
             assert!(r.text.starts_with("5.7.1"), "{r:?}");
         }
-        let r = smtplib(
-            smtp,
-            "probe",
-            "probe-password",
-            "a@probe.test",
-            &to,
-            &with_from("From: a@probe.test\r\nFrom: ceo@other.test", "two From"),
-        )
-        .await;
+        let (user, password, sender) = probe;
+        let two_from = with_from("From: a@probe.test\r\nFrom: ceo@other.test", "two From");
+        let r = smtplib(smtp, user, password, sender, &to, &two_from).await;
         assert_eq!(r.code, 554, "{r:?}");
         assert!(
             r.text.contains("5.6.0") && r.text.contains("more than one From"),
             "{r:?}"
         );
-        // The tenant itself, over SMTP as its sender address: not the
-        // operator's config domains either.
-        let r = smtplib(
-            smtp,
-            "news@other.test",
-            "Secret12345",
-            "news@other.test",
-            &to,
-            &with_from("From: <ceo@shop.test>", "tenant as shop"),
-        )
-        .await;
-        assert_eq!(r.code, 550, "{r:?}");
-        // A relay client (the operator's network) may not use a tenant's domain.
-        let r = smtplib(
-            smtp,
-            "-",
-            "",
-            "x@shop.test",
-            &to,
-            &with_from("From: <ceo@other.test>", "relay"),
-        )
-        .await;
-        assert_eq!(r.code, 550, "{r:?}");
-        let r = smtplib(
-            smtp,
-            "-",
-            "",
-            "x@other.test",
-            &to,
-            &with_from("From: <x@shop.test>", "relay envelope"),
-        )
-        .await;
-        assert_eq!(r.code, 550, "{r:?}");
         assert_eq!(queued(&e.kiln).await, 0);
         assert_eq!(e.sink.count(), 0, "nothing refused was delivered");
 
@@ -249,17 +230,11 @@ domains = ["probe.test"]
         // The API checks the same: HeaderFrom on another tenant's domain.
         let template = crate::api::approved_template(&mut sdk, &other).await;
         let (code, _) = sdk
-            .err(
-                &other,
-                "SendEmail",
-                json!({
-                    "FromEmailAddress": "news@other.test",
-                    "HeaderFrom": "ceo@probe.test",
-                    "Destination": ["victim@dest.test"],
-                    "Subject": "s",
-                    "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"a\",\"code\":\"1\"}"},
-                }),
-            )
+            .err(&other, "SendEmail", {
+                let mut p = send_params("other.test", template, "victim@dest.test");
+                p["HeaderFrom"] = json!("ceo@probe.test");
+                p
+            })
             .await;
         assert_eq!(code, "FailedOperation.NotAuthenticatedSender");
     }
@@ -533,12 +508,7 @@ async fn odd_addresses_and_literals() {
             .err(
                 &acme,
                 "SendEmail",
-                json!({
-                    "FromEmailAddress": "news@mail.acme.test",
-                    "Destination": [to],
-                    "Subject": "s",
-                    "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"a\",\"code\":\"1\"}"},
-                }),
+                send_params("mail.acme.test", template, to),
             )
             .await;
         assert_eq!(code, "InvalidParameterValue.IllegalEmailAddress", "{to}");
@@ -577,13 +547,9 @@ async fn attachments_up_to_the_message_limit_fit_the_api() {
     verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
     let template = crate::api::approved_template(&mut sdk, &acme).await;
     let send = |to: &str, bytes: &[u8]| {
-        json!({
-            "FromEmailAddress": "news@mail.acme.test",
-            "Destination": [to],
-            "Subject": "report",
-            "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"a\",\"code\":\"1\"}"},
-            "Attachments": [{"FileName": "report.pdf", "Content": b64(bytes)}],
-        })
+        let mut p = send_params("mail.acme.test", template, to);
+        p["Attachments"] = json!([{"FileName": "report.pdf", "Content": b64(bytes)}]);
+        p
     };
     // The message may have 4 MB (the product's limit, attachments
     // included, counted as sent: base64-encoded).
@@ -831,12 +797,7 @@ async fn a_replayed_request_is_refused() {
             .ok(
                 &acme,
                 "SendEmail",
-                json!({
-                    "FromEmailAddress": "news@mail.acme.test",
-                    "Destination": ["once@dest.test"],
-                    "Subject": "pay",
-                    "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"a\",\"code\":\"1\"}"},
-                }),
+                send_params("mail.acme.test", template, "once@dest.test"),
             )
             .await;
         assert!(r["MessageId"].is_string());

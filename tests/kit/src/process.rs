@@ -232,17 +232,21 @@ secret_key = "shop-secret-key"
 
     /// A GET of an admin endpoint, with the operator token.
     pub async fn admin_get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
-        reqwest::Client::new()
-            .get(format!("http://{}{path}", self.http))
-            .bearer_auth(self.admin_token())
-            .send()
-            .await
+        self.admin(reqwest::Method::GET, path).await
     }
 
     /// A POST to an admin endpoint, with the operator token.
     pub async fn admin_post(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        self.admin(reqwest::Method::POST, path).await
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::Result<reqwest::Response> {
         reqwest::Client::new()
-            .post(format!("http://{}{path}", self.http))
+            .request(method, format!("http://{}{path}", self.http))
             .bearer_auth(self.admin_token())
             .send()
             .await
