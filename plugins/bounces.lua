@@ -6,8 +6,11 @@
 -- installation-wide blocklist (180 days; config.bounces.blocklist_days).
 
 local M = { hooks = {} }
-local cfg = kiln.config("bounces")
-M.BLOCKLIST_DAYS = cfg.blocklist_days or 180
+local cfg = kiln.settings("bounces", {
+  blocklist_days = { type = "number", default = 180,
+    doc = "days a hard-bounced address stays on the installation-wide blocklist" },
+})
+M.BLOCKLIST_DAYS = cfg.blocklist_days
 
 local SPAM_WORDS = { "spam", "blocked", "blacklist", "blocklist", "reputation", "rbl", "junk", "abuse" }
 local BAD_MAILBOX = { "no such user", "user unknown", "unknown user", "does not exist",

@@ -8,9 +8,12 @@
 --          | "generic" (a flat JSON object of every event field)
 
 local M = { hooks = {} }
-local cfg = kiln.config("callbacks")
+local cfg = kiln.settings("callbacks", {
+  format = { type = "string", default = "tencent",
+    doc = "tencent (the Tencent Cloud SES notification) or generic (a flat JSON object of every field)" },
+})
 
-M.FORMAT = cfg.format or "tencent"
+M.FORMAT = cfg.format
 local formats = {
   tencent = require("callbacks/tencent"),
   generic = require("callbacks/generic"),

@@ -10,21 +10,30 @@
 -- Answers { action = "accept" } or { action = "reject", reasons = {...} }.
 
 local M = { hooks = {} }
-local cfg = kiln.config("content_filter")
+local cfg = kiln.settings("content_filter", {
+  min_words = { type = "table",
+    default = { marketing = 150, notification = 50, transactional = 50, test = 50, trigger = 0 },
+    doc = "the fewest words of text a template of each type needs" },
+  max_images = { type = "integer", default = 50, doc = "the most images a template may have" },
+  max_variable_ratio = { type = "number", default = 0.2,
+    doc = "the most variables per word of text" },
+  banned_words = { type = "list", items = "string", default = {},
+    doc = "words a template may not contain (any case)" },
+  flag_url_hosts = { type = "list", items = "string", default = {},
+    doc = "link hosts that make a template fail review" },
+})
 
 -- Kiln calls this plugin's hook for templates only (a hook of your own in
 -- policy.lua sees messages too).
 M.only = { content_filter = { "template" } }
 
-M.MIN_WORDS = cfg.min_words or {
-  marketing = 150, notification = 50, transactional = 50, test = 50, trigger = 0,
-}
-M.MAX_IMAGES = cfg.max_images or 50
-M.MAX_VARIABLE_RATIO = cfg.max_variable_ratio or 0.2
+M.MIN_WORDS = cfg.min_words
+M.MAX_IMAGES = cfg.max_images
+M.MAX_VARIABLE_RATIO = cfg.max_variable_ratio
 M.BANNED = {}
-for _, w in ipairs(cfg.banned_words or {}) do M.BANNED[#M.BANNED + 1] = string.lower(w) end
+for _, w in ipairs(cfg.banned_words) do M.BANNED[#M.BANNED + 1] = string.lower(w) end
 M.FLAG_HOSTS = {}
-for _, h in ipairs(cfg.flag_url_hosts or {}) do M.FLAG_HOSTS[string.lower(h)] = true end
+for _, h in ipairs(cfg.flag_url_hosts) do M.FLAG_HOSTS[string.lower(h)] = true end
 
 -- Visible text of HTML: tags, scripts and styles removed, entities as spaces.
 function M.visible_text(html)

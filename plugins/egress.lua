@@ -6,8 +6,11 @@
 -- nothing) and the system picks the source address (or delivery.source_address).
 
 local M = { hooks = {} }
-local cfg = kiln.config("egress")
-local pools = cfg.pools or {}
+local cfg = kiln.settings("egress", {
+  pools = { type = "table", default = {},
+    doc = "source addresses per scenario, e.g. { marketing = { \"192.0.2.20\" } }" },
+})
+local pools = cfg.pools
 
 function M.select(msg)
   local scenario = msg.scenario ~= "" and msg.scenario or "transactional"

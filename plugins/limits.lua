@@ -1,29 +1,43 @@
 -- Sending limits, checked before a message is queued (hook check_limits):
 -- size, subject, blocklist, the account's own blocklist and unsubscribes, one recipient at most 10 per
 -- hour, per-account rate (20/s) and daily ceiling (300,000), the sender
--- domain's daily quota (its reputation level, capped by warm-up), and the
+-- domain's daily quota (its reputation level; for batch tasks, and what
+-- else config.warmup.applies_to names, capped by warm-up), and the
 -- automatic stop when 8% of an account's mail is to blocklisted addresses.
 --
 -- Over the daily quota a regular send is refused with
 -- FailedOperation.ExceedSendLimit; a batch-task message is deferred to the
 -- start of the next day.
 --
--- Config (policy.lua: config.limits): rate_per_second, account_daily_limit,
--- per_recipient_per_hour, max_size, max_subject_chars,
--- stop_blocklisted_share, stop_min_sent, read_age_ms (how old a blocklist
--- or unsubscribe answer may be on Redis, default 1000; 0: always exact).
+-- Settings (policy.lua: config.limits): declared below with their
+-- defaults, and listed in docs/lua-api.md.
 
 local M = { hooks = {} }
-local cfg = kiln.config("limits")
+local cfg = kiln.settings("limits", {
+  rate_per_second = { type = "number", default = 20, doc = "messages a second per account" },
+  account_daily_limit = { type = "number", default = 300000,
+    doc = "messages a day per account (the account ceiling)" },
+  per_recipient_per_hour = { type = "number", default = 10,
+    doc = "messages one recipient may get in an hour" },
+  max_size = { type = "integer", default = 4 * 1024 * 1024,
+    doc = "the largest message in bytes, attachments included, as sent" },
+  max_subject_chars = { type = "integer", default = 998, doc = "the longest subject, in characters" },
+  stop_blocklisted_share = { type = "number", default = 0.08,
+    doc = "share of a day's mail to blocklisted addresses that stops an account" },
+  stop_min_sent = { type = "integer", default = 100,
+    doc = "messages an account sends in a day before that share counts" },
+  read_age_ms = { type = "integer", default = 1000,
+    doc = "how old a blocklist or unsubscribe answer may be on Redis (0: always exact)" },
+})
 
-M.RATE = cfg.rate_per_second or 20
-M.ACCOUNT_DAILY = cfg.account_daily_limit or 300000
-M.PER_RECIPIENT_HOUR = cfg.per_recipient_per_hour or 10
-M.MAX_SIZE = cfg.max_size or 4 * 1024 * 1024
-M.MAX_SUBJECT = cfg.max_subject_chars or 998
-M.STOP_SHARE = cfg.stop_blocklisted_share or 0.08
-M.STOP_MIN_SENT = cfg.stop_min_sent or 100
-M.READ_AGE = cfg.read_age_ms or 1000
+M.RATE = cfg.rate_per_second
+M.ACCOUNT_DAILY = cfg.account_daily_limit
+M.PER_RECIPIENT_HOUR = cfg.per_recipient_per_hour
+M.MAX_SIZE = cfg.max_size
+M.MAX_SUBJECT = cfg.max_subject_chars
+M.STOP_SHARE = cfg.stop_blocklisted_share
+M.STOP_MIN_SENT = cfg.stop_min_sent
+M.READ_AGE = cfg.read_age_ms
 
 local DAY_TTL = 2 * 86400
 -- The settings and library functions the check uses for every message, as
@@ -142,7 +156,7 @@ local contexts = {}
 local function context_of(account, own, domain, now, sec)
   local today = kiln.day(now)
   local a, d = names_of(account, own, domain, today, sec)
-  local st, cap, w = nil, math.huge, nil
+  local st, cap, w, warmed = nil, math.huge, nil, nil
   if kiln.hooks.reputation then
     st = kiln.hooks.reputation({ domain = domain, account = account, kind = "query", count = 0, now = now })
     if st and st.daily_limit then cap = st.daily_limit end
@@ -150,13 +164,20 @@ local function context_of(account, own, domain, now, sec)
   if kiln.hooks.warmup_limit then
     local answer = kiln.hooks.warmup_limit({ identity = domain, now = now })
     w = answer and answer.cap
-    if w and w < cap then cap = w else w = nil end
+    if w and w < cap then warmed = answer.applies_to else w = nil end
   end
-  local c = { sec = sec, a = a, d = d, hour = hour_of(now), st = st, cap = cap, w = w }
+  local c = { sec = sec, a = a, d = d, hour = hour_of(now), st = st, cap = cap, w = w, warmed = warmed }
   local per = contexts[account]
   if not per then per = {}; contexts[account] = per end
   per[domain] = c
   return c
+end
+
+-- Whether the warm-up cap holds a message back: the answer's applies_to
+-- names trigger types and scenarios (by default batch tasks only); an
+-- answer without it caps every message.
+local function warmed(set, msg)
+  return set == nil or set[msg.trigger_type] or set[msg.scenario] or false
 end
 
 -- Mail without an account counts against its sender domain.
@@ -186,6 +207,10 @@ function M.hooks.check_limits(msg)
       "sender domain " .. domain .. " is blocked for today")
   end
   local a, d, cap, hour = c.a, c.d, c.cap, c.hour
+  -- The day's cap: the reputation limit, or the warm-up curve's when it is
+  -- lower and holds this message back.
+  local w = nil
+  if c.w and warmed(c.warmed, msg) then cap, w = c.w, c.w end
 
   local recipients = msg.recipients
   local all = #recipients
@@ -272,7 +297,7 @@ function M.hooks.check_limits(msg)
   elseif acct_n == 0 then
     refusal = over_quota(msg, "account daily limit of " .. M.ACCOUNT_DAILY)
   elseif quota_n == 0 then
-    local why = c.w and ("warm-up limit of " .. c.w)
+    local why = w and ("warm-up limit of " .. w)
       or ("reputation level " .. st.level .. " limit of " .. st.daily_limit)
     refusal = over_quota(msg, "daily " .. why .. " for " .. domain)
   end

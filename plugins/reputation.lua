@@ -13,14 +13,23 @@
 -- at its level instead of level 1.
 
 local M = { hooks = {} }
-local cfg = kiln.config("reputation")
+local cfg = kiln.settings("reputation", {
+  levels = { type = "list", items = "number",
+    default = {
+      500, 1000, 2000, 5000, 10000, 20000, 40000, 60000, 80000, 100000,
+      150000, 200000, 300000, 400000, 500000, 600000, 700000, 800000, 900000, 1000000,
+    },
+    doc = "the daily limit of each level, from level 1" },
+  initial_level = { type = "integer", default = 1, doc = "the level a new sender domain starts at" },
+  min_sent_for_penalty = { type = "integer", default = 300,
+    doc = "messages a domain sends in a day before it can be lowered or blocked" },
+  domains = { type = "table", default = {},
+    doc = "known domains and their starting level, e.g. { [\"example.com\"] = { level = 8 } }" },
+})
 
-M.LIMITS = cfg.levels or {
-  500, 1000, 2000, 5000, 10000, 20000, 40000, 60000, 80000, 100000,
-  150000, 200000, 300000, 400000, 500000, 600000, 700000, 800000, 900000, 1000000,
-}
-M.INITIAL_LEVEL = cfg.initial_level or 1
-M.MIN_SENT = cfg.min_sent_for_penalty or 300
+M.LIMITS = cfg.levels
+M.INITIAL_LEVEL = cfg.initial_level
+M.MIN_SENT = cfg.min_sent_for_penalty
 
 -- What the counters count (see docs/lua-api.md, hook `reputation`).
 M.KINDS = { "sent", "delivered", "bounce", "invalid", "spam", "complaint", "open" }
@@ -120,7 +129,7 @@ function M.load(domain, today, raw)
         lower_tomorrow = st.lower_tomorrow, blocked_day = st.blocked_day } }
     end
   else
-    local known = (cfg.domains or {})[domain]
+    local known = cfg.domains[domain]
     st = { level = known and known.level or M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
   end
   return M.roll_over(st, today)

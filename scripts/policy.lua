@@ -7,7 +7,8 @@
 return {
   config = {
     -- limits = { rate_per_second = 20, account_daily_limit = 300000 },
-    -- warmup = { identities = { ["example.com"] = { curve = { 1000, 5000, 20000 } } } },
+    -- warmup = { identities = { ["example.com"] = { curve = { 1000, 5000, 20000 } } },
+    --            applies_to = { "batch", "marketing" } },
     -- reputation = { domains = { ["example.com"] = { level = 8 } } },
     -- content_filter = { banned_words = { "free money" }, flag_url_hosts = { "bit.ly" } },
     -- bounces = { blocklist_days = 180 },

@@ -12,6 +12,7 @@ mod cluster;
 mod delivery;
 mod durability;
 mod events;
+mod first_contact;
 mod harness;
 mod policy;
 mod security;

@@ -127,7 +127,10 @@ async fn default_limits_answer_over_smtp() {
     for backend in BOTH {
         let e = env(backend, |o| {
             relay(o);
-            o.policy = "return { config = { warmup = { curve = { 3 } } } }".into();
+            // Warm-up for SMTP mail too, as an operator may choose.
+            o.policy =
+                "return { config = { warmup = { curve = { 3 }, applies_to = { 'regular' } } } }"
+                    .into();
             o.queue = "retry_schedule = [1]".into();
         })
         .await;

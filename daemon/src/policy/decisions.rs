@@ -30,6 +30,13 @@ pub trait HookArg {
 /// What a hook answers, read from the Lua value it returned (not nil).
 pub trait HookAnswer: Sized {
     fn from_lua(lua: &mlua::Lua, value: mlua::Value) -> mlua::Result<Self>;
+
+    /// Whether `hook` may answer this (read without error, but maybe not
+    /// one of its verdicts).
+    fn check_for(&self, hook: &str) -> Result<(), String> {
+        let _ = hook;
+        Ok(())
+    }
 }
 
 /// Reads an answer through serde (mlua's deserializer): every answer but
@@ -38,9 +45,19 @@ pub fn from_lua_serde<R: serde::de::DeserializeOwned>(
     lua: &mlua::Lua,
     value: mlua::Value,
 ) -> mlua::Result<R> {
-    use mlua::LuaSerdeExt;
+    let _ = lua;
     let options = mlua::serde::de::Options::new().deny_unsupported_types(false);
-    lua.from_value_with(value, options)
+    let de = mlua::serde::Deserializer::new_with_options(value, options);
+    // The error names the field that was wrong ("retry_at: invalid type").
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        match e.into_inner() {
+            mlua::Error::DeserializeError(m) if path != "." => {
+                mlua::Error::DeserializeError(format!("{path}: {m}"))
+            }
+            other => other,
+        }
+    })
 }
 
 /// `serde_answer!(Type, ...)`: the answer is read through serde.
@@ -65,6 +82,10 @@ impl HookAnswer for Decision {
             Some(d) => Ok(d),
             None => from_lua_serde(lua, value),
         }
+    }
+
+    fn check_for(&self, hook: &str) -> Result<(), String> {
+        Decision::check_for(self, hook)
     }
 }
 
@@ -315,33 +336,131 @@ pub struct Egress {
     pub source_ip: Option<String>,
 }
 
+/// A hook's verdict, from a closed set: an answer Kiln does not understand
+/// is a hook failure, never an accept. Which hook may answer which is
+/// checked by [`Decision::check_for`] (docs/lua-api.md, "Verdicts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// on_connect, on_mail_from, on_rcpt_to, content_filter: go on.
+    Accept,
+    /// check_limits: queue the message (to the recipients not dropped).
+    Send,
+    Reject,
+    Defer,
+}
+
+impl Action {
+    pub fn parse(text: &str) -> Option<Action> {
+        Some(match text {
+            "accept" => Action::Accept,
+            "send" => Action::Send,
+            "reject" => Action::Reject,
+            "defer" => Action::Defer,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Send => "send",
+            Action::Reject => "reject",
+            Action::Defer => "defer",
+        }
+    }
+}
+
+impl PartialEq<&str> for Action {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// The common answer of the accept/reject hooks and of `check_limits` and
-/// `content_filter`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+/// `content_filter`. Every field but `action` may be left out; a field not
+/// listed here is a mistake (a misspelling), not ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Decision {
-    /// accept | reject | defer (and for check_limits: send)
-    pub action: String,
+    pub action: Action,
     /// API error code (e.g. FailedOperation.ExceedSendLimit).
+    #[serde(default)]
     pub code: Option<String>,
     /// SMTP reply line, e.g. "550 5.7.1 Not from here".
+    #[serde(default)]
     pub smtp: Option<String>,
+    #[serde(default)]
     pub message: Option<String>,
     /// defer: when to try again (ms since the epoch).
+    #[serde(default)]
     pub retry_at: Option<i64>,
     /// content_filter: every reason, not just the first.
+    #[serde(default)]
     pub reasons: Vec<String>,
     /// check_limits: recipients dropped, with the reason code.
+    #[serde(default)]
     pub drop: BTreeMap<String, String>,
+}
+
+impl Default for Decision {
+    /// What no answer (nil) means: go on.
+    fn default() -> Self {
+        Decision {
+            action: Action::Accept,
+            code: None,
+            smtp: None,
+            message: None,
+            retry_at: None,
+            reasons: Vec::new(),
+            drop: BTreeMap::new(),
+        }
+    }
 }
 
 impl Decision {
     pub fn is_reject(&self) -> bool {
-        self.action == "reject"
+        self.action == Action::Reject
     }
 
     pub fn is_defer(&self) -> bool {
-        self.action == "defer"
+        self.action == Action::Defer
+    }
+
+    /// Whether `hook` may answer this: its verdicts, and the fields that
+    /// mean something for it.
+    pub fn check_for(&self, hook: &str) -> Result<(), String> {
+        let (verdicts, fields): (&[Action], &[&str]) = match hook {
+            "check_limits" => (
+                &[Action::Send, Action::Reject, Action::Defer],
+                &["drop", "retry_at", "reasons"],
+            ),
+            "content_filter" => (
+                &[Action::Accept, Action::Reject, Action::Defer],
+                &["reasons", "retry_at"],
+            ),
+            _ => (&[Action::Accept, Action::Reject, Action::Defer], &[]),
+        };
+        if !verdicts.contains(&self.action) {
+            let allowed: Vec<&str> = verdicts.iter().map(|v| v.as_str()).collect();
+            return Err(format!(
+                "{hook} does not answer action = {:?} (it answers {})",
+                self.action.as_str(),
+                allowed.join(", ")
+            ));
+        }
+        let given = [
+            ("drop", !self.drop.is_empty()),
+            ("retry_at", self.retry_at.is_some()),
+            ("reasons", !self.reasons.is_empty()),
+        ];
+        if let Some((field, _)) = given.iter().find(|(f, set)| *set && !fields.contains(f)) {
+            return Err(format!("{hook} does not answer {field}"));
+        }
+        if self.retry_at.is_some() && self.action != Action::Defer {
+            return Err("retry_at goes with action = \"defer\" only".into());
+        }
+        Ok(())
     }
 
     /// The SMTP reply for a refusal: the script's own line if it is a valid

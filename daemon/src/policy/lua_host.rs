@@ -146,13 +146,24 @@ impl LuaHost {
                 )));
             }
         };
+        let script = settings.script.display().to_string();
+        // What a policy script may hold: a misspelt part is no silent no-op.
+        for pair in policy.pairs::<Value, Value>() {
+            let (key, _) = pair.map_err(load_err)?;
+            let known = matches!(&key, Value::String(k) if ["config", "disable", "hooks"].contains(&&*k.to_string_lossy()));
+            if !known {
+                return Err(PolicyError::Load(format!(
+                    "{script}: {key:?} is not part of a policy (it returns a table of config, disable and hooks)"
+                )));
+            }
+        }
         let kiln: Table = lua.globals().get("kiln").map_err(load_err)?;
         // Plugin settings from the policy, before any plugin loads.
         let config = match policy.get::<Option<Table>>("config").map_err(load_err)? {
             Some(t) => t,
             None => lua.create_table().map_err(load_err)?,
         };
-        kiln.set("_config", config).map_err(load_err)?;
+        kiln.set("_config", config.clone()).map_err(load_err)?;
 
         let mut disabled = Vec::new();
         if let Some(list) = policy.get::<Option<Table>>("disable").map_err(load_err)? {
@@ -191,8 +202,10 @@ impl LuaHost {
                 }
             }
         }
+        super::plugin_settings::check_plugins_named(lua, &config, &disabled, &script)
+            .map_err(PolicyError::Load)?;
         if let Some(hooks) = policy.get::<Option<Table>>("hooks").map_err(load_err)? {
-            for name in copy_hooks(&hooks, &hooks_table, &settings.script.display().to_string())? {
+            for name in copy_hooks(&hooks, &hooks_table, &script)? {
                 only.remove(name);
             }
         }
@@ -262,7 +275,14 @@ impl LuaHost {
         .map_err(script_err)?;
         let value = match self.run(f, arg).await {
             Ok(v) => v,
-            Err(Run::Script(e)) => return Err(script_err(e)),
+            Err(Run::Script(e)) => {
+                // A call that ran out of memory leaves its garbage: collect
+                // it now, not at the next call's expense.
+                if matches!(e, mlua::Error::MemoryError(_)) {
+                    let _ = self.lua.gc_collect();
+                }
+                return Err(script_err(e));
+            }
             Err(Run::Waited) => {
                 return Err(PolicyError::Script {
                     hook,
@@ -273,12 +293,22 @@ impl LuaHost {
         if value.is_nil() {
             return Ok(None);
         }
-        R::from_lua(&self.lua, value)
-            .map(Some)
-            .map_err(|e| PolicyError::Script {
+        // An answer not understood is a failure of the hook, reported at
+        // the function that gave it.
+        let bad = |e: String| {
+            let info = f.info();
+            let at = match (info.short_src, info.line_defined) {
+                (Some(src), Some(line)) => format!("{src}:{line}: "),
+                _ => String::new(),
+            };
+            PolicyError::Script {
                 hook,
-                message: format!("bad return value: {e}"),
-            })
+                message: format!("{at}bad return value: {e}"),
+            }
+        };
+        let answer = R::from_lua(&self.lua, value).map_err(|e| bad(first_line(&e.to_string())))?;
+        answer.check_for(hook).map_err(bad)?;
+        Ok(Some(answer))
     }
 
     /// Runs `f(arg)` on the call thread, watched, under the call limits.
@@ -599,6 +629,7 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
     )?;
     kiln.set("json", json)?;
 
+    super::plugin_settings::install(lua, &kiln, settings.script.display().to_string())?;
     kiln.set(
         "config",
         lua.create_function(|lua, name: String| {

@@ -462,12 +462,19 @@ unsafe fn owned_at(state: *mut ffi::lua_State, idx: c_int) -> Option<String> {
 
 unsafe fn read_decision(state: *mut ffi::lua_State) -> Option<super::decisions::Decision> {
     let mut d = super::decisions::Decision::default();
+    let mut action = false;
     unsafe {
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, 1) != 0 {
             // Key at 2, value at 3.
             let ok = match string_at(state, 2) {
-                Some(b"action") => owned_at(state, 3).map(|v| d.action = v),
+                Some(b"action") => string_at(state, 3)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(super::decisions::Action::parse)
+                    .map(|v| {
+                        d.action = v;
+                        action = true;
+                    }),
                 Some(b"code") => owned_at(state, 3).map(|v| d.code = Some(v)),
                 Some(b"smtp") => owned_at(state, 3).map(|v| d.smtp = Some(v)),
                 Some(b"message") => owned_at(state, 3).map(|v| d.message = Some(v)),
@@ -477,14 +484,15 @@ unsafe fn read_decision(state: *mut ffi::lua_State) -> Option<super::decisions::
                     .map(|v| d.retry_at = Some(v)),
                 Some(b"reasons") => string_list(state, 3).map(|v| d.reasons = v),
                 Some(b"drop") => string_map(state, 3).map(|v| d.drop = v),
-                Some(_) => Some(()),
-                None => None,
+                // Anything else goes to serde, for its error message.
+                Some(_) | None => None,
             };
             ffi::lua_settop(state, 2);
             ok?;
         }
     }
-    Some(d)
+    // Without an action: serde says what is missing.
+    action.then_some(d)
 }
 
 /// A table at `idx` holding only strings at 1..n.

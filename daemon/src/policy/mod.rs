@@ -15,9 +15,12 @@ pub mod decisions;
 pub mod lua_host;
 mod lua_raw;
 pub mod outcomes;
+pub mod plugin_settings;
 pub mod time;
 mod watchdog;
 
+#[cfg(test)]
+mod contract_tests;
 #[cfg(test)]
 mod tests;
 

@@ -271,10 +271,9 @@ impl Session {
                     } else if let Some(acct) =
                         self.account.as_ref().filter(|a| !a.owns_sender(&from))
                     {
-                        let text = format!(
-                            "553 5.7.1 <{from}>: Sender address not owned by account {}",
-                            acct.name
-                        );
+                        // Bland to the peer; the log says whose it is not.
+                        tracing::info!(peer = %self.peer, account = %acct.name, sender = %from, "sender address refused: not the account's");
+                        let text = format!("553 5.7.1 <{from}>: Sender address not allowed");
                         self.reply(io, &text);
                     } else if let Some(refused) = refusal(
                         self.ctx

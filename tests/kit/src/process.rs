@@ -18,6 +18,8 @@ pub struct Kiln {
     child: Option<Child>,
     log: PathBuf,
     log_level: String,
+    /// More environment for the process (what a deploy script leaves).
+    env: Vec<(String, String)>,
 }
 
 /// What a test changes from the defaults; the rest of the TOML is generated.
@@ -177,6 +179,41 @@ secret_key = "shop-secret-key"
             child: None,
             log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
             log_level: opts.log_level.clone(),
+            env: Vec::new(),
+        };
+        kiln.spawn();
+        kiln
+    }
+
+    /// A daemon on a config file written by the test as an operator would
+    /// (`toml`, kept in `data_dir/kiln.toml`), listening where it says
+    /// (`smtp`, `http`), with `env` in its environment.
+    pub fn start_configured(
+        binary: &Path,
+        data_dir: &Path,
+        toml: &str,
+        smtp: SocketAddr,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Kiln {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let config = data_dir.join("kiln.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let mut kiln = Kiln {
+            smtp,
+            smtp_tls: smtp,
+            http,
+            config,
+            policy: data_dir.join("policy.lua"),
+            data_dir: data_dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            child: None,
+            log: data_dir.join("kiln.log"),
+            log_level: "info,kiln=debug".into(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         kiln.spawn();
         kiln
@@ -194,6 +231,7 @@ secret_key = "shop-secret-key"
             .arg("--config")
             .arg(&self.config)
             .env("KILN_LOG__LEVEL", &self.log_level)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,11 +1,15 @@
-//! Settings: one struct per section, every key declared once with its default.
+//! Settings: one struct per section, every key declared once with its
+//! default (`load` reads them, `problems` checks them).
 //!
 //! Loaded with the `config` crate from an optional TOML file, then overridden by
 //! environment variables `KILN_SECTION__KEY` (e.g. `KILN_DELIVERY__MX_PORT=2526`).
 
-use serde::Deserialize;
+mod load;
+mod problems;
+
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,11 +19,13 @@ pub enum ConfigError {
         file: String,
         source: config::ConfigError,
     },
+    #[error("environment variable {var}: {problem}")]
+    Env { var: String, problem: String },
     #[error("{}", .problems.join("\n"))]
     Invalid { problems: Vec<String> },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -39,7 +45,7 @@ pub struct Settings {
 }
 
 /// Open and click tracking in HTML parts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrackingSettings {
     pub enabled: bool,
@@ -68,7 +74,7 @@ impl Default for TrackingSettings {
 }
 
 /// Event callbacks (HTTP POSTs to the customers' receivers).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallbackSettings {
     /// Per request.
@@ -100,7 +106,7 @@ impl Default for CallbackSettings {
 
 /// The sending platform behind the API: what a sender domain must publish,
 /// and the limits on what an account may create.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PlatformSettings {
     /// The MX host a sender domain points at (bounces and replies come
@@ -159,7 +165,7 @@ impl Settings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Where the default plugins are read from (built-in copies fill gaps).
@@ -210,7 +216,7 @@ impl PolicyConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Name used in the SMTP greeting and in EHLO towards remote MXs.
@@ -224,7 +230,7 @@ pub struct ServerSettings {
     pub test_clock: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTls {
     /// Plain text, STARTTLS offered.
@@ -235,7 +241,7 @@ pub enum ListenerTls {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSettings {
     pub address: SocketAddr,
@@ -253,7 +259,7 @@ fn default_listener_tls() -> ListenerTls {
     ListenerTls::Starttls
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmtpSettings {
     pub listeners: Vec<ListenerSettings>,
@@ -295,20 +301,20 @@ pub struct SmtpSettings {
     pub literal_networks: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
     Embedded,
     Redis,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
     pub backend: StoreBackend,
@@ -319,7 +325,7 @@ pub struct StoreSettings {
     pub redis_prefix: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsSettings {
     /// `ip:port` of recursive resolvers; empty uses the system's resolv.conf.
@@ -328,7 +334,7 @@ pub struct DnsSettings {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliverySettings {
     pub mx_port: u16,
@@ -354,7 +360,7 @@ pub struct DeliverySettings {
     pub source_address: Option<std::net::IpAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueSettings {
     /// Delays between attempts, in seconds; the last one repeats.
@@ -370,7 +376,7 @@ pub struct QueueSettings {
     pub status_retention: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DkimSettings {
     pub selector: String,
@@ -379,7 +385,7 @@ pub struct DkimSettings {
     pub sign_headers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// `human` or `json`.
@@ -388,7 +394,7 @@ pub struct LogSettings {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSettings {
     pub name: String,
@@ -410,26 +416,11 @@ pub struct AccountSettings {
     pub callback_secret: Option<String>,
 }
 
-impl Default for Settings {
+impl Default for DnsSettings {
     fn default() -> Self {
-        Settings {
-            server: ServerSettings::default(),
-            smtp: SmtpSettings::default(),
-            http: HttpSettings::default(),
-            store: StoreSettings::default(),
-            dns: DnsSettings {
-                nameservers: Vec::new(),
-                timeout: Duration::from_secs(5),
-            },
-            delivery: DeliverySettings::default(),
-            queue: QueueSettings::default(),
-            dkim: DkimSettings::default(),
-            log: LogSettings::default(),
-            policy: PolicyConfig::default(),
-            platform: PlatformSettings::default(),
-            callbacks: CallbackSettings::default(),
-            tracking: TrackingSettings::default(),
-            accounts: Vec::new(),
+        DnsSettings {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -557,167 +548,6 @@ impl Default for LogSettings {
 }
 
 impl Settings {
-    /// Reads the file (if any) and the environment, then validates.
-    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let file_name = file
-            .map(|f| f.display().to_string())
-            .unwrap_or_else(|| "(defaults)".into());
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("KILN")
-                .prefix_separator("_")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("dns.nameservers")
-                .with_list_parse_key("delivery.require_tls_domains")
-                .with_list_parse_key("queue.retry_schedule")
-                .with_list_parse_key("smtp.literal_networks")
-                .try_parsing(true),
-        );
-        let load_err = |source| ConfigError::Load {
-            file: file_name.clone(),
-            source,
-        };
-        let settings: Settings = builder
-            .build()
-            .map_err(load_err)?
-            .try_deserialize()
-            .map_err(load_err)?;
-        let problems = settings.problems();
-        if problems.is_empty() {
-            Ok(settings)
-        } else {
-            Err(ConfigError::Invalid {
-                problems: problems
-                    .into_iter()
-                    .map(|p| format!("{file_name}: {p}"))
-                    .collect(),
-            })
-        }
-    }
-
-    /// Every semantic problem, each naming its key.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (i, ns) in self.dns.nameservers.iter().enumerate() {
-            if ns.parse::<SocketAddr>().is_err() {
-                out.push(format!(
-                    "dns.nameservers[{i}]: {ns:?} is not an ip:port address"
-                ));
-            }
-        }
-        for (i, a) in self.accounts.iter().enumerate() {
-            if a.secret_id.is_some() != a.secret_key.is_some() {
-                out.push(format!(
-                    "accounts[{i}] ({}): secret_id and secret_key go together",
-                    a.name
-                ));
-            }
-        }
-        if let Err(e) = self.policy.to_settings() {
-            out.push(e);
-        }
-        if self.policy.states == 0 {
-            out.push("policy.states: must be at least 1".into());
-        }
-        if self.policy.max_memory_mb < 4 {
-            out.push("policy.max_memory_mb: must be at least 4".into());
-        }
-        if self.smtp.listeners.is_empty() {
-            out.push("smtp.listeners: at least one listener is needed".into());
-        }
-        for (i, l) in self.smtp.listeners.iter().enumerate() {
-            for (j, net) in l.relay_networks.iter().enumerate() {
-                if crate::net::Cidr::parse(net).is_none() {
-                    out.push(format!(
-                        "smtp.listeners[{i}].relay_networks[{j}]: {net:?} is not a CIDR network"
-                    ));
-                }
-            }
-        }
-        for (i, net) in self.smtp.literal_networks.iter().enumerate() {
-            if crate::net::Cidr::parse(net).is_none() {
-                out.push(format!(
-                    "smtp.literal_networks[{i}]: {net:?} is not a CIDR network"
-                ));
-            }
-        }
-        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
-            out.push("smtp.tls_cert / smtp.tls_key: set both or neither".into());
-        }
-        if self.smtp.max_message_size == 0 {
-            out.push("smtp.max_message_size: must be greater than 0".into());
-        }
-        if self.smtp.auth_max_failures_per_ip == 0 || self.smtp.auth_max_failures_per_user == 0 {
-            out.push("smtp.auth_max_failures_per_ip / _per_user: must be at least 1".into());
-        }
-        if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 {
-            out.push("smtp.max_connections / max_connections_per_ip: must be at least 1".into());
-        }
-        if self.smtp.max_recipients == 0 {
-            out.push("smtp.max_recipients: must be greater than 0".into());
-        }
-        if self.smtp.max_line_length < 512 {
-            out.push("smtp.max_line_length: RFC 5321 requires at least 512".into());
-        }
-        if self.store.backend == StoreBackend::Redis
-            && !self.store.redis_url.starts_with("redis://")
-            && !self.store.redis_url.starts_with("rediss://")
-            && !self.store.redis_url.starts_with("redis+unix://")
-        {
-            out.push(format!(
-                "store.redis_url: {:?} is not a redis:// URL",
-                self.store.redis_url
-            ));
-        }
-        if self.delivery.mx_port == 0 {
-            out.push("delivery.mx_port: must not be 0".into());
-        }
-        if self.delivery.max_connections_per_destination == 0 {
-            out.push("delivery.max_connections_per_destination: must be greater than 0".into());
-        }
-        if self.delivery.max_in_flight == 0 {
-            out.push("delivery.max_in_flight: must be greater than 0".into());
-        }
-        if self.queue.retry_schedule.is_empty() || self.queue.retry_schedule.contains(&0) {
-            out.push("queue.retry_schedule: needs at least one delay, each > 0 seconds".into());
-        }
-        if self.queue.lease_time < Duration::from_secs(2) {
-            out.push("queue.lease_time: must be at least 2 seconds".into());
-        }
-        if !matches!(self.dkim.algorithm.as_str(), "rsa" | "ed25519") {
-            out.push(format!(
-                "dkim.algorithm: {:?} is not one of \"rsa\", \"ed25519\"",
-                self.dkim.algorithm
-            ));
-        }
-        if self.dkim.selector.is_empty() {
-            out.push("dkim.selector: must not be empty".into());
-        }
-        if !matches!(self.log.format.as_str(), "human" | "json") {
-            out.push(format!(
-                "log.format: {:?} is not one of \"human\", \"json\"",
-                self.log.format
-            ));
-        }
-        for (i, a) in self.accounts.iter().enumerate() {
-            if a.username.is_empty() || a.password.is_empty() {
-                out.push(format!(
-                    "accounts[{i}] ({}): username and password must not be empty",
-                    a.name
-                ));
-            }
-        }
-        out
-    }
-
     /// The largest message the API or a batch task may build: content up
     /// to `smtp.max_message_size` (the product's 4 MB, attachments
     /// included), base64-encoded, plus its headers and MIME structure.
@@ -748,10 +578,14 @@ impl Settings {
     }
 }
 
-/// Durations in config files are whole seconds (a number).
+/// Durations in config files are seconds (a number).
 mod humantime_secs {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
@@ -759,38 +593,5 @@ mod humantime_secs {
             return Err(serde::de::Error::custom("duration out of range"));
         }
         Ok(Duration::from_secs_f64(secs))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        assert!(Settings::default().problems().is_empty());
-    }
-
-    #[test]
-    fn every_problem_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bad.toml");
-        std::fs::write(
-            &file,
-            "[dns]\nnameservers = [\"nope\"]\n[dkim]\nalgorithm = \"dsa\"\n",
-        )
-        .unwrap();
-        let err = Settings::load(Some(&file)).unwrap_err().to_string();
-        assert!(err.contains("bad.toml: dns.nameservers[0]"), "{err}");
-        assert!(err.contains("bad.toml: dkim.algorithm"), "{err}");
-    }
-
-    #[test]
-    fn unknown_key_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("typo.toml");
-        std::fs::write(&file, "[delivery]\nmx_prot = 25\n").unwrap();
-        let err = Settings::load(Some(&file)).unwrap_err().to_string();
-        assert!(err.contains("mx_prot"), "{err}");
     }
 }
