@@ -13,6 +13,17 @@ use kiln_testkit::sink::Sink;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// One message from a relay client (no AUTH) with smtplib: the reply that
+/// decided it.
+async fn relayed(
+    smtp: SocketAddr,
+    from: &str,
+    to: &str,
+    subject: &str,
+) -> kiln_testkit::client::Reply {
+    smtplib(smtp, "-", "", from, &[to], &message(from, to, subject, 256)).await
+}
+
 fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], kiln_testkit::free_port()))
 }
@@ -98,15 +109,7 @@ async fn a_hand_written_config_and_a_deploy_scripts_environment() {
     let acme = create_account(&e, "acme");
     verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
     // And so does delivery (an MX lookup).
-    let r = smtplib(
-        e.kiln.smtp,
-        "-",
-        "",
-        "a@kiln-relay.test",
-        &["r@dest.test"],
-        &message("a@kiln-relay.test", "r@dest.test", "hello", 256),
-    )
-    .await;
+    let r = relayed(e.kiln.smtp, "a@kiln-relay.test", "r@dest.test", "hello").await;
     assert_eq!(r.code, 250, "{r:?}");
     wait_state(
         &e.kiln,
@@ -196,37 +199,12 @@ async fn a_verdict_kiln_does_not_understand_fails_closed() {
     )
     .await;
     let smtp = e.kiln.smtp;
-    let body = |s: &str| message("a@shop.test", "x@dest.test", s, 256);
-    let r = smtplib(
-        smtp,
-        "-",
-        "",
-        "a@shop.test",
-        &["blocked@dest.test"],
-        &body("hi"),
-    )
-    .await;
+    let r = relayed(smtp, "a@shop.test", "blocked@dest.test", "hi").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("4.3.0"), "{r:?}");
-    let r = smtplib(
-        smtp,
-        "-",
-        "",
-        "a@shop.test",
-        &["ok@dest.test"],
-        &body("caps"),
-    )
-    .await;
+    let r = relayed(smtp, "a@shop.test", "ok@dest.test", "caps").await;
     assert_eq!(r.code, 451, "{r:?}");
-    let r = smtplib(
-        smtp,
-        "-",
-        "",
-        "a@shop.test",
-        &["ok@dest.test"],
-        &body("fine"),
-    )
-    .await;
+    let r = relayed(smtp, "a@shop.test", "ok@dest.test", "fine").await;
     assert_eq!(r.code, 250, "{r:?}");
     assert!(e.sink.wait_count(1, Duration::from_secs(20)).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -275,15 +253,7 @@ async fn a_misspelt_plugin_setting_is_named() {
         );
     }
     // The running policy is the old one.
-    let r = smtplib(
-        e.kiln.smtp,
-        "-",
-        "",
-        "a@shop.test",
-        &["r@dest.test"],
-        &message("a@shop.test", "r@dest.test", "still", 256),
-    )
-    .await;
+    let r = relayed(e.kiln.smtp, "a@shop.test", "r@dest.test", "still").await;
     assert_eq!(r.code, 250, "{r:?}");
     // A wrong type, at start.
     let mut e = e;

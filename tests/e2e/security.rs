@@ -294,32 +294,28 @@ async fn lines_a_next_hop_refuses_are_never_accepted() {
         o.extra = "[platform]\nallow_simple = true\n".into();
     })
     .await;
-    let mut long = message("a@shop.test", "r@dest.test", "long", 512);
-    long.extend_from_slice(&vec![b'x'; 1 << 20]);
-    long.extend_from_slice(b"\r\n");
-    let r = smtplib(
-        e.kiln.smtp,
-        "shop",
-        "shop-password",
-        "a@shop.test",
-        &["r@dest.test"],
-        &long,
-    )
-    .await;
+    // A message whose last line is `len` times `fill`, from shop.
+    let with_line = |subject: &str, fill: u8, len: usize| {
+        let mut m = message("a@shop.test", "r@dest.test", subject, 512);
+        m.extend_from_slice(&vec![fill; len]);
+        m.extend_from_slice(b"\r\n");
+        m
+    };
+    let as_shop = |m: Vec<u8>| async move {
+        smtplib(
+            e.kiln.smtp,
+            "shop",
+            "shop-password",
+            "a@shop.test",
+            &["r@dest.test"],
+            &m,
+        )
+        .await
+    };
+    let r = as_shop(with_line("long", b'x', 1 << 20)).await;
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text.contains("5.6.0") && r.text.contains("998"), "{r:?}");
-    let mut longest = message("a@shop.test", "r@dest.test", "longest", 512);
-    longest.extend_from_slice(&vec![b'y'; 998]);
-    longest.extend_from_slice(b"\r\n");
-    let r = smtplib(
-        e.kiln.smtp,
-        "shop",
-        "shop-password",
-        "a@shop.test",
-        &["r@dest.test"],
-        &longest,
-    )
-    .await;
+    let r = as_shop(with_line("longest", b'y', 998)).await;
     assert_eq!(r.code, 250, "{r:?}");
     let id = queued_id(&r.text);
     wait_state(&e.kiln, &id, 0, "delivered", 20).await;
