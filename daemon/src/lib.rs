@@ -26,26 +26,19 @@
 //!                              store.settle: delivered / retry at T / bounced
 //! ```
 
-pub mod accounts;
 pub mod address;
-pub mod admission;
-pub mod api;
-pub mod callbacks;
 pub mod config;
-pub mod delivery;
-pub mod dkim;
-pub mod events;
+pub mod egress;
+pub mod feedback;
+pub mod http;
+pub mod intake;
 pub mod line_io;
 pub mod net;
-pub mod platform;
+pub mod ops;
 pub mod policy;
 pub mod queue;
-pub mod reports;
 pub mod server;
-pub mod smtp_in;
-pub mod stats;
+pub mod services;
+pub mod ses;
 pub mod store;
 pub mod tls;
-pub mod tracking;
-pub mod unsubscribe;
-pub mod verp;

@@ -271,12 +271,12 @@ fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
     }
     let url = format!("http://{addr}{path}");
     let data_dir = &settings.server.data_dir;
-    let token = match kiln::api::admin_auth::read_token(data_dir) {
+    let token = match kiln::ops::admin_auth::read_token(data_dir) {
         Ok(t) => t,
         Err(e) => {
             eprintln!(
                 "kiln: cannot read the admin token {}: {e} (run kiln as the daemon's user)",
-                kiln::api::admin_auth::token_path(data_dir).display(),
+                kiln::ops::admin_auth::token_path(data_dir).display(),
             );
             return ExitCode::from(1);
         }

@@ -1,13 +1,13 @@
 //! Daemon lifecycle: open the store, bind listeners, start the queue
 //! manager, tell systemd we are ready; SIGHUP reloads, SIGTERM drains.
 
-use crate::accounts::Accounts;
-use crate::api::{self, ApiState};
 use crate::config::{Settings, StoreBackend};
-use crate::delivery::{Delivery, mx::MxResolver};
-use crate::dkim::DkimSigners;
+use crate::egress::{Delivery, mx::MxResolver};
+use crate::intake::smtp::{self, Listener};
 use crate::queue::{QueueHandle, manager::Manager};
-use crate::smtp_in::{self, Listener, SmtpContext};
+use crate::services::Services;
+use crate::ses::config_accounts::Accounts;
+use crate::ses::dkim::DkimSigners;
 use crate::store::{Store, embedded::EmbeddedStore, redis::RedisStore};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -86,16 +86,16 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     let resolver = MxResolver::new(&settings.dns.nameservers, settings.dns.timeout)?;
     let client_tls = crate::tls::client_configs(settings.delivery.tls_ca_file.as_deref())?;
     let delivery_stop = CancellationToken::new();
-    let outcomes = crate::policy::outcomes::OutcomeFeed::new(policy.clone());
+    let outcomes = crate::feedback::outcomes::OutcomeFeed::new(policy.clone());
     let outcomes_stop = CancellationToken::new();
     let outcomes_task = tokio::spawn(outcomes.clone().run(outcomes_stop.clone()));
     let time_zone = jiff::tz::TimeZone::get(&settings.policy.time_zone)
         .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?;
-    let stats = crate::stats::DailyStats::new(store.clone(), time_zone.clone());
+    let stats = crate::feedback::stats::DailyStats::new(store.clone(), time_zone.clone());
     let stats_task = tokio::spawn(stats.clone().run(outcomes_stop.clone()));
 
     let secret = signing_secret(&settings, &store).await?;
-    let platform = crate::platform::Platform {
+    let platform = crate::ses::Platform {
         store: store.clone(),
         settings: settings.clone(),
         // Uncached: a record just published must be seen at once.
@@ -109,23 +109,23 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         uploads: Default::default(),
         tracker: tracker(&settings, &secret),
         verp: (!settings.platform.bounce_domain.is_empty()).then(|| {
-            Arc::new(crate::verp::Verp::new(
+            Arc::new(crate::feedback::verp::Verp::new(
                 &secret,
                 &settings.platform.bounce_domain,
             ))
         }),
     };
-    let callbacks = crate::callbacks::Callbacks::new(
+    let callbacks = crate::feedback::callbacks::Callbacks::new(
         platform.clone(),
         policy.clone(),
         settings.callbacks.clone(),
     );
-    let events = crate::events::Events::new(callbacks.clone());
+    let events = crate::feedback::events::Events::new(callbacks.clone());
     let delivery = Delivery::new(
         settings.clone(),
         queue.clone(),
         policy.clone(),
-        crate::delivery::Feedback {
+        crate::egress::Feedback {
             outcomes: outcomes.clone(),
             stats: stats.clone(),
             events: events.clone(),
@@ -135,7 +135,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         client_tls,
         delivery_stop.clone(),
     );
-    let ctx = Arc::new(SmtpContext {
+    let ctx = Arc::new(Services {
         settings: settings.clone(),
         accounts: RwLock::new(Arc::new(Accounts::from_settings(&settings.accounts))),
         tls: RwLock::new(Some(tls_acceptor(&settings)?)),
@@ -145,7 +145,14 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         policy: policy.clone(),
         outcomes: outcomes.clone(),
         events: events.clone(),
+        callbacks: callbacks.clone(),
         platform: platform.clone(),
+        config_path: config_path.clone(),
+        tracking_limiter: Default::default(),
+        admin_token: Arc::from(
+            crate::ops::admin_auth::ensure_token(&settings.server.data_dir)
+                .context("making the admin token in the data directory")?,
+        ),
     });
     let callbacks_stop = CancellationToken::new();
     let sending_task = tokio::spawn(callbacks.clone().send_due(callbacks_stop.clone()));
@@ -170,13 +177,13 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     );
 
     let sessions = TaskTracker::new();
-    let connections = smtp_in::ConnectionLimits::new(
+    let connections = smtp::ConnectionLimits::new(
         settings.smtp.max_connections,
         settings.smtp.max_connections_per_ip,
     );
     let mut accept_tasks = Vec::new();
     for listener in listeners {
-        accept_tasks.push(tokio::spawn(smtp_in::serve(
+        accept_tasks.push(tokio::spawn(smtp::serve(
             ctx.clone(),
             listener,
             shutdown.clone(),
@@ -184,24 +191,11 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
             connections.clone(),
         )));
     }
-    let api_state = ApiState {
-        settings: settings.clone(),
-        store: store.clone(),
-        signers: signers.clone(),
-        smtp: ctx.clone(),
-        config_path: config_path.clone(),
-        platform: ctx.platform.clone(),
-        callbacks: callbacks.clone(),
-        limiter: Default::default(),
-        admin_token: Arc::from(
-            crate::api::admin_auth::ensure_token(&settings.server.data_dir)
-                .context("making the admin token in the data directory")?,
-        ),
-    };
     let http_stop = shutdown.clone();
+    let http_services = ctx.clone();
     let http_task = tokio::spawn(async move {
-        let app =
-            api::router(api_state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let app = crate::http::router(http_services)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(http, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await
@@ -220,7 +214,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         },
     };
     let manager_task = tokio::spawn(manager.run(delivery_stop.clone()));
-    let tasks_task = tokio::spawn(crate::platform::tasks::run(
+    let tasks_task = tokio::spawn(crate::intake::batch::run(
         ctx.clone(),
         delivery_stop.clone(),
     ));
@@ -280,7 +274,7 @@ async fn signing_secret(settings: &Settings, store: &Store) -> anyhow::Result<Ve
     }
     let key = "tracking:secret";
     store
-        .put_if_absent(key, crate::platform::random_token(48).as_bytes())
+        .put_if_absent(key, crate::ses::random_token(48).as_bytes())
         .await?;
     store
         .get(key)
@@ -288,7 +282,10 @@ async fn signing_secret(settings: &Settings, store: &Store) -> anyhow::Result<Ve
         .ok_or_else(|| anyhow::anyhow!("signing secret vanished from the store"))
 }
 
-fn tracker(settings: &Settings, secret: &[u8]) -> Option<Arc<crate::tracking::Tracker>> {
+fn tracker(
+    settings: &Settings,
+    secret: &[u8],
+) -> Option<Arc<crate::feedback::rewrite::tracking::Tracker>> {
     let t = &settings.tracking;
     if !t.enabled {
         return None;
@@ -298,7 +295,7 @@ fn tracker(settings: &Settings, secret: &[u8]) -> Option<Arc<crate::tracking::Tr
     } else {
         t.base_url.clone()
     };
-    Some(Arc::new(crate::tracking::Tracker::new(
+    Some(Arc::new(crate::feedback::rewrite::tracking::Tracker::new(
         secret,
         &base,
         t.hosts.clone(),
@@ -309,10 +306,7 @@ fn tracker(settings: &Settings, secret: &[u8]) -> Option<Arc<crate::tracking::Tr
 /// certificate, cached DKIM keys, the policy scripts. A bad file changes
 /// nothing: the running configuration and policy stay in force. Returns the
 /// policy version now running.
-pub async fn reload(
-    ctx: &SmtpContext,
-    config_path: Option<&std::path::Path>,
-) -> Result<u64, String> {
+pub async fn reload(ctx: &Services, config_path: Option<&std::path::Path>) -> Result<u64, String> {
     let fail = |e: String| {
         tracing::error!(error = %e, "reload failed, keeping the running configuration");
         e

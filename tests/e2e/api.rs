@@ -797,7 +797,7 @@ async fn raw_call(
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.clone())
     };
-    let request = kiln::api::tc3::Request {
+    let request = kiln::intake::api::tc3::Request {
         method: "POST",
         path: "/",
         query: "",
@@ -808,14 +808,14 @@ async fn raw_call(
         .unwrap()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .date();
-    let auth = kiln::api::tc3::Authorization {
+    let auth = kiln::intake::api::tc3::Authorization {
         secret_id: who.id.clone(),
         date: date.to_string(),
         service: "ses".into(),
         signed_headers: vec!["content-type".into(), "host".into()],
         signature: String::new(),
     };
-    let signature = kiln::api::tc3::sign(&auth, &ts, &who.key, &request);
+    let signature = kiln::intake::api::tc3::sign(&auth, &ts, &who.key, &request);
     let authorization = format!(
         "TC3-HMAC-SHA256 Credential={}/{}/ses/tc3_request, SignedHeaders=content-type;host, Signature={signature}",
         who.id, auth.date

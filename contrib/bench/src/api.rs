@@ -20,7 +20,7 @@ mod peers;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use kiln::api::tc3;
+use kiln::intake::api::tc3;
 use kiln_testkit::process::Kiln;
 use serde_json::{Value, json};
 use std::path::PathBuf;

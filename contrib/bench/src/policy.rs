@@ -17,7 +17,7 @@
 
 mod measure;
 
-use kiln::admission::{Submission, apply_policy};
+use kiln::intake::admission::{Submission, apply_policy};
 use kiln::policy::{Policy, PolicySettings};
 use kiln::store::Store;
 use kiln_testkit::client::message;

@@ -14,7 +14,6 @@
 pub mod decisions;
 pub mod lua_host;
 mod lua_raw;
-pub mod outcomes;
 pub mod plugin_settings;
 pub mod time;
 mod watchdog;

@@ -692,7 +692,7 @@ async fn delivery_outcomes_reach_the_reputation_hook_summed() {
     let sent =
         json!({"domain": "shop.test", "account": "", "kind": "sent", "count": 350, "now": now});
     let _: Option<Value> = policy.call("reputation", &sent).await.expect("sent");
-    let feed = super::outcomes::OutcomeFeed::new(policy.clone());
+    let feed = crate::feedback::outcomes::OutcomeFeed::new(policy.clone());
     for _ in 0..350 {
         feed.record("shop.test", "delivered");
     }

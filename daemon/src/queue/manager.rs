@@ -5,7 +5,7 @@
 //! back in the queue, due later.
 
 use super::QueueHandle;
-use crate::delivery::Delivery;
+use crate::egress::Delivery;
 use crate::net::now_ms;
 use std::sync::Arc;
 use std::time::Duration;

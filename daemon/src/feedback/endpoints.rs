@@ -1,0 +1,197 @@
+//! `GET /t/o/{token}` (the open pixel) and `GET /t/c/{token}` (a tracked
+//! link): on the public listener, so cheap and safe under abuse. A token
+//! that does not verify is a 404 and records nothing; each client address
+//! gets at most `tracking.rate_per_ip` requests a second (429 past that);
+//! recording is one store write or two, done after the answer is sent.
+
+use crate::feedback::rewrite::tracking::Mark;
+use crate::services::Services;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+/// A transparent 1×1 GIF.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x01, 0x44, 0x00, 0x3b,
+];
+
+/// Requests per client address in the current second.
+#[derive(Default)]
+pub struct RateLimiter {
+    window: Mutex<(i64, HashMap<IpAddr, u32>)>,
+}
+
+impl RateLimiter {
+    fn allow(&self, ip: IpAddr, per_second: u32) -> bool {
+        let now = crate::net::system_now_ms() / 1000;
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0 != now {
+            *w = (now, HashMap::new());
+        }
+        let n = w.1.entry(ip).or_default();
+        *n += 1;
+        *n <= per_second
+    }
+}
+
+/// The client's User-Agent, at most 512 characters.
+/// The public routes: the pixel, tracked links, the unsubscribe page.
+pub fn routes() -> Router<Arc<Services>> {
+    Router::new()
+        .route("/t/o/{token}", get(open))
+        .route("/t/c/{token}", get(click))
+        .route("/u/{token}", get(unsubscribe_page).post(unsubscribe_now))
+}
+
+fn user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(512)
+        .collect()
+}
+
+/// The mark of a token of `kind`, within the client's rate limit: 404 for a
+/// token that does not verify (or an unsubscribe token without a
+/// recipient), 429 past the limit.
+fn verified(s: &Services, peer: SocketAddr, token: &str, kind: char) -> Result<Mark, StatusCode> {
+    let tracker = s.platform.tracker.as_ref().ok_or(StatusCode::NOT_FOUND)?;
+    if !s
+        .tracking_limiter
+        .allow(peer.ip(), s.settings.tracking.rate_per_ip)
+    {
+        return Err(StatusCode::TOO_MANY_REQUESTS);
+    }
+    tracker
+        .verify(token)
+        .filter(|m| m.kind == kind && (kind != 'u' || !m.recipient.is_empty()))
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+/// Checks the limit and the token; records in the background.
+fn accept(
+    s: &Arc<Services>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    token: &str,
+    kind: char,
+) -> Result<Mark, StatusCode> {
+    let mark = verified(s, peer, token, kind)?;
+    let user_agent = user_agent(headers);
+    let ctx = s.clone();
+    let recorded = mark.clone();
+    tokio::spawn(async move {
+        crate::feedback::engagement::record(&ctx, &recorded, peer.ip(), &user_agent).await;
+    });
+    Ok(mark)
+}
+
+pub async fn open(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    match accept(&s, peer, &headers, &token, 'o') {
+        Ok(_) => (
+            [
+                (header::CONTENT_TYPE, "image/gif"),
+                (header::CACHE_CONTROL, "no-store, max-age=0"),
+            ],
+            PIXEL,
+        )
+            .into_response(),
+        Err(status) => status.into_response(),
+    }
+}
+
+pub async fn click(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    match accept(&s, peer, &headers, &token, 'c') {
+        Ok(mark) => (
+            StatusCode::FOUND,
+            [
+                (header::LOCATION, mark.url.as_str()),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+        )
+            .into_response(),
+        Err(status) => status.into_response(),
+    }
+}
+
+fn html_page(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /u/{token}`: the confirmation page (a link may be followed by a
+/// scanner; only a POST unsubscribes).
+pub async fn unsubscribe_page(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+) -> Response {
+    let mark = match verified(&s, peer, &token, 'u') {
+        Ok(m) => m,
+        Err(status) => return status.into_response(),
+    };
+    let lang = mark.url.parse().unwrap_or(2);
+    let domain = match s.store.status(&mark.message_id).await {
+        Ok(Some(st)) => crate::net::domain_of(&st.meta.sender),
+        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    html_page(
+        StatusCode::OK,
+        crate::feedback::rewrite::unsubscribe::confirm_page(lang, &domain),
+    )
+}
+
+/// `POST /u/{token}`: the page's button, or a mail provider's one-click
+/// request (RFC 8058, body `List-Unsubscribe=One-Click`).
+pub async fn unsubscribe_now(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let mark = match verified(&s, peer, &token, 'u') {
+        Ok(m) => m,
+        Err(status) => return status.into_response(),
+    };
+    let user_agent = user_agent(&headers);
+    let lang = mark.url.parse().unwrap_or(2);
+    match crate::feedback::engagement::unsubscribe(&s, &mark, peer.ip(), &user_agent).await {
+        Ok(Some(domain)) => html_page(
+            StatusCode::OK,
+            crate::feedback::rewrite::unsubscribe::done_page(lang, &domain),
+        ),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "unsubscribe not recorded");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Events: what happened to a message for one recipient (delivered,
+//! deferred, dropped, bounce, and, from the deliverability loop, open,
+//! click, spamreport, unsubscribe). Each is one structured log line
+//! (target `kiln::event`) and, when the account or the sender address has a
+//! callback URL, a callback job (see `callbacks`).
+//!
+//! Emitting waits for the callback job to be in the store, never for the
+//! receiver. A delivery outcome's callback job is written in the same
+//! commit as the outcome itself.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// delivered | deferred | dropped | bounce | open | click | spamreport | unsubscribe
+    pub event: String,
+    /// Unique per event: receivers use it to drop a repeat.
+    pub event_id: String,
+    pub message_id: String,
+    pub recipient: String,
+    /// Envelope sender (the sender address).
+    pub from: String,
+    pub from_domain: String,
+    pub account: String,
+    #[serde(default)]
+    pub template_id: String,
+    #[serde(default)]
+    pub task_id: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub link: String,
+    #[serde(default)]
+    pub user_agent: String,
+    #[serde(default)]
+    pub ip: String,
+    /// The remote reply or the drop reason.
+    #[serde(default)]
+    pub reason: String,
+    /// bounce: "hard" or "soft".
+    #[serde(default)]
+    pub bounce_type: String,
+    /// When it happened (ms).
+    pub at: i64,
+    /// When the message was accepted (ms).
+    pub sent_at: i64,
+}
+
+impl Event {
+    pub fn new(kind: &str, message_id: &str, recipient: &str, from: &str, account: &str) -> Event {
+        Event {
+            event: kind.to_string(),
+            event_id: uuid::Uuid::now_v7().simple().to_string(),
+            message_id: message_id.to_string(),
+            recipient: recipient.to_string(),
+            from: from.to_string(),
+            from_domain: crate::net::domain_of(from).to_ascii_lowercase(),
+            account: account.to_string(),
+            at: crate::net::now_ms(),
+            ..Event::default()
+        }
+    }
+}
+
+/// Emits events: the log line, then the callback job in the store.
+#[derive(Clone)]
+pub struct Events {
+    callbacks: Arc<crate::feedback::callbacks::Callbacks>,
+}
+
+impl Events {
+    pub fn new(callbacks: Arc<crate::feedback::callbacks::Callbacks>) -> Events {
+        Events { callbacks }
+    }
+
+    /// The structured log line of an event.
+    pub fn log(e: &Event) {
+        tracing::info!(
+            target: "kiln::event",
+            event = %e.event,
+            event_id = %e.event_id,
+            msg_id = %e.message_id,
+            recipient = %e.recipient,
+            from = %e.from,
+            account = %e.account,
+            reason = %e.reason,
+            bounce_type = %e.bounce_type,
+            link = %e.link,
+            "event"
+        );
+    }
+
+    /// The store changes that file the event's callback, for a caller
+    /// that writes them together with the outcome the event reports; it
+    /// then logs the event with [`Events::log`].
+    pub async fn writes_for(&self, e: &Event) -> Vec<crate::store::Write> {
+        if e.account.is_empty() {
+            return Vec::new();
+        }
+        self.callbacks.writes_for(e).await
+    }
+
+    /// Logs the event and files its callback (if it has somewhere to go)
+    /// before returning: once this returns, a restart does not lose it.
+    /// The receiver is not involved: that happens later, elsewhere.
+    pub async fn emit(&self, e: Event) {
+        Self::log(&e);
+        if !e.account.is_empty() {
+            self.callbacks.file(&e).await;
+        }
+    }
+}

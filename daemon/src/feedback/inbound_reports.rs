@@ -1,0 +1,311 @@
+//! Reports that come back to the bounce domain: delivery status
+//! notifications (RFC 3464) and complaint feedback reports (ARF, RFC 5965),
+//! each about the message and recipient its VERP return path names.
+//!
+//! A failed DSN goes through `classify_bounce` like an SMTP refusal (which
+//! may blocklist the address), turns the recipient's status record to
+//! bounced (with the report's reply as its last attempt) and raises
+//! `bounce`, once: a repeated report changes nothing. A delayed one raises
+//! `deferred`.
+//! A complaint raises `spamreport`, suppresses the recipient for the sender
+//! domain, counts for the reputation rules and is filed for GetAbuseReport.
+
+use crate::policy::decisions::{BounceClass, BounceInfo};
+use crate::services::Services;
+use crate::store::{Attempt, RecipientState};
+
+/// One recipient block of a delivery-status part.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct DsnRecipient {
+    recipient: String,
+    action: String,
+    status: String,
+    diagnostic: String,
+    remote_mta: String,
+}
+
+/// Field blocks of a message/delivery-status body (RFC 3464 section 2.1):
+/// the first is about the message, the others one recipient each.
+fn dsn_blocks(text: &str) -> Vec<Vec<(String, String)>> {
+    let text = text.replace("\r\n", "\n");
+    let mut blocks = Vec::new();
+    for block in text.split("\n\n") {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in block.lines() {
+            if line.starts_with([' ', '\t']) {
+                if let Some(last) = fields.last_mut() {
+                    last.1.push(' ');
+                    last.1.push_str(line.trim());
+                }
+            } else if let Some((k, v)) = line.split_once(':') {
+                fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        if !fields.is_empty() {
+            blocks.push(fields);
+        }
+    }
+    blocks
+}
+
+fn dsn_recipients(text: &str) -> Vec<DsnRecipient> {
+    let value_of = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    // "rfc822; user@host" → "user@host".
+    let address = |v: String| {
+        v.split_once(';')
+            .map(|(_, a)| a.trim().to_string())
+            .unwrap_or(v)
+    };
+    dsn_blocks(text)
+        .into_iter()
+        .filter(|f| f.iter().any(|(k, _)| k == "action"))
+        .map(|f| DsnRecipient {
+            recipient: address(value_of(&f, "final-recipient"))
+                .trim_matches(['<', '>'])
+                .to_string(),
+            action: value_of(&f, "action").to_ascii_lowercase(),
+            status: value_of(&f, "status"),
+            diagnostic: value_of(&f, "diagnostic-code"),
+            remote_mta: address(value_of(&f, "remote-mta")),
+        })
+        .collect()
+}
+
+/// The SMTP code and text of a Diagnostic-Code ("smtp; 550 5.1.1 ...").
+fn smtp_reply(diagnostic: &str) -> (u16, String) {
+    let text = diagnostic
+        .split_once(';')
+        .map(|(_, t)| t.trim())
+        .unwrap_or(diagnostic)
+        .to_string();
+    let code = text.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+/// The delivery-status part of a report, if it is one.
+fn delivery_status(message: &mail_parser::Message<'_>) -> Option<String> {
+    use mail_parser::MimeHeaders;
+    message.parts.iter().find_map(|part| {
+        let is_dsn = part.is_content_type("message", "delivery-status")
+            || part.is_content_type("message", "global-delivery-status");
+        is_dsn.then(|| String::from_utf8_lossy(part.contents()).into_owned())
+    })
+}
+
+/// Handles one report sent to `return_path`; returns what it was, for the
+/// log.
+pub async fn process(ctx: &Services, return_path: &str, raw: &[u8]) -> &'static str {
+    match try_process(ctx, return_path, raw).await {
+        Ok(kind) => kind,
+        Err(e) => {
+            tracing::error!(%return_path, error = %e, "report not processed");
+            "failed"
+        }
+    }
+}
+
+async fn try_process(
+    ctx: &Services,
+    return_path: &str,
+    raw: &[u8],
+) -> crate::store::Result<&'static str> {
+    let Some(verp) = &ctx.platform.verp else {
+        return Ok("ignored");
+    };
+    let Some((message_id, idx)) = verp.parse(return_path) else {
+        return Ok("forged");
+    };
+    let store = &ctx.platform.store;
+    let Some(status) = store.status(&message_id).await? else {
+        return Ok("unknown message");
+    };
+    let Some(rcpt) = status.recipients.get(idx as usize) else {
+        return Ok("unknown recipient");
+    };
+    let recipient = rcpt.recipient.clone();
+    let sender = status.meta.sender.clone();
+    let domain = crate::net::domain_of(&sender).to_ascii_lowercase();
+    let event = |kind: &str| {
+        let mut e = crate::feedback::events::Event::new(
+            kind,
+            &message_id,
+            &recipient,
+            &sender,
+            &status.meta.account,
+        );
+        e.sent_at = status.meta.received_at_ms;
+        e
+    };
+
+    if let Ok(feedback) = mail_auth::report::Feedback::parse_rfc5322(raw) {
+        let now = crate::net::now_ms();
+        crate::feedback::engagement::suppress(ctx, &domain, &recipient).await?;
+        ctx.outcomes.record(&domain, "complaint");
+        let ip = feedback
+            .source_ip()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        let agent = feedback.user_agent().unwrap_or_default();
+        crate::feedback::engagement::mark_first(ctx, 's', &message_id, &recipient, &ip, agent)
+            .await?;
+        let original = mail_parser::MessageParser::default().parse(raw);
+        ctx.platform
+            .file_abuse_report(crate::ses::abuse::AbuseReport {
+                from_domain: domain.clone(),
+                mail_from: sender.clone(),
+                rcpt_to: recipient.clone(),
+                mta: crate::net::domain_of(&recipient),
+                source_ip: feedback
+                    .source_ip()
+                    .map(|i| i.to_string())
+                    .unwrap_or_default(),
+                message_id: message_id.clone(),
+                subject: original
+                    .as_ref()
+                    .and_then(|m| {
+                        m.parts.iter().find_map(|p| match &p.body {
+                            mail_parser::PartType::Message(inner) => {
+                                inner.subject().map(str::to_string)
+                            }
+                            _ => None,
+                        })
+                    })
+                    .unwrap_or_default(),
+                delivered_at_ms: status.meta.received_at_ms,
+                complained_at_ms: feedback.arrival_date().map(|s| s * 1000).unwrap_or(now),
+                received_at_ms: now,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| crate::store::StoreError::Corrupt {
+                key: "abuse report".into(),
+                reason: e.to_string(),
+            })?;
+        let mut e = event("spamreport");
+        e.user_agent = agent.to_string();
+        e.reason = format!("{:?}", feedback.feedback_type()).to_ascii_lowercase();
+        ctx.events.emit(e).await;
+        return Ok("complaint");
+    }
+
+    let parsed = mail_parser::MessageParser::default().parse(raw);
+    let Some(dsn) = parsed.as_ref().and_then(delivery_status) else {
+        return Ok("not a report");
+    };
+    let blocks = dsn_recipients(&dsn);
+    let Some(block) = blocks
+        .iter()
+        .find(|b| b.recipient.eq_ignore_ascii_case(&recipient))
+        .or_else(|| blocks.first())
+    else {
+        return Ok("empty report");
+    };
+    let (code, text) = smtp_reply(&block.diagnostic);
+    match block.action.as_str() {
+        // A repeated report (or one after an SMTP refusal) changes nothing.
+        "failed" if rcpt.state == RecipientState::Bounced => Ok("bounce already known"),
+        "failed" => {
+            let info = BounceInfo {
+                code: if code >= 400 { code } else { 550 },
+                enhanced_code: block.status.clone(),
+                text: text.clone(),
+                recipient: recipient.clone(),
+                sender_domain: domain.clone(),
+                mx: String::new(),
+                source: "dsn",
+            };
+            let class = ctx
+                .policy
+                .call::<_, BounceClass>("classify_bounce", &info)
+                .await
+                .ok()
+                .flatten();
+            ctx.outcomes.record(&domain, "bounce");
+            if class.as_ref().is_some_and(|c| c.invalid_address) {
+                ctx.outcomes.record(&domain, "invalid");
+            }
+            if class.as_ref().is_some_and(|c| c.class == "spam") {
+                ctx.outcomes.record(&domain, "spam");
+            }
+            ctx.platform.stats.record(&domain, &recipient, "bounce", 1);
+            let mut e = event("bounce");
+            e.bounce_type = if class.as_ref().is_some_and(|c| c.class != "hard") {
+                "soft".into()
+            } else {
+                "hard".into()
+            };
+            e.reason = format!("{} {}", block.status, text).trim().to_string();
+            // The status record says what happened after all, in the same
+            // commit as the event's callback.
+            let detail = text
+                .strip_prefix(&code.to_string())
+                .unwrap_or(&text)
+                .trim_start();
+            let detail = detail
+                .strip_prefix(block.status.as_str())
+                .unwrap_or(detail)
+                .trim_start();
+            let mut updated = rcpt.clone();
+            updated.state = RecipientState::Bounced;
+            updated.updated_at_ms = e.at;
+            updated.next_attempt_at_ms = None;
+            updated.attempts.push(Attempt {
+                at_ms: e.at,
+                mx: Some(block.remote_mta.clone()).filter(|m| !m.is_empty()),
+                ip: None,
+                code: Some(info.code),
+                enhanced_code: Some(block.status.clone()).filter(|s| !s.is_empty()),
+                message: format!("{detail} (returned in a delivery status notification)"),
+                tls: None,
+                duration_ms: 0,
+            });
+            let also = ctx.events.writes_for(&e).await;
+            store
+                .record_status(&message_id, idx, &updated, &also)
+                .await?;
+            crate::feedback::events::Events::log(&e);
+            Ok("bounce")
+        }
+        "delayed" => {
+            let mut e = event("deferred");
+            e.reason = format!("{} {}", block.status, text).trim().to_string();
+            ctx.events.emit(e).await;
+            Ok("delay")
+        }
+        _ => Ok("no failure"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_delivery_status_fields() {
+        let text = "Reporting-MTA: dns; mx.dest.test\r\nArrival-Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\n\
+                    Final-Recipient: rfc822; Ann@dest.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+                    Diagnostic-Code: smtp; 550 5.1.1 <ann@dest.test>:\r\n user unknown\r\n\r\n\
+                    Final-Recipient: rfc822;bob@dest.test\r\nAction: delayed\r\nStatus: 4.2.2\r\n";
+        let r = dsn_recipients(text);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].recipient, "Ann@dest.test");
+        assert_eq!(
+            (r[0].action.as_str(), r[0].status.as_str()),
+            ("failed", "5.1.1")
+        );
+        assert_eq!(
+            smtp_reply(&r[0].diagnostic),
+            (550, "550 5.1.1 <ann@dest.test>: user unknown".into())
+        );
+        assert_eq!(
+            (r[1].recipient.as_str(), r[1].action.as_str()),
+            ("bob@dest.test", "delayed")
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! Sends and delivery outcomes for the `reputation` hook, summed per sender domain and
+//! kind and handed over a few times a second: one hook call for many
+//! outcomes instead of one per message. The rules work on the day's
+//! counters, so only the timing of a raise or a block moves (by at most one
+//! interval); a crash forgets at most one interval of outcomes.
+
+use crate::net::now_ms;
+use crate::policy::Policy;
+use crate::policy::decisions::ReputationEvent;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct OutcomeFeed {
+    policy: Arc<Policy>,
+    /// Kind → sender domain → count (a message's domain is usually there
+    /// already, and is then not copied).
+    pending: Mutex<HashMap<&'static str, HashMap<String, i64>>>,
+}
+
+impl OutcomeFeed {
+    pub fn new(policy: Arc<Policy>) -> Arc<OutcomeFeed> {
+        Arc::new(OutcomeFeed {
+            policy,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn record(&self, domain: &str, kind: &'static str) {
+        self.record_n(domain, kind, 1);
+    }
+
+    pub fn record_n(&self, domain: &str, kind: &'static str, n: i64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let domains = pending.entry(kind).or_default();
+        match domains.get_mut(domain) {
+            Some(count) => *count += n,
+            None => {
+                domains.insert(domain.to_string(), n);
+            }
+        }
+    }
+
+    /// Hands everything recorded so far to the hook.
+    pub async fn flush(&self) {
+        let batch: Vec<(String, &'static str, i64)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending
+                .iter_mut()
+                .flat_map(|(kind, domains)| domains.drain().map(|(d, n)| (d, *kind, n)))
+                .collect()
+        };
+        for (domain, kind, count) in batch {
+            let event = ReputationEvent {
+                domain,
+                account: String::new(),
+                kind: kind.into(),
+                count,
+                now: now_ms(),
+            };
+            // Errors are logged and counted by the policy; outcomes stand.
+            let _ = self
+                .policy
+                .call::<_, serde_json::Value>("reputation", &event)
+                .await;
+        }
+    }
+
+    /// Flushes every interval until `stop`, then once more.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        crate::net::flush_every(FLUSH_INTERVAL, stop, || self.flush()).await;
+    }
+}

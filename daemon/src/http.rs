@@ -1,0 +1,38 @@
+//! The HTTP listener's routes, from the rooms that answer them: the SES
+//! API (intake), the tracking and unsubscribe pages (feedback), the admin
+//! endpoints (ops), and health.
+
+use crate::services::Services;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use std::sync::Arc;
+
+pub fn router(services: Arc<Services>) -> Router {
+    let max_request = services.settings.max_api_request_size();
+    Router::new()
+        .route(
+            "/",
+            axum::routing::post(crate::intake::api::tencent::handle)
+                .layer(axum::extract::DefaultBodyLimit::max(max_request)),
+        )
+        .route("/healthz", get(health))
+        .merge(crate::feedback::endpoints::routes())
+        .merge(crate::ops::admin::routes(&services))
+        .with_state(services)
+}
+
+async fn health(State(s): State<Arc<Services>>) -> Response {
+    match s.store.queue_len().await {
+        Ok(n) => axum::Json(json!({"status": "ok", "store": s.store.backend_name(), "queued": n}))
+            .into_response(),
+        Err(e) => crate::ops::admin::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "StoreUnavailable",
+            e.to_string(),
+        ),
+    }
+}

@@ -1,0 +1,337 @@
+//! Admission: what every message goes through between "a client handed it
+//! over" and "it is durable in the queue", whoever the client is (an SMTP
+//! session or an API call). The policy's `content_filter`, `check_limits`
+//! and `select_egress` hooks, DKIM signing, then the queue. Callers turn a
+//! [`Refusal`] into their own protocol's answer.
+
+use crate::intake::message::{decode_subject, first_values, header_block};
+use crate::net::domain_of;
+use crate::policy::Policy;
+use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
+use crate::services::Services;
+use crate::store::NewMessage;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A message ready for admission (trace headers already added).
+pub struct Submission {
+    pub id: String,
+    /// "" for a relay client.
+    pub account: String,
+    /// Envelope sender.
+    pub sender: String,
+    /// The domain DKIM signs for and the policy counts against.
+    pub sender_domain: String,
+    pub recipients: Vec<String>,
+    pub message: Vec<u8>,
+    pub now: i64,
+    /// regular | trigger | batch
+    pub trigger_type: &'static str,
+    pub require_tls: bool,
+    /// Where it came from, for the log: an SMTP peer, "api".
+    pub origin: String,
+    /// The template and batch task it was made from ("" when none).
+    pub template_id: String,
+    pub task_id: String,
+}
+
+#[derive(Debug)]
+pub enum Refusal {
+    /// `content_filter` said no (reject, or defer for later).
+    Content(Decision),
+    /// `check_limits` refused the message.
+    Limits(Decision),
+    /// Every recipient was dropped: recipient → reason code.
+    AllDropped(BTreeMap<String, String>),
+    /// The From header or the envelope sender is on a domain the account
+    /// may not send as (it would be signed with another tenant's key).
+    ForeignDomain {
+        domain: String,
+        account: String,
+    },
+    /// The message could not be delivered as it is: lines too long, bare
+    /// line ends, no single From header.
+    Malformed(String),
+    /// Larger than any message may be built
+    /// ([`crate::config::Settings::max_built_message_size`]).
+    TooBig(usize),
+    /// A hook failed: the client should try again later.
+    PolicyUnavailable,
+    Signing,
+    Store,
+}
+
+#[derive(Debug)]
+pub struct Admitted {
+    pub id: String,
+    pub queued: usize,
+    /// Recipient → reason code, for those the policy dropped.
+    pub dropped: BTreeMap<String, String>,
+}
+
+/// What the policy decided for a message it lets through.
+#[derive(Debug)]
+pub struct Verdict {
+    /// Recipient index → reason code, for those the policy dropped.
+    pub dropped: BTreeMap<usize, String>,
+    pub ready_at_ms: i64,
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// The policy's part of admission: `content_filter`, `check_limits`,
+/// `select_egress`. Public so that its cost can be measured on its own
+/// (contrib/bench: kiln-policy-bench).
+pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Refusal> {
+    let policy = policy.current();
+    if !["content_filter", "check_limits", "select_egress"]
+        .iter()
+        .any(|h| policy.has_hook(h))
+    {
+        // No hook to ask: nothing to parse out of the message.
+        return Ok(Verdict {
+            dropped: BTreeMap::new(),
+            ready_at_ms: s.now,
+            source_ip: None,
+        });
+    }
+    let block = header_block(&s.message);
+    let [subject, scenario] = first_values(block, ["Subject", "X-Kiln-Scenario"]);
+    let (subject, subject_valid_utf8) = decode_subject(subject);
+    let info = MessageInfo {
+        kind: "message",
+        id: Cow::Borrowed(&s.id),
+        account: Cow::Borrowed(&s.account),
+        sender: Cow::Borrowed(&s.sender),
+        sender_domain: Cow::Borrowed(&s.sender_domain),
+        recipients: Cow::Borrowed(&s.recipients),
+        size: s.message.len(),
+        subject,
+        subject_valid_utf8,
+        trigger_type: s.trigger_type,
+        scenario: scenario
+            .map(|v| String::from_utf8_lossy(&v).to_ascii_lowercase())
+            .unwrap_or_default(),
+        now: s.now,
+        headers: HeaderView(Arc::from(block)),
+    };
+    match policy
+        .call_for::<_, Decision>("content_filter", Some("message"), &info)
+        .await
+    {
+        Ok(Some(d)) if d.is_reject() || d.is_defer() => return Err(Refusal::Content(d)),
+        Ok(_) => {}
+        Err(_) => return Err(Refusal::PolicyUnavailable),
+    }
+    let decision = match policy.call::<_, Decision>("check_limits", &info).await {
+        Ok(Some(d)) => d,
+        Ok(None) => Decision::default(),
+        Err(_) => return Err(Refusal::PolicyUnavailable),
+    };
+    // A batch task pauses rather than queue mail for tomorrow.
+    if decision.is_reject() || (decision.is_defer() && s.trigger_type == "batch") {
+        return Err(Refusal::Limits(decision));
+    }
+    let ready_at_ms = if decision.is_defer() {
+        decision.retry_at.unwrap_or(s.now).max(s.now)
+    } else {
+        s.now
+    };
+    let mut dropped = BTreeMap::new();
+    for (i, rcpt) in s.recipients.iter().enumerate() {
+        if let Some(reason) = decision.drop.get(rcpt) {
+            tracing::info!(msg_id = %s.id, recipient = %rcpt, %reason, "recipient dropped by policy");
+            dropped.insert(i, reason.clone());
+        }
+    }
+    if dropped.len() == s.recipients.len() {
+        return Err(Refusal::AllDropped(
+            dropped
+                .into_iter()
+                .filter_map(|(i, r)| Some((s.recipients.get(i)?.clone(), r)))
+                .collect(),
+        ));
+    }
+    let source_ip = match policy.call::<_, Egress>("select_egress", &info).await {
+        Ok(Some(Egress {
+            source_ip: Some(ip),
+            ..
+        })) => match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                tracing::error!(msg_id = %s.id, %ip, "select_egress: not an IP address");
+                return Err(Refusal::PolicyUnavailable);
+            }
+        },
+        Ok(_) => None,
+        Err(_) => return Err(Refusal::PolicyUnavailable),
+    };
+    Ok(Verdict {
+        dropped,
+        ready_at_ms,
+        source_ip,
+    })
+}
+
+/// What a next hop would refuse, and what would be signed for a domain the
+/// account does not own: checked for every message, whoever sent it.
+async fn check_message(ctx: &Services, s: &Submission) -> Result<(), Refusal> {
+    // SMTP's own limit is enforced as the data is read.
+    let max = ctx.settings.max_built_message_size();
+    if s.message.len() > max {
+        return Err(Refusal::TooBig(max));
+    }
+    crate::intake::message::check_lines(&s.message)
+        .map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let authors = crate::intake::message::author_domains(&s.message)
+        .map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let envelope = (!s.sender.is_empty()).then(|| domain_of(&s.sender));
+    let mut checked: Vec<&str> = Vec::with_capacity(authors.len() + 2);
+    let domains = authors
+        .iter()
+        .map(String::as_str)
+        .chain(envelope.as_deref())
+        .chain(std::iter::once(s.sender_domain.as_str()));
+    for domain in domains {
+        if domain.is_empty() || checked.contains(&domain) {
+            continue;
+        }
+        if !may_send_as(ctx, &s.account, domain).await? {
+            tracing::warn!(
+                msg_id = %s.id,
+                origin = %s.origin,
+                account = %s.account,
+                %domain,
+                "message refused: a sender domain the account may not use"
+            );
+            return Err(Refusal::ForeignDomain {
+                domain: domain.to_string(),
+                account: s.account.clone(),
+            });
+        }
+        checked.push(domain);
+    }
+    Ok(())
+}
+
+/// Whether `account` ("" for a relay client) may send as `domain`.
+///
+/// - A config account: the domains on its list, its own verified sender
+///   domains, and (without a list) any domain nobody owns.
+/// - A relay client (the operator's own networks): the config accounts'
+///   domains and domains nobody owns, never a store account's.
+/// - A store account: its own verified sender domains.
+async fn may_send_as(ctx: &Services, account: &str, domain: &str) -> Result<bool, Refusal> {
+    let accounts = ctx.accounts();
+    let configured = accounts.configured(account);
+    if configured.is_some_and(|a| a.lists_domain(domain)) {
+        return Ok(true);
+    }
+    if accounts.configured_owner(domain).is_some() {
+        return Ok(account.is_empty());
+    }
+    let identity = ctx.platform.identity_of_domain(domain).await.map_err(|e| {
+        tracing::error!(%domain, error = %e, "reading the sender domain's owner failed");
+        Refusal::Store
+    })?;
+    Ok(match identity {
+        Some(i) => !account.is_empty() && i.account == account && i.verified,
+        None => account.is_empty() || configured.is_some_and(|a| !a.has_domain_list()),
+    })
+}
+
+/// Runs the policy, signs, and makes the message durable. Ok means it is in
+/// the queue (or every recipient has a final status).
+pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
+    check_message(ctx, &s).await?;
+    let verdict = apply_policy(&ctx.policy, &s).await?;
+    let mut message = s.message;
+    if !s.sender_domain.is_empty() {
+        let domain = &s.sender_domain;
+        match ctx.signers.sign(domain, &message).await {
+            Ok(Some(header)) => {
+                let mut signed = Vec::with_capacity(header.len() + message.len());
+                signed.extend_from_slice(header.as_bytes());
+                signed.extend_from_slice(&message);
+                message = signed;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(msg_id = %s.id, %domain, error = %e, "DKIM signing failed");
+                return Err(Refusal::Signing);
+            }
+        }
+    }
+    let dropped: BTreeMap<String, String> = verdict
+        .dropped
+        .iter()
+        .filter_map(|(i, r)| Some((s.recipients.get(*i)?.clone(), r.clone())))
+        .collect();
+    let msg = NewMessage {
+        id: s.id.clone(),
+        account: s.account,
+        sender: s.sender.clone(),
+        recipients: s.recipients,
+        dropped: verdict.dropped,
+        body: Arc::from(message),
+        received_at_ms: s.now,
+        ready_at_ms: verdict.ready_at_ms,
+        require_tls: s.require_tls,
+        source_ip: verdict.source_ip,
+        template_id: s.template_id,
+        task_id: s.task_id,
+    };
+    match ctx.queue.submit(&msg).await {
+        Ok(()) => {
+            let queued = msg.queued_count();
+            ctx.outcomes
+                .record_n(&s.sender_domain, "sent", queued as i64);
+            for (i, reason) in &msg.dropped {
+                let Some(r) = msg.recipients.get(*i) else {
+                    continue;
+                };
+                let mut e = crate::feedback::events::Event::new(
+                    "dropped",
+                    &msg.id,
+                    r,
+                    &msg.sender,
+                    &msg.account,
+                );
+                e.reason = reason.clone();
+                e.template_id = msg.template_id.clone();
+                e.task_id = msg.task_id.clone();
+                e.sent_at = msg.received_at_ms;
+                ctx.events.emit(e).await;
+            }
+            let stats = &ctx.platform.stats;
+            for (i, r) in msg.recipients.iter().enumerate() {
+                stats.record(&s.sender_domain, r, "request", 1);
+                if !msg.dropped.contains_key(&i) {
+                    stats.record(&s.sender_domain, r, "accepted", 1);
+                }
+            }
+            tracing::info!(
+                msg_id = %s.id,
+                origin = %s.origin,
+                sender = %s.sender,
+                recipients = queued,
+                size = msg.body.len(),
+                "message accepted"
+            );
+            Ok(Admitted {
+                id: s.id,
+                queued,
+                dropped,
+            })
+        }
+        Err(e) => {
+            tracing::error!(msg_id = %s.id, error = %e, "could not queue message");
+            Err(Refusal::Store)
+        }
+    }
+}
+
+/// The envelope sender's domain when the message has no From domain.
+pub fn sender_domain(message: &[u8], sender: &str) -> String {
+    crate::intake::message::from_domain(message).unwrap_or_else(|| domain_of(sender))
+}

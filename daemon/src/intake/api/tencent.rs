@@ -1,0 +1,305 @@
+//! `POST /`: the Tencent Cloud SES API (version 2020-10-02) as its SDKs call
+//! it. The action is in `X-TC-Action`, the request is signed with
+//! TC3-HMAC-SHA256 by an account's SecretId/SecretKey, and every answer is
+//! `{"Response": {..., "RequestId": "..."}}` with HTTP 200, errors as
+//! `{"Response": {"Error": {"Code", "Message"}, "RequestId"}}`.
+//!
+//! Authentication and the envelope are here; the actions are in `ses`.
+
+use super::params::Params;
+use super::ses::Call;
+use super::tc3;
+use crate::services::Services;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub const VERSION: &str = "2020-10-02";
+
+/// Every action of the SES 2020-10-02 API (the SDK's `ses_client`).
+pub const ACTIONS: &[&str] = &[
+    "BatchSendEmail",
+    "CreateAddressUnsubscribeConfig",
+    "CreateCustomBlacklist",
+    "CreateEmailAddress",
+    "CreateEmailIdentity",
+    "CreateEmailTemplate",
+    "CreateReceiver",
+    "CreateReceiverDetail",
+    "CreateReceiverDetailWithData",
+    "DeleteAddressUnsubscribeConfig",
+    "DeleteBlackList",
+    "DeleteCustomBlackList",
+    "DeleteEmailAddress",
+    "DeleteEmailIdentity",
+    "DeleteEmailTemplate",
+    "DeleteReceiver",
+    "GetAbuseReport",
+    "GetEmailIdentity",
+    "GetEmailTemplate",
+    "GetSendEmailStatus",
+    "GetStatisticsReport",
+    "ListAddressUnsubscribeConfig",
+    "ListBlackEmailAddress",
+    "ListCustomBlacklist",
+    "ListEmailAddress",
+    "ListEmailIdentities",
+    "ListEmailTemplates",
+    "ListReceiverDetails",
+    "ListReceivers",
+    "ListSendTasks",
+    "SendEmail",
+    "UpdateAddressUnsubscribeConfig",
+    "UpdateCustomBlackList",
+    "UpdateEmailIdentity",
+    "UpdateEmailSmtpPassWord",
+    "UpdateEmailTemplate",
+];
+
+/// An API error: its code (one the SDKs know) and a message naming what
+/// is wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A code decided at run time (e.g. by a policy script).
+    pub fn dynamic(code: String, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A failure on our side: logged in full, answered without details.
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "API request failed");
+        ApiError::new(
+            "InternalError",
+            "an internal error occurred; the server log has the details",
+        )
+    }
+}
+
+fn envelope(request_id: &str, result: Result<Value, ApiError>) -> Response {
+    let mut body = match result {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => serde_json::Map::new(),
+        Err(e) => {
+            let mut map = serde_json::Map::new();
+            map.insert(
+                "Error".into(),
+                json!({"Code": e.code, "Message": e.message}),
+            );
+            map
+        }
+    };
+    body.insert("RequestId".into(), Value::String(request_id.to_string()));
+    Json(json!({ "Response": body })).into_response()
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+pub async fn handle(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let body = match body {
+        Ok(b) => b,
+        // Answered as the SDKs read errors (HTTP 200, a JSON Error), not
+        // as a bare 413 they report as a network failure.
+        Err(e) => {
+            let max = s.settings.max_api_request_size();
+            let error = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    "InvalidParameterValue",
+                    format!(
+                        "the request is larger than {max} bytes (a message may have {} bytes, attachments included, base64-encoded in the request)",
+                        s.settings.smtp.max_message_size
+                    ),
+                )
+            } else {
+                ApiError::new(
+                    "InvalidParameter",
+                    format!("the request body could not be read: {e}"),
+                )
+            };
+            tracing::info!(%request_id, code = %error.code, message = %error.message, "API request refused");
+            return envelope(&request_id, Err(error));
+        }
+    };
+    let mut once = None;
+    let result = match authenticate(&s, &uri, &headers, &body, &mut once).await {
+        Ok((action, account)) => match Params::parse(&body) {
+            Ok(params) => {
+                let call = Call {
+                    state: &s,
+                    platform: &s.platform,
+                    account: &account,
+                    params,
+                    request_id: &request_id,
+                    peer: peer.ip(),
+                };
+                match super::ses::dispatch(&action, call).await {
+                    Some(r) => r,
+                    None => Err(ApiError::new(
+                        "UnsupportedOperation",
+                        format!("{action} is not implemented by this Kiln yet"),
+                    )),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        tracing::info!(%request_id, code = %e.code, message = %e.message, "API request refused");
+        // A refused request changed nothing: the same request may come
+        // again (after the client fixed what was wrong).
+        if let Some(key) = once {
+            let give_back = [crate::store::BatchOp::Give { key, amount: 1 }];
+            if let Err(e) = s.store.batch(&give_back).await {
+                tracing::warn!(error = %e, "could not forget a refused request's signature");
+            }
+        }
+    }
+    envelope(&request_id, result)
+}
+
+/// The action and the account name of a correctly signed request.
+/// `once` gets the store key that holds the request's signature as used,
+/// when it was recorded.
+async fn authenticate(
+    s: &Services,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    once: &mut Option<String>,
+) -> Result<(String, String), ApiError> {
+    let action = header(headers, "x-tc-action")
+        .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Action header is missing"))?;
+    let version = header(headers, "x-tc-version")
+        .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Version header is missing"))?;
+    if version != VERSION {
+        return Err(ApiError::new(
+            "InvalidAction",
+            format!("version {version:?} is not supported; use {VERSION}"),
+        ));
+    }
+    let authorization = header(headers, "authorization").ok_or_else(|| {
+        ApiError::new(
+            "AuthFailure.SignatureFailure",
+            "the Authorization header is missing",
+        )
+    })?;
+    let auth = tc3::parse_authorization(&authorization)
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    let timestamp = header(headers, "x-tc-timestamp")
+        .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Timestamp header is missing"))?;
+    let (secret_key, account) = match s.accounts().api_key(&auth.secret_id) {
+        Some((key, account)) => (key, account.name.clone()),
+        None => match s.platform.account_by_secret_id(&auth.secret_id).await? {
+            Some(a) => {
+                if a.disabled {
+                    return Err(ApiError::new(
+                        "AuthFailure.UnauthorizedOperation",
+                        format!("account {} is disabled", a.name),
+                    ));
+                }
+                (a.secret_key, a.name)
+            }
+            None => {
+                return Err(ApiError::new(
+                    "AuthFailure.SecretIdNotFound",
+                    format!("SecretId {} does not exist", auth.secret_id),
+                ));
+            }
+        },
+    };
+    {
+        let lookup = |name: &str| header(headers, name);
+        let request = tc3::Request {
+            method: "POST",
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            header: &lookup,
+            payload: body,
+        };
+        tc3::verify(
+            &auth,
+            &timestamp,
+            crate::net::system_now_ms() / 1000,
+            &secret_key,
+            &request,
+        )
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    }
+    if !ACTIONS.contains(&action.as_str()) {
+        return Err(ApiError::new(
+            "InvalidAction",
+            format!("the action {action:?} does not exist in SES {VERSION}"),
+        ));
+    }
+    *once = refuse_replay(s, &auth, &action).await?;
+    Ok((action, account))
+}
+
+/// A signature is good for one request: a copy of a signed request that
+/// changes something (sends, creates, deletes ...) is refused while its
+/// timestamp is still accepted, on every node (the record is in the
+/// store); answers the record's key. A request refused for another reason
+/// gives its signature back. Reads (Get, List) may repeat: a copy learns
+/// nothing new, and clients poll them.
+///
+/// TC3 signs the timestamp to the second and has no nonce: the same
+/// request sent twice within a second is the same bytes, and the second
+/// is refused as a replay.
+async fn refuse_replay(
+    s: &Services,
+    auth: &tc3::Authorization,
+    action: &str,
+) -> Result<Option<String>, ApiError> {
+    if action.starts_with("Get") || action.starts_with("List") {
+        return Ok(None);
+    }
+    // Long enough to cover a timestamp MAX_SKEW_SECS either side of now.
+    let window = std::time::Duration::from_secs(2 * tc3::MAX_SKEW_SECS as u64 + 60);
+    let key = format!("api-signature:{}:{}", auth.secret_id, auth.signature);
+    let seen = s
+        .store
+        .incr(&key, 1, window)
+        .await
+        .map_err(ApiError::internal)?;
+    if seen > 1 {
+        tracing::warn!(secret_id = %auth.secret_id, %action, "replayed API request refused");
+        // Not given back: the first one holds it.
+        return Err(ApiError::new(
+            "AuthFailure.SignatureExpire",
+            "this signed request was already received; a signature is good for one request (sign each request anew)",
+        ));
+    }
+    Ok(Some(key))
+}

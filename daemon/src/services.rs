@@ -1,0 +1,58 @@
+//! What every stage shares, built once by `server`: settings, the store,
+//! the policy, the queue's handle, events and callbacks, the SES records,
+//! DKIM signers, accounts from the config file and the TLS certificate (the
+//! two a reload may replace, behind locks). It lives below the stages: a
+//! stage takes what it needs from here, never another stage's context.
+
+use crate::config::Settings;
+use crate::feedback::callbacks::Callbacks;
+use crate::feedback::endpoints::RateLimiter;
+use crate::feedback::events::Events;
+use crate::feedback::outcomes::OutcomeFeed;
+use crate::policy::Policy;
+use crate::queue::QueueHandle;
+use crate::ses::Platform;
+use crate::ses::config_accounts::Accounts;
+use crate::ses::dkim::DkimSigners;
+use crate::store::Store;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use tokio_rustls::TlsAcceptor;
+
+pub struct Services {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    pub queue: QueueHandle,
+    pub events: Events,
+    pub callbacks: Arc<Callbacks>,
+    /// The reputation hook's feed of outcomes.
+    pub outcomes: Arc<OutcomeFeed>,
+    pub signers: Arc<DkimSigners>,
+    /// The SES records: accounts, sender domains, templates, lists ...
+    pub platform: Platform,
+    pub accounts: RwLock<Arc<Accounts>>,
+    pub tls: RwLock<Option<TlsAcceptor>>,
+    /// The config file, read again on reload.
+    pub config_path: Option<PathBuf>,
+    /// Tracking and unsubscribe requests per client address.
+    pub tracking_limiter: RateLimiter,
+    /// The operator token every admin request shows.
+    pub admin_token: Arc<str>,
+}
+
+impl Services {
+    pub fn accounts(&self) -> Arc<Accounts> {
+        self.accounts
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
