@@ -95,7 +95,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     let stats_task = tokio::spawn(stats.clone().run(outcomes_stop.clone()));
 
     let secret = signing_secret(&settings, &store).await?;
-    let platform = crate::ses::Platform {
+    let ses = crate::ses::Records {
         store: store.clone(),
         settings: settings.clone(),
         // Uncached: a record just published must be seen at once.
@@ -116,7 +116,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         }),
     };
     let callbacks = crate::feedback::callbacks::Callbacks::new(
-        platform.clone(),
+        ses.clone(),
         policy.clone(),
         settings.callbacks.clone(),
     );
@@ -129,7 +129,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
             outcomes: outcomes.clone(),
             stats: stats.clone(),
             events: events.clone(),
-            verp: platform.verp.clone(),
+            verp: ses.verp.clone(),
         },
         resolver,
         client_tls,
@@ -146,7 +146,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         outcomes: outcomes.clone(),
         events: events.clone(),
         callbacks: callbacks.clone(),
-        platform: platform.clone(),
+        ses: ses.clone(),
         config_path: config_path.clone(),
         tracking_limiter: Default::default(),
         admin_token: Arc::from(

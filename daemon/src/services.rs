@@ -11,7 +11,7 @@ use crate::feedback::events::Events;
 use crate::feedback::outcomes::OutcomeFeed;
 use crate::policy::Policy;
 use crate::queue::QueueHandle;
-use crate::ses::Platform;
+use crate::ses::Records;
 use crate::ses::config_accounts::Accounts;
 use crate::ses::dkim::DkimSigners;
 use crate::store::Store;
@@ -30,7 +30,7 @@ pub struct Services {
     pub outcomes: Arc<OutcomeFeed>,
     pub signers: Arc<DkimSigners>,
     /// The SES records: accounts, sender domains, templates, lists ...
-    pub platform: Platform,
+    pub ses: Records,
     pub accounts: RwLock<Arc<Accounts>>,
     pub tls: RwLock<Option<TlsAcceptor>>,
     /// The config file, read again on reload.

@@ -20,7 +20,7 @@
 use crate::config::CallbackSettings;
 use crate::feedback::events::Event;
 use crate::policy::Policy;
-use crate::ses::Platform;
+use crate::ses::Records;
 use crate::store::{BatchOp, BatchValue, Write};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -117,7 +117,7 @@ fn backoff(base_ms: u64, attempts: u32) -> Duration {
 }
 
 pub struct Callbacks {
-    platform: Platform,
+    ses: Records,
     policy: Arc<Policy>,
     settings: CallbackSettings,
     http: reqwest::Client,
@@ -130,11 +130,7 @@ pub struct Callbacks {
 }
 
 impl Callbacks {
-    pub fn new(
-        platform: Platform,
-        policy: Arc<Policy>,
-        settings: CallbackSettings,
-    ) -> Arc<Callbacks> {
+    pub fn new(ses: Records, policy: Arc<Policy>, settings: CallbackSettings) -> Arc<Callbacks> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -146,7 +142,7 @@ impl Callbacks {
             in_flight: Semaphore::new(settings.concurrency.max(1)),
             working: Mutex::new(HashSet::new()),
             chunks: Arc::new(Semaphore::new(CHUNKS_AT_ONCE)),
-            platform,
+            ses,
             policy,
             settings,
             http,
@@ -183,7 +179,7 @@ impl Callbacks {
     }
 
     async fn look_up_route(&self, account: &str, from: &str) -> Option<Route> {
-        let p = &self.platform;
+        let p = &self.ses;
         let (account_url, secret) = match p.account(account).await.ok().flatten() {
             Some(a) => (a.callback_url, a.callback_secret),
             None => {
@@ -231,7 +227,7 @@ impl Callbacks {
     /// record to go with).
     pub async fn file(&self, e: &Event) {
         let writes = self.writes_for(e).await;
-        if let Err(err) = self.platform.store.write(&writes).await {
+        if let Err(err) = self.ses.store.write(&writes).await {
             tracing::error!(event_id = %e.event_id, error = %err, "callback not queued");
         }
     }
@@ -306,7 +302,7 @@ impl Callbacks {
 
     /// Sends due callbacks until `stop`.
     pub async fn send_due(self: Arc<Self>, stop: CancellationToken) {
-        let store = self.platform.store.clone();
+        let store = self.ses.store.clone();
         let mut cursor =
             (crate::net::now_ms() - self.keep_for().as_millis() as i64).div_euclid(BUCKET_MS);
         let tasks = tokio_util::task::TaskTracker::new();
@@ -388,7 +384,7 @@ impl Callbacks {
                 return;
             }
         };
-        if let Err(e) = self.platform.store.write(&stale).await {
+        if let Err(e) = self.ses.store.write(&stale).await {
             tracing::warn!(error = %e, "stale callback entries not cleared");
         }
         let mut groups: Vec<Vec<Job>> = Vec::new();
@@ -413,7 +409,7 @@ impl Callbacks {
         ids: &[String],
     ) -> crate::store::Result<(Vec<Job>, Vec<Write>)> {
         let ops: Vec<BatchOp> = ids.iter().map(|id| BatchOp::Get(job_key(id))).collect();
-        let values = self.platform.store.batch(&ops).await?;
+        let values = self.ses.store.batch(&ops).await?;
         let now = crate::net::now_ms();
         let (mut jobs, mut stale) = (Vec::new(), Vec::new());
         for (id, value) in ids.iter().zip(values) {
@@ -450,7 +446,7 @@ impl Callbacks {
         let Ok(_slot) = self.in_flight.acquire().await else {
             return;
         };
-        let store = &self.platform.store;
+        let store = &self.ses.store;
         let lock_ttl = self.settings.timeout + Duration::from_secs(5);
         let ops: Vec<BatchOp> = group
             .iter()

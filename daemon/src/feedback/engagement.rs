@@ -40,7 +40,7 @@ pub async fn mark_first(
     ip: &str,
     user_agent: &str,
 ) -> crate::store::Result<bool> {
-    let store = &ctx.platform.store;
+    let store = &ctx.ses.store;
     let key = first_key(kind, message_id, recipient);
     let value = crate::store::encode(&FirstSeen {
         at_ms: crate::net::now_ms(),
@@ -59,7 +59,7 @@ pub async fn mark_first(
 /// From now on `domain` may not send to `recipient` (`check_limits` drops
 /// them with `FailedOperation.ReceiverHasUnsubscribed`).
 pub async fn suppress(ctx: &Services, domain: &str, recipient: &str) -> crate::store::Result<()> {
-    ctx.platform
+    ctx.ses
         .store
         .set_add(
             &crate::policy::lua_host::ns(&format!("unsubscribed:{}", domain.to_ascii_lowercase())),
@@ -81,7 +81,7 @@ async fn try_record(
     ip: IpAddr,
     user_agent: &str,
 ) -> crate::store::Result<()> {
-    let store = &ctx.platform.store;
+    let store = &ctx.ses.store;
     // Only messages Kiln still knows: a token outlives nothing it names.
     let Some(status) = store.status(&m.message_id).await? else {
         return Ok(());
@@ -119,7 +119,7 @@ async fn try_record(
         m.recipient.clone()
     };
     if is_first {
-        ctx.platform.stats.record(&domain, &provider, metric, 1);
+        ctx.ses.stats.record(&domain, &provider, metric, 1);
         if m.kind == 'o' {
             ctx.outcomes.record(&domain, "open");
         }
@@ -150,7 +150,7 @@ pub async fn unsubscribe(
     ip: IpAddr,
     user_agent: &str,
 ) -> crate::store::Result<Option<String>> {
-    let store = &ctx.platform.store;
+    let store = &ctx.ses.store;
     let Some(status) = store.status(&m.message_id).await? else {
         return Ok(None);
     };
@@ -168,9 +168,7 @@ pub async fn unsubscribe(
     )
     .await?
     {
-        ctx.platform
-            .stats
-            .record(&domain, &recipient, "unsubscribe", 1);
+        ctx.ses.stats.record(&domain, &recipient, "unsubscribe", 1);
         let mut e = crate::feedback::events::Event::new(
             "unsubscribe",
             &m.message_id,

@@ -115,13 +115,13 @@ async fn try_process(
     return_path: &str,
     raw: &[u8],
 ) -> crate::store::Result<&'static str> {
-    let Some(verp) = &ctx.platform.verp else {
+    let Some(verp) = &ctx.ses.verp else {
         return Ok("ignored");
     };
     let Some((message_id, idx)) = verp.parse(return_path) else {
         return Ok("forged");
     };
-    let store = &ctx.platform.store;
+    let store = &ctx.ses.store;
     let Some(status) = store.status(&message_id).await? else {
         return Ok("unknown message");
     };
@@ -155,7 +155,7 @@ async fn try_process(
         crate::feedback::engagement::mark_first(ctx, 's', &message_id, &recipient, &ip, agent)
             .await?;
         let original = mail_parser::MessageParser::default().parse(raw);
-        ctx.platform
+        ctx.ses
             .file_abuse_report(crate::ses::abuse::AbuseReport {
                 from_domain: domain.clone(),
                 mail_from: sender.clone(),
@@ -233,7 +233,7 @@ async fn try_process(
             if class.as_ref().is_some_and(|c| c.class == "spam") {
                 ctx.outcomes.record(&domain, "spam");
             }
-            ctx.platform.stats.record(&domain, &recipient, "bounce", 1);
+            ctx.ses.stats.record(&domain, &recipient, "bounce", 1);
             let mut e = event("bounce");
             e.bounce_type = if class.as_ref().is_some_and(|c| c.class != "hard") {
                 "soft".into()

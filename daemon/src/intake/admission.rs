@@ -230,7 +230,7 @@ async fn may_send_as(ctx: &Services, account: &str, domain: &str) -> Result<bool
     if accounts.configured_owner(domain).is_some() {
         return Ok(account.is_empty());
     }
-    let identity = ctx.platform.identity_of_domain(domain).await.map_err(|e| {
+    let identity = ctx.ses.identity_of_domain(domain).await.map_err(|e| {
         tracing::error!(%domain, error = %e, "reading the sender domain's owner failed");
         Refusal::Store
     })?;
@@ -303,7 +303,7 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
                 e.sent_at = msg.received_at_ms;
                 ctx.events.emit(e).await;
             }
-            let stats = &ctx.platform.stats;
+            let stats = &ctx.ses.stats;
             for (i, r) in msg.recipients.iter().enumerate() {
                 stats.record(&s.sender_domain, r, "request", 1);
                 if !msg.dropped.contains_key(&i) {

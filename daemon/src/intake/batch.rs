@@ -10,7 +10,7 @@ use crate::intake::admission::{Refusal, Submission};
 use crate::services::Services;
 use crate::ses::receivers::{CHUNK, ReceiverEntry};
 use crate::ses::tasks::{ACTIVE, DONE, FAILED, PAUSED, SENDING, Task, WAITING, record_key};
-use crate::ses::{Platform, PlatformError};
+use crate::ses::{Records, RecordsError};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +28,7 @@ pub async fn run(ctx: Arc<Services>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let ids = match ctx.platform.store.set_members(ACTIVE).await {
+        let ids = match ctx.ses.store.set_members(ACTIVE).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "batch tasks: cannot list active tasks");
@@ -48,7 +48,7 @@ pub async fn run(ctx: Arc<Services>, stop: CancellationToken) {
 
 /// The store lock for one step of a task: the first node to count it in
 /// this time slot runs the step. Steps end well before the slot does.
-async fn lock(p: &Platform, id: &str) -> Result<bool, PlatformError> {
+async fn lock(p: &Records, id: &str) -> Result<bool, RecordsError> {
     let now = crate::net::now_ms();
     let slot = now.div_euclid(LOCK_SLOT_MS);
     let left = (slot + 1) * LOCK_SLOT_MS - now;
@@ -88,7 +88,7 @@ enum Outcome {
 }
 
 async fn send_one(ctx: &Services, t: &Task, e: &ReceiverEntry) -> Outcome {
-    let p = &ctx.platform;
+    let p = &ctx.ses;
     let template = match p.template(&t.account, t.template_id).await {
         Ok(tpl) if tpl.status == crate::ses::templates::APPROVED => tpl,
         Ok(tpl) => {
@@ -211,8 +211,8 @@ async fn send_one(ctx: &Services, t: &Task, e: &ReceiverEntry) -> Outcome {
 }
 
 /// Runs one step of a task if it is due and this node gets the lock.
-async fn step(ctx: &Services, id: &str) -> Result<(), PlatformError> {
-    let p = &ctx.platform;
+async fn step(ctx: &Services, id: &str) -> Result<(), RecordsError> {
+    let p = &ctx.ses;
     let Some(mut t) = p.load::<Task>(&record_key(id)).await? else {
         p.store.set_remove(ACTIVE, id).await?;
         return Ok(());

@@ -1,4 +1,4 @@
-//! A message as the platform builds it (SendEmail, batch tasks): headers,
+//! A message as Kiln builds it for SendEmail and batch tasks: headers,
 //! HTML and text alternatives, attachments, as MIME.
 
 use mail_builder::MessageBuilder;

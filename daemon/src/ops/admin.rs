@@ -185,7 +185,7 @@ fn account_error(e: crate::ses::accounts::AccountError) -> Response {
         }
         AccountError::Exists(_) => (StatusCode::CONFLICT, "AccountExists"),
         AccountError::NotFound(_) => (StatusCode::NOT_FOUND, "AccountNotFound"),
-        AccountError::Platform(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StoreError"),
+        AccountError::Records(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StoreError"),
     };
     error(status, code, e.to_string())
 }
@@ -195,7 +195,7 @@ fn credentials_json(a: &crate::ses::accounts::AccountRecord) -> serde_json::Valu
 }
 
 async fn account_create(State(s): State<Arc<Services>>, Path(name): Path<String>) -> Response {
-    match s.platform.create_account(&name).await {
+    match s.ses.create_account(&name).await {
         Ok(a) => {
             tracing::info!(account = %a.name, "account created");
             Json(credentials_json(&a)).into_response()
@@ -205,7 +205,7 @@ async fn account_create(State(s): State<Arc<Services>>, Path(name): Path<String>
 }
 
 async fn accounts_list(State(s): State<Arc<Services>>) -> Response {
-    match s.platform.list_accounts().await {
+    match s.ses.list_accounts().await {
         Ok(list) => Json(
             list.iter()
                 .map(|a| {
@@ -229,9 +229,9 @@ async fn account_change(
     Path((name, operation)): Path<(String, String)>,
 ) -> Response {
     let result = match operation.as_str() {
-        "disable" => s.platform.set_account_disabled(&name, true).await,
-        "enable" => s.platform.set_account_disabled(&name, false).await,
-        "rotate-key" => s.platform.rotate_account_key(&name).await,
+        "disable" => s.ses.set_account_disabled(&name, true).await,
+        "enable" => s.ses.set_account_disabled(&name, false).await,
+        "rotate-key" => s.ses.rotate_account_key(&name).await,
         other => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -337,16 +337,16 @@ async fn account_callback(
         }
     }
     // The secret exists once the account has a callback of any kind.
-    let account = match s.platform.account(&name).await {
+    let account = match s.ses.account(&name).await {
         Ok(Some(a)) if q.address.is_some() => {
             if a.callback_secret.is_some() {
                 Ok(a)
             } else {
                 let url = a.callback_url.clone().unwrap_or_default();
-                s.platform.set_account_callback(&name, &url).await
+                s.ses.set_account_callback(&name, &url).await
             }
         }
-        Ok(Some(_)) => s.platform.set_account_callback(&name, &q.url).await,
+        Ok(Some(_)) => s.ses.set_account_callback(&name, &q.url).await,
         Ok(None) => Err(crate::ses::accounts::AccountError::NotFound(name.clone())),
         Err(e) => Err(e.into()),
     };
@@ -355,10 +355,7 @@ async fn account_callback(
         Err(e) => return account_error(e),
     };
     if let Some(address) = &q.address
-        && let Err(e) = s
-            .platform
-            .set_address_callback(&name, address, &q.url)
-            .await
+        && let Err(e) = s.ses.set_address_callback(&name, address, &q.url).await
     {
         return error(StatusCode::NOT_FOUND, "AddressNotFound", e.to_string());
     }

@@ -1,7 +1,7 @@
 //! Complaint (abuse) reports against a sender domain, filed per domain and
 //! day when a feedback report comes back, listed by GetAbuseReport.
 
-use super::{Platform, PlatformError};
+use super::{Records, RecordsError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -33,8 +33,8 @@ fn day_index(domain: &str, day: &str) -> String {
     format!("abuse:{domain}:{day}")
 }
 
-impl Platform {
-    pub async fn file_abuse_report(&self, mut r: AbuseReport) -> Result<(), PlatformError> {
+impl Records {
+    pub async fn file_abuse_report(&self, mut r: AbuseReport) -> Result<(), RecordsError> {
         if r.id.is_empty() {
             r.id = uuid::Uuid::now_v7().simple().to_string();
         }
@@ -57,7 +57,7 @@ impl Platform {
         &self,
         domain: &str,
         day: &str,
-    ) -> Result<Vec<AbuseReport>, PlatformError> {
+    ) -> Result<Vec<AbuseReport>, RecordsError> {
         let mut ids = self.store.set_members(&day_index(domain, day)).await?;
         ids.sort();
         let mut out = Vec::new();

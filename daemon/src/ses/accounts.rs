@@ -2,7 +2,7 @@
 //! their SecretId/SecretKey. Accounts from the config file work as well;
 //! store accounts may not take their names.
 
-use super::{Platform, PlatformError, random_token};
+use super::{Records, RecordsError, random_token};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum AccountError {
     #[error("account {0} does not exist")]
     NotFound(String),
     #[error(transparent)]
-    Platform(#[from] PlatformError),
+    Records(#[from] RecordsError),
 }
 
 const INDEX: &str = "accounts";
@@ -54,7 +54,7 @@ fn new_secret_id() -> String {
     format!("AKID{}", random_token(32))
 }
 
-impl Platform {
+impl Records {
     pub async fn create_account(&self, name: &str) -> Result<AccountRecord, AccountError> {
         if !valid_name(name) {
             return Err(AccountError::InvalidName(name.to_string()));
@@ -77,19 +77,19 @@ impl Platform {
         self.store
             .put(&secret_key_of(&record.secret_id), name.as_bytes(), None)
             .await
-            .map_err(PlatformError::from)?;
+            .map_err(RecordsError::from)?;
         self.store
             .set_add(INDEX, name, None)
             .await
-            .map_err(PlatformError::from)?;
+            .map_err(RecordsError::from)?;
         Ok(record)
     }
 
-    pub async fn account(&self, name: &str) -> Result<Option<AccountRecord>, PlatformError> {
+    pub async fn account(&self, name: &str) -> Result<Option<AccountRecord>, RecordsError> {
         self.load(&record_key(name)).await
     }
 
-    pub async fn list_accounts(&self) -> Result<Vec<AccountRecord>, PlatformError> {
+    pub async fn list_accounts(&self) -> Result<Vec<AccountRecord>, RecordsError> {
         let mut all: Vec<AccountRecord> = self.load_all(INDEX, record_key).await?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
@@ -99,7 +99,7 @@ impl Platform {
     pub async fn account_by_secret_id(
         &self,
         secret_id: &str,
-    ) -> Result<Option<AccountRecord>, PlatformError> {
+    ) -> Result<Option<AccountRecord>, RecordsError> {
         let Some(name) = self.store.get(&secret_key_of(secret_id)).await? else {
             return Ok(None);
         };
@@ -163,11 +163,11 @@ impl Platform {
         self.store
             .put(&secret_key_of(&record.secret_id), name.as_bytes(), None)
             .await
-            .map_err(PlatformError::from)?;
+            .map_err(RecordsError::from)?;
         self.store
             .delete(&secret_key_of(&old.secret_id))
             .await
-            .map_err(PlatformError::from)?;
+            .map_err(RecordsError::from)?;
         Ok(record)
     }
 }

@@ -2,7 +2,7 @@
 //! with a display name, and an optional SMTP AUTH password so applications
 //! can submit over SMTP as that address.
 
-use super::{Platform, PlatformError, account_key};
+use super::{Records, RecordsError, account_key};
 use aws_lc_rs::pbkdf2;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -46,12 +46,12 @@ pub enum AddressError {
     #[error("the new password is the same as the current one")]
     SamePassword,
     #[error(transparent)]
-    Platform(#[from] PlatformError),
+    Records(#[from] RecordsError),
 }
 
 impl From<crate::store::StoreError> for AddressError {
     fn from(e: crate::store::StoreError) -> Self {
-        AddressError::Platform(e.into())
+        AddressError::Records(e.into())
     }
 }
 
@@ -122,7 +122,7 @@ fn strong_password(p: &str) -> bool {
         && p.chars().any(|c| c.is_ascii_digit())
 }
 
-impl Platform {
+impl Records {
     pub async fn create_address(
         &self,
         account: &str,
@@ -167,7 +167,7 @@ impl Platform {
         &self,
         account: &str,
         address: &str,
-    ) -> Result<Option<SenderAddress>, PlatformError> {
+    ) -> Result<Option<SenderAddress>, RecordsError> {
         let Some(address) = normalize_address(address) else {
             return Ok(None);
         };
@@ -177,7 +177,7 @@ impl Platform {
             .filter(|a| a.account == account))
     }
 
-    pub async fn list_addresses(&self, account: &str) -> Result<Vec<SenderAddress>, PlatformError> {
+    pub async fn list_addresses(&self, account: &str) -> Result<Vec<SenderAddress>, RecordsError> {
         let mut all: Vec<SenderAddress> = self.load_all(&index(account), record_key).await?;
         all.retain(|a| a.account == account);
         all.sort_by_key(|a| a.created_at_ms);
@@ -243,7 +243,7 @@ impl Platform {
         &self,
         address: &str,
         password: &str,
-    ) -> Result<Option<String>, PlatformError> {
+    ) -> Result<Option<String>, RecordsError> {
         let Some(address) = normalize_address(address) else {
             return Ok(None);
         };

@@ -5,7 +5,7 @@
 //! account's own, with an optional expiry date, and the `check_limits` hook
 //! drops their addresses (set `custom-blocklist:<account>`).
 
-use super::{Platform, PlatformError, account_key};
+use super::{Records, RecordsError, account_key};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -72,12 +72,12 @@ fn custom_key(account: &str, id: &str) -> String {
     account_key(account, &format!("custom-blocklist:{id}"))
 }
 
-impl Platform {
+impl Records {
     /// Hard-bounce entries caused by the account's sender domains.
     pub async fn blocked_for_account(
         &self,
         account: &str,
-    ) -> Result<Vec<BlockedAddress>, PlatformError> {
+    ) -> Result<Vec<BlockedAddress>, RecordsError> {
         let mut out = Vec::new();
         for identity in self.list_identities(account).await? {
             for address in self
@@ -109,7 +109,7 @@ impl Platform {
         &self,
         account: &str,
         addresses: &[String],
-    ) -> Result<usize, PlatformError> {
+    ) -> Result<usize, RecordsError> {
         let mut removed = 0;
         let identities = self.list_identities(account).await?;
         for address in addresses {
@@ -144,7 +144,7 @@ impl Platform {
         ))
     }
 
-    async fn apply_custom(&self, account: &str, e: &CustomEntry) -> Result<(), PlatformError> {
+    async fn apply_custom(&self, account: &str, e: &CustomEntry) -> Result<(), RecordsError> {
         match self.custom_ttl(e.expire_date.as_deref()) {
             Some(ttl) if ttl.is_zero() => {
                 self.store
@@ -165,7 +165,7 @@ impl Platform {
         account: &str,
         emails: &[String],
         expire_date: Option<String>,
-    ) -> Result<AddReport, PlatformError> {
+    ) -> Result<AddReport, RecordsError> {
         let mut report = AddReport {
             total: emails.len(),
             ..AddReport::default()
@@ -218,7 +218,7 @@ impl Platform {
     pub async fn list_custom_blocklist(
         &self,
         account: &str,
-    ) -> Result<Vec<CustomEntry>, PlatformError> {
+    ) -> Result<Vec<CustomEntry>, RecordsError> {
         let mut all: Vec<CustomEntry> = self
             .load_all(&custom_index(account), |id| custom_key(account, id))
             .await?;
@@ -239,7 +239,7 @@ impl Platform {
         id: u64,
         email: &str,
         expire_date: Option<String>,
-    ) -> Result<bool, PlatformError> {
+    ) -> Result<bool, RecordsError> {
         let key = custom_key(account, &id.to_string());
         let Some(mut entry) = self.load::<CustomEntry>(&key).await? else {
             return Ok(false);
@@ -259,7 +259,7 @@ impl Platform {
         &self,
         account: &str,
         emails: &[String],
-    ) -> Result<usize, PlatformError> {
+    ) -> Result<usize, RecordsError> {
         let wanted: Vec<String> = emails
             .iter()
             .map(|e| e.trim().to_ascii_lowercase())

@@ -2,7 +2,7 @@
 //! keys (RSA 1024, 2048, or both), and may send once the four records
 //! (MX, SPF include, DKIM, DMARC) are found in DNS.
 
-use super::{Platform, PlatformError, account_key};
+use super::{Records, RecordsError, account_key};
 use hickory_resolver::proto::rr::RData;
 use serde::{Deserialize, Serialize};
 
@@ -48,18 +48,18 @@ pub enum IdentityError {
     #[error("the domain {0} still has sender addresses; delete them first")]
     HasAddresses(String),
     #[error(transparent)]
-    Platform(#[from] PlatformError),
+    Records(#[from] RecordsError),
 }
 
 impl From<crate::store::StoreError> for IdentityError {
     fn from(e: crate::store::StoreError) -> Self {
-        IdentityError::Platform(e.into())
+        IdentityError::Records(e.into())
     }
 }
 
 impl From<crate::ses::dkim::DkimError> for IdentityError {
     fn from(e: crate::ses::dkim::DkimError) -> Self {
-        IdentityError::Platform(e.into())
+        IdentityError::Records(e.into())
     }
 }
 
@@ -85,7 +85,7 @@ pub fn normalize_domain(domain: &str) -> Option<String> {
     ok.then_some(d)
 }
 
-impl Platform {
+impl Records {
     pub async fn create_identity(
         &self,
         account: &str,
@@ -144,10 +144,7 @@ impl Platform {
     }
 
     /// The identity record of `domain`, whoever owns it.
-    pub async fn identity_of_domain(
-        &self,
-        domain: &str,
-    ) -> Result<Option<Identity>, PlatformError> {
+    pub async fn identity_of_domain(&self, domain: &str) -> Result<Option<Identity>, RecordsError> {
         self.load::<Identity>(&record_key(domain)).await
     }
 
@@ -156,7 +153,7 @@ impl Platform {
         &self,
         account: &str,
         domain: &str,
-    ) -> Result<Option<Identity>, PlatformError> {
+    ) -> Result<Option<Identity>, RecordsError> {
         let Some(domain) = normalize_domain(domain) else {
             return Ok(None);
         };
@@ -176,7 +173,7 @@ impl Platform {
             .ok_or_else(|| IdentityError::NotFound(domain.to_string()))
     }
 
-    pub async fn list_identities(&self, account: &str) -> Result<Vec<Identity>, PlatformError> {
+    pub async fn list_identities(&self, account: &str) -> Result<Vec<Identity>, RecordsError> {
         let mut all: Vec<Identity> = self.load_all(&index(account), record_key).await?;
         all.retain(|i| i.account == account);
         all.sort_by(|a, b| a.domain.cmp(&b.domain));
@@ -242,7 +239,7 @@ impl Platform {
     pub async fn expected_attributes(
         &self,
         identity: &Identity,
-    ) -> Result<Vec<DnsAttribute>, PlatformError> {
+    ) -> Result<Vec<DnsAttribute>, RecordsError> {
         let d = &identity.domain;
         let attr = |kind, name: String, expected: String| DnsAttribute {
             kind,

@@ -1,4 +1,4 @@
-//! The sending platform behind the API: accounts, sender domains
+//! The SES records, the product's own data behind the API: accounts, sender domains
 //! (identities), sender addresses, templates, blocklists, unsubscribe
 //! settings, recipient lists and the per-account message index.
 //!
@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PlatformError {
+pub enum RecordsError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("corrupt record {key}: {reason}")]
@@ -36,10 +36,10 @@ pub enum PlatformError {
     Dkim(#[from] crate::ses::dkim::DkimError),
 }
 
-pub type Result<T> = std::result::Result<T, PlatformError>;
+pub type Result<T> = std::result::Result<T, RecordsError>;
 
 #[derive(Clone)]
-pub struct Platform {
+pub struct Records {
     pub store: Store,
     pub settings: Arc<Settings>,
     pub resolver: Arc<crate::egress::mx::MxResolver>,
@@ -55,14 +55,14 @@ pub struct Platform {
     pub verp: Option<Arc<crate::feedback::verp::Verp>>,
 }
 
-impl Platform {
+impl Records {
     pub async fn load<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let Some(bytes) = self.store.get(key).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| PlatformError::Corrupt {
+            .map_err(|e| RecordsError::Corrupt {
                 key: key.to_string(),
                 reason: e.to_string(),
             })
@@ -99,7 +99,7 @@ impl Platform {
     }
 }
 
-impl Platform {
+impl Records {
     /// `YYYY-MM-DD` of `ms` in the configured time zone.
     pub fn day(&self, ms: i64) -> String {
         crate::policy::time::day(&self.time_zone, ms).unwrap_or_default()

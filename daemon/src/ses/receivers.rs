@@ -3,7 +3,7 @@
 //! length is never held in memory whole; a store set of its addresses keeps
 //! each address in a list once.
 
-use super::{Platform, PlatformError, account_key};
+use super::{Records, RecordsError, account_key};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -58,12 +58,12 @@ pub enum ReceiverError {
     #[error("recipient list {0} is used by a batch task that has not finished")]
     InUse(u64),
     #[error(transparent)]
-    Platform(#[from] PlatformError),
+    Records(#[from] RecordsError),
 }
 
 impl From<crate::store::StoreError> for ReceiverError {
     fn from(e: crate::store::StoreError) -> Self {
-        ReceiverError::Platform(e.into())
+        ReceiverError::Records(e.into())
     }
 }
 
@@ -97,7 +97,7 @@ fn name_key(account: &str, name: &str) -> String {
     account_key(account, &format!("receiver-name:{name}"))
 }
 
-impl Platform {
+impl Records {
     pub async fn create_receiver(
         &self,
         account: &str,
@@ -154,7 +154,7 @@ impl Platform {
             .ok_or(ReceiverError::NotFound(id))
     }
 
-    pub async fn list_receivers(&self, account: &str) -> Result<Vec<Receiver>, PlatformError> {
+    pub async fn list_receivers(&self, account: &str) -> Result<Vec<Receiver>, RecordsError> {
         let mut all: Vec<Receiver> = self.load_all(&index(account), record_key).await?;
         all.retain(|r| r.account == account);
         all.sort_by_key(|r| (std::cmp::Reverse(r.created_at_ms), r.id));
@@ -165,7 +165,7 @@ impl Platform {
         &self,
         id: u64,
         n: u32,
-    ) -> Result<Vec<ReceiverEntry>, PlatformError> {
+    ) -> Result<Vec<ReceiverEntry>, RecordsError> {
         Ok(self.load(&chunk_key(id, n)).await?.unwrap_or_default())
     }
 

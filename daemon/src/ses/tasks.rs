@@ -2,7 +2,7 @@
 //! recipient list, now (TaskType 1), at a set time (2) or every N hours
 //! (3). The runner that sends them is `crate::intake::batch`.
 
-use super::{Platform, PlatformError, account_key};
+use super::{Records, RecordsError, account_key};
 use serde::{Deserialize, Serialize};
 
 /// TaskStatus.
@@ -68,8 +68,8 @@ fn index(account: &str) -> String {
     account_key(account, "tasks")
 }
 
-impl Platform {
-    pub async fn create_task(&self, mut task: Task) -> Result<Task, PlatformError> {
+impl Records {
+    pub async fn create_task(&self, mut task: Task) -> Result<Task, RecordsError> {
         loop {
             task.id = rand::random_range(100_000..2_000_000_000u64);
             if self
@@ -88,7 +88,7 @@ impl Platform {
         Ok(task)
     }
 
-    pub async fn list_tasks(&self, account: &str) -> Result<Vec<Task>, PlatformError> {
+    pub async fn list_tasks(&self, account: &str) -> Result<Vec<Task>, RecordsError> {
         let mut all: Vec<Task> = self.load_all(&index(account), record_key).await?;
         all.retain(|t| t.account == account);
         all.sort_by_key(|t| (std::cmp::Reverse(t.created_at_ms), t.id));
@@ -100,7 +100,7 @@ impl Platform {
         &self,
         account: &str,
         receiver: u64,
-    ) -> Result<bool, PlatformError> {
+    ) -> Result<bool, RecordsError> {
         Ok(self
             .list_tasks(account)
             .await?
@@ -108,7 +108,7 @@ impl Platform {
             .any(|t| t.receiver_id == receiver && !matches!(t.status, DONE | FAILED)))
     }
 
-    pub(crate) async fn save_task(&self, t: &Task) -> Result<(), PlatformError> {
+    pub(crate) async fn save_task(&self, t: &Task) -> Result<(), RecordsError> {
         self.save(&record_key(&t.id.to_string()), t).await
     }
 }

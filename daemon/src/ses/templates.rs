@@ -2,7 +2,7 @@
 //! placeholders, reviewed by the policy's `content_filter` hook (approved,
 //! pending or rejected, with every reason). Only approved templates send.
 
-use super::{Platform, PlatformError, account_key};
+use super::{Records, RecordsError, account_key};
 use crate::policy::decisions::Decision;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -37,12 +37,12 @@ pub enum TemplateError {
     #[error("the template needs a value for {{{{{0}}}}}, and TemplateData has none")]
     MissingVariable(String),
     #[error(transparent)]
-    Platform(#[from] PlatformError),
+    Records(#[from] RecordsError),
 }
 
 impl From<crate::store::StoreError> for TemplateError {
     fn from(e: crate::store::StoreError) -> Self {
-        TemplateError::Platform(e.into())
+        TemplateError::Records(e.into())
     }
 }
 
@@ -129,7 +129,7 @@ pub fn render(
     Ok(out)
 }
 
-impl Platform {
+impl Records {
     /// Reviews a template through `content_filter`: (status, reasons). A
     /// hook that fails leaves the template pending.
     async fn review(&self, account: &str, name: &str, html: &str, text: &str) -> (u8, Vec<String>) {
@@ -205,7 +205,7 @@ impl Platform {
             .ok_or(TemplateError::NotFound(id))
     }
 
-    pub async fn list_templates(&self, account: &str) -> Result<Vec<Template>, PlatformError> {
+    pub async fn list_templates(&self, account: &str) -> Result<Vec<Template>, RecordsError> {
         let mut all: Vec<Template> = self.load_all(&index(account), record_key).await?;
         all.retain(|t| t.account == account);
         all.sort_by_key(|t| (std::cmp::Reverse(t.created_at_ms), t.id));

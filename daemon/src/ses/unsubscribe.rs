@@ -1,7 +1,7 @@
 //! Per-address unsubscribe settings: whether sends from a sender address
 //! carry an unsubscribe link, and in which language.
 
-use super::{Platform, PlatformError, account_key};
+use super::{Records, RecordsError, account_key};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,7 +21,7 @@ fn index(account: &str) -> String {
     account_key(account, "unsubscribe")
 }
 
-impl Platform {
+impl Records {
     /// The unsubscribe link's language for a send: the request's option
     /// ("0" for none), else the sender address's setting when it is on.
     pub async fn unsubscribe_language(
@@ -29,7 +29,7 @@ impl Platform {
         account: &str,
         address: &str,
         option: &str,
-    ) -> Result<Option<u8>, PlatformError> {
+    ) -> Result<Option<u8>, RecordsError> {
         if !option.is_empty() {
             return Ok(crate::feedback::rewrite::unsubscribe::language(option));
         }
@@ -44,7 +44,7 @@ impl Platform {
         &self,
         account: &str,
         c: &UnsubscribeConfig,
-    ) -> Result<bool, PlatformError> {
+    ) -> Result<bool, RecordsError> {
         if !self.create(&key(account, &c.address), c).await? {
             return Ok(false);
         }
@@ -58,14 +58,14 @@ impl Platform {
         &self,
         account: &str,
         address: &str,
-    ) -> Result<Option<UnsubscribeConfig>, PlatformError> {
+    ) -> Result<Option<UnsubscribeConfig>, RecordsError> {
         self.load(&key(account, address)).await
     }
 
     pub async fn list_unsubscribe_configs(
         &self,
         account: &str,
-    ) -> Result<Vec<UnsubscribeConfig>, PlatformError> {
+    ) -> Result<Vec<UnsubscribeConfig>, RecordsError> {
         let mut all: Vec<UnsubscribeConfig> =
             self.load_all(&index(account), |a| key(account, a)).await?;
         all.sort_by(|a, b| a.address.cmp(&b.address));
@@ -77,7 +77,7 @@ impl Platform {
         &self,
         account: &str,
         c: &UnsubscribeConfig,
-    ) -> Result<bool, PlatformError> {
+    ) -> Result<bool, RecordsError> {
         if self
             .unsubscribe_config(account, &c.address)
             .await?
@@ -93,7 +93,7 @@ impl Platform {
         &self,
         account: &str,
         address: &str,
-    ) -> Result<bool, PlatformError> {
+    ) -> Result<bool, RecordsError> {
         self.store.set_remove(&index(account), address).await?;
         Ok(self.store.delete(&key(account, address)).await?)
     }

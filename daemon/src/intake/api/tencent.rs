@@ -157,7 +157,7 @@ pub async fn handle(
             Ok(params) => {
                 let call = Call {
                     state: &s,
-                    platform: &s.platform,
+                    ses: &s.ses,
                     account: &account,
                     params,
                     request_id: &request_id,
@@ -221,7 +221,7 @@ async fn authenticate(
         .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Timestamp header is missing"))?;
     let (secret_key, account) = match s.accounts().api_key(&auth.secret_id) {
         Some((key, account)) => (key, account.name.clone()),
-        None => match s.platform.account_by_secret_id(&auth.secret_id).await? {
+        None => match s.ses.account_by_secret_id(&auth.secret_id).await? {
             Some(a) => {
                 if a.disabled {
                     return Err(ApiError::new(

@@ -294,7 +294,7 @@ impl Session {
                 Command::Rcpt { to } => {
                     let report = self
                         .ctx
-                        .platform
+                        .ses
                         .verp
                         .as_ref()
                         .filter(|v| v.is_bounce_address(&to));
@@ -313,7 +313,7 @@ impl Session {
                         }
                     } else if self.rcpt_to.iter().any(|r| {
                         self.ctx
-                            .platform
+                            .ses
                             .verp
                             .as_ref()
                             .is_some_and(|v| v.is_bounce_address(r))
@@ -581,15 +581,15 @@ impl Session {
     /// SMTP AUTH as a sender address (its password set through the API):
     /// the address's account, limited to its verified domains.
     async fn address_account(&self, user: &str, password: &str) -> Option<Arc<Account>> {
-        let platform = &self.ctx.platform;
-        let name = match platform.authenticate_address(user, password).await {
+        let ses = &self.ctx.ses;
+        let name = match ses.authenticate_address(user, password).await {
             Ok(name) => name?,
             Err(e) => {
                 tracing::error!(error = %e, "looking up SMTP credentials failed");
                 return None;
             }
         };
-        let domains = platform
+        let domains = ses
             .list_identities(&name)
             .await
             .ok()?
@@ -612,7 +612,7 @@ impl Session {
 
     /// Makes the message durable, then returns the reply for the client.
     async fn accept(&mut self, body: Vec<u8>) -> String {
-        let reports = self.ctx.platform.verp.as_ref().is_some_and(|v| {
+        let reports = self.ctx.ses.verp.as_ref().is_some_and(|v| {
             !self.rcpt_to.is_empty() && self.rcpt_to.iter().all(|r| v.is_bounce_address(r))
         });
         if reports {

@@ -18,7 +18,7 @@ impl From<AddressError> for ApiError {
             AddressError::NotFound(_) => "InvalidParameterValue.NoSuchSender",
             AddressError::WeakPassword => "InvalidParameterValue.InvalidSmtpPassWord",
             AddressError::SamePassword => "OperationDenied.RepeatPassWord",
-            AddressError::Platform(p) => return ApiError::internal(p),
+            AddressError::Records(p) => return ApiError::internal(p),
         };
         ApiError::new(code, e.to_string())
     }
@@ -28,16 +28,14 @@ pub async fn create(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["EmailAddress", "EmailSenderName"])?;
     let address = c.params.str("EmailAddress")?;
     let name = c.params.str_opt("EmailSenderName")?.unwrap_or_default();
-    c.platform
-        .create_address(c.account, &address, &name)
-        .await?;
+    c.ses.create_address(c.account, &address, &name).await?;
     Ok(json!({}))
 }
 
 pub async fn list(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&[])?;
     let senders: Vec<Value> = c
-        .platform
+        .ses
         .list_addresses(c.account)
         .await?
         .into_iter()
@@ -56,7 +54,7 @@ pub async fn list(c: Call<'_>) -> Result<Value, ApiError> {
 pub async fn delete(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["EmailAddress"])?;
     let address = c.params.str("EmailAddress")?;
-    c.platform.delete_address(c.account, &address).await?;
+    c.ses.delete_address(c.account, &address).await?;
     Ok(json!({}))
 }
 
@@ -64,7 +62,7 @@ pub async fn set_password(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["Password", "EmailAddress"])?;
     let password = c.params.str("Password")?;
     let address = c.params.str("EmailAddress")?;
-    c.platform
+    c.ses
         .set_smtp_password(c.account, &address, &password)
         .await?;
     Ok(json!({}))

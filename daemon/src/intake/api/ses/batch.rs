@@ -17,7 +17,7 @@ impl From<ReceiverError> for ApiError {
             ReceiverError::NotFound(_) => "OperationDenied.ReceiverNotExist",
             ReceiverError::TooMany => "LimitExceeded.ReceiverDetailRequestLimit",
             ReceiverError::InUse(_) => "OperationDenied.ReceiverIsOperating",
-            ReceiverError::Platform(p) => return ApiError::internal(p),
+            ReceiverError::Records(p) => return ApiError::internal(p),
         };
         ApiError::new(code, e.to_string())
     }
@@ -27,7 +27,7 @@ impl From<ReceiverError> for ApiError {
 fn parse_time(c: &Call<'_>, field: &str, text: &str) -> Result<i64, ApiError> {
     jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text.trim())
         .ok()
-        .and_then(|dt| dt.to_zoned(c.platform.time_zone.clone()).ok())
+        .and_then(|dt| dt.to_zoned(c.ses.time_zone.clone()).ok())
         .map(|z| z.timestamp().as_millisecond())
         .ok_or_else(|| {
             ApiError::new(
@@ -66,7 +66,7 @@ pub async fn create_receiver(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["ReceiversName", "Desc"])?;
     let name = c.params.str("ReceiversName")?;
     let desc = c.params.str_opt("Desc")?.unwrap_or_default();
-    let r = c.platform.create_receiver(c.account, &name, &desc).await?;
+    let r = c.ses.create_receiver(c.account, &name, &desc).await?;
     Ok(json!({"ReceiverId": r.id}))
 }
 
@@ -89,10 +89,7 @@ pub async fn create_receiver_detail(c: Call<'_>) -> Result<Value, ApiError> {
     let emails = c.params.strings("Emails")?;
     check_count(emails.len())?;
     let items = emails.into_iter().map(|e| (e, String::new())).collect();
-    let r = c
-        .platform
-        .add_receiver_details(c.account, id, items)
-        .await?;
+    let r = c.ses.add_receiver_details(c.account, id, items).await?;
     Ok(upload_json(r))
 }
 
@@ -115,10 +112,7 @@ pub async fn create_receiver_detail_with_data(c: Call<'_>) -> Result<Value, ApiE
         }
         items.push((d.str_opt("Email")?.unwrap_or_default(), data));
     }
-    let r = c
-        .platform
-        .add_receiver_details(c.account, id, items)
-        .await?;
+    let r = c.ses.add_receiver_details(c.account, id, items).await?;
     Ok(upload_json(r))
 }
 
@@ -128,7 +122,7 @@ pub async fn list_receivers(c: Call<'_>) -> Result<Value, ApiError> {
     let status = c.params.int_opt("Status")?;
     let keyword = c.params.str_opt("KeyWord")?.unwrap_or_default();
     let mut rows = Vec::new();
-    for r in c.platform.list_receivers(c.account).await? {
+    for r in c.ses.list_receivers(c.account).await? {
         if status.is_some_and(|s| s != i64::from(r.status)) || !r.name.contains(&keyword) {
             continue;
         }
@@ -138,7 +132,7 @@ pub async fn list_receivers(c: Call<'_>) -> Result<Value, ApiError> {
             "Count": r.count,
             "Desc": r.desc,
             "ReceiversStatus": r.status,
-            "CreateTime": c.platform.time_text(r.created_at_ms),
+            "CreateTime": c.ses.time_text(r.created_at_ms),
             "InvalidCount": r.invalid_count,
         }));
     }
@@ -159,7 +153,7 @@ pub async fn list_receiver_details(c: Call<'_>) -> Result<Value, ApiError> {
     ])?;
     let id = receiver_id(&c)?;
     let (offset, limit) = c.params.page(100, 100)?;
-    let r = c.platform.receiver(c.account, id).await?;
+    let r = c.ses.receiver(c.account, id).await?;
     let email = c
         .params
         .str_opt("Email")?
@@ -181,7 +175,7 @@ pub async fn list_receiver_details(c: Call<'_>) -> Result<Value, ApiError> {
     let mut matched = 0usize;
     let mut rows = Vec::new();
     for n in 0..r.chunks {
-        for e in c.platform.receiver_chunk(id, n).await? {
+        for e in c.ses.receiver_chunk(id, n).await? {
             let keep = e.email.to_ascii_lowercase().contains(&email)
                 && status.is_none_or(|s| s == i64::from(e.status))
                 && begin.is_none_or(|b| e.created_at_ms >= b)
@@ -192,7 +186,7 @@ pub async fn list_receiver_details(c: Call<'_>) -> Result<Value, ApiError> {
             if matched >= offset && rows.len() < limit {
                 rows.push(json!({
                     "Email": e.email,
-                    "CreateTime": c.platform.time_text(e.created_at_ms),
+                    "CreateTime": c.ses.time_text(e.created_at_ms),
                     "TemplateData": e.data,
                     "Reason": e.reason,
                     "Status": e.status,
@@ -213,7 +207,7 @@ pub async fn list_receiver_details(c: Call<'_>) -> Result<Value, ApiError> {
 pub async fn delete_receiver(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["ReceiverId"])?;
     let id = receiver_id(&c)?;
-    c.platform.delete_receiver(c.account, id).await?;
+    c.ses.delete_receiver(c.account, id).await?;
     Ok(json!({}))
 }
 
@@ -233,7 +227,7 @@ pub async fn batch_send_email(c: Call<'_>) -> Result<Value, ApiError> {
         "ADLocation",
     ])?;
     let from = super::send::parse_mailbox("FromEmailAddress", &c.params.str("FromEmailAddress")?)?;
-    let receiver = c.platform.receiver(c.account, receiver_id(&c)?).await?;
+    let receiver = c.ses.receiver(c.account, receiver_id(&c)?).await?;
     let subject = c.params.str("Subject")?;
     let task_type = c.params.int("TaskType")?;
     if !(1..=3).contains(&task_type) {
@@ -262,7 +256,7 @@ pub async fn batch_send_email(c: Call<'_>) -> Result<Value, ApiError> {
     })?;
     template.only(&["TemplateID", "TemplateData"])?;
     let template_id = u64::try_from(template.int("TemplateID")?).unwrap_or(0);
-    let t = c.platform.template(c.account, template_id).await?;
+    let t = c.ses.template(c.account, template_id).await?;
     if t.status != crate::ses::templates::APPROVED {
         return Err(crate::ses::templates::TemplateError::NotApproved(t.id, t.status).into());
     }
@@ -355,7 +349,7 @@ pub async fn batch_send_email(c: Call<'_>) -> Result<Value, ApiError> {
         _ => (None, now, None, false),
     };
     let task = c
-        .platform
+        .ses
         .create_task(Task {
             id: 0,
             account: c.account.to_string(),
@@ -396,7 +390,7 @@ pub async fn list_send_tasks(c: Call<'_>) -> Result<Value, ApiError> {
     let receiver = c.params.int_opt("ReceiverId")?;
     let task_type = c.params.int_opt("TaskType")?;
     let mut rows = Vec::new();
-    for t in c.platform.list_tasks(c.account).await? {
+    for t in c.ses.list_tasks(c.account).await? {
         if status.is_some_and(|s| s != i64::from(t.status))
             || receiver.is_some_and(|r| r != t.receiver_id as i64)
             || task_type.is_some_and(|x| x != i64::from(t.task_type))
@@ -417,8 +411,8 @@ pub async fn list_send_tasks(c: Call<'_>) -> Result<Value, ApiError> {
             "RequestCount": t.request_count,
             "SendCount": t.send_count,
             "CacheCount": t.cache_count(),
-            "CreateTime": c.platform.time_text(t.created_at_ms),
-            "UpdateTime": c.platform.time_text(t.updated_at_ms),
+            "CreateTime": c.ses.time_text(t.created_at_ms),
+            "UpdateTime": c.ses.time_text(t.updated_at_ms),
             "Subject": t.subject,
             "Template": {"TemplateID": t.template_id, "TemplateData": t.template_data},
             "CycleParam": t.interval_hours.map(|h| json!({"BeginTime": t.begin_time, "IntervalTime": h, "TermCycle": u8::from(t.term_cycle)})),

@@ -36,11 +36,11 @@ pub async fn list_black(c: Call<'_>) -> Result<Value, ApiError> {
         .filter(|s| !s.is_empty())
         .map(|s| s.to_ascii_lowercase());
     let mut rows = Vec::new();
-    for b in c.platform.blocked_for_account(c.account).await? {
+    for b in c.ses.blocked_for_account(c.account).await? {
         if wanted.as_ref().is_some_and(|w| *w != b.address) {
             continue;
         }
-        let day: Option<jiff::civil::Date> = c.platform.day(b.at_ms).parse().ok();
+        let day: Option<jiff::civil::Date> = c.ses.day(b.at_ms).parse().ok();
         if let (Some(s), Some(d)) = (start, day)
             && d < s
         {
@@ -52,7 +52,7 @@ pub async fn list_black(c: Call<'_>) -> Result<Value, ApiError> {
             continue;
         }
         rows.push(json!({
-            "BounceTime": c.platform.time_text(b.at_ms),
+            "BounceTime": c.ses.time_text(b.at_ms),
             "EmailAddress": b.address,
             "IspDesc": b.reason,
         }));
@@ -70,7 +70,7 @@ pub async fn delete_black(c: Call<'_>) -> Result<Value, ApiError> {
             "the parameter EmailAddressList is required",
         ));
     }
-    c.platform.unblock(c.account, &list).await?;
+    c.ses.unblock(c.account, &list).await?;
     Ok(json!({}))
 }
 
@@ -88,7 +88,7 @@ pub async fn create_custom(c: Call<'_>) -> Result<Value, ApiError> {
         ));
     }
     let r = c
-        .platform
+        .ses
         .add_custom_blocklist(c.account, &emails, expire_date(&c)?)
         .await?;
     Ok(json!({
@@ -110,8 +110,8 @@ pub async fn list_custom(c: Call<'_>) -> Result<Value, ApiError> {
         .filter(|s| !s.is_empty())
         .map(|s| s.to_ascii_lowercase());
     let mut rows = Vec::new();
-    for e in c.platform.list_custom_blocklist(c.account).await? {
-        let active = i64::from(c.platform.custom_active(&e));
+    for e in c.ses.list_custom_blocklist(c.account).await? {
+        let active = i64::from(c.ses.custom_active(&e));
         if (status == 0 || status == 1) && active != status {
             continue;
         }
@@ -121,7 +121,7 @@ pub async fn list_custom(c: Call<'_>) -> Result<Value, ApiError> {
         rows.push(json!({
             "Id": e.id,
             "Email": e.email,
-            "CreateTime": c.platform.time_text(e.created_at_ms),
+            "CreateTime": c.ses.time_text(e.created_at_ms),
             "ExpireDate": e.expire_date.clone().unwrap_or_default(),
             "Status": active,
         }));
@@ -142,7 +142,7 @@ pub async fn update_custom(c: Call<'_>) -> Result<Value, ApiError> {
     })?;
     let found = match u64::try_from(id) {
         Ok(id) => {
-            c.platform
+            c.ses
                 .update_custom_blocklist(c.account, id, &email, expire_date(&c)?)
                 .await?
         }
@@ -166,8 +166,6 @@ pub async fn delete_custom(c: Call<'_>) -> Result<Value, ApiError> {
             "the parameter Emails is required",
         ));
     }
-    c.platform
-        .delete_custom_blocklist(c.account, &emails)
-        .await?;
+    c.ses.delete_custom_blocklist(c.account, &emails).await?;
     Ok(json!({}))
 }

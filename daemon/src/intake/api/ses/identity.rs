@@ -16,7 +16,7 @@ impl From<IdentityError> for ApiError {
             IdentityError::NotFound(_) => "InvalidParameterValue.NotExistDomain",
             IdentityError::DkimOption(_) => "InvalidParameterValue",
             IdentityError::HasAddresses(_) => "OperationDenied.SenderWithDomainIsNotEmpty",
-            IdentityError::Platform(p) => return ApiError::internal(p),
+            IdentityError::Records(p) => return ApiError::internal(p),
         };
         ApiError::new(code, e.to_string())
     }
@@ -64,7 +64,7 @@ pub async fn create(c: Call<'_>) -> Result<Value, ApiError> {
         tags.push((t.str("TagKey")?, t.str_opt("TagValue")?.unwrap_or_default()));
     }
     let (identity, attributes) = c
-        .platform
+        .ses
         .create_identity(c.account, &domain, option, tags)
         .await?;
     c.state.signers.clear();
@@ -76,7 +76,7 @@ pub async fn create(c: Call<'_>) -> Result<Value, ApiError> {
 pub async fn get(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["EmailIdentity"])?;
     let domain = c.params.str("EmailIdentity")?;
-    let (identity, attributes) = c.platform.verify_identity(c.account, &domain, None).await?;
+    let (identity, attributes) = c.ses.verify_identity(c.account, &domain, None).await?;
     Ok(identity_json(&identity, &attributes))
 }
 
@@ -84,10 +84,7 @@ pub async fn update(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["EmailIdentity", "NewAPI", "DKIMOption"])?;
     let domain = c.params.str("EmailIdentity")?;
     let option = c.params.int_opt("DKIMOption")?;
-    let (identity, attributes) = c
-        .platform
-        .verify_identity(c.account, &domain, option)
-        .await?;
+    let (identity, attributes) = c.ses.verify_identity(c.account, &domain, option).await?;
     c.state.signers.clear();
     let mut out = identity_json(&identity, &attributes);
     if let Some(o) = out.as_object_mut() {
@@ -99,7 +96,7 @@ pub async fn update(c: Call<'_>) -> Result<Value, ApiError> {
 pub async fn delete(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["EmailIdentity"])?;
     let domain = c.params.str("EmailIdentity")?;
-    c.platform.delete_identity(c.account, &domain).await?;
+    c.ses.delete_identity(c.account, &domain).await?;
     c.state.signers.clear();
     Ok(json!({}))
 }
@@ -113,12 +110,7 @@ async fn reputation(c: &Call<'_>, domain: &str) -> (i64, i64) {
         "count": 0,
         "now": crate::net::now_ms(),
     });
-    match c
-        .platform
-        .policy
-        .call::<_, Value>("reputation", &query)
-        .await
-    {
+    match c.ses.policy.call::<_, Value>("reputation", &query).await {
         Ok(Some(st)) => (
             st["level"].as_i64().unwrap_or(0),
             st["daily_limit"].as_i64().unwrap_or(0),
@@ -134,7 +126,7 @@ pub async fn list(c: Call<'_>) -> Result<Value, ApiError> {
     for t in c.params.objects("TagList")? {
         wanted.push((t.str("TagKey")?, t.str_opt("TagValue")?));
     }
-    let mut identities = c.platform.list_identities(c.account).await?;
+    let mut identities = c.ses.list_identities(c.account).await?;
     identities.retain(|i| {
         wanted.iter().all(|(k, v)| {
             i.tags

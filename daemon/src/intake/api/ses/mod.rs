@@ -13,13 +13,13 @@ mod unsubscribe;
 use super::params::Params;
 use super::tencent::ApiError;
 use crate::services::Services;
-use crate::ses::{Platform, PlatformError};
+use crate::ses::{Records, RecordsError};
 use serde_json::Value;
 
 /// What an action runs with.
 pub struct Call<'a> {
     pub state: &'a Services,
-    pub platform: &'a Platform,
+    pub ses: &'a Records,
     pub account: &'a str,
     pub params: Params,
     pub request_id: &'a str,
@@ -69,8 +69,8 @@ pub async fn dispatch(action: &str, call: Call<'_>) -> Option<Result<Value, ApiE
     })
 }
 
-impl From<PlatformError> for ApiError {
-    fn from(e: PlatformError) -> Self {
+impl From<RecordsError> for ApiError {
+    fn from(e: RecordsError) -> Self {
         ApiError::internal(e)
     }
 }

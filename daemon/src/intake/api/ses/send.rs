@@ -188,14 +188,14 @@ async fn content(
                 format!("template {id} does not exist in this account"),
             )
         })?;
-        let template = c.platform.template(c.account, id).await?;
+        let template = c.ses.template(c.account, id).await?;
         if template.status != crate::ses::templates::APPROVED {
             return Err(
                 crate::ses::templates::TemplateError::NotApproved(id, template.status).into(),
             );
         }
         let raw = t.str_opt("TemplateData")?.unwrap_or_else(|| "{}".into());
-        let max = c.platform.settings.platform.max_template_data;
+        let max = c.ses.settings.platform.max_template_data;
         if raw.len() > max {
             return Err(invalid(
                 "InvalidParameterValue.TemplateDataLenLimit",
@@ -224,7 +224,7 @@ async fn content(
         ));
     }
     if let Some(simple) = c.params.object_opt("Simple")? {
-        if !c.platform.settings.platform.allow_simple {
+        if !c.ses.settings.platform.allow_simple {
             return Err(invalid(
                 "FailedOperation.WithOutPermission",
                 "this account must send with a Template (Simple content is not enabled)",
@@ -263,7 +263,7 @@ async fn content(
 /// Checks that `address` is on a verified sender domain of the account.
 pub(super) async fn check_domain(c: &Call<'_>, field: &str, address: &str) -> Result<(), ApiError> {
     let domain = crate::net::domain_of(address);
-    match c.platform.identity(c.account, &domain).await? {
+    match c.ses.identity(c.account, &domain).await? {
         None => Err(invalid(
             "FailedOperation.NotAuthenticatedSender",
             format!("{field}: {domain} is not a sender domain of this account"),
@@ -286,10 +286,12 @@ pub(super) async fn sender_address(
     address: &str,
 ) -> Result<crate::ses::addresses::SenderAddress, ApiError> {
     check_domain(c, field, address).await?;
-    c.platform.address(c.account, address).await?.ok_or_else(|| {
+    c.ses.address(c.account, address).await?.ok_or_else(|| {
         invalid(
             "InvalidParameterValue.NoSuchSender",
-            format!("{field}: {address} is not a sender address of this account (CreateEmailAddress)"),
+            format!(
+                "{field}: {address} is not a sender address of this account (CreateEmailAddress)"
+            ),
         )
     })
 }
@@ -375,7 +377,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         _ => None,
     };
     let headers = extra_headers(&c.params)?;
-    let files = attachments(&c.params, c.platform.settings.smtp.max_message_size)?;
+    let files = attachments(&c.params, c.ses.settings.smtp.max_message_size)?;
     let sender = sender_address(&c, "FromEmailAddress", &from).await?;
     if let Some((_, h)) = &header_from {
         check_domain(&c, "HeaderFrom", h).await?;
@@ -389,7 +391,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     };
 
     let id = uuid::Uuid::now_v7().simple().to_string();
-    let hostname = &c.platform.settings.server.hostname;
+    let hostname = &c.ses.settings.server.hostname;
     let (display_name, display_addr) = header_from
         .clone()
         .unwrap_or((from_name.clone(), from.clone()));
@@ -404,7 +406,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     // Tokens name the recipient only when there is one.
     let single = if all.len() == 1 { all[0].as_str() } else { "" };
     let lang = c
-        .platform
+        .ses
         .unsubscribe_language(c.account, &from, &unsubscribe)
         .await?;
     let mut draft = Draft {
@@ -420,7 +422,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         attachments: files,
     };
     draft.decorate(
-        c.platform.tracker.as_deref(),
+        c.ses.tracker.as_deref(),
         &crate::net::domain_of(&display_addr),
         &id,
         single,
@@ -458,7 +460,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     // an id indexed for a refused message finds no status and is skipped.
     let (admitted, indexed) = tokio::join!(
         crate::intake::admission::admit(c.state, submission),
-        c.platform.index_message(c.account, &id, now)
+        c.ses.index_message(c.account, &id, now)
     );
     match admitted {
         Ok(_) => {

@@ -99,7 +99,7 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
         .str_opt("ToEmailAddress")?
         .filter(|s| !s.is_empty())
         .map(|s| s.to_ascii_lowercase());
-    let ids = c.platform.messages_of_day(c.account, &date).await?;
+    let ids = c.ses.messages_of_day(c.account, &date).await?;
     // Rows before the page are counted, not built.
     let (mut matched, mut rows) = (0usize, Vec::new());
     'messages: for id in ids.iter().rev() {
@@ -180,7 +180,7 @@ pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
     }
     let domains: Vec<String> = match c.params.str_opt("Domain")?.filter(|d| !d.is_empty()) {
         Some(d) => vec![
-            c.platform
+            c.ses
                 .identity(c.account, &d)
                 .await?
                 .ok_or_else(|| {
@@ -192,7 +192,7 @@ pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
                 .domain,
         ],
         None => c
-            .platform
+            .ses
             .list_identities(c.account)
             .await?
             .into_iter()
@@ -211,7 +211,7 @@ pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
         let mut counts = [0i64; 7];
         for d in &domains {
             let got = c
-                .platform
+                .ses
                 .stats
                 .day_counts(d, &text, provider.as_deref())
                 .await?;
@@ -282,7 +282,7 @@ pub async fn get_abuse_report(c: Call<'_>) -> Result<Value, ApiError> {
         filter("TemplateId")?,
     );
     let mut domains: Vec<String> = c
-        .platform
+        .ses
         .list_identities(c.account)
         .await?
         .into_iter()
@@ -295,7 +295,7 @@ pub async fn get_abuse_report(c: Call<'_>) -> Result<Value, ApiError> {
     let mut day = start;
     loop {
         for d in &domains {
-            for r in c.platform.abuse_reports(d, &day.to_string()).await? {
+            for r in c.ses.abuse_reports(d, &day.to_string()).await? {
                 let keep = from_address
                     .as_ref()
                     .is_none_or(|f| *f == r.mail_from.to_ascii_lowercase())
@@ -308,18 +308,18 @@ pub async fn get_abuse_report(c: Call<'_>) -> Result<Value, ApiError> {
                     && template.as_ref().is_none_or(|t| *t == r.template_id);
                 if keep {
                     rows.push(json!({
-                        "DeliverTime": c.platform.time_text(r.delivered_at_ms),
+                        "DeliverTime": c.ses.time_text(r.delivered_at_ms),
                         "OriginalMailFrom": r.mail_from,
                         "OriginalRcptTo": r.rcpt_to,
                         "FromDomain": r.from_domain,
-                        "ComplainTime": c.platform.time_text(r.complained_at_ms),
+                        "ComplainTime": c.ses.time_text(r.complained_at_ms),
                         "Mta": r.mta,
                         "SourceIp": r.source_ip,
-                        "InsertTime": c.platform.time_text(r.received_at_ms),
+                        "InsertTime": c.ses.time_text(r.received_at_ms),
                         "TemplateId": r.template_id,
                         "BulkId": r.task_id,
                         "MessageId": r.message_id,
-                        "AbuseTime": c.platform.time_text(r.complained_at_ms),
+                        "AbuseTime": c.ses.time_text(r.complained_at_ms),
                         "Subject": r.subject,
                     }));
                 }

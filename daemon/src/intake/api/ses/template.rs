@@ -16,7 +16,7 @@ impl From<TemplateError> for ApiError {
             TemplateError::TooMany(_) => "FailedOperation.ExceedTemplateLimit",
             TemplateError::NotApproved(..) => "OperationDenied.TemplateStatusError",
             TemplateError::MissingVariable(_) => "InvalidParameterValue.TemplateNotMatchData",
-            TemplateError::Platform(p) => return ApiError::internal(p),
+            TemplateError::Records(p) => return ApiError::internal(p),
         };
         ApiError::new(code, e.to_string())
     }
@@ -96,7 +96,7 @@ pub async fn create(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["TemplateName", "TemplateContent"])?;
     let (name, html, text) = content(&c)?;
     let t = c
-        .platform
+        .ses
         .create_template(c.account, &name, &html, &text)
         .await?;
     Ok(json!({ "TemplateID": t.id }))
@@ -104,7 +104,7 @@ pub async fn create(c: Call<'_>) -> Result<Value, ApiError> {
 
 pub async fn get(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["TemplateID"])?;
-    let t = c.platform.template(c.account, template_id(&c)?).await?;
+    let t = c.ses.template(c.account, template_id(&c)?).await?;
     Ok(json!({
         "TemplateContent": {"Html": B64.encode(&t.html), "Text": B64.encode(&t.text)},
         "TemplateStatus": t.status,
@@ -115,7 +115,7 @@ pub async fn get(c: Call<'_>) -> Result<Value, ApiError> {
 pub async fn list(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["Limit", "Offset"])?;
     let range = c.params.page(100, 1000)?;
-    let all = c.platform.list_templates(c.account).await?;
+    let all = c.ses.list_templates(c.account).await?;
     let total = all.len();
     let items: Vec<Value> = all
         .into_iter()
@@ -140,7 +140,7 @@ pub async fn update(c: Call<'_>) -> Result<Value, ApiError> {
         .only(&["TemplateContent", "TemplateID", "TemplateName"])?;
     let id = template_id(&c)?;
     let (name, html, text) = content(&c)?;
-    c.platform
+    c.ses
         .update_template(c.account, id, &name, &html, &text)
         .await?;
     Ok(json!({}))
@@ -148,8 +148,6 @@ pub async fn update(c: Call<'_>) -> Result<Value, ApiError> {
 
 pub async fn delete(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["TemplateID"])?;
-    c.platform
-        .delete_template(c.account, template_id(&c)?)
-        .await?;
+    c.ses.delete_template(c.account, template_id(&c)?).await?;
     Ok(json!({}))
 }

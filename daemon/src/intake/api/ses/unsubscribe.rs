@@ -9,16 +9,12 @@ use serde_json::{Value, json};
 /// The setting in the request, for one of the account's sender addresses.
 async fn config(c: &Call<'_>) -> Result<UnsubscribeConfig, ApiError> {
     let address = c.params.str("Address")?;
-    let record = c
-        .platform
-        .address(c.account, &address)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                "InvalidParameterValue.NoSuchSender",
-                format!("{address} is not a sender address of this account"),
-            )
-        })?;
+    let record = c.ses.address(c.account, &address).await?.ok_or_else(|| {
+        ApiError::new(
+            "InvalidParameterValue.NoSuchSender",
+            format!("{address} is not a sender address of this account"),
+        )
+    })?;
     let config = c.params.str("UnsubscribeConfig")?;
     if !matches!(config.trim().parse::<u8>(), Ok(0..=12)) {
         return Err(ApiError::new(
@@ -43,11 +39,7 @@ async fn config(c: &Call<'_>) -> Result<UnsubscribeConfig, ApiError> {
 pub async fn create(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["Address", "UnsubscribeConfig", "Status"])?;
     let config = config(&c).await?;
-    if !c
-        .platform
-        .create_unsubscribe_config(c.account, &config)
-        .await?
-    {
+    if !c.ses.create_unsubscribe_config(c.account, &config).await? {
         return Err(ApiError::new(
             "InvalidParameterValue.RepeatCreation",
             format!("{} already has an unsubscribe setting", config.address),
@@ -60,7 +52,7 @@ pub async fn list(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["Offset", "Limit"])?;
     let range = c.params.page(100, 100)?;
     let rows: Vec<Value> = c
-        .platform
+        .ses
         .list_unsubscribe_configs(c.account)
         .await?
         .into_iter()
@@ -73,11 +65,7 @@ pub async fn list(c: Call<'_>) -> Result<Value, ApiError> {
 pub async fn update(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["Address", "UnsubscribeConfig", "Status"])?;
     let config = config(&c).await?;
-    if !c
-        .platform
-        .update_unsubscribe_config(c.account, &config)
-        .await?
-    {
+    if !c.ses.update_unsubscribe_config(c.account, &config).await? {
         return Err(ApiError::new(
             "ResourceNotFound",
             format!("{} has no unsubscribe setting", config.address),
@@ -90,11 +78,7 @@ pub async fn delete(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["Address"])?;
     let address = c.params.str("Address")?;
     let address = crate::ses::addresses::normalize_address(&address).unwrap_or(address);
-    if !c
-        .platform
-        .delete_unsubscribe_config(c.account, &address)
-        .await?
-    {
+    if !c.ses.delete_unsubscribe_config(c.account, &address).await? {
         return Err(ApiError::new(
             "ResourceNotFound",
             format!("{address} has no unsubscribe setting"),
