@@ -28,11 +28,13 @@
 
 pub mod address;
 pub mod config;
+pub mod dns;
 pub mod egress;
 pub mod feedback;
 pub mod http;
 pub mod intake;
 pub mod line_io;
+pub mod message;
 pub mod net;
 pub mod ops;
 pub mod policy;

@@ -2,7 +2,8 @@
 //! manager, tell systemd we are ready; SIGHUP reloads, SIGTERM drains.
 
 use crate::config::{Settings, StoreBackend};
-use crate::egress::{Delivery, mx::MxResolver};
+use crate::dns::MxResolver;
+use crate::egress::Delivery;
 use crate::intake::smtp::{self, Listener};
 use crate::queue::{QueueHandle, manager::Manager};
 use crate::services::Services;
@@ -95,6 +96,13 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     let stats_task = tokio::spawn(stats.clone().run(outcomes_stop.clone()));
 
     let secret = signing_secret(&settings, &store).await?;
+    let tracker = tracker(&settings, &secret);
+    let verp = (!settings.platform.bounce_domain.is_empty()).then(|| {
+        Arc::new(crate::feedback::verp::Verp::new(
+            &secret,
+            &settings.platform.bounce_domain,
+        ))
+    });
     let ses = crate::ses::Records {
         store: store.clone(),
         settings: settings.clone(),
@@ -105,15 +113,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         )?),
         policy: policy.clone(),
         time_zone,
-        stats: stats.clone(),
         uploads: Default::default(),
-        tracker: tracker(&settings, &secret),
-        verp: (!settings.platform.bounce_domain.is_empty()).then(|| {
-            Arc::new(crate::feedback::verp::Verp::new(
-                &secret,
-                &settings.platform.bounce_domain,
-            ))
-        }),
     };
     let callbacks = crate::feedback::callbacks::Callbacks::new(
         ses.clone(),
@@ -129,7 +129,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
             outcomes: outcomes.clone(),
             stats: stats.clone(),
             events: events.clone(),
-            verp: ses.verp.clone(),
+            verp: verp.clone(),
         },
         resolver,
         client_tls,
@@ -144,6 +144,9 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         queue: queue.clone(),
         policy: policy.clone(),
         outcomes: outcomes.clone(),
+        stats: stats.clone(),
+        tracker,
+        verp,
         events: events.clone(),
         callbacks: callbacks.clone(),
         ses: ses.clone(),

@@ -9,6 +9,9 @@ use crate::feedback::callbacks::Callbacks;
 use crate::feedback::endpoints::RateLimiter;
 use crate::feedback::events::Events;
 use crate::feedback::outcomes::OutcomeFeed;
+use crate::feedback::rewrite::tracking::Tracker;
+use crate::feedback::stats::DailyStats;
+use crate::feedback::verp::Verp;
 use crate::policy::Policy;
 use crate::queue::QueueHandle;
 use crate::ses::Records;
@@ -28,6 +31,11 @@ pub struct Services {
     pub callbacks: Arc<Callbacks>,
     /// The reputation hook's feed of outcomes.
     pub outcomes: Arc<OutcomeFeed>,
+    pub stats: Arc<DailyStats>,
+    /// Open and click tracking (None when `tracking.enabled` is off).
+    pub tracker: Option<Arc<Tracker>>,
+    /// VERP return paths (None without `platform.bounce_domain`).
+    pub verp: Option<Arc<Verp>>,
     pub signers: Arc<DkimSigners>,
     /// The SES records: accounts, sender domains, templates, lists ...
     pub ses: Records,

@@ -10,16 +10,15 @@
 //! So a destination that is slow or a tarpit never holds up the others.
 
 pub mod client;
-pub mod mx;
 
 use crate::config::Settings;
+use crate::dns::{MxResolver, RouteError};
 use crate::net::{domain_of, now_ms};
 use crate::policy::decisions::{BounceClass, BounceInfo};
 use crate::queue::QueueHandle;
 use crate::store::{Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus};
 use crate::tls::ClientConfigs;
 use client::{ClientError, Connection, Reply, TlsMode};
-use mx::{MxResolver, RouteError};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -198,12 +197,14 @@ impl Delivery {
         let second = st.rate(connections) as usize;
         (connections * 4).max(second.min(self.max_leased() / 2))
     }
+}
 
+impl crate::queue::manager::Dispatch for Delivery {
     /// Puts a leased entry in its destination's line. An entry the line
     /// has no room for comes back, its `ready_at_ms` set to when it should
     /// be tried: the caller parks it in the queue.
-    pub fn dispatch(
-        self: &Arc<Self>,
+    fn dispatch(
+        self: Arc<Self>,
         mut entry: QueueEntry,
         leased: OwnedSemaphorePermit,
     ) -> Option<QueueEntry> {
@@ -253,7 +254,9 @@ impl Delivery {
         }
         None
     }
+}
 
+impl Delivery {
     /// After shutdown: waits for running attempts, then gives queued but
     /// unstarted jobs back to the store.
     pub async fn drain(&self, grace: Duration) {

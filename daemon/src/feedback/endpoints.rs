@@ -65,7 +65,7 @@ fn user_agent(headers: &HeaderMap) -> String {
 /// token that does not verify (or an unsubscribe token without a
 /// recipient), 429 past the limit.
 fn verified(s: &Services, peer: SocketAddr, token: &str, kind: char) -> Result<Mark, StatusCode> {
-    let tracker = s.ses.tracker.as_ref().ok_or(StatusCode::NOT_FOUND)?;
+    let tracker = s.tracker.as_ref().ok_or(StatusCode::NOT_FOUND)?;
     if !s
         .tracking_limiter
         .allow(peer.ip(), s.settings.tracking.rate_per_ip)

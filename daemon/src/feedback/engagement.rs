@@ -119,7 +119,7 @@ async fn try_record(
         m.recipient.clone()
     };
     if is_first {
-        ctx.ses.stats.record(&domain, &provider, metric, 1);
+        ctx.stats.record(&domain, &provider, metric, 1);
         if m.kind == 'o' {
             ctx.outcomes.record(&domain, "open");
         }
@@ -168,7 +168,7 @@ pub async fn unsubscribe(
     )
     .await?
     {
-        ctx.ses.stats.record(&domain, &recipient, "unsubscribe", 1);
+        ctx.stats.record(&domain, &recipient, "unsubscribe", 1);
         let mut e = crate::feedback::events::Event::new(
             "unsubscribe",
             &m.message_id,

@@ -115,7 +115,7 @@ async fn try_process(
     return_path: &str,
     raw: &[u8],
 ) -> crate::store::Result<&'static str> {
-    let Some(verp) = &ctx.ses.verp else {
+    let Some(verp) = &ctx.verp else {
         return Ok("ignored");
     };
     let Some((message_id, idx)) = verp.parse(return_path) else {
@@ -233,7 +233,7 @@ async fn try_process(
             if class.as_ref().is_some_and(|c| c.class == "spam") {
                 ctx.outcomes.record(&domain, "spam");
             }
-            ctx.ses.stats.record(&domain, &recipient, "bounce", 1);
+            ctx.stats.record(&domain, &recipient, "bounce", 1);
             let mut e = event("bounce");
             e.bounce_type = if class.as_ref().is_some_and(|c| c.class != "hard") {
                 "soft".into()

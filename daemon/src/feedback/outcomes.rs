@@ -74,3 +74,49 @@ impl OutcomeFeed {
         crate::net::flush_every(FLUSH_INTERVAL, stop, || self.flush()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::Fixture;
+    use serde_json::{Value, json};
+
+    #[tokio::test]
+    async fn delivery_outcomes_reach_the_reputation_hook_summed() {
+        let f = Fixture::new();
+        let policy = std::sync::Arc::new(
+            Policy::load(f.settings("return {}"), f.store.clone()).expect("load"),
+        );
+        let now = crate::net::now_ms();
+        let sent =
+            json!({"domain": "shop.test", "account": "", "kind": "sent", "count": 350, "now": now});
+        let _: Option<Value> = policy.call("reputation", &sent).await.expect("sent");
+        let feed = OutcomeFeed::new(policy.clone());
+        for _ in 0..350 {
+            feed.record("shop.test", "delivered");
+        }
+        feed.flush().await;
+        let query =
+            json!({"domain": "shop.test", "account": "", "kind": "query", "count": 0, "now": now});
+        let st: Value = policy
+            .call("reputation", &query)
+            .await
+            .expect("query")
+            .expect("state");
+        assert_eq!(
+            st["level"], 2,
+            "350 clean deliveries at 70% of level 1: {st}"
+        );
+        assert_eq!(
+            f.store
+                .get(&format!(
+                    "lua:rep:shop.test:{}:delivered",
+                    crate::policy::time::day(&jiff::tz::TimeZone::UTC, now).expect("day")
+                ))
+                .await
+                .expect("get"),
+            Some(b"350".to_vec()),
+            "one event carried all 350"
+        );
+    }
+}

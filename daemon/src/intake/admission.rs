@@ -4,7 +4,8 @@
 //! and `select_egress` hooks, DKIM signing, then the queue. Callers turn a
 //! [`Refusal`] into their own protocol's answer.
 
-use crate::intake::message::{decode_subject, first_values, header_block};
+pub use crate::intake::submission::Submission;
+use crate::message::{decode_subject, first_values, header_block};
 use crate::net::domain_of;
 use crate::policy::Policy;
 use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
@@ -13,28 +14,6 @@ use crate::store::NewMessage;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// A message ready for admission (trace headers already added).
-pub struct Submission {
-    pub id: String,
-    /// "" for a relay client.
-    pub account: String,
-    /// Envelope sender.
-    pub sender: String,
-    /// The domain DKIM signs for and the policy counts against.
-    pub sender_domain: String,
-    pub recipients: Vec<String>,
-    pub message: Vec<u8>,
-    pub now: i64,
-    /// regular | trigger | batch
-    pub trigger_type: &'static str,
-    pub require_tls: bool,
-    /// Where it came from, for the log: an SMTP peer, "api".
-    pub origin: String,
-    /// The template and batch task it was made from ("" when none).
-    pub template_id: String,
-    pub task_id: String,
-}
 
 #[derive(Debug)]
 pub enum Refusal {
@@ -181,9 +160,8 @@ async fn check_message(ctx: &Services, s: &Submission) -> Result<(), Refusal> {
     if s.message.len() > max {
         return Err(Refusal::TooBig(max));
     }
-    crate::intake::message::check_lines(&s.message)
-        .map_err(|e| Refusal::Malformed(e.to_string()))?;
-    let authors = crate::intake::message::author_domains(&s.message)
+    crate::message::check_lines(&s.message).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let authors = crate::message::author_domains(&s.message)
         .map_err(|e| Refusal::Malformed(e.to_string()))?;
     let envelope = (!s.sender.is_empty()).then(|| domain_of(&s.sender));
     let mut checked: Vec<&str> = Vec::with_capacity(authors.len() + 2);
@@ -303,7 +281,7 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
                 e.sent_at = msg.received_at_ms;
                 ctx.events.emit(e).await;
             }
-            let stats = &ctx.ses.stats;
+            let stats = &ctx.stats;
             for (i, r) in msg.recipients.iter().enumerate() {
                 stats.record(&s.sender_domain, r, "request", 1);
                 if !msg.dropped.contains_key(&i) {
@@ -329,9 +307,4 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
             Err(Refusal::Store)
         }
     }
-}
-
-/// The envelope sender's domain when the message has no From domain.
-pub fn sender_domain(message: &[u8], sender: &str) -> String {
-    crate::intake::message::from_domain(message).unwrap_or_else(|| domain_of(sender))
 }

@@ -6,7 +6,8 @@
 //! [`SAVE_EVERY`] recipients: after a crash, at most that many may be sent
 //! twice, none lost. The records are `crate::ses::tasks`.
 
-use crate::intake::admission::{Refusal, Submission};
+use crate::intake::admission::Refusal;
+use crate::intake::submission::{Envelope, Submission, Trace};
 use crate::services::Services;
 use crate::ses::receivers::{CHUNK, ReceiverEntry};
 use crate::ses::tasks::{ACTIVE, DONE, FAILED, PAUSED, SENDING, Task, WAITING, record_key};
@@ -140,7 +141,7 @@ async fn send_one(ctx: &Services, t: &Task, e: &ReceiverEntry) -> Outcome {
         ..Default::default()
     };
     draft.decorate(
-        p.tracker.as_deref(),
+        ctx.tracker.as_deref(),
         &crate::net::domain_of(&t.from.1),
         &id,
         &e.email,
@@ -150,32 +151,26 @@ async fn send_one(ctx: &Services, t: &Task, e: &ReceiverEntry) -> Outcome {
         return Outcome::Skipped;
     };
     let now = crate::net::now_ms();
-    let message = crate::intake::message::prepare(
-        &body,
-        &crate::intake::message::Trace {
-            id: &id,
-            helo: "batch",
-            peer: std::net::Ipv4Addr::LOCALHOST.into(),
-            hostname,
-            protocol: "HTTP",
-            recipient: Some(&e.email),
-            now_secs: now / 1000,
-        },
-    );
-    let submission = Submission {
-        id: id.clone(),
+    let trace = Trace {
+        id: &id,
+        helo: "batch",
+        peer: std::net::Ipv4Addr::LOCALHOST.into(),
+        hostname,
+        protocol: "HTTP",
+        recipient: Some(&e.email),
+        now_ms: now,
+    };
+    let envelope = Envelope {
         account: t.account.clone(),
         sender: t.from.1.clone(),
-        sender_domain: crate::net::domain_of(&t.from.1),
         recipients: vec![e.email.clone()],
-        message,
-        now,
         trigger_type: "batch",
         require_tls: false,
         origin: format!("batch task {}", t.id),
         template_id: t.template_id.to_string(),
         task_id: t.id.to_string(),
     };
+    let submission = Submission::new(&body, &trace, envelope);
     match crate::intake::admission::admit(ctx, submission).await {
         Ok(_) => {
             if let Err(err) = p.index_message(&t.account, &id, now).await {

@@ -161,7 +161,7 @@ mod tests {
         };
         let built = draft.build().unwrap();
         assert_eq!(
-            crate::intake::message::check_lines(&built),
+            crate::message::check_lines(&built),
             Ok(()),
             "{}",
             String::from_utf8_lossy(&built)

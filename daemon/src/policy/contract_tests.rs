@@ -5,7 +5,7 @@
 
 use super::PolicyError;
 use super::decisions::Decision;
-use super::tests::Fixture;
+use super::testing::Fixture;
 use serde_json::json;
 
 fn load_error(f: &Fixture, policy: &str) -> String {

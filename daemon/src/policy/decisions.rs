@@ -248,12 +248,12 @@ pub struct HeaderView(pub std::sync::Arc<[u8]>);
 impl mlua::UserData for HeaderView {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("get", |_, this, name: String| {
-            Ok(crate::intake::message::header_values(&this.0, &name)
+            Ok(crate::message::header_values(&this.0, &name)
                 .into_iter()
                 .next())
         });
         methods.add_method("all", |_, this, name: String| {
-            Ok(crate::intake::message::header_values(&this.0, &name))
+            Ok(crate::message::header_values(&this.0, &name))
         });
     }
 }

@@ -3,69 +3,11 @@
 
 use super::decisions::{Decision, MessageInfo};
 use super::lua_host::LuaHost;
-use super::{Policy, PolicyError, PolicySettings};
-use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
+use super::testing::Fixture;
+use super::{Policy, PolicyError};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
-
-pub(super) struct Fixture {
-    dir: tempfile::TempDir,
-    pub(super) store: Store,
-    _redis: Option<kiln_testkit::redis::RedisServer>,
-}
-
-fn plugins_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins")
-}
-
-impl Fixture {
-    pub(super) fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::Embedded(
-            EmbeddedStore::open(&dir.path().join("kiln.redb"), Duration::from_secs(3600))
-                .expect("store"),
-        );
-        Fixture {
-            dir,
-            store,
-            _redis: None,
-        }
-    }
-
-    /// The same on a Redis store of its own.
-    async fn redis() -> Fixture {
-        let redis = kiln_testkit::redis::RedisServer::start();
-        let url = format!("redis://127.0.0.1:{}/", redis.port);
-        let store = crate::store::redis::RedisStore::connect(&url, "t", Duration::from_secs(3600))
-            .await
-            .expect("redis store");
-        Fixture {
-            dir: tempfile::tempdir().expect("tempdir"),
-            store: Store::Redis(store),
-            _redis: Some(redis),
-        }
-    }
-
-    pub(super) fn settings(&self, policy: &str) -> PolicySettings {
-        let script = self.dir.path().join("policy.lua");
-        std::fs::write(&script, policy).expect("write policy");
-        PolicySettings {
-            plugins_dir: plugins_dir(),
-            script,
-            time_zone: jiff::tz::TimeZone::UTC,
-            states: 2,
-            max_instructions: 2_000_000,
-            max_memory_mb: 16,
-            timeout: Duration::from_secs(2),
-        }
-    }
-
-    pub(super) fn host(&self, policy: &str) -> LuaHost {
-        LuaHost::new(&self.settings(policy), self.store.clone()).expect("policy loads")
-    }
-}
 
 fn message(
     recipients: &[&str],
@@ -681,44 +623,6 @@ async fn a_plugin_hook_for_templates_only_is_not_called_for_messages() {
         .await
         .expect("call");
     assert_eq!(seen.expect("decision").reasons, ["message"]);
-}
-
-#[tokio::test]
-async fn delivery_outcomes_reach_the_reputation_hook_summed() {
-    let f = Fixture::new();
-    let policy =
-        std::sync::Arc::new(Policy::load(f.settings("return {}"), f.store.clone()).expect("load"));
-    let now = crate::net::now_ms();
-    let sent =
-        json!({"domain": "shop.test", "account": "", "kind": "sent", "count": 350, "now": now});
-    let _: Option<Value> = policy.call("reputation", &sent).await.expect("sent");
-    let feed = crate::feedback::outcomes::OutcomeFeed::new(policy.clone());
-    for _ in 0..350 {
-        feed.record("shop.test", "delivered");
-    }
-    feed.flush().await;
-    let query =
-        json!({"domain": "shop.test", "account": "", "kind": "query", "count": 0, "now": now});
-    let st: Value = policy
-        .call("reputation", &query)
-        .await
-        .expect("query")
-        .expect("state");
-    assert_eq!(
-        st["level"], 2,
-        "350 clean deliveries at 70% of level 1: {st}"
-    );
-    assert_eq!(
-        f.store
-            .get(&format!(
-                "lua:rep:shop.test:{}:delivered",
-                super::time::day(&jiff::tz::TimeZone::UTC, now).expect("day")
-            ))
-            .await
-            .expect("get"),
-        Some(b"350".to_vec()),
-        "one event carried all 350"
-    );
 }
 
 /// A message whose recipients do not all fit today's quota, but whose

@@ -5,16 +5,28 @@
 //! back in the queue, due later.
 
 use super::QueueHandle;
-use crate::egress::Delivery;
 use crate::net::now_ms;
+use crate::store::QueueEntry;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+/// Where the manager hands what it leased: egress's delivery.
+pub trait Dispatch: Send + Sync {
+    /// Takes a leased entry (`leased` is this node's hold on it, given
+    /// back when the entry is done with), or hands it back, its
+    /// `ready_at_ms` set to when it should be due: the manager parks it.
+    fn dispatch(
+        self: Arc<Self>,
+        entry: QueueEntry,
+        leased: OwnedSemaphorePermit,
+    ) -> Option<QueueEntry>;
+}
 
 pub struct Manager {
     pub queue: QueueHandle,
-    pub delivery: Arc<Delivery>,
+    pub delivery: Arc<dyn Dispatch>,
     /// Entries this node holds at once, waiting in lines or attempted.
     pub max_leased: usize,
     pub lease_time: Duration,
@@ -76,7 +88,7 @@ impl Manager {
                         }
                     },
                 };
-                parked.extend(self.delivery.dispatch(entry, p));
+                parked.extend(self.delivery.clone().dispatch(entry, p));
             }
             if !parked.is_empty() {
                 tracing::debug!(

@@ -3,7 +3,7 @@
 //! SMTP sessions call [`QueueHandle::submit`], which makes the message durable
 //! and wakes the manager. The manager leases ready entries from the store as
 //! delivery slots free up and hands them to delivery; delivery reports each
-//! outcome back through [`crate::egress`], which settles it in the store.
+//! outcome back through egress's delivery, which settles it in the store.
 
 pub mod cache;
 pub mod manager;

@@ -42,17 +42,12 @@ pub type Result<T> = std::result::Result<T, RecordsError>;
 pub struct Records {
     pub store: Store,
     pub settings: Arc<Settings>,
-    pub resolver: Arc<crate::egress::mx::MxResolver>,
+    pub resolver: Arc<crate::dns::MxResolver>,
     pub policy: Arc<crate::policy::Policy>,
     /// Days (quotas, statistics, the message index) are counted in it.
     pub time_zone: jiff::tz::TimeZone,
-    pub stats: Arc<crate::feedback::stats::DailyStats>,
     /// Recipient-list uploads append to shared chunks: one at a time.
     pub uploads: Arc<tokio::sync::Mutex<()>>,
-    /// Open and click tracking (None when `tracking.enabled` is off).
-    pub tracker: Option<Arc<crate::feedback::rewrite::tracking::Tracker>>,
-    /// VERP return paths (None without `platform.bounce_domain`).
-    pub verp: Option<Arc<crate::feedback::verp::Verp>>,
 }
 
 impl Records {

@@ -1,6 +1,6 @@
 //! Batch tasks, the records: one template sent to every address of a
 //! recipient list, now (TaskType 1), at a set time (2) or every N hours
-//! (3). The runner that sends them is `crate::intake::batch`.
+//! (3). The runner that sends them is intake's `batch`.
 
 use super::{Records, RecordsError, account_key};
 use serde::{Deserialize, Serialize};

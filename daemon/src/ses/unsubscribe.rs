@@ -31,10 +31,10 @@ impl Records {
         option: &str,
     ) -> Result<Option<u8>, RecordsError> {
         if !option.is_empty() {
-            return Ok(crate::feedback::rewrite::unsubscribe::language(option));
+            return Ok(language(option));
         }
         Ok(match self.unsubscribe_config(account, address).await? {
-            Some(u) if u.status == 1 => crate::feedback::rewrite::unsubscribe::language(&u.config),
+            Some(u) if u.status == 1 => language(&u.config),
             _ => None,
         })
     }
@@ -97,4 +97,14 @@ impl Records {
         self.store.set_remove(&index(account), address).await?;
         Ok(self.store.delete(&key(account, address)).await?)
     }
+}
+
+/// The language of an `Unsubscribe` value: Some(1..=12), None for "0",
+/// empty or anything else.
+pub fn language(option: &str) -> Option<u8> {
+    option
+        .trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|c| (1..=12).contains(c))
 }

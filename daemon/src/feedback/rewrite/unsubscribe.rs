@@ -109,16 +109,6 @@ fn words(code: u8) -> Option<Words> {
     })
 }
 
-/// The language of an `Unsubscribe` value: Some(1..=12), None for "0",
-/// empty or anything else.
-pub fn language(option: &str) -> Option<u8> {
-    option
-        .trim()
-        .parse::<u8>()
-        .ok()
-        .filter(|c| (1..=12).contains(c))
-}
-
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -212,9 +202,9 @@ mod tests {
             assert!(text.ends_with("https://k.test/u/T\r\n"), "{code}");
             assert!(confirm_page(code, "shop.test").contains("<form method=\"post\">"));
         }
-        assert_eq!(language("2"), Some(2));
-        assert_eq!(language("0"), None);
-        assert_eq!(language("13"), None);
+        assert_eq!(crate::ses::unsubscribe::language("2"), Some(2));
+        assert_eq!(crate::ses::unsubscribe::language("0"), None);
+        assert_eq!(crate::ses::unsubscribe::language("13"), None);
         assert!(done_page(6, "shop.test").contains("Sie sind von shop.test abgemeldet."));
     }
 }

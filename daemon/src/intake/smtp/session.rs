@@ -6,8 +6,8 @@
 use super::auth_throttle;
 use super::parser::{Command, ParseError, parse_command};
 use crate::config::{ListenerSettings, ListenerTls};
-use crate::intake::admission::{Refusal, Submission};
-use crate::intake::message::{Trace, prepare};
+use crate::intake::admission::Refusal;
+use crate::intake::submission::{Envelope, Submission, Trace};
 use crate::line_io::{Data, LineError, LineIo};
 use crate::net::{domain_of, now_ms};
 use crate::policy::decisions::{ConnectInfo, Decision, TransactionInfo};
@@ -292,12 +292,7 @@ impl Session {
                     }
                 }
                 Command::Rcpt { to } => {
-                    let report = self
-                        .ctx
-                        .ses
-                        .verp
-                        .as_ref()
-                        .filter(|v| v.is_bounce_address(&to));
+                    let report = self.ctx.verp.as_ref().filter(|v| v.is_bounce_address(&to));
                     if self.mail_from.is_none() {
                         self.error(io, "503 5.5.1 Need MAIL command first");
                     } else if let Some(verp) = report {
@@ -313,7 +308,6 @@ impl Session {
                         }
                     } else if self.rcpt_to.iter().any(|r| {
                         self.ctx
-                            .ses
                             .verp
                             .as_ref()
                             .is_some_and(|v| v.is_bounce_address(r))
@@ -612,7 +606,7 @@ impl Session {
 
     /// Makes the message durable, then returns the reply for the client.
     async fn accept(&mut self, body: Vec<u8>) -> String {
-        let reports = self.ctx.ses.verp.as_ref().is_some_and(|v| {
+        let reports = self.ctx.verp.as_ref().is_some_and(|v| {
             !self.rcpt_to.is_empty() && self.rcpt_to.iter().all(|r| v.is_bounce_address(r))
         });
         if reports {
@@ -635,37 +629,27 @@ impl Session {
             (true, true, true) => "ESMTPSA",
         };
         let helo = self.helo.clone().unwrap_or_default();
-        let now = now_ms();
-        let message = prepare(
-            &body,
-            &Trace {
-                id: &id,
-                helo: &helo,
-                peer: self.peer.ip(),
-                hostname: &settings.server.hostname,
-                protocol,
-                recipient: (self.rcpt_to.len() == 1).then(|| self.rcpt_to[0].as_str()),
-                now_secs: now / 1000,
-            },
-        );
-        drop(body);
-        // The From header's domain (the one DKIM signs for and the policy
-        // counts against), else the envelope sender's.
-        let sender_domain = crate::intake::admission::sender_domain(&message, &sender);
-        let submission = Submission {
-            id: id.clone(),
+        let trace = Trace {
+            id: &id,
+            helo: &helo,
+            peer: self.peer.ip(),
+            hostname: &settings.server.hostname,
+            protocol,
+            recipient: (self.rcpt_to.len() == 1).then(|| self.rcpt_to[0].as_str()),
+            now_ms: now_ms(),
+        };
+        let envelope = Envelope {
             account: self.account_name(),
             sender,
-            sender_domain,
             recipients: self.rcpt_to.clone(),
-            message,
-            now,
             trigger_type: "regular",
             require_tls: self.require_tls,
             origin: self.peer.to_string(),
             template_id: String::new(),
             task_id: String::new(),
         };
+        let submission = Submission::new(&body, &trace, envelope);
+        drop(body);
         match crate::intake::admission::admit(&self.ctx, submission).await {
             Ok(_) => format!("250 2.0.0 Ok: queued as {id}"),
             Err(refusal) => smtp_refusal(refusal),

@@ -3,10 +3,11 @@
 //! (policy, DKIM, queue). The MessageId is returned once it is durable.
 
 use super::Call;
-use crate::intake::admission::{Refusal, Submission};
+use crate::intake::admission::Refusal;
 use crate::intake::api::params::Params;
 use crate::intake::api::tencent::ApiError;
 use crate::intake::compose::{Attachment, Draft};
+use crate::intake::submission::{Envelope, Submission, Trace};
 use crate::ses::addresses::normalize_address;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -422,7 +423,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         attachments: files,
     };
     draft.decorate(
-        c.ses.tracker.as_deref(),
+        c.state.tracker.as_deref(),
         &crate::net::domain_of(&display_addr),
         &id,
         single,
@@ -430,32 +431,26 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     );
     let body = draft.build().map_err(ApiError::internal)?;
     let now = crate::net::now_ms();
-    let message = crate::intake::message::prepare(
-        &body,
-        &crate::intake::message::Trace {
-            id: &id,
-            helo: "api",
-            peer: c.peer,
-            hostname,
-            protocol: "HTTP",
-            recipient: None,
-            now_secs: now / 1000,
-        },
-    );
-    let submission = Submission {
-        id: id.clone(),
+    let trace = Trace {
+        id: &id,
+        helo: "api",
+        peer: c.peer,
+        hostname,
+        protocol: "HTTP",
+        recipient: None,
+        now_ms: now,
+    };
+    let envelope = Envelope {
         account: c.account.to_string(),
         sender: from.clone(),
-        sender_domain: crate::net::domain_of(&display_addr),
         recipients: all,
-        message,
-        now,
         trigger_type,
         require_tls: false,
         origin: format!("api {} request {}", c.peer, c.request_id),
         template_id: template_id.map(|t| t.to_string()).unwrap_or_default(),
         task_id: String::new(),
     };
+    let submission = Submission::new(&body, &trace, envelope);
     // Indexed alongside admission (one group commit on the embedded store);
     // an id indexed for a refused message finds no status and is skipped.
     let (admitted, indexed) = tokio::join!(

@@ -211,7 +211,7 @@ pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
         let mut counts = [0i64; 7];
         for d in &domains {
             let got = c
-                .ses
+                .state
                 .stats
                 .day_counts(d, &text, provider.as_deref())
                 .await?;

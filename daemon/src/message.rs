@@ -1,6 +1,6 @@
-//! What the submission server adds to a message before it is queued:
-//! a trace header, the Message-ID and Date a client left out (RFC 6409
-//! section 8), nothing else. No I/O.
+//! Reading a message, no I/O: its header block and fields (unfolded on
+//! demand), the subject decoded, the authors of its From header, and
+//! whether its lines are ones a next hop accepts.
 
 /// The header block (without the blank line that ends it).
 pub fn header_block(message: &[u8]) -> &[u8] {
@@ -220,43 +220,6 @@ pub fn check_lines(message: &[u8]) -> Result<(), LineProblem> {
     Ok(())
 }
 
-pub struct Trace<'a> {
-    pub id: &'a str,
-    pub helo: &'a str,
-    pub peer: std::net::IpAddr,
-    pub hostname: &'a str,
-    pub protocol: &'a str,
-    pub recipient: Option<&'a str>,
-    pub now_secs: i64,
-}
-
-/// The message as queued: Received on top, Message-ID and Date ensured.
-pub fn prepare(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
-    let date = mail_builder::headers::date::Date::new(trace.now_secs).to_rfc822();
-    let mut out = Vec::with_capacity(message.len() + 512);
-    let for_clause = trace
-        .recipient
-        .map(|r| format!("\r\n\tfor <{r}>"))
-        .unwrap_or_default();
-    out.extend_from_slice(
-        format!(
-            "Received: from {} ([{}])\r\n\tby {} (Kiln) with {} id {}{};\r\n\t{}\r\n",
-            trace.helo, trace.peer, trace.hostname, trace.protocol, trace.id, for_clause, date
-        )
-        .as_bytes(),
-    );
-    if header_values(message, "Message-ID").is_empty() {
-        out.extend_from_slice(
-            format!("Message-ID: <{}@{}>\r\n", trace.id, trace.hostname).as_bytes(),
-        );
-    }
-    if header_values(message, "Date").is_empty() {
-        out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
-    }
-    out.extend_from_slice(message);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,24 +352,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn adds_missing_headers_only() {
-        let trace = Trace {
-            id: "ID1",
-            helo: "client",
-            peer: "127.0.0.1".parse().unwrap(),
-            hostname: "mx.kiln",
-            protocol: "ESMTPSA",
-            recipient: None,
-            now_secs: 0,
-        };
-        let out = prepare(b"Message-ID: <x@y>\r\nSubject: s\r\n\r\nbody\r\n", &trace);
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("Received: from client ([127.0.0.1])"));
-        assert_eq!(text.matches("Message-ID").count(), 1);
-        assert_eq!(text.matches("\r\nDate: ").count(), 1);
-        assert!(text.ends_with("\r\n\r\nbody\r\n"));
     }
 }
