@@ -44,3 +44,6 @@ pub mod services;
 pub mod ses;
 pub mod store;
 pub mod tls;
+
+#[cfg(test)]
+mod house_tests;

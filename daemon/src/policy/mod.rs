@@ -21,6 +21,8 @@ mod watchdog;
 #[cfg(test)]
 mod contract_tests;
 #[cfg(test)]
+mod plugin_tests;
+#[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 //! (embedded, or a Redis of its own) and a policy script written to a file.
 
 use super::PolicySettings;
+use super::decisions::{Decision, MessageInfo};
 use super::lua_host::LuaHost;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
@@ -64,3 +65,42 @@ impl Fixture {
         LuaHost::new(&self.settings(policy), self.store.clone()).expect("policy loads")
     }
 }
+
+pub(crate) fn message(
+    recipients: &[&str],
+    subject: &str,
+    trigger: &'static str,
+    now: i64,
+) -> MessageInfo<'static> {
+    MessageInfo {
+        kind: "message",
+        id: "m1".into(),
+        account: "shop".into(),
+        sender: "a@shop.test".into(),
+        sender_domain: "shop.test".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        size: 2048,
+        subject: subject.into(),
+        subject_valid_utf8: true,
+        trigger_type: trigger,
+        scenario: String::new(),
+        now,
+        headers: super::decisions::HeaderView(std::sync::Arc::from(
+            &b"Subject: hi\r\nX-Campaign: spring\r\n sale\r\nReceived: a\r\nReceived: b\r\n"[..],
+        )),
+    }
+}
+
+pub(crate) async fn check_limits(host: &LuaHost, m: MessageInfo<'_>) -> Decision {
+    host.call::<_, Decision>("check_limits", &m)
+        .await
+        .expect("check_limits")
+        // nil: no objection, as admission reads it.
+        .unwrap_or_else(|| Decision {
+            action: super::decisions::Action::Send,
+            ..Decision::default()
+        })
+}
+
+/// 2026-11-22T10:00:00Z
+pub(crate) const NOW: i64 = 1_795_341_600_000;

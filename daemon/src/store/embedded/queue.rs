@@ -1,0 +1,197 @@
+//! The queue in the embedded store: messages and their queue entries, the
+//! in-memory index of what is ready and what is leased, status records.
+
+use super::*;
+
+impl EmbeddedStore {
+    pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
+        let exp = self.status_expiry();
+        let entries: Vec<QueueEntry> = msg.entries().collect();
+        let rows = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.key(),
+                    encode(e),
+                    with_expiry(exp, &encode(&msg.initial_status(&e.recipient))),
+                )
+            })
+            .collect();
+        let finals = msg
+            .dropped_statuses()
+            .map(|(i, st)| {
+                (
+                    crate::store::entry_key(&msg.id, i),
+                    with_expiry(exp, &encode(&st)),
+                )
+            })
+            .collect();
+        self.submit(Op::Enqueue {
+            msg_id: msg.id.clone(),
+            body: msg.body.clone(),
+            meta: with_expiry(exp, &encode(&msg.meta())),
+            entries: rows,
+            finals,
+        })
+        .await?;
+        let mut index = self.index();
+        for e in entries {
+            let key = e.key();
+            index.ready.insert((e.ready_at_ms, key.clone()));
+            index.entries.insert(key, e);
+        }
+        Ok(())
+    }
+
+    pub async fn lease(&self, max: usize) -> Result<Vec<QueueEntry>> {
+        let now = now_ms();
+        let mut index = self.index();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(first) = index.ready.first() else {
+                break;
+            };
+            if first.0 > now {
+                break;
+            }
+            let Some((_, key)) = index.ready.pop_first() else {
+                break;
+            };
+            if let Some(entry) = index.entries.get(&key).cloned() {
+                index.leased.insert(key);
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn next_ready_ms(&self) -> Option<i64> {
+        self.index().ready.first().map(|(t, _)| *t)
+    }
+
+    pub fn queue_len(&self) -> u64 {
+        self.index().entries.len() as u64
+    }
+
+    pub fn release(&self, entries: &[QueueEntry]) {
+        let mut index = self.index();
+        for e in entries {
+            let key = e.key();
+            if index.leased.remove(&key) {
+                let ready = index
+                    .entries
+                    .get(&key)
+                    .map(|e| e.ready_at_ms)
+                    .unwrap_or(e.ready_at_ms);
+                index.ready.insert((ready, key));
+            }
+        }
+    }
+
+    /// Gives leased entries back, each due at its `ready_at_ms`. Only the
+    /// index changes: after a restart the entries are due at once.
+    pub fn park(&self, entries: &[QueueEntry]) {
+        let mut index = self.index();
+        for e in entries {
+            let key = e.key();
+            if index.leased.remove(&key) {
+                index.ready.insert((e.ready_at_ms, key));
+            }
+        }
+    }
+
+    pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>> {
+        let read = self.db.begin_read().map_err(err)?;
+        let table = read.open_table(MESSAGES).map_err(err)?;
+        Ok(table
+            .get(msg_id)
+            .map_err(err)?
+            .map(|v| Arc::from(v.value())))
+    }
+
+    pub async fn settle(
+        &self,
+        entry: &QueueEntry,
+        disposition: Disposition,
+        also: &[Write],
+    ) -> Result<()> {
+        let exp = self.status_expiry();
+        let key = entry.key();
+        let (requeue, status, retry_entry) = match &disposition {
+            Disposition::Final(status) => (None, status, None),
+            Disposition::Retry(next, status) => (Some(encode(next)), status, Some(next.clone())),
+        };
+        let settle = Op::Settle {
+            key: key.clone(),
+            msg_id: entry.msg_id.clone(),
+            requeue,
+            status: with_expiry(exp, &encode(status)),
+        };
+        if also.is_empty() {
+            self.submit(settle).await?;
+        } else {
+            let mut ops = vec![settle];
+            ops.extend(self.write_ops(also));
+            self.submit(Op::Many(ops)).await?;
+        }
+        let mut index = self.index();
+        index.leased.remove(&key);
+        match retry_entry {
+            Some(next) => {
+                index.ready.insert((next.ready_at_ms, key.clone()));
+                index.entries.insert(key, next);
+            }
+            None => {
+                index.entries.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self, msg_id: &str) -> Result<Option<MessageStatus>> {
+        let now = now_ms();
+        let read = self.db.begin_read().map_err(err)?;
+        let table = read.open_table(STATUS).map_err(err)?;
+        let Some(meta_raw) = table.get(msg_id).map_err(err)? else {
+            return Ok(None);
+        };
+        let Some(meta_bytes) = live_value(meta_raw.value(), now) else {
+            return Ok(None);
+        };
+        let meta: MessageMeta = decode(msg_id, meta_bytes)?;
+        let mut recipients: Vec<(u32, RecipientStatus)> = Vec::new();
+        let start = format!("{msg_id}/");
+        let end = format!("{msg_id}0"); // '0' sorts right after '/'
+        for row in table.range(start.as_str()..end.as_str()).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let idx = k
+                .value()
+                .rsplit_once('/')
+                .and_then(|(_, i)| i.parse::<u32>().ok())
+                .unwrap_or(u32::MAX);
+            if let Some(bytes) = live_value(v.value(), now) {
+                recipients.push((idx, decode(k.value(), bytes)?));
+            }
+        }
+        recipients.sort_by_key(|(i, _)| *i);
+        Ok(Some(MessageStatus {
+            meta,
+            recipients: recipients.into_iter().map(|(_, r)| r).collect(),
+        }))
+    }
+
+    pub async fn record_status(
+        &self,
+        msg_id: &str,
+        idx: u32,
+        status: &RecipientStatus,
+        also: &[Write],
+    ) -> Result<()> {
+        let mut ops = vec![Op::Status {
+            key: crate::store::entry_key(msg_id, idx),
+            status: with_expiry(self.status_expiry(), &encode(status)),
+        }];
+        ops.extend(self.write_ops(also));
+        self.submit(Op::Many(ops)).await.map(|_| ())
+    }
+}

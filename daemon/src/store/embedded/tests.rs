@@ -1,0 +1,134 @@
+//! Writes of the embedded store: read at once once acknowledged, and
+//! durable across a restart.
+
+use super::*;
+use crate::store::{RecipientState, RecipientStatus};
+
+fn message(id: &str) -> NewMessage {
+    NewMessage {
+        id: id.into(),
+        account: "acme".into(),
+        sender: "news@acme.test".into(),
+        recipients: vec!["ann@dest.test".into()],
+        dropped: Default::default(),
+        body: Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
+        received_at_ms: now_ms(),
+        ready_at_ms: now_ms(),
+        require_tls: false,
+        source_ip: None,
+        template_id: String::new(),
+        task_id: String::new(),
+    }
+}
+
+/// Reads come from the table as of the writer's last commit: a write
+/// is visible to the next read once it has been acknowledged, however
+/// many commits happen meanwhile, and never before.
+#[tokio::test]
+async fn an_acknowledged_write_is_read_at_once() {
+    // Also by reads that accept kept answers: a commit drops those it
+    // changed before it is acknowledged.
+    for age in [Duration::ZERO, Duration::from_secs(60)] {
+        acknowledged_writes_are_read_at_once(age).await;
+    }
+}
+
+async fn acknowledged_writes_are_read_at_once(age: Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(&dir.path().join("kiln.redb"), Duration::from_secs(600))
+        .expect("store");
+    let get = |key: &str| BatchOp::Get(key.to_string());
+    let contains = |m: &str| BatchOp::Contains("block".into(), m.to_string());
+    let read = || store.batch(&[get("k"), contains("a")], age).expect("batch");
+    assert_eq!(read(), [BatchValue::Bytes(None), BatchValue::Bool(false)]);
+    for round in 0..50u32 {
+        let value = round.to_string().into_bytes();
+        store.put("k", &value, None).await.expect("put");
+        store.set_add("block", "a", None).await.expect("add");
+        assert_eq!(
+            read(),
+            [
+                BatchValue::Bytes(Some(value.clone())),
+                BatchValue::Bool(true)
+            ],
+            "round {round}, age {age:?}"
+        );
+        assert_eq!(store.get("k").await.expect("get"), Some(value));
+        assert!(store.set_remove("block", "a").await.expect("remove"));
+        assert!(store.delete("k").await.expect("delete"));
+        assert_eq!(
+            read(),
+            [BatchValue::Bytes(None), BatchValue::Bool(false)],
+            "round {round}, age {age:?}"
+        );
+    }
+    store.close();
+}
+
+/// An outcome and the writes that go with it are on disk together,
+/// and a later write takes keys and set members away in one commit.
+#[tokio::test]
+async fn settle_carries_its_writes_and_they_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kiln.redb");
+    let ttl = Duration::from_secs(600);
+    let also = [
+        Write::Put {
+            key: "callback:e1".into(),
+            value: b"{job}".to_vec(),
+            ttl: Some(ttl),
+        },
+        Write::SetAdd {
+            set: "due:1".into(),
+            member: "e1".into(),
+            ttl: Some(ttl),
+        },
+    ];
+    {
+        let store = EmbeddedStore::open(&path, ttl).expect("open");
+        store.enqueue(&message("m1")).await.expect("enqueue");
+        let entry = store.lease(10).await.expect("lease").remove(0);
+        let status = RecipientStatus {
+            recipient: entry.recipient.clone(),
+            state: RecipientState::Delivered,
+            updated_at_ms: now_ms(),
+            next_attempt_at_ms: None,
+            attempts: Vec::new(),
+            reason: None,
+        };
+        store
+            .settle(&entry, Disposition::Final(status), &also)
+            .await
+            .expect("settle");
+        store.close();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let store = EmbeddedStore::open(&path, ttl).expect("reopen");
+    let status = store.status("m1").await.expect("status").expect("m1");
+    assert_eq!(status.recipients[0].state, RecipientState::Delivered);
+    assert_eq!(
+        store.get("callback:e1").await.expect("get"),
+        Some(b"{job}".to_vec())
+    );
+    assert_eq!(store.set_members("due:1").await.expect("members"), ["e1"]);
+    assert_eq!(store.queue_len(), 0);
+
+    store
+        .write(&[
+            Write::Delete("callback:e1".into()),
+            Write::SetRemove {
+                set: "due:1".into(),
+                member: "e1".into(),
+            },
+        ])
+        .await
+        .expect("write");
+    assert_eq!(store.get("callback:e1").await.expect("get"), None);
+    assert!(
+        store
+            .set_members("due:1")
+            .await
+            .expect("members")
+            .is_empty()
+    );
+}

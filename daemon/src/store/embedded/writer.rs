@@ -1,0 +1,353 @@
+//! The embedded store's writer thread: it folds whatever jobs wait into one
+//! batch (group commit), appends the batch's row changes to the write-ahead
+//! log with one sync, commits them to redb without a sync, and syncs redb
+//! at checkpoints.
+
+use super::*;
+
+pub(super) fn job_bytes(op: &Op) -> usize {
+    match op {
+        Op::Enqueue { body, .. } => body.len() + 512,
+        Op::Many(ops) => ops.iter().map(job_bytes).sum(),
+        _ => 256,
+    }
+}
+
+/// Commits whatever jobs are waiting as one batch: their changes go to the
+/// write-ahead log (one sync), then into redb without a sync; redb itself is
+/// synced at checkpoints.
+pub(super) fn writer_loop(db: &Database, kv: &KvSnapshot, mut wal: Wal, rx: mpsc::Receiver<Job>) {
+    let mut last_checkpoint = Instant::now();
+    let mut dirty = false;
+    let mut frame = Vec::new();
+    loop {
+        let first = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if dirty {
+                    dirty = !checkpoint(db, &mut wal);
+                    last_checkpoint = Instant::now();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut bytes = job_bytes(&first.op);
+        let mut batch = vec![first];
+        while batch.len() < 4096 && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    bytes += job_bytes(&job.op);
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if wal.is_full_for(bytes) && dirty {
+            dirty = !checkpoint(db, &mut wal);
+            last_checkpoint = Instant::now();
+        }
+        frame.clear();
+        let mut results = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<()> {
+            let mut txn = db.begin_write().map_err(err)?;
+            txn.set_durability(Durability::None).map_err(err)?;
+            {
+                let mut tables = Tables::open(&txn)?;
+                for job in &batch {
+                    results.push(tables.apply(&job.op, &mut frame));
+                }
+            }
+            // Durable from here on: the log holds every change of the batch.
+            wal.append(&frame).map_err(err)?;
+            txn.commit().map_err(err)
+        })();
+        match committed {
+            Ok(()) => {
+                dirty = true;
+                kv.refresh(db);
+                kv.forget(batch.iter().map(|j| &j.op));
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store commit failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Embedded(e.to_string())));
+                }
+            }
+        }
+        if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+            dirty = !checkpoint(db, &mut wal);
+            last_checkpoint = Instant::now();
+        }
+    }
+    if dirty {
+        checkpoint(db, &mut wal);
+    }
+}
+
+/// Makes everything redb holds durable, then starts the log over. On
+/// failure the log is kept (and still replays at start); returns success.
+pub(super) fn checkpoint(db: &Database, wal: &mut Wal) -> bool {
+    let synced = (|| -> Result<()> {
+        let mut txn = db.begin_write().map_err(err)?;
+        txn.set_durability(Durability::Immediate).map_err(err)?;
+        txn.commit().map_err(err)?;
+        wal.start_over().map_err(err)
+    })();
+    match synced {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "embedded store checkpoint failed");
+            false
+        }
+    }
+}
+
+pub(super) struct Tables<'t> {
+    messages: redb::Table<'t, &'static str, &'static [u8]>,
+    queue: redb::Table<'t, &'static str, &'static [u8]>,
+    pending: redb::Table<'t, &'static str, u64>,
+    status: redb::Table<'t, &'static str, &'static [u8]>,
+    kv: redb::Table<'t, &'static str, &'static [u8]>,
+    expires: redb::Table<'t, &'static [u8], ()>,
+}
+
+pub(super) fn key_str(key: &[u8]) -> Result<&str> {
+    std::str::from_utf8(key).map_err(|_| err("non-UTF-8 key in the write-ahead log"))
+}
+
+/// Every change goes through `put` and `remove`, which apply it and record it
+/// in the frame for the write-ahead log, so the log holds exactly what redb
+/// holds.
+impl<'t> Tables<'t> {
+    pub(super) fn open(txn: &'t redb::WriteTransaction) -> Result<Tables<'t>> {
+        Ok(Tables {
+            messages: txn.open_table(MESSAGES).map_err(err)?,
+            queue: txn.open_table(QUEUE).map_err(err)?,
+            pending: txn.open_table(PENDING).map_err(err)?,
+            status: txn.open_table(STATUS).map_err(err)?,
+            kv: txn.open_table(KV).map_err(err)?,
+            expires: txn.open_table(EXPIRES).map_err(err)?,
+        })
+    }
+
+    pub(super) fn put_row(&mut self, table: TableId, key: &[u8], value: &[u8]) -> Result<()> {
+        match table {
+            TableId::Messages => self.messages.insert(key_str(key)?, value).map(|_| ()),
+            TableId::Queue => self.queue.insert(key_str(key)?, value).map(|_| ()),
+            TableId::Status => self.status.insert(key_str(key)?, value).map(|_| ()),
+            TableId::Kv => self.kv.insert(key_str(key)?, value).map(|_| ()),
+            TableId::Expires => self.expires.insert(key, ()).map(|_| ()),
+            TableId::Pending => {
+                let n = u64::from_le_bytes(
+                    value
+                        .try_into()
+                        .map_err(|_| err("bad pending count in the write-ahead log"))?,
+                );
+                self.pending.insert(key_str(key)?, n).map(|_| ())
+            }
+        }
+        .map_err(err)
+    }
+
+    /// True when the row existed.
+    pub(super) fn remove_row(&mut self, table: TableId, key: &[u8]) -> Result<bool> {
+        let key_s = key_str(key);
+        match table {
+            TableId::Messages => self.messages.remove(key_s?).map(|v| v.is_some()),
+            TableId::Queue => self.queue.remove(key_s?).map(|v| v.is_some()),
+            TableId::Status => self.status.remove(key_s?).map(|v| v.is_some()),
+            TableId::Kv => self.kv.remove(key_s?).map(|v| v.is_some()),
+            TableId::Pending => self.pending.remove(key_s?).map(|v| v.is_some()),
+            TableId::Expires => self.expires.remove(key).map(|v| v.is_some()),
+        }
+        .map_err(err)
+    }
+
+    pub(super) fn put(
+        &mut self,
+        frame: &mut Vec<u8>,
+        table: TableId,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        self.put_row(table, key, value)?;
+        wal::record_put(frame, table, key, value);
+        Ok(())
+    }
+
+    pub(super) fn remove(
+        &mut self,
+        frame: &mut Vec<u8>,
+        table: TableId,
+        key: &[u8],
+    ) -> Result<bool> {
+        let existed = self.remove_row(table, key)?;
+        if existed {
+            wal::record_remove(frame, table, key);
+        }
+        Ok(existed)
+    }
+
+    pub(super) fn replay(&mut self, change: Change) -> Result<()> {
+        match change {
+            Change::Put { table, key, value } => self.put_row(table, &key, &value),
+            Change::Remove { table, key } => self.remove_row(table, &key).map(|_| ()),
+        }
+    }
+
+    pub(super) fn kv_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+    }
+
+    pub(super) fn apply(&mut self, op: &Op, f: &mut Vec<u8>) -> Result<Outcome> {
+        let now = now_ms();
+        match op {
+            Op::Enqueue {
+                msg_id,
+                body,
+                meta,
+                entries,
+                finals,
+            } => {
+                for (key, status) in finals {
+                    self.put_status(f, key, status)?;
+                }
+                let id = msg_id.as_bytes();
+                self.put(f, TableId::Messages, id, body)?;
+                let count = (entries.len() as u64).to_le_bytes();
+                self.put(f, TableId::Pending, id, &count)?;
+                self.put_status(f, msg_id, meta)?;
+                for (key, entry, status) in entries {
+                    self.put(f, TableId::Queue, key.as_bytes(), entry)?;
+                    self.put_status(f, key, status)?;
+                }
+                Ok(Outcome::Unit)
+            }
+            Op::Settle {
+                key,
+                msg_id,
+                requeue,
+                status,
+            } => {
+                self.put_status(f, key, status)?;
+                match requeue {
+                    Some(entry) => self.put(f, TableId::Queue, key.as_bytes(), entry)?,
+                    None => {
+                        if self.remove(f, TableId::Queue, key.as_bytes())? {
+                            let left = self
+                                .pending
+                                .get(msg_id.as_str())
+                                .map_err(err)?
+                                .map(|v| v.value())
+                                .unwrap_or(1)
+                                .saturating_sub(1);
+                            let id = msg_id.as_bytes();
+                            if left == 0 {
+                                self.remove(f, TableId::Pending, id)?;
+                                self.remove(f, TableId::Messages, id)?;
+                            } else {
+                                self.put(f, TableId::Pending, id, &left.to_le_bytes())?;
+                            }
+                        }
+                    }
+                }
+                Ok(Outcome::Unit)
+            }
+            Op::Put {
+                key,
+                value,
+                ttl,
+                only_if_absent,
+            } => {
+                if *only_if_absent {
+                    let exists = self
+                        .kv_value(key)?
+                        .is_some_and(|v| live_value(&v, now).is_some());
+                    if exists {
+                        return Ok(Outcome::Bool(false));
+                    }
+                }
+                let exp = match ttl {
+                    Some(t) => {
+                        let exp = now + t.as_millis() as i64;
+                        self.put(f, TableId::Expires, &expiry_key(exp, TAG_KV, key), &[])?;
+                        exp
+                    }
+                    None => 0,
+                };
+                self.put(f, TableId::Kv, key.as_bytes(), &with_expiry(exp, value))?;
+                Ok(Outcome::Bool(true))
+            }
+            Op::Counters(rows) => {
+                for (key, value, exp) in rows {
+                    self.put(f, TableId::Expires, &expiry_key(*exp, TAG_KV, key), &[])?;
+                    let row = with_expiry(*exp, value.to_string().as_bytes());
+                    self.put(f, TableId::Kv, key.as_bytes(), &row)?;
+                }
+                Ok(Outcome::Unit)
+            }
+            Op::Delete { key } => {
+                let live = self
+                    .kv_value(key)?
+                    .is_some_and(|v| live_value(&v, now).is_some());
+                self.remove(f, TableId::Kv, key.as_bytes())?;
+                Ok(Outcome::Bool(live))
+            }
+            Op::Status { key, status } => {
+                self.put_status(f, key, status)?;
+                Ok(Outcome::Unit)
+            }
+            Op::Many(ops) => {
+                let mut first = None;
+                for op in ops {
+                    let outcome = self.apply(op, f)?;
+                    first.get_or_insert(outcome);
+                }
+                Ok(first.unwrap_or(Outcome::Unit))
+            }
+            Op::Sweep => {
+                let mut due = Vec::new();
+                for row in self
+                    .expires
+                    .range(..now.to_be_bytes().as_slice())
+                    .map_err(err)?
+                {
+                    let (k, _) = row.map_err(err)?;
+                    due.push(k.value().to_vec());
+                    if due.len() >= 10_000 {
+                        break;
+                    }
+                }
+                for k in due {
+                    self.remove(f, TableId::Expires, &k)?;
+                    let (tag, key) = (k[8], &k[9..]);
+                    let (table, current) = if tag == TAG_STATUS {
+                        let v = self.status.get(key_str(key)?).map_err(err)?;
+                        (TableId::Status, v.map(|v| v.value().to_vec()))
+                    } else {
+                        (TableId::Kv, self.kv_value(key_str(key)?)?)
+                    };
+                    // The index may be stale (the key was rewritten later).
+                    if current.is_some_and(|v| live_value(&v, now).is_none()) {
+                        self.remove(f, table, key)?;
+                    }
+                }
+                Ok(Outcome::Unit)
+            }
+        }
+    }
+
+    pub(super) fn put_status(&mut self, f: &mut Vec<u8>, key: &str, value: &[u8]) -> Result<()> {
+        if let Some(exp) = value.get(..8).and_then(|b| b.try_into().ok()) {
+            let exp = i64::from_be_bytes(exp);
+            if exp != 0 {
+                self.put(f, TableId::Expires, &expiry_key(exp, TAG_STATUS, key), &[])?;
+            }
+        }
+        self.put(f, TableId::Status, key.as_bytes(), value)
+    }
+}

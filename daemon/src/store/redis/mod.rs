@@ -1,0 +1,153 @@
+//! Redis store: shared by every node of a cluster.
+//!
+//! Queue keys share one hash tag (`{prefix}`) so every multi-key step is one
+//! server-side script, atomic and one round trip, also on Redis Cluster.
+//! Leases are a sorted set scored by their deadline: a node that dies simply
+//! stops settling, and the next `lease` call of any node moves the expired
+//! entries back to the ready set.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the store's parts, its keys, connecting |
+//! | `scripts.rs` | the server-side Lua scripts |
+//! | `queue.rs` | messages, queue entries, leases, status records |
+//! | `records.rs` | keys, sets, counters, writes |
+//! | `batch.rs` | batches: answered here when they can be, else one pipeline |
+
+use super::{
+    Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
+    Write, decode, encode,
+};
+use crate::net::now_ms;
+use redis::AsyncCommands;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::read_cache::{Read, ReadCache};
+use super::reservations::{IDLE_RETURN, MAX_GRANT, Reservations, SHARE_DIVISOR, Withdrawn};
+use super::{BatchOp, BatchValue, OpRef, prefixed_into};
+
+/// How often unused reserved units go back and old reads are dropped.
+const COUNTER_SWEEP: Duration = Duration::from_millis(250);
+
+mod batch;
+mod queue;
+mod records;
+mod scripts;
+#[cfg(test)]
+mod tests;
+
+use scripts::*;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    retention: Duration,
+    enqueue: Script,
+    lease: Script,
+    settle: Script,
+    release: Script,
+    incr: Script,
+    renew: Script,
+    /// Entries this node holds leases on, with the lease length last asked
+    /// for; renewed in the background so that an attempt that waits or runs
+    /// longer than one lease is not taken over by another node.
+    held: std::sync::Mutex<HashSet<String>>,
+    lease_ms: std::sync::atomic::AtomicI64,
+    /// Units of `take` counters counted in Redis ahead of use.
+    reserved: Reservations,
+    /// Answers for batches that accept them of bounded age.
+    reads: ReadCache,
+}
+
+impl RedisStore {
+    pub async fn connect(url: &str, prefix: &str, retention: Duration) -> Result<Arc<RedisStore>> {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_connection_manager().await?;
+        let store = Arc::new(RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            retention,
+            enqueue: Script::new(ENQUEUE),
+            lease: Script::new(LEASE),
+            settle: Script::new(SETTLE),
+            release: Script::new(RELEASE),
+            incr: Script::new(INCR),
+            renew: Script::new(RENEW),
+            held: std::sync::Mutex::new(HashSet::new()),
+            lease_ms: std::sync::atomic::AtomicI64::new(0),
+            reserved: Reservations::default(),
+            reads: ReadCache::default(),
+        });
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            let mut sweeps = 0u32;
+            loop {
+                tokio::time::sleep(COUNTER_SWEEP).await;
+                let Some(store) = weak.upgrade() else { break };
+                let due = store.reserved.due(Instant::now(), IDLE_RETURN);
+                if let Err(e) = store.give_back(&due).await {
+                    tracing::warn!(error = %e, units = due.len(), "returning reserved counter units failed");
+                }
+                sweeps = sweeps.wrapping_add(1);
+                if sweeps.is_multiple_of(40) {
+                    store.reads.sweep(Instant::now());
+                }
+            }
+        });
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            loop {
+                let lease_ms = match weak.upgrade() {
+                    Some(s) => s.lease_ms.load(Ordering::Relaxed),
+                    None => break,
+                };
+                // Renew at a third of the lease, so two renewals can fail
+                // before another node may take an entry over.
+                let every = Duration::from_millis((lease_ms / 3).max(500) as u64);
+                tokio::time::sleep(every).await;
+                let Some(store) = weak.upgrade() else { break };
+                if let Err(e) = store.renew_leases().await {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    /// Gives back every reserved unit: for a node that stops.
+    pub async fn close(&self) {
+        let all = self.reserved.all(Instant::now());
+        if let Err(e) = self.give_back(&all).await {
+            tracing::warn!(error = %e, "returning reserved counter units at shutdown failed");
+        }
+    }
+
+    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn q(&self, name: &str) -> String {
+        format!("{{{}}}:q:{name}", self.prefix)
+    }
+
+    pub(super) fn body_key(&self, msg_id: &str) -> String {
+        format!("{{{}}}:body:{msg_id}", self.prefix)
+    }
+
+    pub(super) fn status_key(&self, msg_id: &str) -> String {
+        format!("{{{}}}:status:{msg_id}", self.prefix)
+    }
+
+    pub(super) fn kv_key(&self, key: &str) -> String {
+        format!("{}:kv:{key}", self.prefix)
+    }
+
+    pub(super) fn set_key(&self, set: &str) -> String {
+        format!("{}:set:{set}", self.prefix)
+    }
+}

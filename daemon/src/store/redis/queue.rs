@@ -1,0 +1,220 @@
+//! The queue in Redis: messages, queue entries, leases (renewed while an
+//! attempt runs), status records.
+
+use super::*;
+
+impl RedisStore {
+    pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
+        let mut inv = self.enqueue.prepare_invoke();
+        inv.key(self.q("ready"))
+            .key(self.q("entries"))
+            .key(self.q("pending"))
+            .key(self.body_key(&msg.id))
+            .key(self.status_key(&msg.id))
+            .arg(msg.ready_at_ms)
+            .arg(&msg.id)
+            .arg(&msg.body[..])
+            .arg(encode(&msg.meta()))
+            .arg(self.retention.as_secs().max(1));
+        for e in msg.entries() {
+            inv.arg(e.key())
+                .arg(encode(&e))
+                .arg(e.rcpt_idx)
+                .arg(encode(&msg.initial_status(&e.recipient)));
+        }
+        for (i, status) in msg.dropped_statuses() {
+            inv.arg(crate::store::entry_key(&msg.id, i))
+                .arg("")
+                .arg(i)
+                .arg(encode(&status));
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
+        let now = now_ms();
+        self.lease_ms
+            .store(lease.as_millis() as i64, Ordering::Relaxed);
+        let rows: Vec<Option<Vec<u8>>> = self
+            .lease
+            .key(self.q("ready"))
+            .key(self.q("leased"))
+            .key(self.q("entries"))
+            .arg(now)
+            .arg(now + lease.as_millis() as i64)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().flatten() {
+            match decode::<QueueEntry>("queue entry", &row) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::error!(error = %e, "skipping corrupt queue entry"),
+            }
+        }
+        self.held().extend(out.iter().map(|e| e.key()));
+        Ok(out)
+    }
+
+    pub(super) async fn renew_leases(&self) -> Result<()> {
+        let keys: Vec<String> = self.held().iter().cloned().collect();
+        let lease_ms = self.lease_ms.load(Ordering::Relaxed);
+        for chunk in keys.chunks(1000) {
+            let mut inv = self.renew.prepare_invoke();
+            inv.key(self.q("leased")).arg(now_ms() + lease_ms);
+            for k in chunk {
+                inv.arg(k);
+            }
+            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn next_ready_ms(&self) -> Result<Option<i64>> {
+        let first: Vec<(String, f64)> = self
+            .conn
+            .clone()
+            .zrange_withscores(self.q("ready"), 0, 0)
+            .await?;
+        let leased: Vec<(String, f64)> = self
+            .conn
+            .clone()
+            .zrange_withscores(self.q("leased"), 0, 0)
+            .await?;
+        Ok(first.into_iter().chain(leased).map(|(_, s)| s as i64).min())
+    }
+
+    pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>> {
+        let body: Option<Vec<u8>> = self.conn.clone().get(self.body_key(msg_id)).await?;
+        Ok(body.map(Arc::from))
+    }
+
+    pub async fn settle(
+        &self,
+        entry: &QueueEntry,
+        disposition: Disposition,
+        also: &[Write],
+    ) -> Result<()> {
+        let (requeue, ready_at, status) = match &disposition {
+            Disposition::Final(s) => (Vec::new(), 0, s),
+            Disposition::Retry(next, s) => (encode(next), next.ready_at_ms, s),
+        };
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(self.q("leased"))
+            .key(self.q("ready"))
+            .key(self.q("entries"))
+            .key(self.q("pending"))
+            .key(self.body_key(&entry.msg_id))
+            .key(self.status_key(&entry.msg_id))
+            .arg(entry.key())
+            .arg(&entry.msg_id)
+            .arg(entry.rcpt_idx)
+            .arg(encode(status))
+            .arg(self.retention.as_secs().max(1))
+            .arg(requeue)
+            .arg(ready_at);
+        if also.is_empty() {
+            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        } else {
+            // One MULTI. The script may be missing (a restarted server):
+            // then the rest ran without it, and all of it runs again, which
+            // the writes allow (they set, they do not add up).
+            let run = |load: bool| {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if load {
+                    pipe.load_script(&self.settle).ignore();
+                }
+                pipe.invoke_script(&inv).ignore();
+                self.add_writes(&mut pipe, also);
+                pipe
+            };
+            let first: redis::RedisResult<()> =
+                run(false).query_async(&mut self.conn.clone()).await;
+            let done = match first {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    run(true).query_async(&mut self.conn.clone()).await
+                }
+                other => other,
+            };
+            self.forget_writes(also);
+            done?;
+        }
+        self.held().remove(&entry.key());
+        Ok(())
+    }
+
+    pub async fn record_status(
+        &self,
+        msg_id: &str,
+        idx: u32,
+        status: &RecipientStatus,
+        also: &[Write],
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.status_key(msg_id), idx, encode(status))
+            .ignore();
+        self.add_writes(&mut pipe, also);
+        let done: redis::RedisResult<()> = pipe.query_async(&mut self.conn.clone()).await;
+        self.forget_writes(also);
+        Ok(done?)
+    }
+
+    pub async fn release(&self, entries: &[QueueEntry]) -> Result<()> {
+        let now = now_ms();
+        self.release_at(entries, |_| now).await
+    }
+
+    /// Gives leased entries back, each due at its `ready_at_ms`.
+    pub async fn park(&self, entries: &[QueueEntry]) -> Result<()> {
+        self.release_at(entries, |e| e.ready_at_ms).await
+    }
+
+    pub(super) async fn release_at(
+        &self,
+        entries: &[QueueEntry],
+        at: impl Fn(&QueueEntry) -> i64,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.release.prepare_invoke();
+        inv.key(self.q("leased")).key(self.q("ready"));
+        for e in entries {
+            inv.arg(e.key()).arg(at(e));
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        let mut held = self.held();
+        for e in entries {
+            held.remove(&e.key());
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self, msg_id: &str) -> Result<Option<MessageStatus>> {
+        let key = self.status_key(msg_id);
+        let fields: Vec<(String, Vec<u8>)> = self.conn.clone().hgetall(&key).await?;
+        let mut meta: Option<MessageMeta> = None;
+        let mut recipients: Vec<(u32, RecipientStatus)> = Vec::new();
+        for (field, value) in fields {
+            if field == "meta" {
+                meta = Some(decode(&key, &value)?);
+            } else if let Ok(idx) = field.parse::<u32>() {
+                recipients.push((idx, decode(&key, &value)?));
+            }
+        }
+        recipients.sort_by_key(|(i, _)| *i);
+        Ok(meta.map(|meta| MessageStatus {
+            meta,
+            recipients: recipients.into_iter().map(|(_, r)| r).collect(),
+        }))
+    }
+
+    pub async fn queue_len(&self) -> Result<u64> {
+        Ok(self.conn.clone().hlen(self.q("entries")).await?)
+    }
+}
