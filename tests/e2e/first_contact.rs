@@ -3,9 +3,9 @@
 //! script leaves, a policy script written from docs/lua-api.md with the
 //! mistakes people make, the SDK and smtplib as peers.
 
-use crate::api::{Sdk, create_account, send_params, verified_sender};
+use crate::clients::smtplib;
+use crate::clients::{Sdk, create_account, send_params, verified_sender};
 use crate::harness::{BOTH, Env, binary, queued, wait_state};
-use crate::security::smtplib;
 use kiln_testkit::client::message;
 use kiln_testkit::dns::DnsServer;
 use kiln_testkit::process::Kiln;
@@ -154,7 +154,7 @@ async fn send_email_is_not_held_to_the_warm_up_curve() {
         let mut sdk = Sdk::start(e.kiln.http).await;
         let acme = create_account(&e, "acme");
         verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
-        let template = crate::api::approved_template(&mut sdk, &acme).await;
+        let template = crate::clients::approved_template(&mut sdk, &acme).await;
         for i in 0..6 {
             let r = sdk
                 .call(

@@ -2,18 +2,22 @@
 //! server, SMTP sinks, `redis-server` — over loopback. Every scenario runs
 //! on both store backends.
 //!
-//! Layout mirrors the daemon: `smtp_in` (submission rules), `delivery`
-//! (MX, retries, bounces, DKIM), `durability` (kill -9), `cluster` (two
-//! nodes on one Redis).
+//! Layout mirrors the daemon's rooms: `intake` (SMTP submission, the SES
+//! API through the official SDK, isolation between accounts, batch tasks),
+//! `egress` (MX, retries, bounces, DKIM, TLS), `feedback` (events,
+//! callbacks, tracking, unsubscribes, reports that come back), `store`
+//! (kill -9, two nodes on one Redis), `ops` (the command line), `policy`.
+//! Across rooms: `security` (what an attacker tries) and `first_contact`
+//! (what a new operator meets). `clients` holds the ordinary clients they
+//! use (the SDK, smtplib), `harness` the environments.
 
-mod api;
-mod cli;
-mod cluster;
-mod delivery;
-mod durability;
-mod events;
+mod clients;
+mod egress;
+mod feedback;
 mod first_contact;
 mod harness;
+mod intake;
+mod ops;
 mod policy;
 mod security;
-mod smtp_in;
+mod store;

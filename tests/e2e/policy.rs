@@ -2,8 +2,8 @@
 //! lose mail, reloads apply to what comes after, limits answer over SMTP,
 //! counters are shared by the nodes of a cluster.
 
-use crate::durability::inject;
 use crate::harness::{BOTH, Backend, env, queued_id, second_node, wait_state};
+use crate::store::durability::inject;
 use kiln_testkit::client::{Reply, SmtpClient, message};
 use kiln_testkit::process::{Kiln, KilnOptions, PERMISSIVE_POLICY};
 use std::net::SocketAddr;

@@ -2,78 +2,14 @@
 //! smtplib, raw sockets, the SDK. Each test reproduces one defect of
 //! issue 15 and fails on the code before its fix.
 
-use crate::api::{Sdk, create_account, send_params, verified_sender};
+use crate::clients::{
+    Sdk, create_account, run_smtplib, send_params, smtplib, smtplib_login, verified_sender,
+};
 use crate::harness::{BOTH, Backend, env, queued, queued_id, submit_session, wait_state};
-use kiln_testkit::client::{Reply, SmtpClient, message};
+use kiln_testkit::client::{SmtpClient, message};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// One message submitted with Python's smtplib (STARTTLS, AUTH unless
-/// `user` is "-"): the reply that decided it.
-pub async fn smtplib(
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-    from: &str,
-    to: &[&str],
-    data: &[u8],
-) -> Reply {
-    use base64::Engine;
-    let req = json!({
-        "from": from,
-        "to": to,
-        "data": base64::engine::general_purpose::STANDARD.encode(data),
-    });
-    run_smtplib(addr, user, password, None, req).await
-}
-
-/// An smtplib login from `source` (a loopback address), and nothing more:
-/// the reply to AUTH.
-pub async fn smtplib_login(addr: SocketAddr, user: &str, password: &str, source: &str) -> Reply {
-    run_smtplib(addr, user, password, Some(source), json!({})).await
-}
-
-async fn run_smtplib(
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-    source: Option<&str>,
-    req: serde_json::Value,
-) -> Reply {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/smtplib_send.py");
-    let mut child = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(addr.to_string())
-        .arg(user)
-        .arg(password)
-        .args(source)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(req.to_string().as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("smtplib finishes")
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "smtplib_send.py: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    Reply {
-        code: v["code"].as_u64().unwrap() as u16,
-        text: v["text"].as_str().unwrap().to_string(),
-    }
-}
 
 /// The `d=` of every DKIM-Signature of a delivered message.
 fn signing_domains(data: &[u8]) -> Vec<String> {
@@ -228,7 +164,7 @@ domains = ["probe.test"]
         assert_eq!(signed, want, "{backend:?}");
 
         // The API checks the same: HeaderFrom on another tenant's domain.
-        let template = crate::api::approved_template(&mut sdk, &other).await;
+        let template = crate::clients::approved_template(&mut sdk, &other).await;
         let (code, _) = sdk
             .err(&other, "SendEmail", {
                 let mut p = send_params("other.test", template, "victim@dest.test");
@@ -493,7 +429,7 @@ async fn odd_addresses_and_literals() {
     let mut sdk = Sdk::start(e.kiln.http).await;
     let acme = create_account(&e, "acme");
     verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
-    let template = crate::api::approved_template(&mut sdk, &acme).await;
+    let template = crate::clients::approved_template(&mut sdk, &acme).await;
     for to in [
         "x@[127.0.0.1]",
         "x@@dest.test",
@@ -541,7 +477,7 @@ async fn attachments_up_to_the_message_limit_fit_the_api() {
     let mut sdk = Sdk::start(e.kiln.http).await;
     let acme = create_account(&e, "acme");
     verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
-    let template = crate::api::approved_template(&mut sdk, &acme).await;
+    let template = crate::clients::approved_template(&mut sdk, &acme).await;
     let send = |to: &str, bytes: &[u8]| {
         let mut p = send_params("mail.acme.test", template, to);
         p["Attachments"] = json!([{"FileName": "report.pdf", "Content": b64(bytes)}]);
@@ -785,7 +721,7 @@ async fn a_replayed_request_is_refused() {
         let mut sdk = Sdk::start(e.kiln.http).await;
         let acme = create_account(&e, "acme");
         verified_sender(&e, &mut sdk, &acme, "mail.acme.test", 1).await;
-        let template = crate::api::approved_template(&mut sdk, &acme).await;
+        let template = crate::clients::approved_template(&mut sdk, &acme).await;
         // The SDK talks through a proxy that keeps what it sent.
         let (proxy, sent) = recording_proxy(e.kiln.http).await;
         let mut through_proxy = Sdk::start(proxy).await;

@@ -3,7 +3,7 @@
 //! wins over the account's; a receiver that is down, answers 500, or a
 //! daemon killed with callbacks pending loses no event and gets none twice.
 
-use crate::api::{Creds, Sdk, ready_to_send, send_status, today};
+use crate::clients::{Creds, Sdk, ready_to_send, send_status, today};
 use crate::harness::{BOTH, Backend, Env, env};
 use kiln_testkit::webhook::{Hook, Webhook};
 use serde_json::{Value, json};
@@ -266,9 +266,9 @@ async fn opens_and_clicks_in_a_real_browser_become_events() {
     })
     .await;
     let mut sdk = Sdk::start(e.kiln.http).await;
-    let acme = crate::api::create_account(&e, "acme");
+    let acme = crate::clients::create_account(&e, "acme");
     let domain = "mail.acme.test";
-    crate::api::verified_sender(&e, &mut sdk, &acme, domain, 1).await;
+    crate::clients::verified_sender(&e, &mut sdk, &acme, domain, 1).await;
     let landing = hook.url("/landing?from=mail");
     let words = "your parcel left our store today and will arrive soon ".repeat(8);
     let html = format!(
@@ -505,7 +505,7 @@ async fn one_click_unsubscribe_suppresses_the_recipient() {
         names.contains(&"List-Unsubscribe") && names.contains(&"List-Unsubscribe-Post"),
         "{h}"
     );
-    let results = crate::delivery::verify_dkim(e.dns.addr, &data).await;
+    let results = crate::egress::delivery::verify_dkim(e.dns.addr, &data).await;
     assert_eq!(results, [mail_auth::DkimResult::Pass]);
 
     // Opening the link only asks; it takes a POST.
@@ -701,7 +701,7 @@ async fn verp_reports(backend: Backend) {
     );
     assert_ne!(ann_rp, bob_rp);
     // DKIM (the From domain's) still passes with the VERP envelope.
-    let results = crate::delivery::verify_dkim(e.dns.addr, &msgs[0].data).await;
+    let results = crate::egress::delivery::verify_dkim(e.dns.addr, &msgs[0].data).await;
     assert_eq!(results, [mail_auth::DkimResult::Pass]);
     let events = |hook: &Webhook| -> Vec<Value> { hook.posts().iter().map(body).collect() };
     assert!(crate::harness::wait_until(Duration::from_secs(20), || events(&hook).len() >= 2).await);

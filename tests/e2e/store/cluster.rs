@@ -1,7 +1,7 @@
 //! Two nodes on one Redis share one queue.
 
-use crate::durability::{inject, subjects};
 use crate::harness::{Backend, env, second_node};
+use crate::store::durability::{inject, subjects};
 use kiln_testkit::process::KilnOptions;
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,0 +1,3 @@
+//! Egress: delivery to the MX hosts DNS names.
+
+pub mod delivery;

@@ -1,0 +1,6 @@
+//! Intake: SMTP submission, the SES API, batch tasks.
+
+mod api;
+mod batch;
+mod isolation;
+mod smtp;

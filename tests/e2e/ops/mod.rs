@@ -1,0 +1,3 @@
+//! Operations: the kiln command line.
+
+mod cli;
