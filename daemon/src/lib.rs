@@ -27,6 +27,7 @@
 //! ```
 
 pub mod address;
+pub mod clock;
 pub mod config;
 pub mod dns;
 pub mod egress;

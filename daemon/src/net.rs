@@ -66,31 +66,6 @@ impl Cidr {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-/// Added to the system clock: zero unless a test moved this process's clock
-/// forward (`server.test_clock`), e.g. to the next day.
-static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-/// Wall-clock milliseconds since the epoch, as Kiln counts them.
-pub fn now_ms() -> i64 {
-    system_now_ms() + CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The system clock, never moved: what clients outside compare with
-/// (request signatures).
-pub fn system_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Moves this process's clock forward (tests only: `server.test_clock`);
-/// returns the new offset.
-pub fn advance_clock(ms: i64) -> i64 {
-    CLOCK_OFFSET_MS.fetch_add(ms.max(0), std::sync::atomic::Ordering::Relaxed) + ms.max(0)
-}
-
 /// Runs `flush` every `interval` until `stop`, then once more (so what was
 /// gathered since the last round is not lost at a clean stop).
 pub async fn flush_every<F, Fut>(

@@ -1,6 +1,9 @@
-//! Daemon lifecycle: open the store, bind listeners, start the queue
-//! manager, tell systemd we are ready; SIGHUP reloads, SIGTERM drains.
+//! Node lifecycle: `start` opens the store and starts every task on the
+//! listeners it is given, with the clock it is given (a test runs nodes in
+//! its own process this way); `Node::stop` drains; `run` is the daemon
+//! around them (binds, tells systemd, SIGHUP reloads, SIGTERM drains).
 
+use crate::clock::Clock;
 use crate::config::{Settings, StoreBackend};
 use crate::dns::MxResolver;
 use crate::egress::Delivery;
@@ -22,12 +25,12 @@ use tokio_util::task::TaskTracker;
 const BODY_CACHE_BYTES: usize = 256 * 1024 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Store> {
     Ok(match settings.store.backend {
         StoreBackend::Embedded => {
             let path = settings.store_path();
             Store::Embedded(
-                EmbeddedStore::open(&path, settings.queue.status_retention)
+                EmbeddedStore::open(&path, settings.queue.status_retention, clock)
                     .with_context(|| format!("opening embedded store {}", path.display()))?,
             )
         }
@@ -36,6 +39,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
                 &settings.store.redis_url,
                 &settings.store.redis_prefix,
                 settings.queue.status_retention,
+                clock,
             )
             .await
             .with_context(|| format!("connecting to {}", settings.store.redis_url))?,
@@ -54,7 +58,102 @@ fn tls_acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(config))
 }
 
+/// What a node listens on, bound before it starts: the daemon binds what
+/// the settings name, a test binds port 0 and reads the ports.
+pub struct Listeners {
+    pub smtp: Vec<Listener>,
+    pub http: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds every listener the settings name.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+        let mut smtp = Vec::new();
+        for l in &settings.smtp.listeners {
+            let listener = Listener::bind(l)
+                .await
+                .with_context(|| format!("binding SMTP listener {}", l.address))?;
+            smtp.push(listener);
+        }
+        let http = tokio::net::TcpListener::bind(settings.http.listen)
+            .await
+            .with_context(|| format!("binding HTTP listener {}", settings.http.listen))?;
+        Ok(Listeners { smtp, http })
+    }
+}
+
+/// Where a node listens: on listeners bound beforehand (a test binds port
+/// 0 and reads the ports), or where the settings say, bound once the node
+/// is ready to serve (so a port that answers means a node that is up).
+pub enum Listen {
+    On(Listeners),
+    AsConfigured,
+}
+
+/// A running node: every task started, serving its listeners.
+pub struct Node {
+    pub services: Arc<Services>,
+    shutdown: CancellationToken,
+    delivery_stop: CancellationToken,
+    outcomes_stop: CancellationToken,
+    callbacks_stop: CancellationToken,
+    sessions: TaskTracker,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    manager_task: tokio::task::JoinHandle<()>,
+    tasks_task: tokio::task::JoinHandle<()>,
+    outcomes_task: tokio::task::JoinHandle<()>,
+    stats_task: tokio::task::JoinHandle<()>,
+    sending_task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
+    delivery: Arc<Delivery>,
+}
+
+/// The daemon: starts a node where the settings say, tells systemd it is
+/// ready; SIGHUP reloads, SIGTERM (or SIGINT) drains and stops.
 pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let clock = if settings.server.test_clock {
+        Clock::test()
+    } else {
+        Clock::system()
+    };
+    // The operator token exists before anyone can connect: a command run
+    // as soon as the ports answer finds it.
+    std::fs::create_dir_all(&settings.server.data_dir).with_context(|| {
+        format!(
+            "creating data directory {}",
+            settings.server.data_dir.display()
+        )
+    })?;
+    crate::ops::admin_auth::ensure_token(&settings.server.data_dir)
+        .context("making the admin token in the data directory")?;
+    let node = start(settings, config_path.clone(), Listen::AsConfigured, clock).await?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let _ = reload(&node.services, config_path.as_deref()).await;
+            }
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    node.stop().await;
+    Ok(())
+}
+
+/// Starts a node with `clock` as its time: opens the store, loads the
+/// policy, starts the queue manager, delivery, callbacks and the batch-task
+/// runner, and serves SMTP and HTTP where `listen` says.
+pub async fn start(
+    settings: Settings,
+    config_path: Option<PathBuf>,
+    listen: Listen,
+    clock: Clock,
+) -> anyhow::Result<Node> {
     let settings = Arc::new(settings);
     std::fs::create_dir_all(&settings.server.data_dir).with_context(|| {
         format!(
@@ -62,7 +161,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
             settings.server.data_dir.display()
         )
     })?;
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings, clock).await?;
     let shutdown = CancellationToken::new();
     let queue = QueueHandle::new(store.clone(), BODY_CACHE_BYTES);
     let signers = Arc::new(DkimSigners::new(
@@ -160,17 +259,14 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     let callbacks_stop = CancellationToken::new();
     let sending_task = tokio::spawn(callbacks.clone().send_due(callbacks_stop.clone()));
 
-    let mut listeners = Vec::new();
-    for l in &settings.smtp.listeners {
-        let listener = Listener::bind(l)
-            .await
-            .with_context(|| format!("binding SMTP listener {}", l.address))?;
-        tracing::info!(address = %listener.local_addr()?, tls = ?l.tls, "SMTP listening");
-        listeners.push(listener);
+    let listeners = match listen {
+        Listen::On(l) => l,
+        Listen::AsConfigured => Listeners::bind(&settings).await?,
+    };
+    for l in &listeners.smtp {
+        tracing::info!(address = %l.local_addr()?, tls = ?l.settings.tls, "SMTP listening");
     }
-    let http = tokio::net::TcpListener::bind(settings.http.listen)
-        .await
-        .with_context(|| format!("binding HTTP listener {}", settings.http.listen))?;
+    let http = listeners.http;
     tracing::info!(address = %http.local_addr()?, "HTTP listening");
     tracing::info!(
         store = store.backend_name(),
@@ -185,7 +281,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         settings.smtp.max_connections_per_ip,
     );
     let mut accept_tasks = Vec::new();
-    for listener in listeners {
+    for listener in listeners.smtp {
         accept_tasks.push(tokio::spawn(smtp::serve(
             ctx.clone(),
             listener,
@@ -222,51 +318,78 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
         delivery_stop.clone(),
     ));
 
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    Ok(Node {
+        services: ctx,
+        shutdown,
+        delivery_stop,
+        outcomes_stop,
+        callbacks_stop,
+        sessions,
+        accept_tasks,
+        manager_task,
+        tasks_task,
+        outcomes_task,
+        stats_task,
+        sending_task,
+        http_task,
+        delivery,
+    })
+}
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                let _ = reload(&ctx, config_path.as_deref()).await;
-            }
+impl Node {
+    /// Stops accepting, lets sessions finish (within a grace period),
+    /// finishes running attempts and gives the rest back to the queue,
+    /// sends what is due, and closes the store.
+    pub async fn stop(self) {
+        tracing::info!("shutting down: no new connections");
+        self.shutdown.cancel();
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        self.sessions.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("SMTP sessions still open after the grace period");
+        }
+        self.delivery_stop.cancel();
+        let _ = self.manager_task.await;
+        let _ = self.tasks_task.await;
+        self.delivery.drain(SHUTDOWN_GRACE).await;
+        // The last outcomes reach the reputation counters before the store closes.
+        self.outcomes_stop.cancel();
+        let _ = self.outcomes_task.await;
+        let _ = self.stats_task.await;
+        self.callbacks_stop.cancel();
+        let _ = self.sending_task.await;
+        let _ = self.http_task.await;
+        match &self.services.store {
+            Store::Embedded(s) => s.close(),
+            Store::Redis(s) => s.close().await,
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Stops at once, as `kill -9` would: every task aborted, nothing
+    /// given back or flushed (leases expire; other nodes take over).
+    pub fn abort(self) {
+        self.shutdown.cancel();
+        self.delivery_stop.cancel();
+        for t in self.accept_tasks {
+            t.abort();
+        }
+        for t in [
+            self.manager_task,
+            self.tasks_task,
+            self.outcomes_task,
+            self.stats_task,
+            self.sending_task,
+            self.http_task,
+        ] {
+            t.abort();
         }
     }
-
-    tracing::info!("shutting down: no new connections");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    shutdown.cancel();
-    for t in accept_tasks {
-        let _ = t.await;
-    }
-    sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("SMTP sessions still open after the grace period");
-    }
-    delivery_stop.cancel();
-    let _ = manager_task.await;
-    let _ = tasks_task.await;
-    delivery.drain(SHUTDOWN_GRACE).await;
-    // The last outcomes reach the reputation counters before the store closes.
-    outcomes_stop.cancel();
-    let _ = outcomes_task.await;
-    let _ = stats_task.await;
-    callbacks_stop.cancel();
-    let _ = sending_task.await;
-    let _ = http_task.await;
-    match &store {
-        Store::Embedded(s) => s.close(),
-        Store::Redis(s) => s.close().await,
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// The secret that signs tracking URLs and return paths: the configured

@@ -185,7 +185,7 @@ pub fn send_params(domain: &str, template: i64, to: &str) -> Value {
 /// timestamp in seconds, so the same request sent again within one is
 /// the same bytes (a replay).
 pub async fn next_second() {
-    let now = kiln::net::system_now_ms();
+    let now = kiln::clock::system_now_ms();
     tokio::time::sleep(Duration::from_millis((1000 - now % 1000) as u64 + 5)).await;
 }
 

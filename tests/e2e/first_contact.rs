@@ -249,7 +249,8 @@ async fn a_misspelt_plugin_setting_is_named() {
             text.contains(
                 "policy-node-a.lua: config.limits.rate_per_secnd: plugin limits has no such setting"
             ),
-            "{args:?}: {text}"
+            "{args:?}: {text}\n{}",
+            e.kiln.log_text()
         );
     }
     // The running policy is the old one.

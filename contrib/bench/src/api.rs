@@ -83,7 +83,7 @@ struct Api {
 impl Api {
     async fn call(&self, action: &str, params: &Value) -> Result<Value, String> {
         let body = params.to_string();
-        let now = kiln::net::system_now_ms() / 1000;
+        let now = kiln::clock::system_now_ms() / 1000;
         let ts = now.to_string();
         let (date, signature) = {
             let headers = [

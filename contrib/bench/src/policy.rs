@@ -92,13 +92,22 @@ async fn run(args: &Args, script: &str, redis: Option<&RedisServer>) {
     let retention = Duration::from_secs(86400);
     let store = match redis {
         Some(r) => Store::Redis(
-            kiln::store::redis::RedisStore::connect(&r.url(), "kiln", retention)
-                .await
-                .expect("redis store"),
+            kiln::store::redis::RedisStore::connect(
+                &r.url(),
+                "kiln",
+                retention,
+                kiln::clock::Clock::system(),
+            )
+            .await
+            .expect("redis store"),
         ),
         None => Store::Embedded(
-            kiln::store::embedded::EmbeddedStore::open(&dir.path().join("kiln.redb"), retention)
-                .expect("embedded store"),
+            kiln::store::embedded::EmbeddedStore::open(
+                &dir.path().join("kiln.redb"),
+                retention,
+                kiln::clock::Clock::system(),
+            )
+            .expect("embedded store"),
         ),
     };
     let script_path = dir.path().join("policy.lua");
@@ -140,7 +149,7 @@ async fn run(args: &Args, script: &str, redis: Option<&RedisServer>) {
                     sender_domain: "shop.test".into(),
                     recipients: vec!["rcpt@sink.test".into()],
                     message: body.clone(),
-                    now: kiln::net::now_ms(),
+                    now: kiln::clock::system_now_ms(),
                     trigger_type: "regular",
                     require_tls: false,
                     origin: "bench".into(),

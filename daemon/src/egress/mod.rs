@@ -13,7 +13,7 @@ pub mod client;
 
 use crate::config::Settings;
 use crate::dns::{MxResolver, RouteError};
-use crate::net::{domain_of, now_ms};
+use crate::net::domain_of;
 use crate::policy::decisions::{BounceClass, BounceInfo};
 use crate::queue::QueueHandle;
 use crate::store::{Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus};
@@ -231,7 +231,7 @@ impl crate::queue::manager::Dispatch for Delivery {
             let mut st = dest.lock();
             if st.jobs.len() + st.running.len() >= self.line_limit(&st) {
                 let connections = self.settings.delivery.max_connections_per_destination;
-                entry.ready_at_ms = st.park_at(now_ms(), connections);
+                entry.ready_at_ms = st.park_at(self.queue.store.now_ms(), connections);
                 return Some(entry);
             }
             st.jobs.push_back(Job {
@@ -322,7 +322,7 @@ impl Delivery {
             let entry = job.entry.clone();
             let started = Instant::now();
             let mut attempt = Attempt {
-                at_ms: now_ms(),
+                at_ms: self.queue.store.now_ms(),
                 mx: None,
                 ip: None,
                 code: None,
@@ -582,6 +582,7 @@ impl Delivery {
 
     /// The event for an attempt's outcome (delivered, deferred, bounce).
     fn event_for(
+        now: i64,
         entry: &QueueEntry,
         state: RecipientState,
         class: Option<&BounceClass>,
@@ -598,6 +599,7 @@ impl Delivery {
             RecipientState::Queued | RecipientState::Dropped => return None,
         };
         let mut e = crate::feedback::events::Event::new(
+            now,
             kind,
             &entry.msg_id,
             &entry.recipient,
@@ -621,7 +623,7 @@ impl Delivery {
 
     async fn settle(&self, entry: &QueueEntry, verdict: Verdict, mut attempt: Attempt) {
         let (verdict, class) = self.classify(entry, verdict, &mut attempt).await;
-        let now = now_ms();
+        let now = self.queue.store.now_ms();
         let q = &self.settings.queue;
         let expired = now - entry.received_at_ms >= q.max_age.as_millis() as i64;
         let state = match verdict {
@@ -657,7 +659,7 @@ impl Delivery {
         } else {
             Vec::new()
         };
-        let event = Self::event_for(entry, state, class.as_ref(), &attempt);
+        let event = Self::event_for(now, entry, state, class.as_ref(), &attempt);
         attempts.push(attempt);
         let mut status = RecipientStatus {
             recipient: entry.recipient.clone(),

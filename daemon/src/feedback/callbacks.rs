@@ -208,7 +208,7 @@ impl Callbacks {
             return Vec::new();
         };
         // Formatted when it is sent, off the path that raised it.
-        let now = crate::net::now_ms();
+        let now = self.ses.store.now_ms();
         let job = Job {
             id: e.event_id.clone(),
             url: route.url,
@@ -304,14 +304,14 @@ impl Callbacks {
     pub async fn send_due(self: Arc<Self>, stop: CancellationToken) {
         let store = self.ses.store.clone();
         let mut cursor =
-            (crate::net::now_ms() - self.keep_for().as_millis() as i64).div_euclid(BUCKET_MS);
+            (self.ses.store.now_ms() - self.keep_for().as_millis() as i64).div_euclid(BUCKET_MS);
         let tasks = tokio_util::task::TaskTracker::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            let now_bucket = crate::net::now_ms().div_euclid(BUCKET_MS);
+            let now_bucket = self.ses.store.now_ms().div_euclid(BUCKET_MS);
             let mut all_empty_so_far = true;
             let mut b = cursor;
             while b <= now_bucket && !stop.is_cancelled() {
@@ -410,7 +410,7 @@ impl Callbacks {
     ) -> crate::store::Result<(Vec<Job>, Vec<Write>)> {
         let ops: Vec<BatchOp> = ids.iter().map(|id| BatchOp::Get(job_key(id))).collect();
         let values = self.ses.store.batch(&ops).await?;
-        let now = crate::net::now_ms();
+        let now = self.ses.store.now_ms();
         let (mut jobs, mut stale) = (Vec::new(), Vec::new());
         for (id, value) in ids.iter().zip(values) {
             let BatchValue::Bytes(Some(raw)) = value else {
@@ -508,7 +508,7 @@ impl Callbacks {
             Err(why) => why,
         };
         job.attempts += 1;
-        let now = crate::net::now_ms();
+        let now = self.ses.store.now_ms();
         let mut writes = vec![Write::Delete(lock_key(&job.id))];
         if now - job.created_at_ms >= self.settings.max_age.as_millis() as i64 {
             tracing::error!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, "callback given up");
@@ -534,7 +534,7 @@ impl Callbacks {
             let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
             (format!("[{}]", bodies.join(",")), ids.join(","))
         };
-        let timestamp = crate::net::system_now_ms() / 1000;
+        let timestamp = crate::clock::system_now_ms() / 1000;
         let mut req = self.http.post(&first.url);
         for (name, value) in &first.headers {
             let lower = name.to_ascii_lowercase();

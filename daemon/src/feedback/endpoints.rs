@@ -31,7 +31,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     fn allow(&self, ip: IpAddr, per_second: u32) -> bool {
-        let now = crate::net::system_now_ms() / 1000;
+        let now = crate::clock::system_now_ms() / 1000;
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if w.0 != now {
             *w = (now, HashMap::new());

@@ -43,7 +43,7 @@ pub async fn mark_first(
     let store = &ctx.ses.store;
     let key = first_key(kind, message_id, recipient);
     let value = crate::store::encode(&FirstSeen {
-        at_ms: crate::net::now_ms(),
+        at_ms: ctx.store.now_ms(),
         ip: ip.to_string(),
         user_agent: user_agent.to_string(),
     });
@@ -125,6 +125,7 @@ async fn try_record(
         }
     }
     let mut e = crate::feedback::events::Event::new(
+        ctx.store.now_ms(),
         kind,
         &m.message_id,
         &m.recipient,
@@ -170,6 +171,7 @@ pub async fn unsubscribe(
     {
         ctx.stats.record(&domain, &recipient, "unsubscribe", 1);
         let mut e = crate::feedback::events::Event::new(
+            ctx.store.now_ms(),
             "unsubscribe",
             &m.message_id,
             &m.recipient,

@@ -48,7 +48,15 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(kind: &str, message_id: &str, recipient: &str, from: &str, account: &str) -> Event {
+    /// An event of `kind` that happened at `at` (ms since the epoch).
+    pub fn new(
+        at: i64,
+        kind: &str,
+        message_id: &str,
+        recipient: &str,
+        from: &str,
+        account: &str,
+    ) -> Event {
         Event {
             event: kind.to_string(),
             event_id: uuid::Uuid::now_v7().simple().to_string(),
@@ -57,7 +65,7 @@ impl Event {
             from: from.to_string(),
             from_domain: crate::net::domain_of(from).to_ascii_lowercase(),
             account: account.to_string(),
-            at: crate::net::now_ms(),
+            at,
             ..Event::default()
         }
     }

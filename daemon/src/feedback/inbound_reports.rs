@@ -133,6 +133,7 @@ async fn try_process(
     let domain = crate::net::domain_of(&sender).to_ascii_lowercase();
     let event = |kind: &str| {
         let mut e = crate::feedback::events::Event::new(
+            ctx.store.now_ms(),
             kind,
             &message_id,
             &recipient,
@@ -144,7 +145,7 @@ async fn try_process(
     };
 
     if let Ok(feedback) = mail_auth::report::Feedback::parse_rfc5322(raw) {
-        let now = crate::net::now_ms();
+        let now = ctx.store.now_ms();
         crate::feedback::engagement::suppress(ctx, &domain, &recipient).await?;
         ctx.outcomes.record(&domain, "complaint");
         let ip = feedback

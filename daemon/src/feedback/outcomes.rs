@@ -4,7 +4,6 @@
 //! counters, so only the timing of a raise or a block moves (by at most one
 //! interval); a crash forgets at most one interval of outcomes.
 
-use crate::net::now_ms;
 use crate::policy::Policy;
 use crate::policy::decisions::ReputationEvent;
 use std::collections::HashMap;
@@ -59,7 +58,7 @@ impl OutcomeFeed {
                 account: String::new(),
                 kind: kind.into(),
                 count,
-                now: now_ms(),
+                now: self.policy.now_ms(),
             };
             // Errors are logged and counted by the policy; outcomes stand.
             let _ = self
@@ -87,7 +86,7 @@ mod tests {
         let policy = std::sync::Arc::new(
             Policy::load(f.settings("return {}"), f.store.clone()).expect("load"),
         );
-        let now = crate::net::now_ms();
+        let now = policy.now_ms();
         let sent =
             json!({"domain": "shop.test", "account": "", "kind": "sent", "count": 350, "now": now});
         let _: Option<Value> = policy.call("reputation", &sent).await.expect("sent");

@@ -75,7 +75,7 @@ impl DailyStats {
             return;
         }
         let day =
-            crate::policy::time::day(&self.time_zone, crate::net::now_ms()).unwrap_or_default();
+            crate::policy::time::day(&self.time_zone, self.store.now_ms()).unwrap_or_default();
         let mut ops = Vec::with_capacity(batch.len());
         let mut new_providers = Vec::new();
         for ((domain, provider, metric), n) in &batch {

@@ -269,6 +269,7 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
                     continue;
                 };
                 let mut e = crate::feedback::events::Event::new(
+                    msg.received_at_ms,
                     "dropped",
                     &msg.id,
                     r,

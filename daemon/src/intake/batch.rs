@@ -50,7 +50,7 @@ pub async fn run(ctx: Arc<Services>, stop: CancellationToken) {
 /// The store lock for one step of a task: the first node to count it in
 /// this time slot runs the step. Steps end well before the slot does.
 async fn lock(p: &Records, id: &str) -> Result<bool, RecordsError> {
-    let now = crate::net::now_ms();
+    let now = p.store.now_ms();
     let slot = now.div_euclid(LOCK_SLOT_MS);
     let left = (slot + 1) * LOCK_SLOT_MS - now;
     if left < STEP_TIME.as_millis() as i64 + 1000 {
@@ -150,7 +150,7 @@ async fn send_one(ctx: &Services, t: &Task, e: &ReceiverEntry) -> Outcome {
     let Ok(body) = draft.build() else {
         return Outcome::Skipped;
     };
-    let now = crate::net::now_ms();
+    let now = ctx.store.now_ms();
     let trace = Trace {
         id: &id,
         helo: "batch",
@@ -216,7 +216,7 @@ async fn step(ctx: &Services, id: &str) -> Result<(), RecordsError> {
         p.store.set_remove(ACTIVE, id).await?;
         return Ok(());
     }
-    let now = crate::net::now_ms();
+    let now = ctx.store.now_ms();
     if t.next_run_at_ms > now || !lock(p, id).await? {
         return Ok(());
     }
@@ -270,7 +270,7 @@ async fn step(ctx: &Services, id: &str) -> Result<(), RecordsError> {
                     Outcome::Pause(until) => {
                         t.status = PAUSED;
                         t.next_run_at_ms = until;
-                        t.updated_at_ms = crate::net::now_ms();
+                        t.updated_at_ms = ctx.store.now_ms();
                         tracing::info!(
                             task = t.id,
                             sent = t.send_count,
@@ -282,7 +282,7 @@ async fn step(ctx: &Services, id: &str) -> Result<(), RecordsError> {
                     Outcome::Fail(why) => {
                         t.status = FAILED;
                         t.err_msg = why;
-                        t.updated_at_ms = crate::net::now_ms();
+                        t.updated_at_ms = ctx.store.now_ms();
                         p.store.set_remove(ACTIVE, id).await?;
                         return p.save_task(&t).await;
                     }
@@ -293,7 +293,7 @@ async fn step(ctx: &Services, id: &str) -> Result<(), RecordsError> {
             }
             t.cursor_index += 1;
             if unsaved >= SAVE_EVERY {
-                t.updated_at_ms = crate::net::now_ms();
+                t.updated_at_ms = ctx.store.now_ms();
                 p.save_task(&t).await?;
                 unsaved = 0;
             }
@@ -301,7 +301,7 @@ async fn step(ctx: &Services, id: &str) -> Result<(), RecordsError> {
         t.cursor_chunk += 1;
         t.cursor_index = 0;
     }
-    t.updated_at_ms = crate::net::now_ms();
+    t.updated_at_ms = ctx.store.now_ms();
     if t.cursor_chunk >= receiver_chunks {
         match t.interval_hours {
             Some(h) if h > 0 && !t.term_cycle => {

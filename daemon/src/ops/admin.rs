@@ -297,16 +297,14 @@ struct Advance {
 
 /// Moves the clock forward, when `server.test_clock` allows it.
 async fn clock_advance(State(s): State<Arc<Services>>, Query(q): Query<Advance>) -> Response {
-    if !s.settings.server.test_clock {
-        return error(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "the clock moves only with server.test_clock = true",
-        );
+    let clock = s.store.clock();
+    match clock.advance(std::time::Duration::from_millis(q.ms.max(0) as u64)) {
+        Ok(offset) => {
+            tracing::warn!(offset_ms = offset, "clock moved forward (test clock)");
+            Json(json!({"offset_ms": offset, "now_ms": clock.now_ms()})).into_response()
+        }
+        Err(e) => error(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
     }
-    let offset = crate::net::advance_clock(q.ms);
-    tracing::warn!(offset_ms = offset, "clock moved forward (test clock)");
-    Json(json!({"offset_ms": offset, "now_ms": crate::net::now_ms()})).into_response()
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,6 @@ use super::decisions::{HookAnswer, HookArg};
 use super::lua_raw::ArgSlot;
 use super::watchdog::{Budget, HOOK_EVERY, Watch};
 use super::{HOOKS, PLUGINS, PolicyError, PolicySettings};
-use crate::net::now_ms;
 use crate::store::{BatchOp, Store};
 use mlua::chunk::ChunkMode;
 use mlua::{
@@ -514,11 +513,12 @@ fn install_require(lua: &Lua, dir: PathBuf) -> mlua::Result<()> {
 fn zone_fn<R: mlua::IntoLua + 'static>(
     lua: &Lua,
     tz: &jiff::tz::TimeZone,
+    clock: &crate::clock::Clock,
     f: fn(&jiff::tz::TimeZone, i64) -> Result<R, jiff::Error>,
 ) -> mlua::Result<Function> {
-    let tz = tz.clone();
+    let (tz, clock) = (tz.clone(), clock.clone());
     lua.create_function(move |_, ms: Option<i64>| {
-        f(&tz, ms.unwrap_or_else(now_ms)).map_err(lua_err)
+        f(&tz, ms.unwrap_or_else(|| clock.now_ms())).map_err(lua_err)
     })
 }
 
@@ -580,12 +580,20 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
     let kiln = lua.create_table()?;
     let tz = settings.time_zone.clone();
 
-    kiln.set("now", lua.create_function(|_, ()| Ok(now_ms()))?)?;
-    kiln.set("day", zone_fn(lua, &tz, super::time::day)?)?;
-    kiln.set("day_start", zone_fn(lua, &tz, super::time::day_start)?)?;
+    let clock = store.clock().clone();
+    let now_clock = clock.clone();
+    kiln.set(
+        "now",
+        lua.create_function(move |_, ()| Ok(now_clock.now_ms()))?,
+    )?;
+    kiln.set("day", zone_fn(lua, &tz, &clock, super::time::day)?)?;
+    kiln.set(
+        "day_start",
+        zone_fn(lua, &tz, &clock, super::time::day_start)?,
+    )?;
     kiln.set(
         "next_day_start",
-        zone_fn(lua, &tz, super::time::next_day_start)?,
+        zone_fn(lua, &tz, &clock, super::time::next_day_start)?,
     )?;
     kiln.set(
         "days_between",

@@ -260,6 +260,7 @@ pub async fn check(settings: &PolicySettings) -> Result<(), PolicyError> {
         let store = crate::store::embedded::EmbeddedStore::open(
             &dir.join("scratch.redb"),
             Duration::from_secs(60),
+            crate::clock::Clock::system(),
         )
         .map_err(|e| PolicyError::Load(format!("scratch store: {e}")))?;
         let loaded = LuaHost::new(settings, Store::Embedded(store.clone())).map(|_| ());
@@ -280,6 +281,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Kiln's time, as the store the policy runs on keeps it.
+    pub fn now_ms(&self) -> i64 {
+        self.store.now_ms()
+    }
+
     pub fn load(settings: PolicySettings, store: Store) -> Result<Policy, PolicyError> {
         let engine = Engine::load(&settings, &store, 1)?;
         Ok(Policy {

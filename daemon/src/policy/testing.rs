@@ -23,8 +23,12 @@ impl Fixture {
     pub(crate) fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::Embedded(
-            EmbeddedStore::open(&dir.path().join("kiln.redb"), Duration::from_secs(3600))
-                .expect("store"),
+            EmbeddedStore::open(
+                &dir.path().join("kiln.redb"),
+                Duration::from_secs(3600),
+                crate::clock::Clock::system(),
+            )
+            .expect("store"),
         );
         Fixture {
             dir,
@@ -37,9 +41,14 @@ impl Fixture {
     pub(crate) async fn redis() -> Fixture {
         let redis = kiln_testkit::redis::RedisServer::start();
         let url = format!("redis://127.0.0.1:{}/", redis.port);
-        let store = crate::store::redis::RedisStore::connect(&url, "t", Duration::from_secs(3600))
-            .await
-            .expect("redis store");
+        let store = crate::store::redis::RedisStore::connect(
+            &url,
+            "t",
+            Duration::from_secs(3600),
+            crate::clock::Clock::system(),
+        )
+        .await
+        .expect("redis store");
         Fixture {
             dir: tempfile::tempdir().expect("tempdir"),
             store: Store::Redis(store),

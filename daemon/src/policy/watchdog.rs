@@ -16,7 +16,15 @@
 //! makes get the hook when they are made (see `watch_coroutine`): they
 //! are rare, and the call's own hook cannot reach them.
 
-use crate::net::now_ms;
+/// Milliseconds on a monotonic clock of this process: a call's deadline
+/// must not move when Kiln's clock does (a test clock's jump).
+fn now_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
+}
 use mlua::ffi;
 use std::cell::Cell;
 use std::ffi::CStr;

@@ -5,7 +5,6 @@
 //! back in the queue, due later.
 
 use super::QueueHandle;
-use crate::net::now_ms;
 use crate::store::QueueEntry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,14 +59,18 @@ impl Manager {
             if batch.is_empty() {
                 drop(first);
                 let wait = match self.queue.store.next_ready_ms().await {
-                    Ok(Some(t)) => Duration::from_millis((t - now_ms()).clamp(1, i64::MAX) as u64)
-                        .min(self.poll),
+                    Ok(Some(t)) => Duration::from_millis(
+                        (t - self.queue.store.now_ms()).clamp(1, i64::MAX) as u64,
+                    )
+                    .min(self.poll),
                     _ => self.poll,
                 };
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = self.queue.wake.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
+                    // A test clock that jumps makes entries due at once.
+                    _ = self.queue.store.clock().jumped() => {}
                 }
                 continue;
             }

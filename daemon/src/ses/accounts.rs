@@ -67,7 +67,7 @@ impl Records {
             secret_id: new_secret_id(),
             secret_key: random_token(32),
             disabled: false,
-            created_at_ms: crate::net::now_ms(),
+            created_at_ms: self.store.now_ms(),
             callback_url: None,
             callback_secret: Some(random_token(40)),
         };

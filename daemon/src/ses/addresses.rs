@@ -150,7 +150,7 @@ impl Records {
             address: address.clone(),
             account: account.to_string(),
             sender_name: sender_name.trim().to_string(),
-            created_at_ms: crate::net::now_ms(),
+            created_at_ms: self.store.now_ms(),
             smtp_password: None,
             callback_url: None,
         };

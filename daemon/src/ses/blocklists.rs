@@ -140,7 +140,7 @@ impl Records {
             .timestamp()
             .as_millisecond();
         Some(Duration::from_millis(
-            (end - crate::net::now_ms()).max(0) as u64
+            (end - self.store.now_ms()).max(0) as u64
         ))
     }
 
@@ -196,7 +196,7 @@ impl Records {
                 let entry = CustomEntry {
                     id,
                     email: email.clone(),
-                    created_at_ms: crate::net::now_ms(),
+                    created_at_ms: self.store.now_ms(),
                     expire_date: expire_date.clone(),
                 };
                 if self

@@ -67,7 +67,7 @@ impl DkimKey {
             algorithm: algorithm.to_string(),
             private_key: B64.encode(pair.private_key()),
             public_key: B64.encode(pair.public_key()),
-            created_at_ms: crate::net::now_ms(),
+            created_at_ms: crate::clock::system_now_ms(),
         })
     }
 

@@ -123,7 +123,7 @@ impl Records {
             domain: domain.clone(),
             account: account.to_string(),
             dkim_option,
-            created_at_ms: crate::net::now_ms(),
+            created_at_ms: self.store.now_ms(),
             verified: false,
             verified_at_ms: None,
             tags,
@@ -229,7 +229,7 @@ impl Records {
         let verified = attributes.iter().all(|a| a.ok);
         if verified != identity.verified || new_dkim_option.is_some() {
             identity.verified = verified;
-            identity.verified_at_ms = verified.then(crate::net::now_ms);
+            identity.verified_at_ms = verified.then(|| self.store.now_ms());
             self.save(&record_key(&identity.domain), &identity).await?;
         }
         Ok((identity, attributes))

@@ -134,7 +134,7 @@ impl Records {
             account: account.to_string(),
             name: name.to_string(),
             desc: desc.to_string(),
-            created_at_ms: crate::net::now_ms(),
+            created_at_ms: self.store.now_ms(),
             count: 0,
             invalid_count: 0,
             chunks: 0,
@@ -219,7 +219,7 @@ impl Records {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        let now = crate::net::now_ms();
+        let now = self.store.now_ms();
         let mut entries = Vec::new();
         for ((email, data), known) in fresh.into_iter().zip(known) {
             if known {

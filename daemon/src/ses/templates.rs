@@ -175,7 +175,7 @@ impl Records {
             return Err(TemplateError::TooMany(max));
         }
         let (status, reasons) = self.review(account, name, html, text).await;
-        let now = crate::net::now_ms();
+        let now = self.store.now_ms();
         loop {
             let id = rand::random_range(100_000..2_000_000_000u64);
             let template = Template {
@@ -228,7 +228,7 @@ impl Records {
         template.text = text.to_string();
         template.status = status;
         template.reasons = reasons;
-        template.updated_at_ms = crate::net::now_ms();
+        template.updated_at_ms = self.store.now_ms();
         self.save(&record_key(&id.to_string()), &template).await?;
         Ok(template)
     }

@@ -243,6 +243,19 @@ pub enum Store {
 }
 
 impl Store {
+    /// Kiln's time, as every part that holds the store reads it.
+    pub fn clock(&self) -> &crate::clock::Clock {
+        match self {
+            Store::Embedded(s) => s.clock(),
+            Store::Redis(s) => s.clock(),
+        }
+    }
+
+    /// Milliseconds since the epoch, by [`Store::clock`].
+    pub fn now_ms(&self) -> i64 {
+        self.clock().now_ms()
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self {
             Store::Embedded(_) => "embedded",

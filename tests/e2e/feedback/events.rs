@@ -19,7 +19,7 @@ fn body(h: &Hook) -> Value {
 fn assert_signed(h: &Hook, secret: &str) {
     use aws_lc_rs::hmac;
     let ts = h.header("x-kiln-timestamp").expect("timestamp header");
-    let now = kiln::net::system_now_ms() / 1000;
+    let now = kiln::clock::system_now_ms() / 1000;
     let age = now - ts.parse::<i64>().expect("numeric timestamp");
     assert!((0..300).contains(&age), "fresh timestamp: {ts}");
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());

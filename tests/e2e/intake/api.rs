@@ -602,7 +602,7 @@ async fn requests_must_be_signed_by_an_enabled_account() {
     );
 
     // Signed by hand: right, then expired, tampered, and with an unknown field.
-    let now = kiln::net::now_ms() / 1000;
+    let now = kiln::clock::system_now_ms() / 1000;
     let body = r#"{"Limit":10,"Offset":0}"#;
     let r = raw_call(e.kiln.http, &acme, "ListEmailTemplates", body, body, now).await;
     assert_eq!(r["TotalCount"], 0, "{r}");

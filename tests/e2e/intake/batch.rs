@@ -211,11 +211,12 @@ async fn batch_task_scenario(backend: Backend) {
     );
 
     // A timed task waits for its time.
-    let later = jiff::Timestamp::from_millisecond(kiln::net::now_ms() + 86_400_000 + 3_600_000)
-        .unwrap()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .strftime("%Y-%m-%d %H:%M:%S")
-        .to_string();
+    let later =
+        jiff::Timestamp::from_millisecond(kiln::clock::system_now_ms() + 86_400_000 + 3_600_000)
+            .unwrap()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string();
     let timed = sdk
         .ok(
             &acme,

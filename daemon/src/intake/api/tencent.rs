@@ -251,7 +251,7 @@ async fn authenticate(
         tc3::verify(
             &auth,
             &timestamp,
-            crate::net::system_now_ms() / 1000,
+            crate::clock::system_now_ms() / 1000,
             &secret_key,
             &request,
         )

@@ -9,7 +9,7 @@ use crate::config::{ListenerSettings, ListenerTls};
 use crate::intake::admission::Refusal;
 use crate::intake::submission::{Envelope, Submission, Trace};
 use crate::line_io::{Data, LineError, LineIo};
-use crate::net::{domain_of, now_ms};
+use crate::net::domain_of;
 use crate::policy::decisions::{ConnectInfo, Decision, TransactionInfo};
 use crate::services::Services;
 use crate::ses::config_accounts::Account;
@@ -636,7 +636,7 @@ impl Session {
             hostname: &settings.server.hostname,
             protocol,
             recipient: (self.rcpt_to.len() == 1).then(|| self.rcpt_to[0].as_str()),
-            now_ms: now_ms(),
+            now_ms: self.ctx.store.now_ms(),
         };
         let envelope = Envelope {
             account: self.account_name(),

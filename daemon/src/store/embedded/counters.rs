@@ -10,7 +10,7 @@ impl EmbeddedStore {
 
     /// Dirty counters to persist; expired ones are forgotten.
     pub(super) fn take_dirty_counters(&self) -> Vec<(String, i64, i64)> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut counters = self.counters();
         counters.retain(|_, c| c.expires_at > now);
         counters
@@ -26,17 +26,24 @@ impl EmbeddedStore {
     /// Counts in memory (persisted every second): never waits, so policy
     /// scripts may call it without an await.
     pub fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        self.incr_in(&mut self.counters(), now_ms(), key, by, ttl)
+        self.incr_in(&mut self.counters(), self.clock.now_ms(), key, by, ttl)
     }
 
     /// Counts `amount` against `limit` if the count stays within it.
     pub fn take(&self, key: &str, amount: i64, ttl: Duration, limit: i64) -> Result<bool> {
-        self.take_in(&mut self.counters(), now_ms(), key, amount, ttl, limit)
+        self.take_in(
+            &mut self.counters(),
+            self.clock.now_ms(),
+            key,
+            amount,
+            ttl,
+            limit,
+        )
     }
 
     /// Gives back `amount` taken earlier; a counter that is gone stays gone.
     pub fn give(&self, key: &str, amount: i64) -> Result<()> {
-        self.give_in(&mut self.counters(), now_ms(), key, amount)
+        self.give_in(&mut self.counters(), self.clock.now_ms(), key, amount)
     }
 
     // `incr`, `take` and `give` under a lock of the counters already held
@@ -144,7 +151,7 @@ mod tests {
         let path = dir.path().join("kiln.redb");
         let ttl = Duration::from_secs(60);
         {
-            let store = EmbeddedStore::open(&path, ttl).expect("open");
+            let store = EmbeddedStore::open(&path, ttl, Clock::system()).expect("open");
             for want in 1..=3 {
                 assert_eq!(store.incr("c", 1, ttl).expect("incr"), want);
             }
@@ -154,7 +161,7 @@ mod tests {
             // The writer commits what it was handed before it stops.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let store = EmbeddedStore::open(&path, ttl).expect("reopen");
+        let store = EmbeddedStore::open(&path, ttl, Clock::system()).expect("reopen");
         assert_eq!(store.get("c").await.expect("get"), Some(b"2".to_vec()));
         assert_eq!(store.incr("c", 5, ttl).expect("incr"), 7);
         assert!(store.delete("c").await.expect("delete"));
@@ -170,7 +177,8 @@ mod tests {
     pub(super) async fn a_take_counts_only_within_its_limit_and_a_give_never_makes_a_counter() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ttl = Duration::from_secs(60);
-        let store = EmbeddedStore::open(&dir.path().join("kiln.redb"), ttl).expect("open");
+        let store =
+            EmbeddedStore::open(&dir.path().join("kiln.redb"), ttl, Clock::system()).expect("open");
         assert!(store.take("t", 2, ttl, 3).expect("take"));
         assert!(!store.take("t", 2, ttl, 3).expect("take"), "4 > 3");
         assert!(store.take("t", 1, ttl, 3).expect("take"));

@@ -22,7 +22,7 @@ use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
     StoreError, Write, decode, encode,
 };
-use crate::net::now_ms;
+use crate::clock::Clock;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -115,6 +115,8 @@ struct Job {
 }
 
 pub struct EmbeddedStore {
+    /// Kiln's time: expiries, ready times, counter windows.
+    clock: Clock,
     db: Arc<Database>,
     /// The KV table as of the writer's last commit. Reads on every message
     /// (policy counters, blocklists) use it rather than open a read
@@ -249,7 +251,11 @@ fn set_key_into(key: &mut String, set: &str, member: &str) {
 }
 
 impl EmbeddedStore {
-    pub fn open(path: &Path, retention: Duration) -> Result<Arc<EmbeddedStore>> {
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn open(path: &Path, retention: Duration, clock: Clock) -> Result<Arc<EmbeddedStore>> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))
@@ -300,10 +306,10 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let kv = Arc::new(KvSnapshot::open(&db)?);
         let (tx, rx) = mpsc::channel::<Job>();
-        let (writer_db, writer_kv) = (db.clone(), kv.clone());
+        let (writer_db, writer_kv, writer_clock) = (db.clone(), kv.clone(), clock.clone());
         std::thread::Builder::new()
             .name("kiln-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, &writer_kv, wal, rx))
+            .spawn(move || writer_loop(&writer_db, &writer_kv, wal, rx, writer_clock))
             .map_err(err)?;
         let store = Arc::new(EmbeddedStore {
             db,
@@ -312,6 +318,7 @@ impl EmbeddedStore {
             index: Mutex::new(index),
             retention,
             counters: Mutex::new(Counters::default()),
+            clock,
         });
         let flusher = Arc::downgrade(&store);
         tokio::spawn(async move {
@@ -380,6 +387,6 @@ impl EmbeddedStore {
     }
 
     fn status_expiry(&self) -> i64 {
-        now_ms() + self.retention.as_millis() as i64
+        self.clock.now_ms() + self.retention.as_millis() as i64
     }
 }

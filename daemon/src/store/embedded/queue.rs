@@ -44,7 +44,7 @@ impl EmbeddedStore {
     }
 
     pub async fn lease(&self, max: usize) -> Result<Vec<QueueEntry>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut index = self.index();
         let mut out = Vec::new();
         while out.len() < max {
@@ -149,7 +149,7 @@ impl EmbeddedStore {
     }
 
     pub async fn status(&self, msg_id: &str) -> Result<Option<MessageStatus>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let read = self.db.begin_read().map_err(err)?;
         let table = read.open_table(STATUS).map_err(err)?;
         let Some(meta_raw) = table.get(msg_id).map_err(err)? else {

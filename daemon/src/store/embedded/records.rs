@@ -16,11 +16,11 @@ impl EmbeddedStore {
             .and_then(|b| b.try_into().ok())
             .map(i64::from_be_bytes)
             .unwrap_or(0);
-        Ok(live_value(raw, now_ms()).map(|b| (b.to_vec(), exp)))
+        Ok(live_value(raw, self.clock.now_ms()).map(|b| (b.to_vec(), exp)))
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if let Some(c) = self.counters().get(key).filter(|c| c.expires_at > now) {
             return Ok(Some(c.value.to_string().into_bytes()));
         }
@@ -58,7 +58,7 @@ impl EmbeddedStore {
         let was_counter = self
             .counters()
             .remove(key)
-            .is_some_and(|c| c.expires_at > now_ms());
+            .is_some_and(|c| c.expires_at > self.clock.now_ms());
         match self
             .submit(Op::Delete {
                 key: key.to_string(),
@@ -87,7 +87,7 @@ impl EmbeddedStore {
         prefix: &str,
         max_age: Duration,
     ) -> Result<Vec<BatchValue>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let full = |buf: &mut String, k: &str| prefixed_into(buf, prefix, k);
         // First the counters, in order, under one lock of them; a `get`
         // of a key that is no live counter is read with the rest. Every
@@ -276,7 +276,7 @@ impl EmbeddedStore {
 
     pub async fn set_members(&self, set: &str) -> Result<Vec<String>> {
         let prefix = set_key(set, "");
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let read = self.db.begin_read().map_err(err)?;
         let table = read.open_table(KV).map_err(err)?;
         let mut out = Vec::new();

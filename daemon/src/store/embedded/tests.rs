@@ -12,8 +12,8 @@ fn message(id: &str) -> NewMessage {
         recipients: vec!["ann@dest.test".into()],
         dropped: Default::default(),
         body: Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
-        received_at_ms: now_ms(),
-        ready_at_ms: now_ms(),
+        received_at_ms: crate::clock::system_now_ms(),
+        ready_at_ms: crate::clock::system_now_ms(),
         require_tls: false,
         source_ip: None,
         template_id: String::new(),
@@ -35,8 +35,12 @@ async fn an_acknowledged_write_is_read_at_once() {
 
 async fn acknowledged_writes_are_read_at_once(age: Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(&dir.path().join("kiln.redb"), Duration::from_secs(600))
-        .expect("store");
+    let store = EmbeddedStore::open(
+        &dir.path().join("kiln.redb"),
+        Duration::from_secs(600),
+        Clock::system(),
+    )
+    .expect("store");
     let get = |key: &str| BatchOp::Get(key.to_string());
     let contains = |m: &str| BatchOp::Contains("block".into(), m.to_string());
     let read = || store.batch(&[get("k"), contains("a")], age).expect("batch");
@@ -85,13 +89,13 @@ async fn settle_carries_its_writes_and_they_survive_a_restart() {
         },
     ];
     {
-        let store = EmbeddedStore::open(&path, ttl).expect("open");
+        let store = EmbeddedStore::open(&path, ttl, Clock::system()).expect("open");
         store.enqueue(&message("m1")).await.expect("enqueue");
         let entry = store.lease(10).await.expect("lease").remove(0);
         let status = RecipientStatus {
             recipient: entry.recipient.clone(),
             state: RecipientState::Delivered,
-            updated_at_ms: now_ms(),
+            updated_at_ms: crate::clock::system_now_ms(),
             next_attempt_at_ms: None,
             attempts: Vec::new(),
             reason: None,
@@ -103,7 +107,7 @@ async fn settle_carries_its_writes_and_they_survive_a_restart() {
         store.close();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let store = EmbeddedStore::open(&path, ttl).expect("reopen");
+    let store = EmbeddedStore::open(&path, ttl, Clock::system()).expect("reopen");
     let status = store.status("m1").await.expect("status").expect("m1");
     assert_eq!(status.recipients[0].state, RecipientState::Delivered);
     assert_eq!(

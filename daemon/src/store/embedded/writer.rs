@@ -16,7 +16,13 @@ pub(super) fn job_bytes(op: &Op) -> usize {
 /// Commits whatever jobs are waiting as one batch: their changes go to the
 /// write-ahead log (one sync), then into redb without a sync; redb itself is
 /// synced at checkpoints.
-pub(super) fn writer_loop(db: &Database, kv: &KvSnapshot, mut wal: Wal, rx: mpsc::Receiver<Job>) {
+pub(super) fn writer_loop(
+    db: &Database,
+    kv: &KvSnapshot,
+    mut wal: Wal,
+    rx: mpsc::Receiver<Job>,
+    clock: Clock,
+) {
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
     let mut frame = Vec::new();
@@ -53,9 +59,10 @@ pub(super) fn writer_loop(db: &Database, kv: &KvSnapshot, mut wal: Wal, rx: mpsc
             let mut txn = db.begin_write().map_err(err)?;
             txn.set_durability(Durability::None).map_err(err)?;
             {
+                let now = clock.now_ms();
                 let mut tables = Tables::open(&txn)?;
                 for job in &batch {
-                    results.push(tables.apply(&job.op, &mut frame));
+                    results.push(tables.apply(&job.op, &mut frame, now));
                 }
             }
             // Durable from here on: the log holds every change of the batch.
@@ -203,8 +210,7 @@ impl<'t> Tables<'t> {
         Ok(self.kv.get(key).map_err(err)?.map(|v| v.value().to_vec()))
     }
 
-    pub(super) fn apply(&mut self, op: &Op, f: &mut Vec<u8>) -> Result<Outcome> {
-        let now = now_ms();
+    pub(super) fn apply(&mut self, op: &Op, f: &mut Vec<u8>, now: i64) -> Result<Outcome> {
         match op {
             Op::Enqueue {
                 msg_id,
@@ -304,7 +310,7 @@ impl<'t> Tables<'t> {
             Op::Many(ops) => {
                 let mut first = None;
                 for op in ops {
-                    let outcome = self.apply(op, f)?;
+                    let outcome = self.apply(op, f, now)?;
                     first.get_or_insert(outcome);
                 }
                 Ok(first.unwrap_or(Outcome::Unit))

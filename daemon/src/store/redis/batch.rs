@@ -237,7 +237,7 @@ impl RedisStore {
             key: "batch reply".into(),
             reason: e.to_string(),
         };
-        let now_wall = now_ms() as f64;
+        let now_wall = self.clock.now_ms() as f64;
         let now = Instant::now();
         let mut out = Vec::with_capacity(remote.len());
         for (r, v) in remote.iter().zip(values) {

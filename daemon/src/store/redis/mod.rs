@@ -18,7 +18,7 @@ use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
     Write, decode, encode,
 };
-use crate::net::now_ms;
+use crate::clock::Clock;
 use redis::AsyncCommands;
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -44,6 +44,8 @@ mod tests;
 use scripts::*;
 
 pub struct RedisStore {
+    /// Kiln's time: lease deadlines, ready times, expiries.
+    clock: Clock,
     conn: ConnectionManager,
     prefix: String,
     retention: Duration,
@@ -65,7 +67,16 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub async fn connect(url: &str, prefix: &str, retention: Duration) -> Result<Arc<RedisStore>> {
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        retention: Duration,
+        clock: Clock,
+    ) -> Result<Arc<RedisStore>> {
         let client = redis::Client::open(url)?;
         let conn = client.get_connection_manager().await?;
         let store = Arc::new(RedisStore {
@@ -82,6 +93,7 @@ impl RedisStore {
             lease_ms: std::sync::atomic::AtomicI64::new(0),
             reserved: Reservations::default(),
             reads: ReadCache::default(),
+            clock,
         });
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {

@@ -33,7 +33,7 @@ impl RedisStore {
     }
 
     pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.lease_ms
             .store(lease.as_millis() as i64, Ordering::Relaxed);
         let rows: Vec<Option<Vec<u8>>> = self
@@ -62,7 +62,8 @@ impl RedisStore {
         let lease_ms = self.lease_ms.load(Ordering::Relaxed);
         for chunk in keys.chunks(1000) {
             let mut inv = self.renew.prepare_invoke();
-            inv.key(self.q("leased")).arg(now_ms() + lease_ms);
+            inv.key(self.q("leased"))
+                .arg(self.clock.now_ms() + lease_ms);
             for k in chunk {
                 inv.arg(k);
             }
@@ -165,7 +166,7 @@ impl RedisStore {
     }
 
     pub async fn release(&self, entries: &[QueueEntry]) -> Result<()> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.release_at(entries, |_| now).await
     }
 

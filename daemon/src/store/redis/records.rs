@@ -30,7 +30,7 @@ impl RedisStore {
     /// own deadline as the score (+inf = no expiry), since Redis sets have
     /// no per-member TTL; adding one also drops the expired ones.
     pub(super) fn add_writes(&self, pipe: &mut redis::Pipeline, writes: &[Write]) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for w in writes {
             match w {
                 Write::Put { key, value, ttl } => {
@@ -107,7 +107,7 @@ impl RedisStore {
 
     pub async fn set_contains(&self, set: &str, member: &str) -> Result<bool> {
         let score: Option<f64> = self.conn.clone().zscore(self.set_key(set), member).await?;
-        Ok(score.is_some_and(|s| s > now_ms() as f64))
+        Ok(score.is_some_and(|s| s > self.clock.now_ms() as f64))
     }
 
     pub async fn set_remove(&self, set: &str, member: &str) -> Result<bool> {
@@ -120,7 +120,11 @@ impl RedisStore {
         Ok(self
             .conn
             .clone()
-            .zrangebyscore(self.set_key(set), format!("({}", now_ms()), "+inf")
+            .zrangebyscore(
+                self.set_key(set),
+                format!("({}", self.clock.now_ms()),
+                "+inf",
+            )
             .await?)
     }
 }

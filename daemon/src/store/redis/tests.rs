@@ -5,7 +5,7 @@ use kiln_testkit::redis::RedisServer;
 
 async fn node(redis: &RedisServer) -> Arc<RedisStore> {
     let url = format!("redis://127.0.0.1:{}/", redis.port);
-    RedisStore::connect(&url, "t", Duration::from_secs(3600))
+    RedisStore::connect(&url, "t", Duration::from_secs(3600), Clock::system())
         .await
         .expect("connect")
 }

@@ -298,7 +298,7 @@ pub async fn batch_send_email(c: Call<'_>) -> Result<Value, ApiError> {
             format!("ADLocation must be 0, 1 or 2, not {ad_location}"),
         ));
     }
-    let now = crate::net::now_ms();
+    let now = c.ses.store.now_ms();
     let (begin_time, begin_at, interval, term) = match task_type {
         2 => {
             let p = c.params.object_opt("TimedParam")?.ok_or_else(|| {

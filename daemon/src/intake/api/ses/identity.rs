@@ -108,7 +108,7 @@ async fn reputation(c: &Call<'_>, domain: &str) -> (i64, i64) {
         "account": c.account,
         "kind": "query",
         "count": 0,
-        "now": crate::net::now_ms(),
+        "now": c.ses.store.now_ms(),
     });
     match c.ses.policy.call::<_, Value>("reputation", &query).await {
         Ok(Some(st)) => (

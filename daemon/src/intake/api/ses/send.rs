@@ -430,7 +430,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         lang,
     );
     let body = draft.build().map_err(ApiError::internal)?;
-    let now = crate::net::now_ms();
+    let now = c.ses.store.now_ms();
     let trace = Trace {
         id: &id,
         helo: "api",
