@@ -17,6 +17,7 @@ mod feedback;
 mod first_contact;
 mod harness;
 mod intake;
+mod node;
 mod ops;
 mod policy;
 mod security;

@@ -1,3 +1,4 @@
 //! Egress: delivery to the MX hosts DNS names.
 
 pub mod delivery;
+mod retries;

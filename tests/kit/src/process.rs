@@ -85,12 +85,16 @@ impl KilnOptions {
             policy: PERMISSIVE_POLICY.into(),
         }
     }
-}
 
-impl Kiln {
-    pub fn start(binary: &Path, opts: &KilnOptions) -> Kiln {
-        let free_addr = || SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
-        let (smtp, smtp_tls, http) = (free_addr(), free_addr(), free_addr());
+    /// Writes the config (listening on `smtp`, `smtp_tls` and `http`) and
+    /// the policy script into the data directory; answers their paths.
+    pub fn write_files(
+        &self,
+        smtp: SocketAddr,
+        smtp_tls: SocketAddr,
+        http: SocketAddr,
+    ) -> (PathBuf, PathBuf) {
+        let opts = self;
         std::fs::create_dir_all(&opts.data_dir).expect("data dir");
         let config = opts.data_dir.join(format!("kiln-{}.toml", opts.node_id));
         let policy = opts.data_dir.join(format!("policy-{}.lua", opts.node_id));
@@ -168,6 +172,16 @@ secret_key = "shop-secret-key"
             extra = opts.extra.replace("{http}", &http.to_string()),
         );
         std::fs::write(&config, toml).expect("write config");
+        (config, policy)
+    }
+}
+
+impl Kiln {
+    pub fn start(binary: &Path, opts: &KilnOptions) -> Kiln {
+        let free_addr = || SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let (smtp, smtp_tls, http) = (free_addr(), free_addr(), free_addr());
+        let (config, policy) = opts.write_files(smtp, smtp_tls, http);
+
         let mut kiln = Kiln {
             smtp,
             smtp_tls,
