@@ -30,6 +30,8 @@ pub struct SinkState {
     keep_data: bool,
     /// Recipient → how long to wait before answering its RCPT.
     delays: Mutex<HashMap<String, std::time::Duration>>,
+    /// Recipient → RCPT commands seen for it (attempts begun, answered or not).
+    rcpt_seen: Mutex<HashMap<String, usize>>,
     /// Offer REQUIRETLS (RFC 8689) on TLS sessions.
     requiretls: std::sync::atomic::AtomicBool,
 }
@@ -121,6 +123,12 @@ impl Sink {
         self.state.count.load(Ordering::Relaxed)
     }
 
+    /// RCPT commands seen for `recipient`, counted before they are answered.
+    pub fn rcpts_seen(&self, recipient: &str) -> usize {
+        let seen = self.state.rcpt_seen.lock().expect("rcpt_seen");
+        seen.get(recipient).copied().unwrap_or(0)
+    }
+
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::Relaxed)
     }
@@ -192,6 +200,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             out.extend_from_slice(b"250 2.1.0 ok\r\n");
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = angle(&cmd[8..]);
+            if let Ok(mut seen) = st.rcpt_seen.lock() {
+                *seen.entry(rcpt.clone()).or_default() += 1;
+            }
             let delay = st.delays.lock().ok().and_then(|d| d.get(&rcpt).copied());
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
