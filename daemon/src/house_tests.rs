@@ -92,3 +92,58 @@ fn no_file_is_too_long_to_read_at_once() {
         .collect();
     assert!(long.is_empty(), "split by concern: {long:?}");
 }
+
+/// Is this file there for tests only (not a module a reader looks up)?
+fn test_only(path: &Path) -> bool {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    stem == "tests" || stem == "testing" || stem.ends_with("_tests")
+}
+
+/// Every module of the crate, as `room::module::...` paths.
+fn module_paths() -> BTreeSet<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .iter()
+        .filter(|f| !test_only(f))
+        .filter_map(|f| {
+            let rel = f.strip_prefix(&src).ok()?.with_extension("");
+            let mut parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if parts.last().is_some_and(|p| p == "mod") {
+                parts.pop();
+            }
+            let path = parts.join("::");
+            (path != "lib" && path != "main").then_some(path)
+        })
+        .collect()
+}
+
+#[test]
+fn the_layout_table_names_every_module_and_no_other() {
+    let lib = include_str!("lib.rs");
+    let listed: BTreeSet<String> = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! | "))
+        .filter_map(|l| l.split_once(" |"))
+        .filter_map(|(cell, _)| {
+            let name = cell.trim_matches('*');
+            let name = name.strip_prefix('`')?.strip_suffix('`')?;
+            Some(name.to_string())
+        })
+        .collect();
+    let modules = module_paths();
+    let missing: Vec<_> = modules.difference(&listed).collect();
+    let gone: Vec<_> = listed.difference(&modules).collect();
+    assert!(
+        missing.is_empty(),
+        "lib.rs's layout does not say what these are: {missing:?}"
+    );
+    assert!(
+        gone.is_empty(),
+        "lib.rs's layout names modules that do not exist: {gone:?}"
+    );
+}

@@ -1,29 +1,124 @@
 //! Kiln: a self-hosted email sending service.
 //!
+//! The source is a house of rooms, one per stage of a message's life, with
+//! the plumbing below them; `docs/architecture.md` walks through it.
+//! `house_tests` keeps this table naming every module, and no room
+//! importing one that imports it back.
+//!
 //! # Layout
 //!
-//! | module       | job |
-//! |--------------|-----|
-//! | `config`     | settings, defaults, validation |
-//! | `server`     | lifecycle: start, reload (SIGHUP), drain (SIGTERM) |
-//! | `smtp_in`    | submission server: sessions, AUTH, STARTTLS, DATA |
-//! | `queue`      | the queue owner: submit, lease, body cache |
-//! | `delivery`   | MX lookup, SMTP client, per-destination workers |
-//! | `store`      | the one state interface; `embedded` (redb) and `redis` |
-//! | `dkim`       | key generation, storage, signing |
-//! | `api`        | HTTP: health and loopback admin endpoints |
-//! | `line_io`, `tls`, `net`, `accounts` | shared plumbing |
+//! | module | job |
+//! |--------|-----|
+//! | **`intake`** | **where mail comes in; every message takes one path to the queue** |
+//! | `intake::smtp` | SMTP submission server: listeners, TLS, one task per session |
+//! | `intake::smtp::session` | one session: EHLO, STARTTLS, AUTH, transactions, DATA |
+//! | `intake::smtp::parser` | SMTP command parsing, no I/O |
+//! | `intake::smtp::auth_throttle` | password guessing over AUTH, slowed then stopped |
+//! | `intake::api` | the Tencent Cloud SES API (2020-10-02) |
+//! | `intake::api::tencent` | `POST /`: the envelope, signature check, dispatch, errors |
+//! | `intake::api::tc3` | TC3-HMAC-SHA256 request signatures |
+//! | `intake::api::params` | an action's parameters, with errors that name them |
+//! | `intake::api::ses` | the 36 actions, one module per resource: |
+//! | `intake::api::ses::send` | SendEmail |
+//! | `intake::api::ses::status` | GetSendEmailStatus, statistics, abuse reports |
+//! | `intake::api::ses::identity` | sender domains |
+//! | `intake::api::ses::address` | sender addresses |
+//! | `intake::api::ses::template` | templates |
+//! | `intake::api::ses::blocklist` | the hard-bounce blocklist |
+//! | `intake::api::ses::unsubscribe` | per-address unsubscribe settings |
+//! | `intake::api::ses::batch` | recipient lists and batch tasks |
+//! | `intake::batch` | the batch-task runner: due tasks, one step at a time |
+//! | `intake::compose` | the messages SendEmail and batch tasks build |
+//! | `intake::submission` | `Submission`: a message handed over, from any door |
+//! | `intake::admission` | checks, the policy's verdict, DKIM, queue, "accepted" |
+//! | **`queue`** | **the one owner of queue state on this node** |
+//! | `queue::manager` | leases ready entries as egress takes them |
+//! | `queue::cache` | bodies accepted here, kept until their last attempt |
+//! | **`egress`** | **delivery: per-destination lines and workers, settling outcomes** |
+//! | `egress::client` | the SMTP client: one connection to one MX address |
+//! | **`feedback`** | **what happens after an attempt, or after the recipient reads** |
+//! | `feedback::events` | what happened, per message and recipient |
+//! | `feedback::callbacks` | events POSTed to the customers' receivers |
+//! | `feedback::stats` | daily statistics per sender domain and mailbox provider |
+//! | `feedback::outcomes` | the `reputation` hook's feed of outcomes |
+//! | `feedback::inbound_reports` | DSNs and complaints sent back to the VERP address |
+//! | `feedback::verp` | per-recipient return paths |
+//! | `feedback::rewrite` | the message side of the deliverability loop: |
+//! | `feedback::rewrite::tracking` | open pixel and tracked links |
+//! | `feedback::rewrite::unsubscribe` | unsubscribe footer and headers |
+//! | `feedback::endpoints` | the HTTP side: pixel, link and unsubscribe pages |
+//! | `feedback::engagement` | what an open or a click records |
+//! | **`ses`** | **the SES records: the product's data behind the API** |
+//! | `ses::accounts` | API accounts made with `kiln account create` |
+//! | `ses::config_accounts` | accounts and SMTP credentials from the config file |
+//! | `ses::identities` | sender domains and their verification |
+//! | `ses::dkim` | DKIM keys and signing |
+//! | `ses::addresses` | sender addresses |
+//! | `ses::templates` | templates |
+//! | `ses::blocklists` | the hard-bounce blocklist and accounts' own lists |
+//! | `ses::unsubscribe` | per-address unsubscribe settings |
+//! | `ses::abuse` | complaint reports per sender domain |
+//! | `ses::receivers` | recipient lists |
+//! | `ses::tasks` | batch-task records |
+//! | **`ops`** | **operating a node** |
+//! | `ops::admin` | the endpoints the `kiln` subcommands use |
+//! | `ops::admin_auth` | who may use them |
+//! | **`policy`** | **Lua decides, Rust does** |
+//! | `policy::lua_host` | one sandboxed Lua state with the `kiln` API and plugins |
+//! | `policy::lua_raw` | tables across the C API for the hot hooks |
+//! | `policy::decisions` | what hooks are given and may answer, as types |
+//! | `policy::plugin_settings` | plugin settings, declared and checked |
+//! | `policy::watchdog` | stops runaway hook calls |
+//! | `policy::time` | days as the policy counts them |
+//! | **`store`** | **the one state interface: queue, records, counters** |
+//! | `store::embedded` | one redb file for one node: |
+//! | `store::embedded::queue` | messages, queue entries, leases |
+//! | `store::embedded::counters` | counters, in memory and written behind |
+//! | `store::embedded::records` | keys, sets and batches |
+//! | `store::embedded::writer` | the writer thread and its group commit |
+//! | `store::wal` | the embedded store's write-ahead log |
+//! | `store::redis` | shared by a cluster's nodes: |
+//! | `store::redis::queue` | messages, queue entries, leases |
+//! | `store::redis::records` | keys, sets, counters |
+//! | `store::redis::batch` | batches answered here or in one script |
+//! | `store::redis::scripts` | the server-side scripts |
+//! | `store::reservations` | limited counters' units counted ahead |
+//! | `store::read_cache` | what batches last read |
+//! | **plumbing** | **below every room** |
+//! | `server` | a node's life: start, reload (SIGHUP), drain (SIGTERM) |
+//! | `services` | what every stage shares, built once by `server` |
+//! | `http` | the HTTP listener's routes, from the rooms that answer them |
+//! | `config` | settings: declarations, defaults, environment, checks |
+//! | `config::load` | the file, then the environment |
+//! | `config::problems` | what deserialising cannot tell |
+//! | `clock` | Kiln's time: the system's, or a test's |
+//! | `message` | reading a message's header, no I/O |
+//! | `address` | mail addresses (RFC 5321, 6531) |
+//! | `dns` | MX lookup: where mail for a domain goes |
+//! | `line_io` | line-oriented buffered I/O over TCP or TLS |
+//! | `tls` | certificates, server and client configs |
+//! | `net` | CIDRs, domains of addresses |
 //!
 //! # Pipeline
 //!
 //! ```text
-//!  client ──SMTP──▶ smtp_in ──(sign DKIM)──▶ store.enqueue (fsync) ──▶ 250
-//!                                              │ wake
-//!                                              ▼
-//!                     queue::manager ──lease──▶ delivery (per destination)
-//!                                                   │ MX lookup, SMTP out
-//!                                                   ▼
-//!                              store.settle: delivered / retry at T / bounced
+//!  SMTP client ─▶ intake::smtp ─┐
+//!  SES SDK ────▶ intake::api ───┼─▶ Submission ─▶ admission: checks, policy
+//!  batch task ─▶ intake::batch ─┘     (compose,    (`check` hook), DKIM sign
+//!                                      rewrite)          │
+//!                                                        ▼
+//!                                 queue.submit ─▶ store.enqueue (fsync) ─▶ 250 / MessageId
+//!                                                        │ wake
+//!                                                        ▼
+//!                       queue::manager ──lease──▶ egress (a line per destination)
+//!                                                        │ dns: MX, egress::client: SMTP out
+//!                                                        ▼
+//!                          store.settle: delivered / retry at T / bounced / expired
+//!                                                        │
+//!                                                        ▼
+//!          feedback: events ─▶ callbacks, stats, outcomes (─▶ `reputation` hook)
+//!          recipient ─▶ feedback::endpoints (open, click, unsubscribe) ─▶ engagement, events
+//!          bounce/complaint ─▶ intake::smtp ─▶ feedback::inbound_reports ─▶ blocklist, events
 //! ```
 
 pub mod address;

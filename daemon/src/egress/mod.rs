@@ -1,4 +1,4 @@
-//! Delivery: per-destination connection workers that send leased entries
+//! Egress, delivery: per-destination connection workers that send leased entries
 //! and settle each outcome in the store.
 //!
 //! Each destination domain has a line of jobs and up to

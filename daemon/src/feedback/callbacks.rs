@@ -152,7 +152,7 @@ impl Callbacks {
     }
 
     /// Forgets the routes this node has looked up (after a URL changed
-    /// here; other nodes see the change within [`ROUTE_TTL`]).
+    /// here; other nodes see the change within `ROUTE_TTL`).
     pub fn forget_routes(&self) {
         if let Ok(mut r) = self.routes.lock() {
             r.clear();

@@ -3,7 +3,7 @@
 //! the work) and reads the list a chunk at a time. A task that meets the
 //! day's quota or warm-up cap pauses (status 6) with the rest counted in
 //! CacheCount, and resumes by itself the next day. Progress is saved every
-//! [`SAVE_EVERY`] recipients: after a crash, at most that many may be sent
+//! `SAVE_EVERY` recipients: after a crash, at most that many may be sent
 //! twice, none lost. The records are `crate::ses::tasks`.
 
 use crate::intake::admission::Refusal;

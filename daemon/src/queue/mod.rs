@@ -1,9 +1,9 @@
 //! The queue: the one owner of queue state on this node.
 //!
-//! SMTP sessions call [`QueueHandle::submit`], which makes the message durable
+//! Admission calls [`QueueHandle::submit`], which makes the message durable
 //! and wakes the manager. The manager leases ready entries from the store as
-//! delivery slots free up and hands them to delivery; delivery reports each
-//! outcome back through egress's delivery, which settles it in the store.
+//! egress has room for them and hands them over (`manager::Dispatch`);
+//! egress settles each outcome in the store.
 
 pub mod cache;
 pub mod manager;

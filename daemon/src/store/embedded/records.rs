@@ -73,7 +73,7 @@ impl EmbeddedStore {
     /// Several reads and increments, every read from one committed state.
     /// Never waits on the writer, like [`Self::incr`]. With a `max_age`,
     /// reads may come from answers kept at most that long (see
-    /// [`Store::batch_within`](super::Store::batch_within)): a row already
+    /// [`Store::batch_within`](crate::store::Store::batch_within)): a row already
     /// read costs a hash lookup instead of a walk down the table.
     pub fn batch(&self, ops: &[BatchOp], max_age: Duration) -> Result<Vec<BatchValue>> {
         self.batch_refs(ops.iter().map(BatchOp::as_ref), "", max_age)
