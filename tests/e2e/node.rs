@@ -2,6 +2,11 @@
 //! bound to port 0, with a test clock the test moves. What takes hours in
 //! Kiln's time (retries, the queue's maximum age, a day's quota) takes
 //! milliseconds here, and nothing sleeps for it.
+//!
+//! The clock jumps (`move_clock_to`) rather than running under
+//! `tokio::time::pause`: a paused runtime that is idle while it waits for a
+//! real peer (Redis, the sink) would skip ahead to its next timer and fire
+//! timeouts the peers never caused.
 
 use crate::harness::Backend;
 use kiln::clock::Clock;
