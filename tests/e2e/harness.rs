@@ -36,13 +36,17 @@ pub async fn env(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Env 
     env_with_sink(backend, sink, |o, _| tweak(o)).await
 }
 
-/// Like [`env`] with a sink of the test's own; `tweak` also gets the data
-/// directory's parent, for files the config points at.
-pub async fn env_with_sink(
-    backend: Backend,
-    sink: Sink,
-    tweak: impl FnOnce(&mut KilnOptions, &Path),
-) -> Env {
+/// What a node runs among: DNS with `dest.test` → mx.dest.test →
+/// 127.0.0.1, a Redis of its own for `Backend::Redis`, a data directory,
+/// and options for a node that delivers to `sink`.
+pub struct Peers {
+    pub dns: DnsServer,
+    pub redis: Option<RedisServer>,
+    pub dir: tempfile::TempDir,
+    pub opts: KilnOptions,
+}
+
+pub async fn peers(backend: Backend, sink: &Sink) -> Peers {
     let dns = DnsServer::start().await;
     dns.add_mx("dest.test", 10, "mx.dest.test");
     dns.add_ip("mx.dest.test", "127.0.0.1".parse().unwrap());
@@ -54,6 +58,27 @@ pub async fn env_with_sink(
         sink.addr.port(),
     );
     opts.redis_url = redis.as_ref().map(|r| r.url());
+    Peers {
+        dns,
+        redis,
+        dir,
+        opts,
+    }
+}
+
+/// Like [`env`] with a sink of the test's own; `tweak` also gets the data
+/// directory's parent, for files the config points at.
+pub async fn env_with_sink(
+    backend: Backend,
+    sink: Sink,
+    tweak: impl FnOnce(&mut KilnOptions, &Path),
+) -> Env {
+    let Peers {
+        dns,
+        redis,
+        dir,
+        mut opts,
+    } = peers(backend, &sink).await;
     tweak(&mut opts, dir.path());
     let kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
     Env {

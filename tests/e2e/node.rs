@@ -8,7 +8,7 @@
 //! real peer (Redis, the sink) would skip ahead to its next timer and fire
 //! timeouts the peers never caused.
 
-use crate::harness::Backend;
+use crate::harness::{Backend, Peers, peers};
 use kiln::clock::Clock;
 use kiln::server::{Listen, Listeners};
 use kiln::services::Services;
@@ -37,17 +37,12 @@ pub struct Node {
 /// set up as the child-process tests' (`KilnOptions`), changed by `tweak`.
 pub async fn node(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Node {
     let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
-    let dns = DnsServer::start().await;
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", "127.0.0.1".parse().unwrap());
-    let redis = (backend == Backend::Redis).then(RedisServer::start);
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = KilnOptions::new(
-        &dir.path().join("data"),
-        &dns.nameserver(),
-        sink.addr.port(),
-    );
-    opts.redis_url = redis.as_ref().map(|r| r.url());
+    let Peers {
+        dns,
+        redis,
+        dir,
+        mut opts,
+    } = peers(backend, &sink).await;
     tweak(&mut opts);
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let (config, _policy) = opts.write_files(any, any, any);

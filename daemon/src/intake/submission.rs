@@ -108,17 +108,21 @@ fn prepare(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn adds_missing_headers_only() {
-        let trace = Trace {
+    fn trace(protocol: &'static str, now_ms: i64) -> Trace<'static> {
+        Trace {
             id: "ID1",
             helo: "client",
             peer: "127.0.0.1".parse().unwrap(),
             hostname: "mx.kiln",
-            protocol: "ESMTPSA",
+            protocol,
             recipient: None,
-            now_ms: 0,
-        };
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn adds_missing_headers_only() {
+        let trace = trace("ESMTPSA", 0);
         let out = prepare(b"Message-ID: <x@y>\r\nSubject: s\r\n\r\nbody\r\n", &trace);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("Received: from client ([127.0.0.1])"));
@@ -139,15 +143,7 @@ mod tests {
             template_id: String::new(),
             task_id: String::new(),
         };
-        let trace = Trace {
-            id: "ID1",
-            helo: "client",
-            peer: "127.0.0.1".parse().unwrap(),
-            hostname: "mx.kiln",
-            protocol: "ESMTP",
-            recipient: None,
-            now_ms: 5_000,
-        };
+        let trace = trace("ESMTP", 5_000);
         let s = Submission::new(
             b"From: <a@Shop.Test>\r\n\r\nhi\r\n",
             &trace,

@@ -34,7 +34,10 @@ async fn retries_follow_the_schedule_until_the_queue_gives_up() {
         let attempts = |r: &serde_json::Value| r["attempts"].as_array().map_or(0, |a| a.len());
 
         // The first retry is due a minute later: not a moment before.
+        // Each step waits for both recipients, so that the other's
+        // schedule is never skipped by the next jump.
         let rec = n.wait_for(&ids[0], 0, |r| r["state"] == "deferred").await;
+        n.wait_for(&ids[1], 0, |r| r["state"] == "deferred").await;
         let received = n.status(&ids[0]).await.unwrap()["received_at_ms"]
             .as_i64()
             .unwrap();
@@ -49,12 +52,14 @@ async fn retries_follow_the_schedule_until_the_queue_gives_up() {
         );
         n.move_clock_to(next);
         let rec = n.wait_for(&ids[0], 0, |r| attempts(r) == 2).await;
+        n.wait_for(&ids[1], 0, |r| attempts(r) == 2).await;
         // Then five minutes; it is delivered once the receiver takes it.
         let second = rec["next_attempt_at_ms"].as_i64().unwrap();
         assert!((second - next - 300_000).abs() < 2_000, "{rec}");
         n.sink.clear_rule("later@dest.test");
         n.move_clock_to(second);
         n.wait_for(&ids[0], 0, |r| r["state"] == "delivered").await;
+        n.wait_for(&ids[1], 0, |r| attempts(r) == 3).await;
 
         // The other is tried on the schedule until 72 hours have passed,
         // then given up (a soft bounce).
