@@ -34,7 +34,8 @@
 //! | **`queue`** | **the one owner of queue state on this node** |
 //! | `queue::manager` | leases ready entries as egress takes them |
 //! | `queue::cache` | bodies accepted here, kept until their last attempt |
-//! | **`egress`** | **delivery: per-destination lines and workers, settling outcomes** |
+//! | `queue::outcome` | what an attempt's outcome means: next try or final |
+//! | **`egress`** | **delivery: per-destination lines and workers, reporting outcomes** |
 //! | `egress::client` | the SMTP client: one connection to one MX address |
 //! | **`feedback`** | **what happens after an attempt, or after the recipient reads** |
 //! | `feedback::events` | what happened, per message and recipient |
@@ -103,9 +104,9 @@
 //!
 //! ```text
 //!  SMTP client ─▶ intake::smtp ─┐
-//!  SES SDK ────▶ intake::api ───┼─▶ Submission ─▶ admission: checks, policy
-//!  batch task ─▶ intake::batch ─┘     (compose,    (`check` hook), DKIM sign
-//!                                      rewrite)          │
+//!  SES SDK ────▶ intake::api ───┼─▶ Submission ─▶ admission: checks, hooks
+//!  batch task ─▶ intake::batch ─┘     (compose,    (content_filter, check_limits,
+//!                                      rewrite)     select_egress), DKIM sign
 //!                                                        ▼
 //!                                 queue.submit ─▶ store.enqueue (fsync) ─▶ 250 / MessageId
 //!                                                        │ wake
@@ -113,7 +114,7 @@
 //!                       queue::manager ──lease──▶ egress (a line per destination)
 //!                                                        │ dns: MX, egress::client: SMTP out
 //!                                                        ▼
-//!                          store.settle: delivered / retry at T / bounced / expired
+//!        queue::outcome decides, store.settle records: delivered / retry at T / bounced / expired
 //!                                                        │
 //!                                                        ▼
 //!          feedback: events ─▶ callbacks, stats, outcomes (─▶ `reputation` hook)

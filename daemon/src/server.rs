@@ -163,7 +163,7 @@ pub async fn start(
     })?;
     let store = open_store(&settings, clock).await?;
     let shutdown = CancellationToken::new();
-    let queue = QueueHandle::new(store.clone(), BODY_CACHE_BYTES);
+    let queue = QueueHandle::new(store.clone(), BODY_CACHE_BYTES, &settings.queue);
     let signers = Arc::new(DkimSigners::new(
         store.clone(),
         settings.dkim.sign_headers.clone(),

@@ -16,7 +16,8 @@ use crate::dns::{MxResolver, RouteError};
 use crate::net::domain_of;
 use crate::policy::decisions::{BounceClass, BounceInfo};
 use crate::queue::QueueHandle;
-use crate::store::{Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus};
+use crate::queue::outcome::Verdict;
+use crate::store::{Attempt, QueueEntry, RecipientState};
 use crate::tls::ClientConfigs;
 use client::{ClientError, Connection, Reply, TlsMode};
 use std::collections::{HashMap, VecDeque};
@@ -120,14 +121,6 @@ impl Drop for Running<'_> {
         }
         st.finished.push_back(Instant::now());
     }
-}
-
-/// How one attempt ended, before the retry policy is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    Delivered,
-    Temporary,
-    Permanent,
 }
 
 pub struct Delivery {
@@ -621,17 +614,12 @@ impl Delivery {
         Some(e)
     }
 
+    /// Reports an attempt to the queue, which decides what it means; then
+    /// its event, the statistics and the reputation feed hear of it.
     async fn settle(&self, entry: &QueueEntry, verdict: Verdict, mut attempt: Attempt) {
         let (verdict, class) = self.classify(entry, verdict, &mut attempt).await;
-        let now = self.queue.store.now_ms();
-        let q = &self.settings.queue;
-        let expired = now - entry.received_at_ms >= q.max_age.as_millis() as i64;
-        let state = match verdict {
-            Verdict::Delivered => RecipientState::Delivered,
-            Verdict::Permanent => RecipientState::Bounced,
-            Verdict::Temporary if expired => RecipientState::Expired,
-            Verdict::Temporary => RecipientState::Deferred,
-        };
+        let decision = self.queue.decide(entry, verdict);
+        let state = decision.state;
         tracing::info!(
             msg_id = %entry.msg_id,
             recipient = %entry.recipient,
@@ -646,66 +634,30 @@ impl Delivery {
             reply = %attempt.message,
             "delivery attempt"
         );
-        let mut attempts = if entry.attempts > 0 {
-            match self.queue.store.status(&entry.msg_id).await {
-                Ok(Some(s)) => s
-                    .recipients
-                    .into_iter()
-                    .nth(entry.rcpt_idx as usize)
-                    .map(|r| r.attempts)
-                    .unwrap_or_default(),
-                _ => Vec::new(),
-            }
-        } else {
-            Vec::new()
-        };
-        let event = Self::event_for(now, entry, state, class.as_ref(), &attempt);
-        attempts.push(attempt);
-        let mut status = RecipientStatus {
-            recipient: entry.recipient.clone(),
-            state,
-            updated_at_ms: now,
-            next_attempt_at_ms: None,
-            attempts,
-            reason: None,
-        };
         if let Some(c) = &class {
             tracing::debug!(msg_id = %entry.msg_id, class = %c.class, "bounce classified");
         }
+        let event = Self::event_for(
+            self.queue.store.now_ms(),
+            entry,
+            state,
+            class.as_ref(),
+            &attempt,
+        );
         self.report_outcome(entry, state, class.as_ref());
-        let disposition = if state == RecipientState::Deferred {
-            let idx = (entry.attempts as usize).min(q.retry_schedule.len().saturating_sub(1));
-            let delay_ms = q.retry_schedule.get(idx).copied().unwrap_or(3600) as i64 * 1000;
-            let deadline = entry.received_at_ms + q.max_age.as_millis() as i64;
-            let mut next = entry.clone();
-            next.attempts += 1;
-            // One last try at the deadline rather than none past it.
-            next.ready_at_ms = (now + delay_ms).min(deadline.max(now + 1000));
-            status.next_attempt_at_ms = Some(next.ready_at_ms);
-            self.queue.cache.remove(&entry.msg_id);
-            Disposition::Retry(next, status)
-        } else {
-            self.queue.cache.recipient_done(&entry.msg_id);
-            Disposition::Final(status)
-        };
         let also = match &event {
             Some(e) => self.events.writes_for(e).await,
             None => Vec::new(),
         };
-        let settled = self.queue.store.settle(entry, disposition, &also).await;
         // After the status is durable: the event reports what the store says.
-        if settled.is_ok()
+        if self
+            .queue
+            .settle(entry, decision, attempt, &also)
+            .await
+            .is_ok()
             && let Some(event) = &event
         {
             crate::feedback::events::Events::log(event);
-        }
-        if let Err(e) = settled {
-            // Put it back so it is tried again (at worst delivered twice,
-            // never lost); if even that fails the lease expires.
-            tracing::error!(msg_id = %entry.msg_id, error = %e, "could not record delivery outcome");
-            if let Err(e) = self.queue.store.release(std::slice::from_ref(entry)).await {
-                tracing::error!(msg_id = %entry.msg_id, error = %e, "could not release entry");
-            }
         }
     }
 }

@@ -5,7 +5,8 @@
 //! A failed DSN goes through `classify_bounce` like an SMTP refusal (which
 //! may blocklist the address), turns the recipient's status record to
 //! bounced (with the report's reply as its last attempt) and raises
-//! `bounce`, once: a repeated report changes nothing. A delayed one raises
+//! `bounce`, once: a repeated report changes nothing, and one about a
+//! recipient still in the queue is left to its next attempt. A delayed one raises
 //! `deferred`.
 //! A complaint raises `spamreport`, suppresses the recipient for the sender
 //! domain, counts for the reputation rules and is filed for GetAbuseReport.
@@ -211,6 +212,8 @@ async fn try_process(
     match block.action.as_str() {
         // A repeated report (or one after an SMTP refusal) changes nothing.
         "failed" if rcpt.state == RecipientState::Bounced => Ok("bounce already known"),
+        // Its next attempt decides (and the queue would not take it).
+        "failed" if !rcpt.state.is_final() => Ok("recipient still queued"),
         "failed" => {
             let info = BounceInfo {
                 code: if code >= 400 { code } else { 550 },
@@ -227,14 +230,6 @@ async fn try_process(
                 .await
                 .ok()
                 .flatten();
-            ctx.outcomes.record(&domain, "bounce");
-            if class.as_ref().is_some_and(|c| c.invalid_address) {
-                ctx.outcomes.record(&domain, "invalid");
-            }
-            if class.as_ref().is_some_and(|c| c.class == "spam") {
-                ctx.outcomes.record(&domain, "spam");
-            }
-            ctx.stats.record(&domain, &recipient, "bounce", 1);
             let mut e = event("bounce");
             e.bounce_type = if class.as_ref().is_some_and(|c| c.class != "hard") {
                 "soft".into()
@@ -267,9 +262,21 @@ async fn try_process(
                 duration_ms: 0,
             });
             let also = ctx.events.writes_for(&e).await;
-            store
-                .record_status(&message_id, idx, &updated, &also)
+            let recorded = ctx
+                .queue
+                .record_late_outcome(&message_id, idx, &updated, rcpt.state, &also)
                 .await?;
+            if !recorded {
+                return Ok("recipient still queued");
+            }
+            ctx.outcomes.record(&domain, "bounce");
+            if class.as_ref().is_some_and(|c| c.invalid_address) {
+                ctx.outcomes.record(&domain, "invalid");
+            }
+            if class.as_ref().is_some_and(|c| c.class == "spam") {
+                ctx.outcomes.record(&domain, "spam");
+            }
+            ctx.stats.record(&domain, &recipient, "bounce", 1);
             crate::feedback::events::Events::log(&e);
             Ok("bounce")
         }

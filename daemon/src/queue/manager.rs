@@ -98,7 +98,7 @@ impl Manager {
                     entries = parked.len(),
                     "destination lines full, entries parked"
                 );
-                if let Err(e) = self.queue.store.park(&parked).await {
+                if let Err(e) = self.queue.postpone(&parked).await {
                     // Their leases expire; another lease takes them then.
                     tracing::error!(error = %e, "could not park queue entries");
                 }

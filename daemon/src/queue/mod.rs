@@ -3,11 +3,15 @@
 //! Admission calls [`QueueHandle::submit`], which makes the message durable
 //! and wakes the manager. The manager leases ready entries from the store as
 //! egress has room for them and hands them over (`manager::Dispatch`);
-//! egress settles each outcome in the store.
+//! egress reports each attempt's outcome and `outcome` decides what it
+//! means (next try, final) and records it: no other part changes a
+//! recipient's queue state.
 
 pub mod cache;
 pub mod manager;
+pub mod outcome;
 
+use crate::config::QueueSettings;
 use crate::store::{NewMessage, Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -17,14 +21,16 @@ pub struct QueueHandle {
     pub store: Store,
     pub wake: Arc<Notify>,
     pub cache: Arc<cache::BodyCache>,
+    schedule: outcome::Schedule,
 }
 
 impl QueueHandle {
-    pub fn new(store: Store, cache_bytes: usize) -> QueueHandle {
+    pub fn new(store: Store, cache_bytes: usize, settings: &QueueSettings) -> QueueHandle {
         QueueHandle {
             store,
             wake: Arc::new(Notify::new()),
             cache: Arc::new(cache::BodyCache::new(cache_bytes)),
+            schedule: outcome::Schedule::new(settings),
         }
     }
 
