@@ -56,6 +56,8 @@ pub struct Verdict {
     pub dropped: BTreeMap<usize, String>,
     pub ready_at_ms: i64,
     pub source_ip: Option<std::net::IpAddr>,
+    /// The egress pool ("": the default).
+    pub pool: String,
 }
 
 /// The policy's part of admission: `content_filter`, `check_limits`,
@@ -72,6 +74,7 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
             dropped: BTreeMap::new(),
             ready_at_ms: s.now,
             source_ip: None,
+            pool: String::new(),
         });
     }
     let block = header_block(&s.message);
@@ -131,24 +134,23 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
                 .collect(),
         ));
     }
-    let source_ip = match policy.call::<_, Egress>("select_egress", &info).await {
-        Ok(Some(Egress {
-            source_ip: Some(ip),
-            ..
-        })) => match ip.parse::<std::net::IpAddr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                tracing::error!(msg_id = %s.id, %ip, "select_egress: not an IP address");
+    let (source_ip, pool) = match policy.call::<_, Egress>("select_egress", &info).await {
+        Ok(Some(Egress { pool, source_ip })) => match source_ip.map(|ip| ip.parse()) {
+            Some(Ok(ip)) => (Some(ip), pool),
+            Some(Err(_)) => {
+                tracing::error!(msg_id = %s.id, "select_egress: source_ip is not an IP address");
                 return Err(Refusal::PolicyUnavailable);
             }
+            None => (None, pool),
         },
-        Ok(_) => None,
+        Ok(None) => (None, String::new()),
         Err(_) => return Err(Refusal::PolicyUnavailable),
     };
     Ok(Verdict {
         dropped,
         ready_at_ms,
         source_ip,
+        pool,
     })
 }
 
@@ -256,6 +258,7 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
         ready_at_ms: verdict.ready_at_ms,
         require_tls: s.require_tls,
         source_ip: verdict.source_ip,
+        pool: verdict.pool,
         template_id: s.template_id,
         task_id: s.task_id,
     };

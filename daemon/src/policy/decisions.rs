@@ -72,7 +72,14 @@ macro_rules! serde_answer {
     )*};
 }
 
-serde_answer!(serde_json::Value, ReputationState, BounceClass, Egress);
+serde_answer!(
+    serde_json::Value,
+    ReputationState,
+    BounceClass,
+    Egress,
+    EgressPlan,
+    Signal
+);
 
 impl HookAnswer for Decision {
     fn from_lua(lua: &mlua::Lua, value: mlua::Value) -> mlua::Result<Self> {
@@ -213,6 +220,14 @@ hook_arg!(BounceInfo {
     mx,
     source
 });
+hook_arg!(SignalInfo {
+    code,
+    enhanced_code,
+    text,
+    stage,
+    provider,
+    source
+});
 
 /// `on_connect(conn)`.
 #[derive(Debug, Serialize)]
@@ -334,6 +349,99 @@ pub struct BounceClass {
 pub struct Egress {
     pub pool: String,
     pub source_ip: Option<String>,
+}
+
+/// `egress_plan()`: how mail leaves, read once per policy load. Limits
+/// apply per (provider, source address); a provider is the recipient
+/// domains whose MX hosts end in one of its `mx` suffixes; any other
+/// destination is a site with the `defaults`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressPlan {
+    pub defaults: Limits,
+    pub providers: Vec<ProviderPlan>,
+    pub sources: Vec<SourcePlan>,
+    pub pools: BTreeMap<String, Vec<PoolMember>>,
+}
+
+/// Shaping limits; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub connections: Option<u32>,
+    pub messages_per_connection: Option<u32>,
+    pub per_second: Option<f64>,
+    pub per_minute: Option<f64>,
+    pub per_hour: Option<f64>,
+    pub new_connections_per_minute: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPlan {
+    pub name: String,
+    /// MX host name suffixes ("google.com" takes aspmx.l.google.com).
+    pub mx: Vec<String>,
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePlan {
+    pub name: String,
+    /// The local address connections are made from (none: the system's).
+    pub address: Option<String>,
+    /// The EHLO name it introduces itself with (none: server.hostname).
+    pub ehlo: Option<String>,
+    /// Its daily volume per provider follows the `warmup_limit` curve.
+    #[serde(default)]
+    pub warmup: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolMember {
+    /// A source's name, or an address (a source of its own).
+    pub source: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `egress_signal(reply)`: a refusal, asked about whether it says "slow
+/// down".
+#[derive(Debug, Serialize)]
+pub struct SignalInfo {
+    pub code: u16,
+    pub enhanced_code: String,
+    pub text: String,
+    /// connect | mail | rcpt | data
+    pub stage: &'static str,
+    pub provider: String,
+    pub source: String,
+}
+
+/// What `egress_signal` answers for a reply that is a throttling signal:
+/// what to do to the (provider, source) that sent it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Signal {
+    /// The rule that matched, for the log, the shaping record and status.
+    pub rule: String,
+    /// No attempt on that (provider, source) for this long.
+    pub suspend_s: Option<f64>,
+    /// Cut its rate and connections to this share, then climb back.
+    pub factor: Option<f64>,
+    /// How long each step back up waits without a new signal.
+    pub recover_s: Option<f64>,
+    /// Its mail goes to the pool's other sources while it is suspended.
+    pub other_source: bool,
+    /// A 5xx that is a throttle: retried, not bounced.
+    pub retry: bool,
 }
 
 /// A hook's verdict, from a closed set: an answer Kiln does not understand

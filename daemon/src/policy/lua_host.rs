@@ -638,6 +638,7 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
     kiln.set("json", json)?;
 
     super::plugin_settings::install(lua, &kiln, settings.script.display().to_string())?;
+    super::lua_data::install(lua, &kiln, settings.plugins_dir.clone())?;
     kiln.set(
         "config",
         lua.create_function(|lua, name: String| {

@@ -12,6 +12,7 @@
 //! 4xx, the queue retries later. See `docs/lua-api.md` for the hooks.
 
 pub mod decisions;
+pub mod lua_data;
 pub mod lua_host;
 mod lua_raw;
 pub mod plugin_settings;
@@ -50,6 +51,8 @@ pub const HOOKS: &[&str] = &[
     "select_egress",
     "classify_bounce",
     "callback_format",
+    "egress_plan",
+    "egress_signal",
 ];
 
 /// `hook`'s position in [`HOOKS`]: asked several times per message, so
@@ -66,6 +69,8 @@ pub fn hook_index(hook: &str) -> Option<usize> {
         "select_egress" => 7,
         "classify_bounce" => 8,
         "callback_format" => 9,
+        "egress_plan" => 10,
+        "egress_signal" => 11,
         _ => return None,
     })
 }

@@ -175,6 +175,7 @@ mod tests {
             ready_at_ms: 0,
             require_tls: false,
             source_ip: None,
+                pool: String::new(),
             account: String::new(),
             template_id: String::new(),
             task_id: String::new(),
@@ -253,6 +254,7 @@ mod tests {
                 ready_at_ms: now,
                 require_tls: false,
                 source_ip: None,
+                pool: String::new(),
                 template_id: String::new(),
                 task_id: String::new(),
             })

@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod read_cache;
 pub mod redis;
 pub mod reservations;
+pub mod shaping;
 pub mod wal;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,8 @@ pub struct NewMessage {
     pub require_tls: bool,
     /// Source address chosen by `select_egress`, if any.
     pub source_ip: Option<std::net::IpAddr>,
+    /// The egress pool chosen by `select_egress` ("": the default pool).
+    pub pool: String,
     /// What the message was sent with, for its events ("" when none).
     pub template_id: String,
     pub task_id: String,
@@ -69,6 +72,9 @@ pub struct QueueEntry {
     pub require_tls: bool,
     #[serde(default)]
     pub source_ip: Option<std::net::IpAddr>,
+    /// The egress pool ("": the default pool).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool: String,
     /// The sending account ("" for a relay client), template and batch
     /// task, for events.
     #[serde(default)]
@@ -192,6 +198,7 @@ impl NewMessage {
                 ready_at_ms: self.ready_at_ms,
                 require_tls: self.require_tls,
                 source_ip: self.source_ip,
+                pool: self.pool.clone(),
                 account: self.account.clone(),
                 template_id: self.template_id.clone(),
                 task_id: self.task_id.clone(),

@@ -127,6 +127,8 @@ pub struct EmbeddedStore {
     index: Mutex<QueueIndex>,
     retention: Duration,
     counters: Mutex<Counters>,
+    /// Egress pacing and connection slots: this node's alone.
+    shaping: crate::store::shaping::LocalShaping,
 }
 
 /// A counter lives in memory and reaches the file within a second (and at
@@ -251,6 +253,10 @@ fn set_key_into(key: &mut String, set: &str, member: &str) {
 }
 
 impl EmbeddedStore {
+    pub fn shaping(&self) -> &crate::store::shaping::LocalShaping {
+        &self.shaping
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
     }
@@ -318,6 +324,7 @@ impl EmbeddedStore {
             index: Mutex::new(index),
             retention,
             counters: Mutex::new(Counters::default()),
+            shaping: Default::default(),
             clock,
         });
         let flusher = Arc::downgrade(&store);

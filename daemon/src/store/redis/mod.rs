@@ -13,6 +13,7 @@
 //! | `queue.rs` | messages, queue entries, leases, status records |
 //! | `records.rs` | keys, sets, counters, writes |
 //! | `batch.rs` | batches: answered here when they can be, else one pipeline |
+//! | `shaping.rs` | egress pacing and connection slots, for every node |
 
 use super::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
@@ -38,6 +39,7 @@ mod batch;
 mod queue;
 mod records;
 mod scripts;
+mod shaping;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +57,11 @@ pub struct RedisStore {
     release: Script,
     incr: Script,
     renew: Script,
+    pace: Script,
+    slot_take: Script,
+    /// Connection slots this node holds (set, holder): renewed in the
+    /// background.
+    held_slots: std::sync::Mutex<HashSet<(String, String)>>,
     /// Entries this node holds leases on, with the lease length last asked
     /// for; renewed in the background so that an attempt that waits or runs
     /// longer than one lease is not taken over by another node.
@@ -89,6 +96,9 @@ impl RedisStore {
             release: Script::new(RELEASE),
             incr: Script::new(INCR),
             renew: Script::new(RENEW),
+            pace: Script::new(PACE),
+            slot_take: Script::new(SLOT_TAKE),
+            held_slots: std::sync::Mutex::new(HashSet::new()),
             held: std::sync::Mutex::new(HashSet::new()),
             lease_ms: std::sync::atomic::AtomicI64::new(0),
             reserved: Reservations::default(),
@@ -125,6 +135,19 @@ impl RedisStore {
                 let Some(store) = weak.upgrade() else { break };
                 if let Err(e) = store.renew_leases().await {
                     tracing::warn!(error = %e, "lease renewal failed");
+                }
+
+            }
+        });
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            // Three renewals per deadline: two may fail.
+            let every = crate::store::shaping::SLOT_TTL / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(store) = weak.upgrade() else { break };
+                if let Err(e) = store.renew_slots().await {
+                    tracing::warn!(error = %e, "connection slot renewal failed");
                 }
             }
         });

@@ -113,3 +113,25 @@ for i = 2, #ARGV do
 end
 return n
 "#;
+
+pub(super) const PACE: &str = r#"
+-- KEYS: the limit's next free send time (µs)
+-- ARGV: now_us, interval_us, n, within_us, ttl_ms
+local now = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - now > tonumber(ARGV[4]) then return {0, tat} end
+redis.call('SET', KEYS[1], string.format('%.0f', tat + tonumber(ARGV[2]) * tonumber(ARGV[3])), 'PX', ARGV[5])
+return {1, tat}
+"#;
+
+pub(super) const SLOT_TAKE: &str = r#"
+-- KEYS: the slot set (holder -> deadline)
+-- ARGV: holder, limit, now_ms, deadline_ms
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not held and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 60000)
+return 1
+"#;

@@ -259,3 +259,36 @@ async fn reads_of_bounded_age_see_this_nodes_writes_at_once() {
         BatchValue::Bytes(Some(b"7".to_vec()))
     );
 }
+
+/// Pacing and slots count for every node: two stores on one Redis share
+/// one next free send time and one set of slots.
+#[tokio::test]
+async fn pacing_and_slots_are_shared_by_the_nodes() {
+    use crate::store::shaping::Paced;
+    let redis = kiln_testkit::redis::RedisServer::start();
+    let clock = Clock::test();
+    let url = redis.url();
+    let connect = || RedisStore::connect(&url, "kiln", Duration::from_secs(600), clock.clone());
+    let (a, b) = (
+        crate::store::Store::Redis(connect().await.expect("a")),
+        crate::store::Store::Redis(connect().await.expect("b")),
+    );
+    // Ten seconds apart: the test's own time does not matter.
+    let Paced::Granted(first) = a.pace("p", 10_000_000, 2, 0).await.expect("pace") else {
+        panic!("the first send time is now");
+    };
+    // b's next is after a's two.
+    assert_eq!(
+        b.pace("p", 10_000_000, 1, 50_000_000).await.expect("pace"),
+        Paced::Granted(first + 20_000_000)
+    );
+    assert_eq!(
+        a.pace("p", 10_000_000, 1, 1_000_000).await.expect("pace"),
+        Paced::NotBefore(first + 30_000_000)
+    );
+    assert!(a.slot_take("c", "a1", 2).await.expect("take"));
+    assert!(b.slot_take("c", "b1", 2).await.expect("take"));
+    assert!(!b.slot_take("c", "b2", 2).await.expect("take"));
+    a.slot_give("c", "a1").await.expect("give");
+    assert!(b.slot_take("c", "b2", 2).await.expect("take"));
+}
