@@ -35,7 +35,13 @@
 //! | `queue::manager` | leases ready entries as egress takes them |
 //! | `queue::cache` | bodies accepted here, kept until their last attempt |
 //! | `queue::outcome` | what an attempt's outcome means: next try or final |
-//! | **`egress`** | **delivery: per-destination lines and workers, reporting outcomes** |
+//! | **`egress`** | **how mail leaves: providers, sources, shaping, the SMTP client** |
+//! | `egress::route` | a domain's MX hosts, resolved once and kept a while |
+//! | `egress::plan` | sources, pools, providers and their limits, from the policy |
+//! | `egress::line` | the jobs for one site from one source, bounded |
+//! | `egress::worker` | a line's worker: paced connections and messages |
+//! | `egress::shaping` | limits per (provider, source), suspensions, backoff |
+//! | `egress::report` | throttling signals, bounce classes, outcomes to the queue |
 //! | `egress::client` | the SMTP client: one connection to one MX address |
 //! | **`feedback`** | **what happens after an attempt, or after the recipient reads** |
 //! | `feedback::events` | what happened, per message and recipient |
@@ -67,6 +73,7 @@
 //! | **`policy`** | **Lua decides, Rust does** |
 //! | `policy::lua_host` | one sandboxed Lua state with the `kiln` API and plugins |
 //! | `policy::lua_raw` | tables across the C API for the hot hooks |
+//! | `policy::lua_data` | `kiln.data`: the data files plugins ship (TOML) |
 //! | `policy::decisions` | what hooks are given and may answer, as types |
 //! | `policy::plugin_settings` | plugin settings, declared and checked |
 //! | `policy::watchdog` | stops runaway hook calls |
@@ -85,6 +92,8 @@
 //! | `store::redis::scripts` | the server-side scripts |
 //! | `store::reservations` | limited counters' units counted ahead |
 //! | `store::read_cache` | what batches last read |
+//! | `store::shaping` | egress pacing and connection slots, shared by nodes |
+//! | `store::redis::shaping` | the same on Redis |
 //! | **plumbing** | **below every room** |
 //! | `server` | a node's life: start, reload (SIGHUP), drain (SIGTERM) |
 //! | `services` | what every stage shares, built once by `server` |

@@ -233,7 +233,8 @@ pub async fn start(
         resolver,
         client_tls,
         delivery_stop.clone(),
-    );
+    )
+    .await?;
     let ctx = Arc::new(Services {
         settings: settings.clone(),
         accounts: RwLock::new(Arc::new(Accounts::from_settings(&settings.accounts))),

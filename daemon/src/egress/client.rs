@@ -77,6 +77,10 @@ fn is_enhanced_code(token: &str, code: u16) -> bool {
             .all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// The stage of a reply Kiln made up itself (the next hop cannot take
+/// the message as it is): not the receiver's word.
+pub const LOCAL: &str = "local";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("connection to {0} failed: {1}")]
@@ -267,38 +271,47 @@ impl Connection {
         to: &str,
         body: &[u8],
         requiretls: bool,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<(Reply, &'static str), ClientError> {
         if requiretls && !self.requiretls {
-            return Ok(Reply {
-                code: 450,
-                enhanced: Some("4.7.30".into()),
-                text: format!("{} does not offer REQUIRETLS", self.mx),
-            });
+            return Ok((
+                Reply {
+                    code: 450,
+                    enhanced: Some("4.7.30".into()),
+                    text: format!("{} does not offer REQUIRETLS", self.mx),
+                },
+                LOCAL,
+            ));
         }
         if let Some(limit) = self.size_limit
             && body.len() > limit
         {
-            return Ok(Reply {
-                code: 552,
-                enhanced: Some("5.3.4".into()),
-                text: format!(
-                    "message size {} exceeds the server's limit {limit}",
-                    body.len()
-                ),
-            });
+            return Ok((
+                Reply {
+                    code: 552,
+                    enhanced: Some("5.3.4".into()),
+                    text: format!(
+                        "message size {} exceeds the server's limit {limit}",
+                        body.len()
+                    ),
+                },
+                LOCAL,
+            ));
         }
         // A non-ASCII address goes only to a server that takes SMTPUTF8
         // (RFC 6531 section 3.4: never downgraded).
         let utf8 = !from.is_ascii() || !to.is_ascii();
         if utf8 && !self.smtputf8 {
-            return Ok(Reply {
-                code: 553,
-                enhanced: Some("5.6.7".into()),
-                text: format!(
-                    "{} does not offer SMTPUTF8 for a non-ASCII address",
-                    self.mx
-                ),
-            });
+            return Ok((
+                Reply {
+                    code: 553,
+                    enhanced: Some("5.6.7".into()),
+                    text: format!(
+                        "{} does not offer SMTPUTF8 for a non-ASCII address",
+                        self.mx
+                    ),
+                },
+                LOCAL,
+            ));
         }
         let mail = format!(
             "MAIL FROM:<{from}>{}{}\r\n",
@@ -334,11 +347,15 @@ impl Connection {
         };
         let data_started = data_r.as_ref().is_some_and(|d| d.code == 354);
         let refusal = if !mail_r.is_positive() {
-            Some(mail_r)
+            Some((mail_r, "mail"))
         } else if let Some(r) = rcpt_r.filter(|r| !r.is_positive()) {
-            Some(r)
+            Some((r, "rcpt"))
         } else {
-            data_r.as_ref().filter(|d| d.code != 354).cloned()
+            data_r
+                .as_ref()
+                .filter(|d| d.code != 354)
+                .cloned()
+                .map(|d| (d, "data"))
         };
         if let Some(refusal) = refusal {
             if data_started {
@@ -354,7 +371,7 @@ impl Connection {
         if !final_reply.is_positive() {
             self.reset().await?;
         }
-        Ok(final_reply)
+        Ok((final_reply, "data"))
     }
 
     async fn reset(&mut self) -> Result<(), ClientError> {

@@ -260,6 +260,8 @@ async fn try_process(
                 message: format!("{detail} (returned in a delivery status notification)"),
                 tls: None,
                 duration_ms: 0,
+                source: None,
+                shaping: None,
             });
             let also = ctx.events.writes_for(&e).await;
             let recorded = ctx

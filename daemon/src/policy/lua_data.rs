@@ -20,9 +20,9 @@ fn builtin(name: &str) -> Option<&'static str> {
 /// plugin directory.
 fn valid(name: &str) -> bool {
     !name.is_empty()
-        && name.split('/').all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
+        && name
+            .split('/')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
 /// Reads and parses `<dir>/<name>.toml` (or the built-in copy); the error
@@ -68,7 +68,13 @@ mod tests {
         let none = std::path::Path::new("/nonexistent");
         let (providers, shown) = read(none, "egress/providers").expect("providers");
         assert!(shown.contains("built in"));
-        assert!(providers["providers"].as_table().expect("providers table").len() >= 12);
+        assert!(
+            providers["providers"]
+                .as_table()
+                .expect("providers table")
+                .len()
+                >= 12
+        );
         read(none, "egress/signals").expect("signals");
         assert!(read(none, "../etc/passwd").is_err());
         assert!(read(none, "egress/none").is_err());

@@ -115,7 +115,7 @@ impl QueueHandle {
                 next.ready_at_ms = at;
                 // Read again from the store when it comes due.
                 self.cache.remove(&entry.msg_id);
-                Disposition::Retry(next, status)
+                Disposition::Retry(Box::new(next), status)
             }
             None => {
                 self.cache.recipient_done(&entry.msg_id);
@@ -175,7 +175,7 @@ mod tests {
             ready_at_ms: 0,
             require_tls: false,
             source_ip: None,
-                pool: String::new(),
+            pool: String::new(),
             account: String::new(),
             template_id: String::new(),
             task_id: String::new(),
@@ -270,6 +270,8 @@ mod tests {
             message: format!("{code} reply"),
             tls: None,
             duration_ms: 0,
+            source: None,
+            shaping: None,
         };
         let recipient = |store: Store| async move {
             let s = store.status("m1").await.expect("status").expect("known");

@@ -137,6 +137,12 @@ pub struct Attempt {
     pub message: String,
     pub tls: Option<String>,
     pub duration_ms: u64,
+    /// The source address's name (egress), when the plan has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The throttling rule the reply matched, and what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -240,7 +246,7 @@ pub enum Disposition {
     /// Delivered, bounced or expired: the entry leaves the queue.
     Final(RecipientStatus),
     /// Try again at `entry.ready_at_ms` (already updated by the caller).
-    Retry(QueueEntry, RecipientStatus),
+    Retry(Box<QueueEntry>, RecipientStatus),
 }
 
 #[derive(Clone)]

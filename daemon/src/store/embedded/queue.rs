@@ -119,7 +119,9 @@ impl EmbeddedStore {
         let key = entry.key();
         let (requeue, status, retry_entry) = match &disposition {
             Disposition::Final(status) => (None, status, None),
-            Disposition::Retry(next, status) => (Some(encode(next)), status, Some(next.clone())),
+            Disposition::Retry(next, status) => {
+                (Some(encode(next)), status, Some((**next).clone()))
+            }
         };
         let settle = Op::Settle {
             key: key.clone(),

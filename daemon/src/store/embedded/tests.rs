@@ -16,7 +16,7 @@ fn message(id: &str) -> NewMessage {
         ready_at_ms: crate::clock::system_now_ms(),
         require_tls: false,
         source_ip: None,
-                pool: String::new(),
+        pool: String::new(),
         template_id: String::new(),
         task_id: String::new(),
     }

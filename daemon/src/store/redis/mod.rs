@@ -136,7 +136,6 @@ impl RedisStore {
                 if let Err(e) = store.renew_leases().await {
                     tracing::warn!(error = %e, "lease renewal failed");
                 }
-
             }
         });
         let weak = Arc::downgrade(&store);

@@ -1,0 +1,156 @@
+//! A line: the jobs for one site (an MX host set) from one source, and the
+//! workers that take them, each with a connection it keeps for the next job
+//! until it idles out. A line holds a bounded number of jobs: what does not
+//! fit goes back to the queue, due when the line should have room, so a
+//! slow destination or a tarpit never fills this node's memory or holds up
+//! another line.
+
+use super::plan::Source;
+use super::shaping::Shape;
+use crate::dns::MxHost;
+use crate::store::QueueEntry;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+pub struct Job {
+    pub entry: QueueEntry,
+    /// This node's hold on a leased entry (the manager's budget).
+    pub _leased: OwnedSemaphorePermit,
+}
+
+/// Attempts finished recently, to pace what a full line parks.
+const RATE_WINDOW: usize = 32;
+/// A parked entry waits at least this long, at most [`PARK_MAX_MS`].
+const PARK_MIN_MS: i64 = 100;
+const PARK_MAX_MS: i64 = 300_000;
+/// The rate assumed for a destination whose attempts do not finish (a
+/// tarpit looks like this): attempts a second.
+const STALLED_RATE: f64 = 0.2;
+/// An attempt running this long means the destination is stalled.
+const STALLED_AFTER: Duration = Duration::from_secs(5);
+/// Attempts a second per connection assumed for a destination that has not
+/// finished enough attempts to measure, and is not stalled.
+const FRESH_RATE_PER_CONNECTION: f64 = 10.0;
+
+#[derive(Default)]
+pub struct LineState {
+    pub jobs: VecDeque<Job>,
+    pub workers: usize,
+    pub idle: usize,
+    /// When each job being attempted right now was taken from the line.
+    pub running: Vec<Instant>,
+    /// When the last few attempts ended.
+    finished: VecDeque<Instant>,
+    /// The due time handed to the last parked entry.
+    park_cursor_ms: i64,
+}
+
+impl LineState {
+    /// Attempts a second the destination takes: measured from the recent
+    /// ones; assumed while there are too few.
+    pub fn rate(&self, connections: usize) -> f64 {
+        let recent = self.finished.front().filter(|_| self.finished.len() >= 2);
+        if let Some(first) = recent
+            && first.elapsed() < Duration::from_secs(60)
+        {
+            let n = self.finished.len() - 1;
+            return (n as f64 / first.elapsed().as_secs_f64().max(0.001)).max(STALLED_RATE);
+        }
+        if self.running.iter().any(|t| t.elapsed() > STALLED_AFTER) {
+            STALLED_RATE
+        } else {
+            connections as f64 * FRESH_RATE_PER_CONNECTION
+        }
+    }
+
+    /// When a job that does not fit now should be due: after the ones
+    /// already parked, at the pace the destination takes mail.
+    pub fn park_at(&mut self, now_ms: i64, connections: usize) -> i64 {
+        let step = (1000.0 / self.rate(connections)) as i64;
+        let next = (self.park_cursor_ms.max(now_ms) + step)
+            .clamp(now_ms + PARK_MIN_MS, now_ms + PARK_MAX_MS);
+        self.park_cursor_ms = next;
+        next
+    }
+}
+
+/// Mail for one site from one source.
+pub struct Line {
+    pub site: Arc<str>,
+    pub source: Arc<Source>,
+    pub shape: Arc<Shape>,
+    /// Where the site's mail goes, as last resolved.
+    pub hosts: Mutex<Arc<[MxHost]>>,
+    /// A domain of the site, for the require-TLS list and messages.
+    pub domain: Mutex<String>,
+    pub state: Mutex<LineState>,
+    pub wake: Notify,
+}
+
+impl Line {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, LineState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn hosts(&self) -> Arc<[MxHost]> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A job a worker took from its line: counted in the line until its
+/// attempt is over.
+pub struct Running<'a>(pub &'a Line);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        // The oldest attempt is the one to go: close enough for "is any
+        // attempt stuck".
+        if !st.running.is_empty() {
+            st.running.remove(0);
+        }
+        if st.finished.len() == RATE_WINDOW {
+            st.finished.pop_front();
+        }
+        st.finished.push_back(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_line_parks_at_the_pace_of_its_destination() {
+        let now = 1_000_000;
+        // Fresh: ten a second per connection, so 16 connections: 6 ms apart.
+        let mut fresh = LineState::default();
+        let first = fresh.park_at(now, 16);
+        assert_eq!(first, now + PARK_MIN_MS);
+        assert_eq!(fresh.park_at(now, 16), first + 6);
+        // Stalled (an attempt running for longer than STALLED_AFTER): five
+        // seconds apart, never past PARK_MAX_MS.
+        let mut stalled = LineState::default();
+        stalled
+            .running
+            .push(Instant::now() - STALLED_AFTER - Duration::from_secs(1));
+        assert_eq!(stalled.park_at(now, 16), now + 5_000);
+        assert_eq!(stalled.park_at(now, 16), now + 10_000);
+        for _ in 0..100 {
+            stalled.park_at(now, 16);
+        }
+        assert_eq!(stalled.park_at(now, 16), now + PARK_MAX_MS);
+        // Measured: 32 attempts in about a second, so about 31 a second.
+        let mut measured = LineState::default();
+        let start = Instant::now() - Duration::from_secs(1);
+        for i in 0..RATE_WINDOW {
+            measured
+                .finished
+                .push_back(start + Duration::from_millis(i as u64 * 1000 / 32));
+        }
+        let rate = measured.rate(16);
+        assert!((25.0..35.0).contains(&rate), "{rate}");
+    }
+}

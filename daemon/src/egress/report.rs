@@ -1,0 +1,255 @@
+//! What egress makes of a reply: asks the policy whether it is a
+//! throttling signal (`egress_signal`, acted on by shaping) and what it
+//! says about the recipient (`classify_bounce`), then reports the attempt
+//! to the queue, which decides what it means, and tells feedback (the
+//! event, the statistics, the reputation feed).
+
+use super::Delivery;
+use super::shaping::Shape;
+use crate::net::domain_of;
+use crate::policy::decisions::{BounceClass, BounceInfo, Signal, SignalInfo};
+use crate::queue::outcome::Verdict;
+use crate::store::{Attempt, QueueEntry, RecipientState};
+
+impl Delivery {
+    /// Asks `egress_signal` about a refusal (`stage`: connect, mail, rcpt,
+    /// data) and acts on a signal: the pair is suspended or slowed for
+    /// every node. Answers the signal, if the reply was one.
+    pub(super) async fn throttling_signal(
+        &self,
+        shape: &Shape,
+        code: u16,
+        enhanced: Option<&str>,
+        text: &str,
+        stage: &'static str,
+    ) -> Option<Signal> {
+        if code < 400 {
+            return None;
+        }
+        let info = SignalInfo {
+            code,
+            enhanced_code: enhanced.unwrap_or_default().to_string(),
+            text: text.to_string(),
+            stage,
+            provider: shape.provider.to_string(),
+            source: shape.source.to_string(),
+        };
+        let signal = self
+            .policy
+            .call::<_, Signal>("egress_signal", &info)
+            .await
+            .ok()
+            .flatten()?;
+        let reply = match enhanced {
+            Some(x) => format!("{code} {x} {text}"),
+            None => format!("{code} {text}"),
+        };
+        self.shaper.signal(shape, &signal, &reply, stage).await;
+        Some(signal)
+    }
+
+    /// Asks `classify_bounce` about a refusal the MX replied with; its
+    /// answer may turn a retry into a bounce or the other way round. If the
+    /// hook fails, the recipient is retried later: a script error never
+    /// bounces mail.
+    async fn classify(
+        &self,
+        entry: &QueueEntry,
+        verdict: Verdict,
+        attempt: &mut Attempt,
+    ) -> (Verdict, Option<BounceClass>) {
+        // Only replies are classified; DNS and connection failures are ours.
+        if verdict == Verdict::Delivered || attempt.code.is_none() {
+            return (verdict, None);
+        }
+        let info = BounceInfo {
+            code: attempt.code.unwrap_or(0),
+            enhanced_code: attempt.enhanced_code.clone().unwrap_or_default(),
+            text: attempt.message.clone(),
+            recipient: entry.recipient.clone(),
+            sender_domain: domain_of(&entry.sender),
+            mx: attempt.mx.clone().unwrap_or_default(),
+            source: "smtp",
+        };
+        match self
+            .policy
+            .call::<_, BounceClass>("classify_bounce", &info)
+            .await
+        {
+            Ok(Some(class)) => {
+                let verdict = match class.retry {
+                    Some(true) => Verdict::Temporary,
+                    Some(false) => Verdict::Permanent,
+                    None => verdict,
+                };
+                (verdict, Some(class))
+            }
+            Ok(None) => (verdict, None),
+            Err(e) => {
+                attempt.message =
+                    format!("{} (bounce classification failed: {e})", attempt.message);
+                (Verdict::Temporary, None)
+            }
+        }
+    }
+
+    /// Tells the `reputation` hook (through the outcome feed) and the daily
+    /// statistics about a final outcome.
+    fn report_outcome(
+        &self,
+        entry: &QueueEntry,
+        state: RecipientState,
+        class: Option<&BounceClass>,
+    ) {
+        let domain = domain_of(&entry.sender);
+        match state {
+            RecipientState::Delivered => {
+                self.outcomes.record(&domain, "delivered");
+                self.stats.record(&domain, &entry.recipient, "delivered", 1);
+            }
+            RecipientState::Bounced | RecipientState::Expired => {
+                self.outcomes.record(&domain, "bounce");
+                self.stats.record(&domain, &entry.recipient, "bounce", 1);
+                if class.is_some_and(|c| c.invalid_address) {
+                    self.outcomes.record(&domain, "invalid");
+                }
+                if class.is_some_and(|c| c.class == "spam") {
+                    self.outcomes.record(&domain, "spam");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The envelope sender for a copy: a VERP return path for an account's
+    /// mail with a sender (null senders and relayed mail keep theirs).
+    pub(super) fn return_path(&self, entry: &QueueEntry) -> String {
+        match &self.verp {
+            Some(v) if !entry.account.is_empty() && !entry.sender.is_empty() => {
+                v.address(&entry.msg_id, entry.rcpt_idx)
+            }
+            _ => entry.sender.clone(),
+        }
+    }
+
+    /// The event for an attempt's outcome (delivered, deferred, bounce).
+    fn event_for(
+        now: i64,
+        entry: &QueueEntry,
+        state: RecipientState,
+        class: Option<&BounceClass>,
+        attempt: &Attempt,
+    ) -> Option<crate::feedback::events::Event> {
+        let (kind, bounce_type) = match state {
+            RecipientState::Delivered => ("delivered", ""),
+            RecipientState::Deferred => ("deferred", ""),
+            RecipientState::Bounced if class.is_some_and(|c| c.class != "hard") => {
+                ("bounce", "soft")
+            }
+            RecipientState::Bounced => ("bounce", "hard"),
+            RecipientState::Expired => ("bounce", "soft"),
+            RecipientState::Queued | RecipientState::Dropped => return None,
+        };
+        let mut e = crate::feedback::events::Event::new(
+            now,
+            kind,
+            &entry.msg_id,
+            &entry.recipient,
+            &entry.sender,
+            &entry.account,
+        );
+        e.bounce_type = bounce_type.to_string();
+        e.sent_at = entry.received_at_ms;
+        e.template_id = entry.template_id.clone();
+        e.task_id = entry.task_id.clone();
+        e.reason = match (attempt.code, &attempt.enhanced_code) {
+            (Some(c), Some(x)) => format!("{c} {x} {}", attempt.message),
+            (Some(c), None) => format!("{c} {}", attempt.message),
+            _ => attempt.message.clone(),
+        };
+        if state == RecipientState::Expired {
+            e.reason = format!("gave up after the queue's maximum age: {}", e.reason);
+        }
+        Some(e)
+    }
+
+    /// Reports an attempt to the queue, which decides what it means; then
+    /// its event, the statistics and the reputation feed hear of it. A
+    /// throttling signal that says "retry" makes a refusal temporary,
+    /// whatever its code.
+    pub(super) async fn settle(
+        &self,
+        entry: &QueueEntry,
+        verdict: Verdict,
+        mut attempt: Attempt,
+        signal: Option<&Signal>,
+    ) {
+        let (mut verdict, class) = self.classify(entry, verdict, &mut attempt).await;
+        if let Some(s) = signal {
+            if s.retry && verdict == Verdict::Permanent {
+                verdict = Verdict::Temporary;
+            }
+            attempt.shaping = Some(describe(s));
+        }
+        let decision = self.queue.decide(entry, verdict);
+        let state = decision.state;
+        tracing::info!(
+            msg_id = %entry.msg_id,
+            recipient = %entry.recipient,
+            mx = attempt.mx.as_deref().unwrap_or("-"),
+            ip = attempt.ip.as_deref().unwrap_or("-"),
+            source = attempt.source.as_deref().unwrap_or("-"),
+            code = attempt.code.unwrap_or(0),
+            enhanced_code = attempt.enhanced_code.as_deref().unwrap_or("-"),
+            tls = attempt.tls.as_deref().unwrap_or("none"),
+            attempt = entry.attempts + 1,
+            elapsed_ms = attempt.duration_ms,
+            outcome = ?state,
+            reply = %attempt.message,
+            "delivery attempt"
+        );
+        if let Some(c) = &class {
+            tracing::debug!(msg_id = %entry.msg_id, class = %c.class, "bounce classified");
+        }
+        let event = Self::event_for(
+            self.queue.store.now_ms(),
+            entry,
+            state,
+            class.as_ref(),
+            &attempt,
+        );
+        self.report_outcome(entry, state, class.as_ref());
+        let also = match &event {
+            Some(e) => self.events.writes_for(e).await,
+            None => Vec::new(),
+        };
+        // After the status is durable: the event reports what the store says.
+        if self
+            .queue
+            .settle(entry, decision, attempt, &also)
+            .await
+            .is_ok()
+            && let Some(event) = &event
+        {
+            crate::feedback::events::Events::log(event);
+        }
+    }
+}
+
+/// A signal as the attempt record shows it.
+fn describe(s: &Signal) -> String {
+    let mut parts = vec![format!("rule {}", s.rule)];
+    if let Some(secs) = s.suspend_s {
+        parts.push(format!("suspended {secs}s"));
+    }
+    if let Some(f) = s.factor {
+        parts.push(format!("pace x{f}"));
+    }
+    if s.other_source {
+        parts.push("other sources meanwhile".into());
+    }
+    if s.retry {
+        parts.push("retried".into());
+    }
+    parts.join(", ")
+}

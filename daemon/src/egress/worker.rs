@@ -1,0 +1,465 @@
+//! A line's worker: takes the line's jobs one at a time over a connection
+//! it keeps, within the limits of its (provider, source): it holds one of
+//! the pair's connection slots while its connection is open, opens
+//! connections and sends messages at their paced times, closes a
+//! connection after the pair's messages per connection, and sends jobs
+//! back to the queue while the pair is suspended or its next send time is
+//! far away.
+
+use super::Delivery;
+use super::client::{ClientError, Connection, LOCAL, Reply, TlsMode};
+use super::line::{Job, Line, Running};
+use super::shaping::{Effective, Shape, WAIT_AT_MOST};
+use crate::policy::decisions::Signal;
+use crate::queue::outcome::Verdict;
+use crate::store::Attempt;
+use crate::store::shaping::Paced;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a worker waits for one of its pair's connection slots before
+/// its job goes back to the queue.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+/// How often a worker waiting for a slot asks again (other nodes' slots
+/// are not announced here).
+const SLOT_POLL: Duration = Duration::from_millis(200);
+
+/// Names each worker's connection slot.
+static WORKERS: AtomicU64 = AtomicU64::new(0);
+
+/// Why a connection could not be had.
+struct ConnectFailure {
+    verdict: Verdict,
+    text: String,
+    enhanced: Option<String>,
+    /// The receiver's refusal (greeting, EHLO, STARTTLS), if it gave one.
+    reply: Option<Reply>,
+}
+
+/// A worker's connection and the slot that lets it be open.
+struct Held<'a> {
+    delivery: &'a Delivery,
+    shape: &'a Shape,
+    holder: String,
+    conn: Option<Connection>,
+    slot: bool,
+    sent: u32,
+}
+
+impl Held<'_> {
+    /// Closes the connection (politely) and gives its slot back.
+    async fn close(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.quit().await;
+        }
+        self.drop_slot().await;
+    }
+
+    /// The connection is gone (lost or never made): the slot goes back.
+    async fn drop_slot(&mut self) {
+        self.conn = None;
+        if self.slot {
+            self.slot = false;
+            self.delivery
+                .shaper
+                .give_connection(self.shape, &self.holder)
+                .await;
+        }
+    }
+}
+
+/// Waits until `at_us` (µs of Kiln's time); never wakes early.
+async fn sleep_until_us(delivery: &Delivery, at_us: i64) {
+    let wait = at_us - delivery.shaper.now_ms() * 1000;
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+    }
+}
+
+impl Delivery {
+    /// The next job of the line, counted as running until the guard goes.
+    async fn next_job<'l>(&self, line: &'l Line) -> Option<(Job, Running<'l>)> {
+        let idle_timeout = self.settings.delivery.idle_timeout;
+        let mut waited = false;
+        loop {
+            {
+                let mut st = line.lock();
+                if self.shutdown.is_cancelled() {
+                    st.workers -= 1;
+                    return None;
+                }
+                if let Some(job) = st.jobs.pop_front() {
+                    st.running.push(Instant::now());
+                    return Some((job, Running(line)));
+                }
+                if waited {
+                    st.workers -= 1;
+                    return None;
+                }
+                st.idle += 1;
+            }
+            tokio::select! {
+                _ = line.wake.notified() => {}
+                _ = tokio::time::sleep(idle_timeout) => waited = true,
+                _ = self.shutdown.cancelled() => {}
+            }
+            line.lock().idle -= 1;
+        }
+    }
+
+    /// Sends `job` back to the queue due at `at_ms`, with the jobs still
+    /// waiting in the line when `whole_line` (the pair is suspended: none
+    /// of them can go), spaced `step_ms` apart so they do not all come
+    /// back at once.
+    async fn send_back(&self, line: &Line, job: Job, at_ms: i64, step_ms: i64, whole_line: bool) {
+        let mut jobs = vec![job];
+        if whole_line {
+            jobs.extend(line.lock().jobs.drain(..));
+        }
+        let entries: Vec<_> = jobs
+            .into_iter()
+            .map(|j| {
+                let mut e = j.entry;
+                e.ready_at_ms = line.shape.park_at(at_ms, step_ms);
+                e
+            })
+            .collect();
+        if let Err(e) = self.queue.postpone(&entries).await {
+            // Their leases expire; another lease takes them then.
+            tracing::error!(error = %e, "could not send entries back to the queue");
+        }
+    }
+
+    /// Takes one of the pair's connection slots, waiting for one while
+    /// they are all in use (at most `SLOT_WAIT`).
+    async fn wait_for_slot(&self, shape: &Shape, holder: &str, e: &Effective) -> bool {
+        let deadline = Instant::now() + SLOT_WAIT;
+        loop {
+            let freed = shape.freed.notified();
+            match self.shaper.take_connection(shape, holder, e).await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "taking a connection slot failed");
+                    return false;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = tokio::time::sleep(SLOT_POLL) => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    pub(super) async fn worker(self: Arc<Self>, line: Arc<Line>) {
+        let shape = line.shape.clone();
+        let mut held = Held {
+            delivery: &self,
+            shape: &shape,
+            holder: format!("{}:{}", self.node, WORKERS.fetch_add(1, Ordering::Relaxed)),
+            conn: None,
+            slot: false,
+            sent: 0,
+        };
+        while let Some((job, running)) = self.next_job(&line).await {
+            let now = self.shaper.now_ms();
+            let throttle = self.shaper.throttle(&shape).await;
+            let e = super::shaping::effective(&shape.limits(), &throttle, now);
+            let step_ms = e.message_interval_us.map_or(20, |i| (i / 1000).max(1));
+            if throttle.suspended(now) {
+                held.close().await;
+                drop(running);
+                let until = throttle.suspended_until_ms;
+                self.send_back(&line, job, until, step_ms, true).await;
+                continue;
+            }
+            if held.conn.is_none() && !held.slot {
+                if !self.wait_for_slot(&shape, &held.holder, &e).await {
+                    drop(running);
+                    self.send_back(&line, job, now + 1_000, step_ms, false)
+                        .await;
+                    continue;
+                }
+                held.slot = true;
+                match self.shaper.connect_time(&shape, &e).await {
+                    Ok(None) => {}
+                    Ok(Some(Paced::Granted(at))) => sleep_until_us(&self, at).await,
+                    Ok(Some(Paced::NotBefore(at))) => {
+                        held.drop_slot().await;
+                        drop(running);
+                        let at_ms = at / 1000 - WAIT_AT_MOST.as_millis() as i64 / 2;
+                        self.send_back(&line, job, at_ms, step_ms, false).await;
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "pacing a connection failed");
+                        held.drop_slot().await;
+                        drop(running);
+                        self.send_back(&line, job, now + 1_000, step_ms, false)
+                            .await;
+                        continue;
+                    }
+                }
+            }
+            match self.shaper.message_time(&shape, &e).await {
+                Ok(None) => {}
+                Ok(Some(Paced::Granted(at))) => sleep_until_us(&self, at).await,
+                Ok(Some(Paced::NotBefore(at))) => {
+                    drop(running);
+                    let at_ms = at / 1000 - WAIT_AT_MOST.as_millis() as i64 / 2;
+                    self.send_back(&line, job, at_ms, step_ms, false).await;
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "pacing a message failed");
+                    drop(running);
+                    self.send_back(&line, job, now + 1_000, step_ms, false)
+                        .await;
+                    continue;
+                }
+            }
+            // The attempt slot, held only while this job is attempted.
+            let Ok(_attempt) = self.attempts.clone().acquire_owned().await else {
+                break;
+            };
+            self.attempt(&line, &mut held, &job, &e).await;
+            shape.finished_attempt();
+            drop(running);
+            drop(job);
+        }
+        held.close().await;
+    }
+
+    /// One attempt of `job` over the held connection (opened first if
+    /// there is none).
+    async fn attempt(&self, line: &Line, held: &mut Held<'_>, job: &Job, e: &Effective) {
+        let entry = &job.entry;
+        let started = Instant::now();
+        let mut attempt = Attempt {
+            at_ms: self.queue.store.now_ms(),
+            mx: None,
+            ip: None,
+            code: None,
+            enhanced_code: None,
+            message: String::new(),
+            tls: None,
+            duration_ms: 0,
+            source: Some(line.source.name.to_string()),
+            shaping: None,
+        };
+        let body = match self.queue.body(&entry.msg_id).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                attempt.message = "message body missing from the store".into();
+                self.settle(entry, Verdict::Permanent, attempt, None).await;
+                return;
+            }
+            Err(err) => {
+                attempt.message = format!("store: {err}");
+                self.settle(entry, Verdict::Temporary, attempt, None).await;
+                return;
+            }
+        };
+        let domain = entry.domain();
+        let require_tls = entry.require_tls
+            || self
+                .settings
+                .delivery
+                .require_tls_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain));
+        if held
+            .conn
+            .as_ref()
+            .is_some_and(|c| require_tls && !c.verified_tls)
+            && let Some(c) = held.conn.take()
+        {
+            c.quit().await;
+        }
+        if held.conn.is_none() {
+            if !held.slot {
+                // The connection was closed (REQUIRETLS): its slot stays ours.
+                held.slot = self
+                    .shaper
+                    .take_connection(&line.shape, &held.holder, e)
+                    .await
+                    .unwrap_or(false);
+            }
+            match self.connect(line, domain, require_tls).await {
+                Ok(c) => {
+                    held.conn = Some(c);
+                    held.sent = 0;
+                }
+                Err(f) => {
+                    held.drop_slot().await;
+                    attempt.message = f.text;
+                    attempt.enhanced_code = f.enhanced;
+                    attempt.duration_ms = started.elapsed().as_millis() as u64;
+                    let signal = match &f.reply {
+                        Some(r) => {
+                            attempt.code = Some(r.code);
+                            self.signal_for(&line.shape, r, "connect").await
+                        }
+                        None => None,
+                    };
+                    self.settle(entry, f.verdict, attempt, signal.as_ref())
+                        .await;
+                    return;
+                }
+            }
+        }
+        let Some(c) = held.conn.as_mut() else { return };
+        attempt.mx = Some(c.mx.clone());
+        attempt.ip = Some(c.ip.to_string());
+        attempt.tls = c.tls_version.clone();
+        let return_path = self.return_path(entry);
+        let (verdict, signal) = match c
+            .send(&return_path, &entry.recipient, &body, entry.require_tls)
+            .await
+        {
+            Ok((reply, stage)) => {
+                attempt.code = Some(reply.code);
+                attempt.enhanced_code = reply.enhanced.clone();
+                attempt.message = reply.text.clone();
+                let signal = if stage == LOCAL {
+                    None
+                } else {
+                    self.signal_for(&line.shape, &reply, stage).await
+                };
+                (verdict_for(&reply), signal)
+            }
+            Err(err) => {
+                held.drop_slot().await;
+                attempt.message = format!("connection lost: {err}");
+                (Verdict::Temporary, None)
+            }
+        };
+        attempt.duration_ms = started.elapsed().as_millis() as u64;
+        held.sent += 1;
+        // A connection that could not carry a REQUIRETLS message is
+        // closed, so the retry asks a fresh session what it offers; one
+        // that sent its share, or whose pair was just throttled, too.
+        let unfit = attempt.enhanced_code.as_deref() == Some("4.7.30");
+        if unfit || signal.is_some() || held.sent >= e.messages_per_connection {
+            held.close().await;
+        }
+        self.settle(entry, verdict, attempt, signal.as_ref()).await;
+    }
+
+    async fn signal_for(
+        &self,
+        shape: &Shape,
+        reply: &Reply,
+        stage: &'static str,
+    ) -> Option<Signal> {
+        self.throttling_signal(
+            shape,
+            reply.code,
+            reply.enhanced.as_deref(),
+            &reply.text,
+            stage,
+        )
+        .await
+    }
+
+    /// Tries each MX of the line's site in order, each of its addresses,
+    /// until one answers, from the line's source.
+    async fn connect(
+        &self,
+        line: &Line,
+        domain: &str,
+        require_tls: bool,
+    ) -> Result<Connection, ConnectFailure> {
+        let hosts = line.hosts();
+        let d = &self.settings.delivery;
+        let mode = if require_tls {
+            TlsMode::Required
+        } else {
+            TlsMode::Opportunistic
+        };
+        let source = line.source.address;
+        let helo = &line.source.ehlo;
+        let mut errors = Vec::new();
+        for host in hosts.iter() {
+            for ip in host.addrs.iter().take(4) {
+                let addr = SocketAddr::new(*ip, d.mx_port);
+                let opened = Connection::open(
+                    &host.name,
+                    addr,
+                    source,
+                    helo,
+                    mode,
+                    &self.tls,
+                    d.connect_timeout,
+                )
+                .await;
+                let opened = match opened {
+                    Err(ClientError::Tls(e)) if mode == TlsMode::Opportunistic => {
+                        tracing::info!(mx = %host.name, %addr, error = %e, "STARTTLS failed, retrying in plain text");
+                        Connection::open(
+                            &host.name,
+                            addr,
+                            source,
+                            helo,
+                            TlsMode::Disabled,
+                            &self.tls,
+                            d.connect_timeout,
+                        )
+                        .await
+                    }
+                    other => other,
+                };
+                match opened {
+                    Ok(c) => return Ok(c),
+                    Err(ClientError::Rejected(reply)) if hosts.len() == 1 => {
+                        let verdict = if reply.is_permanent() {
+                            Verdict::Permanent
+                        } else {
+                            Verdict::Temporary
+                        };
+                        return Err(ConnectFailure {
+                            verdict,
+                            text: format!(
+                                "{} ({}) refused the connection: {reply}",
+                                host.name, addr
+                            ),
+                            enhanced: reply.enhanced.clone(),
+                            reply: Some(reply),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(mx = %host.name, %addr, error = %e, "MX unreachable");
+                        errors.push(format!("{} ({addr}): {e}", host.name));
+                    }
+                }
+            }
+        }
+        // Perhaps the MX hosts changed: ask DNS again next time.
+        self.routes.forget(&domain.to_ascii_lowercase());
+        Err(ConnectFailure {
+            verdict: Verdict::Temporary,
+            text: format!(
+                "no MX of {domain} accepted a connection: {}",
+                errors.join("; ")
+            ),
+            enhanced: Some("4.4.1".into()),
+            reply: None,
+        })
+    }
+}
+
+fn verdict_for(reply: &Reply) -> Verdict {
+    if reply.is_positive() {
+        Verdict::Delivered
+    } else if reply.is_permanent() {
+        Verdict::Permanent
+    } else {
+        Verdict::Temporary
+    }
+}
