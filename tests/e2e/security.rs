@@ -339,10 +339,11 @@ async fn a_tarpit_destination_does_not_hold_up_the_others() {
             let body = message("a@shop.test", to[0], "to the tarpit", 512);
             assert_eq!(c.send("a@shop.test", &to, &body).await.unwrap().code, 250);
         }
-        // Give the tarpit's connections time to be opened and stuck.
+        // Give the tarpit's connections time to be opened and stuck: as many
+        // as a site may have (providers.toml's [defaults], 10).
         assert!(
             crate::harness::wait_until(Duration::from_secs(10), || held.lock().unwrap().len()
-                >= 16)
+                >= 10)
             .await,
             "{backend:?}: the tarpit got {} connections",
             held.lock().unwrap().len()

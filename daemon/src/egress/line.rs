@@ -39,8 +39,11 @@ pub struct LineState {
     pub jobs: VecDeque<Job>,
     pub workers: usize,
     pub idle: usize,
-    /// When each job being attempted right now was taken from the line.
-    pub running: Vec<Instant>,
+    /// Jobs workers have taken from the line and not finished with.
+    pub taken: usize,
+    /// When each attempt running right now started (a job waiting for a
+    /// connection slot or its send time is taken, not attempted).
+    attempting: Vec<Instant>,
     /// When the last few attempts ended.
     finished: VecDeque<Instant>,
     /// The due time handed to the last parked entry.
@@ -58,7 +61,7 @@ impl LineState {
             let n = self.finished.len() - 1;
             return (n as f64 / first.elapsed().as_secs_f64().max(0.001)).max(STALLED_RATE);
         }
-        if self.running.iter().any(|t| t.elapsed() > STALLED_AFTER) {
+        if self.attempting.iter().any(|t| t.elapsed() > STALLED_AFTER) {
             STALLED_RATE
         } else {
             connections as f64 * FRESH_RATE_PER_CONNECTION
@@ -99,17 +102,41 @@ impl Line {
     }
 }
 
-/// A job a worker took from its line: counted in the line until its
-/// attempt is over.
-pub struct Running<'a>(pub &'a Line);
+/// A job a worker took from its line: counted in the line until the
+/// worker is done with it, and as an attempt from when one starts.
+pub struct Running<'a> {
+    line: &'a Line,
+    attempted: bool,
+}
+
+impl<'a> Running<'a> {
+    /// Counts a job as taken from `line` (its lock held by the caller).
+    pub fn taken(line: &'a Line, st: &mut LineState) -> Running<'a> {
+        st.taken += 1;
+        Running {
+            line,
+            attempted: false,
+        }
+    }
+
+    /// The job's attempt starts now.
+    pub fn attempting(&mut self) {
+        self.attempted = true;
+        self.line.lock().attempting.push(Instant::now());
+    }
+}
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let mut st = self.0.lock();
+        let mut st = self.line.lock();
+        st.taken = st.taken.saturating_sub(1);
+        if !self.attempted {
+            return;
+        }
         // The oldest attempt is the one to go: close enough for "is any
         // attempt stuck".
-        if !st.running.is_empty() {
-            st.running.remove(0);
+        if !st.attempting.is_empty() {
+            st.attempting.remove(0);
         }
         if st.finished.len() == RATE_WINDOW {
             st.finished.pop_front();
@@ -134,7 +161,7 @@ mod tests {
         // seconds apart, never past PARK_MAX_MS.
         let mut stalled = LineState::default();
         stalled
-            .running
+            .attempting
             .push(Instant::now() - STALLED_AFTER - Duration::from_secs(1));
         assert_eq!(stalled.park_at(now, 16), now + 5_000);
         assert_eq!(stalled.park_at(now, 16), now + 10_000);

@@ -263,7 +263,7 @@ impl Delivery {
         let connections = e.connections as usize;
         let spawn = {
             let mut st = line.lock();
-            if st.jobs.len() + st.running.len() >= self.line_limit(&st, connections) {
+            if st.jobs.len() + st.taken >= self.line_limit(&st, connections) {
                 entry.ready_at_ms = st.park_at(now, connections);
                 return Some(entry);
             }

@@ -91,8 +91,7 @@ impl Delivery {
                     return None;
                 }
                 if let Some(job) = st.jobs.pop_front() {
-                    st.running.push(Instant::now());
-                    return Some((job, Running(line)));
+                    return Some((job, Running::taken(line, &mut st)));
                 }
                 if waited {
                     st.workers -= 1;
@@ -167,7 +166,7 @@ impl Delivery {
             slot: false,
             sent: 0,
         };
-        while let Some((job, running)) = self.next_job(&line).await {
+        while let Some((job, mut running)) = self.next_job(&line).await {
             let now = self.shaper.now_ms();
             let throttle = self.shaper.throttle(&shape).await;
             let e = super::shaping::effective(&shape.limits(), &throttle, now);
@@ -228,6 +227,7 @@ impl Delivery {
             let Ok(_attempt) = self.attempts.clone().acquire_owned().await else {
                 break;
             };
+            running.attempting();
             self.attempt(&line, &mut held, &job, &e).await;
             shape.finished_attempt();
             drop(running);

@@ -20,7 +20,7 @@ pub enum Paced {
 }
 
 /// A slot holder whose node died is forgotten after this long (Redis).
-pub const SLOT_TTL: Duration = Duration::from_secs(30);
+pub const SLOT_TTL: Duration = Duration::from_secs(15);
 
 /// The pacing and slots of the embedded store: this node's alone.
 #[derive(Default)]

@@ -98,12 +98,15 @@ async fn kill9_during_injection_loses_nothing_acknowledged() {
             if missing.is_empty() {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{backend:?}: {} acknowledged messages never delivered, e.g. {:?}",
-                missing.len(),
-                &missing[..missing.len().min(5)]
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let log = e.kiln.log_text();
+                panic!(
+                    "{backend:?}: {} acknowledged messages never delivered, e.g. {:?}\nlog:\n{}",
+                    missing.len(),
+                    &missing[..missing.len().min(5)],
+                    &log[log.len().saturating_sub(6000)..]
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if matches!(backend, crate::harness::Backend::Embedded) {
