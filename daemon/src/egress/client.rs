@@ -85,6 +85,9 @@ pub const LOCAL: &str = "local";
 pub enum ClientError {
     #[error("connection to {0} failed: {1}")]
     Connect(SocketAddr, String),
+    /// The source address cannot be used (not on this host, say).
+    #[error("source address {0} unusable: {1}")]
+    Source(IpAddr, String),
     #[error("{0}")]
     Io(#[from] LineError),
     #[error("malformed reply from server")]
@@ -115,6 +118,9 @@ pub struct Connection {
     size_limit: Option<usize>,
     requiretls: bool,
     smtputf8: bool,
+    /// The server refused and closed the connection (a 421, or it hung up
+    /// after a refusal): it carries nothing more.
+    pub closed: bool,
 }
 
 #[derive(Default)]
@@ -196,7 +202,7 @@ impl Connection {
         if let Some(src) = source {
             socket
                 .bind(SocketAddr::new(src, 0))
-                .map_err(|e| ClientError::Connect(addr, e.to_string()))?;
+                .map_err(|e| ClientError::Source(src, e.to_string()))?;
         }
         let tcp = tokio::time::timeout(connect_timeout, socket.connect(addr))
             .await
@@ -258,6 +264,7 @@ impl Connection {
             size_limit: ext.size,
             requiretls: ext.requiretls,
             smtputf8: ext.smtputf8,
+            closed: false,
         })
     }
 
@@ -325,8 +332,18 @@ impl Connection {
             io.queue(rcpt.as_bytes());
             io.queue(b"DATA\r\n");
             let m = read_reply(io, COMMAND_TIMEOUT).await?;
-            let r = read_reply(io, COMMAND_TIMEOUT).await?;
-            let d = read_reply(io, DATA_INIT_TIMEOUT).await?;
+            // A server that refuses with 421 closes the connection without
+            // answering the rest: its refusal is the answer.
+            let r = match read_reply(io, COMMAND_TIMEOUT).await {
+                Ok(r) => r,
+                Err(_) if !m.is_positive() => return Ok(self.refused_and_closed(m, "mail")),
+                Err(e) => return Err(e),
+            };
+            let d = match read_reply(io, DATA_INIT_TIMEOUT).await {
+                Ok(d) => d,
+                Err(_) if !r.is_positive() => return Ok(self.refused_and_closed(r, "rcpt")),
+                Err(e) => return Err(e),
+            };
             (m, Some(r), Some(d))
         } else {
             io.queue(mail.as_bytes());
@@ -357,21 +374,34 @@ impl Connection {
                 .cloned()
                 .map(|d| (d, "data"))
         };
-        if let Some(refusal) = refusal {
+        if let Some((reply, stage)) = refusal {
+            if reply.code == 421 {
+                return Ok(self.refused_and_closed(reply, stage));
+            }
             if data_started {
                 // The server took DATA despite refusing the recipient: end it empty.
                 io.queue(b".\r\n");
                 read_reply(io, DATA_END_TIMEOUT).await?;
             }
-            self.reset().await?;
-            return Ok(refusal);
+            if self.reset().await.is_err() {
+                self.closed = true;
+            }
+            return Ok((reply, stage));
         }
         io.write_all(&dot_stuff(body)).await?;
         let final_reply = read_reply(io, DATA_END_TIMEOUT).await?;
-        if !final_reply.is_positive() {
-            self.reset().await?;
+        if final_reply.code == 421 {
+            return Ok(self.refused_and_closed(final_reply, "data"));
+        }
+        if !final_reply.is_positive() && self.reset().await.is_err() {
+            self.closed = true;
         }
         Ok((final_reply, "data"))
+    }
+
+    fn refused_and_closed(&mut self, reply: Reply, stage: &'static str) -> (Reply, &'static str) {
+        self.closed = true;
+        (reply, stage)
     }
 
     async fn reset(&mut self) -> Result<(), ClientError> {

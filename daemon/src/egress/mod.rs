@@ -57,6 +57,8 @@ pub struct Delivery {
     shaper: Shaper,
     tls: ClientConfigs,
     lines: Mutex<HashMap<LineKey, Arc<Line>>>,
+    /// Sources that could not connect, left out until the time given (ms).
+    broken_sources: Mutex<HashMap<Arc<str>, i64>>,
     /// Attempts running on this node (`max_in_flight`).
     attempts: Arc<Semaphore>,
     /// Names this node's connection slots in a cluster.
@@ -111,6 +113,7 @@ impl Delivery {
             plan_refreshing: AtomicBool::new(false),
             tls,
             lines: Mutex::new(HashMap::new()),
+            broken_sources: Mutex::new(HashMap::new()),
             attempts: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
             node: uuid::Uuid::new_v4().simple().to_string(),
             settings,
@@ -160,17 +163,25 @@ impl Delivery {
     }
 
     /// Jobs one line may hold, running or waiting: four per connection,
-    /// or about a second's worth at the pace the destination takes mail
-    /// when that is more, never over half of what this node holds (a
-    /// stalled destination keeps the four per connection).
-    fn line_limit(&self, st: &LineState, connections: usize) -> usize {
-        let second = st.rate(connections) as usize;
-        (connections * 4).max(second.min(self.max_leased() / 2))
+    /// or about a second's worth at the line's rate when that is more,
+    /// never over half of what this node holds (a stalled destination
+    /// keeps the four per connection).
+    fn line_limit(&self, rate: f64, connections: usize) -> usize {
+        (connections * 4).max((rate as usize).min(self.max_leased() / 2))
+    }
+
+    /// Leaves `source` out of every pool until `until_ms`.
+    fn source_broken(&self, source: &Arc<str>, until_ms: i64) {
+        self.broken_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(source.clone(), until_ms);
     }
 
     /// Picks a source for `entry` from its pool, by weight, leaving out
-    /// those whose mail goes elsewhere while they are suspended. None with
-    /// the time one is back when all are out.
+    /// those that could not connect lately and those whose mail goes
+    /// elsewhere while they are suspended. None with the time one is back
+    /// when all are out.
     fn choose_source(
         &self,
         plan: &Plan,
@@ -191,9 +202,17 @@ impl Delivery {
             });
         }
         let now = self.shaper.now_ms();
+        let broken = self
+            .broken_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut usable: Vec<(&Arc<Source>, u32)> = Vec::new();
         let mut back_at = i64::MAX;
         for (source, weight) in plan.pool(&entry.pool) {
+            if let Some(until) = broken.get(&source.name).filter(|u| **u > now) {
+                back_at = back_at.min(*until);
+                continue;
+            }
             let t = self
                 .shaper
                 .shape(provider, &source.name, limits)
@@ -263,8 +282,10 @@ impl Delivery {
         let connections = e.connections as usize;
         let spawn = {
             let mut st = line.lock();
-            if st.jobs.len() + st.taken >= self.line_limit(&st, connections) {
-                entry.ready_at_ms = st.park_at(now, connections);
+            let paced = e.message_interval_us.map(|i| 1e6 / i as f64);
+            let rate = st.rate(connections, paced);
+            if st.jobs.len() + st.taken >= self.line_limit(rate, connections) {
+                entry.ready_at_ms = st.park_at(now, rate);
                 return Some(entry);
             }
             st.jobs.push_back(Job {

@@ -36,7 +36,20 @@ struct ConnectFailure {
     enhanced: Option<String>,
     /// The receiver's refusal (greeting, EHLO, STARTTLS), if it gave one.
     reply: Option<Reply>,
+    /// The source address could not be used: not the destination's doing.
+    source_broken: bool,
 }
+
+/// How an attempt ended for the worker.
+enum Ended {
+    /// The job's outcome is recorded.
+    Settled,
+    /// The line's source cannot connect: the job was not attempted.
+    SourceBroken,
+}
+
+/// How long a source that could not connect is left out.
+const SOURCE_REST_MS: i64 = 60_000;
 
 /// A worker's connection and the slot that lets it be open.
 struct Held<'a> {
@@ -206,6 +219,23 @@ impl Delivery {
                     }
                 }
             }
+            // Connected before the message's send time is taken, so the
+            // time is kept: a receiver counting messages sees them spaced.
+            running.attempting();
+            match self.ensure_connection(&line, &mut held, &job, &e).await {
+                Ok(()) => {}
+                Err(Ended::Settled) => {
+                    shape.finished_attempt();
+                    continue;
+                }
+                Err(Ended::SourceBroken) => {
+                    // Its mail goes back to be placed on another source.
+                    self.source_broken(&line.source.name, now + SOURCE_REST_MS);
+                    drop(running);
+                    self.send_back(&line, job, now + 100, step_ms, true).await;
+                    continue;
+                }
+            }
             match self.shaper.message_time(&shape, &e).await {
                 Ok(None) => {}
                 Ok(Some(Paced::Granted(at))) => sleep_until_us(&self, at).await,
@@ -227,7 +257,6 @@ impl Delivery {
             let Ok(_attempt) = self.attempts.clone().acquire_owned().await else {
                 break;
             };
-            running.attempting();
             self.attempt(&line, &mut held, &job, &e).await;
             shape.finished_attempt();
             drop(running);
@@ -236,12 +265,8 @@ impl Delivery {
         held.close().await;
     }
 
-    /// One attempt of `job` over the held connection (opened first if
-    /// there is none).
-    async fn attempt(&self, line: &Line, held: &mut Held<'_>, job: &Job, e: &Effective) {
-        let entry = &job.entry;
-        let started = Instant::now();
-        let mut attempt = Attempt {
+    fn new_attempt(&self, line: &Line) -> Attempt {
+        Attempt {
             at_ms: self.queue.store.now_ms(),
             mx: None,
             ip: None,
@@ -252,20 +277,20 @@ impl Delivery {
             duration_ms: 0,
             source: Some(line.source.name.to_string()),
             shaping: None,
-        };
-        let body = match self.queue.body(&entry.msg_id).await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                attempt.message = "message body missing from the store".into();
-                self.settle(entry, Verdict::Permanent, attempt, None).await;
-                return;
-            }
-            Err(err) => {
-                attempt.message = format!("store: {err}");
-                self.settle(entry, Verdict::Temporary, attempt, None).await;
-                return;
-            }
-        };
+        }
+    }
+
+    /// A connection fit for `job` (REQUIRETLS: a verified one), opened if
+    /// there is none. A connection that cannot be had settles the job
+    /// (the attempt's outcome), unless the source was at fault.
+    async fn ensure_connection(
+        &self,
+        line: &Line,
+        held: &mut Held<'_>,
+        job: &Job,
+        e: &Effective,
+    ) -> Result<(), Ended> {
+        let entry = &job.entry;
         let domain = entry.domain();
         let require_tls = entry.require_tls
             || self
@@ -282,39 +307,70 @@ impl Delivery {
         {
             c.quit().await;
         }
-        if held.conn.is_none() {
-            if !held.slot {
-                // The connection was closed (REQUIRETLS): its slot stays ours.
-                held.slot = self
-                    .shaper
-                    .take_connection(&line.shape, &held.holder, e)
-                    .await
-                    .unwrap_or(false);
+        if held.conn.is_some() {
+            return Ok(());
+        }
+        if !held.slot {
+            // The connection was closed (REQUIRETLS): its slot stays ours.
+            held.slot = self
+                .shaper
+                .take_connection(&line.shape, &held.holder, e)
+                .await
+                .unwrap_or(false);
+        }
+        let started = Instant::now();
+        let mut attempt = self.new_attempt(line);
+        match self.connect(line, domain, require_tls).await {
+            Ok(c) => {
+                held.conn = Some(c);
+                held.sent = 0;
+                Ok(())
             }
-            match self.connect(line, domain, require_tls).await {
-                Ok(c) => {
-                    held.conn = Some(c);
-                    held.sent = 0;
-                }
-                Err(f) => {
-                    held.drop_slot().await;
-                    attempt.message = f.text;
-                    attempt.enhanced_code = f.enhanced;
-                    attempt.duration_ms = started.elapsed().as_millis() as u64;
-                    let signal = match &f.reply {
-                        Some(r) => {
-                            attempt.code = Some(r.code);
-                            self.signal_for(&line.shape, r, "connect").await
-                        }
-                        None => None,
-                    };
-                    self.settle(entry, f.verdict, attempt, signal.as_ref())
-                        .await;
-                    return;
-                }
+            Err(f) if f.source_broken => {
+                held.drop_slot().await;
+                tracing::warn!(target: "kiln::shaping", source = %line.source.name, error = %f.text, "source unusable; its mail goes to the pool's other sources");
+                Err(Ended::SourceBroken)
+            }
+            Err(f) => {
+                held.drop_slot().await;
+                attempt.message = f.text;
+                attempt.enhanced_code = f.enhanced;
+                attempt.duration_ms = started.elapsed().as_millis() as u64;
+                let signal = match &f.reply {
+                    Some(r) => {
+                        attempt.code = Some(r.code);
+                        self.signal_for(&line.shape, r, "connect").await
+                    }
+                    None => None,
+                };
+                self.settle(entry, f.verdict, attempt, signal.as_ref())
+                    .await;
+                Err(Ended::Settled)
             }
         }
-        let Some(c) = held.conn.as_mut() else { return };
+    }
+
+    /// One attempt of `job` over the held connection.
+    async fn attempt(&self, line: &Line, held: &mut Held<'_>, job: &Job, e: &Effective) {
+        let entry = &job.entry;
+        let started = Instant::now();
+        let mut attempt = self.new_attempt(line);
+        let body = match self.queue.body(&entry.msg_id).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                attempt.message = "message body missing from the store".into();
+                self.settle(entry, Verdict::Permanent, attempt, None).await;
+                return;
+            }
+            Err(err) => {
+                attempt.message = format!("store: {err}");
+                self.settle(entry, Verdict::Temporary, attempt, None).await;
+                return;
+            }
+        };
+        let Some(c) = held.conn.as_mut() else {
+            return;
+        };
         attempt.mx = Some(c.mx.clone());
         attempt.ip = Some(c.ip.to_string());
         attempt.tls = c.tls_version.clone();
@@ -346,7 +402,11 @@ impl Delivery {
         // closed, so the retry asks a fresh session what it offers; one
         // that sent its share, or whose pair was just throttled, too.
         let unfit = attempt.enhanced_code.as_deref() == Some("4.7.30");
-        if unfit || signal.is_some() || held.sent >= e.messages_per_connection {
+        let closed = held.conn.as_ref().is_some_and(|c| c.closed);
+        if closed {
+            held.conn = None;
+            held.drop_slot().await;
+        } else if unfit || signal.is_some() || held.sent >= e.messages_per_connection {
             held.close().await;
         }
         self.settle(entry, verdict, attempt, signal.as_ref()).await;
@@ -417,6 +477,15 @@ impl Delivery {
                 };
                 match opened {
                     Ok(c) => return Ok(c),
+                    Err(ClientError::Source(ip, e)) => {
+                        return Err(ConnectFailure {
+                            verdict: Verdict::Temporary,
+                            text: format!("source address {ip}: {e}"),
+                            enhanced: Some("4.4.1".into()),
+                            reply: None,
+                            source_broken: true,
+                        });
+                    }
                     Err(ClientError::Rejected(reply)) if hosts.len() == 1 => {
                         let verdict = if reply.is_permanent() {
                             Verdict::Permanent
@@ -431,6 +500,7 @@ impl Delivery {
                             ),
                             enhanced: reply.enhanced.clone(),
                             reply: Some(reply),
+                            source_broken: false,
                         });
                     }
                     Err(e) => {
@@ -450,6 +520,7 @@ impl Delivery {
             ),
             enhanced: Some("4.4.1".into()),
             reply: None,
+            source_broken: false,
         })
     }
 }

@@ -2,3 +2,4 @@
 
 pub mod delivery;
 mod retries;
+mod shaping;

@@ -1,0 +1,289 @@
+//! Traffic shaping, checked at the receivers: simulated providers on their
+//! own loopback addresses, named in the test DNS by MX hosts under real
+//! providers' suffixes, each counting on its own side what every sending
+//! address did and answering 421 to what breaks a limit.
+
+use crate::harness::{BOTH, Backend, env, second_node};
+use kiln_testkit::client::{SmtpClient, message};
+use kiln_testkit::dns::DnsServer;
+use kiln_testkit::provider::{Limits, Provider};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// The sources Kiln sends from in these tests.
+const SOURCE_A: &str = "127.0.0.5";
+const SOURCE_B: &str = "127.0.0.6";
+
+/// A simulated provider at `ip` on the MX port, its MX host `mx`, and
+/// `domains` recipient domains hosted there.
+pub async fn provider(
+    dns: &DnsServer,
+    port: u16,
+    name: &str,
+    ip: &str,
+    mx: &str,
+    domains: &[String],
+    limits: Limits,
+) -> Provider {
+    let addr = SocketAddr::new(ip.parse().unwrap(), port);
+    let p = Provider::start(name, addr, limits).await;
+    dns.add_ip(mx, ip.parse().unwrap());
+    for d in domains {
+        dns.add_mx(d, 10, mx);
+    }
+    p
+}
+
+fn domains(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}.test")).collect()
+}
+
+/// The permissive policy, with `egress` settings.
+pub fn policy_with_egress(egress: &str) -> String {
+    format!(
+        r#"
+return {{ config = {{
+  limits = {{ rate_per_second = 1e9, account_daily_limit = 1e12, per_recipient_per_hour = 1e12 }},
+  reputation = {{ initial_level = 20 }},
+  warmup = {{ curve = {{ 1e12 }} }},
+  egress = {{ {egress} }},
+}} }}
+"#
+    )
+}
+
+/// Queues one recipient for each of `rcpts`, 50 to a message, over one
+/// relay session; panics unless every message is taken.
+pub async fn queue_for(smtp: SocketAddr, rcpts: &[String]) {
+    let mut c = SmtpClient::connect(smtp).await.unwrap();
+    c.cmd("EHLO load.test").await.unwrap();
+    for chunk in rcpts.chunks(50) {
+        let to: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let body = message("load@shop.test", to[0], "shaped", 1024);
+        let r = c.send("load@shop.test", &to, &body).await.unwrap();
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    c.quit().await;
+}
+
+/// Every recipient of `n` per domain, for each domain.
+fn recipients(domains: &[String], per_domain: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..per_domain {
+        for d in domains {
+            out.push(format!("r{i}@{d}"));
+        }
+    }
+    out
+}
+
+/// Checks what one provider saw: no breach, both sources used, and each
+/// address within the connection limits.
+fn assert_within(p: &Provider, limits: Limits, what: &str) {
+    let v = p.violations();
+    assert!(
+        v.is_empty(),
+        "{what}: {}: {} breaches: {:?}",
+        p.name,
+        v.len(),
+        &v[..v.len().min(5)]
+    );
+    let peers = p.peers();
+    for ip in [SOURCE_A, SOURCE_B] {
+        let ip: IpAddr = ip.parse().unwrap();
+        let seen = peers.get(&ip);
+        assert!(
+            seen.is_some_and(|s| s.messages > 0),
+            "{what}: {}: nothing from {ip}: {peers:?}",
+            p.name
+        );
+        let seen = seen.unwrap();
+        if let Some(max) = limits.connections {
+            assert!(
+                seen.peak_open <= max,
+                "{what}: {}: {ip} had {} open",
+                p.name,
+                seen.peak_open
+            );
+        }
+        if let Some(max) = limits.messages_per_connection {
+            assert!(
+                seen.peak_per_connection <= max,
+                "{what}: {}: {ip}: {} on one connection",
+                p.name,
+                seen.peak_per_connection
+            );
+        }
+    }
+    for ip in peers.keys() {
+        assert!(
+            [SOURCE_A, SOURCE_B].contains(&ip.to_string().as_str()),
+            "{what}: {}: mail from {ip}, not a configured source",
+            p.name
+        );
+    }
+}
+
+const GMAIL: Limits = Limits {
+    connections: Some(2),
+    messages_per_connection: Some(10),
+    per_second: Some(30),
+    per_minute: None,
+    new_connections_per_minute: Some(240),
+};
+const QQ: Limits = Limits {
+    connections: Some(1),
+    messages_per_connection: Some(5),
+    per_second: Some(10),
+    per_minute: None,
+    new_connections_per_minute: Some(120),
+};
+/// A site of its own (no provider's MX): the default limits.
+const SITE: Limits = Limits {
+    connections: Some(2),
+    messages_per_connection: Some(20),
+    per_second: Some(20),
+    per_minute: None,
+    new_connections_per_minute: None,
+};
+
+/// Kiln's side of the same limits, and two sources in the default pool.
+const EGRESS: &str = r#"
+  sources = { a = { address = "127.0.0.5", ehlo = "a.kiln.test" },
+              b = { address = "127.0.0.6", ehlo = "b.kiln.test" } },
+  pools = { default = { "a", "b" } },
+  providers = { gmail = { connections = 2, messages_per_connection = 10, per_second = 30,
+                          new_connections_per_minute = 240 },
+                qq = { connections = 1, messages_per_connection = 5, per_second = 10,
+                       new_connections_per_minute = 120 } },
+  defaults = { connections = 2, messages_per_connection = 20, per_second = 20 },
+"#;
+
+/// Two providers and a site hosting ten domains on one MX, mail from two
+/// sources: every limit holds at every receiver, on one node of each store
+/// and on two nodes sharing one Redis, and the mail drains near the pace
+/// the limits allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_at_every_receiver() {
+    for (backend, nodes) in [
+        (Backend::Embedded, 1),
+        (Backend::Redis, 1),
+        (Backend::Redis, 2),
+    ] {
+        let what = format!("{backend:?}, {nodes} node(s)");
+        let setup = |o: &mut kiln_testkit::process::KilnOptions| {
+            o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+            o.policy = policy_with_egress(EGRESS);
+        };
+        let e = env(backend, setup).await;
+        let port = e.sink.addr.port();
+        let (gd, qd, sd) = (
+            domains("gw", 5),
+            domains("qqhosted", 2),
+            domains("shared", 10),
+        );
+        let gmail = provider(
+            &e.dns,
+            port,
+            "gmail",
+            "127.0.0.21",
+            "alt1.aspmx.l.google.com",
+            &gd,
+            GMAIL,
+        )
+        .await;
+        let qq = provider(&e.dns, port, "qq", "127.0.0.22", "mx3.qq.com", &qd, QQ).await;
+        let site = provider(
+            &e.dns,
+            port,
+            "site",
+            "127.0.0.23",
+            "mx.shared.test",
+            &sd,
+            SITE,
+        )
+        .await;
+        let b = (nodes == 2).then(|| second_node(&e, setup));
+
+        let (g, q, s) = (
+            recipients(&gd, 60),
+            recipients(&qd, 50),
+            recipients(&sd, 20),
+        );
+        let started = Instant::now();
+        match &b {
+            Some(b) => {
+                let (half_g, rest_g) = g.split_at(g.len() / 2);
+                tokio::join!(
+                    queue_for(e.kiln.smtp, half_g),
+                    queue_for(b.smtp, rest_g),
+                    queue_for(e.kiln.smtp, &q),
+                    queue_for(b.smtp, &s)
+                );
+            }
+            None => {
+                tokio::join!(
+                    queue_for(e.kiln.smtp, &g),
+                    queue_for(e.kiln.smtp, &q),
+                    queue_for(e.kiln.smtp, &s)
+                );
+            }
+        }
+        // The shortest drains the limits allow, two sources each:
+        // gmail 300 at 60/s, qq 100 at 20/s, the site 200 at 40/s.
+        let bound = [300.0 / 60.0, 100.0 / 20.0, 200.0 / 40.0f64]
+            .into_iter()
+            .fold(0.0, f64::max);
+        let all = crate::harness::wait_until(Duration::from_secs(60), || {
+            gmail.delivered() >= 300 && qq.delivered() >= 100 && site.delivered() >= 200
+        })
+        .await;
+        let took = started.elapsed().as_secs_f64();
+        assert!(
+            all,
+            "{what}: delivered gmail {}, qq {}, site {}; breaches {:?} {:?} {:?}\n{}",
+            gmail.delivered(),
+            qq.delivered(),
+            site.delivered(),
+            gmail.violations(),
+            qq.violations(),
+            site.violations(),
+            e.kiln
+                .log_text()
+                .lines()
+                .filter(|l| !l.contains("outcome=Delivered") && !l.contains("event=delivered"))
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert_within(&gmail, GMAIL, &what);
+        assert_within(&qq, QQ, &what);
+        assert_within(&site, SITE, &what);
+        // Each recipient once: nothing sent twice by two nodes.
+        for p in [&gmail, &qq, &site] {
+            let mut r = p.recipients();
+            let n = r.len();
+            r.sort();
+            r.dedup();
+            assert_eq!(r.len(), n, "{what}: {} got duplicates", p.name);
+        }
+        // Near the limits' pace (generous: CI machines are loaded).
+        assert!(
+            took < bound * 2.5 + 3.0,
+            "{what}: drained in {took:.1} s, bound {bound:.1} s"
+        );
+        eprintln!("{what}: drained in {took:.2} s, bound {bound:.2} s");
+        for p in [&gmail, &qq, &site] {
+            for (ip, r) in p.peers() {
+                let mut per_s = vec![0; 40];
+                for t in &r.times {
+                    let i = t.duration_since(started).as_secs() as usize;
+                    if i < 40 {
+                        per_s[i] += 1;
+                    }
+                }
+                eprintln!("{} {ip}: conns {} {:?}", p.name, r.connections, per_s);
+            }
+        }
+    }
+}
