@@ -27,8 +27,9 @@ pub struct Node {
     pub clock: Clock,
     pub smtp: SocketAddr,
     pub sink: Sink,
-    // Held for the node's lifetime: its resolver, its Redis, its data.
-    _dns: DnsServer,
+    /// The node's resolver: tests add the records they need.
+    pub dns: DnsServer,
+    // Held for the node's lifetime: its Redis, its data.
     _redis: Option<RedisServer>,
     _dir: tempfile::TempDir,
 }
@@ -59,7 +60,7 @@ pub async fn node(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Nod
         clock,
         smtp,
         sink,
-        _dns: dns,
+        dns,
         _redis: redis,
         _dir: dir,
     }

@@ -287,3 +287,122 @@ async fn limits_hold_at_every_receiver() {
         }
     }
 }
+
+/// Gmail's answer to a sender going too fast.
+const GMAIL_RATE_REPLY: &str = "421 4.7.28 [127.0.0.1] Our system has detected an unusual rate of \
+    unsolicited mail originating from your IP address. To protect our users from spam, mail sent \
+    from your IP address has been temporarily rate limited. Please try again later.";
+
+/// Messages a second `p` took in the two seconds after the first.
+async fn rate_after_settling(p: &Provider) -> f64 {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.accepted_between(from, Instant::now()) as f64 / 2.0
+}
+
+/// A provider that answers Gmail's rate reply: Kiln stops within a few
+/// replies (the pair is suspended), mail to another provider goes on as
+/// before, nothing bounces, and when the suspension is over the rate comes
+/// back in steps, a quiet period (Kiln's clock) each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_provider_is_suspended_then_climbs_back_in_steps() {
+    for backend in BOTH {
+        let n = crate::node::node(backend, |o| {
+            o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+            o.queue = "retry_schedule = [60]".into();
+            o.policy = policy_with_egress(
+                "providers = { gmail = { connections = 2, per_second = 20, \
+                 messages_per_connection = 1000 } },",
+            );
+        })
+        .await;
+        let port = n.sink.addr.port();
+        let gd = domains("gw", 10);
+        let gmail = provider(
+            &n.dns,
+            port,
+            "gmail",
+            "127.0.0.31",
+            "aspmx.l.google.com",
+            &gd,
+            Limits::default(),
+        )
+        .await;
+        let od = domains("other", 5);
+        let other = provider(
+            &n.dns,
+            port,
+            "other",
+            "127.0.0.32",
+            "mx.other.test",
+            &od,
+            Limits::default(),
+        )
+        .await;
+        gmail.throttle(Some(GMAIL_RATE_REPLY));
+
+        queue_for(n.smtp, &recipients(&gd, 20)).await;
+        queue_for(n.smtp, &recipients(&od, 20)).await;
+        // The other provider's mail is not held up.
+        let others =
+            crate::harness::wait_until(Duration::from_secs(10), || other.delivered() >= 100).await;
+        assert!(
+            others,
+            "{backend:?}: the other provider got {} of 100",
+            other.delivered()
+        );
+        // A few replies (one per open connection at most), then silence.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let replies = gmail.throttled();
+        assert!(
+            (1..=4).contains(&replies),
+            "{backend:?}: {replies} throttled attempts"
+        );
+        let quiet = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            gmail.throttled_since(quiet),
+            0,
+            "{backend:?}: attempts while suspended"
+        );
+        assert_eq!(gmail.delivered(), 0);
+
+        // The provider recovers; Kiln's clock passes the ten-minute
+        // suspension: half the rate (10/s), then 15/s after five quiet
+        // minutes, then the full 20/s after five more.
+        gmail.throttle(None);
+        let minute = 60_000;
+        n.move_clock_to(n.clock.now_ms() + 10 * minute + 1_000);
+        let half = rate_after_settling(&gmail).await;
+        n.move_clock_to(n.clock.now_ms() + 5 * minute);
+        let three_quarters = rate_after_settling(&gmail).await;
+        n.move_clock_to(n.clock.now_ms() + 5 * minute);
+        let full = rate_after_settling(&gmail).await;
+        eprintln!(
+            "{backend:?}: after the suspension {half}/s, then {three_quarters}/s, then {full}/s"
+        );
+        assert!(
+            half > 5.0 && half <= 10.5,
+            "{backend:?}: {half}/s at half the rate"
+        );
+        assert!(
+            three_quarters > half + 2.0 && three_quarters <= 15.5,
+            "{backend:?}: {three_quarters}/s"
+        );
+        assert!(
+            full > three_quarters + 2.0 && full <= 20.5,
+            "{backend:?}: {full}/s"
+        );
+        // Everything delivered in the end: nothing bounced.
+        let all =
+            crate::harness::wait_until(Duration::from_secs(20), || gmail.delivered() >= 200).await;
+        assert!(
+            all,
+            "{backend:?}: {} of 200 delivered after the provider recovered",
+            gmail.delivered()
+        );
+        assert!(gmail.violations().is_empty());
+        n.stop().await;
+    }
+}
