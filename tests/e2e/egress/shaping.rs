@@ -406,3 +406,50 @@ async fn a_throttling_provider_is_suspended_then_climbs_back_in_steps() {
         n.stop().await;
     }
 }
+
+/// A pool whose second source is not an address of this host: its mail
+/// goes out from the first, at once, and nothing is deferred for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_cannot_connect_is_skipped() {
+    let e = env(Backend::Embedded, |o| {
+        o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+        o.policy = policy_with_egress(
+            r#"sources = { a = { address = "127.0.0.5" }, gone = { address = "192.0.2.55" } },
+               pools = { default = { "a", { source = "gone", weight = 3 } } },"#,
+        );
+    })
+    .await;
+    let sd = domains("site", 4);
+    let site = provider(
+        &e.dns,
+        e.sink.addr.port(),
+        "site",
+        "127.0.0.41",
+        "mx.site.test",
+        &sd,
+        Limits::default(),
+    )
+    .await;
+    let started = Instant::now();
+    queue_for(e.kiln.smtp, &recipients(&sd, 25)).await;
+    let all = crate::harness::wait_until(Duration::from_secs(10), || site.delivered() >= 100).await;
+    assert!(all, "{} of 100 delivered", site.delivered());
+    let peers = site.peers();
+    assert_eq!(
+        peers.keys().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+        [SOURCE_A]
+    );
+    eprintln!(
+        "delivered around a broken source in {:?}",
+        started.elapsed()
+    );
+    let log = e.kiln.log_text();
+    assert!(
+        log.contains("source unusable"),
+        "the broken source is not logged"
+    );
+    assert!(
+        !log.contains("outcome=Deferred"),
+        "mail was deferred for the broken source"
+    );
+}
