@@ -212,12 +212,13 @@ async fn run(args: &Args, policy: &Policy) -> Run {
     }
     let total_secs = start.elapsed().as_secs_f64();
     let kiln_cpu = measure::cpu_seconds(kiln.pid()) - cpu_before;
+    let peak_rss_mb = measure::peak_rss_kb(kiln.pid()) / 1024;
     if sink.count() < accepted {
         eprintln!("kiln-bench: only {} of {accepted} delivered", sink.count());
         std::process::exit(1);
     }
     eprintln!(
-        "policy {}, load {}: injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections",
+        "policy {}, load {}: injected {accepted} in {inject_secs:.2}s ({} refused), delivered over {} connections, peak RSS {peak_rss_mb} MB",
         policy,
         if args.source.is_some() {
             "smtp-source"

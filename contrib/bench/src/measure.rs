@@ -20,3 +20,17 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     // Clock ticks are 100 a second on Linux for every architecture we run on.
     ticks / 100.0
 }
+
+/// The most resident memory a process has had (VmHWM), in KiB; 0 when it
+/// cannot be read.
+pub fn peak_rss_kb(pid: Option<u32>) -> u64 {
+    let Some(status) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+    else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -167,6 +167,10 @@ async fn run(args: &Args, script: &str, redis: Option<&RedisServer>) {
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = measure::cpu_seconds(Some(std::process::id())) - cpu_before;
+    eprintln!(
+        "peak RSS {} MB",
+        measure::peak_rss_kb(Some(std::process::id())) / 1024
+    );
     let refused = refused.load(Ordering::Relaxed);
     if refused > 0 {
         eprintln!(

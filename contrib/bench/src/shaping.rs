@@ -1,0 +1,299 @@
+//! Traffic shaping under load: N messages (100,000 by default) to five
+//! simulated mailbox providers with different limits, sent from two source
+//! addresses. Each provider is a receiver on its own loopback address that
+//! counts, per sending address, connections open at once, messages per
+//! connection, new connections and messages per second and minute, and
+//! answers 421 to (and counts) anything over its limits. Prints
+//!
+//! `kiln shaping efficiency=<e> violations=<v> drain_s=<t> bound_s=<b> peak_rss_mb=<m> n=<N> store=<s>`
+//!
+//! where `bound_s` is the shortest drain the providers' limits allow (the
+//! slowest provider's share of the mail at its rate, from both sources),
+//! `drain_s` the time from the first message queued to the last one taken,
+//! and `efficiency = bound_s / drain_s`.
+//!
+//! Usage: kiln-shaping-bench [--n N] [--store embedded|redis] [--kiln PATH]
+
+mod measure;
+mod peers;
+
+use kiln_testkit::client::{SmtpClient, message};
+use kiln_testkit::process::Kiln;
+use kiln_testkit::provider::{Limits, Provider};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const SOURCES: [&str; 2] = ["127.0.0.5", "127.0.0.6"];
+/// Recipient domains each provider hosts.
+const DOMAINS_PER_PROVIDER: usize = 20;
+/// Recipients per injected message (the SMTP listener's default maximum).
+const RECIPIENTS_PER_MESSAGE: usize = 50;
+
+/// A simulated provider: Kiln's name for it (as in providers.toml), its
+/// MX host (under the provider's real suffix), its address and limits.
+struct Spec {
+    name: &'static str,
+    mx: &'static str,
+    ip: &'static str,
+    limits: Limits,
+}
+
+const fn limits(
+    connections: usize,
+    per_connection: usize,
+    per_second: Option<usize>,
+    per_minute: Option<usize>,
+    new_per_minute: Option<usize>,
+) -> Limits {
+    Limits {
+        connections: Some(connections),
+        messages_per_connection: Some(per_connection),
+        per_second,
+        per_minute,
+        new_connections_per_minute: new_per_minute,
+    }
+}
+
+const PROVIDERS: [Spec; 5] = [
+    Spec {
+        name: "gmail",
+        mx: "gmail-smtp-in.l.google.com",
+        ip: "127.0.0.51",
+        limits: limits(4, 100, Some(150), None, Some(600)),
+    },
+    Spec {
+        name: "microsoft",
+        mx: "bench-com.mail.protection.outlook.com",
+        ip: "127.0.0.52",
+        limits: limits(3, 50, Some(120), None, Some(600)),
+    },
+    Spec {
+        name: "yahoo",
+        mx: "mta5.am0.yahoodns.net",
+        ip: "127.0.0.53",
+        limits: limits(2, 50, None, Some(6000), Some(300)),
+    },
+    Spec {
+        name: "qq",
+        mx: "mx1.qq.com",
+        ip: "127.0.0.54",
+        limits: limits(2, 20, Some(80), None, Some(600)),
+    },
+    Spec {
+        name: "netease",
+        mx: "163mx01.mxmail.netease.com",
+        ip: "127.0.0.55",
+        limits: limits(2, 20, Some(50), None, Some(600)),
+    },
+];
+
+/// Messages a second one source may send to a provider.
+fn rate(l: &Limits) -> f64 {
+    let mut r = f64::INFINITY;
+    if let Some(s) = l.per_second {
+        r = r.min(s as f64);
+    }
+    if let Some(m) = l.per_minute {
+        r = r.min(m as f64 / 60.0);
+    }
+    if let (Some(c), Some(per)) = (l.new_connections_per_minute, l.messages_per_connection) {
+        r = r.min(c as f64 / 60.0 * per as f64);
+    }
+    r
+}
+
+/// The same limits, as Kiln's policy gives them.
+fn lua_limits(l: &Limits) -> String {
+    let mut out = Vec::new();
+    let fields = [
+        ("connections", l.connections),
+        ("messages_per_connection", l.messages_per_connection),
+        ("per_second", l.per_second),
+        ("per_minute", l.per_minute),
+        ("new_connections_per_minute", l.new_connections_per_minute),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            out.push(format!("{k} = {v}"));
+        }
+    }
+    out.join(", ")
+}
+
+fn policy() -> String {
+    let providers: Vec<String> = PROVIDERS
+        .iter()
+        .map(|p| format!("{} = {{ {} }}", p.name, lua_limits(&p.limits)))
+        .collect();
+    format!(
+        r#"return {{ config = {{
+  limits = {{ rate_per_second = 1e9, account_daily_limit = 1e12, per_recipient_per_hour = 1e12 }},
+  reputation = {{ initial_level = 20 }},
+  warmup = {{ curve = {{ 1e12 }} }},
+  egress = {{
+    sources = {{ a = {{ address = "{}" }}, b = {{ address = "{}" }} }},
+    pools = {{ default = {{ "a", "b" }} }},
+    providers = {{ {} }},
+  }},
+}} }}"#,
+        SOURCES[0],
+        SOURCES[1],
+        providers.join(", ")
+    )
+}
+
+struct Args {
+    n: usize,
+    redis: bool,
+    kiln: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        n: 100_000,
+        redis: false,
+        kiln: PathBuf::from("target/release/kiln"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--n" => args.n = value.parse().map_err(|_| "--n: not a number")?,
+            "--store" => args.redis = value == "redis",
+            "--kiln" => args.kiln = PathBuf::from(value),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Queues `rcpts` over `sessions` relay sessions, 50 recipients a message.
+async fn inject(addr: SocketAddr, rcpts: Vec<String>, sessions: usize) {
+    let chunks: Vec<Vec<String>> = rcpts
+        .chunks(RECIPIENTS_PER_MESSAGE)
+        .map(<[String]>::to_vec)
+        .collect();
+    let per = chunks.len().div_ceil(sessions);
+    let mut tasks = Vec::new();
+    for share in chunks.chunks(per.max(1)).map(<[Vec<String>]>::to_vec) {
+        tasks.push(tokio::spawn(async move {
+            let mut c = SmtpClient::connect(addr).await.expect("connect to kiln");
+            c.cmd("EHLO bench.test").await.expect("EHLO");
+            for to in share {
+                let to: Vec<&str> = to.iter().map(String::as_str).collect();
+                let body = message("bench@shop.test", to[0], "shaped", 2048);
+                let r = c.send("bench@shop.test", &to, &body).await.expect("send");
+                assert_eq!(r.code, 250, "kiln refused a message: {r:?}");
+            }
+            c.quit().await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("injection task");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kiln-shaping-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let peers = peers::Peers::start(args.redis).await;
+    let port = peers.sink.addr.port();
+    // Each provider gets a share of the mail in proportion to its rate, so
+    // every one would drain together at its limits.
+    let total_rate: f64 = PROVIDERS.iter().map(|p| rate(&p.limits)).sum();
+    let mut providers = Vec::new();
+    let mut rcpts = Vec::with_capacity(args.n);
+    let mut bound_s: f64 = 0.0;
+    let mut left = args.n;
+    for (i, spec) in PROVIDERS.iter().enumerate() {
+        let addr = SocketAddr::new(spec.ip.parse().expect("ip"), port);
+        providers.push(Provider::start(spec.name, addr, spec.limits).await);
+        peers.dns.add_ip(spec.mx, spec.ip.parse().expect("ip"));
+        let share = if i + 1 == PROVIDERS.len() {
+            left
+        } else {
+            (args.n as f64 * rate(&spec.limits) / total_rate).round() as usize
+        };
+        left -= share;
+        bound_s = bound_s.max(share as f64 / (rate(&spec.limits) * SOURCES.len() as f64));
+        for d in 0..DOMAINS_PER_PROVIDER {
+            peers
+                .dns
+                .add_mx(&format!("{}{d}.bench", spec.name), 10, spec.mx);
+        }
+        for r in 0..share {
+            rcpts.push(format!(
+                "u{r}@{}{}.bench",
+                spec.name,
+                r % DOMAINS_PER_PROVIDER
+            ));
+        }
+    }
+    // Mixed, as a real list is.
+    rcpts.sort_by_key(|r| {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(r, &mut h);
+        std::hash::Hasher::finish(&h)
+    });
+
+    let mut opts = peers.options();
+    opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+    opts.policy = policy();
+    let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
+    let cpu_before = measure::cpu_seconds(kiln.pid());
+    let start = Instant::now();
+    inject(kiln.smtp, rcpts, 4).await;
+    let inject_s = start.elapsed().as_secs_f64();
+    let delivered = || providers.iter().map(Provider::delivered).sum::<usize>();
+    let deadline = start + Duration::from_secs_f64(bound_s * 3.0 + 120.0);
+    let mut peak_rss_kb = 0;
+    while delivered() < args.n && Instant::now() < deadline {
+        peak_rss_kb = peak_rss_kb.max(measure::peak_rss_kb(kiln.pid()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_s = start.elapsed().as_secs_f64();
+    peak_rss_kb = peak_rss_kb.max(measure::peak_rss_kb(kiln.pid()));
+    let mut violations = 0;
+    for p in &providers {
+        let v = p.violations();
+        let peers = p.peers();
+        let most_open = peers.values().map(|r| r.peak_open).max().unwrap_or(0);
+        eprintln!(
+            "{}: delivered {}, breaches {}, from {} addresses, at most {most_open} open{}",
+            p.name,
+            p.delivered(),
+            v.len(),
+            peers.len(),
+            v.first().map(|v| format!(", e.g. {v}")).unwrap_or_default()
+        );
+        violations += v.len();
+    }
+    if delivered() < args.n {
+        eprintln!(
+            "kiln-shaping-bench: only {} of {} delivered",
+            delivered(),
+            args.n
+        );
+        std::process::exit(1);
+    }
+    let cpu_s = measure::cpu_seconds(kiln.pid()) - cpu_before;
+    eprintln!(
+        "queued {} recipients in {inject_s:.1} s; kiln used {:.0} µs of CPU a recipient",
+        args.n,
+        cpu_s * 1e6 / args.n as f64
+    );
+    println!(
+        "kiln shaping efficiency={:.3} violations={violations} drain_s={drain_s:.1} bound_s={bound_s:.1} peak_rss_mb={:.0} n={} store={}",
+        bound_s / drain_s,
+        peak_rss_kb as f64 / 1024.0,
+        args.n,
+        if args.redis { "redis" } else { "embedded" }
+    );
+}
