@@ -254,8 +254,21 @@ async fn main() {
     let delivered = || providers.iter().map(Provider::delivered).sum::<usize>();
     let deadline = start + Duration::from_secs_f64(bound_s * 3.0 + 120.0);
     let mut peak_rss_kb = 0;
+    let mut report_at = start + Duration::from_secs(5);
     while delivered() < args.n && Instant::now() < deadline {
         peak_rss_kb = peak_rss_kb.max(measure::peak_rss_kb(kiln.pid()));
+        if Instant::now() >= report_at {
+            report_at += Duration::from_secs(5);
+            let counts: Vec<String> = providers
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.delivered()))
+                .collect();
+            eprintln!(
+                "{:>4.0} s: {}",
+                start.elapsed().as_secs_f64(),
+                counts.join(", ")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_s = start.elapsed().as_secs_f64();

@@ -100,6 +100,9 @@ pub struct Effective {
     pub messages_per_connection: u32,
     /// Between two messages (None: no rate limit).
     pub message_interval_us: Option<i64>,
+    /// The shortest counted window (a second, or a minute) and the
+    /// messages it may hold, checked on when messages really go.
+    pub window: Option<(u32, Duration)>,
     pub connect_interval_us: Option<i64>,
 }
 
@@ -128,6 +131,15 @@ pub fn effective(l: &Limits, t: &Throttle, now_ms: i64) -> Effective {
         connections: ((connections as f64 * f).floor() as u32).max(1),
         messages_per_connection: l.messages_per_connection.unwrap_or(100).max(1),
         message_interval_us: rate.map(|r| (1e6 / (r * RATE_MARGIN)).ceil() as i64),
+        window: match (l.per_second, l.per_minute) {
+            (Some(n), _) if n > 0.0 => {
+                Some(((n * f).floor().max(1.0) as u32, Duration::from_secs(1)))
+            }
+            (_, Some(n)) if n > 0.0 => {
+                Some(((n * f).floor().max(1.0) as u32, Duration::from_secs(60)))
+            }
+            _ => None,
+        },
         connect_interval_us: l
             .new_connections_per_minute
             .filter(|n| *n > 0.0)
@@ -157,6 +169,9 @@ pub struct Shape {
     finished: Mutex<VecDeque<Instant>>,
     /// The due time handed to the last entry sent back to the queue.
     park_cursor_ms: Mutex<i64>,
+    /// When this node began its last messages for the pair, as many as
+    /// the shortest window may hold.
+    sent: Mutex<VecDeque<Instant>>,
 }
 
 impl Shape {
@@ -175,6 +190,38 @@ impl Shape {
             .unwrap_or_else(|p| p.into_inner())
             .0
             .clone()
+    }
+
+    /// Waits until a message may go without this node putting more than
+    /// `limit` messages of the pair in any `window`, and counts it as gone
+    /// now. A send time granted by the store can be kept late (a busy
+    /// machine wakes a task a few milliseconds after its time), and a late
+    /// message followed by one on time would be closer together than the
+    /// pace: so the window is checked again on when messages really go,
+    /// which lets a late pace catch up without ever breaking the limit.
+    pub async fn space(&self, (limit, window): (u32, Duration)) {
+        loop {
+            let now = Instant::now();
+            let wait = {
+                let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                while sent.len() > limit as usize {
+                    sent.pop_front();
+                }
+                match sent.front() {
+                    Some(first) if sent.len() == limit as usize && now < *first + window => {
+                        *first + window - now
+                    }
+                    _ => {
+                        if sent.len() == limit as usize {
+                            sent.pop_front();
+                        }
+                        sent.push_back(now);
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     pub fn finished_attempt(&self) {
@@ -241,6 +288,7 @@ impl Shaper {
                     freed: Notify::new(),
                     finished: Mutex::new(VecDeque::new()),
                     park_cursor_ms: Mutex::new(0),
+                    sent: Mutex::new(VecDeque::new()),
                 })
             })
             .clone();

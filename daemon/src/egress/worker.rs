@@ -236,9 +236,23 @@ impl Delivery {
                     continue;
                 }
             }
+            // The attempt slot, held only while this job is attempted, and
+            // the body: all ready before the send time, which is then kept.
+            let Ok(_attempt) = self.attempts.clone().acquire_owned().await else {
+                break;
+            };
+            let Some(body) = self.load_body(&line, &job).await else {
+                shape.finished_attempt();
+                continue;
+            };
             match self.shaper.message_time(&shape, &e).await {
                 Ok(None) => {}
-                Ok(Some(Paced::Granted(at))) => sleep_until_us(&self, at).await,
+                Ok(Some(Paced::Granted(at))) => {
+                    sleep_until_us(&self, at).await;
+                    if let Some(window) = e.window {
+                        shape.space(window).await;
+                    }
+                }
                 Ok(Some(Paced::NotBefore(at))) => {
                     drop(running);
                     let at_ms = at / 1000 - WAIT_AT_MOST.as_millis() as i64 / 2;
@@ -253,11 +267,7 @@ impl Delivery {
                     continue;
                 }
             }
-            // The attempt slot, held only while this job is attempted.
-            let Ok(_attempt) = self.attempts.clone().acquire_owned().await else {
-                break;
-            };
-            self.attempt(&line, &mut held, &job, &e).await;
+            self.attempt(&line, &mut held, &job, &e, &body).await;
             shape.finished_attempt();
             drop(running);
             drop(job);
@@ -350,24 +360,35 @@ impl Delivery {
         }
     }
 
+    /// The message of `job`, or None when it cannot be read (the job is
+    /// settled: retried, or bounced when the body is gone).
+    async fn load_body(&self, line: &Line, job: &Job) -> Option<std::sync::Arc<[u8]>> {
+        let mut attempt = self.new_attempt(line);
+        let (verdict, message) = match self.queue.body(&job.entry.msg_id).await {
+            Ok(Some(b)) => return Some(b),
+            Ok(None) => (
+                Verdict::Permanent,
+                "message body missing from the store".to_string(),
+            ),
+            Err(err) => (Verdict::Temporary, format!("store: {err}")),
+        };
+        attempt.message = message;
+        self.settle(&job.entry, verdict, attempt, None).await;
+        None
+    }
+
     /// One attempt of `job` over the held connection.
-    async fn attempt(&self, line: &Line, held: &mut Held<'_>, job: &Job, e: &Effective) {
+    async fn attempt(
+        &self,
+        line: &Line,
+        held: &mut Held<'_>,
+        job: &Job,
+        e: &Effective,
+        body: &[u8],
+    ) {
         let entry = &job.entry;
         let started = Instant::now();
         let mut attempt = self.new_attempt(line);
-        let body = match self.queue.body(&entry.msg_id).await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                attempt.message = "message body missing from the store".into();
-                self.settle(entry, Verdict::Permanent, attempt, None).await;
-                return;
-            }
-            Err(err) => {
-                attempt.message = format!("store: {err}");
-                self.settle(entry, Verdict::Temporary, attempt, None).await;
-                return;
-            }
-        };
         let Some(c) = held.conn.as_mut() else {
             return;
         };
@@ -376,7 +397,7 @@ impl Delivery {
         attempt.tls = c.tls_version.clone();
         let return_path = self.return_path(entry);
         let (verdict, signal) = match c
-            .send(&return_path, &entry.recipient, &body, entry.require_tls)
+            .send(&return_path, &entry.recipient, body, entry.require_tls)
             .await
         {
             Ok((reply, stage)) => {
