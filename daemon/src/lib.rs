@@ -40,6 +40,7 @@
 //! | `egress::plan` | sources, pools, providers and their limits, from the policy |
 //! | `egress::line` | the jobs for one site from one source, bounded |
 //! | `egress::worker` | a line's worker: paced connections and messages |
+//! | `egress::warmup` | IP warm-up: a source's daily cap per provider, overflow to warm sources |
 //! | `egress::shaping` | limits per (provider, source), suspensions, backoff |
 //! | `egress::report` | throttling signals, bounce classes, outcomes to the queue |
 //! | `egress::client` | the SMTP client: one connection to one MX address |

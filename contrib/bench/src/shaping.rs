@@ -12,6 +12,10 @@
 //! `drain_s` the time from the first message queued to the last one taken,
 //! and `efficiency = bound_s / drain_s`.
 //!
+//! Kiln runs on the first core, the receivers and the load on the second
+//! (as on separate hosts: a receiver starved of CPU by the sender would
+//! stamp messages late and count bursts that never happened).
+//!
 //! Usage: kiln-shaping-bench [--n N] [--store embedded|redis] [--kiln PATH]
 
 mod measure;
@@ -194,6 +198,24 @@ async fn inject(addr: SocketAddr, rcpts: Vec<String>, sessions: usize) {
     }
 }
 
+/// Kiln on the first core, the receivers (and the rest of this process,
+/// DNS, the injector) on the second: a receiver starved of CPU by the
+/// sender it measures would stamp messages late and see bursts that were
+/// never sent. Without `taskset`, everything shares both cores.
+fn pin_cores(kiln: Option<u32>) {
+    let pin = |cpu: &str, pid: u32| {
+        std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let pinned = kiln.is_some_and(|k| pin("0", k)) && pin("1", std::process::id());
+    if !pinned {
+        eprintln!("kiln-shaping-bench: could not pin cores (taskset); sharing both");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = match parse_args() {
@@ -247,6 +269,7 @@ async fn main() {
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
     opts.policy = policy();
     let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
+    pin_cores(kiln.pid());
     let cpu_before = measure::cpu_seconds(kiln.pid());
     let start = Instant::now();
     inject(kiln.smtp, rcpts, 4).await;

@@ -272,12 +272,16 @@ impl Connection {
     /// (a MAIL/RCPT refusal or the reply to the data); `Err` means the
     /// connection is no longer usable. A message sent with REQUIRETLS only
     /// goes to a server that offers it too (RFC 8689 section 4.2.1).
+    /// Sends one message to one recipient. `written` is called once the
+    /// MAIL command has left (or when nothing will be sent): shaping
+    /// counts the message from then.
     pub async fn send(
         &mut self,
         from: &str,
         to: &str,
         body: &[u8],
         requiretls: bool,
+        written: impl FnOnce(),
     ) -> Result<(Reply, &'static str), ClientError> {
         if requiretls && !self.requiretls {
             return Ok((
@@ -331,6 +335,9 @@ impl Connection {
             io.queue(mail.as_bytes());
             io.queue(rcpt.as_bytes());
             io.queue(b"DATA\r\n");
+            let flushed = io.flush().await;
+            written();
+            flushed?;
             let m = read_reply(io, COMMAND_TIMEOUT).await?;
             // A server that refuses with 421 closes the connection without
             // answering the rest: its refusal is the answer.
@@ -347,6 +354,9 @@ impl Connection {
             (m, Some(r), Some(d))
         } else {
             io.queue(mail.as_bytes());
+            let flushed = io.flush().await;
+            written();
+            flushed?;
             let m = read_reply(io, COMMAND_TIMEOUT).await?;
             if !m.is_positive() {
                 (m, None, None)

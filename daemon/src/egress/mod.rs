@@ -17,6 +17,7 @@ pub mod plan;
 mod report;
 pub mod route;
 pub mod shaping;
+mod warmup;
 mod worker;
 
 use crate::config::Settings;
@@ -59,6 +60,8 @@ pub struct Delivery {
     lines: Mutex<HashMap<LineKey, Arc<Line>>>,
     /// Sources that could not connect, left out until the time given (ms).
     broken_sources: Mutex<HashMap<Arc<str>, i64>>,
+    /// Warm-up sources' daily caps per provider.
+    warmup: warmup::Warmup,
     /// Attempts running on this node (`max_in_flight`).
     attempts: Arc<Semaphore>,
     /// Names this node's connection slots in a cluster.
@@ -114,6 +117,7 @@ impl Delivery {
             tls,
             lines: Mutex::new(HashMap::new()),
             broken_sources: Mutex::new(HashMap::new()),
+            warmup: warmup::Warmup::default(),
             attempts: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
             node: uuid::Uuid::new_v4().simple().to_string(),
             settings,
@@ -179,8 +183,9 @@ impl Delivery {
     }
 
     /// Picks a source for `entry` from its pool, by weight, leaving out
-    /// those that could not connect lately and those whose mail goes
-    /// elsewhere while they are suspended. None with the time one is back
+    /// those that could not connect lately, warm-up sources over today's
+    /// cap for the provider, and those whose mail goes elsewhere while
+    /// they are suspended. None with the time one is back
     /// when all are out.
     fn choose_source(
         &self,
@@ -211,6 +216,12 @@ impl Delivery {
         for (source, weight) in plan.pool(&entry.pool) {
             if let Some(until) = broken.get(&source.name).filter(|u| **u > now) {
                 back_at = back_at.min(*until);
+                continue;
+            }
+            if source.warmup
+                && let Some(until) = self.warmup.full_until(&source.name, provider, now)
+            {
+                back_at = back_at.min(until);
                 continue;
             }
             let t = self

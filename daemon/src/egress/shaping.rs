@@ -147,6 +147,18 @@ pub fn effective(l: &Limits, t: &Throttle, now_ms: i64) -> Effective {
     }
 }
 
+/// The right to send one message of a pair now; it counts as sent when
+/// dropped.
+pub struct SendPermit<'a> {
+    sent: tokio::sync::MutexGuard<'a, VecDeque<Instant>>,
+}
+
+impl Drop for SendPermit<'_> {
+    fn drop(&mut self) {
+        self.sent.push_back(Instant::now());
+    }
+}
+
 /// Send times this node holds for one limit.
 #[derive(Default)]
 struct Block {
@@ -169,9 +181,10 @@ pub struct Shape {
     finished: Mutex<VecDeque<Instant>>,
     /// The due time handed to the last entry sent back to the queue.
     park_cursor_ms: Mutex<i64>,
-    /// When this node began its last messages for the pair, as many as
-    /// the shortest window may hold.
-    sent: Mutex<VecDeque<Instant>>,
+    /// When this node's last messages for the pair left, as many as the
+    /// shortest window may hold; locked from the check until the message
+    /// has left, so no two sends of the pair overtake each other.
+    sent: tokio::sync::Mutex<VecDeque<Instant>>,
 }
 
 impl Shape {
@@ -193,35 +206,29 @@ impl Shape {
     }
 
     /// Waits until a message may go without this node putting more than
-    /// `limit` messages of the pair in any `window`, and counts it as gone
-    /// now. A send time granted by the store can be kept late (a busy
-    /// machine wakes a task a few milliseconds after its time), and a late
-    /// message followed by one on time would be closer together than the
-    /// pace: so the window is checked again on when messages really go,
-    /// which lets a late pace catch up without ever breaking the limit.
-    pub async fn space(&self, (limit, window): (u32, Duration)) {
-        loop {
-            let now = Instant::now();
-            let wait = {
-                let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-                while sent.len() > limit as usize {
-                    sent.pop_front();
-                }
-                match sent.front() {
-                    Some(first) if sent.len() == limit as usize && now < *first + window => {
-                        *first + window - now
-                    }
-                    _ => {
-                        if sent.len() == limit as usize {
-                            sent.pop_front();
-                        }
-                        sent.push_back(now);
-                        return;
-                    }
-                }
-            };
-            tokio::time::sleep(wait).await;
+    /// `limit` messages of the pair in any `window`. The message counts
+    /// from when the permit is dropped: once its MAIL command has left.
+    /// A send time granted by the store can be kept late (a busy machine
+    /// wakes a task some milliseconds after its time, or stops it between
+    /// the check and the write), and a late message followed by one on
+    /// time would be closer together than the pace: so the window is
+    /// checked again on when messages really leave, which lets a late pace
+    /// catch up without ever breaking the limit.
+    pub async fn space(&self, (limit, window): (u32, Duration)) -> SendPermit<'_> {
+        // As the pace: a receiver's clock that differs by up to 2 % of the
+        // window (20 ms for a second) still counts within the limit.
+        let window = window.div_f64(RATE_MARGIN);
+        let mut sent = self.sent.lock().await;
+        while sent.len() > limit as usize {
+            sent.pop_front();
         }
+        if sent.len() == limit as usize
+            && let Some(first) = sent.front()
+        {
+            tokio::time::sleep_until((*first + window).into()).await;
+            sent.pop_front();
+        }
+        SendPermit { sent }
     }
 
     pub fn finished_attempt(&self) {
@@ -288,7 +295,7 @@ impl Shaper {
                     freed: Notify::new(),
                     finished: Mutex::new(VecDeque::new()),
                     park_cursor_ms: Mutex::new(0),
-                    sent: Mutex::new(VecDeque::new()),
+                    sent: tokio::sync::Mutex::new(VecDeque::new()),
                 })
             })
             .clone();

@@ -9,7 +9,8 @@
 use super::Delivery;
 use super::client::{ClientError, Connection, LOCAL, Reply, TlsMode};
 use super::line::{Job, Line, Running};
-use super::shaping::{Effective, Shape, WAIT_AT_MOST};
+use super::shaping::{Effective, SendPermit, Shape, WAIT_AT_MOST};
+use super::warmup::Counted;
 use crate::policy::decisions::Signal;
 use crate::queue::outcome::Verdict;
 use crate::store::Attempt;
@@ -247,12 +248,7 @@ impl Delivery {
             };
             match self.shaper.message_time(&shape, &e).await {
                 Ok(None) => {}
-                Ok(Some(Paced::Granted(at))) => {
-                    sleep_until_us(&self, at).await;
-                    if let Some(window) = e.window {
-                        shape.space(window).await;
-                    }
-                }
+                Ok(Some(Paced::Granted(at))) => sleep_until_us(&self, at).await,
                 Ok(Some(Paced::NotBefore(at))) => {
                     drop(running);
                     let at_ms = at / 1000 - WAIT_AT_MOST.as_millis() as i64 / 2;
@@ -267,7 +263,21 @@ impl Delivery {
                     continue;
                 }
             }
-            self.attempt(&line, &mut held, &job, &e, &body).await;
+            if line.source.warmup
+                && let Counted::Full = self.warmup_count(&line.source.name, &shape.provider).await
+            {
+                // Over today's cap: the line's mail is placed again, on
+                // the pool's other sources or due tomorrow.
+                drop(running);
+                self.send_back(&line, job, now + 100, step_ms, true).await;
+                continue;
+            }
+            let permit = match e.window {
+                Some(window) => Some(shape.space(window).await),
+                None => None,
+            };
+            self.attempt(&line, &mut held, &job, &e, &body, permit)
+                .await;
             shape.finished_attempt();
             drop(running);
             drop(job);
@@ -385,6 +395,7 @@ impl Delivery {
         job: &Job,
         e: &Effective,
         body: &[u8],
+        permit: Option<SendPermit<'_>>,
     ) {
         let entry = &job.entry;
         let started = Instant::now();
@@ -397,7 +408,13 @@ impl Delivery {
         attempt.tls = c.tls_version.clone();
         let return_path = self.return_path(entry);
         let (verdict, signal) = match c
-            .send(&return_path, &entry.recipient, body, entry.require_tls)
+            .send(
+                &return_path,
+                &entry.recipient,
+                body,
+                entry.require_tls,
+                || drop(permit),
+            )
             .await
         {
             Ok((reply, stage)) => {

@@ -72,7 +72,22 @@ macro_rules! serde_answer {
     )*};
 }
 
+/// `warmup_limit(id)`: today's cap for a sending identity (egress asks
+/// it for warm-up sources; the limits plugin for domains).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupCap {
+    pub cap: f64,
+    /// Days since the identity's first.
+    #[serde(default)]
+    pub day: Option<f64>,
+    /// What the cap holds back (a set of trigger types and scenarios).
+    #[serde(default)]
+    pub applies_to: Option<serde_json::Value>,
+}
+
 serde_answer!(
+    WarmupCap,
     serde_json::Value,
     ReputationState,
     BounceClass,

@@ -319,6 +319,11 @@ impl Policy {
         Ok(version)
     }
 
+    /// The zone days are counted in (`policy.time_zone`).
+    pub fn time_zone(&self) -> &jiff::tz::TimeZone {
+        &self.settings.time_zone
+    }
+
     pub fn version(&self) -> u64 {
         self.engine().version
     }

@@ -43,7 +43,13 @@ pub struct Entries {
     /// Raised by every forget: a read sent before a write of this node
     /// landed must not be kept after it.
     generation: u64,
+    /// When a full cache was last swept: a sweep walks every entry, so a
+    /// cache full of young entries is not swept again for a while.
+    swept_at: Option<Instant>,
 }
+
+/// A full cache is swept at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Entries {
     /// A key's value read at most `max_age` before `now`, if there is one.
@@ -77,6 +83,13 @@ impl Entries {
             return false;
         }
         if self.len() >= MAX_ENTRIES {
+            if self
+                .swept_at
+                .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY)
+            {
+                return false;
+            }
+            self.swept_at = Some(now);
             self.retain_younger(now, MAX_AGE);
             if self.len() >= MAX_ENTRIES {
                 return false;
@@ -260,5 +273,27 @@ mod tests {
         assert_eq!(c.key("k", MAX_AGE * 2, now), None);
         assert_eq!(c.entries().member("s", "m", MAX_AGE * 2, now), None);
         assert_eq!(c.entries().len(), 0);
+    }
+
+    #[test]
+    fn a_cache_full_of_young_entries_is_not_swept_on_every_read() {
+        let mut e = Entries::default();
+        let now = Instant::now();
+        for i in 0..MAX_ENTRIES {
+            e.keys.insert(format!("k{i}"), (now, None));
+        }
+        let none = BatchValue::Bytes(None);
+        // The first read past the limit sweeps (nothing is old) and is not
+        // kept; the next ones within a second do not sweep again.
+        assert!(!e.put(Read::Key("a".into()), &none, now, 0));
+        let swept = e.swept_at;
+        assert_eq!(swept, Some(now));
+        let soon = now + Duration::from_millis(10);
+        assert!(!e.put(Read::Key("b".into()), &none, soon, 0));
+        assert_eq!(e.swept_at, swept);
+        // Once entries are old, a sweep a second later makes room.
+        let later = now + MAX_AGE + Duration::from_secs(1);
+        assert!(e.put(Read::Key("c".into()), &none, later, 0));
+        assert_eq!(e.len(), 1);
     }
 }

@@ -453,3 +453,109 @@ async fn a_source_that_cannot_connect_is_skipped() {
         "mail was deferred for the broken source"
     );
 }
+
+/// The permissive policy with a warm-up curve of 5, then 10, a day for
+/// source `a`'s mail to gmail, and the `egress` settings given.
+fn policy_with_warmup(egress: &str) -> String {
+    policy_with_egress(egress).replace(
+        "warmup = { curve = { 1e12 } },",
+        r#"warmup = { curve = { 1e12 }, identities = { ["a/gmail"] = { curve = { 5, 10 } } } },"#,
+    )
+}
+
+/// Messages `p` took from `ip`.
+fn from(p: &Provider, ip: &str) -> usize {
+    p.peers()
+        .get(&ip.parse::<IpAddr>().unwrap())
+        .map_or(0, |r| r.messages)
+}
+
+/// A warm-up source sends a provider its day's cap and no more: with a
+/// warm source in the pool the rest leaves from that one at once; alone,
+/// the rest waits for the next days (5, then 10), nothing bounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_up_source_keeps_to_its_daily_cap() {
+    for backend in BOTH {
+        // With a warm source beside it.
+        let n = crate::node::node(backend, |o| {
+            o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+            o.policy = policy_with_warmup(
+                r#"sources = { a = { address = "127.0.0.5", warmup = true }, b = { address = "127.0.0.6" } },
+                   pools = { default = { { source = "a", weight = 3 }, "b" } },"#,
+            );
+        })
+        .await;
+        let gd = domains("gw", 4);
+        let gmail = provider(
+            &n.dns,
+            n.sink.addr.port(),
+            "gmail",
+            "127.0.0.61",
+            "aspmx.l.google.com",
+            &gd,
+            Limits::default(),
+        )
+        .await;
+        queue_for(n.smtp, &recipients(&gd, 10)).await;
+        let all =
+            crate::harness::wait_until(Duration::from_secs(15), || gmail.delivered() >= 40).await;
+        assert!(all, "{backend:?}: {} of 40 delivered", gmail.delivered());
+        assert_eq!(
+            from(&gmail, SOURCE_A),
+            5,
+            "{backend:?}: the warm-up source's day-one cap"
+        );
+        assert_eq!(from(&gmail, SOURCE_B), 35, "{backend:?}");
+        n.stop().await;
+
+        // Alone in its pool: the rest waits for the next day.
+        let n = crate::node::node(backend, |o| {
+            o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+            o.policy = policy_with_warmup(
+                r#"sources = { a = { address = "127.0.0.5", warmup = true } },
+                   pools = { default = { "a" } },"#,
+            );
+        })
+        .await;
+        let gmail = provider(
+            &n.dns,
+            n.sink.addr.port(),
+            "gmail",
+            "127.0.0.62",
+            "aspmx.l.google.com",
+            &gd,
+            Limits::default(),
+        )
+        .await;
+        queue_for(n.smtp, &recipients(&gd, 5)).await;
+        assert!(
+            crate::harness::wait_until(Duration::from_secs(10), || gmail.delivered() >= 5).await
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            gmail.delivered(),
+            5,
+            "{backend:?}: past the first day's cap"
+        );
+        let day = 86_400_000;
+        n.move_clock_to(n.clock.now_ms() + day);
+        assert!(
+            crate::harness::wait_until(Duration::from_secs(10), || gmail.delivered() >= 15).await
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            gmail.delivered(),
+            15,
+            "{backend:?}: past the second day's cap"
+        );
+        n.move_clock_to(n.clock.now_ms() + day);
+        let rest =
+            crate::harness::wait_until(Duration::from_secs(10), || gmail.delivered() >= 20).await;
+        assert!(
+            rest,
+            "{backend:?}: {} of 20 on the third day",
+            gmail.delivered()
+        );
+        n.stop().await;
+    }
+}

@@ -262,12 +262,18 @@ impl EmbeddedStore {
     }
 
     pub fn open(path: &Path, retention: Duration, clock: Clock) -> Result<Arc<EmbeddedStore>> {
+        // redb caches up to 1 GiB of pages by default: a node holding a
+        // large queue would grow toward it. Recent bodies are cached by the
+        // queue, and the index of queued entries is in memory.
+        const PAGE_CACHE_BYTES: usize = 64 << 20;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path)
+        let db = Database::builder()
+            .set_cache_size(PAGE_CACHE_BYTES)
+            .create(path)
             .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(MESSAGES).map_err(err)?;
