@@ -32,6 +32,9 @@ enum Command {
     Reload,
     /// The running policy: version, hooks defined, hook failures.
     Policy,
+    /// Egress shaping per (provider, source): limits, connections allowed
+    /// now, pace factor, suspensions, the last throttling signal.
+    Egress,
     /// API accounts: each gets a SecretId and SecretKey for the SES API
     /// (asks the daemon).
     Account {
@@ -183,6 +186,7 @@ fn main() -> ExitCode {
         }
         Command::Reload => admin(&settings, "POST", "/admin/reload"),
         Command::Policy => admin(&settings, "GET", "/admin/policy"),
+        Command::Egress => admin(&settings, "GET", "/admin/egress"),
         Command::Status { message_id } => {
             admin(&settings, "GET", &format!("/admin/messages/{message_id}"))
         }

@@ -252,6 +252,7 @@ pub async fn start(
         ses: ses.clone(),
         config_path: config_path.clone(),
         tracking_limiter: Default::default(),
+        egress: delivery.clone(),
         admin_token: Arc::from(
             crate::ops::admin_auth::ensure_token(&settings.server.data_dir)
                 .context("making the admin token in the data directory")?,

@@ -47,6 +47,21 @@ pub struct Services {
     pub tracking_limiter: RateLimiter,
     /// The operator token every admin request shows.
     pub admin_token: Arc<str>,
+    /// Egress as the operator sees it (shaping state per provider and
+    /// source), without the stages importing egress.
+    pub egress: Arc<dyn EgressView>,
+}
+
+/// What egress shows the operator.
+pub trait EgressView: Send + Sync {
+    /// Every (provider, source) this node has sent to: its limits, what
+    /// throttling signals did to it, its warm-up state.
+    fn shaping(&self) -> futures_like::BoxFuture<'_, Vec<serde_json::Value>>;
+}
+
+/// A boxed future, without a crate for one type.
+pub mod futures_like {
+    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
 
 impl Services {

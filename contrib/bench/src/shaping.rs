@@ -198,11 +198,11 @@ async fn inject(addr: SocketAddr, rcpts: Vec<String>, sessions: usize) {
     }
 }
 
-/// Kiln on the first core, the receivers (and the rest of this process,
-/// DNS, the injector) on the second: a receiver starved of CPU by the
-/// sender it measures would stamp messages late and see bursts that were
-/// never sent. Without `taskset`, everything shares both cores.
-fn pin_cores(kiln: Option<u32>) {
+/// Kiln (and its Redis) on the first core, the receivers (and the rest of
+/// this process, DNS, the injector) on the second: a receiver starved of
+/// CPU by the sender it measures would stamp messages late and see bursts
+/// that were never sent. Without `taskset`, everything shares both cores.
+fn pin_cores(kiln: Option<u32>, redis: Option<u32>) {
     let pin = |cpu: &str, pid: u32| {
         std::process::Command::new("taskset")
             .args(["-a", "-p", "-c", cpu, &pid.to_string()])
@@ -210,7 +210,9 @@ fn pin_cores(kiln: Option<u32>) {
             .status()
             .is_ok_and(|s| s.success())
     };
-    let pinned = kiln.is_some_and(|k| pin("0", k)) && pin("1", std::process::id());
+    let pinned = kiln.is_some_and(|k| pin("0", k))
+        && redis.is_none_or(|r| pin("0", r))
+        && pin("1", std::process::id());
     if !pinned {
         eprintln!("kiln-shaping-bench: could not pin cores (taskset); sharing both");
     }
@@ -269,7 +271,7 @@ async fn main() {
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
     opts.policy = policy();
     let kiln = tokio::task::block_in_place(|| Kiln::start(&args.kiln, &opts));
-    pin_cores(kiln.pid());
+    pin_cores(kiln.pid(), peers.redis.as_ref().map(|r| r.pid()));
     let cpu_before = measure::cpu_seconds(kiln.pid());
     let start = Instant::now();
     inject(kiln.smtp, rcpts, 4).await;

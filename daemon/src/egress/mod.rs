@@ -425,6 +425,7 @@ impl Delivery {
                 "suspended_until_ms": (t.suspended(now)).then_some(t.suspended_until_ms),
                 "other_source": t.other_source && t.suspended(now),
                 "last_signal": t.last,
+                "warmup_full_until_ms": self.warmup.full_until(&shape.source, &shape.provider, now),
             }));
         }
         out.sort_by(|a, b| {
@@ -432,6 +433,12 @@ impl Delivery {
                 .cmp(&(b["provider"].as_str(), b["source"].as_str()))
         });
         out
+    }
+}
+
+impl crate::services::EgressView for Delivery {
+    fn shaping(&self) -> crate::services::futures_like::BoxFuture<'_, Vec<serde_json::Value>> {
+        Box::pin(self.shaping_view())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The admin endpoints the `kiln` subcommands use: message status, DKIM
-//! keys, queue size, reload, policy state, accounts, AUTH blocks. They
+//! keys, queue size, egress shaping, reload, policy state, accounts, AUTH
+//! blocks. They
 //! answer on loopback, to the operator token only (`admin_auth`).
 
 use crate::services::Services;
@@ -19,6 +20,7 @@ pub fn routes(services: &Arc<Services>) -> Router<Arc<Services>> {
         .route("/admin/messages/{id}", get(message_status))
         .route("/admin/dkim/{domain}", get(dkim_show).post(dkim_create))
         .route("/admin/queue", get(queue_info))
+        .route("/admin/egress", get(egress_info))
         .route("/admin/reload", axum::routing::post(reload))
         .route("/admin/policy", get(policy_info))
         .route("/admin/clock", axum::routing::post(clock_advance))
@@ -65,6 +67,12 @@ async fn message_status(State(s): State<Arc<Services>>, Path(id): Path<String>) 
             e.to_string(),
         ),
     }
+}
+
+/// Shaping per (provider, source): limits, connections allowed now, the
+/// pace factor, suspensions and the last throttling signal acted on.
+async fn egress_info(State(s): State<Arc<Services>>) -> Response {
+    Json(json!({ "shaping": s.egress.shaping().await })).into_response()
 }
 
 async fn reload(State(s): State<Arc<Services>>) -> Response {

@@ -256,6 +256,13 @@ async fn limits_hold_at_every_receiver() {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+        let shown = String::from_utf8_lossy(&e.kiln.command(&["egress"]).stdout).to_string();
+        for name in ["\"gmail\"", "\"qq\"", "\"a\"", "\"b\""] {
+            assert!(
+                shown.contains(name),
+                "{what}: kiln egress shows no {name}: {shown}"
+            );
+        }
         assert_within(&gmail, GMAIL, &what);
         assert_within(&qq, QQ, &what);
         assert_within(&site, SITE, &what);
@@ -367,6 +374,15 @@ async fn a_throttling_provider_is_suspended_then_climbs_back_in_steps() {
             "{backend:?}: attempts while suspended"
         );
         assert_eq!(gmail.delivered(), 0);
+        // The operator sees it (`kiln egress`): suspended, by which rule.
+        let view = n.services.egress.shaping().await;
+        let pair = view
+            .iter()
+            .find(|p| p["provider"] == "gmail")
+            .expect("gmail shown");
+        assert_eq!(pair["last_signal"]["rule"], "gmail-rate", "{pair}");
+        assert!(pair["suspended_until_ms"].as_i64().is_some(), "{pair}");
+        assert_eq!(pair["factor"], 0.5, "{pair}");
 
         // The provider recovers; Kiln's clock passes the ten-minute
         // suspension: half the rate (10/s), then 15/s after five quiet
