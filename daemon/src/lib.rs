@@ -42,6 +42,7 @@
 //! | `egress::worker` | a line's worker: paced connections and messages |
 //! | `egress::warmup` | IP warm-up: a source's daily cap per provider, overflow to warm sources |
 //! | `egress::shaping` | limits per (provider, source), suspensions, backoff |
+//! | `egress::return_path` | sender domains with a return-path domain of their own |
 //! | `egress::report` | throttling signals, bounce classes, outcomes to the queue |
 //! | `egress::client` | the SMTP client: one connection to one MX address |
 //! | **`feedback`** | **what happens after an attempt, or after the recipient reads** |

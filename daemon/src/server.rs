@@ -200,6 +200,7 @@ pub async fn start(
         Arc::new(crate::feedback::verp::Verp::new(
             &secret,
             &settings.platform.bounce_domain,
+            &settings.platform.return_path_label,
         ))
     });
     let ses = crate::ses::Records {

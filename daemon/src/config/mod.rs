@@ -130,6 +130,12 @@ pub struct PlatformSettings {
     /// bounces and complaints come back; empty: mail leaves with the
     /// sender's own address and only synchronous bounces are seen.
     pub bounce_domain: String,
+    /// With `bounce_domain` set: a verified sender domain that also
+    /// publishes an MX and SPF record for `<label>.<domain>` (shown by
+    /// CreateEmailIdentity and GetEmailIdentity) gets its return paths
+    /// there, so SPF passes aligned with the From domain for DMARC.
+    /// Empty: every return path is on `bounce_domain`.
+    pub return_path_label: String,
 }
 
 impl Default for PlatformSettings {
@@ -143,6 +149,7 @@ impl Default for PlatformSettings {
             allow_simple: false,
             max_template_data: 64 * 1024,
             bounce_domain: String::new(),
+            return_path_label: "bounces".into(),
         }
     }
 }
@@ -154,6 +161,19 @@ impl Settings {
         } else {
             self.platform.mx_host.clone()
         }
+    }
+
+    /// `<return_path_label>.<domain>`, when return paths may go there
+    /// (a bounce domain is set and the label is not empty).
+    pub fn return_path_domain(&self, domain: &str) -> Option<String> {
+        let label = self.platform.return_path_label.trim();
+        (!self.platform.bounce_domain.is_empty() && !label.is_empty()).then(|| {
+            format!(
+                "{}.{}",
+                label.to_ascii_lowercase(),
+                domain.to_ascii_lowercase()
+            )
+        })
     }
 
     pub fn spf_include(&self) -> String {

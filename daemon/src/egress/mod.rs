@@ -15,6 +15,7 @@ pub mod client;
 pub mod line;
 pub mod plan;
 mod report;
+mod return_path;
 pub mod route;
 pub mod shaping;
 mod warmup;
@@ -62,6 +63,8 @@ pub struct Delivery {
     broken_sources: Mutex<HashMap<Arc<str>, i64>>,
     /// Warm-up sources' daily caps per provider.
     warmup: warmup::Warmup,
+    /// Sender domains' own return-path domains.
+    return_paths: return_path::ReturnPaths,
     /// Attempts running on this node (`max_in_flight`).
     attempts: Arc<Semaphore>,
     /// Names this node's connection slots in a cluster.
@@ -118,6 +121,7 @@ impl Delivery {
             lines: Mutex::new(HashMap::new()),
             broken_sources: Mutex::new(HashMap::new()),
             warmup: warmup::Warmup::default(),
+            return_paths: Default::default(),
             attempts: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
             node: uuid::Uuid::new_v4().simple().to_string(),
             settings,

@@ -123,10 +123,24 @@ impl Delivery {
 
     /// The envelope sender for a copy: a VERP return path for an account's
     /// mail with a sender (null senders and relayed mail keep theirs).
-    pub(super) fn return_path(&self, entry: &QueueEntry) -> String {
+    /// The envelope sender for one attempt: account mail leaves with a
+    /// VERP address, on its sender domain's own return-path domain when
+    /// that domain publishes one, else on the bounce domain.
+    pub(super) async fn return_path(&self, entry: &QueueEntry) -> String {
         match &self.verp {
             Some(v) if !entry.account.is_empty() && !entry.sender.is_empty() => {
-                v.address(&entry.msg_id, entry.rcpt_idx)
+                let sender_domain = domain_of(&entry.sender);
+                let own = self
+                    .return_paths
+                    .domain_for(&sender_domain, || {
+                        crate::ses::identities::return_path_domain(
+                            &self.queue.store,
+                            &self.settings,
+                            &sender_domain,
+                        )
+                    })
+                    .await;
+                v.address(&entry.msg_id, entry.rcpt_idx, own.as_deref())
             }
             _ => entry.sender.clone(),
         }

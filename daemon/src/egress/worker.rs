@@ -272,11 +272,12 @@ impl Delivery {
                 self.send_back(&line, job, now + 100, step_ms, true).await;
                 continue;
             }
+            let return_path = self.return_path(&job.entry).await;
             let permit = match e.window {
                 Some(window) => Some(shape.space(window).await),
                 None => None,
             };
-            self.attempt(&line, &mut held, &job, &e, &body, permit)
+            self.attempt(&line, &mut held, &job, &e, (&body, &return_path), permit)
                 .await;
             shape.finished_attempt();
             drop(running);
@@ -394,7 +395,7 @@ impl Delivery {
         held: &mut Held<'_>,
         job: &Job,
         e: &Effective,
-        body: &[u8],
+        (body, return_path): (&[u8], &str),
         permit: Option<SendPermit<'_>>,
     ) {
         let entry = &job.entry;
@@ -406,7 +407,6 @@ impl Delivery {
         attempt.mx = Some(c.mx.clone());
         attempt.ip = Some(c.ip.to_string());
         attempt.tls = c.tls_version.clone();
-        let return_path = self.return_path(entry);
         let (verdict, signal) = match c
             .send(
                 &return_path,

@@ -1,6 +1,9 @@
 //! VERP return paths: each recipient's copy leaves with the envelope sender
 //! `b-<message id>-<recipient index>-<mac>@<bounce domain>`, so a bounce or a
 //! complaint that comes back names the message and recipient it is about.
+//! A sender domain that publishes its return-path records gets them on
+//! `<label>.<its domain>` instead (`platform.return_path_label`), so SPF
+//! passes aligned with its From domain; Kiln is that name's MX too.
 //! The mac (HMAC-SHA256, 48 bits, lower-case hex so that case-folding MTAs
 //! do no harm) makes forged bounces fail at RCPT TO.
 
@@ -9,16 +12,33 @@ use aws_lc_rs::hmac;
 pub struct Verp {
     key: hmac::Key,
     domain: String,
+    /// `<label>.` of the senders' own return-path domains ("" for none).
+    label_dot: String,
 }
 
 impl Verp {
-    pub fn new(secret: &[u8], domain: &str) -> Verp {
+    pub fn new(secret: &[u8], domain: &str, label: &str) -> Verp {
         let mut material = b"verp:".to_vec();
         material.extend_from_slice(secret);
         Verp {
             key: hmac::Key::new(hmac::HMAC_SHA256, &material),
             domain: domain.trim().trim_end_matches('.').to_ascii_lowercase(),
+            label_dot: match label.trim() {
+                "" => String::new(),
+                l => format!("{}.", l.to_ascii_lowercase()),
+            },
         }
+    }
+
+    /// Whether bounces to `domain` come to Kiln: the bounce domain, or a
+    /// sender's return-path domain (whose addresses the mac still guards).
+    fn ours(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        domain == self.domain
+            || (!self.label_dot.is_empty()
+                && domain
+                    .strip_prefix(&self.label_dot)
+                    .is_some_and(|rest| rest.contains('.')))
     }
 
     pub fn domain(&self) -> &str {
@@ -33,22 +53,22 @@ impl Verp {
             .collect()
     }
 
-    /// The return path for one recipient of a message.
-    pub fn address(&self, message_id: &str, idx: u32) -> String {
+    /// The return path for one recipient of a message, on the bounce
+    /// domain or on `domain` (a sender's return-path domain).
+    pub fn address(&self, message_id: &str, idx: u32, domain: Option<&str>) -> String {
         let id = message_id.to_ascii_lowercase();
-        format!("b-{id}-{idx}-{}@{}", self.mac(&id, idx), self.domain)
+        let domain = domain.unwrap_or(&self.domain);
+        format!("b-{id}-{idx}-{}@{domain}", self.mac(&id, idx))
     }
 
     pub fn is_bounce_address(&self, address: &str) -> bool {
-        address
-            .rsplit_once('@')
-            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(&self.domain))
+        address.rsplit_once('@').is_some_and(|(_, d)| self.ours(d))
     }
 
     /// (message id, recipient index) of a genuine return path.
     pub fn parse(&self, address: &str) -> Option<(String, u32)> {
         let (local, domain) = address.rsplit_once('@')?;
-        if !domain.eq_ignore_ascii_case(&self.domain) {
+        if !self.ours(domain) {
             return None;
         }
         let local = local.to_ascii_lowercase();
@@ -75,8 +95,8 @@ mod tests {
 
     #[test]
     fn return_paths_round_trip_and_refuse_forgeries() {
-        let v = Verp::new(b"secret", "Bounces.Kiln.Test.");
-        let a = v.address("01a2ABCDEF", 3);
+        let v = Verp::new(b"secret", "Bounces.Kiln.Test.", "bounces");
+        let a = v.address("01a2ABCDEF", 3, None);
         assert!(a.ends_with("@bounces.kiln.test"), "{a}");
         assert!(a.split('@').next().unwrap().len() <= 64);
         assert_eq!(v.parse(&a), Some(("01a2abcdef".into(), 3)));
@@ -91,6 +111,21 @@ mod tests {
         );
         assert_eq!(v.parse(&a.replace("bounces.kiln.test", "other.test")), None);
         assert!(v.is_bounce_address("x@BOUNCES.kiln.test"));
-        assert!(Verp::new(b"other", "bounces.kiln.test").parse(&a).is_none());
+        assert!(
+            Verp::new(b"other", "bounces.kiln.test", "bounces")
+                .parse(&a)
+                .is_none()
+        );
+        // On a sender's own return-path domain: the same mac, the same
+        // answer; its other names, and the label alone, are not ours.
+        let own = v.address("01a2ABCDEF", 3, Some("bounces.shop.example"));
+        assert!(own.ends_with("@bounces.shop.example"), "{own}");
+        assert_eq!(v.parse(&own), Some(("01a2abcdef".into(), 3)));
+        assert!(v.is_bounce_address("x@Bounces.Shop.Example"));
+        assert!(!v.is_bounce_address("x@shop.example"));
+        assert!(!v.is_bounce_address("x@bounces.example"));
+        assert!(v.parse(&own.replace("@bounces.", "@mail.")).is_none());
+        let off = Verp::new(b"secret", "bounces.kiln.test", "");
+        assert!(!off.is_bounce_address("x@bounces.shop.example"));
     }
 }

@@ -18,6 +18,10 @@ pub struct Identity {
     pub verified_at_ms: Option<i64>,
     #[serde(default)]
     pub tags: Vec<(String, String)>,
+    /// The return-path subdomain's MX and SPF were found: return paths go
+    /// there (`platform.return_path_label`).
+    #[serde(default)]
+    pub return_path: bool,
 }
 
 /// One DNS record the domain must publish, and what DNS holds now.
@@ -29,6 +33,10 @@ pub struct DnsAttribute {
     pub expected: String,
     pub current: String,
     pub ok: bool,
+    /// Needed for the domain to be verified (the return-path records are
+    /// not: without them return paths stay on the shared bounce domain).
+    #[serde(skip)]
+    pub required: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +73,19 @@ impl From<crate::ses::dkim::DkimError> for IdentityError {
 
 fn record_key(domain: &str) -> String {
     format!("identity:{domain}")
+}
+
+/// Where `domain`'s return paths go, if it is a verified sender domain
+/// that publishes its return-path records (`platform.return_path_label`).
+pub async fn return_path_domain(
+    store: &crate::store::Store,
+    settings: &crate::config::Settings,
+    domain: &str,
+) -> Option<String> {
+    let rp = settings.return_path_domain(domain)?;
+    let bytes = store.get(&record_key(domain)).await.ok()??;
+    let identity: Identity = serde_json::from_slice(&bytes).ok()?;
+    (identity.verified && identity.return_path).then_some(rp)
 }
 
 fn index(account: &str) -> String {
@@ -127,6 +148,7 @@ impl Records {
             verified: false,
             verified_at_ms: None,
             tags,
+            return_path: false,
         };
         if !self.create(&record_key(&domain), &identity).await? {
             return Err(IdentityError::OwnedByOther(domain));
@@ -226,9 +248,15 @@ impl Records {
         }
         let mut attributes = self.expected_attributes(&identity).await?;
         self.look_up(&mut attributes).await;
-        let verified = attributes.iter().all(|a| a.ok);
-        if verified != identity.verified || new_dkim_option.is_some() {
+        let verified = attributes.iter().filter(|a| a.required).all(|a| a.ok);
+        let return_path = attributes.iter().any(|a| !a.required)
+            && attributes.iter().filter(|a| !a.required).all(|a| a.ok);
+        if verified != identity.verified
+            || return_path != identity.return_path
+            || new_dkim_option.is_some()
+        {
             identity.verified = verified;
+            identity.return_path = return_path;
             identity.verified_at_ms = verified.then(|| self.store.now_ms());
             self.save(&record_key(&identity.domain), &identity).await?;
         }
@@ -247,6 +275,7 @@ impl Records {
             expected,
             current: String::new(),
             ok: false,
+            required: true,
         };
         let mut out = vec![
             attr("MX", d.clone(), self.settings.mx_host()),
@@ -264,6 +293,16 @@ impl Records {
             format!("_dmarc.{d}"),
             "v=DMARC1; p=none".into(),
         ));
+        if let Some(rp) = self.settings.return_path_domain(d) {
+            let spf = format!("v=spf1 include:{} ~all", self.settings.spf_include());
+            for mut a in [
+                attr("MX", rp.clone(), self.settings.mx_host()),
+                attr("TXT", rp, spf),
+            ] {
+                a.required = false;
+                out.push(a);
+            }
+        }
         Ok(out)
     }
 

@@ -26,6 +26,42 @@ pub(crate) async fn verify_dkim(nameserver: std::net::SocketAddr, data: &[u8]) -
         .collect()
 }
 
+/// SPF for `mail_from` as seen from `ip`, and DMARC for the message with
+/// that SPF result alone (no DKIM): whether the return path aligns.
+pub(crate) async fn verify_spf_and_dmarc(
+    nameserver: std::net::SocketAddr,
+    ip: std::net::IpAddr,
+    mail_from: &str,
+    data: &[u8],
+) -> (mail_auth::SpfResult, mail_auth::DmarcResult) {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = nameserver.port();
+    let config = ResolverConfig::from_parts(
+        None,
+        Vec::new(),
+        vec![NameServerConfig::new(nameserver.ip(), true, vec![udp])],
+    );
+    let auth = MessageAuthenticator::new(config, ResolverOpts::default()).unwrap();
+    let msg = AuthenticatedMessage::parse(data).expect("parsable message");
+    let spf = auth
+        .verify_spf(Parameters::new(
+            mail_auth::spf::verify::SpfParameters::verify_mail_from(
+                ip,
+                "kiln.test",
+                "mx.dest.test",
+                mail_from,
+            ),
+        ))
+        .await;
+    let mail_from_domain = mail_from.rsplit_once('@').map_or("", |(_, d)| d);
+    let dmarc = auth
+        .verify_dmarc(Parameters::new(
+            mail_auth::dmarc::verify::DmarcParameters::new(&msg, &[], mail_from_domain, &spf),
+        ))
+        .await;
+    (spf.result(), dmarc.spf_result().clone())
+}
+
 /// The text of a recipient record's first attempt (remote reply or local reason).
 fn first_reply(rec: &serde_json::Value) -> &str {
     rec["attempts"][0]["message"].as_str().unwrap_or_default()

@@ -667,6 +667,9 @@ async fn verp_reports(backend: Backend) {
         o.extra = "[platform]\nbounce_domain = \"bounces.kiln.test\"\n".into()
     })
     .await;
+    // Kiln's SPF record, which every sender domain's includes.
+    e.dns
+        .add_txt("_spf.kiln.test", "v=spf1 ip4:127.0.0.0/8 -all");
     let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
     set_callback(&e, "acme", &hook.url("/events"), None);
     let send = |to: &'static str| {
@@ -695,19 +698,33 @@ async fn verp_reports(backend: Backend) {
             .clone()
     };
     let (ann_rp, bob_rp) = (return_path("ann@dest.test"), return_path("bob@dest.test"));
+    // The sender domain published its return-path records (CreateEmailIdentity
+    // listed them): return paths are on its own subdomain, not the shared one.
     assert!(
-        ann_rp.starts_with(&format!("b-{ann_id}-0-")) && ann_rp.ends_with("@bounces.kiln.test"),
+        ann_rp.starts_with(&format!("b-{ann_id}-0-"))
+            && ann_rp.ends_with(&format!("@bounces.{domain}")),
         "{ann_rp}"
     );
     assert_ne!(ann_rp, bob_rp);
-    // DKIM (the From domain's) still passes with the VERP envelope.
+    // DKIM (the From domain's) still passes with the VERP envelope, and SPF
+    // passes for the return path and aligns with the From domain: DMARC
+    // passes on SPF alone.
     let results = crate::egress::delivery::verify_dkim(e.dns.addr, &msgs[0].data).await;
     assert_eq!(results, [mail_auth::DkimResult::Pass]);
+    let (spf, dmarc) = crate::egress::delivery::verify_spf_and_dmarc(
+        e.dns.addr,
+        msgs[0].peer,
+        &msgs[0].mail_from,
+        &msgs[0].data,
+    )
+    .await;
+    assert_eq!(spf, mail_auth::SpfResult::Pass, "{ann_rp}");
+    assert_eq!(dmarc, mail_auth::DmarcResult::Pass, "{ann_rp}");
     let events = |hook: &Webhook| -> Vec<Value> { hook.posts().iter().map(body).collect() };
     assert!(crate::harness::wait_until(Duration::from_secs(20), || events(&hook).len() >= 2).await);
 
     // A forged return path is no mailbox; other domains are still no relay.
-    let forged = format!("b-{ann_id}-0-000000000000@bounces.kiln.test");
+    let forged = format!("b-{ann_id}-0-000000000000@bounces.{domain}");
     assert_eq!(
         mail_report(&e, &forged, &dsn(&forged, "ann@dest.test"))
             .await
