@@ -82,7 +82,8 @@ impl LineState {
     pub fn park_at(&mut self, now_ms: i64, rate: f64) -> i64 {
         let step = 1000.0 / rate;
         let ahead = (self.jobs.len() + self.taken) as f64 * step - PARK_LEAD_MS;
-        let next = (self.park_cursor_ms as f64 + step).max(now_ms as f64 + ahead) as i64;
+        let after_parked = self.park_cursor_ms.max(now_ms) as f64 + step;
+        let next = after_parked.max(now_ms as f64 + ahead) as i64;
         let next = next.clamp(now_ms + PARK_MIN_MS, now_ms + PARK_MAX_MS);
         self.park_cursor_ms = next;
         next
