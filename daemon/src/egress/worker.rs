@@ -409,7 +409,7 @@ impl Delivery {
         attempt.tls = c.tls_version.clone();
         let (verdict, signal) = match c
             .send(
-                &return_path,
+                return_path,
                 &entry.recipient,
                 body,
                 entry.require_tls,
