@@ -10,6 +10,17 @@ use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Paramete
 use std::time::Duration;
 
 pub(crate) async fn verify_dkim(nameserver: std::net::SocketAddr, data: &[u8]) -> Vec<DkimResult> {
+    let auth = authenticator(nameserver);
+    let msg = AuthenticatedMessage::parse(data).expect("parsable message");
+    auth.verify_dkim(Parameters::new(&msg))
+        .await
+        .into_iter()
+        .map(|o| o.result().clone())
+        .collect()
+}
+
+/// mail-auth asking the test's DNS server.
+fn authenticator(nameserver: std::net::SocketAddr) -> MessageAuthenticator {
     let mut udp = ConnectionConfig::udp();
     udp.port = nameserver.port();
     let config = ResolverConfig::from_parts(
@@ -17,13 +28,7 @@ pub(crate) async fn verify_dkim(nameserver: std::net::SocketAddr, data: &[u8]) -
         Vec::new(),
         vec![NameServerConfig::new(nameserver.ip(), true, vec![udp])],
     );
-    let auth = MessageAuthenticator::new(config, ResolverOpts::default()).unwrap();
-    let msg = AuthenticatedMessage::parse(data).expect("parsable message");
-    auth.verify_dkim(Parameters::new(&msg))
-        .await
-        .into_iter()
-        .map(|o| o.result().clone())
-        .collect()
+    MessageAuthenticator::new(config, ResolverOpts::default()).unwrap()
 }
 
 /// SPF for `mail_from` as seen from `ip`, and DMARC for the message with
@@ -34,14 +39,7 @@ pub(crate) async fn verify_spf_and_dmarc(
     mail_from: &str,
     data: &[u8],
 ) -> (mail_auth::SpfResult, mail_auth::DmarcResult) {
-    let mut udp = ConnectionConfig::udp();
-    udp.port = nameserver.port();
-    let config = ResolverConfig::from_parts(
-        None,
-        Vec::new(),
-        vec![NameServerConfig::new(nameserver.ip(), true, vec![udp])],
-    );
-    let auth = MessageAuthenticator::new(config, ResolverOpts::default()).unwrap();
+    let auth = authenticator(nameserver);
     let msg = AuthenticatedMessage::parse(data).expect("parsable message");
     let spf = auth
         .verify_spf(Parameters::new(
