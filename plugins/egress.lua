@@ -135,7 +135,7 @@ end
 
 local RULE_FIELDS = { name = true, code = true, enhanced = true, text = true,
   text_pattern = true, stage = true, suspend = true, factor = true,
-  recover = true, other_source = true, retry = true }
+  recover = true, other_source = true, retry = true, bounce = true }
 
 local function rule(where, r)
   for k in pairs(r) do
@@ -145,6 +145,7 @@ local function rule(where, r)
   if not (r.code or r.enhanced or r.text or r.text_pattern) then
     fail(where, "matches nothing (give code, enhanced, text or text_pattern)")
   end
+  if r.retry and r.bounce then fail(where, "retry and bounce contradict each other") end
   if r.factor and (type(r.factor) ~= "number" or r.factor <= 0 or r.factor > 1) then
     fail(where, "factor must be in (0, 1]")
   end
@@ -155,7 +156,7 @@ local function rule(where, r)
     text = r.text and string.lower(r.text), text_pattern = r.text_pattern, stage = r.stage,
     answer = { rule = r.name, suspend_s = seconds(where, r.suspend), factor = r.factor,
       recover_s = seconds(where, r.recover), other_source = r.other_source == true,
-      retry = r.retry == true },
+      retry = r.retry == true, bounce = r.bounce == true },
   }
 end
 

@@ -340,10 +340,10 @@ async fn a_tarpit_destination_does_not_hold_up_the_others() {
             assert_eq!(c.send("a@shop.test", &to, &body).await.unwrap().code, 250);
         }
         // Give the tarpit's connections time to be opened and stuck: as many
-        // as a site may have (providers.toml's [defaults], 10).
+        // as a site may have ([delivery]'s max_connections_per_destination).
         assert!(
             crate::harness::wait_until(Duration::from_secs(10), || held.lock().unwrap().len()
-                >= 10)
+                >= 16)
             .await,
             "{backend:?}: the tarpit got {} connections",
             held.lock().unwrap().len()

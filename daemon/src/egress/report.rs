@@ -181,6 +181,10 @@ impl Delivery {
             (Some(c), None) => format!("{c} {}", attempt.message),
             _ => attempt.message.clone(),
         };
+        if let Some(shaping) = &attempt.shaping {
+            // The rule a throttling reply matched, for whoever reads events.
+            e.reason = format!("{} (shaping: {shaping})", e.reason);
+        }
         if state == RecipientState::Expired {
             e.reason = format!("gave up after the queue's maximum age: {}", e.reason);
         }
@@ -202,6 +206,9 @@ impl Delivery {
         if let Some(s) = signal {
             if s.retry && verdict == Verdict::Permanent {
                 verdict = Verdict::Temporary;
+            }
+            if s.bounce && verdict == Verdict::Temporary {
+                verdict = Verdict::Permanent;
             }
             attempt.shaping = Some(describe(s));
         }
@@ -264,6 +271,9 @@ fn describe(s: &Signal) -> String {
     }
     if s.retry {
         parts.push("retried".into());
+    }
+    if s.bounce {
+        parts.push("bounced".into());
     }
     parts.join(", ")
 }

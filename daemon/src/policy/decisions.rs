@@ -457,6 +457,9 @@ pub struct Signal {
     pub other_source: bool,
     /// A 5xx that is a throttle: retried, not bounced.
     pub retry: bool,
+    /// A 4xx that means the mail can never go (a listing that names the
+    /// message): the recipient bounces.
+    pub bounce: bool,
 }
 
 /// A hook's verdict, from a closed set: an answer Kiln does not understand

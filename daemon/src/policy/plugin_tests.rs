@@ -646,3 +646,142 @@ async fn the_example_policies_load_and_do_what_they_say() {
     let d: Option<Decision> = host.call("content_filter", &loud).await.expect("call");
     assert!(d.is_none());
 }
+
+/// The shipped throttling rules, as replies come from the providers, and
+/// an operator's rules tried before them.
+#[tokio::test]
+async fn egress_signals_match_the_providers_replies() {
+    let f = Fixture::new();
+    let host = f.host(
+        r#"return { config = { egress = { signals = {
+             { name = "isp-block", code = 451, text = "listed", bounce = true },
+           } } } }"#,
+    );
+    let signal = |code: u16, enhanced: &str, text: &str, stage: &str| {
+        let host = &host;
+        let info = json!({"code": code, "enhanced_code": enhanced, "text": text,
+            "stage": stage, "provider": "p", "source": "s"});
+        async move {
+            host.call::<_, Value>("egress_signal", &info)
+                .await
+                .expect("egress_signal runs")
+                .unwrap_or(Value::Null)
+        }
+    };
+    // (reply) -> (rule, suspend seconds, factor, other_source, retry, bounce)
+    let cases: &[(
+        u16,
+        &str,
+        &str,
+        &str,
+        Option<(&str, Option<f64>, Option<f64>, bool, bool, bool)>,
+    )] = &[
+        (
+            421,
+            "4.7.28",
+            "Our system has detected an unusual rate of unsolicited mail",
+            "rcpt",
+            Some(("gmail-rate", Some(600.0), Some(0.5), false, false, false)),
+        ),
+        (
+            421,
+            "4.7.0",
+            "Try again later, closing connection.",
+            "mail",
+            Some((
+                "gmail-try-later",
+                Some(60.0),
+                Some(0.5),
+                false,
+                false,
+                false,
+            )),
+        ),
+        (
+            421,
+            "4.7.0",
+            "[TSS04] Messages from 192.0.2.1 temporarily deferred",
+            "rcpt",
+            Some(("yahoo-tss04", Some(900.0), Some(0.5), false, false, false)),
+        ),
+        (
+            451,
+            "4.7.650",
+            "The mail server [192.0.2.1] has been temporarily rate limited",
+            "rcpt",
+            Some((
+                "microsoft-throttle",
+                Some(300.0),
+                Some(0.5),
+                false,
+                false,
+                false,
+            )),
+        ),
+        (
+            550,
+            "5.7.1",
+            "Unfortunately, messages from [192.0.2.1] weren't sent. (S3150)",
+            "rcpt",
+            Some((
+                "microsoft-s3150",
+                Some(900.0),
+                Some(0.5),
+                false,
+                true,
+                false,
+            )),
+        ),
+        (
+            421,
+            "",
+            "too many connections from your IP",
+            "connect",
+            Some(("too-many-connections", None, Some(0.5), false, false, false)),
+        ),
+        (
+            451,
+            "4.7.1",
+            "sender listed at example.org",
+            "rcpt",
+            Some(("isp-block", None, None, false, false, true)),
+        ),
+        // About the recipient, not the sender's pace: no signal.
+        (550, "5.1.1", "user unknown", "rcpt", None),
+        (452, "4.2.2", "mailbox full", "rcpt", None),
+    ];
+    for (code, enhanced, text, stage, want) in cases {
+        let got = signal(*code, enhanced, text, stage).await;
+        match want {
+            None => assert_eq!(got, Value::Null, "{code} {enhanced} {text}"),
+            Some((rule, suspend, factor, other, retry, bounce)) => {
+                assert_eq!(got["rule"], *rule, "{code} {enhanced} {text}: {got}");
+                assert_eq!(got["suspend_s"].as_f64(), *suspend, "{rule}: {got}");
+                assert_eq!(got["factor"].as_f64(), *factor, "{rule}: {got}");
+                assert_eq!(got["other_source"], *other, "{rule}");
+                assert_eq!(got["retry"], *retry, "{rule}");
+                assert_eq!(got["bounce"], *bounce, "{rule}");
+            }
+        }
+    }
+    // A rule that cannot mean anything fails the load, naming it.
+    for (bad, says) in [
+        (
+            r#"{ name = "x", code = 421, retry = true, bounce = true }"#,
+            "contradict",
+        ),
+        (r#"{ name = "x", suspend = "5m" }"#, "matches nothing"),
+        (r#"{ name = "x", code = 421, factor = 2 }"#, "factor"),
+        (
+            r#"{ name = "x", code = 421, suspnd = "5m" }"#,
+            "unknown field",
+        ),
+    ] {
+        let policy = format!("return {{ config = {{ egress = {{ signals = {{ {bad} }} }} }} }}");
+        let err = LuaHost::new(&f.settings(&policy), f.store.clone())
+            .err()
+            .unwrap_or_else(|| panic!("{bad} loaded"))
+            .to_string();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

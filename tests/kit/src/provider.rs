@@ -231,11 +231,23 @@ async fn session(st: &State, tcp: TcpStream, peer: IpAddr) {
             .await;
         return;
     }
-    let _ = talk(st, &mut conn, peer).await;
-    close(st, peer);
+    let mut counted = true;
+    let _ = talk(st, &mut conn, peer, &mut counted).await;
+    if counted {
+        close(st, peer);
+    }
 }
 
-async fn talk(st: &State, conn: &mut BufReader<TcpStream>, peer: IpAddr) -> std::io::Result<()> {
+/// One session. A connection stops counting as open when this side says
+/// goodbye (221, or a 421 that closes it), before the words leave: the
+/// sender may open the next one as soon as it reads them. `counted` says
+/// whether it still counts.
+async fn talk(
+    st: &State,
+    conn: &mut BufReader<TcpStream>,
+    peer: IpAddr,
+    counted: &mut bool,
+) -> std::io::Result<()> {
     conn.get_mut().write_all(b"220 sim ESMTP\r\n").await?;
     let mut line = String::new();
     let mut messages = 0;
@@ -297,12 +309,18 @@ async fn talk(st: &State, conn: &mut BufReader<TcpStream>, peer: IpAddr) -> std:
             rcpts.clear();
             "250 2.0.0 ok".into()
         } else if upper == "QUIT" {
+            close(st, peer);
+            *counted = false;
             conn.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
             return Ok(());
         } else {
             "500 5.5.2 what".into()
         };
         let over = reply.starts_with("421");
+        if over {
+            close(st, peer);
+            *counted = false;
+        }
         conn.get_mut().write_all(reply.as_bytes()).await?;
         conn.get_mut().write_all(b"\r\n").await?;
         if over {
