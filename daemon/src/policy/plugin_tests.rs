@@ -647,6 +647,16 @@ async fn the_example_policies_load_and_do_what_they_say() {
     assert!(d.is_none());
 }
 
+/// A reply (code, enhanced code, text, stage) and the action it should
+/// get: (rule, suspend seconds, factor, other_source, retry, bounce).
+type SignalCase<'a> = (
+    u16,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<(&'a str, Option<f64>, Option<f64>, bool, bool, bool)>,
+);
+
 /// The shipped throttling rules, as replies come from the providers, and
 /// an operator's rules tried before them.
 #[tokio::test]
@@ -669,13 +679,7 @@ async fn egress_signals_match_the_providers_replies() {
         }
     };
     // (reply) -> (rule, suspend seconds, factor, other_source, retry, bounce)
-    let cases: &[(
-        u16,
-        &str,
-        &str,
-        &str,
-        Option<(&str, Option<f64>, Option<f64>, bool, bool, bool)>,
-    )] = &[
+    let cases: &[SignalCase] = &[
         (
             421,
             "4.7.28",
