@@ -471,38 +471,6 @@ impl Shaper {
         Ok(paced)
     }
 
-    /// Counts a message in the pair's shortest window for the whole
-    /// cluster, waiting while the window is full. Each node checks its own
-    /// sends ([`Shape::space`]); this keeps two nodes' together within the
-    /// limit when one was late with a granted time (on Redis; the embedded
-    /// store is one node). A store that fails lets the message go: the
-    /// pace and this node's window still hold.
-    pub async fn cluster_window(&self, shape: &Shape, (limit, window): (u32, Duration)) {
-        if !matches!(self.store, Store::Redis(_)) {
-            return;
-        }
-        let window_us = window.div_f64(RATE_MARGIN).as_micros() as i64;
-        let member = format!("{:016x}", rand::random::<u64>());
-        let key = shape.key("egress:window");
-        loop {
-            match self
-                .store
-                .window_take(&key, limit, window_us, &member)
-                .await
-            {
-                Ok(0) => return,
-                Ok(wait_us) => {
-                    let wait = Duration::from_micros(wait_us.clamp(1, 1_000_000) as u64);
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "counting a message in the cluster's window failed");
-                    return;
-                }
-            }
-        }
-    }
-
     /// Takes one of the pair's connection slots for `holder`.
     pub async fn take_connection(
         &self,

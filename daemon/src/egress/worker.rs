@@ -274,11 +274,7 @@ impl Delivery {
             }
             let return_path = self.return_path(&job.entry).await;
             let permit = match e.window {
-                Some(window) => {
-                    let permit = shape.space(window).await;
-                    self.shaper.cluster_window(&shape, window).await;
-                    Some(permit)
-                }
+                Some(window) => Some(shape.space(window).await),
                 None => None,
             };
             self.attempt(&line, &mut held, &job, &e, (&body, &return_path), permit)

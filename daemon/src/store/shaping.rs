@@ -85,26 +85,6 @@ impl Store {
         }
     }
 
-    /// Counts a message leaving now in the cluster's window of `key`
-    /// (`window_us` long, `limit` messages): 0 when counted, else how long
-    /// (µs) until one falls out of the window. The embedded store is one
-    /// node, whose sender checks its own window: always 0 there.
-    pub async fn window_take(
-        &self,
-        key: &str,
-        limit: u32,
-        window_us: i64,
-        member: &str,
-    ) -> Result<i64> {
-        match self {
-            Store::Embedded(_) => Ok(0),
-            Store::Redis(s) => {
-                let now_us = self.now_ms() * 1000;
-                s.window_take(key, now_us, limit, window_us, member).await
-            }
-        }
-    }
-
     /// Takes one of `limit` slots of `key` for `holder` (already held: true).
     pub async fn slot_take(&self, key: &str, holder: &str, limit: u32) -> Result<bool> {
         match self {

@@ -59,7 +59,6 @@ pub struct RedisStore {
     renew: Script,
     pace: Script,
     slot_take: Script,
-    window_take: Script,
     /// Connection slots this node holds (set, holder): renewed in the
     /// background.
     held_slots: std::sync::Mutex<HashSet<(String, String)>>,
@@ -99,7 +98,6 @@ impl RedisStore {
             renew: Script::new(RENEW),
             pace: Script::new(PACE),
             slot_take: Script::new(SLOT_TAKE),
-            window_take: Script::new(WINDOW_TAKE),
             held_slots: std::sync::Mutex::new(HashSet::new()),
             held: std::sync::Mutex::new(HashSet::new()),
             lease_ms: std::sync::atomic::AtomicI64::new(0),

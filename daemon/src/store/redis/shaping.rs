@@ -38,27 +38,6 @@ impl RedisStore {
         })
     }
 
-    pub async fn window_take(
-        &self,
-        key: &str,
-        now_us: i64,
-        limit: u32,
-        window_us: i64,
-        member: &str,
-    ) -> Result<i64> {
-        let wait: i64 = self
-            .window_take
-            .key(self.shape_key(key))
-            .arg(now_us)
-            .arg(window_us)
-            .arg(limit)
-            .arg(member)
-            .arg(window_us / 1000 + 1000)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(wait)
-    }
-
     pub async fn slot_take(&self, key: &str, holder: &str, limit: u32) -> Result<bool> {
         let now = self.clock.now_ms();
         let took: i64 = self
