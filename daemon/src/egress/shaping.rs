@@ -151,11 +151,21 @@ pub fn effective(l: &Limits, t: &Throttle, now_ms: i64) -> Effective {
 /// dropped.
 pub struct SendPermit<'a> {
     sent: tokio::sync::MutexGuard<'a, VecDeque<Instant>>,
+    counts: bool,
+}
+
+impl SendPermit<'_> {
+    /// Gives the permit back unused: nothing is counted.
+    pub fn cancel(mut self) {
+        self.counts = false;
+    }
 }
 
 impl Drop for SendPermit<'_> {
     fn drop(&mut self) {
-        self.sent.push_back(Instant::now());
+        if self.counts {
+            self.sent.push_back(Instant::now());
+        }
     }
 }
 
@@ -228,7 +238,7 @@ impl Shape {
             tokio::time::sleep_until((*first + window).into()).await;
             sent.pop_front();
         }
-        SendPermit { sent }
+        SendPermit { sent, counts: true }
     }
 
     pub fn finished_attempt(&self) {

@@ -27,6 +27,12 @@ const SLOT_WAIT: Duration = Duration::from_secs(10);
 /// are not announced here).
 const SLOT_POLL: Duration = Duration::from_millis(200);
 
+/// How late after its granted send time a message may still leave (µs):
+/// half the slack the pace leaves in a second's window.
+const LATE_US: i64 = 10_000;
+/// Fresh send times a message takes before it goes back to the queue.
+const MAX_LATE_RETRIES: usize = 5;
+
 /// Names each worker's connection slot.
 static WORKERS: AtomicU64 = AtomicU64::new(0);
 
@@ -246,23 +252,6 @@ impl Delivery {
                 shape.finished_attempt();
                 continue;
             };
-            match self.shaper.message_time(&shape, &e).await {
-                Ok(None) => {}
-                Ok(Some(Paced::Granted(at))) => sleep_until_us(&self, at).await,
-                Ok(Some(Paced::NotBefore(at))) => {
-                    drop(running);
-                    let at_ms = at / 1000 - WAIT_AT_MOST.as_millis() as i64 / 2;
-                    self.send_back(&line, job, at_ms, step_ms, false).await;
-                    continue;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "pacing a message failed");
-                    drop(running);
-                    self.send_back(&line, job, now + 1_000, step_ms, false)
-                        .await;
-                    continue;
-                }
-            }
             if line.source.warmup
                 && let Counted::Full = self.warmup_count(&line.source.name, &shape.provider).await
             {
@@ -273,10 +262,12 @@ impl Delivery {
                 continue;
             }
             let return_path = self.return_path(&job.entry).await;
-            let permit = match e.window {
-                Some(window) => Some(shape.space(window).await),
-                None => None,
-            };
+            let (permit, back) = self.send_time(&shape, &e, now).await;
+            if let Some(at_ms) = back {
+                drop(running);
+                self.send_back(&line, job, at_ms, step_ms, false).await;
+                continue;
+            }
             self.attempt(&line, &mut held, &job, &e, (&body, &return_path), permit)
                 .await;
             shape.finished_attempt();
@@ -284,6 +275,47 @@ impl Delivery {
             drop(job);
         }
         held.close().await;
+    }
+
+    /// Waits for the message's send time: granted by the store (the pace,
+    /// shared by the nodes), then this node's window ([`Shape::space`]).
+    /// A message leaves at most [`LATE_US`] after the time it was granted:
+    /// a later one takes a fresh time, so the nodes' messages stay spaced
+    /// at the pace even when one of them was held up. Answers the permit
+    /// to send, or when to send the job back to the queue instead.
+    async fn send_time<'s>(
+        &self,
+        shape: &'s Shape,
+        e: &Effective,
+        now_ms: i64,
+    ) -> (Option<SendPermit<'s>>, Option<i64>) {
+        for _ in 0..MAX_LATE_RETRIES {
+            let granted = match self.shaper.message_time(shape, e).await {
+                Ok(None) => None,
+                Ok(Some(Paced::Granted(at))) => {
+                    sleep_until_us(self, at).await;
+                    Some(at)
+                }
+                Ok(Some(Paced::NotBefore(at))) => {
+                    return (None, Some(at / 1000 - WAIT_AT_MOST.as_millis() as i64 / 2));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "pacing a message failed");
+                    return (None, Some(now_ms + 1_000));
+                }
+            };
+            let Some(window) = e.window else {
+                return (None, None);
+            };
+            let permit = shape.space(window).await;
+            if granted.is_some_and(|at| self.shaper.now_ms() * 1000 - at > LATE_US) {
+                permit.cancel();
+                continue;
+            }
+            return (Some(permit), None);
+        }
+        // Held up again and again (a machine this busy): later, then.
+        (None, Some(now_ms + 1_000))
     }
 
     fn new_attempt(&self, line: &Line) -> Attempt {
