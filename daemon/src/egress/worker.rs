@@ -28,8 +28,9 @@ const SLOT_WAIT: Duration = Duration::from_secs(10);
 const SLOT_POLL: Duration = Duration::from_millis(200);
 
 /// How late after its granted send time a message may still leave (µs):
-/// half the slack the pace leaves in a second's window.
-const LATE_US: i64 = 10_000;
+/// the slack the pace leaves in a second's window (2 %), so any second
+/// still holds no more than the limit.
+const LATE_US: i64 = 20_000;
 /// Fresh send times a message takes before it goes back to the queue.
 const MAX_LATE_RETRIES: usize = 5;
 
