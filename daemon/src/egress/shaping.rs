@@ -421,13 +421,8 @@ impl Shaper {
         shape: &Shape,
         e: &Effective,
     ) -> Result<Option<Paced>, StoreError> {
-        match e.message_interval_us {
-            None => Ok(None),
-            Some(interval) => self
-                .paced(shape, &shape.messages, "egress:pace", interval)
-                .await
-                .map(Some),
-        }
+        self.paced(shape, &shape.messages, "egress:pace", e.message_interval_us)
+            .await
     }
 
     /// Like `message_time`, for opening a connection.
@@ -436,22 +431,27 @@ impl Shaper {
         shape: &Shape,
         e: &Effective,
     ) -> Result<Option<Paced>, StoreError> {
-        match e.connect_interval_us {
-            None => Ok(None),
-            Some(interval) => self
-                .paced(shape, &shape.connects, "egress:connects", interval)
-                .await
-                .map(Some),
-        }
+        self.paced(
+            shape,
+            &shape.connects,
+            "egress:connects",
+            e.connect_interval_us,
+        )
+        .await
     }
 
+    /// A send time on `block`'s limit (`what`), one `interval_us` after the
+    /// last; None when the limit sets no interval.
     async fn paced(
         &self,
         shape: &Shape,
         block: &tokio::sync::Mutex<Block>,
         what: &str,
-        interval_us: i64,
-    ) -> Result<Paced, StoreError> {
+        interval_us: Option<i64>,
+    ) -> Result<Option<Paced>, StoreError> {
+        let Some(interval_us) = interval_us else {
+            return Ok(None);
+        };
         let mut b = block.lock().await;
         let now_us = self.now_ms() * 1000;
         // Times held here are used unless the pace changed or they passed
@@ -460,7 +460,7 @@ impl Shaper {
             let at = b.next_us;
             b.next_us += interval_us;
             b.left -= 1;
-            return Ok(Paced::Granted(at));
+            return Ok(Some(Paced::Granted(at)));
         }
         let n = match &self.store {
             Store::Embedded(_) => 1,
@@ -478,7 +478,7 @@ impl Shaper {
                 interval_us,
             };
         }
-        Ok(paced)
+        Ok(Some(paced))
     }
 
     /// Takes one of the pair's connection slots for `holder`.
