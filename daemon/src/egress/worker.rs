@@ -309,7 +309,16 @@ impl Delivery {
                 return (None, None);
             };
             let permit = shape.space(window).await;
-            if granted.is_some_and(|at| self.shaper.now_ms() * 1000 - at > LATE_US) {
+            if let Some(at) = granted
+                && self.shaper.now_ms() * 1000 - at > LATE_US
+            {
+                tracing::debug!(
+                    target: "kiln::shaping",
+                    provider = %shape.provider,
+                    source = %shape.source,
+                    late_ms = self.shaper.now_ms() - at / 1000,
+                    "send time passed; taking a fresh one"
+                );
                 permit.cancel();
                 continue;
             }

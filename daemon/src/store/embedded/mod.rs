@@ -60,11 +60,32 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Embedded(e.to_string())
 }
 
+/// What scheduling needs of the queue, kept in memory: each entry's key
+/// and when it is due. The entries themselves are read from the file when
+/// they are leased, so a queue of a million costs a key and a time each.
 #[derive(Default)]
 struct QueueIndex {
-    ready: BTreeSet<(i64, String)>,
-    entries: HashMap<String, QueueEntry>,
-    leased: HashSet<String>,
+    ready: BTreeSet<(i64, Arc<str>)>,
+    /// Every queued entry → its due time as stored.
+    entries: HashMap<Arc<str>, i64>,
+    leased: HashSet<Arc<str>>,
+}
+
+impl QueueIndex {
+    /// Adds or updates an entry due at `ready_at_ms`.
+    fn insert(&mut self, key: &str, ready_at_ms: i64) {
+        let key = self.shared(key);
+        self.entries.insert(key.clone(), ready_at_ms);
+        self.ready.insert((ready_at_ms, key));
+    }
+
+    /// The index's own copy of `key`, if it holds one (one allocation per
+    /// entry, shared by its sets).
+    fn shared(&self, key: &str) -> Arc<str> {
+        self.entries
+            .get_key_value(key)
+            .map_or_else(|| Arc::from(key), |(k, _)| k.clone())
+    }
 }
 
 enum Op {
@@ -309,10 +330,7 @@ impl EmbeddedStore {
             for row in queue.iter().map_err(err)? {
                 let (k, v) = row.map_err(err)?;
                 let entry: QueueEntry = decode(k.value(), v.value())?;
-                index
-                    .ready
-                    .insert((entry.ready_at_ms, k.value().to_string()));
-                index.entries.insert(k.value().to_string(), entry);
+                index.insert(k.value(), entry.ready_at_ms);
             }
         }
         let db = Arc::new(db);

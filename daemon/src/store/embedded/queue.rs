@@ -36,33 +36,85 @@ impl EmbeddedStore {
         .await?;
         let mut index = self.index();
         for e in entries {
-            let key = e.key();
-            index.ready.insert((e.ready_at_ms, key.clone()));
-            index.entries.insert(key, e);
+            index.insert(&e.key(), e.ready_at_ms);
         }
         Ok(())
     }
 
     pub async fn lease(&self, max: usize) -> Result<Vec<QueueEntry>> {
         let now = self.clock.now_ms();
-        let mut index = self.index();
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(first) = index.ready.first() else {
-                break;
-            };
-            if first.0 > now {
-                break;
+        let keys = {
+            let mut index = self.index();
+            let mut keys = Vec::new();
+            while keys.len() < max {
+                match index.ready.first() {
+                    Some((at, _)) if *at <= now => {}
+                    _ => break,
+                }
+                let Some((_, key)) = index.ready.pop_first() else {
+                    break;
+                };
+                if index.entries.contains_key(&key) && index.leased.insert(key.clone()) {
+                    keys.push(key);
+                }
             }
-            let Some((_, key)) = index.ready.pop_first() else {
-                break;
+            keys
+        };
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Leased, so no one else changes them while they are read.
+        let read = self.db.begin_read().map_err(err);
+        let table = read.and_then(|r| r.open_table(QUEUE).map_err(err));
+        let table = match table {
+            Ok(t) => t,
+            Err(e) => {
+                self.unlease(&keys);
+                return Err(e);
+            }
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for key in &keys {
+            let row = match table.get(&**key) {
+                Ok(row) => row,
+                Err(e) => {
+                    self.unlease(&keys);
+                    return Err(err(e));
+                }
             };
-            if let Some(entry) = index.entries.get(&key).cloned() {
-                index.leased.insert(key);
-                out.push(entry);
+            match row.map(|v| decode::<QueueEntry>(key, v.value())) {
+                Some(Ok(entry)) => out.push(entry),
+                Some(Err(e)) => {
+                    // Left in the file for the operator; never leased again.
+                    tracing::error!(error = %e, "a queue entry cannot be read");
+                    missing.push(key.clone());
+                }
+                None => missing.push(key.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            // Gone from the file (leased entries are settled by their
+            // holder only, so never expected) or unreadable: forgotten.
+            let mut index = self.index();
+            for key in missing {
+                index.leased.remove(&key);
+                index.entries.remove(&key);
             }
         }
         Ok(out)
+    }
+
+    /// Puts leased keys back as they were, when they could not be read.
+    fn unlease(&self, keys: &[Arc<str>]) {
+        let mut index = self.index();
+        for key in keys {
+            if index.leased.remove(key)
+                && let Some(at) = index.entries.get(key).copied()
+            {
+                index.ready.insert((at, key.clone()));
+            }
+        }
     }
 
     pub fn next_ready_ms(&self) -> Option<i64> {
@@ -77,13 +129,9 @@ impl EmbeddedStore {
         let mut index = self.index();
         for e in entries {
             let key = e.key();
-            if index.leased.remove(&key) {
-                let ready = index
-                    .entries
-                    .get(&key)
-                    .map(|e| e.ready_at_ms)
-                    .unwrap_or(e.ready_at_ms);
-                index.ready.insert((ready, key));
+            let at = index.entries.get(key.as_str()).copied();
+            if let Some(key) = index.leased.take(key.as_str()) {
+                index.ready.insert((at.unwrap_or(e.ready_at_ms), key));
             }
         }
     }
@@ -93,8 +141,7 @@ impl EmbeddedStore {
     pub fn park(&self, entries: &[QueueEntry]) {
         let mut index = self.index();
         for e in entries {
-            let key = e.key();
-            if index.leased.remove(&key) {
+            if let Some(key) = index.leased.take(e.key().as_str()) {
                 index.ready.insert((e.ready_at_ms, key));
             }
         }
@@ -137,14 +184,11 @@ impl EmbeddedStore {
             self.submit(Op::Many(ops)).await?;
         }
         let mut index = self.index();
-        index.leased.remove(&key);
+        index.leased.remove(key.as_str());
         match retry_entry {
-            Some(next) => {
-                index.ready.insert((next.ready_at_ms, key.clone()));
-                index.entries.insert(key, next);
-            }
+            Some(next) => index.insert(&key, next.ready_at_ms),
             None => {
-                index.entries.remove(&key);
+                index.entries.remove(key.as_str());
             }
         }
         Ok(())
