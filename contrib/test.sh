@@ -38,4 +38,14 @@ if ! python3 -c "import tencentcloud.ses" >/dev/null 2>&1; then
   fi
 fi
 
+# The Prometheus project's parser reads the metrics in the tests.
+if ! python3 -c "import prometheus_client.openmetrics.parser" >/dev/null 2>&1; then
+  echo "contrib/test.sh: installing prometheus-client (Python)" >&2
+  if ! python3 -m pip install -q prometheus-client; then
+    echo "contrib/test.sh: could not install the Prometheus Python client." >&2
+    echo "  Install it with: python3 -m pip install prometheus-client" >&2
+    exit 1
+  fi
+fi
+
 exec cargo test --workspace "$@"

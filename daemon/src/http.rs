@@ -1,6 +1,6 @@
 //! The HTTP listener's routes, from the rooms that answer them: the SES
 //! API (intake), the tracking and unsubscribe pages (feedback), the admin
-//! endpoints (ops), and health.
+//! endpoints and the metrics (ops), and health.
 
 use crate::services::Services;
 use axum::Router;
@@ -22,6 +22,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/healthz", get(health))
         .merge(crate::feedback::endpoints::routes())
         .merge(crate::ops::admin::routes(&services))
+        .merge(crate::ops::scrape::routes())
         .with_state(services)
 }
 

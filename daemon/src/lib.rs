@@ -72,6 +72,7 @@
 //! | **`ops`** | **operating a node** |
 //! | `ops::admin` | the endpoints the `kiln` subcommands use |
 //! | `ops::admin_auth` | who may use them |
+//! | `ops::scrape` | `GET /metrics` for Prometheus, to loopback and named networks |
 //! | **`policy`** | **Lua decides, Rust does** |
 //! | `policy::lua_host` | one sandboxed Lua state with the `kiln` API and plugins |
 //! | `policy::lua_raw` | tables across the C API for the hot hooks |
@@ -104,6 +105,7 @@
 //! | `config::load` | the file, then the environment |
 //! | `config::problems` | what deserialising cannot tell |
 //! | `clock` | Kiln's time: the system's, or a test's |
+//! | `metrics` | what every stage counts, in the Prometheus text format |
 //! | `message` | reading a message's header, no I/O |
 //! | `address` | mail addresses (RFC 5321, 6531) |
 //! | `dns` | MX lookup: where mail for a domain goes |
@@ -143,6 +145,7 @@ pub mod http;
 pub mod intake;
 pub mod line_io;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod policy;

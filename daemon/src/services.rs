@@ -57,6 +57,9 @@ pub trait EgressView: Send + Sync {
     /// Every (provider, source) this node has sent to: its limits, what
     /// throttling signals did to it, its warm-up state.
     fn shaping(&self) -> futures_like::BoxFuture<'_, Vec<serde_json::Value>>;
+    /// Sets the metrics read at scrape time: shaping state per (provider,
+    /// source), queue entries held in lines per provider.
+    fn set_gauges(&self);
 }
 
 /// A boxed future, without a crate for one type.

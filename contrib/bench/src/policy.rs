@@ -152,6 +152,7 @@ async fn run(args: &Args, script: &str, redis: Option<&RedisServer>) {
                     now: kiln::clock::system_now_ms(),
                     trigger_type: "regular",
                     require_tls: false,
+                    door: "smtp",
                     origin: "bench".into(),
                     template_id: String::new(),
                     task_id: String::new(),

@@ -325,6 +325,9 @@ pub struct SmtpSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
+    /// Networks (CIDR) besides loopback whose clients may read
+    /// `GET /metrics`, e.g. the Prometheus server's.
+    pub metrics_networks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -490,6 +493,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_networks: Vec::new(),
         }
     }
 }

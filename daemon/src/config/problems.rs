@@ -46,6 +46,13 @@ impl Settings {
                 }
             }
         }
+        for (i, net) in self.http.metrics_networks.iter().enumerate() {
+            if crate::net::Cidr::parse(net).is_none() {
+                out.push(format!(
+                    "http.metrics_networks[{i}]: {net:?} is not a CIDR network"
+                ));
+            }
+        }
         for (i, net) in self.smtp.literal_networks.iter().enumerate() {
             if crate::net::Cidr::parse(net).is_none() {
                 out.push(format!(

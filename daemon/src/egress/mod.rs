@@ -195,9 +195,9 @@ impl Delivery {
         &self,
         plan: &Plan,
         entry: &QueueEntry,
-        provider: &Arc<str>,
-        limits: Limits,
+        dest: &plan::Destination,
     ) -> Result<Arc<Source>, i64> {
+        let provider = &dest.provider;
         if let Some(ip) = entry.source_ip {
             // A source the policy named by address for this message.
             return Ok(match plan.source_with_address(ip) {
@@ -230,7 +230,12 @@ impl Delivery {
             }
             let t = self
                 .shaper
-                .shape(provider, &source.name, limits)
+                .shape(
+                    provider,
+                    &source.name,
+                    dest.limits,
+                    dest.provider != dest.site,
+                )
                 .throttle_cached();
             if t.other_source && t.suspended(now) {
                 back_at = back_at.min(t.suspended_until_ms);
@@ -264,7 +269,7 @@ impl Delivery {
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let dest = plan.destination(&names);
         let mut entry = job.entry;
-        let source = match self.choose_source(&plan, &entry, &dest.provider, dest.limits) {
+        let source = match self.choose_source(&plan, &entry, &dest) {
             Ok(s) => s,
             Err(back_at) => {
                 // Spread over a second, so they do not all come back at once.
@@ -272,7 +277,12 @@ impl Delivery {
                 return Some(entry);
             }
         };
-        let shape = self.shaper.shape(&dest.provider, &source.name, dest.limits);
+        let shape = self.shaper.shape(
+            &dest.provider,
+            &source.name,
+            dest.limits,
+            dest.provider != dest.site,
+        );
         let key = (dest.site.clone(), source.name.clone());
         let line = {
             let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
@@ -380,7 +390,8 @@ impl Delivery {
             source: None,
             shaping: None,
         };
-        self.settle(&job.entry, verdict, attempt, None).await;
+        self.settle(&job.entry, verdict, attempt, None, "none")
+            .await;
     }
 
     /// After shutdown: waits for running attempts, then gives queued but
@@ -443,6 +454,41 @@ impl Delivery {
 impl crate::services::EgressView for Delivery {
     fn shaping(&self) -> crate::services::futures_like::BoxFuture<'_, Vec<serde_json::Value>> {
         Box::pin(self.shaping_view())
+    }
+
+    fn set_gauges(&self) {
+        let now = self.shaper.now_ms();
+        let m = crate::metrics::get();
+        m.shaping_suspended.clear();
+        m.shaping_factor.clear();
+        for shape in self.shaper.shapes() {
+            let t = shape.throttle_cached();
+            let pair = crate::metrics::Pair {
+                provider: shape.label.clone(),
+                source: shape.source.to_string(),
+            };
+            // Sites share the `other` label: the strictest state shows.
+            let suspended = m.shaping_suspended.get_or_create(&pair);
+            suspended.set(suspended.get().max(i64::from(t.suspended(now))));
+            let factor = m.shaping_factor.get_or_create(&pair);
+            let f = t.factor_at(now);
+            if factor.get() == 0.0 || f < factor.get() {
+                factor.set(f);
+            }
+        }
+        m.line_jobs.clear();
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        for line in lines.values() {
+            let held = {
+                let st = line.lock();
+                st.jobs.len() + st.taken
+            };
+            m.line_jobs
+                .get_or_create(&crate::metrics::Provider {
+                    provider: line.shape.label.clone(),
+                })
+                .inc_by(held as i64);
+        }
     }
 }
 

@@ -201,6 +201,7 @@ impl Delivery {
         verdict: Verdict,
         mut attempt: Attempt,
         signal: Option<&Signal>,
+        provider: &str,
     ) {
         let (mut verdict, class) = self.classify(entry, verdict, &mut attempt).await;
         if let Some(s) = signal {
@@ -240,6 +241,7 @@ impl Delivery {
             &attempt,
         );
         self.report_outcome(entry, state, class.as_ref());
+        let counted = AttemptCount::new(provider, state, class.as_ref(), &attempt);
         let also = match &event {
             Some(e) => self.events.writes_for(e).await,
             None => Vec::new(),
@@ -250,9 +252,79 @@ impl Delivery {
             .settle(entry, decision, attempt, &also)
             .await
             .is_ok()
-            && let Some(event) = &event
         {
-            crate::feedback::events::Events::log(event);
+            counted.record();
+            if let Some(event) = &event {
+                crate::feedback::events::Events::log(event);
+            }
+        }
+    }
+}
+
+/// An attempt as the metrics count it (once its outcome is recorded): by
+/// result, provider and source, its duration, and a bounce by type and
+/// class.
+struct AttemptCount {
+    result: Option<&'static str>,
+    provider: String,
+    source: String,
+    seconds: f64,
+    bounce: Option<(&'static str, String)>,
+}
+
+impl AttemptCount {
+    fn new(
+        provider: &str,
+        state: RecipientState,
+        class: Option<&BounceClass>,
+        attempt: &Attempt,
+    ) -> AttemptCount {
+        let result = match state {
+            RecipientState::Delivered => Some("delivered"),
+            RecipientState::Deferred => Some("deferred"),
+            RecipientState::Bounced => Some("bounced"),
+            RecipientState::Expired => Some("expired"),
+            RecipientState::Queued | RecipientState::Dropped => None,
+        };
+        let bounce_type = match state {
+            RecipientState::Bounced if class.is_some_and(|c| c.class != "hard") => Some("soft"),
+            RecipientState::Bounced => Some("hard"),
+            RecipientState::Expired => Some("soft"),
+            _ => None,
+        };
+        let class = match (state, class) {
+            (RecipientState::Expired, _) => "expired".to_string(),
+            (_, Some(c)) => crate::metrics::class_label(&c.class),
+            (_, None) => "unclassified".to_string(),
+        };
+        AttemptCount {
+            result,
+            provider: provider.to_string(),
+            source: attempt.source.clone().unwrap_or_else(|| "none".into()),
+            seconds: attempt.duration_ms as f64 / 1000.0,
+            bounce: bounce_type.map(|t| (t, class)),
+        }
+    }
+
+    fn record(self) {
+        let Some(result) = self.result else { return };
+        let m = crate::metrics::get();
+        m.attempt_seconds
+            .get_or_create(&crate::metrics::Provider {
+                provider: self.provider.clone(),
+            })
+            .observe(self.seconds);
+        m.attempts
+            .get_or_create(&crate::metrics::AttemptResult {
+                result,
+                provider: self.provider,
+                source: self.source,
+            })
+            .inc();
+        if let Some((bounce_type, class)) = self.bounce {
+            m.bounces
+                .get_or_create(&crate::metrics::BounceClass { bounce_type, class })
+                .inc();
         }
     }
 }

@@ -181,6 +181,8 @@ struct Block {
 pub struct Shape {
     pub provider: Arc<str>,
     pub source: Arc<str>,
+    /// The provider as a metrics label (`other` for a site).
+    pub label: String,
     limits: Mutex<Limits>,
     throttle: Mutex<(Throttle, Option<Instant>)>,
     messages: tokio::sync::Mutex<Block>,
@@ -290,7 +292,14 @@ impl Shaper {
     }
 
     /// The shape of (provider, source), its limits brought up to date.
-    pub fn shape(&self, provider: &Arc<str>, source: &Arc<str>, limits: Limits) -> Arc<Shape> {
+    /// `named`: the plan names the provider (else it is a site).
+    pub fn shape(
+        &self,
+        provider: &Arc<str>,
+        source: &Arc<str>,
+        limits: Limits,
+        named: bool,
+    ) -> Arc<Shape> {
         let mut shapes = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
         let shape = shapes
             .entry((provider.clone(), source.clone()))
@@ -298,6 +307,7 @@ impl Shaper {
                 Arc::new(Shape {
                     provider: provider.clone(),
                     source: source.clone(),
+                    label: crate::metrics::provider_label(provider, named),
                     limits: Mutex::new(limits),
                     throttle: Mutex::new((Throttle::default(), None)),
                     messages: Default::default(),
@@ -387,6 +397,14 @@ impl Shaper {
             suspended_until_ms: t.suspended_until_ms,
             factor: t.factor_at(now),
         });
+        crate::metrics::get()
+            .shaping_signals
+            .get_or_create(&crate::metrics::SignalRule {
+                provider: shape.label.clone(),
+                source: shape.source.to_string(),
+                rule: s.rule.clone(),
+            })
+            .inc();
         tracing::warn!(
             target: "kiln::shaping",
             provider = %shape.provider,

@@ -406,8 +406,14 @@ impl Delivery {
                     }
                     None => None,
                 };
-                self.settle(entry, f.verdict, attempt, signal.as_ref())
-                    .await;
+                self.settle(
+                    entry,
+                    f.verdict,
+                    attempt,
+                    signal.as_ref(),
+                    &line.shape.label,
+                )
+                .await;
                 Err(Ended::Settled)
             }
         }
@@ -426,7 +432,8 @@ impl Delivery {
             Err(err) => (Verdict::Temporary, format!("store: {err}")),
         };
         attempt.message = message;
-        self.settle(&job.entry, verdict, attempt, None).await;
+        self.settle(&job.entry, verdict, attempt, None, &line.shape.label)
+            .await;
         None
     }
 
@@ -489,7 +496,8 @@ impl Delivery {
         } else if unfit || signal.is_some() || held.sent >= e.messages_per_connection {
             held.close().await;
         }
-        self.settle(entry, verdict, attempt, signal.as_ref()).await;
+        self.settle(entry, verdict, attempt, signal.as_ref(), &line.shape.label)
+            .await;
     }
 
     async fn signal_for(

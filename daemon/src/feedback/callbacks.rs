@@ -314,6 +314,8 @@ impl Callbacks {
             let now_bucket = self.ses.store.now_ms().div_euclid(BUCKET_MS);
             let mut all_empty_so_far = true;
             let mut b = cursor;
+            // Due jobs seen this pass, and the oldest bucket holding one.
+            let (mut due, mut oldest) = (0usize, None);
             while b <= now_bucket && !stop.is_cancelled() {
                 let ids = match store.set_members(&bucket_key(b)).await {
                     Ok(ids) => ids,
@@ -328,6 +330,8 @@ impl Callbacks {
                     }
                 } else {
                     all_empty_so_far = false;
+                    due += ids.len();
+                    oldest.get_or_insert(b);
                     // Jobs this node is already on are not read again.
                     let fresh: Vec<String> = {
                         let mut working = self.working();
@@ -363,6 +367,11 @@ impl Callbacks {
             }
             // Never past the current bucket: jobs filed now land there.
             cursor = cursor.min(now_bucket);
+            let m = crate::metrics::get();
+            m.callbacks_pending.set(due as i64);
+            m.callback_oldest_seconds.set(oldest.map_or(0.0, |b| {
+                ((self.ses.store.now_ms() - b * BUCKET_MS).max(0)) as f64 / 1000.0
+            }));
         }
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
@@ -486,7 +495,11 @@ impl Callbacks {
         for job in &mut jobs {
             self.format(job).await;
         }
+        let started = std::time::Instant::now();
         let outcome = self.post(&jobs).await;
+        if !jobs.is_empty() {
+            crate::metrics::observe(&crate::metrics::get().callback_seconds, started.elapsed());
+        }
         for job in jobs {
             writes.extend(self.finish(bucket, job, &outcome));
         }
@@ -500,8 +513,15 @@ impl Callbacks {
     /// `max_age`.
     fn finish(&self, bucket: i64, mut job: Job, outcome: &Result<(), String>) -> Vec<Write> {
         let gone = |job: &Job| vec![Write::Delete(job_key(&job.id)), unfiled(bucket, &job.id)];
+        let count = |result: &'static str| {
+            crate::metrics::get()
+                .callbacks
+                .get_or_create(&crate::metrics::CallbackResult { result })
+                .inc();
+        };
         let why = match outcome {
             Ok(()) => {
+                count("sent");
                 tracing::debug!(callback = %job.id, url = %job.url, attempts = job.attempts + 1, "callback delivered");
                 return gone(&job);
             }
@@ -512,11 +532,13 @@ impl Callbacks {
         let mut writes = vec![Write::Delete(lock_key(&job.id))];
         if now - job.created_at_ms >= self.settings.max_age.as_millis() as i64 {
             tracing::error!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, "callback given up");
+            count("dropped");
             writes.extend(gone(&job));
         } else {
             job.next_at_ms =
                 now + backoff(self.settings.retry_base_ms, job.attempts).as_millis() as i64;
             tracing::info!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, retry_in_ms = job.next_at_ms - now, "callback failed; will retry");
+            count("failed");
             writes.extend(self.filing(&job, Some(bucket)));
         }
         writes

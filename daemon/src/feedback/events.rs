@@ -84,6 +84,12 @@ impl Events {
 
     /// The structured log line of an event.
     pub fn log(e: &Event) {
+        crate::metrics::get()
+            .events
+            .get_or_create(&crate::metrics::EventType {
+                event: e.event.clone(),
+            })
+            .inc();
         tracing::info!(
             target: "kiln::event",
             event = %e.event,

@@ -220,9 +220,53 @@ async fn may_send_as(ctx: &Services, account: &str, domain: &str) -> Result<bool
     })
 }
 
+impl Refusal {
+    /// The reason as a metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Content(d) if d.is_defer() => "content_deferred",
+            Refusal::Content(_) => "content",
+            Refusal::Limits(_) => "limits",
+            Refusal::AllDropped(_) => "all_recipients_dropped",
+            Refusal::ForeignDomain { .. } => "foreign_domain",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::TooBig(_) => "too_big",
+            Refusal::PolicyUnavailable => "policy_unavailable",
+            Refusal::Signing => "signing",
+            Refusal::Store => "store",
+        }
+    }
+}
+
 /// Runs the policy, signs, and makes the message durable. Ok means it is in
 /// the queue (or every recipient has a final status).
 pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
+    let door = s.door;
+    let admitted = admit_counted(ctx, s).await;
+    let m = crate::metrics::get();
+    match &admitted {
+        Ok(a) => {
+            let label = crate::metrics::Door { door };
+            m.accepted.get_or_create(&label).inc();
+            m.recipients_queued
+                .get_or_create(&label)
+                .inc_by(a.queued as u64);
+        }
+        Err(r) => count_refused(door, r.label()),
+    }
+    admitted
+}
+
+/// Counts a message refused at `door` (also by a door itself, before
+/// admission: an SMTP DATA too big or with a bad line).
+pub fn count_refused(door: &'static str, reason: &'static str) {
+    crate::metrics::get()
+        .refused
+        .get_or_create(&crate::metrics::Refused { door, reason })
+        .inc();
+}
+
+async fn admit_counted(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
     check_message(ctx, &s).await?;
     let verdict = apply_policy(&ctx.policy, &s).await?;
     let mut message = s.message;

@@ -166,6 +166,7 @@ async fn send_one(ctx: &Services, t: &Task, e: &ReceiverEntry) -> Outcome {
         recipients: vec![e.email.clone()],
         trigger_type: "batch",
         require_tls: false,
+        door: "batch",
         origin: format!("batch task {}", t.id),
         template_id: t.template_id.to_string(),
         task_id: t.id.to_string(),

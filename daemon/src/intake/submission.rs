@@ -23,6 +23,8 @@ pub struct Submission {
     /// regular | trigger | batch
     pub trigger_type: &'static str,
     pub require_tls: bool,
+    /// The door it came in by: smtp, api or batch (a metrics label).
+    pub door: &'static str,
     /// Where it came from, for the log: an SMTP peer, an API request, a
     /// batch task.
     pub origin: String,
@@ -50,6 +52,8 @@ pub struct Envelope {
     pub recipients: Vec<String>,
     pub trigger_type: &'static str,
     pub require_tls: bool,
+    /// smtp | api | batch
+    pub door: &'static str,
     pub origin: String,
     pub template_id: String,
     pub task_id: String,
@@ -70,6 +74,7 @@ impl Submission {
             now: trace.now_ms,
             trigger_type: envelope.trigger_type,
             require_tls: envelope.require_tls,
+            door: envelope.door,
             origin: envelope.origin,
             template_id: envelope.template_id,
             task_id: envelope.task_id,
@@ -139,6 +144,7 @@ mod tests {
             recipients: vec!["r@x.test".into()],
             trigger_type: "regular",
             require_tls: false,
+            door: "smtp",
             origin: "test".into(),
             template_id: String::new(),
             task_id: String::new(),

@@ -1,5 +1,7 @@
 //! Operations: the admin endpoints the `kiln` subcommands use (`admin`),
-//! and who may use them (`admin_auth`).
+//! who may use them (`admin_auth`), and the metrics for Prometheus
+//! (`scrape`).
 
 pub mod admin;
 pub mod admin_auth;
+pub mod scrape;

@@ -181,10 +181,16 @@ impl Engine {
             slot,
             engine: self,
         };
-        match &guard.host {
+        let started = std::time::Instant::now();
+        let answer = match &guard.host {
             Some(host) => host.call_at(at, hook, arg).await,
             None => Ok(None),
-        }
+        };
+        let m = crate::metrics::get();
+        let label = crate::metrics::Hook { hook };
+        m.hook_calls.get_or_create(&label).inc();
+        crate::metrics::observe(&m.hook_seconds.get_or_create(&label), started.elapsed());
+        answer
     }
 
     /// A free Lua state, waiting for one if all are busy (on Redis a call
@@ -353,6 +359,10 @@ impl Policy {
 
     fn count_error(&self, hook: &'static str, e: &PolicyError) {
         tracing::error!(target: "kiln::policy", hook, error = %e, "policy hook failed");
+        crate::metrics::get()
+            .hook_errors
+            .get_or_create(&crate::metrics::Hook { hook })
+            .inc();
         *self
             .errors
             .lock()

@@ -160,6 +160,13 @@ impl mail_auth::common::crypto::SigningKey for SmallRsaKey {
 }
 
 impl Signer {
+    fn algorithm(&self) -> &'static str {
+        match self {
+            Signer::Rsa(_) | Signer::SmallRsa(_) => "rsa-sha256",
+            Signer::Ed25519(_) => "ed25519-sha256",
+        }
+    }
+
     fn sign(&self, message: &[u8]) -> Result<String, DkimError> {
         let sig = match self {
             Signer::Rsa(s) => s.sign(message),
@@ -356,6 +363,12 @@ impl DkimSigners {
         let mut headers = String::new();
         for s in signers.iter() {
             headers.push_str(&s.sign(message)?);
+            crate::metrics::get()
+                .dkim_signatures
+                .get_or_create(&crate::metrics::Algorithm {
+                    algorithm: s.algorithm(),
+                })
+                .inc();
         }
         Ok(Some(headers))
     }

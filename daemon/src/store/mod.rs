@@ -126,6 +126,17 @@ impl RecipientState {
     }
 }
 
+/// Queue entries by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    /// Due now, not taken yet.
+    pub due: u64,
+    /// Due later (a next try, a scheduled or parked entry).
+    pub waiting: u64,
+    /// Taken by a node for an attempt.
+    pub leased: u64,
+}
+
 /// One delivery attempt, as reported by `kiln status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attempt {
@@ -278,10 +289,25 @@ impl Store {
 
     /// Durable when it returns: the caller may then acknowledge the message.
     pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
-        match self {
+        let started = std::time::Instant::now();
+        let done = match self {
             Store::Embedded(s) => s.enqueue(msg).await,
             Store::Redis(s) => s.enqueue(msg).await,
-        }
+        };
+        self.count_write("enqueue", started);
+        done
+    }
+
+    fn count_write(&self, op: &'static str, started: std::time::Instant) {
+        crate::metrics::observe(
+            &crate::metrics::get()
+                .store_seconds
+                .get_or_create(&crate::metrics::StoreOp {
+                    store: self.backend_name(),
+                    op,
+                }),
+            started.elapsed(),
+        );
     }
 
     /// Leases up to `max` entries whose time has come, for `lease` long.
@@ -316,10 +342,13 @@ impl Store {
         disposition: Disposition,
         also: &[Write],
     ) -> Result<()> {
-        match self {
+        let started = std::time::Instant::now();
+        let done = match self {
             Store::Embedded(s) => s.settle(entry, disposition, also).await,
             Store::Redis(s) => s.settle(entry, disposition, also).await,
-        }
+        };
+        self.count_write("settle", started);
+        done
     }
 
     /// Rewrites one recipient's status record (an outcome learnt after the
@@ -376,6 +405,14 @@ impl Store {
         match self {
             Store::Embedded(s) => s.status(msg_id).await,
             Store::Redis(s) => s.status(msg_id).await,
+        }
+    }
+
+    /// Queue entries not yet final (all nodes), by state.
+    pub async fn queue_counts(&self) -> Result<QueueCounts> {
+        match self {
+            Store::Embedded(s) => Ok(s.queue_counts()),
+            Store::Redis(s) => s.queue_counts().await,
         }
     }
 

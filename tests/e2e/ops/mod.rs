@@ -1,3 +1,4 @@
-//! Operations: the kiln command line.
+//! Operations: the kiln command line, the metrics.
 
 mod cli;
+mod metrics;

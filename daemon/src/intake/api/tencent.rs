@@ -148,6 +148,7 @@ pub async fn handle(
                 )
             };
             tracing::info!(%request_id, code = %error.code, message = %error.message, "API request refused");
+            count(&headers, error.code.clone());
             return envelope(&request_id, Err(error));
         }
     };
@@ -186,7 +187,21 @@ pub async fn handle(
             }
         }
     }
+    let code = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.code.clone(),
+    };
+    count(&headers, code);
     envelope(&request_id, result)
+}
+
+/// Counts a request by action (one Kiln knows, else `unknown`) and code.
+fn count(headers: &HeaderMap, code: String) {
+    let action = header(headers, "x-tc-action").map_or("unknown", |a| super::ses::action_label(&a));
+    crate::metrics::get()
+        .api_requests
+        .get_or_create(&crate::metrics::ApiRequest { action, code })
+        .inc();
 }
 
 /// The action and the account name of a correctly signed request.

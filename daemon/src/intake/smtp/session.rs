@@ -7,6 +7,7 @@ use super::auth_throttle;
 use super::parser::{Command, ParseError, parse_command};
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::intake::admission::Refusal;
+use crate::intake::admission::count_refused;
 use crate::intake::submission::{Envelope, Submission, Trace};
 use crate::line_io::{Data, LineError, LineIo};
 use crate::net::domain_of;
@@ -98,7 +99,17 @@ impl Session {
         }
     }
 
-    pub async fn run(mut self, mut io: LineIo) {
+    pub async fn run(mut self, io: LineIo) {
+        self.converse(io).await;
+        crate::metrics::get()
+            .smtp_sessions
+            .get_or_create(&crate::metrics::Tls {
+                tls: if self.tls { "yes" } else { "no" },
+            })
+            .inc();
+    }
+
+    async fn converse(&mut self, mut io: LineIo) {
         let conn = ConnectInfo {
             ip: self.peer.ip().to_string(),
             port: self.peer.port(),
@@ -356,12 +367,19 @@ impl Session {
                                 let reply = self.accept(body).await;
                                 self.reply(io, &reply);
                             }
-                            Ok(Data::TooBig) => self.reply(
-                                io,
-                                "552 5.3.4 Message size exceeds fixed maximum message size",
-                            ),
-                            Ok(Data::LineTooLong) => self.reply(io, LINE_TOO_LONG),
+                            Ok(Data::TooBig) => {
+                                count_refused("smtp", "too_big");
+                                self.reply(
+                                    io,
+                                    "552 5.3.4 Message size exceeds fixed maximum message size",
+                                )
+                            }
+                            Ok(Data::LineTooLong) => {
+                                count_refused("smtp", "malformed");
+                                self.reply(io, LINE_TOO_LONG)
+                            }
                             Ok(Data::BareLineEnding { framed }) => {
+                                count_refused("smtp", "malformed");
                                 tracing::info!(peer = %self.peer, framed, "bare LF or CR in DATA, message refused");
                                 self.reply(io, BARE_LINE_ENDING);
                                 if !framed {
@@ -644,6 +662,7 @@ impl Session {
             recipients: self.rcpt_to.clone(),
             trigger_type: "regular",
             require_tls: self.require_tls,
+            door: "smtp",
             origin: self.peer.to_string(),
             template_id: String::new(),
             task_id: String::new(),

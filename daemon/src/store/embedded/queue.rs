@@ -121,6 +121,18 @@ impl EmbeddedStore {
         self.index().ready.first().map(|(t, _)| *t)
     }
 
+    pub fn queue_counts(&self) -> crate::store::QueueCounts {
+        let now = self.clock.now_ms();
+        let index = self.index();
+        let ready = index.ready.len() as u64;
+        let due = index.ready.iter().take_while(|(at, _)| *at <= now).count() as u64;
+        crate::store::QueueCounts {
+            due,
+            waiting: ready - due,
+            leased: index.leased.len() as u64,
+        }
+    }
+
     pub fn queue_len(&self) -> u64 {
         self.index().entries.len() as u64
     }

@@ -215,6 +215,21 @@ impl RedisStore {
         }))
     }
 
+    pub async fn queue_counts(&self) -> Result<crate::store::QueueCounts> {
+        let now = self.clock.now_ms();
+        let (due, waiting, leased): (u64, u64, u64) = redis::pipe()
+            .zcount(self.q("ready"), "-inf", now)
+            .zcount(self.q("ready"), format!("({now}"), "+inf")
+            .zcard(self.q("leased"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(crate::store::QueueCounts {
+            due,
+            waiting,
+            leased,
+        })
+    }
+
     pub async fn queue_len(&self) -> Result<u64> {
         Ok(self.conn.clone().hlen(self.q("entries")).await?)
     }

@@ -27,6 +27,56 @@ pub struct Call<'a> {
 }
 
 /// Runs `action`; None when Kiln does not have it (yet).
+/// The actions [`dispatch`] answers.
+const ACTIONS: [&str; 36] = [
+    "CreateEmailIdentity",
+    "GetEmailIdentity",
+    "ListEmailIdentities",
+    "UpdateEmailIdentity",
+    "DeleteEmailIdentity",
+    "CreateEmailAddress",
+    "ListEmailAddress",
+    "DeleteEmailAddress",
+    "UpdateEmailSmtpPassWord",
+    "CreateEmailTemplate",
+    "GetEmailTemplate",
+    "ListEmailTemplates",
+    "UpdateEmailTemplate",
+    "DeleteEmailTemplate",
+    "SendEmail",
+    "GetSendEmailStatus",
+    "GetStatisticsReport",
+    "GetAbuseReport",
+    "CreateReceiver",
+    "CreateReceiverDetail",
+    "CreateReceiverDetailWithData",
+    "ListReceivers",
+    "ListReceiverDetails",
+    "DeleteReceiver",
+    "BatchSendEmail",
+    "ListSendTasks",
+    "ListBlackEmailAddress",
+    "DeleteBlackList",
+    "CreateCustomBlacklist",
+    "ListCustomBlacklist",
+    "UpdateCustomBlackList",
+    "DeleteCustomBlackList",
+    "CreateAddressUnsubscribeConfig",
+    "ListAddressUnsubscribeConfig",
+    "UpdateAddressUnsubscribeConfig",
+    "DeleteAddressUnsubscribeConfig",
+];
+
+/// An action's name as a metrics label: one of [`ACTIONS`], else
+/// `unknown` (a client may send any name).
+pub fn action_label(action: &str) -> &'static str {
+    ACTIONS
+        .iter()
+        .find(|a| **a == action)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 pub async fn dispatch(action: &str, call: Call<'_>) -> Option<Result<Value, ApiError>> {
     Some(match action {
         "CreateEmailIdentity" => identity::create(call).await,

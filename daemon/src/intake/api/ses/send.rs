@@ -446,6 +446,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         recipients: all,
         trigger_type,
         require_tls: false,
+        door: "api",
         origin: format!("api {} request {}", c.peer, c.request_id),
         template_id: template_id.map(|t| t.to_string()).unwrap_or_default(),
         task_id: String::new(),
