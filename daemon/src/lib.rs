@@ -35,6 +35,7 @@
 //! | `queue::manager` | leases ready entries as egress takes them |
 //! | `queue::cache` | bodies accepted here, kept until their last attempt |
 //! | `queue::outcome` | what an attempt's outcome means: next try or final |
+//! | `queue::control` | the operator's suspensions and bounces, for every node |
 //! | **`egress`** | **how mail leaves: providers, sources, shaping, the SMTP client** |
 //! | `egress::route` | a domain's MX hosts, resolved once and kept a while |
 //! | `egress::plan` | sources, pools, providers and their limits, from the policy |
@@ -72,6 +73,7 @@
 //! | **`ops`** | **operating a node** |
 //! | `ops::admin` | the endpoints the `kiln` subcommands use |
 //! | `ops::admin_auth` | who may use them |
+//! | `ops::queue_control` | the queue steered: summary, list, suspend, resume, bounce, retry-now |
 //! | `ops::scrape` | `GET /metrics` for Prometheus, to loopback and named networks |
 //! | **`policy`** | **Lua decides, Rust does** |
 //! | `policy::lua_host` | one sandboxed Lua state with the `kiln` API and plugins |

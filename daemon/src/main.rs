@@ -46,11 +46,52 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// The queue: what is in it, and suspend, resume, bounce or retry a
+    /// selection (`domain:D`, `provider:P`, `account:A`, `task:T`,
+    /// `source:S`) on every node (asks the daemon).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// SMTP AUTH blocked after repeated failures (asks the daemon).
     Auth {
         #[command(subcommand)]
         command: AuthCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Counts and oldest age, grouped.
+    Summary {
+        /// domain, provider, account, task, pool or state.
+        #[arg(long, default_value = "domain")]
+        by: String,
+    },
+    /// Queued recipients, a page at a time (`--cursor` from the last page).
+    List {
+        /// Only these, e.g. domain:example.com.
+        select: Option<String>,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// No attempt for the selection on any node until resumed.
+    Suspend { select: String },
+    /// Lift a suspension; what it held back is due at once.
+    Resume { select: String },
+    /// Bounce every queued recipient of the selection, once each, with a
+    /// bounce event (and callback) giving the reason.
+    Bounce {
+        select: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Make the selection due now.
+    RetryNow { select: String },
+    /// The suspensions and bounces in force.
+    Controls,
 }
 
 #[derive(Subcommand)]
@@ -220,6 +261,47 @@ fn main() -> ExitCode {
                 &format!("/admin/accounts/{name}/rotate-key"),
             ),
         },
+        Command::Queue { command } => {
+            let control = |action: &str, select: &str, extra: String| {
+                admin(
+                    &settings,
+                    "POST",
+                    &format!(
+                        "/admin/queue/{action}?select={}{extra}",
+                        encode_query(select)
+                    ),
+                )
+            };
+            match command {
+                QueueCommand::Summary { by } => admin(
+                    &settings,
+                    "GET",
+                    &format!("/admin/queue/summary?by={}", encode_query(&by)),
+                ),
+                QueueCommand::List {
+                    select,
+                    cursor,
+                    limit,
+                } => admin(
+                    &settings,
+                    "GET",
+                    &format!(
+                        "/admin/queue/list?select={}&cursor={}&limit={limit}",
+                        encode_query(&select.unwrap_or_default()),
+                        encode_query(&cursor.unwrap_or_default())
+                    ),
+                ),
+                QueueCommand::Suspend { select } => control("suspend", &select, String::new()),
+                QueueCommand::Resume { select } => control("resume", &select, String::new()),
+                QueueCommand::Bounce { select, reason } => control(
+                    "bounce",
+                    &select,
+                    format!("&reason={}", encode_query(&reason)),
+                ),
+                QueueCommand::RetryNow { select } => control("retry-now", &select, String::new()),
+                QueueCommand::Controls => admin(&settings, "GET", "/admin/queue/controls"),
+            }
+        }
         Command::Auth { command } => match command {
             AuthCommand::Blocked => admin(&settings, "GET", "/admin/auth/blocked"),
             AuthCommand::Unblock { subject } => admin(
@@ -252,6 +334,14 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Who runs this command, for the daemon's log of control actions.
+fn operator() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown user".into())
 }
 
 /// Percent-encodes a query value.
@@ -299,6 +389,7 @@ fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
                 };
                 let resp = req
                     .bearer_auth(&token)
+                    .header("X-Kiln-Operator", operator())
                     .send()
                     .await
                     .map_err(|e| format!("cannot reach the daemon at {url}: {e}"))?;

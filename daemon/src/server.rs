@@ -305,6 +305,11 @@ pub async fn start(
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
+    // In force before the first lease: a suspension survives a restart.
+    if let Err(e) = queue.controls.refresh().await {
+        tracing::warn!(error = %e, "queue controls could not be read; reading them again every second");
+    }
+    tokio::spawn(queue.controls.clone().run(delivery_stop.clone()));
     let manager = Manager {
         queue: queue.clone(),
         delivery: delivery.clone(),

@@ -60,6 +60,9 @@ pub trait EgressView: Send + Sync {
     /// Sets the metrics read at scrape time: shaping state per (provider,
     /// source), queue entries held in lines per provider.
     fn set_gauges(&self);
+    /// The provider (or site: its MX hosts) a domain's mail goes to, its
+    /// MX looked up if need be; None when it has no usable MX.
+    fn provider_of<'a>(&'a self, domain: &'a str) -> futures_like::BoxFuture<'a, Option<String>>;
 }
 
 /// A boxed future, without a crate for one type.

@@ -25,6 +25,7 @@ use crate::config::Settings;
 use crate::dns::RouteError;
 use crate::policy::decisions::{EgressPlan, Limits};
 use crate::queue::QueueHandle;
+use crate::queue::control;
 use crate::queue::outcome::Verdict;
 use crate::store::{Attempt, QueueEntry};
 use crate::tls::ClientConfigs;
@@ -90,6 +91,18 @@ fn configured_limits(settings: &Settings) -> Limits {
         ..Limits::default()
     }
 }
+
+/// What the operator's rules make of a job.
+enum Controlled {
+    Go(Job),
+    /// Suspended: back to the queue, parked.
+    Back(QueueEntry),
+    /// Bounced by the operator (settled elsewhere).
+    Taken,
+}
+
+/// Entries sent back until one time are spread over this long.
+const PARK_SPREAD_MS: i64 = 1000;
 
 impl Delivery {
     /// Egress with the policy's plan (`egress_plan`); a plan that does not
@@ -218,6 +231,11 @@ impl Delivery {
         let mut usable: Vec<(&Arc<Source>, u32)> = Vec::new();
         let mut back_at = i64::MAX;
         for (source, weight) in plan.pool(&entry.pool) {
+            if let Some(rule) = self.queue.controls.source_suspension(&source.name) {
+                // Marked as the suspension's park time, so resuming finds it.
+                back_at = back_at.min(control::park_until(&rule, now));
+                continue;
+            }
             if let Some(until) = broken.get(&source.name).filter(|u| **u > now) {
                 back_at = back_at.min(*until);
                 continue;
@@ -257,6 +275,33 @@ impl Delivery {
         Err(back_at)
     }
 
+    /// The job, if the operator's rules let it go on (`provider` and
+    /// `source` as far as they are known). A suspended one is handed back
+    /// parked (resuming makes it due); a bounced one is settled here.
+    fn controlled(
+        self: &Arc<Self>,
+        job: Job,
+        provider: Option<&str>,
+        source: Option<&str>,
+    ) -> Controlled {
+        match self.queue.controls.control(&job.entry, provider, source) {
+            control::Control::Go => Controlled::Go(job),
+            control::Control::Suspended(rule) => {
+                let mut entry = job.entry;
+                entry.ready_at_ms = control::park_until(&rule, self.shaper.now_ms());
+                Controlled::Back(entry)
+            }
+            control::Control::Bounce(rule) => {
+                let this = self.clone();
+                self.tracker.spawn(async move {
+                    this.bounce_by_operator(&job.entry, &rule).await;
+                    drop(job);
+                });
+                Controlled::Taken
+            }
+        }
+    }
+
     /// Puts a job whose domain's MX hosts are known in its line, or sends
     /// it back (its `ready_at_ms` set to when it should be due).
     fn place(
@@ -268,12 +313,21 @@ impl Delivery {
         let plan = self.plan();
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let dest = plan.destination(&names);
+        let job = match self.controlled(job, Some(&dest.provider), None) {
+            Controlled::Go(job) => job,
+            Controlled::Back(entry) => return Some(entry),
+            Controlled::Taken => return None,
+        };
         let mut entry = job.entry;
         let source = match self.choose_source(&plan, &entry, &dest) {
             Ok(s) => s,
             Err(back_at) => {
                 // Spread over a second, so they do not all come back at once.
-                entry.ready_at_ms = back_at + rand::random_range(0..1000);
+                entry.ready_at_ms = if self.queue.controls.is_park_time(back_at) {
+                    back_at
+                } else {
+                    back_at + rand::random_range(0..PARK_SPREAD_MS)
+                };
                 return Some(entry);
             }
         };
@@ -456,6 +510,25 @@ impl crate::services::EgressView for Delivery {
         Box::pin(self.shaping_view())
     }
 
+    fn provider_of<'a>(
+        &'a self,
+        domain: &'a str,
+    ) -> crate::services::futures_like::BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let hosts = match self.routes.cached(domain) {
+                Some(route) => route.ok()?,
+                None => self.routes.resolve(domain).await.ok()?,
+            };
+            let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            let plan = self
+                .plan
+                .read()
+                .map(|p| p.clone())
+                .unwrap_or_else(|p| p.into_inner().clone());
+            Some(plan.destination(&names).provider.to_string())
+        })
+    }
+
     fn set_gauges(&self) {
         let now = self.shaper.now_ms();
         let m = crate::metrics::get();
@@ -527,6 +600,11 @@ impl crate::queue::manager::Dispatch for Delivery {
         let job = Job {
             entry,
             _leased: leased,
+        };
+        let job = match self.controlled(job, None, None) {
+            Controlled::Go(job) => job,
+            Controlled::Back(entry) => return Some(entry),
+            Controlled::Taken => return None,
         };
         match self.routes.cached(&domain) {
             Some(Ok(hosts)) => self.place(job, &domain, hosts),

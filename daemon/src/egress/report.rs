@@ -8,6 +8,7 @@ use super::Delivery;
 use super::shaping::Shape;
 use crate::net::domain_of;
 use crate::policy::decisions::{BounceClass, BounceInfo, Signal, SignalInfo};
+use crate::queue::control::{Action, Rule};
 use crate::queue::outcome::Verdict;
 use crate::store::{Attempt, QueueEntry, RecipientState};
 
@@ -189,6 +190,60 @@ impl Delivery {
             e.reason = format!("gave up after the queue's maximum age: {}", e.reason);
         }
         Some(e)
+    }
+
+    /// Bounces an entry as an operator's rule says (no attempt is made):
+    /// final with the rule's reason, one bounce event (and its callback)
+    /// written with it. Not the sender's doing: the reputation feed and
+    /// the statistics do not hear of it.
+    pub(super) async fn bounce_by_operator(&self, entry: &QueueEntry, rule: &Rule) {
+        let Action::Bounce { reason } = &rule.action else {
+            return;
+        };
+        let now = self.queue.store.now_ms();
+        let attempt = Attempt {
+            at_ms: now,
+            mx: None,
+            ip: None,
+            code: None,
+            enhanced_code: Some("5.0.0".into()),
+            message: format!("bounced by the operator ({}): {reason}", rule.by),
+            tls: None,
+            duration_ms: 0,
+            source: None,
+            shaping: None,
+        };
+        let decision = self.queue.decide(entry, Verdict::Permanent);
+        let event = Self::event_for(now, entry, decision.state, None, &attempt);
+        let also = match &event {
+            Some(e) => self.events.writes_for(e).await,
+            None => Vec::new(),
+        };
+        if self
+            .queue
+            .settle(entry, decision, attempt, &also)
+            .await
+            .is_ok()
+        {
+            tracing::info!(
+                msg_id = %entry.msg_id,
+                recipient = %entry.recipient,
+                rule = %rule.select,
+                by = %rule.by,
+                reason = %reason,
+                "bounced by the operator"
+            );
+            crate::metrics::get()
+                .bounces
+                .get_or_create(&crate::metrics::BounceClass {
+                    bounce_type: "hard",
+                    class: "operator".into(),
+                })
+                .inc();
+            if let Some(event) = &event {
+                crate::feedback::events::Events::log(event);
+            }
+        }
     }
 
     /// Reports an attempt to the queue, which decides what it means; then

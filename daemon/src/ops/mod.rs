@@ -1,7 +1,8 @@
-//! Operations: the admin endpoints the `kiln` subcommands use (`admin`),
-//! who may use them (`admin_auth`), and the metrics for Prometheus
-//! (`scrape`).
+//! Operations: the admin endpoints the `kiln` subcommands use (`admin`,
+//! `queue_control`), who may use them (`admin_auth`), and the metrics for
+//! Prometheus (`scrape`).
 
 pub mod admin;
 pub mod admin_auth;
+pub mod queue_control;
 pub mod scrape;

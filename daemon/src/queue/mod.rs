@@ -8,6 +8,7 @@
 //! recipient's queue state.
 
 pub mod cache;
+pub mod control;
 pub mod manager;
 pub mod outcome;
 
@@ -21,12 +22,15 @@ pub struct QueueHandle {
     pub store: Store,
     pub wake: Arc<Notify>,
     pub cache: Arc<cache::BodyCache>,
+    /// The operator's suspensions and bounces.
+    pub controls: Arc<control::Controls>,
     schedule: outcome::Schedule,
 }
 
 impl QueueHandle {
     pub fn new(store: Store, cache_bytes: usize, settings: &QueueSettings) -> QueueHandle {
         QueueHandle {
+            controls: Arc::new(control::Controls::new(store.clone(), settings.max_age)),
             store,
             wake: Arc::new(Notify::new()),
             cache: Arc::new(cache::BodyCache::new(cache_bytes)),

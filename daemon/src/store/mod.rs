@@ -126,6 +126,32 @@ impl RecipientState {
     }
 }
 
+/// A page of the queue, in key order: each entry with its state, and the
+/// cursor of the next page (None after the last).
+pub struct QueuePage {
+    pub entries: Vec<(QueueEntry, EntryState)>,
+    pub next: Option<String>,
+}
+
+/// Where a queue entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryState {
+    Due,
+    Waiting,
+    Leased,
+}
+
+impl EntryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryState::Due => "due",
+            EntryState::Waiting => "waiting",
+            EntryState::Leased => "leased",
+        }
+    }
+}
+
 /// Queue entries by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueCounts {
@@ -405,6 +431,25 @@ impl Store {
         match self {
             Store::Embedded(s) => s.status(msg_id).await,
             Store::Redis(s) => s.status(msg_id).await,
+        }
+    }
+
+    /// A page of at most about `limit` queue entries (all nodes), from
+    /// `cursor` (None: the start). A scan that runs while the queue changes
+    /// sees every entry that stays queued throughout, once.
+    pub async fn scan_queue(&self, cursor: Option<&str>, limit: usize) -> Result<QueuePage> {
+        match self {
+            Store::Embedded(s) => s.scan_queue(cursor, limit),
+            Store::Redis(s) => s.scan_queue(cursor, limit).await,
+        }
+    }
+
+    /// Makes the entries of `keys` due now, those not being attempted;
+    /// answers how many.
+    pub async fn make_due(&self, keys: &[String]) -> Result<usize> {
+        match self {
+            Store::Embedded(s) => Ok(s.make_due(keys)),
+            Store::Redis(s) => s.make_due(keys).await,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Operations: the kiln command line, the metrics.
+//! Operations: the kiln command line, the metrics, queue control.
 
 mod cli;
 mod metrics;
+mod queue;

@@ -121,6 +121,87 @@ impl EmbeddedStore {
         self.index().ready.first().map(|(t, _)| *t)
     }
 
+    pub fn scan_queue(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::QueuePage> {
+        use crate::store::EntryState;
+        use std::ops::Bound;
+        let read = self.db.begin_read().map_err(err)?;
+        let table = read.open_table(QUEUE).map_err(err)?;
+        let range = match cursor {
+            Some(c) => table.range::<&str>((Bound::Excluded(c), Bound::Unbounded)),
+            None => table.range::<&str>(..),
+        }
+        .map_err(err)?;
+        let mut rows = Vec::new();
+        let mut more = false;
+        for row in range {
+            if rows.len() == limit.max(1) {
+                more = true;
+                break;
+            }
+            let (k, v) = row.map_err(err)?;
+            match decode::<QueueEntry>(k.value(), v.value()) {
+                Ok(e) => rows.push((k.value().to_string(), e)),
+                Err(e) => tracing::error!(error = %e, "a queue entry cannot be read"),
+            }
+        }
+        let now = self.clock.now_ms();
+        let index = self.index();
+        let next = if more {
+            rows.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        let entries = rows
+            .into_iter()
+            .filter_map(|(k, e)| {
+                let at = *index.entries.get(k.as_str())?;
+                let state = if index.leased.contains(k.as_str()) {
+                    EntryState::Leased
+                } else if at <= now {
+                    EntryState::Due
+                } else {
+                    EntryState::Waiting
+                };
+                Some((
+                    QueueEntry {
+                        ready_at_ms: at,
+                        ..e
+                    },
+                    state,
+                ))
+            })
+            .collect();
+        Ok(crate::store::QueuePage { entries, next })
+    }
+
+    pub fn make_due(&self, keys: &[String]) -> usize {
+        let now = self.clock.now_ms();
+        let mut index = self.index();
+        let mut made = 0;
+        for key in keys {
+            if index.leased.contains(key.as_str()) {
+                continue;
+            }
+            let Some((shared, at)) = index
+                .entries
+                .get_key_value(key.as_str())
+                .map(|(k, at)| (k.clone(), *at))
+            else {
+                continue;
+            };
+            if index.ready.remove(&(at, shared.clone())) {
+                index.ready.insert((now.min(at), shared.clone()));
+                index.entries.insert(shared, now.min(at));
+                made += 1;
+            }
+        }
+        made
+    }
+
     pub fn queue_counts(&self) -> crate::store::QueueCounts {
         let now = self.clock.now_ms();
         let index = self.index();
@@ -154,6 +235,7 @@ impl EmbeddedStore {
         let mut index = self.index();
         for e in entries {
             if let Some(key) = index.leased.take(e.key().as_str()) {
+                index.entries.insert(key.clone(), e.ready_at_ms);
                 index.ready.insert((e.ready_at_ms, key));
             }
         }

@@ -230,6 +230,76 @@ impl RedisStore {
         })
     }
 
+    pub async fn scan_queue(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::QueuePage> {
+        use crate::store::EntryState;
+        let start: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+        let (next, rows): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
+            .arg(self.q("entries"))
+            .arg(start)
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut pipe = redis::pipe();
+        for (key, _) in &rows {
+            pipe.zscore(self.q("ready"), key)
+                .zscore(self.q("leased"), key);
+        }
+        let scores: Vec<Option<f64>> = if rows.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut self.conn.clone()).await?
+        };
+        let now = self.clock.now_ms();
+        let mut entries = Vec::with_capacity(rows.len());
+        for ((key, raw), s) in rows.iter().zip(scores.chunks(2)) {
+            let Ok(e) = decode::<QueueEntry>(key, raw) else {
+                tracing::error!(key = %key, "a queue entry cannot be read");
+                continue;
+            };
+            let (ready, leased) = (s.first().copied().flatten(), s.get(1).copied().flatten());
+            let (state, at) = match (ready, leased) {
+                (_, Some(_)) => (EntryState::Leased, e.ready_at_ms),
+                (Some(at), None) if at as i64 <= now => (EntryState::Due, at as i64),
+                (Some(at), None) => (EntryState::Waiting, at as i64),
+                // Settled while this page was read.
+                (None, None) => continue,
+            };
+            entries.push((
+                QueueEntry {
+                    ready_at_ms: at,
+                    ..e
+                },
+                state,
+            ));
+        }
+        Ok(crate::store::QueuePage {
+            entries,
+            next: (next != 0).then(|| next.to_string()),
+        })
+    }
+
+    pub async fn make_due(&self, keys: &[String]) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let mut made = 0;
+        for chunk in keys.chunks(500) {
+            // XX: only entries waiting in `ready` (a leased one is not
+            // there); LT: never later than it was.
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(self.q("ready")).arg("XX").arg("LT").arg("CH");
+            for k in chunk {
+                cmd.arg(now).arg(k);
+            }
+            let changed: usize = cmd.query_async(&mut self.conn.clone()).await?;
+            made += changed;
+        }
+        Ok(made)
+    }
+
     pub async fn queue_len(&self) -> Result<u64> {
         Ok(self.conn.clone().hlen(self.q("entries")).await?)
     }

@@ -1,0 +1,443 @@
+//! The queue as the operator steers it (`kiln queue ...`): summaries and
+//! pages of what is queued, and suspend, resume, bounce and retry-now for
+//! a selection (`domain:`, `provider:`, `account:`, `task:`, `source:`).
+//! Rules are kept by `queue::control` for every node; each action is
+//! logged (target `kiln::ops`) with who asked.
+
+use crate::queue::control::{Action, Field, Rule, Selector, parked_by};
+use crate::services::Services;
+use crate::store::{EntryState, QueueEntry};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Entries read from the store at a time.
+const PAGE: usize = 1000;
+/// Entries `list` answers at most at once.
+const LIST_MAX: usize = 1000;
+
+pub fn routes() -> Router<Arc<Services>> {
+    Router::new()
+        .route("/admin/queue/summary", get(summary))
+        .route("/admin/queue/list", get(list))
+        .route("/admin/queue/controls", get(controls))
+        .route("/admin/queue/suspend", post(suspend))
+        .route("/admin/queue/resume", post(resume))
+        .route("/admin/queue/bounce", post(bounce))
+        .route("/admin/queue/retry-now", post(retry_now))
+}
+
+fn bad(message: impl Into<String>) -> Response {
+    super::admin::error(StatusCode::BAD_REQUEST, "InvalidParameter", message)
+}
+
+fn store_error(e: impl std::fmt::Display) -> Response {
+    super::admin::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "StoreUnavailable",
+        e.to_string(),
+    )
+}
+
+/// Who asked: what the `kiln` command says (the user it runs as), and the
+/// client's address.
+fn who(headers: &HeaderMap, peer: SocketAddr) -> String {
+    let named = headers
+        .get("x-kiln-operator")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|v| !v.is_empty());
+    match named {
+        Some(n) => format!("{n} from {}", peer.ip()),
+        None => format!("operator token from {}", peer.ip()),
+    }
+}
+
+/// Entries of the selection, with what a selection by provider needs:
+/// each domain's provider, looked up once.
+struct Matcher<'a> {
+    s: &'a Services,
+    select: Option<Selector>,
+    providers: HashMap<String, Option<String>>,
+}
+
+impl Matcher<'_> {
+    async fn matches(&mut self, e: &QueueEntry) -> bool {
+        let Some(select) = &self.select else {
+            return true;
+        };
+        match select.field {
+            Field::Provider => {
+                let domain = e.domain().to_ascii_lowercase();
+                if !self.providers.contains_key(&domain) {
+                    let p = self.s.egress.provider_of(&domain).await;
+                    self.providers.insert(domain.clone(), p);
+                }
+                let provider = self.providers.get(&domain).cloned().flatten();
+                select.matches(e, provider.as_deref(), None)
+            }
+            _ => select.matches(e, None, None),
+        }
+    }
+}
+
+/// Calls `each` for every queued entry of the selection, page by page.
+async fn scan(
+    s: &Services,
+    select: Option<Selector>,
+    mut each: impl FnMut(QueueEntry, EntryState),
+) -> Result<(), crate::store::StoreError> {
+    let mut m = Matcher {
+        s,
+        select,
+        providers: HashMap::new(),
+    };
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = s.store.scan_queue(cursor.as_deref(), PAGE).await?;
+        for (e, state) in page.entries {
+            if m.matches(&e).await {
+                each(e, state);
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SummaryQuery {
+    by: Option<String>,
+}
+
+#[derive(Default)]
+struct Group {
+    count: u64,
+    due: u64,
+    waiting: u64,
+    leased: u64,
+    oldest_ms: Option<i64>,
+}
+
+async fn summary(State(s): State<Arc<Services>>, Query(q): Query<SummaryQuery>) -> Response {
+    let by = q.by.unwrap_or_else(|| "domain".into());
+    if !["domain", "provider", "account", "task", "pool", "state"].contains(&by.as_str()) {
+        return bad(format!(
+            "by {by:?}: summarise by domain, provider, account, task, pool or state"
+        ));
+    }
+    let mut rows: Vec<(QueueEntry, EntryState)> = Vec::new();
+    if let Err(e) = scan(&s, None, |e, st| rows.push((e, st))).await {
+        return store_error(e);
+    }
+    let mut providers: HashMap<String, String> = HashMap::new();
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for (e, state) in rows {
+        let key = match by.as_str() {
+            "domain" => e.domain().to_ascii_lowercase(),
+            "account" => e.account.clone(),
+            "task" => e.task_id.clone(),
+            "pool" => e.pool.clone(),
+            "state" => state.as_str().to_string(),
+            _ => {
+                let domain = e.domain().to_ascii_lowercase();
+                if !providers.contains_key(&domain) {
+                    let p = s.egress.provider_of(&domain).await;
+                    providers.insert(domain.clone(), p.unwrap_or_else(|| "(no MX)".into()));
+                }
+                providers.get(&domain).cloned().unwrap_or_default()
+            }
+        };
+        let g = groups.entry(key).or_default();
+        g.count += 1;
+        match state {
+            EntryState::Due => g.due += 1,
+            EntryState::Waiting => g.waiting += 1,
+            EntryState::Leased => g.leased += 1,
+        }
+        g.oldest_ms = Some(
+            g.oldest_ms
+                .map_or(e.received_at_ms, |o| o.min(e.received_at_ms)),
+        );
+    }
+    let now = s.store.now_ms();
+    let mut out: Vec<_> = groups
+        .into_iter()
+        .map(|(key, g)| {
+            json!({
+                "key": key,
+                "count": g.count,
+                "due": g.due,
+                "waiting": g.waiting,
+                "leased": g.leased,
+                "oldest_age_s": g.oldest_ms.map_or(0, |o| (now - o).max(0) / 1000),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
+    let total: u64 = out.iter().filter_map(|g| g["count"].as_u64()).sum();
+    Json(json!({"by": by, "total": total, "groups": out})).into_response()
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    select: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_select(select: Option<&str>) -> Result<Option<Selector>, String> {
+    match select.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => Selector::parse(s).map(Some),
+    }
+}
+
+async fn list(State(s): State<Arc<Services>>, Query(q): Query<ListQuery>) -> Response {
+    let select = match parse_select(q.select.as_deref()) {
+        Ok(sel) => sel,
+        Err(why) => return bad(why),
+    };
+    if select.as_ref().is_some_and(|s| s.field == Field::Source) {
+        return bad(
+            "a queued entry's source is chosen when it is attempted: list by domain, provider, account or task",
+        );
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, LIST_MAX);
+    let mut m = Matcher {
+        s: &s,
+        select,
+        providers: HashMap::new(),
+    };
+    let mut cursor = q.cursor.filter(|c| !c.is_empty());
+    let mut out = Vec::new();
+    // Pages of the store until `limit` entries match; the next page starts
+    // after the last page read (a few matches past `limit` are answered).
+    loop {
+        let page = match s.store.scan_queue(cursor.as_deref(), PAGE).await {
+            Ok(p) => p,
+            Err(e) => return store_error(e),
+        };
+        for (e, state) in page.entries {
+            if m.matches(&e).await {
+                out.push(json!({
+                    "message_id": e.msg_id,
+                    "index": e.rcpt_idx,
+                    "recipient": e.recipient,
+                    "sender": e.sender,
+                    "account": e.account,
+                    "task": e.task_id,
+                    "pool": e.pool,
+                    "attempts": e.attempts,
+                    "state": state.as_str(),
+                    "received_at_ms": e.received_at_ms,
+                    "ready_at_ms": e.ready_at_ms,
+                }));
+            }
+        }
+        cursor = page.next;
+        if cursor.is_none() || out.len() >= limit {
+            break;
+        }
+    }
+    Json(json!({"entries": out, "next": cursor})).into_response()
+}
+
+async fn controls(State(s): State<Arc<Services>>) -> Response {
+    if let Err(e) = s.queue.controls.refresh().await {
+        return store_error(e);
+    }
+    Json(json!({"rules": *s.queue.controls.rules()})).into_response()
+}
+
+#[derive(Deserialize)]
+struct ControlRequest {
+    select: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// The selection of a request, or why it is not one.
+fn selection(req: &ControlRequest) -> Result<Selector, String> {
+    Selector::parse(&req.select)
+}
+
+/// Makes the entries of the selection due (those `filter` accepts);
+/// answers how many.
+async fn make_due(
+    s: &Services,
+    select: Selector,
+    filter: impl Fn(&QueueEntry) -> bool,
+) -> Result<usize, crate::store::StoreError> {
+    let mut keys = Vec::new();
+    scan(s, Some(select), |e, state| {
+        if state == EntryState::Waiting && filter(&e) {
+            keys.push(e.key());
+        }
+    })
+    .await?;
+    let made = s.store.make_due(&keys).await?;
+    s.queue.wake.notify_one();
+    Ok(made)
+}
+
+async fn suspend(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(req): Query<ControlRequest>,
+) -> Response {
+    let select = match selection(&req) {
+        Ok(sel) => sel,
+        Err(why) => return bad(why),
+    };
+    let by = who(&headers, peer);
+    let rule = Rule {
+        select,
+        action: Action::Suspend,
+        by: by.clone(),
+        at_ms: s.store.now_ms(),
+    };
+    if let Err(e) = s.queue.controls.add(&rule).await {
+        return store_error(e);
+    }
+    tracing::info!(target: "kiln::ops", action = "suspend", select = %rule.select, %by, "queue control");
+    Json(json!({"rule": rule})).into_response()
+}
+
+async fn resume(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(req): Query<ControlRequest>,
+) -> Response {
+    let select = match selection(&req) {
+        Ok(sel) => sel,
+        Err(why) => return bad(why),
+    };
+    let by = who(&headers, peer);
+    let removed = match s.queue.controls.resume(&select).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    if removed.is_empty() {
+        return super::admin::error(
+            StatusCode::NOT_FOUND,
+            "NotSuspended",
+            format!("{select} is not suspended"),
+        );
+    }
+    // What the suspension parked is due now: its park times are the rule's
+    // time plus whole park periods (any selection, source and provider
+    // included, without knowing where each entry would have gone). Once
+    // more after every node has read the rules again: one that had not
+    // yet may have parked some meanwhile.
+    let made = match due_again(&s, &removed).await {
+        Ok(n) => n,
+        Err(e) => return store_error(e),
+    };
+    let (again, rules) = (s.clone(), removed.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        if let Err(e) = due_again(&again, &rules).await {
+            tracing::warn!(error = %e, "resumed entries not made due again");
+        }
+    });
+    s.queue.wake.notify_one();
+    tracing::info!(target: "kiln::ops", action = "resume", select = %select, %by, due_now = made, "queue control");
+    Json(json!({"resumed": removed, "due_now": made})).into_response()
+}
+
+/// Makes due what the suspensions `removed` parked.
+async fn due_again(s: &Services, removed: &[Rule]) -> Result<usize, crate::store::StoreError> {
+    let mut keys = Vec::new();
+    scan(s, None, |e, state| {
+        if state == EntryState::Waiting && removed.iter().any(|r| parked_by(r, &e)) {
+            keys.push(e.key());
+        }
+    })
+    .await?;
+    let made = s.store.make_due(&keys).await?;
+    s.queue.wake.notify_one();
+    Ok(made)
+}
+
+async fn bounce(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(req): Query<ControlRequest>,
+) -> Response {
+    let select = match selection(&req) {
+        Ok(sel) => sel,
+        Err(why) => return bad(why),
+    };
+    if select.field == Field::Source {
+        return bad(
+            "a queued entry's source is chosen when it is attempted: bounce by domain, provider, account or task",
+        );
+    }
+    let reason = req.reason.trim();
+    if reason.is_empty() {
+        return bad("a bounce needs a reason (--reason TEXT): it goes into each bounce event");
+    }
+    let by = who(&headers, peer);
+    let rule = Rule {
+        select: select.clone(),
+        action: Action::Bounce {
+            reason: reason.chars().take(500).collect(),
+        },
+        by: by.clone(),
+        at_ms: s.store.now_ms(),
+    };
+    if let Err(e) = s.queue.controls.add(&rule).await {
+        return store_error(e);
+    }
+    // Each is bounced by the node that leases it next: once.
+    let at = rule.at_ms;
+    let made = match make_due(&s, select, |e| e.received_at_ms <= at).await {
+        Ok(n) => n,
+        Err(e) => return store_error(e),
+    };
+    tracing::info!(target: "kiln::ops", action = "bounce", select = %rule.select, %by, reason, due_now = made, "queue control");
+    Json(json!({"rule": rule, "due_now": made})).into_response()
+}
+
+async fn retry_now(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(req): Query<ControlRequest>,
+) -> Response {
+    let select = match selection(&req) {
+        Ok(sel) => sel,
+        Err(why) => return bad(why),
+    };
+    if select.field == Field::Source {
+        return bad(
+            "a queued entry's source is chosen when it is attempted: retry by domain, provider, account or task",
+        );
+    }
+    let by = who(&headers, peer);
+    let label = select.to_string();
+    let made = match make_due(&s, select, |_| true).await {
+        Ok(n) => n,
+        Err(e) => return store_error(e),
+    };
+    tracing::info!(target: "kiln::ops", action = "retry-now", select = %label, %by, due_now = made, "queue control");
+    Json(json!({"due_now": made})).into_response()
+}
