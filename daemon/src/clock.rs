@@ -96,6 +96,13 @@ pub fn system_now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A time (ms since the epoch) as people read it: RFC 3339, UTC.
+pub fn format_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
+        .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

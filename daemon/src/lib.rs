@@ -53,6 +53,7 @@
 //! | `feedback::outcomes` | the `reputation` hook's feed of outcomes |
 //! | `feedback::inbound_reports` | DSNs and complaints sent back to the VERP address |
 //! | `feedback::verp` | per-recipient return paths |
+//! | `feedback::trail` | each message's story after it was queued, for `kiln explain` |
 //! | `feedback::rewrite` | the message side of the deliverability loop: |
 //! | `feedback::rewrite::tracking` | open pixel and tracked links |
 //! | `feedback::rewrite::unsubscribe` | unsubscribe footer and headers |
@@ -73,6 +74,7 @@
 //! | **`ops`** | **operating a node** |
 //! | `ops::admin` | the endpoints the `kiln` subcommands use |
 //! | `ops::admin_auth` | who may use them |
+//! | `ops::explain` | `kiln explain`: a message's whole story, in order |
 //! | `ops::queue_control` | the queue steered: summary, list, suspend, resume, bounce, retry-now |
 //! | `ops::scrape` | `GET /metrics` for Prometheus, to loopback and named networks |
 //! | **`policy`** | **Lua decides, Rust does** |

@@ -27,6 +27,17 @@ enum Command {
     CheckConfig,
     /// Show a message's state and its delivery attempts (asks the daemon).
     Status { message_id: String },
+    /// A message's whole story in order: how it came in, the policy's
+    /// answers, DKIM, every attempt and its reply, what followed, opens,
+    /// clicks, reports and callbacks (asks the daemon).
+    Explain {
+        message_id: String,
+        /// Only this recipient's part.
+        recipient: Option<String>,
+        /// The story as JSON, for tools.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reload accounts, TLS certificate, DKIM keys and the policy scripts
     /// (asks the daemon; same as SIGHUP, but reports the outcome).
     Reload,
@@ -228,6 +239,21 @@ fn main() -> ExitCode {
         Command::Reload => admin(&settings, "POST", "/admin/reload"),
         Command::Policy => admin(&settings, "GET", "/admin/policy"),
         Command::Egress => admin(&settings, "GET", "/admin/egress"),
+        Command::Explain {
+            message_id,
+            recipient,
+            json,
+        } => {
+            let mut path = format!("/admin/explain/{}", encode_query(&message_id));
+            if let Some(r) = recipient {
+                path.push_str(&format!("?recipient={}", encode_query(&r)));
+            }
+            if json {
+                admin(&settings, "GET", &path)
+            } else {
+                admin_text(&settings, &path, "text")
+            }
+        }
         Command::Status { message_id } => {
             admin(&settings, "GET", &format!("/admin/messages/{message_id}"))
         }
@@ -359,23 +385,70 @@ fn encode_query(value: &str) -> String {
 
 /// Calls the running daemon's loopback admin endpoint and prints the JSON.
 fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
+    match call_admin(settings, method, path) {
+        Ok((ok, body)) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(body);
+            println!("{pretty}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Like [`admin`] for a GET whose answer has a text for people in
+/// `field`: prints that text (an error as JSON, on stderr).
+fn admin_text(settings: &Settings, path: &str, field: &str) -> ExitCode {
+    match call_admin(settings, "GET", path) {
+        Ok((true, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            match v[field].as_str() {
+                Some(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        Ok((false, body)) => {
+            eprintln!("{body}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One request to the daemon's admin endpoint with the operator token:
+/// whether it succeeded, and the body.
+fn call_admin(settings: &Settings, method: &str, path: &str) -> Result<(bool, String), String> {
     let mut addr = settings.http.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let url = format!("http://{addr}{path}");
     let data_dir = &settings.server.data_dir;
-    let token = match kiln::ops::admin_auth::read_token(data_dir) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!(
-                "kiln: cannot read the admin token {}: {e} (run kiln as the daemon's user)",
-                kiln::ops::admin_auth::token_path(data_dir).display(),
-            );
-            return ExitCode::from(1);
-        }
-    };
-    let result = tokio::runtime::Builder::new_current_thread()
+    let token = kiln::ops::admin_auth::read_token(data_dir).map_err(|e| {
+        format!(
+            "cannot read the admin token {}: {e} (run kiln as the daemon's user)",
+            kiln::ops::admin_auth::token_path(data_dir).display(),
+        )
+    })?;
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
@@ -397,25 +470,7 @@ fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
                 let body = resp.text().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((ok, body))
             })
-        });
-    match result {
-        Ok((ok, body)) => {
-            let pretty = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                .unwrap_or(body);
-            println!("{pretty}");
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("kiln: {e}");
-            ExitCode::from(1)
-        }
-    }
+        })
 }
 
 // Many small short-lived allocations per message (parsing, JSON, Lua):

@@ -219,8 +219,13 @@ pub async fn start(
         ses.clone(),
         policy.clone(),
         settings.callbacks.clone(),
+        settings.queue.status_retention,
     );
-    let events = crate::feedback::events::Events::new(callbacks.clone());
+    let events = crate::feedback::events::Events::new(
+        callbacks.clone(),
+        store.clone(),
+        settings.queue.status_retention,
+    );
     let delivery = Delivery::new(
         settings.clone(),
         queue.clone(),

@@ -443,6 +443,7 @@ impl Delivery {
             duration_ms: 0,
             source: None,
             shaping: None,
+            outcome: None,
         };
         self.settle(&job.entry, verdict, attempt, None, "none")
             .await;

@@ -212,6 +212,7 @@ impl Delivery {
             duration_ms: 0,
             source: None,
             shaping: None,
+            outcome: Some("bounced by the operator".into()),
         };
         let decision = self.queue.decide(entry, Verdict::Permanent);
         let event = Self::event_for(now, entry, decision.state, None, &attempt);
@@ -270,6 +271,11 @@ impl Delivery {
         }
         let decision = self.queue.decide(entry, verdict);
         let state = decision.state;
+        attempt.outcome = Some(outcome_text(
+            state,
+            class.as_ref(),
+            decision.next_attempt_at_ms,
+        ));
         tracing::info!(
             msg_id = %entry.msg_id,
             recipient = %entry.recipient,
@@ -314,6 +320,25 @@ impl Delivery {
             }
         }
     }
+}
+
+/// What followed an attempt, as `kiln explain` tells it.
+fn outcome_text(state: RecipientState, class: Option<&BounceClass>, next: Option<i64>) -> String {
+    let mut out = match (state, next) {
+        (RecipientState::Deferred, Some(at)) => {
+            format!("deferred, next try at {}", crate::clock::format_ms(at))
+        }
+        (RecipientState::Expired, _) => "expired: the queue gave up".to_string(),
+        (s, _) => format!("{s:?}").to_lowercase(),
+    };
+    if let Some(c) = class {
+        out.push_str(&format!(" (classified {}", c.class));
+        if c.blocklist {
+            out.push_str(", address blocklisted");
+        }
+        out.push(')');
+    }
+    out
 }
 
 /// An attempt as the metrics count it (once its outcome is recorded): by

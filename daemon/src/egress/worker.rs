@@ -365,6 +365,7 @@ impl Delivery {
             duration_ms: 0,
             source: Some(line.source.name.to_string()),
             shaping: None,
+            outcome: None,
         }
     }
 

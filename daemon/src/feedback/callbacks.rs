@@ -48,6 +48,11 @@ struct Job {
     /// The event, until it is formatted (when first sent).
     #[serde(default)]
     event: Option<Event>,
+    /// The event's message and kind, for the message's trail.
+    #[serde(default)]
+    message_id: String,
+    #[serde(default)]
+    kind: String,
     body: String,
     headers: BTreeMap<String, String>,
     created_at_ms: i64,
@@ -127,10 +132,17 @@ pub struct Callbacks {
     /// Jobs this node is reading or sending now.
     working: Mutex<HashSet<String>>,
     chunks: Arc<Semaphore>,
+    /// How long a message's trail is kept.
+    trail_retention: Duration,
 }
 
 impl Callbacks {
-    pub fn new(ses: Records, policy: Arc<Policy>, settings: CallbackSettings) -> Arc<Callbacks> {
+    pub fn new(
+        ses: Records,
+        policy: Arc<Policy>,
+        settings: CallbackSettings,
+        trail_retention: Duration,
+    ) -> Arc<Callbacks> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -148,6 +160,7 @@ impl Callbacks {
             http,
             routes: Mutex::new(HashMap::new()),
             receivers: Mutex::new(HashMap::new()),
+            trail_retention,
         })
     }
 
@@ -214,6 +227,8 @@ impl Callbacks {
             url: route.url,
             secret: route.secret,
             event: Some(e.clone()),
+            message_id: e.message_id.clone(),
+            kind: e.event.clone(),
             body: String::new(),
             headers: BTreeMap::new(),
             created_at_ms: now,
@@ -221,15 +236,6 @@ impl Callbacks {
             next_at_ms: now,
         };
         self.filing(&job, None)
-    }
-
-    /// Files one event's callback on its own (an event with no outcome
-    /// record to go with).
-    pub async fn file(&self, e: &Event) {
-        let writes = self.writes_for(e).await;
-        if let Err(err) = self.ses.store.write(&writes).await {
-            tracing::error!(event_id = %e.event_id, error = %err, "callback not queued");
-        }
     }
 
     /// Body and headers from the `callback_format` hook; on error or nil,
@@ -519,11 +525,34 @@ impl Callbacks {
                 .get_or_create(&crate::metrics::CallbackResult { result })
                 .inc();
         };
+        // How it ended, for the message's trail (a failure that is tried
+        // again is not a step: the receiver may fail for days).
+        let trail = |job: &Job, text: String| -> Option<Write> {
+            let step = crate::feedback::trail::Step {
+                at_ms: self.ses.store.now_ms(),
+                what: "callback".into(),
+                recipient: String::new(),
+                text,
+            };
+            (!job.message_id.is_empty())
+                .then(|| crate::feedback::trail::add(&job.message_id, &step, self.trail_retention))
+        };
         let why = match outcome {
             Ok(()) => {
                 count("sent");
+                let mut writes = gone(&job);
+                writes.extend(trail(
+                    &job,
+                    format!(
+                        "{} event {} sent to {} (try {})",
+                        job.kind,
+                        job.id,
+                        job.url,
+                        job.attempts + 1
+                    ),
+                ));
                 tracing::debug!(callback = %job.id, url = %job.url, attempts = job.attempts + 1, "callback delivered");
-                return gone(&job);
+                return writes;
             }
             Err(why) => why,
         };
@@ -534,6 +563,13 @@ impl Callbacks {
             tracing::error!(callback = %job.id, url = %job.url, attempts = job.attempts, error = %why, "callback given up");
             count("dropped");
             writes.extend(gone(&job));
+            writes.extend(trail(
+                &job,
+                format!(
+                    "{} event {} to {} given up after {} tries: {why}",
+                    job.kind, job.id, job.url, job.attempts
+                ),
+            ));
         } else {
             job.next_at_ms =
                 now + backoff(self.settings.retry_base_ms, job.attempts).as_millis() as i64;

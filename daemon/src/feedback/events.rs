@@ -75,11 +75,22 @@ impl Event {
 #[derive(Clone)]
 pub struct Events {
     callbacks: Arc<crate::feedback::callbacks::Callbacks>,
+    store: crate::store::Store,
+    /// How long a message's trail is kept (as its status record).
+    retention: std::time::Duration,
 }
 
 impl Events {
-    pub fn new(callbacks: Arc<crate::feedback::callbacks::Callbacks>) -> Events {
-        Events { callbacks }
+    pub fn new(
+        callbacks: Arc<crate::feedback::callbacks::Callbacks>,
+        store: crate::store::Store,
+        retention: std::time::Duration,
+    ) -> Events {
+        Events {
+            callbacks,
+            store,
+            retention,
+        }
     }
 
     /// The structured log line of an event.
@@ -120,8 +131,47 @@ impl Events {
     /// The receiver is not involved: that happens later, elsewhere.
     pub async fn emit(&self, e: Event) {
         Self::log(&e);
-        if !e.account.is_empty() {
-            self.callbacks.file(&e).await;
+        let mut writes = if e.account.is_empty() {
+            Vec::new()
+        } else {
+            self.callbacks.writes_for(&e).await
+        };
+        // What the status record does not tell: the message's trail.
+        if e.event != "dropped" {
+            let step = crate::feedback::trail::Step {
+                at_ms: e.at,
+                what: e.event.clone(),
+                recipient: e.recipient.clone(),
+                text: describe(&e),
+            };
+            writes.extend(
+                crate::feedback::trail::write(&self.store, &e.message_id, &step, self.retention)
+                    .await,
+            );
+        }
+        if let Err(err) = self.store.write(&writes).await {
+            tracing::error!(event_id = %e.event_id, error = %err, "event not recorded (callback, trail)");
         }
     }
+}
+
+/// An event as its trail step says it.
+fn describe(e: &Event) -> String {
+    let mut parts = Vec::new();
+    if !e.reason.is_empty() {
+        parts.push(e.reason.clone());
+    }
+    if !e.link.is_empty() {
+        parts.push(format!("link {}", e.link));
+    }
+    if !e.ip.is_empty() {
+        parts.push(format!("from {}", e.ip));
+    }
+    if !e.user_agent.is_empty() {
+        parts.push(format!(
+            "({})",
+            e.user_agent.chars().take(80).collect::<String>()
+        ));
+    }
+    parts.join(" ")
 }

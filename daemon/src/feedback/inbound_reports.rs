@@ -262,6 +262,7 @@ async fn try_process(
                 duration_ms: 0,
                 source: None,
                 shaping: None,
+                outcome: None,
             });
             let also = ctx.events.writes_for(&e).await;
             let recorded = ctx

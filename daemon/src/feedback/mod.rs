@@ -6,7 +6,8 @@
 //! return paths); the deliverability loop in three sides: `rewrite` (the
 //! message: tracking pixel and links, unsubscribe footer and headers),
 //! `endpoints` (the HTTP side: pixel, link, unsubscribe page) and
-//! `engagement` (what an open or click records).
+//! `engagement` (what an open or click records); `trail` keeps each
+//! message's story after it was queued, for `kiln explain`.
 
 pub mod callbacks;
 pub mod endpoints;
@@ -16,4 +17,5 @@ pub mod inbound_reports;
 pub mod outcomes;
 pub mod rewrite;
 pub mod stats;
+pub mod trail;
 pub mod verp;

@@ -10,7 +10,7 @@ use crate::net::domain_of;
 use crate::policy::Policy;
 use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
 use crate::services::Services;
-use crate::store::NewMessage;
+use crate::store::{IntakeStep, NewMessage};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +58,36 @@ pub struct Verdict {
     pub source_ip: Option<std::net::IpAddr>,
     /// The egress pool ("": the default).
     pub pool: String,
+    /// The hooks' answers, for the message's story.
+    pub story: Vec<IntakeStep>,
+}
+
+fn step(what: &str, text: String) -> IntakeStep {
+    IntakeStep {
+        what: what.to_string(),
+        text,
+    }
+}
+
+/// A hook's answer as the story tells it.
+fn told(d: Option<&Decision>) -> String {
+    let Some(d) = d else {
+        return "no answer (go on)".into();
+    };
+    let mut parts = vec![format!("{:?}", d.action).to_lowercase()];
+    if let Some(m) = &d.message {
+        parts.push(m.clone());
+    }
+    if !d.reasons.is_empty() {
+        parts.push(d.reasons.join("; "));
+    }
+    if let Some(at) = d.retry_at {
+        parts.push(format!("not before {}", crate::clock::format_ms(at)));
+    }
+    if !d.drop.is_empty() {
+        parts.push(format!("{} recipient(s) dropped", d.drop.len()));
+    }
+    parts.join(": ")
 }
 
 /// The policy's part of admission: `content_filter`, `check_limits`,
@@ -75,6 +105,7 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
             ready_at_ms: s.now,
             source_ip: None,
             pool: String::new(),
+            story: vec![step("policy", "no admission hook defined".into())],
         });
     }
     let block = header_block(&s.message);
@@ -97,12 +128,13 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
         now: s.now,
         headers: HeaderView(Arc::from(block)),
     };
+    let mut story = Vec::new();
     match policy
         .call_for::<_, Decision>("content_filter", Some("message"), &info)
         .await
     {
         Ok(Some(d)) if d.is_reject() || d.is_defer() => return Err(Refusal::Content(d)),
-        Ok(_) => {}
+        Ok(d) => story.push(step("content_filter", told(d.as_ref()))),
         Err(_) => return Err(Refusal::PolicyUnavailable),
     }
     let decision = match policy.call::<_, Decision>("check_limits", &info).await {
@@ -110,6 +142,7 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
         Ok(None) => Decision::default(),
         Err(_) => return Err(Refusal::PolicyUnavailable),
     };
+    story.push(step("check_limits", told(Some(&decision))));
     // A batch task pauses rather than queue mail for tomorrow.
     if decision.is_reject() || (decision.is_defer() && s.trigger_type == "batch") {
         return Err(Refusal::Limits(decision));
@@ -146,11 +179,20 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
         Ok(None) => (None, String::new()),
         Err(_) => return Err(Refusal::PolicyUnavailable),
     };
+    story.push(step(
+        "select_egress",
+        match (&source_ip, pool.as_str()) {
+            (Some(ip), _) => format!("source address {ip}"),
+            (None, "") => "the default pool".into(),
+            (None, p) => format!("pool {p}"),
+        },
+    ));
     Ok(Verdict {
         dropped,
         ready_at_ms,
         source_ip,
         pool,
+        story,
     })
 }
 
@@ -238,6 +280,24 @@ impl Refusal {
     }
 }
 
+/// The selectors and algorithms of DKIM-Signature headers, as `s=sel
+/// a=alg` pairs.
+fn selectors(headers: &str) -> String {
+    let tag = |sig: &str, name: &str| {
+        sig.split(';')
+            .map(str::trim)
+            .find_map(|t| t.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    headers
+        .split("DKIM-Signature:")
+        .filter(|s| !s.trim().is_empty())
+        .map(|sig| format!("s={} a={}", tag(sig, "s="), tag(sig, "a=")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Runs the policy, signs, and makes the message durable. Ok means it is in
 /// the queue (or every recipient has a final status).
 pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
@@ -268,18 +328,31 @@ pub fn count_refused(door: &'static str, reason: &'static str) {
 
 async fn admit_counted(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
     check_message(ctx, &s).await?;
-    let verdict = apply_policy(&ctx.policy, &s).await?;
+    let mut verdict = apply_policy(&ctx.policy, &s).await?;
+    let came = if s.origin.starts_with(s.door) {
+        s.origin.clone()
+    } else {
+        format!("{} {}", s.door, s.origin)
+    };
+    let mut story = vec![step("received", came)];
+    story.append(&mut verdict.story);
     let mut message = s.message;
-    if !s.sender_domain.is_empty() {
+    if s.sender_domain.is_empty() {
+        story.push(step("dkim", "not signed: no sender domain".into()));
+    } else {
         let domain = &s.sender_domain;
         match ctx.signers.sign(domain, &message).await {
+            Ok(None) => story.push(step("dkim", format!("not signed: {domain} has no key"))),
             Ok(Some(header)) => {
+                story.push(step(
+                    "dkim",
+                    format!("signed for {domain} ({})", selectors(&header)),
+                ));
                 let mut signed = Vec::with_capacity(header.len() + message.len());
                 signed.extend_from_slice(header.as_bytes());
                 signed.extend_from_slice(&message);
                 message = signed;
             }
-            Ok(None) => {}
             Err(e) => {
                 tracing::error!(msg_id = %s.id, %domain, error = %e, "DKIM signing failed");
                 return Err(Refusal::Signing);
@@ -305,6 +378,7 @@ async fn admit_counted(ctx: &Services, s: Submission) -> Result<Admitted, Refusa
         pool: verdict.pool,
         template_id: s.template_id,
         task_id: s.task_id,
+        story,
     };
     match ctx.queue.submit(&msg).await {
         Ok(()) => {

@@ -1,8 +1,9 @@
 //! Operations: the admin endpoints the `kiln` subcommands use (`admin`,
-//! `queue_control`), who may use them (`admin_auth`), and the metrics for
+//! `queue_control`, `explain`), who may use them (`admin_auth`), and the metrics for
 //! Prometheus (`scrape`).
 
 pub mod admin;
 pub mod admin_auth;
+pub mod explain;
 pub mod queue_control;
 pub mod scrape;

@@ -257,6 +257,7 @@ mod tests {
                 pool: String::new(),
                 template_id: String::new(),
                 task_id: String::new(),
+                story: Vec::new(),
             })
             .await
             .expect("submit");
@@ -272,6 +273,7 @@ mod tests {
             duration_ms: 0,
             source: None,
             shaping: None,
+            outcome: None,
         };
         let recipient = |store: Store| async move {
             let s = store.status("m1").await.expect("status").expect("known");

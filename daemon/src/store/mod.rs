@@ -56,6 +56,8 @@ pub struct NewMessage {
     /// What the message was sent with, for its events ("" when none).
     pub template_id: String,
     pub task_id: String,
+    /// How it came in, what the policy said: kept with its status.
+    pub story: Vec<IntakeStep>,
 }
 
 /// One recipient's pending delivery.
@@ -180,6 +182,10 @@ pub struct Attempt {
     /// The throttling rule the reply matched, and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shaping: Option<String>,
+    /// How the reply was classified and what followed (next try at,
+    /// bounced, blocklisted), for `kiln explain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -201,6 +207,18 @@ pub struct MessageMeta {
     pub sender: String,
     pub size: usize,
     pub received_at_ms: i64,
+    /// How the message came in and what was decided for it on the way to
+    /// the queue, for `kiln explain`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub story: Vec<IntakeStep>,
+}
+
+/// One thing that happened to a message before it was queued.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IntakeStep {
+    /// received, content_filter, check_limits, select_egress, dkim ...
+    pub what: String,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -218,6 +236,7 @@ impl NewMessage {
             sender: self.sender.clone(),
             size: self.body.len(),
             received_at_ms: self.received_at_ms,
+            story: self.story.clone(),
         }
     }
 

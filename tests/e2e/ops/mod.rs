@@ -1,5 +1,6 @@
-//! Operations: the kiln command line, the metrics, queue control.
+//! Operations: the kiln command line, the metrics, queue control, explain.
 
 mod cli;
+mod explain;
 mod metrics;
 mod queue;

@@ -179,24 +179,31 @@ secret_key = "shop-secret-key"
 impl Kiln {
     pub fn start(binary: &Path, opts: &KilnOptions) -> Kiln {
         let free_addr = || SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
-        let (smtp, smtp_tls, http) = (free_addr(), free_addr(), free_addr());
-        let (config, policy) = opts.write_files(smtp, smtp_tls, http);
-
-        let mut kiln = Kiln {
-            smtp,
-            smtp_tls,
-            http,
-            config,
-            policy,
-            data_dir: opts.data_dir.clone(),
-            binary: binary.to_path_buf(),
-            child: None,
-            log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
-            log_level: opts.log_level.clone(),
-            env: Vec::new(),
-        };
-        kiln.spawn();
-        kiln
+        let mut tries = 0;
+        loop {
+            let (smtp, smtp_tls, http) = (free_addr(), free_addr(), free_addr());
+            let (config, policy) = opts.write_files(smtp, smtp_tls, http);
+            let mut kiln = Kiln {
+                smtp,
+                smtp_tls,
+                http,
+                config,
+                policy,
+                data_dir: opts.data_dir.clone(),
+                binary: binary.to_path_buf(),
+                child: None,
+                log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
+                log_level: opts.log_level.clone(),
+                env: Vec::new(),
+            };
+            match kiln.try_spawn() {
+                Ok(()) => return kiln,
+                // Another process took a port between the test's choice
+                // and the daemon's bind: other ports, then.
+                Err(log) if log.contains("Address already in use") && tries < 5 => tries += 1,
+                Err(log) => panic!("kiln did not start:\n{log}"),
+            }
+        }
     }
 
     /// A daemon on a config file written by the test as an operator would
@@ -235,6 +242,13 @@ impl Kiln {
 
     /// (Re)starts the process on the same config and waits for its ports.
     pub fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("kiln did not start:\n{log}");
+        }
+    }
+
+    /// Starts the process and waits for its ports; on failure, the log.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -256,20 +270,19 @@ impl Kiln {
             let up = std::net::TcpStream::connect(self.smtp).is_ok()
                 && std::net::TcpStream::connect(self.http).is_ok();
             if up {
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("kiln exited with {status}:\n{}", self.log_text());
+                self.child = None;
+                return Err(format!("kiln exited with {status}:\n{}", self.log_text()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "kiln did not start:\n{}",
-                self.log_text()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("kiln did not start in 30 s:\n{}", self.log_text()));
+            }
             std::thread::sleep(Duration::from_millis(25));
         }
     }

@@ -19,6 +19,7 @@ fn message(id: &str) -> NewMessage {
         pool: String::new(),
         template_id: String::new(),
         task_id: String::new(),
+        story: Vec::new(),
     }
 }
 
