@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 need_packages=()
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
 command -v curl >/dev/null 2>&1 || need_packages+=(curl)
 command -v python3 >/dev/null 2>&1 || need_packages+=(python3 python3-pip)
 

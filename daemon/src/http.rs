@@ -23,6 +23,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .merge(crate::feedback::endpoints::routes())
         .merge(crate::ops::admin::routes(&services))
         .merge(crate::ops::scrape::routes())
+        .merge(crate::ops::console::routes())
         .with_state(services)
 }
 

@@ -53,6 +53,7 @@
 //! | `feedback::outcomes` | the `reputation` hook's feed of outcomes |
 //! | `feedback::inbound_reports` | DSNs and complaints sent back to the VERP address |
 //! | `feedback::verp` | per-recipient return paths |
+//! | `feedback::recent` | this node's last refusals and failures, for the console |
 //! | `feedback::trail` | each message's story after it was queued, for `kiln explain` |
 //! | `feedback::rewrite` | the message side of the deliverability loop: |
 //! | `feedback::rewrite::tracking` | open pixel and tracked links |
@@ -74,6 +75,10 @@
 //! | **`ops`** | **operating a node** |
 //! | `ops::admin` | the endpoints the `kiln` subcommands use |
 //! | `ops::admin_auth` | who may use them |
+//! | `ops::console` | the web console under /console: operator and account views |
+//! | `ops::console::session` | console sign-in sessions, cookies, CSRF tokens |
+//! | `ops::console::pages` | the console's HTML |
+//! | `ops::console::chart` | line and bar charts as SVG |
 //! | `ops::explain` | `kiln explain`: a message's whole story, in order |
 //! | `ops::queue_control` | the queue steered: summary, list, suspend, resume, bounce, retry-now |
 //! | `ops::scrape` | `GET /metrics` for Prometheus, to loopback and named networks |

@@ -64,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// The web console (`http://<http.listen>/console`).
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
     /// SMTP AUTH blocked after repeated failures (asks the daemon).
     Auth {
         #[command(subcommand)]
@@ -103,6 +108,13 @@ enum QueueCommand {
     RetryNow { select: String },
     /// The suspensions and bounces in force.
     Controls,
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Print the operator token the console's operator sign-in asks for
+    /// (the daemon's admin token; run as the daemon's user).
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -328,6 +340,21 @@ fn main() -> ExitCode {
                 QueueCommand::Controls => admin(&settings, "GET", "/admin/queue/controls"),
             }
         }
+        Command::Console {
+            command: ConsoleCommand::Token,
+        } => match kiln::ops::admin_auth::read_token(&settings.server.data_dir) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "kiln: cannot read the operator token {}: {e} (run kiln as the daemon's user, after the daemon's first start)",
+                    kiln::ops::admin_auth::token_path(&settings.server.data_dir).display()
+                );
+                ExitCode::from(1)
+            }
+        },
         Command::Auth { command } => match command {
             AuthCommand::Blocked => admin(&settings, "GET", "/admin/auth/blocked"),
             AuthCommand::Unblock { subject } => admin(

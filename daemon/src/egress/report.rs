@@ -302,7 +302,7 @@ impl Delivery {
             &attempt,
         );
         self.report_outcome(entry, state, class.as_ref());
-        let counted = AttemptCount::new(provider, state, class.as_ref(), &attempt);
+        let counted = AttemptCount::new(provider, entry.domain(), state, class.as_ref(), &attempt);
         let also = match &event {
             Some(e) => self.events.writes_for(e).await,
             None => Vec::new(),
@@ -350,11 +350,14 @@ struct AttemptCount {
     source: String,
     seconds: f64,
     bounce: Option<(&'static str, String)>,
+    /// Recipient domain and reply, for the console's recent failures.
+    detail: String,
 }
 
 impl AttemptCount {
     fn new(
         provider: &str,
+        domain: &str,
         state: RecipientState,
         class: Option<&BounceClass>,
         attempt: &Attempt,
@@ -383,6 +386,12 @@ impl AttemptCount {
             source: attempt.source.clone().unwrap_or_else(|| "none".into()),
             seconds: attempt.duration_ms as f64 / 1000.0,
             bounce: bounce_type.map(|t| (t, class)),
+            detail: format!(
+                "{} ({provider}): {} {}",
+                domain,
+                attempt.code.map(|c| c.to_string()).unwrap_or_default(),
+                attempt.message
+            ),
         }
     }
 
@@ -401,6 +410,9 @@ impl AttemptCount {
                 source: self.source,
             })
             .inc();
+        if matches!(result, "bounced" | "deferred" | "expired") {
+            crate::feedback::recent::note(crate::clock::system_now_ms(), result, self.detail);
+        }
         if let Some((bounce_type, class)) = self.bounce {
             m.bounces
                 .get_or_create(&crate::metrics::BounceClass { bounce_type, class })

@@ -7,7 +7,8 @@
 //! message: tracking pixel and links, unsubscribe footer and headers),
 //! `endpoints` (the HTTP side: pixel, link, unsubscribe page) and
 //! `engagement` (what an open or click records); `trail` keeps each
-//! message's story after it was queued, for `kiln explain`.
+//! message's story after it was queued, for `kiln explain`; `recent` the
+//! last refusals and failures, for the console.
 
 pub mod callbacks;
 pub mod endpoints;
@@ -15,6 +16,7 @@ pub mod engagement;
 pub mod events;
 pub mod inbound_reports;
 pub mod outcomes;
+pub mod recent;
 pub mod rewrite;
 pub mod stats;
 pub mod trail;

@@ -324,6 +324,11 @@ pub fn count_refused(door: &'static str, reason: &'static str) {
         .refused
         .get_or_create(&crate::metrics::Refused { door, reason })
         .inc();
+    crate::feedback::recent::note(
+        crate::clock::system_now_ms(),
+        "refused",
+        format!("a message at the {door} door: {reason}"),
+    );
 }
 
 async fn admit_counted(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -135,19 +136,30 @@ struct Group {
 
 async fn summary(State(s): State<Arc<Services>>, Query(q): Query<SummaryQuery>) -> Response {
     let by = q.by.unwrap_or_else(|| "domain".into());
-    if !["domain", "provider", "account", "task", "pool", "state"].contains(&by.as_str()) {
-        return bad(format!(
+    match summary_groups(&s, &by).await {
+        Ok(groups) => {
+            let total: u64 = groups.iter().filter_map(|g| g["count"].as_u64()).sum();
+            Json(json!({"by": by, "total": total, "groups": groups})).into_response()
+        }
+        Err(ControlError::Bad(why)) => bad(why),
+        Err(e) => store_error(e),
+    }
+}
+
+/// The queue grouped `by` domain, provider, account, task, pool or state:
+/// counts by state and the oldest age, largest group first.
+pub async fn summary_groups(s: &Services, by: &str) -> Result<Vec<Value>, ControlError> {
+    if !["domain", "provider", "account", "task", "pool", "state"].contains(&by) {
+        return Err(ControlError::Bad(format!(
             "by {by:?}: summarise by domain, provider, account, task, pool or state"
-        ));
+        )));
     }
     let mut rows: Vec<(QueueEntry, EntryState)> = Vec::new();
-    if let Err(e) = scan(&s, None, |e, st| rows.push((e, st))).await {
-        return store_error(e);
-    }
+    scan(s, None, |e, st| rows.push((e, st))).await?;
     let mut providers: HashMap<String, String> = HashMap::new();
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (e, state) in rows {
-        let key = match by.as_str() {
+        let key = match by {
             "domain" => e.domain().to_ascii_lowercase(),
             "account" => e.account.clone(),
             "task" => e.task_id.clone(),
@@ -175,7 +187,7 @@ async fn summary(State(s): State<Arc<Services>>, Query(q): Query<SummaryQuery>) 
         );
     }
     let now = s.store.now_ms();
-    let mut out: Vec<_> = groups
+    let mut out: Vec<Value> = groups
         .into_iter()
         .map(|(key, g)| {
             json!({
@@ -189,8 +201,7 @@ async fn summary(State(s): State<Arc<Services>>, Query(q): Query<SummaryQuery>) 
         })
         .collect();
     out.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
-    let total: u64 = out.iter().filter_map(|g| g["count"].as_u64()).sum();
-    Json(json!({"by": by, "total": total, "groups": out})).into_response()
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -271,9 +282,15 @@ struct ControlRequest {
     reason: String,
 }
 
-/// The selection of a request, or why it is not one.
-fn selection(req: &ControlRequest) -> Result<Selector, String> {
-    Selector::parse(&req.select)
+/// Why a control action was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Bad(String),
+    #[error("{0} is not suspended")]
+    NotSuspended(String),
+    #[error("the store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Makes the entries of the selection due (those `filter` accepts);
@@ -295,73 +312,6 @@ async fn make_due(
     Ok(made)
 }
 
-async fn suspend(
-    State(s): State<Arc<Services>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(req): Query<ControlRequest>,
-) -> Response {
-    let select = match selection(&req) {
-        Ok(sel) => sel,
-        Err(why) => return bad(why),
-    };
-    let by = who(&headers, peer);
-    let rule = Rule {
-        select,
-        action: Action::Suspend,
-        by: by.clone(),
-        at_ms: s.store.now_ms(),
-    };
-    if let Err(e) = s.queue.controls.add(&rule).await {
-        return store_error(e);
-    }
-    tracing::info!(target: "kiln::ops", action = "suspend", select = %rule.select, %by, "queue control");
-    Json(json!({"rule": rule})).into_response()
-}
-
-async fn resume(
-    State(s): State<Arc<Services>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(req): Query<ControlRequest>,
-) -> Response {
-    let select = match selection(&req) {
-        Ok(sel) => sel,
-        Err(why) => return bad(why),
-    };
-    let by = who(&headers, peer);
-    let removed = match s.queue.controls.resume(&select).await {
-        Ok(r) => r,
-        Err(e) => return store_error(e),
-    };
-    if removed.is_empty() {
-        return super::admin::error(
-            StatusCode::NOT_FOUND,
-            "NotSuspended",
-            format!("{select} is not suspended"),
-        );
-    }
-    // What the suspension parked is due now: its park times are the rule's
-    // time plus whole park periods (any selection, source and provider
-    // included, without knowing where each entry would have gone). Once
-    // more after every node has read the rules again: one that had not
-    // yet may have parked some meanwhile.
-    let made = match due_again(&s, &removed).await {
-        Ok(n) => n,
-        Err(e) => return store_error(e),
-    };
-    let (again, rules) = (s.clone(), removed.clone());
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        if let Err(e) = due_again(&again, &rules).await {
-            tracing::warn!(error = %e, "resumed entries not made due again");
-        }
-    });
-    s.queue.wake.notify_one();
-    tracing::info!(target: "kiln::ops", action = "resume", select = %select, %by, due_now = made, "queue control");
-    Json(json!({"resumed": removed, "due_now": made})).into_response()
-}
-
 /// Makes due what the suspensions `removed` parked.
 async fn due_again(s: &Services, removed: &[Rule]) -> Result<usize, crate::store::StoreError> {
     let mut keys = Vec::new();
@@ -376,45 +326,138 @@ async fn due_again(s: &Services, removed: &[Rule]) -> Result<usize, crate::store
     Ok(made)
 }
 
+/// Carries out `action` (suspend, resume, bounce, retry-now) on the
+/// selection `select` for `by`, and logs it; answers what it did.
+pub async fn act(
+    s: &Arc<Services>,
+    action: &str,
+    select: &str,
+    reason: &str,
+    by: &str,
+) -> Result<Value, ControlError> {
+    let select = Selector::parse(select).map_err(ControlError::Bad)?;
+    let label = select.to_string();
+    let chosen_later = || {
+        ControlError::Bad(format!(
+            "a queued entry's source is chosen when it is attempted: {action} by domain, provider, account or task"
+        ))
+    };
+    let done = match action {
+        "suspend" => {
+            let rule = Rule {
+                select,
+                action: Action::Suspend,
+                by: by.to_string(),
+                at_ms: s.store.now_ms(),
+            };
+            s.queue.controls.add(&rule).await?;
+            json!({"rule": rule})
+        }
+        "resume" => {
+            let removed = s.queue.controls.resume(&select).await?;
+            if removed.is_empty() {
+                return Err(ControlError::NotSuspended(label));
+            }
+            // What the suspension parked is due now: its park times are
+            // the rule's time plus whole park periods (any selection, source
+            // and provider included, without knowing where each entry would
+            // have gone). Once more after every node has read the rules
+            // again: one that had not yet may have parked some meanwhile.
+            let made = due_again(s, &removed).await?;
+            let (again, rules) = (s.clone(), removed.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                if let Err(e) = due_again(&again, &rules).await {
+                    tracing::warn!(error = %e, "resumed entries not made due again");
+                }
+            });
+            json!({"resumed": removed, "due_now": made})
+        }
+        "bounce" => {
+            if select.field == Field::Source {
+                return Err(chosen_later());
+            }
+            let reason = reason.trim();
+            if reason.is_empty() {
+                return Err(ControlError::Bad(
+                    "a bounce needs a reason (--reason TEXT): it goes into each bounce event"
+                        .into(),
+                ));
+            }
+            let rule = Rule {
+                select: select.clone(),
+                action: Action::Bounce {
+                    reason: reason.chars().take(500).collect(),
+                },
+                by: by.to_string(),
+                at_ms: s.store.now_ms(),
+            };
+            s.queue.controls.add(&rule).await?;
+            // Each is bounced by the node that leases it next: once.
+            let at = rule.at_ms;
+            let made = make_due(s, select, |e| e.received_at_ms <= at).await?;
+            json!({"rule": rule, "due_now": made})
+        }
+        "retry-now" => {
+            if select.field == Field::Source {
+                return Err(chosen_later());
+            }
+            json!({"due_now": make_due(s, select, |_| true).await?})
+        }
+        other => {
+            return Err(ControlError::Bad(format!(
+                "{other:?}: the actions are suspend, resume, bounce and retry-now"
+            )));
+        }
+    };
+    tracing::info!(target: "kiln::ops", action, select = %label, by, reason, outcome = %done, "queue control");
+    Ok(done)
+}
+
+/// One control action over the admin API.
+async fn control(
+    action: &'static str,
+    s: Arc<Services>,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    req: ControlRequest,
+) -> Response {
+    let by = who(&headers, peer);
+    match act(&s, action, &req.select, &req.reason, &by).await {
+        Ok(v) => Json(v).into_response(),
+        Err(ControlError::Bad(why)) => bad(why),
+        Err(e @ ControlError::NotSuspended(_)) => {
+            super::admin::error(StatusCode::NOT_FOUND, "NotSuspended", e.to_string())
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn suspend(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(req): Query<ControlRequest>,
+) -> Response {
+    control("suspend", s, peer, headers, req).await
+}
+
+async fn resume(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(req): Query<ControlRequest>,
+) -> Response {
+    control("resume", s, peer, headers, req).await
+}
+
 async fn bounce(
     State(s): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(req): Query<ControlRequest>,
 ) -> Response {
-    let select = match selection(&req) {
-        Ok(sel) => sel,
-        Err(why) => return bad(why),
-    };
-    if select.field == Field::Source {
-        return bad(
-            "a queued entry's source is chosen when it is attempted: bounce by domain, provider, account or task",
-        );
-    }
-    let reason = req.reason.trim();
-    if reason.is_empty() {
-        return bad("a bounce needs a reason (--reason TEXT): it goes into each bounce event");
-    }
-    let by = who(&headers, peer);
-    let rule = Rule {
-        select: select.clone(),
-        action: Action::Bounce {
-            reason: reason.chars().take(500).collect(),
-        },
-        by: by.clone(),
-        at_ms: s.store.now_ms(),
-    };
-    if let Err(e) = s.queue.controls.add(&rule).await {
-        return store_error(e);
-    }
-    // Each is bounced by the node that leases it next: once.
-    let at = rule.at_ms;
-    let made = match make_due(&s, select, |e| e.received_at_ms <= at).await {
-        Ok(n) => n,
-        Err(e) => return store_error(e),
-    };
-    tracing::info!(target: "kiln::ops", action = "bounce", select = %rule.select, %by, reason, due_now = made, "queue control");
-    Json(json!({"rule": rule, "due_now": made})).into_response()
+    control("bounce", s, peer, headers, req).await
 }
 
 async fn retry_now(
@@ -423,21 +466,5 @@ async fn retry_now(
     headers: HeaderMap,
     Query(req): Query<ControlRequest>,
 ) -> Response {
-    let select = match selection(&req) {
-        Ok(sel) => sel,
-        Err(why) => return bad(why),
-    };
-    if select.field == Field::Source {
-        return bad(
-            "a queued entry's source is chosen when it is attempted: retry by domain, provider, account or task",
-        );
-    }
-    let by = who(&headers, peer);
-    let label = select.to_string();
-    let made = match make_due(&s, select, |_| true).await {
-        Ok(n) => n,
-        Err(e) => return store_error(e),
-    };
-    tracing::info!(target: "kiln::ops", action = "retry-now", select = %label, %by, due_now = made, "queue control");
-    Json(json!({"due_now": made})).into_response()
+    control("retry-now", s, peer, headers, req).await
 }

@@ -52,6 +52,11 @@ impl Records {
         Ok(())
     }
 
+    /// How many reports a domain had on one day.
+    pub async fn abuse_count(&self, domain: &str, day: &str) -> Result<usize, RecordsError> {
+        Ok(self.store.set_members(&day_index(domain, day)).await?.len())
+    }
+
     /// A domain's reports of one day, oldest first.
     pub async fn abuse_reports(
         &self,

@@ -73,6 +73,23 @@ fn custom_key(account: &str, id: &str) -> String {
 }
 
 impl Records {
+    /// Whether `address` is on the hard-bounce blocklist, since when and why.
+    pub async fn blocklist_entry(
+        &self,
+        address: &str,
+    ) -> Result<Option<BlockedAddress>, RecordsError> {
+        let address = address.trim().to_ascii_lowercase();
+        if !self.store.set_contains(&blocklist(), &address).await? {
+            return Ok(None);
+        }
+        let note: Option<BounceNote> = self.load(&note_key(&address)).await?;
+        Ok(Some(BlockedAddress {
+            at_ms: note.as_ref().map(|n| n.at_ms).unwrap_or(0),
+            reason: note.map(|n| n.reason).unwrap_or_default(),
+            address,
+        }))
+    }
+
     /// Hard-bounce entries caused by the account's sender domains.
     pub async fn blocked_for_account(
         &self,

@@ -78,6 +78,11 @@ impl Accounts {
         self.by_secret_id.get(secret_id).cloned()
     }
 
+    /// The names of the config file's accounts.
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
     /// A config-file account by name (store accounts are not here).
     pub fn configured(&self, name: &str) -> Option<&Account> {
         self.by_name.get(name).map(|a| a.as_ref())

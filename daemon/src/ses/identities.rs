@@ -195,6 +195,29 @@ impl Records {
             .ok_or_else(|| IdentityError::NotFound(domain.to_string()))
     }
 
+    /// The domain's reputation level and today's quota, from the policy
+    /// (0, 0 when it cannot say).
+    pub async fn reputation(&self, account: &str, domain: &str) -> (i64, i64) {
+        let query = serde_json::json!({
+            "domain": domain,
+            "account": account,
+            "kind": "query",
+            "count": 0,
+            "now": self.store.now_ms(),
+        });
+        match self
+            .policy
+            .call::<_, serde_json::Value>("reputation", &query)
+            .await
+        {
+            Ok(Some(st)) => (
+                st["level"].as_i64().unwrap_or(0),
+                st["daily_limit"].as_i64().unwrap_or(0),
+            ),
+            _ => (0, 0),
+        }
+    }
+
     pub async fn list_identities(&self, account: &str) -> Result<Vec<Identity>, RecordsError> {
         let mut all: Vec<Identity> = self.load_all(&index(account), record_key).await?;
         all.retain(|i| i.account == account);

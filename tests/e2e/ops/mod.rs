@@ -1,6 +1,8 @@
-//! Operations: the kiln command line, the metrics, queue control, explain.
+//! Operations: the kiln command line, the metrics, queue control,
+//! explain, the web console.
 
 mod cli;
+mod console;
 mod explain;
 mod metrics;
 mod queue;

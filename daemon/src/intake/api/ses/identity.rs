@@ -101,24 +101,6 @@ pub async fn delete(c: Call<'_>) -> Result<Value, ApiError> {
     Ok(json!({}))
 }
 
-/// The domain's reputation level and today's quota, from the policy.
-async fn reputation(c: &Call<'_>, domain: &str) -> (i64, i64) {
-    let query = json!({
-        "domain": domain,
-        "account": c.account,
-        "kind": "query",
-        "count": 0,
-        "now": c.ses.store.now_ms(),
-    });
-    match c.ses.policy.call::<_, Value>("reputation", &query).await {
-        Ok(Some(st)) => (
-            st["level"].as_i64().unwrap_or(0),
-            st["daily_limit"].as_i64().unwrap_or(0),
-        ),
-        _ => (0, 0),
-    }
-}
-
 pub async fn list(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["TagList", "Limit", "Offset"])?;
     let (offset, limit) = c.params.page(100, 1000)?;
@@ -138,7 +120,7 @@ pub async fn list(c: Call<'_>) -> Result<Value, ApiError> {
     let mut out = Vec::new();
     let (mut max_level, mut max_quota) = (0, 0);
     for i in identities.iter() {
-        let (level, quota) = reputation(&c, &i.domain).await;
+        let (level, quota) = c.ses.reputation(c.account, &i.domain).await;
         max_level = max_level.max(level);
         max_quota = max_quota.max(quota);
         out.push(json!({

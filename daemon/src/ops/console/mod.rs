@@ -1,0 +1,382 @@
+//! The web console under `/console`, served by the daemon itself: HTML
+//! with its style inline and charts drawn as SVG here (`chart`), so a page
+//! needs nothing else, no build step and no CDN.
+//!
+//! Two kinds of sign-in (`session`): the operator, with the operator token
+//! (`<data_dir>/admin.token`, printed by `kiln console token`), sees every
+//! account and sender domain, the queue by provider with shaping state,
+//! recent refusals and failures, the blocklist, and steers the queue; an
+//! account, with its SecretId and SecretKey, sees its own sender domains,
+//! statistics, templates and batch tasks, and nothing of any other
+//! account's.
+
+pub mod chart;
+mod pages;
+mod session;
+
+use crate::services::Services;
+use axum::Router;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use session::{Session, Who};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<Services>> {
+    Router::new()
+        .route("/console", get(home))
+        .route("/console/login", post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/queue", post(queue_action))
+}
+
+/// Days the charts show.
+const DAYS: i64 = 30;
+/// A failed sign-in is answered this much later (guessing is slow).
+const FAILED_SIGN_IN_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn page(status: StatusCode, html: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+fn redirect(to: &str, cookie: Option<String>) -> Response {
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response();
+    if let Some(c) = cookie
+        && let Ok(v) = c.parse()
+    {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize, Default)]
+struct HomeQuery {
+    blocklist: Option<String>,
+    done: Option<String>,
+}
+
+async fn home(
+    State(s): State<Arc<Services>>,
+    headers: HeaderMap,
+    Query(q): Query<HomeQuery>,
+) -> Response {
+    let Some((_, session)) = session::load(&s.store, &headers).await else {
+        return page(StatusCode::OK, pages::sign_in(None));
+    };
+    let html = match &session.who {
+        Who::Operator => operator_page(&s, &session, &q).await,
+        Who::Account(name) => account_page(&s, &session, name).await,
+    };
+    page(StatusCode::OK, html)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    secret_id: String,
+    #[serde(default)]
+    secret_key: String,
+}
+
+async fn login(
+    State(s): State<Arc<Services>>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    use crate::ses::config_accounts::constant_time_eq;
+    let who = if !f.token.is_empty() {
+        constant_time_eq(f.token.trim().as_bytes(), s.admin_token.as_bytes())
+            .then_some(Who::Operator)
+    } else if !f.secret_id.is_empty() {
+        account_for(&s, f.secret_id.trim(), f.secret_key.trim())
+            .await
+            .map(Who::Account)
+    } else {
+        None
+    };
+    let Some(who) = who else {
+        tracing::warn!(target: "kiln::ops", "console sign-in refused");
+        tokio::time::sleep(FAILED_SIGN_IN_DELAY).await;
+        return page(
+            StatusCode::UNAUTHORIZED,
+            pages::sign_in(Some(
+                "That token, or that SecretId and SecretKey, is not right.",
+            )),
+        );
+    };
+    match session::create(&s.store, who.clone()).await {
+        Ok((id, _)) => {
+            tracing::info!(target: "kiln::ops", who = ?who, "console sign-in");
+            redirect(
+                "/console",
+                Some(session::set_cookie(&id, session::over_tls(&headers))),
+            )
+        }
+        Err(e) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::sign_in(Some(&format!("The store cannot be reached: {e}"))),
+        ),
+    }
+}
+
+/// The account whose API key this is (enabled ones only).
+async fn account_for(s: &Services, secret_id: &str, secret_key: &str) -> Option<String> {
+    use crate::ses::config_accounts::constant_time_eq;
+    if let Some((key, account)) = s.accounts().api_key(secret_id) {
+        return constant_time_eq(key.as_bytes(), secret_key.as_bytes())
+            .then(|| account.name.clone());
+    }
+    let a = s.ses.account_by_secret_id(secret_id).await.ok()??;
+    (!a.disabled && constant_time_eq(a.secret_key.as_bytes(), secret_key.as_bytes()))
+        .then_some(a.name)
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(s): State<Arc<Services>>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some((id, session)) = session::load(&s.store, &headers).await
+        && csrf_ok(&session, &f.csrf)
+    {
+        session::end(&s.store, &id).await;
+    }
+    redirect(
+        "/console",
+        Some(session::set_cookie("", session::over_tls(&headers))),
+    )
+}
+
+fn csrf_ok(session: &Session, shown: &str) -> bool {
+    crate::ses::config_accounts::constant_time_eq(session.csrf.as_bytes(), shown.as_bytes())
+}
+
+#[derive(Deserialize)]
+struct QueueForm {
+    #[serde(default)]
+    csrf: String,
+    action: String,
+    select: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn queue_action(
+    State(s): State<Arc<Services>>,
+    headers: HeaderMap,
+    Form(f): Form<QueueForm>,
+) -> Response {
+    let Some((_, session)) = session::load(&s.store, &headers).await else {
+        return redirect("/console", None);
+    };
+    if session.who != Who::Operator {
+        return page(
+            StatusCode::FORBIDDEN,
+            pages::message("Only the operator steers the queue."),
+        );
+    }
+    if !csrf_ok(&session, &f.csrf) {
+        return page(
+            StatusCode::FORBIDDEN,
+            pages::message("The form is stale: reload the page and try again."),
+        );
+    }
+    let by = "operator (console)".to_string();
+    let done = super::queue_control::act(&s, &f.action, &f.select, &f.reason, &by).await;
+    let text = match done {
+        Ok(v) => format!("{} {}: {}", f.action, f.select, v),
+        Err(why) => format!("{} {}: refused: {why}", f.action, f.select),
+    };
+    redirect(&format!("/console?done={}", url_encode(&text)), None)
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A sender domain as the console shows it.
+pub struct DomainRow {
+    pub account: String,
+    pub domain: String,
+    pub verified: bool,
+    pub level: i64,
+    pub quota: i64,
+    pub sent_today: i64,
+    /// (day of warm-up, today's cap), when warm-up applies.
+    pub warmup: Option<(i64, i64)>,
+}
+
+async fn domain_rows(s: &Services, accounts: &[String]) -> Vec<DomainRow> {
+    let now = s.store.now_ms();
+    let today = s.ses.day(now);
+    let mut rows = Vec::new();
+    for account in accounts {
+        let Ok(identities) = s.ses.list_identities(account).await else {
+            continue;
+        };
+        for i in identities {
+            let (level, quota) = s.ses.reputation(account, &i.domain).await;
+            let sent_today = s
+                .stats
+                .day_counts(&i.domain, &today, None)
+                .await
+                .map(|c| c[1])
+                .unwrap_or(0);
+            let warmup = s
+                .policy
+                .call::<_, Value>("warmup_limit", &json!({"identity": i.domain, "now": now}))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| Some((v["day"].as_i64()?, v["cap"].as_i64()?)));
+            rows.push(DomainRow {
+                account: account.clone(),
+                domain: i.domain,
+                verified: i.verified,
+                level,
+                quota,
+                sent_today,
+                warmup,
+            });
+        }
+    }
+    rows
+}
+
+/// Daily counts over the last [`DAYS`] days, summed over `domains`.
+pub struct Daily {
+    pub labels: Vec<String>,
+    pub accepted: Vec<f64>,
+    pub delivered: Vec<f64>,
+    pub bounced: Vec<f64>,
+    pub opened: Vec<f64>,
+    pub complaints: Vec<f64>,
+}
+
+async fn daily(s: &Services, domains: &[String]) -> Daily {
+    let now = s.store.now_ms();
+    let mut d = Daily {
+        labels: Vec::new(),
+        accepted: Vec::new(),
+        delivered: Vec::new(),
+        bounced: Vec::new(),
+        opened: Vec::new(),
+        complaints: Vec::new(),
+    };
+    for back in (0..DAYS).rev() {
+        let day = s.ses.day(now - back * 86_400_000);
+        let mut counts = [0i64; 7];
+        let mut complaints = 0usize;
+        for domain in domains {
+            if let Ok(c) = s.stats.day_counts(domain, &day, None).await {
+                for (sum, n) in counts.iter_mut().zip(c) {
+                    *sum += n;
+                }
+            }
+            complaints += s.ses.abuse_count(domain, &day).await.unwrap_or(0);
+        }
+        d.labels.push(day.get(5..).unwrap_or(&day).to_string());
+        d.accepted.push(counts[1] as f64);
+        d.delivered.push(counts[2] as f64);
+        d.bounced.push(counts[3] as f64);
+        d.opened.push(counts[4] as f64);
+        d.complaints.push(complaints as f64);
+    }
+    d
+}
+
+async fn all_accounts(s: &Services) -> Vec<String> {
+    let mut names: Vec<String> = s
+        .ses
+        .list_accounts()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    names.extend(s.accounts().names());
+    names.sort();
+    names.dedup();
+    names
+}
+
+async fn operator_page(s: &Services, session: &Session, q: &HomeQuery) -> String {
+    let accounts = all_accounts(s).await;
+    let rows = domain_rows(s, &accounts).await;
+    let domains: Vec<String> = rows.iter().map(|r| r.domain.clone()).collect();
+    let daily = daily(s, &domains).await;
+    let queue = super::queue_control::summary_groups(s, "provider")
+        .await
+        .unwrap_or_default();
+    let shaping = s.egress.shaping().await;
+    let recent = crate::feedback::recent::list();
+    let blocklist = match q
+        .blocklist
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        Some(address) => Some((
+            address.to_string(),
+            s.ses.blocklist_entry(address).await.ok().flatten(),
+        )),
+        None => None,
+    };
+    pages::operator(&pages::OperatorView {
+        csrf: &session.csrf,
+        rows: &rows,
+        daily: &daily,
+        queue: &queue,
+        shaping: &shaping,
+        recent: &recent,
+        blocklist,
+        done: q.done.as_deref(),
+    })
+}
+
+async fn account_page(s: &Services, session: &Session, account: &str) -> String {
+    let rows = domain_rows(s, &[account.to_string()]).await;
+    let domains: Vec<String> = rows.iter().map(|r| r.domain.clone()).collect();
+    let daily = daily(s, &domains).await;
+    let templates = s.ses.list_templates(account).await.unwrap_or_default();
+    let tasks = s.ses.list_tasks(account).await.unwrap_or_default();
+    pages::account(&pages::AccountView {
+        account,
+        csrf: &session.csrf,
+        rows: &rows,
+        daily: &daily,
+        templates: &templates,
+        tasks: &tasks,
+    })
+}
