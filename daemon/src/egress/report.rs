@@ -192,6 +192,25 @@ impl Delivery {
         Some(e)
     }
 
+    /// Records an attempt's outcome with its event's writes (the callback)
+    /// in one commit; answers whether it was recorded.
+    async fn record(
+        &self,
+        entry: &QueueEntry,
+        decision: crate::queue::outcome::Decision,
+        attempt: Attempt,
+        event: Option<&crate::feedback::events::Event>,
+    ) -> bool {
+        let also = match event {
+            Some(e) => self.events.writes_for(e).await,
+            None => Vec::new(),
+        };
+        self.queue
+            .settle(entry, decision, attempt, &also)
+            .await
+            .is_ok()
+    }
+
     /// Bounces an entry as an operator's rule says (no attempt is made):
     /// final with the rule's reason, one bounce event (and its callback)
     /// written with it. Not the sender's doing: the reputation feed and
@@ -216,16 +235,7 @@ impl Delivery {
         };
         let decision = self.queue.decide(entry, Verdict::Permanent);
         let event = Self::event_for(now, entry, decision.state, None, &attempt);
-        let also = match &event {
-            Some(e) => self.events.writes_for(e).await,
-            None => Vec::new(),
-        };
-        if self
-            .queue
-            .settle(entry, decision, attempt, &also)
-            .await
-            .is_ok()
-        {
+        if self.record(entry, decision, attempt, event.as_ref()).await {
             tracing::info!(
                 msg_id = %entry.msg_id,
                 recipient = %entry.recipient,
@@ -303,17 +313,8 @@ impl Delivery {
         );
         self.report_outcome(entry, state, class.as_ref());
         let counted = AttemptCount::new(provider, entry.domain(), state, class.as_ref(), &attempt);
-        let also = match &event {
-            Some(e) => self.events.writes_for(e).await,
-            None => Vec::new(),
-        };
         // After the status is durable: the event reports what the store says.
-        if self
-            .queue
-            .settle(entry, decision, attempt, &also)
-            .await
-            .is_ok()
-        {
+        if self.record(entry, decision, attempt, event.as_ref()).await {
             counted.record();
             if let Some(event) = &event {
                 crate::feedback::events::Events::log(event);

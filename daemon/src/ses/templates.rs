@@ -85,7 +85,7 @@ pub fn variables(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn html_escape(value: &str) -> String {
+pub fn html_escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
