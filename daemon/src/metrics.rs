@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::LazyLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -322,10 +322,17 @@ impl Metrics {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+static OFF: AtomicBool = AtomicBool::new(false);
 
-/// The process's metrics.
-pub fn get() -> &'static Metrics {
-    &METRICS
+/// The process's metrics; None when they are turned off (`http.metrics =
+/// false`: nothing is counted).
+pub fn get() -> Option<&'static Metrics> {
+    (!OFF.load(Ordering::Relaxed)).then(|| &*METRICS)
+}
+
+/// Turns counting on or off for the process (at start).
+pub fn set_enabled(on: bool) {
+    OFF.store(!on, Ordering::Relaxed);
 }
 
 /// The label of a provider: its name when the egress plan names it, else
@@ -364,6 +371,7 @@ mod tests {
     #[test]
     fn names_follow_prometheus_conventions() {
         let m = Metrics::new();
+        assert!(get().is_some(), "counted unless turned off");
         m.accepted.get_or_create(&Door { door: "smtp" }).inc();
         observe(
             &m.attempt_seconds.get_or_create(&Provider {

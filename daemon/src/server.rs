@@ -155,6 +155,7 @@ pub async fn start(
     clock: Clock,
 ) -> anyhow::Result<Node> {
     let settings = Arc::new(settings);
+    crate::metrics::set_enabled(settings.http.metrics);
     std::fs::create_dir_all(&settings.server.data_dir).with_context(|| {
         format!(
             "creating data directory {}",

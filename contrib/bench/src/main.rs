@@ -2,7 +2,7 @@
 //! messages of 2 KB over 20 parallel sessions (one connection per message,
 //! like Postfix's smtp-source), waits until the sink has them all, and prints
 //!
-//! `kiln end_to_end_mps=<n> inject_mps=<n> cpu_us_per_msg=<n> n=<N> dkim=<on|off> store=<embedded|redis> policy=<P> recipients=<one|distinct>`
+//! `kiln end_to_end_mps=<n> inject_mps=<n> cpu_us_per_msg=<n> n=<N> dkim=<on|off> store=<embedded|redis> policy=<P> recipients=<one|distinct> metrics=<on|off>`
 //!
 //! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis] [--kiln PATH]
 //!                   [--source PATH-TO-smtp-source] [--policy default|off|FILE.lua] [--pairs K]
@@ -54,6 +54,8 @@ struct Args {
     /// Every message to its own recipient (built-in load only), rather than
     /// all to one as smtp-source sends them.
     distinct: bool,
+    /// Metrics counted (`--metrics off`: `http.metrics = false`).
+    metrics: bool,
 }
 
 #[derive(Clone, PartialEq)]
@@ -96,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
         policy: Policy::Default,
         pairs: 0,
         distinct: false,
+        metrics: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -113,6 +116,7 @@ fn parse_args() -> Result<Args, String> {
             "--policy" if value == "off" => args.policy = Policy::Off,
             "--policy" if value == "default" => args.policy = Policy::Default,
             "--pairs" => args.pairs = value.parse().map_err(|_| "--pairs: not a number")?,
+            "--metrics" => args.metrics = value != "off",
             "--recipients" if value == "one" => args.distinct = false,
             "--recipients" if value == "distinct" => args.distinct = true,
             other => return Err(format!("unknown flag {other}")),
@@ -180,6 +184,9 @@ async fn run(args: &Args, policy: &Policy) -> Run {
     let sink = &peers.sink;
     let mut opts = peers.options();
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+    if !args.metrics {
+        opts.http = "metrics = false".into();
+    }
     match policy {
         Policy::Default => {}
         Policy::Off => {
@@ -233,14 +240,15 @@ async fn run(args: &Args, policy: &Policy) -> Run {
         cpu_us_per_msg: kiln_cpu * 1e6 / accepted.max(1) as f64,
     };
     println!(
-        "kiln end_to_end_mps={:.0} inject_mps={:.0} cpu_us_per_msg={:.0} n={} dkim={} store={} policy={policy} recipients={}",
+        "kiln end_to_end_mps={:.0} inject_mps={:.0} cpu_us_per_msg={:.0} n={} dkim={} store={} policy={policy} recipients={} metrics={}",
         measured.end_to_end_mps,
         accepted as f64 / inject_secs,
         measured.cpu_us_per_msg,
         accepted,
         if args.dkim { "on" } else { "off" },
         if args.redis { "redis" } else { "embedded" },
-        args.recipients()
+        args.recipients(),
+        if args.metrics { "on" } else { "off" }
     );
     drop(kiln);
     measured

@@ -325,6 +325,8 @@ pub struct SmtpSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
+    /// Count metrics and answer `GET /metrics` (false: nothing counted).
+    pub metrics: bool,
     /// Networks (CIDR) besides loopback whose clients may read
     /// `GET /metrics`, e.g. the Prometheus server's.
     pub metrics_networks: Vec<String>,
@@ -493,6 +495,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics: true,
             metrics_networks: Vec::new(),
         }
     }

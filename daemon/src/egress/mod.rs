@@ -532,7 +532,9 @@ impl crate::services::EgressView for Delivery {
 
     fn set_gauges(&self) {
         let now = self.shaper.now_ms();
-        let m = crate::metrics::get();
+        let Some(m) = crate::metrics::get() else {
+            return;
+        };
         m.shaping_suspended.clear();
         m.shaping_factor.clear();
         for shape in self.shaper.shapes() {

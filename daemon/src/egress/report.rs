@@ -244,13 +244,14 @@ impl Delivery {
                 reason = %reason,
                 "bounced by the operator"
             );
-            crate::metrics::get()
-                .bounces
-                .get_or_create(&crate::metrics::BounceClass {
-                    bounce_type: "hard",
-                    class: "operator".into(),
-                })
-                .inc();
+            if let Some(m) = crate::metrics::get() {
+                m.bounces
+                    .get_or_create(&crate::metrics::BounceClass {
+                        bounce_type: "hard",
+                        class: "operator".into(),
+                    })
+                    .inc();
+            }
             if let Some(event) = &event {
                 crate::feedback::events::Events::log(event);
             }
@@ -398,7 +399,9 @@ impl AttemptCount {
 
     fn record(self) {
         let Some(result) = self.result else { return };
-        let m = crate::metrics::get();
+        let Some(m) = crate::metrics::get() else {
+            return;
+        };
         m.attempt_seconds
             .get_or_create(&crate::metrics::Provider {
                 provider: self.provider.clone(),

@@ -397,14 +397,15 @@ impl Shaper {
             suspended_until_ms: t.suspended_until_ms,
             factor: t.factor_at(now),
         });
-        crate::metrics::get()
-            .shaping_signals
-            .get_or_create(&crate::metrics::SignalRule {
-                provider: shape.label.clone(),
-                source: shape.source.to_string(),
-                rule: s.rule.clone(),
-            })
-            .inc();
+        if let Some(m) = crate::metrics::get() {
+            m.shaping_signals
+                .get_or_create(&crate::metrics::SignalRule {
+                    provider: shape.label.clone(),
+                    source: shape.source.to_string(),
+                    rule: s.rule.clone(),
+                })
+                .inc();
+        }
         tracing::warn!(
             target: "kiln::shaping",
             provider = %shape.provider,

@@ -373,11 +373,12 @@ impl Callbacks {
             }
             // Never past the current bucket: jobs filed now land there.
             cursor = cursor.min(now_bucket);
-            let m = crate::metrics::get();
-            m.callbacks_pending.set(due as i64);
-            m.callback_oldest_seconds.set(oldest.map_or(0.0, |b| {
-                ((self.ses.store.now_ms() - b * BUCKET_MS).max(0)) as f64 / 1000.0
-            }));
+            if let Some(m) = crate::metrics::get() {
+                m.callbacks_pending.set(due as i64);
+                m.callback_oldest_seconds.set(oldest.map_or(0.0, |b| {
+                    ((self.ses.store.now_ms() - b * BUCKET_MS).max(0)) as f64 / 1000.0
+                }));
+            }
         }
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
@@ -503,8 +504,10 @@ impl Callbacks {
         }
         let started = std::time::Instant::now();
         let outcome = self.post(&jobs).await;
-        if !jobs.is_empty() {
-            crate::metrics::observe(&crate::metrics::get().callback_seconds, started.elapsed());
+        if let Some(m) = crate::metrics::get()
+            && !jobs.is_empty()
+        {
+            crate::metrics::observe(&m.callback_seconds, started.elapsed());
         }
         for job in jobs {
             writes.extend(self.finish(bucket, job, &outcome));
@@ -520,10 +523,11 @@ impl Callbacks {
     fn finish(&self, bucket: i64, mut job: Job, outcome: &Result<(), String>) -> Vec<Write> {
         let gone = |job: &Job| vec![Write::Delete(job_key(&job.id)), unfiled(bucket, &job.id)];
         let count = |result: &'static str| {
-            crate::metrics::get()
-                .callbacks
-                .get_or_create(&crate::metrics::CallbackResult { result })
-                .inc();
+            if let Some(m) = crate::metrics::get() {
+                m.callbacks
+                    .get_or_create(&crate::metrics::CallbackResult { result })
+                    .inc();
+            }
         };
         // How it ended, for the message's trail (a failure that is tried
         // again is not a step: the receiver may fail for days).

@@ -95,12 +95,13 @@ impl Events {
 
     /// The structured log line of an event.
     pub fn log(e: &Event) {
-        crate::metrics::get()
-            .events
-            .get_or_create(&crate::metrics::EventType {
-                event: e.event.clone(),
-            })
-            .inc();
+        if let Some(m) = crate::metrics::get() {
+            m.events
+                .get_or_create(&crate::metrics::EventType {
+                    event: e.event.clone(),
+                })
+                .inc();
+        }
         tracing::info!(
             target: "kiln::event",
             event = %e.event,

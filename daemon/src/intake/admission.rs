@@ -303,9 +303,11 @@ fn selectors(headers: &str) -> String {
 pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
     let door = s.door;
     let admitted = admit_counted(ctx, s).await;
-    let m = crate::metrics::get();
     match &admitted {
         Ok(a) => {
+            let Some(m) = crate::metrics::get() else {
+                return admitted;
+            };
             let label = crate::metrics::Door { door };
             m.accepted.get_or_create(&label).inc();
             m.recipients_queued
@@ -320,10 +322,11 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
 /// Counts a message refused at `door` (also by a door itself, before
 /// admission: an SMTP DATA too big or with a bad line).
 pub fn count_refused(door: &'static str, reason: &'static str) {
-    crate::metrics::get()
-        .refused
-        .get_or_create(&crate::metrics::Refused { door, reason })
-        .inc();
+    if let Some(m) = crate::metrics::get() {
+        m.refused
+            .get_or_create(&crate::metrics::Refused { door, reason })
+            .inc();
+    }
     crate::feedback::recent::note(
         crate::clock::system_now_ms(),
         "refused",

@@ -40,7 +40,13 @@ async fn metrics(
             "metrics are answered to loopback and to http.metrics_networks only",
         );
     }
-    let m = crate::metrics::get();
+    let Some(m) = crate::metrics::get() else {
+        return super::admin::error(
+            StatusCode::NOT_FOUND,
+            "MetricsOff",
+            "metrics are turned off (http.metrics = false)",
+        );
+    };
     match s.store.queue_counts().await {
         Ok(c) => {
             for (state, n) in [("due", c.due), ("waiting", c.waiting), ("leased", c.leased)] {

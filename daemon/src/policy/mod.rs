@@ -186,10 +186,11 @@ impl Engine {
             Some(host) => host.call_at(at, hook, arg).await,
             None => Ok(None),
         };
-        let m = crate::metrics::get();
-        let label = crate::metrics::Hook { hook };
-        m.hook_calls.get_or_create(&label).inc();
-        crate::metrics::observe(&m.hook_seconds.get_or_create(&label), started.elapsed());
+        if let Some(m) = crate::metrics::get() {
+            let label = crate::metrics::Hook { hook };
+            m.hook_calls.get_or_create(&label).inc();
+            crate::metrics::observe(&m.hook_seconds.get_or_create(&label), started.elapsed());
+        }
         answer
     }
 
@@ -359,10 +360,11 @@ impl Policy {
 
     fn count_error(&self, hook: &'static str, e: &PolicyError) {
         tracing::error!(target: "kiln::policy", hook, error = %e, "policy hook failed");
-        crate::metrics::get()
-            .hook_errors
-            .get_or_create(&crate::metrics::Hook { hook })
-            .inc();
+        if let Some(m) = crate::metrics::get() {
+            m.hook_errors
+                .get_or_create(&crate::metrics::Hook { hook })
+                .inc();
+        }
         *self
             .errors
             .lock()

@@ -363,12 +363,13 @@ impl DkimSigners {
         let mut headers = String::new();
         for s in signers.iter() {
             headers.push_str(&s.sign(message)?);
-            crate::metrics::get()
-                .dkim_signatures
-                .get_or_create(&crate::metrics::Algorithm {
-                    algorithm: s.algorithm(),
-                })
-                .inc();
+            if let Some(m) = crate::metrics::get() {
+                m.dkim_signatures
+                    .get_or_create(&crate::metrics::Algorithm {
+                        algorithm: s.algorithm(),
+                    })
+                    .inc();
+            }
         }
         Ok(Some(headers))
     }

@@ -344,15 +344,15 @@ impl Store {
     }
 
     fn count_write(&self, op: &'static str, started: std::time::Instant) {
-        crate::metrics::observe(
-            &crate::metrics::get()
-                .store_seconds
-                .get_or_create(&crate::metrics::StoreOp {
+        if let Some(m) = crate::metrics::get() {
+            crate::metrics::observe(
+                &m.store_seconds.get_or_create(&crate::metrics::StoreOp {
                     store: self.backend_name(),
                     op,
                 }),
-            started.elapsed(),
-        );
+                started.elapsed(),
+            );
+        }
     }
 
     /// Leases up to `max` entries whose time has come, for `lease` long.

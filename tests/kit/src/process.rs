@@ -43,6 +43,8 @@ pub struct KilnOptions {
     pub listener: String,
     /// Extra settings for the [smtp] section.
     pub smtp: String,
+    /// Extra settings for the [http] section.
+    pub http: String,
     pub node_id: String,
     /// The policy script (Lua) the daemon runs; by default the plugins with
     /// limits raised out of the way of tests that are not about limits.
@@ -80,6 +82,7 @@ impl KilnOptions {
             delivery: String::new(),
             listener: String::new(),
             smtp: String::new(),
+            http: String::new(),
             node_id: "node-a".into(),
             log_level: "info,kiln=debug".into(),
             policy: PERMISSIVE_POLICY.into(),
@@ -132,6 +135,7 @@ lease_time = {lease_time}
 
 [http]
 listen = "{http}"
+{http_extra}
 
 [smtp]
 max_errors = 50
@@ -168,6 +172,7 @@ secret_key = "shop-secret-key"
             plugins = plugins_dir().display(),
             listener = opts.listener,
             smtp_extra = opts.smtp,
+            http_extra = opts.http,
             // `{http}` in the extra TOML: this instance's HTTP address.
             extra = opts.extra.replace("{http}", &http.to_string()),
         );

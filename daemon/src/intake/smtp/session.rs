@@ -101,12 +101,13 @@ impl Session {
 
     pub async fn run(mut self, io: LineIo) {
         self.converse(io).await;
-        crate::metrics::get()
-            .smtp_sessions
-            .get_or_create(&crate::metrics::Tls {
-                tls: if self.tls { "yes" } else { "no" },
-            })
-            .inc();
+        if let Some(m) = crate::metrics::get() {
+            m.smtp_sessions
+                .get_or_create(&crate::metrics::Tls {
+                    tls: if self.tls { "yes" } else { "no" },
+                })
+                .inc();
+        }
     }
 
     async fn converse(&mut self, mut io: LineIo) {

@@ -72,9 +72,9 @@ pub(super) fn writer_loop(
         match committed {
             Ok(()) => {
                 dirty = true;
-                crate::metrics::get()
-                    .commit_messages
-                    .observe(batch.len() as f64);
+                if let Some(m) = crate::metrics::get() {
+                    m.commit_messages.observe(batch.len() as f64);
+                }
                 kv.refresh(db);
                 kv.forget(batch.iter().map(|j| &j.op));
                 for (job, result) in batch.into_iter().zip(results) {
