@@ -331,6 +331,8 @@ fn outcome_text(state: RecipientState, class: Option<&BounceClass>, next: Option
             format!("deferred, next try at {}", crate::clock::format_ms(at))
         }
         (RecipientState::Expired, _) => "expired: the queue gave up".to_string(),
+        (RecipientState::Delivered, _) => "delivered".to_string(),
+        (RecipientState::Bounced, _) => "bounced".to_string(),
         (s, _) => format!("{s:?}").to_lowercase(),
     };
     if let Some(c) = class {
@@ -388,12 +390,17 @@ impl AttemptCount {
             source: attempt.source.clone().unwrap_or_else(|| "none".into()),
             seconds: attempt.duration_ms as f64 / 1000.0,
             bounce: bounce_type.map(|t| (t, class)),
-            detail: format!(
-                "{} ({provider}): {} {}",
-                domain,
-                attempt.code.map(|c| c.to_string()).unwrap_or_default(),
-                attempt.message
-            ),
+            // Only failures are noted.
+            detail: if state == RecipientState::Delivered {
+                String::new()
+            } else {
+                format!(
+                    "{} ({provider}): {} {}",
+                    domain,
+                    attempt.code.map(|c| c.to_string()).unwrap_or_default(),
+                    attempt.message
+                )
+            },
         }
     }
 

@@ -8,7 +8,7 @@ pub use crate::intake::submission::Submission;
 use crate::message::{decode_subject, first_values, header_block};
 use crate::net::domain_of;
 use crate::policy::Policy;
-use crate::policy::decisions::{Decision, Egress, HeaderView, MessageInfo};
+use crate::policy::decisions::{Action, Decision, Egress, HeaderView, MessageInfo};
 use crate::services::Services;
 use crate::store::{IntakeStep, NewMessage};
 use std::borrow::Cow;
@@ -74,7 +74,16 @@ fn told(d: Option<&Decision>) -> String {
     let Some(d) = d else {
         return "no answer (go on)".into();
     };
-    let mut parts = vec![format!("{:?}", d.action).to_lowercase()];
+    let action = match d.action {
+        Action::Accept => "accept",
+        Action::Send => "send",
+        Action::Reject => "reject",
+        Action::Defer => "defer",
+    };
+    if d.message.is_none() && d.reasons.is_empty() && d.retry_at.is_none() && d.drop.is_empty() {
+        return action.to_string();
+    }
+    let mut parts = vec![action.to_string()];
     if let Some(m) = &d.message {
         parts.push(m.clone());
     }
