@@ -24,13 +24,24 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
 /// The most resident memory a process has had (VmHWM), in KiB; 0 when it
 /// cannot be read.
 pub fn peak_rss_kb(pid: Option<u32>) -> u64 {
+    status_kb(pid, "VmHWM:")
+}
+
+/// A process's resident memory now (VmRSS), in KiB; 0 when it cannot be
+/// read.
+#[allow(dead_code)] // not every benchmark reads it
+pub fn rss_kb(pid: Option<u32>) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+fn status_kb(pid: Option<u32>, field: &str) -> u64 {
     let Some(status) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
     else {
         return 0;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }

@@ -18,10 +18,10 @@
 //!
 //! Usage: kiln-shaping-bench [--n N] [--store embedded|redis] [--kiln PATH]
 
+mod load;
 mod measure;
 mod peers;
 
-use kiln_testkit::client::{SmtpClient, message};
 use kiln_testkit::process::Kiln;
 use kiln_testkit::provider::{Limits, Provider};
 use std::net::SocketAddr;
@@ -172,32 +172,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Queues `rcpts` over `sessions` relay sessions, 50 recipients a message.
-async fn inject(addr: SocketAddr, rcpts: Vec<String>, sessions: usize) {
-    let chunks: Vec<Vec<String>> = rcpts
-        .chunks(RECIPIENTS_PER_MESSAGE)
-        .map(<[String]>::to_vec)
-        .collect();
-    let per = chunks.len().div_ceil(sessions);
-    let mut tasks = Vec::new();
-    for share in chunks.chunks(per.max(1)).map(<[Vec<String>]>::to_vec) {
-        tasks.push(tokio::spawn(async move {
-            let mut c = SmtpClient::connect(addr).await.expect("connect to kiln");
-            c.cmd("EHLO bench.test").await.expect("EHLO");
-            for to in share {
-                let to: Vec<&str> = to.iter().map(String::as_str).collect();
-                let body = message("bench@shop.test", to[0], "shaped", 2048);
-                let r = c.send("bench@shop.test", &to, &body).await.expect("send");
-                assert_eq!(r.code, 250, "kiln refused a message: {r:?}");
-            }
-            c.quit().await;
-        }));
-    }
-    for t in tasks {
-        t.await.expect("injection task");
-    }
-}
-
 /// Kiln (and its Redis) on the first core, the receivers (and the rest of
 /// this process, DNS, the injector) on the second: a receiver starved of
 /// CPU by the sender it measures would stamp messages late and see bursts
@@ -274,7 +248,7 @@ async fn main() {
     pin_cores(kiln.pid(), peers.redis.as_ref().map(|r| r.pid()));
     let cpu_before = measure::cpu_seconds(kiln.pid());
     let start = Instant::now();
-    inject(kiln.smtp, rcpts, 4).await;
+    load::inject(kiln.smtp, rcpts, 4, RECIPIENTS_PER_MESSAGE).await;
     let inject_s = start.elapsed().as_secs_f64();
     let delivered = || providers.iter().map(Provider::delivered).sum::<usize>();
     let deadline = start + Duration::from_secs_f64(bound_s * 3.0 + 120.0);

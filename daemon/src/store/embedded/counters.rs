@@ -8,11 +8,13 @@ impl EmbeddedStore {
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Dirty counters to persist; expired ones are forgotten.
+    /// Dirty counters to persist; expired ones are forgotten, and clean
+    /// ones (in the file already) idle for a while leave memory.
     pub(super) fn take_dirty_counters(&self) -> Vec<(String, i64, i64)> {
         let now = self.clock.now_ms();
         let mut counters = self.counters();
-        counters.retain(|_, c| c.expires_at > now);
+        counters
+            .retain(|_, c| c.expires_at > now && (c.dirty || now - c.used_at < COUNTER_IDLE_MS));
         counters
             .iter_mut()
             .filter(|(_, c)| c.dirty)
@@ -21,6 +23,16 @@ impl EmbeddedStore {
                 (k.clone(), c.value, c.expires_at)
             })
             .collect()
+    }
+
+    /// Marks counters to be written again (their write failed).
+    pub(super) fn mark_dirty(&self, keys: &[String]) {
+        let mut counters = self.counters();
+        for k in keys {
+            if let Some(c) = counters.get_mut(k) {
+                c.dirty = true;
+            }
+        }
     }
 
     /// Counts in memory (persisted every second): never waits, so policy
@@ -108,6 +120,7 @@ impl EmbeddedStore {
     ) -> Result<Option<T>> {
         if let Some(c) = counters.get_mut(key).filter(|c| c.expires_at > now) {
             c.dirty = true;
+            c.used_at = now;
             return Ok(Some(change(&mut c.value)));
         }
         // Not in memory: start from what the file holds (written before a
@@ -135,8 +148,10 @@ impl EmbeddedStore {
                 value: stored,
                 expires_at,
                 dirty: false,
+                used_at: now,
             });
         c.dirty = true;
+        c.used_at = now;
         Ok(Some(change(&mut c.value)))
     }
 }

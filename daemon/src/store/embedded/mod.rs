@@ -159,7 +159,15 @@ struct Counter {
     value: i64,
     expires_at: i64,
     dirty: bool,
+    /// When it was last counted or read (ms): a clean counter idle for
+    /// [`COUNTER_IDLE_MS`] leaves memory (the file has it).
+    used_at: i64,
 }
+
+/// A counter written to the file and not used for this long is dropped
+/// from memory; the next use reads it back. Per-recipient counters would
+/// otherwise hold memory for every address of the hour.
+const COUNTER_IDLE_MS: i64 = 10_000;
 
 /// The counters in memory, by key.
 type Counters = foldhash::HashMap<String, Counter>;
@@ -359,10 +367,13 @@ impl EmbeddedStore {
                     break;
                 };
                 let dirty = store.take_dirty_counters();
+                let keys: Vec<String> = dirty.iter().map(|(k, _, _)| k.clone()).collect();
                 if !dirty.is_empty()
                     && let Err(e) = store.submit(Op::Counters(dirty)).await
                 {
                     tracing::warn!(error = %e, "writing counters failed");
+                    // Not in the file: kept in memory and written next time.
+                    store.mark_dirty(&keys);
                 }
             }
         });
