@@ -37,6 +37,10 @@ pub struct DnsAttribute {
     /// not: without them return paths stay on the shared bounce domain).
     #[serde(skip)]
     pub required: bool,
+    /// DNS could not answer (timeout, server failure): neither found nor
+    /// missing.
+    #[serde(skip)]
+    pub unknown: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +275,10 @@ impl Records {
         }
         let mut attributes = self.expected_attributes(&identity).await?;
         self.look_up(&mut attributes).await;
+        if attributes.iter().any(|a| a.unknown) {
+            // A DNS outage says nothing about the records: nothing changes.
+            return Ok((identity, attributes));
+        }
         let verified = attributes.iter().filter(|a| a.required).all(|a| a.ok);
         let return_path = attributes.iter().any(|a| !a.required)
             && attributes.iter().filter(|a| !a.required).all(|a| a.ok);
@@ -299,6 +307,7 @@ impl Records {
             current: String::new(),
             ok: false,
             required: true,
+            unknown: false,
         };
         let mut out = vec![
             attr("MX", d.clone(), self.settings.mx_host()),
@@ -352,7 +361,12 @@ impl Records {
                             _ => None,
                         })
                         .collect(),
-                    Err(_) => Vec::new(),
+                    Err(e) if e.is_no_records_found() || e.is_nx_domain() => Vec::new(),
+                    Err(e) => {
+                        a.unknown = true;
+                        a.current = format!("could not look up: {e}");
+                        continue;
+                    }
                 };
                 a.ok = found.iter().any(|h| h.eq_ignore_ascii_case(&a.expected));
                 a.current = found.join(",");
@@ -372,7 +386,12 @@ impl Records {
                         _ => None,
                     })
                     .collect(),
-                Err(_) => Vec::new(),
+                Err(e) if e.is_no_records_found() || e.is_nx_domain() => Vec::new(),
+                Err(e) => {
+                    a.unknown = true;
+                    a.current = format!("could not look up: {e}");
+                    continue;
+                }
             };
             let matching = texts.iter().find(|t| {
                 let lower = t.to_ascii_lowercase();

@@ -5,6 +5,7 @@ use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -18,6 +19,8 @@ struct Zone {
 pub struct DnsServer {
     pub addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
+    /// While set, queries get no answer at all (a server that is down).
+    silent: Arc<AtomicBool>,
 }
 
 fn key(name: &str) -> String {
@@ -36,31 +39,39 @@ impl DnsServer {
         };
         let addr = udp.local_addr().expect("addr");
         let zone = Arc::new(Mutex::new(Zone::default()));
-        let z = zone.clone();
+        let silent = Arc::new(AtomicBool::new(false));
+        let (z, quiet) = (zone.clone(), silent.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
                     continue;
                 };
+                if quiet.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if let Some(reply) = answer(&z, &buf[..n]) {
                     let _ = udp.send_to(&reply, peer).await;
                 }
             }
         });
-        let z = zone.clone();
+        let (z, quiet) = (zone.clone(), silent.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = tcp.accept().await else {
                     continue;
                 };
-                let z = z.clone();
+                let (z, quiet) = (z.clone(), quiet.clone());
                 tokio::spawn(async move {
                     loop {
                         let Ok(len) = s.read_u16().await else { return };
                         let mut q = vec![0u8; len as usize];
                         if s.read_exact(&mut q).await.is_err() {
                             return;
+                        }
+                        if quiet.load(Ordering::Relaxed) {
+                            // Held open, unanswered, as a hung server does.
+                            std::future::pending::<()>().await;
                         }
                         let Some(reply) = answer(&z, &q) else { return };
                         if s.write_u16(reply.len() as u16).await.is_err()
@@ -72,7 +83,12 @@ impl DnsServer {
                 });
             }
         });
-        DnsServer { addr, zone }
+        DnsServer { addr, zone, silent }
+    }
+
+    /// Stops answering (`true`) or answers again (`false`).
+    pub fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::Relaxed);
     }
 
     fn add(&self, name: &str, data: RData) {

@@ -1,0 +1,4 @@
+//! Faults, end to end: what Kiln does when a peer fails, and how long it
+//! takes to recover (docs/reliability.md has the figures).
+
+mod dns;
