@@ -1,4 +1,5 @@
 //! Faults, end to end: what Kiln does when a peer fails, and how long it
 //! takes to recover (docs/reliability.md has the figures).
 
+mod callbacks;
 mod dns;

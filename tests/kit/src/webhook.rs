@@ -32,6 +32,10 @@ impl Hook {
 struct Shared {
     hooks: Mutex<Vec<Hook>>,
     status: Mutex<u16>,
+    /// How long a POST waits before it is answered (and recorded).
+    delay: Mutex<Option<std::time::Duration>>,
+    /// POSTs received and not answered yet.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 pub struct Webhook {
@@ -67,6 +71,13 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let delay = *s.delay.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = delay {
+        use std::sync::atomic::Ordering;
+        s.waiting.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(d).await;
+        s.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
     let status = *s.status.lock().unwrap_or_else(|p| p.into_inner());
     s.hooks
         .lock()
@@ -143,6 +154,19 @@ impl Webhook {
     /// The status later POSTs get (they are recorded either way).
     pub fn answer(&self, status: u16) {
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// Later POSTs are answered only after `delay` (None: at once); a
+    /// long one is a receiver that hangs.
+    pub fn answer_after(&self, delay: Option<std::time::Duration>) {
+        *self.shared.delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
+    }
+
+    /// POSTs held unanswered right now.
+    pub fn waiting(&self) -> usize {
+        self.shared
+            .waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The POSTs (callbacks) only.
