@@ -12,6 +12,7 @@
 //!
 //! Usage: kiln-queue-bench [--n N] [--store embedded|redis] [--kiln PATH]
 
+mod args;
 mod load;
 mod measure;
 mod peers;
@@ -19,7 +20,6 @@ mod peers;
 use kiln_testkit::client::{SmtpClient, message};
 use kiln_testkit::process::Kiln;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Where the dead destination's MX answers (and never says a word).
@@ -28,31 +28,6 @@ const TARPIT_IP: &str = "127.0.0.77";
 const PER_MESSAGE: usize = 1000;
 /// How long egress works on the full queue before memory is read.
 const SETTLE: Duration = Duration::from_secs(20);
-
-struct Args {
-    n: usize,
-    redis: bool,
-    kiln: PathBuf,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        n: 1_000_000,
-        redis: false,
-        kiln: PathBuf::from("target/release/kiln"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--n" => args.n = value.parse().map_err(|_| "--n: not a number")?,
-            "--store" => args.redis = value == "redis",
-            "--kiln" => args.kiln = PathBuf::from(value),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(args)
-}
 
 /// Accepts connections on `addr` and holds them without a word.
 async fn tarpit(addr: SocketAddr) {
@@ -69,13 +44,7 @@ async fn tarpit(addr: SocketAddr) {
 
 #[tokio::main]
 async fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("kiln-queue-bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = args::parse("kiln-queue-bench", 1_000_000);
     let peers = peers::Peers::start(args.redis).await;
     let port = peers.sink.addr.port();
     tarpit(SocketAddr::new(TARPIT_IP.parse().expect("ip"), port)).await;

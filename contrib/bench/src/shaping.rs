@@ -18,6 +18,7 @@
 //!
 //! Usage: kiln-shaping-bench [--n N] [--store embedded|redis] [--kiln PATH]
 
+mod args;
 mod load;
 mod measure;
 mod peers;
@@ -25,7 +26,6 @@ mod peers;
 use kiln_testkit::process::Kiln;
 use kiln_testkit::provider::{Limits, Provider};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const SOURCES: [&str; 2] = ["127.0.0.5", "127.0.0.6"];
@@ -147,31 +147,6 @@ fn policy() -> String {
     )
 }
 
-struct Args {
-    n: usize,
-    redis: bool,
-    kiln: PathBuf,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        n: 100_000,
-        redis: false,
-        kiln: PathBuf::from("target/release/kiln"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--n" => args.n = value.parse().map_err(|_| "--n: not a number")?,
-            "--store" => args.redis = value == "redis",
-            "--kiln" => args.kiln = PathBuf::from(value),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(args)
-}
-
 /// Kiln (and its Redis) on the first core, the receivers (and the rest of
 /// this process, DNS, the injector) on the second: a receiver starved of
 /// CPU by the sender it measures would stamp messages late and see bursts
@@ -194,13 +169,7 @@ fn pin_cores(kiln: Option<u32>, redis: Option<u32>) {
 
 #[tokio::main]
 async fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("kiln-shaping-bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = args::parse("kiln-shaping-bench", 100_000);
     let peers = peers::Peers::start(args.redis).await;
     let port = peers.sink.addr.port();
     // Each provider gets a share of the mail in proportion to its rate, so
