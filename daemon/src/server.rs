@@ -24,6 +24,9 @@ use tokio_util::task::TaskTracker;
 
 const BODY_CACHE_BYTES: usize = 256 * 1024 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Redis unreachable at start is tried again after 1, 2, 4 ... seconds, at
+/// most this far apart.
+const REDIS_WAIT_AT_MOST: Duration = Duration::from_secs(8);
 
 pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Store> {
     Ok(match settings.store.backend {
@@ -34,16 +37,36 @@ pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Sto
                     .with_context(|| format!("opening embedded store {}", path.display()))?,
             )
         }
-        StoreBackend::Redis => Store::Redis(
-            RedisStore::connect(
-                &settings.store.redis_url,
-                &settings.store.redis_prefix,
-                settings.queue.status_retention,
-                clock,
-            )
-            .await
-            .with_context(|| format!("connecting to {}", settings.store.redis_url))?,
-        ),
+        StoreBackend::Redis => {
+            // Redis down at start: wait for it (systemd hears nothing of
+            // "ready" until then), rather than exit and be restarted.
+            let url = crate::store::redacted_url(&settings.store.redis_url);
+            let mut wait = Duration::from_secs(1);
+            loop {
+                match RedisStore::connect(
+                    &settings.store.redis_url,
+                    &settings.store.redis_prefix,
+                    settings.queue.status_retention,
+                    clock.clone(),
+                )
+                .await
+                {
+                    Ok(s) => break Store::Redis(s),
+                    Err(e) if e.is_unreachable() => {
+                        tracing::warn!(redis = %url, error = %e, retry_in_s = wait.as_secs(), "Redis cannot be reached; not serving until it answers");
+                        let _ = sd_notify::notify(
+                            false,
+                            &[sd_notify::NotifyState::Status(&format!(
+                                "waiting for Redis at {url}: {e}"
+                            ))],
+                        );
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(REDIS_WAIT_AT_MOST);
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("connecting to {url}")),
+                }
+            }
+        }
     })
 }
 

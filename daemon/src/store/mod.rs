@@ -32,6 +32,53 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// The store could not be reached (down, refusing, timing out): worth
+    /// trying again, unlike a wrong URL or a corrupt record.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redacted_url("redis://:s3cret@10.0.0.1:6379/0"),
+            "redis://:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            super::redacted_url("rediss://kiln:s3cret@r.example:6380"),
+            "rediss://kiln:***@r.example:6380"
+        );
+        assert_eq!(
+            super::redacted_url("redis://127.0.0.1/"),
+            "redis://127.0.0.1/"
+        );
+    }
+}
+
+/// `url` without its password, for logs.
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// A message accepted for delivery: the body is stored once, each recipient
 /// becomes its own queue entry.
 #[derive(Debug, Clone)]

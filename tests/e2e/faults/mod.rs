@@ -3,3 +3,4 @@
 
 mod callbacks;
 mod dns;
+mod redis;

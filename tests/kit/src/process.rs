@@ -182,25 +182,62 @@ secret_key = "shop-secret-key"
 }
 
 impl Kiln {
-    pub fn start(binary: &Path, opts: &KilnOptions) -> Kiln {
+    /// A daemon on fresh ports with its files written, not started.
+    fn prepared(binary: &Path, opts: &KilnOptions) -> Kiln {
         let free_addr = || SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let (smtp, smtp_tls, http) = (free_addr(), free_addr(), free_addr());
+        let (config, policy) = opts.write_files(smtp, smtp_tls, http);
+        Kiln {
+            smtp,
+            smtp_tls,
+            http,
+            config,
+            policy,
+            data_dir: opts.data_dir.clone(),
+            binary: binary.to_path_buf(),
+            child: None,
+            log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
+            log_level: opts.log_level.clone(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts the daemon without waiting for its ports (one that waits for
+    /// a peer before it serves); [`Kiln::wait_ready`] waits.
+    pub fn launch(binary: &Path, opts: &KilnOptions) -> Kiln {
+        let mut kiln = Kiln::prepared(binary, opts);
+        kiln.child = Some(kiln.command_spawn());
+        kiln
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits until the daemon answers on its ports (at most `timeout`).
+    pub fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.smtp).is_ok()
+                && std::net::TcpStream::connect(self.http).is_ok()
+            {
+                return true;
+            }
+            if !self.running() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    pub fn start(binary: &Path, opts: &KilnOptions) -> Kiln {
         let mut tries = 0;
         loop {
-            let (smtp, smtp_tls, http) = (free_addr(), free_addr(), free_addr());
-            let (config, policy) = opts.write_files(smtp, smtp_tls, http);
-            let mut kiln = Kiln {
-                smtp,
-                smtp_tls,
-                http,
-                config,
-                policy,
-                data_dir: opts.data_dir.clone(),
-                binary: binary.to_path_buf(),
-                child: None,
-                log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
-                log_level: opts.log_level.clone(),
-                env: Vec::new(),
-            };
+            let mut kiln = Kiln::prepared(binary, opts);
             match kiln.try_spawn() {
                 Ok(()) => return kiln,
                 // Another process took a port between the test's choice
@@ -252,14 +289,14 @@ impl Kiln {
         }
     }
 
-    /// Starts the process and waits for its ports; on failure, the log.
-    fn try_spawn(&mut self) -> Result<(), String> {
+    /// The daemon's process, its log appended to the log file.
+    fn command_spawn(&self) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(&self.binary)
+        Command::new(&self.binary)
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
@@ -268,8 +305,12 @@ impl Kiln {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn kiln");
-        self.child = Some(child);
+            .expect("spawn kiln")
+    }
+
+    /// Starts the process and waits for its ports; on failure, the log.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        self.child = Some(self.command_spawn());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let up = std::net::TcpStream::connect(self.smtp).is_ok()

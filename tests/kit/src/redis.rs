@@ -11,8 +11,12 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_on(crate::free_port())
+    }
+
+    /// A server on `port` (one a daemon was told of before it ran).
+    pub fn start_on(port: u16) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = crate::free_port();
         let child = Command::new("redis-server")
             .args([
                 "--port",
