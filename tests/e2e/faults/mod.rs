@@ -3,4 +3,5 @@
 
 mod callbacks;
 mod dns;
+mod node;
 mod redis;
