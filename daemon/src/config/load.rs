@@ -13,6 +13,7 @@ type Overrides = Vec<(String, String)>;
 const LIST_KEYS: &[&str] = &[
     "dns.nameservers",
     "delivery.require_tls_domains",
+    "http.metrics_networks",
     "queue.retry_schedule",
     "smtp.literal_networks",
 ];
@@ -274,11 +275,15 @@ mod tests {
                 ("KILN_DELIVERY__MX_PORT", "2526"),
                 ("KILN_QUEUE__RETRY_SCHEDULE", "5,10"),
                 ("KILN_STORE__BACKEND", "redis"),
+                ("KILN_HTTP__METRICS_NETWORKS", "10.1.0.0/16,192.0.2.0/24"),
+                ("KILN_HTTP__METRICS", "false"),
             ]),
         )
         .unwrap();
         assert_eq!(s.delivery.mx_port, 2526);
         assert_eq!(s.queue.retry_schedule, [5, 10]);
+        assert_eq!(s.http.metrics_networks, ["10.1.0.0/16", "192.0.2.0/24"]);
+        assert!(!s.http.metrics);
         assert_eq!(
             s.dns.nameservers,
             ["127.0.0.1:5353"],

@@ -142,6 +142,29 @@ async fn counters_read_what_happened() {
             text = read().await;
         }
         let m = parse(&text);
+        // What a Prometheus operator tries first: curl, headers shown.
+        let curl = std::process::Command::new("curl")
+            .args(["-sS", "-i", &format!("http://{}/metrics", e.kiln.http)])
+            .output()
+            .expect("curl runs (apt-get install -y curl)");
+        let shown = String::from_utf8_lossy(&curl.stdout).to_string();
+        assert!(shown.starts_with("HTTP/1.1 200"), "{shown}");
+        assert!(
+            shown
+                .to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text"),
+            "{shown}"
+        );
+        let (_, body) = shown.split_once("\r\n\r\n").unwrap();
+        assert_eq!(
+            sum(
+                &parse(body),
+                "kiln_messages_accepted_total",
+                &["door=\"smtp\""]
+            ),
+            5.0,
+            "{shown}"
+        );
         let b = format!("{backend:?}");
         assert_eq!(
             sum(&m, "kiln_messages_accepted_total", &["door=\"smtp\""]),
