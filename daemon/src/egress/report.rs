@@ -122,11 +122,10 @@ impl Delivery {
         }
     }
 
-    /// The envelope sender for a copy: a VERP return path for an account's
-    /// mail with a sender (null senders and relayed mail keep theirs).
     /// The envelope sender for one attempt: account mail leaves with a
     /// VERP address, on its sender domain's own return-path domain when
-    /// that domain publishes one, else on the bounce domain.
+    /// that domain publishes one, else on the bounce domain (null senders
+    /// and relayed mail keep theirs).
     pub(super) async fn return_path(&self, entry: &QueueEntry) -> String {
         match &self.verp {
             Some(v) if !entry.account.is_empty() && !entry.sender.is_empty() => {
@@ -155,16 +154,13 @@ impl Delivery {
         class: Option<&BounceClass>,
         attempt: &Attempt,
     ) -> Option<crate::feedback::events::Event> {
-        let (kind, bounce_type) = match state {
-            RecipientState::Delivered => ("delivered", ""),
-            RecipientState::Deferred => ("deferred", ""),
-            RecipientState::Bounced if class.is_some_and(|c| c.class != "hard") => {
-                ("bounce", "soft")
-            }
-            RecipientState::Bounced => ("bounce", "hard"),
-            RecipientState::Expired => ("bounce", "soft"),
+        let kind = match state {
+            RecipientState::Delivered => "delivered",
+            RecipientState::Deferred => "deferred",
+            RecipientState::Bounced | RecipientState::Expired => "bounce",
             RecipientState::Queued | RecipientState::Dropped => return None,
         };
+        let bounce_type = bounce_type(state, class).unwrap_or_default();
         let mut e = crate::feedback::events::Event::new(
             now,
             kind,
@@ -324,6 +320,17 @@ impl Delivery {
     }
 }
 
+/// A bounce's type, as events and the metrics give it: soft for a class
+/// other than `hard` and for a recipient the queue gave up on.
+fn bounce_type(state: RecipientState, class: Option<&BounceClass>) -> Option<&'static str> {
+    match state {
+        RecipientState::Bounced if class.is_some_and(|c| c.class != "hard") => Some("soft"),
+        RecipientState::Bounced => Some("hard"),
+        RecipientState::Expired => Some("soft"),
+        _ => None,
+    }
+}
+
 /// What followed an attempt, as `kiln explain` tells it.
 fn outcome_text(state: RecipientState, class: Option<&BounceClass>, next: Option<i64>) -> String {
     let mut out = match (state, next) {
@@ -373,12 +380,7 @@ impl AttemptCount {
             RecipientState::Expired => Some("expired"),
             RecipientState::Queued | RecipientState::Dropped => None,
         };
-        let bounce_type = match state {
-            RecipientState::Bounced if class.is_some_and(|c| c.class != "hard") => Some("soft"),
-            RecipientState::Bounced => Some("hard"),
-            RecipientState::Expired => Some("soft"),
-            _ => None,
-        };
+        let bounce_type = bounce_type(state, class);
         let class = match (state, class) {
             (RecipientState::Expired, _) => "expired".to_string(),
             (_, Some(c)) => crate::metrics::class_label(&c.class),

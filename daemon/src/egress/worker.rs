@@ -6,13 +6,12 @@
 //! back to the queue while the pair is suspended or its next send time is
 //! far away.
 
-use super::Delivery;
 use super::client::{ClientError, Connection, LOCAL, Reply, TlsMode};
 use super::line::{Job, Line, Running};
 use super::shaping::{Effective, SendPermit, Shape, WAIT_AT_MOST};
 use super::warmup::Counted;
+use super::{Controlled, Delivery};
 use crate::policy::decisions::Signal;
-use crate::queue::control::{Control, park_until};
 use crate::queue::outcome::Verdict;
 use crate::store::Attempt;
 use crate::store::shaping::Paced;
@@ -190,29 +189,20 @@ impl Delivery {
         };
         while let Some((job, mut running)) = self.next_job(&line).await {
             // An operator's rule made since the job was placed.
-            let control = self.queue.controls.control(
-                &job.entry,
-                Some(&shape.provider),
-                Some(&line.source.name),
-            );
-            match control {
-                Control::Go => {}
-                Control::Suspended(rule) => {
+            let job = match self.controlled(job, Some(&shape.provider), Some(&line.source.name)) {
+                Controlled::Go(job) => job,
+                Controlled::Back(entry) => {
                     drop(running);
-                    let mut entry = job.entry.clone();
-                    entry.ready_at_ms = park_until(&rule, self.shaper.now_ms());
-                    drop(job);
                     if let Err(e) = self.queue.postpone(&[entry]).await {
                         tracing::error!(error = %e, "could not send an entry back to the queue");
                     }
                     continue;
                 }
-                Control::Bounce(rule) => {
-                    self.bounce_by_operator(&job.entry, &rule).await;
+                Controlled::Taken => {
                     drop(running);
                     continue;
                 }
-            }
+            };
             let now = self.shaper.now_ms();
             let throttle = self.shaper.throttle(&shape).await;
             let e = super::shaping::effective(&shape.limits(), &throttle, now);

@@ -314,14 +314,13 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
     let admitted = admit_counted(ctx, s).await;
     match &admitted {
         Ok(a) => {
-            let Some(m) = crate::metrics::get() else {
-                return admitted;
-            };
-            let label = crate::metrics::Door { door };
-            m.accepted.get_or_create(&label).inc();
-            m.recipients_queued
-                .get_or_create(&label)
-                .inc_by(a.queued as u64);
+            if let Some(m) = crate::metrics::get() {
+                let label = crate::metrics::Door { door };
+                m.accepted.get_or_create(&label).inc();
+                m.recipients_queued
+                    .get_or_create(&label)
+                    .inc_by(a.queued as u64);
+            }
         }
         Err(r) => count_refused(door, r.label()),
     }
@@ -346,12 +345,7 @@ pub fn count_refused(door: &'static str, reason: &'static str) {
 async fn admit_counted(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
     check_message(ctx, &s).await?;
     let mut verdict = apply_policy(&ctx.policy, &s).await?;
-    let came = if s.origin.starts_with(s.door) {
-        s.origin.clone()
-    } else {
-        format!("{} {}", s.door, s.origin)
-    };
-    let mut story = vec![step("received", came)];
+    let mut story = vec![step("received", s.origin.clone())];
     story.append(&mut verdict.story);
     let mut message = s.message;
     if s.sender_domain.is_empty() {

@@ -25,8 +25,8 @@ pub struct Submission {
     pub require_tls: bool,
     /// The door it came in by: smtp, api or batch (a metrics label).
     pub door: &'static str,
-    /// Where it came from, for the log: an SMTP peer, an API request, a
-    /// batch task.
+    /// Where it came from, for the log and the story, its door first:
+    /// `smtp <peer>`, `api <peer> request <id>`, `batch task <id>`.
     pub origin: String,
     /// The template and batch task it was made from ("" when none).
     pub template_id: String,

@@ -7,7 +7,7 @@
 use crate::queue::control::{Action, Field, Rule, Selector, parked_by};
 use crate::services::Services;
 use crate::store::{EntryState, QueueEntry};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,10 +29,8 @@ pub fn routes() -> Router<Arc<Services>> {
         .route("/admin/queue/summary", get(summary))
         .route("/admin/queue/list", get(list))
         .route("/admin/queue/controls", get(controls))
-        .route("/admin/queue/suspend", post(suspend))
-        .route("/admin/queue/resume", post(resume))
-        .route("/admin/queue/bounce", post(bounce))
-        .route("/admin/queue/retry-now", post(retry_now))
+        // suspend, resume, bounce, retry-now
+        .route("/admin/queue/{action}", post(control))
 }
 
 fn bad(message: impl Into<String>) -> Response {
@@ -293,15 +291,15 @@ pub enum ControlError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Makes the entries of the selection due (those `filter` accepts);
-/// answers how many.
+/// Makes the waiting entries of the selection (all, for None) that
+/// `filter` accepts due now; answers how many.
 async fn make_due(
     s: &Services,
-    select: Selector,
+    select: Option<Selector>,
     filter: impl Fn(&QueueEntry) -> bool,
 ) -> Result<usize, crate::store::StoreError> {
     let mut keys = Vec::new();
-    scan(s, Some(select), |e, state| {
+    scan(s, select, |e, state| {
         if state == EntryState::Waiting && filter(&e) {
             keys.push(e.key());
         }
@@ -314,16 +312,7 @@ async fn make_due(
 
 /// Makes due what the suspensions `removed` parked.
 async fn due_again(s: &Services, removed: &[Rule]) -> Result<usize, crate::store::StoreError> {
-    let mut keys = Vec::new();
-    scan(s, None, |e, state| {
-        if state == EntryState::Waiting && removed.iter().any(|r| parked_by(r, &e)) {
-            keys.push(e.key());
-        }
-    })
-    .await?;
-    let made = s.store.make_due(&keys).await?;
-    s.queue.wake.notify_one();
-    Ok(made)
+    make_due(s, None, |e| removed.iter().any(|r| parked_by(r, e))).await
 }
 
 /// Carries out `action` (suspend, resume, bounce, retry-now) on the
@@ -395,14 +384,14 @@ pub async fn act(
             s.queue.controls.add(&rule).await?;
             // Each is bounced by the node that leases it next: once.
             let at = rule.at_ms;
-            let made = make_due(s, select, |e| e.received_at_ms <= at).await?;
+            let made = make_due(s, Some(select), |e| e.received_at_ms <= at).await?;
             json!({"rule": rule, "due_now": made})
         }
         "retry-now" => {
             if select.field == Field::Source {
                 return Err(chosen_later());
             }
-            json!({"due_now": make_due(s, select, |_| true).await?})
+            json!({"due_now": make_due(s, Some(select), |_| true).await?})
         }
         other => {
             return Err(ControlError::Bad(format!(
@@ -414,16 +403,16 @@ pub async fn act(
     Ok(done)
 }
 
-/// One control action over the admin API.
+/// A control action over the admin API (`act` names the unknown ones).
 async fn control(
-    action: &'static str,
-    s: Arc<Services>,
-    peer: SocketAddr,
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(action): Path<String>,
     headers: HeaderMap,
-    req: ControlRequest,
+    Query(req): Query<ControlRequest>,
 ) -> Response {
     let by = who(&headers, peer);
-    match act(&s, action, &req.select, &req.reason, &by).await {
+    match act(&s, &action, &req.select, &req.reason, &by).await {
         Ok(v) => Json(v).into_response(),
         Err(ControlError::Bad(why)) => bad(why),
         Err(e @ ControlError::NotSuspended(_)) => {
@@ -431,40 +420,4 @@ async fn control(
         }
         Err(e) => store_error(e),
     }
-}
-
-async fn suspend(
-    State(s): State<Arc<Services>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(req): Query<ControlRequest>,
-) -> Response {
-    control("suspend", s, peer, headers, req).await
-}
-
-async fn resume(
-    State(s): State<Arc<Services>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(req): Query<ControlRequest>,
-) -> Response {
-    control("resume", s, peer, headers, req).await
-}
-
-async fn bounce(
-    State(s): State<Arc<Services>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(req): Query<ControlRequest>,
-) -> Response {
-    control("bounce", s, peer, headers, req).await
-}
-
-async fn retry_now(
-    State(s): State<Arc<Services>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(req): Query<ControlRequest>,
-) -> Response {
-    control("retry-now", s, peer, headers, req).await
 }

@@ -102,18 +102,12 @@ impl Records {
                 .set_members(&domain_set(&identity.domain))
                 .await?
             {
-                if !self.store.set_contains(&blocklist(), &address).await? {
-                    continue;
-                }
                 if out.iter().any(|b: &BlockedAddress| b.address == address) {
                     continue;
                 }
-                let note: Option<BounceNote> = self.load(&note_key(&address)).await?;
-                out.push(BlockedAddress {
-                    address,
-                    at_ms: note.as_ref().map(|n| n.at_ms).unwrap_or(0),
-                    reason: note.map(|n| n.reason).unwrap_or_default(),
-                });
+                if let Some(entry) = self.blocklist_entry(&address).await? {
+                    out.push(entry);
+                }
             }
         }
         out.sort_by(|a, b| b.at_ms.cmp(&a.at_ms).then(a.address.cmp(&b.address)));

@@ -45,10 +45,7 @@ async fn a_hanging_or_slow_callback_receiver_does_not_slow_delivery() {
         })
         .await;
         let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
-        let out = e
-            .kiln
-            .command(&["account", "callback", "acme", &hook.url("/cb")]);
-        assert!(out.status.success(), "{out:?}");
+        crate::feedback::events::set_callback(&e, "acme", &hook.url("/cb"), None);
 
         let at_once = batch(&e, &mut sdk, &acme, (domain, template), 0, N).await;
         // The receiver hangs: the batch is measured once callbacks are

@@ -4,18 +4,13 @@
 
 use crate::harness::{Backend, env, second_node};
 use crate::store::durability::{inject, subjects};
-use kiln_testkit::process::KilnOptions;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_delivery_leaves_its_work_to_the_other() {
     const N: usize = 400;
-    let setup = |o: &mut KilnOptions| {
-        o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
-        o.lease_time_secs = 3;
-        o.queue = "retry_schedule = [1]".into();
-    };
+    let setup = crate::store::cluster::relaying_with_short_leases;
     let e = env(Backend::Redis, setup).await;
     let mut b = second_node(&e, setup);
     // Each RCPT answered after 200 ms: attempts are in flight when B dies.

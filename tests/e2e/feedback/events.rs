@@ -33,7 +33,7 @@ fn assert_signed(h: &Hook, secret: &str) {
 }
 
 /// Callback URL for the account (or one address); the signing secret.
-fn set_callback(e: &Env, account: &str, url: &str, address: Option<&str>) -> String {
+pub fn set_callback(e: &Env, account: &str, url: &str, address: Option<&str>) -> String {
     let mut args = vec!["account", "callback", account, url];
     if let Some(a) = address {
         args.extend(["--address", a]);

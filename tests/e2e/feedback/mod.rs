@@ -1,3 +1,3 @@
 //! Feedback: events, callbacks, tracking, unsubscribes, reports that come back.
 
-mod events;
+pub mod events;

@@ -1,9 +1,9 @@
 //! `kiln explain`: a message deferred by a 4xx, then delivered, then
 //! opened, told in that order with the replies, on both stores.
 
-use crate::clients::{Sdk, create_account, verified_sender};
+use crate::clients::{ready_to_send, send_params};
 use crate::harness::{BOTH, env, wait_state, wait_until};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 
 fn explain(e: &crate::harness::Env, id: &str, json: bool) -> (bool, String) {
@@ -26,35 +26,14 @@ async fn a_deferred_then_delivered_then_opened_message_explains_in_order() {
                 .into()
         })
         .await;
-        let mut sdk = Sdk::start(e.kiln.http).await;
-        let acme = create_account(&e, "acme");
-        let domain = "mail.acme.test";
-        verified_sender(&e, &mut sdk, &acme, domain, 1).await;
-        use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let words = "your order is on its way and will arrive soon ".repeat(6);
-        let html = format!("<html><body><p>Hello {{{{name}}}}, {words}</p></body></html>");
-        let template = sdk
-            .ok(
-                &acme,
-                "CreateEmailTemplate",
-                json!({"TemplateName": "t", "TemplateContent": {"Html": b64(&html), "Text": b64(&words)}}),
-            )
-            .await["TemplateID"]
-            .as_i64()
-            .unwrap();
+        let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
         e.sink
             .set_rule("ann@dest.test", "451 4.3.0 Greylisted, try again later");
         let id = sdk
             .ok(
                 &acme,
                 "SendEmail",
-                json!({
-                    "FromEmailAddress": format!("news@{domain}"),
-                    "Destination": ["ann@dest.test"],
-                    "Subject": "Your order",
-                    "Template": {"TemplateID": template, "TemplateData": "{\"name\":\"Ann\"}"},
-                }),
+                send_params(domain, template, "ann@dest.test"),
             )
             .await["MessageId"]
             .as_str()
@@ -70,18 +49,11 @@ async fn a_deferred_then_delivered_then_opened_message_explains_in_order() {
         let data = e.sink.messages()[0].data.clone();
         let msg = mail_parser::MessageParser::default().parse(&data).unwrap();
         let body = msg.body_html(0).unwrap().into_owned();
-        let start = body.find("http://").unwrap();
-        let pixel = body[start..]
+        let pixel = body
             .split('"')
             .find(|u| u.contains("/t/o/"))
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                body.split('"')
-                    .find(|u| u.contains("/t/o/"))
-                    .unwrap_or_else(|| panic!("no pixel in {body}"))
-                    .to_string()
-            });
-        let r = reqwest::get(&pixel).await.unwrap();
+            .unwrap_or_else(|| panic!("no pixel in {body}"));
+        let r = reqwest::get(pixel).await.unwrap();
         assert!(r.status().is_success(), "{pixel}: {}", r.status());
 
         let opened = || {

@@ -6,13 +6,17 @@ use kiln_testkit::process::KilnOptions;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// Nodes that relay for loopback, whose leases end 3 s after a node dies
+/// and whose retries come a second apart.
+pub fn relaying_with_short_leases(o: &mut KilnOptions) {
+    o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
+    o.lease_time_secs = 3;
+    o.queue = "retry_schedule = [1]".into();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
-    let setup = |o: &mut KilnOptions| {
-        o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
-        o.lease_time_secs = 3;
-        o.queue = "retry_schedule = [1]".into();
-    };
+    let setup = relaying_with_short_leases;
     let e = env(Backend::Redis, setup).await;
     let mut b = second_node(&e, setup);
 

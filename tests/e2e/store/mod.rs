@@ -1,4 +1,4 @@
 //! The store: what survives kill -9, and a cluster on one Redis.
 
-mod cluster;
+pub mod cluster;
 pub mod durability;

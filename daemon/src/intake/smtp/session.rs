@@ -664,7 +664,7 @@ impl Session {
             trigger_type: "regular",
             require_tls: self.require_tls,
             door: "smtp",
-            origin: self.peer.to_string(),
+            origin: format!("smtp {}", self.peer),
             template_id: String::new(),
             task_id: String::new(),
         };

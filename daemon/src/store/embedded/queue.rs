@@ -193,9 +193,9 @@ impl EmbeddedStore {
             else {
                 continue;
             };
-            if index.ready.remove(&(at, shared.clone())) {
-                index.ready.insert((now.min(at), shared.clone()));
-                index.entries.insert(shared, now.min(at));
+            // As on Redis: only what was due later moves, and is counted.
+            if at > now && index.ready.remove(&(at, shared)) {
+                index.insert(key, now);
                 made += 1;
             }
         }
