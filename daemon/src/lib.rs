@@ -121,6 +121,7 @@
 //! | `line_io` | line-oriented buffered I/O over TCP or TLS |
 //! | `tls` | certificates, server and client configs |
 //! | `net` | CIDRs, domains of addresses |
+//! | `fuzzing` | what the fuzz targets run, and their corpora replayed in tests |
 //!
 //! # Pipeline
 //!
@@ -150,6 +151,7 @@ pub mod config;
 pub mod dns;
 pub mod egress;
 pub mod feedback;
+pub mod fuzzing;
 pub mod http;
 pub mod intake;
 pub mod line_io;

@@ -23,6 +23,7 @@ pub enum LineError {
     Closed,
 }
 
+#[derive(Debug, PartialEq, Eq)]
 pub enum Data {
     /// The message, dot-unstuffed, CRLF line endings.
     Complete(Vec<u8>),
@@ -155,73 +156,108 @@ impl LineIo {
         }
     }
 
-    /// Reads a DATA section up to CRLF.CRLF, undoing dot-stuffing. Only
-    /// that sequence ends it (RFC 5321 section 4.1.1.4): a dot line after a
-    /// bare LF, or ending in one, is content until a bare line ending has
-    /// been seen, and then ends the read as [`Data::BareLineEnding`].
+    /// Reads a DATA section up to CRLF.CRLF, undoing dot-stuffing (see
+    /// [`DataReader`]).
     pub async fn read_data(&mut self, max_size: usize, pace: DataPace) -> Result<Data, LineError> {
         let start = Instant::now();
         let mut received = 0usize;
-        let mut body: Vec<u8> = Vec::with_capacity(4096);
-        let mut too_big = false;
-        let mut long_line = false;
-        let mut bare = false;
-        // Whether the line before ended with CRLF (DATA's own CRLF counts).
-        let mut after_crlf = true;
-        // Whether the start of the line being read was dropped (too long).
-        let mut partial = false;
+        let mut reader = DataReader::new(max_size);
         loop {
-            while let Some(pos) = memchr::memchr(b'\n', &self.buf) {
-                let line = &self.buf[..=pos];
-                let crlf = line.ends_with(b"\r\n");
-                let content = &line[..line.len() - if crlf { 2 } else { 1 }];
-                let dot = content == b"." && !partial;
-                if dot && crlf && after_crlf && !bare {
-                    self.buf.advance(pos + 1);
-                    return Ok(if too_big {
-                        Data::TooBig
-                    } else if long_line {
-                        Data::LineTooLong
-                    } else {
-                        Data::Complete(body)
-                    });
-                }
-                bare |= !crlf || memchr::memchr(b'\r', content).is_some();
-                if bare && dot {
-                    let framed = crlf && after_crlf;
-                    self.buf.advance(pos + 1);
-                    return Ok(Data::BareLineEnding { framed });
-                }
-                let content = content.strip_prefix(b".").unwrap_or(content);
-                long_line |= content.len() > MAX_DATA_LINE;
-                if !too_big && !long_line && !bare {
-                    if body.len() + content.len() + 2 > max_size {
-                        too_big = true;
-                        body = Vec::new();
-                    } else {
-                        body.extend_from_slice(content);
-                        body.extend_from_slice(b"\r\n");
-                    }
-                } else if !body.is_empty() {
-                    body = Vec::new();
-                }
-                after_crlf = crlf;
-                partial = false;
-                self.buf.advance(pos + 1);
-            }
-            // A line with no end yet: bound what we hold of it.
-            if self.buf.len() > MAX_DATA_LINE + 2 {
-                long_line = true;
-                body = Vec::new();
-                // Keep its last bytes: they may be the start of CRLF.
-                let keep = self.buf.split_off(self.buf.len() - 2);
-                self.buf = keep;
-                partial = true;
+            if let Some(data) = reader.consume(&mut self.buf) {
+                return Ok(data);
             }
             let before = self.buf.len();
             self.fill(pace.deadline(start, received)).await?;
             received += self.buf.len() - before;
         }
+    }
+}
+
+/// A DATA section being read, fed whatever has arrived; no I/O. Only
+/// CRLF.CRLF ends it (RFC 5321 section 4.1.1.4): a dot line after a bare LF,
+/// or ending in one, is content until a bare line ending has been seen, and
+/// then ends the read as [`Data::BareLineEnding`]. The outcome, and where
+/// the data ends, do not depend on how the bytes were split into reads.
+pub struct DataReader {
+    max_size: usize,
+    body: Vec<u8>,
+    too_big: bool,
+    long_line: bool,
+    bare: bool,
+    /// Whether the line before ended with CRLF (DATA's own CRLF counts).
+    after_crlf: bool,
+    /// Whether the start of the line being read was dropped (too long).
+    partial: bool,
+}
+
+impl DataReader {
+    pub fn new(max_size: usize) -> DataReader {
+        DataReader {
+            max_size,
+            body: Vec::with_capacity(4096),
+            too_big: false,
+            long_line: false,
+            bare: false,
+            after_crlf: true,
+            partial: false,
+        }
+    }
+
+    /// Takes the complete lines in `buf` (and bounds an unfinished one);
+    /// the outcome once the data has ended, with `buf` holding what
+    /// follows it.
+    pub fn consume(&mut self, buf: &mut BytesMut) -> Option<Data> {
+        while let Some(pos) = memchr::memchr(b'\n', buf) {
+            let line = &buf[..=pos];
+            let crlf = line.ends_with(b"\r\n");
+            let content = &line[..line.len() - if crlf { 2 } else { 1 }];
+            let dot = content == b"." && !self.partial;
+            if dot && crlf && self.after_crlf && !self.bare {
+                buf.advance(pos + 1);
+                return Some(if self.too_big {
+                    Data::TooBig
+                } else if self.long_line {
+                    Data::LineTooLong
+                } else {
+                    Data::Complete(std::mem::take(&mut self.body))
+                });
+            }
+            self.bare |= !crlf || memchr::memchr(b'\r', content).is_some();
+            if self.bare && dot {
+                let framed = crlf && self.after_crlf;
+                buf.advance(pos + 1);
+                return Some(Data::BareLineEnding { framed });
+            }
+            let content = content.strip_prefix(b".").unwrap_or(content);
+            self.long_line |= content.len() > MAX_DATA_LINE;
+            if !self.too_big && !self.long_line && !self.bare {
+                if self.body.len() + content.len() + 2 > self.max_size {
+                    self.too_big = true;
+                    self.body = Vec::new();
+                } else {
+                    self.body.extend_from_slice(content);
+                    self.body.extend_from_slice(b"\r\n");
+                }
+            } else if !self.body.is_empty() {
+                self.body = Vec::new();
+            }
+            self.after_crlf = crlf;
+            self.partial = false;
+            buf.advance(pos + 1);
+        }
+        // A line with no end yet: bound what we hold of it.
+        if buf.len() > MAX_DATA_LINE + 2 {
+            self.long_line = true;
+            self.body = Vec::new();
+            // Keep its last bytes: they may be the start of CRLF.
+            let keep = buf.split_off(buf.len() - 2);
+            // A CR in what is dropped is a bare one (no LF follows it
+            // there), seen as it would be had the line come whole.
+            self.bare |= memchr::memchr(b'\r', buf).is_some();
+            *buf = keep;
+            self.partial = true;
+        }
+        None
     }
 }
 

@@ -373,7 +373,9 @@ impl Shaper {
         }
         let mut t = self.throttle(shape).await;
         if let Some(secs) = s.suspend_s.filter(|s| *s > 0.0) {
-            t.suspended_until_ms = t.suspended_until_ms.max(now + (secs * 1000.0) as i64);
+            t.suspended_until_ms = t
+                .suspended_until_ms
+                .max(now.saturating_add((secs * 1000.0) as i64));
             t.other_source = s.other_source;
         }
         if let Some(f) = s.factor.filter(|f| *f > 0.0 && *f < 1.0) {

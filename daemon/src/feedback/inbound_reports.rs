@@ -17,12 +17,12 @@ use crate::store::{Attempt, RecipientState};
 
 /// One recipient block of a delivery-status part.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct DsnRecipient {
-    recipient: String,
-    action: String,
-    status: String,
-    diagnostic: String,
-    remote_mta: String,
+pub struct DsnRecipient {
+    pub recipient: String,
+    pub action: String,
+    pub status: String,
+    pub diagnostic: String,
+    pub remote_mta: String,
 }
 
 /// Field blocks of a message/delivery-status body (RFC 3464 section 2.1):
@@ -79,7 +79,7 @@ fn dsn_recipients(text: &str) -> Vec<DsnRecipient> {
 }
 
 /// The SMTP code and text of a Diagnostic-Code ("smtp; 550 5.1.1 ...").
-fn smtp_reply(diagnostic: &str) -> (u16, String) {
+pub fn smtp_reply(diagnostic: &str) -> (u16, String) {
     let text = diagnostic
         .split_once(';')
         .map(|(_, t)| t.trim())
@@ -97,6 +97,59 @@ fn delivery_status(message: &mail_parser::Message<'_>) -> Option<String> {
             || part.is_content_type("message", "global-delivery-status");
         is_dsn.then(|| String::from_utf8_lossy(part.contents()).into_owned())
     })
+}
+
+/// What a complaint report says, as Kiln keeps it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Complaint {
+    pub source_ip: String,
+    pub user_agent: String,
+    /// The ARF feedback type, in lower case ("abuse").
+    pub feedback_type: String,
+    /// When the complaint was made (ms since the epoch), if the report says.
+    pub arrival_ms: Option<i64>,
+    /// The subject of the message complained about, if it came along.
+    pub subject: String,
+}
+
+/// A report as read from its bytes, before Kiln knows whom it is about.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Report {
+    Complaint(Complaint),
+    /// The recipient blocks of a delivery-status part (maybe none).
+    Dsn(Vec<DsnRecipient>),
+    NotAReport,
+}
+
+/// Reads a report; no I/O, so the fuzzer drives it too.
+pub fn read(raw: &[u8]) -> Report {
+    if let Ok(feedback) = mail_auth::report::Feedback::parse_rfc5322(raw) {
+        let original = mail_parser::MessageParser::default().parse(raw);
+        let subject = original
+            .as_ref()
+            .and_then(|m| {
+                m.parts.iter().find_map(|p| match &p.body {
+                    mail_parser::PartType::Message(inner) => inner.subject().map(str::to_string),
+                    _ => None,
+                })
+            })
+            .unwrap_or_default();
+        return Report::Complaint(Complaint {
+            source_ip: feedback
+                .source_ip()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            user_agent: feedback.user_agent().unwrap_or_default().to_string(),
+            feedback_type: format!("{:?}", feedback.feedback_type()).to_ascii_lowercase(),
+            arrival_ms: feedback.arrival_date().map(|s| s.saturating_mul(1000)),
+            subject,
+        });
+    }
+    let parsed = mail_parser::MessageParser::default().parse(raw);
+    match parsed.as_ref().and_then(delivery_status) {
+        Some(dsn) => Report::Dsn(dsn_recipients(&dsn)),
+        None => Report::NotAReport,
+    }
 }
 
 /// Handles one report sent to `return_path`; returns what it was, for the
@@ -145,42 +198,31 @@ async fn try_process(
         e
     };
 
-    if let Ok(feedback) = mail_auth::report::Feedback::parse_rfc5322(raw) {
+    let report = read(raw);
+    if let Report::Complaint(complaint) = &report {
         let now = ctx.store.now_ms();
         crate::feedback::engagement::suppress(ctx, &domain, &recipient).await?;
         ctx.outcomes.record(&domain, "complaint");
-        let ip = feedback
-            .source_ip()
-            .map(|i| i.to_string())
-            .unwrap_or_default();
-        let agent = feedback.user_agent().unwrap_or_default();
-        crate::feedback::engagement::mark_first(ctx, 's', &message_id, &recipient, &ip, agent)
-            .await?;
-        let original = mail_parser::MessageParser::default().parse(raw);
+        crate::feedback::engagement::mark_first(
+            ctx,
+            's',
+            &message_id,
+            &recipient,
+            &complaint.source_ip,
+            &complaint.user_agent,
+        )
+        .await?;
         ctx.ses
             .file_abuse_report(crate::ses::abuse::AbuseReport {
                 from_domain: domain.clone(),
                 mail_from: sender.clone(),
                 rcpt_to: recipient.clone(),
                 mta: crate::net::domain_of(&recipient),
-                source_ip: feedback
-                    .source_ip()
-                    .map(|i| i.to_string())
-                    .unwrap_or_default(),
+                source_ip: complaint.source_ip.clone(),
                 message_id: message_id.clone(),
-                subject: original
-                    .as_ref()
-                    .and_then(|m| {
-                        m.parts.iter().find_map(|p| match &p.body {
-                            mail_parser::PartType::Message(inner) => {
-                                inner.subject().map(str::to_string)
-                            }
-                            _ => None,
-                        })
-                    })
-                    .unwrap_or_default(),
+                subject: complaint.subject.clone(),
                 delivered_at_ms: status.meta.received_at_ms,
-                complained_at_ms: feedback.arrival_date().map(|s| s * 1000).unwrap_or(now),
+                complained_at_ms: complaint.arrival_ms.unwrap_or(now),
                 received_at_ms: now,
                 ..Default::default()
             })
@@ -190,17 +232,15 @@ async fn try_process(
                 reason: e.to_string(),
             })?;
         let mut e = event("spamreport");
-        e.user_agent = agent.to_string();
-        e.reason = format!("{:?}", feedback.feedback_type()).to_ascii_lowercase();
+        e.user_agent = complaint.user_agent.clone();
+        e.reason = complaint.feedback_type.clone();
         ctx.events.emit(e).await;
         return Ok("complaint");
     }
 
-    let parsed = mail_parser::MessageParser::default().parse(raw);
-    let Some(dsn) = parsed.as_ref().and_then(delivery_status) else {
+    let Report::Dsn(blocks) = report else {
         return Ok("not a report");
     };
-    let blocks = dsn_recipients(&dsn);
     let Some(block) = blocks
         .iter()
         .find(|b| b.recipient.eq_ignore_ascii_case(&recipient))

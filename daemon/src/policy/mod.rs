@@ -14,7 +14,7 @@
 pub mod decisions;
 pub mod lua_data;
 pub mod lua_host;
-mod lua_raw;
+pub(crate) mod lua_raw;
 pub mod plugin_settings;
 pub mod time;
 mod watchdog;

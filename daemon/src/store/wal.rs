@@ -64,7 +64,7 @@ impl TableId {
 }
 
 /// One physical change, as read back from the log.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Put {
         table: TableId,
@@ -137,15 +137,16 @@ impl Wal {
             wal.preallocate().map_err(io)?;
             return Ok((wal, Vec::new()));
         }
-        let mut header = [0u8; HEADER_LEN as usize];
-        file.read_exact(&mut header).map_err(io)?;
-        if &header[..8] != MAGIC {
-            return Err(WalError::BadHeader(path.to_path_buf()));
-        }
-        let generation = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
         let mut contents = Vec::with_capacity(len as usize);
         file.read_to_end(&mut contents).map_err(io)?;
-        let (changes, used) = parse_frames(&contents, generation);
+        let Some(Replay {
+            generation,
+            changes,
+            used,
+        }) = replay(&contents)
+        else {
+            return Err(WalError::BadHeader(path.to_path_buf()));
+        };
         Ok((
             Wal {
                 file,
@@ -185,11 +186,8 @@ impl Wal {
     }
 
     fn write_header(&mut self) -> std::io::Result<()> {
-        let mut header = [0u8; HEADER_LEN as usize];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..].copy_from_slice(&self.generation.to_le_bytes());
         self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(&header)
+        self.file.write_all(&header(self.generation))
     }
 
     /// Bytes of frames since the last start-over.
@@ -207,11 +205,7 @@ impl Wal {
         if payload.is_empty() {
             return Ok(());
         }
-        let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc(self.generation, payload).to_le_bytes());
-        frame.extend_from_slice(&self.generation.to_le_bytes());
-        frame.extend_from_slice(payload);
+        let frame = frame(self.generation, payload);
         let result = (|| {
             self.file.seek(SeekFrom::Start(self.position))?;
             self.file.write_all(&frame)?;
@@ -237,6 +231,50 @@ impl Wal {
         self.position = HEADER_LEN;
         Ok(())
     }
+}
+
+/// A frame as `append` writes it.
+pub fn frame(generation: u64, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc(generation, payload).to_le_bytes());
+    frame.extend_from_slice(&generation.to_le_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The header of a log of `generation`, as written at its start.
+pub fn header(generation: u64) -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&generation.to_le_bytes());
+    header
+}
+
+/// What a log file's bytes hold.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replay {
+    pub generation: u64,
+    /// The changes of the current generation's intact frames, in order.
+    pub changes: Vec<Change>,
+    /// The bytes those frames take after the header.
+    pub used: usize,
+}
+
+/// Reads a whole log file; None when it is not a Kiln log. No I/O, so the
+/// fuzzer drives it too.
+pub fn replay(contents: &[u8]) -> Option<Replay> {
+    let head = contents.get(..HEADER_LEN as usize)?;
+    if &head[..8] != MAGIC {
+        return None;
+    }
+    let generation = u64::from_le_bytes(head[8..16].try_into().ok()?);
+    let (changes, used) = parse_frames(&contents[HEADER_LEN as usize..], generation);
+    Some(Replay {
+        generation,
+        changes,
+        used,
+    })
 }
 
 /// The changes of every intact frame of `generation`, and the bytes they

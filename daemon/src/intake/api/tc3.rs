@@ -172,7 +172,7 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| Tc3Error::Malformed("X-TC-Timestamp is not a number".into()))?;
-    if (now - ts).abs() > MAX_SKEW_SECS {
+    if now.abs_diff(ts) > MAX_SKEW_SECS.unsigned_abs() {
         return Err(Tc3Error::Expired);
     }
     // The credential's day is the UTC day of the timestamp.
