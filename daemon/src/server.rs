@@ -32,10 +32,10 @@ pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Sto
     Ok(match settings.store.backend {
         StoreBackend::Embedded => {
             let path = settings.store_path();
-            Store::Embedded(
-                EmbeddedStore::open(&path, settings.queue.status_retention, clock)
-                    .with_context(|| format!("opening embedded store {}", path.display()))?,
-            )
+            let store = EmbeddedStore::open(&path, settings.queue.status_retention, clock)
+                .with_context(|| format!("opening embedded store {}", path.display()))?;
+            store.set_min_free(settings.store.min_free_mb << 20);
+            Store::Embedded(store)
         }
         StoreBackend::Redis => {
             // Redis down at start: wait for it (systemd hears nothing of

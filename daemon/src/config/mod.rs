@@ -348,6 +348,10 @@ pub struct StoreSettings {
     pub redis_url: String,
     /// Key prefix (hash tag) shared by all nodes of one cluster.
     pub redis_prefix: String,
+    /// Embedded store: new messages are refused (SMTP 452 4.3.1) while
+    /// its disk has less free than this, kept for settling what is queued;
+    /// 0 turns the check off.
+    pub min_free_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -508,6 +512,7 @@ impl Default for StoreSettings {
             path: PathBuf::from("kiln.redb"),
             redis_url: "redis://127.0.0.1:6379/".into(),
             redis_prefix: "kiln".into(),
+            min_free_mb: crate::store::embedded::space::DEFAULT_RESERVE >> 20,
         }
     }
 }

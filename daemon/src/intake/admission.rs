@@ -39,6 +39,8 @@ pub enum Refusal {
     PolicyUnavailable,
     Signing,
     Store,
+    /// The store's disk is below its reserve (`store.min_free_mb`).
+    NoSpace,
 }
 
 #[derive(Debug)]
@@ -285,6 +287,7 @@ impl Refusal {
             Refusal::PolicyUnavailable => "policy_unavailable",
             Refusal::Signing => "signing",
             Refusal::Store => "store",
+            Refusal::NoSpace => "no_space",
         }
     }
 }
@@ -434,6 +437,10 @@ async fn admit_counted(ctx: &Services, s: Submission) -> Result<Admitted, Refusa
                 queued,
                 dropped,
             })
+        }
+        Err(e @ crate::store::StoreError::NoSpace { .. }) => {
+            tracing::warn!(msg_id = %s.id, error = %e, "message refused: disk space low");
+            Err(Refusal::NoSpace)
         }
         Err(e) => {
             tracing::error!(msg_id = %s.id, error = %e, "could not queue message");

@@ -202,7 +202,9 @@ async fn send_one(ctx: &Services, t: &Task, e: &ReceiverEntry) -> Outcome {
             | Refusal::Malformed(_)
             | Refusal::TooBig(_),
         ) => Outcome::Skipped,
-        Err(Refusal::PolicyUnavailable | Refusal::Signing | Refusal::Store) => Outcome::Retry,
+        Err(Refusal::PolicyUnavailable | Refusal::Signing | Refusal::Store | Refusal::NoSpace) => {
+            Outcome::Retry
+        }
     }
 }
 

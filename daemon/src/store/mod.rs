@@ -28,6 +28,8 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("store is shutting down")]
     Closed,
+    #[error("the store's disk has {free_mb} MB free, below the {reserve_mb} MB kept for the queue")]
+    NoSpace { free_mb: u64, reserve_mb: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -2,6 +2,7 @@
 //! takes to recover (docs/reliability.md has the figures).
 
 mod callbacks;
+mod disk;
 mod dns;
 mod node;
 mod redis;

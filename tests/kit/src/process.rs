@@ -45,6 +45,8 @@ pub struct KilnOptions {
     pub smtp: String,
     /// Extra settings for the [http] section.
     pub http: String,
+    /// Extra settings for the [store] section.
+    pub store: String,
     pub node_id: String,
     /// The policy script (Lua) the daemon runs; by default the plugins with
     /// limits raised out of the way of tests that are not about limits.
@@ -83,6 +85,7 @@ impl KilnOptions {
             listener: String::new(),
             smtp: String::new(),
             http: String::new(),
+            store: String::new(),
             node_id: "node-a".into(),
             log_level: "info,kiln=debug".into(),
             policy: PERMISSIVE_POLICY.into(),
@@ -115,6 +118,7 @@ data_dir = "{data}"
 
 [store]
 {store}
+{store_extra}
 [dns]
 nameservers = ["{ns}"]
 timeout = 2
@@ -173,6 +177,7 @@ secret_key = "shop-secret-key"
             listener = opts.listener,
             smtp_extra = opts.smtp,
             http_extra = opts.http,
+            store_extra = opts.store,
             // `{http}` in the extra TOML: this instance's HTTP address.
             extra = opts.extra.replace("{http}", &http.to_string()),
         );

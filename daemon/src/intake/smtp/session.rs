@@ -696,6 +696,7 @@ fn smtp_refusal(refusal: Refusal) -> String {
         Refusal::PolicyUnavailable => POLICY_UNAVAILABLE.into(),
         Refusal::Signing => "451 4.7.0 Temporary signing failure, try again later".into(),
         Refusal::Store => "451 4.3.0 Temporary local problem, try again later".into(),
+        Refusal::NoSpace => "452 4.3.1 Insufficient system storage, try again later".into(),
     }
 }
 

@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 mod counters;
 mod queue;
 mod records;
+pub mod space;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -150,6 +151,8 @@ pub struct EmbeddedStore {
     counters: Mutex<Counters>,
     /// Egress pacing and connection slots: this node's alone.
     shaping: crate::store::shaping::LocalShaping,
+    /// Free space on the store's disk, checked before new messages.
+    space: space::DiskSpace,
 }
 
 /// A counter lives in memory and reaches the file within a second (and at
@@ -290,6 +293,11 @@ impl EmbeddedStore {
         &self.clock
     }
 
+    /// Free space kept for what is queued: new messages are refused below it.
+    pub fn set_min_free(&self, bytes: u64) {
+        self.space.set_reserve(bytes);
+    }
+
     pub fn open(path: &Path, retention: Duration, clock: Clock) -> Result<Arc<EmbeddedStore>> {
         // redb caches up to 1 GiB of pages by default: a node holding a
         // large queue would grow toward it. Recent bodies are cached by the
@@ -357,6 +365,12 @@ impl EmbeddedStore {
             retention,
             counters: Mutex::new(Counters::default()),
             shaping: Default::default(),
+            space: space::DiskSpace::new(
+                path.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+            ),
             clock,
         });
         let flusher = Arc::downgrade(&store);

@@ -5,6 +5,7 @@ use super::*;
 
 impl EmbeddedStore {
     pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
+        self.space.check()?;
         let exp = self.status_expiry();
         let entries: Vec<QueueEntry> = msg.entries().collect();
         let rows = entries

@@ -516,5 +516,9 @@ pub fn api_refusal(refusal: Refusal) -> ApiError {
             "InternalError",
             "the message could not be stored; try again later",
         ),
+        Refusal::NoSpace => ApiError::new(
+            "ResourceInsufficient",
+            "the server is short of disk space and takes no new messages for now; try again later",
+        ),
     }
 }
