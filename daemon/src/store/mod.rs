@@ -28,6 +28,9 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("store is shutting down")]
     Closed,
+    /// The embedded store's file could not be written; the node stops.
+    #[error("embedded store cannot write its file: {0}")]
+    StorageFailed(String),
     #[error("the store's disk has {free_mb} MB free, below the {reserve_mb} MB kept for the queue")]
     NoSpace { free_mb: u64, reserve_mb: u64 },
 }

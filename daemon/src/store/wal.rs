@@ -107,6 +107,8 @@ pub struct Wal {
     generation: u64,
     /// Where the next frame goes.
     position: u64,
+    /// Where the last frame appended starts (until the log starts over).
+    last_frame_at: Option<u64>,
     size: u64,
 }
 
@@ -132,6 +134,7 @@ impl Wal {
                 path: path.to_path_buf(),
                 generation: 1,
                 position: HEADER_LEN,
+                last_frame_at: None,
                 size: size.max(HEADER_LEN),
             };
             wal.preallocate().map_err(io)?;
@@ -153,6 +156,7 @@ impl Wal {
                 path: path.to_path_buf(),
                 generation,
                 position: HEADER_LEN + used as u64,
+                last_frame_at: None,
                 size: len,
             },
             changes,
@@ -212,10 +216,28 @@ impl Wal {
             self.file.sync_data()
         })();
         result.map_err(|e| self.io_err(e))?;
+        self.last_frame_at = Some(self.position);
         self.position += frame.len() as u64;
         if self.position > self.size {
             self.size = self.position;
         }
+        Ok(())
+    }
+
+    /// Takes back the last frame appended (its changes did not reach the
+    /// store, and whoever asked was told so): its header is zeroed, which
+    /// ends a replay there, as a torn frame does.
+    pub fn retract_last(&mut self) -> Result<(), WalError> {
+        let Some(start) = self.last_frame_at.take() else {
+            return Ok(());
+        };
+        let result = (|| {
+            self.file.seek(SeekFrom::Start(start))?;
+            self.file.write_all(&[0u8; FRAME_HEADER_LEN])?;
+            self.file.sync_data()
+        })();
+        result.map_err(|e| self.io_err(e))?;
+        self.position = start;
         Ok(())
     }
 
@@ -229,6 +251,7 @@ impl Wal {
         })();
         result.map_err(|e| self.io_err(e))?;
         self.position = HEADER_LEN;
+        self.last_frame_at = None;
         Ok(())
     }
 }
@@ -347,6 +370,33 @@ mod tests {
             }
         }
         f
+    }
+
+    #[test]
+    fn a_retracted_frame_is_not_replayed_and_its_place_is_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kiln.wal");
+        {
+            let (mut wal, _) = Wal::open(&path, 1 << 16).expect("open");
+            wal.append(&frame_of(&[("a", Some("1"))])).expect("append");
+            wal.append(&frame_of(&[("b", Some("2"))])).expect("append");
+            wal.retract_last().expect("retract");
+            wal.retract_last().expect("only the last one can be");
+        }
+        let (mut wal, changes) = Wal::open(&path, 1 << 16).expect("reopen");
+        assert_eq!(changes, vec![put("a", "1")]);
+        wal.append(&frame_of(&[("c", Some("3"))])).expect("append");
+        drop(wal);
+        let (_, changes) = Wal::open(&path, 1 << 16).expect("reopen");
+        assert_eq!(changes, vec![put("a", "1"), put("c", "3")]);
+    }
+
+    fn put(k: &str, v: &str) -> Change {
+        Change::Put {
+            table: TableId::Kv,
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        }
     }
 
     #[test]

@@ -57,10 +57,14 @@ impl SmallDisk {
         let chunk = vec![0xa5u8; 1 << 20];
         while todo > 0 {
             let n = todo.min(chunk.len() as u64) as usize;
-            f.write_all(&chunk[..n]).unwrap();
-            todo -= n as u64;
+            match f.write_all(&chunk[..n]) {
+                Ok(()) => todo -= n as u64,
+                // Kiln wrote meanwhile: the disk is as full as asked.
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("writing the ballast: {e}"),
+            }
         }
-        f.sync_all().unwrap();
+        let _ = f.sync_all();
         ballast
     }
 }
@@ -90,8 +94,9 @@ async fn relay(addr: std::net::SocketAddr, to: &str, subject: &str) -> kiln_test
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_new_mail_keeps_the_queue_and_recovers() {
+/// A node on the embedded store, its data directory on a 256 MB disk of
+/// its own, a reserve of 48 MB, relaying for loopback, retrying after 1 s.
+async fn on_a_small_disk() -> (Env, SmallDisk) {
     let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
     let p = peers(Backend::Embedded, &sink).await;
     let disk = SmallDisk::mount(&p.opts.data_dir, 256);
@@ -107,6 +112,32 @@ async fn a_full_disk_refuses_new_mail_keeps_the_queue_and_recovers() {
         redis: None,
         dir: p.dir,
     };
+    (e, disk)
+}
+
+/// Relays `n` messages to later@dest.test, which answers 451 until told
+/// otherwise, and waits until each was tried once; their subjects.
+async fn held_in_queue(e: &Env, tag: &str, n: usize) -> Vec<String> {
+    e.sink
+        .set_rule("later@dest.test", "451 4.3.0 try again later");
+    let tried = e.sink.rcpts_seen("later@dest.test");
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let subject = format!("{tag}-{i}");
+        assert_eq!(
+            relay(e.kiln.smtp, "later@dest.test", &subject).await.code,
+            250
+        );
+        acked.push(subject);
+    }
+    let seen = || e.sink.rcpts_seen("later@dest.test") >= tried + n;
+    assert!(crate::harness::wait_until(Duration::from_secs(10), seen).await);
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_mail_keeps_the_queue_and_recovers() {
+    let (e, disk) = on_a_small_disk().await;
     let (mut sdk, acme, domain, template) = ready_to_send(&e, 0).await;
 
     // Queued before the disk fills, and held there by a 451.
@@ -197,6 +228,61 @@ async fn a_full_disk_refuses_new_mail_keeps_the_queue_and_recovers() {
          meanwhile; new mail accepted {:.2} s after space returned",
         recovered.as_secs_f64()
     );
+    drop(e);
+    drop(disk);
+}
+
+/// Past the reserve (something else took the last bytes), the store cannot
+/// record what its attempts did: the node stops (exit status 74) rather
+/// than deliver the same messages again and again, and started again once
+/// there is space (as systemd's `Restart=on-failure` does) it replays its
+/// log: every acknowledged message is delivered, the ones whose delivery
+/// could not be recorded once more at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_reserve_the_node_stops_and_loses_nothing_when_started_again() {
+    let (mut e, disk) = on_a_small_disk().await;
+    let acked = held_in_queue(&e, "held", 5).await;
+    let ballast = disk.fill_leaving(0);
+    e.sink.clear_rule("later@dest.test");
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = e.kiln.exited() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "still running with a full disk:\n{}",
+            e.kiln.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stopped_after = stopped.elapsed();
+    assert_eq!(status.code(), Some(74), "{status:?}");
+    let delivered_before_stop = subjects(&e.sink).len();
+
+    std::fs::remove_file(&ballast).unwrap();
+    tokio::task::block_in_place(|| e.kiln.spawn());
+    let got_all = || {
+        let got = subjects(&e.sink);
+        acked.iter().all(|s| got.contains(s))
+    };
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(30), got_all).await,
+        "not every acknowledged message delivered after the restart:\n{}",
+        e.kiln.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = subjects(&e.sink);
+    let twice = got.len() - acked.len();
+    eprintln!(
+        "stopped {:.2} s after the disk filled (exit 74), {delivered_before_stop} of {} delivered \
+         by then; after the restart all delivered, {twice} twice",
+        stopped_after.as_secs_f64(),
+        acked.len()
+    );
+    assert!(twice <= acked.len(), "{got:?}");
+    let r = relay(e.kiln.smtp, "sink@dest.test", "after-restart").await;
+    assert_eq!(r.code, 250, "{r:?}");
     drop(e);
     drop(disk);
 }

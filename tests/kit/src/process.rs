@@ -215,6 +215,13 @@ impl Kiln {
         kiln
     }
 
+    /// How the process ended, once it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child

@@ -55,8 +55,9 @@ pub(super) fn writer_loop(
         }
         frame.clear();
         let mut results = Vec::with_capacity(batch.len());
+        let mut logged = false;
         let committed = (|| -> Result<()> {
-            let mut txn = db.begin_write().map_err(err)?;
+            let mut txn = db.begin_write().map_err(storage_err)?;
             txn.set_durability(Durability::None).map_err(err)?;
             {
                 let now = clock.now_ms();
@@ -67,7 +68,8 @@ pub(super) fn writer_loop(
             }
             // Durable from here on: the log holds every change of the batch.
             wal.append(&frame).map_err(err)?;
-            txn.commit().map_err(err)
+            logged = true;
+            txn.commit().map_err(storage_err)
         })();
         match committed {
             Ok(()) => {
@@ -83,6 +85,13 @@ pub(super) fn writer_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, "embedded store commit failed");
+                if matches!(e, StoreError::StorageFailed(_)) {
+                    // Its callers hear it failed: it must not replay.
+                    if logged {
+                        let _ = wal.retract_last();
+                    }
+                    stop_on_storage_failure(&e);
+                }
                 for job in batch {
                     let _ = job.reply.send(Err(StoreError::Embedded(e.to_string())));
                 }
@@ -102,19 +111,57 @@ pub(super) fn writer_loop(
 /// failure the log is kept (and still replays at start); returns success.
 pub(super) fn checkpoint(db: &Database, wal: &mut Wal) -> bool {
     let synced = (|| -> Result<()> {
-        let mut txn = db.begin_write().map_err(err)?;
+        let mut txn = db.begin_write().map_err(storage_err)?;
         txn.set_durability(Durability::Immediate).map_err(err)?;
-        txn.commit().map_err(err)?;
+        txn.commit().map_err(storage_err)?;
         wal.start_over().map_err(err)
     })();
     match synced {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, "embedded store checkpoint failed");
+            if matches!(e, StoreError::StorageFailed(_)) {
+                stop_on_storage_failure(&e);
+            }
             false
         }
     }
 }
+
+/// A redb error, told apart when redb could not write its file: it then
+/// refuses every write until the file is opened again.
+fn storage_err(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo) => {
+            StoreError::StorageFailed(e.to_string())
+        }
+        e => err(e),
+    }
+}
+
+/// The store's file could not be written (a disk full past the reserve, a
+/// failing disk). Going on would deliver mail whose outcome cannot be
+/// recorded, again and again; the node stops instead, and its supervisor
+/// (systemd's `Restart=on-failure`) starts it again, which replays the
+/// write-ahead log: everything acknowledged is there.
+fn stop_on_storage_failure(e: &StoreError) -> ! {
+    use std::io::Write;
+    // The log is written by a background thread that exit() does not wait
+    // for: say it on stderr too (the journal has both).
+    tracing::error!(error = %e, "the embedded store cannot write its file; stopping");
+    // Not eprintln!, which panics when stderr cannot be written (a log file
+    // on the same full disk).
+    let _ = writeln!(
+        std::io::stderr(),
+        "kiln: the embedded store cannot write its file ({e}); stopping, to be started again \
+         (nothing acknowledged is lost: the write-ahead log replays at start)"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::process::exit(EXIT_STORAGE_FAILED);
+}
+
+/// The exit status when the store's file cannot be written (EX_IOERR).
+pub const EXIT_STORAGE_FAILED: i32 = 74;
 
 pub(super) struct Tables<'t> {
     messages: redb::Table<'t, &'static str, &'static [u8]>,
