@@ -72,11 +72,18 @@ impl Clock {
 
     /// Jumps a test clock forward; answers the jumps so far.
     pub fn advance(&self, by: Duration) -> Result<i64, NotATestClock> {
+        self.jump(i64::try_from(by.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Jumps a test clock by `ms`, forward or back, as a system clock that
+    /// is stepped does; answers the jumps so far.
+    pub fn jump(&self, ms: i64) -> Result<i64, NotATestClock> {
         let Kind::Test { offset_ms, .. } = &self.0.kind else {
             return Err(NotATestClock);
         };
-        let offset =
-            offset_ms.fetch_add(by.as_millis() as i64, Ordering::Relaxed) + by.as_millis() as i64;
+        let offset = offset_ms
+            .fetch_add(ms, Ordering::Relaxed)
+            .saturating_add(ms);
         self.0.jumped.notify_waiters();
         Ok(offset)
     }

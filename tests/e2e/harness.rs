@@ -189,3 +189,14 @@ pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     })
     .await
 }
+
+/// One message relayed from load@shop.test (the listener must relay for
+/// loopback), in a session of its own; the reply to its DATA.
+pub async fn relay(addr: SocketAddr, to: &str, subject: &str) -> kiln_testkit::client::Reply {
+    let mut c = SmtpClient::connect(addr).await.unwrap();
+    c.cmd("EHLO load.test").await.unwrap();
+    let body = kiln_testkit::client::message("load@shop.test", to, subject, 4096);
+    let r = c.send("load@shop.test", &[to], &body).await.unwrap();
+    c.quit().await;
+    r
+}

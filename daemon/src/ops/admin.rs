@@ -305,12 +305,13 @@ struct Advance {
     ms: i64,
 }
 
-/// Moves the clock forward, when `server.test_clock` allows it.
+/// Moves the clock forward or back (`ms` < 0), when `server.test_clock`
+/// allows it: a system clock stepped by an operator or NTP, for tests.
 async fn clock_advance(State(s): State<Arc<Services>>, Query(q): Query<Advance>) -> Response {
     let clock = s.store.clock();
-    match clock.advance(std::time::Duration::from_millis(q.ms.max(0) as u64)) {
+    match clock.jump(q.ms) {
         Ok(offset) => {
-            tracing::warn!(offset_ms = offset, "clock moved forward (test clock)");
+            tracing::warn!(by_ms = q.ms, offset_ms = offset, "clock moved (test clock)");
             Json(json!({"offset_ms": offset, "now_ms": clock.now_ms()})).into_response()
         }
         Err(e) => error(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),

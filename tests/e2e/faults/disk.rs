@@ -8,9 +8,8 @@
 //! test must run as root (as CI does).
 
 use crate::clients::{ready_to_send, send_params};
-use crate::harness::{Backend, Env, binary, peers};
+use crate::harness::{Backend, Env, binary, peers, relay};
 use crate::store::durability::subjects;
-use kiln_testkit::client::{SmtpClient, message};
 use kiln_testkit::process::Kiln;
 use kiln_testkit::sink::Sink;
 use std::io::Write;
@@ -76,22 +75,6 @@ impl Drop for SmallDisk {
             .arg(&self.0)
             .status();
     }
-}
-
-/// One relayed message; its reply.
-async fn relay(addr: std::net::SocketAddr, to: &str, subject: &str) -> kiln_testkit::client::Reply {
-    let mut c = SmtpClient::connect(addr).await.unwrap();
-    c.cmd("EHLO load.test").await.unwrap();
-    let r = c
-        .send(
-            "load@shop.test",
-            &[to],
-            &message("load@shop.test", to, subject, 4096),
-        )
-        .await
-        .unwrap();
-    c.quit().await;
-    r
 }
 
 /// A node on the embedded store, its data directory on a 256 MB disk of

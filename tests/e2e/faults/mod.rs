@@ -2,6 +2,7 @@
 //! takes to recover (docs/reliability.md has the figures).
 
 mod callbacks;
+mod clock;
 mod disk;
 mod dns;
 mod node;

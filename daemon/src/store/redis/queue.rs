@@ -42,7 +42,7 @@ impl RedisStore {
             .key(self.q("leased"))
             .key(self.q("entries"))
             .arg(now)
-            .arg(now + lease.as_millis() as i64)
+            .arg(lease.as_millis() as i64)
             .arg(max)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -62,8 +62,7 @@ impl RedisStore {
         let lease_ms = self.lease_ms.load(Ordering::Relaxed);
         for chunk in keys.chunks(1000) {
             let mut inv = self.renew.prepare_invoke();
-            inv.key(self.q("leased"))
-                .arg(self.clock.now_ms() + lease_ms);
+            inv.key(self.q("leased")).arg(lease_ms);
             for k in chunk {
                 inv.arg(k);
             }
@@ -83,6 +82,8 @@ impl RedisStore {
             .clone()
             .zrange_withscores(self.q("leased"), 0, 0)
             .await?;
+        // A lease's end is on Redis's clock, near enough to this node's to
+        // say when to look again.
         Ok(first.into_iter().chain(leased).map(|(_, s)| s as i64).min())
     }
 

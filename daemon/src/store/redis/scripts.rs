@@ -24,18 +24,24 @@ return n
 "#;
 
 pub(super) const LEASE: &str = r#"
--- KEYS: ready, leased, entries     ARGV: now, lease_until, max
+-- KEYS: ready, leased, entries     ARGV: now, lease_ms, max
+-- Leases run on Redis's clock, one for every node: a node whose clock is
+-- ahead, or is stepped forward, must not take what another node (or its
+-- own attempts in flight) holds. Due times are the nodes' wall time.
 local now = tonumber(ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+local t = redis.call('TIME')
+local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', server_ms, 'LIMIT', 0, 1000)
 for _, k in ipairs(expired) do
   redis.call('ZREM', KEYS[2], k)
   redis.call('ZADD', KEYS[1], now, k)
 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 if #ids == 0 then return {} end
+local lease_until = server_ms + tonumber(ARGV[2])
 for _, k in ipairs(ids) do
   redis.call('ZREM', KEYS[1], k)
-  redis.call('ZADD', KEYS[2], ARGV[2], k)
+  redis.call('ZADD', KEYS[2], lease_until, k)
 end
 return redis.call('HMGET', KEYS[3], unpack(ids))
 "#;
@@ -105,11 +111,14 @@ return v
 "#;
 
 pub(super) const RENEW: &str = r#"
--- KEYS: leased     ARGV: until, keys...
--- Only entries still leased are renewed: a settled or released entry stays gone.
+-- KEYS: leased     ARGV: lease_ms, keys...
+-- Only entries still leased are renewed: a settled or released entry stays
+-- gone. On Redis's clock, as LEASE.
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 local n = 0
 for i = 2, #ARGV do
-  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[i])
+  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', until_ms, ARGV[i])
 end
 return n
 "#;
