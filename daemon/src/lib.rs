@@ -96,6 +96,7 @@
 //! | `store::embedded::counters` | counters, in memory and written behind |
 //! | `store::embedded::records` | keys, sets and batches |
 //! | `store::embedded::writer` | the writer thread and its group commit |
+//! | `store::embedded::space` | free disk space, and the reserve kept for the queue |
 //! | `store::wal` | the embedded store's write-ahead log |
 //! | `store::redis` | shared by a cluster's nodes: |
 //! | `store::redis::queue` | messages, queue entries, leases |
