@@ -14,9 +14,12 @@ use crate::line_io::{Data, DataReader, MAX_DATA_LINE, dot_stuff};
 use crate::store::wal;
 use bytes::BytesMut;
 
+/// A fuzz target: takes any bytes, panics only on a finding.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its file in `fuzz/fuzz_targets/` and its
 /// corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("smtp_command", smtp_command),
     ("smtp_data", smtp_data),
     ("address", address),
@@ -345,18 +348,18 @@ fn lua_value(lua: &mlua::Lua, steer: &mut Steer<'_>, depth: u32) -> mlua::Value 
             let n = steer.byte() % 8;
             for i in 0..n {
                 let key_tag = steer.byte();
-                let key = if key_tag % 3 == 0 {
+                let key = if key_tag.is_multiple_of(3) {
                     Value::Integer(i64::from(i) + 1)
                 } else {
-                    string(steer, key_tag | 0x80 * u8::from(key_tag % 3 == 1))
+                    string(steer, key_tag | (0x80 * u8::from(key_tag % 3 == 1)))
                 };
                 let value = lua_value(lua, steer, depth + 1);
                 let _ = table.raw_set(key, value);
             }
-            if tag % 10 == 8 {
-                if let Ok(meta) = lua.create_table() {
-                    let _ = table.set_metatable(Some(meta));
-                }
+            if tag % 10 == 8
+                && let Ok(meta) = lua.create_table()
+            {
+                let _ = table.set_metatable(Some(meta));
             }
             Value::Table(table)
         }

@@ -79,6 +79,8 @@ fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
     }
     // SAFETY: filled, as statvfs returned 0.
     let stat = unsafe { stat.assume_init() };
+    // u64 already on 64-bit Linux, narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
     Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
 
