@@ -284,6 +284,43 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    /// Feeds `input` in reads of `size` bytes; the outcome and what follows.
+    fn read_in_pieces(input: &[u8], size: usize) -> (Option<Data>, Vec<u8>) {
+        let mut reader = DataReader::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        while fed < input.len() {
+            let end = (fed + size).min(input.len());
+            buf.extend_from_slice(&input[fed..end]);
+            fed = end;
+            if let Some(data) = reader.consume(&mut buf) {
+                let mut rest = buf.to_vec();
+                rest.extend_from_slice(&input[fed..]);
+                return (Some(data), rest);
+            }
+        }
+        (None, Vec::new())
+    }
+
+    #[test]
+    fn a_bare_cr_in_an_over_long_line_counts_however_the_line_arrives() {
+        // A CR deep in a line too long to hold: whole or in small reads,
+        // the data is refused for its bare line ending (found writing the
+        // smtp_data fuzz target: in pieces the CR was dropped with the
+        // line's start, and only the line's length was refused).
+        let mut input = b"Subject: x\r\n".to_vec();
+        input.extend_from_slice(&[b'a'; 500]);
+        input.push(b'\r');
+        input.extend_from_slice(&[b'b'; 1500]);
+        input.extend_from_slice(b"\r\n.\r\nMAIL FROM:<x@y.test>\r\n");
+        let whole = read_in_pieces(&input, input.len());
+        assert_eq!(whole.0, Some(Data::BareLineEnding { framed: true }));
+        assert_eq!(whole.1, b"MAIL FROM:<x@y.test>\r\n");
+        for size in [1, 7, 64, 1000, 1001] {
+            assert_eq!(read_in_pieces(&input, size), whole, "reads of {size}");
+        }
+    }
+
     /// A LineIo reading what `peer` writes to a loopback connection.
     async fn pair() -> (LineIo, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
