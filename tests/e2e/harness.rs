@@ -200,3 +200,16 @@ pub async fn relay(addr: SocketAddr, to: &str, subject: &str) -> kiln_testkit::c
     c.quit().await;
     r
 }
+
+/// Moves a test clock (`server.test_clock = true`) by `ms`, forward or
+/// back; Kiln's time afterwards.
+pub async fn move_clock(e: &Env, ms: i64) -> i64 {
+    let r = e
+        .kiln
+        .admin_post(&format!("/admin/clock?ms={ms}"))
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let v: Value = r.json().await.unwrap();
+    v["now_ms"].as_i64().unwrap()
+}

@@ -7,7 +7,7 @@
 //! nothing is lost or bounced for it), and delivery goes on at its pace.
 
 use crate::clients::{ready_to_send, send_params};
-use crate::harness::{BOTH, Backend, Env, env, relay, wait_until};
+use crate::harness::{BOTH, Backend, Env, env, move_clock, relay, wait_until};
 use crate::store::durability::subjects;
 use std::time::Duration;
 
@@ -24,16 +24,15 @@ return { config = {
 } }
 "#;
 
-/// Moves Kiln's clock by `ms`; its time afterwards.
-async fn jump(e: &Env, ms: i64) -> i64 {
-    let r = e
-        .kiln
-        .admin_post(&format!("/admin/clock?ms={ms}"))
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-    let v: serde_json::Value = r.json().await.unwrap();
-    v["now_ms"].as_i64().unwrap()
+/// Relays a message to `to` and waits until the sink has seen it tried.
+async fn relayed_and_tried(e: &Env, to: &str, subject: &str) {
+    let tried = e.sink.rcpts_seen(to);
+    assert_eq!(relay(e.kiln.smtp, to, subject).await.code, 250);
+    let seen = || e.sink.rcpts_seen(to) > tried;
+    assert!(
+        wait_until(Duration::from_secs(10), seen).await,
+        "{subject} not tried"
+    );
 }
 
 /// How many of `subject` the sink has.
@@ -58,9 +57,9 @@ async fn clock_jumps(backend: Backend) {
     .await;
     let (mut sdk, acme, domain, template) = ready_to_send(&e, 0).await;
     // Day one at 00:30 UTC.
-    let now = jump(&e, 0).await;
+    let now = move_clock(&e, 0).await;
     let day_one = now - now.rem_euclid(DAY) + DAY;
-    jump(&e, day_one + HOUR / 2 - now).await;
+    move_clock(&e, day_one + HOUR / 2 - now).await;
 
     let send = |to: &'static str| send_params(domain, template, to);
     for to in ["a@dest.test", "b@dest.test", "c@dest.test"] {
@@ -75,34 +74,14 @@ async fn clock_jumps(backend: Backend) {
     // Deferred on day one, its retry due in 10 minutes.
     e.sink
         .set_rule("later@dest.test", "451 4.3.0 try again later");
-    assert_eq!(
-        relay(e.kiln.smtp, "later@dest.test", "deferred").await.code,
-        250
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || e
-            .sink
-            .rcpts_seen("later@dest.test")
-            == 1)
-        .await
-    );
+    relayed_and_tried(&e, "later@dest.test", "deferred").await;
     e.sink.clear_rule("later@dest.test");
 
     // An attempt in flight (its RCPT answered after 3 s) when the clock
     // jumps a day forward: delivered once.
     e.sink.set_delay("slow@dest.test", Duration::from_secs(3));
-    assert_eq!(
-        relay(e.kiln.smtp, "slow@dest.test", "in-flight").await.code,
-        250
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || e
-            .sink
-            .rcpts_seen("slow@dest.test")
-            == 1)
-        .await
-    );
-    jump(&e, DAY).await;
+    relayed_and_tried(&e, "slow@dest.test", "in-flight").await;
+    move_clock(&e, DAY).await;
 
     // Day two, 00:30: the retry is due, the warm-up allows ten.
     assert!(
@@ -120,23 +99,11 @@ async fn clock_jumps(backend: Backend) {
     }
     e.sink
         .set_rule("later@dest.test", "451 4.3.0 try again later");
-    assert_eq!(
-        relay(e.kiln.smtp, "later@dest.test", "deferred-2")
-            .await
-            .code,
-        250
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || e
-            .sink
-            .rcpts_seen("later@dest.test")
-            == 3)
-        .await
-    );
+    relayed_and_tried(&e, "later@dest.test", "deferred-2").await;
     e.sink.clear_rule("later@dest.test");
 
     // Back an hour: day one again, 23:30, its three sent.
-    jump(&e, -HOUR).await;
+    move_clock(&e, -HOUR).await;
     let (code, why) = sdk.err(&acme, "SendEmail", send("h@dest.test")).await;
     assert_eq!(
         code, "FailedOperation.ExceedSendLimit",
@@ -160,7 +127,7 @@ async fn clock_jumps(backend: Backend) {
     // stays queued, neither lost nor bounced.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(copies(&e, "deferred-2"), 0, "{backend:?}");
-    jump(&e, HOUR + 11 * 60_000).await;
+    move_clock(&e, HOUR + 11 * 60_000).await;
     assert!(
         wait_until(Duration::from_secs(15), || copies(&e, "deferred-2") == 1).await,
         "{backend:?}: the retry was lost after the clock went back:\n{}",

@@ -43,15 +43,6 @@ async fn wait_task(sdk: &mut Sdk, who: &Creds, task: i64, status: i64) -> Value 
     }
 }
 
-async fn advance_clock(e: &Env, ms: i64) {
-    let r = e
-        .kiln
-        .admin_post(&format!("/admin/clock?ms={ms}"))
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_task_pauses_at_the_days_cap_and_resumes_the_next_day() {
     for backend in BOTH {
@@ -184,7 +175,7 @@ async fn batch_task_scenario(backend: Backend) {
     assert_eq!(code, "OperationDenied.ReceiverIsOperating");
 
     // The next day it resumes by itself and finishes.
-    advance_clock(&e, 86_400_000).await;
+    crate::harness::move_clock(&e, 86_400_000).await;
     let t = wait_task(&mut sdk, &acme, task, 10).await;
     assert_eq!(
         (t["SendCount"].as_i64(), t["CacheCount"].as_i64()),
@@ -236,7 +227,7 @@ async fn batch_task_scenario(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(task_state(&mut sdk, &acme, timed).await["TaskStatus"], 1);
     assert_eq!(e.sink.count(), 5);
-    advance_clock(&e, 2 * 3_600_000).await;
+    crate::harness::move_clock(&e, 2 * 3_600_000).await;
     let t = wait_task(&mut sdk, &acme, timed, 10).await;
     assert_eq!(t["SendCount"], 5, "{t}");
     sdk.ok(&acme, "DeleteReceiver", json!({"ReceiverId": list}))
