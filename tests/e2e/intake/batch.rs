@@ -2,7 +2,7 @@
 //! pauses, and resumes the next day.
 
 use crate::clients::*;
-use crate::harness::{BOTH, Backend, Env, env};
+use crate::harness::{BOTH, Backend, env};
 use serde_json::{Value, json};
 use std::time::Duration;
 
