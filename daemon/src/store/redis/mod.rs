@@ -23,6 +23,9 @@ use crate::clock::Clock;
 use redis::AsyncCommands;
 use redis::Script;
 use redis::aio::ConnectionManager;
+
+/// How long one command may take to be answered.
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -85,7 +88,12 @@ impl RedisStore {
         clock: Clock,
     ) -> Result<Arc<RedisStore>> {
         let client = redis::Client::open(url)?;
-        let conn = client.get_connection_manager().await?;
+        // The client's default of 0.5 s is short for a Redis that syncs
+        // every write (`appendfsync always`, as README recommends) on a
+        // busy disk: a slow answer is waited for, not taken for an outage.
+        let config =
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = client.get_connection_manager_with_config(config).await?;
         let store = Arc::new(RedisStore {
             conn,
             prefix: prefix.to_string(),
