@@ -277,6 +277,7 @@ mod tests {
                 ("KILN_STORE__BACKEND", "redis"),
                 ("KILN_HTTP__METRICS_NETWORKS", "10.1.0.0/16,192.0.2.0/24"),
                 ("KILN_HTTP__METRICS", "false"),
+                ("KILN_STORE__MIN_FREE_MB", "32"),
             ]),
         )
         .unwrap();
@@ -284,6 +285,11 @@ mod tests {
         assert_eq!(s.queue.retry_schedule, [5, 10]);
         assert_eq!(s.http.metrics_networks, ["10.1.0.0/16", "192.0.2.0/24"]);
         assert!(!s.http.metrics);
+        assert_eq!(s.store.min_free_mb, 32);
+        assert_eq!(
+            s.store.redis_prefix, "kiln",
+            "the rest of [store] as default"
+        );
         assert_eq!(
             s.dns.nameservers,
             ["127.0.0.1:5353"],
