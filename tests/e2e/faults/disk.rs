@@ -9,7 +9,7 @@
 
 use crate::clients::{ready_to_send, send_params};
 use crate::harness::{Backend, Env, binary, peers, relay};
-use crate::store::durability::subjects;
+use crate::store::durability::{received_all, subjects};
 use kiln_testkit::process::Kiln;
 use kiln_testkit::sink::Sink;
 use std::io::Write;
@@ -159,10 +159,7 @@ async fn a_full_disk_refuses_new_mail_keeps_the_queue_and_recovers() {
 
     // What was queued is still attempted and settled, in the reserve.
     e.sink.clear_rule("later@dest.test");
-    let held = || {
-        let got = subjects(&e.sink);
-        acked.iter().all(|s| got.contains(s))
-    };
+    let held = || received_all(&e.sink, &acked);
     assert!(
         crate::harness::wait_until(Duration::from_secs(30), held).await,
         "queued mail not delivered while the disk is full:\n{}",
@@ -245,10 +242,7 @@ async fn past_the_reserve_the_node_stops_and_loses_nothing_when_started_again() 
 
     std::fs::remove_file(&ballast).unwrap();
     tokio::task::block_in_place(|| e.kiln.spawn());
-    let got_all = || {
-        let got = subjects(&e.sink);
-        acked.iter().all(|s| got.contains(s))
-    };
+    let got_all = || received_all(&e.sink, &acked);
     assert!(
         crate::harness::wait_until(Duration::from_secs(30), got_all).await,
         "not every acknowledged message delivered after the restart:\n{}",

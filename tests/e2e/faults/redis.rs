@@ -200,10 +200,7 @@ async fn redis_killed_and_restarted_under_load_loses_nothing_acknowledged() {
     assert!(before > 0, "injecting before the kill");
     assert_eq!(acked_while_down, 0, "acknowledged while Redis was down");
 
-    let all_delivered = || {
-        let got: std::collections::HashSet<String> = subjects(&sink).into_iter().collect();
-        acked.iter().all(|s| got.contains(s))
-    };
+    let all_delivered = || crate::store::durability::received_all(&sink, &acked);
     let waited = Instant::now();
     assert!(
         crate::harness::wait_until(Duration::from_secs(120), all_delivered).await,

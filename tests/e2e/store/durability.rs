@@ -48,6 +48,12 @@ pub async fn inject(
     acked
 }
 
+/// Whether the sink has received every one of `subjects`.
+pub fn received_all(sink: &kiln_testkit::sink::Sink, wanted: &[String]) -> bool {
+    let got: std::collections::HashSet<String> = subjects(sink).into_iter().collect();
+    wanted.iter().all(|s| got.contains(s))
+}
+
 pub fn subjects(sink: &kiln_testkit::sink::Sink) -> Vec<String> {
     sink.messages()
         .iter()
