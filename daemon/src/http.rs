@@ -12,12 +12,10 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub fn router(services: Arc<Services>) -> Router {
-    let max_request = services.settings.max_api_request_size();
     Router::new()
         .route(
             "/",
-            axum::routing::post(crate::intake::api::tencent::handle)
-                .layer(axum::extract::DefaultBodyLimit::max(max_request)),
+            axum::routing::post(crate::intake::api::tencent::handle),
         )
         .route("/healthz", get(health))
         .merge(crate::feedback::endpoints::routes())

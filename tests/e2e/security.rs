@@ -537,43 +537,62 @@ async fn attachments_up_to_the_message_limit_fit_the_api() {
         message.contains("larger than") && message.contains("4194304"),
         "{message}"
     );
-    // And with curl, unsigned: the same JSON, before any authentication.
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            "@-",
-        ])
-        .arg(format!("http://{}/", e.kiln.http))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map(|mut child| {
-            let mut stdin = child.stdin.take().unwrap();
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = stdin.write_all(&vec![b'{'; 8 * 1024 * 1024]).await;
-            });
-            child
-        })
-        .expect("curl runs")
-        .wait_with_output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    assert_eq!(status, "200", "{text}");
-    let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
-    assert_eq!(
-        v["Response"]["Error"]["Code"], "InvalidParameterValue",
-        "{v}"
+    // And with curl, unsigned: the same JSON, before any authentication,
+    // whether curl waits for `100 Continue` (its default for a big body),
+    // sends the whole body at once, or sends it in chunks of unknown total.
+    for extra in [None, Some("Expect:"), Some("Transfer-Encoding: chunked")] {
+        let mut curl = tokio::process::Command::new("curl");
+        curl.args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+            .args(["-H", "Content-Type: application/json"]);
+        if let Some(header) = extra {
+            curl.args(["-H", header]);
+        }
+        let out = curl
+            .args(["--data-binary", "@-"])
+            .arg(format!("http://{}/", e.kiln.http))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map(|mut child| {
+                let mut stdin = child.stdin.take().unwrap();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stdin.write_all(&vec![b'{'; 8 * 1024 * 1024]).await;
+                });
+                child
+            })
+            .expect("curl runs")
+            .wait_with_output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        assert_eq!(status, "200", "{extra:?}: {text}");
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(
+            v["Response"]["Error"]["Code"], "InvalidParameterValue",
+            "{extra:?}: {v}"
+        );
+    }
+    // A client that writes its whole request before it reads (as many
+    // HTTP libraries do) still reads the answer: the connection is not
+    // reset under it with the rest of its body unread.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = vec![b'{'; 32 * 1024 * 1024];
+    let mut conn = tokio::net::TcpStream::connect(e.kiln.http).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body)
+        .await
+        .expect("the whole body is taken, not reset");
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("InvalidParameterValue"), "{answer}");
 }
 
 /// Issue 15.9: loopback is no fence on its own: an admin request needs the

@@ -6,12 +6,12 @@
 //!
 //! Authentication and the envelope are here; the actions are in `ses`.
 
+use super::body::BodyError;
 use super::params::Params;
 use super::ses::Call;
 use super::tc3;
 use crate::services::Services;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
@@ -124,28 +124,24 @@ pub async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let body = match body {
+    let max = s.settings.max_api_request_size();
+    let body = match super::body::read(&headers, body, max).await {
         Ok(b) => b,
         // Answered as the SDKs read errors (HTTP 200, a JSON Error), not
         // as a bare 413 they report as a network failure.
         Err(e) => {
-            let max = s.settings.max_api_request_size();
-            let error = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
+            let error = match e {
+                BodyError::TooLarge(max) => ApiError::new(
                     "InvalidParameterValue",
                     format!(
                         "the request is larger than {max} bytes (a message may have {} bytes, attachments included, base64-encoded in the request)",
                         s.settings.smtp.max_message_size
                     ),
-                )
-            } else {
-                ApiError::new(
-                    "InvalidParameter",
-                    format!("the request body could not be read: {e}"),
-                )
+                ),
+                BodyError::Unreadable(_) => ApiError::new("InvalidParameter", e.to_string()),
             };
             tracing::info!(%request_id, code = %error.code, message = %error.message, "API request refused");
             count(&headers, error.code.clone());
