@@ -16,6 +16,7 @@
 //! | `intake::smtp::auth_throttle` | password guessing over AUTH, slowed then stopped |
 //! | `intake::api` | the Tencent Cloud SES API (2020-10-02) |
 //! | `intake::api::tencent` | `POST /`: the envelope, signature check, dispatch, errors |
+//! | `intake::api::body` | the request body, read up to its limit; an oversized one answered to a client still sending it |
 //! | `intake::api::tc3` | TC3-HMAC-SHA256 request signatures |
 //! | `intake::api::params` | an action's parameters, with errors that name them |
 //! | `intake::api::ses` | the 36 actions, one module per resource: |
