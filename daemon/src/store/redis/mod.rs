@@ -23,9 +23,6 @@ use crate::clock::Clock;
 use redis::AsyncCommands;
 use redis::Script;
 use redis::aio::ConnectionManager;
-
-/// How long one command may take to be answered.
-const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,6 +34,8 @@ use super::{BatchOp, BatchValue, OpRef, prefixed_into};
 
 /// How often unused reserved units go back and old reads are dropped.
 const COUNTER_SWEEP: Duration = Duration::from_millis(250);
+/// How long one command may take to be answered.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod batch;
 mod queue;
