@@ -35,13 +35,11 @@ for _, w in ipairs(cfg.banned_words) do M.BANNED[#M.BANNED + 1] = string.lower(w
 M.FLAG_HOSTS = {}
 for _, h in ipairs(cfg.flag_url_hosts) do M.FLAG_HOSTS[string.lower(h)] = true end
 
--- Visible text of HTML: tags, scripts and styles removed, entities as spaces.
+-- Visible text of HTML: tags, comments, scripts and styles removed,
+-- entities decoded. Read by Kiln in one pass: Lua patterns over markup
+-- (`<[^>]*>` on an unclosed tag) backtrack, and a tenant chooses the HTML.
 function M.visible_text(html)
-  local t = html:gsub("<[sS][cC][rR][iI][pP][tT].-</[sS][cC][rR][iI][pP][tT]>", " ")
-  t = t:gsub("<[sS][tT][yY][lL][eE].-</[sS][tT][yY][lL][eE]>", " ")
-  t = t:gsub("<[^>]*>", " ")
-  t = t:gsub("&%a+;", " "):gsub("&#%d+;", " ")
-  return t
+  return kiln.html_text(html)
 end
 
 local function count_words(text)

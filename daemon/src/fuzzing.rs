@@ -245,6 +245,8 @@ pub fn template(data: &[u8]) {
             .collect(),
     };
     let _ = render(&text, &values, false);
+    // What the template review reads of it.
+    let _ = crate::message::html_text(&text);
     let Ok(mut html) = render(&text, &values, true) else {
         return;
     };

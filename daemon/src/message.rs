@@ -79,6 +79,13 @@ fn unfold(raw: &[u8]) -> Vec<u8> {
 }
 
 /// Unfolded header values named `name` (case-insensitive).
+/// The text a reader of an HTML part sees: tags, comments, scripts and
+/// styles left out, entities decoded. One pass, whatever the markup (mail
+/// parsing's own reader, as receivers' filters read HTML).
+pub fn html_text(html: &str) -> String {
+    mail_parser::decoders::html::html_to_text(html)
+}
+
 pub fn header_values(message: &[u8], name: &str) -> Vec<String> {
     fields(header_block(message))
         .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))

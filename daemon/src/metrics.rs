@@ -156,6 +156,7 @@ pub struct Metrics {
     pub shaping_factor: Family<Pair, FloatGauge>,
     pub callbacks_pending: Gauge,
     pub callback_oldest_seconds: FloatGauge,
+    pub policy_states_stuck: Gauge,
 }
 
 impl Metrics {
@@ -186,6 +187,7 @@ impl Metrics {
             shaping_factor: Family::default(),
             callbacks_pending: Gauge::default(),
             callback_oldest_seconds: FloatGauge::default(),
+            policy_states_stuck: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -245,6 +247,11 @@ impl Metrics {
             "policy_hook_errors",
             "Policy hook calls that failed (error, timeout, bad answer), by hook",
             m.hook_errors.clone(),
+        );
+        r.register(
+            "policy_states_stuck",
+            "Lua states abandoned in a call that ran past its deadline and has not ended",
+            m.policy_states_stuck.clone(),
         );
         r.register_with_unit(
             "policy_hook_duration",

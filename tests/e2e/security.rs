@@ -2,6 +2,8 @@
 //! smtplib, raw sockets, the SDK. Each test reproduces one defect of
 //! issue 15 and fails on the code before its fix.
 
+mod freeze;
+
 use crate::clients::{
     Sdk, create_account, run_smtplib, send_params, smtplib, smtplib_login, verified_sender,
 };

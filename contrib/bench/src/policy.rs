@@ -122,6 +122,7 @@ async fn run(args: &Args, script: &str, redis: Option<&RedisServer>) {
         max_instructions: defaults.max_instructions,
         max_memory_mb: defaults.max_memory_mb,
         timeout: defaults.timeout,
+        max_input_kb: defaults.max_input_kb,
     };
     let policy = Arc::new(Policy::load(settings, store.clone()).expect("policy loads"));
     let body = message("bench@shop.test", "rcpt@sink.test", "bench", 2048);

@@ -202,6 +202,9 @@ pub struct PolicyConfig {
     pub timeout: Duration,
     /// Per Lua state.
     pub max_memory_mb: usize,
+    /// The most text (KB) one hook call is handed (a template under
+    /// review: its HTML and text).
+    pub max_input_kb: usize,
 }
 
 impl Default for PolicyConfig {
@@ -216,6 +219,7 @@ impl Default for PolicyConfig {
             max_instructions: 10_000_000,
             timeout: Duration::from_secs(2),
             max_memory_mb: 64,
+            max_input_kb: 4096,
         }
     }
 }
@@ -232,6 +236,7 @@ impl PolicyConfig {
             max_instructions: self.max_instructions,
             max_memory_mb: self.max_memory_mb,
             timeout: self.timeout,
+            max_input_kb: self.max_input_kb,
         })
     }
 }

@@ -99,6 +99,7 @@ async fn policy_info(State(s): State<Arc<Services>>) -> Response {
         "version": policy.version(),
         "hooks": hooks,
         "errors": policy.error_counts(),
+        "stuck_states": crate::policy::stuck_states(),
     });
     if let Some((counters, units)) = s.store.held_ahead() {
         info["held_ahead"] = json!({ "counters": counters, "units": units });

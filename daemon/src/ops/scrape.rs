@@ -58,6 +58,8 @@ async fn metrics(
         Err(e) => tracing::warn!(error = %e, "metrics: the queue could not be counted"),
     }
     s.egress.set_gauges();
+    m.policy_states_stuck
+        .set(crate::policy::stuck_states() as i64);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], m.render()).into_response()
 }
 

@@ -11,7 +11,17 @@ use std::collections::BTreeMap;
 /// API (see `lua_raw`): going through serde, or mlua's table API, costs
 /// several times more, and hooks run on every message.
 pub trait HookArg {
+    /// The argument as the Lua thread that runs the call holds it: hooks
+    /// run off the async workers, and a caller may stop waiting for one.
+    type Owned: HookArg + Send + 'static;
+
     fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value>;
+
+    fn to_owned_arg(&self) -> Self::Owned;
+
+    /// The bytes of text the argument carries, checked against
+    /// `policy.max_input_kb` before a call.
+    fn input_bytes(&self) -> usize;
 
     /// The argument in the table a Lua state keeps in `slot` from the last
     /// call of the same hook, refilled (made and kept first if the slot is
@@ -117,15 +127,35 @@ impl HookAnswer for Decision {
 macro_rules! hook_arg {
     ($t:ty { $($f:ident),* $(,)? } $(userdata { $($u:ident),* })?) => {
         impl HookArg for $t {
+            type Owned = $t;
+
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
                 hook_arg!(@fresh self, lua, { $($f),* } $({ $($u),* })?)
             }
+
+            fn to_owned_arg(&self) -> $t {
+                self.clone()
+            }
+
+            fn input_bytes(&self) -> usize {
+                0 $(+ InputBytes::input_bytes(&self.$f))*
+            }
         }
     };
-    (kept $t:ty { $($f:ident),* $(,)? } userdata { $u:ident }) => {
+    (kept $t:ty => $owned:ty { $($f:ident),* $(,)? } userdata { $u:ident }) => {
         impl HookArg for $t {
+            type Owned = $owned;
+
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
                 hook_arg!(@fresh self, lua, { $($f),* } { $u })
+            }
+
+            fn to_owned_arg(&self) -> $owned {
+                self.to_owned_info()
+            }
+
+            fn input_bytes(&self) -> usize {
+                0 $(+ InputBytes::input_bytes(&self.$f))* + self.$u.input_bytes()
             }
 
             fn to_lua_in(
@@ -172,6 +202,59 @@ macro_rules! hook_arg {
     }};
 }
 
+/// The text a field of a hook's argument carries (see
+/// [`HookArg::input_bytes`]).
+trait InputBytes {
+    fn input_bytes(&self) -> usize;
+}
+
+impl InputBytes for str {
+    fn input_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl InputBytes for String {
+    fn input_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl InputBytes for &str {
+    fn input_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl InputBytes for Cow<'_, str> {
+    fn input_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl InputBytes for Cow<'_, [String]> {
+    fn input_bytes(&self) -> usize {
+        self.iter().map(String::len).sum()
+    }
+}
+
+impl InputBytes for Vec<String> {
+    fn input_bytes(&self) -> usize {
+        self.iter().map(String::len).sum()
+    }
+}
+
+macro_rules! no_text {
+    ($($t:ty),*) => {$(
+        impl InputBytes for $t {
+            fn input_bytes(&self) -> usize {
+                0
+            }
+        }
+    )*};
+}
+no_text!(bool, u16, i64, usize);
+
 /// Puts `value` into a kept userdata of its type.
 fn set_userdata<T: Clone + 'static>(ud: &mlua::AnyUserData, value: &T) -> mlua::Result<()> {
     *ud.borrow_mut::<T>()? = value.clone();
@@ -180,6 +263,24 @@ fn set_userdata<T: Clone + 'static>(ud: &mlua::AnyUserData, value: &T) -> mlua::
 
 /// Tests and tools pass JSON.
 impl HookArg for serde_json::Value {
+    type Owned = serde_json::Value;
+
+    fn to_owned_arg(&self) -> serde_json::Value {
+        self.clone()
+    }
+
+    fn input_bytes(&self) -> usize {
+        fn bytes(v: &serde_json::Value) -> usize {
+            match v {
+                serde_json::Value::String(s) => s.len(),
+                serde_json::Value::Array(a) => a.iter().map(bytes).sum(),
+                serde_json::Value::Object(o) => o.iter().map(|(k, v)| k.len() + bytes(v)).sum(),
+                _ => 8,
+            }
+        }
+        bytes(self)
+    }
+
     fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
         use mlua::LuaSerdeExt;
         let options = mlua::serde::SerializeOptions::new()
@@ -205,7 +306,7 @@ hook_arg!(TransactionInfo {
     recipient,
     recipients
 });
-hook_arg!(kept MessageInfo<'_> {
+hook_arg!(kept MessageInfo<'_> => MessageInfo<'static> {
     kind,
     id,
     account,
@@ -245,7 +346,7 @@ hook_arg!(SignalInfo {
 });
 
 /// `on_connect(conn)`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ConnectInfo {
     pub ip: String,
     pub port: u16,
@@ -254,7 +355,7 @@ pub struct ConnectInfo {
 }
 
 /// `on_mail_from(tx)` and `on_rcpt_to(tx)`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TransactionInfo {
     pub ip: String,
     pub helo: String,
@@ -275,6 +376,12 @@ pub struct TransactionInfo {
 #[derive(Debug, Clone)]
 pub struct HeaderView(pub std::sync::Arc<[u8]>);
 
+impl HeaderView {
+    fn input_bytes(&self) -> usize {
+        self.0.len()
+    }
+}
+
 impl mlua::UserData for HeaderView {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("get", |_, this, name: String| {
@@ -290,7 +397,7 @@ impl mlua::UserData for HeaderView {
 
 /// `check_limits(msg)` and `content_filter(msg)` for a message. It borrows
 /// what admission holds: it is made for every message.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MessageInfo<'a> {
     pub kind: &'static str,
     pub id: Cow<'a, str>,
@@ -302,7 +409,7 @@ pub struct MessageInfo<'a> {
     pub subject: String,
     pub subject_valid_utf8: bool,
     /// "regular" (API SendEmail, SMTP) or "batch" (batch tasks).
-    pub trigger_type: &'a str,
+    pub trigger_type: &'static str,
     /// Scenario: transactional, notification or marketing (from the
     /// template or the X-Kiln-Scenario header), or "".
     pub scenario: String,
@@ -310,9 +417,30 @@ pub struct MessageInfo<'a> {
     pub headers: HeaderView,
 }
 
+impl MessageInfo<'_> {
+    /// A copy that borrows nothing, for the Lua thread that runs the call.
+    pub fn to_owned_info(&self) -> MessageInfo<'static> {
+        MessageInfo {
+            kind: self.kind,
+            id: Cow::Owned(self.id.to_string()),
+            account: Cow::Owned(self.account.to_string()),
+            sender: Cow::Owned(self.sender.to_string()),
+            sender_domain: Cow::Owned(self.sender_domain.to_string()),
+            recipients: Cow::Owned(self.recipients.to_vec()),
+            size: self.size,
+            subject: self.subject.clone(),
+            subject_valid_utf8: self.subject_valid_utf8,
+            trigger_type: self.trigger_type,
+            scenario: self.scenario.clone(),
+            now: self.now,
+            headers: self.headers.clone(),
+        }
+    }
+}
+
 /// `reputation(event)`: one delivery outcome or engagement event, or a
 /// question (`kind = "query"`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ReputationEvent {
     pub domain: String,
     pub account: String,
@@ -332,7 +460,7 @@ pub struct ReputationState {
 }
 
 /// `classify_bounce(reply)`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BounceInfo {
     pub code: u16,
     pub enhanced_code: String,
@@ -429,7 +557,7 @@ fn one() -> u32 {
 
 /// `egress_signal(reply)`: a refusal, asked about whether it says "slow
 /// down".
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SignalInfo {
     pub code: u16,
     pub enhanced_code: String,

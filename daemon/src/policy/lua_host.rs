@@ -636,6 +636,15 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
         })?,
     )?;
     kiln.set("json", json)?;
+    // Lua patterns backtrack (`<[^>]*>` over an unclosed tag is quadratic,
+    // inside one C call the watchdog cannot stop): HTML is read here, in
+    // one linear pass.
+    kiln.set(
+        "html_text",
+        lua.create_function(|_, html: mlua::LuaString| {
+            Ok(crate::message::html_text(&html.to_string_lossy()))
+        })?,
+    )?;
 
     super::plugin_settings::install(lua, &kiln, settings.script.display().to_string())?;
     super::lua_data::install(lua, &kiln, settings.plugins_dir.clone())?;

@@ -67,6 +67,7 @@ impl Fixture {
             max_instructions: 2_000_000,
             max_memory_mb: 16,
             timeout: Duration::from_secs(2),
+            max_input_kb: 4096,
         }
     }
 

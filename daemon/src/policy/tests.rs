@@ -476,6 +476,101 @@ async fn calls_wait_for_a_free_state() {
     }
 }
 
+/// A hook stuck where the watchdog cannot stop it (`gsub` backtracking
+/// over a long string, inside one C call) holds its own thread only: the
+/// caller gets a failure at the deadline, the state is abandoned and
+/// replaced, and the other hooks go on answering at once, on a runtime
+/// with one worker thread.
+#[tokio::test]
+async fn a_call_stuck_in_a_c_function_is_abandoned_and_replaced() {
+    let f = Fixture::new();
+    let mut settings = f.settings(
+        "return { hooks = {
+           on_connect = function(c) return string.rep('a', c.n):gsub('a*b', '') end,
+           on_mail_from = function(t) return { action = 'accept', message = 'quick' } end,
+         } }",
+    );
+    settings.states = 2;
+    settings.timeout = Duration::from_millis(300);
+    let policy = std::sync::Arc::new(Policy::load(settings, f.store.clone()).expect("load"));
+    let started = std::time::Instant::now();
+    let stuck = (0..3).map(|_| {
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            policy
+                .call::<_, Decision>("on_connect", &json!({ "n": 200_000 }))
+                .await
+        })
+    });
+    // Meanwhile this runtime's one worker is free: a timer fires on time.
+    let ticked = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::time::sleep(Duration::from_millis(50)),
+    );
+    assert!(ticked.await.is_ok());
+    let messages: Vec<String> = futures::future::join_all(stuck)
+        .await
+        .into_iter()
+        .map(|call| match call.expect("task") {
+            Err(PolicyError::Script { message, .. }) => message,
+            other => panic!("a stuck call answered: {other:?}"),
+        })
+        .collect();
+    let abandoned = messages
+        .iter()
+        .filter(|m| m.contains("the Lua state was abandoned"))
+        .count();
+    // The third waited for a state: none came free in time, or a
+    // replacement did and it got stuck in turn.
+    let waited = messages
+        .iter()
+        .filter(|m| m.contains("waiting for a free Lua state"))
+        .count();
+    assert!(abandoned >= 2 && abandoned + waited == 3, "{messages:?}");
+    // All done by the deadlines, not by the gsubs.
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(policy.error_counts().get("on_connect"), Some(&3));
+    // Replacements come up and answer.
+    let quick = tokio::time::timeout(
+        Duration::from_secs(5),
+        policy.call::<_, Decision>("on_mail_from", &json!({})),
+    )
+    .await
+    .expect("a replacement state answers")
+    .expect("hook")
+    .expect("decision");
+    assert_eq!(quick.message.as_deref(), Some("quick"));
+}
+
+/// A hook's argument is bounded: past `policy.max_input_kb` the call is a
+/// failure of the hook, and the script never sees it.
+#[tokio::test]
+async fn a_hook_argument_past_the_input_limit_is_refused() {
+    let f = Fixture::new();
+    let mut settings = f.settings(
+        "return { hooks = { on_connect = function(c) return { action = 'accept' } end } }",
+    );
+    settings.max_input_kb = 64;
+    let policy = Policy::load(settings, f.store.clone()).expect("load");
+    let small = policy
+        .call::<_, Decision>("on_connect", &json!({ "html": "x".repeat(60_000) }))
+        .await;
+    assert!(matches!(small, Ok(Some(_))), "{small:?}");
+    match policy
+        .call::<_, Decision>("on_connect", &json!({ "html": "x".repeat(70_000) }))
+        .await
+    {
+        Err(PolicyError::Script { message, .. }) => {
+            assert!(message.contains("max_input_kb"), "{message}")
+        }
+        other => panic!("an oversized argument went through: {other:?}"),
+    }
+}
+
 /// The fast reader of answers takes a `reasons` list only when it is a
 /// plain list (its sequence and nothing else, no metatable), and leaves
 /// any other table to serde; either way the hook's answer reads the same.

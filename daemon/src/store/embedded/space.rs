@@ -99,7 +99,13 @@ mod tests {
         let space = DiskSpace::new(dir.path().to_path_buf());
         space.set_reserve(u64::MAX);
         match space.check() {
-            Err(StoreError::NoSpace { free_mb, .. }) => assert_eq!(free_mb, free >> 20),
+            // Other tests write meanwhile: the disk's free space moves.
+            Err(StoreError::NoSpace { free_mb, .. }) => {
+                assert!(
+                    free_mb.abs_diff(free >> 20) < 256,
+                    "{free_mb} MB, {free} bytes"
+                )
+            }
             other => panic!("{other:?}"),
         }
         space.set_reserve(0);
