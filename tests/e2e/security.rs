@@ -3,6 +3,7 @@
 //! issue 15 and fails on the code before its fix.
 
 mod freeze;
+mod reports;
 
 use crate::clients::{
     Sdk, create_account, run_smtplib, send_params, smtplib, smtplib_login, verified_sender,

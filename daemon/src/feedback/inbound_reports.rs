@@ -10,6 +10,9 @@
 //! `deferred`.
 //! A complaint raises `spamreport`, suppresses the recipient for the sender
 //! domain, counts for the reputation rules and is filed for GetAbuseReport.
+//! Each (message, recipient) bounces once, complains once and is reported
+//! delayed once: a report that comes again is logged as a duplicate and
+//! changes nothing.
 
 use crate::policy::decisions::{BounceClass, BounceInfo};
 use crate::services::Services;
@@ -202,8 +205,10 @@ async fn try_process(
     if let Report::Complaint(complaint) = &report {
         let now = ctx.store.now_ms();
         crate::feedback::engagement::suppress(ctx, &domain, &recipient).await?;
-        ctx.outcomes.record(&domain, "complaint");
-        crate::feedback::engagement::mark_first(
+        // A recipient complains about a message once: a report replayed
+        // (a thousand times, to lower its sender's reputation) changes
+        // nothing more.
+        let first = crate::feedback::engagement::mark_first(
             ctx,
             's',
             &message_id,
@@ -212,6 +217,10 @@ async fn try_process(
             &complaint.user_agent,
         )
         .await?;
+        if !first {
+            return Ok("duplicate complaint");
+        }
+        ctx.outcomes.record(&domain, "complaint");
         ctx.ses
             .file_abuse_report(crate::ses::abuse::AbuseReport {
                 from_domain: domain.clone(),
@@ -324,6 +333,12 @@ async fn try_process(
             Ok("bounce")
         }
         "delayed" => {
+            let first =
+                crate::feedback::engagement::mark_first(ctx, 'd', &message_id, &recipient, "", "")
+                    .await?;
+            if !first {
+                return Ok("duplicate delay notice");
+            }
             let mut e = event("deferred");
             e.reason = format!("{} {}", block.status, text).trim().to_string();
             ctx.events.emit(e).await;

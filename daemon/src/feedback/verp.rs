@@ -61,8 +61,14 @@ impl Verp {
         format!("b-{id}-{idx}-{}@{domain}", self.mac(&id, idx))
     }
 
+    /// Whether `address` is for Kiln's report intake: any address on the
+    /// bounce domain (a forged one is refused there), and on a sender's
+    /// return-path domain only a genuine return path: `bounces.<domain>`
+    /// is also an ordinary domain of someone else's, its mail theirs.
     pub fn is_bounce_address(&self, address: &str) -> bool {
-        address.rsplit_once('@').is_some_and(|(_, d)| self.ours(d))
+        address.rsplit_once('@').is_some_and(|(_, d)| {
+            d.eq_ignore_ascii_case(&self.domain) || (self.ours(d) && self.parse(address).is_some())
+        })
     }
 
     /// (message id, recipient index) of a genuine return path.
@@ -121,7 +127,10 @@ mod tests {
         let own = v.address("01a2ABCDEF", 3, Some("bounces.shop.example"));
         assert!(own.ends_with("@bounces.shop.example"), "{own}");
         assert_eq!(v.parse(&own), Some(("01a2abcdef".into(), 3)));
-        assert!(v.is_bounce_address("x@Bounces.Shop.Example"));
+        assert!(v.is_bounce_address(&own.to_ascii_uppercase()));
+        // Anyone else's address there is an ordinary one.
+        assert!(!v.is_bounce_address("alice@Bounces.Shop.Example"));
+        assert!(!v.is_bounce_address(&own.replace("-3-", "-4-")));
         assert!(!v.is_bounce_address("x@shop.example"));
         assert!(!v.is_bounce_address("x@bounces.example"));
         assert!(v.parse(&own.replace("@bounces.", "@mail.")).is_none());

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
 
-fn body(h: &Hook) -> Value {
+pub(crate) fn body(h: &Hook) -> Value {
     serde_json::from_str(&h.body).unwrap_or_else(|_| panic!("callback body is JSON: {}", h.body))
 }
 
@@ -617,7 +617,7 @@ async fn one_click_unsubscribe_suppresses_the_recipient() {
 
 /// Sends `body` to `to` the way a remote MTA returns a report: no AUTH,
 /// null sender.
-async fn mail_report(e: &Env, to: &str, body: &str) -> kiln_testkit::client::Reply {
+pub(crate) async fn mail_report(e: &Env, to: &str, body: &str) -> kiln_testkit::client::Reply {
     let mut c = kiln_testkit::client::SmtpClient::connect(e.kiln.smtp)
         .await
         .unwrap();
@@ -627,7 +627,7 @@ async fn mail_report(e: &Env, to: &str, body: &str) -> kiln_testkit::client::Rep
     r
 }
 
-fn dsn(to: &str, recipient: &str) -> String {
+pub(crate) fn dsn(to: &str, recipient: &str) -> String {
     format!(
         "From: MAILER-DAEMON@mx.dest.test\r\nTo: {to}\r\nSubject: Undelivered Mail Returned to Sender\r\n\
          MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n\
@@ -641,7 +641,7 @@ fn dsn(to: &str, recipient: &str) -> String {
     )
 }
 
-fn arf(to: &str, recipient: &str) -> String {
+pub(crate) fn arf(to: &str, recipient: &str) -> String {
     format!(
         "From: abuse@dest.test\r\nTo: {to}\r\nSubject: Abuse report\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=feedback-report; boundary=\"F\"\r\n\r\n\

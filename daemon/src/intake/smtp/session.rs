@@ -68,6 +68,10 @@ pub struct Session {
     /// MAIL carried SMTPUTF8: addresses may be UTF-8.
     smtputf8: bool,
     rcpt_to: Vec<String>,
+    /// `rcpt_to` in lower case, to find a repeat at once.
+    rcpt_seen: std::collections::HashSet<String>,
+    /// How many of `rcpt_to` are report addresses (VERP return paths).
+    report_rcpts: usize,
     errors: usize,
 }
 
@@ -95,6 +99,8 @@ impl Session {
             require_tls: false,
             smtputf8: false,
             rcpt_to: Vec::new(),
+            rcpt_seen: std::collections::HashSet::new(),
+            report_rcpts: 0,
             errors: 0,
         }
     }
@@ -173,11 +179,19 @@ impl Session {
         }
     }
 
+    fn add_recipient(&mut self, to: String, report: bool) {
+        self.rcpt_seen.insert(to.to_ascii_lowercase());
+        self.report_rcpts += usize::from(report);
+        self.rcpt_to.push(to);
+    }
+
     fn reset(&mut self) {
         self.mail_from = None;
         self.require_tls = false;
         self.smtputf8 = false;
         self.rcpt_to.clear();
+        self.rcpt_seen.clear();
+        self.report_rcpts = 0;
     }
 
     fn reply(&mut self, io: &mut LineIo, text: &str) {
@@ -305,31 +319,42 @@ impl Session {
                 }
                 Command::Rcpt { to } => {
                     let report = self.ctx.verp.as_ref().filter(|v| v.is_bounce_address(&to));
+                    let repeat = self.rcpt_seen.contains(&to.to_ascii_lowercase());
                     if self.mail_from.is_none() {
                         self.error(io, "503 5.5.1 Need MAIL command first");
                     } else if let Some(verp) = report {
                         // Bounces and complaints come back here from
-                        // anyone, for a genuine return path only.
+                        // anyone, for a genuine return path only, and
+                        // each once.
                         if verp.parse(&to).is_none() {
                             self.reply(io, &format!("550 5.1.1 <{to}>: No such mailbox"));
-                        } else if self.rcpt_to.iter().any(|r| !verp.is_bounce_address(r)) {
+                        } else if self.report_rcpts < self.rcpt_to.len() {
                             self.reply(io, "452 4.5.3 Reports go in a message of their own");
+                        } else if repeat {
+                            let text = format!("550 5.5.1 <{to}>: Duplicate recipient");
+                            if self.error(io, &text) {
+                                return Step::Quit;
+                            }
+                        } else if self.rcpt_to.len() >= smtp.max_recipients {
+                            if self.error(io, "452 4.5.3 Too many recipients") {
+                                return Step::Quit;
+                            }
                         } else {
-                            self.rcpt_to.push(to);
+                            self.add_recipient(to, true);
                             self.reply(io, "250 2.1.5 Ok");
                         }
-                    } else if self.rcpt_to.iter().any(|r| {
-                        self.ctx
-                            .verp
-                            .as_ref()
-                            .is_some_and(|v| v.is_bounce_address(r))
-                    }) {
+                    } else if self.report_rcpts > 0 {
                         self.reply(io, "452 4.5.3 Reports go in a message of their own");
                     } else if self.account.is_none() && !self.relay_allowed {
                         let text = format!("550 5.7.1 <{to}>: Relay access denied");
                         if self.error(io, &text) {
                             return Step::Quit;
                         }
+                    } else if repeat {
+                        // Mailing lists repeat addresses (To and Cc): the
+                        // copy is delivered once, and the client is not
+                        // told the address failed.
+                        self.reply(io, "250 2.1.5 Ok (duplicate recipient, delivered once)");
                     } else if let Some(refused) = self.refuse_destination(&to) {
                         self.reply(io, &refused);
                     } else if self.rcpt_to.len() >= smtp.max_recipients {
@@ -347,7 +372,7 @@ impl Session {
                     ) {
                         self.reply(io, &refused);
                     } else {
-                        self.rcpt_to.push(to);
+                        self.add_recipient(to, false);
                         self.reply(io, "250 2.1.5 Ok");
                     }
                 }
@@ -625,9 +650,7 @@ impl Session {
 
     /// Makes the message durable, then returns the reply for the client.
     async fn accept(&mut self, body: Vec<u8>) -> String {
-        let reports = self.ctx.verp.as_ref().is_some_and(|v| {
-            !self.rcpt_to.is_empty() && self.rcpt_to.iter().all(|r| v.is_bounce_address(r))
-        });
+        let reports = self.report_rcpts > 0 && self.report_rcpts == self.rcpt_to.len();
         if reports {
             for to in self.rcpt_to.clone() {
                 let kind = crate::feedback::inbound_reports::process(&self.ctx, &to, &body).await;
