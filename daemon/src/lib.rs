@@ -125,6 +125,7 @@
 //! | `line_io` | line-oriented buffered I/O over TCP or TLS |
 //! | `tls` | certificates, server and client configs |
 //! | `net` | CIDRs, domains of addresses |
+//! | `outbound_http` | HTTP to a tenant's URL: public addresses only, unless listed |
 //! | `fuzzing` | what the fuzz targets run, and their corpora replayed in tests |
 //!
 //! # Pipeline
@@ -163,6 +164,7 @@ pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod ops;
+pub mod outbound_http;
 pub mod policy;
 pub mod queue;
 pub mod server;

@@ -4,6 +4,7 @@
 
 mod freeze;
 mod reports;
+mod ssrf;
 
 use crate::clients::{
     Sdk, create_account, run_smtplib, send_params, smtplib, smtplib_login, verified_sender,

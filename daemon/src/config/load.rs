@@ -11,6 +11,7 @@ type Overrides = Vec<(String, String)>;
 
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
+    "callbacks.allow_networks",
     "dns.nameservers",
     "delivery.require_tls_domains",
     "http.metrics_networks",

@@ -90,6 +90,9 @@ pub struct CallbackSettings {
     /// Events per POST (a JSON array when more than one); 1 sends each
     /// event on its own.
     pub batch_max: usize,
+    /// Internal networks (loopback, private, link-local ...) a callback
+    /// may be sent to; none by default: callbacks go to public addresses.
+    pub allow_networks: Vec<String>,
 }
 
 impl Default for CallbackSettings {
@@ -100,6 +103,7 @@ impl Default for CallbackSettings {
             concurrency: 32,
             retry_base_ms: 10_000,
             batch_max: 1,
+            allow_networks: Vec::new(),
         }
     }
 }

@@ -53,6 +53,13 @@ impl Settings {
                 ));
             }
         }
+        for (i, net) in self.callbacks.allow_networks.iter().enumerate() {
+            if crate::net::Cidr::parse(net).is_none() {
+                out.push(format!(
+                    "callbacks.allow_networks[{i}]: {net:?} is not a CIDR network"
+                ));
+            }
+        }
         for (i, net) in self.smtp.literal_networks.iter().enumerate() {
             if crate::net::Cidr::parse(net).is_none() {
                 out.push(format!(

@@ -19,6 +19,7 @@
 
 use crate::config::CallbackSettings;
 use crate::feedback::events::Event;
+use crate::outbound_http::Destinations;
 use crate::policy::Policy;
 use crate::ses::Records;
 use crate::store::{BatchOp, BatchValue, Write};
@@ -121,11 +122,16 @@ fn backoff(base_ms: u64, attempts: u32) -> Duration {
     Duration::from_millis((ms as f64 * jitter) as u64)
 }
 
+/// The setting that lists the internal networks callbacks may go to.
+pub const ALLOW_SETTING: &str = "callbacks.allow_networks";
+
 pub struct Callbacks {
     ses: Records,
     policy: Arc<Policy>,
     settings: CallbackSettings,
     http: reqwest::Client,
+    /// Where callbacks may go (see `outbound_http`).
+    destinations: Destinations,
     routes: Mutex<HashMap<RouteKey, (Instant, Option<Route>)>>,
     receivers: Mutex<HashMap<String, Arc<Semaphore>>>,
     in_flight: Semaphore,
@@ -143,14 +149,20 @@ impl Callbacks {
         settings: CallbackSettings,
         trail_retention: Duration,
     ) -> Arc<Callbacks> {
-        let http = reqwest::Client::builder()
+        let destinations = Destinations::new(&settings.allow_networks);
+        let builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(PER_RECEIVER)
-            .user_agent(concat!("Kiln/", env!("CARGO_PKG_VERSION"), " (callbacks)"))
-            .build()
-            .unwrap_or_default();
+            .user_agent(concat!("Kiln/", env!("CARGO_PKG_VERSION"), " (callbacks)"));
+        let http = destinations
+            .client(builder, ALLOW_SETTING)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the callback HTTP client could not be built; callbacks fail until restarted");
+                reqwest::Client::new()
+            });
         Arc::new(Callbacks {
+            destinations,
             in_flight: Semaphore::new(settings.concurrency.max(1)),
             working: Mutex::new(HashSet::new()),
             chunks: Arc::new(Semaphore::new(CHUNKS_AT_ONCE)),
@@ -596,6 +608,11 @@ impl Callbacks {
             let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
             (format!("[{}]", bodies.join(",")), ids.join(","))
         };
+        // A name is checked as it is resolved (the client's resolver); an
+        // address is not resolved, so it is checked here.
+        self.destinations
+            .check_url(&first.url, ALLOW_SETTING)
+            .map_err(|e| e.to_string())?;
         let timestamp = crate::clock::system_now_ms() / 1000;
         let mut req = self.http.post(&first.url);
         for (name, value) in &first.headers {
@@ -615,13 +632,34 @@ impl Callbacks {
             .body(body)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
         if resp.status().is_success() {
             Ok(())
+        } else if resp.status().is_redirection() {
+            Err(format!(
+                "HTTP {} (redirects are not followed)",
+                resp.status()
+            ))
         } else {
             Err(format!("HTTP {}", resp.status()))
         }
     }
+}
+
+/// An error with what caused it ("error sending request" says nothing of
+/// a refused destination or a reset connection on its own).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]

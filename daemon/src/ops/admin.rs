@@ -336,13 +336,13 @@ async fn account_callback(
     Query(q): Query<CallbackTarget>,
 ) -> Response {
     if !q.url.is_empty() {
-        let ok = reqwest::Url::parse(&q.url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
-        if !ok {
+        let destinations =
+            crate::outbound_http::Destinations::new(&s.settings.callbacks.allow_networks);
+        if let Err(e) = destinations.check_url(&q.url, crate::feedback::callbacks::ALLOW_SETTING) {
             return error(
                 StatusCode::BAD_REQUEST,
                 "InvalidParameterValue.CallbackUrl",
-                format!("{:?} is not an http(s) URL", q.url),
+                e.to_string(),
             );
         }
     }

@@ -41,7 +41,7 @@ async fn a_hanging_or_slow_callback_receiver_does_not_slow_delivery() {
     for backend in BOTH {
         let hook = Webhook::start().await;
         let e = env(backend, |o| {
-            o.extra = "[callbacks]\nretry_base_ms = 200\ntimeout = 20\n".into()
+            o.callbacks.push_str("retry_base_ms = 200\ntimeout = 20\n")
         })
         .await;
         let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;

@@ -93,7 +93,7 @@ async fn events_reach_the_callback_url_signed_in_the_tencent_format() {
 async fn scenario(backend: Backend) {
     let mut hook = Webhook::start().await;
     let e = env(backend, |o| {
-        o.extra = "[callbacks]\nretry_base_ms = 100\ntimeout = 2\n".into()
+        o.callbacks.push_str("retry_base_ms = 100\ntimeout = 2\n")
     })
     .await;
     let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
@@ -841,7 +841,8 @@ async fn verp_reports(backend: Backend) {
 async fn events_can_go_several_to_a_post() {
     let mut hook = Webhook::start().await;
     let e = env(Backend::Embedded, |o| {
-        o.extra = "[callbacks]\nbatch_max = 10\nretry_base_ms = 500\n".into()
+        o.callbacks
+            .push_str("batch_max = 10\nretry_base_ms = 500\n")
     })
     .await;
     let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;

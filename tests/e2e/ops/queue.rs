@@ -134,7 +134,7 @@ async fn an_operator_bounce_is_final_once_with_one_callback_each() {
     for backend in BOTH {
         let hook = Webhook::start().await;
         let e = env(backend, |o| {
-            o.extra = "[callbacks]\nretry_base_ms = 100\ntimeout = 2\n".into()
+            o.callbacks.push_str("retry_base_ms = 100\ntimeout = 2\n")
         })
         .await;
         let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;

@@ -47,6 +47,9 @@ pub struct KilnOptions {
     pub http: String,
     /// Extra settings for the [store] section.
     pub store: String,
+    /// The [callbacks] section: the tests' receivers listen on loopback,
+    /// which callbacks reach only when listed.
+    pub callbacks: String,
     pub node_id: String,
     /// The policy script (Lua) the daemon runs; by default the plugins with
     /// limits raised out of the way of tests that are not about limits.
@@ -86,6 +89,7 @@ impl KilnOptions {
             smtp: String::new(),
             http: String::new(),
             store: String::new(),
+            callbacks: "allow_networks = [\"127.0.0.0/8\", \"::1/128\"]\n".into(),
             node_id: "node-a".into(),
             log_level: "info,kiln=debug".into(),
             policy: PERMISSIVE_POLICY.into(),
@@ -141,6 +145,9 @@ lease_time = {lease_time}
 listen = "{http}"
 {http_extra}
 
+[callbacks]
+{callbacks}
+
 [smtp]
 max_errors = 50
 {smtp_extra}
@@ -178,6 +185,7 @@ secret_key = "shop-secret-key"
             smtp_extra = opts.smtp,
             http_extra = opts.http,
             store_extra = opts.store,
+            callbacks = opts.callbacks,
             // `{http}` in the extra TOML: this instance's HTTP address.
             extra = opts.extra.replace("{http}", &http.to_string()),
         );

@@ -36,6 +36,8 @@ struct Shared {
     delay: Mutex<Option<std::time::Duration>>,
     /// POSTs received and not answered yet.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Where POSTs are redirected (307 with this Location), if anywhere.
+    redirect: Mutex<Option<String>>,
 }
 
 pub struct Webhook {
@@ -70,7 +72,21 @@ async fn receive(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let redirect = s.redirect.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let status = record(&s, uri, headers, body).await;
+    match redirect {
+        Some(to) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, to)],
+        )
+            .into_response(),
+        None => status.into_response(),
+    }
+}
+
+async fn record(s: &Shared, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
     let delay = *s.delay.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(d) = delay {
         use std::sync::atomic::Ordering;
@@ -96,12 +112,17 @@ async fn receive(
 
 impl Webhook {
     pub async fn start() -> Webhook {
+        Webhook::start_at("127.0.0.1".parse().expect("addr")).await
+    }
+
+    /// A receiver on `ip` (another loopback address: another host).
+    pub async fn start_at(ip: std::net::IpAddr) -> Webhook {
         let shared = Arc::new(Shared {
             status: Mutex::new(200),
             ..Shared::default()
         });
         let mut hook = Webhook {
-            addr: "127.0.0.1:0".parse().expect("addr"),
+            addr: SocketAddr::new(ip, 0),
             shared,
             stop: None,
         };
@@ -154,6 +175,16 @@ impl Webhook {
     /// The status later POSTs get (they are recorded either way).
     pub fn answer(&self, status: u16) {
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// Later POSTs are answered `307 Temporary Redirect` to `location`
+    /// (recorded all the same).
+    pub fn redirect_to(&self, location: &str) {
+        *self
+            .shared
+            .redirect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(location.into());
     }
 
     /// Later POSTs are answered only after `delay` (None: at once); a
