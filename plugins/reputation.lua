@@ -165,11 +165,26 @@ local function same(a, b)
     and a.blocked_day == b.blocked_day
 end
 
+-- Forgets a domain (kind "forget": it was deleted, or proven by another
+-- account): its level and the counters of the days they are kept.
+function M.forget(domain, now)
+  kiln.kv.delete(state_key(domain))
+  decoded[domain] = nil
+  for back = 0, TTL // 86400 do
+    local day = kiln.day(now - back * 86400 * 1000)
+    for _, k in ipairs(M.KINDS) do kiln.kv.delete(counter_key(domain, day, k)) end
+  end
+end
+
 -- reputation(event): count the event, apply the rules, answer the state.
--- event.kind = "query" only answers.
+-- event.kind = "query" only answers; "forget" starts the domain afresh.
 function M.hooks.reputation(ev)
   local today = kiln.day(ev.now)
   local domain = string.lower(ev.domain)
+  if ev.kind == "forget" then
+    M.forget(domain, ev.now)
+    return nil
+  end
   local counting = ev.kind ~= "query"
   if counting and not KNOWN[ev.kind] then
     error("reputation: unknown event kind " .. tostring(ev.kind))

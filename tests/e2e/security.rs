@@ -2,6 +2,7 @@
 //! smtplib, raw sockets, the SDK. Each test reproduces one defect of
 //! issue 15 and fails on the code before its fix.
 
+mod domains;
 mod freeze;
 mod reports;
 mod ssrf;

@@ -106,6 +106,24 @@ async fn reputation_hook_counts_events_in_the_store() {
         .expect("query")
         .expect("state");
     assert_eq!(st["level"], 2, "the level is kept in the store: {st}");
+    // Forgotten (deleted, or proven by another account): a new domain
+    // again, with none of today's counts.
+    let gone: Option<Value> = host
+        .call("reputation", &event("forget", 0))
+        .await
+        .expect("forget");
+    assert!(gone.is_none());
+    let st: Value = host
+        .call("reputation", &event("sent", 10))
+        .await
+        .expect("sent")
+        .expect("state");
+    assert_eq!(st["level"], 1, "{st}");
+    let sent: Value = host
+        .eval("return kiln.counter.get('rep:shop.test:' .. kiln.day(1795341600000) .. ':sent')")
+        .await
+        .expect("eval");
+    assert_eq!(sent, json!(10), "counted afresh");
     // A domain the policy knows starts at its own level.
     let host = f.host(
         "return { config = { reputation = { domains = { ['old.test'] = { level = 9 } } } } }",

@@ -90,13 +90,20 @@ impl Records {
         }))
     }
 
+    /// Forgets which blocklist entries `domain` caused (the entries stay:
+    /// the addresses bounced, whoever sent): its next owner cannot see or
+    /// lift them.
+    pub async fn forget_blocklist_entries(&self, domain: &str) -> Result<(), RecordsError> {
+        self.clear_set(&domain_set(domain)).await
+    }
+
     /// Hard-bounce entries caused by the account's sender domains.
     pub async fn blocked_for_account(
         &self,
         account: &str,
     ) -> Result<Vec<BlockedAddress>, RecordsError> {
         let mut out = Vec::new();
-        for identity in self.list_identities(account).await? {
+        for identity in self.owned_identities(account).await? {
             for address in self
                 .store
                 .set_members(&domain_set(&identity.domain))
@@ -122,7 +129,7 @@ impl Records {
         addresses: &[String],
     ) -> Result<usize, RecordsError> {
         let mut removed = 0;
-        let identities = self.list_identities(account).await?;
+        let identities = self.owned_identities(account).await?;
         for address in addresses {
             let address = address.trim().to_ascii_lowercase();
             let mut ours = false;

@@ -211,6 +211,40 @@ pub async fn replace_keys(
     selector: &str,
     bits: &[usize],
 ) -> Result<Vec<DkimKey>, DkimError> {
+    replace_keys_in(store, domain, domain, selector, bits).await
+}
+
+/// Where an account's claim to a domain keeps its keys until the claim is
+/// proven (each claimant publishes its own key: the proof is whose).
+pub fn claim_slot(domain: &str, account: &str) -> String {
+    format!("{domain}#claim:{account}")
+}
+
+/// Moves the keys kept in slot `from` (a claim's) to `to` (the domain's
+/// own, which it signs with), replacing what `to` had.
+pub async fn move_keys(store: &Store, from: &str, to: &str) -> Result<(), DkimError> {
+    let slots: [fn(&str) -> String; 2] = [store_key, second_store_key];
+    for key in slots {
+        match store.get(&key(from)).await? {
+            Some(bytes) => store.put(&key(to), &bytes, None).await?,
+            None => {
+                store.delete(&key(to)).await?;
+            }
+        }
+        store.delete(&key(from)).await?;
+    }
+    Ok(())
+}
+
+/// [`replace_keys`] for `domain`, kept in `slot` (the domain's own, or a
+/// claim's: [`claim_slot`]).
+pub async fn replace_keys_in(
+    store: &Store,
+    slot: &str,
+    domain: &str,
+    selector: &str,
+    bits: &[usize],
+) -> Result<Vec<DkimKey>, DkimError> {
     let mut keys = Vec::new();
     for (i, size) in bits.iter().enumerate() {
         let sel = if i == 0 {
@@ -228,19 +262,19 @@ pub async fn replace_keys(
     let encode =
         |k: &DkimKey| serde_json::to_vec(k).map_err(|e| DkimError::Generate(e.to_string()));
     match keys.first() {
-        Some(k) => store.put(&store_key(domain), &encode(k)?, None).await?,
+        Some(k) => store.put(&store_key(slot), &encode(k)?, None).await?,
         None => {
-            store.delete(&store_key(domain)).await?;
+            store.delete(&store_key(slot)).await?;
         }
     }
     match keys.get(1) {
         Some(k) => {
             store
-                .put(&second_store_key(domain), &encode(k)?, None)
+                .put(&second_store_key(slot), &encode(k)?, None)
                 .await?
         }
         None => {
-            store.delete(&second_store_key(domain)).await?;
+            store.delete(&second_store_key(slot)).await?;
         }
     }
     Ok(keys)

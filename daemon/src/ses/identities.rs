@@ -1,6 +1,12 @@
-//! Sender domains (identities): one account owns a domain; it gets DKIM
-//! keys (RSA 1024, 2048, or both), and may send once the four records
-//! (MX, SPF include, DKIM, DMARC) are found in DNS.
+//! Sender domains (identities). Any account may claim a domain; each claim
+//! gets DKIM keys of its own (RSA 1024, 2048, or both), and the first
+//! claimant whose four records (MX, SPF include, its DKIM key, DMARC) are
+//! found in DNS owns the domain: the other claims are dropped, with the
+//! reason. A claim owns nothing: it blocks no one, sends nothing, and sees
+//! none of the domain's data. A subdomain of a domain another account has
+//! proven cannot be claimed. Deleting a domain forgets its reputation, its
+//! blocklist entries and today's statistics, and what is older is sealed:
+//! the next owner sees data from its own proof on (`owned_since_ms`).
 
 use super::{Records, RecordsError, account_key};
 use hickory_resolver::proto::rr::RData;
@@ -22,6 +28,13 @@ pub struct Identity {
     /// there (`platform.return_path_label`).
     #[serde(default)]
     pub return_path: bool,
+    /// Since when the account has owned the domain (first proved it); the
+    /// domain's data from before (another owner's) is not its to see.
+    #[serde(default)]
+    pub owned_since_ms: i64,
+    /// A claim another account's proof overtook: why it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<String>,
 }
 
 /// One DNS record the domain must publish, and what DNS holds now.
@@ -55,6 +68,8 @@ pub enum IdentityError {
     TooMany(usize),
     #[error("the domain {0} does not exist in this account")]
     NotFound(String),
+    #[error("the domain {0} is no longer this account's: {1}")]
+    Dropped(String, String),
     #[error("DKIMOption must be 0 (1024 bits), 1 (2048 bits) or 2 (both), not {0}")]
     DkimOption(i64),
     #[error("the domain {0} still has sender addresses; delete them first")]
@@ -75,8 +90,31 @@ impl From<crate::ses::dkim::DkimError> for IdentityError {
     }
 }
 
+/// The owner's record of a domain: the account that proved it.
 fn record_key(domain: &str) -> String {
     format!("identity:{domain}")
+}
+
+/// An account's claim to a domain it has not proven.
+fn claim_key(domain: &str, account: &str) -> String {
+    format!("identity-claim:{domain}:{account}")
+}
+
+/// The accounts that claim a domain.
+fn claimants_key(domain: &str) -> String {
+    format!("identity-claims:{domain}")
+}
+
+/// How long an overtaken claim is remembered, to say why it went.
+const DROPPED_KEPT: std::time::Duration = std::time::Duration::from_secs(90 * 86400);
+
+/// `domain`'s parents that could be registered domains: `a.shop.example`
+/// has `shop.example` (and not the bare `example`).
+fn parents(domain: &str) -> impl Iterator<Item = &str> {
+    domain
+        .match_indices('.')
+        .map(move |(i, _)| &domain[i + 1..])
+        .filter(|p| p.contains('.'))
 }
 
 /// Where `domain`'s return paths go, if it is a verified sender domain
@@ -124,21 +162,34 @@ impl Records {
             .ok()
             .filter(|o| *o <= 2)
             .ok_or(IdentityError::DkimOption(dkim_option))?;
-        // A domain the config file gives an account is that account's.
-        if self
-            .settings
-            .accounts
-            .iter()
-            .any(|a| a.name != account && a.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)))
-        {
+        // A domain the config file gives an account is that account's, and
+        // so are its subdomains.
+        let configured_elsewhere = |d: &str| {
+            self.settings
+                .accounts
+                .iter()
+                .any(|a| a.name != account && a.domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+        };
+        if configured_elsewhere(&domain) || parents(&domain).any(configured_elsewhere) {
             return Err(IdentityError::OwnedByOther(domain));
         }
-        if let Some(existing) = self.load::<Identity>(&record_key(&domain)).await? {
-            return Err(if existing.account == account {
-                IdentityError::Exists(domain)
-            } else {
-                IdentityError::OwnedByOther(domain)
-            });
+        if let Some(owner) = self.load::<Identity>(&record_key(&domain)).await? {
+            if owner.account == account {
+                return Err(IdentityError::Exists(domain));
+            }
+            if owner.verified {
+                return Err(IdentityError::OwnedByOther(domain));
+            }
+        }
+        for parent in parents(&domain) {
+            let owner = self.load::<Identity>(&record_key(parent)).await?;
+            if owner.is_some_and(|o| o.verified && o.account != account) {
+                return Err(IdentityError::OwnedByOther(domain.clone()));
+            }
+        }
+        let claim = self.load::<Identity>(&claim_key(&domain, account)).await?;
+        if claim.is_some_and(|c| c.dropped.is_none()) {
+            return Err(IdentityError::Exists(domain));
         }
         let max = self.settings.platform.max_identities;
         if self.store.set_members(&index(account)).await?.len() >= max {
@@ -153,25 +204,59 @@ impl Records {
             verified_at_ms: None,
             tags,
             return_path: false,
+            owned_since_ms: 0,
+            dropped: None,
         };
-        if !self.create(&record_key(&domain), &identity).await? {
-            return Err(IdentityError::OwnedByOther(domain));
-        }
-        self.store.set_add(&index(account), &domain, None).await?;
-        crate::ses::dkim::replace_keys(
+        crate::ses::dkim::replace_keys_in(
             &self.store,
+            &crate::ses::dkim::claim_slot(&domain, account),
             &domain,
             &self.settings.dkim.selector,
             key_sizes(dkim_option),
         )
         .await?;
+        self.save(&claim_key(&domain, account), &identity).await?;
+        self.store
+            .set_add(&claimants_key(&domain), account, None)
+            .await?;
+        self.store.set_add(&index(account), &domain, None).await?;
         let attributes = self.expected_attributes(&identity).await?;
         Ok((identity, attributes))
     }
 
-    /// The identity record of `domain`, whoever owns it.
+    /// The owner of `domain`, if an account has proven it and its records
+    /// still pass: who may send as it, whose data it is.
     pub async fn identity_of_domain(&self, domain: &str) -> Result<Option<Identity>, RecordsError> {
-        self.load::<Identity>(&record_key(domain)).await
+        Ok(self
+            .load::<Identity>(&record_key(domain))
+            .await?
+            .filter(|i| i.verified))
+    }
+
+    /// The account's domains that are its own (proven, records passing):
+    /// the ones whose data it may see and change.
+    pub async fn owned_identities(&self, account: &str) -> Result<Vec<Identity>, RecordsError> {
+        let mut all = self.list_identities(account).await?;
+        all.retain(|i| i.verified && i.dropped.is_none());
+        Ok(all)
+    }
+
+    /// The account's identity for `domain`: its own, or its claim (None
+    /// when it has neither; a dropped claim says why it went).
+    async fn identity_or_dropped(
+        &self,
+        account: &str,
+        domain: &str,
+    ) -> Result<Option<Identity>, RecordsError> {
+        let Some(domain) = normalize_domain(domain) else {
+            return Ok(None);
+        };
+        if let Some(owner) = self.load::<Identity>(&record_key(&domain)).await?
+            && owner.account == account
+        {
+            return Ok(Some(owner));
+        }
+        self.load::<Identity>(&claim_key(&domain, account)).await
     }
 
     /// The account's identity for `domain` (None when it is not theirs).
@@ -180,13 +265,10 @@ impl Records {
         account: &str,
         domain: &str,
     ) -> Result<Option<Identity>, RecordsError> {
-        let Some(domain) = normalize_domain(domain) else {
-            return Ok(None);
-        };
         Ok(self
-            .load::<Identity>(&record_key(&domain))
+            .identity_or_dropped(account, domain)
             .await?
-            .filter(|i| i.account == account))
+            .filter(|i| i.dropped.is_none()))
     }
 
     pub async fn owned_identity(
@@ -194,11 +276,14 @@ impl Records {
         account: &str,
         domain: &str,
     ) -> Result<Identity, IdentityError> {
-        self.identity(account, domain)
-            .await?
-            .ok_or_else(|| IdentityError::NotFound(domain.to_string()))
+        match self.identity_or_dropped(account, domain).await? {
+            Some(i) => match i.dropped {
+                Some(reason) => Err(IdentityError::Dropped(i.domain, reason)),
+                None => Ok(i),
+            },
+            None => Err(IdentityError::NotFound(domain.to_string())),
+        }
     }
-
     /// The domain's reputation level and today's quota, from the policy
     /// (0, 0 when it cannot say).
     pub async fn reputation(&self, account: &str, domain: &str) -> (i64, i64) {
@@ -222,33 +307,100 @@ impl Records {
         }
     }
 
+    /// The account's domains, owned and claimed.
     pub async fn list_identities(&self, account: &str) -> Result<Vec<Identity>, RecordsError> {
-        let mut all: Vec<Identity> = self.load_all(&index(account), record_key).await?;
-        all.retain(|i| i.account == account);
+        let mut all = Vec::new();
+        for domain in self.store.set_members(&index(account)).await? {
+            if let Some(i) = self.identity(account, &domain).await? {
+                all.push(i);
+            }
+        }
         all.sort_by(|a, b| a.domain.cmp(&b.domain));
         Ok(all)
     }
 
     pub async fn delete_identity(&self, account: &str, domain: &str) -> Result<(), IdentityError> {
-        let identity = self.owned_identity(account, domain).await?;
-        let suffix = format!("@{}", identity.domain);
-        if self
-            .list_addresses(account)
+        let identity = match self.owned_identity(account, domain).await {
+            Err(IdentityError::Dropped(d, _)) => {
+                // Only its memory is left.
+                self.store.delete(&claim_key(&d, account)).await?;
+                return Ok(());
+            }
+            other => other?,
+        };
+        let d = identity.domain.clone();
+        let owner = self
+            .load::<Identity>(&record_key(&d))
             .await?
-            .iter()
-            .any(|a| a.address.ends_with(&suffix))
-        {
-            return Err(IdentityError::HasAddresses(identity.domain));
+            .is_some_and(|o| o.account == account);
+        if owner {
+            let suffix = format!("@{d}");
+            if self
+                .list_addresses(account)
+                .await?
+                .iter()
+                .any(|a| a.address.ends_with(&suffix))
+            {
+                return Err(IdentityError::HasAddresses(d));
+            }
+            self.store.delete(&record_key(&d)).await?;
+            crate::ses::dkim::delete_keys(&self.store, &d).await?;
+            self.forget_domain_data(&d).await?;
+        } else {
+            self.store.delete(&claim_key(&d, account)).await?;
+            crate::ses::dkim::delete_keys(&self.store, &crate::ses::dkim::claim_slot(&d, account))
+                .await?;
+            self.store.set_remove(&claimants_key(&d), account).await?;
         }
-        self.store.delete(&record_key(&identity.domain)).await?;
-        self.store
-            .set_remove(&index(account), &identity.domain)
-            .await?;
-        crate::ses::dkim::delete_keys(&self.store, &identity.domain).await?;
+        self.store.set_remove(&index(account), &d).await?;
         Ok(())
     }
 
+    /// Removes every member of `set` (a set is not a key: `delete` leaves
+    /// it on the embedded store).
+    pub(crate) async fn clear_set(&self, set: &str) -> Result<(), RecordsError> {
+        for member in self.store.set_members(set).await? {
+            self.store.set_remove(set, &member).await?;
+        }
+        Ok(())
+    }
+
+    /// What a domain's next owner must not inherit: its reputation (the
+    /// policy forgets it), which blocklist entries it caused, today's
+    /// statistics. Older statistics and abuse reports stay, sealed by the
+    /// next owner's `owned_since_ms`.
+    async fn forget_domain_data(&self, domain: &str) -> Result<(), RecordsError> {
+        let forget = serde_json::json!({
+            "domain": domain,
+            "account": "",
+            "kind": "forget",
+            "count": 0,
+            "now": self.store.now_ms(),
+        });
+        if let Err(e) = self
+            .policy
+            .call::<_, serde_json::Value>("reputation", &forget)
+            .await
+        {
+            tracing::error!(%domain, error = %e, "the policy did not forget the domain's reputation");
+        }
+        self.forget_blocklist_entries(domain).await?;
+        let today = self.day(self.store.now_ms());
+        let providers = crate::feedback::stats::providers_key(domain, &today);
+        for provider in self.store.set_members(&providers).await? {
+            for metric in crate::feedback::stats::METRICS {
+                self.store
+                    .delete(&crate::feedback::stats::counter_key(
+                        domain, &today, &provider, metric,
+                    ))
+                    .await?;
+            }
+        }
+        self.clear_set(&providers).await
+    }
+
     /// Checks DNS again (and, given a new DKIMOption, makes new keys first).
+    /// A claim whose records all pass makes the account the domain's owner.
     pub async fn verify_identity(
         &self,
         account: &str,
@@ -256,15 +408,24 @@ impl Records {
         new_dkim_option: Option<i64>,
     ) -> Result<(Identity, Vec<DnsAttribute>), IdentityError> {
         let mut identity = self.owned_identity(account, domain).await?;
+        let d = identity.domain.clone();
+        let owner = self.load::<Identity>(&record_key(&d)).await?;
+        let is_owner = owner.as_ref().is_some_and(|o| o.account == account);
+        let slot = if is_owner {
+            d.clone()
+        } else {
+            crate::ses::dkim::claim_slot(&d, account)
+        };
         if let Some(option) = new_dkim_option {
             let option = u8::try_from(option)
                 .ok()
                 .filter(|o| *o <= 2)
                 .ok_or(IdentityError::DkimOption(option))?;
             if option != identity.dkim_option {
-                crate::ses::dkim::replace_keys(
+                crate::ses::dkim::replace_keys_in(
                     &self.store,
-                    &identity.domain,
+                    &slot,
+                    &d,
                     &self.settings.dkim.selector,
                     key_sizes(option),
                 )
@@ -273,7 +434,7 @@ impl Records {
                 identity.verified = false;
             }
         }
-        let mut attributes = self.expected_attributes(&identity).await?;
+        let mut attributes = self.attributes_in(&identity, &slot).await?;
         self.look_up(&mut attributes).await;
         if attributes.iter().any(|a| a.unknown) {
             // A DNS outage says nothing about the records: nothing changes.
@@ -282,6 +443,19 @@ impl Records {
         let verified = attributes.iter().filter(|a| a.required).all(|a| a.ok);
         let return_path = attributes.iter().any(|a| !a.required)
             && attributes.iter().filter(|a| !a.required).all(|a| a.ok);
+        if !is_owner {
+            identity.return_path = return_path;
+            if verified {
+                if owner.is_some_and(|o| o.verified) {
+                    // Another account proved it and its records still pass.
+                    return Err(IdentityError::OwnedByOther(d));
+                }
+                identity = self.take_ownership(identity, &slot).await?;
+            } else if new_dkim_option.is_some() {
+                self.save(&claim_key(&d, account), &identity).await?;
+            }
+            return Ok((identity, attributes));
+        }
         if verified != identity.verified
             || return_path != identity.return_path
             || new_dkim_option.is_some()
@@ -294,10 +468,80 @@ impl Records {
         Ok((identity, attributes))
     }
 
+    /// A claim proven: its account owns the domain from now, signs with the
+    /// claim's keys, and every other claim (and a former owner whose
+    /// records stopped passing) is dropped with the reason.
+    async fn take_ownership(
+        &self,
+        mut identity: Identity,
+        slot: &str,
+    ) -> Result<Identity, IdentityError> {
+        let (d, account) = (identity.domain.clone(), identity.account.clone());
+        let now = self.store.now_ms();
+        let former = self.load::<Identity>(&record_key(&d)).await?;
+        identity.verified = true;
+        identity.verified_at_ms = Some(now);
+        identity.owned_since_ms = now;
+        self.save(&record_key(&d), &identity).await?;
+        crate::ses::dkim::move_keys(&self.store, slot, &d).await?;
+        self.store.delete(&claim_key(&d, &account)).await?;
+        let reason = format!(
+            "another account proved the domain through DNS on {}",
+            crate::clock::format_ms(now)
+        );
+        let mut others = self.store.set_members(&claimants_key(&d)).await?;
+        if let Some(f) = former.filter(|f| f.account != account) {
+            // Its reputation and blocklist entries were another owner's.
+            self.forget_domain_data(&d).await?;
+            others.push(f.account);
+        }
+        for other in others.iter().filter(|o| **o != account) {
+            let dropped = Identity {
+                dropped: Some(reason.clone()),
+                verified: false,
+                account: other.clone(),
+                ..identity.clone()
+            };
+            self.store
+                .put(
+                    &claim_key(&d, other),
+                    &crate::store::encode(&dropped),
+                    Some(DROPPED_KEPT),
+                )
+                .await?;
+            crate::ses::dkim::delete_keys(&self.store, &crate::ses::dkim::claim_slot(&d, other))
+                .await?;
+            self.store.set_remove(&index(other), &d).await?;
+            tracing::info!(domain = %d, account = %other, owner = %account, "sender domain claim dropped: another account proved the domain");
+        }
+        self.clear_set(&claimants_key(&d)).await?;
+        tracing::info!(domain = %d, %account, "sender domain proven: the account owns it");
+        Ok(identity)
+    }
+
     /// The records to publish, with nothing found yet.
     pub async fn expected_attributes(
         &self,
         identity: &Identity,
+    ) -> Result<Vec<DnsAttribute>, RecordsError> {
+        let owner = self
+            .load::<Identity>(&record_key(&identity.domain))
+            .await?
+            .is_some_and(|o| o.account == identity.account);
+        let slot = if owner {
+            identity.domain.clone()
+        } else {
+            crate::ses::dkim::claim_slot(&identity.domain, &identity.account)
+        };
+        self.attributes_in(identity, &slot).await
+    }
+
+    /// The records to publish for the keys kept in `slot`, nothing found
+    /// yet.
+    async fn attributes_in(
+        &self,
+        identity: &Identity,
+        slot: &str,
     ) -> Result<Vec<DnsAttribute>, RecordsError> {
         let d = &identity.domain;
         let attr = |kind, name: String, expected: String| DnsAttribute {
@@ -317,7 +561,7 @@ impl Records {
                 format!("v=spf1 include:{} ~all", self.settings.spf_include()),
             ),
         ];
-        for key in crate::ses::dkim::load_keys(&self.store, d).await? {
+        for key in crate::ses::dkim::load_keys(&self.store, slot).await? {
             out.push(attr("TXT", key.dns_name(), key.txt_record()));
         }
         out.push(attr(

@@ -13,7 +13,9 @@ impl From<IdentityError> for ApiError {
             IdentityError::OwnedByOther(_) => "InvalidParameterValue.CreatedByOther",
             IdentityError::Exists(_) => "InvalidParameterValue.RepeatCreation",
             IdentityError::TooMany(_) => "OperationDenied.ExceedDomainLimit",
-            IdentityError::NotFound(_) => "InvalidParameterValue.NotExistDomain",
+            IdentityError::NotFound(_) | IdentityError::Dropped(..) => {
+                "InvalidParameterValue.NotExistDomain"
+            }
             IdentityError::DkimOption(_) => "InvalidParameterValue",
             IdentityError::HasAddresses(_) => "OperationDenied.SenderWithDomainIsNotEmpty",
             IdentityError::Records(p) => return ApiError::internal(p),

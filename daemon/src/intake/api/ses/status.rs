@@ -178,27 +178,26 @@ pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
             format!("EndDate must be on or after StartDate, at most {MAX_REPORT_DAYS} days later"),
         ));
     }
-    let domains: Vec<String> = match c.params.str_opt("Domain")?.filter(|d| !d.is_empty()) {
-        Some(d) => vec![
-            c.ses
-                .identity(c.account, &d)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::new(
-                        "InvalidParameterValue.NotExistDomain",
-                        format!("the domain {d} is not a sender domain of this account"),
-                    )
-                })?
-                .domain,
-        ],
-        None => c
-            .ses
-            .list_identities(c.account)
-            .await?
-            .into_iter()
-            .map(|i| i.domain)
-            .collect(),
-    };
+    // The account's own domains only, each from when it became theirs: a
+    // claim sees nothing, a domain's former owner's days are not shown.
+    let mut owned = c.ses.owned_identities(c.account).await?;
+    if let Some(d) = c.params.str_opt("Domain")?.filter(|d| !d.is_empty()) {
+        let d = crate::ses::identities::normalize_domain(&d).unwrap_or(d);
+        owned.retain(|i| i.domain == d);
+        if owned.is_empty() {
+            return Err(ApiError::new(
+                "InvalidParameterValue.NotExistDomain",
+                format!("the domain {d} is not a verified sender domain of this account"),
+            ));
+        }
+    }
+    let domains: Vec<(String, String)> = owned
+        .into_iter()
+        .map(|i| {
+            let since = c.ses.day(i.owned_since_ms);
+            (i.domain, since)
+        })
+        .collect();
     let provider = c
         .params
         .str_opt("ReceivingMailboxType")?
@@ -209,7 +208,10 @@ pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
     loop {
         let text = day.to_string();
         let mut counts = [0i64; 7];
-        for d in &domains {
+        for (d, _) in domains
+            .iter()
+            .filter(|(_, since)| since.as_str() <= text.as_str())
+        {
             let got = c
                 .state
                 .stats
@@ -281,24 +283,25 @@ pub async fn get_abuse_report(c: Call<'_>) -> Result<Value, ApiError> {
         filter("ToAddress")?,
         filter("TemplateId")?,
     );
-    let mut domains: Vec<String> = c
+    let mut domains: Vec<(String, i64)> = c
         .ses
-        .list_identities(c.account)
+        .owned_identities(c.account)
         .await?
         .into_iter()
-        .map(|i| i.domain)
+        .map(|i| (i.domain, i.owned_since_ms))
         .collect();
     if let Some(d) = &from_domain {
-        domains.retain(|x| x == d);
+        domains.retain(|(x, _)| x == d);
     }
     let mut rows = Vec::new();
     let mut day = start;
     loop {
-        for d in &domains {
+        for (d, since) in &domains {
             for r in c.ses.abuse_reports(d, &day.to_string()).await? {
-                let keep = from_address
-                    .as_ref()
-                    .is_none_or(|f| *f == r.mail_from.to_ascii_lowercase())
+                let keep = r.received_at_ms >= *since
+                    && from_address
+                        .as_ref()
+                        .is_none_or(|f| *f == r.mail_from.to_ascii_lowercase())
                     && mta
                         .as_ref()
                         .is_none_or(|m| *m == r.mta.to_ascii_lowercase())
