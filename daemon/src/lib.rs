@@ -118,6 +118,7 @@
 //! | `config::load` | the file, then the environment |
 //! | `config::problems` | what deserialising cannot tell |
 //! | `clock` | Kiln's time: the system's, or a test's |
+//! | `data_dir` | the data directory, private to the daemon's user |
 //! | `metrics` | what every stage counts, in the Prometheus text format |
 //! | `message` | reading a message's header, no I/O |
 //! | `address` | mail addresses (RFC 5321, 6531) |
@@ -153,6 +154,7 @@
 pub mod address;
 pub mod clock;
 pub mod config;
+pub mod data_dir;
 pub mod dns;
 pub mod egress;
 pub mod feedback;

@@ -141,9 +141,9 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
     };
     // The operator token exists before anyone can connect: a command run
     // as soon as the ports answer finds it.
-    std::fs::create_dir_all(&settings.server.data_dir).with_context(|| {
+    crate::data_dir::prepare(&settings.server.data_dir).with_context(|| {
         format!(
-            "creating data directory {}",
+            "preparing the data directory {}",
             settings.server.data_dir.display()
         )
     })?;
@@ -179,9 +179,9 @@ pub async fn start(
 ) -> anyhow::Result<Node> {
     let settings = Arc::new(settings);
     crate::metrics::set_enabled(settings.http.metrics);
-    std::fs::create_dir_all(&settings.server.data_dir).with_context(|| {
+    crate::data_dir::prepare(&settings.server.data_dir).with_context(|| {
         format!(
-            "creating data directory {}",
+            "preparing the data directory {}",
             settings.server.data_dir.display()
         )
     })?;

@@ -2,6 +2,7 @@
 //! smtplib, raw sockets, the SDK. Each test reproduces one defect of
 //! issue 15 and fails on the code before its fix.
 
+mod console;
 mod domains;
 mod freeze;
 mod reports;
@@ -842,7 +843,7 @@ async fn password_guessing_is_slowed_then_stopped() {
         assert!(
             e.kiln
                 .log_text()
-                .contains("SMTP AUTH blocked after repeated failures")
+                .contains("sign-in blocked after repeated failures")
         );
         let out = e.kiln.command(&["auth", "unblock", "user:shop"]);
         assert!(out.status.success(), "{out:?}");

@@ -134,12 +134,22 @@ pub async fn click(
     }
 }
 
+/// The unsubscribe pages: a form no other site may frame (a button
+/// clicked through a page on top of it would unsubscribe), a token in the
+/// URL that no link sends on.
 fn html_page(status: StatusCode, body: String) -> Response {
     (
         status,
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            ),
         ],
         body,
     )

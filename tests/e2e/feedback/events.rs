@@ -508,9 +508,22 @@ async fn one_click_unsubscribe_suppresses_the_recipient() {
     let results = crate::egress::delivery::verify_dkim(e.dns.addr, &data).await;
     assert_eq!(results, [mail_auth::DkimResult::Pass]);
 
-    // Opening the link only asks; it takes a POST.
+    // Opening the link only asks; it takes a POST. No other site may frame
+    // the page (a click through a page on top would unsubscribe), and the
+    // token in its URL goes nowhere as a Referer.
     let page = reqwest::get(&url).await.unwrap();
     assert_eq!(page.status(), 200);
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(header("content-security-policy").contains("frame-ancestors 'none'"));
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("referrer-policy"), "no-referrer");
     let page = page.text().await.unwrap();
     assert!(
         page.contains("<form method=\"post\">") && page.contains(domain),

@@ -83,7 +83,7 @@ pub async fn failed(
             delay = (DELAY_STEP * count.min(u32::MAX as u64) as u32).min(MAX_DELAY);
         }
         if count == limit(settings, &subject) {
-            tracing::warn!(%subject, failures = count, window_secs = window.as_secs(), "SMTP AUTH blocked after repeated failures");
+            tracing::warn!(%subject, failures = count, window_secs = window.as_secs(), "sign-in blocked after repeated failures (SMTP AUTH and the console count together)");
             store.set_add(BLOCKED, &subject, Some(window)).await?;
         }
     }

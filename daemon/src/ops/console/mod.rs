@@ -16,7 +16,7 @@ mod session;
 
 use crate::services::Services;
 use axum::Router;
-use axum::extract::{Form, Query, State};
+use axum::extract::{ConnectInfo, Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -47,6 +47,8 @@ fn page(status: StatusCode, html: String) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
             (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
             (
                 header::CONTENT_SECURITY_POLICY,
                 "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'",
@@ -58,7 +60,15 @@ fn page(status: StatusCode, html: String) -> Response {
 }
 
 fn redirect(to: &str, cookie: Option<String>) -> Response {
-    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response();
+    let mut r = (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, to.to_string()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (header::REFERRER_POLICY, "no-referrer".to_string()),
+        ],
+    )
+        .into_response();
     if let Some(c) = cookie
         && let Ok(v) = c.parse()
     {
@@ -78,7 +88,7 @@ async fn home(
     headers: HeaderMap,
     Query(q): Query<HomeQuery>,
 ) -> Response {
-    let Some((_, session)) = session::load(&s.store, &headers).await else {
+    let Some((_, session)) = signed_in(&s, &headers).await else {
         return page(StatusCode::OK, pages::sign_in(None));
     };
     let html = match &session.who {
@@ -98,12 +108,69 @@ struct LoginForm {
     secret_key: String,
 }
 
+/// Whether a form was posted from the console's own pages: a browser says
+/// where a POST comes from (`Sec-Fetch-Site`, `Origin`); a client that
+/// says nothing is no browser another site could drive.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = text(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = reqwest::Url::parse(origin) else {
+        return false;
+    };
+    let authority = match (origin.host_str(), origin.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => return false,
+    };
+    text(header::HOST).is_some_and(|h| h.eq_ignore_ascii_case(&authority))
+}
+
 async fn login(
     State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
+    use crate::intake::smtp::auth_throttle;
     use crate::ses::config_accounts::constant_time_eq;
+    if !same_origin(&headers) {
+        tracing::warn!(target: "kiln::ops", peer = %peer.ip(), "console sign-in from another site refused");
+        return page(
+            StatusCode::FORBIDDEN,
+            pages::sign_in(Some("Sign in from the console's own page.")),
+        );
+    }
+    // Counted with SMTP AUTH's failures: per client address and per name.
+    let user = if f.token.is_empty() {
+        format!("console:{}", f.secret_id.trim())
+    } else {
+        "console:operator".to_string()
+    };
+    let smtp = &s.settings.smtp;
+    match auth_throttle::blocked(&s.store, smtp, Some(peer.ip()), &user).await {
+        Ok(None) => {}
+        Ok(Some(subject)) => {
+            tracing::warn!(target: "kiln::ops", %subject, "console sign-in refused: too many failures");
+            return page(
+                StatusCode::TOO_MANY_REQUESTS,
+                pages::sign_in(Some(
+                    "Too many failed sign-ins from here or for this account: try again later.",
+                )),
+            );
+        }
+        Err(e) => {
+            tracing::error!(target: "kiln::ops", error = %e, "console sign-in: failures could not be read");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::sign_in(Some("Sign-in is not available now: try again shortly.")),
+            );
+        }
+    }
     let who = if !f.token.is_empty() {
         constant_time_eq(f.token.trim().as_bytes(), s.admin_token.as_bytes())
             .then_some(Who::Operator)
@@ -115,8 +182,11 @@ async fn login(
         None
     };
     let Some(who) = who else {
-        tracing::warn!(target: "kiln::ops", "console sign-in refused");
-        tokio::time::sleep(FAILED_SIGN_IN_DELAY).await;
+        tracing::warn!(target: "kiln::ops", peer = %peer.ip(), "console sign-in refused");
+        let delay = auth_throttle::failed(&s.store, smtp, Some(peer.ip()), &user)
+            .await
+            .unwrap_or_default();
+        tokio::time::sleep(delay.max(FAILED_SIGN_IN_DELAY)).await;
         return page(
             StatusCode::UNAUTHORIZED,
             pages::sign_in(Some(
@@ -124,7 +194,13 @@ async fn login(
             )),
         );
     };
-    match session::create(&s.store, who.clone()).await {
+    let Some(grant) = grant_of(&s, &who).await else {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            pages::sign_in(Some("That account may not sign in.")),
+        );
+    };
+    match session::create(&s.store, who.clone(), grant).await {
         Ok((id, _)) => {
             tracing::info!(target: "kiln::ops", who = ?who, "console sign-in");
             redirect(
@@ -140,6 +216,35 @@ async fn login(
 }
 
 /// The account whose API key this is (enabled ones only).
+/// The credentials `who` signs in with now, as a fingerprint; None when
+/// it may not sign in at all (an account gone or disabled).
+async fn grant_of(s: &Services, who: &Who) -> Option<String> {
+    match who {
+        Who::Operator => Some(session::fingerprint(&["operator", &s.admin_token])),
+        Who::Account(name) => {
+            if let Some(a) = s.settings.accounts.iter().find(|a| a.name == *name) {
+                let (id, key) = (a.secret_id.as_deref()?, a.secret_key.as_deref()?);
+                return Some(session::fingerprint(&["account", name, id, key]));
+            }
+            let a = s.ses.account(name).await.ok()??;
+            (!a.disabled)
+                .then(|| session::fingerprint(&["account", name, &a.secret_id, &a.secret_key]))
+        }
+    }
+}
+
+/// The session the request's cookie names, if it is one and its
+/// credentials still stand (else it is ended here).
+async fn signed_in(s: &Services, headers: &HeaderMap) -> Option<(String, Session)> {
+    let (id, session) = session::load(&s.store, headers).await?;
+    if grant_of(s, &session.who).await.as_deref() == Some(session.grant.as_str()) {
+        return Some((id, session));
+    }
+    tracing::info!(target: "kiln::ops", who = ?session.who, "console session ended: its credentials changed, or the account was disabled");
+    session::end(&s.store, &id).await;
+    None
+}
+
 async fn account_for(s: &Services, secret_id: &str, secret_key: &str) -> Option<String> {
     use crate::ses::config_accounts::constant_time_eq;
     if let Some((key, account)) = s.accounts().api_key(secret_id) {
@@ -162,7 +267,7 @@ async fn logout(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some((id, session)) = session::load(&s.store, &headers).await
+    if let Some((id, session)) = signed_in(&s, &headers).await
         && csrf_ok(&session, &f.csrf)
     {
         session::end(&s.store, &id).await;
@@ -192,7 +297,7 @@ async fn queue_action(
     headers: HeaderMap,
     Form(f): Form<QueueForm>,
 ) -> Response {
-    let Some((_, session)) = session::load(&s.store, &headers).await else {
+    let Some((_, session)) = signed_in(&s, &headers).await else {
         return redirect("/console", None);
     };
     if session.who != Who::Operator {

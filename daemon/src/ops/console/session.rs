@@ -2,6 +2,12 @@
 //! the store so that any node of a cluster knows them, named by a random
 //! id in an HttpOnly, SameSite=Strict cookie (Secure when the request came
 //! over TLS), with a token each form must carry back (CSRF).
+//!
+//! The store holds a session under a hash of its id (one who reads the
+//! store learns no cookie), and with a fingerprint of the credentials it was
+//! opened with (`grant`): a session whose account's keys were rotated, or
+//! which was disabled, or whose operator token changed, is over at its next
+//! request.
 
 use crate::store::Store;
 use axum::http::HeaderMap;
@@ -24,10 +30,28 @@ pub struct Session {
     pub who: Who,
     pub csrf: String,
     pub at_ms: i64,
+    /// A fingerprint of the credentials in force at sign-in.
+    #[serde(default)]
+    pub grant: String,
 }
 
 fn key(id: &str) -> String {
-    format!("console:session:{id}")
+    format!("console:session:{}", fingerprint(&[id]))
+}
+
+/// SHA-256 of the parts (each length-prefixed), in hex: what the store
+/// keeps of a secret it only compares.
+pub fn fingerprint(parts: &[&str]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn random_hex() -> String {
@@ -41,12 +65,14 @@ fn random_hex() -> String {
 pub async fn create(
     store: &Store,
     who: Who,
+    grant: String,
 ) -> Result<(String, Session), crate::store::StoreError> {
     let id = random_hex();
     let session = Session {
         who,
         csrf: random_hex(),
         at_ms: store.now_ms(),
+        grant,
     };
     let bytes = serde_json::to_vec(&session).unwrap_or_default();
     store.put(&key(&id), &bytes, Some(TTL)).await?;
