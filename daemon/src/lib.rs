@@ -120,6 +120,7 @@
 //! | `clock` | Kiln's time: the system's, or a test's |
 //! | `data_dir` | the data directory, private to the daemon's user |
 //! | `metrics` | what every stage counts, in the Prometheus text format |
+//! | `logging` | one log line per event, whatever a value holds |
 //! | `message` | reading a message's header, no I/O |
 //! | `address` | mail addresses (RFC 5321, 6531) |
 //! | `dns` | MX lookup: where mail for a domain goes |
@@ -162,6 +163,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod intake;
 pub mod line_io;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod net;

@@ -178,10 +178,11 @@ fn init_logging(settings: &Settings) -> tracing_appender::non_blocking::WorkerGu
             64 * 1024,
             std::io::stderr(),
         ));
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(writer);
+        .with_ansi(colours)
+        .with_writer(kiln::logging::OneLineWriters::new(writer, colours));
     if settings.log.format == "json" {
         builder.json().flatten_event(true).init();
     } else {

@@ -5,6 +5,7 @@
 mod console;
 mod domains;
 mod freeze;
+mod logs;
 mod reports;
 mod ssrf;
 
