@@ -114,6 +114,7 @@
 //! | `server` | a node's life: start, reload (SIGHUP), drain (SIGTERM) |
 //! | `services` | what every stage shares, built once by `server` |
 //! | `http` | the HTTP listener's routes, from the rooms that answer them |
+//! | `http_serve` | the HTTP listener's connections: timeouts, limits |
 //! | `config` | settings: declarations, defaults, environment, checks |
 //! | `config::load` | the file, then the environment |
 //! | `config::problems` | what deserialising cannot tell |
@@ -126,7 +127,7 @@
 //! | `dns` | MX lookup: where mail for a domain goes |
 //! | `line_io` | line-oriented buffered I/O over TCP or TLS |
 //! | `tls` | certificates, server and client configs |
-//! | `net` | CIDRs, domains of addresses |
+//! | `net` | CIDRs, domains of addresses, connection limits |
 //! | `outbound_http` | HTTP to a tenant's URL: public addresses only, unless listed |
 //! | `fuzzing` | what the fuzz targets run, and their corpora replayed in tests |
 //!
@@ -161,6 +162,7 @@ pub mod egress;
 pub mod feedback;
 pub mod fuzzing;
 pub mod http;
+pub mod http_serve;
 pub mod intake;
 pub mod line_io;
 pub mod logging;

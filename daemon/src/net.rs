@@ -114,3 +114,80 @@ mod tests {
         assert!(Cidr::parse("nonsense").is_none());
     }
 }
+
+/// How many connections a listener (or several) may hold: in all, and per
+/// client (an IPv6 client per /64; clients not counted one by one, a
+/// relay network's, only in all).
+pub struct ConnectionLimits {
+    total: std::sync::Arc<tokio::sync::Semaphore>,
+    per_client: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    max_per_client: usize,
+}
+
+/// Why a connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooMany {
+    InAll,
+    FromClient,
+}
+
+/// A connection's place; given back when dropped.
+pub struct ConnectionSlot {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    client: Option<(std::sync::Arc<ConnectionLimits>, String)>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some((limits, client)) = self.client.take() {
+            let mut map = limits.per_client.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&client);
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_client: usize) -> std::sync::Arc<ConnectionLimits> {
+        std::sync::Arc::new(ConnectionLimits {
+            total: std::sync::Arc::new(tokio::sync::Semaphore::new(max_total)),
+            per_client: Default::default(),
+            max_per_client,
+        })
+    }
+
+    /// A slot for a new connection from `ip` (counted per client when
+    /// `counted`), or why not.
+    pub fn admit(
+        self: &std::sync::Arc<Self>,
+        ip: IpAddr,
+        counted: bool,
+    ) -> Result<ConnectionSlot, TooMany> {
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| TooMany::InAll)?;
+        if !counted {
+            return Ok(ConnectionSlot {
+                _total: total,
+                client: None,
+            });
+        }
+        let client = client_net(ip);
+        let mut map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(client.clone()).or_insert(0);
+        if *n >= self.max_per_client {
+            return Err(TooMany::FromClient);
+        }
+        *n += 1;
+        Ok(ConnectionSlot {
+            _total: total,
+            client: Some((self.clone(), client)),
+        })
+    }
+}

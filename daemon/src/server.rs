@@ -308,7 +308,7 @@ pub async fn start(
     );
 
     let sessions = TaskTracker::new();
-    let connections = smtp::ConnectionLimits::new(
+    let connections = crate::net::ConnectionLimits::new(
         settings.smtp.max_connections,
         settings.smtp.max_connections_per_ip,
     );
@@ -324,15 +324,14 @@ pub async fn start(
     }
     let http_stop = shutdown.clone();
     let http_services = ctx.clone();
+    let http_limits = crate::http_serve::HttpLimits {
+        max_connections: settings.http.max_connections,
+        max_connections_per_ip: settings.http.max_connections_per_ip,
+        header_timeout: settings.http.header_timeout,
+    };
     let http_task = tokio::spawn(async move {
-        let app = crate::http::router(http_services)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        if let Err(e) = axum::serve(http, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        let app = crate::http::router(http_services);
+        crate::http_serve::serve(http, app, http_limits, http_stop).await;
     });
     // In force before the first lease: a suspension survives a restart.
     if let Err(e) = queue.controls.refresh().await {

@@ -225,16 +225,15 @@ pub async fn wait_deliver_status(sdk: &mut Sdk, who: &Creds, id: &str, want: i64
     }
 }
 
-/// A request signed by hand (TC3-HMAC-SHA256), for what the SDK will not
-/// send: old timestamps, bodies changed after signing, unknown fields.
-pub async fn raw_call(
+/// The headers of a request signed by hand (TC3-HMAC-SHA256) for
+/// `signed_body`, as (name, value).
+pub fn signed_headers(
     http: std::net::SocketAddr,
     who: &Creds,
     action: &str,
     signed_body: &str,
-    sent_body: &str,
     timestamp: i64,
-) -> Value {
+) -> Vec<(String, String)> {
     let host = http.to_string();
     let ts = timestamp.to_string();
     let headers = [
@@ -273,18 +272,40 @@ pub async fn raw_call(
         "TC3-HMAC-SHA256 Credential={}/{}/ses/tc3_request, SignedHeaders=content-type;host, Signature={signature}",
         who.id, auth.date
     );
-    let resp = reqwest::Client::new()
-        .post(format!("http://{host}/"))
-        .header("content-type", "application/json; charset=utf-8")
-        .header("x-tc-action", action)
-        .header("x-tc-version", "2020-10-02")
-        .header("x-tc-timestamp", ts)
-        .header("x-tc-region", "ap-guangzhou")
-        .header("authorization", authorization)
-        .body(sent_body.to_string())
-        .send()
-        .await
-        .unwrap();
+    [
+        (
+            "content-type",
+            "application/json; charset=utf-8".to_string(),
+        ),
+        ("host", host),
+        ("x-tc-action", action.to_string()),
+        ("x-tc-version", "2020-10-02".to_string()),
+        ("x-tc-timestamp", ts),
+        ("x-tc-region", "ap-guangzhou".to_string()),
+        ("authorization", authorization),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), v))
+    .collect()
+}
+
+/// A request signed by hand (TC3-HMAC-SHA256), for what the SDK will not
+/// send: old timestamps, bodies changed after signing, unknown fields.
+pub async fn raw_call(
+    http: std::net::SocketAddr,
+    who: &Creds,
+    action: &str,
+    signed_body: &str,
+    sent_body: &str,
+    timestamp: i64,
+) -> Value {
+    let mut req = reqwest::Client::new().post(format!("http://{http}/"));
+    for (name, value) in signed_headers(http, who, action, signed_body, timestamp) {
+        if name != "host" {
+            req = req.header(name, value);
+        }
+    }
+    let resp = req.body(sent_body.to_string()).send().await.unwrap();
     resp.json::<Value>().await.unwrap()["Response"].clone()
 }
 

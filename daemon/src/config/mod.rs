@@ -339,6 +339,21 @@ pub struct HttpSettings {
     /// Networks (CIDR) besides loopback whose clients may read
     /// `GET /metrics`, e.g. the Prometheus server's.
     pub metrics_networks: Vec<String>,
+    /// Connections open at once, all clients together, and from one
+    /// client (an IPv6 client: its /64); past them a connection gets `503`.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// A request's headers must arrive whole within this (an idle
+    /// keep-alive connection is closed after it too).
+    #[serde(with = "humantime_secs")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within `body_timeout`, and after
+    /// `body_rate_grace` at `min_body_rate` bytes a second on average.
+    #[serde(with = "humantime_secs")]
+    pub body_timeout: Duration,
+    #[serde(with = "humantime_secs")]
+    pub body_rate_grace: Duration,
+    pub min_body_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -510,6 +525,12 @@ impl Default for HttpSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics: true,
             metrics_networks: Vec::new(),
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(120),
+            body_rate_grace: Duration::from_secs(10),
+            min_body_rate: 4096,
         }
     }
 }

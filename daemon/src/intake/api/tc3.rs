@@ -160,14 +160,10 @@ pub fn sign(auth: &Authorization, timestamp: &str, secret_key: &str, req: &Reque
     hex(&hmac_sha256(&k_signing, string_to_sign.as_bytes()))
 }
 
-/// Checks the timestamp and the signature; `now` in seconds since the epoch.
-pub fn verify(
-    auth: &Authorization,
-    timestamp: &str,
-    now: i64,
-    secret_key: &str,
-    req: &Request<'_>,
-) -> Result<(), Tc3Error> {
+/// What the headers alone can tell: the timestamp is within the allowed
+/// skew of `now` (seconds) and on the credential's day. (The signature
+/// covers the body's hash: it needs the body.)
+pub fn check_timestamp(auth: &Authorization, timestamp: &str, now: i64) -> Result<(), Tc3Error> {
     let ts: i64 = timestamp
         .trim()
         .parse()
@@ -182,6 +178,18 @@ pub fn verify(
     if day != auth.date {
         return Err(Tc3Error::Mismatch);
     }
+    Ok(())
+}
+
+/// Checks the timestamp and the signature; `now` in seconds since the epoch.
+pub fn verify(
+    auth: &Authorization,
+    timestamp: &str,
+    now: i64,
+    secret_key: &str,
+    req: &Request<'_>,
+) -> Result<(), Tc3Error> {
+    check_timestamp(auth, timestamp, now)?;
     let expected = sign(auth, timestamp.trim(), secret_key, req);
     // Compare in constant time: the signature is a secret-derived value.
     let same = expected.len() == auth.signature.len()

@@ -127,8 +127,32 @@ pub async fn handle(
     body: axum::body::Body,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    let refused = |error: ApiError| {
+        tracing::info!(%request_id, code = %error.code, message = %error.message, "API request refused");
+        count(&headers, error.code.clone());
+        envelope(&request_id, Err(error))
+    };
     let max = s.settings.max_api_request_size();
-    let body = match super::body::read(&headers, body, max).await {
+    let pace = super::body::Pace {
+        timeout: s.settings.http.body_timeout,
+        grace: s.settings.http.body_rate_grace,
+        min_rate: s.settings.http.min_body_rate,
+    };
+    // Who signs it and when, from the headers: a stranger's body is not
+    // read (the signature itself covers the body's hash, checked below).
+    // A body declared too large is refused first, for what it says.
+    let signer = if super::body::declared_over(&headers, max) {
+        None
+    } else {
+        match signer(&s, &headers).await {
+            Ok(signer) => Some(signer),
+            Err(e) => {
+                super::body::refuse_unread(&headers, body).await;
+                return refused(e);
+            }
+        }
+    };
+    let body = match super::body::read(&headers, body, max, pace).await {
         Ok(b) => b,
         // Answered as the SDKs read errors (HTTP 200, a JSON Error), not
         // as a bare 413 they report as a network failure.
@@ -141,15 +165,18 @@ pub async fn handle(
                         s.settings.smtp.max_message_size
                     ),
                 ),
-                BodyError::Unreadable(_) => ApiError::new("InvalidParameter", e.to_string()),
+                BodyError::Unreadable(_) | BodyError::TooSlow { .. } => {
+                    ApiError::new("InvalidParameter", e.to_string())
+                }
             };
-            tracing::info!(%request_id, code = %error.code, message = %error.message, "API request refused");
-            count(&headers, error.code.clone());
-            return envelope(&request_id, Err(error));
+            return refused(error);
         }
     };
+    let Some(signer) = signer else {
+        return refused(ApiError::internal("a request over the limit was read"));
+    };
     let mut once = None;
-    let result = match authenticate(&s, &uri, &headers, &body, &mut once).await {
+    let result = match authenticate(&s, signer, &uri, &headers, &body, &mut once).await {
         Ok((action, account)) => match Params::parse(&body) {
             Ok(params) => {
                 let call = Call {
@@ -201,16 +228,19 @@ fn count(headers: &HeaderMap, code: String) {
     }
 }
 
-/// The action and the account name of a correctly signed request.
-/// `once` gets the store key that holds the request's signature as used,
-/// when it was recorded.
-async fn authenticate(
-    s: &Services,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-    once: &mut Option<String>,
-) -> Result<(String, String), ApiError> {
+/// Who signs a request, as its headers say, before its body is read.
+struct Signer {
+    action: String,
+    auth: tc3::Authorization,
+    timestamp: String,
+    secret_key: String,
+    account: String,
+}
+
+/// The request's action, signature and account, from its headers: the
+/// version, the SecretId (known, enabled) and the timestamp (within the
+/// allowed skew) are checked here.
+async fn signer(s: &Services, headers: &HeaderMap) -> Result<Signer, ApiError> {
     let action = header(headers, "x-tc-action")
         .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Action header is missing"))?;
     let version = header(headers, "x-tc-version")
@@ -231,6 +261,8 @@ async fn authenticate(
         .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     let timestamp = header(headers, "x-tc-timestamp")
         .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Timestamp header is missing"))?;
+    tc3::check_timestamp(&auth, &timestamp, crate::clock::system_now_ms() / 1000)
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     let (secret_key, account) = match s.accounts().api_key(&auth.secret_id) {
         Some((key, account)) => (key, account.name.clone()),
         None => match s.ses.account_by_secret_id(&auth.secret_id).await? {
@@ -251,6 +283,33 @@ async fn authenticate(
             }
         },
     };
+    Ok(Signer {
+        action,
+        auth,
+        timestamp,
+        secret_key,
+        account,
+    })
+}
+
+/// The action and the account name of a correctly signed request.
+/// `once` gets the store key that holds the request's signature as used,
+/// when it was recorded.
+async fn authenticate(
+    s: &Services,
+    signer: Signer,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    once: &mut Option<String>,
+) -> Result<(String, String), ApiError> {
+    let Signer {
+        action,
+        auth,
+        timestamp,
+        secret_key,
+        account,
+    } = signer;
     {
         let lookup = |name: &str| header(headers, name);
         let request = tc3::Request {

@@ -44,82 +44,13 @@ impl Listener {
     }
 }
 
-/// How many sessions may run: in all (`smtp.max_connections`), and per
-/// client (`smtp.max_connections_per_ip`, an IPv6 client per /64; a relay
-/// network's clients are not limited one by one). Shared by all listeners.
-pub struct ConnectionLimits {
-    total: Arc<tokio::sync::Semaphore>,
-    per_client: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    max_per_client: usize,
-}
-
-/// A session's place; given back when dropped.
-pub struct ConnectionSlot {
-    _total: tokio::sync::OwnedSemaphorePermit,
-    client: Option<(Arc<ConnectionLimits>, String)>,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        if let Some((limits, client)) = self.client.take() {
-            let mut map = limits.per_client.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(&client) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&client);
-                }
-            }
-        }
-    }
-}
-
-impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_client: usize) -> Arc<ConnectionLimits> {
-        Arc::new(ConnectionLimits {
-            total: Arc::new(tokio::sync::Semaphore::new(max_total)),
-            per_client: Default::default(),
-            max_per_client,
-        })
-    }
-
-    /// A slot for a new session from `ip`, or the reply that turns it away.
-    fn admit(
-        self: &Arc<Self>,
-        ip: std::net::IpAddr,
-        counted: bool,
-    ) -> Result<ConnectionSlot, &'static str> {
-        let total = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| "421 4.7.0 Too many connections, try again later\r\n")?;
-        if !counted {
-            return Ok(ConnectionSlot {
-                _total: total,
-                client: None,
-            });
-        }
-        let client = crate::net::client_net(ip);
-        let mut map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(client.clone()).or_insert(0);
-        if *n >= self.max_per_client {
-            return Err("421 4.7.0 Too many connections from your address, try again later\r\n");
-        }
-        *n += 1;
-        Ok(ConnectionSlot {
-            _total: total,
-            client: Some((self.clone(), client)),
-        })
-    }
-}
-
 /// Accepts connections until `shutdown`; sessions are tracked by `tracker`.
 pub async fn serve(
     ctx: Arc<Services>,
     listener: Listener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    limits: Arc<ConnectionLimits>,
+    limits: Arc<crate::net::ConnectionLimits>,
 ) {
     let listener = Arc::new(listener);
     loop {
@@ -142,7 +73,15 @@ pub async fn serve(
             .any(|n| n.contains(peer.ip()));
         let permit = match limits.admit(peer.ip(), !relay_allowed) {
             Ok(p) => p,
-            Err(reply) => {
+            Err(too_many) => {
+                let reply = match too_many {
+                    crate::net::TooMany::InAll => {
+                        "421 4.7.0 Too many connections, try again later\r\n"
+                    }
+                    crate::net::TooMany::FromClient => {
+                        "421 4.7.0 Too many connections from your address, try again later\r\n"
+                    }
+                };
                 tracing::info!(%peer, reply = reply.trim_end(), "connection turned away");
                 tracker.spawn(async move {
                     use tokio::io::AsyncWriteExt;
