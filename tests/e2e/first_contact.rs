@@ -65,7 +65,7 @@ script = "{data}/policy.lua"
     )
 }
 
-/// Issue 16.1 and 16.5: `[dns]` given in part gets the default timeout, so
+/// `[dns]` given in part gets the default timeout, so
 /// a sender domain verifies and mail is delivered; `KILN_BIN` and its kind
 /// in the environment are not settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +140,7 @@ async fn a_hand_written_config_and_a_deploy_scripts_environment() {
     );
 }
 
-/// Issue 16.2: warm-up is built into batch sending; a new domain's
+/// Warm-up is built into batch sending; a new domain's
 /// SendEmail has its reputation level's quota (level 1: 500).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_email_is_not_held_to_the_warm_up_curve() {
@@ -179,7 +179,7 @@ fn with_policy(policy: &'static str) -> impl FnOnce(&mut kiln_testkit::process::
     }
 }
 
-/// Issue 16.3: an answer a policy author might write that Kiln does not
+/// An answer a policy author might write that Kiln does not
 /// understand fails closed (451, counted, logged at the script's line).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verdict_kiln_does_not_understand_fails_closed() {
@@ -222,7 +222,7 @@ async fn a_verdict_kiln_does_not_understand_fails_closed() {
     assert!(log.contains("unknown variant `deny`"), "{log}");
 }
 
-/// Issue 16.4: a misspelt plugin setting stops the load, naming file,
+/// A misspelt plugin setting stops the load, naming file,
 /// plugin and key: at start, at check-config and at reload (where the
 /// running policy stays).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! What an attacker tries, with the clients an attacker has: Python's
-//! smtplib, raw sockets, the SDK. Each test reproduces one defect of
-//! issue 15 and fails on the code before its fix.
+//! smtplib, raw sockets, curl, the SDK, a browser. Each test plays one
+//! attack and fails on the code before its fix; docs/security.md says
+//! what Kiln refuses and why.
 
 mod console;
 mod domains;
@@ -43,7 +44,7 @@ fn with_from(from_header: &str, subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Issue 15.1: an account never gets mail signed with another tenant's
+/// An account never gets mail signed with another tenant's
 /// key, whatever its From header says, on any path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_is_signed_only_for_the_senders_own_domains() {
@@ -184,7 +185,7 @@ domains = ["probe.test"]
     }
 }
 
-/// Issue 15.2: only CRLF.CRLF ends DATA; a bare LF or CR is refused and a
+/// Only CRLF.CRLF ends DATA; a bare LF or CR is refused and a
 /// smuggled second message never becomes one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_smuggling_is_refused() {
@@ -230,7 +231,7 @@ async fn smtp_smuggling_is_refused() {
     assert_eq!(e.sink.count(), 0, "nothing was delivered");
 }
 
-/// Issue 15.4: a line no next hop takes is refused at DATA, never
+/// A line no next hop takes is refused at DATA, never
 /// accepted and then bounced; the API encodes long lines instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_a_next_hop_refuses_are_never_accepted() {
@@ -310,7 +311,7 @@ async fn lines_a_next_hop_refuses_are_never_accepted() {
     assert!(parsed.body_html(0).unwrap().contains(&"z".repeat(5000)));
 }
 
-/// Issue 15.3: a destination whose MX takes the connection and never
+/// A destination whose MX takes the connection and never
 /// greets (a tarpit), with hundreds of recipients queued for it, holds up
 /// no other destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,7 +374,7 @@ async fn a_tarpit_destination_does_not_hold_up_the_others() {
     }
 }
 
-/// Issue 15.8: one RFC 5321/6531 parser at RCPT and in the API; address
+/// One RFC 5321/6531 parser at RCPT and in the API; address
 /// literals refused by default and never to an internal network unless
 /// listed; what a next hop would refuse is refused here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,7 +477,7 @@ async fn odd_addresses_and_literals() {
     }
 }
 
-/// Issue 15.7: attachments up to the product's 4 MB fit the API; a larger
+/// Attachments up to the product's 4 MB fit the API; a larger
 /// request gets an SES error the SDK can read, naming the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attachments_up_to_the_message_limit_fit_the_api() {
@@ -607,7 +608,7 @@ async fn attachments_up_to_the_message_limit_fit_the_api() {
     assert!(answer.contains("InvalidParameterValue"), "{answer}");
 }
 
-/// Issue 15.9: loopback is no fence on its own: an admin request needs the
+/// Loopback is no fence on its own: an admin request needs the
 /// operator token, which `kiln` reads from the data directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_need_the_operator_token() {
@@ -744,7 +745,7 @@ async fn raw_http(target: SocketAddr, request: &[u8]) -> serde_json::Value {
     }
 }
 
-/// Issue 15.10: a signed request that changes something is good once; a
+/// A signed request that changes something is good once; a
 /// copy replayed within the timestamp window is refused, on both stores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_request_is_refused() {
@@ -796,7 +797,7 @@ async fn a_replayed_request_is_refused() {
     }
 }
 
-/// Issue 15.6: password guessing is slowed, then stopped per client address
+/// Password guessing is slowed, then stopped per client address
 /// and per user name (the right password too), counted by the store, shown
 /// to the operator and lifted by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -872,7 +873,7 @@ async fn password_guessing_is_slowed_then_stopped() {
     }
 }
 
-/// Issue 15.5: a client trickling bytes holds neither a command nor DATA
+/// A client trickling bytes holds neither a command nor DATA
 /// past its deadline, and one address cannot take every connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_holds_nothing_for_long() {
