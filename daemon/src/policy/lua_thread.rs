@@ -17,7 +17,6 @@ use super::lua_host::LuaHost;
 use super::{PolicyError, PolicySettings};
 use crate::store::Store;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 
@@ -49,7 +48,7 @@ const ABANDONED_UNREPLACED: u8 = 3;
 #[derive(Clone)]
 pub struct LuaThread {
     slot: usize,
-    jobs: mpsc::Sender<Job>,
+    jobs: Arc<Mailbox>,
     phase: Arc<AtomicU8>,
     /// The thread's kernel id, once it runs.
     tid: Arc<AtomicI32>,
@@ -193,6 +192,15 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // A retired version's threads end (a call under way finishes first).
+        for t in self.lock().threads.iter().flatten() {
+            t.jobs.close();
+        }
+    }
+}
+
 impl LuaThread {
     /// Runs `job` on this state's thread; its answer comes on the receiver
     /// (closed without one if the thread has gone). The state goes back to
@@ -205,14 +213,63 @@ impl LuaThread {
         let job: Job = Box::new(move |host| {
             let _ = tx.send(job(host));
         });
-        let _ = self.jobs.send(job);
+        self.jobs.put(job);
         rx
+    }
+}
+
+/// Where a state's next job waits for its thread: one job at a time (a
+/// state has one caller), handed over with a park and an unpark, the
+/// cheapest wakeup there is.
+#[derive(Default)]
+struct Mailbox {
+    job: std::sync::Mutex<Option<Job>>,
+    /// The pool let go of the thread: no job will come.
+    closed: std::sync::atomic::AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// The thread's end of its mailbox: closes it when the pool's handles go.
+struct MailboxEnd(Arc<Mailbox>);
+
+impl Mailbox {
+    fn put(&self, job: Job) {
+        *self.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Called on the thread that takes the jobs, before it takes any.
+    fn bind(&self) {
+        let _ = self.thread.set(std::thread::current());
+    }
+
+    /// The next job; None once closed.
+    fn take(&self) -> Option<Job> {
+        loop {
+            if let Some(job) = self.job.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Some(job);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            std::thread::park();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
     }
 }
 
 /// Starts `host` on a thread of its own, for `slot` of `pool`.
 fn spawn(host: LuaHost, slot: usize, pool: Weak<Pool>) -> std::io::Result<LuaThread> {
-    let (jobs, queue) = mpsc::channel::<Job>();
+    let jobs = Arc::new(Mailbox::default());
+    let queue = MailboxEnd(jobs.clone());
     let phase = Arc::new(AtomicU8::new(FREE));
     let tid = Arc::new(AtomicI32::new(0));
     let (mine, my_tid) = (phase.clone(), tid.clone());
@@ -233,14 +290,9 @@ fn spawn(host: LuaHost, slot: usize, pool: Weak<Pool>) -> std::io::Result<LuaThr
 
 /// A state's thread: one call at a time, given back to the pool after
 /// each, until the pool is gone or the state is abandoned.
-fn serve(
-    host: LuaHost,
-    queue: mpsc::Receiver<Job>,
-    slot: usize,
-    phase: Arc<AtomicU8>,
-    pool: Weak<Pool>,
-) {
-    while let Ok(job) = queue.recv() {
+fn serve(host: LuaHost, queue: MailboxEnd, slot: usize, phase: Arc<AtomicU8>, pool: Weak<Pool>) {
+    queue.0.bind();
+    while let Some(job) = queue.0.take() {
         job(&host);
         match phase.compare_exchange(BUSY, FREE, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => match pool.upgrade() {
