@@ -84,8 +84,8 @@
 //! | `ops::queue_control` | the queue steered: summary, list, suspend, resume, bounce, retry-now |
 //! | `ops::scrape` | `GET /metrics` for Prometheus, to loopback and named networks |
 //! | **`policy`** | **Lua decides, Rust does** |
-//! | `policy::engine` | one loaded policy version: its states, and jobs handed to them |
-//! | `policy::lua_thread` | Lua states on threads of their own; stuck calls abandoned |
+//! | `policy::patterns` | Lua's pattern functions, bounded: large ones go to a helper |
+//! | `policy::offload` | helpers on threads of their own; stuck ones abandoned |
 //! | `policy::lua_host` | one sandboxed Lua state with the `kiln` API and plugins |
 //! | `policy::lua_raw` | tables across the C API for the hot hooks |
 //! | `policy::lua_data` | `kiln.data`: the data files plugins ship (TOML) |

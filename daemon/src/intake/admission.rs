@@ -7,8 +7,8 @@
 pub use crate::intake::submission::Submission;
 use crate::message::{decode_subject, first_values, header_block};
 use crate::net::domain_of;
+use crate::policy::Policy;
 use crate::policy::decisions::{Action, Decision, Egress, HeaderView, MessageInfo};
-use crate::policy::{Policy, StateCalls};
 use crate::services::Services;
 use crate::store::{IntakeStep, NewMessage};
 use std::borrow::Cow;
@@ -124,11 +124,11 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
     let (subject, subject_valid_utf8) = decode_subject(subject);
     let info = MessageInfo {
         kind: "message",
-        id: Cow::Owned(s.id.clone()),
-        account: Cow::Owned(s.account.clone()),
-        sender: Cow::Owned(s.sender.clone()),
-        sender_domain: Cow::Owned(s.sender_domain.clone()),
-        recipients: Cow::Owned(s.recipients.clone()),
+        id: Cow::Borrowed(&s.id),
+        account: Cow::Borrowed(&s.account),
+        sender: Cow::Borrowed(&s.sender),
+        sender_domain: Cow::Borrowed(&s.sender_domain),
+        recipients: Cow::Borrowed(&s.recipients),
         size: s.message.len(),
         subject,
         subject_valid_utf8,
@@ -139,64 +139,56 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
         now: s.now,
         headers: HeaderView(Arc::from(block)),
     };
-    // The three hooks on one Lua state: one trip to its thread.
-    policy
-        .run(3, "content_filter", move |calls| decide(calls, &info))
-        .await
-        .unwrap_or(Err(Box::new(Refusal::PolicyUnavailable)))
-        .map_err(|r| *r)
-}
-
-/// `content_filter`, `check_limits` and `select_egress` for one message,
-/// on the Lua state `calls` runs on.
-fn decide(calls: &StateCalls<'_>, info: &MessageInfo<'_>) -> Result<Verdict, Box<Refusal>> {
     let mut story = Vec::new();
-    match calls.call_for::<_, Decision>("content_filter", Some("message"), info) {
-        Ok(Some(d)) if d.is_reject() || d.is_defer() => return Err(Box::new(Refusal::Content(d))),
+    match policy
+        .call_for::<_, Decision>("content_filter", Some("message"), &info)
+        .await
+    {
+        Ok(Some(d)) if d.is_reject() || d.is_defer() => return Err(Refusal::Content(d)),
         Ok(d) => story.push(step("content_filter", told(d.as_ref()))),
-        Err(_) => return Err(Box::new(Refusal::PolicyUnavailable)),
+        Err(_) => return Err(Refusal::PolicyUnavailable),
     }
-    let decision = match calls.call::<_, Decision>("check_limits", info) {
+    let decision = match policy.call::<_, Decision>("check_limits", &info).await {
         Ok(Some(d)) => d,
         Ok(None) => Decision::default(),
-        Err(_) => return Err(Box::new(Refusal::PolicyUnavailable)),
+        Err(_) => return Err(Refusal::PolicyUnavailable),
     };
     story.push(step("check_limits", told(Some(&decision))));
     // A batch task pauses rather than queue mail for tomorrow.
-    if decision.is_reject() || (decision.is_defer() && info.trigger_type == "batch") {
-        return Err(Box::new(Refusal::Limits(decision)));
+    if decision.is_reject() || (decision.is_defer() && s.trigger_type == "batch") {
+        return Err(Refusal::Limits(decision));
     }
     let ready_at_ms = if decision.is_defer() {
-        decision.retry_at.unwrap_or(info.now).max(info.now)
+        decision.retry_at.unwrap_or(s.now).max(s.now)
     } else {
-        info.now
+        s.now
     };
     let mut dropped = BTreeMap::new();
-    for (i, rcpt) in info.recipients.iter().enumerate() {
+    for (i, rcpt) in s.recipients.iter().enumerate() {
         if let Some(reason) = decision.drop.get(rcpt) {
-            tracing::info!(msg_id = %info.id, recipient = %rcpt, %reason, "recipient dropped by policy");
+            tracing::info!(msg_id = %s.id, recipient = %rcpt, %reason, "recipient dropped by policy");
             dropped.insert(i, reason.clone());
         }
     }
-    if dropped.len() == info.recipients.len() {
-        return Err(Box::new(Refusal::AllDropped(
+    if dropped.len() == s.recipients.len() {
+        return Err(Refusal::AllDropped(
             dropped
                 .into_iter()
-                .filter_map(|(i, r)| Some((info.recipients.get(i)?.clone(), r)))
+                .filter_map(|(i, r)| Some((s.recipients.get(i)?.clone(), r)))
                 .collect(),
-        )));
+        ));
     }
-    let (source_ip, pool) = match calls.call::<_, Egress>("select_egress", info) {
+    let (source_ip, pool) = match policy.call::<_, Egress>("select_egress", &info).await {
         Ok(Some(Egress { pool, source_ip })) => match source_ip.map(|ip| ip.parse()) {
             Some(Ok(ip)) => (Some(ip), pool),
             Some(Err(_)) => {
-                tracing::error!(msg_id = %info.id, "select_egress: source_ip is not an IP address");
-                return Err(Box::new(Refusal::PolicyUnavailable));
+                tracing::error!(msg_id = %s.id, "select_egress: source_ip is not an IP address");
+                return Err(Refusal::PolicyUnavailable);
             }
             None => (None, pool),
         },
         Ok(None) => (None, String::new()),
-        Err(_) => return Err(Box::new(Refusal::PolicyUnavailable)),
+        Err(_) => return Err(Refusal::PolicyUnavailable),
     };
     story.push(step(
         "select_egress",

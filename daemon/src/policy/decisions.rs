@@ -11,13 +11,7 @@ use std::collections::BTreeMap;
 /// API (see `lua_raw`): going through serde, or mlua's table API, costs
 /// several times more, and hooks run on every message.
 pub trait HookArg {
-    /// The argument as the Lua thread that runs the call holds it: hooks
-    /// run off the async workers, and a caller may stop waiting for one.
-    type Owned: HookArg + Send + 'static;
-
     fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value>;
-
-    fn to_owned_arg(&self) -> Self::Owned;
 
     /// The bytes of text the argument carries, checked against
     /// `policy.max_input_kb` before a call.
@@ -127,14 +121,8 @@ impl HookAnswer for Decision {
 macro_rules! hook_arg {
     ($t:ty { $($f:ident),* $(,)? } $(userdata { $($u:ident),* })?) => {
         impl HookArg for $t {
-            type Owned = $t;
-
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
                 hook_arg!(@fresh self, lua, { $($f),* } $({ $($u),* })?)
-            }
-
-            fn to_owned_arg(&self) -> $t {
-                self.clone()
             }
 
             fn input_bytes(&self) -> usize {
@@ -142,16 +130,10 @@ macro_rules! hook_arg {
             }
         }
     };
-    (kept $t:ty => $owned:ty { $($f:ident),* $(,)? } userdata { $u:ident }) => {
+    (kept $t:ty { $($f:ident),* $(,)? } userdata { $u:ident }) => {
         impl HookArg for $t {
-            type Owned = $owned;
-
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
                 hook_arg!(@fresh self, lua, { $($f),* } { $u })
-            }
-
-            fn to_owned_arg(&self) -> $owned {
-                self.to_owned_info()
             }
 
             fn input_bytes(&self) -> usize {
@@ -263,12 +245,6 @@ fn set_userdata<T: Clone + 'static>(ud: &mlua::AnyUserData, value: &T) -> mlua::
 
 /// Tests and tools pass JSON.
 impl HookArg for serde_json::Value {
-    type Owned = serde_json::Value;
-
-    fn to_owned_arg(&self) -> serde_json::Value {
-        self.clone()
-    }
-
     fn input_bytes(&self) -> usize {
         fn bytes(v: &serde_json::Value) -> usize {
             match v {
@@ -306,7 +282,7 @@ hook_arg!(TransactionInfo {
     recipient,
     recipients
 });
-hook_arg!(kept MessageInfo<'_> => MessageInfo<'static> {
+hook_arg!(kept MessageInfo<'_> {
     kind,
     id,
     account,
@@ -415,27 +391,6 @@ pub struct MessageInfo<'a> {
     pub scenario: String,
     pub now: i64,
     pub headers: HeaderView,
-}
-
-impl MessageInfo<'_> {
-    /// A copy that borrows nothing, for the Lua thread that runs the call.
-    pub fn to_owned_info(&self) -> MessageInfo<'static> {
-        MessageInfo {
-            kind: self.kind,
-            id: Cow::Owned(self.id.to_string()),
-            account: Cow::Owned(self.account.to_string()),
-            sender: Cow::Owned(self.sender.to_string()),
-            sender_domain: Cow::Owned(self.sender_domain.to_string()),
-            recipients: Cow::Owned(self.recipients.to_vec()),
-            size: self.size,
-            subject: self.subject.clone(),
-            subject_valid_utf8: self.subject_valid_utf8,
-            trigger_type: self.trigger_type,
-            scenario: self.scenario.clone(),
-            now: self.now,
-            headers: self.headers.clone(),
-        }
-    }
 }
 
 /// `reputation(event)`: one delivery outcome or engagement event, or a

@@ -5,9 +5,11 @@
 //! and the safe part of the base library; there is no `io`, `os`, `debug`,
 //! `package`, `load`, `loadfile`, `dofile` or `string.dump`. Modules come from
 //! the plugin directory through our own `require`, read-only. Every call runs
-//! under an instruction budget and a deadline (checked every 100,000
-//! instructions) and the state under a memory limit, so a runaway script ends
-//! in an error instead of taking the node down.
+//! under an instruction budget and a deadline (checked every 1,000
+//! instructions once it has run 10 ms) and the state under a memory limit,
+//! and the library functions whose C loops run as long as their arguments
+//! say are bounded (`BOUNDED_BUILTINS`, `patterns`), so a runaway script
+//! ends in an error instead of holding up the node.
 
 use super::decisions::{HookAnswer, HookArg};
 use super::lua_raw::ArgSlot;
@@ -96,6 +98,8 @@ impl LuaHost {
         )
         .map_err(load_err)?;
         sandbox(&lua).map_err(load_err)?;
+        super::patterns::install(&lua, memory_limit.saturating_mul(2), settings.timeout)
+            .map_err(load_err)?;
         install_api(&lua, settings, store).map_err(load_err)?;
         install_require(&lua, settings.plugins_dir.clone()).map_err(load_err)?;
 
@@ -417,6 +421,39 @@ coroutine.wrap = function(f)
 end
 "#;
 
+/// The library functions whose C loops run as long as their arguments say,
+/// bounded: the watchdog cannot stop a C function, and hooks run on the
+/// async workers. (`string.rep("", 2^60)` copied nothing 2^60 times;
+/// `table.move` walks every index it is given; `table.sort` sorts in C;
+/// a `__gc` finalizer runs with the count hook off.) The pattern functions
+/// are bounded in `patterns`.
+const BOUNDED_BUILTINS: &str = r#"
+local rep, move, sort, setmt, tointeger = string.rep, table.move, table.sort, setmetatable, math.tointeger
+local MOVE_MAX, SORT_MAX = 1 << 24, 1 << 21
+string.rep = function(s, n, sep)
+  if s == "" and (sep == nil or sep == "") and tointeger(n) then return "" end
+  return rep(s, n, sep)
+end
+table.move = function(a1, f, e, t, a2)
+  if type(f) == "number" and type(e) == "number" and e - f >= MOVE_MAX then
+    error("table.move: more than " .. MOVE_MAX .. " elements", 2)
+  end
+  return move(a1, f, e, t, a2)
+end
+table.sort = function(t, comp)
+  if type(t) == "table" and #t > SORT_MAX then
+    error("table.sort: more than " .. SORT_MAX .. " elements", 2)
+  end
+  return sort(t, comp)
+end
+setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("setmetatable: __gc finalizers are not available to policy scripts", 2)
+  end
+  return setmt(t, mt)
+end
+"#;
+
 fn sandbox(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     for name in ["dofile", "loadfile", "load", "collectgarbage", "require"] {
@@ -435,6 +472,7 @@ fn sandbox(lua: &Lua) -> mlua::Result<()> {
     lua.load(WATCHED_COROUTINES)
         .set_name("=sandbox")
         .call::<()>(watch)?;
+    lua.load(BOUNDED_BUILTINS).set_name("=sandbox").exec()?;
     // `print` goes to the log like kiln.log.info.
     g.set(
         "print",

@@ -12,11 +12,11 @@
 //! 4xx, the queue retries later. See `docs/lua-api.md` for the hooks.
 
 pub mod decisions;
-mod engine;
 pub mod lua_data;
 pub mod lua_host;
 pub(crate) mod lua_raw;
-mod lua_thread;
+mod offload;
+mod patterns;
 pub mod plugin_settings;
 pub mod time;
 mod watchdog;
@@ -32,15 +32,15 @@ mod tests;
 
 use crate::store::Store;
 use decisions::{HookAnswer, HookArg};
-use engine::Engine;
-pub use engine::StateCalls;
 use lua_host::LuaHost;
-pub use lua_thread::stuck as stuck_states;
+pub use patterns::stuck as stuck_states;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Every hook a script may define.
 pub const HOOKS: &[&str] = &[
@@ -108,6 +108,187 @@ pub struct PolicySettings {
     pub timeout: Duration,
     /// The most text (KB) a hook's argument may carry.
     pub max_input_kb: usize,
+}
+
+/// One loaded version of the policy.
+pub struct Engine {
+    /// The states by slot; a slot is empty while its state runs a call.
+    hosts: Mutex<Vec<Option<LuaHost>>>,
+    /// Woken when a state goes back into `hosts`, if a call waits for one
+    /// (`waiting`): most calls find a state free, and a wakeup of nobody
+    /// would still write to a line every core shares.
+    returned: Notify,
+    waiting: AtomicUsize,
+    pub version: u64,
+    /// What every state of this version defines (they all load the same
+    /// files), by position in `HOOKS`: known without taking a state out of
+    /// the pool, so a hook nobody defined costs nothing and the answer holds
+    /// under load.
+    defined: Vec<bool>,
+    /// The kinds of item a hook is for, when its plugin restricts them.
+    only: Vec<Option<Vec<String>>>,
+    /// The most text one call is handed, in bytes.
+    max_input: usize,
+    /// How long a call waits for a free state (they are all busy while
+    /// their calls wait on the store or a pattern helper).
+    timeout: Duration,
+}
+
+impl Engine {
+    fn load(settings: &PolicySettings, store: &Store, version: u64) -> Result<Engine, PolicyError> {
+        let mut hosts = Vec::with_capacity(settings.states);
+        for _ in 0..settings.states.max(1) {
+            hosts.push(LuaHost::new(settings, store.clone())?);
+        }
+        let (defined, only) = match hosts.first() {
+            Some(h) => (h.defined(), h.kind_restrictions().clone()),
+            None => Default::default(),
+        };
+        Ok(Engine {
+            returned: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            hosts: Mutex::new(hosts.into_iter().map(Some).collect()),
+            version,
+            defined,
+            only: HOOKS.iter().map(|h| only.get(h).cloned()).collect(),
+            max_input: settings.max_input_kb.saturating_mul(1024),
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Whether `hook` is defined, and for an item of `kind` if one is given
+    /// (a plugin may declare a hook for some kinds of item only).
+    fn wants(&self, hook: &str, kind: Option<&str>) -> bool {
+        hook_index(hook).is_some_and(|at| self.wants_at(at, kind))
+    }
+
+    /// `wants` of the hook at `at` in `HOOKS`.
+    fn wants_at(&self, at: usize, kind: Option<&str>) -> bool {
+        self.defined.get(at).is_some_and(|d| *d)
+            && kind.is_none_or(|k| {
+                self.only
+                    .get(at)
+                    .and_then(Option::as_ref)
+                    .is_none_or(|kinds| kinds.iter().any(|x| x == k))
+            })
+    }
+
+    async fn call<A, R>(
+        &self,
+        hook: &'static str,
+        kind: Option<&str>,
+        arg: &A,
+    ) -> Result<Option<R>, PolicyError>
+    where
+        A: HookArg + ?Sized,
+        R: HookAnswer,
+    {
+        let Some(at) = hook_index(hook).filter(|at| self.wants_at(*at, kind)) else {
+            return Ok(None);
+        };
+        let size = arg.input_bytes();
+        if size > self.max_input {
+            return Err(PolicyError::Script {
+                hook,
+                message: format!(
+                    "its argument carries {size} bytes of text, over policy.max_input_kb ({} KB)",
+                    self.max_input / 1024
+                ),
+            });
+        }
+        let Ok((slot, host)) = tokio::time::timeout(self.timeout, self.take_host()).await else {
+            return Err(PolicyError::Script {
+                hook,
+                message: "time limit exceeded waiting for a free Lua state".into(),
+            });
+        };
+        // Gives the state back even if this future is dropped mid-call.
+        let guard = HostGuard {
+            host: Some(host),
+            slot,
+            engine: self,
+        };
+        let started = std::time::Instant::now();
+        let answer = match &guard.host {
+            Some(host) => host.call_at(at, hook, arg).await,
+            None => Ok(None),
+        };
+        if let Some(m) = crate::metrics::get() {
+            let label = crate::metrics::Hook { hook };
+            m.hook_calls.get_or_create(&label).inc();
+            crate::metrics::observe(&m.hook_seconds.get_or_create(&label), started.elapsed());
+        }
+        answer
+    }
+
+    /// A free Lua state, waiting for one if all are busy (on Redis a call
+    /// holds its state while it waits on the store).
+    ///
+    /// A thread takes the state it used last when it is free: that state's
+    /// memory is still in this core's caches, which in a busy daemon saves
+    /// more than the call costs on its own.
+    async fn take_host(&self) -> (usize, LuaHost) {
+        // Counted while this call waits, also if it is dropped waiting.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            let notified = self.returned.notified();
+            {
+                let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+                let mine = LAST_SLOT.with(Cell::get);
+                let slot = match hosts.get(mine) {
+                    Some(Some(_)) => Some(mine),
+                    _ => hosts.iter().position(Option::is_some),
+                };
+                if let Some(h) = slot.and_then(|at| Some((at, hosts.get_mut(at)?.take()?))) {
+                    LAST_SLOT.with(|s| s.set(h.0));
+                    return h;
+                }
+                // Counted under the lock: a state given back after this
+                // look sees it and wakes us.
+                if waiting.is_none() {
+                    self.waiting.fetch_add(1, Ordering::SeqCst);
+                    waiting = Some(Waiting(&self.waiting));
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+thread_local! {
+    /// The slot of the Lua state this thread ran its last call on.
+    static LAST_SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+struct HostGuard<'a> {
+    host: Option<LuaHost>,
+    slot: usize,
+    engine: &'a Engine,
+}
+
+impl Drop for HostGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.host.take() {
+            if let Some(slot) = self
+                .engine
+                .hosts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(self.slot)
+            {
+                *slot = Some(h);
+            }
+            if self.engine.waiting.load(Ordering::SeqCst) > 0 {
+                self.engine.returned.notify_one();
+            }
+        }
+    }
 }
 
 /// Loads the policy once against a scratch store, to report script errors
@@ -199,7 +380,7 @@ impl Policy {
     pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
-        R: HookAnswer + Send + 'static,
+        R: HookAnswer,
     {
         self.current().call_for(hook, None, arg).await
     }
@@ -243,7 +424,7 @@ impl Current<'_> {
     pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
-        R: HookAnswer + Send + 'static,
+        R: HookAnswer,
     {
         self.call_for(hook, None, arg).await
     }
@@ -258,38 +439,12 @@ impl Current<'_> {
     ) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
-        R: HookAnswer + Send + 'static,
+        R: HookAnswer,
     {
-        let (result, failures) = self.engine.call(hook, kind, arg).await;
-        self.count_errors(&failures);
-        result
-    }
-
-    /// Runs `job` on one Lua state: several hooks asked about one item for
-    /// one trip to a Lua thread (see `engine`). `calls` is the most hooks
-    /// it calls (its time limit is theirs together), `first` the one a
-    /// failure is put down to before any has started. An `Err` is the job
-    /// itself failing (stuck, or no state free in time); a hook that failed
-    /// inside it answered its `Err` to the job. Either way each failure is
-    /// logged and counted once, here.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        calls: u32,
-        first: &'static str,
-        job: impl FnOnce(&StateCalls<'_>) -> T + Send + 'static,
-    ) -> Result<T, PolicyError> {
-        let (result, failures) = self.engine.run(calls, first, job).await;
-        self.count_errors(&failures);
-        result
-    }
-
-    fn count_errors(&self, failures: &[PolicyError]) {
-        for e in failures {
-            let hook = match e {
-                PolicyError::Script { hook, .. } => hook,
-                PolicyError::Load(_) => "(load)",
-            };
+        let result = self.engine.call(hook, kind, arg).await;
+        if let Err(e) = &result {
             self.policy.count_error(hook, e);
         }
+        result
     }
 }

@@ -41,8 +41,10 @@ use std::time::Duration;
 pub const GRACE_MS: i64 = 10;
 
 /// How often (in Lua instructions) a watched call checks its limits: often
-/// enough to stop a runaway within about a millisecond.
-pub const HOOK_EVERY: i32 = 100_000;
+/// enough to stop a runaway within a millisecond even when each of its
+/// instructions is a long C call (a copy of a megabyte), and rarely enough
+/// to cost an overdue call little.
+pub const HOOK_EVERY: i32 = 1_000;
 
 /// How often the watchdog looks, while calls run and while none does.
 const TICK: Duration = Duration::from_millis(GRACE_MS as u64);
