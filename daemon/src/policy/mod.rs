@@ -229,13 +229,7 @@ impl Engine {
     /// more than the call costs on its own.
     async fn take_host(&self) -> (usize, LuaHost) {
         // Counted while this call waits, also if it is dropped waiting.
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let mut waiting: Option<Waiting<'_>> = None;
+        let mut waiting: Option<offload::Waiting<'_>> = None;
         loop {
             let notified = self.returned.notified();
             {
@@ -252,8 +246,7 @@ impl Engine {
                 // Counted under the lock: a state given back after this
                 // look sees it and wakes us.
                 if waiting.is_none() {
-                    self.waiting.fetch_add(1, Ordering::SeqCst);
-                    waiting = Some(Waiting(&self.waiting));
+                    waiting = Some(offload::Waiting::start(&self.waiting));
                 }
             }
             notified.await;

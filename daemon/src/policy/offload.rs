@@ -154,12 +154,6 @@ impl<H: Send + 'static> Pool<H> {
 
     /// A free helper, waiting for one while all are busy.
     async fn take(&self) -> Worker<H> {
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let notified = self.returned.notified();
@@ -174,8 +168,7 @@ impl<H: Send + 'static> Pool<H> {
                 // Counted under the lock: a helper given back after this
                 // look sees it and wakes us.
                 if waiting.is_none() {
-                    self.waiting.fetch_add(1, Ordering::SeqCst);
-                    waiting = Some(Waiting(&self.waiting));
+                    waiting = Some(Waiting::start(&self.waiting));
                 }
             }
             notified.await;
@@ -266,6 +259,24 @@ impl<H: Send + 'static> Pool<H> {
             }
         }
         true
+    }
+}
+
+/// One caller counted as waiting for a free slot (of a pool of Lua
+/// states or of helpers), for as long as it lives: the pool wakes a
+/// waiter only when there is one.
+pub(super) struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    pub(super) fn start(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -12,6 +12,15 @@ use kiln_testkit::client::{SmtpClient, message};
 use serde_json::json;
 use std::time::Duration;
 
+/// `who`'s claim to `domain` is gone (another account proved it).
+async fn claim_gone(sdk: &mut Sdk, who: &crate::clients::Creds, domain: &str) -> String {
+    let (code, why) = sdk
+        .err(who, "GetEmailIdentity", json!({"EmailIdentity": domain}))
+        .await;
+    assert_eq!(code, "InvalidParameterValue.NotExistDomain");
+    why
+}
+
 /// One SMTP message from the config account `relay2` (no domain list: it
 /// may send as any domain nobody owns), From `from`; the DATA reply's code.
 async fn relay2_sends_as(smtp: std::net::SocketAddr, from: &str) -> u16 {
@@ -80,14 +89,7 @@ async fn a_domain_claimed_without_proof_owns_nothing() {
     verified_sender(&e, &mut sdk, &victim, domain, 1).await;
 
     // The proof decided: mallory's claim is gone, and says why.
-    let (code, why) = sdk
-        .err(
-            &mallory,
-            "GetEmailIdentity",
-            json!({"EmailIdentity": domain}),
-        )
-        .await;
-    assert_eq!(code, "InvalidParameterValue.NotExistDomain");
+    let why = claim_gone(&mut sdk, &mallory, domain).await;
     assert!(why.contains("another account proved the domain"), "{why}");
     let listed = sdk.ok(&mallory, "ListEmailIdentities", json!({})).await;
     assert_eq!(listed["EmailIdentities"], json!([]), "{listed}");
@@ -221,14 +223,7 @@ async fn a_domain_claimed_without_proof_owns_nothing() {
     // newco proves it: a clean start, and the installation-wide blocklist
     // entry mallory tried to lift still holds.
     verified_sender(&e, &mut sdk, &newco, domain, 1).await;
-    let (code, _) = sdk
-        .err(
-            &mallory,
-            "GetEmailIdentity",
-            json!({"EmailIdentity": domain}),
-        )
-        .await;
-    assert_eq!(code, "InvalidParameterValue.NotExistDomain");
+    claim_gone(&mut sdk, &mallory, domain).await;
     let a = sdk.ok(&newco, "GetAbuseReport", abuse).await;
     assert_eq!(a["TotalCount"], 0, "{a}");
     let b = sdk.ok(&newco, "ListBlackEmailAddress", black).await;
