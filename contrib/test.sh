@@ -3,7 +3,8 @@
 #
 # The end-to-end tests talk to real peers: redis-server (they start their
 # own, on free ports), headless Chromium (the tracking test opens a message
-# in a browser) and Tencent Cloud's official Python SDK (the API tests).
+# in a browser), Debian's rspamd (it scores Kiln's DKIM signatures as a
+# receiver would) and Tencent Cloud's official Python SDK (the API tests).
 # What is missing is installed when this can (Debian's packages as root,
 # the SDK with pip); otherwise it says exactly what to install, and stops.
 # Then: cargo test --workspace, with any arguments given here.
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 need_packages=()
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v rspamd >/dev/null 2>&1 || need_packages+=(rspamd)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
 command -v curl >/dev/null 2>&1 || need_packages+=(curl)

@@ -38,7 +38,9 @@ pub struct DkimKey {
     pub algorithm: String,
     /// PKCS#1 (RSA) or PKCS#8 (Ed25519) DER, base64.
     pub private_key: String,
-    /// Public key as published in `p=`, base64.
+    /// The public key, base64: for RSA a SubjectPublicKeyInfo (keys made
+    /// before it was, a PKCS#1 RSAPublicKey: published as the former all
+    /// the same), for Ed25519 the raw key (RFC 8463).
     pub public_key: String,
     pub created_at_ms: i64,
 }
@@ -61,14 +63,35 @@ impl DkimKey {
             other => return Err(DkimError::Algorithm(other.to_string())),
         }
         .map_err(|e| DkimError::Generate(e.to_string()))?;
+        let public_key = match algorithm {
+            "rsa" => spki_of_pkcs1(&pair.public_key()).ok_or_else(|| {
+                DkimError::Generate("the new RSA public key did not read back".into())
+            })?,
+            _ => pair.public_key().to_vec(),
+        };
         Ok(DkimKey {
             domain: domain.to_ascii_lowercase(),
             selector: selector.to_string(),
             algorithm: algorithm.to_string(),
             private_key: B64.encode(pair.private_key()),
-            public_key: B64.encode(pair.public_key()),
+            public_key: B64.encode(public_key),
             created_at_ms: crate::clock::system_now_ms(),
         })
+    }
+
+    /// The key as `p=` publishes it: an RSA key as a SubjectPublicKeyInfo,
+    /// as every DKIM verifier reads it (OpenDKIM and rspamd through
+    /// OpenSSL's `d2i_PUBKEY`, which fails on a bare PKCS#1 key).
+    pub fn published_key(&self) -> String {
+        if self.algorithm == "ed25519" {
+            return self.public_key.clone();
+        }
+        B64.decode(&self.public_key)
+            .ok()
+            .and_then(|der| rsa_pkcs1(&der))
+            .and_then(|pkcs1| spki_of_pkcs1(&pkcs1))
+            .map(|spki| B64.encode(spki))
+            .unwrap_or_else(|| self.public_key.clone())
     }
 
     pub fn dns_name(&self) -> String {
@@ -82,7 +105,7 @@ impl DkimKey {
         } else {
             "rsa"
         };
-        format!("v=DKIM1; k={k}; p={}", self.public_key)
+        format!("v=DKIM1; k={k}; p={}", self.published_key())
     }
 
     fn signer(&self, headers: &[String]) -> Result<Signer, DkimError> {
@@ -127,6 +150,25 @@ impl DkimKey {
             },
         })
     }
+}
+
+/// An RSA public key (SubjectPublicKeyInfo or PKCS#1 DER) as PKCS#1 DER:
+/// what two published forms of one key have in common.
+pub fn rsa_pkcs1(der: &[u8]) -> Option<Vec<u8>> {
+    use rsa::pkcs1::{DecodeRsaPublicKey, EncodeRsaPublicKey};
+    use rsa::pkcs8::DecodePublicKey;
+    let key = rsa::RsaPublicKey::from_public_key_der(der)
+        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_der(der))
+        .ok()?;
+    Some(key.to_pkcs1_der().ok()?.as_bytes().to_vec())
+}
+
+/// A PKCS#1 RSA public key wrapped as a SubjectPublicKeyInfo.
+fn spki_of_pkcs1(pkcs1: &[u8]) -> Option<Vec<u8>> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::EncodePublicKey;
+    let key = rsa::RsaPublicKey::from_pkcs1_der(pkcs1).ok()?;
+    Some(key.to_public_key_der().ok()?.as_bytes().to_vec())
 }
 
 enum Signer {
@@ -406,5 +448,40 @@ impl DkimSigners {
             }
         }
         Ok(Some(headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RSA keys are published as a SubjectPublicKeyInfo (`MIGfMA0GCSqG...`
+    /// for 1024 bits, `MIIBIjANBgkqh...` for 2048), keys kept from before
+    /// (a PKCS#1 `MIGJAoGBA...`) too; Ed25519 keys raw.
+    #[test]
+    fn published_keys_are_subject_public_key_infos() {
+        let k1024 = DkimKey::generate_sized("d.test", "s", "rsa", 1024).unwrap();
+        assert!(
+            k1024.published_key().starts_with("MIGfMA0GCSqG"),
+            "{}",
+            k1024.published_key()
+        );
+        let k2048 = DkimKey::generate_sized("d.test", "s", "rsa", 2048).unwrap();
+        assert!(
+            k2048.txt_record().contains("p=MIIBIjANBgkqh"),
+            "{}",
+            k2048.txt_record()
+        );
+        let mut old = k1024.clone();
+        let pkcs1 = rsa_pkcs1(&B64.decode(&k1024.public_key).unwrap()).unwrap();
+        old.public_key = B64.encode(pkcs1);
+        assert!(
+            old.public_key.starts_with("MIGJAoGBA"),
+            "{}",
+            old.public_key
+        );
+        assert_eq!(old.published_key(), k1024.published_key());
+        let ed = DkimKey::generate("d.test", "s", "ed25519").unwrap();
+        assert_eq!(B64.decode(ed.published_key()).unwrap().len(), 32);
     }
 }

@@ -672,15 +672,33 @@ fn dmarc_ok(text: &str) -> bool {
             .any(|(k, v)| k == "p" && matches!(v.as_str(), "none" | "quarantine" | "reject"))
 }
 
-/// The published DKIM record carries our public key (spacing aside).
+/// The published DKIM record carries our public key (spacing aside): the
+/// same key material, as a SubjectPublicKeyInfo or, as Kiln published RSA
+/// keys before, a PKCS#1 RSAPublicKey.
 fn dkim_matches(found: &str, expected: &str) -> bool {
+    use base64::Engine;
     let p = |t: &str| {
         t.split(';')
             .filter_map(|tag| tag.split_once('='))
             .find(|(k, _)| k.trim() == "p")
             .map(|(_, v)| v.chars().filter(|c| !c.is_whitespace()).collect::<String>())
     };
-    matches!((p(found), p(expected)), (Some(a), Some(b)) if !a.is_empty() && a == b)
+    let (Some(a), Some(b)) = (p(found), p(expected)) else {
+        return false;
+    };
+    if a.is_empty() {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    let key = |text: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()
+            .and_then(|der| crate::ses::dkim::rsa_pkcs1(&der))
+    };
+    matches!((key(&a), key(&b)), (Some(x), Some(y)) if x == y)
 }
 
 #[cfg(test)]
@@ -702,6 +720,28 @@ mod tests {
         assert!(dkim_matches("v=DKIM1;k=rsa;p=MIIB abc", expected));
         assert!(!dkim_matches("v=DKIM1; k=rsa; p=MIIBabd", expected));
         assert!(!dkim_matches("v=DKIM1; k=rsa; p=", "v=DKIM1; p="));
+    }
+
+    /// A key published by an older Kiln (PKCS#1) still verifies the
+    /// domain: the key material is compared, not its wrapping.
+    #[test]
+    fn either_form_of_one_rsa_key_matches() {
+        use base64::Engine;
+        let key = crate::ses::dkim::DkimKey::generate_sized("d.test", "s", "rsa", 1024).unwrap();
+        let expected = key.txt_record();
+        let spki = base64::engine::general_purpose::STANDARD
+            .decode(key.published_key())
+            .unwrap();
+        let pkcs1 = crate::ses::dkim::rsa_pkcs1(&spki).unwrap();
+        assert_ne!(spki, pkcs1);
+        let old = format!(
+            "v=DKIM1; k=rsa; p={}",
+            base64::engine::general_purpose::STANDARD.encode(&pkcs1)
+        );
+        assert!(dkim_matches(&old, &expected));
+        assert!(dkim_matches(&expected, &expected));
+        let other = crate::ses::dkim::DkimKey::generate_sized("d.test", "s", "rsa", 1024).unwrap();
+        assert!(!dkim_matches(&other.txt_record(), &expected));
     }
 
     #[test]

@@ -550,12 +550,30 @@ async fn send_email_refuses_bad_requests_with_the_field_named() {
     );
     assert!(text.contains("X-Campaign: autumn"), "{text}");
     assert!(text.contains("invoice.pdf"), "{text}");
-    // DKIMOption 2: signed twice, RSA-2048 and RSA-1024, both valid.
+    // DKIMOption 2: signed twice, RSA-2048 and RSA-1024, both valid: to
+    // mail-auth, and to rspamd, which reads a published key as OpenDKIM
+    // does (a SubjectPublicKeyInfo: a bare PKCS#1 key is a permanent
+    // failure, `R_DKIM_PERMFAIL`).
     let results = crate::egress::delivery::verify_dkim(e.dns.addr, &last.data).await;
     assert_eq!(
         results,
         [mail_auth::DkimResult::Pass, mail_auth::DkimResult::Pass],
         "{text}"
+    );
+    let rspamd =
+        tokio::task::block_in_place(|| kiln_testkit::rspamd::Rspamd::start(&e.dns.nameserver()));
+    let said = tokio::task::block_in_place(|| rspamd.symbols(&last.data));
+    assert!(
+        said.contains("R_DKIM_ALLOW")
+            && !said.contains("R_DKIM_PERMFAIL")
+            && !said.contains("R_DKIM_REJECT"),
+        "{said}\n{}",
+        rspamd.log()
+    );
+    assert_eq!(
+        said.matches("mail.acme.test:s=").count(),
+        2,
+        "both signatures: {said}"
     );
 }
 

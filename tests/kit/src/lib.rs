@@ -8,12 +8,14 @@
 //! | `redis`   | a private `redis-server` on a free port |
 //! | `process` | the `kiln` binary with a generated config |
 //! | `webhook` | an HTTP receiver for event callbacks |
+//! | `rspamd`  | Debian's rspamd, scoring what a receiver gets |
 
 pub mod client;
 pub mod dns;
 pub mod process;
 pub mod provider;
 pub mod redis;
+pub mod rspamd;
 pub mod sink;
 pub mod tls;
 pub mod webhook;
