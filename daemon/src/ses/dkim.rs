@@ -64,7 +64,7 @@ impl DkimKey {
         }
         .map_err(|e| DkimError::Generate(e.to_string()))?;
         let public_key = match algorithm {
-            "rsa" => spki_of_pkcs1(&pair.public_key()).ok_or_else(|| {
+            "rsa" => spki_of_pkcs1(pair.public_key()).ok_or_else(|| {
                 DkimError::Generate("the new RSA public key did not read back".into())
             })?,
             _ => pair.public_key().to_vec(),
