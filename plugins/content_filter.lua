@@ -11,7 +11,7 @@
 
 local M = { hooks = {} }
 local cfg = kiln.settings("content_filter", {
-  min_words = { type = "table",
+  min_words = { type = "map", values = "integer",
     default = { marketing = 150, notification = 50, transactional = 50, test = 50, trigger = 0 },
     doc = "the fewest words of text a template of each type needs" },
   max_images = { type = "integer", default = 50, doc = "the most images a template may have" },

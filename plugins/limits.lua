@@ -157,12 +157,20 @@ local function context_of(account, own, domain, now, sec)
   local today = kiln.day(now)
   local a, d = names_of(account, own, domain, today, sec)
   local st, cap, w, warmed = nil, math.huge, nil, nil
+  -- A limit that cannot be read refuses (the hook fails: 451, counted):
+  -- never "no limit".
   if kiln.hooks.reputation then
     st = kiln.hooks.reputation({ domain = domain, account = account, kind = "query", count = 0, now = now })
-    if st and st.daily_limit then cap = st.daily_limit end
+    if st ~= nil and (type(st) ~= "table" or type(st.daily_limit) ~= "number") then
+      error("reputation gave " .. domain .. " no daily limit (" .. kiln.json.encode(st) .. ")", 0)
+    end
+    if st then cap = st.daily_limit end
   end
   if kiln.hooks.warmup_limit then
     local answer = kiln.hooks.warmup_limit({ identity = domain, now = now })
+    if answer ~= nil and (type(answer) ~= "table" or type(answer.cap) ~= "number") then
+      error("warmup_limit gave " .. domain .. " no cap (" .. kiln.json.encode(answer) .. ")", 0)
+    end
     w = answer and answer.cap
     if w and w < cap then warmed = answer.applies_to else w = nil end
   end

@@ -8,9 +8,17 @@
 -- Complaint and open rates are shares of the delivered ones.
 --
 -- Config (policy.lua: config.reputation): levels (the 20 limits),
--- initial_level (1), min_sent_for_penalty (300), and
--- domains = { ["example.com"] = { level = 8 } } to start a known domain
--- at its level instead of level 1.
+-- initial_level (1), min_sent_for_penalty (300), and domains, e.g.
+-- { ["example.com"] = { level = 8, min_level = 5 } }: `level` is where a
+-- domain Kiln has not seen yet starts, `min_level` a floor for a domain it
+-- knows (its level is raised to it at once, and never lowered below it).
+--
+-- Operators steer a domain with `kiln domain set-level | set-quota | reset`
+-- (this hook's kinds "set" and "forget"): a level set by an operator is the
+-- domain's level from then on, as if the rules had moved it there (a
+-- policy's min_level still holds it up); a quota set by an operator
+-- replaces the level's daily limit until it is set to 0 or the domain is
+-- reset.
 
 local M = { hooks = {} }
 local cfg = kiln.settings("reputation", {
@@ -23,13 +31,31 @@ local cfg = kiln.settings("reputation", {
   initial_level = { type = "integer", default = 1, doc = "the level a new sender domain starts at" },
   min_sent_for_penalty = { type = "integer", default = 300,
     doc = "messages a domain sends in a day before it can be lowered or blocked" },
-  domains = { type = "table", default = {},
-    doc = "known domains and their starting level, e.g. { [\"example.com\"] = { level = 8 } }" },
+  domains = { type = "map", default = {},
+    values = {
+      level = { type = "integer", min = 1, max = 20 },
+      min_level = { type = "integer", min = 1, max = 20 },
+    },
+    doc = "known domains: where a new one starts and a floor for one Kiln knows, e.g. { [\"example.com\"] = { level = 8, min_level = 5 } }" },
 })
 
 M.LIMITS = cfg.levels
 M.INITIAL_LEVEL = cfg.initial_level
 M.MIN_SENT = cfg.min_sent_for_penalty
+local function valid_level(l)
+  return math.type(l) == "integer" and l >= 1 and l <= #M.LIMITS
+end
+if not valid_level(M.INITIAL_LEVEL) then
+  error("config.reputation.initial_level: a level from 1 to " .. #M.LIMITS .. ", got " .. tostring(M.INITIAL_LEVEL), 0)
+end
+for domain, known in pairs(cfg.domains) do
+  for _, k in ipairs({ "level", "min_level" }) do
+    if known[k] ~= nil and not valid_level(math.tointeger(known[k])) then
+      error("config.reputation.domains[\"" .. domain .. "\"]." .. k .. ": a level from 1 to "
+        .. #M.LIMITS .. ", got " .. tostring(known[k]), 0)
+    end
+  end
+end
 
 -- What the counters count (see docs/lua-api.md, hook `reputation`).
 M.KINDS = { "sent", "delivered", "bounce", "invalid", "spam", "complaint", "open" }
@@ -122,25 +148,37 @@ function M.load(domain, today, raw)
     local cached = decoded[domain]
     if cached and cached.raw == raw then
       st = { level = cached.st.level, day = cached.st.day,
-             lower_tomorrow = cached.st.lower_tomorrow, blocked_day = cached.st.blocked_day }
+             lower_tomorrow = cached.st.lower_tomorrow, blocked_day = cached.st.blocked_day,
+             quota = cached.st.quota }
     else
       st = kiln.json.decode(raw)
       decoded[domain] = { raw = raw, st = { level = st.level, day = st.day,
-        lower_tomorrow = st.lower_tomorrow, blocked_day = st.blocked_day } }
+        lower_tomorrow = st.lower_tomorrow, blocked_day = st.blocked_day, quota = st.quota } }
     end
   else
     local known = cfg.domains[domain]
     st = { level = known and known.level or M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
   end
+  -- A state nothing in Kiln writes wrong; if it is (an older policy's
+  -- typo), say so and refuse, never read it as "no limit".
+  st.level = math.tointeger(st.level)
+  if not valid_level(st.level) or (st.quota ~= nil and math.type(st.quota) ~= "integer") then
+    decoded[domain] = nil
+    error("the reputation state of " .. domain .. " is damaged (" .. tostring(raw)
+      .. "): `kiln domain reset " .. domain .. "` or `kiln domain set-level` repairs it", 0)
+  end
+  local floor = cfg.domains[domain] and cfg.domains[domain].min_level
+  if floor and st.level < floor then st.level = floor end
   return M.roll_over(st, today)
 end
 
 function M.answer(st, today)
   return {
     level = st.level,
-    daily_limit = M.LIMITS[st.level],
+    daily_limit = st.quota or M.LIMITS[st.level],
     blocked = st.blocked_day == today,
     lower_tomorrow = st.lower_tomorrow or false,
+    quota = st.quota,
   }
 end
 
@@ -162,7 +200,7 @@ end
 
 local function same(a, b)
   return a.level == b.level and a.day == b.day and a.lower_tomorrow == b.lower_tomorrow
-    and a.blocked_day == b.blocked_day
+    and a.blocked_day == b.blocked_day and a.quota == b.quota
 end
 
 -- Forgets a domain (kind "forget": it was deleted, or proven by another
@@ -176,6 +214,36 @@ function M.forget(domain, now)
   end
 end
 
+-- An operator's change (kind "set": `level`, and/or `quota`, 0 clearing
+-- it); answers the state after it, with today's counts.
+function M.set(domain, ev, today)
+  local raw = kiln.kv.get(state_key(domain))
+  local ok, st = pcall(M.load, domain, today, raw)
+  if not ok then
+    -- A damaged state is replaced by what the operator says.
+    st = { level = M.INITIAL_LEVEL, day = today, lower_tomorrow = false }
+  end
+  if ev.level ~= nil then
+    local level = math.tointeger(ev.level)
+    if not valid_level(level) then
+      error("a level from 1 to " .. #M.LIMITS .. ", not " .. tostring(ev.level), 0)
+    end
+    st.level, st.lower_tomorrow = level, false
+    local floor = cfg.domains[domain] and cfg.domains[domain].min_level
+    if floor and st.level < floor then st.level = floor end
+  end
+  if ev.quota ~= nil then
+    local quota = math.tointeger(ev.quota)
+    if not quota or quota < 0 then error("a quota is a whole number of messages, not " .. tostring(ev.quota), 0) end
+    st.quota = quota > 0 and quota or nil
+  end
+  kiln.kv.put(state_key(domain), kiln.json.encode(st))
+  decoded[domain] = nil
+  local answer = M.answer(st, today)
+  answer.today = M.stats(domain, today)
+  return answer
+end
+
 -- reputation(event): count the event, apply the rules, answer the state.
 -- event.kind = "query" only answers; "forget" starts the domain afresh.
 function M.hooks.reputation(ev)
@@ -185,7 +253,8 @@ function M.hooks.reputation(ev)
     M.forget(domain, ev.now)
     return nil
   end
-  local counting = ev.kind ~= "query"
+  if ev.kind == "set" then return M.set(domain, ev, today) end
+  local counting = ev.kind ~= "query" and ev.kind ~= "show"
   if counting and not KNOWN[ev.kind] then
     error("reputation: unknown event kind " .. tostring(ev.kind))
   end
@@ -209,7 +278,10 @@ function M.hooks.reputation(ev)
   if raw == nil or not same(st, before) or st.day ~= before.day then
     kiln.kv.put(state_key(domain), kiln.json.encode(st))
   end
-  return M.answer(st, today)
+  local answer = M.answer(st, today)
+  -- "show": what an operator reads, today's counts too.
+  if ev.kind == "show" then answer.today = M.stats(domain, today) end
+  return answer
 end
 
 return M

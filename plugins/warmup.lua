@@ -16,7 +16,8 @@ local M = { hooks = {} }
 local cfg = kiln.settings("warmup", {
   curve = { type = "list", items = "number", default = { 200, 500, 1000, 2000, 5000, 10000 },
     doc = "the daily cap from an identity's first sending day on; after the last, doubling" },
-  identities = { type = "table", default = {},
+  identities = { type = "map", default = {},
+    values = { curve = { type = "list", items = "number" }, disabled = { type = "boolean" } },
     doc = "per domain or source IP: { curve = {...} } or { disabled = true }" },
   applies_to = { type = "list", items = "string", default = { "batch" },
     doc = "the trigger types (regular, trigger, batch) and scenarios (transactional, notification, marketing) the curve caps; others have only the reputation limit" },

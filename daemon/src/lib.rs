@@ -80,6 +80,7 @@
 //! | `ops::console::session` | console sign-in sessions, cookies, CSRF tokens |
 //! | `ops::console::pages` | the console's HTML |
 //! | `ops::console::chart` | line and bar charts as SVG |
+//! | `ops::domains` | `kiln domain`: a sender domain's reputation shown and set |
 //! | `ops::explain` | `kiln explain`: a message's whole story, in order |
 //! | `ops::queue_control` | the queue steered: summary, list, suspend, resume, bounce, retry-now |
 //! | `ops::scrape` | `GET /metrics` for Prometheus, to loopback and named networks |

@@ -74,6 +74,23 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// A sender domain's reputation: level, daily limit, today's counts.
+    Domain {
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Its level, daily limit (and whose quota), today's counts, owner.
+    Show { domain: String },
+    /// Put it at a level (1-20) now; the rules go on from there.
+    SetLevel { domain: String, level: i64 },
+    /// A daily limit of its own, instead of its level's (0: none).
+    SetQuota { domain: String, quota: i64 },
+    /// Forget its reputation: a new domain again.
+    Reset { domain: String },
 }
 
 #[derive(Subcommand)]
@@ -355,6 +372,34 @@ fn main() -> ExitCode {
                 );
                 ExitCode::from(1)
             }
+        },
+        Command::Domain { command } => match command {
+            DomainCommand::Show { domain } => admin(
+                &settings,
+                "GET",
+                &format!("/admin/domains/{}", encode_query(&domain)),
+            ),
+            DomainCommand::SetLevel { domain, level } => admin(
+                &settings,
+                "POST",
+                &format!(
+                    "/admin/domains/{}/set-level?level={level}",
+                    encode_query(&domain)
+                ),
+            ),
+            DomainCommand::SetQuota { domain, quota } => admin(
+                &settings,
+                "POST",
+                &format!(
+                    "/admin/domains/{}/set-quota?quota={quota}",
+                    encode_query(&domain)
+                ),
+            ),
+            DomainCommand::Reset { domain } => admin(
+                &settings,
+                "POST",
+                &format!("/admin/domains/{}/reset", encode_query(&domain)),
+            ),
         },
         Command::Auth { command } => match command {
             AuthCommand::Blocked => admin(&settings, "GET", "/admin/auth/blocked"),

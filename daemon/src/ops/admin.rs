@@ -40,6 +40,7 @@ pub fn routes(services: &Arc<Services>) -> Router<Arc<Services>> {
             axum::routing::post(account_change),
         )
         .merge(super::queue_control::routes())
+        .merge(super::domains::routes())
         .merge(super::explain::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             services.admin_token.clone(),

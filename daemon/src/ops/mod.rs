@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod console;
+pub mod domains;
 pub mod explain;
 pub mod queue_control;
 pub mod scrape;

@@ -47,7 +47,7 @@ fn store_error(e: impl std::fmt::Display) -> Response {
 
 /// Who asked: what the `kiln` command says (the user it runs as), and the
 /// client's address.
-fn who(headers: &HeaderMap, peer: SocketAddr) -> String {
+pub(super) fn who(headers: &HeaderMap, peer: SocketAddr) -> String {
     let named = headers
         .get("x-kiln-operator")
         .and_then(|v| v.to_str().ok())

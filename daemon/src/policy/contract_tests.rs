@@ -143,6 +143,32 @@ async fn plugin_settings_are_checked_at_load() {
             "config.warmup.applies_to: expected a list of strings, got string",
         ),
         ("reputation = 5", "config.reputation: expected a table"),
+        // Checked to the leaf: a level typed as a string, a misspelt key,
+        // a level out of the table, in a map of domains.
+        (
+            "reputation = { domains = { ['shop.example.com'] = { level = '8' } } }",
+            "config.reputation.domains[\"shop.example.com\"].level: expected an integer, got string",
+        ),
+        (
+            "reputation = { domains = { ['shop.example.com'] = { levl = 8 } } }",
+            "config.reputation.domains[\"shop.example.com\"].levl: no such setting (there are: level, min_level)",
+        ),
+        (
+            "reputation = { domains = { ['shop.example.com'] = { level = 25 } } }",
+            "level: expected an integer from 1 to 20, got 25",
+        ),
+        (
+            "reputation = { domains = { ['shop.example.com'] = 8 } }",
+            "config.reputation.domains[\"shop.example.com\"]: expected a table of settings, got integer",
+        ),
+        (
+            "egress = { domains = { ['news.example.com'] = 5 } }",
+            "config.egress.domains[\"news.example.com\"]: expected a string, got integer",
+        ),
+        (
+            "warmup = { identities = { ['a.test'] = { curve = { 'x' } } } }",
+            "config.warmup.identities[\"a.test\"].curve: expected a list of numbers",
+        ),
         (
             "limitz = { rate_per_second = 5 }",
             "config.limitz: no plugin has settings of that name",
@@ -170,6 +196,13 @@ async fn settings_table(host: &super::lua_host::LuaHost) -> String {
            for name, spec in pairs(schema) do
              local t = spec.type
              if spec.items then t = t .. ' of ' .. spec.items .. 's' end
+             if type(spec.values) == 'string' then t = t .. ' of ' .. spec.values .. 's' end
+             if type(spec.values) == 'table' then
+               local keys = {}
+               for k in pairs(spec.values) do keys[#keys + 1] = k end
+               table.sort(keys)
+               t = t .. ' of { ' .. table.concat(keys, ', ') .. ' }'
+             end
              local d = spec.default
              if type(d) == 'table' then
                local parts = {}

@@ -70,7 +70,7 @@ fn lua_err(e: impl std::fmt::Display) -> mlua::Error {
 
 impl LuaHost {
     pub fn new(settings: &PolicySettings, store: Store) -> Result<LuaHost, PolicyError> {
-        let load_err = |e: mlua::Error| PolicyError::Load(e.to_string());
+        let load_err = |e: mlua::Error| PolicyError::Load(load_message(&e));
         let lua = Lua::new_with(
             StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE,
             // Every hook call runs in a coroutine (scripts may wait on the
@@ -129,7 +129,7 @@ impl LuaHost {
         lua: &Lua,
         settings: &PolicySettings,
     ) -> Result<(Vec<Option<Function>>, HashMap<&'static str, Vec<String>>), PolicyError> {
-        let load_err = |e: mlua::Error| PolicyError::Load(e.to_string());
+        let load_err = |e: mlua::Error| PolicyError::Load(load_message(&e));
         let policy: Table = match std::fs::read_to_string(&settings.script) {
             Ok(source) => lua
                 .load(source)
@@ -370,6 +370,17 @@ impl LuaHost {
     }
 }
 
+/// What a script that did not load says: its first line (file, line and
+/// message), without mlua's wrapping or Lua's traceback.
+fn load_message(e: &mlua::Error) -> String {
+    let text = match e {
+        mlua::Error::CallbackError { cause, .. } => return load_message(cause),
+        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        other => other.to_string(),
+    };
+    first_line(text.strip_prefix("runtime error: ").unwrap_or(&text))
+}
+
 /// The error line with its file and line, without the traceback.
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or(text).trim().to_string()
@@ -379,7 +390,7 @@ fn first_line(text: &str) -> String {
 fn copy_hooks(from: &Table, to: &Table, origin: &str) -> Result<Vec<&'static str>, PolicyError> {
     let mut names = Vec::new();
     for pair in from.pairs::<String, Value>() {
-        let (name, value) = pair.map_err(|e| PolicyError::Load(e.to_string()))?;
+        let (name, value) = pair.map_err(|e| PolicyError::Load(load_message(&e)))?;
         let Some(known) = HOOKS.iter().find(|h| **h == name) else {
             return Err(PolicyError::Load(format!(
                 "{origin}: hooks: unknown hook {name:?} (hooks: {})",

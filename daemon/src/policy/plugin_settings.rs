@@ -7,7 +7,9 @@
 //!
 //! Types: `number`, `integer` (a number without a fraction: `1e9` is one),
 //! `string`, `boolean`, `list` (a sequence; `items` names its elements'
-//! type) and `table` (any table, such as a map of domains).
+//! type), `map` (string keys, such as domains, to `values`: a type's name,
+//! or a table of settings each with its own spec, checked to the leaf) and
+//! `table` (any table). A number may have a `min` and a `max`.
 
 use mlua::{Lua, Table, Value};
 
@@ -43,6 +45,104 @@ fn fits(value: &Value, kind: &str, items: Option<&str>) -> bool {
         }
         _ => false,
     }
+}
+
+/// Checks `value` against `spec` (`type`, `items`, `values`, `min`,
+/// `max`) to the leaf; the error names the path below `at`.
+fn check(value: &Value, spec: &Table, at: &str) -> Result<(), String> {
+    let kind: String = spec.get("type").map_err(|e| e.to_string())?;
+    let items: Option<String> = spec.get("items").map_err(|e| e.to_string())?;
+    if kind == "map" {
+        let Value::Table(t) = value else {
+            return Err(format!(
+                "{at}: expected a map (a table keyed by names), got {}",
+                type_name(value)
+            ));
+        };
+        let values: Value = spec.get("values").map_err(|e| e.to_string())?;
+        for pair in t.pairs::<Value, Value>() {
+            let (key, v) = pair.map_err(|e| e.to_string())?;
+            let Value::String(k) = &key else {
+                return Err(format!("{at}: keys are names, got {}", type_name(&key)));
+            };
+            let here = format!("{at}[{:?}]", k.to_string_lossy());
+            match &values {
+                Value::String(name) => {
+                    let name = name.to_string_lossy();
+                    if !fits(&v, &name, None) {
+                        return Err(format!(
+                            "{here}: expected {}, got {}",
+                            described(&name, None),
+                            type_name(&v)
+                        ));
+                    }
+                }
+                Value::Table(record) => check_record(&v, record, &here)?,
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
+    if !fits(value, &kind, items.as_deref()) {
+        return Err(format!(
+            "{at}: expected {}, got {}",
+            described(&kind, items.as_deref()),
+            type_name(value)
+        ));
+    }
+    let number = match value {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Number(n) => Some(*n),
+        _ => None,
+    };
+    if let Some(n) = number {
+        let min: Option<f64> = spec.get("min").map_err(|e| e.to_string())?;
+        let max: Option<f64> = spec.get("max").map_err(|e| e.to_string())?;
+        if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
+            let range = match (min, max) {
+                (Some(a), Some(b)) => format!("from {a} to {b}"),
+                (Some(a), None) => format!("at least {a}"),
+                (None, Some(b)) => format!("at most {b}"),
+                (None, None) => String::new(),
+            };
+            return Err(format!(
+                "{at}: expected {} {range}, got {n}",
+                described(&kind, None)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A table of settings against `record` (setting → spec): no key it does
+/// not declare, each value to its spec.
+fn check_record(value: &Value, record: &Table, at: &str) -> Result<(), String> {
+    let Value::Table(t) = value else {
+        return Err(format!(
+            "{at}: expected a table of settings, got {}",
+            type_name(value)
+        ));
+    };
+    let mut names: Vec<String> = record
+        .pairs::<String, Value>()
+        .filter_map(|p| p.ok().map(|(k, _)| k))
+        .collect();
+    names.sort();
+    for pair in t.pairs::<Value, Value>() {
+        let (key, v) = pair.map_err(|e| e.to_string())?;
+        let name = match &key {
+            Value::String(s) => s.to_string_lossy(),
+            other => format!("[{other:?}]"),
+        };
+        let Some(spec) = record.get::<Option<Table>>(name.as_str()).ok().flatten() else {
+            return Err(format!(
+                "{at}.{name}: no such setting (there are: {})",
+                names.join(", ")
+            ));
+        };
+        check(&v, &spec, &format!("{at}.{name}"))?;
+    }
+    Ok(())
 }
 
 fn described(kind: &str, items: Option<&str>) -> String {
@@ -96,18 +196,13 @@ pub fn install(lua: &Lua, kiln: &Table, script: String) -> mlua::Result<()> {
             let out = lua.create_table()?;
             for name in &names {
                 let spec: Table = schema.get(name.as_str())?;
-                let kind: String = spec.get("type")?;
-                let items: Option<String> = spec.get("items")?;
                 let value = match given.get::<Value>(name.as_str())? {
                     Value::Nil => spec.get::<Value>("default")?,
                     v => v,
                 };
-                if !value.is_nil() && !fits(&value, &kind, items.as_deref()) {
-                    return Err(mlua::Error::RuntimeError(format!(
-                        "{script}: config.{plugin}.{name}: expected {}, got {}",
-                        described(&kind, items.as_deref()),
-                        type_name(&value)
-                    )));
+                if !value.is_nil() {
+                    check(&value, &spec, &format!("{script}: config.{plugin}.{name}"))
+                        .map_err(mlua::Error::RuntimeError)?;
                 }
                 out.set(name.as_str(), value)?;
             }

@@ -141,6 +141,74 @@ async fn reputation_hook_counts_events_in_the_store() {
     );
 }
 
+/// What a bad policy once wrote (a level as a string) is no "no limit":
+/// the state is refused until an operator sets the domain again; an
+/// operator's level and quota hold, and a policy's floor holds a domain
+/// Kiln knows already.
+#[tokio::test]
+async fn reputation_state_is_repairable_and_never_fails_open() {
+    let f = Fixture::new();
+    let host = f.host("return {}");
+    let q = |kind: &str| json!({"domain": "shop.test", "account": "shop", "kind": kind, "count": 0, "now": NOW});
+    host.eval("kiln.kv.put('rep:shop.test:state', '{\"level\":\"eight\",\"day\":\"2026-11-22\"}')")
+        .await
+        .expect("damage");
+    let err = host
+        .call::<_, Value>("reputation", &q("query"))
+        .await
+        .expect_err("a damaged state is an error");
+    assert!(
+        err.to_string().contains("kiln domain reset shop.test"),
+        "{err}"
+    );
+    // check_limits refuses (its hook fails), never accepts without a limit.
+    let m = super::testing::message(&["a@dest.test"], "hi", "regular", NOW);
+    let refused = host.call::<_, Decision>("check_limits", &m).await;
+    assert!(refused.is_err(), "{refused:?}");
+    // An operator sets it: level 8, then a quota of its own.
+    let mut set = q("set");
+    set["level"] = json!(8);
+    let st: Value = host
+        .call("reputation", &set)
+        .await
+        .expect("set")
+        .expect("state");
+    assert_eq!(
+        (st["level"].clone(), st["daily_limit"].clone()),
+        (json!(8), json!(60000))
+    );
+    let mut quota = q("set");
+    quota["quota"] = json!(123456);
+    let st: Value = host
+        .call("reputation", &quota)
+        .await
+        .expect("set")
+        .expect("state");
+    assert_eq!(
+        (st["level"].clone(), st["daily_limit"].clone()),
+        (json!(8), json!(123456))
+    );
+    let sent = check_limits(&host, m).await;
+    assert!(!sent.is_reject() && !sent.is_defer(), "{sent:?}");
+    let mut bad = q("set");
+    bad["level"] = json!(21);
+    assert!(host.call::<_, Value>("reputation", &bad).await.is_err());
+    // A policy's floor for a domain Kiln knows.
+    let floored = f.host(
+        "return { config = { reputation = { domains = { ['shop.test'] = { min_level = 12 } } } } }",
+    );
+    let st: Value = floored
+        .call("reputation", &q("query"))
+        .await
+        .expect("q")
+        .expect("state");
+    assert_eq!(st["level"], 12, "{st}");
+    assert_eq!(
+        st["daily_limit"], 123456,
+        "the operator's quota still holds: {st}"
+    );
+}
+
 #[tokio::test]
 async fn warmup_curve_doubles_after_its_last_step() {
     let f = Fixture::new();

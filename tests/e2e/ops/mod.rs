@@ -3,6 +3,7 @@
 
 mod cli;
 mod console;
+mod domains;
 mod explain;
 mod metrics;
 mod queue;

@@ -1,0 +1,107 @@
+//! A sender domain's reputation as an operator sees and steers it: `kiln
+//! domain show | set-level | set-quota | reset`. The state is the
+//! `reputation` hook's (the policy keeps it); these ask the hook (kinds
+//! `show`, `set`, `forget`), and each change is logged with who asked.
+
+use crate::services::Services;
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub fn routes() -> axum::Router<Arc<Services>> {
+    axum::Router::new()
+        .route("/admin/domains/{domain}", get(show))
+        .route("/admin/domains/{domain}/{operation}", post(change))
+}
+
+/// What the hook says of `domain` now, with who owns it.
+pub async fn describe(s: &Services, domain: &str) -> Result<Value, String> {
+    let domain = crate::ses::identities::normalize_domain(domain)
+        .ok_or_else(|| format!("{domain:?} is not a domain name"))?;
+    let mut state = ask(s, &domain, json!({"kind": "show"})).await?;
+    let owner = s
+        .ses
+        .identity_of_domain(&domain)
+        .await
+        .map_err(|e| e.to_string())?;
+    state["domain"] = json!(domain);
+    state["owner"] = json!(owner.map(|i| i.account));
+    Ok(state)
+}
+
+/// Asks the `reputation` hook about `domain` (`event` gives the kind and
+/// what it needs).
+async fn ask(s: &Services, domain: &str, mut event: Value) -> Result<Value, String> {
+    event["domain"] = json!(domain);
+    event["account"] = json!("");
+    event["count"] = json!(0);
+    event["now"] = json!(s.store.now_ms());
+    match s.policy.call::<_, Value>("reputation", &event).await {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) if event["kind"] == "forget" => Ok(Value::Null),
+        Ok(None) => Err("the policy has no reputation hook".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn show(State(s): State<Arc<Services>>, Path(domain): Path<String>) -> Response {
+    match describe(&s, &domain).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => super::admin::error(StatusCode::BAD_REQUEST, "DomainUnreadable", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Change {
+    level: Option<i64>,
+    quota: Option<i64>,
+}
+
+async fn change(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((domain, operation)): Path<(String, String)>,
+    Query(q): Query<Change>,
+) -> Response {
+    let Some(domain) = crate::ses::identities::normalize_domain(&domain) else {
+        return super::admin::error(
+            StatusCode::BAD_REQUEST,
+            "InvalidDomain",
+            format!("{domain:?} is not a domain name"),
+        );
+    };
+    let event = match (operation.as_str(), q.level, q.quota) {
+        ("set-level", Some(level), _) => json!({"kind": "set", "level": level}),
+        ("set-quota", _, Some(quota)) => json!({"kind": "set", "quota": quota}),
+        ("reset", _, _) => json!({"kind": "forget"}),
+        _ => {
+            return super::admin::error(
+                StatusCode::BAD_REQUEST,
+                "InvalidOperation",
+                "set-level?level=N, set-quota?quota=N (0: none) or reset",
+            );
+        }
+    };
+    let by = super::queue_control::who(&headers, peer);
+    if let Err(e) = ask(&s, &domain, event).await {
+        return super::admin::error(StatusCode::BAD_REQUEST, "NotChanged", e);
+    }
+    tracing::info!(
+        target: "kiln::ops", %domain, %operation, level = ?q.level, quota = ?q.quota, %by,
+        "sender domain's reputation changed by an operator"
+    );
+    match describe(&s, &domain).await {
+        Ok(mut v) => {
+            v["changed_by"] = json!(by);
+            Json(v).into_response()
+        }
+        Err(e) => super::admin::error(StatusCode::INTERNAL_SERVER_ERROR, "DomainUnreadable", e),
+    }
+}
