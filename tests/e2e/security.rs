@@ -745,10 +745,12 @@ async fn raw_http(target: SocketAddr, request: &[u8]) -> serde_json::Value {
     }
 }
 
-/// A signed request that changes something is good once; a
-/// copy replayed within the timestamp window is refused, on both stores.
+/// A signed request that changes something is done once: a copy
+/// replayed within the timestamp window, or the SDK sending the same
+/// request twice within a second, gets the first one's answer (its
+/// MessageId) and nothing is sent twice, on both stores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_request_is_refused() {
+async fn a_repeated_request_is_done_once() {
     for backend in BOTH {
         let e = env(backend, |_| {}).await;
         let mut sdk = Sdk::start(e.kiln.http).await;
@@ -772,15 +774,35 @@ async fn a_replayed_request_is_refused() {
             "{}",
             String::from_utf8_lossy(&captured)
         );
-        // The same bytes again, as an attacker on the path would send them.
+        // The same bytes again, as an attacker on the path would send them
+        // (or an application retrying within the second): the first one's
+        // answer, and nothing sent twice.
         let again = raw_http(e.kiln.http, &captured).await;
         assert_eq!(
-            again["Response"]["Error"]["Code"], "AuthFailure.SignatureExpire",
+            again["Response"]["MessageId"], r["MessageId"],
             "{backend:?}: {again}"
         );
         assert!(e.sink.wait_count(1, Duration::from_secs(20)).await);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(e.sink.count(), 1, "{backend:?}: sent once");
+        // The SDK itself sends one request twice within a second (a double
+        // click): two answers, one MessageId, one message.
+        crate::clients::next_second().await;
+        let params = send_params("mail.acme.test", template, "twice@dest.test");
+        let (first, second) = (
+            sdk.ok(&acme, "SendEmail", params.clone()).await,
+            sdk.ok(&acme, "SendEmail", params).await,
+        );
+        assert_eq!(first["MessageId"], second["MessageId"], "{backend:?}");
+        assert!(e.sink.wait_count(2, Duration::from_secs(20)).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let twice = e
+            .sink
+            .messages()
+            .iter()
+            .filter(|m| m.rcpt_to == ["twice@dest.test"])
+            .count();
+        assert_eq!(twice, 1, "{backend:?}: {first} {second}");
         // Reads may repeat (clients poll them; a copy learns nothing new).
         let (proxy, sent) = recording_proxy(e.kiln.http).await;
         let mut through_proxy = Sdk::start(proxy).await;

@@ -175,8 +175,16 @@ pub async fn handle(
     let Some(signer) = signer else {
         return refused(ApiError::internal("a request over the limit was read"));
     };
-    let mut once = None;
-    let result = match authenticate(&s, signer, &uri, &headers, &body, &mut once).await {
+    let mut once = Once::Read;
+    let authenticated = authenticate(&s, signer, &uri, &headers, &body, &mut once).await;
+    // The same signed request again: the first one's answer, and nothing
+    // done twice.
+    if let (Ok(_), Once::Answered(first_id, answer)) = (&authenticated, &once) {
+        tracing::info!(%request_id, first = %first_id, "a signed request came again: answered as the first time");
+        count(&headers, "ok".into());
+        return envelope(first_id, Ok(answer.clone()));
+    }
+    let result = match authenticated {
         Ok((action, account)) => match Params::parse(&body) {
             Ok(params) => {
                 let call = Call {
@@ -203,11 +211,16 @@ pub async fn handle(
         tracing::info!(%request_id, code = %e.code, message = %e.message, "API request refused");
         // A refused request changed nothing: the same request may come
         // again (after the client fixed what was wrong).
-        if let Some(key) = once {
-            let give_back = [crate::store::BatchOp::Give { key, amount: 1 }];
-            if let Err(e) = s.store.batch(&give_back).await {
-                tracing::warn!(error = %e, "could not forget a refused request's signature");
-            }
+        if let Once::First(key) = &once
+            && let Err(e) = s.store.delete(key).await
+        {
+            tracing::warn!(error = %e, "could not forget a refused request's signature");
+        }
+    }
+    if let (Once::First(key), Ok(answer)) = (&once, &result) {
+        let kept = crate::store::encode(&json!({"request_id": request_id, "answer": answer}));
+        if let Err(e) = s.store.put(key, &kept, Some(replay_window())).await {
+            tracing::warn!(error = %e, "a request's answer was not kept for a repeat of it");
         }
     }
     let code = match &result {
@@ -292,16 +305,31 @@ async fn signer(s: &Services, headers: &HeaderMap) -> Result<Signer, ApiError> {
     })
 }
 
+/// What the store knows of a signed request that changes something.
+enum Once {
+    /// A read (Get, List): it may repeat.
+    Read,
+    /// The first time: the key its answer is kept under.
+    First(String),
+    /// It came before: the first one's request id and answer.
+    Answered(String, Value),
+}
+
+/// How long a signature's first answer is kept: a timestamp is accepted
+/// MAX_SKEW_SECS either side of now.
+fn replay_window() -> std::time::Duration {
+    std::time::Duration::from_secs(2 * tc3::MAX_SKEW_SECS as u64 + 60)
+}
+
 /// The action and the account name of a correctly signed request.
-/// `once` gets the store key that holds the request's signature as used,
-/// when it was recorded.
+/// `once` says whether it came before (see [`claim_signature`]).
 async fn authenticate(
     s: &Services,
     signer: Signer,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-    once: &mut Option<String>,
+    once: &mut Once,
 ) -> Result<(String, String), ApiError> {
     let Signer {
         action,
@@ -334,43 +362,59 @@ async fn authenticate(
             format!("the action {action:?} does not exist in SES {VERSION}"),
         ));
     }
-    *once = refuse_replay(s, &auth, &action).await?;
+    *once = claim_signature(s, &auth, &action).await?;
     Ok((action, account))
 }
 
-/// A signature is good for one request: a copy of a signed request that
-/// changes something (sends, creates, deletes ...) is refused while its
-/// timestamp is still accepted, on every node (the record is in the
-/// store); answers the record's key. A request refused for another reason
-/// gives its signature back. Reads (Get, List) may repeat: a copy learns
-/// nothing new, and clients poll them.
-///
-/// TC3 signs the timestamp to the second and has no nonce: the same
-/// request sent twice within a second is the same bytes, and the second
-/// is refused as a replay.
-async fn refuse_replay(
+/// A signature does something once: the first request that carries it is
+/// done and its answer kept (in the store, so every node knows it) while
+/// its timestamp is accepted; the same request again gets that answer,
+/// and nothing is done twice. TC3 signs to the second and has no nonce:
+/// an application that sends the same request twice within a second (a
+/// double click, a retry) sends the same bytes, and gets the first one's
+/// MessageId back, as from an idempotent call. A copy that comes while the
+/// first is still being done waits for its answer. A request refused for
+/// another reason gives its signature back. Reads (Get, List) may repeat.
+async fn claim_signature(
     s: &Services,
     auth: &tc3::Authorization,
     action: &str,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Once, ApiError> {
+    /// How long a copy waits for the first request's answer.
+    const WAIT_FOR_FIRST: std::time::Duration = std::time::Duration::from_secs(10);
     if action.starts_with("Get") || action.starts_with("List") {
-        return Ok(None);
+        return Ok(Once::Read);
     }
-    // Long enough to cover a timestamp MAX_SKEW_SECS either side of now.
-    let window = std::time::Duration::from_secs(2 * tc3::MAX_SKEW_SECS as u64 + 60);
     let key = format!("api-signature:{}:{}", auth.secret_id, auth.signature);
-    let seen = s
-        .store
-        .incr(&key, 1, window)
+    if s.store
+        .put_if_absent(&key, b"pending")
         .await
-        .map_err(ApiError::internal)?;
-    if seen > 1 {
-        tracing::warn!(secret_id = %auth.secret_id, %action, "replayed API request refused");
-        // Not given back: the first one holds it.
-        return Err(ApiError::new(
-            "AuthFailure.SignatureExpire",
-            "this signed request was already received; a signature is good for one request (sign each request anew)",
-        ));
+        .map_err(ApiError::internal)?
+    {
+        s.store
+            .put(&key, b"pending", Some(replay_window()))
+            .await
+            .map_err(ApiError::internal)?;
+        return Ok(Once::First(key));
     }
-    Ok(Some(key))
+    let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
+    loop {
+        match s.store.get(&key).await.map_err(ApiError::internal)? {
+            Some(kept) if kept != b"pending" => {
+                let v: Value = serde_json::from_slice(&kept).map_err(ApiError::internal)?;
+                let id = v["request_id"].as_str().unwrap_or_default().to_string();
+                return Ok(Once::Answered(id, v["answer"].clone()));
+            }
+            // The first was refused meanwhile (its signature given back):
+            // this one is the first now.
+            None => return Box::pin(claim_signature(s, auth, action)).await,
+            Some(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(ApiError::new(
+                    "FailedOperation.ServiceNotAvailable",
+                    "the same signed request is still being done; ask again shortly for its answer",
+                ));
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
 }
