@@ -12,7 +12,8 @@ use std::process::ExitCode;
     about = "Kiln: a self-hosted email sending service"
 )]
 struct Cli {
-    /// TOML configuration file (defaults apply without one).
+    /// TOML configuration file; without it, `KILN_CONFIG`, then
+    /// /etc/kiln/kiln.toml if it exists, then the defaults.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -208,8 +209,40 @@ fn init_logging(settings: &Settings) -> tracing_appender::non_blocking::WorkerGu
     guard
 }
 
+/// Where the settings come from, as the daemon and every subcommand find
+/// them: `--config`, then `KILN_CONFIG`, then /etc/kiln/kiln.toml if it
+/// exists, then none (the defaults).
+fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
+    given
+        .or_else(|| {
+            std::env::var_os("KILN_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| {
+            let system = PathBuf::from(SYSTEM_CONFIG);
+            system.is_file().then_some(system)
+        })
+}
+
+/// Which settings this run uses (said when the daemon cannot be asked).
+static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The configuration file a packaged install keeps.
+const SYSTEM_CONFIG: &str = "/etc/kiln/kiln.toml";
+
+/// Which settings a subcommand used, for its error messages.
+fn settings_source(file: Option<&std::path::Path>) -> String {
+    match file {
+        Some(f) => format!("settings from {}", f.display()),
+        None => "default settings: no --config, KILN_CONFIG or /etc/kiln/kiln.toml".into(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.config = config_file(cli.config.take());
+    let _ = SOURCE.set(settings_source(cli.config.as_deref()));
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -515,9 +548,15 @@ fn call_admin(settings: &Settings, method: &str, path: &str) -> Result<(bool, St
     }
     let url = format!("http://{addr}{path}");
     let data_dir = &settings.server.data_dir;
+    let source = SOURCE.get().map(String::as_str).unwrap_or_default();
     let token = kiln::ops::admin_auth::read_token(data_dir).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            "run kiln as the daemon's user"
+        } else {
+            "is this the daemon's data directory? give its config with --config or KILN_CONFIG"
+        };
         format!(
-            "cannot read the admin token {}: {e} (run kiln as the daemon's user)",
+            "cannot read the admin token {}: {e} ({source}; {hint})",
             kiln::ops::admin_auth::token_path(data_dir).display(),
         )
     })?;
@@ -538,7 +577,11 @@ fn call_admin(settings: &Settings, method: &str, path: &str) -> Result<(bool, St
                     .header("X-Kiln-Operator", operator())
                     .send()
                     .await
-                    .map_err(|e| format!("cannot reach the daemon at {url}: {e}"))?;
+                    .map_err(|e| {
+                        format!(
+                            "cannot reach the daemon at {url} ({source}; is it running, and listening there? give its config with --config or KILN_CONFIG): {e}"
+                        )
+                    })?;
                 let ok = resp.status().is_success();
                 let body = resp.text().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((ok, body))

@@ -283,9 +283,14 @@ pub async fn start(
         config_path: config_path.clone(),
         tracking_limiter: Default::default(),
         egress: delivery.clone(),
-        admin_token: Arc::from(
-            crate::ops::admin_auth::ensure_token(&settings.server.data_dir)
-                .context("making the admin token in the data directory")?,
+        admin_tokens: Arc::new(
+            crate::ops::admin_auth::OperatorTokens::new(
+                crate::ops::admin_auth::ensure_token(&settings.server.data_dir)
+                    .context("making the admin token in the data directory")?,
+                store.clone(),
+            )
+            .await
+            .context("filing the operator token in the store")?,
         ),
     });
     let callbacks_stop = CancellationToken::new();

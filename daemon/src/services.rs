@@ -46,7 +46,7 @@ pub struct Services {
     /// Tracking and unsubscribe requests per client address.
     pub tracking_limiter: RateLimiter,
     /// The operator token every admin request shows.
-    pub admin_token: Arc<str>,
+    pub admin_tokens: Arc<crate::ops::admin_auth::OperatorTokens>,
     /// Egress as the operator sees it (shaping state per provider and
     /// source), without the stages importing egress.
     pub egress: Arc<dyn EgressView>,

@@ -43,7 +43,7 @@ pub fn routes(services: &Arc<Services>) -> Router<Arc<Services>> {
         .merge(super::domains::routes())
         .merge(super::explain::routes())
         .route_layer(axum::middleware::from_fn_with_state(
-            services.admin_token.clone(),
+            services.admin_tokens.clone(),
             super::admin_auth::guard,
         ))
 }

@@ -1,9 +1,11 @@
 //! Who may use the admin endpoints: a process on this host (loopback) that
-//! also shows the operator token. The token is made at first start in the
-//! data directory, readable by the daemon's user only (0600); the `kiln`
-//! subcommands read it from there (run them as that user). Loopback alone
-//! is no fence: any local process, or a reverse proxy on this host,
-//! connects from there.
+//! also shows an operator token. Each node makes its token at first start
+//! in its data directory, readable by the daemon's user only (0600); the
+//! `kiln` subcommands read it from there (run them as that user). Nodes
+//! that share a store accept each other's tokens: each files a hash of its
+//! own there (the store keeps no token itself), so the token of node A
+//! works on node B. Loopback alone is no fence: any local process, or a
+//! reverse proxy on this host, connects from there.
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
@@ -60,6 +62,80 @@ pub fn read_token(data_dir: &Path) -> std::io::Result<String> {
     Ok(token.to_string())
 }
 
+/// Where nodes sharing a store file their tokens' hashes.
+const CLUSTER_TOKENS: &str = "operator-tokens";
+
+/// The operator tokens this node accepts: its own, and those of the other
+/// nodes on its store (by hash, looked up at most once a second).
+pub struct OperatorTokens {
+    local: Arc<str>,
+    store: crate::store::Store,
+    known: std::sync::Mutex<(Option<std::time::Instant>, Vec<String>)>,
+}
+
+fn hash(token: &str) -> String {
+    crate::ops::console::fingerprint(&["operator token", token])
+}
+
+impl OperatorTokens {
+    /// This node's token, filed (as a hash) for the nodes on `store`.
+    pub async fn new(
+        local: String,
+        store: crate::store::Store,
+    ) -> crate::store::Result<OperatorTokens> {
+        store.set_add(CLUSTER_TOKENS, &hash(&local), None).await?;
+        Ok(OperatorTokens {
+            local: Arc::from(local),
+            store,
+            known: std::sync::Mutex::new((None, Vec::new())),
+        })
+    }
+
+    /// This node's own token.
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+
+    /// Whether `shown` is an operator token of this node or of another
+    /// node on the same store.
+    pub async fn accepts(&self, shown: &str) -> bool {
+        use crate::ses::config_accounts::constant_time_eq;
+        if constant_time_eq(shown.as_bytes(), self.local.as_bytes()) {
+            return true;
+        }
+        self.accepts_hash(&hash(shown)).await
+    }
+
+    /// Whether a token whose hash is `h` is accepted (see [`hash`]): what a
+    /// console session keeps of the token it was opened with.
+    pub async fn accepts_hash(&self, h: &str) -> bool {
+        let fresh = {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.1.iter().any(|k| k == h) {
+                return true;
+            }
+            known
+                .0
+                .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1))
+        };
+        if fresh {
+            return false;
+        }
+        let Ok(members) = self.store.set_members(CLUSTER_TOKENS).await else {
+            return false;
+        };
+        let found = members.iter().any(|k| k == h);
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Some(std::time::Instant::now()), members);
+        found
+    }
+
+    /// The hash a session keeps of the token shown at sign-in.
+    pub fn hash_of(shown: &str) -> String {
+        hash(shown)
+    }
+}
+
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     super::admin::error(status, code, message)
 }
@@ -67,7 +143,7 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
 /// Lets a request through to an admin endpoint only from loopback with
 /// `Authorization: Bearer <token>`.
 pub async fn guard(
-    State(token): State<Arc<str>>,
+    State(tokens): State<Arc<OperatorTokens>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
@@ -85,13 +161,13 @@ pub async fn guard(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match shown {
-        Some(t)
-            if crate::ses::config_accounts::constant_time_eq(t.as_bytes(), token.as_bytes()) =>
-        {
-            next.run(request).await
-        }
-        _ => {
+    let accepted = match shown {
+        Some(t) => tokens.accepts(t).await,
+        None => false,
+    };
+    match accepted {
+        true => next.run(request).await,
+        false => {
             tracing::warn!(%peer, path = %request.uri().path(), "admin request without the operator token refused");
             refuse(
                 StatusCode::UNAUTHORIZED,

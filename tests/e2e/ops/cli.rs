@@ -1,4 +1,5 @@
-//! The `kiln` command line: check-config names every problem.
+//! The `kiln` command line: check-config names every problem; the
+//! subcommands find their daemon.
 
 use crate::harness::binary;
 use std::path::Path;
@@ -75,4 +76,58 @@ fn check_config_loads_the_policy_scripts() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("policy.time_zone"));
+}
+
+/// The `kiln` subcommands find the daemon as the daemon finds its
+/// settings: with the daemon on other ports and the operator in another
+/// directory, `KILN_CONFIG` is enough; without it the error says which
+/// settings were used and what to give. Two nodes on one Redis accept
+/// each other's operator tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_finds_its_daemon() {
+    let e = crate::harness::env(crate::harness::Backend::Redis, |_| {}).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |env: Option<&Path>| {
+        let mut c = Command::new(binary());
+        c.args(["account", "create", "from-elsewhere"])
+            .current_dir(elsewhere.path())
+            .env_remove("KILN_CONFIG");
+        if let Some(config) = env {
+            c.env("KILN_CONFIG", config);
+        }
+        c.output().unwrap()
+    };
+    let lost = run(None);
+    assert!(!lost.status.success());
+    let said = String::from_utf8_lossy(&lost.stderr);
+    assert!(
+        said.contains("default settings: no --config, KILN_CONFIG or /etc/kiln/kiln.toml")
+            && said.contains("--config or KILN_CONFIG"),
+        "{said}"
+    );
+    let found = run(Some(&e.kiln.config));
+    assert!(
+        found.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&found.stdout),
+        String::from_utf8_lossy(&found.stderr)
+    );
+    // A second node on the same Redis takes the first one's token.
+    let b = crate::harness::second_node(&e, |_| {});
+    let a_token = e.kiln.admin_token();
+    assert_ne!(a_token, b.admin_token(), "each node has a token of its own");
+    let asked = reqwest::Client::new()
+        .get(format!("http://{}/admin/policy", b.http))
+        .bearer_auth(&a_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(asked.status().is_success(), "{:?}", asked.text().await);
+    let wrong = reqwest::Client::new()
+        .get(format!("http://{}/admin/policy", b.http))
+        .bearer_auth(format!("{a_token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
 }

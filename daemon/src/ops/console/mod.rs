@@ -14,6 +14,8 @@ pub mod chart;
 mod pages;
 mod session;
 
+pub use session::fingerprint;
+
 use crate::services::Services;
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, Query, State};
@@ -92,7 +94,7 @@ async fn home(
         return page(StatusCode::OK, pages::sign_in(None));
     };
     let html = match &session.who {
-        Who::Operator => operator_page(&s, &session, &q).await,
+        Who::Operator(_) => operator_page(&s, &session, &q).await,
         Who::Account(name) => account_page(&s, &session, name).await,
     };
     page(StatusCode::OK, html)
@@ -137,7 +139,6 @@ async fn login(
     Form(f): Form<LoginForm>,
 ) -> Response {
     use crate::intake::smtp::auth_throttle;
-    use crate::ses::config_accounts::constant_time_eq;
     if !same_origin(&headers) {
         tracing::warn!(target: "kiln::ops", peer = %peer.ip(), "console sign-in from another site refused");
         return page(
@@ -172,8 +173,11 @@ async fn login(
         }
     }
     let who = if !f.token.is_empty() {
-        constant_time_eq(f.token.trim().as_bytes(), s.admin_token.as_bytes())
-            .then_some(Who::Operator)
+        s.admin_tokens.accepts(f.token.trim()).await.then(|| {
+            Who::Operator(crate::ops::admin_auth::OperatorTokens::hash_of(
+                f.token.trim(),
+            ))
+        })
     } else if !f.secret_id.is_empty() {
         account_for(&s, f.secret_id.trim(), f.secret_key.trim())
             .await
@@ -220,7 +224,11 @@ async fn login(
 /// it may not sign in at all (an account gone or disabled).
 async fn grant_of(s: &Services, who: &Who) -> Option<String> {
     match who {
-        Who::Operator => Some(session::fingerprint(&["operator", &s.admin_token])),
+        Who::Operator(token) => s
+            .admin_tokens
+            .accepts_hash(token)
+            .await
+            .then(|| session::fingerprint(&["operator", token])),
         Who::Account(name) => {
             if let Some(a) = s.settings.accounts.iter().find(|a| a.name == *name) {
                 let (id, key) = (a.secret_id.as_deref()?, a.secret_key.as_deref()?);
@@ -300,7 +308,7 @@ async fn queue_action(
     let Some((_, session)) = signed_in(&s, &headers).await else {
         return redirect("/console", None);
     };
-    if session.who != Who::Operator {
+    if !matches!(session.who, Who::Operator(_)) {
         return page(
             StatusCode::FORBIDDEN,
             pages::message("Only the operator steers the queue."),

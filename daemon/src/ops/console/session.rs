@@ -21,7 +21,8 @@ pub const TTL: Duration = Duration::from_secs(8 * 3600);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "name", rename_all = "lowercase")]
 pub enum Who {
-    Operator,
+    /// The operator, with a hash of the token shown at sign-in.
+    Operator(String),
     Account(String),
 }
 
