@@ -1,5 +1,7 @@
--- Template review (hook content_filter, for templates; messages pass).
--- Rules, each reported (all reasons, not just the first):
+-- Template review (hook content_filter), and banned words in every
+-- message (its subject, decoded text and HTML's text, whichever way it
+-- came: SMTP, SendEmail, a batch task). Template rules, each reported
+-- (all reasons, not just the first):
 --   minimum words by template type: marketing 150; notification,
 --   transactional and test 50; trigger none;
 --   variables ({{name}}) at most 1 per 5 words of text, and not only variables;
@@ -18,14 +20,14 @@ local cfg = kiln.settings("content_filter", {
   max_variable_ratio = { type = "number", default = 0.2,
     doc = "the most variables per word of text" },
   banned_words = { type = "list", items = "string", default = {},
-    doc = "words a template may not contain (any case)" },
+    doc = "words a template or a message (subject, text, HTML) may not contain (any case)" },
   flag_url_hosts = { type = "list", items = "string", default = {},
     doc = "link hosts that make a template fail review" },
 })
 
--- Kiln calls this plugin's hook for templates only (a hook of your own in
--- policy.lua sees messages too).
-M.only = { content_filter = { "template" } }
+-- Kiln calls this plugin's hook for templates, and for messages when
+-- there are banned words to look for (a hook of your own in policy.lua
+-- sees every message).
 
 M.MIN_WORDS = cfg.min_words
 M.MAX_IMAGES = cfg.max_images
@@ -34,6 +36,8 @@ M.BANNED = {}
 for _, w in ipairs(cfg.banned_words) do M.BANNED[#M.BANNED + 1] = string.lower(w) end
 M.FLAG_HOSTS = {}
 for _, h in ipairs(cfg.flag_url_hosts) do M.FLAG_HOSTS[string.lower(h)] = true end
+M.only = { content_filter = { "template" } }
+if #M.BANNED > 0 then M.only.content_filter[2] = "message" end
 
 -- Visible text of HTML: tags, comments, scripts and styles removed,
 -- entities decoded. Read by Kiln in one pass: Lua patterns over markup
@@ -89,7 +93,29 @@ function M.review(t)
   return reasons
 end
 
+-- The banned words a message holds (subject, text, the text of its HTML).
+function M.banned_in_message(msg)
+  local body = msg.body
+  local text = msg.subject or ""
+  if body then
+    text = text .. "\n" .. (body:text() or "") .. "\n" .. kiln.html_text(body:html() or "")
+  end
+  local lower, found = string.lower(text), {}
+  for _, w in ipairs(M.BANNED) do
+    if lower:find(w, 1, true) then found[#found + 1] = w end
+  end
+  return found
+end
+
 function M.hooks.content_filter(item)
+  if item.kind == "message" then
+    local found = M.banned_in_message(item)
+    if #found == 0 then return nil end
+    return { action = "reject", reasons = { "banned word: " .. table.concat(found, ", ") },
+      code = "InvalidParameterValue.EmailContentIsWrong",
+      message = "the message contains a banned word: " .. table.concat(found, ", "),
+      smtp = "554 5.7.1 Message refused: it contains a banned word" }
+  end
   if item.kind ~= "template" then return nil end
   local reasons = M.review(item)
   if #reasons == 0 then return { action = "accept" } end

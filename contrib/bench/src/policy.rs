@@ -123,6 +123,7 @@ async fn run(args: &Args, script: &str, redis: Option<&RedisServer>) {
         max_memory_mb: defaults.max_memory_mb,
         timeout: defaults.timeout,
         max_input_kb: defaults.max_input_kb,
+        max_body_kb: defaults.max_body_kb,
     };
     let policy = Arc::new(Policy::load(settings, store.clone()).expect("policy loads"));
     let body = message("bench@shop.test", "rcpt@sink.test", "bench", 2048);

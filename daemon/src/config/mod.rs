@@ -209,6 +209,9 @@ pub struct PolicyConfig {
     /// The most text (KB) one hook call is handed (a template under
     /// review: its HTML and text).
     pub max_input_kb: usize,
+    /// The most of a message's decoded text, and of its HTML, that
+    /// `content_filter` reads (`msg.body`), in KB.
+    pub max_body_kb: usize,
 }
 
 impl Default for PolicyConfig {
@@ -224,6 +227,7 @@ impl Default for PolicyConfig {
             timeout: Duration::from_secs(2),
             max_memory_mb: 64,
             max_input_kb: 4096,
+            max_body_kb: 1024,
         }
     }
 }
@@ -241,6 +245,7 @@ impl PolicyConfig {
             max_memory_mb: self.max_memory_mb,
             timeout: self.timeout,
             max_input_kb: self.max_input_kb,
+            max_body_kb: self.max_body_kb,
         })
     }
 }

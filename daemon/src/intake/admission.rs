@@ -8,7 +8,7 @@ pub use crate::intake::submission::Submission;
 use crate::message::{decode_subject, first_values, header_block};
 use crate::net::domain_of;
 use crate::policy::Policy;
-use crate::policy::decisions::{Action, Decision, Egress, HeaderView, MessageInfo};
+use crate::policy::decisions::{Action, Decision, Egress, MessageInfo, MessageView};
 use crate::services::Services;
 use crate::store::{IntakeStep, NewMessage};
 use std::borrow::Cow;
@@ -137,7 +137,14 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
             .map(|v| String::from_utf8_lossy(&v).to_ascii_lowercase())
             .unwrap_or_default(),
         now: s.now,
-        headers: HeaderView(Arc::from(block)),
+        headers: MessageView {
+            headers: Arc::from(block),
+            // The body, for a content filter of messages only.
+            message: policy
+                .has_hook_for("content_filter", "message")
+                .then(|| Arc::from(&s.message[..])),
+            max_body: policy.max_body(),
+        },
     };
     let mut story = Vec::new();
     match policy

@@ -130,10 +130,23 @@ macro_rules! hook_arg {
             }
         }
     };
-    (kept $t:ty { $($f:ident),* $(,)? } userdata { $u:ident }) => {
+    (kept $t:ty { $($f:ident),* $(,)? } userdata { $u:ident as [$($alias:ident),+] }) => {
         impl HookArg for $t {
             fn to_lua(&self, lua: &mlua::Lua) -> mlua::Result<mlua::Value> {
-                hook_arg!(@fresh self, lua, { $($f),* } { $u })
+                use super::lua_raw::{FieldName, RawPush};
+                // One object under each of its names.
+                let shared = mlua::Value::UserData(lua.create_userdata(self.$u.clone())?);
+                super::lua_raw::table(
+                    lua,
+                    &[$((
+                        const { FieldName::new(concat!(stringify!($f), "\0")) },
+                        &self.$f as &dyn RawPush,
+                    )),*],
+                    vec![$((
+                        const { FieldName::new(concat!(stringify!($alias), "\0")) },
+                        shared.clone(),
+                    )),+],
+                )
             }
 
             fn input_bytes(&self) -> usize {
@@ -146,7 +159,7 @@ macro_rules! hook_arg {
                 slot: &mut Option<super::lua_raw::ArgSlot>,
             ) -> mlua::Result<mlua::Value> {
                 use super::lua_raw::{ArgSlot, FieldName, RawPush};
-                const EXTRA: FieldName = FieldName::new(concat!(stringify!($u), "\0"));
+                const EXTRA: &[FieldName] = &[$(FieldName::new(concat!(stringify!($alias), "\0"))),+];
                 if let Some(kept) = slot.as_ref() {
                     if let Some(ud) = &kept.userdata {
                         set_userdata(ud, &self.$u)?;
@@ -155,13 +168,15 @@ macro_rules! hook_arg {
                         const { FieldName::new(concat!(stringify!($f), "\0")) },
                         &self.$f as &dyn RawPush,
                     )),*];
-                    if let Some(value) = super::lua_raw::refill(lua, kept, fields, Some(&EXTRA))? {
+                    if let Some(value) = super::lua_raw::refill(lua, kept, fields, EXTRA)? {
                         return Ok(value);
                     }
                 }
                 let value = self.to_lua(lua)?;
                 if let mlua::Value::Table(table) = &value {
-                    let userdata = Some(table.raw_get::<mlua::AnyUserData>(stringify!($u))?);
+                    let userdata = Some(table.raw_get::<mlua::AnyUserData>(
+                        EXTRA.first().map_or("", FieldName::as_str),
+                    )?);
                     *slot = Some(ArgSlot { table: table.clone(), userdata });
                 }
                 Ok(value)
@@ -295,7 +310,7 @@ hook_arg!(kept MessageInfo<'_> {
     trigger_type,
     scenario,
     now
-} userdata { headers });
+} userdata { headers as [headers, body] });
 hook_arg!(ReputationEvent {
     domain,
     account,
@@ -346,27 +361,111 @@ pub struct TransactionInfo {
     pub recipients: Vec<String>,
 }
 
-/// The header block of a message, read on demand from Lua:
-/// `msg.headers:get("List-Id")` (first value or nil) and
-/// `msg.headers:all("Received")` (every value). Values are unfolded.
-#[derive(Debug, Clone)]
-pub struct HeaderView(pub std::sync::Arc<[u8]>);
+/// A message as a hook reads it, on demand, as `msg.headers` and
+/// `msg.body` (one object): `msg.headers:get("List-Id")` (first value or
+/// nil), `msg.headers:all("Received")` (every value; values unfolded);
+/// `msg.body:text()` and `msg.body:html()` (the decoded text and HTML
+/// parts, each at most `policy.max_body_kb`), `msg.body:attachments()`
+/// (`{ name, type, size }` each). The body is decoded only when asked,
+/// and is there only for a hook that sees messages' content
+/// (`content_filter`); elsewhere the body methods answer nothing.
+#[derive(Debug, Clone, Default)]
+pub struct MessageView {
+    /// The header block.
+    pub headers: std::sync::Arc<[u8]>,
+    /// The whole message, when the body is the hook's to read.
+    pub message: Option<std::sync::Arc<[u8]>>,
+    /// The most of each decoded body a hook gets, in bytes.
+    pub max_body: usize,
+}
 
-impl HeaderView {
+impl MessageView {
+    /// A view of the header block only.
+    pub fn headers(block: &[u8]) -> MessageView {
+        MessageView {
+            headers: std::sync::Arc::from(block),
+            message: None,
+            max_body: 0,
+        }
+    }
+
     fn input_bytes(&self) -> usize {
-        self.0.len()
+        self.headers.len()
+    }
+
+    fn parsed(&self) -> Option<mail_parser::Message<'_>> {
+        mail_parser::MessageParser::default().parse(self.message.as_deref()?)
     }
 }
 
-impl mlua::UserData for HeaderView {
+/// `parts`' decoded text, joined, at most `max` bytes (cut at a character).
+fn bounded_text<'a>(
+    parts: impl Iterator<Item = &'a mail_parser::MessagePart<'a>>,
+    max: usize,
+) -> String {
+    let mut out = String::new();
+    for part in parts {
+        if let Some(text) = part.text_contents() {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(text);
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    if out.len() > max {
+        let mut cut = max;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+impl mlua::UserData for MessageView {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("get", |_, this, name: String| {
-            Ok(crate::message::header_values(&this.0, &name)
+            Ok(crate::message::header_values(&this.headers, &name)
                 .into_iter()
                 .next())
         });
         methods.add_method("all", |_, this, name: String| {
-            Ok(crate::message::header_values(&this.0, &name))
+            Ok(crate::message::header_values(&this.headers, &name))
+        });
+        methods.add_method("text", |_, this, ()| {
+            Ok(this.parsed().map(|m| {
+                let parts = m.text_body.iter().filter_map(|i| m.parts.get(*i as usize));
+                let plain = parts.filter(|p| !p.is_text_html());
+                bounded_text(plain, this.max_body)
+            }))
+        });
+        methods.add_method("html", |_, this, ()| {
+            Ok(this.parsed().map(|m| {
+                let parts = m.html_body.iter().filter_map(|i| m.parts.get(*i as usize));
+                let html = parts.filter(|p| p.is_text_html());
+                bounded_text(html, this.max_body)
+            }))
+        });
+        methods.add_method("attachments", |lua, this, ()| {
+            use mail_parser::MimeHeaders;
+            let list = lua.create_table()?;
+            if let Some(m) = this.parsed() {
+                for a in m.attachments() {
+                    let t = lua.create_table()?;
+                    t.set("name", a.attachment_name().unwrap_or_default())?;
+                    let kind = a.content_type().map(|c| match c.subtype() {
+                        Some(sub) => format!("{}/{sub}", c.ctype()),
+                        None => c.ctype().to_string(),
+                    });
+                    t.set("type", kind.unwrap_or_default())?;
+                    t.set("size", a.len())?;
+                    list.push(t)?;
+                }
+            }
+            Ok(list)
         });
     }
 }
@@ -390,7 +489,8 @@ pub struct MessageInfo<'a> {
     /// template or the X-Kiln-Scenario header), or "".
     pub scenario: String,
     pub now: i64,
-    pub headers: HeaderView,
+    /// `msg.headers` and `msg.body`.
+    pub headers: MessageView,
 }
 
 /// `reputation(event)`: one delivery outcome or engagement event, or a

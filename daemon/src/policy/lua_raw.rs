@@ -166,6 +166,11 @@ impl FieldName {
         );
         FieldName(name)
     }
+
+    /// The name without its NUL.
+    pub fn as_str(&self) -> &'static str {
+        &self.0[..self.0.len() - 1]
+    }
 }
 
 /// A new table with `fields` (pushed as plain values) and `extra` (values
@@ -205,7 +210,7 @@ pub struct ArgSlot {
 }
 
 /// Refills `slot`'s table with `fields` and `slot`'s userdata (already
-/// updated by the caller) under the name `extra`, and answers it; or
+/// updated by the caller) under each name of `extra`, and answers it; or
 /// answers None, changing nothing, when a script has changed the table in a
 /// way a refill would not undo (a key added or removed, a metatable), so
 /// that the caller makes a new one.
@@ -217,9 +222,9 @@ pub fn refill(
     lua: &Lua,
     slot: &ArgSlot,
     fields: &[(FieldName, &dyn RawPush)],
-    extra: Option<&FieldName>,
+    extra: &[FieldName],
 ) -> mlua::Result<Option<Value>> {
-    let expected = fields.len() + usize::from(extra.is_some());
+    let expected = fields.len() + extra.len();
     // SAFETY: only the C API on the state exec_raw hands over; the table is
     // its argument 1 and the userdata (or nil) argument 2. Nothing on the
     // Rust side is allocated inside.
@@ -234,7 +239,7 @@ pub fn refill(
             for (name, value) in fields {
                 value.set_field(state, 1, name);
             }
-            if let Some(name) = extra {
+            for name in extra {
                 ffi::lua_pushstring(state, name.0.as_ptr().cast());
                 ffi::lua_pushvalue(state, 2);
                 ffi::lua_rawset(state, 1);

@@ -108,6 +108,9 @@ pub struct PolicySettings {
     pub timeout: Duration,
     /// The most text (KB) a hook's argument may carry.
     pub max_input_kb: usize,
+    /// The most of a message's decoded text, or of its HTML, a hook reads
+    /// (`msg.body`), in KB.
+    pub max_body_kb: usize,
 }
 
 /// One loaded version of the policy.
@@ -412,6 +415,16 @@ pub struct Current<'a> {
 impl Current<'_> {
     pub fn has_hook(&self, hook: &str) -> bool {
         self.engine.wants(hook, None)
+    }
+
+    /// Whether `hook` is defined for an item of `kind`.
+    pub fn has_hook_for(&self, hook: &str, kind: &str) -> bool {
+        self.engine.wants(hook, Some(kind))
+    }
+
+    /// The most of a message's decoded body a hook reads, in bytes.
+    pub fn max_body(&self) -> usize {
+        self.policy.settings.max_body_kb.saturating_mul(1024)
     }
 
     pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>

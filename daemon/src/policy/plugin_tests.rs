@@ -451,12 +451,28 @@ async fn template_review_reports_every_reason() {
         d.reasons.iter().any(|r| r.contains("too few words")),
         "{d:?}"
     );
-    // Messages are not templates: the default plugin leaves them alone.
+    // A message is checked for the banned words only.
     let none: Option<Decision> = host
-        .call("content_filter", &json!({"kind": "message"}))
+        .call(
+            "content_filter",
+            &json!({"kind": "message", "subject": "hello"}),
+        )
         .await
         .expect("call");
     assert!(none.is_none());
+    let banned: Decision = host
+        .call(
+            "content_filter",
+            &json!({"kind": "message", "subject": "FREE MONEY inside"}),
+        )
+        .await
+        .expect("call")
+        .expect("a verdict");
+    assert!(banned.is_reject(), "{banned:?}");
+    assert_eq!(
+        banned.code.as_deref(),
+        Some("InvalidParameterValue.EmailContentIsWrong")
+    );
 }
 
 #[tokio::test]

@@ -68,6 +68,7 @@ impl Fixture {
             max_memory_mb: 16,
             timeout: Duration::from_secs(2),
             max_input_kb: 4096,
+            max_body_kb: 1024,
         }
     }
 
@@ -95,9 +96,9 @@ pub(crate) fn message(
         trigger_type: trigger,
         scenario: String::new(),
         now,
-        headers: super::decisions::HeaderView(std::sync::Arc::from(
-            &b"Subject: hi\r\nX-Campaign: spring\r\n sale\r\nReceived: a\r\nReceived: b\r\n"[..],
-        )),
+        headers: super::decisions::MessageView::headers(
+            b"Subject: hi\r\nX-Campaign: spring\r\n sale\r\nReceived: a\r\nReceived: b\r\n",
+        ),
     }
 }
 

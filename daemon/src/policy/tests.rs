@@ -234,6 +234,49 @@ async fn the_memory_limit_holds_around_what_kiln_builds() {
     );
 }
 
+/// `msg.body` decodes the message on demand: its text and HTML parts
+/// (each cut at `max_body`), its attachments by name, type and size.
+#[tokio::test]
+async fn a_hook_reads_the_body_it_is_given() {
+    let f = Fixture::new();
+    let host = f.host(
+        "return { hooks = { content_filter = function(m)
+            local a = m.body:attachments()[1]
+            return { action = 'accept', reasons = { m.body:text(), m.body:html(),
+              a.name .. '|' .. a.type .. '|' .. a.size, m.headers:get('Subject') } }
+          end } }",
+    );
+    let raw = b"From: a@shop.test\r\nSubject: sale\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=\"M\"\r\n\r\n\
+        --M\r\nContent-Type: multipart/alternative; boundary=\"A\"\r\n\r\n\
+        --A\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+        Cheap pills =E2=80=94 buy now, the offer ends today\r\n\
+        --A\r\nContent-Type: text/html\r\n\r\n<p>Cheap <b>pills</b></p>\r\n--A--\r\n\
+        --M\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"list.pdf\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--M--\r\n";
+    let mut m = message(&["a@x.test"], "sale", "regular", NOW);
+    m.kind = "message";
+    m.headers = super::decisions::MessageView {
+        headers: std::sync::Arc::from(crate::message::header_block(raw)),
+        message: Some(std::sync::Arc::from(&raw[..])),
+        max_body: 24,
+    };
+    let d: Decision = host
+        .call("content_filter", &m)
+        .await
+        .expect("hook")
+        .expect("answer");
+    assert_eq!(
+        d.reasons,
+        [
+            "Cheap pills — buy now,",
+            "<p>Cheap <b>pills</b></p",
+            "list.pdf|application/pdf|9",
+            "sale",
+        ]
+    );
+}
+
 /// A hook's argument, built through the C API, has every field with its
 /// Lua type; and it is the script's own copy.
 #[tokio::test]
@@ -256,6 +299,7 @@ async fn a_hook_argument_has_every_field() {
         d.reasons,
         [
             "account=string",
+            "body=userdata",
             "headers=userdata",
             "id=string",
             "kind=string",
@@ -389,11 +433,8 @@ fn reporting_policy(change: &str) -> String {
 #[tokio::test]
 async fn a_kept_argument_table_shows_each_message_as_it_is() {
     let f = Fixture::new();
-    let winter = || {
-        super::decisions::HeaderView(std::sync::Arc::from(
-            &b"Subject: two\r\nX-Campaign: winter\r\n"[..],
-        ))
-    };
+    let winter =
+        || super::decisions::MessageView::headers(b"Subject: two\r\nX-Campaign: winter\r\n");
 
     // The script adds a key: the next message gets a table of its own.
     let host = f.host(&reporting_policy(

@@ -2,5 +2,6 @@
 
 mod api;
 mod batch;
+mod content;
 mod isolation;
 mod smtp;
