@@ -81,6 +81,24 @@ fn tls_acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(config))
 }
 
+/// The HTTP listener's TLS, when `http.tls_cert` and `http.tls_key` are
+/// set (HTTP/1.1 over TLS, as the SDKs speak it).
+fn http_tls_acceptor(settings: &Settings) -> anyhow::Result<Option<TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&settings.http.tls_cert, &settings.http.tls_key) else {
+        return Ok(None);
+    };
+    let config = crate::tls::server_config(
+        Some(cert),
+        Some(key),
+        &settings.server.data_dir,
+        &settings.server.hostname,
+    )
+    .context("loading the HTTP TLS certificate")?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
+
 /// What a node listens on, bound before it starts: the daemon binds what
 /// the settings name, a test binds port 0 and reads the ports.
 pub struct Listeners {
@@ -269,6 +287,7 @@ pub async fn start(
         settings: settings.clone(),
         accounts: RwLock::new(Arc::new(Accounts::from_settings(&settings.accounts))),
         tls: RwLock::new(Some(tls_acceptor(&settings)?)),
+        http_tls: RwLock::new(http_tls_acceptor(&settings)?),
         store: store.clone(),
         signers: signers.clone(),
         queue: queue.clone(),
@@ -335,8 +354,10 @@ pub async fn start(
         header_timeout: settings.http.header_timeout,
     };
     let http_task = tokio::spawn(async move {
+        let tls_source = http_services.clone();
+        let tls: crate::http_serve::TlsSource = Arc::new(move || tls_source.http_tls());
         let app = crate::http::router(http_services);
-        crate::http_serve::serve(http, app, http_limits, http_stop).await;
+        crate::http_serve::serve(http, app, http_limits, tls, http_stop).await;
     });
     // In force before the first lease: a suspension survives a restart.
     if let Err(e) = queue.controls.refresh().await {
@@ -480,6 +501,7 @@ pub async fn reload(ctx: &Services, config_path: Option<&std::path::Path>) -> Re
     };
     let settings = Settings::load(config_path).map_err(|e| fail(e.to_string()))?;
     let acceptor = tls_acceptor(&settings).map_err(|e| fail(format!("{e:#}")))?;
+    let http_acceptor = http_tls_acceptor(&settings).map_err(|e| fail(format!("{e:#}")))?;
     let policy = ctx.policy.clone();
     // Loading runs the scripts' top level: off the async workers.
     let version = tokio::task::spawn_blocking(move || policy.reload())
@@ -491,6 +513,9 @@ pub async fn reload(ctx: &Services, config_path: Option<&std::path::Path>) -> Re
     }
     if let Ok(mut t) = ctx.tls.write() {
         *t = Some(acceptor);
+    }
+    if let Ok(mut t) = ctx.http_tls.write() {
+        *t = http_acceptor;
     }
     ctx.signers.clear();
     tracing::info!(

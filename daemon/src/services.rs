@@ -41,6 +41,8 @@ pub struct Services {
     pub ses: Records,
     pub accounts: RwLock<Arc<Accounts>>,
     pub tls: RwLock<Option<TlsAcceptor>>,
+    /// The HTTP listener's TLS (`http.tls_cert`), if it speaks HTTPS.
+    pub http_tls: RwLock<Option<TlsAcceptor>>,
     /// The config file, read again on reload.
     pub config_path: Option<PathBuf>,
     /// Tracking and unsubscribe requests per client address.
@@ -75,6 +77,13 @@ impl Services {
         self.accounts
             .read()
             .map(|a| a.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn http_tls(&self) -> Option<TlsAcceptor> {
+        self.http_tls
+            .read()
+            .map(|t| t.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 

@@ -27,11 +27,19 @@ pub struct Creds {
 
 impl Sdk {
     pub async fn start(http: std::net::SocketAddr) -> Sdk {
+        Sdk::start_with(&http.to_string(), "http", None).await
+    }
+
+    /// The SDK on `endpoint` over `protocol` (`https` trusting `ca`).
+    pub async fn start_with(endpoint: &str, protocol: &str, ca: Option<&std::path::Path>) -> Sdk {
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/sdk_client.py");
-        let mut child = tokio::process::Command::new("python3")
-            .arg(script)
-            .arg(http.to_string())
+        let mut command = tokio::process::Command::new("python3");
+        command.arg(script).arg(endpoint).arg(protocol);
+        if let Some(ca) = ca {
+            command.arg(ca);
+        }
+        let mut child = command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

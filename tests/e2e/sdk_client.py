@@ -7,7 +7,8 @@ Reads one JSON request per line on stdin:
 and prints one JSON line per request:
   {"ok": true, "response": {...}} or {"ok": false, "code": "...", "message": "..."}
 
-Usage: sdk_client.py HOST:PORT
+Usage: sdk_client.py HOST:PORT [http|https [CA_FILE]]   (https: the SDK's
+default; CA_FILE: the SDK's `certification`, a private CA to trust)
 """
 import json
 import sys
@@ -20,7 +21,9 @@ from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.ses.v20201002 import models, ses_client
 
 endpoint = sys.argv[1]
-profile = ClientProfile(httpProfile=HttpProfile(protocol="http", endpoint=endpoint, reqTimeout=30))
+protocol = sys.argv[2] if len(sys.argv) > 2 else "http"
+ca = sys.argv[3] if len(sys.argv) > 3 else None
+profile = ClientProfile(httpProfile=HttpProfile(protocol=protocol, endpoint=endpoint, reqTimeout=30, certification=ca))
 clients = {}
 
 for line in sys.stdin:

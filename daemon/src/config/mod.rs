@@ -348,6 +348,11 @@ pub struct HttpSettings {
     /// client (an IPv6 client: its /64); past them a connection gets `503`.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// HTTPS: the certificate chain and key (PEM), both or neither; read
+    /// again on reload. Without them the listener speaks plain HTTP (for a
+    /// proxy in front that terminates TLS).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// A request's headers must arrive whole within this (an idle
     /// keep-alive connection is closed after it too).
     #[serde(with = "humantime_secs")]
@@ -532,6 +537,8 @@ impl Default for HttpSettings {
             metrics_networks: Vec::new(),
             max_connections: 1024,
             max_connections_per_ip: 64,
+            tls_cert: None,
+            tls_key: None,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(120),
             body_rate_grace: Duration::from_secs(10),

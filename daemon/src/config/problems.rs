@@ -67,6 +67,9 @@ impl Settings {
                 ));
             }
         }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            out.push("http.tls_cert / http.tls_key: set both or neither".into());
+        }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
             out.push("smtp.tls_cert / smtp.tls_key: set both or neither".into());
         }

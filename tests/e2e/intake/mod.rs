@@ -3,5 +3,6 @@
 mod api;
 mod batch;
 mod content;
+mod https;
 mod isolation;
 mod smtp;

@@ -52,6 +52,38 @@ pub fn ca_signed_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>
     (ca_cert.pem(), Arc::new(config))
 }
 
+/// A private CA and a certificate it signed for `names`, written to `dir`
+/// as `ca.pem`, `cert.pem` (the leaf, then the CA) and `key.pem`; answers
+/// their paths.
+pub fn ca_signed_files(
+    dir: &std::path::Path,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Kiln test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("leaf params")
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf cert");
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca, ca_cert.pem()).expect("ca.pem");
+    std::fs::write(&cert, format!("{}{}", leaf.pem(), ca_cert.pem())).expect("cert.pem");
+    std::fs::write(&key, leaf_key.serialize_pem()).expect("key.pem");
+    (ca, cert, key)
+}
+
 /// A client config that accepts any certificate (the peer is ours).
 pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
     #[derive(Debug)]
