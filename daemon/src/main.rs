@@ -225,6 +225,17 @@ fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
         })
 }
 
+/// Prints a line of output; a reader that stopped early (`kiln ... |
+/// head`) ends the command quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// Which settings this run uses (said when the daemon cannot be asked).
 static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -269,7 +280,7 @@ fn main() -> ExitCode {
                 eprintln!("{e}");
                 return ExitCode::from(1);
             }
-            println!(
+            say!(
                 "{}: ok",
                 cli.config
                     .as_deref()
@@ -395,7 +406,7 @@ fn main() -> ExitCode {
             command: ConsoleCommand::Token,
         } => match kiln::ops::admin_auth::read_token(&settings.server.data_dir) {
             Ok(token) => {
-                println!("{token}");
+                say!("{token}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -497,7 +508,7 @@ fn admin(settings: &Settings, method: &str, path: &str) -> ExitCode {
                 .ok()
                 .and_then(|v| serde_json::to_string_pretty(&v).ok())
                 .unwrap_or(body);
-            println!("{pretty}");
+            say!("{pretty}");
             if ok {
                 ExitCode::SUCCESS
             } else {
@@ -519,11 +530,11 @@ fn admin_text(settings: &Settings, path: &str, field: &str) -> ExitCode {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             match v[field].as_str() {
                 Some(text) => {
-                    println!("{text}");
+                    say!("{text}");
                     ExitCode::SUCCESS
                 }
                 None => {
-                    println!("{body}");
+                    say!("{body}");
                     ExitCode::SUCCESS
                 }
             }

@@ -16,6 +16,7 @@
 //! Setup (not timed): an account, a sender domain verified against the
 //! benchmark's DNS server, a sender address and an approved template.
 
+mod help;
 mod peers;
 
 use base64::Engine;
@@ -147,6 +148,7 @@ impl Api {
 
 #[tokio::main]
 async fn main() {
+    help::or_exit(include_str!("api.rs"));
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -30,6 +30,7 @@
 //! recipient of its own (`r<i>@sink.test`) instead of all to one: each
 //! message's recipient checks then find nothing this node has read before.
 
+mod help;
 mod measure;
 mod peers;
 
@@ -127,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main]
 async fn main() {
+    help::or_exit(include_str!("main.rs"));
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

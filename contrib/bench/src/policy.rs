@@ -15,6 +15,7 @@
 //! states, the store's writer) over N; with `--store redis` the server's own
 //! CPU is not in it.
 
+mod help;
 mod measure;
 
 use kiln::intake::admission::{Submission, apply_policy};
@@ -63,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
+    help::or_exit(include_str!("policy.rs"));
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -13,6 +13,7 @@
 //! Usage: kiln-queue-bench [--n N] [--store embedded|redis] [--kiln PATH]
 
 mod args;
+mod help;
 mod load;
 mod measure;
 mod peers;
@@ -44,6 +45,7 @@ async fn tarpit(addr: SocketAddr) {
 
 #[tokio::main]
 async fn main() {
+    help::or_exit(include_str!("queue.rs"));
     let args = args::parse("kiln-queue-bench", 1_000_000);
     let peers = peers::Peers::start(args.redis).await;
     let port = peers.sink.addr.port();

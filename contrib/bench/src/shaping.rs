@@ -19,6 +19,7 @@
 //! Usage: kiln-shaping-bench [--n N] [--store embedded|redis] [--kiln PATH]
 
 mod args;
+mod help;
 mod load;
 mod measure;
 mod peers;
@@ -169,6 +170,7 @@ fn pin_cores(kiln: Option<u32>, redis: Option<u32>) {
 
 #[tokio::main]
 async fn main() {
+    help::or_exit(include_str!("shaping.rs"));
     let args = args::parse("kiln-shaping-bench", 100_000);
     let peers = peers::Peers::start(args.redis).await;
     let port = peers.sink.addr.port();

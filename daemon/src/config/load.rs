@@ -80,6 +80,61 @@ fn build(file: Option<&Path>, vars: &[(String, String)]) -> Result<Settings, con
     builder.add_source(env).build()?.try_deserialize()
 }
 
+/// The first mistake of each section of `file`, each read on its own (a
+/// whole file stops at its first); None when the file does not parse as
+/// TOML at all (its own error says where).
+fn section_problems(file: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let doc: toml::Table = toml::from_str(&text).ok()?;
+    let mut out = Vec::new();
+    for (section, value) in doc {
+        let mut alone = toml::Table::new();
+        alone.insert(section, value);
+        let Ok(text) = toml::to_string(&alone) else {
+            continue;
+        };
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize::<Settings>());
+        if let Err(e) = built {
+            out.push(readable(&e.to_string()));
+        }
+    }
+    Some(out)
+}
+
+/// A deserialising error as an operator reads it: the values an option
+/// takes instead of a type's name, keys written as they are in the file.
+fn readable(error: &str) -> String {
+    // "enum ListenerTls does not have variant constructor startls for key
+    // smtp.listeners[0]tls" (the config crate drops the dot after `]`).
+    let key_fixed = {
+        let mut out = String::with_capacity(error.len());
+        let mut chars = error.chars().peekable();
+        while let Some(c) = chars.next() {
+            out.push(c);
+            if c == ']' && chars.peek().is_some_and(|n| n.is_ascii_alphabetic()) {
+                out.push('.');
+            }
+        }
+        out
+    };
+    let values = [
+        ("ListenerTls", "starttls, implicit, none"),
+        ("StoreBackend", "embedded, redis"),
+    ];
+    for (name, takes) in values {
+        let prefix = format!("enum {name} does not have variant constructor ");
+        if let Some(rest) = key_fixed.strip_prefix(&prefix) {
+            let (given, key) = rest.split_once(" for key ").unwrap_or((rest, "?"));
+            let key = key.trim_matches('`');
+            return format!("{key}: {given:?} is not one of: {takes}");
+        }
+    }
+    key_fixed
+}
+
 /// `section.key` of a `KILN_SECTION__KEY` variable.
 fn key_of(var: &str) -> String {
     var.trim_start_matches("KILN_")
@@ -107,9 +162,20 @@ impl Settings {
             Err(source) => {
                 // Whose mistake: the file's alone, or a variable's.
                 if vars.is_empty() || build(file, &[]).is_err() {
+                    // Every section's first mistake, not only the first
+                    // section's: one run for several mistakes.
+                    if let Some(problems) = file.and_then(section_problems).filter(|p| p.len() > 1)
+                    {
+                        return Err(ConfigError::Invalid {
+                            problems: problems
+                                .into_iter()
+                                .map(|p| format!("{file_name}: {p}"))
+                                .collect(),
+                        });
+                    }
                     return Err(ConfigError::Load {
                         file: file_name,
-                        source,
+                        source: config::ConfigError::Message(readable(&source.to_string())),
                     });
                 }
                 let culprit = vars

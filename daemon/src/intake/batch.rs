@@ -81,8 +81,8 @@ fn merged_data(task: &str, own: &str) -> Map<String, Value> {
 enum Outcome {
     Sent,
     Skipped,
-    /// Over today's quota or warm-up cap: resume at this time.
-    Pause(i64),
+    /// Over today's quota or warm-up cap: resume at this time, and why.
+    Pause(i64, String),
     Fail(String),
     /// Try the same recipient again later.
     Retry,
@@ -180,9 +180,21 @@ async fn send_one(ctx: &Services, t: &Task, e: &ReceiverEntry) -> Outcome {
             Outcome::Sent
         }
         Err(Refusal::Limits(d)) if d.is_defer() => {
-            Outcome::Pause(d.retry_at.unwrap_or_else(|| {
+            let until = d.retry_at.unwrap_or_else(|| {
                 crate::policy::time::next_day_start(&p.time_zone, now).unwrap_or(now + 86_400_000)
-            }))
+            });
+            let why = d
+                .message
+                .clone()
+                .or_else(|| d.code.clone())
+                .unwrap_or_else(|| "the day's limit is reached".into());
+            Outcome::Pause(
+                until,
+                format!(
+                    "paused today: {why}; resumes at {}",
+                    crate::clock::format_ms(until)
+                ),
+            )
         }
         Err(Refusal::Limits(d))
             if d.code.as_deref() == Some("FailedOperation.HighRejectionRate") =>
@@ -245,6 +257,8 @@ async fn step(ctx: &Services, id: &str) -> Result<(), RecordsError> {
             t.cursor_index = 0;
         }
         t.status = SENDING;
+        // Going again: the reason it paused is over.
+        t.err_msg.clear();
         t.updated_at_ms = now;
         p.save_task(&t).await?;
     }
@@ -270,9 +284,10 @@ async fn step(ctx: &Services, id: &str) -> Result<(), RecordsError> {
                         t.processed += 1;
                     }
                     Outcome::Skipped => t.processed += 1,
-                    Outcome::Pause(until) => {
+                    Outcome::Pause(until, why) => {
                         t.status = PAUSED;
                         t.next_run_at_ms = until;
+                        t.err_msg = why;
                         t.updated_at_ms = ctx.store.now_ms();
                         tracing::info!(
                             task = t.id,

@@ -140,8 +140,13 @@ async fn batch_task_scenario(backend: Backend) {
         .await["TaskId"]
         .as_i64()
         .unwrap();
-    // Three today (the warm-up cap), two kept for tomorrow.
+    // Three today (the warm-up cap), two kept for tomorrow, and why.
     let t = wait_task(&mut sdk, &acme, task, 6).await;
+    let why = t["ErrMsg"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("paused today: ") && why.contains("resumes at "),
+        "{t}"
+    );
     assert_eq!(
         (
             t["RequestCount"].as_i64(),

@@ -78,6 +78,31 @@ fn check_config_loads_the_policy_scripts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("policy.time_zone"));
 }
 
+/// Three mistakes in three sections are named in one run, each as the
+/// operator wrote it: the values an option takes, not a Rust type's name.
+#[test]
+fn check_config_names_every_section_mistake_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_config(
+        dir.path(),
+        "three.toml",
+        "[[smtp.listeners]]\naddress = \"127.0.0.1:2525\"\ntls = \"startls\"\n[delivery]\nmx_port = \"x\"\n[dns]\ntimeout = \"abc\"\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "three.toml: smtp.listeners[0].tls: \"startls\" is not one of: starttls, implicit, none"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("`delivery.mx_port`") && err.contains("`dns.timeout`"),
+        "{err}"
+    );
+    assert!(!err.contains("ListenerTls"), "{err}");
+}
+
 /// The `kiln` subcommands find the daemon as the daemon finds its
 /// settings: with the daemon on other ports and the operator in another
 /// directory, `KILN_CONFIG` is enough; without it the error says which
