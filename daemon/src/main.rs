@@ -59,8 +59,8 @@ enum Command {
         command: DkimCommand,
     },
     /// The queue: what is in it, and suspend, resume, bounce or retry a
-    /// selection (`domain:D`, `provider:P`, `account:A`, `task:T`,
-    /// `source:S`) on every node (asks the daemon).
+    /// selection (`domain:D`, `sender_domain:D`, `provider:P`,
+    /// `account:A`, `task:T`, `source:S`) on every node (asks the daemon).
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -96,9 +96,10 @@ enum DomainCommand {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// Counts and oldest age, grouped.
+    /// Counts by state, what operator suspensions hold, oldest age,
+    /// grouped; and each suspension with the entries it holds.
     Summary {
-        /// domain, provider, account, task, pool or state.
+        /// domain, sender_domain, provider, account, task, pool or state.
         #[arg(long, default_value = "domain")]
         by: String,
     },
@@ -484,7 +485,24 @@ fn operator() -> String {
     std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown user".into())
+        .unwrap_or_else(|_| user_of_uid())
+}
+
+/// This process's user as the system names it (no USER in the
+/// environment: cron, systemd, `env -i`), else its uid.
+fn user_of_uid() -> String {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() }.to_string();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// Percent-encodes a query value.

@@ -105,13 +105,18 @@ pub fn second_node(e: &Env, tweak: impl FnOnce(&mut KilnOptions)) -> Kiln {
 
 /// An authenticated submission session (STARTTLS, AUTH PLAIN).
 pub async fn submit_session(addr: SocketAddr) -> SmtpClient {
+    submit_session_as(addr, "shop", "shop-password").await
+}
+
+/// Like [`submit_session`], signed in as another account.
+pub async fn submit_session_as(addr: SocketAddr, user: &str, password: &str) -> SmtpClient {
     let mut c = SmtpClient::connect(addr).await.unwrap();
     assert_eq!(c.greeting.code, 220);
     assert_eq!(c.cmd("EHLO client.test").await.unwrap().code, 250);
     assert_eq!(c.starttls().await.unwrap().code, 220);
     let ehlo = c.cmd("EHLO client.test").await.unwrap();
     assert!(ehlo.text.contains("AUTH PLAIN LOGIN"), "{}", ehlo.text);
-    let auth = c.auth_plain("shop", "shop-password").await.unwrap();
+    let auth = c.auth_plain(user, password).await.unwrap();
     assert_eq!(auth.code, 235, "{}", auth.text);
     c
 }

@@ -70,6 +70,8 @@ pub struct Delivery {
     attempts: Arc<Semaphore>,
     /// Names this node's connection slots in a cluster.
     node: String,
+    /// `server.node_id`, for the attempts this node makes.
+    node_id: String,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -137,6 +139,7 @@ impl Delivery {
             return_paths: Default::default(),
             attempts: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
             node: uuid::Uuid::new_v4().simple().to_string(),
+            node_id: settings.node_id(),
             settings,
             tracker: TaskTracker::new(),
             shutdown,
@@ -444,6 +447,7 @@ impl Delivery {
             source: None,
             shaping: None,
             outcome: None,
+            node: None,
         };
         self.settle(&job.entry, verdict, attempt, None, "none")
             .await;

@@ -194,9 +194,10 @@ impl Delivery {
         &self,
         entry: &QueueEntry,
         decision: crate::queue::outcome::Decision,
-        attempt: Attempt,
+        mut attempt: Attempt,
         event: Option<&crate::feedback::events::Event>,
     ) -> bool {
+        attempt.node = Some(self.node_id.clone());
         let also = match event {
             Some(e) => self.events.writes_for(e).await,
             None => Vec::new(),
@@ -228,6 +229,7 @@ impl Delivery {
             source: None,
             shaping: None,
             outcome: Some("bounced by the operator".into()),
+            node: None,
         };
         let decision = self.queue.decide(entry, Verdict::Permanent);
         let event = Self::event_for(now, entry, decision.state, None, &attempt);

@@ -356,6 +356,7 @@ impl Delivery {
             source: Some(line.source.name.to_string()),
             shaping: None,
             outcome: None,
+            node: None,
         }
     }
 

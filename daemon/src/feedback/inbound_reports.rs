@@ -312,6 +312,7 @@ async fn try_process(
                 source: None,
                 shaping: None,
                 outcome: None,
+                node: None,
             });
             let also = ctx.events.writes_for(&e).await;
             let recorded = ctx

@@ -281,6 +281,46 @@ async fn may_send_as(ctx: &Services, account: &str, domain: &str) -> Result<bool
 }
 
 impl Refusal {
+    /// Why, for the operator (names what the client is not told).
+    pub fn reason(&self) -> String {
+        let decision = |what: &str, d: &Decision| {
+            let why = if d.reasons.is_empty() {
+                d.message.clone().unwrap_or_default()
+            } else {
+                d.reasons.join("; ")
+            };
+            let code = d.code.as_deref().unwrap_or("");
+            match (code.is_empty(), why.is_empty()) {
+                (false, false) => format!("{what}: {code}: {why}"),
+                (false, true) => format!("{what}: {code}"),
+                (true, false) => format!("{what}: {why}"),
+                (true, true) => what.to_string(),
+            }
+        };
+        match self {
+            Refusal::Content(d) if d.is_defer() => decision("deferred by the content filter", d),
+            Refusal::Content(d) => decision("refused by the content filter", d),
+            Refusal::Limits(d) => decision("over a limit", d),
+            Refusal::AllDropped(dropped) => format!(
+                "every recipient dropped ({})",
+                dropped
+                    .iter()
+                    .map(|(r, why)| format!("{r}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Refusal::ForeignDomain { domain, account } => {
+                format!("sender domain {domain} is not account {account:?}'s to send as")
+            }
+            Refusal::Malformed(why) => format!("malformed: {why}"),
+            Refusal::TooBig(n) => format!("too big to build ({n} bytes)"),
+            Refusal::PolicyUnavailable => "a policy hook failed (see the log)".into(),
+            Refusal::Signing => "DKIM signing failed (see the log)".into(),
+            Refusal::Store => "the store failed (see the log)".into(),
+            Refusal::NoSpace => "the store's disk is below its reserve".into(),
+        }
+    }
+
     /// The reason as a metrics label.
     pub fn label(&self) -> &'static str {
         match self {
@@ -321,6 +361,19 @@ fn selectors(headers: &str) -> String {
 /// the queue (or every recipient has a final status).
 pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
     let door = s.door;
+    // What the operator's list of refusals names: the message, its sender
+    // and where it came from.
+    let who = format!(
+        "{} from <{}> ({}{})",
+        s.id,
+        s.sender,
+        s.origin,
+        if s.account.is_empty() {
+            String::new()
+        } else {
+            format!(", account {}", s.account)
+        }
+    );
     let admitted = admit_counted(ctx, s).await;
     match &admitted {
         Ok(a) => {
@@ -332,7 +385,10 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
                     .inc_by(a.queued as u64);
             }
         }
-        Err(r) => count_refused(door, r.label()),
+        Err(r) => {
+            count_refused(door, r.label());
+            note_refused(format!("{who}: {}", r.reason()));
+        }
     }
     admitted
 }
@@ -345,11 +401,11 @@ pub fn count_refused(door: &'static str, reason: &'static str) {
             .get_or_create(&crate::metrics::Refused { door, reason })
             .inc();
     }
-    crate::feedback::recent::note(
-        crate::clock::system_now_ms(),
-        "refused",
-        format!("a message at the {door} door: {reason}"),
-    );
+}
+
+/// Files a refusal in the operator's list of recent ones (the console).
+pub fn note_refused(what: String) {
+    crate::feedback::recent::note(crate::clock::system_now_ms(), "refused", what);
 }
 
 async fn admit_counted(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {

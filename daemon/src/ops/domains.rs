@@ -70,38 +70,60 @@ async fn change(
     Path((domain, operation)): Path<(String, String)>,
     Query(q): Query<Change>,
 ) -> Response {
-    let Some(domain) = crate::ses::identities::normalize_domain(&domain) else {
-        return super::admin::error(
-            StatusCode::BAD_REQUEST,
+    let by = super::queue_control::who(&headers, peer);
+    match apply(&s, &domain, &operation, q.level, q.quota, &by).await {
+        Ok(v) => Json(v).into_response(),
+        Err(Refused::Bad(code, why)) => super::admin::error(StatusCode::BAD_REQUEST, code, why),
+        Err(Refused::Unreadable(why)) => {
+            super::admin::error(StatusCode::INTERNAL_SERVER_ERROR, "DomainUnreadable", why)
+        }
+    }
+}
+
+/// Why a change was not made.
+pub enum Refused {
+    /// The request: an error code and what is wrong.
+    Bad(&'static str, String),
+    /// Made, but the state cannot be read back.
+    Unreadable(String),
+}
+
+/// Sets a domain's level or quota, or forgets its state (`operation`
+/// set-level, set-quota, reset), logged with who asked (`by`); answers the
+/// state after.
+pub async fn apply(
+    s: &Services,
+    domain: &str,
+    operation: &str,
+    level: Option<i64>,
+    quota: Option<i64>,
+    by: &str,
+) -> Result<Value, Refused> {
+    let Some(domain) = crate::ses::identities::normalize_domain(domain) else {
+        return Err(Refused::Bad(
             "InvalidDomain",
             format!("{domain:?} is not a domain name"),
-        );
+        ));
     };
-    let event = match (operation.as_str(), q.level, q.quota) {
+    let event = match (operation, level, quota) {
         ("set-level", Some(level), _) => json!({"kind": "set", "level": level}),
         ("set-quota", _, Some(quota)) => json!({"kind": "set", "quota": quota}),
         ("reset", _, _) => json!({"kind": "forget"}),
         _ => {
-            return super::admin::error(
-                StatusCode::BAD_REQUEST,
+            return Err(Refused::Bad(
                 "InvalidOperation",
-                "set-level?level=N, set-quota?quota=N (0: none) or reset",
-            );
+                "set-level?level=N, set-quota?quota=N (0: none) or reset".into(),
+            ));
         }
     };
-    let by = super::queue_control::who(&headers, peer);
-    if let Err(e) = ask(&s, &domain, event).await {
-        return super::admin::error(StatusCode::BAD_REQUEST, "NotChanged", e);
+    if let Err(e) = ask(s, &domain, event).await {
+        return Err(Refused::Bad("NotChanged", e));
     }
     tracing::info!(
-        target: "kiln::ops", %domain, %operation, level = ?q.level, quota = ?q.quota, %by,
+        target: "kiln::ops", %domain, %operation, ?level, ?quota, %by,
         "sender domain's reputation changed by an operator"
     );
-    match describe(&s, &domain).await {
-        Ok(mut v) => {
-            v["changed_by"] = json!(by);
-            Json(v).into_response()
-        }
-        Err(e) => super::admin::error(StatusCode::INTERNAL_SERVER_ERROR, "DomainUnreadable", e),
-    }
+    let mut v = describe(s, &domain).await.map_err(Refused::Unreadable)?;
+    v["changed_by"] = json!(by);
+    Ok(v)
 }

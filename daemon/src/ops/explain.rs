@@ -58,6 +58,9 @@ fn attempt_text(n: usize, a: &Attempt) -> String {
     if let Some(s) = &a.source {
         out.push_str(&format!(" from source {s}"));
     }
+    if let Some(node) = &a.node {
+        out.push_str(&format!(" by node {node}"));
+    }
     out.push_str(&match &a.tls {
         Some(v) => format!(", {v}"),
         None if a.mx.is_some() => ", no TLS".to_string(),

@@ -1,6 +1,7 @@
 //! The queue as the operator steers it (`kiln queue ...`): summaries and
 //! pages of what is queued, and suspend, resume, bounce and retry-now for
-//! a selection (`domain:`, `provider:`, `account:`, `task:`, `source:`).
+//! a selection (`domain:`, `sender_domain:`, `provider:`, `account:`,
+//! `task:`, `source:`).
 //! Rules are kept by `queue::control` for every node; each action is
 //! logged (target `kiln::ops`) with who asked.
 
@@ -129,51 +130,107 @@ struct Group {
     due: u64,
     waiting: u64,
     leased: u64,
+    /// Held by an operator's suspension.
+    suspended: u64,
     oldest_ms: Option<i64>,
 }
 
 async fn summary(State(s): State<Arc<Services>>, Query(q): Query<SummaryQuery>) -> Response {
     let by = q.by.unwrap_or_else(|| "domain".into());
-    match summary_groups(&s, &by).await {
-        Ok(groups) => {
-            let total: u64 = groups.iter().filter_map(|g| g["count"].as_u64()).sum();
-            Json(json!({"by": by, "total": total, "groups": groups})).into_response()
+    match summarize(&s, &by).await {
+        Ok(summary) => {
+            let total: u64 = summary
+                .groups
+                .iter()
+                .filter_map(|g| g["count"].as_u64())
+                .sum();
+            Json(json!({
+                "by": by,
+                "total": total,
+                "groups": summary.groups,
+                "suspensions": summary.suspensions,
+            }))
+            .into_response()
         }
         Err(ControlError::Bad(why)) => bad(why),
         Err(e) => store_error(e),
     }
 }
 
-/// The queue grouped `by` domain, provider, account, task, pool or state:
-/// counts by state and the oldest age, largest group first.
-pub async fn summary_groups(s: &Services, by: &str) -> Result<Vec<Value>, ControlError> {
-    if !["domain", "provider", "account", "task", "pool", "state"].contains(&by) {
+/// The queue grouped, and what each suspension holds.
+pub struct Summary {
+    /// Counts by state, held by a suspension, and the oldest age; largest
+    /// group first.
+    pub groups: Vec<Value>,
+    /// Each suspension in force: its rule and how many entries it holds
+    /// (null for a source's: an entry's source is chosen when it is
+    /// attempted).
+    pub suspensions: Vec<Value>,
+}
+
+/// What `summarize` groups by.
+pub const GROUP_BY: [&str; 7] = [
+    "domain",
+    "sender_domain",
+    "provider",
+    "account",
+    "task",
+    "pool",
+    "state",
+];
+
+/// The queue grouped `by` one of [`GROUP_BY`].
+pub async fn summarize(s: &Services, by: &str) -> Result<Summary, ControlError> {
+    if !GROUP_BY.contains(&by) {
         return Err(ControlError::Bad(format!(
-            "by {by:?}: summarise by domain, provider, account, task, pool or state"
+            "by {by:?}: summarise by {}",
+            GROUP_BY.join(", ")
         )));
     }
+    let rules = s.queue.controls.rules();
+    let suspensions: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| r.action == Action::Suspend)
+        .collect();
+    let by_provider = by == "provider"
+        || suspensions
+            .iter()
+            .any(|r| r.select.field == Field::Provider);
     let mut rows: Vec<(QueueEntry, EntryState)> = Vec::new();
     scan(s, None, |e, st| rows.push((e, st))).await?;
     let mut providers: HashMap<String, String> = HashMap::new();
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    let mut holds = vec![0u64; suspensions.len()];
     for (e, state) in rows {
+        let provider = if by_provider {
+            let domain = e.domain().to_ascii_lowercase();
+            if !providers.contains_key(&domain) {
+                let p = s.egress.provider_of(&domain).await;
+                providers.insert(domain.clone(), p.unwrap_or_else(|| "(no MX)".into()));
+            }
+            providers.get(&domain).cloned()
+        } else {
+            None
+        };
         let key = match by {
             "domain" => e.domain().to_ascii_lowercase(),
+            "sender_domain" => crate::net::domain_of(&e.sender),
             "account" => e.account.clone(),
             "task" => e.task_id.clone(),
             "pool" => e.pool.clone(),
             "state" => state.as_str().to_string(),
-            _ => {
-                let domain = e.domain().to_ascii_lowercase();
-                if !providers.contains_key(&domain) {
-                    let p = s.egress.provider_of(&domain).await;
-                    providers.insert(domain.clone(), p.unwrap_or_else(|| "(no MX)".into()));
-                }
-                providers.get(&domain).cloned().unwrap_or_default()
-            }
+            _ => provider.clone().unwrap_or_default(),
         };
+        // The first suspension that holds it is the one counted.
+        let held = suspensions
+            .iter()
+            .position(|r| r.select.matches(&e, provider.as_deref(), None));
+        if let Some(i) = held {
+            holds[i] += 1;
+        }
         let g = groups.entry(key).or_default();
         g.count += 1;
+        g.suspended += u64::from(held.is_some());
         match state {
             EntryState::Due => g.due += 1,
             EntryState::Waiting => g.waiting += 1,
@@ -194,12 +251,28 @@ pub async fn summary_groups(s: &Services, by: &str) -> Result<Vec<Value>, Contro
                 "due": g.due,
                 "waiting": g.waiting,
                 "leased": g.leased,
+                "suspended": g.suspended,
                 "oldest_age_s": g.oldest_ms.map_or(0, |o| (now - o).max(0) / 1000),
             })
         })
         .collect();
     out.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
-    Ok(out)
+    let suspensions = suspensions
+        .iter()
+        .zip(holds)
+        .map(|(r, n)| {
+            json!({
+                "select": r.select.to_string(),
+                "by": r.by,
+                "since": crate::clock::format_ms(r.at_ms),
+                "holds": (r.select.field != Field::Source).then_some(n),
+            })
+        })
+        .collect();
+    Ok(Summary {
+        groups: out,
+        suspensions,
+    })
 }
 
 #[derive(Deserialize)]
@@ -232,16 +305,31 @@ async fn list(State(s): State<Arc<Services>>, Query(q): Query<ListQuery>) -> Res
         select,
         providers: HashMap::new(),
     };
-    let mut cursor = q.cursor.filter(|c| !c.is_empty());
+    // A cursor is the store's cursor of a page and how many of that page's
+    // entries were already gone through (`<store cursor>~<n>`): a page
+    // answered in part goes on where it stopped, so `limit` holds exactly.
+    let (mut cursor, mut skip) = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => (None, 0),
+        Some(c) => match c.rsplit_once('~') {
+            Some((page, n)) => (
+                Some(page.to_string()).filter(|p| !p.is_empty()),
+                n.parse::<usize>().unwrap_or(0),
+            ),
+            None => (Some(c.to_string()), 0),
+        },
+    };
     let mut out = Vec::new();
-    // Pages of the store until `limit` entries match; the next page starts
-    // after the last page read (a few matches past `limit` are answered).
-    loop {
+    let next = loop {
         let page = match s.store.scan_queue(cursor.as_deref(), PAGE).await {
             Ok(p) => p,
             Err(e) => return store_error(e),
         };
-        for (e, state) in page.entries {
+        let mut stopped = None;
+        for (i, (e, state)) in page.entries.into_iter().enumerate().skip(skip) {
+            if out.len() >= limit {
+                stopped = Some(i);
+                break;
+            }
             if m.matches(&e).await {
                 out.push(json!({
                     "message_id": e.msg_id,
@@ -258,12 +346,19 @@ async fn list(State(s): State<Arc<Services>>, Query(q): Query<ListQuery>) -> Res
                 }));
             }
         }
-        cursor = page.next;
-        if cursor.is_none() || out.len() >= limit {
-            break;
+        if let Some(i) = stopped {
+            break Some(format!("{}~{i}", cursor.unwrap_or_default()));
         }
-    }
-    Json(json!({"entries": out, "next": cursor})).into_response()
+        skip = 0;
+        cursor = page.next;
+        if cursor.is_none() {
+            break None;
+        }
+        if out.len() >= limit {
+            break cursor.map(|c| format!("{c}~0"));
+        }
+    };
+    Json(json!({"entries": out, "next": next})).into_response()
 }
 
 async fn controls(State(s): State<Arc<Services>>) -> Response {

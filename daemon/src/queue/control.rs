@@ -22,7 +22,11 @@ pub const SUSPENDED_PARK_MS: i64 = 3_600_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Field {
+    /// The recipient's domain.
     Domain,
+    /// The envelope sender's domain (one customer's mail).
+    #[serde(rename = "sender_domain")]
+    SenderDomain,
     Provider,
     Account,
     Task,
@@ -37,21 +41,22 @@ pub struct Selector {
 }
 
 impl Selector {
-    /// `domain:shop.test`, `provider:gmail`, `account:shop`, `task:42`,
-    /// `source:ip-a`.
+    /// `domain:shop.test`, `sender_domain:news.acme.test`,
+    /// `provider:gmail`, `account:shop`, `task:42`, `source:ip-a`.
     pub fn parse(text: &str) -> Result<Selector, String> {
         let (field, value) = text
             .split_once(':')
             .ok_or_else(|| format!("{text:?}: expected FIELD:VALUE, e.g. domain:example.com"))?;
         let field = match field.trim().to_ascii_lowercase().as_str() {
             "domain" => Field::Domain,
+            "sender_domain" => Field::SenderDomain,
             "provider" => Field::Provider,
             "account" => Field::Account,
             "task" => Field::Task,
             "source" => Field::Source,
             other => {
                 return Err(format!(
-                    "{other:?} is not a field to select by (domain, provider, account, task, source)"
+                    "{other:?} is not a field to select by (domain, sender_domain, provider, account, task, source)"
                 ));
             }
         };
@@ -59,7 +64,7 @@ impl Selector {
         if value.is_empty() {
             return Err(format!("{text:?}: the value is empty"));
         }
-        let value = if field == Field::Domain {
+        let value = if matches!(field, Field::Domain | Field::SenderDomain) {
             value.to_ascii_lowercase()
         } else {
             value.to_string()
@@ -77,6 +82,10 @@ impl Selector {
     ) -> bool {
         match self.field {
             Field::Domain => entry.domain().eq_ignore_ascii_case(&self.value),
+            Field::SenderDomain => entry
+                .sender
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(&self.value)),
             Field::Account => entry.account == self.value,
             Field::Task => entry.task_id == self.value,
             Field::Provider => provider == Some(self.value.as_str()),
@@ -89,6 +98,7 @@ impl std::fmt::Display for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let field = match self.field {
             Field::Domain => "domain",
+            Field::SenderDomain => "sender_domain",
             Field::Provider => "provider",
             Field::Account => "account",
             Field::Task => "task",
@@ -319,6 +329,13 @@ mod tests {
                 .unwrap()
                 .matches(&entry("x.test", 0), None, Some("a"))
         );
+        let one_customer = Selector::parse("sender_domain:Shop.Test").unwrap();
+        assert_eq!(one_customer.to_string(), "sender_domain:shop.test");
+        assert!(one_customer.matches(&entry("x.test", 0), None, None));
+        let other = Selector::parse("sender_domain:other.test").unwrap();
+        assert!(!other.matches(&entry("x.test", 0), None, None));
+        let json = serde_json::to_string(&one_customer).unwrap();
+        assert!(json.contains("\"sender_domain\""), "{json}");
         for bad in ["dest.test", "colour:red", "domain:"] {
             assert!(Selector::parse(bad).is_err(), "{bad}");
         }

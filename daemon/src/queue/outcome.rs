@@ -274,6 +274,7 @@ mod tests {
             source: None,
             shaping: None,
             outcome: None,
+            node: None,
         };
         let recipient = |store: Store| async move {
             let s = store.status("m1").await.expect("status").expect("known");

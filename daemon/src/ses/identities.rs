@@ -284,9 +284,10 @@ impl Records {
             None => Err(IdentityError::NotFound(domain.to_string())),
         }
     }
+
     /// The domain's reputation level and today's quota, from the policy
-    /// (0, 0 when it cannot say).
-    pub async fn reputation(&self, account: &str, domain: &str) -> (i64, i64) {
+    /// ((0, 0) without a reputation hook), or why the policy cannot say.
+    pub async fn reputation(&self, account: &str, domain: &str) -> Result<(i64, i64), String> {
         let query = serde_json::json!({
             "domain": domain,
             "account": account,
@@ -299,11 +300,12 @@ impl Records {
             .call::<_, serde_json::Value>("reputation", &query)
             .await
         {
-            Ok(Some(st)) => (
+            Ok(Some(st)) => Ok((
                 st["level"].as_i64().unwrap_or(0),
                 st["daily_limit"].as_i64().unwrap_or(0),
-            ),
-            _ => (0, 0),
+            )),
+            Ok(None) => Ok((0, 0)),
+            Err(e) => Err(e.to_string()),
         }
     }
 

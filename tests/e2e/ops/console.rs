@@ -220,3 +220,236 @@ async fn operator_and_account_see_their_own_numbers() {
         "nothing suspended"
     );
 }
+
+/// The policy of the next test: SMTP mail with a banned word is refused;
+/// the warm-up curve caps batch mail at 2 on the first day.
+const WATCHED: &str = r#"
+return { config = {
+  limits = { rate_per_second = 1e9, account_daily_limit = 1e12, per_recipient_per_hour = 1e12 },
+  reputation = { initial_level = 20 },
+  warmup = { curve = { 2 } },
+  content_filter = { banned_words = { "cheap pills" } },
+} }
+"#;
+
+async fn page_of(c: &Client, base: &str) -> String {
+    c.goto(&format!("{base}/console")).await.unwrap();
+    c.source().await.unwrap()
+}
+
+/// What the operator needs to see when mail waits or is refused, played
+/// as it was found: a `provider:gmail` suspension shows what it holds (the
+/// queue, the suspensions, the shaping row), a refusal names the message's
+/// sender, where it came from and why, the warm-up cap says what it holds
+/// back (no "3 of 2"), a domain whose state the policy cannot read is
+/// warned of and repaired from the console, the rates chart leaves days
+/// without mail empty (no 0 %) and spans the page, and at 420 px the page
+/// does not scroll sideways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_sees_what_holds_mail_and_why() {
+    let e = env(Backend::Redis, |o| o.policy = WATCHED.into()).await;
+    e.dns.add_mx("gw.test", 10, "alt1.aspmx.l.google.com");
+    e.dns
+        .add_ip("alt1.aspmx.l.google.com", "127.0.0.1".parse().unwrap());
+    let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
+    // Delivered to gmail (a shaping line), then gmail suspended, then three
+    // that wait.
+    for to in ["first@gw.test", "a@dest.test", "b@dest.test"] {
+        sdk.ok(&acme, "SendEmail", send_params(domain, template, to))
+            .await;
+    }
+    assert!(e.sink.wait_count(3, Duration::from_secs(20)).await);
+    let out = e.kiln.command(&["queue", "suspend", "provider:gmail"]);
+    assert!(out.status.success(), "{out:?}");
+    for i in 0..3 {
+        sdk.ok(
+            &acme,
+            "SendEmail",
+            send_params(domain, template, &format!("h{i}@gw.test")),
+        )
+        .await;
+    }
+    // A refusal at the SMTP door.
+    let mut smtp = crate::harness::submit_session(e.kiln.smtp).await;
+    let spam = kiln_testkit::client::message("promo@shop.test", "r@dest.test", "cheap pills", 300);
+    let r = smtp
+        .send("promo@shop.test", &["r@dest.test"], &spam)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 554, "{r:?}");
+    smtp.quit().await;
+
+    let driver = chromedriver();
+    let base = format!("http://{}", e.kiln.http);
+    let token = e.kiln.admin_token();
+    let c = browser(&driver).await;
+    let mut page = sign_in(&c, &base, &[("token", token.trim())], "operator-sign-in").await;
+    for _ in 0..40 {
+        if page.contains("6 / ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        page = page_of(&c, &base).await;
+    }
+    assert_eq!(e.sink.rcpts_seen("h0@gw.test"), 0, "held");
+
+    // The suspension and what it holds.
+    let suspension = page
+        .split("<tr class=\"suspension\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no suspension shown: {page}"));
+    assert!(
+        suspension.contains("provider:gmail") && suspension.contains("3 queued"),
+        "{suspension}"
+    );
+    let queue = &page[page.find("id=\"queue\"").unwrap()..];
+    let gmail_row = queue
+        .split("<tr>")
+        .find(|r| r.starts_with("<td>gmail</td>"))
+        .unwrap_or_else(|| panic!("no gmail row: {queue}"));
+    let cells: Vec<&str> = gmail_row
+        .split("<td>")
+        .filter_map(|c| c.split("</td>").next())
+        .collect();
+    // Provider, queued, due, waiting, being attempted, held, oldest.
+    assert_eq!(
+        (cells.get(2), cells.get(6)),
+        (Some(&"3"), Some(&"3")),
+        "queued 3, held by a suspension 3: {gmail_row}"
+    );
+    let shaping = &page[page.find("<h2>Shaping</h2>").unwrap()..];
+    let until = shaping
+        .split("<tr>")
+        .find(|r| r.starts_with("<td>gmail</td>"))
+        .unwrap_or_else(|| panic!("no gmail shaping row: {shaping}"));
+    assert!(
+        until.contains("until resumed: provider:gmail suspended by"),
+        "{until}"
+    );
+
+    // The refusal: who sent it, by which door, why.
+    let recent = &page[page.find("id=\"recent\"").unwrap()..];
+    assert!(
+        recent.contains("from &lt;promo@shop.test&gt; (smtp 127.0.0.1")
+            && recent.contains("account shop")
+            && recent.contains("banned word"),
+        "{recent}"
+    );
+    assert!(!recent.contains("a message at the smtp door"), "{recent}");
+
+    // Warm-up: 6 sent today, the cap of 2 holds batch mail only.
+    let domains =
+        &page[page.find("id=\"domains\"").unwrap()..page.find("id=\"domain-control\"").unwrap()];
+    assert!(
+        domains.contains(
+            "2 a day for batch mail: <span class=\"bad\">reached, batch mail waits until tomorrow"
+        ),
+        "{domains}"
+    );
+    assert!(!domains.contains(" of 2"), "{domains}");
+
+    // Rates: mail only today, so one dot a series and no line through 0 %.
+    let charts = &page[page.find("id=\"charts\"").unwrap()..page.find("id=\"queue\"").unwrap()];
+    let rates = &charts[charts.find("Rates over").unwrap()..];
+    assert_eq!(rates.matches("<polyline").count(), 0, "{rates}");
+    assert!(rates.matches("<circle").count() >= 2, "{rates}");
+    let widths = c
+        .execute(
+            "const s = document.querySelector('#charts svg'); \
+             const box = document.querySelector('#charts'); \
+             return [s.getBoundingClientRect().width, box.clientWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (chart, section) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
+    assert!(
+        chart >= 0.9 * section,
+        "the chart is {chart} px of {section}"
+    );
+
+    // A narrow screen: nothing wider than the window.
+    c.set_window_size(420, 2400).await.unwrap();
+    let page_width = c
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        page_width[0].as_f64().unwrap() <= page_width[1].as_f64().unwrap(),
+        "at 420 px the page is {page_width}"
+    );
+    screenshot(&c, "operator-narrow").await;
+    c.set_window_size(1200, 2400).await.unwrap();
+
+    // The domain's state damaged behind Kiln's back: warned of, and set
+    // right from the console.
+    let redis = e.redis.as_ref().unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let key = cli(&["--scan", "--pattern", &format!("*rep:{domain}:state")]);
+    assert!(!key.is_empty(), "the reputation state's key");
+    cli(&["SET", &key, "{\"level\":\"eight\",\"day\":\"2026-01-01\"}"]);
+    let page = page_of(&c, &base).await;
+    assert!(
+        page.contains("id=\"domain-warning\"") && page.contains("state unreadable: sends nothing"),
+        "{page}"
+    );
+    let field = |css: &'static str| c.find(Locator::Css(css));
+    field("#domain-form input[name=domain]")
+        .await
+        .unwrap()
+        .send_keys(domain)
+        .await
+        .unwrap();
+    field("#domain-form select")
+        .await
+        .unwrap()
+        .select_by_value("set-level")
+        .await
+        .unwrap();
+    field("#domain-form input[name=value]")
+        .await
+        .unwrap()
+        .send_keys("5")
+        .await
+        .unwrap();
+    field("#domain-form button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let done = c
+        .wait()
+        .for_element(Locator::Id("done"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        done.contains(&format!("set-level {domain}: level 5")),
+        "{done}"
+    );
+    let page = c.source().await.unwrap();
+    assert!(!page.contains("id=\"domain-warning\""), "{page}");
+    assert!(page.contains("<td class=\"level\">5</td>"), "{page}");
+    let log = e.kiln.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reputation changed by an operator")
+                && l.contains("operator (console) from 127.0.0.1")),
+        "logged with who: {log}"
+    );
+    screenshot(&c, "operator-held").await;
+    c.close().await.unwrap();
+}

@@ -1,8 +1,9 @@
 //! `kiln explain`: a message deferred by a 4xx, then delivered, then
-//! opened, told in that order with the replies, on both stores.
+//! opened, told in that order with the replies and the node of each
+//! attempt, on both stores (on Redis, the second attempt another node's).
 
 use crate::clients::{ready_to_send, send_params};
-use crate::harness::{BOTH, env, wait_state, wait_until};
+use crate::harness::{BOTH, Backend, env, second_node, wait_state, wait_until};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -21,11 +22,11 @@ fn explain(e: &crate::harness::Env, id: &str, json: bool) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deferred_then_delivered_then_opened_message_explains_in_order() {
     for backend in BOTH {
-        let e = env(backend, |o| {
+        let tracking = |o: &mut kiln_testkit::process::KilnOptions| {
             o.extra = "[tracking]\nbase_url = \"http://{http}\"\nsecret = \"explain-test-secret\"\n"
                 .into()
-        })
-        .await;
+        };
+        let mut e = env(backend, tracking).await;
         let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
         e.sink
             .set_rule("ann@dest.test", "451 4.3.0 Greylisted, try again later");
@@ -41,9 +42,22 @@ async fn a_deferred_then_delivered_then_opened_message_explains_in_order() {
             .to_string();
         wait_state(&e.kiln, &id, 0, "deferred", 20).await;
         e.sink.clear_rule("ann@dest.test");
-        let out = e.kiln.command(&["queue", "retry-now", "domain:dest.test"]);
+        // On Redis the second attempt is another node's: node-a stops,
+        // node-b retries (and node-a comes back for the rest).
+        let b = (backend == Backend::Redis).then(|| second_node(&e, tracking));
+        let retrying = match &b {
+            Some(b) => {
+                e.kiln.terminate();
+                b
+            }
+            None => &e.kiln,
+        };
+        let out = retrying.command(&["queue", "retry-now", "domain:dest.test"]);
         assert!(out.status.success(), "{out:?}");
-        wait_state(&e.kiln, &id, 0, "delivered", 20).await;
+        wait_state(retrying, &id, 0, "delivered", 20).await;
+        if b.is_some() {
+            e.kiln.spawn();
+        }
 
         // The recipient opens it: the pixel is fetched.
         let data = e.sink.messages()[0].data.clone();
@@ -97,10 +111,16 @@ async fn a_deferred_then_delivered_then_opened_message_explains_in_order() {
         let first_text = lines[first]["text"].as_str().unwrap();
         assert!(first_text.contains("deferred, next try at"), "{first_text}");
         assert!(first_text.starts_with("#1 to mx.dest.test"), "{first_text}");
+        assert!(first_text.contains(" by node node-a"), "{first_text}");
         let second_text = lines[second]["text"].as_str().unwrap();
         assert!(
             second_text.starts_with("#2 ") && second_text.contains("→ delivered"),
             "{second_text}"
+        );
+        let second_node_name = if b.is_some() { "node-b" } else { "node-a" };
+        assert!(
+            second_text.contains(&format!(" by node {second_node_name}")),
+            "{backend:?}: which node made it: {second_text}"
         );
         // For people: the same story as text, one line each.
         let (ok, text) = explain(&e, &id, false);

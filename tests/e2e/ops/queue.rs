@@ -205,3 +205,119 @@ async fn an_operator_bounce_is_final_once_with_one_callback_each() {
         assert_eq!(r["due_now"], 0, "{r}");
     }
 }
+
+/// The operator holds one customer's mail (`sender_domain:`) while the
+/// others' mail to the same receivers goes; the summary says what the
+/// suspension holds; `list --limit 1` answers one entry at a time and
+/// its cursor goes through all of them once; the control is logged with
+/// the system's name for the user when the environment names none (cron,
+/// `env -i`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_customers_mail_is_held_and_listed_a_page_at_a_time() {
+    for backend in BOTH {
+        let e = env(backend, |o| {
+            o.extra = "[[accounts]]\nname = \"acme\"\nusername = \"acme\"\n\
+                       password = \"acme-password\"\ndomains = [\"acme.test\"]\n"
+                .into()
+        })
+        .await;
+        let out = std::process::Command::new(e.kiln.binary())
+            .args(["queue", "suspend", "sender_domain:ACME.test", "--config"])
+            .arg(&e.kiln.config)
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .env_remove("SUDO_USER")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+
+        let acme = async |to: &str| {
+            let mut c =
+                crate::harness::submit_session_as(e.kiln.smtp, "acme", "acme-password").await;
+            let body = message("news@acme.test", to, "held", 300);
+            let r = c.send("news@acme.test", &[to], &body).await.unwrap();
+            assert_eq!(r.code, 250, "{r:?}");
+            c.quit().await;
+            queued_id(&r.text)
+        };
+        let mut held = Vec::new();
+        for i in 0..3 {
+            held.push(acme(&format!("c{i}@dest.test")).await);
+        }
+        for i in 0..2 {
+            submit(&e.kiln, &format!("s{i}@dest.test")).await;
+        }
+        assert!(
+            e.sink.wait_count(2, Duration::from_secs(20)).await,
+            "{backend:?}: the other customer's mail goes"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let seen: usize = (0..3)
+            .map(|i| e.sink.rcpts_seen(&format!("c{i}@dest.test")))
+            .sum();
+        assert_eq!(seen, 0, "{backend:?}: acme.test's mail waits");
+
+        let summary = run(&e.kiln, &["queue", "summary", "--by", "sender_domain"]);
+        let group = summary["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["key"] == "acme.test")
+            .unwrap_or_else(|| panic!("{summary}"))
+            .clone();
+        assert_eq!(
+            (group["count"].clone(), group["suspended"].clone()),
+            (3.into(), 3.into()),
+            "{summary}"
+        );
+        let suspension = &summary["suspensions"][0];
+        assert_eq!(suspension["select"], "sender_domain:acme.test", "{summary}");
+        assert_eq!(suspension["holds"], 3, "{summary}");
+
+        // A page of one at a time: each entry once, then no cursor.
+        let mut listed = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..10 {
+            let mut args = vec!["queue", "list", "sender_domain:acme.test", "--limit", "1"];
+            if !cursor.is_empty() {
+                args.extend(["--cursor", cursor.as_str()]);
+            }
+            let page = run(&e.kiln, &args);
+            let entries = page["entries"].as_array().unwrap();
+            assert!(entries.len() <= 1, "{backend:?}: --limit 1 answered {page}");
+            listed.extend(
+                entries
+                    .iter()
+                    .map(|x| x["message_id"].as_str().unwrap().to_string()),
+            );
+            match page["next"].as_str() {
+                Some(next) => cursor = next.to_string(),
+                None => break,
+            }
+        }
+        listed.sort();
+        held.sort();
+        assert_eq!(listed, held, "{backend:?}: every held entry once");
+
+        let r = run(&e.kiln, &["queue", "resume", "sender_domain:acme.test"]);
+        assert_eq!(r["due_now"], 3, "{backend:?}: {r}");
+        assert!(
+            e.sink.wait_count(5, Duration::from_secs(20)).await,
+            "{backend:?}: resumed mail delivered"
+        );
+        let whoami = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        let whoami = String::from_utf8_lossy(&whoami.stdout).trim().to_string();
+        let log = e.kiln.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("queue control") && l.contains("suspend"))
+            .unwrap_or_else(|| panic!("{backend:?}: the control is not logged"));
+        assert!(
+            line.contains(&format!("{whoami} from 127.0.0.1")) && !line.contains("unknown user"),
+            "who asked: {line}"
+        );
+    }
+}

@@ -437,6 +437,12 @@ impl Kiln {
             .expect("run kiln")
     }
 
+    /// The kiln binary, for a command run otherwise than [`Self::command`]
+    /// does (another environment, another directory).
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

@@ -7,7 +7,7 @@ use super::auth_throttle;
 use super::parser::{Command, ParseError, parse_command};
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::intake::admission::Refusal;
-use crate::intake::admission::count_refused;
+use crate::intake::admission::{count_refused, note_refused};
 use crate::intake::submission::{Envelope, Submission, Trace};
 use crate::line_io::{Data, LineError, LineIo};
 use crate::net::domain_of;
@@ -395,6 +395,10 @@ impl Session {
                             }
                             Ok(Data::TooBig) => {
                                 count_refused("smtp", "too_big");
+                                self.note_door_refusal(&format!(
+                                    "over the {} bytes a message may have",
+                                    smtp.max_message_size
+                                ));
                                 self.reply(
                                     io,
                                     "552 5.3.4 Message size exceeds fixed maximum message size",
@@ -402,10 +406,12 @@ impl Session {
                             }
                             Ok(Data::LineTooLong) => {
                                 count_refused("smtp", "malformed");
+                                self.note_door_refusal("a line over 998 bytes");
                                 self.reply(io, LINE_TOO_LONG)
                             }
                             Ok(Data::BareLineEnding { framed }) => {
                                 count_refused("smtp", "malformed");
+                                self.note_door_refusal("a bare LF or CR");
                                 tracing::info!(peer = %self.peer, framed, "bare LF or CR in DATA, message refused");
                                 self.reply(io, BARE_LINE_ENDING);
                                 if !framed {
@@ -697,6 +703,21 @@ impl Session {
             Ok(_) => format!("250 2.0.0 Ok: queued as {id}"),
             Err(refusal) => smtp_refusal(refusal),
         }
+    }
+}
+
+impl Session {
+    /// Files a message the SMTP door refused before it had an id.
+    fn note_door_refusal(&self, why: &str) {
+        note_refused(format!(
+            "a message from <{}> (smtp {}{}): {why}",
+            self.mail_from.as_deref().unwrap_or(""),
+            self.peer,
+            self.account
+                .as_ref()
+                .map(|a| format!(", account {}", a.name))
+                .unwrap_or_default()
+        ));
     }
 }
 

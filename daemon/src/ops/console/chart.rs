@@ -2,15 +2,17 @@
 //! days need no chart library, no script in the browser and nothing
 //! fetched from elsewhere; the page is complete as it is served.
 
-/// One line of a chart.
+/// One line of a chart: a point a day, `None` where the day has nothing to
+/// measure (a rate on a day without mail is no 0 %), drawn as a gap.
 pub struct Series<'a> {
     pub name: &'a str,
     pub color: &'a str,
-    pub points: Vec<f64>,
+    pub points: Vec<Option<f64>>,
 }
 
-const W: f64 = 640.0;
-const H: f64 = 220.0;
+// The drawing's own units: the page scales it to the width it has.
+const W: f64 = 1000.0;
+const H: f64 = 240.0;
 const LEFT: f64 = 48.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 28.0;
@@ -41,7 +43,7 @@ fn frame(
     legend: &[(&str, &str)],
 ) -> String {
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"{t}\">\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" viewBox=\"0 0 {W} {H}\" preserveAspectRatio=\"xMinYMin meet\" role=\"img\" aria-label=\"{t}\">\
          <text x=\"{LEFT}\" y=\"16\" class=\"title\">{t}</text>",
         t = escape(title)
     );
@@ -118,7 +120,7 @@ pub fn lines(title: &str, labels: &[String], series: &[Series], unit: &str) -> S
         nice_max(
             series
                 .iter()
-                .flat_map(|s| s.points.iter().copied())
+                .flat_map(|s| s.points.iter().flatten().copied())
                 .fold(0.0, f64::max),
         )
     };
@@ -126,18 +128,36 @@ pub fn lines(title: &str, labels: &[String], series: &[Series], unit: &str) -> S
     let mut svg = frame(title, labels, y_max, unit, &legend);
     for s in series {
         let n = s.points.len();
-        let points: Vec<String> = s
-            .points
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!("{:.1},{:.1}", x_at(i, n), y_at(*v, y_max)))
-            .collect();
-        svg.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>",
-            s.color,
-            points.join(" "),
-            escape(s.name)
-        ));
+        // A line through each run of days with a value; a lone day is a dot.
+        let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        for (i, v) in s.points.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    if let Some(run) = runs.last_mut() {
+                        run.push((x_at(i, n), y_at(*v, y_max)));
+                    }
+                }
+                None if runs.last().is_some_and(|r| !r.is_empty()) => runs.push(Vec::new()),
+                None => {}
+            }
+        }
+        for run in runs.iter().filter(|r| !r.is_empty()) {
+            if let [(x, y)] = run.as_slice() {
+                svg.push_str(&format!(
+                    "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{}\"><title>{}</title></circle>",
+                    s.color,
+                    escape(s.name)
+                ));
+                continue;
+            }
+            let points: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            svg.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>",
+                s.color,
+                points.join(" "),
+                escape(s.name)
+            ));
+        }
     }
     svg.push_str("</svg>");
     svg
@@ -175,16 +195,37 @@ mod tests {
             &[Series {
                 name: "delivered",
                 color: "#2a7",
-                points: vec![99.0; 30],
+                points: vec![Some(99.0); 30],
             }],
             "%",
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(svg.contains("Rates &lt;30 days&gt;"));
-        assert!(svg.contains("<polyline"));
+        assert_eq!(svg.matches("<polyline").count(), 1);
         let b = bars("Sent", &labels, &[3.0; 30], "#36c");
         assert_eq!(b.matches("<rect").count(), 30);
         assert_eq!(nice_max(37.0), 50.0);
         assert_eq!(nice_max(0.0), 1.0);
+    }
+
+    #[test]
+    fn days_without_a_value_are_gaps_not_zeros() {
+        let labels: Vec<String> = (1..=6).map(|d| format!("11-{d:02}")).collect();
+        let svg = lines(
+            "Rates",
+            &labels,
+            &[Series {
+                name: "delivered",
+                color: "#2a7",
+                points: vec![None, Some(90.0), Some(95.0), None, Some(80.0), None],
+            }],
+            "%",
+        );
+        // Days 2-3 are a line, day 5 a dot; nothing is drawn at 0 %.
+        assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
+        assert_eq!(svg.matches("<circle").count(), 1, "{svg}");
+        let zero = format!("{:.1}", y_at(0.0, 100.0));
+        let line = &svg[svg.find("<polyline").unwrap()..];
+        assert!(!line.contains(&format!(",{zero}")), "{svg}");
     }
 }

@@ -33,6 +33,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .route("/console/login", post(login))
         .route("/console/logout", post(logout))
         .route("/console/queue", post(queue_action))
+        .route("/console/domain", post(domain_action))
 }
 
 /// Queue entries the operator's page groups by provider at most.
@@ -300,31 +301,98 @@ struct QueueForm {
     reason: String,
 }
 
+/// Who posted an operator's form, for the log: None (and the page to
+/// answer) when it is not the operator's, or the form is stale.
+async fn operator_form(
+    s: &Services,
+    headers: &HeaderMap,
+    peer: std::net::SocketAddr,
+    csrf: &str,
+    what: &str,
+) -> Result<String, Response> {
+    let Some((_, session)) = signed_in(s, headers).await else {
+        return Err(redirect("/console", None));
+    };
+    if !matches!(session.who, Who::Operator(_)) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            pages::message(&format!("Only the operator {what}.")),
+        ));
+    }
+    if !csrf_ok(&session, csrf) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            pages::message("The form is stale: reload the page and try again."),
+        ));
+    }
+    Ok(format!("operator (console) from {}", peer.ip()))
+}
+
 async fn queue_action(
     State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<QueueForm>,
 ) -> Response {
-    let Some((_, session)) = signed_in(&s, &headers).await else {
-        return redirect("/console", None);
+    let by = match operator_form(&s, &headers, peer, &f.csrf, "steers the queue").await {
+        Ok(by) => by,
+        Err(answer) => return answer,
     };
-    if !matches!(session.who, Who::Operator(_)) {
-        return page(
-            StatusCode::FORBIDDEN,
-            pages::message("Only the operator steers the queue."),
-        );
-    }
-    if !csrf_ok(&session, &f.csrf) {
-        return page(
-            StatusCode::FORBIDDEN,
-            pages::message("The form is stale: reload the page and try again."),
-        );
-    }
-    let by = "operator (console)".to_string();
     let done = super::queue_control::act(&s, &f.action, &f.select, &f.reason, &by).await;
     let text = match done {
         Ok(v) => format!("{} {}: {}", f.action, f.select, v),
         Err(why) => format!("{} {}: refused: {why}", f.action, f.select),
+    };
+    redirect(&format!("/console?done={}", url_encode(&text)), None)
+}
+
+#[derive(Deserialize)]
+struct DomainForm {
+    #[serde(default)]
+    csrf: String,
+    domain: String,
+    /// set-level, set-quota or reset.
+    action: String,
+    #[serde(default)]
+    value: String,
+}
+
+async fn domain_action(
+    State(s): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<DomainForm>,
+) -> Response {
+    let by = match operator_form(&s, &headers, peer, &f.csrf, "sets a domain's reputation").await {
+        Ok(by) => by,
+        Err(answer) => return answer,
+    };
+    let value = f.value.trim();
+    let number = if f.action == "reset" {
+        Ok(None)
+    } else {
+        value
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| format!("{value:?} is not a whole number"))
+    };
+    let text = match number {
+        Err(why) => format!("{} {}: refused: {why}", f.action, f.domain),
+        Ok(n) => {
+            let (level, quota) = match f.action.as_str() {
+                "set-level" => (n, None),
+                _ => (None, n),
+            };
+            match super::domains::apply(&s, &f.domain, &f.action, level, quota, &by).await {
+                Ok(v) => format!(
+                    "{} {}: level {}, daily quota {}",
+                    f.action, f.domain, v["level"], v["daily_limit"]
+                ),
+                Err(
+                    super::domains::Refused::Bad(_, why) | super::domains::Refused::Unreadable(why),
+                ) => format!("{} {}: refused: {why}", f.action, f.domain),
+            }
+        }
     };
     redirect(&format!("/console?done={}", url_encode(&text)), None)
 }
@@ -347,9 +415,19 @@ pub struct DomainRow {
     pub verified: bool,
     pub level: i64,
     pub quota: i64,
+    /// Why the policy cannot read the domain's state (it then sends
+    /// nothing until repaired).
+    pub problem: Option<String>,
     pub sent_today: i64,
-    /// (day of warm-up, today's cap), when warm-up applies.
-    pub warmup: Option<(i64, i64)>,
+    pub warmup: Option<WarmupCap>,
+}
+
+/// Today's warm-up cap of a domain, as the `warmup_limit` hook says.
+pub struct WarmupCap {
+    pub day: i64,
+    pub cap: i64,
+    /// The trigger types and scenarios it holds back (empty: every message).
+    pub applies_to: Vec<String>,
 }
 
 async fn domain_rows(s: &Services, accounts: &[String]) -> Vec<DomainRow> {
@@ -361,7 +439,10 @@ async fn domain_rows(s: &Services, accounts: &[String]) -> Vec<DomainRow> {
             continue;
         };
         for i in identities {
-            let (level, quota) = s.ses.reputation(account, &i.domain).await;
+            let (level, quota, problem) = match s.ses.reputation(account, &i.domain).await {
+                Ok((level, quota)) => (level, quota, None),
+                Err(why) => (0, 0, Some(why)),
+            };
             let sent_today = s
                 .stats
                 .day_counts(&i.domain, &today, None)
@@ -374,13 +455,33 @@ async fn domain_rows(s: &Services, accounts: &[String]) -> Vec<DomainRow> {
                 .await
                 .ok()
                 .flatten()
-                .and_then(|v| Some((v["day"].as_i64()?, v["cap"].as_i64()?)));
+                .and_then(|v| {
+                    let mut applies_to: Vec<String> = match &v["applies_to"] {
+                        Value::Object(set) => set
+                            .iter()
+                            .filter(|(_, on)| on.as_bool() == Some(true))
+                            .map(|(k, _)| k.clone())
+                            .collect(),
+                        Value::Array(list) => list
+                            .iter()
+                            .filter_map(|k| k.as_str().map(str::to_string))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    applies_to.sort();
+                    Some(WarmupCap {
+                        day: v["day"].as_i64()?,
+                        cap: v["cap"].as_i64()?,
+                        applies_to,
+                    })
+                });
             rows.push(DomainRow {
                 account: account.clone(),
                 domain: i.domain,
                 verified: i.verified,
                 level,
                 quota,
+                problem,
                 sent_today,
                 warmup,
             });
@@ -453,21 +554,40 @@ async fn operator_page(s: &Services, session: &Session, q: &HomeQuery) -> String
     let daily = daily(s, &domains).await;
     // Grouping by provider reads every entry: on a large queue the page
     // shows the counts by state and leaves the rest to `kiln queue summary`.
-    let queue = match s.store.queue_len().await {
-        Ok(n) if n <= SCAN_AT_MOST => super::queue_control::summary_groups(s, "provider")
-            .await
-            .unwrap_or_default(),
-        _ => match s.store.queue_counts().await {
-            Ok(c) => vec![json!({
-                "key": "(all; kiln queue summary --by provider for each)",
-                "count": c.due + c.waiting + c.leased,
-                "due": c.due,
-                "waiting": c.waiting,
-                "leased": c.leased,
-                "oldest_age_s": "—",
-            })],
-            Err(_) => Vec::new(),
-        },
+    let summary = match s.store.queue_len().await {
+        Ok(n) if n <= SCAN_AT_MOST => super::queue_control::summarize(s, "provider").await.ok(),
+        _ => None,
+    };
+    let (queue, suspensions) = match summary {
+        Some(summary) => (summary.groups, summary.suspensions),
+        None => {
+            let groups = match s.store.queue_counts().await {
+                Ok(c) => vec![json!({
+                    "key": "(all; kiln queue summary --by provider for each)",
+                    "count": c.due + c.waiting + c.leased,
+                    "due": c.due,
+                    "waiting": c.waiting,
+                    "leased": c.leased,
+                    "suspended": "—",
+                    "oldest_age_s": "—",
+                })],
+                Err(_) => Vec::new(),
+            };
+            let rules = s.queue.controls.rules();
+            let suspensions = rules
+                .iter()
+                .filter(|r| r.action == crate::queue::control::Action::Suspend)
+                .map(|r| {
+                    json!({
+                        "select": r.select.to_string(),
+                        "by": r.by,
+                        "since": crate::clock::format_ms(r.at_ms),
+                        "holds": null,
+                    })
+                })
+                .collect();
+            (groups, suspensions)
+        }
     };
     let shaping = s.egress.shaping().await;
     let recent = crate::feedback::recent::list();
@@ -488,6 +608,7 @@ async fn operator_page(s: &Services, session: &Session, q: &HomeQuery) -> String
         rows: &rows,
         daily: &daily,
         queue: &queue,
+        suspensions: &suspensions,
         shaping: &shaping,
         recent: &recent,
         blocklist,
