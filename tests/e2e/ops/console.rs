@@ -302,11 +302,15 @@ async fn the_operator_sees_what_holds_mail_and_why() {
         suspension.contains("provider:gmail") && suspension.contains("3 queued"),
         "{suspension}"
     );
-    let queue = &page[page.find("id=\"queue\"").unwrap()..];
-    let gmail_row = queue
-        .split("<tr>")
-        .find(|r| r.starts_with("<td>gmail</td>"))
-        .unwrap_or_else(|| panic!("no gmail row: {queue}"));
+    // A table's row by its first cell, from `heading` on.
+    let row = |heading: &str| {
+        let from = &page[page.find(heading).unwrap()..];
+        from.split("<tr>")
+            .find(|r| r.starts_with("<td>gmail</td>"))
+            .unwrap_or_else(|| panic!("no gmail row after {heading}: {from}"))
+            .to_string()
+    };
+    let gmail_row = row("id=\"queue\"");
     let cells: Vec<&str> = gmail_row
         .split("<td>")
         .filter_map(|c| c.split("</td>").next())
@@ -317,11 +321,7 @@ async fn the_operator_sees_what_holds_mail_and_why() {
         (Some(&"3"), Some(&"3")),
         "queued 3, held by a suspension 3: {gmail_row}"
     );
-    let shaping = &page[page.find("<h2>Shaping</h2>").unwrap()..];
-    let until = shaping
-        .split("<tr>")
-        .find(|r| r.starts_with("<td>gmail</td>"))
-        .unwrap_or_else(|| panic!("no gmail shaping row: {shaping}"));
+    let until = row("<h2>Shaping</h2>");
     assert!(
         until.contains("until resumed: provider:gmail suspended by"),
         "{until}"

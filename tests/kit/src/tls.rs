@@ -20,9 +20,9 @@ pub fn server_config(name: &str) -> Arc<rustls::ServerConfig> {
     Arc::new(config)
 }
 
-/// A private CA and a server config for `name` with a certificate it
-/// signed; returns the CA certificate as PEM, for the client to trust.
-pub fn ca_signed_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+/// A private CA's certificate and a leaf for `names` it signed (with the
+/// leaf's key).
+fn ca_and_leaf(names: &[&str]) -> (rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair) {
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -32,10 +32,18 @@ pub fn ca_signed_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>
     let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
-        .expect("leaf params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("leaf cert");
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("leaf params")
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf cert");
+    (ca_cert, leaf, leaf_key)
+}
+
+/// A private CA and a server config for `name` with a certificate it
+/// signed; returns the CA certificate as PEM, for the client to trust.
+pub fn ca_signed_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+    let (ca_cert, leaf, leaf_key) = ca_and_leaf(&[name]);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -59,20 +67,7 @@ pub fn ca_signed_files(
     dir: &std::path::Path,
     names: &[&str],
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Kiln test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("leaf params")
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf cert");
+    let (ca_cert, leaf, leaf_key) = ca_and_leaf(names);
     let (ca, cert, key) = (
         dir.join("ca.pem"),
         dir.join("cert.pem"),
