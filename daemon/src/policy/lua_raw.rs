@@ -31,6 +31,8 @@ pub trait RawPush {
     /// # Safety
     /// As `push_onto`; `table` is an absolute index.
     unsafe fn set_field(&self, state: *mut ffi::lua_State, table: c_int, name: &FieldName) {
+        // SAFETY: the caller's contract (exec_raw's state, three free slots): a key and a value
+        // pushed, both popped by rawset on `table`, an absolute index.
         unsafe {
             ffi::lua_pushstring(state, name.0.as_ptr().cast());
             self.push_onto(state);
@@ -40,41 +42,50 @@ pub trait RawPush {
 }
 
 unsafe fn push_str(state: *mut ffi::lua_State, s: &str) {
+    // SAFETY: `s` is borrowed for the call and Lua copies its bytes; one slot pushed, within
+    // the caller's three.
     unsafe { ffi::lua_pushlstring(state, s.as_ptr().cast(), s.len()) };
 }
 
 impl RawPush for String {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        // SAFETY: as `push_str`: the caller's state with free slots.
         unsafe { push_str(state, self) }
     }
 }
 
 impl RawPush for &str {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        // SAFETY: as `push_str`: the caller's state with free slots.
         unsafe { push_str(state, self) }
     }
 }
 
 impl RawPush for std::borrow::Cow<'_, str> {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        // SAFETY: as `push_str`: the caller's state with free slots.
         unsafe { push_str(state, self) }
     }
 }
 
 impl RawPush for std::borrow::Cow<'_, [String]> {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        // SAFETY: the same contract as this function's, passed on.
         unsafe { self.as_ref().push_onto(state) }
     }
 }
 
 impl RawPush for Vec<String> {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        // SAFETY: the same contract as this function's, passed on.
         unsafe { self.as_slice().push_onto(state) }
     }
 }
 
 impl RawPush for [String] {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        // SAFETY: the table takes one slot and each string one more, popped by rawseti at once:
+        // two of the caller's three slots at most.
         unsafe {
             ffi::lua_createtable(state, c_int::try_from(self.len()).unwrap_or(0), 0);
             for (i, s) in self.iter().enumerate() {
@@ -85,6 +96,8 @@ impl RawPush for [String] {
     }
 
     unsafe fn set_field(&self, state: *mut ffi::lua_State, table: c_int, name: &FieldName) {
+        // SAFETY: the caller's contract; the key, its copy and the old value take three slots,
+        // and every path resets the stack to where it found it (plus the rawset's pops).
         unsafe {
             ffi::lua_pushstring(state, name.0.as_ptr().cast());
             let list = ffi::lua_gettop(state) + 1;
@@ -113,6 +126,8 @@ impl RawPush for [String] {
 /// without a metatable: its length is its number of keys (a kept list a
 /// script changed still refills exactly; an answer's list reads exactly).
 unsafe fn plain_list(state: *mut ffi::lua_State, idx: c_int) -> bool {
+    // SAFETY: `idx` is an absolute index of a table the caller holds; getmetatable pushes only
+    // when it answers non-zero, and that one is popped.
     unsafe {
         if ffi::lua_getmetatable(state, idx) != 0 {
             ffi::lua_pop(state, 1);
@@ -126,6 +141,9 @@ unsafe fn plain_list(state: *mut ffi::lua_State, idx: c_int) -> bool {
 /// The number of keys of the table at `idx` (absolute).
 unsafe fn keys(state: *mut ffi::lua_State, idx: c_int) -> usize {
     let mut n = 0usize;
+    // SAFETY: `idx` is an absolute index of a table; lua_next leaves a key and a value, the
+    // value is popped and the key handed back, so the stack ends where it began. Only keys
+    // lua_next gave are passed back, so it never raises.
     unsafe {
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, idx) != 0 {
@@ -138,6 +156,7 @@ unsafe fn keys(state: *mut ffi::lua_State, idx: c_int) -> usize {
 
 impl RawPush for bool {
     unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
+        // SAFETY: one slot pushed on the caller's state, which has room for it.
         unsafe { ffi::lua_pushboolean(state, c_int::from(*self)) };
     }
 }
@@ -147,6 +166,7 @@ macro_rules! raw_integer {
         impl RawPush for $t {
             unsafe fn push_onto(&self, state: *mut ffi::lua_State) {
                 // Sizes and times: far below i64::MAX.
+                // SAFETY: one slot pushed on the caller's state, which has room for it.
                 unsafe { ffi::lua_pushinteger(state, *self as ffi::lua_Integer) };
             }
         }
@@ -253,6 +273,9 @@ pub fn refill(
 /// The string at `idx`, if it is one (numbers are not converted: that would
 /// allocate inside the protected call).
 unsafe fn string_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
+    // SAFETY: `idx` is a valid index on the caller's state; the bytes point into a Lua string
+    // that stays on the stack (so alive, and never moved) for as long as the caller keeps it
+    // there, which the lifetime leaves to the caller.
     unsafe {
         if ffi::lua_type(state, idx) != ffi::LUA_TSTRING {
             return None;
@@ -264,6 +287,7 @@ unsafe fn string_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u
 }
 
 unsafe fn integer_at(state: *mut ffi::lua_State, idx: c_int) -> Option<i64> {
+    // SAFETY: `idx` is a valid index; tointegerx only reads.
     unsafe {
         let mut ok = 0;
         let n = ffi::lua_tointegerx(state, idx, &mut ok);
@@ -272,6 +296,7 @@ unsafe fn integer_at(state: *mut ffi::lua_State, idx: c_int) -> Option<i64> {
 }
 
 unsafe fn number_at(state: *mut ffi::lua_State, idx: c_int) -> Option<f64> {
+    // SAFETY: `idx` is a valid index; tonumberx only reads.
     unsafe {
         let mut ok = 0;
         let n = ffi::lua_tonumberx(state, idx, &mut ok);
@@ -336,6 +361,9 @@ unsafe fn read_op<'t>(
     state: *mut ffi::lua_State,
     ttl: &impl Fn(Option<f64>) -> Option<Duration>,
 ) -> Result<OpRef<'t>, String> {
+    // SAFETY: the operation's table is on top (checked by the caller) and the caller resets the
+    // stack after; at most seven slots are used, within LUA_MINSTACK (20). The strings read
+    // stay in the operation's table, which outlives `'t`.
     unsafe {
         let op = ffi::lua_gettop(state);
         ffi::lua_rawgeti(state, op, 1);
@@ -460,6 +488,8 @@ pub fn decision(lua: &Lua, value: &Value) -> Option<super::decisions::Decision> 
 
 /// The string at `idx` as an owned String (None: not a UTF-8 string).
 unsafe fn owned_at(state: *mut ffi::lua_State, idx: c_int) -> Option<String> {
+    // SAFETY: `idx` is a valid index; the bytes are copied before the caller can pop the
+    // string.
     unsafe { string_at(state, idx) }
         .and_then(|b| std::str::from_utf8(b).ok())
         .map(str::to_owned)
@@ -468,6 +498,8 @@ unsafe fn owned_at(state: *mut ffi::lua_State, idx: c_int) -> Option<String> {
 unsafe fn read_decision(state: *mut ffi::lua_State) -> Option<super::decisions::Decision> {
     let mut d = super::decisions::Decision::default();
     let mut action = false;
+    // SAFETY: the table is at 1 (checked by the caller); lua_next gets only keys it gave back,
+    // and the stack is reset to 2 after each pair, so it never grows past three.
     unsafe {
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, 1) != 0 {
@@ -502,6 +534,8 @@ unsafe fn read_decision(state: *mut ffi::lua_State) -> Option<super::decisions::
 
 /// A table at `idx` holding only strings at 1..n.
 unsafe fn string_list(state: *mut ffi::lua_State, idx: c_int) -> Option<Vec<String>> {
+    // SAFETY: `idx` holds a value (its type is checked first); each element is pushed and
+    // popped at once, so the stack stays at `top` + 1 at most.
     unsafe {
         // Nothing but the sequence (serde would see a map otherwise).
         if ffi::lua_type(state, idx) != ffi::LUA_TTABLE || !plain_list(state, idx) {
@@ -525,6 +559,8 @@ unsafe fn string_map(
     state: *mut ffi::lua_State,
     idx: c_int,
 ) -> Option<std::collections::BTreeMap<String, String>> {
+    // SAFETY: `idx` holds a value (its type is checked first); lua_next's key is kept and its
+    // value popped each turn, so the stack stays within `top` + 2.
     unsafe {
         if ffi::lua_type(state, idx) != ffi::LUA_TTABLE || ffi::lua_getmetatable(state, idx) != 0 {
             return None;

@@ -261,6 +261,8 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, _: *mut ffi::
 /// `co` is a Lua thread that is not running (just made), of a state whose
 /// calls are watched.
 pub unsafe fn watch_coroutine(co: *mut ffi::lua_State) {
+    // SAFETY: the caller's contract: `co` is not running, so setting its
+    // hook races with nothing.
     unsafe { ffi::lua_sethook(co, Some(count_hook), ffi::LUA_MASKCOUNT, HOOK_EVERY) };
 }
 
