@@ -1,6 +1,7 @@
 //! What the fuzz targets in `fuzz/` run, one function per input class, and
-//! the same functions `tests/fuzz_corpus.rs` replays every corpus file
-//! through on the stable toolchain, so a crash once found stays a test.
+//! the same functions the test `every_corpus_file_replays` (below) replays
+//! every corpus file through on the stable toolchain, so a crash once found
+//! stays a test.
 //!
 //! Each function takes arbitrary bytes, must never panic, and asserts what
 //! must hold whatever the input: a parsed address reads back the same, a
@@ -229,7 +230,7 @@ pub fn api_request(data: &[u8]) {
 /// HTML, then given the unsubscribe footer and tracked links; every
 /// tracked link's token verifies, and data cannot add markup.
 pub fn template(data: &[u8]) {
-    use crate::feedback::rewrite::{tracking::Tracker, unsubscribe};
+    use crate::rewrite::{tracking::Tracker, unsubscribe};
     use crate::ses::templates::{render, variables};
     let split = data.iter().position(|b| *b == 0).unwrap_or(data.len());
     let text = String::from_utf8_lossy(&data[..split]);

@@ -1,15 +1,28 @@
-//! The house keeps its shape: no room imports a room that imports it back
-//! (directly or round a longer loop), and no file grows past what a reader
-//! takes in at once.
+//! The house keeps its shape: no top-level module imports one that imports
+//! it back (directly or round a longer loop), no file grows past what a
+//! reader takes in at once, and lib.rs's layout table names every module.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// The rooms, by pipeline stage; plumbing (config, net, services, ...)
-/// lies below them all.
-const ROOMS: &[&str] = &[
-    "intake", "queue", "egress", "feedback", "ses", "ops", "policy", "store",
-];
+/// Every top-level module: a file or a folder of `src` (lib.rs and main.rs
+/// aside).
+fn top_level_modules(src: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(src).expect("read_dir").flatten() {
+        let path = entry.path();
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let module = path.is_dir()
+            || (path.extension().is_some_and(|e| e == "rs")
+                && !matches!(name, "lib" | "main")
+                && !test_only(&path));
+        if module {
+            out.push(name.to_string());
+        }
+    }
+    out.sort();
+    out
+}
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
@@ -22,59 +35,112 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Room → the rooms its code (comments aside) names as `crate::<room>`.
-fn imports() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
+/// Module → the other top-level modules its code (comments and test-only
+/// files aside) names as `crate::<module>`, each with one place it does.
+type Graph = BTreeMap<String, BTreeMap<String, String>>;
+
+fn imports() -> Graph {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut graph = BTreeMap::new();
-    for room in ROOMS {
+    let modules = top_level_modules(&src);
+    let mut graph = Graph::new();
+    for module in &modules {
         let mut files = Vec::new();
-        rust_files(&src.join(room), &mut files);
-        let mut uses = BTreeSet::new();
-        for file in files {
-            let text = std::fs::read_to_string(&file).expect("read");
-            for line in text.lines() {
+        let dir = src.join(module);
+        if dir.is_dir() {
+            rust_files(&dir, &mut files);
+        } else {
+            files.push(src.join(format!("{module}.rs")));
+        }
+        let mut uses = BTreeMap::new();
+        for file in files.iter().filter(|f| !test_only(f)) {
+            let text = std::fs::read_to_string(file).expect("read");
+            for (n, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
-                for other in ROOMS {
-                    if other != room && code.contains(&format!("crate::{other}::")) {
-                        uses.insert(*other);
+                for other in modules.iter().filter(|o| *o != module) {
+                    let named = code
+                        .match_indices(&format!("crate::{other}"))
+                        .any(|(at, m)| {
+                            !code[at + m.len()..]
+                                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                        });
+                    if named {
+                        uses.entry(other.clone())
+                            .or_insert_with(|| format!("{}:{}", file.display(), n + 1));
                     }
                 }
             }
         }
-        graph.insert(*room, uses);
+        graph.insert(module.clone(), uses);
     }
     graph
 }
 
-#[test]
-fn no_room_imports_round_a_loop() {
-    let graph = imports();
-    // Depth-first search for a path back to where it started.
-    fn reaches(
-        graph: &BTreeMap<&'static str, BTreeSet<&'static str>>,
-        from: &'static str,
-        to: &'static str,
-        path: &mut Vec<&'static str>,
-    ) -> bool {
-        for next in &graph[from] {
-            if path.contains(next) {
-                continue;
-            }
-            path.push(next);
-            if *next == to || reaches(graph, next, to, path) {
-                return true;
-            }
-            path.pop();
+/// A loop of imports, as the modules on it in order (the first again at
+/// the end), if there is one.
+fn find_loop(graph: &Graph) -> Option<Vec<String>> {
+    fn visit(
+        graph: &Graph,
+        at: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|m| m == at) {
+            let mut found = path[start..].to_vec();
+            found.push(at.to_string());
+            return Some(found);
         }
-        false
+        if done.contains(at) {
+            return None;
+        }
+        path.push(at.to_string());
+        for next in graph.get(at).into_iter().flat_map(|u| u.keys()) {
+            if let Some(found) = visit(graph, next, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.insert(at.to_string());
+        None
     }
-    for room in ROOMS {
-        let mut path = vec![*room];
-        assert!(
-            !reaches(&graph, room, room, &mut path),
-            "an import loop between rooms: {} (imports: {graph:?})",
-            path.join(" -> ")
-        );
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|m| visit(graph, m, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn a_loop_of_imports_is_found() {
+    let graph = |edges: &[(&str, &str)]| {
+        let mut g = Graph::new();
+        for (from, to) in edges {
+            g.entry(from.to_string())
+                .or_default()
+                .insert(to.to_string(), String::new());
+            g.entry(to.to_string()).or_default();
+        }
+        g
+    };
+    assert_eq!(
+        find_loop(&graph(&[("a", "b"), ("b", "c"), ("a", "c")])),
+        None
+    );
+    assert_eq!(
+        find_loop(&graph(&[("a", "b"), ("b", "c"), ("c", "a")])),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    assert!(find_loop(&graph(&[("x", "y"), ("y", "y2"), ("y2", "y")])).is_some());
+}
+
+#[test]
+fn no_module_imports_round_a_loop() {
+    let graph = imports();
+    assert!(graph.len() > 20, "modules found: {:?}", graph.keys());
+    if let Some(found) = find_loop(&graph) {
+        let steps: Vec<String> = found
+            .windows(2)
+            .map(|w| format!("{} -> {} ({})", w[0], w[1], graph[&w[0]][&w[1]]))
+            .collect();
+        panic!("an import loop between modules:\n  {}", steps.join("\n  "));
     }
 }
 

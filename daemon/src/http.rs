@@ -11,7 +11,7 @@ use axum::routing::get;
 use serde_json::json;
 use std::sync::Arc;
 
-pub fn router(services: Arc<Services>) -> Router {
+pub fn router(ctx: Arc<Services>) -> Router {
     Router::new()
         .route(
             "/",
@@ -19,16 +19,18 @@ pub fn router(services: Arc<Services>) -> Router {
         )
         .route("/healthz", get(health))
         .merge(crate::feedback::endpoints::routes())
-        .merge(crate::ops::admin::routes(&services))
+        .merge(crate::ops::admin::routes(&ctx))
         .merge(crate::ops::scrape::routes())
         .merge(crate::ops::console::routes())
-        .with_state(services)
+        .with_state(ctx)
 }
 
-async fn health(State(s): State<Arc<Services>>) -> Response {
-    match s.store.queue_len().await {
-        Ok(n) => axum::Json(json!({"status": "ok", "store": s.store.backend_name(), "queued": n}))
-            .into_response(),
+async fn health(State(ctx): State<Arc<Services>>) -> Response {
+    match ctx.store.queue_len().await {
+        Ok(n) => {
+            axum::Json(json!({"status": "ok", "store": ctx.store.backend_name(), "queued": n}))
+                .into_response()
+        }
         Err(e) => crate::ops::admin::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "StoreUnavailable",

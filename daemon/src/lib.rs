@@ -2,7 +2,7 @@
 //!
 //! The source is a house of rooms, one per stage of a message's life, with
 //! the plumbing below them; `docs/architecture.md` walks through it.
-//! `house_tests` keeps this table naming every module, and no room
+//! `house_tests` keeps this table naming every module, and no module
 //! importing one that imports it back.
 //!
 //! # Layout
@@ -11,7 +11,8 @@
 //! |--------|-----|
 //! | **`intake`** | **where mail comes in; every message takes one path to the queue** |
 //! | `intake::smtp` | SMTP submission server: listeners, TLS, one task per session |
-//! | `intake::smtp::session` | one session: EHLO, STARTTLS, AUTH, transactions, DATA |
+//! | `intake::smtp::session` | one session: reading commands, AUTH, accepting a message |
+//! | `intake::smtp::session::verbs` | one handler per verb: EHLO, STARTTLS, MAIL, RCPT, DATA |
 //! | `intake::smtp::parser` | SMTP command parsing, no I/O |
 //! | `intake::smtp::auth_throttle` | password guessing over AUTH, slowed then stopped |
 //! | `intake::api` | the Tencent Cloud SES API (2020-10-02) |
@@ -36,6 +37,7 @@
 //! | `queue::manager` | leases ready entries as egress takes them |
 //! | `queue::cache` | bodies accepted here, kept until their last attempt |
 //! | `queue::outcome` | what an attempt's outcome means: next try or final |
+//! | `queue::report` | the one path of every end of a delivery: decided, recorded, then heard |
 //! | `queue::control` | the operator's suspensions and bounces, for every node |
 //! | **`egress`** | **how mail leaves: providers, sources, shaping, the SMTP client** |
 //! | `egress::route` | a domain's MX hosts, resolved once and kept a while |
@@ -45,20 +47,15 @@
 //! | `egress::warmup` | IP warm-up: a source's daily cap per provider, overflow to warm sources |
 //! | `egress::shaping` | limits per (provider, source), suspensions, backoff |
 //! | `egress::return_path` | sender domains with a return-path domain of their own |
-//! | `egress::report` | throttling signals, bounce classes, outcomes to the queue |
+//! | `egress::report` | throttling signals; each attempt reported to the queue |
 //! | `egress::client` | the SMTP client: one connection to one MX address |
 //! | **`feedback`** | **what happens after an attempt, or after the recipient reads** |
 //! | `feedback::events` | what happened, per message and recipient |
 //! | `feedback::callbacks` | events POSTed to the customers' receivers |
-//! | `feedback::stats` | daily statistics per sender domain and mailbox provider |
-//! | `feedback::outcomes` | the `reputation` hook's feed of outcomes |
+//! | `feedback::listener` | what each recorded outcome sets off: event, statistics, reputation, metrics |
 //! | `feedback::inbound_reports` | DSNs and complaints sent back to the VERP address |
-//! | `feedback::verp` | per-recipient return paths |
 //! | `feedback::recent` | this node's last refusals and failures, for the console |
 //! | `feedback::trail` | each message's story after it was queued, for `kiln explain` |
-//! | `feedback::rewrite` | the message side of the deliverability loop: |
-//! | `feedback::rewrite::tracking` | open pixel and tracked links |
-//! | `feedback::rewrite::unsubscribe` | unsubscribe footer and headers |
 //! | `feedback::endpoints` | the HTTP side: pixel, link and unsubscribe pages |
 //! | `feedback::engagement` | what an open or a click records |
 //! | **`ses`** | **the SES records: the product's data behind the API** |
@@ -73,6 +70,8 @@
 //! | `ses::abuse` | complaint reports per sender domain |
 //! | `ses::receivers` | recipient lists |
 //! | `ses::tasks` | batch-task records |
+//! | `ses::stats` | daily statistics per sender domain and mailbox provider |
+//! | `ses::operators` | operator tokens, accepted by every node on a store |
 //! | **`ops`** | **operating a node** |
 //! | `ops::admin` | the endpoints the `kiln` subcommands use |
 //! | `ops::admin_auth` | who may use them |
@@ -91,9 +90,11 @@
 //! | `policy::lua_raw` | tables across the C API for the hot hooks |
 //! | `policy::lua_data` | `kiln.data`: the data files plugins ship (TOML) |
 //! | `policy::decisions` | what hooks are given and may answer, as types |
+//! | `policy::hooks` | every hook declared once: name, argument, answer |
 //! | `policy::plugin_settings` | plugin settings, declared and checked |
 //! | `policy::watchdog` | stops runaway hook calls |
 //! | `policy::time` | days as the policy counts them |
+//! | `policy::outcome_feed` | the `reputation` hook's feed of outcomes, batched |
 //! | **`store`** | **the one state interface: queue, records, counters** |
 //! | `store::embedded` | one redb file for one node: |
 //! | `store::embedded::queue` | messages, queue entries, leases |
@@ -111,11 +112,12 @@
 //! | `store::read_cache` | what batches last read |
 //! | `store::shaping` | egress pacing and connection slots, shared by nodes |
 //! | `store::redis::shaping` | the same on Redis |
-//! | **plumbing** | **below every room** |
-//! | `server` | a node's life: start, reload (SIGHUP), drain (SIGTERM) |
-//! | `services` | what every stage shares, built once by `server` |
+//! | **frame** | **above the rooms: what starts a node and routes its requests** |
+//! | `server` | a node's life: start, drain (SIGTERM), reload on SIGHUP |
 //! | `http` | the HTTP listener's routes, from the rooms that answer them |
 //! | `http_serve` | the HTTP listener's connections: timeouts, limits |
+//! | **plumbing** | **below the stages** |
+//! | `services` | what every stage shares, built once by `server`; reload |
 //! | `config` | settings: declarations, defaults, environment, checks |
 //! | `config::load` | the file, then the environment |
 //! | `config::problems` | what deserialising cannot tell |
@@ -123,6 +125,13 @@
 //! | `data_dir` | the data directory, private to the daemon's user |
 //! | `metrics` | what every stage counts, in the Prometheus text format |
 //! | `logging` | one log line per event, whatever a value holds |
+//! | `queued` | what a queued message is: entries, attempts, status records |
+//! | `event` | what happened to a message for one recipient: the callbacks' format |
+//! | `rewrite` | the message side of the deliverability loop: |
+//! | `rewrite::tracking` | open pixel and tracked links |
+//! | `rewrite::unsubscribe` | unsubscribe footer and headers |
+//! | `verp` | per-recipient return paths |
+//! | `digest` | fingerprints of secrets the store only compares |
 //! | `message` | reading a message's header, no I/O |
 //! | `address` | mail addresses (RFC 5321, 6531) |
 //! | `dns` | MX lookup: where mail for a domain goes |
@@ -146,20 +155,23 @@
 //!                       queue::manager ──lease──▶ egress (a line per destination)
 //!                                                        │ dns: MX, egress::client: SMTP out
 //!                                                        ▼
-//!        queue::outcome decides, store.settle records: delivered / retry at T / bounced / expired
-//!                                                        │
+//!      queue::report: classify_bounce, decide, record with the event's callback job:
+//!                    delivered / retry at T / bounced / expired (one commit)
+//!                                                        │ then, through report::Listener
 //!                                                        ▼
-//!          feedback: events ─▶ callbacks, stats, outcomes (─▶ `reputation` hook)
+//!          feedback::listener: event log, stats, reputation feed (─▶ `reputation` hook)
 //!          recipient ─▶ feedback::endpoints (open, click, unsubscribe) ─▶ engagement, events
-//!          bounce/complaint ─▶ intake::smtp ─▶ feedback::inbound_reports ─▶ blocklist, events
+//!          bounce/complaint ─▶ intake::smtp ─▶ feedback::inbound_reports ─▶ queue::report (DSN), events
 //! ```
 
 pub mod address;
 pub mod clock;
 pub mod config;
 pub mod data_dir;
+pub mod digest;
 pub mod dns;
 pub mod egress;
+pub mod event;
 pub mod feedback;
 pub mod fuzzing;
 pub mod http;
@@ -174,11 +186,14 @@ pub mod ops;
 pub mod outbound_http;
 pub mod policy;
 pub mod queue;
+pub mod queued;
+pub mod rewrite;
 pub mod server;
 pub mod services;
 pub mod ses;
 pub mod store;
 pub mod tls;
+pub mod verp;
 
 #[cfg(test)]
 mod house_tests;

@@ -202,7 +202,7 @@ fn init_logging(settings: &Settings) -> tracing_appender::non_blocking::WorkerGu
         .with_env_filter(filter)
         .with_ansi(colours)
         .with_writer(kiln::logging::OneLineWriters::new(writer, colours));
-    if settings.log.format == "json" {
+    if settings.log.format == kiln::config::LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
@@ -263,54 +263,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig => {
-            // The policy scripts are part of the configuration.
-            let checked = settings
-                .policy
-                .to_settings()
-                .map_err(|e| e.to_string())
-                .and_then(|ps| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| e.to_string())?
-                        .block_on(kiln::policy::check(&ps))
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(e) = checked {
-                eprintln!("{e}");
-                return ExitCode::from(1);
-            }
-            say!(
-                "{}: ok",
-                cli.config
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "(defaults)".into())
-            );
-            ExitCode::SUCCESS
-        }
-        Command::Serve => {
-            let _log_guard = init_logging(&settings);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("kiln: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match runtime.block_on(kiln::server::run(settings, cli.config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("kiln: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Command::CheckConfig => check_config(&settings, cli.config.as_deref()),
+        Command::Serve => serve(settings, cli.config),
         Command::Reload => admin(&settings, "POST", "/admin/reload"),
         Command::Policy => admin(&settings, "GET", "/admin/policy"),
         Command::Egress => admin(&settings, "GET", "/admin/egress"),
@@ -332,120 +286,12 @@ fn main() -> ExitCode {
         Command::Status { message_id } => {
             admin(&settings, "GET", &format!("/admin/messages/{message_id}"))
         }
-        Command::Account { command } => match command {
-            AccountCommand::Create { name } => {
-                admin(&settings, "POST", &format!("/admin/accounts/{name}"))
-            }
-            AccountCommand::List => admin(&settings, "GET", "/admin/accounts"),
-            AccountCommand::Disable { name } => admin(
-                &settings,
-                "POST",
-                &format!("/admin/accounts/{name}/disable"),
-            ),
-            AccountCommand::Enable { name } => {
-                admin(&settings, "POST", &format!("/admin/accounts/{name}/enable"))
-            }
-            AccountCommand::Callback { name, url, address } => {
-                let mut query = format!("url={}", encode_query(&url));
-                if let Some(a) = address {
-                    query.push_str(&format!("&address={}", encode_query(&a)));
-                }
-                admin(
-                    &settings,
-                    "POST",
-                    &format!("/admin/accounts/{name}/callback?{query}"),
-                )
-            }
-            AccountCommand::RotateKey { name } => admin(
-                &settings,
-                "POST",
-                &format!("/admin/accounts/{name}/rotate-key"),
-            ),
-        },
-        Command::Queue { command } => {
-            let control = |action: &str, select: &str, extra: String| {
-                admin(
-                    &settings,
-                    "POST",
-                    &format!(
-                        "/admin/queue/{action}?select={}{extra}",
-                        encode_query(select)
-                    ),
-                )
-            };
-            match command {
-                QueueCommand::Summary { by } => admin(
-                    &settings,
-                    "GET",
-                    &format!("/admin/queue/summary?by={}", encode_query(&by)),
-                ),
-                QueueCommand::List {
-                    select,
-                    cursor,
-                    limit,
-                } => admin(
-                    &settings,
-                    "GET",
-                    &format!(
-                        "/admin/queue/list?select={}&cursor={}&limit={limit}",
-                        encode_query(&select.unwrap_or_default()),
-                        encode_query(&cursor.unwrap_or_default())
-                    ),
-                ),
-                QueueCommand::Suspend { select } => control("suspend", &select, String::new()),
-                QueueCommand::Resume { select } => control("resume", &select, String::new()),
-                QueueCommand::Bounce { select, reason } => control(
-                    "bounce",
-                    &select,
-                    format!("&reason={}", encode_query(&reason)),
-                ),
-                QueueCommand::RetryNow { select } => control("retry-now", &select, String::new()),
-                QueueCommand::Controls => admin(&settings, "GET", "/admin/queue/controls"),
-            }
-        }
+        Command::Account { command } => account(&settings, command),
+        Command::Queue { command } => queue(&settings, command),
         Command::Console {
             command: ConsoleCommand::Token,
-        } => match kiln::ops::admin_auth::read_token(&settings.server.data_dir) {
-            Ok(token) => {
-                say!("{token}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!(
-                    "kiln: cannot read the operator token {}: {e} (run kiln as the daemon's user, after the daemon's first start)",
-                    kiln::ops::admin_auth::token_path(&settings.server.data_dir).display()
-                );
-                ExitCode::from(1)
-            }
-        },
-        Command::Domain { command } => match command {
-            DomainCommand::Show { domain } => admin(
-                &settings,
-                "GET",
-                &format!("/admin/domains/{}", encode_query(&domain)),
-            ),
-            DomainCommand::SetLevel { domain, level } => admin(
-                &settings,
-                "POST",
-                &format!(
-                    "/admin/domains/{}/set-level?level={level}",
-                    encode_query(&domain)
-                ),
-            ),
-            DomainCommand::SetQuota { domain, quota } => admin(
-                &settings,
-                "POST",
-                &format!(
-                    "/admin/domains/{}/set-quota?quota={quota}",
-                    encode_query(&domain)
-                ),
-            ),
-            DomainCommand::Reset { domain } => admin(
-                &settings,
-                "POST",
-                &format!("/admin/domains/{}/reset", encode_query(&domain)),
-            ),
-        },
+        } => console_token(&settings),
+        Command::Domain { command } => domain(&settings, command),
         Command::Auth { command } => match command {
             AuthCommand::Blocked => admin(&settings, "GET", "/admin/auth/blocked"),
             AuthCommand::Unblock { subject } => admin(
@@ -454,29 +300,202 @@ fn main() -> ExitCode {
                 &format!("/admin/auth/unblock?subject={}", encode_query(&subject)),
             ),
         },
-        Command::Dkim { command } => match command {
-            DkimCommand::Show { domain } => {
-                admin(&settings, "GET", &format!("/admin/dkim/{domain}"))
+        Command::Dkim { command } => dkim(&settings, command),
+    }
+}
+
+/// `kiln check-config`: the settings (already read) and the policy scripts.
+fn check_config(settings: &Settings, config: Option<&std::path::Path>) -> ExitCode {
+    // The policy scripts are part of the configuration.
+    let checked = settings
+        .policy
+        .to_settings()
+        .map_err(|e| e.to_string())
+        .and_then(|ps| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(kiln::policy::check(&ps))
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = checked {
+        eprintln!("{e}");
+        return ExitCode::from(1);
+    }
+    say!(
+        "{}: ok",
+        config
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(defaults)".into())
+    );
+    ExitCode::SUCCESS
+}
+
+/// `kiln serve`: the daemon, until SIGTERM.
+fn serve(settings: Settings, config: Option<PathBuf>) -> ExitCode {
+    let _log_guard = init_logging(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kiln: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(kiln::server::run(settings, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("kiln: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn account(settings: &Settings, command: AccountCommand) -> ExitCode {
+    match command {
+        AccountCommand::Create { name } => {
+            admin(settings, "POST", &format!("/admin/accounts/{name}"))
+        }
+        AccountCommand::List => admin(settings, "GET", "/admin/accounts"),
+        AccountCommand::Disable { name } => {
+            admin(settings, "POST", &format!("/admin/accounts/{name}/disable"))
+        }
+        AccountCommand::Enable { name } => {
+            admin(settings, "POST", &format!("/admin/accounts/{name}/enable"))
+        }
+        AccountCommand::Callback { name, url, address } => {
+            let mut query = format!("url={}", encode_query(&url));
+            if let Some(a) = address {
+                query.push_str(&format!("&address={}", encode_query(&a)));
             }
-            DkimCommand::Create {
-                domain,
-                algorithm,
-                selector,
-            } => {
-                let mut query = Vec::new();
-                if let Some(a) = algorithm {
-                    query.push(format!("algorithm={a}"));
-                }
-                if let Some(s) = selector {
-                    query.push(format!("selector={s}"));
-                }
-                admin(
-                    &settings,
-                    "POST",
-                    &format!("/admin/dkim/{domain}?{}", query.join("&")),
-                )
+            admin(
+                settings,
+                "POST",
+                &format!("/admin/accounts/{name}/callback?{query}"),
+            )
+        }
+        AccountCommand::RotateKey { name } => admin(
+            settings,
+            "POST",
+            &format!("/admin/accounts/{name}/rotate-key"),
+        ),
+    }
+}
+
+fn queue(settings: &Settings, command: QueueCommand) -> ExitCode {
+    let control = |action: &str, select: &str, extra: String| {
+        admin(
+            settings,
+            "POST",
+            &format!(
+                "/admin/queue/{action}?select={}{extra}",
+                encode_query(select)
+            ),
+        )
+    };
+    match command {
+        QueueCommand::Summary { by } => admin(
+            settings,
+            "GET",
+            &format!("/admin/queue/summary?by={}", encode_query(&by)),
+        ),
+        QueueCommand::List {
+            select,
+            cursor,
+            limit,
+        } => admin(
+            settings,
+            "GET",
+            &format!(
+                "/admin/queue/list?select={}&cursor={}&limit={limit}",
+                encode_query(&select.unwrap_or_default()),
+                encode_query(&cursor.unwrap_or_default())
+            ),
+        ),
+        QueueCommand::Suspend { select } => control("suspend", &select, String::new()),
+        QueueCommand::Resume { select } => control("resume", &select, String::new()),
+        QueueCommand::Bounce { select, reason } => control(
+            "bounce",
+            &select,
+            format!("&reason={}", encode_query(&reason)),
+        ),
+        QueueCommand::RetryNow { select } => control("retry-now", &select, String::new()),
+        QueueCommand::Controls => admin(settings, "GET", "/admin/queue/controls"),
+    }
+}
+
+fn console_token(settings: &Settings) -> ExitCode {
+    match kiln::ses::operators::read_token(&settings.server.data_dir) {
+        Ok(token) => {
+            say!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "kiln: cannot read the operator token {}: {e} (run kiln as the daemon's user, after the daemon's first start)",
+                kiln::ses::operators::token_path(&settings.server.data_dir).display()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn domain(settings: &Settings, command: DomainCommand) -> ExitCode {
+    match command {
+        DomainCommand::Show { domain } => admin(
+            settings,
+            "GET",
+            &format!("/admin/domains/{}", encode_query(&domain)),
+        ),
+        DomainCommand::SetLevel { domain, level } => admin(
+            settings,
+            "POST",
+            &format!(
+                "/admin/domains/{}/set-level?level={level}",
+                encode_query(&domain)
+            ),
+        ),
+        DomainCommand::SetQuota { domain, quota } => admin(
+            settings,
+            "POST",
+            &format!(
+                "/admin/domains/{}/set-quota?quota={quota}",
+                encode_query(&domain)
+            ),
+        ),
+        DomainCommand::Reset { domain } => admin(
+            settings,
+            "POST",
+            &format!("/admin/domains/{}/reset", encode_query(&domain)),
+        ),
+    }
+}
+
+fn dkim(settings: &Settings, command: DkimCommand) -> ExitCode {
+    match command {
+        DkimCommand::Show { domain } => admin(settings, "GET", &format!("/admin/dkim/{domain}")),
+        DkimCommand::Create {
+            domain,
+            algorithm,
+            selector,
+        } => {
+            let mut query = Vec::new();
+            if let Some(a) = algorithm {
+                query.push(format!("algorithm={a}"));
             }
-        },
+            if let Some(s) = selector {
+                query.push(format!("selector={s}"));
+            }
+            admin(
+                settings,
+                "POST",
+                &format!("/admin/dkim/{domain}?{}", query.join("&")),
+            )
+        }
     }
 }
 
@@ -578,7 +597,7 @@ fn call_admin(settings: &Settings, method: &str, path: &str) -> Result<(bool, St
     let url = format!("http://{addr}{path}");
     let data_dir = &settings.server.data_dir;
     let source = SOURCE.get().map(String::as_str).unwrap_or_default();
-    let token = kiln::ops::admin_auth::read_token(data_dir).map_err(|e| {
+    let token = kiln::ses::operators::read_token(data_dir).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
             "run kiln as the daemon's user"
         } else {
@@ -586,7 +605,7 @@ fn call_admin(settings: &Settings, method: &str, path: &str) -> Result<(bool, St
         };
         format!(
             "cannot read the admin token {}: {e} ({source}; {hint})",
-            kiln::ops::admin_auth::token_path(data_dir).display(),
+            kiln::ses::operators::token_path(data_dir).display(),
         )
     })?;
     tokio::runtime::Builder::new_current_thread()

@@ -191,3 +191,22 @@ impl ConnectionLimits {
         })
     }
 }
+
+/// Requests per client address in the current second.
+#[derive(Default)]
+pub struct RateLimiter {
+    window: std::sync::Mutex<(i64, std::collections::HashMap<IpAddr, u32>)>,
+}
+
+impl RateLimiter {
+    pub fn allow(&self, ip: IpAddr, per_second: u32) -> bool {
+        let now = crate::clock::system_now_ms() / 1000;
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0 != now {
+            *w = (now, std::collections::HashMap::new());
+        }
+        let n = w.1.entry(ip).or_default();
+        *n += 1;
+        *n <= per_second
+    }
+}

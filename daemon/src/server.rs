@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -70,35 +69,6 @@ pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Sto
     })
 }
 
-fn tls_acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
-    let config = crate::tls::server_config(
-        settings.smtp.tls_cert.as_deref(),
-        settings.smtp.tls_key.as_deref(),
-        &settings.server.data_dir,
-        &settings.server.hostname,
-    )
-    .context("loading the SMTP TLS certificate")?;
-    Ok(TlsAcceptor::from(config))
-}
-
-/// The HTTP listener's TLS, when `http.tls_cert` and `http.tls_key` are
-/// set (HTTP/1.1 over TLS, as the SDKs speak it).
-fn http_tls_acceptor(settings: &Settings) -> anyhow::Result<Option<TlsAcceptor>> {
-    let (Some(cert), Some(key)) = (&settings.http.tls_cert, &settings.http.tls_key) else {
-        return Ok(None);
-    };
-    let config = crate::tls::server_config(
-        Some(cert),
-        Some(key),
-        &settings.server.data_dir,
-        &settings.server.hostname,
-    )
-    .context("loading the HTTP TLS certificate")?;
-    let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(TlsAcceptor::from(Arc::new(config))))
-}
-
 /// What a node listens on, bound before it starts: the daemon binds what
 /// the settings name, a test binds port 0 and reads the ports.
 pub struct Listeners {
@@ -133,7 +103,7 @@ pub enum Listen {
 
 /// A running node: every task started, serving its listeners.
 pub struct Node {
-    pub services: Arc<Services>,
+    pub ctx: Arc<Services>,
     shutdown: CancellationToken,
     delivery_stop: CancellationToken,
     outcomes_stop: CancellationToken,
@@ -165,7 +135,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
             settings.server.data_dir.display()
         )
     })?;
-    crate::ops::admin_auth::ensure_token(&settings.server.data_dir)
+    crate::ses::operators::ensure_token(&settings.server.data_dir)
         .context("making the admin token in the data directory")?;
     let node = start(settings, config_path.clone(), Listen::AsConfigured, clock).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -177,7 +147,7 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Re
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let _ = reload(&node.services, config_path.as_deref()).await;
+                let _ = node.ctx.reload().await;
             }
         }
     }
@@ -205,58 +175,24 @@ pub async fn start(
     })?;
     let store = open_store(&settings, clock).await?;
     let shutdown = CancellationToken::new();
-    let queue = QueueHandle::new(store.clone(), BODY_CACHE_BYTES, &settings.queue);
     let signers = Arc::new(DkimSigners::new(
         store.clone(),
         settings.dkim.sign_headers.clone(),
     ));
-    let policy_settings = settings
-        .policy
-        .to_settings()
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let policy = Arc::new(
-        crate::policy::Policy::load(policy_settings, store.clone())
-            .context("loading the policy scripts")?,
-    );
-    tracing::info!(
-        script = %settings.policy.script.display(),
-        script_found = settings.policy.script.exists(),
-        plugins = %settings.policy.plugins_dir.display(),
-        plugins_found = settings.policy.plugins_dir.is_dir(),
-        "policy loaded (a missing script or plugin file means the built-in defaults)"
-    );
+    let policy = load_policy(&settings, &store)?;
     let resolver = MxResolver::new(&settings.dns.nameservers, settings.dns.timeout)?;
     let client_tls = crate::tls::client_configs(settings.delivery.tls_ca_file.as_deref())?;
     let delivery_stop = CancellationToken::new();
-    let outcomes = crate::feedback::outcomes::OutcomeFeed::new(policy.clone());
+    let outcomes = crate::policy::outcome_feed::OutcomeFeed::new(policy.clone());
     let outcomes_stop = CancellationToken::new();
     let outcomes_task = tokio::spawn(outcomes.clone().run(outcomes_stop.clone()));
     let time_zone = jiff::tz::TimeZone::get(&settings.policy.time_zone)
         .map_err(|e| anyhow::anyhow!("policy.time_zone: {e}"))?;
-    let stats = crate::feedback::stats::DailyStats::new(store.clone(), time_zone.clone());
+    let stats = crate::ses::stats::DailyStats::new(store.clone(), time_zone.clone());
     let stats_task = tokio::spawn(stats.clone().run(outcomes_stop.clone()));
 
-    let secret = signing_secret(&settings, &store).await?;
-    let tracker = tracker(&settings, &secret);
-    let verp = (!settings.platform.bounce_domain.is_empty()).then(|| {
-        Arc::new(crate::feedback::verp::Verp::new(
-            &secret,
-            &settings.platform.bounce_domain,
-            &settings.platform.return_path_label,
-        ))
-    });
-    let ses = crate::ses::Records {
-        store: store.clone(),
-        settings: settings.clone(),
-        // Uncached: a record just published must be seen at once.
-        resolver: Arc::new(MxResolver::new_uncached(
-            &settings.dns.nameservers,
-            settings.dns.timeout,
-        )?),
-        policy: policy.clone(),
-        time_zone,
-        uploads: Default::default(),
-    };
+    let (tracker, verp) = signed_addresses(&settings, &store).await?;
+    let ses = records(&settings, &store, &policy, time_zone)?;
     let callbacks = crate::feedback::callbacks::Callbacks::new(
         ses.clone(),
         policy.clone(),
@@ -268,16 +204,24 @@ pub async fn start(
         store.clone(),
         settings.queue.status_retention,
     );
+    let queue = QueueHandle::new(
+        store.clone(),
+        BODY_CACHE_BYTES,
+        &settings.queue,
+        policy.clone(),
+        Arc::new(crate::feedback::listener::OutcomeListener {
+            events: events.clone(),
+            stats: stats.clone(),
+            outcomes: outcomes.clone(),
+        }),
+        settings.node_id(),
+    );
     let delivery = Delivery::new(
         settings.clone(),
         queue.clone(),
+        store.clone(),
         policy.clone(),
-        crate::egress::Feedback {
-            outcomes: outcomes.clone(),
-            stats: stats.clone(),
-            events: events.clone(),
-            verp: verp.clone(),
-        },
+        verp.clone(),
         resolver,
         client_tls,
         delivery_stop.clone(),
@@ -286,8 +230,8 @@ pub async fn start(
     let ctx = Arc::new(Services {
         settings: settings.clone(),
         accounts: RwLock::new(Arc::new(Accounts::from_settings(&settings.accounts))),
-        tls: RwLock::new(Some(tls_acceptor(&settings)?)),
-        http_tls: RwLock::new(http_tls_acceptor(&settings)?),
+        tls: RwLock::new(Some(crate::tls::smtp_acceptor(&settings)?)),
+        http_tls: RwLock::new(crate::tls::http_acceptor(&settings)?),
         store: store.clone(),
         signers: signers.clone(),
         queue: queue.clone(),
@@ -296,28 +240,57 @@ pub async fn start(
         stats: stats.clone(),
         tracker,
         verp,
-        events: events.clone(),
-        callbacks: callbacks.clone(),
+        feedback: Arc::new(events.clone()),
         ses: ses.clone(),
         config_path: config_path.clone(),
         tracking_limiter: Default::default(),
         egress: delivery.clone(),
-        admin_tokens: Arc::new(
-            crate::ops::admin_auth::OperatorTokens::new(
-                crate::ops::admin_auth::ensure_token(&settings.server.data_dir)
-                    .context("making the admin token in the data directory")?,
-                store.clone(),
-            )
-            .await
-            .context("filing the operator token in the store")?,
-        ),
+        admin_tokens: operator_tokens(&settings, &store).await?,
     });
     let callbacks_stop = CancellationToken::new();
     let sending_task = tokio::spawn(callbacks.clone().send_due(callbacks_stop.clone()));
 
+    let (sessions, accept_tasks, http_task) = serve(&ctx, listen, &shutdown).await?;
+    let manager_task = start_queue(&settings, &queue, &delivery, &delivery_stop).await;
+    let tasks_task = tokio::spawn(crate::intake::batch::run(
+        ctx.clone(),
+        delivery_stop.clone(),
+    ));
+
+    Ok(Node {
+        ctx,
+        shutdown,
+        delivery_stop,
+        outcomes_stop,
+        callbacks_stop,
+        sessions,
+        accept_tasks,
+        manager_task,
+        tasks_task,
+        outcomes_task,
+        stats_task,
+        sending_task,
+        http_task,
+        delivery,
+    })
+}
+
+/// Serves SMTP and HTTP on `listen` until `shutdown`: the SMTP sessions'
+/// tracker, the accept tasks and the HTTP task.
+async fn serve(
+    ctx: &Arc<Services>,
+    listen: Listen,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(
+    TaskTracker,
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let settings = &ctx.settings;
+    let store = &ctx.store;
     let listeners = match listen {
         Listen::On(l) => l,
-        Listen::AsConfigured => Listeners::bind(&settings).await?,
+        Listen::AsConfigured => Listeners::bind(settings).await?,
     };
     for l in &listeners.smtp {
         tracing::info!(address = %l.local_addr()?, tls = ?l.settings.tls, "SMTP listening");
@@ -359,11 +332,56 @@ pub async fn start(
         let app = crate::http::router(http_services);
         crate::http_serve::serve(http, app, http_limits, tls, http_stop).await;
     });
-    // In force before the first lease: a suspension survives a restart.
-    if let Err(e) = queue.controls.refresh().await {
+    Ok((sessions, accept_tasks, http_task))
+}
+
+/// Tracking links and VERP return paths, both signed with the
+/// installation's secret (None when not configured).
+async fn signed_addresses(
+    settings: &Settings,
+    store: &Store,
+) -> anyhow::Result<(
+    Option<Arc<crate::rewrite::tracking::Tracker>>,
+    Option<Arc<crate::verp::Verp>>,
+)> {
+    let secret = signing_secret(settings, store).await?;
+    let tracker = tracker(settings, &secret);
+    let verp = (!settings.platform.bounce_domain.is_empty()).then(|| {
+        Arc::new(crate::verp::Verp::new(
+            &secret,
+            &settings.platform.bounce_domain,
+            &settings.platform.return_path_label,
+        ))
+    });
+    Ok((tracker, verp))
+}
+
+/// This node's operator token, filed for the nodes on `store`.
+async fn operator_tokens(
+    settings: &Settings,
+    store: &Store,
+) -> anyhow::Result<Arc<crate::ses::operators::OperatorTokens>> {
+    let token = crate::ses::operators::ensure_token(&settings.server.data_dir)
+        .context("making the admin token in the data directory")?;
+    let tokens = crate::ses::operators::OperatorTokens::new(token, store.clone())
+        .await
+        .context("filing the operator token in the store")?;
+    Ok(Arc::new(tokens))
+}
+
+/// Starts the queue: the operator's rules read (in force before the first
+/// lease: a suspension survives a restart) and kept fresh, then the
+/// manager handing work to `delivery`.
+async fn start_queue(
+    settings: &Settings,
+    queue: &QueueHandle,
+    delivery: &Arc<Delivery>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    if let Err(e) = queue.controls().refresh().await {
         tracing::warn!(error = %e, "queue controls could not be read; reading them again every second");
     }
-    tokio::spawn(queue.controls.clone().run(delivery_stop.clone()));
+    tokio::spawn(queue.controls().clone().run(stop.clone()));
     let manager = Manager {
         queue: queue.clone(),
         delivery: delivery.clone(),
@@ -374,28 +392,48 @@ pub async fn start(
             StoreBackend::Redis => Duration::from_millis(200),
         },
     };
-    let manager_task = tokio::spawn(manager.run(delivery_stop.clone()));
-    let tasks_task = tokio::spawn(crate::intake::batch::run(
-        ctx.clone(),
-        delivery_stop.clone(),
-    ));
+    tokio::spawn(manager.run(stop.clone()))
+}
 
-    Ok(Node {
-        services: ctx,
-        shutdown,
-        delivery_stop,
-        outcomes_stop,
-        callbacks_stop,
-        sessions,
-        accept_tasks,
-        manager_task,
-        tasks_task,
-        outcomes_task,
-        stats_task,
-        sending_task,
-        http_task,
-        delivery,
+/// The SES records, on `store`.
+fn records(
+    settings: &Arc<Settings>,
+    store: &Store,
+    policy: &Arc<crate::policy::Policy>,
+    time_zone: jiff::tz::TimeZone,
+) -> anyhow::Result<crate::ses::Records> {
+    Ok(crate::ses::Records {
+        store: store.clone(),
+        settings: settings.clone(),
+        // Uncached: a record just published must be seen at once.
+        resolver: Arc::new(MxResolver::new_uncached(
+            &settings.dns.nameservers,
+            settings.dns.timeout,
+        )?),
+        policy: policy.clone(),
+        time_zone,
+        uploads: Default::default(),
     })
+}
+
+/// The policy scripts, loaded and checked.
+fn load_policy(settings: &Settings, store: &Store) -> anyhow::Result<Arc<crate::policy::Policy>> {
+    let policy_settings = settings
+        .policy
+        .to_settings()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let policy = Arc::new(
+        crate::policy::Policy::load(policy_settings, store.clone())
+            .context("loading the policy scripts")?,
+    );
+    tracing::info!(
+        script = %settings.policy.script.display(),
+        script_found = settings.policy.script.exists(),
+        plugins = %settings.policy.plugins_dir.display(),
+        plugins_found = settings.policy.plugins_dir.is_dir(),
+        "policy loaded (a missing script or plugin file means the built-in defaults)"
+    );
+    Ok(policy)
 }
 
 impl Node {
@@ -419,6 +457,7 @@ impl Node {
         let _ = self.manager_task.await;
         let _ = self.tasks_task.await;
         self.delivery.drain(SHUTDOWN_GRACE).await;
+        self.ctx.queue.drain().await;
         // The last outcomes reach the reputation counters before the store closes.
         self.outcomes_stop.cancel();
         let _ = self.outcomes_task.await;
@@ -426,7 +465,7 @@ impl Node {
         self.callbacks_stop.cancel();
         let _ = self.sending_task.await;
         let _ = self.http_task.await;
-        match &self.services.store {
+        match &self.ctx.store {
             Store::Embedded(s) => s.close(),
             Store::Redis(s) => s.close().await,
         }
@@ -470,10 +509,7 @@ async fn signing_secret(settings: &Settings, store: &Store) -> anyhow::Result<Ve
         .ok_or_else(|| anyhow::anyhow!("signing secret vanished from the store"))
 }
 
-fn tracker(
-    settings: &Settings,
-    secret: &[u8],
-) -> Option<Arc<crate::feedback::rewrite::tracking::Tracker>> {
+fn tracker(settings: &Settings, secret: &[u8]) -> Option<Arc<crate::rewrite::tracking::Tracker>> {
     let t = &settings.tracking;
     if !t.enabled {
         return None;
@@ -483,45 +519,9 @@ fn tracker(
     } else {
         t.base_url.clone()
     };
-    Some(Arc::new(crate::feedback::rewrite::tracking::Tracker::new(
+    Some(Arc::new(crate::rewrite::tracking::Tracker::new(
         secret,
         &base,
         t.hosts.clone(),
     )))
-}
-
-/// Re-reads what can change without a restart: accounts, the TLS
-/// certificate, cached DKIM keys, the policy scripts. A bad file changes
-/// nothing: the running configuration and policy stay in force. Returns the
-/// policy version now running.
-pub async fn reload(ctx: &Services, config_path: Option<&std::path::Path>) -> Result<u64, String> {
-    let fail = |e: String| {
-        tracing::error!(error = %e, "reload failed, keeping the running configuration");
-        e
-    };
-    let settings = Settings::load(config_path).map_err(|e| fail(e.to_string()))?;
-    let acceptor = tls_acceptor(&settings).map_err(|e| fail(format!("{e:#}")))?;
-    let http_acceptor = http_tls_acceptor(&settings).map_err(|e| fail(format!("{e:#}")))?;
-    let policy = ctx.policy.clone();
-    // Loading runs the scripts' top level: off the async workers.
-    let version = tokio::task::spawn_blocking(move || policy.reload())
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))?;
-    if let Ok(mut a) = ctx.accounts.write() {
-        *a = Arc::new(Accounts::from_settings(&settings.accounts));
-    }
-    if let Ok(mut t) = ctx.tls.write() {
-        *t = Some(acceptor);
-    }
-    if let Ok(mut t) = ctx.http_tls.write() {
-        *t = http_acceptor;
-    }
-    ctx.signers.clear();
-    tracing::info!(
-        accounts = settings.accounts.len(),
-        policy_version = version,
-        "configuration and policy reloaded"
-    );
-    Ok(version)
 }

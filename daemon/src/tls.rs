@@ -3,9 +3,11 @@
 //! delivery: opportunistic (encrypt, accept any certificate, as RFC 7435
 //! allows) and required (verify the chain and the MX host name).
 
+use anyhow::Context;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -156,4 +158,35 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The SMTP listeners' TLS (`smtp.tls_cert`, or a certificate Kiln makes
+/// for itself).
+pub fn smtp_acceptor(settings: &crate::config::Settings) -> anyhow::Result<TlsAcceptor> {
+    let config = server_config(
+        settings.smtp.tls_cert.as_deref(),
+        settings.smtp.tls_key.as_deref(),
+        &settings.server.data_dir,
+        &settings.server.hostname,
+    )
+    .context("loading the SMTP TLS certificate")?;
+    Ok(TlsAcceptor::from(config))
+}
+
+/// The HTTP listener's TLS, when `http.tls_cert` and `http.tls_key` are
+/// set (HTTP/1.1 over TLS, as the SDKs speak it).
+pub fn http_acceptor(settings: &crate::config::Settings) -> anyhow::Result<Option<TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&settings.http.tls_cert, &settings.http.tls_key) else {
+        return Ok(None);
+    };
+    let config = server_config(
+        Some(cert),
+        Some(key),
+        &settings.server.data_dir,
+        &settings.server.hostname,
+    )
+    .context("loading the HTTP TLS certificate")?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }

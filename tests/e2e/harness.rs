@@ -195,6 +195,46 @@ pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     .await
 }
 
+/// The sum of the series of a metric (`kiln_callbacks_total`) whose labels
+/// hold `label` (`result="failed"`; "" for all) in `GET /metrics`.
+pub async fn metric(e: &Env, name: &str, label: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", e.kiln.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `metric(e, name, label)` reaches `at_least`.
+pub async fn wait_for_metric(e: &Env, name: &str, label: &str, at_least: f64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if metric(e, name, label).await >= at_least {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fixed wait, for a test that shows something does *not* happen (a
+/// second delivery, an attempt while suspended, a callback too many):
+/// there is no event to wait for, so `what` is given this long to happen.
+/// Every other wait waits for its event.
+pub async fn nothing_happens_for(time: Duration, what: &str) {
+    eprintln!("giving {what} {time:?} to happen (it must not)");
+    tokio::time::sleep(time).await;
+}
+
 /// One message relayed from load@shop.test (the listener must relay for
 /// loopback), in a session of its own; the reply to its DATA.
 pub async fn relay(addr: SocketAddr, to: &str, subject: &str) -> kiln_testkit::client::Reply {

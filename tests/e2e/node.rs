@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub struct Node {
     pub node: Option<kiln::server::Node>,
-    pub services: Arc<Services>,
+    pub ctx: Arc<Services>,
     pub clock: Clock,
     pub smtp: SocketAddr,
     pub sink: Sink,
@@ -55,7 +55,7 @@ pub async fn node(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Nod
         .await
         .expect("node starts");
     Node {
-        services: node.services.clone(),
+        ctx: node.ctx.clone(),
         node: Some(node),
         clock,
         smtp,
@@ -69,7 +69,7 @@ pub async fn node(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Nod
 impl Node {
     /// The status record of a message, as `kiln status` shows it.
     pub async fn status(&self, id: &str) -> Option<Value> {
-        let status = self.services.store.status(id).await.ok()??;
+        let status = self.ctx.store.status(id).await.ok()??;
         serde_json::to_value(status).ok()
     }
 

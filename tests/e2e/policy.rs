@@ -72,7 +72,8 @@ return { hooks = {
 async fn reload_under_load_loses_nothing_and_applies_to_later_mail() {
     let e = env(Backend::Embedded, relay).await;
     let load = tokio::spawn(inject(e.kiln.smtp, 400, 5, "load"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Under load: mail is flowing.
+    assert!(crate::harness::wait_until(Duration::from_secs(10), || e.sink.count() >= 10).await);
 
     // A broken policy is refused and the old one stays.
     std::fs::write(
@@ -207,6 +208,7 @@ async fn two_nodes_share_one_rate_limit() {
     // Midway, a node holds units it counted ahead of use (the quota and the
     // one recipient's hourly count, whose limits are far away).
     let held_midway = async {
+        // A point in the three seconds' window, not an event.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let out = e.kiln.command_async(&["policy"]).await;
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()

@@ -226,7 +226,8 @@ async fn smtp_smuggling_is_refused() {
         assert_eq!(c.cmd("NOOP").await.unwrap().code, 250);
     }
     c.quit().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    crate::harness::nothing_happens_for(Duration::from_millis(500), "a smuggled message queued")
+        .await;
     assert_eq!(queued(&e.kiln).await, 0);
     assert_eq!(e.sink.count(), 0, "nothing was delivered");
 }
@@ -783,7 +784,7 @@ async fn a_repeated_request_is_done_once() {
             "{backend:?}: {again}"
         );
         assert!(e.sink.wait_count(1, Duration::from_secs(20)).await);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        crate::harness::nothing_happens_for(Duration::from_millis(500), "the replay's copy").await;
         assert_eq!(e.sink.count(), 1, "{backend:?}: sent once");
         // The SDK itself sends one request twice within a second (a double
         // click): two answers, one MessageId, one message.
@@ -795,7 +796,8 @@ async fn a_repeated_request_is_done_once() {
         );
         assert_eq!(first["MessageId"], second["MessageId"], "{backend:?}");
         assert!(e.sink.wait_count(2, Duration::from_secs(20)).await);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        crate::harness::nothing_happens_for(Duration::from_millis(500), "the double click's copy")
+            .await;
         let twice = e
             .sink
             .messages()

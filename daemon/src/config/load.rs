@@ -89,7 +89,7 @@ fn section_problems(file: &Path) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for (section, value) in doc {
         let mut alone = toml::Table::new();
-        alone.insert(section, value);
+        alone.insert(section.clone(), value);
         let Ok(text) = toml::to_string(&alone) else {
             continue;
         };
@@ -97,8 +97,13 @@ fn section_problems(file: &Path) -> Option<Vec<String>> {
             .add_source(config::File::from_str(&text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize::<Settings>());
-        if let Err(e) = built {
-            out.push(readable(&e.to_string()));
+        match built {
+            Err(e) => out.push(readable(&e.to_string())),
+            // A section that reads may still be wrong (an address that does
+            // not parse): its first semantic problem.
+            Ok(alone) => out.extend(alone.problems().into_iter().find(|p| {
+                p.starts_with(&format!("{section}.")) || p.starts_with(&format!("{section}["))
+            })),
         }
     }
     Some(out)
@@ -123,16 +128,23 @@ fn readable(error: &str) -> String {
     let values = [
         ("ListenerTls", "starttls, implicit, none"),
         ("StoreBackend", "embedded, redis"),
+        ("DkimAlgorithm", "rsa, ed25519"),
+        ("LogFormat", "human, json"),
     ];
-    for (name, takes) in values {
-        let prefix = format!("enum {name} does not have variant constructor ");
-        if let Some(rest) = key_fixed.strip_prefix(&prefix) {
-            let (given, key) = rest.split_once(" for key ").unwrap_or((rest, "?"));
-            let key = key.trim_matches('`');
-            return format!("{key}: {given:?} is not one of: {takes}");
-        }
+    let Some(rest) = key_fixed
+        .strip_prefix("enum ")
+        .and_then(|r| r.split_once(" does not have variant constructor "))
+    else {
+        return key_fixed;
+    };
+    let (name, rest) = rest;
+    let (given, key) = rest.split_once(" for key ").unwrap_or((rest, "?"));
+    let key = key.trim_matches('`');
+    match values.iter().find(|(n, _)| *n == name) {
+        Some((_, takes)) => format!("{key}: {given:?} is not one of: {takes}"),
+        // Never a type's name: the option and the value it refused.
+        None => format!("{key}: {given:?} is not a value it takes"),
     }
-    key_fixed
 }
 
 /// `section.key` of a `KILN_SECTION__KEY` variable.
@@ -297,7 +309,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad.toml: dns.nameservers[0]"), "{err}");
-        assert!(err.contains("bad.toml: dkim.algorithm"), "{err}");
+        assert!(
+            err.contains("bad.toml: dkim.algorithm: \"dsa\" is not one of: rsa, ed25519"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -264,6 +264,43 @@ pub struct ServerSettings {
     pub test_clock: bool,
 }
 
+/// A DKIM key's algorithm; the names are the config file's, the stored
+/// keys' and the `k=` tag's.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    /// RSA, 2048 bits (1024 where a domain asks for it).
+    Rsa,
+    Ed25519,
+}
+
+impl DkimAlgorithm {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DkimAlgorithm::Rsa => "rsa",
+            DkimAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+
+    /// `rsa` or `ed25519`, as a request names it.
+    pub fn parse(text: &str) -> Option<DkimAlgorithm> {
+        match text {
+            "rsa" => Some(DkimAlgorithm::Rsa),
+            "ed25519" => Some(DkimAlgorithm::Ed25519),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event, for people.
+    Human,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTls {
@@ -443,16 +480,14 @@ pub struct QueueSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct DkimSettings {
     pub selector: String,
-    /// `rsa` (2048 bits) or `ed25519`.
-    pub algorithm: String,
+    pub algorithm: DkimAlgorithm,
     pub sign_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// `human` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter, e.g. `info,kiln=debug`.
     pub level: String,
 }
@@ -590,7 +625,7 @@ impl Default for DkimSettings {
     fn default() -> Self {
         DkimSettings {
             selector: "kiln".into(),
-            algorithm: "rsa".into(),
+            algorithm: DkimAlgorithm::Rsa,
             sign_headers: [
                 "From",
                 "To",
@@ -615,7 +650,7 @@ impl Default for DkimSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
-            format: "human".into(),
+            format: LogFormat::Human,
             level: "info".into(),
         }
     }

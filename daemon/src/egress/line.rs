@@ -8,7 +8,7 @@
 use super::plan::Source;
 use super::shaping::Shape;
 use crate::dns::MxHost;
-use crate::store::QueueEntry;
+use crate::queued::QueueEntry;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

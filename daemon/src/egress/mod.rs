@@ -23,11 +23,10 @@ mod worker;
 
 use crate::config::Settings;
 use crate::dns::RouteError;
-use crate::policy::decisions::{EgressPlan, Limits};
+use crate::policy::decisions::Limits;
 use crate::queue::QueueHandle;
-use crate::queue::control;
 use crate::queue::outcome::Verdict;
-use crate::store::{Attempt, QueueEntry};
+use crate::queued::{Attempt, QueueEntry};
 use crate::tls::ClientConfigs;
 use line::{Job, Line, LineState};
 use plan::{Plan, Source};
@@ -47,11 +46,11 @@ type LineKey = (Arc<str>, Arc<str>);
 pub struct Delivery {
     settings: Arc<Settings>,
     queue: QueueHandle,
+    /// Shaping's and warm-up's counters, shared by the nodes.
+    store: crate::store::Store,
     policy: Arc<crate::policy::Policy>,
-    outcomes: Arc<crate::feedback::outcomes::OutcomeFeed>,
-    stats: Arc<crate::feedback::stats::DailyStats>,
-    events: crate::feedback::events::Events,
-    verp: Option<Arc<crate::feedback::verp::Verp>>,
+    /// Return paths for account mail (bounces come back to Kiln).
+    verp: Option<Arc<crate::verp::Verp>>,
     routes: Routes,
     /// Entries waiting for their domain to be resolved, by domain.
     resolving: Mutex<HashMap<String, Vec<Job>>>,
@@ -70,19 +69,8 @@ pub struct Delivery {
     attempts: Arc<Semaphore>,
     /// Names this node's connection slots in a cluster.
     node: String,
-    /// `server.node_id`, for the attempts this node makes.
-    node_id: String,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-}
-
-/// Where final outcomes go: reputation, the daily statistics, events.
-pub struct Feedback {
-    pub outcomes: Arc<crate::feedback::outcomes::OutcomeFeed>,
-    pub stats: Arc<crate::feedback::stats::DailyStats>,
-    pub events: crate::feedback::events::Events,
-    /// Return paths for account mail (bounces come back to Kiln).
-    pub verp: Option<Arc<crate::feedback::verp::Verp>>,
 }
 
 /// The limits of `[delivery]`: where the plan gives none.
@@ -95,11 +83,11 @@ fn configured_limits(settings: &Settings) -> Limits {
 }
 
 /// What the operator's rules make of a job.
-enum Controlled {
+enum Ruling {
     Go(Job),
     /// Suspended: back to the queue, parked.
     Back(QueueEntry),
-    /// Bounced by the operator (settled elsewhere).
+    /// Bounced by the operator (the queue records it).
     Taken,
 }
 
@@ -113,21 +101,20 @@ impl Delivery {
     pub async fn new(
         settings: Arc<Settings>,
         queue: QueueHandle,
+        store: crate::store::Store,
         policy: Arc<crate::policy::Policy>,
-        feedback: Feedback,
+        verp: Option<Arc<crate::verp::Verp>>,
         resolver: crate::dns::MxResolver,
         tls: ClientConfigs,
         shutdown: CancellationToken,
     ) -> Result<Arc<Delivery>, plan::PlanError> {
         let plan = read_plan(&settings, &policy).await?;
         Ok(Arc::new(Delivery {
-            shaper: Shaper::new(queue.store.clone()),
+            shaper: Shaper::new(store.clone()),
             queue,
+            store,
             policy,
-            outcomes: feedback.outcomes,
-            stats: feedback.stats,
-            events: feedback.events,
-            verp: feedback.verp,
+            verp,
             routes: Routes::new(resolver),
             resolving: Mutex::new(HashMap::new()),
             plan: RwLock::new(Arc::new(plan)),
@@ -139,7 +126,6 @@ impl Delivery {
             return_paths: Default::default(),
             attempts: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
             node: uuid::Uuid::new_v4().simple().to_string(),
-            node_id: settings.node_id(),
             settings,
             tracker: TaskTracker::new(),
             shutdown,
@@ -234,9 +220,9 @@ impl Delivery {
         let mut usable: Vec<(&Arc<Source>, u32)> = Vec::new();
         let mut back_at = i64::MAX;
         for (source, weight) in plan.pool(&entry.pool) {
-            if let Some(rule) = self.queue.controls.source_suspension(&source.name) {
+            if let Some(until) = self.queue.source_suspended_until(&source.name) {
                 // Marked as the suspension's park time, so resuming finds it.
-                back_at = back_at.min(control::park_until(&rule, now));
+                back_at = back_at.min(until);
                 continue;
             }
             if let Some(until) = broken.get(&source.name).filter(|u| **u > now) {
@@ -279,29 +265,14 @@ impl Delivery {
     }
 
     /// The job, if the operator's rules let it go on (`provider` and
-    /// `source` as far as they are known). A suspended one is handed back
-    /// parked (resuming makes it due); a bounced one is settled here.
-    fn controlled(
-        self: &Arc<Self>,
-        job: Job,
-        provider: Option<&str>,
-        source: Option<&str>,
-    ) -> Controlled {
-        match self.queue.controls.control(&job.entry, provider, source) {
-            control::Control::Go => Controlled::Go(job),
-            control::Control::Suspended(rule) => {
-                let mut entry = job.entry;
-                entry.ready_at_ms = control::park_until(&rule, self.shaper.now_ms());
-                Controlled::Back(entry)
-            }
-            control::Control::Bounce(rule) => {
-                let this = self.clone();
-                self.tracker.spawn(async move {
-                    this.bounce_by_operator(&job.entry, &rule).await;
-                    drop(job);
-                });
-                Controlled::Taken
-            }
+    /// `source` as far as they are known): a held one comes back parked,
+    /// a bounced one is the queue's to record.
+    fn ruling(&self, job: Job, provider: Option<&str>, source: Option<&str>) -> Ruling {
+        let Job { entry, _leased } = job;
+        match self.queue.hold(entry, provider, source) {
+            crate::queue::Hold::Go(entry) => Ruling::Go(Job { entry, _leased }),
+            crate::queue::Hold::Parked(entry) => Ruling::Back(entry),
+            crate::queue::Hold::Bounced => Ruling::Taken,
         }
     }
 
@@ -316,17 +287,17 @@ impl Delivery {
         let plan = self.plan();
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let dest = plan.destination(&names);
-        let job = match self.controlled(job, Some(&dest.provider), None) {
-            Controlled::Go(job) => job,
-            Controlled::Back(entry) => return Some(entry),
-            Controlled::Taken => return None,
+        let job = match self.ruling(job, Some(&dest.provider), None) {
+            Ruling::Go(job) => job,
+            Ruling::Back(entry) => return Some(entry),
+            Ruling::Taken => return None,
         };
         let mut entry = job.entry;
         let source = match self.choose_source(&plan, &entry, &dest) {
             Ok(s) => s,
             Err(back_at) => {
                 // Spread over a second, so they do not all come back at once.
-                entry.ready_at_ms = if self.queue.controls.is_park_time(back_at) {
+                entry.ready_at_ms = if self.queue.is_park_time(back_at) {
                     back_at
                 } else {
                     back_at + rand::random_range(0..PARK_SPREAD_MS)
@@ -436,7 +407,7 @@ impl Delivery {
             RouteError::Temporary(text) => (Verdict::Temporary, text.clone(), "4.4.3".into()),
         };
         let attempt = Attempt {
-            at_ms: self.queue.store.now_ms(),
+            at_ms: self.store.now_ms(),
             mx: None,
             ip: None,
             code: None,
@@ -449,8 +420,7 @@ impl Delivery {
             outcome: None,
             node: None,
         };
-        self.settle(&job.entry, verdict, attempt, None, "none")
-            .await;
+        self.settle(&job.entry, verdict, attempt, None, None).await;
     }
 
     /// After shutdown: waits for running attempts, then gives queued but
@@ -469,7 +439,7 @@ impl Delivery {
                 unstarted.extend(jobs.into_iter().map(|j| j.entry));
             }
         }
-        if let Err(e) = self.queue.store.release(&unstarted).await {
+        if let Err(e) = self.queue.release(&unstarted).await {
             tracing::error!(error = %e, "could not release queued entries");
         }
         self.tracker.close();
@@ -511,14 +481,14 @@ impl Delivery {
 }
 
 impl crate::services::EgressView for Delivery {
-    fn shaping(&self) -> crate::services::futures_like::BoxFuture<'_, Vec<serde_json::Value>> {
+    fn shaping(&self) -> futures::future::BoxFuture<'_, Vec<serde_json::Value>> {
         Box::pin(self.shaping_view())
     }
 
     fn provider_of<'a>(
         &'a self,
         domain: &'a str,
-    ) -> crate::services::futures_like::BoxFuture<'a, Option<String>> {
+    ) -> futures::future::BoxFuture<'a, Option<String>> {
         Box::pin(async move {
             let hosts = match self.routes.cached(domain) {
                 Some(route) => route.ok()?,
@@ -578,7 +548,7 @@ async fn read_plan(
 ) -> Result<Plan, plan::PlanError> {
     let version = policy.version();
     let answer = match policy
-        .call::<_, EgressPlan>("egress_plan", &serde_json::json!({}))
+        .call(crate::policy::hooks::EgressPlan, &serde_json::json!({}))
         .await
     {
         Ok(a) => a,
@@ -607,11 +577,6 @@ impl crate::queue::manager::Dispatch for Delivery {
         let job = Job {
             entry,
             _leased: leased,
-        };
-        let job = match self.controlled(job, None, None) {
-            Controlled::Go(job) => job,
-            Controlled::Back(entry) => return Some(entry),
-            Controlled::Taken => return None,
         };
         match self.routes.cached(&domain) {
             Some(Ok(hosts)) => self.place(job, &domain, hosts),

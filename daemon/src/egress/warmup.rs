@@ -7,7 +7,6 @@
 //! goes to the pool's other sources, or waits for the next day.
 
 use super::Delivery;
-use crate::policy::decisions::WarmupCap;
 use crate::store::{BatchOp, BatchValue};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,7 +62,7 @@ impl Delivery {
     pub(super) async fn warmup_count(&self, source: &Arc<str>, provider: &Arc<str>) -> Counted {
         let key = (source.clone(), provider.clone());
         let identity = format!("{source}/{provider}");
-        let now = self.queue.store.now_ms();
+        let now = self.store.now_ms();
         let tz = self.policy.time_zone();
         let day = crate::policy::time::day(tz, now).unwrap_or_default();
         let cached = {
@@ -77,9 +76,12 @@ impl Delivery {
             None => {
                 let answer = self
                     .policy
-                    .call::<_, WarmupCap>(
-                        "warmup_limit",
-                        &serde_json::json!({ "identity": identity, "now": now }),
+                    .call(
+                        crate::policy::hooks::WarmupLimit,
+                        &crate::policy::decisions::WarmupQuery {
+                            identity: identity.clone(),
+                            now,
+                        },
                     )
                     .await;
                 let cap = match answer {
@@ -112,7 +114,7 @@ impl Delivery {
             limit: cap,
             hold_at_most: HOLD,
         };
-        match self.queue.store.batch(&[op]).await.as_deref() {
+        match self.store.batch(&[op]).await.as_deref() {
             Ok([BatchValue::Bool(true)]) => Counted::Go,
             Ok(_) => {
                 tracing::info!(target: "kiln::shaping", %identity, cap, "warm-up cap reached for today; mail goes to the pool's other sources");

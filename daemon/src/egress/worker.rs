@@ -10,10 +10,10 @@ use super::client::{ClientError, Connection, LOCAL, Reply, TlsMode};
 use super::line::{Job, Line, Running};
 use super::shaping::{Effective, SendPermit, Shape, WAIT_AT_MOST};
 use super::warmup::Counted;
-use super::{Controlled, Delivery};
+use super::{Delivery, Ruling};
 use crate::policy::decisions::Signal;
 use crate::queue::outcome::Verdict;
-use crate::store::Attempt;
+use crate::queued::Attempt;
 use crate::store::shaping::Paced;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -189,16 +189,16 @@ impl Delivery {
         };
         while let Some((job, mut running)) = self.next_job(&line).await {
             // An operator's rule made since the job was placed.
-            let job = match self.controlled(job, Some(&shape.provider), Some(&line.source.name)) {
-                Controlled::Go(job) => job,
-                Controlled::Back(entry) => {
+            let job = match self.ruling(job, Some(&shape.provider), Some(&line.source.name)) {
+                Ruling::Go(job) => job,
+                Ruling::Back(entry) => {
                     drop(running);
                     if let Err(e) = self.queue.postpone(&[entry]).await {
                         tracing::error!(error = %e, "could not send an entry back to the queue");
                     }
                     continue;
                 }
-                Controlled::Taken => {
+                Ruling::Taken => {
                     drop(running);
                     continue;
                 }
@@ -345,7 +345,7 @@ impl Delivery {
 
     fn new_attempt(&self, line: &Line) -> Attempt {
         Attempt {
-            at_ms: self.queue.store.now_ms(),
+            at_ms: self.store.now_ms(),
             mx: None,
             ip: None,
             code: None,
@@ -428,7 +428,7 @@ impl Delivery {
                     f.verdict,
                     attempt,
                     signal.as_ref(),
-                    &line.shape.label,
+                    Some(line.shape.label.as_str()),
                 )
                 .await;
                 Err(Ended::Settled)
@@ -449,8 +449,14 @@ impl Delivery {
             Err(err) => (Verdict::Temporary, format!("store: {err}")),
         };
         attempt.message = message;
-        self.settle(&job.entry, verdict, attempt, None, &line.shape.label)
-            .await;
+        self.settle(
+            &job.entry,
+            verdict,
+            attempt,
+            None,
+            Some(line.shape.label.as_str()),
+        )
+        .await;
         None
     }
 
@@ -513,8 +519,14 @@ impl Delivery {
         } else if unfit || signal.is_some() || held.sent >= e.messages_per_connection {
             held.close().await;
         }
-        self.settle(entry, verdict, attempt, signal.as_ref(), &line.shape.label)
-            .await;
+        self.settle(
+            entry,
+            verdict,
+            attempt,
+            signal.as_ref(),
+            Some(line.shape.label.as_str()),
+        )
+        .await;
     }
 
     async fn signal_for(

@@ -18,9 +18,10 @@
 //! at a time: a slow or dead receiver delays only its own callbacks.
 
 use crate::config::CallbackSettings;
-use crate::feedback::events::Event;
+use crate::event::Event;
 use crate::outbound_http::Destinations;
 use crate::policy::Policy;
+use crate::policy::decisions::Formatted;
 use crate::ses::Records;
 use crate::store::{BatchOp, BatchValue, Write};
 use serde::{Deserialize, Serialize};
@@ -60,15 +61,6 @@ struct Job {
     attempts: u32,
     next_at_ms: i64,
 }
-
-/// What `callback_format` answers.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Formatted {
-    body: String,
-    headers: BTreeMap<String, String>,
-}
-crate::serde_answer!(Formatted);
 
 /// (account, sender address).
 type RouteKey = (String, String);
@@ -240,7 +232,7 @@ impl Callbacks {
             secret: route.secret,
             event: Some(e.clone()),
             message_id: e.message_id.clone(),
-            kind: e.event.clone(),
+            kind: e.event.as_str().to_string(),
             body: String::new(),
             headers: BTreeMap::new(),
             created_at_ms: now,
@@ -261,7 +253,7 @@ impl Callbacks {
         };
         let formatted = match self
             .policy
-            .call::<_, Formatted>("callback_format", &arg)
+            .call(crate::policy::hooks::CallbackFormat, &arg)
             .await
         {
             Ok(Some(f)) if !f.body.is_empty() => f,

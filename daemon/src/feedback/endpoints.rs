@@ -4,17 +4,15 @@
 //! gets at most `tracking.rate_per_ip` requests a second (429 past that);
 //! recording is one store write or two, done after the answer is sent.
 
-use crate::feedback::rewrite::tracking::Mark;
+use crate::rewrite::tracking::Mark;
 use crate::services::Services;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 
 /// A transparent 1×1 GIF.
 const PIXEL: &[u8] = &[
@@ -22,25 +20,6 @@ const PIXEL: &[u8] = &[
     0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x01, 0x44, 0x00, 0x3b,
 ];
-
-/// Requests per client address in the current second.
-#[derive(Default)]
-pub struct RateLimiter {
-    window: Mutex<(i64, HashMap<IpAddr, u32>)>,
-}
-
-impl RateLimiter {
-    fn allow(&self, ip: IpAddr, per_second: u32) -> bool {
-        let now = crate::clock::system_now_ms() / 1000;
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.0 != now {
-            *w = (now, HashMap::new());
-        }
-        let n = w.1.entry(ip).or_default();
-        *n += 1;
-        *n <= per_second
-    }
-}
 
 /// The client's User-Agent, at most 512 characters.
 /// The public routes: the pixel, tracked links, the unsubscribe page.
@@ -64,11 +43,11 @@ fn user_agent(headers: &HeaderMap) -> String {
 /// The mark of a token of `kind`, within the client's rate limit: 404 for a
 /// token that does not verify (or an unsubscribe token without a
 /// recipient), 429 past the limit.
-fn verified(s: &Services, peer: SocketAddr, token: &str, kind: char) -> Result<Mark, StatusCode> {
-    let tracker = s.tracker.as_ref().ok_or(StatusCode::NOT_FOUND)?;
-    if !s
+fn verified(ctx: &Services, peer: SocketAddr, token: &str, kind: char) -> Result<Mark, StatusCode> {
+    let tracker = ctx.tracker.as_ref().ok_or(StatusCode::NOT_FOUND)?;
+    if !ctx
         .tracking_limiter
-        .allow(peer.ip(), s.settings.tracking.rate_per_ip)
+        .allow(peer.ip(), ctx.settings.tracking.rate_per_ip)
     {
         return Err(StatusCode::TOO_MANY_REQUESTS);
     }
@@ -80,15 +59,15 @@ fn verified(s: &Services, peer: SocketAddr, token: &str, kind: char) -> Result<M
 
 /// Checks the limit and the token; records in the background.
 fn accept(
-    s: &Arc<Services>,
+    ctx: &Arc<Services>,
     peer: SocketAddr,
     headers: &HeaderMap,
     token: &str,
     kind: char,
 ) -> Result<Mark, StatusCode> {
-    let mark = verified(s, peer, token, kind)?;
+    let mark = verified(ctx, peer, token, kind)?;
     let user_agent = user_agent(headers);
-    let ctx = s.clone();
+    let ctx = ctx.clone();
     let recorded = mark.clone();
     tokio::spawn(async move {
         crate::feedback::engagement::record(&ctx, &recorded, peer.ip(), &user_agent).await;
@@ -97,12 +76,12 @@ fn accept(
 }
 
 pub async fn open(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    match accept(&s, peer, &headers, &token, 'o') {
+    match accept(&ctx, peer, &headers, &token, 'o') {
         Ok(_) => (
             [
                 (header::CONTENT_TYPE, "image/gif"),
@@ -116,12 +95,12 @@ pub async fn open(
 }
 
 pub async fn click(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    match accept(&s, peer, &headers, &token, 'c') {
+    match accept(&ctx, peer, &headers, &token, 'c') {
         Ok(mark) => (
             StatusCode::FOUND,
             [
@@ -159,44 +138,44 @@ fn html_page(status: StatusCode, body: String) -> Response {
 /// `GET /u/{token}`: the confirmation page (a link may be followed by a
 /// scanner; only a POST unsubscribes).
 pub async fn unsubscribe_page(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
 ) -> Response {
-    let mark = match verified(&s, peer, &token, 'u') {
+    let mark = match verified(&ctx, peer, &token, 'u') {
         Ok(m) => m,
         Err(status) => return status.into_response(),
     };
     let lang = mark.url.parse().unwrap_or(2);
-    let domain = match s.store.status(&mark.message_id).await {
+    let domain = match ctx.store.status(&mark.message_id).await {
         Ok(Some(st)) => crate::net::domain_of(&st.meta.sender),
         Ok(None) => return StatusCode::NOT_FOUND.into_response(),
         Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     };
     html_page(
         StatusCode::OK,
-        crate::feedback::rewrite::unsubscribe::confirm_page(lang, &domain),
+        crate::rewrite::unsubscribe::confirm_page(lang, &domain),
     )
 }
 
 /// `POST /u/{token}`: the page's button, or a mail provider's one-click
 /// request (RFC 8058, body `List-Unsubscribe=One-Click`).
 pub async fn unsubscribe_now(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    let mark = match verified(&s, peer, &token, 'u') {
+    let mark = match verified(&ctx, peer, &token, 'u') {
         Ok(m) => m,
         Err(status) => return status.into_response(),
     };
     let user_agent = user_agent(&headers);
     let lang = mark.url.parse().unwrap_or(2);
-    match crate::feedback::engagement::unsubscribe(&s, &mark, peer.ip(), &user_agent).await {
+    match crate::feedback::engagement::unsubscribe(&ctx, &mark, peer.ip(), &user_agent).await {
         Ok(Some(domain)) => html_page(
             StatusCode::OK,
-            crate::feedback::rewrite::unsubscribe::done_page(lang, &domain),
+            crate::rewrite::unsubscribe::done_page(lang, &domain),
         ),
         Ok(None) => StatusCode::NOT_FOUND.into_response(),
         Err(e) => {

@@ -3,8 +3,10 @@
 //! counts in the daily statistics and, for opens, in the reputation
 //! counters. Every one is an event.
 
-use crate::feedback::rewrite::tracking::Mark;
+use crate::event::EventKind;
+use crate::rewrite::tracking::Mark;
 use crate::services::Services;
+use crate::ses::stats::Metric;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -105,9 +107,9 @@ async fn try_record(
     let sender = &status.meta.sender;
     let domain = crate::net::domain_of(sender).to_ascii_lowercase();
     let (kind, metric) = if m.kind == 'o' {
-        ("open", "open")
+        (EventKind::Open, Metric::Open)
     } else {
-        ("click", "click")
+        (EventKind::Click, Metric::Click)
     };
     let provider = if m.recipient.is_empty() {
         status
@@ -124,7 +126,7 @@ async fn try_record(
             ctx.outcomes.record(&domain, "open");
         }
     }
-    let mut e = crate::feedback::events::Event::new(
+    let mut e = crate::event::Event::new(
         ctx.store.now_ms(),
         kind,
         &m.message_id,
@@ -136,7 +138,7 @@ async fn try_record(
     e.ip = ip.to_string();
     e.user_agent = user_agent.to_string();
     e.sent_at = status.meta.received_at_ms;
-    ctx.events.emit(e).await;
+    ctx.feedback.emit(e).await;
     Ok(())
 }
 
@@ -169,10 +171,11 @@ pub async fn unsubscribe(
     )
     .await?
     {
-        ctx.stats.record(&domain, &recipient, "unsubscribe", 1);
-        let mut e = crate::feedback::events::Event::new(
+        ctx.stats
+            .record(&domain, &recipient, Metric::Unsubscribe, 1);
+        let mut e = crate::event::Event::new(
             ctx.store.now_ms(),
-            "unsubscribe",
+            EventKind::Unsubscribe,
             &m.message_id,
             &m.recipient,
             sender,
@@ -181,7 +184,7 @@ pub async fn unsubscribe(
         e.ip = ip.to_string();
         e.user_agent = user_agent.to_string();
         e.sent_at = status.meta.received_at_ms;
-        ctx.events.emit(e).await;
+        ctx.feedback.emit(e).await;
     }
     Ok(Some(domain))
 }

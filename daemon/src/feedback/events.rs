@@ -1,6 +1,6 @@
-//! Events: what happened to a message for one recipient (delivered,
-//! deferred, dropped, bounce, and, from the deliverability loop, open,
-//! click, spamreport, unsubscribe). Each is one structured log line
+//! Events (`crate::event`): what happened to a message for one recipient
+//! (delivered, deferred, dropped, bounce, and, from the deliverability
+//! loop, open, click, spamreport, unsubscribe). Each is one structured log line
 //! (target `kiln::event`) and, when the account or the sender address has a
 //! callback URL, a callback job (see `callbacks`).
 //!
@@ -8,68 +8,8 @@
 //! receiver. A delivery outcome's callback job is written in the same
 //! commit as the outcome itself.
 
-use serde::{Deserialize, Serialize};
+use crate::event::{Event, EventKind};
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Event {
-    /// delivered | deferred | dropped | bounce | open | click | spamreport | unsubscribe
-    pub event: String,
-    /// Unique per event: receivers use it to drop a repeat.
-    pub event_id: String,
-    pub message_id: String,
-    pub recipient: String,
-    /// Envelope sender (the sender address).
-    pub from: String,
-    pub from_domain: String,
-    pub account: String,
-    #[serde(default)]
-    pub template_id: String,
-    #[serde(default)]
-    pub task_id: String,
-    #[serde(default)]
-    pub subject: String,
-    #[serde(default)]
-    pub link: String,
-    #[serde(default)]
-    pub user_agent: String,
-    #[serde(default)]
-    pub ip: String,
-    /// The remote reply or the drop reason.
-    #[serde(default)]
-    pub reason: String,
-    /// bounce: "hard" or "soft".
-    #[serde(default)]
-    pub bounce_type: String,
-    /// When it happened (ms).
-    pub at: i64,
-    /// When the message was accepted (ms).
-    pub sent_at: i64,
-}
-
-impl Event {
-    /// An event of `kind` that happened at `at` (ms since the epoch).
-    pub fn new(
-        at: i64,
-        kind: &str,
-        message_id: &str,
-        recipient: &str,
-        from: &str,
-        account: &str,
-    ) -> Event {
-        Event {
-            event: kind.to_string(),
-            event_id: uuid::Uuid::now_v7().simple().to_string(),
-            message_id: message_id.to_string(),
-            recipient: recipient.to_string(),
-            from: from.to_string(),
-            from_domain: crate::net::domain_of(from).to_ascii_lowercase(),
-            account: account.to_string(),
-            at,
-            ..Event::default()
-        }
-    }
-}
 
 /// Emits events: the log line, then the callback job in the store.
 #[derive(Clone)]
@@ -98,7 +38,7 @@ impl Events {
         if let Some(m) = crate::metrics::get() {
             m.events
                 .get_or_create(&crate::metrics::EventType {
-                    event: e.event.clone(),
+                    event: e.event.as_str(),
                 })
                 .inc();
         }
@@ -138,10 +78,10 @@ impl Events {
             self.callbacks.writes_for(&e).await
         };
         // What the status record does not tell: the message's trail.
-        if e.event != "dropped" {
+        if e.event != EventKind::Dropped {
             let step = crate::feedback::trail::Step {
                 at_ms: e.at,
-                what: e.event.clone(),
+                what: e.event.as_str().to_string(),
                 recipient: e.recipient.clone(),
                 text: describe(&e),
             };
@@ -153,6 +93,16 @@ impl Events {
         if let Err(err) = self.store.write(&writes).await {
             tracing::error!(event_id = %e.event_id, error = %err, "event not recorded (callback, trail)");
         }
+    }
+}
+
+impl crate::services::FeedbackView for Events {
+    fn emit(&self, e: Event) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(Events::emit(self, e))
+    }
+
+    fn forget_routes(&self) {
+        self.callbacks.forget_routes();
     }
 }
 

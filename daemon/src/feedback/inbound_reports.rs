@@ -2,21 +2,21 @@
 //! notifications (RFC 3464) and complaint feedback reports (ARF, RFC 5965),
 //! each about the message and recipient its VERP return path names.
 //!
-//! A failed DSN goes through `classify_bounce` like an SMTP refusal (which
-//! may blocklist the address), turns the recipient's status record to
-//! bounced (with the report's reply as its last attempt) and raises
-//! `bounce`, once: a repeated report changes nothing, and one about a
-//! recipient still in the queue is left to its next attempt. A delayed one raises
-//! `deferred`.
+//! A failed DSN goes to the queue (`QueueHandle::report_returned`), which
+//! takes it the way it takes an SMTP refusal: `classify_bounce` (which may
+//! blocklist the address), the recipient's status record bounced with the
+//! report's reply as its last attempt, and `bounce` raised, once: a
+//! repeated report changes nothing, and one about a recipient still in the
+//! queue is left to its next attempt. A delayed one raises `deferred`.
 //! A complaint raises `spamreport`, suppresses the recipient for the sender
 //! domain, counts for the reputation rules and is filed for GetAbuseReport.
 //! Each (message, recipient) bounces once, complains once and is reported
 //! delayed once: a report that comes again is logged as a duplicate and
 //! changes nothing.
 
-use crate::policy::decisions::{BounceClass, BounceInfo};
+use crate::event::EventKind;
+use crate::queue::report::{Returned, ReturnedAs};
 use crate::services::Services;
-use crate::store::{Attempt, RecipientState};
 
 /// One recipient block of a delivery-status part.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -167,6 +167,81 @@ pub async fn process(ctx: &Services, return_path: &str, raw: &[u8]) -> &'static 
     }
 }
 
+/// The message and recipient a report is about.
+struct About<'a> {
+    message_id: &'a str,
+    recipient: &'a str,
+    meta: &'a crate::queued::MessageMeta,
+    /// The sender's domain, in lower case.
+    domain: String,
+}
+
+impl About<'_> {
+    fn event(&self, now: i64, kind: EventKind) -> crate::event::Event {
+        let mut e = crate::event::Event::new(
+            now,
+            kind,
+            self.message_id,
+            self.recipient,
+            &self.meta.sender,
+            &self.meta.account,
+        );
+        e.sent_at = self.meta.received_at_ms;
+        e
+    }
+}
+
+/// A complaint: the recipient suppressed for the sender domain, and the
+/// first one about the message counted, filed and raised as `spamreport`.
+async fn complained(
+    ctx: &Services,
+    about: &About<'_>,
+    complaint: &Complaint,
+) -> crate::store::Result<&'static str> {
+    let now = ctx.store.now_ms();
+    crate::feedback::engagement::suppress(ctx, &about.domain, about.recipient).await?;
+    // A recipient complains about a message once: a report replayed
+    // (a thousand times, to lower its sender's reputation) changes
+    // nothing more.
+    let first = crate::feedback::engagement::mark_first(
+        ctx,
+        's',
+        about.message_id,
+        about.recipient,
+        &complaint.source_ip,
+        &complaint.user_agent,
+    )
+    .await?;
+    if !first {
+        return Ok("duplicate complaint");
+    }
+    ctx.outcomes.record(&about.domain, "complaint");
+    ctx.ses
+        .file_abuse_report(crate::ses::abuse::AbuseReport {
+            from_domain: about.domain.clone(),
+            mail_from: about.meta.sender.clone(),
+            rcpt_to: about.recipient.to_string(),
+            mta: crate::net::domain_of(about.recipient),
+            source_ip: complaint.source_ip.clone(),
+            message_id: about.message_id.to_string(),
+            subject: complaint.subject.clone(),
+            delivered_at_ms: about.meta.received_at_ms,
+            complained_at_ms: complaint.arrival_ms.unwrap_or(now),
+            received_at_ms: now,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Corrupt {
+            key: "abuse report".into(),
+            reason: e.to_string(),
+        })?;
+    let mut e = about.event(now, EventKind::SpamReport);
+    e.user_agent = complaint.user_agent.clone();
+    e.reason = complaint.feedback_type.clone();
+    ctx.feedback.emit(e).await;
+    Ok("complaint")
+}
+
 async fn try_process(
     ctx: &Services,
     return_path: &str,
@@ -185,66 +260,18 @@ async fn try_process(
     let Some(rcpt) = status.recipients.get(idx as usize) else {
         return Ok("unknown recipient");
     };
-    let recipient = rcpt.recipient.clone();
-    let sender = status.meta.sender.clone();
-    let domain = crate::net::domain_of(&sender).to_ascii_lowercase();
-    let event = |kind: &str| {
-        let mut e = crate::feedback::events::Event::new(
-            ctx.store.now_ms(),
-            kind,
-            &message_id,
-            &recipient,
-            &sender,
-            &status.meta.account,
-        );
-        e.sent_at = status.meta.received_at_ms;
-        e
+    let about = About {
+        message_id: &message_id,
+        recipient: &rcpt.recipient,
+        meta: &status.meta,
+        domain: crate::net::domain_of(&status.meta.sender).to_ascii_lowercase(),
     };
+    let recipient = about.recipient;
+    let event = |kind: EventKind| about.event(ctx.store.now_ms(), kind);
 
     let report = read(raw);
     if let Report::Complaint(complaint) = &report {
-        let now = ctx.store.now_ms();
-        crate::feedback::engagement::suppress(ctx, &domain, &recipient).await?;
-        // A recipient complains about a message once: a report replayed
-        // (a thousand times, to lower its sender's reputation) changes
-        // nothing more.
-        let first = crate::feedback::engagement::mark_first(
-            ctx,
-            's',
-            &message_id,
-            &recipient,
-            &complaint.source_ip,
-            &complaint.user_agent,
-        )
-        .await?;
-        if !first {
-            return Ok("duplicate complaint");
-        }
-        ctx.outcomes.record(&domain, "complaint");
-        ctx.ses
-            .file_abuse_report(crate::ses::abuse::AbuseReport {
-                from_domain: domain.clone(),
-                mail_from: sender.clone(),
-                rcpt_to: recipient.clone(),
-                mta: crate::net::domain_of(&recipient),
-                source_ip: complaint.source_ip.clone(),
-                message_id: message_id.clone(),
-                subject: complaint.subject.clone(),
-                delivered_at_ms: status.meta.received_at_ms,
-                complained_at_ms: complaint.arrival_ms.unwrap_or(now),
-                received_at_ms: now,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| crate::store::StoreError::Corrupt {
-                key: "abuse report".into(),
-                reason: e.to_string(),
-            })?;
-        let mut e = event("spamreport");
-        e.user_agent = complaint.user_agent.clone();
-        e.reason = complaint.feedback_type.clone();
-        ctx.events.emit(e).await;
-        return Ok("complaint");
+        return complained(ctx, &about, complaint).await;
     }
 
     let Report::Dsn(blocks) = report else {
@@ -252,42 +279,17 @@ async fn try_process(
     };
     let Some(block) = blocks
         .iter()
-        .find(|b| b.recipient.eq_ignore_ascii_case(&recipient))
+        .find(|b| b.recipient.eq_ignore_ascii_case(recipient))
         .or_else(|| blocks.first())
     else {
         return Ok("empty report");
     };
     let (code, text) = smtp_reply(&block.diagnostic);
     match block.action.as_str() {
-        // A repeated report (or one after an SMTP refusal) changes nothing.
-        "failed" if rcpt.state == RecipientState::Bounced => Ok("bounce already known"),
-        // Its next attempt decides (and the queue would not take it).
-        "failed" if !rcpt.state.is_final() => Ok("recipient still queued"),
+        // A repeated report (or one after an SMTP refusal), or one for a
+        // recipient still queued, changes nothing: the queue says.
         "failed" => {
-            let info = BounceInfo {
-                code: if code >= 400 { code } else { 550 },
-                enhanced_code: block.status.clone(),
-                text: text.clone(),
-                recipient: recipient.clone(),
-                sender_domain: domain.clone(),
-                mx: String::new(),
-                source: "dsn",
-            };
-            let class = ctx
-                .policy
-                .call::<_, BounceClass>("classify_bounce", &info)
-                .await
-                .ok()
-                .flatten();
-            let mut e = event("bounce");
-            e.bounce_type = if class.as_ref().is_some_and(|c| c.class != "hard") {
-                "soft".into()
-            } else {
-                "hard".into()
-            };
-            e.reason = format!("{} {}", block.status, text).trim().to_string();
-            // The status record says what happened after all, in the same
-            // commit as the event's callback.
+            // The text without its code and status, for the attempt record.
             let detail = text
                 .strip_prefix(&code.to_string())
                 .unwrap_or(&text)
@@ -295,54 +297,35 @@ async fn try_process(
             let detail = detail
                 .strip_prefix(block.status.as_str())
                 .unwrap_or(detail)
-                .trim_start();
-            let mut updated = rcpt.clone();
-            updated.state = RecipientState::Bounced;
-            updated.updated_at_ms = e.at;
-            updated.next_attempt_at_ms = None;
-            updated.attempts.push(Attempt {
-                at_ms: e.at,
-                mx: Some(block.remote_mta.clone()).filter(|m| !m.is_empty()),
-                ip: None,
-                code: Some(info.code),
-                enhanced_code: Some(block.status.clone()).filter(|s| !s.is_empty()),
-                message: format!("{detail} (returned in a delivery status notification)"),
-                tls: None,
-                duration_ms: 0,
-                source: None,
-                shaping: None,
-                outcome: None,
-                node: None,
-            });
-            let also = ctx.events.writes_for(&e).await;
-            let recorded = ctx
-                .queue
-                .record_late_outcome(&message_id, idx, &updated, rcpt.state, &also)
-                .await?;
-            if !recorded {
-                return Ok("recipient still queued");
-            }
-            ctx.outcomes.record(&domain, "bounce");
-            if class.as_ref().is_some_and(|c| c.invalid_address) {
-                ctx.outcomes.record(&domain, "invalid");
-            }
-            if class.as_ref().is_some_and(|c| c.class == "spam") {
-                ctx.outcomes.record(&domain, "spam");
-            }
-            ctx.stats.record(&domain, &recipient, "bounce", 1);
-            crate::feedback::events::Events::log(&e);
-            Ok("bounce")
+                .trim_start()
+                .to_string();
+            let returned = Returned {
+                msg_id: message_id.clone(),
+                rcpt_idx: idx,
+                code: if code >= 400 { code } else { 550 },
+                status: block.status.clone(),
+                detail,
+                reply: text.clone(),
+                remote_mta: block.remote_mta.clone(),
+            };
+            Ok(match ctx.queue.report_returned(returned).await? {
+                ReturnedAs::Bounce => "bounce",
+                ReturnedAs::AlreadyBounced => "bounce already known",
+                ReturnedAs::StillQueued => "recipient still queued",
+                ReturnedAs::UnknownMessage => "unknown message",
+                ReturnedAs::UnknownRecipient => "unknown recipient",
+            })
         }
         "delayed" => {
             let first =
-                crate::feedback::engagement::mark_first(ctx, 'd', &message_id, &recipient, "", "")
+                crate::feedback::engagement::mark_first(ctx, 'd', &message_id, recipient, "", "")
                     .await?;
             if !first {
                 return Ok("duplicate delay notice");
             }
-            let mut e = event("deferred");
+            let mut e = event(EventKind::Deferred);
             e.reason = format!("{} {}", block.status, text).trim().to_string();
-            ctx.events.emit(e).await;
+            ctx.feedback.emit(e).await;
             Ok("delay")
         }
         _ => Ok("no failure"),

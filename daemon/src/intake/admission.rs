@@ -5,12 +5,14 @@
 //! [`Refusal`] into their own protocol's answer.
 
 pub use crate::intake::submission::Submission;
+use crate::intake::submission::{Door, TriggerType};
 use crate::message::{decode_subject, first_values, header_block};
 use crate::net::domain_of;
 use crate::policy::Policy;
 use crate::policy::decisions::{Action, Decision, Egress, MessageInfo, MessageView};
+use crate::queued::{IntakeStep, NewMessage};
 use crate::services::Services;
-use crate::store::{IntakeStep, NewMessage};
+use crate::ses::stats::Metric;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -106,9 +108,9 @@ fn told(d: Option<&Decision>) -> String {
 /// (contrib/bench: kiln-policy-bench).
 pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Refusal> {
     let policy = policy.current();
-    if !["content_filter", "check_limits", "select_egress"]
-        .iter()
-        .any(|h| policy.has_hook(h))
+    if !(policy.has_hook(crate::policy::hooks::ContentFilter)
+        || policy.has_hook(crate::policy::hooks::CheckLimits)
+        || policy.has_hook(crate::policy::hooks::SelectEgress))
     {
         // No hook to ask: nothing to parse out of the message.
         return Ok(Verdict {
@@ -132,7 +134,7 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
         size: s.message.len(),
         subject,
         subject_valid_utf8,
-        trigger_type: s.trigger_type,
+        trigger_type: s.trigger_type.as_str(),
         scenario: scenario
             .map(|v| String::from_utf8_lossy(&v).to_ascii_lowercase())
             .unwrap_or_default(),
@@ -141,28 +143,28 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
             headers: Arc::from(block),
             // The body, for a content filter of messages only.
             message: policy
-                .has_hook_for("content_filter", "message")
+                .has_hook_for(crate::policy::hooks::ContentFilter, "message")
                 .then(|| Arc::from(&s.message[..])),
             max_body: policy.max_body(),
         },
     };
     let mut story = Vec::new();
     match policy
-        .call_for::<_, Decision>("content_filter", Some("message"), &info)
+        .call_for(crate::policy::hooks::ContentFilter, Some("message"), &info)
         .await
     {
         Ok(Some(d)) if d.is_reject() || d.is_defer() => return Err(Refusal::Content(d)),
         Ok(d) => story.push(step("content_filter", told(d.as_ref()))),
         Err(_) => return Err(Refusal::PolicyUnavailable),
     }
-    let decision = match policy.call::<_, Decision>("check_limits", &info).await {
+    let decision = match policy.call(crate::policy::hooks::CheckLimits, &info).await {
         Ok(Some(d)) => d,
         Ok(None) => Decision::default(),
         Err(_) => return Err(Refusal::PolicyUnavailable),
     };
     story.push(step("check_limits", told(Some(&decision))));
     // A batch task pauses rather than queue mail for tomorrow.
-    if decision.is_reject() || (decision.is_defer() && s.trigger_type == "batch") {
+    if decision.is_reject() || (decision.is_defer() && s.trigger_type == TriggerType::Batch) {
         return Err(Refusal::Limits(decision));
     }
     let ready_at_ms = if decision.is_defer() {
@@ -185,7 +187,7 @@ pub async fn apply_policy(policy: &Policy, s: &Submission) -> Result<Verdict, Re
                 .collect(),
         ));
     }
-    let (source_ip, pool) = match policy.call::<_, Egress>("select_egress", &info).await {
+    let (source_ip, pool) = match policy.call(crate::policy::hooks::SelectEgress, &info).await {
         Ok(Some(Egress { pool, source_ip })) => match source_ip.map(|ip| ip.parse()) {
             Some(Ok(ip)) => (Some(ip), pool),
             Some(Err(_)) => {
@@ -378,7 +380,9 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
     match &admitted {
         Ok(a) => {
             if let Some(m) = crate::metrics::get() {
-                let label = crate::metrics::Door { door };
+                let label = crate::metrics::Door {
+                    door: door.as_str(),
+                };
                 m.accepted.get_or_create(&label).inc();
                 m.recipients_queued
                     .get_or_create(&label)
@@ -395,10 +399,13 @@ pub async fn admit(ctx: &Services, s: Submission) -> Result<Admitted, Refusal> {
 
 /// Counts a message refused at `door` (also by a door itself, before
 /// admission: an SMTP DATA too big or with a bad line).
-pub fn count_refused(door: &'static str, reason: &'static str) {
+pub fn count_refused(door: Door, reason: &'static str) {
     if let Some(m) = crate::metrics::get() {
         m.refused
-            .get_or_create(&crate::metrics::Refused { door, reason })
+            .get_or_create(&crate::metrics::Refused {
+                door: door.as_str(),
+                reason,
+            })
             .inc();
     }
 }
@@ -462,29 +469,11 @@ async fn admit_counted(ctx: &Services, s: Submission) -> Result<Admitted, Refusa
             let queued = msg.queued_count();
             ctx.outcomes
                 .record_n(&s.sender_domain, "sent", queued as i64);
-            for (i, reason) in &msg.dropped {
-                let Some(r) = msg.recipients.get(*i) else {
-                    continue;
-                };
-                let mut e = crate::feedback::events::Event::new(
-                    msg.received_at_ms,
-                    "dropped",
-                    &msg.id,
-                    r,
-                    &msg.sender,
-                    &msg.account,
-                );
-                e.reason = reason.clone();
-                e.template_id = msg.template_id.clone();
-                e.task_id = msg.task_id.clone();
-                e.sent_at = msg.received_at_ms;
-                ctx.events.emit(e).await;
-            }
             let stats = &ctx.stats;
             for (i, r) in msg.recipients.iter().enumerate() {
-                stats.record(&s.sender_domain, r, "request", 1);
+                stats.record(&s.sender_domain, r, Metric::Request, 1);
                 if !msg.dropped.contains_key(&i) {
-                    stats.record(&s.sender_domain, r, "accepted", 1);
+                    stats.record(&s.sender_domain, r, Metric::Accepted, 1);
                 }
             }
             tracing::info!(

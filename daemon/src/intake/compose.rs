@@ -42,7 +42,7 @@ impl Draft {
     /// link must know whom), then open/click tracking in the HTML part.
     pub fn decorate(
         &mut self,
-        tracker: Option<&crate::feedback::rewrite::tracking::Tracker>,
+        tracker: Option<&crate::rewrite::tracking::Tracker>,
         sender_domain: &str,
         message_id: &str,
         recipient: &str,
@@ -51,14 +51,9 @@ impl Draft {
         let Some(t) = tracker else { return };
         if let (Some(lang), false) = (lang, recipient.is_empty()) {
             let url = t.unsubscribe_url(sender_domain, message_id, recipient, lang);
-            crate::feedback::rewrite::unsubscribe::add_footer(
-                lang,
-                &url,
-                &mut self.html,
-                &mut self.text,
-            );
+            crate::rewrite::unsubscribe::add_footer(lang, &url, &mut self.html, &mut self.text);
             self.headers
-                .extend(crate::feedback::rewrite::unsubscribe::headers(&url));
+                .extend(crate::rewrite::unsubscribe::headers(&url));
         }
         if !self.html.is_empty() {
             self.html = t.instrument(&self.html, sender_domain, message_id, recipient);

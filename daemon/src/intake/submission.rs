@@ -20,17 +20,54 @@ pub struct Submission {
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
     pub now: i64,
-    /// regular | trigger | batch
-    pub trigger_type: &'static str,
+    pub trigger_type: TriggerType,
     pub require_tls: bool,
-    /// The door it came in by: smtp, api or batch (a metrics label).
-    pub door: &'static str,
+    /// The door it came in by.
+    pub door: Door,
     /// Where it came from, for the log and the story, its door first:
     /// `smtp <peer>`, `api <peer> request <id>`, `batch task <id>`.
     pub origin: String,
     /// The template and batch task it was made from ("" when none).
     pub template_id: String,
     pub task_id: String,
+}
+
+/// The door a message came in by; the names are the metrics' labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Smtp,
+    Api,
+    Batch,
+}
+
+impl Door {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Door::Smtp => "smtp",
+            Door::Api => "api",
+            Door::Batch => "batch",
+        }
+    }
+}
+
+/// What kind of sending a message is (`msg.trigger_type` in the policy):
+/// a regular send, a triggered one (SendEmail's TriggerType 1), a batch
+/// task's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerType {
+    Regular,
+    Trigger,
+    Batch,
+}
+
+impl TriggerType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TriggerType::Regular => "regular",
+            TriggerType::Trigger => "trigger",
+            TriggerType::Batch => "batch",
+        }
+    }
 }
 
 /// Who handed a message over, as its trace header says.
@@ -50,10 +87,9 @@ pub struct Envelope {
     pub account: String,
     pub sender: String,
     pub recipients: Vec<String>,
-    pub trigger_type: &'static str,
+    pub trigger_type: TriggerType,
     pub require_tls: bool,
-    /// smtp | api | batch
-    pub door: &'static str,
+    pub door: Door,
     pub origin: String,
     pub template_id: String,
     pub task_id: String,
@@ -142,9 +178,9 @@ mod tests {
             account: String::new(),
             sender: sender.into(),
             recipients: vec!["r@x.test".into()],
-            trigger_type: "regular",
+            trigger_type: TriggerType::Regular,
             require_tls: false,
-            door: "smtp",
+            door: Door::Smtp,
             origin: "test".into(),
             template_id: String::new(),
             task_id: String::new(),

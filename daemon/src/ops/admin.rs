@@ -15,7 +15,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 /// The admin routes, each behind the token guard.
-pub fn routes(services: &Arc<Services>) -> Router<Arc<Services>> {
+pub fn routes(ctx: &Arc<Services>) -> Router<Arc<Services>> {
     Router::new()
         .route("/admin/messages/{id}", get(message_status))
         .route("/admin/dkim/{domain}", get(dkim_show).post(dkim_create))
@@ -43,7 +43,7 @@ pub fn routes(services: &Arc<Services>) -> Router<Arc<Services>> {
         .merge(super::domains::routes())
         .merge(super::explain::routes())
         .route_layer(axum::middleware::from_fn_with_state(
-            services.admin_tokens.clone(),
+            ctx.admin_tokens.clone(),
             super::admin_auth::guard,
         ))
 }
@@ -56,8 +56,8 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
         .into_response()
 }
 
-async fn message_status(State(s): State<Arc<Services>>, Path(id): Path<String>) -> Response {
-    match s.store.status(&id).await {
+async fn message_status(State(ctx): State<Arc<Services>>, Path(id): Path<String>) -> Response {
+    match ctx.store.status(&id).await {
         Ok(Some(status)) => Json(status).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -74,12 +74,12 @@ async fn message_status(State(s): State<Arc<Services>>, Path(id): Path<String>) 
 
 /// Shaping per (provider, source): limits, connections allowed now, the
 /// pace factor, suspensions and the last throttling signal acted on.
-async fn egress_info(State(s): State<Arc<Services>>) -> Response {
-    Json(json!({ "shaping": s.egress.shaping().await })).into_response()
+async fn egress_info(State(ctx): State<Arc<Services>>) -> Response {
+    Json(json!({ "shaping": ctx.egress.shaping().await })).into_response()
 }
 
-async fn reload(State(s): State<Arc<Services>>) -> Response {
-    match crate::server::reload(&s, s.config_path.as_deref()).await {
+async fn reload(State(ctx): State<Arc<Services>>) -> Response {
+    match ctx.reload().await {
         Ok(version) => Json(json!({"reloaded": true, "policy_version": version})).into_response(),
         Err(e) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -89,27 +89,23 @@ async fn reload(State(s): State<Arc<Services>>) -> Response {
     }
 }
 
-async fn policy_info(State(s): State<Arc<Services>>) -> Response {
-    let policy = &s.policy;
-    let hooks: Vec<&str> = crate::policy::HOOKS
-        .iter()
-        .copied()
-        .filter(|h| policy.has_hook(h))
-        .collect();
+async fn policy_info(State(ctx): State<Arc<Services>>) -> Response {
+    let policy = &ctx.policy;
+    let hooks = policy.defined_hooks();
     let mut info = json!({
         "version": policy.version(),
         "hooks": hooks,
         "errors": policy.error_counts(),
         "stuck_states": crate::policy::stuck_states(),
     });
-    if let Some((counters, units)) = s.store.held_ahead() {
+    if let Some((counters, units)) = ctx.store.held_ahead() {
         info["held_ahead"] = json!({ "counters": counters, "units": units });
     }
     Json(info).into_response()
 }
 
-async fn queue_info(State(s): State<Arc<Services>>) -> Response {
-    match s.store.queue_len().await {
+async fn queue_info(State(ctx): State<Arc<Services>>) -> Response {
+    match ctx.store.queue_len().await {
         Ok(n) => Json(json!({"queued": n})).into_response(),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,8 +125,8 @@ fn key_json(key: &dkim::DkimKey) -> serde_json::Value {
     })
 }
 
-async fn dkim_show(State(s): State<Arc<Services>>, Path(domain): Path<String>) -> Response {
-    match dkim::load_key(&s.store, &domain).await {
+async fn dkim_show(State(ctx): State<Arc<Services>>, Path(domain): Path<String>) -> Response {
+    match dkim::load_key(&ctx.store, &domain).await {
         Ok(Some(key)) => Json(key_json(&key)).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -152,7 +148,7 @@ struct CreateKey {
 }
 
 async fn dkim_create(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     Path(domain): Path<String>,
     Query(q): Query<CreateKey>,
 ) -> Response {
@@ -163,22 +159,25 @@ async fn dkim_create(
             format!("{domain:?} is not a domain name"),
         );
     }
-    let algorithm = q
-        .algorithm
-        .unwrap_or_else(|| s.settings.dkim.algorithm.clone());
-    if !matches!(algorithm.as_str(), "rsa" | "ed25519") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValue.Algorithm",
-            format!("algorithm {algorithm:?} is not one of rsa, ed25519"),
-        );
-    }
+    let algorithm = match q.algorithm.as_deref() {
+        None => ctx.settings.dkim.algorithm,
+        Some(a) => match crate::config::DkimAlgorithm::parse(a) {
+            Some(a) => a,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameterValue.Algorithm",
+                    format!("algorithm {a:?} is not one of rsa, ed25519"),
+                );
+            }
+        },
+    };
     let selector = q
         .selector
-        .unwrap_or_else(|| s.settings.dkim.selector.clone());
-    match dkim::ensure_key(&s.store, &domain, &selector, &algorithm).await {
+        .unwrap_or_else(|| ctx.settings.dkim.selector.clone());
+    match dkim::ensure_key(&ctx.store, &domain, &selector, algorithm).await {
         Ok(key) => {
-            s.signers.clear();
+            ctx.signers.clear();
             Json(key_json(&key)).into_response()
         }
         Err(e) => error(
@@ -206,8 +205,8 @@ fn credentials_json(a: &crate::ses::accounts::AccountRecord) -> serde_json::Valu
     json!({"Account": a.name, "SecretId": a.secret_id, "SecretKey": a.secret_key})
 }
 
-async fn account_create(State(s): State<Arc<Services>>, Path(name): Path<String>) -> Response {
-    match s.ses.create_account(&name).await {
+async fn account_create(State(ctx): State<Arc<Services>>, Path(name): Path<String>) -> Response {
+    match ctx.ses.create_account(&name).await {
         Ok(a) => {
             tracing::info!(account = %a.name, "account created");
             Json(credentials_json(&a)).into_response()
@@ -216,8 +215,8 @@ async fn account_create(State(s): State<Arc<Services>>, Path(name): Path<String>
     }
 }
 
-async fn accounts_list(State(s): State<Arc<Services>>) -> Response {
-    match s.ses.list_accounts().await {
+async fn accounts_list(State(ctx): State<Arc<Services>>) -> Response {
+    match ctx.ses.list_accounts().await {
         Ok(list) => Json(
             list.iter()
                 .map(|a| {
@@ -237,13 +236,13 @@ async fn accounts_list(State(s): State<Arc<Services>>) -> Response {
 
 /// disable, enable, rotate-key.
 async fn account_change(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     Path((name, operation)): Path<(String, String)>,
 ) -> Response {
     let result = match operation.as_str() {
-        "disable" => s.ses.set_account_disabled(&name, true).await,
-        "enable" => s.ses.set_account_disabled(&name, false).await,
-        "rotate-key" => s.ses.rotate_account_key(&name).await,
+        "disable" => ctx.ses.set_account_disabled(&name, true).await,
+        "enable" => ctx.ses.set_account_disabled(&name, false).await,
+        "rotate-key" => ctx.ses.rotate_account_key(&name).await,
         other => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -265,8 +264,8 @@ async fn account_change(
     }
 }
 
-async fn auth_blocked(State(s): State<Arc<Services>>) -> Response {
-    match crate::intake::smtp::auth_throttle::list(&s.store).await {
+async fn auth_blocked(State(ctx): State<Arc<Services>>) -> Response {
+    match crate::intake::smtp::auth_throttle::list(&ctx.store).await {
         Ok(list) => Json(json!({ "blocked": list })).into_response(),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -281,7 +280,7 @@ struct Unblock {
     subject: String,
 }
 
-async fn auth_unblock(State(s): State<Arc<Services>>, Query(q): Query<Unblock>) -> Response {
+async fn auth_unblock(State(ctx): State<Arc<Services>>, Query(q): Query<Unblock>) -> Response {
     if !(q.subject.starts_with("ip:") || q.subject.starts_with("user:")) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -289,7 +288,7 @@ async fn auth_unblock(State(s): State<Arc<Services>>, Query(q): Query<Unblock>) 
             format!("{:?} is not ip:<address> or user:<name>", q.subject),
         );
     }
-    match crate::intake::smtp::auth_throttle::unblock(&s.store, &q.subject).await {
+    match crate::intake::smtp::auth_throttle::unblock(&ctx.store, &q.subject).await {
         Ok(was_blocked) => {
             tracing::info!(subject = %q.subject, was_blocked, "AUTH block lifted by the operator");
             Json(json!({ "subject": q.subject, "was_blocked": was_blocked })).into_response()
@@ -309,8 +308,8 @@ struct Advance {
 
 /// Moves the clock forward or back (`ms` < 0), when `server.test_clock`
 /// allows it: a system clock stepped by an operator or NTP, for tests.
-async fn clock_advance(State(s): State<Arc<Services>>, Query(q): Query<Advance>) -> Response {
-    let clock = s.store.clock();
+async fn clock_advance(State(ctx): State<Arc<Services>>, Query(q): Query<Advance>) -> Response {
+    let clock = ctx.store.clock();
     match clock.jump(q.ms) {
         Ok(offset) => {
             tracing::warn!(by_ms = q.ms, offset_ms = offset, "clock moved (test clock)");
@@ -332,13 +331,13 @@ struct CallbackTarget {
 /// Sets where an account's (or one sender address's) events are POSTed;
 /// answers the URL and the account's signing secret.
 async fn account_callback(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     Path(name): Path<String>,
     Query(q): Query<CallbackTarget>,
 ) -> Response {
     if !q.url.is_empty() {
         let destinations =
-            crate::outbound_http::Destinations::new(&s.settings.callbacks.allow_networks);
+            crate::outbound_http::Destinations::new(&ctx.settings.callbacks.allow_networks);
         if let Err(e) = destinations.check_url(&q.url, crate::feedback::callbacks::ALLOW_SETTING) {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -348,16 +347,16 @@ async fn account_callback(
         }
     }
     // The secret exists once the account has a callback of any kind.
-    let account = match s.ses.account(&name).await {
+    let account = match ctx.ses.account(&name).await {
         Ok(Some(a)) if q.address.is_some() => {
             if a.callback_secret.is_some() {
                 Ok(a)
             } else {
                 let url = a.callback_url.clone().unwrap_or_default();
-                s.ses.set_account_callback(&name, &url).await
+                ctx.ses.set_account_callback(&name, &url).await
             }
         }
-        Ok(Some(_)) => s.ses.set_account_callback(&name, &q.url).await,
+        Ok(Some(_)) => ctx.ses.set_account_callback(&name, &q.url).await,
         Ok(None) => Err(crate::ses::accounts::AccountError::NotFound(name.clone())),
         Err(e) => Err(e.into()),
     };
@@ -366,12 +365,12 @@ async fn account_callback(
         Err(e) => return account_error(e),
     };
     if let Some(address) = &q.address
-        && let Err(e) = s.ses.set_address_callback(&name, address, &q.url).await
+        && let Err(e) = ctx.ses.set_address_callback(&name, address, &q.url).await
     {
         return error(StatusCode::NOT_FOUND, "AddressNotFound", e.to_string());
     }
 
-    s.callbacks.forget_routes();
+    ctx.feedback.forget_routes();
     tracing::info!(account = %name, address = ?q.address, url = %q.url, "callback URL set");
     Json(json!({
         "Account": account.name,

@@ -21,11 +21,11 @@ pub fn routes() -> axum::Router<Arc<Services>> {
 }
 
 /// What the hook says of `domain` now, with who owns it.
-pub async fn describe(s: &Services, domain: &str) -> Result<Value, String> {
+pub async fn describe(ctx: &Services, domain: &str) -> Result<Value, String> {
     let domain = crate::ses::identities::normalize_domain(domain)
         .ok_or_else(|| format!("{domain:?} is not a domain name"))?;
-    let mut state = ask(s, &domain, json!({"kind": "show"})).await?;
-    let owner = s
+    let mut state = ask(ctx, &domain, json!({"kind": "show"})).await?;
+    let owner = ctx
         .ses
         .identity_of_domain(&domain)
         .await
@@ -37,12 +37,16 @@ pub async fn describe(s: &Services, domain: &str) -> Result<Value, String> {
 
 /// Asks the `reputation` hook about `domain` (`event` gives the kind and
 /// what it needs).
-async fn ask(s: &Services, domain: &str, mut event: Value) -> Result<Value, String> {
+async fn ask(ctx: &Services, domain: &str, mut event: Value) -> Result<Value, String> {
     event["domain"] = json!(domain);
     event["account"] = json!("");
     event["count"] = json!(0);
-    event["now"] = json!(s.store.now_ms());
-    match s.policy.call::<_, Value>("reputation", &event).await {
+    event["now"] = json!(ctx.store.now_ms());
+    match ctx
+        .policy
+        .call(crate::policy::hooks::Reputation, &event)
+        .await
+    {
         Ok(Some(v)) => Ok(v),
         Ok(None) if event["kind"] == "forget" => Ok(Value::Null),
         Ok(None) => Err("the policy has no reputation hook".into()),
@@ -50,8 +54,8 @@ async fn ask(s: &Services, domain: &str, mut event: Value) -> Result<Value, Stri
     }
 }
 
-async fn show(State(s): State<Arc<Services>>, Path(domain): Path<String>) -> Response {
-    match describe(&s, &domain).await {
+async fn show(State(ctx): State<Arc<Services>>, Path(domain): Path<String>) -> Response {
+    match describe(&ctx, &domain).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => super::admin::error(StatusCode::BAD_REQUEST, "DomainUnreadable", e),
     }
@@ -64,14 +68,14 @@ struct Change {
 }
 
 async fn change(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((domain, operation)): Path<(String, String)>,
     Query(q): Query<Change>,
 ) -> Response {
     let by = super::queue_control::who(&headers, peer);
-    match apply(&s, &domain, &operation, q.level, q.quota, &by).await {
+    match apply(&ctx, &domain, &operation, q.level, q.quota, &by).await {
         Ok(v) => Json(v).into_response(),
         Err(Refused::Bad(code, why)) => super::admin::error(StatusCode::BAD_REQUEST, code, why),
         Err(Refused::Unreadable(why)) => {
@@ -92,7 +96,7 @@ pub enum Refused {
 /// set-level, set-quota, reset), logged with who asked (`by`); answers the
 /// state after.
 pub async fn apply(
-    s: &Services,
+    ctx: &Services,
     domain: &str,
     operation: &str,
     level: Option<i64>,
@@ -116,14 +120,14 @@ pub async fn apply(
             ));
         }
     };
-    if let Err(e) = ask(s, &domain, event).await {
+    if let Err(e) = ask(ctx, &domain, event).await {
         return Err(Refused::Bad("NotChanged", e));
     }
     tracing::info!(
         target: "kiln::ops", %domain, %operation, ?level, ?quota, %by,
         "sender domain's reputation changed by an operator"
     );
-    let mut v = describe(s, &domain).await.map_err(Refused::Unreadable)?;
+    let mut v = describe(ctx, &domain).await.map_err(Refused::Unreadable)?;
     v["changed_by"] = json!(by);
     Ok(v)
 }

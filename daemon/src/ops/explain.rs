@@ -6,8 +6,8 @@
 //! callbacks: the message's trail). Read from the store: any node answers.
 
 use crate::clock::format_ms;
+use crate::queued::Attempt;
 use crate::services::Services;
-use crate::store::Attempt;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -83,11 +83,11 @@ fn attempt_text(n: usize, a: &Attempt) -> String {
 }
 
 async fn explain(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     Path(id): Path<String>,
     Query(q): Query<ExplainQuery>,
 ) -> Response {
-    let status = match s.store.status(&id).await {
+    let status = match ctx.store.status(&id).await {
         Ok(Some(st)) => st,
         Ok(None) => {
             return super::admin::error(
@@ -104,7 +104,7 @@ async fn explain(
             );
         }
     };
-    let trail = match crate::feedback::trail::read(&s.store, &id).await {
+    let trail = match crate::feedback::trail::read(&ctx.store, &id).await {
         Ok(t) => t,
         Err(e) => {
             return super::admin::error(

@@ -6,8 +6,9 @@
 //! logged (target `kiln::ops`) with who asked.
 
 use crate::queue::control::{Action, Field, Rule, Selector, parked_by};
+use crate::queued::QueueEntry;
 use crate::services::Services;
-use crate::store::{EntryState, QueueEntry};
+use crate::store::EntryState;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -68,7 +69,7 @@ pub(super) fn who(headers: &HeaderMap, peer: SocketAddr) -> String {
 /// Entries of the selection, with what a selection by provider needs:
 /// each domain's provider, looked up once.
 struct Matcher<'a> {
-    s: &'a Services,
+    ctx: &'a Services,
     select: Option<Selector>,
     providers: HashMap<String, Option<String>>,
 }
@@ -82,7 +83,7 @@ impl Matcher<'_> {
             Field::Provider => {
                 let domain = e.domain().to_ascii_lowercase();
                 if !self.providers.contains_key(&domain) {
-                    let p = self.s.egress.provider_of(&domain).await;
+                    let p = self.ctx.egress.provider_of(&domain).await;
                     self.providers.insert(domain.clone(), p);
                 }
                 let provider = self.providers.get(&domain).cloned().flatten();
@@ -95,18 +96,18 @@ impl Matcher<'_> {
 
 /// Calls `each` for every queued entry of the selection, page by page.
 async fn scan(
-    s: &Services,
+    ctx: &Services,
     select: Option<Selector>,
     mut each: impl FnMut(QueueEntry, EntryState),
 ) -> Result<(), crate::store::StoreError> {
     let mut m = Matcher {
-        s,
+        ctx,
         select,
         providers: HashMap::new(),
     };
     let mut cursor: Option<String> = None;
     loop {
-        let page = s.store.scan_queue(cursor.as_deref(), PAGE).await?;
+        let page = ctx.store.scan_queue(cursor.as_deref(), PAGE).await?;
         for (e, state) in page.entries {
             if m.matches(&e).await {
                 each(e, state);
@@ -135,9 +136,9 @@ struct Group {
     oldest_ms: Option<i64>,
 }
 
-async fn summary(State(s): State<Arc<Services>>, Query(q): Query<SummaryQuery>) -> Response {
+async fn summary(State(ctx): State<Arc<Services>>, Query(q): Query<SummaryQuery>) -> Response {
     let by = q.by.unwrap_or_else(|| "domain".into());
-    match summarize(&s, &by).await {
+    match summarize(&ctx, &by).await {
         Ok(summary) => {
             let total: u64 = summary
                 .groups
@@ -180,14 +181,14 @@ pub const GROUP_BY: [&str; 7] = [
 ];
 
 /// The queue grouped `by` one of [`GROUP_BY`].
-pub async fn summarize(s: &Services, by: &str) -> Result<Summary, ControlError> {
+pub async fn summarize(ctx: &Services, by: &str) -> Result<Summary, ControlError> {
     if !GROUP_BY.contains(&by) {
         return Err(ControlError::Bad(format!(
             "by {by:?}: summarise by {}",
             GROUP_BY.join(", ")
         )));
     }
-    let rules = s.queue.controls.rules();
+    let rules = ctx.queue.controls().rules();
     let suspensions: Vec<&Rule> = rules
         .iter()
         .filter(|r| r.action == Action::Suspend)
@@ -197,7 +198,7 @@ pub async fn summarize(s: &Services, by: &str) -> Result<Summary, ControlError> 
             .iter()
             .any(|r| r.select.field == Field::Provider);
     let mut rows: Vec<(QueueEntry, EntryState)> = Vec::new();
-    scan(s, None, |e, st| rows.push((e, st))).await?;
+    scan(ctx, None, |e, st| rows.push((e, st))).await?;
     let mut providers: HashMap<String, String> = HashMap::new();
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut holds = vec![0u64; suspensions.len()];
@@ -205,7 +206,7 @@ pub async fn summarize(s: &Services, by: &str) -> Result<Summary, ControlError> 
         let provider = if by_provider {
             let domain = e.domain().to_ascii_lowercase();
             if !providers.contains_key(&domain) {
-                let p = s.egress.provider_of(&domain).await;
+                let p = ctx.egress.provider_of(&domain).await;
                 providers.insert(domain.clone(), p.unwrap_or_else(|| "(no MX)".into()));
             }
             providers.get(&domain).cloned()
@@ -241,7 +242,7 @@ pub async fn summarize(s: &Services, by: &str) -> Result<Summary, ControlError> 
                 .map_or(e.received_at_ms, |o| o.min(e.received_at_ms)),
         );
     }
-    let now = s.store.now_ms();
+    let now = ctx.store.now_ms();
     let mut out: Vec<Value> = groups
         .into_iter()
         .map(|(key, g)| {
@@ -289,19 +290,22 @@ fn parse_select(select: Option<&str>) -> Result<Option<Selector>, String> {
     }
 }
 
-async fn list(State(s): State<Arc<Services>>, Query(q): Query<ListQuery>) -> Response {
+async fn list(State(ctx): State<Arc<Services>>, Query(q): Query<ListQuery>) -> Response {
     let select = match parse_select(q.select.as_deref()) {
         Ok(sel) => sel,
         Err(why) => return bad(why),
     };
-    if select.as_ref().is_some_and(|s| s.field == Field::Source) {
+    if select
+        .as_ref()
+        .is_some_and(|sel| sel.field == Field::Source)
+    {
         return bad(
             "a queued entry's source is chosen when it is attempted: list by domain, provider, account or task",
         );
     }
     let limit = q.limit.unwrap_or(100).clamp(1, LIST_MAX);
     let mut m = Matcher {
-        s: &s,
+        ctx: &ctx,
         select,
         providers: HashMap::new(),
     };
@@ -320,7 +324,7 @@ async fn list(State(s): State<Arc<Services>>, Query(q): Query<ListQuery>) -> Res
     };
     let mut out = Vec::new();
     let next = loop {
-        let page = match s.store.scan_queue(cursor.as_deref(), PAGE).await {
+        let page = match ctx.store.scan_queue(cursor.as_deref(), PAGE).await {
             Ok(p) => p,
             Err(e) => return store_error(e),
         };
@@ -361,11 +365,11 @@ async fn list(State(s): State<Arc<Services>>, Query(q): Query<ListQuery>) -> Res
     Json(json!({"entries": out, "next": next})).into_response()
 }
 
-async fn controls(State(s): State<Arc<Services>>) -> Response {
-    if let Err(e) = s.queue.controls.refresh().await {
+async fn controls(State(ctx): State<Arc<Services>>) -> Response {
+    if let Err(e) = ctx.queue.controls().refresh().await {
         return store_error(e);
     }
-    Json(json!({"rules": *s.queue.controls.rules()})).into_response()
+    Json(json!({"rules": *ctx.queue.controls().rules()})).into_response()
 }
 
 #[derive(Deserialize)]
@@ -389,31 +393,29 @@ pub enum ControlError {
 /// Makes the waiting entries of the selection (all, for None) that
 /// `filter` accepts due now; answers how many.
 async fn make_due(
-    s: &Services,
+    ctx: &Services,
     select: Option<Selector>,
     filter: impl Fn(&QueueEntry) -> bool,
 ) -> Result<usize, crate::store::StoreError> {
     let mut keys = Vec::new();
-    scan(s, select, |e, state| {
+    scan(ctx, select, |e, state| {
         if state == EntryState::Waiting && filter(&e) {
             keys.push(e.key());
         }
     })
     .await?;
-    let made = s.store.make_due(&keys).await?;
-    s.queue.wake.notify_one();
-    Ok(made)
+    ctx.queue.make_due(&keys).await
 }
 
 /// Makes due what the suspensions `removed` parked.
-async fn due_again(s: &Services, removed: &[Rule]) -> Result<usize, crate::store::StoreError> {
-    make_due(s, None, |e| removed.iter().any(|r| parked_by(r, e))).await
+async fn due_again(ctx: &Services, removed: &[Rule]) -> Result<usize, crate::store::StoreError> {
+    make_due(ctx, None, |e| removed.iter().any(|r| parked_by(r, e))).await
 }
 
 /// Carries out `action` (suspend, resume, bounce, retry-now) on the
 /// selection `select` for `by`, and logs it; answers what it did.
 pub async fn act(
-    s: &Arc<Services>,
+    ctx: &Arc<Services>,
     action: &str,
     select: &str,
     reason: &str,
@@ -432,13 +434,13 @@ pub async fn act(
                 select,
                 action: Action::Suspend,
                 by: by.to_string(),
-                at_ms: s.store.now_ms(),
+                at_ms: ctx.store.now_ms(),
             };
-            s.queue.controls.add(&rule).await?;
+            ctx.queue.controls().add(&rule).await?;
             json!({"rule": rule})
         }
         "resume" => {
-            let removed = s.queue.controls.resume(&select).await?;
+            let removed = ctx.queue.controls().resume(&select).await?;
             if removed.is_empty() {
                 return Err(ControlError::NotSuspended(label));
             }
@@ -447,8 +449,8 @@ pub async fn act(
             // and provider included, without knowing where each entry would
             // have gone). Once more after every node has read the rules
             // again: one that had not yet may have parked some meanwhile.
-            let made = due_again(s, &removed).await?;
-            let (again, rules) = (s.clone(), removed.clone());
+            let made = due_again(ctx, &removed).await?;
+            let (again, rules) = (ctx.clone(), removed.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 if let Err(e) = due_again(&again, &rules).await {
@@ -474,19 +476,19 @@ pub async fn act(
                     reason: reason.chars().take(500).collect(),
                 },
                 by: by.to_string(),
-                at_ms: s.store.now_ms(),
+                at_ms: ctx.store.now_ms(),
             };
-            s.queue.controls.add(&rule).await?;
+            ctx.queue.controls().add(&rule).await?;
             // Each is bounced by the node that leases it next: once.
             let at = rule.at_ms;
-            let made = make_due(s, Some(select), |e| e.received_at_ms <= at).await?;
+            let made = make_due(ctx, Some(select), |e| e.received_at_ms <= at).await?;
             json!({"rule": rule, "due_now": made})
         }
         "retry-now" => {
             if select.field == Field::Source {
                 return Err(chosen_later());
             }
-            json!({"due_now": make_due(s, Some(select), |_| true).await?})
+            json!({"due_now": make_due(ctx, Some(select), |_| true).await?})
         }
         other => {
             return Err(ControlError::Bad(format!(
@@ -500,14 +502,14 @@ pub async fn act(
 
 /// A control action over the admin API (`act` names the unknown ones).
 async fn control(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(action): Path<String>,
     headers: HeaderMap,
     Query(req): Query<ControlRequest>,
 ) -> Response {
     let by = who(&headers, peer);
-    match act(&s, &action, &req.select, &req.reason, &by).await {
+    match act(&ctx, &action, &req.select, &req.reason, &by).await {
         Ok(v) => Json(v).into_response(),
         Err(ControlError::Bad(why)) => bad(why),
         Err(e @ ControlError::NotSuspended(_)) => {

@@ -30,10 +30,10 @@ pub fn may_read(ip: std::net::IpAddr, networks: &[String]) -> bool {
 }
 
 async fn metrics(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !may_read(peer.ip(), &s.settings.http.metrics_networks) {
+    if !may_read(peer.ip(), &ctx.settings.http.metrics_networks) {
         return super::admin::error(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -47,7 +47,7 @@ async fn metrics(
             "metrics are turned off (http.metrics = false)",
         );
     };
-    match s.store.queue_counts().await {
+    match ctx.store.queue_counts().await {
         Ok(c) => {
             for (state, n) in [("due", c.due), ("waiting", c.waiting), ("leased", c.leased)] {
                 m.queue_entries
@@ -57,7 +57,7 @@ async fn metrics(
         }
         Err(e) => tracing::warn!(error = %e, "metrics: the queue could not be counted"),
     }
-    s.egress.set_gauges();
+    ctx.egress.set_gauges();
     m.policy_states_stuck
         .set(crate::policy::stuck_states() as i64);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], m.render()).into_response()

@@ -90,7 +90,24 @@ pub struct WarmupCap {
     pub applies_to: Option<serde_json::Value>,
 }
 
+/// `warmup_limit`'s argument: whose cap, and when.
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmupQuery {
+    /// A sender domain, or a source and a provider (`ip-a/gmail`).
+    pub identity: String,
+    pub now: i64,
+}
+
+/// What `callback_format` answers: the request's body and headers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Formatted {
+    pub body: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
 serde_answer!(
+    Formatted,
     WarmupCap,
     serde_json::Value,
     ReputationState,
@@ -311,6 +328,7 @@ hook_arg!(kept MessageInfo<'_> {
     scenario,
     now
 } userdata { headers as [headers, body] });
+hook_arg!(WarmupQuery { identity, now });
 hook_arg!(ReputationEvent {
     domain,
     account,
@@ -528,7 +546,7 @@ pub struct BounceInfo {
 }
 
 /// What `classify_bounce` answers.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct BounceClass {
     /// hard, soft, spam, quota, policy, other

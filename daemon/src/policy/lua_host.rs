@@ -627,8 +627,33 @@ fn ttl(secs: Option<f64>) -> Option<Duration> {
 
 fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Result<()> {
     let kiln = lua.create_table()?;
-    let tz = settings.time_zone.clone();
+    install_time(lua, &kiln, settings, &store)?;
+    install_text(lua, &kiln)?;
+    super::plugin_settings::install(lua, &kiln, settings.script.display().to_string())?;
+    super::lua_data::install(lua, &kiln, settings.plugins_dir.clone())?;
+    kiln.set(
+        "config",
+        lua.create_function(|lua, name: String| {
+            let kiln: Table = lua.globals().get("kiln")?;
+            let all: Table = kiln.get("_config")?;
+            match all.get::<Option<Table>>(name)? {
+                Some(t) => Ok(t),
+                None => lua.create_table(),
+            }
+        })?,
+    )?;
+    install_store(lua, &kiln, store)?;
+    lua.globals().set("kiln", kiln)
+}
 
+/// `kiln.now`, `kiln.day` and the other days as the policy counts them.
+fn install_time(
+    lua: &Lua,
+    kiln: &Table,
+    settings: &PolicySettings,
+    store: &Store,
+) -> mlua::Result<()> {
+    let tz = settings.time_zone.clone();
     let clock = store.clock().clone();
     let now_clock = clock.clone();
     kiln.set(
@@ -650,7 +675,11 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
             super::time::days_between(&a, &b).map_err(lua_err)
         })?,
     )?;
+    Ok(())
+}
 
+/// `kiln.log`, `kiln.json`, `kiln.html_text`.
+fn install_text(lua: &Lua, kiln: &Table) -> mlua::Result<()> {
     let log = lua.create_table()?;
     for level in ["debug", "info", "warn", "error"] {
         log.set(
@@ -694,21 +723,11 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
             Ok(crate::message::html_text(&html.to_string_lossy()))
         })?,
     )?;
+    Ok(())
+}
 
-    super::plugin_settings::install(lua, &kiln, settings.script.display().to_string())?;
-    super::lua_data::install(lua, &kiln, settings.plugins_dir.clone())?;
-    kiln.set(
-        "config",
-        lua.create_function(|lua, name: String| {
-            let kiln: Table = lua.globals().get("kiln")?;
-            let all: Table = kiln.get("_config")?;
-            match all.get::<Option<Table>>(name)? {
-                Some(t) => Ok(t),
-                None => lua.create_table(),
-            }
-        })?,
-    )?;
-
+/// `kiln.counter`, `kiln.kv`, `kiln.set` and `kiln.batch`: the store.
+fn install_store(lua: &Lua, kiln: &Table, store: Store) -> mlua::Result<()> {
     let counter = lua.create_table()?;
     counter.set(
         "incr",
@@ -811,6 +830,11 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
     )?;
     kiln.set("set", set)?;
 
+    install_batch(lua, kiln, store)
+}
+
+/// `kiln.batch`: several store operations in one round trip.
+fn install_batch(lua: &Lua, kiln: &Table, store: Store) -> mlua::Result<()> {
     // The embedded store answers a batch without waiting (counters live in
     // memory, reads are local): a plain function saves the coroutine
     // round trip of an async one on every message.
@@ -859,6 +883,5 @@ fn install_api(lua: &Lua, settings: &PolicySettings, store: Store) -> mlua::Resu
         }
     };
     kiln.set("batch", batch)?;
-
-    lua.globals().set("kiln", kiln)
+    Ok(())
 }

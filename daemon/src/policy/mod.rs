@@ -12,10 +12,12 @@
 //! 4xx, the queue retries later. See `docs/lua-api.md` for the hooks.
 
 pub mod decisions;
+pub mod hooks;
 pub mod lua_data;
 pub mod lua_host;
 pub(crate) mod lua_raw;
 mod offload;
+pub mod outcome_feed;
 mod patterns;
 pub mod plugin_settings;
 pub mod time;
@@ -32,6 +34,7 @@ mod tests;
 
 use crate::store::Store;
 use decisions::{HookAnswer, HookArg};
+pub use hooks::{HOOKS, Hook, hook_index};
 use lua_host::LuaHost;
 pub use patterns::stuck as stuck_states;
 use std::cell::Cell;
@@ -41,42 +44,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
-
-/// Every hook a script may define.
-pub const HOOKS: &[&str] = &[
-    "on_connect",
-    "on_mail_from",
-    "on_rcpt_to",
-    "content_filter",
-    "check_limits",
-    "warmup_limit",
-    "reputation",
-    "select_egress",
-    "classify_bounce",
-    "callback_format",
-    "egress_plan",
-    "egress_signal",
-];
-
-/// `hook`'s position in [`HOOKS`]: asked several times per message, so
-/// one `match` (by length, then bytes) instead of a search.
-pub fn hook_index(hook: &str) -> Option<usize> {
-    Some(match hook {
-        "on_connect" => 0,
-        "on_mail_from" => 1,
-        "on_rcpt_to" => 2,
-        "content_filter" => 3,
-        "check_limits" => 4,
-        "warmup_limit" => 5,
-        "reputation" => 6,
-        "select_egress" => 7,
-        "classify_bounce" => 8,
-        "callback_format" => 9,
-        "egress_plan" => 10,
-        "egress_signal" => 11,
-        _ => return None,
-    })
-}
 
 /// The default plugins, in load order (later ones may use earlier ones).
 pub const PLUGINS: &[&str] = &[
@@ -159,13 +126,9 @@ impl Engine {
         })
     }
 
-    /// Whether `hook` is defined, and for an item of `kind` if one is given
-    /// (a plugin may declare a hook for some kinds of item only).
-    fn wants(&self, hook: &str, kind: Option<&str>) -> bool {
-        hook_index(hook).is_some_and(|at| self.wants_at(at, kind))
-    }
-
-    /// `wants` of the hook at `at` in `HOOKS`.
+    /// Whether the hook at `at` in `HOOKS` is defined, and for an item of
+    /// `kind` if one is given (a plugin may declare a hook for some kinds
+    /// of item only).
     fn wants_at(&self, at: usize, kind: Option<&str>) -> bool {
         self.defined.get(at).is_some_and(|d| *d)
             && kind.is_none_or(|k| {
@@ -179,6 +142,7 @@ impl Engine {
     async fn call<A, R>(
         &self,
         hook: &'static str,
+        at: usize,
         kind: Option<&str>,
         arg: &A,
     ) -> Result<Option<R>, PolicyError>
@@ -186,9 +150,9 @@ impl Engine {
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        let Some(at) = hook_index(hook).filter(|at| self.wants_at(*at, kind)) else {
+        if !self.wants_at(at, kind) {
             return Ok(None);
-        };
+        }
         let size = arg.input_bytes();
         if size > self.max_input {
             return Err(PolicyError::Script {
@@ -358,8 +322,20 @@ impl Policy {
         self.engine().version
     }
 
-    pub fn has_hook(&self, hook: &str) -> bool {
-        self.engine().wants(hook, None)
+    /// Whether a script defines `hook`.
+    pub fn has_hook<H: Hook>(&self, _hook: H) -> bool {
+        self.engine().wants_at(H::INDEX, None)
+    }
+
+    /// The hooks the scripts in force define, by name.
+    pub fn defined_hooks(&self) -> Vec<&'static str> {
+        let engine = self.engine();
+        HOOKS
+            .iter()
+            .enumerate()
+            .filter(|(at, _)| engine.wants_at(*at, None))
+            .map(|(_, name)| *name)
+            .collect()
     }
 
     /// The policy in force now, held for several calls (a message's hooks
@@ -373,12 +349,28 @@ impl Policy {
 
     /// Calls a hook; `Ok(None)` when no script defines it or it returned
     /// nil. Errors are logged and counted here, once.
-    pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
+    pub async fn call<H: Hook>(
+        &self,
+        hook: H,
+        arg: &H::Arg<'_>,
+    ) -> Result<Option<H::Answer>, PolicyError> {
+        self.current().call_for(hook, None, arg).await
+    }
+
+    /// A hook by its name, with any argument and answer: for tests that
+    /// hand a hook what a script might be given.
+    #[cfg(test)]
+    pub(crate) async fn call_named<A, R>(
+        &self,
+        hook: &'static str,
+        arg: &A,
+    ) -> Result<Option<R>, PolicyError>
     where
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        self.current().call_for(hook, None, arg).await
+        let at = hook_index(hook).expect("a hook that exists");
+        self.current().call_at(hook, at, None, arg).await
     }
 
     fn count_error(&self, hook: &'static str, e: &PolicyError) {
@@ -413,13 +405,13 @@ pub struct Current<'a> {
 }
 
 impl Current<'_> {
-    pub fn has_hook(&self, hook: &str) -> bool {
-        self.engine.wants(hook, None)
+    pub fn has_hook<H: Hook>(&self, _hook: H) -> bool {
+        self.engine.wants_at(H::INDEX, None)
     }
 
     /// Whether `hook` is defined for an item of `kind`.
-    pub fn has_hook_for(&self, hook: &str, kind: &str) -> bool {
-        self.engine.wants(hook, Some(kind))
+    pub fn has_hook_for<H: Hook>(&self, _hook: H, kind: &str) -> bool {
+        self.engine.wants_at(H::INDEX, Some(kind))
     }
 
     /// The most of a message's decoded body a hook reads, in bytes.
@@ -427,19 +419,29 @@ impl Current<'_> {
         self.policy.settings.max_body_kb.saturating_mul(1024)
     }
 
-    pub async fn call<A, R>(&self, hook: &'static str, arg: &A) -> Result<Option<R>, PolicyError>
-    where
-        A: HookArg + ?Sized,
-        R: HookAnswer,
-    {
+    pub async fn call<H: Hook>(
+        &self,
+        hook: H,
+        arg: &H::Arg<'_>,
+    ) -> Result<Option<H::Answer>, PolicyError> {
         self.call_for(hook, None, arg).await
     }
 
     /// Like `call`, for an item of a kind (e.g. `content_filter` on a
     /// "message"): skipped when the hook's plugin only handles other kinds.
-    pub async fn call_for<A, R>(
+    pub async fn call_for<H: Hook>(
+        &self,
+        _hook: H,
+        kind: Option<&str>,
+        arg: &H::Arg<'_>,
+    ) -> Result<Option<H::Answer>, PolicyError> {
+        self.call_at(H::NAME, H::INDEX, kind, arg).await
+    }
+
+    async fn call_at<A, R>(
         &self,
         hook: &'static str,
+        at: usize,
         kind: Option<&str>,
         arg: &A,
     ) -> Result<Option<R>, PolicyError>
@@ -447,7 +449,7 @@ impl Current<'_> {
         A: HookArg + ?Sized,
         R: HookAnswer,
     {
-        let result = self.engine.call(hook, kind, arg).await;
+        let result = self.engine.call(hook, at, kind, arg).await;
         if let Err(e) = &result {
             self.policy.count_error(hook, e);
         }

@@ -103,7 +103,7 @@ async fn a_policy_that_fails_to_load_leaves_the_old_one_in_force() {
     let settings = f.settings("return { hooks = { on_connect = function(c) return { action = 'reject', message = 'v1' } end } }");
     let policy = Policy::load(settings.clone(), f.store.clone()).expect("load");
     let v1: Decision = policy
-        .call("on_connect", &json!({}))
+        .call_named("on_connect", &json!({}))
         .await
         .expect("call")
         .expect("decision");
@@ -118,7 +118,7 @@ async fn a_policy_that_fails_to_load_leaves_the_old_one_in_force() {
         let e = policy.reload().expect_err(broken);
         assert!(matches!(e, PolicyError::Load(_)), "{e}");
         let still: Decision = policy
-            .call("on_connect", &json!({}))
+            .call_named("on_connect", &json!({}))
             .await
             .expect("call")
             .expect("decision");
@@ -132,7 +132,7 @@ async fn a_policy_that_fails_to_load_leaves_the_old_one_in_force() {
     let version = policy.reload().expect("reload");
     assert_eq!(version, policy.version());
     let v2: Decision = policy
-        .call("on_connect", &json!({}))
+        .call_named("on_connect", &json!({}))
         .await
         .expect("call")
         .expect("decision");
@@ -144,9 +144,9 @@ async fn a_policy_that_fails_to_load_leaves_the_old_one_in_force() {
     )
     .expect("write");
     policy.reload().expect("reload");
-    assert!(!policy.has_hook("check_limits"));
-    assert!(!policy.has_hook("classify_bounce"));
-    assert!(policy.has_hook("reputation"));
+    assert!(!policy.has_hook(super::hooks::CheckLimits));
+    assert!(!policy.has_hook(super::hooks::ClassifyBounce));
+    assert!(policy.has_hook(super::hooks::Reputation));
 }
 
 #[tokio::test]
@@ -157,14 +157,14 @@ async fn a_plugin_hook_for_templates_only_is_not_called_for_messages() {
         json!({"kind": "template", "type": "trigger", "subject": "s", "html": "", "text": ""});
     let reviewed: Option<Decision> = policy
         .current()
-        .call_for("content_filter", Some("template"), &template)
+        .call_for(super::hooks::ContentFilter, Some("template"), &template)
         .await
         .expect("call");
     assert_eq!(reviewed.expect("reviewed").action, "accept");
     // The plugin's hook would crash on this message; it is never called.
     let skipped: Option<Decision> = policy
         .current()
-        .call_for("content_filter", Some("message"), &json!(null))
+        .call_for(super::hooks::ContentFilter, Some("message"), &json!(null))
         .await
         .expect("not called");
     assert!(skipped.is_none());
@@ -178,7 +178,7 @@ async fn a_plugin_hook_for_templates_only_is_not_called_for_messages() {
     let seen: Option<Decision> = policy
         .current()
         .call_for(
-            "content_filter",
+            super::hooks::ContentFilter,
             Some("message"),
             &json!({"kind": "message"}),
         )
@@ -507,7 +507,7 @@ async fn calls_wait_for_a_free_state() {
         let policy = policy.clone();
         tokio::spawn(async move {
             policy
-                .call::<_, Decision>("on_connect", &json!({ "n": n }))
+                .call_named::<_, Decision>("on_connect", &json!({ "n": n }))
                 .await
         })
     });
@@ -541,7 +541,7 @@ async fn a_call_stuck_in_a_c_function_does_not_hold_its_thread() {
         let policy = policy.clone();
         tokio::spawn(async move {
             policy
-                .call::<_, Decision>("on_connect", &json!({ "n": 200_000 }))
+                .call_named::<_, Decision>("on_connect", &json!({ "n": 200_000 }))
                 .await
         })
     });
@@ -550,7 +550,7 @@ async fn a_call_stuck_in_a_c_function_does_not_hold_its_thread() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let quick = tokio::time::timeout(
         Duration::from_millis(100),
-        policy.call::<_, Decision>("on_mail_from", &json!({})),
+        policy.call_named::<_, Decision>("on_mail_from", &json!({})),
     )
     .await
     .expect("answered while the patterns run")
@@ -634,11 +634,11 @@ async fn a_hook_argument_past_the_input_limit_is_refused() {
     settings.max_input_kb = 64;
     let policy = Policy::load(settings, f.store.clone()).expect("load");
     let small = policy
-        .call::<_, Decision>("on_connect", &json!({ "html": "x".repeat(60_000) }))
+        .call_named::<_, Decision>("on_connect", &json!({ "html": "x".repeat(60_000) }))
         .await;
     assert!(matches!(small, Ok(Some(_))), "{small:?}");
     match policy
-        .call::<_, Decision>("on_connect", &json!({ "html": "x".repeat(70_000) }))
+        .call_named::<_, Decision>("on_connect", &json!({ "html": "x".repeat(70_000) }))
         .await
     {
         Err(PolicyError::Script { message, .. }) => {

@@ -6,7 +6,8 @@
 //! asks [`Controls::control`] when it takes an entry, when it knows the
 //! entry's provider and source, and again right before the attempt.
 
-use crate::store::{QueueEntry, Store, StoreError};
+use crate::queued::QueueEntry;
+use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

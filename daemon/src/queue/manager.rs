@@ -1,11 +1,12 @@
-//! The queue manager: leases what is ready, as fast as delivery takes it.
+//! The queue manager: leases what is ready, as fast as delivery takes it,
+//! and hands it out unless an operator's rule holds it.
 //!
 //! This node holds at most `max_leased` entries (in destinations' lines or
 //! being attempted); an entry a destination's line cannot take is parked
 //! back in the queue, due later.
 
 use super::QueueHandle;
-use crate::store::QueueEntry;
+use crate::queued::QueueEntry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -91,7 +92,15 @@ impl Manager {
                         }
                     },
                 };
-                parked.extend(self.delivery.clone().dispatch(entry, p));
+                // The operator's rules first: what they hold never
+                // reaches egress.
+                match self.queue.hold(entry, None, None) {
+                    super::Hold::Go(entry) => {
+                        parked.extend(self.delivery.clone().dispatch(entry, p));
+                    }
+                    super::Hold::Parked(entry) => parked.push(entry),
+                    super::Hold::Bounced => {}
+                }
             }
             if !parked.is_empty() {
                 tracing::debug!(

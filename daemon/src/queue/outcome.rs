@@ -1,16 +1,11 @@
-//! What an attempt's outcome means for the queue, decided here and nowhere
-//! else: egress reports how an attempt ended (or that it was not made), the
-//! queue turns that into the recipient's next state (delivered, bounced,
-//! expired, or deferred to a time from `queue.retry_schedule`) and records
-//! it, with whatever else must be durable in the same commit (the outcome's
-//! event and callback job). Reports that come back later (a DSN) go
-//! through here too.
+//! What an attempt's outcome means for a recipient: delivered, bounced,
+//! expired, or deferred to a time from `queue.retry_schedule` (the
+//! [`Schedule`]), and how that is recorded. `report` is the one caller.
 
 use super::QueueHandle;
 use crate::config::QueueSettings;
-use crate::store::{
-    Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus, StoreError, Write,
-};
+use crate::queued::{Attempt, Disposition, QueueEntry, RecipientState, RecipientStatus};
+use crate::store::{StoreError, Write};
 
 /// How one attempt ended, as egress saw it (after `classify_bounce`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,16 +65,11 @@ impl Schedule {
 }
 
 impl QueueHandle {
-    /// The decision for an attempt that ended with `verdict` now.
-    pub fn decide(&self, entry: &QueueEntry, verdict: Verdict) -> Decision {
-        self.schedule.decide(entry, verdict, self.store.now_ms())
-    }
-
     /// Records an attempt and the decision made for it, with `also` in the
     /// same commit. If the store cannot record it, the entry is handed back
     /// to be tried again (at worst delivered twice, never lost); if even
     /// that fails its lease expires and another lease takes it.
-    pub async fn settle(
+    pub(super) async fn settle(
         &self,
         entry: &QueueEntry,
         decision: Decision,
@@ -137,25 +127,6 @@ impl QueueHandle {
     /// count is unchanged.
     pub async fn postpone(&self, entries: &[QueueEntry]) -> Result<(), StoreError> {
         self.store.park(entries).await
-    }
-
-    /// A final outcome learnt after the recipient left the queue (a DSN
-    /// after the receiver took the message): its status record says what
-    /// happened after all, with `also` in the same commit. A recipient still
-    /// queued is left to its next attempt (answers false).
-    pub async fn record_late_outcome(
-        &self,
-        msg_id: &str,
-        idx: u32,
-        status: &RecipientStatus,
-        current: RecipientState,
-        also: &[Write],
-    ) -> Result<bool, StoreError> {
-        if !current.is_final() {
-            return Ok(false);
-        }
-        self.store.record_status(msg_id, idx, status, also).await?;
-        Ok(true)
     }
 }
 
@@ -221,112 +192,5 @@ mod tests {
                 assert_eq!((d.state, d.next_attempt_at_ms), (state, None));
             }
         }
-    }
-
-    /// The queue's whole say over one recipient, on a real store: a
-    /// deferral puts it back due later with its attempt recorded, a DSN
-    /// while it is queued changes nothing, delivery ends it, and a DSN
-    /// after that is recorded.
-    #[tokio::test]
-    async fn outcomes_move_a_recipient_through_the_queue() {
-        use crate::store::{NewMessage, Store, embedded::EmbeddedStore};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clock = crate::clock::Clock::test();
-        let store = Store::Embedded(
-            EmbeddedStore::open(
-                &dir.path().join("kiln.redb"),
-                Duration::from_secs(600),
-                clock.clone(),
-            )
-            .expect("store"),
-        );
-        let queue = QueueHandle::new(store.clone(), 1 << 20, &QueueSettings::default());
-        let now = store.now_ms();
-        queue
-            .submit(&NewMessage {
-                id: "m1".into(),
-                account: "acme".into(),
-                sender: "news@acme.test".into(),
-                recipients: vec!["ann@dest.test".into()],
-                dropped: Default::default(),
-                body: std::sync::Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
-                received_at_ms: now,
-                ready_at_ms: now,
-                require_tls: false,
-                source_ip: None,
-                pool: String::new(),
-                template_id: String::new(),
-                task_id: String::new(),
-                story: Vec::new(),
-            })
-            .await
-            .expect("submit");
-        let lease = Duration::from_secs(60);
-        let attempt = |code: u16| Attempt {
-            at_ms: store.now_ms(),
-            mx: None,
-            ip: None,
-            code: Some(code),
-            enhanced_code: None,
-            message: format!("{code} reply"),
-            tls: None,
-            duration_ms: 0,
-            source: None,
-            shaping: None,
-            outcome: None,
-            node: None,
-        };
-        let recipient = |store: Store| async move {
-            let s = store.status("m1").await.expect("status").expect("known");
-            s.recipients[0].clone()
-        };
-
-        let entry = store.lease(10, lease).await.expect("lease").remove(0);
-        let d = queue.decide(&entry, Verdict::Temporary);
-        assert_eq!(d.state, RecipientState::Deferred);
-        queue
-            .settle(&entry, d, attempt(451), &[])
-            .await
-            .expect("settle");
-        let r = recipient(store.clone()).await;
-        assert_eq!((r.state, r.attempts.len()), (RecipientState::Deferred, 1));
-        // A minute after the attempt (the test clock follows real time).
-        let next = r.next_attempt_at_ms.expect("due again") - now;
-        assert!((60_000..61_000).contains(&next), "{next}");
-        assert!(
-            store.lease(10, lease).await.expect("lease").is_empty(),
-            "due later"
-        );
-
-        let mut bounced = r.clone();
-        bounced.state = RecipientState::Bounced;
-        let taken = queue
-            .record_late_outcome("m1", 0, &bounced, r.state, &[])
-            .await
-            .expect("late");
-        assert!(!taken, "a queued recipient is left to its next attempt");
-        assert_eq!(
-            recipient(store.clone()).await.state,
-            RecipientState::Deferred
-        );
-
-        clock.advance(Duration::from_secs(60)).expect("test clock");
-        let entry = store.lease(10, lease).await.expect("lease").remove(0);
-        assert_eq!(entry.attempts, 1);
-        let d = queue.decide(&entry, Verdict::Delivered);
-        queue
-            .settle(&entry, d, attempt(250), &[])
-            .await
-            .expect("settle");
-        let r = recipient(store.clone()).await;
-        assert_eq!((r.state, r.attempts.len()), (RecipientState::Delivered, 2));
-        assert_eq!(store.queue_len().await.expect("len"), 0);
-
-        let taken = queue
-            .record_late_outcome("m1", 0, &bounced, r.state, &[])
-            .await
-            .expect("late");
-        assert!(taken);
-        assert_eq!(recipient(store).await.state, RecipientState::Bounced);
     }
 }

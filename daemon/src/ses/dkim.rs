@@ -4,6 +4,7 @@
 //! kept in the store under `dkim:<domain>`, so every node of a cluster signs
 //! with the same key. Signers are cached per domain.
 
+use crate::config::DkimAlgorithm;
 use crate::store::{Store, StoreError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -18,8 +19,6 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DkimError {
-    #[error("unknown DKIM algorithm {0:?} (use rsa or ed25519)")]
-    Algorithm(String),
     #[error("key generation failed: {0}")]
     Generate(String),
     #[error("bad stored key for {domain}: {reason}")]
@@ -34,8 +33,7 @@ pub enum DkimError {
 pub struct DkimKey {
     pub domain: String,
     pub selector: String,
-    /// `rsa` or `ed25519`.
-    pub algorithm: String,
+    pub algorithm: DkimAlgorithm,
     /// PKCS#1 (RSA) or PKCS#8 (Ed25519) DER, base64.
     pub private_key: String,
     /// The public key, base64: for RSA a SubjectPublicKeyInfo (keys made
@@ -46,7 +44,11 @@ pub struct DkimKey {
 }
 
 impl DkimKey {
-    pub fn generate(domain: &str, selector: &str, algorithm: &str) -> Result<DkimKey, DkimError> {
+    pub fn generate(
+        domain: &str,
+        selector: &str,
+        algorithm: DkimAlgorithm,
+    ) -> Result<DkimKey, DkimError> {
         Self::generate_sized(domain, selector, algorithm, 2048)
     }
 
@@ -54,25 +56,24 @@ impl DkimKey {
     pub fn generate_sized(
         domain: &str,
         selector: &str,
-        algorithm: &str,
+        algorithm: DkimAlgorithm,
         bits: usize,
     ) -> Result<DkimKey, DkimError> {
         let pair = match algorithm {
-            "rsa" => DkimKeyPair::generate_rsa(bits),
-            "ed25519" => DkimKeyPair::generate_ed25519(),
-            other => return Err(DkimError::Algorithm(other.to_string())),
+            DkimAlgorithm::Rsa => DkimKeyPair::generate_rsa(bits),
+            DkimAlgorithm::Ed25519 => DkimKeyPair::generate_ed25519(),
         }
         .map_err(|e| DkimError::Generate(e.to_string()))?;
         let public_key = match algorithm {
-            "rsa" => spki_of_pkcs1(pair.public_key()).ok_or_else(|| {
+            DkimAlgorithm::Rsa => spki_of_pkcs1(pair.public_key()).ok_or_else(|| {
                 DkimError::Generate("the new RSA public key did not read back".into())
             })?,
-            _ => pair.public_key().to_vec(),
+            DkimAlgorithm::Ed25519 => pair.public_key().to_vec(),
         };
         Ok(DkimKey {
             domain: domain.to_ascii_lowercase(),
             selector: selector.to_string(),
-            algorithm: algorithm.to_string(),
+            algorithm,
             private_key: B64.encode(pair.private_key()),
             public_key: B64.encode(public_key),
             created_at_ms: crate::clock::system_now_ms(),
@@ -83,7 +84,7 @@ impl DkimKey {
     /// as every DKIM verifier reads it (OpenDKIM and rspamd through
     /// OpenSSL's `d2i_PUBKEY`, which fails on a bare PKCS#1 key).
     pub fn published_key(&self) -> String {
-        if self.algorithm == "ed25519" {
+        if self.algorithm == DkimAlgorithm::Ed25519 {
             return self.public_key.clone();
         }
         B64.decode(&self.public_key)
@@ -100,12 +101,11 @@ impl DkimKey {
 
     /// The TXT record value to publish at [`DkimKey::dns_name`].
     pub fn txt_record(&self) -> String {
-        let k = if self.algorithm == "ed25519" {
-            "ed25519"
-        } else {
-            "rsa"
-        };
-        format!("v=DKIM1; k={k}; p={}", self.published_key())
+        format!(
+            "v=DKIM1; k={}; p={}",
+            self.algorithm.as_str(),
+            self.published_key()
+        )
     }
 
     fn signer(&self, headers: &[String]) -> Result<Signer, DkimError> {
@@ -116,8 +116,8 @@ impl DkimKey {
         let der = B64
             .decode(&self.private_key)
             .map_err(|e| bad(e.to_string()))?;
-        Ok(match self.algorithm.as_str() {
-            "ed25519" => Signer::Ed25519(
+        Ok(match self.algorithm {
+            DkimAlgorithm::Ed25519 => Signer::Ed25519(
                 DkimSigner::from_key(
                     Ed25519Key::from_pkcs8_der(&der).map_err(|e| bad(e.to_string()))?,
                 )
@@ -295,10 +295,11 @@ pub async fn replace_keys_in(
             format!("{selector}{size}")
         };
         let (d, size) = (domain.to_string(), *size);
-        let key =
-            tokio::task::spawn_blocking(move || DkimKey::generate_sized(&d, &sel, "rsa", size))
-                .await
-                .map_err(|e| DkimError::Generate(e.to_string()))??;
+        let key = tokio::task::spawn_blocking(move || {
+            DkimKey::generate_sized(&d, &sel, DkimAlgorithm::Rsa, size)
+        })
+        .await
+        .map_err(|e| DkimError::Generate(e.to_string()))??;
         keys.push(key);
     }
     let encode =
@@ -346,17 +347,13 @@ pub async fn ensure_key(
     store: &Store,
     domain: &str,
     selector: &str,
-    algorithm: &str,
+    algorithm: DkimAlgorithm,
 ) -> Result<DkimKey, DkimError> {
     if let Some(key) = load_key(store, domain).await? {
         return Ok(key);
     }
-    let (d, s, a) = (
-        domain.to_string(),
-        selector.to_string(),
-        algorithm.to_string(),
-    );
-    let key = tokio::task::spawn_blocking(move || DkimKey::generate(&d, &s, &a))
+    let (d, s) = (domain.to_string(), selector.to_string());
+    let key = tokio::task::spawn_blocking(move || DkimKey::generate(&d, &s, algorithm))
         .await
         .map_err(|e| DkimError::Generate(e.to_string()))??;
     let json = serde_json::to_vec(&key).map_err(|e| DkimError::Generate(e.to_string()))?;
@@ -460,13 +457,13 @@ mod tests {
     /// (a PKCS#1 `MIGJAoGBA...`) too; Ed25519 keys raw.
     #[test]
     fn published_keys_are_subject_public_key_infos() {
-        let k1024 = DkimKey::generate_sized("d.test", "s", "rsa", 1024).unwrap();
+        let k1024 = DkimKey::generate_sized("d.test", "s", DkimAlgorithm::Rsa, 1024).unwrap();
         assert!(
             k1024.published_key().starts_with("MIGfMA0GCSqG"),
             "{}",
             k1024.published_key()
         );
-        let k2048 = DkimKey::generate_sized("d.test", "s", "rsa", 2048).unwrap();
+        let k2048 = DkimKey::generate_sized("d.test", "s", DkimAlgorithm::Rsa, 2048).unwrap();
         assert!(
             k2048.txt_record().contains("p=MIIBIjANBgkqh"),
             "{}",
@@ -481,7 +478,7 @@ mod tests {
             old.public_key
         );
         assert_eq!(old.published_key(), k1024.published_key());
-        let ed = DkimKey::generate("d.test", "s", "ed25519").unwrap();
+        let ed = DkimKey::generate("d.test", "s", DkimAlgorithm::Ed25519).unwrap();
         assert_eq!(B64.decode(ed.published_key()).unwrap().len(), 32);
     }
 }

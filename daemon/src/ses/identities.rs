@@ -297,7 +297,7 @@ impl Records {
         });
         match self
             .policy
-            .call::<_, serde_json::Value>("reputation", &query)
+            .call(crate::policy::hooks::Reputation, &query)
             .await
         {
             Ok(Some(st)) => Ok((
@@ -381,19 +381,22 @@ impl Records {
         });
         if let Err(e) = self
             .policy
-            .call::<_, serde_json::Value>("reputation", &forget)
+            .call(crate::policy::hooks::Reputation, &forget)
             .await
         {
             tracing::error!(%domain, error = %e, "the policy did not forget the domain's reputation");
         }
         self.forget_blocklist_entries(domain).await?;
         let today = self.day(self.store.now_ms());
-        let providers = crate::feedback::stats::providers_key(domain, &today);
+        let providers = crate::ses::stats::providers_key(domain, &today);
         for provider in self.store.set_members(&providers).await? {
-            for metric in crate::feedback::stats::METRICS {
+            for metric in crate::ses::stats::METRICS {
                 self.store
-                    .delete(&crate::feedback::stats::counter_key(
-                        domain, &today, &provider, metric,
+                    .delete(&crate::ses::stats::counter_key(
+                        domain,
+                        &today,
+                        &provider,
+                        metric.name(),
                     ))
                     .await?;
             }
@@ -729,7 +732,13 @@ mod tests {
     #[test]
     fn either_form_of_one_rsa_key_matches() {
         use base64::Engine;
-        let key = crate::ses::dkim::DkimKey::generate_sized("d.test", "s", "rsa", 1024).unwrap();
+        let key = crate::ses::dkim::DkimKey::generate_sized(
+            "d.test",
+            "s",
+            crate::config::DkimAlgorithm::Rsa,
+            1024,
+        )
+        .unwrap();
         let expected = key.txt_record();
         let spki = base64::engine::general_purpose::STANDARD
             .decode(key.published_key())
@@ -742,7 +751,13 @@ mod tests {
         );
         assert!(dkim_matches(&old, &expected));
         assert!(dkim_matches(&expected, &expected));
-        let other = crate::ses::dkim::DkimKey::generate_sized("d.test", "s", "rsa", 1024).unwrap();
+        let other = crate::ses::dkim::DkimKey::generate_sized(
+            "d.test",
+            "s",
+            crate::config::DkimAlgorithm::Rsa,
+            1024,
+        )
+        .unwrap();
         assert!(!dkim_matches(&other.txt_record(), &expected));
     }
 

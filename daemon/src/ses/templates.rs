@@ -3,7 +3,6 @@
 //! pending or rejected, with every reason). Only approved templates send.
 
 use super::{Records, RecordsError, account_key};
-use crate::policy::decisions::Decision;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -144,7 +143,7 @@ impl Records {
         match self
             .policy
             .current()
-            .call_for::<_, Decision>("content_filter", Some("template"), &item)
+            .call_for(crate::policy::hooks::ContentFilter, Some("template"), &item)
             .await
         {
             Ok(Some(d)) if d.is_reject() => {

@@ -186,7 +186,7 @@ async fn fallback_retry_and_bounces() {
         assert!(first_reply(&rec).contains("does not exist"), "{rec}");
 
         // Exactly the two deliverable messages arrived.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        crate::harness::nothing_happens_for(Duration::from_millis(300), "another delivery").await;
         let rcpts: Vec<String> = e
             .sink
             .messages()

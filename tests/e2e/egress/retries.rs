@@ -44,7 +44,11 @@ async fn retries_follow_the_schedule_until_the_queue_gives_up() {
         let next = rec["next_attempt_at_ms"].as_i64().unwrap();
         assert!((next - received - 60_000).abs() < 2_000, "{rec}");
         n.move_clock_to(next - 1_000);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        crate::harness::nothing_happens_for(
+            Duration::from_millis(300),
+            "an attempt before its time",
+        )
+        .await;
         assert_eq!(
             attempts(&n.status(&ids[0]).await.unwrap()["recipients"][0]),
             1,

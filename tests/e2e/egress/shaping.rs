@@ -300,7 +300,8 @@ const GMAIL_RATE_REPLY: &str = "421 4.7.28 [127.0.0.1] Our system has detected a
     unsolicited mail originating from your IP address. To protect our users from spam, mail sent \
     from your IP address has been temporarily rate limited. Please try again later.";
 
-/// Messages a second `p` took in the two seconds after the first.
+/// Messages a second `p` took in the two seconds after the first: a rate,
+/// measured over time (these waits wait for no event).
 async fn rate_after_settling(p: &Provider) -> f64 {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let from = Instant::now();
@@ -360,14 +361,22 @@ async fn a_throttling_provider_is_suspended_then_climbs_back_in_steps() {
             other.delivered()
         );
         // A few replies (one per open connection at most), then silence.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            crate::harness::wait_until(Duration::from_secs(10), || gmail.throttled() >= 1).await
+        );
+        crate::harness::nothing_happens_for(
+            Duration::from_secs(1),
+            "more than 4 throttled attempts",
+        )
+        .await;
         let replies = gmail.throttled();
         assert!(
             (1..=4).contains(&replies),
             "{backend:?}: {replies} throttled attempts"
         );
         let quiet = Instant::now();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        crate::harness::nothing_happens_for(Duration::from_secs(2), "an attempt while suspended")
+            .await;
         assert_eq!(
             gmail.throttled_since(quiet),
             0,
@@ -375,7 +384,7 @@ async fn a_throttling_provider_is_suspended_then_climbs_back_in_steps() {
         );
         assert_eq!(gmail.delivered(), 0);
         // The operator sees it (`kiln egress`): suspended, by which rule.
-        let view = n.services.egress.shaping().await;
+        let view = n.ctx.egress.shaping().await;
         let pair = view
             .iter()
             .find(|p| p["provider"] == "gmail")
@@ -547,7 +556,8 @@ async fn a_warm_up_source_keeps_to_its_daily_cap() {
         assert!(
             crate::harness::wait_until(Duration::from_secs(10), || gmail.delivered() >= 5).await
         );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        crate::harness::nothing_happens_for(Duration::from_secs(1), "a delivery past the cap")
+            .await;
         assert_eq!(
             gmail.delivered(),
             5,
@@ -558,7 +568,8 @@ async fn a_warm_up_source_keeps_to_its_daily_cap() {
         assert!(
             crate::harness::wait_until(Duration::from_secs(10), || gmail.delivered() >= 15).await
         );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        crate::harness::nothing_happens_for(Duration::from_secs(1), "a delivery past the cap")
+            .await;
         assert_eq!(
             gmail.delivered(),
             15,

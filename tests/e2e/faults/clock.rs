@@ -125,7 +125,7 @@ async fn clock_jumps(backend: Backend) {
     let after_back = back.elapsed();
     // The retry due at 00:40 waits for the clock to get there again; it
     // stays queued, neither lost nor bounced.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::harness::nothing_happens_for(Duration::from_secs(2), "the retry before its time").await;
     assert_eq!(copies(&e, "deferred-2"), 0, "{backend:?}");
     move_clock(&e, HOUR + 11 * 60_000).await;
     assert!(
@@ -133,7 +133,7 @@ async fn clock_jumps(backend: Backend) {
         "{backend:?}: the retry was lost after the clock went back:\n{}",
         e.kiln.log_text()
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    crate::harness::nothing_happens_for(Duration::from_secs(2), "a second copy").await;
     assert_eq!(
         copies(&e, "in-flight"),
         1,

@@ -37,7 +37,7 @@ async fn a_node_killed_mid_delivery_leaves_its_work_to_the_other() {
         distinct()
     );
     let finished = killed.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::harness::nothing_happens_for(Duration::from_secs(2), "another copy").await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for s in subjects(&e.sink) {
         *seen.entry(s).or_default() += 1;

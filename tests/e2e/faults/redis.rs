@@ -155,12 +155,15 @@ async fn redis_killed_and_restarted_under_load_loses_nothing_acknowledged() {
 
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let (seen, tasks) = keep_injecting(kiln.smtp, 8, stop.clone());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Under load: a few hundred acknowledged, some of them in flight.
+    let loaded = || seen.lock().unwrap().acked.len() >= 200;
+    assert!(crate::harness::wait_until(Duration::from_secs(30), loaded).await);
     let before = seen.lock().unwrap().acked.len();
     let delivered_before = sink.count();
     tokio::task::block_in_place(|| redis.kill9());
     let killed = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    crate::harness::nothing_happens_for(Duration::from_secs(2), "an acknowledgement without Redis")
+        .await;
     let acked_while_down = seen
         .lock()
         .unwrap()
@@ -183,7 +186,10 @@ async fn redis_killed_and_restarted_under_load_loses_nothing_acknowledged() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Load goes on for a while after Redis is back.
+    let again = seen.lock().unwrap().acked.len() + 100;
+    let loaded = || seen.lock().unwrap().acked.len() >= again;
+    assert!(crate::harness::wait_until(Duration::from_secs(30), loaded).await);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -208,7 +214,7 @@ async fn redis_killed_and_restarted_under_load_loses_nothing_acknowledged() {
         kiln.log_text()
     );
     let drained = waited.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::harness::nothing_happens_for(Duration::from_secs(2), "another copy").await;
     let mut copies: HashMap<String, usize> = HashMap::new();
     for s in subjects(&sink) {
         *copies.entry(s).or_default() += 1;

@@ -170,7 +170,17 @@ async fn scenario(backend: Backend) {
     // arrives, once.
     hook.go_down();
     send(&mut sdk, &acme, domain, template, &["d1@dest.test"]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let failed = crate::harness::metric(&e, "kiln_callbacks_total", "result=\"failed\"").await;
+    assert!(
+        crate::harness::wait_for_metric(
+            &e,
+            "kiln_callbacks_total",
+            "result=\"failed\"",
+            failed + 1.0
+        )
+        .await,
+        "no callback tried while the receiver is down"
+    );
     hook.answer(500);
     hook.resume().await;
     send(&mut sdk, &acme, domain, template, &["d2@dest.test"]).await;
@@ -229,7 +239,7 @@ async fn scenario(backend: Backend) {
         all.values()
             .any(|v| v["email"] == "k1@dest.test" && v["event"] == "delivered")
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    crate::harness::nothing_happens_for(Duration::from_secs(1), "a callback twice").await;
     assert_eq!(delivered_once(&hook).len(), 8, "nothing arrives twice");
 }
 
@@ -393,7 +403,8 @@ async fn opens_and_clicks_in_a_real_browser_become_events() {
     let r = client.get(&tracked).send().await.unwrap();
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], landing.as_str());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    crate::harness::nothing_happens_for(Duration::from_millis(1500), "a forged click's event")
+        .await;
     assert_eq!(
         events(&hook).len(),
         before + 1,
@@ -865,8 +876,11 @@ async fn events_can_go_several_to_a_post() {
         send(&mut sdk, &acme, domain, template, &[to]).await;
     }
     assert!(e.sink.wait_count(3, Duration::from_secs(20)).await);
-    // Kept while the receiver is down, then sent together.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kept while the receiver is down (tried, failed), then sent together.
+    assert!(
+        crate::harness::wait_for_metric(&e, "kiln_callbacks_total", "result=\"failed\"", 1.0).await,
+        "no callback tried while the receiver is down"
+    );
     hook.resume().await;
     let delivered = |hook: &Webhook| -> Vec<Value> {
         hook.posts()

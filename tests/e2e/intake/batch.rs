@@ -157,7 +157,11 @@ async fn batch_task_scenario(backend: Backend) {
         "{t}"
     );
     assert!(e.sink.wait_count(3, Duration::from_secs(20)).await);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    crate::harness::nothing_happens_for(
+        Duration::from_millis(1500),
+        "a message past today's quota",
+    )
+    .await;
     assert_eq!(e.sink.count(), 3, "nothing more today");
     let first = e
         .sink
@@ -229,7 +233,8 @@ async fn batch_task_scenario(backend: Backend) {
         .await["TaskId"]
         .as_i64()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    crate::harness::nothing_happens_for(Duration::from_secs(2), "the timed task before its time")
+        .await;
     assert_eq!(task_state(&mut sdk, &acme, timed).await["TaskStatus"], 1);
     assert_eq!(e.sink.count(), 5);
     crate::harness::move_clock(&e, 2 * 3_600_000).await;

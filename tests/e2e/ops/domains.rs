@@ -5,7 +5,6 @@ use crate::clients::{ready_to_send, send_params};
 use crate::harness::{Backend, env};
 use kiln_testkit::process::PERMISSIVE_POLICY;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 fn kiln_json(e: &crate::harness::Env, args: &[&str]) -> (bool, Value, String) {
     let out = e.kiln.command(args);
@@ -26,6 +25,7 @@ fn kiln_json(e: &crate::harness::Env, args: &[&str]) -> (bool, Value, String) {
 async fn an_operator_sets_a_moved_domains_reputation() {
     let e = env(Backend::Embedded, |o| {
         o.policy = "return { config = { limits = { rate_per_second = 1e9, per_recipient_per_hour = 1e12 } } }".into();
+        o.server = "test_clock = true".into();
     })
     .await;
     let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
@@ -85,8 +85,9 @@ async fn an_operator_sets_a_moved_domains_reputation() {
     let (ok, set, text) = kiln_json(&e, &["domain", "set-quota", domain, "2"]);
     assert!(ok, "{text}");
     assert_eq!(set["daily_limit"], 2, "{set}");
-    // The limits plugin reads a domain's limit at most once a second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The limits plugin reads a domain's limit at most once a second (of
+    // Kiln's time).
+    crate::harness::move_clock(&e, 1_000).await;
     for to in ["q1@dest.test", "q2@dest.test"] {
         sdk.ok(&acme, "SendEmail", send_params(domain, template, to))
             .await;

@@ -51,8 +51,16 @@ async fn a_suspended_domain_waits_on_every_node_and_across_a_restart() {
         let b = (backend == Backend::Redis).then(|| second_node(&e, |_| {}));
         let r = run(&e.kiln, &["queue", "suspend", "domain:held.test"]);
         assert_eq!(r["rule"]["select"]["value"], "held.test", "{r}");
-        // The other node reads the rule within a second.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // The other node reads the rule within a second: its summary
+        // lists it then.
+        if let Some(b) = &b {
+            let knows = || {
+                run(b, &["queue", "summary"])["suspensions"]
+                    .as_array()
+                    .is_some_and(|s| !s.is_empty())
+            };
+            assert!(crate::harness::wait_until(Duration::from_secs(10), knows).await);
+        }
 
         for i in 0..4 {
             // Half through the second node, where there is one.
@@ -69,7 +77,8 @@ async fn a_suspended_domain_waits_on_every_node_and_across_a_restart() {
             e.sink.wait_count(3, Duration::from_secs(20)).await,
             "{backend:?}: the others are delivered"
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        crate::harness::nothing_happens_for(Duration::from_secs(2), "an attempt at held.test")
+            .await;
         assert_eq!(
             held_seen(&e.sink),
             0,
@@ -95,7 +104,8 @@ async fn a_suspended_domain_waits_on_every_node_and_across_a_restart() {
         // Restarted, still suspended.
         e.kiln.terminate();
         e.kiln.spawn();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        crate::harness::nothing_happens_for(Duration::from_secs(2), "an attempt after the restart")
+            .await;
         assert_eq!(
             held_seen(&e.sink),
             0,
@@ -189,7 +199,8 @@ async fn an_operator_bounce_is_final_once_with_one_callback_each() {
             "{backend:?}: {:?}",
             hook.hooks()
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        crate::harness::nothing_happens_for(Duration::from_secs(2), "a second bounce callback")
+            .await;
         let mut got = bounces();
         got.sort();
         assert_eq!(
@@ -251,7 +262,11 @@ async fn one_customers_mail_is_held_and_listed_a_page_at_a_time() {
             e.sink.wait_count(2, Duration::from_secs(20)).await,
             "{backend:?}: the other customer's mail goes"
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        crate::harness::nothing_happens_for(
+            Duration::from_secs(2),
+            "an attempt at acme.test's mail",
+        )
+        .await;
         let seen: usize = (0..3)
             .map(|i| e.sink.rcpts_seen(&format!("c{i}@dest.test")))
             .sum();

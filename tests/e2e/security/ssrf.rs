@@ -81,6 +81,10 @@ async fn callbacks_never_reach_internal_services() {
             .contains("redirects are not followed"))
         .await
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::harness::nothing_happens_for(
+        Duration::from_secs(1),
+        "a request to the internal service",
+    )
+    .await;
     assert!(internal.hooks().is_empty(), "{:?}", internal.hooks());
 }

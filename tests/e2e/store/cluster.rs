@@ -29,7 +29,7 @@ async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
     assert_eq!(acked, 1000);
     let all = e.sink.wait_count(1000, Duration::from_secs(60)).await;
     assert!(all, "only {} of 1000 delivered", e.sink.count());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::harness::nothing_happens_for(Duration::from_secs(1), "a second delivery").await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for s in subjects(&e.sink) {
         *seen.entry(s).or_default() += 1;
@@ -41,10 +41,13 @@ async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
     // Node B leases work and dies with it: node A takes over after expiry.
     e.sink.set_rule("sink@dest.test", "451 4.3.0 Not yet");
     let before = e.sink.count();
+    let tried = e.sink.rcpts_seen("sink@dest.test");
     let acked_b = inject(b.smtp, 300, 10, "dead").await;
     let acked_b: Vec<String> = acked_b.lock().unwrap().clone();
     assert_eq!(acked_b.len(), 300);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Attempts have started: leases are held.
+    let attempted = || e.sink.rcpts_seen("sink@dest.test") > tried;
+    assert!(crate::harness::wait_until(Duration::from_secs(10), attempted).await);
     b.kill9();
     e.sink.clear_rule("sink@dest.test");
     let done = e

@@ -120,7 +120,7 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 pub async fn handle(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
@@ -132,11 +132,11 @@ pub async fn handle(
         count(&headers, error.code.clone());
         envelope(&request_id, Err(error))
     };
-    let max = s.settings.max_api_request_size();
+    let max = ctx.settings.max_api_request_size();
     let pace = super::body::Pace {
-        timeout: s.settings.http.body_timeout,
-        grace: s.settings.http.body_rate_grace,
-        min_rate: s.settings.http.min_body_rate,
+        timeout: ctx.settings.http.body_timeout,
+        grace: ctx.settings.http.body_rate_grace,
+        min_rate: ctx.settings.http.min_body_rate,
     };
     // Who signs it and when, from the headers: a stranger's body is not
     // read (the signature itself covers the body's hash, checked below).
@@ -144,7 +144,7 @@ pub async fn handle(
     let signer = if super::body::declared_over(&headers, max) {
         None
     } else {
-        match signer(&s, &headers).await {
+        match signer(&ctx, &headers).await {
             Ok(signer) => Some(signer),
             Err(e) => {
                 super::body::refuse_unread(&headers, body).await;
@@ -162,7 +162,7 @@ pub async fn handle(
                     "InvalidParameterValue",
                     format!(
                         "the request is larger than {max} bytes (a message may have {} bytes, attachments included, base64-encoded in the request)",
-                        s.settings.smtp.max_message_size
+                        ctx.settings.smtp.max_message_size
                     ),
                 ),
                 BodyError::Unreadable(_) | BodyError::TooSlow { .. } => {
@@ -176,7 +176,7 @@ pub async fn handle(
         return refused(ApiError::internal("a request over the limit was read"));
     };
     let mut once = Once::Read;
-    let authenticated = authenticate(&s, signer, &uri, &headers, &body, &mut once).await;
+    let authenticated = authenticate(&ctx, signer, &uri, &headers, &body, &mut once).await;
     // The same signed request again: the first one's answer, and nothing
     // done twice.
     if let (Ok(_), Once::Answered(first_id, answer)) = (&authenticated, &once) {
@@ -188,8 +188,8 @@ pub async fn handle(
         Ok((action, account)) => match Params::parse(&body) {
             Ok(params) => {
                 let call = Call {
-                    state: &s,
-                    ses: &s.ses,
+                    ctx: &ctx,
+                    ses: &ctx.ses,
                     account: &account,
                     params,
                     request_id: &request_id,
@@ -212,14 +212,14 @@ pub async fn handle(
         // A refused request changed nothing: the same request may come
         // again (after the client fixed what was wrong).
         if let Once::First(key) = &once
-            && let Err(e) = s.store.delete(key).await
+            && let Err(e) = ctx.store.delete(key).await
         {
             tracing::warn!(error = %e, "could not forget a refused request's signature");
         }
     }
     if let (Once::First(key), Ok(answer)) = (&once, &result) {
         let kept = crate::store::encode(&json!({"request_id": request_id, "answer": answer}));
-        if let Err(e) = s.store.put(key, &kept, Some(replay_window())).await {
+        if let Err(e) = ctx.store.put(key, &kept, Some(replay_window())).await {
             tracing::warn!(error = %e, "a request's answer was not kept for a repeat of it");
         }
     }
@@ -253,7 +253,7 @@ struct Signer {
 /// The request's action, signature and account, from its headers: the
 /// version, the SecretId (known, enabled) and the timestamp (within the
 /// allowed skew) are checked here.
-async fn signer(s: &Services, headers: &HeaderMap) -> Result<Signer, ApiError> {
+async fn signer(ctx: &Services, headers: &HeaderMap) -> Result<Signer, ApiError> {
     let action = header(headers, "x-tc-action")
         .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Action header is missing"))?;
     let version = header(headers, "x-tc-version")
@@ -276,9 +276,9 @@ async fn signer(s: &Services, headers: &HeaderMap) -> Result<Signer, ApiError> {
         .ok_or_else(|| ApiError::new("MissingParameter", "the X-TC-Timestamp header is missing"))?;
     tc3::check_timestamp(&auth, &timestamp, crate::clock::system_now_ms() / 1000)
         .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-    let (secret_key, account) = match s.accounts().api_key(&auth.secret_id) {
+    let (secret_key, account) = match ctx.accounts().api_key(&auth.secret_id) {
         Some((key, account)) => (key, account.name.clone()),
-        None => match s.ses.account_by_secret_id(&auth.secret_id).await? {
+        None => match ctx.ses.account_by_secret_id(&auth.secret_id).await? {
             Some(a) => {
                 if a.disabled {
                     return Err(ApiError::new(
@@ -324,7 +324,7 @@ fn replay_window() -> std::time::Duration {
 /// The action and the account name of a correctly signed request.
 /// `once` says whether it came before (see [`claim_signature`]).
 async fn authenticate(
-    s: &Services,
+    ctx: &Services,
     signer: Signer,
     uri: &Uri,
     headers: &HeaderMap,
@@ -362,7 +362,7 @@ async fn authenticate(
             format!("the action {action:?} does not exist in SES {VERSION}"),
         ));
     }
-    *once = claim_signature(s, &auth, &action).await?;
+    *once = claim_signature(ctx, &auth, &action).await?;
     Ok((action, account))
 }
 
@@ -376,7 +376,7 @@ async fn authenticate(
 /// first is still being done waits for its answer. A request refused for
 /// another reason gives its signature back. Reads (Get, List) may repeat.
 async fn claim_signature(
-    s: &Services,
+    ctx: &Services,
     auth: &tc3::Authorization,
     action: &str,
 ) -> Result<Once, ApiError> {
@@ -386,12 +386,13 @@ async fn claim_signature(
         return Ok(Once::Read);
     }
     let key = format!("api-signature:{}:{}", auth.secret_id, auth.signature);
-    if s.store
+    if ctx
+        .store
         .put_if_absent(&key, b"pending")
         .await
         .map_err(ApiError::internal)?
     {
-        s.store
+        ctx.store
             .put(&key, b"pending", Some(replay_window()))
             .await
             .map_err(ApiError::internal)?;
@@ -399,7 +400,7 @@ async fn claim_signature(
     }
     let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
     loop {
-        match s.store.get(&key).await.map_err(ApiError::internal)? {
+        match ctx.store.get(&key).await.map_err(ApiError::internal)? {
             Some(kept) if kept != b"pending" => {
                 let v: Value = serde_json::from_slice(&kept).map_err(ApiError::internal)?;
                 let id = v["request_id"].as_str().unwrap_or_default().to_string();
@@ -407,7 +408,7 @@ async fn claim_signature(
             }
             // The first was refused meanwhile (its signature given back):
             // this one is the first now.
-            None => return Box::pin(claim_signature(s, auth, action)).await,
+            None => return Box::pin(claim_signature(ctx, auth, action)).await,
             Some(_) if tokio::time::Instant::now() >= deadline => {
                 return Err(ApiError::new(
                     "FailedOperation.ServiceNotAvailable",

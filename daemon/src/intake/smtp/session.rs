@@ -7,9 +7,9 @@ use super::auth_throttle;
 use super::parser::{Command, ParseError, parse_command};
 use crate::config::{ListenerSettings, ListenerTls};
 use crate::intake::admission::Refusal;
-use crate::intake::admission::{count_refused, note_refused};
+use crate::intake::admission::note_refused;
 use crate::intake::submission::{Envelope, Submission, Trace};
-use crate::line_io::{Data, LineError, LineIo};
+use crate::line_io::{LineError, LineIo};
 use crate::net::domain_of;
 use crate::policy::decisions::{ConnectInfo, Decision, TransactionInfo};
 use crate::services::Services;
@@ -20,6 +20,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+
+mod verbs;
 
 enum Step {
     Quit,
@@ -126,7 +128,7 @@ impl Session {
         match self
             .ctx
             .policy
-            .call::<_, Decision>("on_connect", &conn)
+            .call(crate::policy::hooks::OnConnect, &conn)
             .await
         {
             Ok(Some(d)) if d.is_reject() || d.is_defer() => {
@@ -211,238 +213,87 @@ impl Session {
         false
     }
 
+    /// Reads commands and answers each (`verbs`), until the session ends
+    /// or turns to TLS.
     async fn serve(&mut self, io: &mut LineIo) -> Step {
-        let settings = self.ctx.settings.clone();
-        let smtp = &settings.smtp;
-        let (max_line, timeout) = (smtp.max_line_length, smtp.command_timeout);
         loop {
-            let line = tokio::select! {
-                l = io.read_line(max_line, timeout) => l,
-                _ = self.shutdown.cancelled(), if !io.has_buffered_input() && self.mail_from.is_none() => {
-                    self.reply(io, "421 4.3.2 Service shutting down, try again later");
-                    return Step::Quit;
-                }
+            let command = match self.next_command(io).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(step) => return step,
             };
-            let line = match line {
-                Ok(l) => l,
-                Err(LineError::TooLong) => {
-                    if self.error(io, "500 5.5.2 Line too long") {
-                        return Step::Quit;
-                    }
-                    continue;
-                }
-                Err(LineError::Timeout) => {
-                    self.reply(io, "421 4.4.2 Timeout exceeded, closing connection");
-                    return Step::Quit;
-                }
-                Err(_) => return Step::Quit,
-            };
-            tracing::debug!(peer = %self.peer, verb = line.split(' ').next().unwrap_or(""), "command");
-            let command = match parse_command(&line) {
-                Ok(c) => c,
-                Err(e) => {
-                    if self.error(io, &parse_error_reply(&e)) {
-                        return Step::Quit;
-                    }
-                    continue;
-                }
-            };
-            match command {
-                Command::Ehlo(host) => {
-                    self.helo = Some(host);
-                    self.esmtp = true;
-                    self.reset();
-                    let ehlo = self.ehlo_reply();
-                    self.reply(io, &ehlo);
-                }
-                Command::Helo(host) => {
-                    self.helo = Some(host);
-                    self.esmtp = false;
-                    self.reset();
-                    let text = format!("250 {}", self.ctx.settings.server.hostname);
-                    self.reply(io, &text);
-                }
-                Command::StartTls => {
-                    if self.tls {
-                        self.reply(io, "503 5.5.1 TLS already active");
-                    } else if self.listener_tls == ListenerTls::None || self.ctx.tls().is_none() {
-                        self.reply(io, "502 5.5.1 STARTTLS not available");
-                    } else {
-                        self.reply(io, "220 2.0.0 Ready to start TLS");
-                        if io.flush().await.is_err() {
-                            return Step::Quit;
-                        }
-                        return Step::StartTls;
-                    }
-                }
-                Command::Auth { mechanism, initial } => {
-                    if self.auth(io, &mechanism, initial).await {
-                        return Step::Quit;
-                    }
-                }
-                Command::Mail { from, params } => {
-                    if self.helo.is_none() {
-                        self.error(io, "503 5.5.1 Send EHLO/HELO first");
-                    } else if self.mail_from.is_some() {
-                        self.error(io, "503 5.5.1 Sender already specified");
-                    } else if params.size.is_some_and(|s| s > smtp.max_message_size) {
-                        self.reply(
-                            io,
-                            "552 5.3.4 Message size exceeds fixed maximum message size",
-                        );
-                    } else if params.require_tls && !self.tls {
-                        // RFC 8689 section 4.1: only offered, and only
-                        // accepted, over TLS.
-                        self.reply(io, "530 5.7.10 REQUIRETLS needs a TLS session");
-                    } else if let Some(acct) =
-                        self.account.as_ref().filter(|a| !a.owns_sender(&from))
-                    {
-                        // Bland to the peer; the log says whose it is not.
-                        tracing::info!(peer = %self.peer, account = %acct.name, sender = %from, "sender address refused: not the account's");
-                        let text = format!("553 5.7.1 <{from}>: Sender address not allowed");
-                        self.reply(io, &text);
-                    } else if let Some(refused) = refusal(
-                        self.ctx
-                            .policy
-                            .call("on_mail_from", &self.transaction(&from, ""))
-                            .await,
-                        "550 5.7.1",
-                        "451 4.7.1",
-                    ) {
-                        self.reply(io, &refused);
-                    } else {
-                        self.mail_from = Some(from);
-                        self.require_tls = params.require_tls;
-                        self.smtputf8 = params.smtputf8;
-                        self.reply(io, "250 2.1.0 Ok");
-                    }
-                }
-                Command::Rcpt { to } => {
-                    let report = self.ctx.verp.as_ref().filter(|v| v.is_bounce_address(&to));
-                    let repeat = self.rcpt_seen.contains(&to.to_ascii_lowercase());
-                    if self.mail_from.is_none() {
-                        self.error(io, "503 5.5.1 Need MAIL command first");
-                    } else if let Some(verp) = report {
-                        // Bounces and complaints come back here from
-                        // anyone, for a genuine return path only, and
-                        // each once.
-                        if verp.parse(&to).is_none() {
-                            self.reply(io, &format!("550 5.1.1 <{to}>: No such mailbox"));
-                        } else if self.report_rcpts < self.rcpt_to.len() {
-                            self.reply(io, "452 4.5.3 Reports go in a message of their own");
-                        } else if repeat {
-                            let text = format!("550 5.5.1 <{to}>: Duplicate recipient");
-                            if self.error(io, &text) {
-                                return Step::Quit;
-                            }
-                        } else if self.rcpt_to.len() >= smtp.max_recipients {
-                            if self.error(io, "452 4.5.3 Too many recipients") {
-                                return Step::Quit;
-                            }
-                        } else {
-                            self.add_recipient(to, true);
-                            self.reply(io, "250 2.1.5 Ok");
-                        }
-                    } else if self.report_rcpts > 0 {
-                        self.reply(io, "452 4.5.3 Reports go in a message of their own");
-                    } else if self.account.is_none() && !self.relay_allowed {
-                        let text = format!("550 5.7.1 <{to}>: Relay access denied");
-                        if self.error(io, &text) {
-                            return Step::Quit;
-                        }
-                    } else if repeat {
-                        // Mailing lists repeat addresses (To and Cc): the
-                        // copy is delivered once, and the client is not
-                        // told the address failed.
-                        self.reply(io, "250 2.1.5 Ok (duplicate recipient, delivered once)");
-                    } else if let Some(refused) = self.refuse_destination(&to) {
-                        self.reply(io, &refused);
-                    } else if self.rcpt_to.len() >= smtp.max_recipients {
-                        self.reply(io, "452 4.5.3 Too many recipients");
-                    } else if let Some(refused) = refusal(
-                        self.ctx
-                            .policy
-                            .call(
-                                "on_rcpt_to",
-                                &self.transaction(self.mail_from.as_deref().unwrap_or(""), &to),
-                            )
-                            .await,
-                        "550 5.7.1",
-                        "450 4.7.1",
-                    ) {
-                        self.reply(io, &refused);
-                    } else {
-                        self.add_recipient(to, false);
-                        self.reply(io, "250 2.1.5 Ok");
-                    }
-                }
-                Command::Data => {
-                    if self.mail_from.is_none() {
-                        self.error(io, "503 5.5.1 Need MAIL command first");
-                    } else if self.rcpt_to.is_empty() {
-                        self.error(io, "554 5.5.1 No valid recipients");
-                    } else {
-                        self.reply(io, "354 End data with <CR><LF>.<CR><LF>");
-                        let pace = crate::line_io::DataPace {
-                            max_time: smtp.data_timeout,
-                            grace: smtp.data_rate_grace,
-                            min_rate: smtp.min_data_rate,
-                        };
-                        match io.read_data(smtp.max_message_size, pace).await {
-                            Ok(Data::Complete(body)) => {
-                                let reply = self.accept(body).await;
-                                self.reply(io, &reply);
-                            }
-                            Ok(Data::TooBig) => {
-                                count_refused("smtp", "too_big");
-                                self.note_door_refusal(&format!(
-                                    "over the {} bytes a message may have",
-                                    smtp.max_message_size
-                                ));
-                                self.reply(
-                                    io,
-                                    "552 5.3.4 Message size exceeds fixed maximum message size",
-                                )
-                            }
-                            Ok(Data::LineTooLong) => {
-                                count_refused("smtp", "malformed");
-                                self.note_door_refusal("a line over 998 bytes");
-                                self.reply(io, LINE_TOO_LONG)
-                            }
-                            Ok(Data::BareLineEnding { framed }) => {
-                                count_refused("smtp", "malformed");
-                                self.note_door_refusal("a bare LF or CR");
-                                tracing::info!(peer = %self.peer, framed, "bare LF or CR in DATA, message refused");
-                                self.reply(io, BARE_LINE_ENDING);
-                                if !framed {
-                                    // The client may think its data ended
-                                    // elsewhere: what follows is not ours
-                                    // to read as commands.
-                                    self.reply(io, "421 4.5.0 Data did not end with CRLF.CRLF, closing connection");
-                                    return Step::Quit;
-                                }
-                            }
-                            Err(LineError::Timeout) => {
-                                self.reply(io, "421 4.4.2 Timeout exceeded, closing connection");
-                                return Step::Quit;
-                            }
-                            Err(_) => return Step::Quit,
-                        }
-                        self.reset();
-                    }
-                }
+            let step = match command {
+                Command::Ehlo(host) => self.ehlo(io, host, true),
+                Command::Helo(host) => self.ehlo(io, host, false),
+                Command::StartTls => self.starttls(io).await,
+                Command::Auth { mechanism, initial } => self
+                    .auth(io, &mechanism, initial)
+                    .await
+                    .then_some(Step::Quit),
+                Command::Mail { from, params } => self.mail(io, from, params).await,
+                Command::Rcpt { to } => self.rcpt(io, to).await,
+                Command::Data => self.data(io).await,
                 Command::Rset => {
                     self.reset();
                     self.reply(io, "250 2.0.0 Ok");
+                    None
                 }
-                Command::Noop => self.reply(io, "250 2.0.0 Ok"),
-                Command::Vrfy => self.reply(io, "252 2.5.2 Cannot VRFY user"),
-                Command::Help => self.reply(io, "214 2.0.0 See RFC 5321"),
+                Command::Noop => {
+                    self.reply(io, "250 2.0.0 Ok");
+                    None
+                }
+                Command::Vrfy => {
+                    self.reply(io, "252 2.5.2 Cannot VRFY user");
+                    None
+                }
+                Command::Help => {
+                    self.reply(io, "214 2.0.0 See RFC 5321");
+                    None
+                }
                 Command::Quit => {
                     self.reply(io, "221 2.0.0 Bye");
-                    return Step::Quit;
+                    Some(Step::Quit)
                 }
+            };
+            if let Some(step) = step {
+                return step;
             }
+        }
+    }
+
+    /// The next command: None for a line answered with an error (go on),
+    /// Err with how the session ends (timeout, shutdown, too many errors).
+    async fn next_command(&mut self, io: &mut LineIo) -> Result<Option<Command>, Step> {
+        let smtp = &self.ctx.settings.smtp;
+        let (max_line, timeout) = (smtp.max_line_length, smtp.command_timeout);
+        let line = tokio::select! {
+            l = io.read_line(max_line, timeout) => l,
+            _ = self.shutdown.cancelled(), if !io.has_buffered_input() && self.mail_from.is_none() => {
+                self.reply(io, "421 4.3.2 Service shutting down, try again later");
+                return Err(Step::Quit);
+            }
+        };
+        let line = match line {
+            Ok(l) => l,
+            Err(LineError::TooLong) => {
+                return match self.error(io, "500 5.5.2 Line too long") {
+                    true => Err(Step::Quit),
+                    false => Ok(None),
+                };
+            }
+            Err(LineError::Timeout) => {
+                self.reply(io, "421 4.4.2 Timeout exceeded, closing connection");
+                return Err(Step::Quit);
+            }
+            Err(_) => return Err(Step::Quit),
+        };
+        tracing::debug!(peer = %self.peer, verb = line.split(' ').next().unwrap_or(""), "command");
+        match parse_command(&line) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => match self.error(io, &parse_error_reply(&e)) {
+                true => Err(Step::Quit),
+                false => Ok(None),
+            },
         }
     }
 
@@ -690,9 +541,9 @@ impl Session {
             account: self.account_name(),
             sender,
             recipients: self.rcpt_to.clone(),
-            trigger_type: "regular",
+            trigger_type: crate::intake::submission::TriggerType::Regular,
             require_tls: self.require_tls,
-            door: "smtp",
+            door: crate::intake::submission::Door::Smtp,
             origin: format!("smtp {}", self.peer),
             template_id: String::new(),
             task_id: String::new(),

@@ -14,8 +14,6 @@ pub mod chart;
 mod pages;
 mod session;
 
-pub use session::fingerprint;
-
 use crate::services::Services;
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, Query, State};
@@ -87,16 +85,16 @@ struct HomeQuery {
 }
 
 async fn home(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     headers: HeaderMap,
     Query(q): Query<HomeQuery>,
 ) -> Response {
-    let Some((_, session)) = signed_in(&s, &headers).await else {
+    let Some((_, session)) = signed_in(&ctx, &headers).await else {
         return page(StatusCode::OK, pages::sign_in(None));
     };
     let html = match &session.who {
-        Who::Operator(_) => operator_page(&s, &session, &q).await,
-        Who::Account(name) => account_page(&s, &session, name).await,
+        Who::Operator(_) => operator_page(&ctx, &session, &q).await,
+        Who::Account(name) => account_page(&ctx, &session, name).await,
     };
     page(StatusCode::OK, html)
 }
@@ -134,7 +132,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 async fn login(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
@@ -153,8 +151,8 @@ async fn login(
     } else {
         "console:operator".to_string()
     };
-    let smtp = &s.settings.smtp;
-    match auth_throttle::blocked(&s.store, smtp, Some(peer.ip()), &user).await {
+    let smtp = &ctx.settings.smtp;
+    match auth_throttle::blocked(&ctx.store, smtp, Some(peer.ip()), &user).await {
         Ok(None) => {}
         Ok(Some(subject)) => {
             tracing::warn!(target: "kiln::ops", %subject, "console sign-in refused: too many failures");
@@ -174,13 +172,13 @@ async fn login(
         }
     }
     let who = if !f.token.is_empty() {
-        s.admin_tokens.accepts(f.token.trim()).await.then(|| {
-            Who::Operator(crate::ops::admin_auth::OperatorTokens::hash_of(
+        ctx.admin_tokens.accepts(f.token.trim()).await.then(|| {
+            Who::Operator(crate::ses::operators::OperatorTokens::hash_of(
                 f.token.trim(),
             ))
         })
     } else if !f.secret_id.is_empty() {
-        account_for(&s, f.secret_id.trim(), f.secret_key.trim())
+        account_for(&ctx, f.secret_id.trim(), f.secret_key.trim())
             .await
             .map(Who::Account)
     } else {
@@ -188,7 +186,7 @@ async fn login(
     };
     let Some(who) = who else {
         tracing::warn!(target: "kiln::ops", peer = %peer.ip(), "console sign-in refused");
-        let delay = auth_throttle::failed(&s.store, smtp, Some(peer.ip()), &user)
+        let delay = auth_throttle::failed(&ctx.store, smtp, Some(peer.ip()), &user)
             .await
             .unwrap_or_default();
         tokio::time::sleep(delay.max(FAILED_SIGN_IN_DELAY)).await;
@@ -199,13 +197,13 @@ async fn login(
             )),
         );
     };
-    let Some(grant) = grant_of(&s, &who).await else {
+    let Some(grant) = grant_of(&ctx, &who).await else {
         return page(
             StatusCode::UNAUTHORIZED,
             pages::sign_in(Some("That account may not sign in.")),
         );
     };
-    match session::create(&s.store, who.clone(), grant).await {
+    match session::create(&ctx.store, who.clone(), grant).await {
         Ok((id, _)) => {
             tracing::info!(target: "kiln::ops", who = ?who, "console sign-in");
             redirect(
@@ -223,44 +221,45 @@ async fn login(
 /// The account whose API key this is (enabled ones only).
 /// The credentials `who` signs in with now, as a fingerprint; None when
 /// it may not sign in at all (an account gone or disabled).
-async fn grant_of(s: &Services, who: &Who) -> Option<String> {
+async fn grant_of(ctx: &Services, who: &Who) -> Option<String> {
     match who {
-        Who::Operator(token) => s
+        Who::Operator(token) => ctx
             .admin_tokens
             .accepts_hash(token)
             .await
-            .then(|| session::fingerprint(&["operator", token])),
+            .then(|| crate::digest::fingerprint(&["operator", token])),
         Who::Account(name) => {
-            if let Some(a) = s.settings.accounts.iter().find(|a| a.name == *name) {
+            if let Some(a) = ctx.settings.accounts.iter().find(|a| a.name == *name) {
                 let (id, key) = (a.secret_id.as_deref()?, a.secret_key.as_deref()?);
-                return Some(session::fingerprint(&["account", name, id, key]));
+                return Some(crate::digest::fingerprint(&["account", name, id, key]));
             }
-            let a = s.ses.account(name).await.ok()??;
-            (!a.disabled)
-                .then(|| session::fingerprint(&["account", name, &a.secret_id, &a.secret_key]))
+            let a = ctx.ses.account(name).await.ok()??;
+            (!a.disabled).then(|| {
+                crate::digest::fingerprint(&["account", name, &a.secret_id, &a.secret_key])
+            })
         }
     }
 }
 
 /// The session the request's cookie names, if it is one and its
 /// credentials still stand (else it is ended here).
-async fn signed_in(s: &Services, headers: &HeaderMap) -> Option<(String, Session)> {
-    let (id, session) = session::load(&s.store, headers).await?;
-    if grant_of(s, &session.who).await.as_deref() == Some(session.grant.as_str()) {
+async fn signed_in(ctx: &Services, headers: &HeaderMap) -> Option<(String, Session)> {
+    let (id, session) = session::load(&ctx.store, headers).await?;
+    if grant_of(ctx, &session.who).await.as_deref() == Some(session.grant.as_str()) {
         return Some((id, session));
     }
     tracing::info!(target: "kiln::ops", who = ?session.who, "console session ended: its credentials changed, or the account was disabled");
-    session::end(&s.store, &id).await;
+    session::end(&ctx.store, &id).await;
     None
 }
 
-async fn account_for(s: &Services, secret_id: &str, secret_key: &str) -> Option<String> {
+async fn account_for(ctx: &Services, secret_id: &str, secret_key: &str) -> Option<String> {
     use crate::ses::config_accounts::constant_time_eq;
-    if let Some((key, account)) = s.accounts().api_key(secret_id) {
+    if let Some((key, account)) = ctx.accounts().api_key(secret_id) {
         return constant_time_eq(key.as_bytes(), secret_key.as_bytes())
             .then(|| account.name.clone());
     }
-    let a = s.ses.account_by_secret_id(secret_id).await.ok()??;
+    let a = ctx.ses.account_by_secret_id(secret_id).await.ok()??;
     (!a.disabled && constant_time_eq(a.secret_key.as_bytes(), secret_key.as_bytes()))
         .then_some(a.name)
 }
@@ -272,14 +271,14 @@ struct CsrfForm {
 }
 
 async fn logout(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some((id, session)) = signed_in(&s, &headers).await
+    if let Some((id, session)) = signed_in(&ctx, &headers).await
         && csrf_ok(&session, &f.csrf)
     {
-        session::end(&s.store, &id).await;
+        session::end(&ctx.store, &id).await;
     }
     redirect(
         "/console",
@@ -304,13 +303,13 @@ struct QueueForm {
 /// Who posted an operator's form, for the log: None (and the page to
 /// answer) when it is not the operator's, or the form is stale.
 async fn operator_form(
-    s: &Services,
+    ctx: &Services,
     headers: &HeaderMap,
     peer: std::net::SocketAddr,
     csrf: &str,
     what: &str,
 ) -> Result<String, Response> {
-    let Some((_, session)) = signed_in(s, headers).await else {
+    let Some((_, session)) = signed_in(ctx, headers).await else {
         return Err(redirect("/console", None));
     };
     if !matches!(session.who, Who::Operator(_)) {
@@ -329,16 +328,16 @@ async fn operator_form(
 }
 
 async fn queue_action(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<QueueForm>,
 ) -> Response {
-    let by = match operator_form(&s, &headers, peer, &f.csrf, "steers the queue").await {
+    let by = match operator_form(&ctx, &headers, peer, &f.csrf, "steers the queue").await {
         Ok(by) => by,
         Err(answer) => return answer,
     };
-    let done = super::queue_control::act(&s, &f.action, &f.select, &f.reason, &by).await;
+    let done = super::queue_control::act(&ctx, &f.action, &f.select, &f.reason, &by).await;
     let text = match done {
         Ok(v) => format!("{} {}: {}", f.action, f.select, v),
         Err(why) => format!("{} {}: refused: {why}", f.action, f.select),
@@ -358,12 +357,13 @@ struct DomainForm {
 }
 
 async fn domain_action(
-    State(s): State<Arc<Services>>,
+    State(ctx): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<DomainForm>,
 ) -> Response {
-    let by = match operator_form(&s, &headers, peer, &f.csrf, "sets a domain's reputation").await {
+    let by = match operator_form(&ctx, &headers, peer, &f.csrf, "sets a domain's reputation").await
+    {
         Ok(by) => by,
         Err(answer) => return answer,
     };
@@ -383,7 +383,7 @@ async fn domain_action(
                 "set-level" => (n, None),
                 _ => (None, n),
             };
-            match super::domains::apply(&s, &f.domain, &f.action, level, quota, &by).await {
+            match super::domains::apply(&ctx, &f.domain, &f.action, level, quota, &by).await {
                 Ok(v) => format!(
                     "{} {}: level {}, daily quota {}",
                     f.action, f.domain, v["level"], v["daily_limit"]
@@ -430,48 +430,54 @@ pub struct WarmupCap {
     pub applies_to: Vec<String>,
 }
 
-async fn domain_rows(s: &Services, accounts: &[String]) -> Vec<DomainRow> {
-    let now = s.store.now_ms();
-    let today = s.ses.day(now);
+async fn domain_rows(ctx: &Services, accounts: &[String]) -> Vec<DomainRow> {
+    let now = ctx.store.now_ms();
+    let today = ctx.ses.day(now);
     let mut rows = Vec::new();
     for account in accounts {
-        let Ok(identities) = s.ses.list_identities(account).await else {
+        let Ok(identities) = ctx.ses.list_identities(account).await else {
             continue;
         };
         for i in identities {
-            let (level, quota, problem) = match s.ses.reputation(account, &i.domain).await {
+            let (level, quota, problem) = match ctx.ses.reputation(account, &i.domain).await {
                 Ok((level, quota)) => (level, quota, None),
                 Err(why) => (0, 0, Some(why)),
             };
-            let sent_today = s
+            let sent_today = ctx
                 .stats
                 .day_counts(&i.domain, &today, None)
                 .await
                 .map(|c| c[1])
                 .unwrap_or(0);
-            let warmup = s
+            let query = crate::policy::decisions::WarmupQuery {
+                identity: i.domain.clone(),
+                now,
+            };
+            let warmup = ctx
                 .policy
-                .call::<_, Value>("warmup_limit", &json!({"identity": i.domain, "now": now}))
+                .call(crate::policy::hooks::WarmupLimit, &query)
                 .await
                 .ok()
                 .flatten()
                 .and_then(|v| {
-                    let mut applies_to: Vec<String> = match &v["applies_to"] {
-                        Value::Object(set) => set
+                    let mut applies_to: Vec<String> = match &v.applies_to {
+                        Some(Value::Object(set)) => set
                             .iter()
                             .filter(|(_, on)| on.as_bool() == Some(true))
                             .map(|(k, _)| k.clone())
                             .collect(),
-                        Value::Array(list) => list
+                        Some(Value::Array(list)) => list
                             .iter()
                             .filter_map(|k| k.as_str().map(str::to_string))
                             .collect(),
                         _ => Vec::new(),
                     };
                     applies_to.sort();
+                    // A cap too large to be one (math.huge) is no cap.
+                    let cap = Some(v.cap).filter(|c| c.is_finite() && *c < 1e15)?;
                     Some(WarmupCap {
-                        day: v["day"].as_i64()?,
-                        cap: v["cap"].as_i64()?,
+                        day: v.day? as i64,
+                        cap: cap as i64,
                         applies_to,
                     })
                 });
@@ -500,8 +506,8 @@ pub struct Daily {
     pub complaints: Vec<f64>,
 }
 
-async fn daily(s: &Services, domains: &[String]) -> Daily {
-    let now = s.store.now_ms();
+async fn daily(ctx: &Services, domains: &[String]) -> Daily {
+    let now = ctx.store.now_ms();
     let mut d = Daily {
         labels: Vec::new(),
         accepted: Vec::new(),
@@ -511,16 +517,16 @@ async fn daily(s: &Services, domains: &[String]) -> Daily {
         complaints: Vec::new(),
     };
     for back in (0..DAYS).rev() {
-        let day = s.ses.day(now - back * 86_400_000);
+        let day = ctx.ses.day(now - back * 86_400_000);
         let mut counts = [0i64; 7];
         let mut complaints = 0usize;
         for domain in domains {
-            if let Ok(c) = s.stats.day_counts(domain, &day, None).await {
+            if let Ok(c) = ctx.stats.day_counts(domain, &day, None).await {
                 for (sum, n) in counts.iter_mut().zip(c) {
                     *sum += n;
                 }
             }
-            complaints += s.ses.abuse_count(domain, &day).await.unwrap_or(0);
+            complaints += ctx.ses.abuse_count(domain, &day).await.unwrap_or(0);
         }
         d.labels.push(day.get(5..).unwrap_or(&day).to_string());
         d.accepted.push(counts[1] as f64);
@@ -532,8 +538,8 @@ async fn daily(s: &Services, domains: &[String]) -> Daily {
     d
 }
 
-async fn all_accounts(s: &Services) -> Vec<String> {
-    let mut names: Vec<String> = s
+async fn all_accounts(ctx: &Services) -> Vec<String> {
+    let mut names: Vec<String> = ctx
         .ses
         .list_accounts()
         .await
@@ -541,27 +547,27 @@ async fn all_accounts(s: &Services) -> Vec<String> {
         .into_iter()
         .map(|a| a.name)
         .collect();
-    names.extend(s.accounts().names());
+    names.extend(ctx.accounts().names());
     names.sort();
     names.dedup();
     names
 }
 
-async fn operator_page(s: &Services, session: &Session, q: &HomeQuery) -> String {
-    let accounts = all_accounts(s).await;
-    let rows = domain_rows(s, &accounts).await;
+async fn operator_page(ctx: &Services, session: &Session, q: &HomeQuery) -> String {
+    let accounts = all_accounts(ctx).await;
+    let rows = domain_rows(ctx, &accounts).await;
     let domains: Vec<String> = rows.iter().map(|r| r.domain.clone()).collect();
-    let daily = daily(s, &domains).await;
+    let daily = daily(ctx, &domains).await;
     // Grouping by provider reads every entry: on a large queue the page
     // shows the counts by state and leaves the rest to `kiln queue summary`.
-    let summary = match s.store.queue_len().await {
-        Ok(n) if n <= SCAN_AT_MOST => super::queue_control::summarize(s, "provider").await.ok(),
+    let summary = match ctx.store.queue_len().await {
+        Ok(n) if n <= SCAN_AT_MOST => super::queue_control::summarize(ctx, "provider").await.ok(),
         _ => None,
     };
     let (queue, suspensions) = match summary {
         Some(summary) => (summary.groups, summary.suspensions),
         None => {
-            let groups = match s.store.queue_counts().await {
+            let groups = match ctx.store.queue_counts().await {
                 Ok(c) => vec![json!({
                     "key": "(all; kiln queue summary --by provider for each)",
                     "count": c.due + c.waiting + c.leased,
@@ -573,7 +579,7 @@ async fn operator_page(s: &Services, session: &Session, q: &HomeQuery) -> String
                 })],
                 Err(_) => Vec::new(),
             };
-            let rules = s.queue.controls.rules();
+            let rules = ctx.queue.controls().rules();
             let suspensions = rules
                 .iter()
                 .filter(|r| r.action == crate::queue::control::Action::Suspend)
@@ -589,7 +595,7 @@ async fn operator_page(s: &Services, session: &Session, q: &HomeQuery) -> String
             (groups, suspensions)
         }
     };
-    let shaping = s.egress.shaping().await;
+    let shaping = ctx.egress.shaping().await;
     let recent = crate::feedback::recent::list();
     let blocklist = match q
         .blocklist
@@ -599,7 +605,7 @@ async fn operator_page(s: &Services, session: &Session, q: &HomeQuery) -> String
     {
         Some(address) => Some((
             address.to_string(),
-            s.ses.blocklist_entry(address).await.ok().flatten(),
+            ctx.ses.blocklist_entry(address).await.ok().flatten(),
         )),
         None => None,
     };
@@ -616,12 +622,12 @@ async fn operator_page(s: &Services, session: &Session, q: &HomeQuery) -> String
     })
 }
 
-async fn account_page(s: &Services, session: &Session, account: &str) -> String {
-    let rows = domain_rows(s, &[account.to_string()]).await;
+async fn account_page(ctx: &Services, session: &Session, account: &str) -> String {
+    let rows = domain_rows(ctx, &[account.to_string()]).await;
     let domains: Vec<String> = rows.iter().map(|r| r.domain.clone()).collect();
-    let daily = daily(s, &domains).await;
-    let templates = s.ses.list_templates(account).await.unwrap_or_default();
-    let tasks = s.ses.list_tasks(account).await.unwrap_or_default();
+    let daily = daily(ctx, &domains).await;
+    let templates = ctx.ses.list_templates(account).await.unwrap_or_default();
+    let tasks = ctx.ses.list_tasks(account).await.unwrap_or_default();
     pages::account(&pages::AccountView {
         account,
         csrf: &session.csrf,

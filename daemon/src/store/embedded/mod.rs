@@ -18,11 +18,11 @@
 use super::read_cache::{Read, ReadCache};
 use super::wal::{self, Change, TableId, Wal};
 use super::{BatchOp, BatchValue, OpRef, prefixed_into};
-use super::{
-    Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
-    StoreError, Write, decode, encode,
-};
+use super::{Result, StoreError, Write, decode, encode};
 use crate::clock::Clock;
+use crate::queued::{
+    Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus,
+};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;

@@ -4,7 +4,7 @@
 use super::*;
 
 impl EmbeddedStore {
-    pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
+    pub async fn enqueue(&self, msg: &NewMessage, also: &[Write]) -> Result<()> {
         self.space.check()?;
         let exp = self.status_expiry();
         let entries: Vec<QueueEntry> = msg.entries().collect();
@@ -22,19 +22,25 @@ impl EmbeddedStore {
             .dropped_statuses()
             .map(|(i, st)| {
                 (
-                    crate::store::entry_key(&msg.id, i),
+                    crate::queued::entry_key(&msg.id, i),
                     with_expiry(exp, &encode(&st)),
                 )
             })
             .collect();
-        self.submit(Op::Enqueue {
+        let enqueue = Op::Enqueue {
             msg_id: msg.id.clone(),
             body: msg.body.clone(),
             meta: with_expiry(exp, &encode(&msg.meta())),
             entries: rows,
             finals,
-        })
-        .await?;
+        };
+        if also.is_empty() {
+            self.submit(enqueue).await?;
+        } else {
+            let mut ops = vec![enqueue];
+            ops.extend(self.write_ops(also));
+            self.submit(Op::Many(ops)).await?;
+        }
         let mut index = self.index();
         for e in entries {
             index.insert(&e.key(), e.ready_at_ms);
@@ -329,7 +335,7 @@ impl EmbeddedStore {
         also: &[Write],
     ) -> Result<()> {
         let mut ops = vec![Op::Status {
-            key: crate::store::entry_key(msg_id, idx),
+            key: crate::queued::entry_key(msg_id, idx),
             status: with_expiry(self.status_expiry(), &encode(status)),
         }];
         ops.extend(self.write_ops(also));

@@ -2,7 +2,7 @@
 //! durable across a restart.
 
 use super::*;
-use crate::store::{RecipientState, RecipientStatus};
+use crate::queued::{RecipientState, RecipientStatus};
 
 fn message(id: &str) -> NewMessage {
     NewMessage {
@@ -92,7 +92,7 @@ async fn settle_carries_its_writes_and_they_survive_a_restart() {
     ];
     {
         let store = EmbeddedStore::open(&path, ttl, Clock::system()).expect("open");
-        store.enqueue(&message("m1")).await.expect("enqueue");
+        store.enqueue(&message("m1"), &[]).await.expect("enqueue");
         let entry = store.lease(10).await.expect("lease").remove(0);
         let status = RecipientStatus {
             recipient: entry.recipient.clone(),

@@ -15,11 +15,11 @@
 //! | `batch.rs` | batches: answered here when they can be, else one pipeline |
 //! | `shaping.rs` | egress pacing and connection slots, for every node |
 
-use super::{
-    Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus, Result,
-    Write, decode, encode,
-};
+use super::{Result, Write, decode, encode};
 use crate::clock::Clock;
+use crate::queued::{
+    Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus,
+};
 use redis::AsyncCommands;
 use redis::Script;
 use redis::aio::ConnectionManager;

@@ -4,7 +4,7 @@
 use super::*;
 
 impl RedisStore {
-    pub async fn enqueue(&self, msg: &NewMessage) -> Result<()> {
+    pub async fn enqueue(&self, msg: &NewMessage, also: &[Write]) -> Result<()> {
         let mut inv = self.enqueue.prepare_invoke();
         inv.key(self.q("ready"))
             .key(self.q("entries"))
@@ -23,13 +23,12 @@ impl RedisStore {
                 .arg(encode(&msg.initial_status(&e.recipient)));
         }
         for (i, status) in msg.dropped_statuses() {
-            inv.arg(crate::store::entry_key(&msg.id, i))
+            inv.arg(crate::queued::entry_key(&msg.id, i))
                 .arg("")
                 .arg(i)
                 .arg(encode(&status));
         }
-        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(())
+        self.invoke_with(&self.enqueue, &inv, also).await
     }
 
     pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
@@ -116,37 +115,44 @@ impl RedisStore {
             .arg(self.retention.as_secs().max(1))
             .arg(requeue)
             .arg(ready_at);
-        if also.is_empty() {
-            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        } else {
-            // One MULTI. The script may be missing (a restarted server):
-            // then the rest ran without it, and all of it runs again, which
-            // the writes allow (they set, they do not add up).
-            let run = |load: bool| {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                if load {
-                    pipe.load_script(&self.settle).ignore();
-                }
-                pipe.invoke_script(&inv).ignore();
-                self.add_writes(&mut pipe, also);
-                pipe
-            };
-            let first: redis::RedisResult<()> =
-                run(false).query_async(&mut self.conn.clone()).await;
-            let done = match first {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    run(true).query_async(&mut self.conn.clone()).await
-                }
-                other => other,
-            };
-            self.forget_writes(also);
-            done?;
-        }
+        self.invoke_with(&self.settle, &inv, also).await?;
         self.held().remove(&entry.key());
         Ok(())
+    }
+
+    /// `inv` of `script` with `also` in one MULTI (`also` empty: the script
+    /// alone). The script may be missing (a restarted server): then the
+    /// rest ran without it, and all of it runs again, which the writes
+    /// allow (they set, they do not add up).
+    async fn invoke_with(
+        &self,
+        script: &redis::Script,
+        inv: &redis::ScriptInvocation<'_>,
+        also: &[Write],
+    ) -> Result<()> {
+        if also.is_empty() {
+            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+            return Ok(());
+        }
+        let run = |load: bool| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            if load {
+                pipe.load_script(script).ignore();
+            }
+            pipe.invoke_script(inv).ignore();
+            self.add_writes(&mut pipe, also);
+            pipe
+        };
+        let first: redis::RedisResult<()> = run(false).query_async(&mut self.conn.clone()).await;
+        let done = match first {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                run(true).query_async(&mut self.conn.clone()).await
+            }
+            other => other,
+        };
+        self.forget_writes(also);
+        Ok(done?)
     }
 
     pub async fn record_status(

@@ -211,6 +211,95 @@ pub async fn delete_receiver(c: Call<'_>) -> Result<Value, ApiError> {
     Ok(json!({}))
 }
 
+/// When a task of `task_type` runs: its begin time as given, when that
+/// is, its interval in hours and whether it ends after one cycle.
+fn schedule(
+    c: &Call<'_>,
+    task_type: i64,
+    now: i64,
+) -> Result<(Option<String>, i64, Option<i64>, bool), ApiError> {
+    Ok(match task_type {
+        2 => {
+            let p = c.params.object_opt("TimedParam")?.ok_or_else(|| {
+                ApiError::new(
+                    "MissingParameter.TimedParamNecessary",
+                    "the parameter TimedParam is required for TaskType 2",
+                )
+            })?;
+            let text = p.str("BeginTime")?;
+            let at = parse_time(c, "TimedParam.BeginTime", &text)?;
+            if at < now {
+                return Err(ApiError::new(
+                    "InvalidParameterValue.BeginTimeBeforeNow",
+                    "TimedParam.BeginTime is in the past",
+                ));
+            }
+            (Some(text), at, None, false)
+        }
+        3 => {
+            let p = c.params.object_opt("CycleParam")?.ok_or_else(|| {
+                ApiError::new(
+                    "MissingParameter.CycleParamNecessary",
+                    "the parameter CycleParam is required for TaskType 3",
+                )
+            })?;
+            let text = p.str("BeginTime")?;
+            let at = parse_time(c, "CycleParam.BeginTime", &text)?;
+            if at < now {
+                return Err(ApiError::new(
+                    "InvalidParameterValue.BeginTimeBeforeNow",
+                    "CycleParam.BeginTime is in the past",
+                ));
+            }
+            let hours = p.int("IntervalTime")?;
+            if hours < 1 {
+                return Err(ApiError::new(
+                    "InvalidParameterValue",
+                    "CycleParam.IntervalTime must be at least 1 (hour)",
+                ));
+            }
+            (
+                Some(text),
+                at,
+                Some(hours),
+                p.int_opt("TermCycle")?.unwrap_or(0) == 1,
+            )
+        }
+        _ => (None, now, None, false),
+    })
+}
+
+/// The task's template, approved, and its data (a JSON object).
+async fn approved_template(
+    c: &Call<'_>,
+) -> Result<(crate::ses::templates::Template, String), ApiError> {
+    let template = c.params.object_opt("Template")?.ok_or_else(|| {
+        ApiError::new(
+            "MissingParameter.SendParamNecessary",
+            "the parameter Template is required",
+        )
+    })?;
+    template.only(&["TemplateID", "TemplateData"])?;
+    let template_id = u64::try_from(template.int("TemplateID")?).unwrap_or(0);
+    let t = c.ses.template(c.account, template_id).await?;
+    if t.status != crate::ses::templates::APPROVED {
+        return Err(crate::ses::templates::TemplateError::NotApproved(t.id, t.status).into());
+    }
+    let template_data = template.str_opt("TemplateData")?.unwrap_or_default();
+    if !template_data.trim().is_empty()
+        && !matches!(
+            serde_json::from_str::<Value>(&template_data),
+            Ok(Value::Object(_))
+        )
+    {
+        return Err(ApiError::new(
+            "InvalidParameterValue.TemplateDataError",
+            "Template.TemplateData must be a JSON object",
+        ));
+    }
+    Ok((t, template_data))
+}
+
 pub async fn batch_send_email(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&[
         "FromEmailAddress",
@@ -248,30 +337,7 @@ pub async fn batch_send_email(c: Call<'_>) -> Result<Value, ApiError> {
             "batch tasks send a Template",
         ));
     }
-    let template = c.params.object_opt("Template")?.ok_or_else(|| {
-        ApiError::new(
-            "MissingParameter.SendParamNecessary",
-            "the parameter Template is required",
-        )
-    })?;
-    template.only(&["TemplateID", "TemplateData"])?;
-    let template_id = u64::try_from(template.int("TemplateID")?).unwrap_or(0);
-    let t = c.ses.template(c.account, template_id).await?;
-    if t.status != crate::ses::templates::APPROVED {
-        return Err(crate::ses::templates::TemplateError::NotApproved(t.id, t.status).into());
-    }
-    let template_data = template.str_opt("TemplateData")?.unwrap_or_default();
-    if !template_data.trim().is_empty()
-        && !matches!(
-            serde_json::from_str::<Value>(&template_data),
-            Ok(Value::Object(_))
-        )
-    {
-        return Err(ApiError::new(
-            "InvalidParameterValue.TemplateDataError",
-            "Template.TemplateData must be a JSON object",
-        ));
-    }
+    let (t, template_data) = approved_template(&c).await?;
     let sender = super::send::sender_address(&c, "FromEmailAddress", &from.1).await?;
     let from = if from.0.is_empty() {
         (sender.sender_name, from.1)
@@ -299,55 +365,7 @@ pub async fn batch_send_email(c: Call<'_>) -> Result<Value, ApiError> {
         ));
     }
     let now = c.ses.store.now_ms();
-    let (begin_time, begin_at, interval, term) = match task_type {
-        2 => {
-            let p = c.params.object_opt("TimedParam")?.ok_or_else(|| {
-                ApiError::new(
-                    "MissingParameter.TimedParamNecessary",
-                    "the parameter TimedParam is required for TaskType 2",
-                )
-            })?;
-            let text = p.str("BeginTime")?;
-            let at = parse_time(&c, "TimedParam.BeginTime", &text)?;
-            if at < now {
-                return Err(ApiError::new(
-                    "InvalidParameterValue.BeginTimeBeforeNow",
-                    "TimedParam.BeginTime is in the past",
-                ));
-            }
-            (Some(text), at, None, false)
-        }
-        3 => {
-            let p = c.params.object_opt("CycleParam")?.ok_or_else(|| {
-                ApiError::new(
-                    "MissingParameter.CycleParamNecessary",
-                    "the parameter CycleParam is required for TaskType 3",
-                )
-            })?;
-            let text = p.str("BeginTime")?;
-            let at = parse_time(&c, "CycleParam.BeginTime", &text)?;
-            if at < now {
-                return Err(ApiError::new(
-                    "InvalidParameterValue.BeginTimeBeforeNow",
-                    "CycleParam.BeginTime is in the past",
-                ));
-            }
-            let hours = p.int("IntervalTime")?;
-            if hours < 1 {
-                return Err(ApiError::new(
-                    "InvalidParameterValue",
-                    "CycleParam.IntervalTime must be at least 1 (hour)",
-                ));
-            }
-            (
-                Some(text),
-                at,
-                Some(hours),
-                p.int_opt("TermCycle")?.unwrap_or(0) == 1,
-            )
-        }
-        _ => (None, now, None, false),
-    };
+    let (begin_time, begin_at, interval, term) = schedule(&c, task_type, now)?;
     let task = c
         .ses
         .create_task(Task {

@@ -69,7 +69,7 @@ pub async fn create(c: Call<'_>) -> Result<Value, ApiError> {
         .ses
         .create_identity(c.account, &domain, option, tags)
         .await?;
-    c.state.signers.clear();
+    c.ctx.signers.clear();
     Ok(identity_json(&identity, &attributes))
 }
 
@@ -87,7 +87,7 @@ pub async fn update(c: Call<'_>) -> Result<Value, ApiError> {
     let domain = c.params.str("EmailIdentity")?;
     let option = c.params.int_opt("DKIMOption")?;
     let (identity, attributes) = c.ses.verify_identity(c.account, &domain, option).await?;
-    c.state.signers.clear();
+    c.ctx.signers.clear();
     let mut out = identity_json(&identity, &attributes);
     if let Some(o) = out.as_object_mut() {
         o.remove("TagList");
@@ -99,7 +99,7 @@ pub async fn delete(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&["EmailIdentity"])?;
     let domain = c.params.str("EmailIdentity")?;
     c.ses.delete_identity(c.account, &domain).await?;
-    c.state.signers.clear();
+    c.ctx.signers.clear();
     Ok(json!({}))
 }
 

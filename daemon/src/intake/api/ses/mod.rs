@@ -18,7 +18,7 @@ use serde_json::Value;
 
 /// What an action runs with.
 pub struct Call<'a> {
-    pub state: &'a Services,
+    pub ctx: &'a Services,
     pub ses: &'a Records,
     pub account: &'a str,
     pub params: Params,

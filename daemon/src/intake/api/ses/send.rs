@@ -7,6 +7,7 @@ use crate::intake::admission::Refusal;
 use crate::intake::api::params::Params;
 use crate::intake::api::tencent::ApiError;
 use crate::intake::compose::{Attachment, Draft};
+use crate::intake::submission::TriggerType;
 use crate::intake::submission::{Envelope, Submission, Trace};
 use crate::ses::addresses::normalize_address;
 use base64::Engine;
@@ -297,6 +298,109 @@ pub(super) async fn sender_address(
     })
 }
 
+/// Destination, Cc and Bcc.
+type Destinations = (Vec<String>, Vec<String>, Vec<String>);
+
+/// Destination, Cc and Bcc: at least one recipient, and no Bcc that is
+/// also in Destination.
+fn destinations(p: &Params) -> Result<Destinations, ApiError> {
+    let to = recipients(p, "Destination", MAX_TO)?;
+    let cc = recipients(p, "Cc", MAX_CC)?;
+    let bcc = recipients(p, "Bcc", MAX_CC)?;
+    if to.is_empty() && cc.is_empty() && bcc.is_empty() {
+        return Err(invalid(
+            "MissingParameter.EmailsNecessary",
+            "the parameter Destination is required (or Cc or Bcc)",
+        ));
+    }
+    if let Some(b) = bcc
+        .iter()
+        .find(|b| to.iter().any(|t| t.eq_ignore_ascii_case(b)))
+    {
+        return Err(invalid(
+            "InvalidParameterValue",
+            format!("Bcc: {b} is also in Destination"),
+        ));
+    }
+    Ok((to, cc, bcc))
+}
+
+/// Every recipient once (To, Cc, Bcc), in that order.
+fn every_recipient_once(to: &[String], cc: &[String], bcc: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in to.iter().chain(cc).chain(bcc) {
+        if seen.insert(r.to_ascii_lowercase()) {
+            all.push(r.clone());
+        }
+    }
+    all
+}
+
+/// What SendEmail asks besides its sender, recipients and content, each
+/// checked.
+struct Options {
+    reply_to: Option<(String, String)>,
+    header_from: Option<(String, String)>,
+    /// The unsubscribe link's language ("" for none).
+    unsubscribe: String,
+    trigger_type: TriggerType,
+    message_id: Option<String>,
+}
+
+fn options(p: &Params) -> Result<Options, ApiError> {
+    let reply_to = match p.str_opt("ReplyToAddresses")? {
+        Some(r) if !r.trim().is_empty() => Some(parse_mailbox("ReplyToAddresses", &r)?),
+        _ => None,
+    };
+    let header_from = match p.str_opt("HeaderFrom")? {
+        Some(h) if !h.trim().is_empty() => Some(parse_mailbox("HeaderFrom", &h)?),
+        _ => None,
+    };
+    let unsubscribe = p.str_opt("Unsubscribe")?.unwrap_or_default();
+    if !unsubscribe.is_empty() && !matches!(unsubscribe.parse::<u8>(), Ok(0..=12)) {
+        return Err(invalid(
+            "InvalidParameterValue",
+            format!("Unsubscribe must be 0 to 12, not {unsubscribe:?}"),
+        ));
+    }
+    let trigger_type = match p.int_opt("TriggerType")?.unwrap_or(0) {
+        0 => TriggerType::Regular,
+        1 => TriggerType::Trigger,
+        n => {
+            return Err(invalid(
+                "InvalidParameterValue",
+                format!("TriggerType must be 0 or 1, not {n}"),
+            ));
+        }
+    };
+    let message_id = match p.str_opt("SmtpMessageId")? {
+        Some(m) if !m.trim().is_empty() => {
+            let inner = m.trim().trim_start_matches('<').trim_end_matches('>');
+            let ok = inner.contains('@')
+                && inner.len() < 250
+                && inner
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"<>\"\\".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "InvalidParameterValue",
+                    format!("SmtpMessageId {m:?} is not a message id like <id@domain>"),
+                ));
+            }
+            Some(inner.to_string())
+        }
+        _ => None,
+    };
+    Ok(Options {
+        reply_to,
+        header_from,
+        unsubscribe,
+        trigger_type,
+        message_id,
+    })
+}
+
 pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     c.params.only(&[
         "FromEmailAddress",
@@ -316,67 +420,14 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     ])?;
     let (from_name, from) = parse_mailbox("FromEmailAddress", &c.params.str("FromEmailAddress")?)?;
     let subject = c.params.str("Subject")?;
-    let to = recipients(&c.params, "Destination", MAX_TO)?;
-    let cc = recipients(&c.params, "Cc", MAX_CC)?;
-    let bcc = recipients(&c.params, "Bcc", MAX_CC)?;
-    if to.is_empty() && cc.is_empty() && bcc.is_empty() {
-        return Err(invalid(
-            "MissingParameter.EmailsNecessary",
-            "the parameter Destination is required (or Cc or Bcc)",
-        ));
-    }
-    if let Some(b) = bcc
-        .iter()
-        .find(|b| to.iter().any(|t| t.eq_ignore_ascii_case(b)))
-    {
-        return Err(invalid(
-            "InvalidParameterValue",
-            format!("Bcc: {b} is also in Destination"),
-        ));
-    }
-    let reply_to = match c.params.str_opt("ReplyToAddresses")? {
-        Some(r) if !r.trim().is_empty() => Some(parse_mailbox("ReplyToAddresses", &r)?),
-        _ => None,
-    };
-    let header_from = match c.params.str_opt("HeaderFrom")? {
-        Some(h) if !h.trim().is_empty() => Some(parse_mailbox("HeaderFrom", &h)?),
-        _ => None,
-    };
-    let unsubscribe = c.params.str_opt("Unsubscribe")?.unwrap_or_default();
-    if !unsubscribe.is_empty() && !matches!(unsubscribe.parse::<u8>(), Ok(0..=12)) {
-        return Err(invalid(
-            "InvalidParameterValue",
-            format!("Unsubscribe must be 0 to 12, not {unsubscribe:?}"),
-        ));
-    }
-    let trigger_type = match c.params.int_opt("TriggerType")?.unwrap_or(0) {
-        0 => "regular",
-        1 => "trigger",
-        n => {
-            return Err(invalid(
-                "InvalidParameterValue",
-                format!("TriggerType must be 0 or 1, not {n}"),
-            ));
-        }
-    };
-    let message_id = match c.params.str_opt("SmtpMessageId")? {
-        Some(m) if !m.trim().is_empty() => {
-            let inner = m.trim().trim_start_matches('<').trim_end_matches('>');
-            let ok = inner.contains('@')
-                && inner.len() < 250
-                && inner
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"<>\"\\".contains(&b));
-            if !ok {
-                return Err(invalid(
-                    "InvalidParameterValue",
-                    format!("SmtpMessageId {m:?} is not a message id like <id@domain>"),
-                ));
-            }
-            Some(inner.to_string())
-        }
-        _ => None,
-    };
+    let (to, cc, bcc) = destinations(&c.params)?;
+    let Options {
+        reply_to,
+        header_from,
+        unsubscribe,
+        trigger_type,
+        message_id,
+    } = options(&c.params)?;
     let headers = extra_headers(&c.params)?;
     let files = attachments(&c.params, c.ses.settings.smtp.max_message_size)?;
     let sender = sender_address(&c, "FromEmailAddress", &from).await?;
@@ -396,14 +447,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     let (display_name, display_addr) = header_from
         .clone()
         .unwrap_or((from_name.clone(), from.clone()));
-    // Every recipient once (To, Cc, Bcc).
-    let mut all: Vec<String> = Vec::new();
-    let mut seen = BTreeSet::new();
-    for r in to.iter().chain(&cc).chain(&bcc) {
-        if seen.insert(r.to_ascii_lowercase()) {
-            all.push(r.clone());
-        }
-    }
+    let all = every_recipient_once(&to, &cc, &bcc);
     // Tokens name the recipient only when there is one.
     let single = if all.len() == 1 { all[0].as_str() } else { "" };
     let lang = c
@@ -423,7 +467,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         attachments: files,
     };
     draft.decorate(
-        c.state.tracker.as_deref(),
+        c.ctx.tracker.as_deref(),
         &crate::net::domain_of(&display_addr),
         &id,
         single,
@@ -446,7 +490,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
         recipients: all,
         trigger_type,
         require_tls: false,
-        door: "api",
+        door: crate::intake::submission::Door::Api,
         origin: format!("api {} request {}", c.peer, c.request_id),
         template_id: template_id.map(|t| t.to_string()).unwrap_or_default(),
         task_id: String::new(),
@@ -455,7 +499,7 @@ pub async fn send_email(c: Call<'_>) -> Result<Value, ApiError> {
     // Indexed alongside admission (one group commit on the embedded store);
     // an id indexed for a refused message finds no status and is skipped.
     let (admitted, indexed) = tokio::join!(
-        crate::intake::admission::admit(c.state, submission),
+        crate::intake::admission::admit(c.ctx, submission),
         c.ses.index_message(c.account, &id, now)
     );
     match admitted {

@@ -3,7 +3,7 @@
 
 use super::{Call, secs};
 use crate::intake::api::tencent::ApiError;
-use crate::store::{MessageStatus, RecipientState, RecipientStatus};
+use crate::queued::{MessageStatus, RecipientState, RecipientStatus};
 use serde_json::{Value, json};
 
 /// SendStatus for a recipient the policy dropped, by reason code.
@@ -106,7 +106,7 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
         if message_id.as_ref().is_some_and(|m| m != id) {
             continue;
         }
-        let Some(status) = c.state.store.status(id).await? else {
+        let Some(status) = c.ctx.store.status(id).await? else {
             continue;
         };
         if status.meta.account != c.account {
@@ -124,7 +124,7 @@ pub async fn get_send_email_status(c: Call<'_>) -> Result<Value, ApiError> {
                 continue;
             }
             let flags =
-                crate::feedback::engagement::flags(&c.state.store, &status.meta.id, &r.recipient)
+                crate::feedback::engagement::flags(&c.ctx.store, &status.meta.id, &r.recipient)
                     .await?;
             rows.push(row(&status, r, flags));
             if rows.len() >= limit {
@@ -213,7 +213,7 @@ pub async fn get_statistics_report(c: Call<'_>) -> Result<Value, ApiError> {
             .filter(|(_, since)| since.as_str() <= text.as_str())
         {
             let got = c
-                .state
+                .ctx
                 .stats
                 .day_counts(d, &text, provider.as_deref())
                 .await?;

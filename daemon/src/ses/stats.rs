@@ -15,19 +15,46 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Statistics are kept this long.
 const RETENTION: Duration = Duration::from_secs(400 * 86400);
 
-/// What is counted; the names are the store's.
-pub const METRICS: [&str; 7] = [
-    "request",
-    "accepted",
-    "delivered",
-    "bounce",
-    "open",
-    "click",
-    "unsubscribe",
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Request,
+    Accepted,
+    Delivered,
+    Bounce,
+    Open,
+    Click,
+    Unsubscribe,
+}
+
+impl Metric {
+    /// The name in the store's counter keys.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Metric::Request => "request",
+            Metric::Accepted => "accepted",
+            Metric::Delivered => "delivered",
+            Metric::Bounce => "bounce",
+            Metric::Open => "open",
+            Metric::Click => "click",
+            Metric::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+/// Every metric, in the order of [`DailyStats::day_counts`]' answer.
+pub const METRICS: [Metric; 7] = [
+    Metric::Request,
+    Metric::Accepted,
+    Metric::Delivered,
+    Metric::Bounce,
+    Metric::Open,
+    Metric::Click,
+    Metric::Unsubscribe,
 ];
 
 /// (sender domain, provider, metric) → count.
-type Pending = HashMap<(String, String, &'static str), i64>;
+type Pending = HashMap<(String, String, Metric), i64>;
 
 pub struct DailyStats {
     store: Store,
@@ -55,7 +82,7 @@ impl DailyStats {
         })
     }
 
-    pub fn record(&self, sender_domain: &str, recipient: &str, metric: &'static str, n: i64) {
+    pub fn record(&self, sender_domain: &str, recipient: &str, metric: Metric, n: i64) {
         if n == 0 || sender_domain.is_empty() {
             return;
         }
@@ -80,7 +107,7 @@ impl DailyStats {
         let mut new_providers = Vec::new();
         for ((domain, provider, metric), n) in &batch {
             ops.push(BatchOp::Incr(
-                counter_key(domain, &day, provider, metric),
+                counter_key(domain, &day, provider, metric.name()),
                 *n,
                 RETENTION,
             ));
@@ -128,7 +155,7 @@ impl DailyStats {
         let mut ops = Vec::new();
         for p in &providers {
             for m in METRICS {
-                ops.push(BatchOp::Get(counter_key(domain, day, p, m)));
+                ops.push(BatchOp::Get(counter_key(domain, day, p, m.name())));
             }
         }
         let mut out = [0i64; 7];

@@ -63,7 +63,7 @@ impl OutcomeFeed {
             // Errors are logged and counted by the policy; outcomes stand.
             let _ = self
                 .policy
-                .call::<_, serde_json::Value>("reputation", &event)
+                .call(crate::policy::hooks::Reputation, &event)
                 .await;
         }
     }
@@ -89,7 +89,10 @@ mod tests {
         let now = policy.now_ms();
         let sent =
             json!({"domain": "shop.test", "account": "", "kind": "sent", "count": 350, "now": now});
-        let _: Option<Value> = policy.call("reputation", &sent).await.expect("sent");
+        let _: Option<Value> = policy
+            .call(crate::policy::hooks::Reputation, &sent)
+            .await
+            .expect("sent");
         let feed = OutcomeFeed::new(policy.clone());
         for _ in 0..350 {
             feed.record("shop.test", "delivered");
@@ -98,7 +101,7 @@ mod tests {
         let query =
             json!({"domain": "shop.test", "account": "", "kind": "query", "count": 0, "now": now});
         let st: Value = policy
-            .call("reputation", &query)
+            .call(crate::policy::hooks::Reputation, &query)
             .await
             .expect("query")
             .expect("state");
