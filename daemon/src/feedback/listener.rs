@@ -21,7 +21,7 @@ pub struct OutcomeListener {
 }
 
 /// The event an outcome is (None: a state no event reports).
-pub fn event_of(o: &Outcome) -> Option<Event> {
+pub fn event_of(o: &Outcome<'_>) -> Option<Event> {
     let kind = match o.state {
         RecipientState::Delivered => EventKind::Delivered,
         RecipientState::Deferred => EventKind::Deferred,
@@ -48,16 +48,16 @@ pub fn event_of(o: &Outcome) -> Option<Event> {
 }
 
 impl Listener for OutcomeListener {
-    fn writes_for<'a>(&'a self, o: &'a Outcome) -> BoxFuture<'a, Vec<Write>> {
-        Box::pin(async move {
-            match event_of(o) {
-                Some(e) => self.events.writes_for(&e).await,
-                None => Vec::new(),
-            }
-        })
+    fn writes_for<'a>(&'a self, o: &'a Outcome<'_>) -> Option<BoxFuture<'a, Vec<Write>>> {
+        // Callbacks are an account's: mail without one files none.
+        if o.entry.account.is_empty() {
+            return None;
+        }
+        let e = event_of(o)?;
+        Some(Box::pin(async move { self.events.writes_for(&e).await }))
     }
 
-    fn recorded(&self, o: &Outcome) {
+    fn recorded(&self, o: &Outcome<'_>) {
         if o.is_the_senders() {
             let domain = crate::net::domain_of(&o.entry.sender).to_ascii_lowercase();
             match o.state {
@@ -90,7 +90,7 @@ impl Listener for OutcomeListener {
 /// The metrics of an outcome: an attempt by result, provider and source
 /// with its duration, a bounce by type and class; failures go to the
 /// console's recent list.
-fn count(o: &Outcome) {
+fn count(o: &Outcome<'_>) {
     let Some(m) = crate::metrics::get() else {
         return;
     };

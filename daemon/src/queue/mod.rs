@@ -66,10 +66,13 @@ impl QueueHandle {
     /// Durable on return, with the events of the recipients the policy
     /// dropped; delivery starts right away.
     pub async fn submit(&self, msg: &NewMessage) -> Result<(), StoreError> {
-        let dropped = self.dropped_outcomes(msg);
+        let entries = report::dropped_entries(msg);
+        let dropped = self.dropped_outcomes(msg, &entries);
         let mut also = Vec::new();
         for outcome in &dropped {
-            also.extend(self.listener.writes_for(outcome).await);
+            if let Some(writes) = self.listener.writes_for(outcome) {
+                also.extend(writes.await);
+            }
         }
         self.store.enqueue(msg, &also).await?;
         // A message held back (e.g. to tomorrow) is read from the store then.

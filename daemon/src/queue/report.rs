@@ -85,13 +85,13 @@ pub enum Cause {
 /// One recipient's outcome as the queue decided and recorded it: what its
 /// listener hears.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct Outcome<'a> {
     /// Unique per outcome (its event's id: receivers use it to drop a
     /// repeat).
     pub id: String,
     /// The recipient's entry (for a returned DSN or a drop, as it was
     /// queued).
-    pub entry: QueueEntry,
+    pub entry: &'a QueueEntry,
     pub state: RecipientState,
     /// When the next attempt is due (deferred only).
     pub next_attempt_at_ms: Option<i64>,
@@ -106,7 +106,7 @@ pub struct Outcome {
     pub at_ms: i64,
 }
 
-impl Outcome {
+impl Outcome<'_> {
     /// A bounce's type: soft for a class other than `hard` and for a
     /// recipient the queue gave up on.
     pub fn bounce_type(&self) -> Option<&'static str> {
@@ -131,10 +131,11 @@ impl Outcome {
 /// Who hears of every outcome: feedback, which the queue does not import.
 pub trait Listener: Send + Sync {
     /// What must be durable exactly when the outcome is (its event's
-    /// callback job, its trail step): written in the same commit.
-    fn writes_for<'a>(&'a self, outcome: &'a Outcome) -> BoxFuture<'a, Vec<Write>>;
+    /// callback job): written in the same commit. None when there is
+    /// nothing (no callback to file), without a future to wait on.
+    fn writes_for<'a>(&'a self, outcome: &'a Outcome<'_>) -> Option<BoxFuture<'a, Vec<Write>>>;
     /// The outcome is recorded: statistics, reputation, log, metrics.
-    fn recorded(&self, outcome: &Outcome);
+    fn recorded(&self, outcome: &Outcome<'_>);
 }
 
 impl QueueHandle {
@@ -205,7 +206,7 @@ impl QueueHandle {
         let reason = reason_of(decision.state, &attempt);
         let mut outcome = Outcome {
             id: new_id(),
-            entry: entry.clone(),
+            entry,
             state: decision.state,
             next_attempt_at_ms: decision.next_attempt_at_ms,
             class,
@@ -214,7 +215,10 @@ impl QueueHandle {
             reason,
             at_ms: now,
         };
-        let also = self.listener.writes_for(&outcome).await;
+        let also = match self.listener.writes_for(&outcome) {
+            Some(writes) => writes.await,
+            None => Vec::new(),
+        };
         if self
             .settle(entry, decision, attempt.clone(), &also)
             .await
@@ -304,7 +308,7 @@ impl QueueHandle {
         updated.attempts.push(attempt.clone());
         let outcome = Outcome {
             id: new_id(),
-            entry,
+            entry: &entry,
             state: RecipientState::Bounced,
             next_attempt_at_ms: None,
             class,
@@ -313,7 +317,10 @@ impl QueueHandle {
             reason: format!("{} {}", r.status, r.reply).trim().to_string(),
             at_ms: now,
         };
-        let also = self.listener.writes_for(&outcome).await;
+        let also = match self.listener.writes_for(&outcome) {
+            Some(writes) => writes.await,
+            None => Vec::new(),
+        };
         self.store
             .record_status(&r.msg_id, r.rcpt_idx, &updated, &also)
             .await?;
@@ -321,15 +328,21 @@ impl QueueHandle {
         Ok(ReturnedAs::Bounce)
     }
 
-    /// The outcomes of the recipients `msg` dropped at intake, for
-    /// `submit` to write with the message.
-    pub(super) fn dropped_outcomes(&self, msg: &NewMessage) -> Vec<Outcome> {
-        msg.dropped
+    /// The outcomes of the recipients `msg` dropped at intake (`entries`:
+    /// theirs, from [`dropped_entries`]), for `submit` to write with the
+    /// message.
+    pub(super) fn dropped_outcomes<'a>(
+        &self,
+        msg: &NewMessage,
+        entries: &'a [QueueEntry],
+    ) -> Vec<Outcome<'a>> {
+        entries
             .iter()
-            .filter_map(|(i, reason)| {
+            .filter_map(|entry| {
+                let reason = msg.dropped.get(&(entry.rcpt_idx as usize))?;
                 Some(Outcome {
                     id: new_id(),
-                    entry: msg.entry_for(*i)?,
+                    entry,
                     state: RecipientState::Dropped,
                     next_attempt_at_ms: None,
                     class: None,
@@ -392,6 +405,15 @@ impl QueueHandle {
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// The entries of the recipients `msg` dropped at intake, as they would
+/// have been queued.
+pub(super) fn dropped_entries(msg: &NewMessage) -> Vec<QueueEntry> {
+    msg.dropped
+        .keys()
+        .filter_map(|i| msg.entry_for(*i))
+        .collect()
 }
 
 /// The log line of an attempt.
