@@ -75,6 +75,7 @@
 //! | **`ops`** | **operating a node** |
 //! | `ops::admin` | the endpoints the `kiln` subcommands use |
 //! | `ops::admin_auth` | who may use them |
+//! | `ops::cluster` | the nodes on one store (heartbeats) and the store's server |
 //! | `ops::console` | the web console under /console: operator and account views |
 //! | `ops::console::session` | console sign-in sessions, cookies, CSRF tokens |
 //! | `ops::console::pages` | the console's HTML |

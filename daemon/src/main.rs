@@ -47,6 +47,12 @@ enum Command {
     /// Egress shaping per (provider, source): limits, connections allowed
     /// now, pace factor, suspensions, the last throttling signal.
     Egress,
+    /// The Kiln nodes on this store and the store's server (asks the
+    /// daemon).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// API accounts: each gets a SecretId and SecretKey for the SES API
     /// (asks the daemon).
     Account {
@@ -127,6 +133,13 @@ enum QueueCommand {
     RetryNow { select: String },
     /// The suspensions and bounces in force.
     Controls,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Each node with its version, start, last heartbeat and the leases it
+    /// holds; the store's server: version, role, replicas connected.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -268,6 +281,9 @@ fn main() -> ExitCode {
         Command::Reload => admin(&settings, "POST", "/admin/reload"),
         Command::Policy => admin(&settings, "GET", "/admin/policy"),
         Command::Egress => admin(&settings, "GET", "/admin/egress"),
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => admin(&settings, "GET", "/admin/cluster"),
         Command::Explain {
             message_id,
             recipient,

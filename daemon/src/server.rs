@@ -112,6 +112,10 @@ pub struct Node {
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     manager_task: tokio::task::JoinHandle<()>,
     tasks_task: tokio::task::JoinHandle<()>,
+    /// The node's heartbeats (`kiln cluster status`), stopped apart: a node
+    /// that is aborted leaves its last one to expire.
+    heartbeat_stop: CancellationToken,
+    heartbeat_task: tokio::task::JoinHandle<()>,
     outcomes_task: tokio::task::JoinHandle<()>,
     stats_task: tokio::task::JoinHandle<()>,
     sending_task: tokio::task::JoinHandle<()>,
@@ -256,6 +260,11 @@ pub async fn start(
         ctx.clone(),
         delivery_stop.clone(),
     ));
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat_task = tokio::spawn(crate::ops::cluster::heartbeats(
+        ctx.clone(),
+        heartbeat_stop.clone(),
+    ));
 
     Ok(Node {
         ctx,
@@ -267,6 +276,8 @@ pub async fn start(
         accept_tasks,
         manager_task,
         tasks_task,
+        heartbeat_stop,
+        heartbeat_task,
         outcomes_task,
         stats_task,
         sending_task,
@@ -456,6 +467,8 @@ impl Node {
         self.delivery_stop.cancel();
         let _ = self.manager_task.await;
         let _ = self.tasks_task.await;
+        self.heartbeat_stop.cancel();
+        let _ = self.heartbeat_task.await;
         self.delivery.drain(SHUTDOWN_GRACE).await;
         self.ctx.queue.drain().await;
         // The last outcomes reach the reputation counters before the store closes.
@@ -483,6 +496,7 @@ impl Node {
         for t in [
             self.manager_task,
             self.tasks_task,
+            self.heartbeat_task,
             self.outcomes_task,
             self.stats_task,
             self.sending_task,

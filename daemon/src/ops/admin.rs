@@ -23,6 +23,7 @@ pub fn routes(ctx: &Arc<Services>) -> Router<Arc<Services>> {
         .route("/admin/egress", get(egress_info))
         .route("/admin/reload", axum::routing::post(reload))
         .route("/admin/policy", get(policy_info))
+        .route("/admin/cluster", get(super::cluster::status))
         .route("/admin/clock", axum::routing::post(clock_advance))
         .route("/admin/auth/blocked", get(auth_blocked))
         .route("/admin/auth/unblock", axum::routing::post(auth_unblock))

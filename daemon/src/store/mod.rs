@@ -373,6 +373,23 @@ impl Store {
         }
     }
 
+    /// Queue entries this node holds leases on now.
+    pub fn leases_held(&self) -> usize {
+        match self {
+            Store::Embedded(s) => s.leases_held(),
+            Store::Redis(s) => s.leases_held(),
+        }
+    }
+
+    /// What the store's server says of itself (Redis: its version, role and
+    /// connected replicas, from `INFO`); None for the embedded store.
+    pub async fn server_info(&self) -> Result<Option<Vec<(String, String)>>> {
+        match self {
+            Store::Embedded(_) => Ok(None),
+            Store::Redis(s) => s.server_info().await.map(Some),
+        }
+    }
+
     /// On Redis: how many counters have units this node counted ahead of
     /// use (`BatchOp::Take`), and how many units in all. They show in the
     /// counters' values until spent or given back.

@@ -48,6 +48,11 @@ impl EmbeddedStore {
         Ok(())
     }
 
+    /// Queue entries leased now (this node is the only one).
+    pub fn leases_held(&self) -> usize {
+        self.index().leased.len()
+    }
+
     pub async fn lease(&self, max: usize) -> Result<Vec<QueueEntry>> {
         let now = self.clock.now_ms();
         let keys = {

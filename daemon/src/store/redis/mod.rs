@@ -172,6 +172,36 @@ impl RedisStore {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queue entries this node holds leases on now.
+    pub fn leases_held(&self) -> usize {
+        self.held().len()
+    }
+
+    /// `INFO server` and `INFO replication`: the version, the role, the
+    /// replicas connected, as (field, value).
+    pub async fn server_info(&self) -> Result<Vec<(String, String)>> {
+        const FIELDS: &[&str] = &[
+            "redis_version",
+            "role",
+            "connected_slaves",
+            "master_host",
+            "master_port",
+            "master_link_status",
+        ];
+        let mut out = Vec::new();
+        for section in ["server", "replication"] {
+            let text: String = redis::cmd("INFO")
+                .arg(section)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            out.extend(text.lines().filter_map(|l| {
+                let (k, v) = l.trim().split_once(':')?;
+                FIELDS.contains(&k).then(|| (k.to_string(), v.to_string()))
+            }));
+        }
+        Ok(out)
+    }
+
     pub(super) fn q(&self, name: &str) -> String {
         format!("{{{}}}:q:{name}", self.prefix)
     }
