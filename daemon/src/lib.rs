@@ -105,6 +105,7 @@
 //! | `store::embedded::space` | free disk space, and the reserve kept for the queue |
 //! | `store::wal` | the embedded store's write-ahead log |
 //! | `store::redis` | shared by a cluster's nodes: |
+//! | `store::redis::conn` | one server, or the master Sentinel names, followed across failovers |
 //! | `store::redis::queue` | messages, queue entries, leases |
 //! | `store::redis::records` | keys, sets, counters |
 //! | `store::redis::batch` | batches answered here or in one script |

@@ -39,11 +39,12 @@ pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Sto
         StoreBackend::Redis => {
             // Redis down at start: wait for it (systemd hears nothing of
             // "ready" until then), rather than exit and be restarted.
-            let url = crate::store::redacted_url(&settings.store.redis_url);
+            let target = settings.store.redis_target();
+            let url = target.describe();
             let mut wait = Duration::from_secs(1);
             loop {
-                match RedisStore::connect(
-                    &settings.store.redis_url,
+                match RedisStore::connect_to(
+                    &target,
                     &settings.store.redis_prefix,
                     settings.queue.status_retention,
                     clock.clone(),

@@ -16,6 +16,7 @@ const LIST_KEYS: &[&str] = &[
     "delivery.require_tls_domains",
     "http.metrics_networks",
     "queue.retry_schedule",
+    "store.redis_sentinels",
     "smtp.literal_networks",
 ];
 
@@ -377,6 +378,42 @@ mod tests {
             ["127.0.0.1:5353"],
             "the file still counts"
         );
+        // Redis through Sentinel, from the environment: the list splits,
+        // and the master's name is needed with it.
+        let sentinels = "redis://10.0.0.1:26379/,redis://10.0.0.2:26379/";
+        let s = Settings::load_with(
+            Some(&file),
+            env(&[
+                ("KILN_STORE__BACKEND", "redis"),
+                ("KILN_STORE__REDIS_SENTINELS", sentinels),
+                ("KILN_STORE__REDIS_SENTINEL_MASTER", "mail"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.store.redis_target(),
+            crate::store::redis::RedisTarget::Sentinel {
+                sentinels: vec![
+                    "redis://10.0.0.1:26379/".into(),
+                    "redis://10.0.0.2:26379/".into()
+                ],
+                master: "mail".into(),
+            }
+        );
+        let err = Settings::load_with(
+            Some(&file),
+            env(&[
+                ("KILN_STORE__BACKEND", "redis"),
+                ("KILN_STORE__REDIS_SENTINELS", "10.0.0.1:26379"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("store.redis_sentinels[0]: \"10.0.0.1:26379\" is not a redis:// URL"),
+            "{err}"
+        );
+        assert!(err.contains("store.redis_sentinel_master: "), "{err}");
         // Mistakes name the variable, not the file.
         for (var, value, says) in [
             (

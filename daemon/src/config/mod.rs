@@ -416,13 +416,34 @@ pub struct StoreSettings {
     pub backend: StoreBackend,
     /// Embedded store file; relative paths are under `server.data_dir`.
     pub path: PathBuf,
+    /// One Redis server (unless `redis_sentinels` is set).
     pub redis_url: String,
+    /// Redis Sentinels (`redis://host:26379/`, ...): the store is the
+    /// master they name `redis_sentinel_master`, followed across failovers.
+    pub redis_sentinels: Vec<String>,
+    pub redis_sentinel_master: String,
     /// Key prefix (hash tag) shared by all nodes of one cluster.
     pub redis_prefix: String,
     /// Embedded store: new messages are refused (SMTP 452 4.3.1) while
     /// its disk has less free than this, kept for settling what is queued;
     /// 0 turns the check off.
     pub min_free_mb: u64,
+}
+
+impl StoreSettings {
+    /// The Redis the settings name: the Sentinels' master when
+    /// `redis_sentinels` is set, else `redis_url`.
+    pub fn redis_target(&self) -> crate::store::redis::RedisTarget {
+        use crate::store::redis::RedisTarget;
+        if self.redis_sentinels.is_empty() {
+            RedisTarget::Url(self.redis_url.clone())
+        } else {
+            RedisTarget::Sentinel {
+                sentinels: self.redis_sentinels.clone(),
+                master: self.redis_sentinel_master.clone(),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -588,6 +609,8 @@ impl Default for StoreSettings {
             backend: StoreBackend::Embedded,
             path: PathBuf::from("kiln.redb"),
             redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: String::new(),
             redis_prefix: "kiln".into(),
             min_free_mb: crate::store::embedded::space::DEFAULT_RESERVE >> 20,
         }

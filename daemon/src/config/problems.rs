@@ -88,15 +88,32 @@ impl Settings {
         if self.smtp.max_line_length < 512 {
             out.push("smtp.max_line_length: RFC 5321 requires at least 512".into());
         }
+        let redis_url = |u: &str| {
+            u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("redis+unix://")
+        };
         if self.store.backend == StoreBackend::Redis
-            && !self.store.redis_url.starts_with("redis://")
-            && !self.store.redis_url.starts_with("rediss://")
-            && !self.store.redis_url.starts_with("redis+unix://")
+            && self.store.redis_sentinels.is_empty()
+            && !redis_url(&self.store.redis_url)
         {
             out.push(format!(
                 "store.redis_url: {:?} is not a redis:// URL",
                 self.store.redis_url
             ));
+        }
+        for (i, s) in self.store.redis_sentinels.iter().enumerate() {
+            if !redis_url(s) {
+                out.push(format!(
+                    "store.redis_sentinels[{i}]: {s:?} is not a redis:// URL"
+                ));
+            }
+        }
+        if !self.store.redis_sentinels.is_empty() && self.store.redis_sentinel_master.is_empty() {
+            out.push(
+                "store.redis_sentinel_master: the name the Sentinels monitor the master by is needed with store.redis_sentinels"
+                    .into(),
+            );
         }
         if self.delivery.mx_port == 0 {
             out.push("delivery.mx_port: must not be 0".into());

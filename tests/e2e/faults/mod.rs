@@ -7,3 +7,4 @@ mod disk;
 mod dns;
 mod node;
 mod redis;
+mod sentinel;

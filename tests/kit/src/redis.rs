@@ -64,6 +64,10 @@ impl RedisServer {
 }
 
 fn spawn(port: u16, dir: &std::path::Path, durable: bool) -> Child {
+    spawn_with(port, dir, durable, &[])
+}
+
+fn spawn_with(port: u16, dir: &std::path::Path, durable: bool, extra: &[String]) -> Child {
     let persistence: &[&str] = if durable {
         &["--appendonly", "yes", "--appendfsync", "always"]
     } else {
@@ -79,6 +83,7 @@ fn spawn(port: u16, dir: &std::path::Path, durable: bool) -> Child {
             "",
         ])
         .args(persistence)
+        .args(extra)
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -98,4 +103,122 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A master with one replica and one Sentinel watching it under the name
+/// [`SentinelSet::MASTER`] (quorum 1, a master down after a second): a
+/// failover takes a few seconds. Killed on drop.
+pub struct SentinelSet {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinel_port: u16,
+    sentinel: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelSet {
+    pub const MASTER: &'static str = "kiln";
+
+    pub fn start() -> SentinelSet {
+        let master = RedisServer::start();
+        let replica_port = crate::free_port();
+        let replica_dir = tempfile::tempdir().expect("tempdir");
+        let replica_child = spawn_with(
+            replica_port,
+            replica_dir.path(),
+            false,
+            &[
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
+        );
+        let replica = RedisServer {
+            port: replica_port,
+            child: replica_child,
+            dir: replica_dir,
+            durable: false,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sentinel_port = crate::free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {m} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {m} 1000\n\
+                 sentinel failover-timeout {m} 5000\n",
+                dir.path().display(),
+                master.port,
+                m = Self::MASTER,
+            ),
+        )
+        .expect("sentinel.conf");
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let set = SentinelSet {
+            master,
+            replica,
+            sentinel_port,
+            sentinel,
+            _dir: dir,
+        };
+        // Ready when the Sentinel names the master and sees the replica.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let replicas = redis_cli(set.sentinel_port, &["SENTINEL", "replicas", Self::MASTER]);
+            if set.master_port() == Some(set.master.port)
+                && replicas.contains(&set.replica.port.to_string())
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel did not see the master and its replica"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        set
+    }
+
+    pub fn sentinel_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.sentinel_port)
+    }
+
+    /// The port of the master the Sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = redis_cli(
+            self.sentinel_port,
+            &["SENTINEL", "get-master-addr-by-name", Self::MASTER],
+        );
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Waits until the replica has every write the master took (`WAIT`).
+    pub fn replica_caught_up(&self) -> bool {
+        redis_cli(self.master.port, &["WAIT", "1", "5000"]).trim() == "1"
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+    }
+}
+
+/// `redis-cli -p PORT ARGS...`: its output, or "" when it could not run.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }

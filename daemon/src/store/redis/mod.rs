@@ -1,7 +1,8 @@
 //! Redis store: shared by every node of a cluster.
 //!
 //! Queue keys share one hash tag (`{prefix}`) so every multi-key step is one
-//! server-side script, atomic and one round trip, also on Redis Cluster.
+//! server-side script, atomic and one round trip. Redis is one server or
+//! the master Sentinel names (`conn`).
 //! Leases are a sorted set scored by their deadline: a node that dies simply
 //! stops settling, and the next `lease` call of any node moves the expired
 //! entries back to the ready set.
@@ -9,6 +10,7 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the store's parts, its keys, connecting |
+//! | `conn.rs` | one server, or the master Sentinel names, followed across failovers |
 //! | `scripts.rs` | the server-side Lua scripts |
 //! | `queue.rs` | messages, queue entries, leases, status records |
 //! | `records.rs` | keys, sets, counters, writes |
@@ -22,7 +24,6 @@ use crate::queued::{
 };
 use redis::AsyncCommands;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,6 +39,7 @@ const COUNTER_SWEEP: Duration = Duration::from_millis(250);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod batch;
+mod conn;
 mod queue;
 mod records;
 mod scripts;
@@ -45,12 +47,13 @@ mod shaping;
 #[cfg(test)]
 mod tests;
 
+pub use conn::RedisTarget;
 use scripts::*;
 
 pub struct RedisStore {
     /// Kiln's time: lease deadlines, ready times, expiries.
     clock: Clock,
-    conn: ConnectionManager,
+    conn: conn::Conn,
     prefix: String,
     retention: Duration,
     enqueue: Script,
@@ -86,13 +89,21 @@ impl RedisStore {
         retention: Duration,
         clock: Clock,
     ) -> Result<Arc<RedisStore>> {
-        let client = redis::Client::open(url)?;
+        Self::connect_to(&RedisTarget::Url(url.to_string()), prefix, retention, clock).await
+    }
+
+    /// The store on the Redis `target` names (one server, or a master
+    /// Sentinel names).
+    pub async fn connect_to(
+        target: &RedisTarget,
+        prefix: &str,
+        retention: Duration,
+        clock: Clock,
+    ) -> Result<Arc<RedisStore>> {
         // The client's default of 0.5 s is short for a Redis that syncs
         // every write (`appendfsync always`, as README recommends) on a
         // busy disk: a slow answer is waited for, not taken for an outage.
-        let config =
-            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let conn = conn::Conn::open(target, RESPONSE_TIMEOUT).await?;
         let store = Arc::new(RedisStore {
             conn,
             prefix: prefix.to_string(),

@@ -1,0 +1,98 @@
+//! Kiln on the master Redis Sentinel names: mail queued on the master
+//! survives its `kill -9` on the replica the Sentinel promotes, and Kiln
+//! follows the failover by itself — it acknowledges and delivers again
+//! without a restart.
+
+use crate::harness::{binary, peers, relay, wait_until};
+use crate::store::durability::{received_all, subjects};
+use kiln_testkit::process::Kiln;
+use kiln_testkit::redis::SentinelSet;
+use kiln_testkit::sink::Sink;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_is_followed_to_its_replica_and_the_queue_survives() {
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    let p = peers(crate::harness::Backend::Embedded, &sink).await;
+    let mut opts = p.opts;
+    crate::store::cluster::relaying_with_short_leases(&mut opts);
+    // The Sentinels win over this (a master that may move).
+    opts.redis_url = Some(set.master.url());
+    opts.store = format!(
+        "redis_sentinels = [\"{}\"]\nredis_sentinel_master = \"{}\"\n",
+        set.sentinel_url(),
+        SentinelSet::MASTER
+    );
+    let mut set = set;
+    let mut kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+
+    // Delivered through the master the Sentinel names.
+    for i in 0..5 {
+        assert_eq!(
+            relay(kiln.smtp, "sink@dest.test", &format!("before-{i}"))
+                .await
+                .code,
+            250
+        );
+    }
+    assert!(
+        sink.wait_count(5, Duration::from_secs(20)).await,
+        "{}",
+        kiln.log_text()
+    );
+
+    // Held in the queue (the receiver defers them), and on the replica.
+    sink.set_rule("sink@dest.test", "451 4.3.0 try again later");
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let subject = format!("held-{i}");
+        assert_eq!(relay(kiln.smtp, "sink@dest.test", &subject).await.code, 250);
+        held.push(subject);
+    }
+    assert!(tokio::task::block_in_place(|| set.replica_caught_up()));
+
+    let old = set.master.port;
+    tokio::task::block_in_place(|| set.master.kill9());
+    let killed = Instant::now();
+    let promoted = || set.master_port() == Some(set.replica.port);
+    assert!(
+        wait_until(Duration::from_secs(30), promoted).await,
+        "the Sentinel did not promote the replica"
+    );
+    eprintln!(
+        "replica promoted {:.1} s after the master ({old}) was killed",
+        killed.elapsed().as_secs_f64()
+    );
+
+    // Kiln acknowledges again, without a restart.
+    let again = loop {
+        let r = relay(kiln.smtp, "sink@dest.test", "after").await;
+        if r.code == 250 {
+            break killed.elapsed();
+        }
+        assert!(r.code / 100 == 4, "refused for good: {r:?}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "nothing acknowledged a minute after the failover:\n{}",
+            kiln.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "acknowledging again {:.1} s after the master was killed",
+        again.as_secs_f64()
+    );
+    assert!(kiln.running());
+
+    // What was queued on the old master is delivered from the new one.
+    sink.clear_rule("sink@dest.test");
+    held.push("after".into());
+    let all = || received_all(&sink, &held);
+    assert!(
+        wait_until(Duration::from_secs(60), all).await,
+        "queued mail lost in the failover: got {:?}\n{}",
+        subjects(&sink),
+        kiln.log_text()
+    );
+}
