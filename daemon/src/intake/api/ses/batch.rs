@@ -3,6 +3,7 @@
 //! DeleteReceiver) and batch tasks (BatchSendEmail, ListSendTasks).
 
 use super::{Call, page_json};
+use crate::intake::api::params::Params;
 use crate::intake::api::tencent::ApiError;
 use crate::ses::receivers::{MAX_PER_REQUEST, ReceiverError, UploadReport};
 use crate::ses::tasks::{self, Task};
@@ -211,6 +212,31 @@ pub async fn delete_receiver(c: Call<'_>) -> Result<Value, ApiError> {
     Ok(json!({}))
 }
 
+/// `field` (TimedParam, CycleParam), required for `task_type`: itself, its
+/// BeginTime as given and when that is (not in the past).
+fn begin(
+    c: &Call<'_>,
+    field: &str,
+    task_type: i64,
+    now: i64,
+) -> Result<(Params, String, i64), ApiError> {
+    let p = c.params.object_opt(field)?.ok_or_else(|| {
+        ApiError::new(
+            &format!("MissingParameter.{field}Necessary"),
+            format!("the parameter {field} is required for TaskType {task_type}"),
+        )
+    })?;
+    let text = p.str("BeginTime")?;
+    let at = parse_time(c, &format!("{field}.BeginTime"), &text)?;
+    if at < now {
+        return Err(ApiError::new(
+            "InvalidParameterValue.BeginTimeBeforeNow",
+            format!("{field}.BeginTime is in the past"),
+        ));
+    }
+    Ok((p, text, at))
+}
+
 /// When a task of `task_type` runs: its begin time as given, when that
 /// is, its interval in hours and whether it ends after one cycle.
 fn schedule(
@@ -220,37 +246,11 @@ fn schedule(
 ) -> Result<(Option<String>, i64, Option<i64>, bool), ApiError> {
     Ok(match task_type {
         2 => {
-            let p = c.params.object_opt("TimedParam")?.ok_or_else(|| {
-                ApiError::new(
-                    "MissingParameter.TimedParamNecessary",
-                    "the parameter TimedParam is required for TaskType 2",
-                )
-            })?;
-            let text = p.str("BeginTime")?;
-            let at = parse_time(c, "TimedParam.BeginTime", &text)?;
-            if at < now {
-                return Err(ApiError::new(
-                    "InvalidParameterValue.BeginTimeBeforeNow",
-                    "TimedParam.BeginTime is in the past",
-                ));
-            }
+            let (_, text, at) = begin(c, "TimedParam", 2, now)?;
             (Some(text), at, None, false)
         }
         3 => {
-            let p = c.params.object_opt("CycleParam")?.ok_or_else(|| {
-                ApiError::new(
-                    "MissingParameter.CycleParamNecessary",
-                    "the parameter CycleParam is required for TaskType 3",
-                )
-            })?;
-            let text = p.str("BeginTime")?;
-            let at = parse_time(c, "CycleParam.BeginTime", &text)?;
-            if at < now {
-                return Err(ApiError::new(
-                    "InvalidParameterValue.BeginTimeBeforeNow",
-                    "CycleParam.BeginTime is in the past",
-                ));
-            }
+            let (p, text, at) = begin(c, "CycleParam", 3, now)?;
             let hours = p.int("IntervalTime")?;
             if hours < 1 {
                 return Err(ApiError::new(
