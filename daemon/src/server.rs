@@ -51,7 +51,13 @@ pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Sto
                 )
                 .await
                 {
-                    Ok(s) => break Store::Redis(s),
+                    Ok(s) => {
+                        s.set_wait_replicas(
+                            settings.store.redis_wait_replicas,
+                            Duration::from_millis(settings.store.redis_wait_timeout_ms),
+                        );
+                        break Store::Redis(s);
+                    }
                     Err(e) if e.is_unreachable() => {
                         tracing::warn!(redis = %url, error = %e, retry_in_s = wait.as_secs(), "Redis cannot be reached; not serving until it answers");
                         let _ = sd_notify::notify(

@@ -422,6 +422,12 @@ pub struct StoreSettings {
     /// master they name `redis_sentinel_master`, followed across failovers.
     pub redis_sentinels: Vec<String>,
     pub redis_sentinel_master: String,
+    /// Redis replicas that must have a new message before it is
+    /// acknowledged (`WAIT`); 0: the master's word is enough.
+    pub redis_wait_replicas: u32,
+    /// How long to wait for them, in milliseconds; past it the message is
+    /// refused for now (SMTP 451 4.3.0, the API's internal error).
+    pub redis_wait_timeout_ms: u64,
     /// Key prefix (hash tag) shared by all nodes of one cluster.
     pub redis_prefix: String,
     /// Embedded store: new messages are refused (SMTP 452 4.3.1) while
@@ -611,6 +617,8 @@ impl Default for StoreSettings {
             redis_url: "redis://127.0.0.1:6379/".into(),
             redis_sentinels: Vec::new(),
             redis_sentinel_master: String::new(),
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 1000,
             redis_prefix: "kiln".into(),
             min_free_mb: crate::store::embedded::space::DEFAULT_RESERVE >> 20,
         }

@@ -34,6 +34,9 @@ pub enum StoreError {
     StorageFailed(String),
     #[error("the store's disk has {free_mb} MB free, below the {reserve_mb} MB kept for the queue")]
     NoSpace { free_mb: u64, reserve_mb: u64 },
+    /// Fewer Redis replicas than `store.redis_wait_replicas` have the write.
+    #[error("{got} of the {wanted} Redis replicas asked for have the write")]
+    NotReplicated { wanted: u32, got: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

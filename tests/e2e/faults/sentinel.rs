@@ -1,7 +1,9 @@
-//! Kiln on the master Redis Sentinel names: mail queued on the master
-//! survives its `kill -9` on the replica the Sentinel promotes, and Kiln
-//! follows the failover by itself — it acknowledges and delivers again
-//! without a restart.
+//! Kiln on the master Redis Sentinel names (two replicas), acknowledging
+//! a message only once a replica has it too (`store.redis_wait_replicas =
+//! 1`): mail queued on the master survives its `kill -9` on the replica the
+//! Sentinel promotes, and Kiln follows the failover by itself — it
+//! acknowledges and delivers again without a restart. With no replica
+//! left, it acknowledges nothing that only the master has.
 
 use crate::harness::{binary, peers, relay, wait_until};
 use crate::store::durability::{received_all, subjects};
@@ -9,6 +11,17 @@ use kiln_testkit::process::Kiln;
 use kiln_testkit::redis::SentinelSet;
 use kiln_testkit::sink::Sink;
 use std::time::{Duration, Instant};
+
+/// `[store]` on the Sentinel's master, a message acknowledged once
+/// `replicas` replicas have it (at most 1 s of waiting).
+fn sentinel_store(set: &SentinelSet, replicas: u32) -> String {
+    format!(
+        "redis_sentinels = [\"{}\"]\nredis_sentinel_master = \"{}\"\n\
+         redis_wait_replicas = {replicas}\nredis_wait_timeout_ms = 1000\n",
+        set.sentinel_url(),
+        SentinelSet::MASTER
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_is_followed_to_its_replica_and_the_queue_survives() {
@@ -19,22 +32,14 @@ async fn a_master_killed_is_followed_to_its_replica_and_the_queue_survives() {
     crate::store::cluster::relaying_with_short_leases(&mut opts);
     // The Sentinels win over this (a master that may move).
     opts.redis_url = Some(set.master.url());
-    opts.store = format!(
-        "redis_sentinels = [\"{}\"]\nredis_sentinel_master = \"{}\"\n",
-        set.sentinel_url(),
-        SentinelSet::MASTER
-    );
+    opts.store = sentinel_store(&set, 1);
     let mut set = set;
     let mut kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
 
     // Delivered through the master the Sentinel names.
     for i in 0..5 {
-        assert_eq!(
-            relay(kiln.smtp, "sink@dest.test", &format!("before-{i}"))
-                .await
-                .code,
-            250
-        );
+        let r = relay(kiln.smtp, "sink@dest.test", &format!("before-{i}")).await;
+        assert_eq!(r.code, 250, "{r:?}\n{}", kiln.log_text());
     }
     assert!(
         sink.wait_count(5, Duration::from_secs(20)).await,
@@ -50,12 +55,11 @@ async fn a_master_killed_is_followed_to_its_replica_and_the_queue_survives() {
         assert_eq!(relay(kiln.smtp, "sink@dest.test", &subject).await.code, 250);
         held.push(subject);
     }
-    assert!(tokio::task::block_in_place(|| set.replica_caught_up()));
 
     let old = set.master.port;
     tokio::task::block_in_place(|| set.master.kill9());
     let killed = Instant::now();
-    let promoted = || set.master_port() == Some(set.replica.port);
+    let promoted = || set.promoted();
     assert!(
         wait_until(Duration::from_secs(30), promoted).await,
         "the Sentinel did not promote the replica"
@@ -95,4 +99,50 @@ async fn a_master_killed_is_followed_to_its_replica_and_the_queue_survives() {
         subjects(&sink),
         kiln.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_replica_nothing_is_acknowledged_that_a_failover_would_lose() {
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    let p = peers(crate::harness::Backend::Embedded, &sink).await;
+    let mut opts = p.opts;
+    crate::store::cluster::relaying_with_short_leases(&mut opts);
+    opts.redis_url = Some(set.master.url());
+    opts.store = sentinel_store(&set, 1);
+    let mut set = set;
+    let kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+    assert_eq!(
+        relay(kiln.smtp, "sink@dest.test", "replicated").await.code,
+        250
+    );
+
+    tokio::task::block_in_place(|| {
+        for r in &mut set.replicas {
+            r.kill9();
+        }
+    });
+    let asked = Instant::now();
+    let r = relay(kiln.smtp, "sink@dest.test", "master only").await;
+    let took = asked.elapsed();
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(r.text.starts_with("451 4.3.0"), "{r:?}");
+    // Refused after the wait for the replica (1 s), not at once.
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(
+        kiln.log_text()
+            .contains("of the 1 Redis replicas asked for have the write"),
+        "{}",
+        kiln.log_text()
+    );
+    // Refused for now, yet the master took it: it may still be delivered
+    // (at least once: the client's retry may make a second copy), never
+    // acknowledged while only the master has it.
+    assert!(sink.wait_count(1, Duration::from_secs(20)).await);
+    crate::harness::nothing_happens_for(Duration::from_secs(1), "a second copy").await;
+    let copies = subjects(&sink)
+        .iter()
+        .filter(|s| *s == "master only")
+        .count();
+    assert!(copies <= 1, "{copies} copies");
 }

@@ -105,12 +105,13 @@ impl Drop for RedisServer {
     }
 }
 
-/// A master with one replica and one Sentinel watching it under the name
+/// A master with two replicas and one Sentinel watching them under the name
 /// [`SentinelSet::MASTER`] (quorum 1, a master down after a second): a
-/// failover takes a few seconds. Killed on drop.
+/// failover takes a few seconds, and leaves a replica behind the new
+/// master. Killed on drop.
 pub struct SentinelSet {
     pub master: RedisServer,
-    pub replica: RedisServer,
+    pub replicas: Vec<RedisServer>,
     pub sentinel_port: u16,
     sentinel: Child,
     _dir: tempfile::TempDir,
@@ -120,25 +121,20 @@ impl SentinelSet {
     pub const MASTER: &'static str = "kiln";
 
     pub fn start() -> SentinelSet {
-        let master = RedisServer::start();
-        let replica_port = crate::free_port();
-        let replica_dir = tempfile::tempdir().expect("tempdir");
-        let replica_child = spawn_with(
-            replica_port,
-            replica_dir.path(),
-            false,
-            &[
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                master.port.to_string(),
-            ],
-        );
-        let replica = RedisServer {
-            port: replica_port,
-            child: replica_child,
-            dir: replica_dir,
-            durable: false,
-        };
+        // The master sends its first copy to a replica at once (Redis waits
+        // 5 s for more replicas by default).
+        let master = server_with(&["--repl-diskless-sync-delay".into(), "0".into()]);
+        let replicas = (0..2)
+            .map(|_| {
+                server_with(&[
+                    "--replicaof".into(),
+                    "127.0.0.1".into(),
+                    master.port.to_string(),
+                    "--repl-diskless-sync-delay".into(),
+                    "0".into(),
+                ])
+            })
+            .collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let sentinel_port = crate::free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -164,23 +160,26 @@ impl SentinelSet {
             .expect("redis-server must be installed (apt-get install redis-server)");
         let set = SentinelSet {
             master,
-            replica,
+            replicas,
             sentinel_port,
             sentinel,
             _dir: dir,
         };
-        // Ready when the Sentinel names the master and sees the replica.
+        // Ready when the replicas have their first copy and the Sentinel
+        // names the master and sees them.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let replicas = redis_cli(set.sentinel_port, &["SENTINEL", "replicas", Self::MASTER]);
-            if set.master_port() == Some(set.master.port)
-                && replicas.contains(&set.replica.port.to_string())
-            {
+            let seen = redis_cli(set.sentinel_port, &["SENTINEL", "replicas", Self::MASTER]);
+            let ready = set.replicas.iter().all(|r| {
+                seen.contains(&r.port.to_string())
+                    && redis_cli(r.port, &["INFO", "replication"]).contains("master_link_status:up")
+            });
+            if ready && set.master_port() == Some(set.master.port) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "the Sentinel did not see the master and its replica"
+                "the Sentinel did not see the master and its replicas"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -200,9 +199,10 @@ impl SentinelSet {
         out.lines().nth(1)?.trim().parse().ok()
     }
 
-    /// Waits until the replica has every write the master took (`WAIT`).
-    pub fn replica_caught_up(&self) -> bool {
-        redis_cli(self.master.port, &["WAIT", "1", "5000"]).trim() == "1"
+    /// Whether the Sentinel names one of the replicas the master now.
+    pub fn promoted(&self) -> bool {
+        self.master_port()
+            .is_some_and(|p| self.replicas.iter().any(|r| r.port == p))
     }
 }
 
@@ -210,6 +210,19 @@ impl Drop for SentinelSet {
     fn drop(&mut self) {
         let _ = self.sentinel.kill();
         let _ = self.sentinel.wait();
+    }
+}
+
+/// A server on a free port with `extra` arguments.
+fn server_with(extra: &[String]) -> RedisServer {
+    let port = crate::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = spawn_with(port, dir.path(), false, extra);
+    RedisServer {
+        port,
+        child,
+        dir,
+        durable: false,
     }
 }
 

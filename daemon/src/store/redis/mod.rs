@@ -17,7 +17,7 @@
 //! | `batch.rs` | batches: answered here when they can be, else one pipeline |
 //! | `shaping.rs` | egress pacing and connection slots, for every node |
 
-use super::{Result, Write, decode, encode};
+use super::{Result, StoreError, Write, decode, encode};
 use crate::clock::Clock;
 use crate::queued::{
     Disposition, MessageMeta, MessageStatus, NewMessage, QueueEntry, RecipientStatus,
@@ -76,6 +76,10 @@ pub struct RedisStore {
     reserved: Reservations,
     /// Answers for batches that accept them of bounded age.
     reads: ReadCache,
+    /// Replicas that must have a new message before it is acknowledged,
+    /// and how long to wait for them (ms).
+    wait_replicas: std::sync::atomic::AtomicU32,
+    wait_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl RedisStore {
@@ -121,6 +125,8 @@ impl RedisStore {
             lease_ms: std::sync::atomic::AtomicI64::new(0),
             reserved: Reservations::default(),
             reads: ReadCache::default(),
+            wait_replicas: std::sync::atomic::AtomicU32::new(0),
+            wait_timeout_ms: std::sync::atomic::AtomicU64::new(1000),
             clock,
         });
         let weak = Arc::downgrade(&store);
@@ -181,6 +187,32 @@ impl RedisStore {
 
     pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks that `replicas` Redis replicas have each new message before it
+    /// is acknowledged, waiting at most `timeout`.
+    pub fn set_wait_replicas(&self, replicas: u32, timeout: Duration) {
+        self.wait_replicas.store(replicas, Ordering::Relaxed);
+        self.wait_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Waits until the replicas asked for have what this node wrote
+    /// (`WAIT`); an error when fewer have it in time.
+    pub(super) async fn replicated(&self) -> Result<()> {
+        let wanted = self.wait_replicas.load(Ordering::Relaxed);
+        if wanted == 0 {
+            return Ok(());
+        }
+        let got: i64 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(self.wait_timeout_ms.load(Ordering::Relaxed))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if got < i64::from(wanted) {
+            return Err(StoreError::NotReplicated { wanted, got });
+        }
+        Ok(())
     }
 
     /// Queue entries this node holds leases on now.

@@ -28,7 +28,9 @@ impl RedisStore {
                 .arg(i)
                 .arg(encode(&status));
         }
-        self.invoke_with(&self.enqueue, &inv, also).await
+        self.invoke_with(&self.enqueue, &inv, also).await?;
+        // Acknowledged only once the replicas asked for have it too.
+        self.replicated().await
     }
 
     pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
