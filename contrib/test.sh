@@ -2,7 +2,7 @@
 # Kiln's test suite on a fresh machine, in one command.
 #
 # The end-to-end tests talk to real peers: redis-server (they start their
-# own, on free ports), headless Chromium (the tracking test opens a message
+# own, on free ports; with redis-cli, a Sentinel and its replicas), headless Chromium (the tracking test opens a message
 # in a browser), Debian's rspamd (it scores Kiln's DKIM signatures as a
 # receiver would) and Tencent Cloud's official Python SDK (the API tests).
 # What is missing is installed when this can (Debian's packages as root,
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 need_packages=()
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 command -v rspamd >/dev/null 2>&1 || need_packages+=(rspamd)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
