@@ -2,8 +2,9 @@
 # Kiln's test suite on a fresh machine, in one command.
 #
 # The end-to-end tests talk to real peers: redis-server (they start their
-# own, on free ports; with redis-cli, a Sentinel and its replicas), headless Chromium (the tracking test opens a message
-# in a browser), Debian's rspamd (it scores Kiln's DKIM signatures as a
+# own, on free ports; with redis-cli, a Sentinel and its replicas),
+# headless Chromium (the tracking test opens a message in a browser),
+# Debian's rspamd (it scores Kiln's DKIM signatures as a
 # receiver would) and Tencent Cloud's official Python SDK (the API tests).
 # What is missing is installed when this can (Debian's packages as root,
 # the SDK with pip); otherwise it says exactly what to install, and stops.
