@@ -12,29 +12,47 @@ use kiln_testkit::redis::SentinelSet;
 use kiln_testkit::sink::Sink;
 use std::time::{Duration, Instant};
 
-/// `[store]` on the Sentinel's master, a message acknowledged once
-/// `replicas` replicas have it (at most 1 s of waiting).
-fn sentinel_store(set: &SentinelSet, replicas: u32) -> String {
-    format!(
+/// Kiln on the master a Sentinel names (two replicas), acknowledging a
+/// message once a replica has it (at most 1 s of waiting), relaying to a
+/// sink; the Redis servers, the sink and the DNS server with it.
+struct OnSentinel {
+    set: SentinelSet,
+    sink: Sink,
+    kiln: Kiln,
+    _peers: crate::harness::Peers,
+}
+
+async fn on_sentinel() -> OnSentinel {
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    let mut peers = peers(crate::harness::Backend::Embedded, &sink).await;
+    let opts = &mut peers.opts;
+    crate::store::cluster::relaying_with_short_leases(opts);
+    // The Sentinels win over this (a master that may move).
+    opts.redis_url = Some(set.master.url());
+    opts.store = format!(
         "redis_sentinels = [\"{}\"]\nredis_sentinel_master = \"{}\"\n\
-         redis_wait_replicas = {replicas}\nredis_wait_timeout_ms = 1000\n",
+         redis_wait_replicas = 1\nredis_wait_timeout_ms = 1000\n",
         set.sentinel_url(),
         SentinelSet::MASTER
-    )
+    );
+    let kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &peers.opts));
+    OnSentinel {
+        set,
+        sink,
+        kiln,
+        _peers: peers,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_is_followed_to_its_replica_and_the_queue_survives() {
-    let set = tokio::task::block_in_place(SentinelSet::start);
-    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
-    let p = peers(crate::harness::Backend::Embedded, &sink).await;
-    let mut opts = p.opts;
-    crate::store::cluster::relaying_with_short_leases(&mut opts);
-    // The Sentinels win over this (a master that may move).
-    opts.redis_url = Some(set.master.url());
-    opts.store = sentinel_store(&set, 1);
-    let mut set = set;
-    let mut kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+    let OnSentinel {
+        mut set,
+        sink,
+        mut kiln,
+        _peers,
+    } = on_sentinel().await;
 
     // Delivered through the master the Sentinel names.
     for i in 0..5 {
@@ -103,15 +121,12 @@ async fn a_master_killed_is_followed_to_its_replica_and_the_queue_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_replica_nothing_is_acknowledged_that_a_failover_would_lose() {
-    let set = tokio::task::block_in_place(SentinelSet::start);
-    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
-    let p = peers(crate::harness::Backend::Embedded, &sink).await;
-    let mut opts = p.opts;
-    crate::store::cluster::relaying_with_short_leases(&mut opts);
-    opts.redis_url = Some(set.master.url());
-    opts.store = sentinel_store(&set, 1);
-    let mut set = set;
-    let kiln = tokio::task::block_in_place(|| Kiln::start(binary(), &opts));
+    let OnSentinel {
+        mut set,
+        sink,
+        kiln,
+        _peers,
+    } = on_sentinel().await;
     assert_eq!(
         relay(kiln.smtp, "sink@dest.test", "replicated").await.code,
         250
