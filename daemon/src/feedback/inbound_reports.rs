@@ -308,11 +308,10 @@ async fn try_process(
                 reply: text.clone(),
                 remote_mta: block.remote_mta.clone(),
             };
-            Ok(match ctx.queue.report_returned(returned).await? {
+            Ok(match ctx.queue.report_returned(&status, returned).await? {
                 ReturnedAs::Bounce => "bounce",
                 ReturnedAs::AlreadyBounced => "bounce already known",
                 ReturnedAs::StillQueued => "recipient still queued",
-                ReturnedAs::UnknownMessage => "unknown message",
                 ReturnedAs::UnknownRecipient => "unknown recipient",
             })
         }

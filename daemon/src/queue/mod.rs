@@ -70,9 +70,7 @@ impl QueueHandle {
         let dropped = self.dropped_outcomes(msg, &entries);
         let mut also = Vec::new();
         for outcome in &dropped {
-            if let Some(writes) = self.listener.writes_for(outcome) {
-                also.extend(writes.await);
-            }
+            also.extend(self.writes_for(outcome).await);
         }
         self.store.enqueue(msg, &also).await?;
         // A message held back (e.g. to tomorrow) is read from the store then.

@@ -19,7 +19,7 @@ use super::control::Rule;
 use super::outcome::{Decision, Verdict};
 use crate::policy::decisions::{BounceClass, BounceInfo, Signal};
 use crate::policy::hooks;
-use crate::queued::{Attempt, NewMessage, QueueEntry, RecipientState};
+use crate::queued::{Attempt, MessageStatus, NewMessage, QueueEntry, RecipientState};
 use crate::store::{StoreError, Write};
 use futures::future::BoxFuture;
 
@@ -65,7 +65,6 @@ pub enum ReturnedAs {
     AlreadyBounced,
     /// It is still queued: its next attempt decides.
     StillQueued,
-    UnknownMessage,
     UnknownRecipient,
 }
 
@@ -215,10 +214,7 @@ impl QueueHandle {
             reason,
             at_ms: now,
         };
-        let also = match self.listener.writes_for(&outcome) {
-            Some(writes) => writes.await,
-            None => Vec::new(),
-        };
+        let also = self.writes_for(&outcome).await;
         if self
             .settle(entry, decision, attempt.clone(), &also)
             .await
@@ -239,14 +235,15 @@ impl QueueHandle {
         }
     }
 
-    /// A DSN that came back for a recipient that left the queue: the
-    /// recipient bounces after all, with the event in the same commit. A
-    /// repeated report, or one for a recipient still queued, changes
-    /// nothing.
-    pub async fn report_returned(&self, r: Returned) -> Result<ReturnedAs, StoreError> {
-        let Some(status) = self.store.status(&r.msg_id).await? else {
-            return Ok(ReturnedAs::UnknownMessage);
-        };
+    /// A DSN that came back for a recipient that left the queue (`status`:
+    /// its message's record, as the caller just read it): the recipient
+    /// bounces after all, with the event in the same commit. A repeated
+    /// report, or one for a recipient still queued, changes nothing.
+    pub async fn report_returned(
+        &self,
+        status: &MessageStatus,
+        r: Returned,
+    ) -> Result<ReturnedAs, StoreError> {
         let Some(rcpt) = status.recipients.get(r.rcpt_idx as usize) else {
             return Ok(ReturnedAs::UnknownRecipient);
         };
@@ -317,10 +314,7 @@ impl QueueHandle {
             reason: format!("{} {}", r.status, r.reply).trim().to_string(),
             at_ms: now,
         };
-        let also = match self.listener.writes_for(&outcome) {
-            Some(writes) => writes.await,
-            None => Vec::new(),
-        };
+        let also = self.writes_for(&outcome).await;
         self.store
             .record_status(&r.msg_id, r.rcpt_idx, &updated, &also)
             .await?;
@@ -353,6 +347,14 @@ impl QueueHandle {
                 })
             })
             .collect()
+    }
+
+    /// What the listener must have written with `outcome`.
+    pub(super) async fn writes_for(&self, outcome: &Outcome<'_>) -> Vec<Write> {
+        match self.listener.writes_for(outcome) {
+            Some(writes) => writes.await,
+            None => Vec::new(),
+        }
     }
 
     /// Asks `classify_bounce` about a refusal the MX replied with; its

@@ -132,17 +132,13 @@ async fn every_end_of_a_delivery_is_decided_recorded_then_heard() {
         let store = store.clone();
         async move { store.get(&h.key).await.expect("get").is_some() }
     };
-    let status = |idx: usize| {
+    let recorded_message = || {
         let store = store.clone();
-        async move {
-            store
-                .status("m1")
-                .await
-                .expect("status")
-                .expect("known")
-                .recipients[idx]
-                .clone()
-        }
+        async move { store.status("m1").await.expect("status").expect("known") }
+    };
+    let status = |idx: usize| {
+        let message = recorded_message();
+        async move { message.await.recipients[idx].clone() }
     };
     let now = store.now_ms();
     let lease = Duration::from_secs(60);
@@ -206,7 +202,10 @@ async fn every_end_of_a_delivery_is_decided_recorded_then_heard() {
         remote_mta: "mx.dest.test".into(),
     };
     assert_eq!(
-        queue.report_returned(dsn()).await.expect("dsn"),
+        queue
+            .report_returned(&recorded_message().await, dsn())
+            .await
+            .expect("dsn"),
         ReturnedAs::StillQueued
     );
     assert_eq!(count(), 2, "nothing heard");
@@ -232,7 +231,10 @@ async fn every_end_of_a_delivery_is_decided_recorded_then_heard() {
     // The DSN that comes back after delivery bounces it after all, through
     // `classify_bounce` (the default plugin: 5.1.1 is hard).
     assert_eq!(
-        queue.report_returned(dsn()).await.expect("dsn"),
+        queue
+            .report_returned(&recorded_message().await, dsn())
+            .await
+            .expect("dsn"),
         ReturnedAs::Bounce
     );
     let bounced = heard(3);
@@ -251,7 +253,10 @@ async fn every_end_of_a_delivery_is_decided_recorded_then_heard() {
     assert_eq!((r.state, r.attempts.len()), (RecipientState::Bounced, 3));
     // Told again, it changes nothing.
     assert_eq!(
-        queue.report_returned(dsn()).await.expect("dsn"),
+        queue
+            .report_returned(&recorded_message().await, dsn())
+            .await
+            .expect("dsn"),
         ReturnedAs::AlreadyBounced
     );
     assert_eq!(count(), 4);

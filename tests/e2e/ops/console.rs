@@ -122,14 +122,7 @@ async fn operator_and_account_see_their_own_numbers() {
     let c = browser(&driver).await;
     let mut page = sign_in(&c, &base, &[("token", token.trim())], "operator-sign-in").await;
     // The daily statistics reach the store within a few seconds.
-    for _ in 0..40 {
-        if page.contains(&format!("4 / {quota}")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        c.refresh().await.unwrap();
-        page = c.source().await.unwrap();
-    }
+    page = console_showing(&c, &base, page, &format!("4 / {quota}")).await;
     assert!(
         page.contains("mail.acme.test") && page.contains("mail.other.test"),
         "{page}"
@@ -237,6 +230,19 @@ async fn page_of(c: &Client, base: &str) -> String {
     c.source().await.unwrap()
 }
 
+/// The console page, loaded again until it shows `text` (about ten
+/// seconds at most; then the last one, for the caller's assertions).
+async fn console_showing(c: &Client, base: &str, mut page: String, text: &str) -> String {
+    for _ in 0..40 {
+        if page.contains(text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        page = page_of(c, base).await;
+    }
+    page
+}
+
 /// What the operator needs to see when mail waits or is refused, played
 /// as it was found: a `provider:gmail` suspension shows what it holds (the
 /// queue, the suspensions, the shaping row), a refusal names the message's
@@ -284,13 +290,7 @@ async fn the_operator_sees_what_holds_mail_and_why() {
     let token = e.kiln.admin_token();
     let c = browser(&driver).await;
     let mut page = sign_in(&c, &base, &[("token", token.trim())], "operator-sign-in").await;
-    for _ in 0..40 {
-        if page.contains("6 / ") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        page = page_of(&c, &base).await;
-    }
+    page = console_showing(&c, &base, page, "6 / ").await;
     assert_eq!(e.sink.rcpts_seen("h0@gw.test"), 0, "held");
 
     // The suspension and what it holds.
