@@ -46,6 +46,7 @@ pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Sto
                 match RedisStore::connect_to(
                     &target,
                     &settings.store.redis_prefix,
+                    settings.store.redis_queue_shards,
                     settings.queue.status_retention,
                     clock.clone(),
                 )

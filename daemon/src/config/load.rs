@@ -16,6 +16,7 @@ const LIST_KEYS: &[&str] = &[
     "delivery.require_tls_domains",
     "http.metrics_networks",
     "queue.retry_schedule",
+    "store.redis_cluster",
     "store.redis_sentinels",
     "smtp.literal_networks",
 ];

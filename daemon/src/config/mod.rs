@@ -416,8 +416,15 @@ pub struct StoreSettings {
     pub backend: StoreBackend,
     /// Embedded store file; relative paths are under `server.data_dir`.
     pub path: PathBuf,
-    /// One Redis server (unless `redis_sentinels` is set).
+    /// One Redis server (unless `redis_cluster` or `redis_sentinels` is
+    /// set).
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:7000/`, ...): the
+    /// store is that cluster, its queue sharded over the masters.
+    pub redis_cluster: Vec<String>,
+    /// Queue shards, fixed by the first node that uses the store; 0: one
+    /// on a single Redis or Sentinel's master, 24 on a Redis Cluster.
+    pub redis_queue_shards: u16,
     /// Redis Sentinels (`redis://host:26379/`, ...): the store is the
     /// master they name `redis_sentinel_master`, followed across failovers.
     pub redis_sentinels: Vec<String>,
@@ -437,11 +444,14 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
-    /// The Redis the settings name: the Sentinels' master when
-    /// `redis_sentinels` is set, else `redis_url`.
+    /// The Redis the settings name: the cluster when `redis_cluster` is
+    /// set, the Sentinels' master when `redis_sentinels` is, else
+    /// `redis_url`.
     pub fn redis_target(&self) -> crate::store::redis::RedisTarget {
         use crate::store::redis::RedisTarget;
-        if self.redis_sentinels.is_empty() {
+        if !self.redis_cluster.is_empty() {
+            RedisTarget::Cluster(self.redis_cluster.clone())
+        } else if self.redis_sentinels.is_empty() {
             RedisTarget::Url(self.redis_url.clone())
         } else {
             RedisTarget::Sentinel {
@@ -615,6 +625,8 @@ impl Default for StoreSettings {
             backend: StoreBackend::Embedded,
             path: PathBuf::from("kiln.redb"),
             redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_cluster: Vec::new(),
+            redis_queue_shards: 0,
             redis_sentinels: Vec::new(),
             redis_sentinel_master: String::new(),
             redis_wait_replicas: 0,

@@ -95,11 +95,31 @@ impl Settings {
         };
         if self.store.backend == StoreBackend::Redis
             && self.store.redis_sentinels.is_empty()
+            && self.store.redis_cluster.is_empty()
             && !redis_url(&self.store.redis_url)
         {
             out.push(format!(
                 "store.redis_url: {:?} is not a redis:// URL",
                 self.store.redis_url
+            ));
+        }
+        for (i, s) in self.store.redis_cluster.iter().enumerate() {
+            if !redis_url(s) || s.starts_with("redis+unix://") {
+                out.push(format!(
+                    "store.redis_cluster[{i}]: {s:?} is not a redis:// URL of a cluster node"
+                ));
+            }
+        }
+        if !self.store.redis_cluster.is_empty() && !self.store.redis_sentinels.is_empty() {
+            out.push(
+                "store.redis_cluster, store.redis_sentinels: a store is a Redis Cluster or a master Sentinel names, not both"
+                    .into(),
+            );
+        }
+        if self.store.redis_queue_shards > 1024 {
+            out.push(format!(
+                "store.redis_queue_shards: {} is more than 1024",
+                self.store.redis_queue_shards
             ));
         }
         for (i, s) in self.store.redis_sentinels.iter().enumerate() {

@@ -235,3 +235,123 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }
+
+/// A Redis Cluster of three masters, each with a replica, made by
+/// `redis-cli --cluster create` (slots split in three equal ranges); a
+/// master down after a second (`cluster-node-timeout`), so a failover
+/// takes a few seconds. Killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                server_with(&[
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    // Beside the port, not port + 10000 (past 65535 for a
+                    // high free port).
+                    "--cluster-port".into(),
+                    crate::free_port().to_string(),
+                    "--cluster-node-timeout".into(),
+                    "1000".into(),
+                    "--cluster-replica-validity-factor".into(),
+                    "0".into(),
+                    "--repl-diskless-sync-delay".into(),
+                    "0".into(),
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let made = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (apt-get install redis-tools)");
+        assert!(
+            made.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&made.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.settled() {
+            assert!(Instant::now() < deadline, "the cluster did not settle");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// Every node says the cluster is ok, knows all six, and every
+    /// replica has its first copy.
+    pub fn settled(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            let info = redis_cli(n.port, &["CLUSTER", "INFO"]);
+            let repl = redis_cli(n.port, &["INFO", "replication"]);
+            info.contains("cluster_state:ok")
+                && info.contains("cluster_known_nodes:6")
+                && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+        })
+    }
+
+    /// The seed list Kiln is given: every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The ports of the masters, as a live node sees them now.
+    pub fn masters(&self) -> Vec<u16> {
+        let Some(alive) = self.nodes.iter().find(|n| n.alive()) else {
+            return Vec::new();
+        };
+        redis_cli(alive.port, &["CLUSTER", "NODES"])
+            .lines()
+            .filter(|l| {
+                let flags = l.split(' ').nth(2).unwrap_or("");
+                flags.contains("master") && !flags.contains("fail")
+            })
+            .filter_map(|l| {
+                let addr = l.split(' ').nth(1)?;
+                addr.split(['@', ','])
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// `DBSIZE` of each master now, by port.
+    pub fn keys_per_master(&self) -> Vec<(u16, u64)> {
+        self.masters()
+            .into_iter()
+            .map(|p| (p, redis_cli(p, &["DBSIZE"]).trim().parse().unwrap_or(0)))
+            .collect()
+    }
+
+    pub fn node(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+}
+
+impl RedisServer {
+    /// Whether it answers PING.
+    pub fn alive(&self) -> bool {
+        redis_cli(self.port, &["PING"]).contains("PONG")
+    }
+}
+
+/// `redis-cli -p PORT ARGS...` for tests: its output.
+pub fn redis_cli_at(port: u16, args: &[&str]) -> String {
+    redis_cli(port, args)
+}

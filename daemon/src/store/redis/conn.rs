@@ -1,6 +1,8 @@
 //! How the store reaches Redis: one server, through redis-rs's connection
-//! manager (it reconnects to that server), or the master Redis Sentinel
-//! names, followed across a failover: a command that finds its connection
+//! manager (it reconnects to that server); a Redis Cluster, through
+//! redis-rs's cluster client (it follows `MOVED`/`ASK` and failovers, and
+//! a pipeline is split here by slot, since a cluster runs each on one); or
+//! the master Redis Sentinel names, followed across a failover: a command that finds its connection
 //! gone, or the server a replica now (`READONLY`), asks the Sentinels for
 //! the master again. A command the old server refused (a replica, no
 //! connection) is sent to the new one; one whose answer was lost is not
@@ -8,6 +10,9 @@
 //! its client for now, as with one Redis that went away.
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{
     Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
@@ -15,11 +20,17 @@ use redis::{
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Tries of a command on a Redis Cluster, with waits growing to 2 s: about
+/// 20 s in all, past a failover's detection and election.
+const CLUSTER_RETRIES: u32 = 12;
+
 /// Where the store's Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One server (`store.redis_url`).
     Url(String),
+    /// Seed nodes of a Redis Cluster (`store.redis_cluster`).
+    Cluster(Vec<String>),
     /// The master `master` of the Sentinels at `sentinels`
     /// (`store.redis_sentinels`, `store.redis_sentinel_master`).
     Sentinel {
@@ -34,6 +45,14 @@ impl RedisTarget {
     pub fn describe(&self) -> String {
         match self {
             RedisTarget::Url(url) => crate::store::redacted_url(url),
+            RedisTarget::Cluster(seeds) => format!(
+                "the Redis Cluster of {}",
+                seeds
+                    .iter()
+                    .map(|s| crate::store::redacted_url(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             RedisTarget::Sentinel { sentinels, master } => format!(
                 "master {master:?} of the Sentinels {}",
                 sentinels
@@ -49,6 +68,7 @@ impl RedisTarget {
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(ConnectionManager),
+    Cluster(ClusterConnection),
     Sentinel(Arc<SentinelMaster>),
 }
 
@@ -65,6 +85,19 @@ impl Conn {
                 Ok(Conn::Single(
                     client.get_connection_manager_with_config(config).await?,
                 ))
+            }
+            RedisTarget::Cluster(seeds) => {
+                // A failover takes the cluster `cluster-node-timeout` (15 s
+                // by default) and then some: a command is tried again for
+                // about that long before its caller hears the error.
+                let client = ClusterClientBuilder::new(seeds.clone())
+                    .response_timeout(response_timeout)
+                    .connection_timeout(Duration::from_secs(2))
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(100)
+                    .max_retry_wait(2_000)
+                    .build()?;
+                Ok(Conn::Cluster(client.get_async_connection().await?))
             }
             RedisTarget::Sentinel { sentinels, master } => {
                 let client = SentinelClient::build(
@@ -159,6 +192,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
             Conn::Sentinel(m) => Box::pin(async move {
                 let (generation, mut conn) = m.ready().await?;
                 match conn.req_packed_command(cmd).await {
@@ -183,6 +217,13 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => {
+                if pipeline.is_transaction() {
+                    c.req_packed_commands(pipeline, offset, count)
+                } else {
+                    Box::pin(by_slot(c.clone(), pipeline))
+                }
+            }
             Conn::Sentinel(m) => Box::pin(async move {
                 let (generation, mut conn) = m.ready().await?;
                 match conn.req_packed_commands(pipeline, offset, count).await {
@@ -202,7 +243,118 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Sentinel(_) => 0,
+            Conn::Cluster(_) | Conn::Sentinel(_) => 0,
         }
     }
+}
+
+impl Conn {
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
+    /// `cmd` sent to the master of the slot `key` hashes to (a command
+    /// without a key of its own, such as `WAIT`, that must reach the
+    /// server a write went to); anywhere but a cluster, to the one server.
+    pub(super) async fn to_master_of<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        cmd: Cmd,
+    ) -> RedisResult<T> {
+        match self {
+            Conn::Cluster(c) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                let value = c.clone().route_command(cmd, route).await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+            other => cmd.query_async(&mut other.clone()).await,
+        }
+    }
+}
+
+impl Conn {
+    /// `cmd` sent to the cluster node `host:port`.
+    pub(super) async fn to_node<T: redis::FromRedisValue>(
+        &self,
+        host: &str,
+        port: u16,
+        cmd: Cmd,
+    ) -> RedisResult<T> {
+        match self {
+            Conn::Cluster(c) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_string(),
+                    port,
+                });
+                let value = c.clone().route_command(cmd, route).await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+            other => cmd.query_async(&mut other.clone()).await,
+        }
+    }
+}
+
+/// The cluster slot of `key` (its hash tag's, if it has one).
+pub(super) fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|b| *b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
+}
+
+/// The key a command is routed by: its first argument, or for a script
+/// the first of its keys.
+fn routing_key(cmd: &Cmd) -> Option<Vec<u8>> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?.to_ascii_uppercase();
+    let at = if name == b"EVAL" || name == b"EVALSHA" {
+        (args.get(2)? != b"0").then_some(3)?
+    } else {
+        1
+    };
+    args.get(at).map(|k| k.to_vec())
+}
+
+/// A pipeline (not a transaction) on a Redis Cluster: one sub-pipeline per
+/// slot, sent together; the answers in the pipeline's order.
+async fn by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
+    let mut groups: Vec<(Option<u16>, Pipeline, Vec<usize>)> = Vec::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        let slot = routing_key(cmd).map(|k| slot_of(&k));
+        let at = match groups.iter().position(|(s, ..)| *s == slot) {
+            Some(at) => at,
+            None => {
+                groups.push((slot, redis::pipe(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[at].1.add_command(cmd.clone());
+        groups[at].2.push(i);
+    }
+    let sent = groups.iter().map(|(_, pipe, _)| {
+        let mut conn = conn.clone();
+        async move { conn.req_packed_commands(pipe, 0, pipe.len()).await }
+    });
+    let answers = futures::future::try_join_all(sent).await?;
+    let mut out = vec![Value::Nil; pipeline.len()];
+    for ((_, _, places), values) in groups.iter().zip(answers) {
+        for (at, v) in places.iter().zip(values) {
+            out[*at] = v;
+        }
+    }
+    Ok(out)
 }

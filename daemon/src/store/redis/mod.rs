@@ -1,8 +1,15 @@
 //! Redis store: shared by every node of a cluster.
 //!
-//! Queue keys share one hash tag (`{prefix}`) so every multi-key step is one
-//! server-side script, atomic and one round trip. Redis is one server or
-//! the master Sentinel names (`conn`).
+//! The queue is split into shards, each under its own hash tag, a message
+//! and its recipients' entries in one (chosen from the message id): every
+//! multi-key step is one server-side script on one shard, atomic and one
+//! round trip, and on a Redis Cluster the shards spread over the masters.
+//! A node leases from every shard in turn. One shard (under `{prefix}`) on
+//! one server or Sentinel's master, so a store made before shards keeps
+//! its keys; `DEFAULT_CLUSTER_SHARDS` on a cluster. The count is fixed in
+//! Redis by the first node (`{prefix}:q:shards`). Counters, sets and
+//! shaping keys hash on their own. Redis is one server, a cluster, or the
+//! master Sentinel names (`conn`).
 //! Leases are a sorted set scored by their deadline: a node that dies simply
 //! stops settling, and the next `lease` call of any node moves the expired
 //! entries back to the ready set.
@@ -10,7 +17,7 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the store's parts, its keys, connecting |
-//! | `conn.rs` | one server, or the master Sentinel names, followed across failovers |
+//! | `conn.rs` | one server, a cluster, or the master Sentinel names, followed across failovers |
 //! | `scripts.rs` | the server-side Lua scripts |
 //! | `queue.rs` | messages, queue entries, leases, status records |
 //! | `records.rs` | keys, sets, counters, writes |
@@ -37,6 +44,9 @@ use super::{BatchOp, BatchValue, OpRef, prefixed_into};
 const COUNTER_SWEEP: Duration = Duration::from_millis(250);
 /// How long one command may take to be answered.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queue shards on a Redis Cluster unless `store.redis_queue_shards` says:
+/// as many on each master of 1, 2, 3, 4, 6 or 8.
+pub const DEFAULT_CLUSTER_SHARDS: u16 = 24;
 
 mod batch;
 mod conn;
@@ -55,6 +65,10 @@ pub struct RedisStore {
     clock: Clock,
     conn: conn::Conn,
     prefix: String,
+    /// Each queue shard's hash tag (`{...}`), by shard.
+    shards: Vec<String>,
+    /// The shard the next lease starts at.
+    next_shard: std::sync::atomic::AtomicUsize,
     retention: Duration,
     enqueue: Script,
     lease: Script,
@@ -93,14 +107,24 @@ impl RedisStore {
         retention: Duration,
         clock: Clock,
     ) -> Result<Arc<RedisStore>> {
-        Self::connect_to(&RedisTarget::Url(url.to_string()), prefix, retention, clock).await
+        Self::connect_to(
+            &RedisTarget::Url(url.to_string()),
+            prefix,
+            0,
+            retention,
+            clock,
+        )
+        .await
     }
 
-    /// The store on the Redis `target` names (one server, or a master
-    /// Sentinel names).
+    /// The store on the Redis `target` names (one server, a cluster, or a
+    /// master Sentinel names), its queue in `shards` shards unless Redis
+    /// has a count already (0: one, or `DEFAULT_CLUSTER_SHARDS` on a
+    /// cluster).
     pub async fn connect_to(
         target: &RedisTarget,
         prefix: &str,
+        shards: u16,
         retention: Duration,
         clock: Clock,
     ) -> Result<Arc<RedisStore>> {
@@ -108,8 +132,16 @@ impl RedisStore {
         // every write (`appendfsync always`, as README recommends) on a
         // busy disk: a slow answer is waited for, not taken for an outage.
         let conn = conn::Conn::open(target, RESPONSE_TIMEOUT).await?;
+        let wanted = match shards {
+            0 if conn.is_cluster() => DEFAULT_CLUSTER_SHARDS,
+            0 => 1,
+            n => n,
+        };
+        let count = shard_count(&conn, prefix, wanted).await?;
         let store = Arc::new(RedisStore {
             conn,
+            shards: shard_tags(prefix, count),
+            next_shard: std::sync::atomic::AtomicUsize::new(0),
             prefix: prefix.to_string(),
             retention,
             enqueue: Script::new(ENQUEUE),
@@ -197,18 +229,18 @@ impl RedisStore {
             .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Waits until the replicas asked for have what this node wrote
-    /// (`WAIT`); an error when fewer have it in time.
-    pub(super) async fn replicated(&self) -> Result<()> {
+    /// Waits until the replicas asked for have what this node wrote to the
+    /// server that holds `key` (`WAIT`); an error when fewer have it in
+    /// time.
+    pub(super) async fn replicated(&self, key: &str) -> Result<()> {
         let wanted = self.wait_replicas.load(Ordering::Relaxed);
         if wanted == 0 {
             return Ok(());
         }
-        let got: i64 = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(self.wait_timeout_ms.load(Ordering::Relaxed))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted)
+            .arg(self.wait_timeout_ms.load(Ordering::Relaxed));
+        let got: i64 = self.conn.to_master_of(key, wait).await?;
         if got < i64::from(wanted) {
             return Err(StoreError::NotReplicated { wanted, got });
         }
@@ -221,8 +253,12 @@ impl RedisStore {
     }
 
     /// `INFO server` and `INFO replication`: the version, the role, the
-    /// replicas connected, as (field, value).
+    /// replicas connected, as (field, value); of a cluster, its state and
+    /// each master's slots, replicas and keys.
     pub async fn server_info(&self) -> Result<Vec<(String, String)>> {
+        if self.conn.is_cluster() {
+            return self.cluster_info().await;
+        }
         const FIELDS: &[&str] = &[
             "redis_version",
             "role",
@@ -245,16 +281,88 @@ impl RedisStore {
         Ok(out)
     }
 
-    pub(super) fn q(&self, name: &str) -> String {
-        format!("{{{}}}:q:{name}", self.prefix)
+    async fn cluster_info(&self) -> Result<Vec<(String, String)>> {
+        const FIELDS: &[&str] = &[
+            "cluster_state",
+            "cluster_slots_assigned",
+            "cluster_slots_ok",
+            "cluster_known_nodes",
+            "cluster_size",
+        ];
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut out: Vec<(String, String)> = info
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.trim().split_once(':')?;
+                FIELDS.contains(&k).then(|| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        out.push(("queue_shards".into(), self.shard_count().to_string()));
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let rows: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .filter(|f: &Vec<&str>| f.len() >= 8)
+            .collect();
+        for m in rows.iter().filter(|f| f[2].contains("master")) {
+            let addr = m[1].split(['@', ',']).next().unwrap_or(m[1]);
+            let replicas = rows.iter().filter(|r| r[3] == m[0]).count();
+            let keys = match addr.rsplit_once(':') {
+                Some((host, port)) if !m[2].contains("fail") => {
+                    let port = port.parse().unwrap_or(0);
+                    self.conn
+                        .to_node::<u64>(host, port, redis::cmd("DBSIZE"))
+                        .await
+                        .map_or_else(|e| format!("keys unknown ({e})"), |n| format!("{n} keys"))
+                }
+                _ => "failed".into(),
+            };
+            out.push((
+                format!("master {addr}"),
+                format!(
+                    "slots {}, {replicas} replica(s), {keys}",
+                    if m.len() > 8 {
+                        m[8..].join(" ")
+                    } else {
+                        "none".into()
+                    }
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The queue's shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard a message's keys are in.
+    pub(super) fn shard_of(&self, msg_id: &str) -> usize {
+        crc32fast::hash(msg_id.as_bytes()) as usize % self.shards.len()
+    }
+
+    /// The shard a queue entry (`msg_id/idx`) is in.
+    pub(super) fn shard_of_entry(&self, key: &str) -> usize {
+        self.shard_of(key.rsplit_once('/').map_or(key, |(m, _)| m))
+    }
+
+    pub(super) fn q(&self, shard: usize, name: &str) -> String {
+        format!("{}:q:{name}", self.shards[shard])
     }
 
     pub(super) fn body_key(&self, msg_id: &str) -> String {
-        format!("{{{}}}:body:{msg_id}", self.prefix)
+        format!("{}:body:{msg_id}", self.shards[self.shard_of(msg_id)])
     }
 
     pub(super) fn status_key(&self, msg_id: &str) -> String {
-        format!("{{{}}}:status:{msg_id}", self.prefix)
+        format!("{}:status:{msg_id}", self.shards[self.shard_of(msg_id)])
     }
 
     pub(super) fn kv_key(&self, key: &str) -> String {
@@ -264,4 +372,54 @@ impl RedisStore {
     pub(super) fn set_key(&self, set: &str) -> String {
         format!("{}:set:{set}", self.prefix)
     }
+}
+
+/// The store's shard count: the one in Redis, else `wanted`, written there
+/// for every node after this one.
+async fn shard_count(conn: &conn::Conn, prefix: &str, wanted: u16) -> Result<u16> {
+    let key = format!("{{{prefix}}}:q:shards");
+    let mut conn = conn.clone();
+    let _: bool = conn.set_nx(&key, wanted).await?;
+    let stored: Option<String> = conn.get(&key).await?;
+    let count = stored
+        .as_deref()
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: key.clone(),
+            reason: format!("{stored:?} is not a shard count"),
+        })?;
+    if count != wanted {
+        tracing::warn!(
+            stored = count,
+            asked = wanted,
+            "the queue keeps the shard count it was made with"
+        );
+    }
+    Ok(count)
+}
+
+/// Each shard's hash tag: `{prefix}` alone for one shard (the layout of a
+/// store made before shards); else tags whose slots are the middles of
+/// `count` equal parts of the cluster's 16384, so that masters holding
+/// equal slot ranges (as `redis-cli --cluster create` makes them) hold
+/// equal numbers of shards.
+fn shard_tags(prefix: &str, count: u16) -> Vec<String> {
+    if count <= 1 {
+        return vec![format!("{{{prefix}}}")];
+    }
+    let part = 16384.0 / f64::from(count);
+    (0..count)
+        .map(|shard| {
+            let middle = (f64::from(shard) * part + part / 2.0) as i32;
+            let near = |tag: &str| {
+                (i32::from(conn::slot_of(tag.as_bytes())) - middle).abs() <= (part / 8.0) as i32
+            };
+            (0u32..)
+                .map(|k| format!("{prefix}:q{shard}.{k}"))
+                .find(|t| near(t))
+                .map(|t| format!("{{{t}}}"))
+                .unwrap_or_default()
+        })
+        .collect()
 }

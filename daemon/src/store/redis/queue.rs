@@ -1,14 +1,16 @@
 //! The queue in Redis: messages, queue entries, leases (renewed while an
-//! attempt runs), status records.
+//! attempt runs), status records; each message in its shard, reads of the
+//! whole queue over every shard.
 
 use super::*;
 
 impl RedisStore {
     pub async fn enqueue(&self, msg: &NewMessage, also: &[Write]) -> Result<()> {
+        let shard = self.shard_of(&msg.id);
         let mut inv = self.enqueue.prepare_invoke();
-        inv.key(self.q("ready"))
-            .key(self.q("entries"))
-            .key(self.q("pending"))
+        inv.key(self.q(shard, "ready"))
+            .key(self.q(shard, "entries"))
+            .key(self.q(shard, "pending"))
             .key(self.body_key(&msg.id))
             .key(self.status_key(&msg.id))
             .arg(msg.ready_at_ms)
@@ -30,25 +32,50 @@ impl RedisStore {
         }
         self.invoke_with(&self.enqueue, &inv, also).await?;
         // Acknowledged only once the replicas asked for have it too.
-        self.replicated().await
+        self.replicated(&self.q(shard, "ready")).await
     }
 
+    /// Up to `max` due entries, from the shards in turn: as many shards
+    /// as entries are wanted (all of them at most), starting where the last
+    /// lease stopped, so that every shard is served.
     pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
         let now = self.clock.now_ms();
         self.lease_ms
             .store(lease.as_millis() as i64, Ordering::Relaxed);
-        let rows: Vec<Option<Vec<u8>>> = self
-            .lease
-            .key(self.q("ready"))
-            .key(self.q("leased"))
-            .key(self.q("entries"))
-            .arg(now)
-            .arg(lease.as_millis() as i64)
-            .arg(max)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows.into_iter().flatten() {
+        let n = self.shard_count();
+        let asked = max.clamp(1, n);
+        let first = self.next_shard.fetch_add(asked, Ordering::Relaxed);
+        let rows: Vec<Vec<Option<Vec<u8>>>> = if asked == 1 {
+            vec![self.lease_from(first % n, now, lease, max).await?]
+        } else {
+            let mut pipe = redis::pipe();
+            for i in 0..asked {
+                // `max` shared out, the first shards taking what is left over.
+                let share = max / asked + usize::from(i < max % asked);
+                let shard = (first + i) % n;
+                pipe.cmd("EVALSHA")
+                    .arg(self.lease.get_hash())
+                    .arg(3)
+                    .arg(self.q(shard, "ready"))
+                    .arg(self.q(shard, "leased"))
+                    .arg(self.q(shard, "entries"))
+                    .arg(now)
+                    .arg(lease.as_millis() as i64)
+                    .arg(share);
+            }
+            match pipe.query_async(&mut self.conn.clone()).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // A restarted server: load it (each master, on a
+                    // cluster) through one lease, and ask again next time.
+                    vec![self.lease_from(first % n, now, lease, max).await?]
+                }
+                other => other?,
+            }
+        };
+        let mut out = Vec::new();
+        for row in rows.into_iter().flatten().flatten() {
             match decode::<QueueEntry>("queue entry", &row) {
                 Ok(e) => out.push(e),
                 Err(e) => tracing::error!(error = %e, "skipping corrupt queue entry"),
@@ -58,34 +85,64 @@ impl RedisStore {
         Ok(out)
     }
 
+    async fn lease_from(
+        &self,
+        shard: usize,
+        now: i64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        Ok(self
+            .lease
+            .key(self.q(shard, "ready"))
+            .key(self.q(shard, "leased"))
+            .key(self.q(shard, "entries"))
+            .arg(now)
+            .arg(lease.as_millis() as i64)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// `keys` (entry keys) by the shard they are in.
+    fn by_shard<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Vec<(usize, Vec<&'k str>)> {
+        let mut out: Vec<(usize, Vec<&'k str>)> = Vec::new();
+        for k in keys {
+            let shard = self.shard_of_entry(k);
+            match out.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, v)) => v.push(k),
+                None => out.push((shard, vec![k])),
+            }
+        }
+        out
+    }
+
     pub(super) async fn renew_leases(&self) -> Result<()> {
         let keys: Vec<String> = self.held().iter().cloned().collect();
         let lease_ms = self.lease_ms.load(Ordering::Relaxed);
-        for chunk in keys.chunks(1000) {
-            let mut inv = self.renew.prepare_invoke();
-            inv.key(self.q("leased")).arg(lease_ms);
-            for k in chunk {
-                inv.arg(k);
+        for (shard, keys) in self.by_shard(keys.iter().map(String::as_str)) {
+            for chunk in keys.chunks(1000) {
+                let mut inv = self.renew.prepare_invoke();
+                inv.key(self.q(shard, "leased")).arg(lease_ms);
+                for k in chunk {
+                    inv.arg(*k);
+                }
+                let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
             }
-            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         }
         Ok(())
     }
 
     pub async fn next_ready_ms(&self) -> Result<Option<i64>> {
-        let first: Vec<(String, f64)> = self
-            .conn
-            .clone()
-            .zrange_withscores(self.q("ready"), 0, 0)
-            .await?;
-        let leased: Vec<(String, f64)> = self
-            .conn
-            .clone()
-            .zrange_withscores(self.q("leased"), 0, 0)
-            .await?;
+        let mut pipe = redis::pipe();
+        for shard in 0..self.shard_count() {
+            pipe.zrange_withscores(self.q(shard, "ready"), 0, 0)
+                .zrange_withscores(self.q(shard, "leased"), 0, 0);
+        }
+        let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn.clone()).await?;
         // A lease's end is on Redis's clock, near enough to this node's to
         // say when to look again.
-        Ok(first.into_iter().chain(leased).map(|(_, s)| s as i64).min())
+        Ok(firsts.into_iter().flatten().map(|(_, s)| s as i64).min())
     }
 
     pub async fn body(&self, msg_id: &str) -> Result<Option<Arc<[u8]>>> {
@@ -103,11 +160,12 @@ impl RedisStore {
             Disposition::Final(s) => (Vec::new(), 0, s),
             Disposition::Retry(next, s) => (encode(next), next.ready_at_ms, s),
         };
+        let shard = self.shard_of(&entry.msg_id);
         let mut inv = self.settle.prepare_invoke();
-        inv.key(self.q("leased"))
-            .key(self.q("ready"))
-            .key(self.q("entries"))
-            .key(self.q("pending"))
+        inv.key(self.q(shard, "leased"))
+            .key(self.q(shard, "ready"))
+            .key(self.q(shard, "entries"))
+            .key(self.q(shard, "pending"))
             .key(self.body_key(&entry.msg_id))
             .key(self.status_key(&entry.msg_id))
             .arg(entry.key())
@@ -125,14 +183,20 @@ impl RedisStore {
     /// `inv` of `script` with `also` in one MULTI (`also` empty: the script
     /// alone). The script may be missing (a restarted server): then the
     /// rest ran without it, and all of it runs again, which the writes
-    /// allow (they set, they do not add up).
+    /// allow (they set, they do not add up). On a cluster, where one MULTI
+    /// cannot span slots, `also` is written first, then the script runs:
+    /// a node that dies between leaves `also` done and the step to do again
+    /// (an event filed twice, never one lost).
     async fn invoke_with(
         &self,
         script: &redis::Script,
         inv: &redis::ScriptInvocation<'_>,
         also: &[Write],
     ) -> Result<()> {
-        if also.is_empty() {
+        if also.is_empty() || self.conn.is_cluster() {
+            if !also.is_empty() {
+                self.write(also).await?;
+            }
             let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
             return Ok(());
         }
@@ -164,6 +228,16 @@ impl RedisStore {
         status: &RecipientStatus,
         also: &[Write],
     ) -> Result<()> {
+        if self.conn.is_cluster() {
+            // One MULTI cannot span slots: `also` first (see `invoke_with`).
+            self.write(also).await?;
+            let _: () = self
+                .conn
+                .clone()
+                .hset(self.status_key(msg_id), idx, encode(status))
+                .await?;
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset(self.status_key(msg_id), idx, encode(status))
@@ -192,12 +266,21 @@ impl RedisStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut inv = self.release.prepare_invoke();
-        inv.key(self.q("leased")).key(self.q("ready"));
+        let mut shards: Vec<Vec<&QueueEntry>> = vec![Vec::new(); self.shard_count()];
         for e in entries {
-            inv.arg(e.key()).arg(at(e));
+            shards[self.shard_of(&e.msg_id)].push(e);
         }
-        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        for (shard, entries) in shards.iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let mut inv = self.release.prepare_invoke();
+            inv.key(self.q(shard, "leased")).key(self.q(shard, "ready"));
+            for e in entries {
+                inv.arg(e.key()).arg(at(e));
+            }
+            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        }
         let mut held = self.held();
         for e in entries {
             held.remove(&e.key());
@@ -226,17 +309,24 @@ impl RedisStore {
 
     pub async fn queue_counts(&self) -> Result<crate::store::QueueCounts> {
         let now = self.clock.now_ms();
-        let (due, waiting, leased): (u64, u64, u64) = redis::pipe()
-            .zcount(self.q("ready"), "-inf", now)
-            .zcount(self.q("ready"), format!("({now}"), "+inf")
-            .zcard(self.q("leased"))
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(crate::store::QueueCounts {
-            due,
-            waiting,
-            leased,
-        })
+        let mut pipe = redis::pipe();
+        for shard in 0..self.shard_count() {
+            pipe.zcount(self.q(shard, "ready"), "-inf", now)
+                .zcount(self.q(shard, "ready"), format!("({now}"), "+inf")
+                .zcard(self.q(shard, "leased"));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut total = crate::store::QueueCounts {
+            due: 0,
+            waiting: 0,
+            leased: 0,
+        };
+        for c in counts.chunks(3) {
+            total.due += c[0];
+            total.waiting += c.get(1).copied().unwrap_or(0);
+            total.leased += c.get(2).copied().unwrap_or(0);
+        }
+        Ok(total)
     }
 
     pub async fn scan_queue(
@@ -245,9 +335,21 @@ impl RedisStore {
         limit: usize,
     ) -> Result<crate::store::QueuePage> {
         use crate::store::EntryState;
-        let start: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+        // The cursor is `shard:HSCAN cursor`; one from before shards is
+        // shard 0's.
+        let (shard, start): (usize, u64) = match cursor.map(|c| c.split_once(':')) {
+            Some(Some((s, c))) => (s.parse().unwrap_or(0), c.parse().unwrap_or(0)),
+            Some(None) => (0, cursor.and_then(|c| c.parse().ok()).unwrap_or(0)),
+            None => (0, 0),
+        };
+        if shard >= self.shard_count() {
+            return Ok(crate::store::QueuePage {
+                entries: Vec::new(),
+                next: None,
+            });
+        }
         let (next, rows): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
-            .arg(self.q("entries"))
+            .arg(self.q(shard, "entries"))
             .arg(start)
             .arg("COUNT")
             .arg(limit.max(1))
@@ -255,8 +357,8 @@ impl RedisStore {
             .await?;
         let mut pipe = redis::pipe();
         for (key, _) in &rows {
-            pipe.zscore(self.q("ready"), key)
-                .zscore(self.q("leased"), key);
+            pipe.zscore(self.q(shard, "ready"), key)
+                .zscore(self.q(shard, "leased"), key);
         }
         let scores: Vec<Option<f64>> = if rows.is_empty() {
             Vec::new()
@@ -286,30 +388,42 @@ impl RedisStore {
                 state,
             ));
         }
-        Ok(crate::store::QueuePage {
-            entries,
-            next: (next != 0).then(|| next.to_string()),
-        })
+        let next = if next != 0 {
+            Some(format!("{shard}:{next}"))
+        } else {
+            (shard + 1 < self.shard_count()).then(|| format!("{}:0", shard + 1))
+        };
+        Ok(crate::store::QueuePage { entries, next })
     }
 
     pub async fn make_due(&self, keys: &[String]) -> Result<usize> {
         let now = self.clock.now_ms();
         let mut made = 0;
-        for chunk in keys.chunks(500) {
-            // XX: only entries waiting in `ready` (a leased one is not
-            // there); LT: never later than it was.
-            let mut cmd = redis::cmd("ZADD");
-            cmd.arg(self.q("ready")).arg("XX").arg("LT").arg("CH");
-            for k in chunk {
-                cmd.arg(now).arg(k);
+        for (shard, keys) in self.by_shard(keys.iter().map(String::as_str)) {
+            for chunk in keys.chunks(500) {
+                // XX: only entries waiting in `ready` (a leased one is not
+                // there); LT: never later than it was.
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(self.q(shard, "ready"))
+                    .arg("XX")
+                    .arg("LT")
+                    .arg("CH");
+                for k in chunk {
+                    cmd.arg(now).arg(*k);
+                }
+                let changed: usize = cmd.query_async(&mut self.conn.clone()).await?;
+                made += changed;
             }
-            let changed: usize = cmd.query_async(&mut self.conn.clone()).await?;
-            made += changed;
         }
         Ok(made)
     }
 
     pub async fn queue_len(&self) -> Result<u64> {
-        Ok(self.conn.clone().hlen(self.q("entries")).await?)
+        let mut pipe = redis::pipe();
+        for shard in 0..self.shard_count() {
+            pipe.hlen(self.q(shard, "entries"));
+        }
+        let lens: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(lens.iter().sum())
     }
 }

@@ -3,9 +3,16 @@
 use super::*;
 
 impl RedisStore {
+    /// `writes` in one MULTI; on a cluster, where one cannot span slots,
+    /// each key's write is atomic on its own.
     pub async fn write(&self, writes: &[Write]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        if !self.conn.is_cluster() {
+            pipe.atomic();
+        }
         self.add_writes(&mut pipe, writes);
         let done: redis::RedisResult<()> = pipe.query_async(&mut self.conn.clone()).await;
         self.forget_writes(writes);

@@ -292,3 +292,223 @@ async fn pacing_and_slots_are_shared_by_the_nodes() {
     a.slot_give("c", "a1").await.expect("give");
     assert!(b.slot_take("c", "b2", 2).await.expect("take"));
 }
+
+fn message(id: &str, recipients: usize) -> NewMessage {
+    let now = crate::clock::system_now_ms();
+    NewMessage {
+        id: id.into(),
+        account: "acme".into(),
+        sender: "news@acme.test".into(),
+        recipients: (0..recipients).map(|i| format!("r{i}@dest.test")).collect(),
+        dropped: Default::default(),
+        body: Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
+        received_at_ms: now,
+        ready_at_ms: now,
+        require_tls: false,
+        source_ip: None,
+        pool: String::new(),
+        template_id: String::new(),
+        task_id: String::new(),
+        story: Vec::new(),
+    }
+}
+
+/// Equal parts of the slots get equal numbers of shards: as many shards on
+/// each master of a cluster whose masters hold equal ranges. One shard is
+/// the layout of a store made before shards (`{prefix}`).
+#[test]
+fn shard_tags_spread_evenly_over_the_slots() {
+    assert_eq!(shard_tags("kiln", 1), vec!["{kiln}".to_string()]);
+    let tags = shard_tags("kiln", DEFAULT_CLUSTER_SHARDS);
+    assert_eq!(tags.len(), 24);
+    for masters in [2u16, 3, 4, 6] {
+        let mut per = vec![0; masters as usize];
+        for t in &tags {
+            let slot = conn::slot_of(t.as_bytes());
+            // As `redis-cli --cluster create` splits the slots.
+            per[(u32::from(slot) * u32::from(masters) / 16384) as usize] += 1;
+        }
+        assert!(
+            per.iter().all(|n| *n == 24 / masters),
+            "{masters} masters: {per:?}"
+        );
+    }
+    // The tags are what Redis hashes: `{...}` first in every key.
+    assert!(
+        tags.iter()
+            .all(|t| t.starts_with("{kiln:q") && t.ends_with('}'))
+    );
+    assert_eq!(
+        conn::slot_of(b"{user1000}.following"),
+        conn::slot_of(b"{user1000}.followers")
+    );
+    // Redis's own example: "123456789" is slot 12739.
+    assert_eq!(conn::slot_of(b"123456789"), 12739);
+}
+
+/// A store made before shards, and any on one Redis, keeps its queue under
+/// `{prefix}`: nothing to migrate.
+#[tokio::test]
+async fn one_redis_keeps_the_queue_under_one_tag() {
+    let redis = RedisServer::start();
+    let store = node(&redis).await;
+    assert_eq!(store.shard_count(), 1);
+    store
+        .enqueue(&message("m1", 2), &[])
+        .await
+        .expect("enqueue");
+    let url = redis.url();
+    let mut c = redis::Client::open(url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let ready: u64 = c.zcard("{t}:q:ready").await.expect("zcard");
+    assert_eq!(ready, 2);
+    let shards: String = c.get("{t}:q:shards").await.expect("get");
+    assert_eq!(shards, "1");
+}
+
+/// On a Redis Cluster of three masters: the queue spreads over them, every
+/// step works with its keys in many slots (a message's entries and status
+/// in its shard, counters and sets elsewhere), and reads of the whole
+/// queue see every shard.
+#[tokio::test]
+async fn the_queue_spreads_over_a_clusters_masters() {
+    let cluster = kiln_testkit::redis::RedisCluster::start();
+    let target = RedisTarget::Cluster(cluster.urls());
+    let connect = || {
+        RedisStore::connect_to(
+            &target,
+            "kiln",
+            0,
+            Duration::from_secs(600),
+            Clock::system(),
+        )
+    };
+    let (a, b) = (connect().await.expect("a"), connect().await.expect("b"));
+    assert_eq!(a.shard_count(), 24);
+    // Every message waits for a replica of its master.
+    a.set_wait_replicas(1, Duration::from_secs(5));
+    let messages = 600;
+    for i in 0..messages {
+        let also = [
+            Write::Put {
+                key: format!("job:{i}"),
+                value: b"j".to_vec(),
+                ttl: None,
+            },
+            Write::SetAdd {
+                set: "bucket".into(),
+                member: format!("job:{i}"),
+                ttl: None,
+            },
+        ];
+        a.enqueue(&message(&format!("m{i}"), 2), &also)
+            .await
+            .expect("enqueue");
+    }
+    assert_eq!(b.queue_len().await.expect("len"), 2 * messages);
+    let counts = b.queue_counts().await.expect("counts");
+    assert_eq!((counts.due, counts.leased), (2 * messages, 0));
+    assert_eq!(
+        b.set_members("bucket").await.expect("members").len(),
+        messages as usize
+    );
+    // Keys per master within 25 % of each other.
+    let keys = cluster.keys_per_master();
+    assert_eq!(keys.len(), 3);
+    let (least, most) = (
+        keys.iter().map(|(_, n)| *n).min().unwrap_or(0),
+        keys.iter().map(|(_, n)| *n).max().unwrap_or(0),
+    );
+    assert!(
+        most as f64 <= least as f64 * 1.25,
+        "keys per master: {keys:?}"
+    );
+    // The console's pages walk every shard.
+    let (mut seen, mut cursor) = (0, None);
+    loop {
+        let page = b.scan_queue(cursor.as_deref(), 100).await.expect("scan");
+        seen += page.entries.len();
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 2 * messages as usize);
+    // Two nodes lease everything between them, each entry once, every
+    // shard served.
+    let lease = Duration::from_secs(60);
+    let mut leased = HashSet::new();
+    let mut shards = HashSet::new();
+    for round in 0..1000 {
+        let node = if round % 2 == 0 { &a } else { &b };
+        for e in node.lease(7, lease).await.expect("lease") {
+            shards.insert(node.shard_of(&e.msg_id));
+            assert!(leased.insert(e.key()), "{} leased twice", e.key());
+            let status = crate::queued::RecipientStatus {
+                recipient: e.recipient.clone(),
+                state: crate::queued::RecipientState::Delivered,
+                updated_at_ms: 0,
+                next_attempt_at_ms: None,
+                attempts: Vec::new(),
+                reason: None,
+            };
+            let done = [Write::Put {
+                key: format!("event:{}", e.key()),
+                value: b"e".to_vec(),
+                ttl: None,
+            }];
+            node.settle(&e, Disposition::Final(status), &done)
+                .await
+                .expect("settle");
+        }
+        if leased.len() == 2 * messages as usize {
+            break;
+        }
+    }
+    assert_eq!(leased.len(), 2 * messages as usize);
+    assert_eq!(shards.len(), 24);
+    assert_eq!(a.queue_len().await.expect("len"), 0);
+    assert_eq!(a.next_ready_ms().await.expect("next"), None);
+    assert_eq!(
+        a.get("event:m599/1").await.expect("get"),
+        Some(b"e".to_vec())
+    );
+    // A message delivered to all its recipients leaves its body behind no
+    // more; its status stays.
+    assert_eq!(a.body("m7").await.expect("body"), None);
+    assert_eq!(
+        a.status("m7")
+            .await
+            .expect("status")
+            .map(|s| s.recipients.len()),
+        Some(2)
+    );
+    // A batch over many slots, answered in its order.
+    let ops: Vec<BatchOp> = (0..20)
+        .map(|i| BatchOp::Incr(format!("c{i}"), i, Duration::from_secs(60)))
+        .chain((0..20).map(|i| BatchOp::Get(format!("c{i}"))))
+        .collect();
+    let got = a.batch(&ops, Duration::ZERO).await.expect("batch");
+    for i in 0..20 {
+        assert_eq!(got[i as usize], BatchValue::Int(i));
+        assert_eq!(
+            got[20 + i as usize],
+            BatchValue::Bytes(Some(i.to_string().into_bytes()))
+        );
+    }
+    let info = a.server_info().await.expect("info");
+    assert!(
+        info.contains(&("cluster_state".into(), "ok".into())),
+        "{info:?}"
+    );
+    assert_eq!(
+        info.iter()
+            .filter(|(k, _)| k.starts_with("master "))
+            .count(),
+        3,
+        "{info:?}"
+    );
+}
