@@ -102,6 +102,7 @@ async fn a_hand_written_config_and_a_deploy_scripts_environment() {
         sink,
         kiln,
         redis: None,
+        shared: Default::default(),
         dir,
     };
     // The DNS checks of a sender domain work: the lookups had time.

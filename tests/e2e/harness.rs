@@ -3,7 +3,7 @@
 use kiln_testkit::client::SmtpClient;
 use kiln_testkit::dns::DnsServer;
 use kiln_testkit::process::{Kiln, KilnOptions};
-use kiln_testkit::redis::RedisServer;
+use kiln_testkit::redis::{RedisCluster, RedisServer, SentinelSet};
 use kiln_testkit::sink::Sink;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -13,16 +13,93 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Embedded,
+    /// One redis-server.
     Redis,
+    /// A Redis Cluster of three masters, each with a replica.
+    RedisCluster,
+    /// The master a Sentinel names, with two replicas.
+    Sentinel,
+}
+
+impl Backend {
+    /// Whether nodes share it (all but the embedded store).
+    pub fn shared(self) -> bool {
+        self != Backend::Embedded
+    }
 }
 
 pub const BOTH: [Backend; 2] = [Backend::Embedded, Backend::Redis];
+
+/// Every way nodes share a store: the suites of what nodes share (the
+/// queue, takeover, shaping, queue control, callbacks) run on each.
+pub const SHARED: [Backend; 3] = [Backend::Redis, Backend::RedisCluster, Backend::Sentinel];
+
+/// The embedded store and every shared one.
+pub const ALL: [Backend; 4] = [
+    Backend::Embedded,
+    Backend::Redis,
+    Backend::RedisCluster,
+    Backend::Sentinel,
+];
+
+/// The Redis a shared store runs on, kept alive with the test.
+#[derive(Default)]
+pub struct SharedRedis {
+    pub cluster: Option<RedisCluster>,
+    pub sentinel: Option<SentinelSet>,
+}
+
+impl SharedRedis {
+    /// Starts what `backend` needs; the single server goes to `redis`.
+    fn start(backend: Backend) -> (Option<RedisServer>, SharedRedis) {
+        tokio::task::block_in_place(|| match backend {
+            Backend::Embedded => (None, SharedRedis::default()),
+            Backend::Redis => (Some(RedisServer::start()), SharedRedis::default()),
+            Backend::RedisCluster => (
+                None,
+                SharedRedis {
+                    cluster: Some(RedisCluster::start()),
+                    sentinel: None,
+                },
+            ),
+            Backend::Sentinel => (
+                None,
+                SharedRedis {
+                    cluster: None,
+                    sentinel: Some(SentinelSet::start()),
+                },
+            ),
+        })
+    }
+
+    /// Points `opts` at the store (`redis` for a single server).
+    pub fn configure(&self, redis: Option<&RedisServer>, opts: &mut KilnOptions) {
+        if let Some(r) = redis {
+            opts.redis_url = Some(r.url());
+        }
+        if let Some(c) = &self.cluster {
+            opts.redis_url = Some(c.nodes[0].url());
+            let seeds: Vec<String> = c.urls().iter().map(|u| format!("\"{u}\"")).collect();
+            opts.store
+                .push_str(&format!("redis_cluster = [{}]\n", seeds.join(", ")));
+        }
+        if let Some(s) = &self.sentinel {
+            opts.redis_url = Some(s.master.url());
+            opts.store.push_str(&format!(
+                "redis_sentinels = [\"{}\"]\nredis_sentinel_master = \"{}\"\n",
+                s.sentinel_url(),
+                SentinelSet::MASTER
+            ));
+        }
+    }
+}
 
 pub struct Env {
     pub dns: DnsServer,
     pub sink: Sink,
     pub kiln: Kiln,
     pub redis: Option<RedisServer>,
+    pub shared: SharedRedis,
     pub dir: tempfile::TempDir,
 }
 
@@ -42,6 +119,7 @@ pub async fn env(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Env 
 pub struct Peers {
     pub dns: DnsServer,
     pub redis: Option<RedisServer>,
+    pub shared: SharedRedis,
     pub dir: tempfile::TempDir,
     pub opts: KilnOptions,
 }
@@ -50,17 +128,18 @@ pub async fn peers(backend: Backend, sink: &Sink) -> Peers {
     let dns = DnsServer::start().await;
     dns.add_mx("dest.test", 10, "mx.dest.test");
     dns.add_ip("mx.dest.test", "127.0.0.1".parse().unwrap());
-    let redis = (backend == Backend::Redis).then(RedisServer::start);
+    let (redis, shared) = SharedRedis::start(backend);
     let dir = tempfile::tempdir().unwrap();
     let mut opts = KilnOptions::new(
         &dir.path().join("data"),
         &dns.nameserver(),
         sink.addr.port(),
     );
-    opts.redis_url = redis.as_ref().map(|r| r.url());
+    shared.configure(redis.as_ref(), &mut opts);
     Peers {
         dns,
         redis,
+        shared,
         dir,
         opts,
     }
@@ -76,6 +155,7 @@ pub async fn env_with_sink(
     let Peers {
         dns,
         redis,
+        shared,
         dir,
         mut opts,
     } = peers(backend, &sink).await;
@@ -86,6 +166,7 @@ pub async fn env_with_sink(
         sink,
         kiln,
         redis,
+        shared,
         dir,
     }
 }
@@ -97,7 +178,7 @@ pub fn second_node(e: &Env, tweak: impl FnOnce(&mut KilnOptions)) -> Kiln {
         &e.dns.nameserver(),
         e.sink.addr.port(),
     );
-    opts.redis_url = e.redis.as_ref().map(|r| r.url());
+    e.shared.configure(e.redis.as_ref(), &mut opts);
     opts.node_id = "node-b".into();
     tweak(&mut opts);
     tokio::task::block_in_place(|| Kiln::start(binary(), &opts))

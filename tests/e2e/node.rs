@@ -31,6 +31,7 @@ pub struct Node {
     pub dns: DnsServer,
     // Held for the node's lifetime: its Redis, its data.
     _redis: Option<RedisServer>,
+    _shared: crate::harness::SharedRedis,
     _dir: tempfile::TempDir,
 }
 
@@ -43,6 +44,7 @@ pub async fn node(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Nod
         redis,
         dir,
         mut opts,
+        shared,
     } = peers(backend, &sink).await;
     tweak(&mut opts);
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -62,6 +64,7 @@ pub async fn node(backend: Backend, tweak: impl FnOnce(&mut KilnOptions)) -> Nod
         sink,
         dns,
         _redis: redis,
+        _shared: shared,
         _dir: dir,
     }
 }

@@ -169,6 +169,8 @@ async fn limits_hold_at_every_receiver() {
         (Backend::Embedded, 1),
         (Backend::Redis, 1),
         (Backend::Redis, 2),
+        (Backend::RedisCluster, 2),
+        (Backend::Sentinel, 2),
     ] {
         let what = format!("{backend:?}, {nodes} node(s)");
         let setup = |o: &mut kiln_testkit::process::KilnOptions| {

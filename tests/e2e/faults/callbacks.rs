@@ -3,7 +3,7 @@
 //! once the receiver answers again every event arrives, once.
 
 use crate::clients::{Creds, Sdk, ready_to_send, send_params};
-use crate::harness::{BOTH, env};
+use crate::harness::env;
 use kiln_testkit::webhook::Webhook;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ async fn batch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_or_slow_callback_receiver_does_not_slow_delivery() {
     const N: usize = 100;
-    for backend in BOTH {
+    for backend in crate::harness::ALL {
         let hook = Webhook::start().await;
         let e = env(backend, |o| {
             o.callbacks.push_str("retry_base_ms = 200\ntimeout = 20\n")

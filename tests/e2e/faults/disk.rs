@@ -93,6 +93,7 @@ async fn on_a_small_disk() -> (Env, SmallDisk) {
         sink,
         kiln,
         redis: None,
+        shared: Default::default(),
         dir: p.dir,
     };
     (e, disk)

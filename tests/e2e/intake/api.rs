@@ -5,7 +5,7 @@
 //! refusal naming its field, request signatures.
 
 use crate::clients::*;
-use crate::harness::{BOTH, Backend, env};
+use crate::harness::{Backend, env};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_flow_from_domain_to_delivery_and_the_blocklist() {
-    for backend in BOTH {
+    for backend in crate::harness::ALL {
         let e = env(backend, |_| {}).await;
         let mut sdk = Sdk::start(e.kiln.http).await;
         let acme = create_account(&e, "acme");

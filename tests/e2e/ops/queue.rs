@@ -4,7 +4,7 @@
 //! and callback each.
 
 use crate::clients::{ready_to_send, send_params};
-use crate::harness::{BOTH, Backend, env, queued_id, second_node, submit_session};
+use crate::harness::{BOTH, env, queued_id, second_node, submit_session};
 use kiln_testkit::client::message;
 use kiln_testkit::process::Kiln;
 use kiln_testkit::webhook::Webhook;
@@ -45,10 +45,10 @@ fn held_seen(sink: &kiln_testkit::sink::Sink) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_domain_waits_on_every_node_and_across_a_restart() {
-    for backend in BOTH {
+    for backend in crate::harness::ALL {
         let mut e = env(backend, |_| {}).await;
         e.dns.add_mx("held.test", 10, "mx.dest.test");
-        let b = (backend == Backend::Redis).then(|| second_node(&e, |_| {}));
+        let b = backend.shared().then(|| second_node(&e, |_| {}));
         let r = run(&e.kiln, &["queue", "suspend", "domain:held.test"]);
         assert_eq!(r["rule"]["select"]["value"], "held.test", "{r}");
         // The other node reads the rule within a second: its summary

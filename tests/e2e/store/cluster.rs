@@ -1,4 +1,5 @@
-//! Two nodes on one Redis share one queue.
+//! Two nodes on one shared store share one queue: one Redis, a Redis
+//! Cluster, the master a Sentinel names.
 
 use crate::harness::{Backend, env, second_node};
 use crate::store::durability::{inject, subjects};
@@ -15,9 +16,23 @@ pub fn relaying_with_short_leases(o: &mut KilnOptions) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
+async fn two_nodes_share_the_queue_and_take_over_a_dead_node_on_one_redis() {
+    two_nodes_share_the_queue_and_take_over_a_dead_node(Backend::Redis).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_queue_and_take_over_a_dead_node_on_a_redis_cluster() {
+    two_nodes_share_the_queue_and_take_over_a_dead_node(Backend::RedisCluster).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_queue_and_take_over_a_dead_node_on_sentinel() {
+    two_nodes_share_the_queue_and_take_over_a_dead_node(Backend::Sentinel).await
+}
+
+async fn two_nodes_share_the_queue_and_take_over_a_dead_node(backend: Backend) {
     let setup = relaying_with_short_leases;
-    let e = env(Backend::Redis, setup).await;
+    let e = env(backend, setup).await;
     let mut b = second_node(&e, setup);
 
     // 1,000 messages split over both nodes: each delivered exactly once.
@@ -69,11 +84,17 @@ async fn two_nodes_share_the_queue_and_take_over_a_dead_node() {
 /// the entry over and deliver it a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_attempt_keeps_its_lease() {
+    for backend in crate::harness::SHARED {
+        a_long_attempt_keeps_its_lease_on(backend).await;
+    }
+}
+
+async fn a_long_attempt_keeps_its_lease_on(backend: Backend) {
     let setup = |o: &mut KilnOptions| {
         o.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
         o.lease_time_secs = 2;
     };
-    let e = env(Backend::Redis, setup).await;
+    let e = env(backend, setup).await;
     let _b = second_node(&e, setup);
 
     // The receiver takes three leases' time to answer RCPT. Had the lease
