@@ -7,4 +7,5 @@ mod disk;
 mod dns;
 mod node;
 mod redis;
+mod redis_cluster;
 mod sentinel;

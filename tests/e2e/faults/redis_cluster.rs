@@ -1,0 +1,151 @@
+//! Kiln on a Redis Cluster of three masters, each with a replica, a
+//! message acknowledged only once its master's replica has it
+//! (`store.redis_wait_replicas = 1`): a master `kill -9`ed while two Kiln
+//! nodes take mail and deliver. Its replica is promoted; mail whose shard
+//! was on it waits (or is refused for now) until then, the rest flows on;
+//! nothing acknowledged is lost, copies delivered twice are few and
+//! counted. docs/reliability.md has the figures.
+
+use crate::harness::{Backend, binary, peers, relay, wait_until};
+use crate::store::durability::{received_all, subjects};
+use kiln_testkit::process::{Kiln, KilnOptions};
+use kiln_testkit::sink::Sink;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What one sender saw: subjects acknowledged, refusals for now, and the
+/// longest it waited for a 250 from the kill on.
+#[derive(Default)]
+struct Sent {
+    acked: Vec<String>,
+    refused: usize,
+    longest_wait: Duration,
+}
+
+/// Sends one message after another to `smtp` until `stop`, each with a
+/// subject of its own.
+async fn keep_sending(
+    smtp: std::net::SocketAddr,
+    name: &'static str,
+    stop: Arc<Mutex<bool>>,
+    killed: Arc<Mutex<Option<Instant>>>,
+) -> Sent {
+    let mut sent = Sent::default();
+    let mut waiting_since = Instant::now();
+    for i in 0.. {
+        if *stop.lock().unwrap() {
+            break;
+        }
+        let subject = format!("{name}-{i}");
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            relay(smtp, "sink@dest.test", &subject),
+        )
+        .await;
+        match r {
+            Ok(r) if r.code == 250 => {
+                if killed.lock().unwrap().is_some() {
+                    sent.longest_wait = sent.longest_wait.max(waiting_since.elapsed());
+                }
+                sent.acked.push(subject);
+                waiting_since = Instant::now();
+            }
+            Ok(r) => {
+                assert_eq!(r.code / 100, 4, "refused for good: {r:?}");
+                sent.refused += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => panic!("{name}: no answer in a minute"),
+        }
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_loses_nothing_acknowledged() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    let mut p = peers(Backend::RedisCluster, &sink).await;
+    let tune = |o: &mut KilnOptions| {
+        crate::store::cluster::relaying_with_short_leases(o);
+        o.store
+            .push_str("redis_wait_replicas = 1\nredis_wait_timeout_ms = 2000\n");
+    };
+    tune(&mut p.opts);
+    let mut a = tokio::task::block_in_place(|| Kiln::start(binary(), &p.opts));
+    let mut opts_b = KilnOptions::new(
+        &p.dir.path().join("node-b"),
+        &p.dns.nameserver(),
+        sink.addr.port(),
+    );
+    p.shared.configure(None, &mut opts_b);
+    tune(&mut opts_b);
+    opts_b.node_id = "node-b".into();
+    let mut b = tokio::task::block_in_place(|| Kiln::start(binary(), &opts_b));
+
+    let stop = Arc::new(Mutex::new(false));
+    let killed: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let senders = [
+        tokio::spawn(keep_sending(a.smtp, "a", stop.clone(), killed.clone())),
+        tokio::spawn(keep_sending(b.smtp, "b", stop.clone(), killed.clone())),
+    ];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let cluster = p.shared.cluster.as_mut().expect("a cluster");
+    let master = cluster.masters()[0];
+    tokio::task::block_in_place(|| cluster.node(master).kill9());
+    *killed.lock().unwrap() = Some(Instant::now());
+    let at = Instant::now();
+    let promoted = || {
+        let masters = cluster.masters();
+        masters.len() == 3 && !masters.contains(&master)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), promoted).await,
+        "no replica promoted"
+    );
+    let promoted_after = at.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    *stop.lock().unwrap() = true;
+    let mut acked = Vec::new();
+    let (mut refused, mut longest) = (0, Duration::ZERO);
+    for s in senders {
+        let s = s.await.expect("sender");
+        acked.extend(s.acked);
+        refused += s.refused;
+        longest = longest.max(s.longest_wait);
+    }
+    assert!(a.running() && b.running(), "a node exited");
+
+    let all = || received_all(&sink, &acked);
+    assert!(
+        wait_until(Duration::from_secs(90), all).await,
+        "acknowledged and lost: {:?}\n{}",
+        acked
+            .iter()
+            .filter(|s| !subjects(&sink).contains(s))
+            .collect::<Vec<_>>(),
+        a.log_text()
+    );
+    crate::harness::nothing_happens_for(Duration::from_secs(2), "a late second copy").await;
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for s in subjects(&sink) {
+        *copies.entry(s).or_default() += 1;
+    }
+    let twice = copies.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "master {master} killed: replica promoted after {:.1} s; {} acknowledged, 0 lost; \
+         {refused} refused for now; longest wait for a 250 {:.1} s; {twice} delivered twice",
+        promoted_after.as_secs_f64(),
+        acked.len(),
+        longest.as_secs_f64()
+    );
+    assert!(acked.len() >= 20, "only {} acknowledged", acked.len());
+    // At least once: a copy whose outcome the dead master took with it is
+    // sent again, never many.
+    assert!(
+        twice * 20 <= acked.len(),
+        "{twice} of {} delivered twice",
+        acked.len()
+    );
+}
