@@ -201,8 +201,16 @@ enum DkimCommand {
 /// of one per line. Nothing is dropped: a full buffer makes callers wait.
 /// The guard flushes on drop; keep it until the process exits.
 fn init_logging(settings: &Settings) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The Redis client warns once per connection it retries, many times a
+    // second in a failover; Kiln says once what happened. An operator's
+    // level that names `redis` wins.
+    if !settings.log.level.contains("redis")
+        && let Ok(quiet) = "redis=error".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("kiln-log")

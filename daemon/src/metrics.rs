@@ -146,6 +146,8 @@ pub struct Metrics {
     pub hook_seconds: Family<Hook, Histogram, fn() -> Histogram>,
     pub store_seconds: Family<StoreOp, Histogram, fn() -> Histogram>,
     pub commit_messages: Histogram,
+    pub store_failovers: Counter,
+    pub store_errors: Counter,
     pub smtp_sessions: Family<Tls, Counter>,
     pub api_requests: Family<ApiRequest, Counter>,
     pub dkim_signatures: Family<Algorithm, Counter>,
@@ -178,6 +180,8 @@ impl Metrics {
             hook_seconds: Family::new_with_constructor(short_latency),
             store_seconds: Family::new_with_constructor(short_latency),
             commit_messages: batch_sizes(),
+            store_failovers: Counter::default(),
+            store_errors: Counter::default(),
             smtp_sessions: Family::default(),
             api_requests: Family::default(),
             dkim_signatures: Family::default(),
@@ -269,6 +273,16 @@ impl Metrics {
             "store_commit_writes",
             "Writes in each group commit of the embedded store",
             m.commit_messages.clone(),
+        );
+        r.register(
+            "store_failovers",
+            "Redis failovers this node followed: another master named by Sentinel, a cluster master replaced",
+            m.store_failovers.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Redis commands that failed after the client's own retries",
+            m.store_errors.clone(),
         );
         r.register(
             "smtp_sessions",

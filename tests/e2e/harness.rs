@@ -279,7 +279,12 @@ pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 /// The sum of the series of a metric (`kiln_callbacks_total`) whose labels
 /// hold `label` (`result="failed"`; "" for all) in `GET /metrics`.
 pub async fn metric(e: &Env, name: &str, label: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", e.kiln.http))
+    metric_of(&e.kiln, name, label).await
+}
+
+/// Like [`metric`], of any node.
+pub async fn metric_of(kiln: &Kiln, name: &str, label: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", kiln.http))
         .await
         .unwrap()
         .text()

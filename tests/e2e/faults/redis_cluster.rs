@@ -116,10 +116,35 @@ async fn a_master_killed_under_load_loses_nothing_acknowledged() {
         longest = longest.max(s.longest_wait);
     }
     assert!(a.running() && b.running(), "a node exited");
+    // Each node saw the failover, and said so once.
+    for node in [&a, &b] {
+        let failovers = crate::harness::metric_of(node, "kiln_store_failovers_total", "").await;
+        assert!(failovers >= 1.0, "{failovers} failovers counted");
+        let warned = node
+            .log_text()
+            .matches("the Redis Cluster's masters changed")
+            .count();
+        assert!(
+            (1..=2).contains(&warned),
+            "warned {warned} times:\n{}",
+            node.log_text()
+        );
+    }
 
     let all = || received_all(&sink, &acked);
+    let ok = wait_until(Duration::from_secs(60), all).await;
+    if !ok {
+        let q = a.command(&["queue", "list", "--limit", "50"]);
+        eprintln!("QUEUE: {}", String::from_utf8_lossy(&q.stdout));
+        let q = a.command(&["queue", "summary"]);
+        eprintln!("SUMMARY: {}", String::from_utf8_lossy(&q.stdout));
+        eprintln!(
+            "CLUSTER: {}",
+            String::from_utf8_lossy(&a.command(&["cluster", "status"]).stdout)
+        );
+    }
     assert!(
-        wait_until(Duration::from_secs(90), all).await,
+        ok,
         "acknowledged and lost: {:?}\n{}",
         acked
             .iter()

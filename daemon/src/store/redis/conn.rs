@@ -153,6 +153,9 @@ impl SentinelMaster {
         }
         if generation > 1 {
             tracing::warn!(master = %self.name, "connected to the master the Sentinels name now");
+            if let Some(m) = crate::metrics::get() {
+                m.store_failovers.inc();
+            }
         }
         Ok((generation, conn))
     }
@@ -188,8 +191,43 @@ fn master_may_have_moved(e: &RedisError) -> bool {
         )
 }
 
+/// Counts a command that failed after the client's own retries.
+fn counted<T>(done: RedisResult<T>) -> RedisResult<T> {
+    // A script not loaded yet is loaded and run again: not a failure.
+    if done
+        .as_ref()
+        .is_err_and(|e| e.kind() != ErrorKind::Server(ServerErrorKind::NoScript))
+        && let Some(m) = crate::metrics::get()
+    {
+        m.store_errors.inc();
+    }
+    done
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move { counted(self.send_one(cmd).await) })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move { counted(self.send_many(pipeline, offset, count).await) })
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(_) | Conn::Sentinel(_) => 0,
+        }
+    }
+}
+
+impl Conn {
+    fn send_one<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
@@ -209,7 +247,7 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(
+    fn send_many<'a>(
         &'a mut self,
         pipeline: &'a Pipeline,
         offset: usize,
@@ -237,13 +275,6 @@ impl ConnectionLike for Conn {
                     done => done,
                 }
             }),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(_) | Conn::Sentinel(_) => 0,
         }
     }
 }

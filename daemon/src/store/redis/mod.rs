@@ -44,6 +44,8 @@ use super::{BatchOp, BatchValue, OpRef, prefixed_into};
 const COUNTER_SWEEP: Duration = Duration::from_millis(250);
 /// How long one command may take to be answered.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node on a Redis Cluster looks at who its masters are.
+const TOPOLOGY_WATCH: Duration = Duration::from_secs(1);
 /// Queue shards on a Redis Cluster unless `store.redis_queue_shards` says:
 /// as many on each master of 1, 2, 3, 4, 6 or 8.
 pub const DEFAULT_CLUSTER_SHARDS: u16 = 24;
@@ -194,6 +196,31 @@ impl RedisStore {
                 }
             }
         });
+        if store.conn.is_cluster() {
+            let weak = Arc::downgrade(&store);
+            tokio::spawn(async move {
+                let mut masters: Option<Vec<String>> = None;
+                loop {
+                    tokio::time::sleep(TOPOLOGY_WATCH).await;
+                    let Some(store) = weak.upgrade() else { break };
+                    let Ok(now) = store.cluster_masters().await else {
+                        continue;
+                    };
+                    if let Some(before) = masters.as_ref().filter(|b| **b != now) {
+                        // One warning per change of masters, not one per
+                        // command the change delayed; a failover is a new
+                        // master.
+                        tracing::warn!(before = ?before, now = ?now, "the Redis Cluster's masters changed");
+                        if now.iter().any(|m| !before.contains(m))
+                            && let Some(m) = crate::metrics::get()
+                        {
+                            m.store_failovers.inc();
+                        }
+                    }
+                    masters = Some(now);
+                }
+            });
+        }
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
             // Three renewals per deadline: two may fail.
@@ -279,6 +306,25 @@ impl RedisStore {
             }));
         }
         Ok(out)
+    }
+
+    /// The addresses of the cluster's masters that are not failed, in order.
+    async fn cluster_masters(&self) -> Result<Vec<String>> {
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut masters: Vec<String> = nodes
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let flags = f.get(2)?;
+                (flags.contains("master") && !flags.contains("fail"))
+                    .then(|| f[1].split(['@', ',']).next().unwrap_or(f[1]).to_string())
+            })
+            .collect();
+        masters.sort();
+        Ok(masters)
     }
 
     async fn cluster_info(&self) -> Result<Vec<(String, String)>> {

@@ -67,9 +67,14 @@ impl RedisStore {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    // A restarted server: load it (each master, on a
-                    // cluster) through one lease, and ask again next time.
-                    vec![self.lease_from(first % n, now, lease, max).await?]
+                    // A restarted server, or a replica promoted (scripts
+                    // are not replicated): loaded on every master, asked
+                    // again.
+                    self.lease
+                        .prepare_invoke()
+                        .load_async(&mut self.conn.clone())
+                        .await?;
+                    pipe.query_async(&mut self.conn.clone()).await?
                 }
                 other => other?,
             }
@@ -175,9 +180,12 @@ impl RedisStore {
             .arg(self.retention.as_secs().max(1))
             .arg(requeue)
             .arg(ready_at);
-        self.invoke_with(&self.settle, &inv, also).await?;
+        let settled = self.invoke_with(&self.settle, &inv, also).await;
+        // Held no more, settled or not: a lease whose settling failed (its
+        // master gone) is not renewed, so it lapses and the entry is
+        // attempted again by whoever leases it then.
         self.held().remove(&entry.key());
-        Ok(())
+        settled
     }
 
     /// `inv` of `script` with `also` in one MULTI (`also` empty: the script
@@ -270,6 +278,7 @@ impl RedisStore {
         for e in entries {
             shards[self.shard_of(&e.msg_id)].push(e);
         }
+        let mut failed = None;
         for (shard, entries) in shards.iter().enumerate() {
             if entries.is_empty() {
                 continue;
@@ -279,13 +288,21 @@ impl RedisStore {
             for e in entries {
                 inv.arg(e.key()).arg(at(e));
             }
-            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+            let released: redis::RedisResult<i64> = inv.invoke_async(&mut self.conn.clone()).await;
+            if let Err(e) = released {
+                failed.get_or_insert(e);
+            }
         }
+        // Held no more, released or not (as in `settle`): a lease not
+        // renewed lapses.
         let mut held = self.held();
         for e in entries {
             held.remove(&e.key());
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     pub async fn status(&self, msg_id: &str) -> Result<Option<MessageStatus>> {
