@@ -415,6 +415,45 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("store.redis_sentinel_master: "), "{err}");
+        // A Redis Cluster's seeds, from the environment; a seed without a
+        // scheme named, and a store that is both cluster and Sentinel.
+        let s = Settings::load_with(
+            Some(&file),
+            env(&[
+                ("KILN_STORE__BACKEND", "redis"),
+                (
+                    "KILN_STORE__REDIS_CLUSTER",
+                    "redis://10.0.0.1:7000/,redis://10.0.0.2:7001/",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.store.redis_target(),
+            crate::store::redis::RedisTarget::Cluster(vec![
+                "redis://10.0.0.1:7000/".into(),
+                "redis://10.0.0.2:7001/".into()
+            ])
+        );
+        let err = Settings::load_with(
+            Some(&file),
+            env(&[
+                ("KILN_STORE__BACKEND", "redis"),
+                ("KILN_STORE__REDIS_CLUSTER", "10.0.0.1:7000"),
+                ("KILN_STORE__REDIS_SENTINELS", sentinels),
+                ("KILN_STORE__REDIS_SENTINEL_MASTER", "mail"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("store.redis_cluster[0]: \"10.0.0.1:7000\" is not a redis:// URL"),
+            "{err}"
+        );
+        assert!(
+            err.contains("a store is a Redis Cluster or a master Sentinel names, not both"),
+            "{err}"
+        );
         // Mistakes name the variable, not the file.
         for (var, value, says) in [
             (

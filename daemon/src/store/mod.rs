@@ -37,6 +37,9 @@ pub enum StoreError {
     /// Fewer Redis replicas than `store.redis_wait_replicas` have the write.
     #[error("{got} of the {wanted} Redis replicas asked for have the write")]
     NotReplicated { wanted: u32, got: i64 },
+    /// The Redis Cluster does not serve every slot (`cluster_state:fail`).
+    #[error("the Redis Cluster is down: {0}")]
+    ClusterDown(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -52,6 +55,8 @@ impl StoreError {
                     || e.is_timeout()
                     || e.is_connection_dropped()
             }
+            // It may be converging, or an operator mending it.
+            StoreError::ClusterDown(_) => true,
             _ => false,
         }
     }

@@ -46,7 +46,7 @@ impl RedisTarget {
         match self {
             RedisTarget::Url(url) => crate::store::redacted_url(url),
             RedisTarget::Cluster(seeds) => format!(
-                "the Redis Cluster of {}",
+                "the Redis Cluster of store.redis_cluster = {}",
                 seeds
                     .iter()
                     .map(|s| crate::store::redacted_url(s))

@@ -134,6 +134,9 @@ impl RedisStore {
         // every write (`appendfsync always`, as README recommends) on a
         // busy disk: a slow answer is waited for, not taken for an outage.
         let conn = conn::Conn::open(target, RESPONSE_TIMEOUT).await?;
+        if conn.is_cluster() {
+            cluster_serves_every_slot(&conn).await?;
+        }
         let wanted = match shards {
             0 if conn.is_cluster() => DEFAULT_CLUSTER_SHARDS,
             0 => 1,
@@ -418,6 +421,30 @@ impl RedisStore {
     pub(super) fn set_key(&self, set: &str) -> String {
         format!("{}:set:{set}", self.prefix)
     }
+}
+
+/// An error that says why, unless the cluster says `cluster_state:ok`
+/// (every slot served by a master that is up).
+async fn cluster_serves_every_slot(conn: &conn::Conn) -> Result<()> {
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut conn.clone())
+        .await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or("?")
+            .to_string()
+    };
+    if field("cluster_state") == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::ClusterDown(format!(
+        "cluster_state:{}, {} of 16384 slots assigned, {} served (every slot must be: `redis-cli --cluster check` names the missing ones)",
+        field("cluster_state"),
+        field("cluster_slots_assigned"),
+        field("cluster_slots_ok")
+    )))
 }
 
 /// The store's shard count: the one in Redis, else `wanted`, written there
