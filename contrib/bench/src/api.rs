@@ -156,7 +156,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let peers = peers::Peers::start(args.redis).await;
+    let peers = peers::Peers::start(if args.redis { "redis" } else { "embedded" }).await;
     let (dns, sink) = (&peers.dns, &peers.sink);
     let mut opts = peers.options();
     // With events on: open/click tracking and unsubscribe links in every

@@ -2,9 +2,9 @@
 //! messages of 2 KB over 20 parallel sessions (one connection per message,
 //! like Postfix's smtp-source), waits until the sink has them all, and prints
 //!
-//! `kiln end_to_end_mps=<n> inject_mps=<n> cpu_us_per_msg=<n> n=<N> dkim=<on|off> store=<embedded|redis> policy=<P> recipients=<one|distinct> metrics=<on|off>`
+//! `kiln end_to_end_mps=<n> inject_mps=<n> cpu_us_per_msg=<n> n=<N> dkim=<on|off> store=<embedded|redis|redis-cluster> policy=<P> recipients=<one|distinct> metrics=<on|off>`
 //!
-//! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis] [--kiln PATH]
+//! Usage: kiln-bench [--n N] [--sessions S] [--dkim on|off] [--store embedded|redis|redis-cluster] [--kiln PATH]
 //!                   [--source PATH-TO-smtp-source] [--policy default|off|FILE.lua] [--pairs K]
 //!                   [--recipients one|distinct]
 //!
@@ -45,7 +45,8 @@ struct Args {
     n: usize,
     sessions: usize,
     dkim: bool,
-    redis: bool,
+    /// embedded, redis or redis-cluster.
+    store: String,
     kiln: PathBuf,
     source: Option<PathBuf>,
     policy: Policy,
@@ -93,7 +94,7 @@ fn parse_args() -> Result<Args, String> {
         n: 20_000,
         sessions: 20,
         dkim: false,
-        redis: false,
+        store: "embedded".into(),
         kiln: PathBuf::from("target/release/kiln"),
         source: None,
         policy: Policy::Default,
@@ -110,7 +111,9 @@ fn parse_args() -> Result<Args, String> {
                 args.sessions = value.parse().map_err(|_| "--sessions: not a number")?
             }
             "--dkim" => args.dkim = value == "on",
-            "--store" => args.redis = value == "redis",
+            "--store" if ["embedded", "redis", "redis-cluster"].contains(&value.as_str()) => {
+                args.store = value
+            }
             "--kiln" => args.kiln = PathBuf::from(value),
             "--source" => args.source = Some(PathBuf::from(value)),
             "--policy" if value.ends_with(".lua") => args.policy = Policy::Script(value.into()),
@@ -166,7 +169,7 @@ async fn main() {
         shares[shares.len() - 1],
         with_total / without_total,
         quantile(&extra_cpu, 0.5),
-        if args.redis { "redis" } else { "embedded" },
+        args.store,
         args.recipients()
     );
 }
@@ -182,7 +185,7 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 
 /// One run: a fresh kiln (and peers) under `policy`; prints its line.
 async fn run(args: &Args, policy: &Policy) -> Run {
-    let peers = peers::Peers::start(args.redis).await;
+    let peers = peers::Peers::start(&args.store).await;
     let sink = &peers.sink;
     let mut opts = peers.options();
     opts.listener = "relay_networks = [\"127.0.0.0/8\"]".into();
@@ -248,10 +251,29 @@ async fn run(args: &Args, policy: &Policy) -> Run {
         measured.cpu_us_per_msg,
         accepted,
         if args.dkim { "on" } else { "off" },
-        if args.redis { "redis" } else { "embedded" },
+        args.store,
         args.recipients(),
         if args.metrics { "on" } else { "off" }
     );
+    if let Some(c) = &peers.cluster {
+        // What the run left (status records, counters), master by master.
+        let keys: Vec<String> = c
+            .keys_per_master()
+            .iter()
+            .map(|(_, n)| n.to_string())
+            .collect();
+        let commands: Vec<u64> = c.commands_per_master().iter().map(|(_, n)| *n).collect();
+        println!(
+            "kiln cluster keys_per_master={} redis_commands_per_master={} redis_commands_per_msg={:.1}",
+            keys.join("/"),
+            commands
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join("/"),
+            commands.iter().sum::<u64>() as f64 / accepted.max(1) as f64
+        );
+    }
     drop(kiln);
     measured
 }

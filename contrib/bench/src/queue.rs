@@ -47,7 +47,7 @@ async fn tarpit(addr: SocketAddr) {
 async fn main() {
     help::or_exit(include_str!("queue.rs"));
     let args = args::parse("kiln-queue-bench", 1_000_000);
-    let peers = peers::Peers::start(args.redis).await;
+    let peers = peers::Peers::start(if args.redis { "redis" } else { "embedded" }).await;
     let port = peers.sink.addr.port();
     tarpit(SocketAddr::new(TARPIT_IP.parse().expect("ip"), port)).await;
     peers.dns.add_mx("dead.test", 10, "mx.dead.test");

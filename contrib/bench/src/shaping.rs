@@ -172,7 +172,7 @@ fn pin_cores(kiln: Option<u32>, redis: Option<u32>) {
 async fn main() {
     help::or_exit(include_str!("shaping.rs"));
     let args = args::parse("kiln-shaping-bench", 100_000);
-    let peers = peers::Peers::start(args.redis).await;
+    let peers = peers::Peers::start(if args.redis { "redis" } else { "embedded" }).await;
     let port = peers.sink.addr.port();
     // Each provider gets a share of the mail in proportion to its rate, so
     // every one would drain together at its limits.

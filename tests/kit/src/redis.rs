@@ -355,3 +355,22 @@ impl RedisServer {
 pub fn redis_cli_at(port: u16, args: &[&str]) -> String {
     redis_cli(port, args)
 }
+
+impl RedisCluster {
+    /// Commands each master has run since it started
+    /// (`total_commands_processed`), by port.
+    pub fn commands_per_master(&self) -> Vec<(u16, u64)> {
+        self.masters()
+            .into_iter()
+            .map(|p| {
+                let stats = redis_cli(p, &["INFO", "stats"]);
+                let n = stats
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("total_commands_processed:"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (p, n)
+            })
+            .collect()
+    }
+}
