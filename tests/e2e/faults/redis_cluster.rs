@@ -62,17 +62,17 @@ async fn keep_sending(
     sent
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_killed_under_load_loses_nothing_acknowledged() {
-    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
-    let mut p = peers(Backend::RedisCluster, &sink).await;
+/// Two Kiln nodes on a fresh cluster, each message acknowledged once its
+/// master's replica has it; the peers (the cluster among them) with them.
+async fn two_nodes_on_a_cluster(sink: &Sink) -> (crate::harness::Peers, Kiln, Kiln) {
+    let mut p = peers(Backend::RedisCluster, sink).await;
     let tune = |o: &mut KilnOptions| {
         crate::store::cluster::relaying_with_short_leases(o);
         o.store
             .push_str("redis_wait_replicas = 1\nredis_wait_timeout_ms = 2000\n");
     };
     tune(&mut p.opts);
-    let mut a = tokio::task::block_in_place(|| Kiln::start(binary(), &p.opts));
+    let a = tokio::task::block_in_place(|| Kiln::start(binary(), &p.opts));
     let mut opts_b = KilnOptions::new(
         &p.dir.path().join("node-b"),
         &p.dns.nameserver(),
@@ -81,7 +81,60 @@ async fn a_master_killed_under_load_loses_nothing_acknowledged() {
     p.shared.configure(None, &mut opts_b);
     tune(&mut opts_b);
     opts_b.node_id = "node-b".into();
-    let mut b = tokio::task::block_in_place(|| Kiln::start(binary(), &opts_b));
+    let b = tokio::task::block_in_place(|| Kiln::start(binary(), &opts_b));
+    (p, a, b)
+}
+
+/// Everything in `acked` delivered (a minute at most), and how many were
+/// delivered twice; on failure, the queue as node `a` sees it.
+async fn all_delivered(sink: &Sink, acked: &[String], a: &Kiln) -> usize {
+    let all = || received_all(sink, acked);
+    let ok = wait_until(Duration::from_secs(60), all).await;
+    if !ok {
+        for args in [
+            &["queue", "list", "--limit", "50"][..],
+            &["queue", "summary"],
+            &["cluster", "status"],
+        ] {
+            eprintln!(
+                "kiln {args:?}: {}",
+                String::from_utf8_lossy(&a.command(args).stdout)
+            );
+        }
+    }
+    assert!(
+        ok,
+        "acknowledged and lost: {:?}",
+        acked
+            .iter()
+            .filter(|s| !subjects(sink).contains(s))
+            .collect::<Vec<_>>(),
+    );
+    crate::harness::nothing_happens_for(Duration::from_secs(2), "a late second copy").await;
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for s in subjects(sink) {
+        *copies.entry(s).or_default() += 1;
+    }
+    copies.values().filter(|n| **n > 1).count()
+}
+
+/// Stops the senders; what they sent between them.
+async fn stop_senders(stop: &Mutex<bool>, senders: Vec<tokio::task::JoinHandle<Sent>>) -> Sent {
+    *stop.lock().unwrap() = true;
+    let mut all = Sent::default();
+    for s in senders {
+        let s = s.await.expect("sender");
+        all.acked.extend(s.acked);
+        all.refused += s.refused;
+        all.longest_wait = all.longest_wait.max(s.longest_wait);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_loses_nothing_acknowledged() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    let (mut p, mut a, mut b) = two_nodes_on_a_cluster(&sink).await;
 
     let stop = Arc::new(Mutex::new(false));
     let killed: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -106,15 +159,11 @@ async fn a_master_killed_under_load_loses_nothing_acknowledged() {
     );
     let promoted_after = at.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    *stop.lock().unwrap() = true;
-    let mut acked = Vec::new();
-    let (mut refused, mut longest) = (0, Duration::ZERO);
-    for s in senders {
-        let s = s.await.expect("sender");
-        acked.extend(s.acked);
-        refused += s.refused;
-        longest = longest.max(s.longest_wait);
-    }
+    let Sent {
+        acked,
+        refused,
+        longest_wait: longest,
+    } = stop_senders(&stop, senders.into()).await;
     assert!(a.running() && b.running(), "a node exited");
     // Each node saw the failover, and said so once.
     for node in [&a, &b] {
@@ -130,34 +179,7 @@ async fn a_master_killed_under_load_loses_nothing_acknowledged() {
             node.log_text()
         );
     }
-
-    let all = || received_all(&sink, &acked);
-    let ok = wait_until(Duration::from_secs(60), all).await;
-    if !ok {
-        let q = a.command(&["queue", "list", "--limit", "50"]);
-        eprintln!("QUEUE: {}", String::from_utf8_lossy(&q.stdout));
-        let q = a.command(&["queue", "summary"]);
-        eprintln!("SUMMARY: {}", String::from_utf8_lossy(&q.stdout));
-        eprintln!(
-            "CLUSTER: {}",
-            String::from_utf8_lossy(&a.command(&["cluster", "status"]).stdout)
-        );
-    }
-    assert!(
-        ok,
-        "acknowledged and lost: {:?}\n{}",
-        acked
-            .iter()
-            .filter(|s| !subjects(&sink).contains(s))
-            .collect::<Vec<_>>(),
-        a.log_text()
-    );
-    crate::harness::nothing_happens_for(Duration::from_secs(2), "a late second copy").await;
-    let mut copies: HashMap<String, usize> = HashMap::new();
-    for s in subjects(&sink) {
-        *copies.entry(s).or_default() += 1;
-    }
-    let twice = copies.values().filter(|n| **n > 1).count();
+    let twice = all_delivered(&sink, &acked, &a).await;
     eprintln!(
         "master {master} killed: replica promoted after {:.1} s; {} acknowledged, 0 lost; \
          {refused} refused for now; longest wait for a 250 {:.1} s; {twice} delivered twice",
@@ -173,4 +195,47 @@ async fn a_master_killed_under_load_loses_nothing_acknowledged() {
         "{twice} of {} delivered twice",
         acked.len()
     );
+}
+
+/// A third of a master's slots moved to another (`redis-cli --cluster
+/// reshard`, keys and all) while two nodes take mail: the client follows
+/// `MOVED` and `ASK`, a script whose keys are half moved (`TRYAGAIN`) is
+/// tried again; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_moved_under_load_lose_nothing() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    let (p, mut a, mut b) = two_nodes_on_a_cluster(&sink).await;
+    let stop = Arc::new(Mutex::new(false));
+    let none: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let senders = vec![
+        tokio::spawn(keep_sending(a.smtp, "a", stop.clone(), none.clone())),
+        tokio::spawn(keep_sending(b.smtp, "b", stop.clone(), none.clone())),
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cluster = p.shared.cluster.as_ref().expect("a cluster");
+    let masters = cluster.masters();
+    let (from, to) = (masters[0], masters[1]);
+    let before = cluster.keys_per_master();
+    let started = Instant::now();
+    let out = tokio::task::block_in_place(|| cluster.reshard(from, to, 2000));
+    let took = started.elapsed();
+    assert!(out.contains("Moving slot"), "{out}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = stop_senders(&stop, senders).await;
+    assert!(a.running() && b.running(), "a node exited");
+    let twice = all_delivered(&sink, &sent.acked, &a).await;
+    eprintln!(
+        "2,000 slots moved from {from} to {to} in {:.1} s (keys per master before {before:?}, after {:?}); \
+         {} acknowledged, 0 lost; {} refused for now; {twice} delivered twice",
+        took.as_secs_f64(),
+        cluster.keys_per_master(),
+        sent.acked.len(),
+        sent.refused
+    );
+    assert!(
+        sent.acked.len() >= 20,
+        "only {} acknowledged",
+        sent.acked.len()
+    );
+    assert!(twice * 20 <= sent.acked.len(), "{twice} delivered twice");
 }

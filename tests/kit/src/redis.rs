@@ -374,3 +374,24 @@ impl RedisCluster {
             .collect()
     }
 }
+
+impl RedisCluster {
+    /// Moves `slots` slots from the master on `from` to the one on `to`
+    /// (`redis-cli --cluster reshard`), keys and all; the tool's output.
+    pub fn reshard(&self, from: u16, to: u16, slots: u32) -> String {
+        let id = |port: u16| redis_cli(port, &["CLUSTER", "MYID"]).trim().to_string();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

@@ -185,7 +185,16 @@ impl RedisStore {
         // master gone) is not renewed, so it lapses and the entry is
         // attempted again by whoever leases it then.
         self.held().remove(&entry.key());
-        settled
+        settled?;
+        // The outcome is reported (its event, its statistics) only once the
+        // replicas asked for have it, so that a failover does not undo what
+        // was told. Past the wait it stands on the master alone: said, not
+        // undone (the entry is settled there; giving it back changes
+        // nothing).
+        if let Err(e) = self.replicated(&self.q(shard, "ready")).await {
+            tracing::warn!(msg_id = %entry.msg_id, error = %e, "an outcome recorded on the Redis master alone");
+        }
+        Ok(())
     }
 
     /// `inv` of `script` with `also` in one MULTI (`also` empty: the script
