@@ -255,23 +255,47 @@ async fn run(args: &Args, policy: &Policy) -> Run {
         args.recipients(),
         if args.metrics { "on" } else { "off" }
     );
+    if let Some(r) = &peers.redis {
+        println!(
+            "kiln redis redis_commands_per_msg={:.1} redis_cpu_us_per_msg={:.0}",
+            kiln_testkit::redis::commands_processed(r.port) as f64 / accepted.max(1) as f64,
+            kiln_testkit::redis::cpu_seconds(r.port) * 1e6 / accepted.max(1) as f64
+        );
+    }
     if let Some(c) = &peers.cluster {
-        // What the run left (status records, counters), master by master.
+        // What the run left (status records, counters), master by master,
+        // and what the masters did for it.
+        let masters = c.masters();
         let keys: Vec<String> = c
             .keys_per_master()
             .iter()
             .map(|(_, n)| n.to_string())
             .collect();
-        let commands: Vec<u64> = c.commands_per_master().iter().map(|(_, n)| *n).collect();
+        let commands: Vec<u64> = masters
+            .iter()
+            .map(|p| kiln_testkit::redis::commands_processed(*p))
+            .collect();
+        let cpu: f64 = masters
+            .iter()
+            .map(|p| kiln_testkit::redis::cpu_seconds(*p))
+            .sum();
+        let replicas_cpu: f64 = c
+            .nodes
+            .iter()
+            .filter(|n| !masters.contains(&n.port))
+            .map(|n| kiln_testkit::redis::cpu_seconds(n.port))
+            .sum();
         println!(
-            "kiln cluster keys_per_master={} redis_commands_per_master={} redis_commands_per_msg={:.1}",
+            "kiln cluster keys_per_master={} redis_commands_per_master={} redis_commands_per_msg={:.1} redis_cpu_us_per_msg={:.0} replicas_cpu_us_per_msg={:.0}",
             keys.join("/"),
             commands
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join("/"),
-            commands.iter().sum::<u64>() as f64 / accepted.max(1) as f64
+            commands.iter().sum::<u64>() as f64 / accepted.max(1) as f64,
+            cpu * 1e6 / accepted.max(1) as f64,
+            replicas_cpu * 1e6 / accepted.max(1) as f64
         );
     }
     drop(kiln);

@@ -356,23 +356,14 @@ pub fn redis_cli_at(port: u16, args: &[&str]) -> String {
     redis_cli(port, args)
 }
 
-impl RedisCluster {
-    /// Commands each master has run since it started
-    /// (`total_commands_processed`), by port.
-    pub fn commands_per_master(&self) -> Vec<(u16, u64)> {
-        self.masters()
-            .into_iter()
-            .map(|p| {
-                let stats = redis_cli(p, &["INFO", "stats"]);
-                let n = stats
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("total_commands_processed:"))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                (p, n)
-            })
-            .collect()
-    }
+/// Commands the server on `port` has run since it started
+/// (`total_commands_processed`).
+pub fn commands_processed(port: u16) -> u64 {
+    redis_cli(port, &["INFO", "stats"])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 impl RedisCluster {
@@ -394,4 +385,18 @@ impl RedisCluster {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// CPU the server on `port` has used since it started, in seconds
+/// (`used_cpu_user` + `used_cpu_sys`).
+pub fn cpu_seconds(port: u16) -> f64 {
+    redis_cli(port, &["INFO", "cpu"])
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            ["used_cpu_user", "used_cpu_sys"]
+                .contains(&k)
+                .then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
 }

@@ -54,7 +54,7 @@ impl RedisTarget {
                     .join(", ")
             ),
             RedisTarget::Sentinel { sentinels, master } => format!(
-                "master {master:?} of the Sentinels {}",
+                "store.redis_sentinel_master {master:?} of store.redis_sentinels = {}",
                 sentinels
                     .iter()
                     .map(|s| crate::store::redacted_url(s))

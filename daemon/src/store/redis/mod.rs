@@ -44,6 +44,9 @@ use super::{BatchOp, BatchValue, OpRef, prefixed_into};
 const COUNTER_SWEEP: Duration = Duration::from_millis(250);
 /// How long one command may take to be answered.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a lease asks every shard while this node's own new mail
+/// names the shards to ask (work other nodes queued, retries come due).
+const FULL_LEASE_EVERY: Duration = Duration::from_millis(50);
 /// How often a node on a Redis Cluster looks at who its masters are.
 const TOPOLOGY_WATCH: Duration = Duration::from_secs(1);
 /// Queue shards on a Redis Cluster unless `store.redis_queue_shards` says:
@@ -69,8 +72,13 @@ pub struct RedisStore {
     prefix: String,
     /// Each queue shard's hash tag (`{...}`), by shard.
     shards: Vec<String>,
-    /// The shard the next lease starts at.
+    /// The shard the next lease of every shard starts at.
     next_shard: std::sync::atomic::AtomicUsize,
+    /// Shards this node queued to since a lease last asked them, and when
+    /// a lease last asked every shard: a lease asks the first alone while
+    /// there are some, the second every `FULL_LEASE_EVERY`.
+    hinted: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+    last_full_lease: std::sync::Mutex<Instant>,
     retention: Duration,
     enqueue: Script,
     lease: Script,
@@ -147,6 +155,8 @@ impl RedisStore {
             conn,
             shards: shard_tags(prefix, count),
             next_shard: std::sync::atomic::AtomicUsize::new(0),
+            hinted: std::sync::Mutex::new(Default::default()),
+            last_full_lease: std::sync::Mutex::new(Instant::now()),
             prefix: prefix.to_string(),
             retention,
             enqueue: Script::new(ENQUEUE),

@@ -32,36 +32,43 @@ impl RedisStore {
         }
         self.invoke_with(&self.enqueue, &inv, also).await?;
         // Acknowledged only once the replicas asked for have it too.
-        self.replicated(&self.q(shard, "ready")).await
+        self.replicated(&self.q(shard, "ready")).await?;
+        if self.shard_count() > 1 {
+            self.hinted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(shard);
+        }
+        Ok(())
     }
 
-    /// Up to `max` due entries, from the shards in turn: as many shards
-    /// as entries are wanted (all of them at most), starting where the last
-    /// lease stopped, so that every shard is served.
+    /// Up to `max` due entries: from the shards this node queued to since
+    /// they were last asked, or (when there are none, and every
+    /// `FULL_LEASE_EVERY`) from every shard in turn, as many as entries are
+    /// wanted, starting where the last such lease stopped. Asking every
+    /// shard each time would cost one script per shard per lease, most of
+    /// them finding nothing.
     pub async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<QueueEntry>> {
         let now = self.clock.now_ms();
         self.lease_ms
             .store(lease.as_millis() as i64, Ordering::Relaxed);
-        let n = self.shard_count();
-        let asked = max.clamp(1, n);
-        let first = self.next_shard.fetch_add(asked, Ordering::Relaxed);
-        let rows: Vec<Vec<Option<Vec<u8>>>> = if asked == 1 {
-            vec![self.lease_from(first % n, now, lease, max).await?]
+        let shards = self.shards_to_ask(max);
+        let rows: Vec<Vec<Option<Vec<u8>>>> = if let [shard] = shards[..] {
+            vec![self.lease_from(shard, now, lease, max).await?]
         } else {
             let mut pipe = redis::pipe();
-            for i in 0..asked {
+            for (i, shard) in shards.iter().enumerate() {
                 // `max` shared out, the first shards taking what is left over.
-                let share = max / asked + usize::from(i < max % asked);
-                let shard = (first + i) % n;
+                let share = max / shards.len() + usize::from(i < max % shards.len());
                 pipe.cmd("EVALSHA")
                     .arg(self.lease.get_hash())
                     .arg(3)
-                    .arg(self.q(shard, "ready"))
-                    .arg(self.q(shard, "leased"))
-                    .arg(self.q(shard, "entries"))
+                    .arg(self.q(*shard, "ready"))
+                    .arg(self.q(*shard, "leased"))
+                    .arg(self.q(*shard, "entries"))
                     .arg(now)
                     .arg(lease.as_millis() as i64)
-                    .arg(share);
+                    .arg(share.max(1));
             }
             match pipe.query_async(&mut self.conn.clone()).await {
                 Err(e)
@@ -88,6 +95,27 @@ impl RedisStore {
         }
         self.held().extend(out.iter().map(|e| e.key()));
         Ok(out)
+    }
+
+    fn shards_to_ask(&self, max: usize) -> Vec<usize> {
+        let n = self.shard_count();
+        let mut hinted = self.hinted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last_full = self
+            .last_full_lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let shards: Vec<usize> = if hinted.is_empty() || last_full.elapsed() >= FULL_LEASE_EVERY {
+            *last_full = Instant::now();
+            let asked = max.clamp(1, n);
+            let first = self.next_shard.fetch_add(asked, Ordering::Relaxed);
+            (0..asked).map(|i| (first + i) % n).collect()
+        } else {
+            hinted.iter().copied().take(max.max(1)).collect()
+        };
+        for s in &shards {
+            hinted.remove(s);
+        }
+        shards
     }
 
     async fn lease_from(
