@@ -213,12 +213,14 @@ impl RedisStore {
             let weak = Arc::downgrade(&store);
             tokio::spawn(async move {
                 let mut masters: Option<Vec<String>> = None;
+                let mut known: Vec<String> = Vec::new();
                 loop {
                     tokio::time::sleep(TOPOLOGY_WATCH).await;
                     let Some(store) = weak.upgrade() else { break };
-                    let Ok(now) = store.cluster_masters().await else {
+                    let Some((now, nodes)) = store.cluster_masters(&known).await else {
                         continue;
                     };
+                    known = nodes;
                     if let Some(before) = masters.as_ref().filter(|b| **b != now) {
                         // One warning per change of masters, not one per
                         // command the change delayed; a failover is a new
@@ -322,22 +324,49 @@ impl RedisStore {
     }
 
     /// The addresses of the cluster's masters that are not failed, in order.
-    async fn cluster_masters(&self) -> Result<Vec<String>> {
-        let nodes: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let mut masters: Vec<String> = nodes
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let flags = f.get(2)?;
-                (flags.contains("master") && !flags.contains("fail"))
-                    .then(|| f[1].split(['@', ',']).next().unwrap_or(f[1]).to_string())
-            })
-            .collect();
+    /// The addresses of the cluster's masters that are not failed, in
+    /// order, and of every node, as the first of `known` (node addresses)
+    /// to answer within half a second sees them: a node that died is not
+    /// waited for through the client's retries.
+    async fn cluster_masters(&self, known: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+        const ASK_FOR: Duration = Duration::from_millis(500);
+        let ask = |addr: Option<&String>| {
+            let conn = self.conn.clone();
+            let addr = addr.cloned();
+            async move {
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("NODES");
+                match addr.as_deref().and_then(|a| a.rsplit_once(':')) {
+                    Some((host, port)) => {
+                        let port = port.parse().ok()?;
+                        conn.to_node::<String>(host, port, cmd).await.ok()
+                    }
+                    None => cmd.query_async::<String>(&mut conn.clone()).await.ok(),
+                }
+            }
+        };
+        let mut text = None;
+        for addr in known.iter().map(Some).chain([None]) {
+            if let Ok(Some(t)) = tokio::time::timeout(ASK_FOR, ask(addr)).await {
+                text = Some(t);
+                break;
+            }
+        }
+        let text = text?;
+        let (mut masters, mut all) = (Vec::new(), Vec::new());
+        for l in text.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (Some(addr), Some(flags)) = (f.get(1), f.get(2)) else {
+                continue;
+            };
+            let addr = addr.split(['@', ',']).next().unwrap_or(addr).to_string();
+            if flags.contains("master") && !flags.contains("fail") {
+                masters.push(addr.clone());
+            }
+            all.push(addr);
+        }
         masters.sort();
-        Ok(masters)
+        Some((masters, all))
     }
 
     async fn cluster_info(&self) -> Result<Vec<(String, String)>> {
