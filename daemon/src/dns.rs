@@ -33,6 +33,7 @@ pub enum RouteError {
 #[error("resolver: {0}")]
 pub struct ResolverSetupError(String);
 
+#[derive(Clone)]
 pub struct MxResolver {
     resolver: TokioResolver,
 }

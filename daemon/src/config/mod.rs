@@ -493,6 +493,10 @@ pub struct DeliverySettings {
     pub require_tls_domains: Vec<String>,
     /// Extra PEM CA bundle trusted when verifying remote certificates.
     pub tls_ca_file: Option<PathBuf>,
+    /// Honour receiving domains' MTA-STS policies (RFC 8461): in `enforce`
+    /// mode, mail goes only to the MX hosts the policy names, over TLS
+    /// verified for them, or waits.
+    pub mta_sts: bool,
     /// Source address for outgoing connections.
     pub source_address: Option<std::net::IpAddr>,
 }
@@ -648,6 +652,7 @@ impl Default for DeliverySettings {
             idle_timeout: Duration::from_secs(5),
             require_tls_domains: Vec::new(),
             tls_ca_file: None,
+            mta_sts: true,
             source_address: None,
         }
     }

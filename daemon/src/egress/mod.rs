@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod line;
+pub mod mta_sts;
 pub mod plan;
 mod report;
 mod return_path;
@@ -58,6 +59,8 @@ pub struct Delivery {
     plan_refreshing: AtomicBool,
     shaper: Shaper,
     tls: ClientConfigs,
+    /// Receiving domains' MTA-STS policies (`delivery.mta_sts`).
+    mta_sts: Option<mta_sts::MtaSts>,
     lines: Mutex<HashMap<LineKey, Arc<Line>>>,
     /// Sources that could not connect, left out until the time given (ms).
     broken_sources: Mutex<HashMap<Arc<str>, i64>>,
@@ -109,7 +112,23 @@ impl Delivery {
         shutdown: CancellationToken,
     ) -> Result<Arc<Delivery>, plan::PlanError> {
         let plan = read_plan(&settings, &policy).await?;
+        let mta_sts = if settings.delivery.mta_sts {
+            match mta_sts::MtaSts::new(
+                Arc::new(resolver.clone()),
+                tls.verified.clone(),
+                store.clone(),
+            ) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "MTA-STS cannot fetch policies; delivering without it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Arc::new(Delivery {
+            mta_sts,
             shaper: Shaper::new(store.clone()),
             queue,
             store,

@@ -8,6 +8,7 @@
 
 use super::client::{ClientError, Connection, LOCAL, Reply, TlsMode};
 use super::line::{Job, Line, Running};
+use super::mta_sts;
 use super::shaping::{Effective, SendPermit, Shape, WAIT_AT_MOST};
 use super::warmup::Counted;
 use super::{Delivery, Ruling};
@@ -372,18 +373,20 @@ impl Delivery {
     ) -> Result<(), Ended> {
         let entry = &job.entry;
         let domain = entry.domain();
+        let sts = self.enforced_sts(domain).await;
         let require_tls = entry.require_tls
+            || sts.is_some()
             || self
                 .settings
                 .delivery
                 .require_tls_domains
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(domain));
-        if held
-            .conn
-            .as_ref()
-            .is_some_and(|c| require_tls && !c.verified_tls)
-            && let Some(c) = held.conn.take()
+        // A connection opened for another domain of the site may not suit
+        // this one: unverified, or to an MX its MTA-STS policy leaves out.
+        if held.conn.as_ref().is_some_and(|c| {
+            (require_tls && !c.verified_tls) || sts.as_ref().is_some_and(|p| !p.permits(&c.mx))
+        }) && let Some(c) = held.conn.take()
         {
             c.quit().await;
         }
@@ -400,7 +403,10 @@ impl Delivery {
         }
         let started = Instant::now();
         let mut attempt = self.new_attempt(line);
-        match self.connect(line, domain, require_tls).await {
+        match self
+            .connect(line, domain, require_tls, sts.as_deref())
+            .await
+        {
             Ok(c) => {
                 held.conn = Some(c);
                 held.sent = 0;
@@ -547,13 +553,48 @@ impl Delivery {
 
     /// Tries each MX of the line's site in order, each of its addresses,
     /// until one answers, from the line's source.
+    /// The MTA-STS policy `domain` enforces, if any; a `testing` one is
+    /// only logged about.
+    async fn enforced_sts(&self, domain: &str) -> Option<Arc<mta_sts::Policy>> {
+        match self.mta_sts.as_ref()?.policy_for(domain).await {
+            mta_sts::Found::Policy(p) if p.mode == mta_sts::Mode::Enforce => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Tries each MX of the line's site in order (those `sts` names, when
+    /// it applies), each of its addresses, until one answers, from the
+    /// line's source.
     async fn connect(
         &self,
         line: &Line,
         domain: &str,
         require_tls: bool,
+        sts: Option<&mta_sts::Policy>,
     ) -> Result<Connection, ConnectFailure> {
-        let hosts = line.hosts();
+        let all = line.hosts();
+        let hosts: Vec<&crate::dns::MxHost> = all
+            .iter()
+            .filter(|h| sts.is_none_or(|p| p.permits(&h.name)))
+            .collect();
+        if let Some(p) = sts
+            && hosts.is_empty()
+        {
+            return Err(ConnectFailure {
+                verdict: Verdict::Temporary,
+                text: format!(
+                    "{} of {domain} names none of its MX hosts ({}): not delivered",
+                    p.describe(),
+                    all.iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                enhanced: Some("4.7.5".into()),
+                reply: None,
+                source_broken: false,
+            });
+        }
         let d = &self.settings.delivery;
         let mode = if require_tls {
             TlsMode::Required
@@ -629,13 +670,20 @@ impl Delivery {
         }
         // Perhaps the MX hosts changed: ask DNS again next time.
         self.routes.forget(&domain.to_ascii_lowercase());
+        let (why, enhanced) = match sts {
+            Some(p) => (
+                format!(" (as {} requires, over verified TLS)", p.describe()),
+                "4.7.5",
+            ),
+            None => (String::new(), "4.4.1"),
+        };
         Err(ConnectFailure {
             verdict: Verdict::Temporary,
             text: format!(
-                "no MX of {domain} accepted a connection: {}",
+                "no MX of {domain} accepted a connection{why}: {}",
                 errors.join("; ")
             ),
-            enhanced: Some("4.4.1".into()),
+            enhanced: Some(enhanced.into()),
             reply: None,
             source_broken: false,
         })

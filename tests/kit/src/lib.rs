@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod https;
 pub mod process;
 pub mod provider;
 pub mod redis;

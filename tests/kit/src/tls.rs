@@ -43,7 +43,12 @@ fn ca_and_leaf(names: &[&str]) -> (rcgen::Certificate, rcgen::Certificate, rcgen
 /// A private CA and a server config for `name` with a certificate it
 /// signed; returns the CA certificate as PEM, for the client to trust.
 pub fn ca_signed_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>) {
-    let (ca_cert, leaf, leaf_key) = ca_and_leaf(&[name]);
+    ca_signed_server_config_for(&[name])
+}
+
+/// Like [`ca_signed_server_config`], one certificate for all of `names`.
+pub fn ca_signed_server_config_for(names: &[&str]) -> (String, Arc<rustls::ServerConfig>) {
+    let (ca_cert, leaf, leaf_key) = ca_and_leaf(names);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

@@ -1,0 +1,111 @@
+//! A small HTTPS server that serves fixed files by host name (an MTA-STS
+//! policy host, say): HTTP/1.1, one request per connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What a path answers: status, Content-Type, body.
+#[derive(Clone)]
+pub struct Page {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+pub struct StaticHttps {
+    pub addr: SocketAddr,
+    /// (host, path) → page.
+    pages: Arc<Mutex<HashMap<(String, String), Page>>>,
+    /// Requests served, as "host path".
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl StaticHttps {
+    pub async fn start(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> StaticHttps {
+        let listener = TcpListener::bind(addr).await.expect("https bind");
+        let addr = listener.local_addr().expect("https addr");
+        let pages: Arc<Mutex<HashMap<(String, String), Page>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let (p, r) = (pages.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, pages, requests) = (acceptor.clone(), p.clone(), r.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head
+                        .lines()
+                        .next()
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .unwrap_or("/")
+                        .to_string();
+                    let host = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("host").then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+                    requests.lock().unwrap().push(format!("{host} {path}"));
+                    let page = pages.lock().unwrap().get(&(host, path)).cloned();
+                    let page = page.unwrap_or(Page {
+                        status: 404,
+                        content_type: "text/plain".into(),
+                        body: "not found\n".into(),
+                    });
+                    let response = format!(
+                        "HTTP/1.1 {} X\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                        page.status,
+                        page.content_type,
+                        page.body.len(),
+                        page.body
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        StaticHttps {
+            addr,
+            pages,
+            requests,
+        }
+    }
+
+    /// `https://HOST/PATH` answers `page` from now on.
+    pub fn serve(&self, host: &str, path: &str, page: Page) {
+        self.pages
+            .lock()
+            .unwrap()
+            .insert((host.to_ascii_lowercase(), path.to_string()), page);
+    }
+
+    /// Requests served so far for `host`.
+    pub fn served(&self, host: &str) -> usize {
+        let prefix = format!("{} ", host.to_ascii_lowercase());
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with(&prefix))
+            .count()
+    }
+}
