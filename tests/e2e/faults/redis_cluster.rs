@@ -239,3 +239,58 @@ async fn slots_moved_under_load_lose_nothing() {
     );
     assert!(twice * 20 <= sent.acked.len(), "{twice} delivered twice");
 }
+
+/// A cluster where no master serves one slot, as an operator may leave it
+/// mid-repair: the daemon says so, naming the state and the slots, and
+/// waits; it serves once the slot is assigned again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_missing_a_slot_is_waited_for_and_named() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
+    let mut p = peers(Backend::RedisCluster, &sink).await;
+    crate::store::cluster::relaying_with_short_leases(&mut p.opts);
+    let cluster = p.shared.cluster.as_ref().expect("a cluster");
+    let owner = cluster
+        .masters()
+        .into_iter()
+        .find(|m| {
+            kiln_testkit::redis::redis_cli_at(*m, &["CLUSTER", "COUNTKEYSINSLOT", "100"]).trim()
+                == "0"
+                && kiln_testkit::redis::redis_cli_at(*m, &["CLUSTER", "DELSLOTS", "100"])
+                    .contains("OK")
+        })
+        .expect("the owner of slot 100");
+    let mut kiln = tokio::task::block_in_place(|| Kiln::launch(binary(), &p.opts));
+    let said = || {
+        kiln.log_text()
+            .contains("the Redis Cluster is down: cluster_state:fail")
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), said).await,
+        "{}",
+        kiln.log_text()
+    );
+    let log = kiln.log_text();
+    assert!(log.contains("16383 of 16384 slots assigned"), "{log}");
+    assert!(log.contains("store.redis_cluster = "), "{log}");
+    assert!(kiln.running(), "it waits, it does not exit:\n{log}");
+    assert!(
+        std::net::TcpStream::connect(kiln.smtp).is_err(),
+        "not serving"
+    );
+
+    kiln_testkit::redis::redis_cli_at(owner, &["CLUSTER", "ADDSLOTS", "100"]);
+    let back = Instant::now();
+    let ready = tokio::task::block_in_place(|| kiln.wait_ready(Duration::from_secs(30)));
+    assert!(
+        ready,
+        "serving once every slot is served:\n{}",
+        kiln.log_text()
+    );
+    eprintln!(
+        "serving {:.1} s after the slot was assigned again",
+        back.elapsed().as_secs_f64()
+    );
+    let r = relay(kiln.smtp, "sink@dest.test", "whole again").await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(sink.wait_count(1, Duration::from_secs(20)).await);
+}

@@ -462,28 +462,46 @@ impl RedisStore {
     }
 }
 
-/// An error that says why, unless the cluster says `cluster_state:ok`
-/// (every slot served by a master that is up).
+/// An error that says why, unless every master says `cluster_state:ok`
+/// (every slot served by a master that is up): a master that lost a slot
+/// knows it before the others do.
 async fn cluster_serves_every_slot(conn: &conn::Conn) -> Result<()> {
-    let info: String = redis::cmd("CLUSTER")
-        .arg("INFO")
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
         .query_async(&mut conn.clone())
         .await?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
-            .unwrap_or("?")
-            .to_string()
-    };
-    if field("cluster_state") == "ok" {
-        return Ok(());
+    let masters: Vec<String> = nodes
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = f.get(2)?;
+            (flags.contains("master") && !flags.contains("fail"))
+                .then(|| f[1].split(['@', ',']).next().unwrap_or(f[1]).to_string())
+        })
+        .collect();
+    for addr in masters {
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("INFO");
+        let info: String = conn.to_node(host, port.parse().unwrap_or(0), cmd).await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+                .unwrap_or("?")
+                .to_string()
+        };
+        if field("cluster_state") != "ok" {
+            return Err(StoreError::ClusterDown(format!(
+                "cluster_state:{} at {addr}, {} of 16384 slots assigned, {} served (every slot must be: `redis-cli --cluster check` names the missing ones)",
+                field("cluster_state"),
+                field("cluster_slots_assigned"),
+                field("cluster_slots_ok")
+            )));
+        }
     }
-    Err(StoreError::ClusterDown(format!(
-        "cluster_state:{}, {} of 16384 slots assigned, {} served (every slot must be: `redis-cli --cluster check` names the missing ones)",
-        field("cluster_state"),
-        field("cluster_slots_assigned"),
-        field("cluster_slots_ok")
-    )))
+    Ok(())
 }
 
 /// The store's shard count: the one in Redis, else `wanted`, written there
