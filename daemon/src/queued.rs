@@ -250,3 +250,25 @@ pub enum Disposition {
     /// Try again at `entry.ready_at_ms` (already updated by the caller).
     Retry(Box<QueueEntry>, RecipientStatus),
 }
+
+/// A message from news@acme.test (account acme) to `recipients`, received
+/// and due at `now`: for the store's and the queue's tests.
+#[cfg(test)]
+pub fn test_message(id: &str, recipients: &[&str], now: i64) -> NewMessage {
+    NewMessage {
+        id: id.into(),
+        account: "acme".into(),
+        sender: "news@acme.test".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        dropped: Default::default(),
+        body: std::sync::Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
+        received_at_ms: now,
+        ready_at_ms: now,
+        require_tls: false,
+        source_ip: None,
+        pool: String::new(),
+        template_id: String::new(),
+        task_id: String::new(),
+        story: Vec::new(),
+    }
+}

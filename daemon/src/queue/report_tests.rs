@@ -8,7 +8,7 @@ use super::control::{Action, Rule, Selector};
 use super::outcome::Verdict;
 use super::report::{Cause, Listener, Outcome, Report, Returned, ReturnedAs};
 use crate::config::QueueSettings;
-use crate::queued::{Attempt, NewMessage, RecipientState};
+use crate::queued::{Attempt, RecipientState};
 use crate::store::{Store, Write, embedded::EmbeddedStore};
 use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex};
@@ -62,24 +62,7 @@ impl Listener for Recorder {
     }
 }
 
-fn message(id: &str, recipients: &[&str], now: i64) -> NewMessage {
-    NewMessage {
-        id: id.into(),
-        account: "acme".into(),
-        sender: "news@acme.test".into(),
-        recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        dropped: Default::default(),
-        body: Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
-        received_at_ms: now,
-        ready_at_ms: now,
-        require_tls: false,
-        source_ip: None,
-        pool: String::new(),
-        template_id: String::new(),
-        task_id: String::new(),
-        story: Vec::new(),
-    }
-}
+use crate::queued::test_message as message;
 
 fn attempt(at_ms: i64, code: u16, enhanced: &str, text: &str) -> Attempt {
     Attempt {

@@ -5,22 +5,7 @@ use super::*;
 use crate::queued::{RecipientState, RecipientStatus};
 
 fn message(id: &str) -> NewMessage {
-    NewMessage {
-        id: id.into(),
-        account: "acme".into(),
-        sender: "news@acme.test".into(),
-        recipients: vec!["ann@dest.test".into()],
-        dropped: Default::default(),
-        body: Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
-        received_at_ms: crate::clock::system_now_ms(),
-        ready_at_ms: crate::clock::system_now_ms(),
-        require_tls: false,
-        source_ip: None,
-        pool: String::new(),
-        template_id: String::new(),
-        task_id: String::new(),
-        story: Vec::new(),
-    }
+    crate::queued::test_message(id, &["ann@dest.test"], crate::clock::system_now_ms())
 }
 
 /// Reads come from the table as of the writer's last commit: a write

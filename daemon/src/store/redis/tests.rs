@@ -294,23 +294,9 @@ async fn pacing_and_slots_are_shared_by_the_nodes() {
 }
 
 fn message(id: &str, recipients: usize) -> NewMessage {
-    let now = crate::clock::system_now_ms();
-    NewMessage {
-        id: id.into(),
-        account: "acme".into(),
-        sender: "news@acme.test".into(),
-        recipients: (0..recipients).map(|i| format!("r{i}@dest.test")).collect(),
-        dropped: Default::default(),
-        body: Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
-        received_at_ms: now,
-        ready_at_ms: now,
-        require_tls: false,
-        source_ip: None,
-        pool: String::new(),
-        template_id: String::new(),
-        task_id: String::new(),
-        story: Vec::new(),
-    }
+    let to: Vec<String> = (0..recipients).map(|i| format!("r{i}@dest.test")).collect();
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    crate::queued::test_message(id, &to, crate::clock::system_now_ms())
 }
 
 /// Equal parts of the slots get equal numbers of shards: as many shards on
