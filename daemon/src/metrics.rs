@@ -32,6 +32,14 @@ pub struct Refused {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsSession {
+    /// mta-sts | none
+    pub policy: &'static str,
+    /// success | plaintext | an RFC 8460 result type
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptResult {
     /// delivered | deferred | bounced | expired
     pub result: &'static str,
@@ -146,6 +154,7 @@ pub struct Metrics {
     pub hook_seconds: Family<Hook, Histogram, fn() -> Histogram>,
     pub store_seconds: Family<StoreOp, Histogram, fn() -> Histogram>,
     pub commit_messages: Histogram,
+    pub tls_sessions: Family<TlsSession, Counter>,
     pub store_failovers: Counter,
     pub store_errors: Counter,
     pub smtp_sessions: Family<Tls, Counter>,
@@ -180,6 +189,7 @@ impl Metrics {
             hook_seconds: Family::new_with_constructor(short_latency),
             store_seconds: Family::new_with_constructor(short_latency),
             commit_messages: batch_sizes(),
+            tls_sessions: Family::default(),
             store_failovers: Counter::default(),
             store_errors: Counter::default(),
             smtp_sessions: Family::default(),
@@ -273,6 +283,11 @@ impl Metrics {
             "store_commit_writes",
             "Writes in each group commit of the embedded store",
             m.commit_messages.clone(),
+        );
+        r.register(
+            "tls_sessions",
+            "Connections to MX hosts by the TLS policy that applied and how TLS went (RFC 8460's result types)",
+            m.tls_sessions.clone(),
         );
         r.register(
             "store_failovers",

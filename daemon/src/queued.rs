@@ -128,6 +128,10 @@ pub struct Attempt {
     /// The node that made it (`server.node_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The receiving domain's TLS policy that applied
+    /// (`MTA-STS enforce id=...`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

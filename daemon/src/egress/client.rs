@@ -95,7 +95,62 @@ pub enum ClientError {
     #[error("server replied {0}")]
     Rejected(Reply),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(TlsError),
+}
+
+/// Why TLS to an MX failed, as TLS reports (RFC 8460 4.3) name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    StarttlsNotSupported,
+    CertificateHostMismatch,
+    CertificateExpired,
+    CertificateNotTrusted,
+    ValidationFailure,
+}
+
+impl TlsFailure {
+    /// The RFC's `result-type`.
+    pub fn result_type(self) -> &'static str {
+        match self {
+            TlsFailure::StarttlsNotSupported => "starttls-not-supported",
+            TlsFailure::CertificateHostMismatch => "certificate-host-mismatch",
+            TlsFailure::CertificateExpired => "certificate-expired",
+            TlsFailure::CertificateNotTrusted => "certificate-not-trusted",
+            TlsFailure::ValidationFailure => "validation-failure",
+        }
+    }
+
+    /// What a failed handshake's error says, read from rustls's own.
+    fn of_handshake(e: &std::io::Error) -> TlsFailure {
+        use rustls::CertificateError as C;
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(c)) => match c {
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    TlsFailure::CertificateHostMismatch
+                }
+                C::Expired | C::ExpiredContext { .. } => TlsFailure::CertificateExpired,
+                C::UnknownIssuer => TlsFailure::CertificateNotTrusted,
+                _ => TlsFailure::ValidationFailure,
+            },
+            _ => TlsFailure::ValidationFailure,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{text}")]
+pub struct TlsError {
+    pub kind: TlsFailure,
+    pub text: String,
+}
+
+impl TlsError {
+    fn failed(kind: TlsFailure, text: impl Into<String>) -> ClientError {
+        ClientError::Tls(TlsError {
+            kind,
+            text: text.into(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +281,10 @@ impl Connection {
             } else {
                 let (stream, _) = io.into_parts();
                 let Either::Left(tcp) = stream else {
-                    return Err(ClientError::Tls("already encrypted".into()));
+                    return Err(TlsError::failed(
+                        TlsFailure::ValidationFailure,
+                        "already encrypted",
+                    ));
                 };
                 let config = if mode == TlsMode::Required {
                     tls.verified.clone()
@@ -238,8 +296,10 @@ impl Connection {
                 let connector = tokio_rustls::TlsConnector::from(config);
                 let stream = tokio::time::timeout(COMMAND_TIMEOUT, connector.connect(name, tcp))
                     .await
-                    .map_err(|_| ClientError::Tls("handshake timed out".into()))?
-                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                    .map_err(|_| {
+                        TlsError::failed(TlsFailure::ValidationFailure, "handshake timed out")
+                    })?
+                    .map_err(|e| TlsError::failed(TlsFailure::of_handshake(&e), e.to_string()))?;
                 tls_version = stream
                     .get_ref()
                     .1
@@ -250,9 +310,10 @@ impl Connection {
                 ext = ehlo(&mut io, helo).await?;
             }
         } else if mode == TlsMode::Required {
-            return Err(ClientError::Tls(format!(
-                "TLS required but {mx} does not offer STARTTLS"
-            )));
+            return Err(TlsError::failed(
+                TlsFailure::StarttlsNotSupported,
+                format!("TLS required but {mx} does not offer STARTTLS"),
+            ));
         }
         Ok(Connection {
             io,

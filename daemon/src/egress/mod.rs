@@ -438,6 +438,7 @@ impl Delivery {
             shaping: None,
             outcome: None,
             node: None,
+            tls_policy: None,
         };
         self.settle(&job.entry, verdict, attempt, None, None).await;
     }

@@ -358,6 +358,7 @@ impl Delivery {
             shaping: None,
             outcome: None,
             node: None,
+            tls_policy: None,
         }
     }
 
@@ -373,7 +374,8 @@ impl Delivery {
     ) -> Result<(), Ended> {
         let entry = &job.entry;
         let domain = entry.domain();
-        let sts = self.enforced_sts(domain).await;
+        let policy = self.sts_policy(domain).await;
+        let sts = policy.clone().filter(|p| p.mode == mta_sts::Mode::Enforce);
         let require_tls = entry.require_tls
             || sts.is_some()
             || self
@@ -403,8 +405,9 @@ impl Delivery {
         }
         let started = Instant::now();
         let mut attempt = self.new_attempt(line);
+        attempt.tls_policy = policy.as_ref().map(|p| p.describe());
         match self
-            .connect(line, domain, require_tls, sts.as_deref())
+            .connect(line, domain, require_tls, policy.as_deref())
             .await
         {
             Ok(c) => {
@@ -485,6 +488,7 @@ impl Delivery {
         attempt.mx = Some(c.mx.clone());
         attempt.ip = Some(c.ip.to_string());
         attempt.tls = c.tls_version.clone();
+        attempt.tls_policy = self.sts_policy(entry.domain()).await.map(|p| p.describe());
         let (verdict, signal) = match c
             .send(
                 return_path,
@@ -553,25 +557,25 @@ impl Delivery {
 
     /// Tries each MX of the line's site in order, each of its addresses,
     /// until one answers, from the line's source.
-    /// The MTA-STS policy `domain` enforces, if any; a `testing` one is
-    /// only logged about.
-    async fn enforced_sts(&self, domain: &str) -> Option<Arc<mta_sts::Policy>> {
+    /// The MTA-STS policy of `domain` (`enforce` or `testing`), if any.
+    async fn sts_policy(&self, domain: &str) -> Option<Arc<mta_sts::Policy>> {
         match self.mta_sts.as_ref()?.policy_for(domain).await {
-            mta_sts::Found::Policy(p) if p.mode == mta_sts::Mode::Enforce => Some(p),
+            mta_sts::Found::Policy(p) if p.mode != mta_sts::Mode::None => Some(p),
             _ => None,
         }
     }
 
-    /// Tries each MX of the line's site in order (those `sts` names, when
-    /// it applies), each of its addresses, until one answers, from the
-    /// line's source.
+    /// Tries each MX of the line's site in order (those an enforced
+    /// `policy` names), each of its addresses, until one answers, from
+    /// the line's source.
     async fn connect(
         &self,
         line: &Line,
         domain: &str,
         require_tls: bool,
-        sts: Option<&mta_sts::Policy>,
+        policy: Option<&mta_sts::Policy>,
     ) -> Result<Connection, ConnectFailure> {
+        let sts = policy.filter(|p| p.mode == mta_sts::Mode::Enforce);
         let all = line.hosts();
         let hosts: Vec<&crate::dns::MxHost> = all
             .iter()
@@ -617,6 +621,7 @@ impl Delivery {
                     d.connect_timeout,
                 )
                 .await;
+                count_tls_session(policy, &opened);
                 let opened = match opened {
                     Err(ClientError::Tls(e)) if mode == TlsMode::Opportunistic => {
                         tracing::info!(mx = %host.name, %addr, error = %e, "STARTTLS failed, retrying in plain text");
@@ -687,6 +692,25 @@ impl Delivery {
             reply: None,
             source_broken: false,
         })
+    }
+}
+
+/// A connection's TLS, counted by the policy that applied (bounded
+/// labels: RFC 8460's result types).
+fn count_tls_session(policy: Option<&mta_sts::Policy>, opened: &Result<Connection, ClientError>) {
+    let result = match opened {
+        Ok(c) if c.tls_version.is_some() => "success",
+        Ok(_) => "plaintext",
+        Err(ClientError::Tls(e)) => e.kind.result_type(),
+        Err(_) => return,
+    };
+    if let Some(m) = crate::metrics::get() {
+        m.tls_sessions
+            .get_or_create(&crate::metrics::TlsSession {
+                policy: if policy.is_some() { "mta-sts" } else { "none" },
+                result,
+            })
+            .inc();
     }
 }
 

@@ -66,6 +66,9 @@ fn attempt_text(n: usize, a: &Attempt) -> String {
         None if a.mx.is_some() => ", no TLS".to_string(),
         None => String::new(),
     });
+    if let Some(p) = &a.tls_policy {
+        out.push_str(&format!(" under {p}"));
+    }
     out.push_str(": ");
     let reply = match (a.code, &a.enhanced_code) {
         (Some(c), Some(x)) => format!("{c} {x} {}", a.message),

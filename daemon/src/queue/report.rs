@@ -182,6 +182,7 @@ impl QueueHandle {
                     shaping: None,
                     outcome: Some("bounced by the operator".into()),
                     node: None,
+                    tls_policy: None,
                 };
                 let cause = Cause::Operator {
                     select: rule.select.to_string(),
@@ -297,6 +298,7 @@ impl QueueHandle {
             shaping: None,
             outcome: None,
             node: Some(self.node_id.clone()),
+            tls_policy: None,
         };
         let mut updated = rcpt.clone();
         updated.state = RecipientState::Bounced;

@@ -78,6 +78,7 @@ fn attempt(at_ms: i64, code: u16, enhanced: &str, text: &str) -> Attempt {
         shaping: None,
         outcome: None,
         node: None,
+        tls_policy: None,
     }
 }
 

@@ -92,6 +92,10 @@ async fn an_enforce_policy_is_kept_and_a_testing_one_changes_nothing() {
     // Kept: verified TLS to the MX the policy names.
     let rec = wait_state(&e.kiln, &good_id, 0, "delivered", 30).await;
     assert!(rec["attempts"][0]["tls"].is_string(), "{rec}");
+    assert_eq!(
+        rec["attempts"][0]["tls_policy"], "MTA-STS enforce id=20261206T1",
+        "{rec}"
+    );
     // Broken, each way, under enforce: deferred, the reason naming the
     // policy; nothing sent to the MX instead.
     for (id, says) in [
@@ -118,8 +122,28 @@ async fn an_enforce_policy_is_kept_and_a_testing_one_changes_nothing() {
     assert!(why.contains("STARTTLS"), "{why}");
     // Testing: delivered as without a policy, to the MX with the wrong
     // certificate.
-    wait_state(&e.kiln, &testing_id, 0, "delivered", 30).await;
+    let rec = wait_state(&e.kiln, &testing_id, 0, "delivered", 30).await;
+    assert_eq!(
+        rec["attempts"][0]["tls_policy"], "MTA-STS testing id=20261206T1",
+        "{rec}"
+    );
     assert_eq!(wrong.rcpts_seen("u@testing.test"), 1);
+    // Each session counted by policy and by RFC 8460's result type.
+    for (result, at_least) in [
+        ("success", 2.0),
+        ("certificate-host-mismatch", 1.0),
+        ("starttls-not-supported", 1.0),
+    ] {
+        let label = format!("policy=\"mta-sts\",result=\"{result}\"");
+        let n = crate::harness::metric(&e, "kiln_tls_sessions_total", &label).await;
+        assert!(n >= at_least, "{result}: {n}");
+    }
+    let explained = e.kiln.command(&["explain", &wrong_id]);
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        text.contains("under MTA-STS enforce id=20261206T1"),
+        "{text}"
+    );
 
     // Each policy was fetched once, and is kept: a policy host gone does
     // not undo it (the domain's next mail still waits).
