@@ -41,6 +41,7 @@
 //! | `queue::control` | the operator's suspensions and bounces, for every node |
 //! | **`egress`** | **how mail leaves: providers, sources, shaping, the SMTP client** |
 //! | `egress::mta_sts` | receiving domains' MTA-STS policies: found, fetched, kept, matched |
+//! | `egress::tls_report` | TLS sessions counted per receiving domain and day; RFC 8460 reports |
 //! | `egress::route` | a domain's MX hosts, resolved once and kept a while |
 //! | `egress::plan` | sources, pools, providers and their limits, from the policy |
 //! | `egress::line` | the jobs for one site from one source, bounded |

@@ -53,6 +53,12 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// TLS reports (RFC 8460): what Kiln saw of receiving domains' TLS
+    /// (asks the daemon).
+    TlsReport {
+        #[command(subcommand)]
+        command: TlsReportCommand,
+    },
     /// API accounts: each gets a SecretId and SecretKey for the SES API
     /// (asks the daemon).
     Account {
@@ -140,6 +146,18 @@ enum ClusterCommand {
     /// Each node with its version, start, last heartbeat and the leases it
     /// holds; the store's server: version, role, replicas connected.
     Status,
+}
+
+#[derive(Subcommand)]
+enum TlsReportCommand {
+    /// The report DOMAIN would get for a day (today unless --day), in the
+    /// RFC's JSON: its sessions by policy, failures by result type and MX.
+    Show {
+        domain: String,
+        /// A UTC day, YYYY-MM-DD.
+        #[arg(long)]
+        day: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -292,6 +310,16 @@ fn main() -> ExitCode {
         Command::Cluster {
             command: ClusterCommand::Status,
         } => admin(&settings, "GET", "/admin/cluster"),
+        Command::TlsReport {
+            command: TlsReportCommand::Show { domain, day },
+        } => {
+            let day = day.map(|d| format!("?day={d}")).unwrap_or_default();
+            admin(
+                &settings,
+                "GET",
+                &format!("/admin/tls-report/{domain}{day}"),
+            )
+        }
         Command::Explain {
             message_id,
             recipient,

@@ -19,6 +19,7 @@ mod report;
 mod return_path;
 pub mod route;
 pub mod shaping;
+pub mod tls_report;
 mod warmup;
 mod worker;
 

@@ -265,8 +265,7 @@ impl MtaSts {
     }
 
     async fn kept(&self, domain: &str) -> Option<Policy> {
-        let raw = self.store.get(&key(domain)).await.ok()??;
-        crate::store::decode(&key(domain), &raw).ok()
+        kept_policy(&self.store, domain).await
     }
 
     /// The id of `_mta-sts.DOMAIN`'s record; None when there is none; an
@@ -334,6 +333,13 @@ impl MtaSts {
         }
         Ok(parse_policy(&String::from_utf8_lossy(&body))?)
     }
+}
+
+/// The policy kept in the store for `domain`, expired or not.
+pub async fn kept_policy(store: &Store, domain: &str) -> Option<Policy> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let raw = store.get(&key(&domain)).await.ok()??;
+    crate::store::decode(&key(&domain), &raw).ok()
 }
 
 fn key(domain: &str) -> String {

@@ -621,7 +621,7 @@ impl Delivery {
                     d.connect_timeout,
                 )
                 .await;
-                count_tls_session(policy, &opened);
+                self.count_tls_session(domain, &host.name, policy, &opened);
                 let opened = match opened {
                     Err(ClientError::Tls(e)) if mode == TlsMode::Opportunistic => {
                         tracing::info!(mx = %host.name, %addr, error = %e, "STARTTLS failed, retrying in plain text");
@@ -695,22 +695,46 @@ impl Delivery {
     }
 }
 
-/// A connection's TLS, counted by the policy that applied (bounded
-/// labels: RFC 8460's result types).
-fn count_tls_session(policy: Option<&mta_sts::Policy>, opened: &Result<Connection, ClientError>) {
-    let result = match opened {
-        Ok(c) if c.tls_version.is_some() => "success",
-        Ok(_) => "plaintext",
-        Err(ClientError::Tls(e)) => e.kind.result_type(),
-        Err(_) => return,
-    };
-    if let Some(m) = crate::metrics::get() {
-        m.tls_sessions
-            .get_or_create(&crate::metrics::TlsSession {
-                policy: if policy.is_some() { "mta-sts" } else { "none" },
+impl Delivery {
+    /// A connection's TLS, counted by the policy that applied (bounded
+    /// labels: RFC 8460's result types) and for `domain`'s TLS report.
+    fn count_tls_session(
+        &self,
+        domain: &str,
+        mx: &str,
+        policy: Option<&mta_sts::Policy>,
+        opened: &Result<Connection, ClientError>,
+    ) {
+        let result = match opened {
+            Ok(c) if c.tls_version.is_some() => "success",
+            Ok(_) => "plaintext",
+            Err(ClientError::Tls(e)) => e.kind.result_type(),
+            Err(_) => return,
+        };
+        if let Some(m) = crate::metrics::get() {
+            m.tls_sessions
+                .get_or_create(&crate::metrics::TlsSession {
+                    policy: if policy.is_some() { "mta-sts" } else { "none" },
+                    result,
+                })
+                .inc();
+        }
+        // To a report, mail that went in plain text is an MX without
+        // STARTTLS.
+        let result = if result == "plaintext" {
+            "starttls-not-supported"
+        } else {
+            result
+        };
+        super::tls_report::count(
+            &self.store,
+            &super::tls_report::Session {
+                domain,
+                policy,
+                mx,
                 result,
-            })
-            .inc();
+            },
+        );
     }
 }
 

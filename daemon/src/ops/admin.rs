@@ -24,6 +24,7 @@ pub fn routes(ctx: &Arc<Services>) -> Router<Arc<Services>> {
         .route("/admin/reload", axum::routing::post(reload))
         .route("/admin/policy", get(policy_info))
         .route("/admin/cluster", get(super::cluster::status))
+        .route("/admin/tls-report/{domain}", get(tls_report))
         .route("/admin/clock", axum::routing::post(clock_advance))
         .route("/admin/auth/blocked", get(auth_blocked))
         .route("/admin/auth/unblock", axum::routing::post(auth_unblock))
@@ -133,6 +134,54 @@ async fn dkim_show(State(ctx): State<Arc<Services>>, Path(domain): Path<String>)
             StatusCode::NOT_FOUND,
             "DkimKeyNotFound",
             format!("no DKIM key for {domain}; create one with `kiln dkim create {domain}`"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreError",
+            e.to_string(),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReportDay {
+    day: Option<String>,
+}
+
+/// `GET /admin/tls-report/DOMAIN?day=YYYY-MM-DD`: the TLS report DOMAIN
+/// would get for the day (today, UTC, unless said).
+async fn tls_report(
+    State(ctx): State<Arc<Services>>,
+    Path(domain): Path<String>,
+    Query(q): Query<ReportDay>,
+) -> Response {
+    use crate::egress::{mta_sts, tls_report};
+    let day = match q.day {
+        Some(d) if d.parse::<jiff::civil::Date>().is_ok() => d,
+        Some(d) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidDay",
+                format!("day {d:?} is not a date (YYYY-MM-DD)"),
+            );
+        }
+        None => tls_report::day_of(ctx.store.now_ms()),
+    };
+    let policy = mta_sts::kept_policy(&ctx.store, &domain).await;
+    match tls_report::report(
+        &ctx.store,
+        &domain,
+        &day,
+        &ctx.settings.server.hostname,
+        policy.as_ref(),
+    )
+    .await
+    {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "NoTlsSessions",
+            format!("no connection to {domain}'s MX hosts was counted on {day}"),
         ),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -138,6 +138,50 @@ async fn an_enforce_policy_is_kept_and_a_testing_one_changes_nothing() {
         let n = crate::harness::metric(&e, "kiln_tls_sessions_total", &label).await;
         assert!(n >= at_least, "{result}: {n}");
     }
+    // The day's TLS report for the domain whose MX showed another name's
+    // certificate, as RFC 8460 gives it.
+    let shown = e.kiln.command(&["tls-report", "show", "wrongcert.test"]);
+    let report: serde_json::Value = serde_json::from_slice(&shown.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&shown.stderr)));
+    let policy = &report["policies"][0];
+    assert_eq!(policy["policy"]["policy-type"], "sts", "{report}");
+    assert_eq!(
+        policy["policy"]["policy-domain"], "wrongcert.test",
+        "{report}"
+    );
+    assert_eq!(
+        policy["policy"]["policy-string"][1], "mode: enforce",
+        "{report}"
+    );
+    assert_eq!(
+        policy["summary"]["total-successful-session-count"], 0,
+        "{report}"
+    );
+    let failure = &policy["failure-details"][0];
+    assert_eq!(
+        failure["result-type"], "certificate-host-mismatch",
+        "{report}"
+    );
+    assert_eq!(
+        failure["receiving-mx-hostname"], "mx.wrongcert.test",
+        "{report}"
+    );
+    assert!(
+        failure["failed-session-count"].as_u64() >= Some(1),
+        "{report}"
+    );
+    assert!(
+        report["report-id"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("_wrongcert.test@kiln.test")),
+        "{report}"
+    );
+    let shown = e.kiln.command(&["tls-report", "show", "good.test"]);
+    let report: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+    assert!(
+        report["policies"][0]["summary"]["total-successful-session-count"].as_u64() >= Some(1),
+        "{report}"
+    );
     let explained = e.kiln.command(&["explain", &wrong_id]);
     let text = String::from_utf8_lossy(&explained.stdout);
     assert!(
