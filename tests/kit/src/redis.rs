@@ -400,3 +400,23 @@ pub fn cpu_seconds(port: u16) -> f64 {
         })
         .sum()
 }
+
+impl RedisCluster {
+    /// The port of the master that serves `slot`, as a live node sees it.
+    pub fn owner_of(&self, slot: u16) -> Option<u16> {
+        let alive = self.nodes.iter().find(|n| n.alive())?;
+        redis_cli(alive.port, &["CLUSTER", "NODES"])
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let serves = f.iter().skip(8).any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                });
+                if !(f.get(2)?.contains("master") && serves) {
+                    return None;
+                }
+                f.get(1)?.split(['@', ',']).next()?.rsplit(':').next()?.parse().ok()
+            })
+    }
+}

@@ -485,7 +485,12 @@ async fn cluster_serves_every_slot(conn: &conn::Conn) -> Result<()> {
         };
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("INFO");
-        let info: String = conn.to_node(host, port.parse().unwrap_or(0), cmd).await?;
+        // A master that cannot be asked is waited for, as a cluster that
+        // is down.
+        let info: String = conn
+            .to_node(host, port.parse().unwrap_or(0), cmd)
+            .await
+            .map_err(|e| StoreError::ClusterDown(format!("{addr} cannot be asked: {e}")))?;
         let field = |name: &str| {
             info.lines()
                 .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
