@@ -42,12 +42,21 @@ async fn took(store: &RedisStore, op: BatchOp) -> bool {
 async fn two_nodes_taking_at_once_spend_exactly_the_limit() {
     let redis = RedisServer::start();
     let (a, b) = (node(&redis).await, node(&redis).await);
-    let spend = |s: Arc<RedisStore>| async move {
-        let mut n = 0;
-        while took(&s, take("day", 1, 5000)).await {
-            n += 1;
+    // Both start together and let the other run between takes, so that a
+    // busy machine does not let one spend everything before the other
+    // begins.
+    let start = Arc::new(tokio::sync::Barrier::new(2));
+    let spend = |s: Arc<RedisStore>| {
+        let start = start.clone();
+        async move {
+            start.wait().await;
+            let mut n = 0;
+            while took(&s, take("day", 1, 5000)).await {
+                n += 1;
+                tokio::task::yield_now().await;
+            }
+            n
         }
-        n
     };
     let (from_a, from_b) = tokio::join!(
         tokio::spawn(spend(a.clone())),
