@@ -496,6 +496,37 @@ impl Connection {
 mod tests {
     use super::*;
 
+    /// A failed handshake is named by RFC 8460's result types, read from
+    /// rustls's own error (as tokio-rustls hands it over, in an io::Error).
+    #[test]
+    fn handshake_failures_get_their_report_names() {
+        use rustls::CertificateError as C;
+        let named = |e: rustls::Error| {
+            TlsFailure::of_handshake(&std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                .result_type()
+        };
+        assert_eq!(
+            named(rustls::Error::InvalidCertificate(C::NotValidForName)),
+            "certificate-host-mismatch"
+        );
+        assert_eq!(
+            named(rustls::Error::InvalidCertificate(C::Expired)),
+            "certificate-expired"
+        );
+        assert_eq!(
+            named(rustls::Error::InvalidCertificate(C::UnknownIssuer)),
+            "certificate-not-trusted"
+        );
+        assert_eq!(
+            named(rustls::Error::InvalidCertificate(C::BadSignature)),
+            "validation-failure"
+        );
+        assert_eq!(
+            TlsFailure::of_handshake(&std::io::Error::other("reset")).result_type(),
+            "validation-failure"
+        );
+    }
+
     #[test]
     fn parses_replies() {
         let r = Reply::parse(&["250-first".into(), "250 2.0.0 Ok queued".into()]).unwrap();
