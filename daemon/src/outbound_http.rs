@@ -119,6 +119,22 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
+/// An error with what caused it ("error sending request" says nothing of
+/// a refused destination or a reset connection on its own).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

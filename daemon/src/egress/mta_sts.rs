@@ -303,7 +303,7 @@ impl MtaSts {
             .get(&url)
             .send()
             .await
-            .map_err(|e| FetchError::Http(error_chain(&e)))?;
+            .map_err(|e| FetchError::Http(crate::outbound_http::error_chain(&e)))?;
         if response.status().as_u16() != 200 {
             return Err(FetchError::Status(response.status().as_u16()));
         }
@@ -324,7 +324,7 @@ impl MtaSts {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| FetchError::Http(error_chain(&e)))?
+            .map_err(|e| FetchError::Http(crate::outbound_http::error_chain(&e)))?
         {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_POLICY_BYTES {
@@ -344,19 +344,6 @@ pub async fn kept_policy(store: &Store, domain: &str) -> Option<Policy> {
 
 fn key(domain: &str) -> String {
     format!("mta_sts:{domain}")
-}
-
-/// The error and its causes, for a log line that says why (a certificate
-/// for another name, a refused connection).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// Names resolved by Kiln's resolver, as the MX hosts are.

@@ -68,6 +68,9 @@ struct Held<'a> {
     conn: Option<Connection>,
     slot: bool,
     sent: u32,
+    /// The TLS policy of the job being attempted (`MTA-STS ... id=...`),
+    /// as `ensure_connection` found it.
+    tls_policy: Option<String>,
 }
 
 impl Held<'_> {
@@ -187,6 +190,7 @@ impl Delivery {
             conn: None,
             slot: false,
             sent: 0,
+            tls_policy: None,
         };
         while let Some((job, mut running)) = self.next_job(&line).await {
             // An operator's rule made since the job was placed.
@@ -375,6 +379,7 @@ impl Delivery {
         let entry = &job.entry;
         let domain = entry.domain();
         let policy = self.sts_policy(domain).await;
+        held.tls_policy = policy.as_ref().map(|p| p.describe());
         let sts = policy.clone().filter(|p| p.mode == mta_sts::Mode::Enforce);
         let require_tls = entry.require_tls
             || sts.is_some()
@@ -405,7 +410,7 @@ impl Delivery {
         }
         let started = Instant::now();
         let mut attempt = self.new_attempt(line);
-        attempt.tls_policy = policy.as_ref().map(|p| p.describe());
+        attempt.tls_policy = held.tls_policy.clone();
         match self
             .connect(line, domain, require_tls, policy.as_deref())
             .await
@@ -488,7 +493,7 @@ impl Delivery {
         attempt.mx = Some(c.mx.clone());
         attempt.ip = Some(c.ip.to_string());
         attempt.tls = c.tls_version.clone();
-        attempt.tls_policy = self.sts_policy(entry.domain()).await.map(|p| p.describe());
+        attempt.tls_policy = held.tls_policy.clone();
         let (verdict, signal) = match c
             .send(
                 return_path,

@@ -624,7 +624,7 @@ impl Callbacks {
             .body(body)
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| crate::outbound_http::error_chain(&e))?;
         if resp.status().is_success() {
             Ok(())
         } else if resp.status().is_redirection() {
@@ -636,22 +636,6 @@ impl Callbacks {
             Err(format!("HTTP {}", resp.status()))
         }
     }
-}
-
-/// An error with what caused it ("error sending request" says nothing of
-/// a refused destination or a reset connection on its own).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let said = c.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]

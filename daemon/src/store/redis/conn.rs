@@ -47,22 +47,22 @@ impl RedisTarget {
             RedisTarget::Url(url) => crate::store::redacted_url(url),
             RedisTarget::Cluster(seeds) => format!(
                 "the Redis Cluster of store.redis_cluster = {}",
-                seeds
-                    .iter()
-                    .map(|s| crate::store::redacted_url(s))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                redacted_list(seeds)
             ),
             RedisTarget::Sentinel { sentinels, master } => format!(
                 "store.redis_sentinel_master {master:?} of store.redis_sentinels = {}",
-                sentinels
-                    .iter()
-                    .map(|s| crate::store::redacted_url(s))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                redacted_list(sentinels)
             ),
         }
     }
+}
+
+/// URLs without their passwords, for logs.
+fn redacted_list(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| crate::store::redacted_url(u))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Clone)]
@@ -292,20 +292,12 @@ impl Conn {
         key: &str,
         cmd: Cmd,
     ) -> RedisResult<T> {
-        match self {
-            Conn::Cluster(c) => {
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::with_key(key, SlotAddr::Master),
-                ));
-                let value = c.clone().route_command(cmd, route).await?;
-                Ok(redis::from_redis_value(value)?)
-            }
-            other => cmd.query_async(&mut other.clone()).await,
-        }
+        self.routed(cmd, || {
+            SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master))
+        })
+        .await
     }
-}
 
-impl Conn {
     /// `cmd` sent to the cluster node `host:port`.
     pub(super) async fn to_node<T: redis::FromRedisValue>(
         &self,
@@ -313,13 +305,26 @@ impl Conn {
         port: u16,
         cmd: Cmd,
     ) -> RedisResult<T> {
+        self.routed(cmd, || SingleNodeRoutingInfo::ByAddress {
+            host: host.to_string(),
+            port,
+        })
+        .await
+    }
+
+    /// `cmd` sent where `route` says on a cluster; elsewhere to the one
+    /// server.
+    async fn routed<T: redis::FromRedisValue>(
+        &self,
+        cmd: Cmd,
+        route: impl FnOnce() -> SingleNodeRoutingInfo,
+    ) -> RedisResult<T> {
         match self {
             Conn::Cluster(c) => {
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.to_string(),
-                    port,
-                });
-                let value = c.clone().route_command(cmd, route).await?;
+                let value = c
+                    .clone()
+                    .route_command(cmd, RoutingInfo::SingleNode(route()))
+                    .await?;
                 Ok(redis::from_redis_value(value)?)
             }
             other => cmd.query_async(&mut other.clone()).await,

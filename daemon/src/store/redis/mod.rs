@@ -315,15 +315,11 @@ impl RedisStore {
                 .arg(section)
                 .query_async(&mut self.conn.clone())
                 .await?;
-            out.extend(text.lines().filter_map(|l| {
-                let (k, v) = l.trim().split_once(':')?;
-                FIELDS.contains(&k).then(|| (k.to_string(), v.to_string()))
-            }));
+            out.extend(info_fields(&text, FIELDS));
         }
         Ok(out)
     }
 
-    /// The addresses of the cluster's masters that are not failed, in order.
     /// The addresses of the cluster's masters that are not failed, in
     /// order, and of every node, as the first of `known` (node addresses)
     /// to answer within half a second sees them: a node that died is not
@@ -336,9 +332,9 @@ impl RedisStore {
             async move {
                 let mut cmd = redis::cmd("CLUSTER");
                 cmd.arg("NODES");
-                match addr.as_deref().and_then(|a| a.rsplit_once(':')) {
-                    Some((host, port)) => {
-                        let port = port.parse().ok()?;
+                match addr.as_deref() {
+                    Some(a) => {
+                        let (host, port) = host_port(a)?;
                         conn.to_node::<String>(host, port, cmd).await.ok()
                     }
                     None => cmd.query_async::<String>(&mut conn.clone()).await.ok(),
@@ -353,20 +349,14 @@ impl RedisStore {
             }
         }
         let text = text?;
-        let (mut masters, mut all) = (Vec::new(), Vec::new());
-        for l in text.lines() {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (Some(addr), Some(flags)) = (f.get(1), f.get(2)) else {
-                continue;
-            };
-            let addr = addr.split(['@', ',']).next().unwrap_or(addr).to_string();
-            if flags.contains("master") && !flags.contains("fail") {
-                masters.push(addr.clone());
-            }
-            all.push(addr);
-        }
+        let nodes = cluster_nodes(&text);
+        let mut masters: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.is_live_master())
+            .map(|n| n.addr.to_string())
+            .collect();
         masters.sort();
-        Some((masters, all))
+        Some((masters, nodes.iter().map(|n| n.addr.to_string()).collect()))
     }
 
     async fn cluster_info(&self) -> Result<Vec<(String, String)>> {
@@ -381,44 +371,31 @@ impl RedisStore {
             .arg("INFO")
             .query_async(&mut self.conn.clone())
             .await?;
-        let mut out: Vec<(String, String)> = info
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.trim().split_once(':')?;
-                FIELDS.contains(&k).then(|| (k.to_string(), v.to_string()))
-            })
-            .collect();
+        let mut out = info_fields(&info, FIELDS);
         out.push(("queue_shards".into(), self.shard_count().to_string()));
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut self.conn.clone())
             .await?;
-        let rows: Vec<Vec<&str>> = nodes
-            .lines()
-            .map(|l| l.split_whitespace().collect())
-            .filter(|f: &Vec<&str>| f.len() >= 8)
-            .collect();
-        for m in rows.iter().filter(|f| f[2].contains("master")) {
-            let addr = m[1].split(['@', ',']).next().unwrap_or(m[1]);
-            let replicas = rows.iter().filter(|r| r[3] == m[0]).count();
-            let keys = match addr.rsplit_once(':') {
-                Some((host, port)) if !m[2].contains("fail") => {
-                    let port = port.parse().unwrap_or(0);
-                    self.conn
-                        .to_node::<u64>(host, port, redis::cmd("DBSIZE"))
-                        .await
-                        .map_or_else(|e| format!("keys unknown ({e})"), |n| format!("{n} keys"))
-                }
+        let nodes = cluster_nodes(&nodes);
+        for m in nodes.iter().filter(|n| n.master) {
+            let replicas = nodes.iter().filter(|r| r.master_id == m.id).count();
+            let keys = match host_port(m.addr) {
+                Some((host, port)) if !m.failed => self
+                    .conn
+                    .to_node::<u64>(host, port, redis::cmd("DBSIZE"))
+                    .await
+                    .map_or_else(|e| format!("keys unknown ({e})"), |n| format!("{n} keys")),
                 _ => "failed".into(),
             };
             out.push((
-                format!("master {addr}"),
+                format!("master {}", m.addr),
                 format!(
                     "slots {}, {replicas} replica(s), {keys}",
-                    if m.len() > 8 {
-                        m[8..].join(" ")
-                    } else {
+                    if m.slots.is_empty() {
                         "none".into()
+                    } else {
+                        m.slots.join(" ")
                     }
                 ),
             ));
@@ -470,33 +447,20 @@ async fn cluster_serves_every_slot(conn: &conn::Conn) -> Result<()> {
         .arg("NODES")
         .query_async(&mut conn.clone())
         .await?;
-    let masters: Vec<String> = nodes
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let flags = f.get(2)?;
-            (flags.contains("master") && !flags.contains("fail"))
-                .then(|| f[1].split(['@', ',']).next().unwrap_or(f[1]).to_string())
-        })
-        .collect();
-    for addr in masters {
-        let Some((host, port)) = addr.rsplit_once(':') else {
+    for m in cluster_nodes(&nodes).iter().filter(|n| n.is_live_master()) {
+        let Some((host, port)) = host_port(m.addr) else {
             continue;
         };
+        let addr = m.addr;
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("INFO");
         // A master that cannot be asked is waited for, as a cluster that
         // is down.
         let info: String = conn
-            .to_node(host, port.parse().unwrap_or(0), cmd)
+            .to_node(host, port, cmd)
             .await
             .map_err(|e| StoreError::ClusterDown(format!("{addr} cannot be asked: {e}")))?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
-                .unwrap_or("?")
-                .to_string()
-        };
+        let field = |name: &str| info_field(&info, name).unwrap_or("?").to_string();
         if field("cluster_state") != "ok" {
             return Err(StoreError::ClusterDown(format!(
                 "cluster_state:{} at {addr}, {} of 16384 slots assigned, {} served (every slot must be: `redis-cli --cluster check` names the missing ones)",
@@ -507,6 +471,67 @@ async fn cluster_serves_every_slot(conn: &conn::Conn) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A node of a Redis Cluster as a line of `CLUSTER NODES` gives it.
+struct ClusterNode<'a> {
+    id: &'a str,
+    /// `host:port` (without the bus port).
+    addr: &'a str,
+    master: bool,
+    /// Marked failing (`fail` or `fail?`).
+    failed: bool,
+    /// A replica's master's id (`-` for a master).
+    master_id: &'a str,
+    /// A master's slot ranges.
+    slots: Vec<&'a str>,
+}
+
+impl ClusterNode<'_> {
+    fn is_live_master(&self) -> bool {
+        self.master && !self.failed
+    }
+}
+
+fn cluster_nodes(text: &str) -> Vec<ClusterNode<'_>> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            Some(ClusterNode {
+                id: f[0],
+                addr: f[1].split(['@', ',']).next().unwrap_or(f[1]),
+                master: f[2].contains("master"),
+                failed: f[2].contains("fail"),
+                master_id: f[3],
+                slots: f[8..].to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// `host:port` as a host and a port.
+fn host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host, port.parse().ok()?))
+}
+
+/// The value of `name:value` in an `INFO` or `CLUSTER INFO` answer.
+fn info_field<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+}
+
+/// The `name:value` lines of an `INFO` answer whose names are in `names`.
+fn info_fields(text: &str, names: &[&str]) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            names.contains(&k).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// The store's shard count: the one in Redis, else `wanted`, written there
