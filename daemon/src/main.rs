@@ -158,6 +158,9 @@ enum TlsReportCommand {
         #[arg(long)]
         day: Option<String>,
     },
+    /// Sends the reports due now, today's so far included, to the domains
+    /// that ask for them (`_smtp._tls`), and prints what became of each.
+    Send,
 }
 
 #[derive(Subcommand)]
@@ -320,6 +323,9 @@ fn main() -> ExitCode {
                 &format!("/admin/tls-report/{domain}{day}"),
             )
         }
+        Command::TlsReport {
+            command: TlsReportCommand::Send,
+        } => admin(&settings, "POST", "/admin/tls-reports/send"),
         Command::Explain {
             message_id,
             recipient,

@@ -47,6 +47,7 @@ pub async fn open_store(settings: &Settings, clock: Clock) -> anyhow::Result<Sto
                     &target,
                     &settings.store.redis_prefix,
                     settings.store.redis_queue_shards,
+                    Duration::from_millis(settings.store.redis_failover_timeout_ms),
                     settings.queue.status_retention,
                     clock.clone(),
                 )
@@ -120,6 +121,8 @@ pub struct Node {
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     manager_task: tokio::task::JoinHandle<()>,
     tasks_task: tokio::task::JoinHandle<()>,
+    /// The daily TLS reports (RFC 8460).
+    reports_task: tokio::task::JoinHandle<()>,
     /// The node's heartbeats (`kiln cluster status`), stopped apart: a node
     /// that is aborted leaves its last one to expire.
     heartbeat_stop: CancellationToken,
@@ -228,6 +231,16 @@ pub async fn start(
         }),
         settings.node_id(),
     );
+    let tls_reports = match crate::egress::tls_report_send::TlsReportSender::new(
+        Arc::new(resolver.clone()),
+        &client_tls.verified,
+    ) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::error!(error = %e, "TLS reports cannot be posted; none will be sent");
+            None
+        }
+    };
     let delivery = Delivery::new(
         settings.clone(),
         queue.clone(),
@@ -258,6 +271,7 @@ pub async fn start(
         tracking_limiter: Default::default(),
         egress: delivery.clone(),
         admin_tokens: operator_tokens(&settings, &store).await?,
+        tls_reports: tls_reports.clone(),
     });
     let callbacks_stop = CancellationToken::new();
     let sending_task = tokio::spawn(callbacks.clone().send_due(callbacks_stop.clone()));
@@ -268,6 +282,14 @@ pub async fn start(
         ctx.clone(),
         delivery_stop.clone(),
     ));
+    let reports_task = tokio::spawn({
+        let (ctx, stop) = (ctx.clone(), delivery_stop.clone());
+        async move {
+            if let Some(sender) = tls_reports.filter(|_| ctx.settings.delivery.tls_reports) {
+                sender.run(ctx, stop).await;
+            }
+        }
+    });
     let heartbeat_stop = CancellationToken::new();
     let heartbeat_task = tokio::spawn(crate::ops::cluster::heartbeats(
         ctx.clone(),
@@ -284,6 +306,7 @@ pub async fn start(
         accept_tasks,
         manager_task,
         tasks_task,
+        reports_task,
         heartbeat_stop,
         heartbeat_task,
         outcomes_task,
@@ -475,6 +498,7 @@ impl Node {
         self.delivery_stop.cancel();
         let _ = self.manager_task.await;
         let _ = self.tasks_task.await;
+        let _ = self.reports_task.await;
         self.heartbeat_stop.cancel();
         let _ = self.heartbeat_task.await;
         self.delivery.drain(SHUTDOWN_GRACE).await;
@@ -504,6 +528,7 @@ impl Node {
         for t in [
             self.manager_task,
             self.tasks_task,
+            self.reports_task,
             self.heartbeat_task,
             self.outcomes_task,
             self.stats_task,

@@ -55,6 +55,8 @@ pub struct Services {
     /// Egress as the operator sees it (shaping state per provider and
     /// source), without the stages importing egress.
     pub egress: Arc<dyn EgressView>,
+    /// Sends receiving domains their TLS reports (None when it cannot).
+    pub tls_reports: Option<Arc<crate::egress::tls_report_send::TlsReportSender>>,
 }
 
 /// What egress shows the operator.

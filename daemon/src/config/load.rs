@@ -468,6 +468,16 @@ mod tests {
                 "0",
                 "delivery.mx_port: must not be 0",
             ),
+            (
+                "KILN_STORE__REDIS_FAILOVER_TIMEOUT_MS",
+                "15",
+                "store.redis_failover_timeout_ms: 15 is not between 100 and 600000",
+            ),
+            (
+                "KILN_STORE__REDIS_FAILOVER_TIMEOUT_MS",
+                "15s",
+                "KILN_STORE__REDIS_FAILOVER_TIMEOUT_MS",
+            ),
         ] {
             let err = Settings::load_with(Some(&file), env(&[(var, value), ("KILN_BIN", "x")]))
                 .unwrap_err()

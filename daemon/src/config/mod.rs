@@ -159,6 +159,16 @@ impl Default for PlatformSettings {
 }
 
 impl Settings {
+    /// The address TLS reports come from (`delivery.tls_report_from`, else
+    /// `tls-reports@` the server's hostname).
+    pub fn tls_report_from(&self) -> String {
+        if self.delivery.tls_report_from.is_empty() {
+            format!("tls-reports@{}", self.server.hostname)
+        } else {
+            self.delivery.tls_report_from.clone()
+        }
+    }
+
     pub fn mx_host(&self) -> String {
         if self.platform.mx_host.is_empty() {
             self.server.hostname.clone()
@@ -435,6 +445,10 @@ pub struct StoreSettings {
     /// How long to wait for them, in milliseconds; past it the message is
     /// refused for now (SMTP 451 4.3.0, the API's internal error).
     pub redis_wait_timeout_ms: u64,
+    /// How long a command is tried again through a Redis Cluster's or
+    /// Sentinel's failover before its caller hears the error (and a
+    /// client a temporary failure), in milliseconds.
+    pub redis_failover_timeout_ms: u64,
     /// Key prefix (hash tag) shared by all nodes of one cluster.
     pub redis_prefix: String,
     /// Embedded store: new messages are refused (SMTP 452 4.3.1) while
@@ -497,6 +511,12 @@ pub struct DeliverySettings {
     /// mode, mail goes only to the MX hosts the policy names, over TLS
     /// verified for them, or waits.
     pub mta_sts: bool,
+    /// Send receiving domains that ask for them (`_smtp._tls`) the day's
+    /// TLS reports (RFC 8460).
+    pub tls_reports: bool,
+    /// The address TLS reports come from; its domain signs them (DKIM).
+    /// Empty: `tls-reports@` the server's hostname.
+    pub tls_report_from: String,
     /// Source address for outgoing connections.
     pub source_address: Option<std::net::IpAddr>,
 }
@@ -635,6 +655,7 @@ impl Default for StoreSettings {
             redis_sentinel_master: String::new(),
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 1000,
+            redis_failover_timeout_ms: 15_000,
             redis_prefix: "kiln".into(),
             min_free_mb: crate::store::embedded::space::DEFAULT_RESERVE >> 20,
         }
@@ -653,6 +674,8 @@ impl Default for DeliverySettings {
             require_tls_domains: Vec::new(),
             tls_ca_file: None,
             mta_sts: true,
+            tls_reports: true,
+            tls_report_from: String::new(),
             source_address: None,
         }
     }

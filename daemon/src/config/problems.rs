@@ -135,6 +135,18 @@ impl Settings {
                     .into(),
             );
         }
+        if !(100..=600_000).contains(&self.store.redis_failover_timeout_ms) {
+            out.push(format!(
+                "store.redis_failover_timeout_ms: {} is not between 100 and 600000",
+                self.store.redis_failover_timeout_ms
+            ));
+        }
+        let from = &self.delivery.tls_report_from;
+        if !from.is_empty() && crate::address::canonical(from, true).is_err() {
+            out.push(format!(
+                "delivery.tls_report_from: {from:?} is not an email address"
+            ));
+        }
         if self.delivery.mx_port == 0 {
             out.push("delivery.mx_port: must not be 0".into());
         }

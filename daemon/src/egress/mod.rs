@@ -20,6 +20,7 @@ mod return_path;
 pub mod route;
 pub mod shaping;
 pub mod tls_report;
+pub mod tls_report_send;
 mod warmup;
 mod worker;
 

@@ -187,13 +187,7 @@ impl MtaSts {
         tls: Arc<rustls::ClientConfig>,
         store: Store,
     ) -> reqwest::Result<MtaSts> {
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls).clone())
-            .dns_resolver(Arc::new(ThroughKiln(resolver.clone())))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(FETCH_TIMEOUT)
-            .build()?;
+        let http = https_client(&resolver, &tls, FETCH_TIMEOUT)?;
         Ok(MtaSts {
             resolver,
             http,
@@ -344,6 +338,24 @@ pub async fn kept_policy(store: &Store, domain: &str) -> Option<Policy> {
 
 fn key(domain: &str) -> String {
     format!("mta_sts:{domain}")
+}
+
+/// An HTTPS client for hosts a receiving domain names (its policy host,
+/// its TLS report endpoint): names resolved by Kiln's resolver as the MX
+/// hosts are, certificates verified with `tls`, no redirects, no proxy.
+pub fn https_client(
+    resolver: &Arc<MxResolver>,
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls((**tls).clone())
+        .dns_resolver(Arc::new(ThroughKiln(resolver.clone())))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .https_only(true)
+        .timeout(timeout)
+        .build()
 }
 
 /// Names resolved by Kiln's resolver, as the MX hosts are.

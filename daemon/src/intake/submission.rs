@@ -38,6 +38,8 @@ pub enum Door {
     Smtp,
     Api,
     Batch,
+    /// A report Kiln writes itself (TLS-RPT).
+    Report,
 }
 
 impl Door {
@@ -46,6 +48,7 @@ impl Door {
             Door::Smtp => "smtp",
             Door::Api => "api",
             Door::Batch => "batch",
+            Door::Report => "report",
         }
     }
 }

@@ -25,6 +25,10 @@ pub fn routes(ctx: &Arc<Services>) -> Router<Arc<Services>> {
         .route("/admin/policy", get(policy_info))
         .route("/admin/cluster", get(super::cluster::status))
         .route("/admin/tls-report/{domain}", get(tls_report))
+        .route(
+            "/admin/tls-reports/send",
+            axum::routing::post(tls_reports_send),
+        )
         .route("/admin/clock", axum::routing::post(clock_advance))
         .route("/admin/auth/blocked", get(auth_blocked))
         .route("/admin/auth/unblock", axum::routing::post(auth_unblock))
@@ -189,6 +193,20 @@ async fn tls_report(
             e.to_string(),
         ),
     }
+}
+
+/// `POST /admin/tls-reports/send`: sends the TLS reports due now,
+/// yesterday's not sent yet and today's so far; answers what became of
+/// each.
+async fn tls_reports_send(State(ctx): State<Arc<Services>>) -> Response {
+    let Some(sender) = ctx.tls_reports.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TlsReportsUnavailable",
+            "this node cannot send TLS reports (its HTTPS client could not be made; see its log)",
+        );
+    };
+    Json(json!({"sent": sender.send_due(&ctx, true).await})).into_response()
 }
 
 #[derive(Deserialize)]

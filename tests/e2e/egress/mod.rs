@@ -4,3 +4,4 @@ pub mod delivery;
 mod mta_sts;
 mod retries;
 mod shaping;
+mod tls_reports;

@@ -1,5 +1,6 @@
 //! A small HTTPS server that serves fixed files by host name (an MTA-STS
-//! policy host, say): HTTP/1.1, one request per connection.
+//! policy host, say) and keeps what is POSTed to it (a TLS report
+//! endpoint): HTTP/1.1, one request per connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,8 +16,19 @@ pub struct Page {
     pub body: String,
 }
 
+/// A request's body, as POSTed.
+#[derive(Clone, Debug)]
+pub struct Posted {
+    pub host: String,
+    pub path: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
 pub struct StaticHttps {
     pub addr: SocketAddr,
+    /// Bodies POSTed, in order.
+    pub posted: Arc<Mutex<Vec<Posted>>>,
     /// (host, path) → page.
     pages: Arc<Mutex<HashMap<(String, String), Page>>>,
     /// Requests served, as "host path".
@@ -29,14 +41,16 @@ impl StaticHttps {
         let addr = listener.local_addr().expect("https addr");
         let pages: Arc<Mutex<HashMap<(String, String), Page>>> = Arc::default();
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let posted: Arc<Mutex<Vec<Posted>>> = Arc::default();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let (p, r) = (pages.clone(), requests.clone());
+        let (p, r, b) = (pages.clone(), requests.clone(), posted.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (acceptor, pages, requests) = (acceptor.clone(), p.clone(), r.clone());
+                let (acceptor, pages, requests, posted) =
+                    (acceptor.clone(), p.clone(), r.clone(), b.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -49,7 +63,27 @@ impl StaticHttps {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
+                    let end = head
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(head.len(), |at| at + 4);
+                    let mut body = head.split_off(end);
                     let head = String::from_utf8_lossy(&head).into_owned();
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                            })
+                            .unwrap_or_default()
+                    };
+                    let length: usize = header("content-length").parse().unwrap_or(0);
+                    while body.len() < length.min(1 << 20) {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => body.extend_from_slice(&buf[..n]),
+                        }
+                    }
                     let path = head
                         .lines()
                         .next()
@@ -65,6 +99,14 @@ impl StaticHttps {
                         .unwrap_or_default();
                     let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
                     requests.lock().unwrap().push(format!("{host} {path}"));
+                    if head.starts_with("POST ") {
+                        posted.lock().unwrap().push(Posted {
+                            host: host.clone(),
+                            path: path.clone(),
+                            content_type: header("content-type"),
+                            body,
+                        });
+                    }
                     let page = pages.lock().unwrap().get(&(host, path)).cloned();
                     let page = page.unwrap_or(Page {
                         status: 404,
@@ -85,6 +127,7 @@ impl StaticHttps {
         });
         StaticHttps {
             addr,
+            posted,
             pages,
             requests,
         }

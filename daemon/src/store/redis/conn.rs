@@ -20,9 +20,9 @@ use redis::{
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Tries of a command on a Redis Cluster, with waits growing to 2 s: about
-/// 20 s in all, past a failover's detection and election.
-const CLUSTER_RETRIES: u32 = 12;
+/// Tries of a command on a Redis Cluster, with waits growing to 1 s: more
+/// than any failover window allows (the window ends them, not the count).
+const CLUSTER_RETRIES: u32 = 1_000;
 
 /// Where the store's Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,8 @@ fn redacted_list(urls: &[String]) -> String {
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    /// With how long a command is tried through a failover.
+    Cluster(ClusterConnection, Duration),
     Sentinel(Arc<SentinelMaster>),
 }
 
@@ -76,6 +77,7 @@ impl Conn {
     pub(super) async fn open(
         target: &RedisTarget,
         response_timeout: Duration,
+        failover: Duration,
     ) -> RedisResult<Conn> {
         match target {
             RedisTarget::Url(url) => {
@@ -89,15 +91,19 @@ impl Conn {
             RedisTarget::Cluster(seeds) => {
                 // A failover takes the cluster `cluster-node-timeout` (15 s
                 // by default) and then some: a command is tried again for
-                // about that long before its caller hears the error.
+                // `failover` (`store.redis_failover_timeout_ms`) before its
+                // caller hears the error.
                 let client = ClusterClientBuilder::new(seeds.clone())
                     .response_timeout(response_timeout)
                     .connection_timeout(Duration::from_secs(2))
                     .retries(CLUSTER_RETRIES)
                     .min_retry_wait(100)
-                    .max_retry_wait(2_000)
+                    .max_retry_wait(1_000)
                     .build()?;
-                Ok(Conn::Cluster(client.get_async_connection().await?))
+                Ok(Conn::Cluster(
+                    client.get_async_connection().await?,
+                    failover,
+                ))
             }
             RedisTarget::Sentinel { sentinels, master } => {
                 let client = SentinelClient::build(
@@ -109,9 +115,11 @@ impl Conn {
                 let master = Arc::new(SentinelMaster {
                     client: tokio::sync::Mutex::new(client),
                     current: std::sync::RwLock::new(None),
+                    made: std::sync::atomic::AtomicU64::new(0),
                     config: redis::AsyncConnectionConfig::new()
                         .set_response_timeout(Some(response_timeout)),
                     name: master.clone(),
+                    failover,
                 });
                 master.reconnect(0).await?;
                 Ok(Conn::Sentinel(master))
@@ -123,10 +131,15 @@ impl Conn {
 /// The master a Sentinel names, and this node's connection to it.
 pub(super) struct SentinelMaster {
     client: tokio::sync::Mutex<SentinelClient>,
-    /// The connection in use, with its generation (how many were made).
+    /// The connection in use, with its generation (how many were made);
+    /// none after one failed and no new one could be made.
     current: std::sync::RwLock<Option<(u64, MultiplexedConnection)>>,
+    made: std::sync::atomic::AtomicU64,
     config: redis::AsyncConnectionConfig,
     name: String,
+    /// How long a command the master refused is tried again, on the
+    /// master the Sentinels name, before its caller hears the error.
+    failover: Duration,
 }
 
 impl SentinelMaster {
@@ -144,10 +157,20 @@ impl SentinelMaster {
         if let Some((generation, conn)) = self.connection().filter(|(g, _)| *g > failed) {
             return Ok((generation, conn));
         }
-        let conn = client
-            .get_async_connection_with_config(&self.config)
-            .await?;
-        let generation = failed + 1;
+        let conn = match client.get_async_connection_with_config(&self.config).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // The failed connection is of no more use: the next
+                // command asks the Sentinels again.
+                if let Ok(mut current) = self.current.write()
+                    && current.as_ref().is_some_and(|(g, _)| *g <= failed)
+                {
+                    *current = None;
+                }
+                return Err(e);
+            }
+        };
+        let generation = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Ok(mut current) = self.current.write() {
             *current = Some((generation, conn.clone()));
         }
@@ -165,6 +188,74 @@ impl SentinelMaster {
             Some(c) => Ok(c),
             None => self.reconnect(0).await,
         }
+    }
+
+    /// `send` on the master, and again on the master the Sentinels name
+    /// after one that refused it (a replica now, gone, or none elected
+    /// yet), with growing waits, for `failover` at most. One whose answer
+    /// was lost is not sent twice (it may have run).
+    async fn through_failover<T, F, Fut>(&self, send: F) -> RedisResult<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.failover;
+        let mut wait = Duration::from_millis(100);
+        let mut generation = 0;
+        let mut done = match self.ready().await {
+            Ok((g, conn)) => {
+                generation = g;
+                send(conn).await
+            }
+            Err(e) => Err(e),
+        };
+        loop {
+            let e = match done {
+                Err(e) if master_may_have_moved(&e) => e,
+                done => return done,
+            };
+            let refused = not_run(&e);
+            let next = self.reconnect(generation).await;
+            if !refused {
+                return Err(e);
+            }
+            if tokio::time::Instant::now() + wait > deadline {
+                return next.and(Err(e));
+            }
+            match next {
+                Ok((g, conn)) => {
+                    generation = g;
+                    done = send(conn).await;
+                    if done.as_ref().is_err_and(not_run) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Err(refused_again) if not_run(&refused_again) => {
+                    tokio::time::sleep(wait).await;
+                    done = Err(refused_again);
+                }
+                Err(other) => return Err(other),
+            }
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// `send`, given up after `failover` (a cluster client retries a refused
+/// command until then): a timeout its caller hears, as from one server.
+async fn within<T>(
+    failover: Duration,
+    send: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    match tokio::time::timeout(failover, send).await {
+        Ok(done) => done,
+        Err(_) => Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer from the cluster within store.redis_failover_timeout_ms ({} ms)",
+                failover.as_millis()
+            ),
+        ))),
     }
 }
 
@@ -221,7 +312,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(_) | Conn::Sentinel(_) => 0,
+            Conn::Cluster(..) | Conn::Sentinel(_) => 0,
         }
     }
 }
@@ -230,20 +321,10 @@ impl Conn {
     fn send_one<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-            Conn::Sentinel(m) => Box::pin(async move {
-                let (generation, mut conn) = m.ready().await?;
-                match conn.req_packed_command(cmd).await {
-                    Err(e) if master_may_have_moved(&e) => {
-                        let (_, mut conn) = m.reconnect(generation).await?;
-                        if !not_run(&e) {
-                            return Err(e);
-                        }
-                        conn.req_packed_command(cmd).await
-                    }
-                    done => done,
-                }
-            }),
+            Conn::Cluster(c, failover) => Box::pin(within(*failover, c.req_packed_command(cmd))),
+            Conn::Sentinel(m) => Box::pin(m.through_failover(move |mut conn| async move {
+                conn.req_packed_command(cmd).await
+            })),
         }
     }
 
@@ -255,33 +336,26 @@ impl Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => {
+            Conn::Cluster(c, failover) => {
                 if pipeline.is_transaction() {
-                    c.req_packed_commands(pipeline, offset, count)
+                    Box::pin(within(
+                        *failover,
+                        c.req_packed_commands(pipeline, offset, count),
+                    ))
                 } else {
-                    Box::pin(by_slot(c.clone(), pipeline))
+                    Box::pin(within(*failover, by_slot(c.clone(), pipeline)))
                 }
             }
-            Conn::Sentinel(m) => Box::pin(async move {
-                let (generation, mut conn) = m.ready().await?;
-                match conn.req_packed_commands(pipeline, offset, count).await {
-                    Err(e) if master_may_have_moved(&e) => {
-                        let (_, mut conn) = m.reconnect(generation).await?;
-                        if !not_run(&e) {
-                            return Err(e);
-                        }
-                        conn.req_packed_commands(pipeline, offset, count).await
-                    }
-                    done => done,
-                }
-            }),
+            Conn::Sentinel(m) => Box::pin(m.through_failover(move |mut conn| async move {
+                conn.req_packed_commands(pipeline, offset, count).await
+            })),
         }
     }
 }
 
 impl Conn {
     pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
+        matches!(self, Conn::Cluster(..))
     }
 
     /// `cmd` sent to the master of the slot `key` hashes to (a command
@@ -320,11 +394,13 @@ impl Conn {
         route: impl FnOnce() -> SingleNodeRoutingInfo,
     ) -> RedisResult<T> {
         match self {
-            Conn::Cluster(c) => {
-                let value = c
-                    .clone()
-                    .route_command(cmd, RoutingInfo::SingleNode(route()))
-                    .await?;
+            Conn::Cluster(c, failover) => {
+                let value = within(
+                    *failover,
+                    c.clone()
+                        .route_command(cmd, RoutingInfo::SingleNode(route())),
+                )
+                .await?;
                 Ok(redis::from_redis_value(value)?)
             }
             other => cmd.query_async(&mut other.clone()).await,

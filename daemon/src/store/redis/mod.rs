@@ -52,6 +52,9 @@ const TOPOLOGY_WATCH: Duration = Duration::from_secs(1);
 /// Queue shards on a Redis Cluster unless `store.redis_queue_shards` says:
 /// as many on each master of 1, 2, 3, 4, 6 or 8.
 pub const DEFAULT_CLUSTER_SHARDS: u16 = 24;
+/// How long a command is tried through a failover unless
+/// `store.redis_failover_timeout_ms` says otherwise.
+pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(15);
 
 mod batch;
 mod conn;
@@ -121,6 +124,7 @@ impl RedisStore {
             &RedisTarget::Url(url.to_string()),
             prefix,
             0,
+            DEFAULT_FAILOVER_TIMEOUT,
             retention,
             clock,
         )
@@ -130,18 +134,19 @@ impl RedisStore {
     /// The store on the Redis `target` names (one server, a cluster, or a
     /// master Sentinel names), its queue in `shards` shards unless Redis
     /// has a count already (0: one, or `DEFAULT_CLUSTER_SHARDS` on a
-    /// cluster).
+    /// cluster). A command is tried through a failover for `failover`.
     pub async fn connect_to(
         target: &RedisTarget,
         prefix: &str,
         shards: u16,
+        failover: Duration,
         retention: Duration,
         clock: Clock,
     ) -> Result<Arc<RedisStore>> {
         // The client's default of 0.5 s is short for a Redis that syncs
         // every write (`appendfsync always`, as README recommends) on a
         // busy disk: a slow answer is waited for, not taken for an outage.
-        let conn = conn::Conn::open(target, RESPONSE_TIMEOUT).await?;
+        let conn = conn::Conn::open(target, RESPONSE_TIMEOUT, failover).await?;
         if conn.is_cluster() {
             cluster_serves_every_slot(&conn).await?;
         }

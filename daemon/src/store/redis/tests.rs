@@ -377,6 +377,7 @@ async fn the_queue_spreads_over_a_clusters_masters() {
             &target,
             "kiln",
             0,
+            super::DEFAULT_FAILOVER_TIMEOUT,
             Duration::from_secs(600),
             Clock::system(),
         )
