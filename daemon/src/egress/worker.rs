@@ -71,6 +71,8 @@ struct Held<'a> {
     /// The TLS policy of the job being attempted (`MTA-STS ... id=...`),
     /// as `ensure_connection` found it.
     tls_policy: Option<String>,
+    /// The domain whose TLS report last counted the connection.
+    counted_for: String,
 }
 
 impl Held<'_> {
@@ -191,6 +193,7 @@ impl Delivery {
             slot: false,
             sent: 0,
             tls_policy: None,
+            counted_for: String::new(),
         };
         while let Some((job, mut running)) = self.next_job(&line).await {
             // An operator's rule made since the job was placed.
@@ -397,7 +400,13 @@ impl Delivery {
         {
             c.quit().await;
         }
-        if held.conn.is_some() {
+        if let Some(c) = held.conn.as_ref() {
+            // The session carries this domain's mail too: its report
+            // counts it.
+            if !held.counted_for.eq_ignore_ascii_case(domain) {
+                self.count_tls_session(domain, &c.mx, policy.as_deref(), Ok(c));
+                held.counted_for = domain.to_string();
+            }
             return Ok(());
         }
         if !held.slot {
@@ -418,6 +427,7 @@ impl Delivery {
             Ok(c) => {
                 held.conn = Some(c);
                 held.sent = 0;
+                held.counted_for = domain.to_string();
                 Ok(())
             }
             Err(f) if f.source_broken => {
@@ -626,7 +636,7 @@ impl Delivery {
                     d.connect_timeout,
                 )
                 .await;
-                self.count_tls_session(domain, &host.name, policy, &opened);
+                self.count_tls_session(domain, &host.name, policy, opened.as_ref());
                 let opened = match opened {
                     Err(ClientError::Tls(e)) if mode == TlsMode::Opportunistic => {
                         tracing::info!(mx = %host.name, %addr, error = %e, "STARTTLS failed, retrying in plain text");
@@ -708,7 +718,7 @@ impl Delivery {
         domain: &str,
         mx: &str,
         policy: Option<&mta_sts::Policy>,
-        opened: &Result<Connection, ClientError>,
+        opened: Result<&Connection, &ClientError>,
     ) {
         let result = match opened {
             Ok(c) if c.tls_version.is_some() => "success",
