@@ -26,7 +26,7 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -81,6 +81,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     f.write_all(bytes).map_err(|e| file_err(path, e))
 }
 
+#[derive(Clone)]
 pub struct ClientConfigs {
     pub opportunistic: Arc<rustls::ClientConfig>,
     pub verified: Arc<rustls::ClientConfig>,

@@ -483,6 +483,17 @@ pub struct DnsSettings {
     pub nameservers: Vec<String>,
     #[serde(with = "humantime_secs")]
     pub timeout: Duration,
+    /// `resolver`: trust the AD flag of the resolvers above (they must
+    /// validate DNSSEC), and with it apply DANE (RFC 7672); `off`: no DANE.
+    pub dnssec: Dnssec,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Dnssec {
+    #[default]
+    Off,
+    Resolver,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -580,6 +591,7 @@ impl Default for DnsSettings {
         DnsSettings {
             nameservers: Vec::new(),
             timeout: Duration::from_secs(5),
+            dnssec: Dnssec::Off,
         }
     }
 }

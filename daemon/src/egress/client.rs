@@ -169,6 +169,9 @@ pub struct Connection {
     pub ip: IpAddr,
     pub tls_version: Option<String>,
     pub verified_tls: bool,
+    /// Its certificate was checked against the MX host's TLSA records
+    /// (DANE), or TLS was required by them.
+    pub dane: bool,
     pipelining: bool,
     size_limit: Option<usize>,
     requiretls: bool,
@@ -321,6 +324,7 @@ impl Connection {
             ip: addr.ip(),
             tls_version,
             verified_tls,
+            dane: false,
             pipelining: ext.pipelining,
             size_limit: ext.size,
             requiretls: ext.requiretls,

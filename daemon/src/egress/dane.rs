@@ -16,8 +16,8 @@
 
 use aws_lc_rs::digest;
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
 use hickory_resolver::proto::rr::rdata::TLSA;
+use hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -209,7 +209,10 @@ impl SecureDns {
 fn usable(t: &TLSA) -> bool {
     matches!(t.cert_usage, CertUsage::DaneTa | CertUsage::DaneEe)
         && matches!(t.selector, Selector::Full | Selector::Spki)
-        && matches!(t.matching, Matching::Raw | Matching::Sha256 | Matching::Sha512)
+        && matches!(
+            t.matching,
+            Matching::Raw | Matching::Sha256 | Matching::Sha512
+        )
 }
 
 /// Whether `cert` (DER) is what `t` describes.
@@ -385,7 +388,7 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         let der = cert.der().to_vec();
-        let spki = key.public_key_der();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
         let sha256 = |b: &[u8]| digest::digest(&digest::SHA256, b).as_ref().to_vec();
         let sha512 = |b: &[u8]| digest::digest(&digest::SHA512, b).as_ref().to_vec();
         for (selector, matching, data) in [

@@ -12,6 +12,7 @@
 //! must wait waits in the queue, not in memory.
 
 pub mod client;
+pub mod dane;
 pub mod line;
 pub mod mta_sts;
 pub mod plan;
@@ -63,6 +64,8 @@ pub struct Delivery {
     tls: ClientConfigs,
     /// Receiving domains' MTA-STS policies (`delivery.mta_sts`).
     mta_sts: Option<mta_sts::MtaSts>,
+    /// DANE's lookups, with `dns.dnssec = "resolver"`.
+    dane: Option<dane::SecureDns>,
     lines: Mutex<HashMap<LineKey, Arc<Line>>>,
     /// Sources that could not connect, left out until the time given (ms).
     broken_sources: Mutex<HashMap<Arc<str>, i64>>,
@@ -129,8 +132,11 @@ impl Delivery {
         } else {
             None
         };
+        let dane = (settings.dns.dnssec == crate::config::Dnssec::Resolver)
+            .then(|| dane::SecureDns::new(&settings.dns.nameservers, settings.dns.timeout));
         Ok(Arc::new(Delivery {
             mta_sts,
+            dane,
             shaper: Shaper::new(store.clone()),
             queue,
             store,

@@ -18,6 +18,8 @@ pub struct Session<'a> {
     pub domain: &'a str,
     /// The MTA-STS policy that applied, if any.
     pub policy: Option<&'a Policy>,
+    /// DANE applied (the MX host's TLSA records).
+    pub dane: bool,
     pub mx: &'a str,
     /// `success`, or an RFC 8460 result type.
     pub result: &'a str,
@@ -30,8 +32,10 @@ pub fn day_of(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn policy_type(policy: Option<&Policy>) -> &'static str {
-    if policy.is_some() {
+fn policy_type(policy: Option<&Policy>, dane: bool) -> &'static str {
+    if dane {
+        "tlsa"
+    } else if policy.is_some() {
         "sts"
     } else {
         "no-policy-found"
@@ -44,7 +48,7 @@ pub fn count(store: &Store, s: &Session<'_>) {
     let day = day_of(store.now_ms());
     let member = format!(
         "{}|{}|{}",
-        policy_type(s.policy),
+        policy_type(s.policy, s.dane),
         s.result,
         s.mx.trim_end_matches('.').to_ascii_lowercase()
     );

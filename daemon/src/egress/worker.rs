@@ -8,14 +8,15 @@
 
 use super::client::{ClientError, Connection, LOCAL, Reply, TlsMode};
 use super::line::{Job, Line, Running};
-use super::mta_sts;
 use super::shaping::{Effective, SendPermit, Shape, WAIT_AT_MOST};
 use super::warmup::Counted;
 use super::{Delivery, Ruling};
+use super::{dane, mta_sts};
 use crate::policy::decisions::Signal;
 use crate::queue::outcome::Verdict;
 use crate::queued::Attempt;
 use crate::store::shaping::Paced;
+use crate::tls::ClientConfigs;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -400,11 +401,25 @@ impl Delivery {
         {
             c.quit().await;
         }
+        // Under DNSSEC, another domain's connection that DANE did not
+        // check is not trusted for this one: its MX records may ask more.
+        if self.dane.is_some()
+            && held
+                .conn
+                .as_ref()
+                .is_some_and(|c| !c.dane && !held.counted_for.eq_ignore_ascii_case(domain))
+            && let Some(c) = held.conn.take()
+        {
+            c.quit().await;
+        }
         if let Some(c) = held.conn.as_ref() {
+            if c.dane {
+                held.tls_policy = Some(DANE.into());
+            }
             // The session carries this domain's mail too: its report
             // counts it.
             if !held.counted_for.eq_ignore_ascii_case(domain) {
-                self.count_tls_session(domain, &c.mx, policy.as_deref(), Ok(c));
+                self.count_tls_session(domain, &c.mx, policy.as_deref(), c.dane, Ok(c));
                 held.counted_for = domain.to_string();
             }
             return Ok(());
@@ -425,6 +440,9 @@ impl Delivery {
             .await
         {
             Ok(c) => {
+                if c.dane {
+                    held.tls_policy = Some(DANE.into());
+                }
                 held.conn = Some(c);
                 held.sent = 0;
                 held.counted_for = domain.to_string();
@@ -623,7 +641,63 @@ impl Delivery {
         let source = line.source.address;
         let helo = &line.source.ehlo;
         let mut errors = Vec::new();
+        // DANE applies to the MX hosts of a domain whose MX records are
+        // secure (RFC 7672 2.2.1).
+        let dane = match &self.dane {
+            Some(dns) if !domain.starts_with('[') => match dns.mx_secure(domain).await {
+                Ok(true) => Some(dns),
+                Ok(false) => None,
+                Err(e) => {
+                    return Err(ConnectFailure {
+                        verdict: Verdict::Temporary,
+                        text: format!("DNSSEC lookup for DANE failed: {e}"),
+                        enhanced: Some("4.7.5".into()),
+                        reply: None,
+                        source_broken: false,
+                    });
+                }
+            },
+            _ => None,
+        };
+        let mut dane_applied = false;
         for host in hosts.iter() {
+            let (mode, tls, under_dane) = match dane {
+                Some(dns) => match dns.tlsa(&host.name, d.mx_port).await {
+                    Ok(dane::Dane::None) => (mode, self.tls.clone(), false),
+                    Ok(dane::Dane::Usable(records)) => {
+                        match dane::DaneVerifier::client_config(records, crate::tls::provider()) {
+                            Ok(verified) => (
+                                TlsMode::Required,
+                                ClientConfigs {
+                                    opportunistic: self.tls.opportunistic.clone(),
+                                    verified,
+                                },
+                                true,
+                            ),
+                            Err(e) => {
+                                errors.push(format!("{}: DANE: {e}", host.name));
+                                continue;
+                            }
+                        }
+                    }
+                    // Secure records, none usable: encrypted, unchecked.
+                    Ok(dane::Dane::Unusable) => (
+                        TlsMode::Required,
+                        ClientConfigs {
+                            opportunistic: self.tls.opportunistic.clone(),
+                            verified: self.tls.opportunistic.clone(),
+                        },
+                        true,
+                    ),
+                    Err(e) => {
+                        dane_applied = true;
+                        errors.push(format!("{}: {e}", host.name));
+                        continue;
+                    }
+                },
+                None => (mode, self.tls.clone(), false),
+            };
+            dane_applied |= under_dane;
             for ip in host.addrs.iter().take(4) {
                 let addr = SocketAddr::new(*ip, d.mx_port);
                 let opened = Connection::open(
@@ -632,11 +706,11 @@ impl Delivery {
                     source,
                     helo,
                     mode,
-                    &self.tls,
+                    &tls,
                     d.connect_timeout,
                 )
                 .await;
-                self.count_tls_session(domain, &host.name, policy, opened.as_ref());
+                self.count_tls_session(domain, &host.name, policy, under_dane, opened.as_ref());
                 let opened = match opened {
                     Err(ClientError::Tls(e)) if mode == TlsMode::Opportunistic => {
                         tracing::info!(mx = %host.name, %addr, error = %e, "STARTTLS failed, retrying in plain text");
@@ -654,7 +728,10 @@ impl Delivery {
                     other => other,
                 };
                 match opened {
-                    Ok(c) => return Ok(c),
+                    Ok(mut c) => {
+                        c.dane = under_dane;
+                        return Ok(c);
+                    }
                     Err(ClientError::Source(ip, e)) => {
                         return Err(ConnectFailure {
                             verdict: Verdict::Temporary,
@@ -683,7 +760,12 @@ impl Delivery {
                     }
                     Err(e) => {
                         tracing::debug!(mx = %host.name, %addr, error = %e, "MX unreachable");
-                        errors.push(format!("{} ({addr}): {e}", host.name));
+                        let why = if under_dane {
+                            " (DANE: TLS with a certificate its TLSA records match)"
+                        } else {
+                            ""
+                        };
+                        errors.push(format!("{} ({addr}): {e}{why}", host.name));
                     }
                 }
             }
@@ -695,6 +777,7 @@ impl Delivery {
                 format!(" (as {} requires, over verified TLS)", p.describe()),
                 "4.7.5",
             ),
+            None if dane_applied => (" (as DANE requires)".to_string(), "4.7.5"),
             None => (String::new(), "4.4.1"),
         };
         Err(ConnectFailure {
@@ -718,6 +801,7 @@ impl Delivery {
         domain: &str,
         mx: &str,
         policy: Option<&mta_sts::Policy>,
+        dane: bool,
         opened: Result<&Connection, &ClientError>,
     ) {
         let result = match opened {
@@ -729,7 +813,13 @@ impl Delivery {
         if let Some(m) = crate::metrics::get() {
             m.tls_sessions
                 .get_or_create(&crate::metrics::TlsSession {
-                    policy: if policy.is_some() { "mta-sts" } else { "none" },
+                    policy: if dane {
+                        "dane"
+                    } else if policy.is_some() {
+                        "mta-sts"
+                    } else {
+                        "none"
+                    },
                     result,
                 })
                 .inc();
@@ -745,13 +835,17 @@ impl Delivery {
             &self.store,
             &super::tls_report::Session {
                 domain,
-                policy,
+                policy: policy.filter(|_| !dane),
+                dane,
                 mx,
                 result,
             },
         );
     }
 }
+
+/// How an attempt under DANE names its TLS policy.
+const DANE: &str = "DANE";
 
 fn verdict_for(reply: &Reply) -> Verdict {
     if reply.is_positive() {

@@ -1,5 +1,6 @@
 //! Egress: delivery to the MX hosts DNS names.
 
+mod dane;
 pub mod delivery;
 mod mta_sts;
 mod retries;

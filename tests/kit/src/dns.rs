@@ -1,4 +1,7 @@
 //! An authoritative DNS server for test domains, on UDP (and TCP) loopback.
+//! It can also play a validating resolver for DANE: names marked secure
+//! are answered with the AD flag (to a query that asks, with AD or DO),
+//! and names marked failing with SERVFAIL, as for a bogus signature.
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
@@ -13,6 +16,8 @@ use tokio::net::{TcpListener, UdpSocket};
 #[derive(Default)]
 struct Zone {
     records: HashMap<String, Vec<RData>>,
+    secure: std::collections::HashSet<String>,
+    failing: std::collections::HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -129,6 +134,32 @@ impl DnsServer {
         self.add(name, RData::TXT(TXT::new(chunks)));
     }
 
+    /// A TLSA record (`usage selector matching data`).
+    pub fn add_tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: Vec<u8>) {
+        use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+        self.add(
+            name,
+            RData::TLSA(hickory_proto::rr::rdata::TLSA::new(
+                CertUsage::from(usage),
+                Selector::from(selector),
+                Matching::from(matching),
+                data,
+            )),
+        );
+    }
+
+    /// Answers for `name` (its records, or its denial) are DNSSEC-secure
+    /// from now on: they carry the AD flag.
+    pub fn set_secure(&self, name: &str) {
+        self.zone.lock().expect("zone").secure.insert(key(name));
+    }
+
+    /// Queries for `name` get SERVFAIL (a signature that does not
+    /// validate, or an unreachable zone).
+    pub fn set_failing(&self, name: &str) {
+        self.zone.lock().expect("zone").failing.insert(key(name));
+    }
+
     pub fn nameserver(&self) -> String {
         self.addr.to_string()
     }
@@ -143,7 +174,15 @@ fn answer(zone: &Mutex<Zone>, query: &[u8]) -> Option<Vec<u8>> {
     response.metadata.recursion_available = true;
     response.add_query(q.clone());
     let zone = zone.lock().ok()?;
-    match zone.records.get(&key(&q.name().to_ascii())) {
+    let name = key(&q.name().to_ascii());
+    let asks_ad = request.metadata.authentic_data
+        || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+    response.metadata.authentic_data = asks_ad && zone.secure.contains(&name);
+    if zone.failing.contains(&name) {
+        response.metadata.response_code = ResponseCode::ServFail;
+        return response.to_vec().ok();
+    }
+    match zone.records.get(&name) {
         None => response.metadata.response_code = ResponseCode::NXDomain,
         Some(records) => {
             for data in records {

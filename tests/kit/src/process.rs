@@ -39,6 +39,8 @@ pub struct KilnOptions {
     pub server: String,
     /// Extra settings for the [delivery] section.
     pub delivery: String,
+    /// Extra settings for the [dns] section.
+    pub dns: String,
     /// Extra settings for the first listener (e.g. relay networks).
     pub listener: String,
     /// Extra settings for the [smtp] section.
@@ -85,6 +87,7 @@ impl KilnOptions {
             queue: String::new(),
             server: String::new(),
             delivery: String::new(),
+            dns: String::new(),
             listener: String::new(),
             smtp: String::new(),
             http: String::new(),
@@ -126,6 +129,7 @@ data_dir = "{data}"
 [dns]
 nameservers = ["{ns}"]
 timeout = 2
+{dns}
 
 [delivery]
 mx_port = {mx_port}
@@ -172,6 +176,7 @@ secret_key = "shop-secret-key"
 {extra}
 "#,
             node = opts.node_id,
+            dns = opts.dns,
             data = opts.data_dir.display(),
             ns = opts.nameserver,
             mx_port = opts.mx_port,

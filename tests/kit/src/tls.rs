@@ -7,17 +7,43 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A self-signed server config for `name`.
-pub fn server_config(name: &str) -> Arc<rustls::ServerConfig> {
-    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("rcgen");
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+/// A server config presenting `chain` (leaf first), signed with `key`.
+fn serving(chain: Vec<Vec<u8>>, key: Vec<u8>) -> Arc<rustls::ServerConfig> {
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
         .with_no_client_auth()
-        .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)
+        .with_single_cert(
+            chain.into_iter().map(CertificateDer::from).collect(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )
         .expect("server config");
     Arc::new(config)
+}
+
+/// A self-signed server config for `name`.
+pub fn server_config(name: &str) -> Arc<rustls::ServerConfig> {
+    self_signed_with_cert(name).0
+}
+
+/// A self-signed server config for `name`, and its certificate (DER).
+pub fn self_signed_with_cert(name: &str) -> (Arc<rustls::ServerConfig>, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("rcgen");
+    let der = cert.cert.der().to_vec();
+    (
+        serving(vec![der.clone()], cert.signing_key.serialize_der()),
+        der,
+    )
+}
+
+/// Like [`ca_signed_server_config`], with the CA's certificate as DER.
+pub fn ca_signed_with_ca_der(name: &str) -> (Vec<u8>, Arc<rustls::ServerConfig>) {
+    let (ca_cert, leaf, leaf_key) = ca_and_leaf(&[name]);
+    let config = serving(
+        vec![leaf.der().to_vec(), ca_cert.der().to_vec()],
+        leaf_key.serialize_der(),
+    );
+    (ca_cert.der().to_vec(), config)
 }
 
 /// A private CA's certificate and a leaf for `names` it signed (with the
@@ -49,20 +75,11 @@ pub fn ca_signed_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>
 /// Like [`ca_signed_server_config`], one certificate for all of `names`.
 pub fn ca_signed_server_config_for(names: &[&str]) -> (String, Arc<rustls::ServerConfig>) {
     let (ca_cert, leaf, leaf_key) = ca_and_leaf(names);
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![
-                CertificateDer::from(leaf.der().to_vec()),
-                CertificateDer::from(ca_cert.der().to_vec()),
-            ],
-            key,
-        )
-        .expect("server config");
-    (ca_cert.pem(), Arc::new(config))
+    let config = serving(
+        vec![leaf.der().to_vec(), ca_cert.der().to_vec()],
+        leaf_key.serialize_der(),
+    );
+    (ca_cert.pem(), config)
 }
 
 /// A private CA and a certificate it signed for `names`, written to `dir`
