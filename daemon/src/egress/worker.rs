@@ -6,7 +6,7 @@
 //! back to the queue while the pair is suspended or its next send time is
 //! far away.
 
-use super::client::{ClientError, Connection, LOCAL, Reply, TlsMode};
+use super::client::{ClientError, Connection, LOCAL, Reply, TlsFailure, TlsMode};
 use super::line::{Job, Line, Running};
 use super::shaping::{Effective, SendPermit, Shape, WAIT_AT_MOST};
 use super::warmup::Counted;
@@ -698,6 +698,19 @@ impl Delivery {
                 None => (mode, self.tls.clone(), false),
             };
             dane_applied |= under_dane;
+            // Under an MTA-STS `testing` policy the certificate is checked
+            // for the domain's report, and the mail goes as without it.
+            let testing = !under_dane
+                && mode == TlsMode::Opportunistic
+                && policy.is_some_and(|p| p.mode == mta_sts::Mode::Testing);
+            let tls = if testing {
+                ClientConfigs {
+                    opportunistic: self.tls.verified.clone(),
+                    verified: self.tls.verified.clone(),
+                }
+            } else {
+                tls
+            };
             for ip in host.addrs.iter().take(4) {
                 let addr = SocketAddr::new(*ip, d.mx_port);
                 let opened = Connection::open(
@@ -711,6 +724,24 @@ impl Delivery {
                 )
                 .await;
                 self.count_tls_session(domain, &host.name, policy, under_dane, opened.as_ref());
+                let opened = match opened {
+                    Err(ClientError::Tls(e))
+                        if testing && e.kind != TlsFailure::StarttlsNotSupported =>
+                    {
+                        tracing::info!(mx = %host.name, %addr, error = %e, "TLS fails the domain's MTA-STS testing policy; delivering as without it");
+                        Connection::open(
+                            &host.name,
+                            addr,
+                            source,
+                            helo,
+                            mode,
+                            &self.tls,
+                            d.connect_timeout,
+                        )
+                        .await
+                    }
+                    other => other,
+                };
                 let opened = match opened {
                     Err(ClientError::Tls(e)) if mode == TlsMode::Opportunistic => {
                         tracing::info!(mx = %host.name, %addr, error = %e, "STARTTLS failed, retrying in plain text");

@@ -18,6 +18,8 @@ const POLICIES: &[(&str, &str, &[&str])] = &[
     ("unlisted.test", "enforce", &["*.elsewhere.test"]),
     ("notls.test", "enforce", &["mx.notls.test"]),
     ("testing.test", "testing", &["mx.testing.test"]),
+    // Not a policy: no mode RFC 8461 knows.
+    ("malformed.test", "sometimes", &["mx.malformed.test"]),
 ];
 
 fn ip(last: u8) -> IpAddr {
@@ -77,6 +79,7 @@ async fn an_enforce_policy_is_kept_and_a_testing_one_changes_nothing() {
         ("unlisted.test", "mx.unlisted.test", 41),
         ("notls.test", "mx.notls.test", 43),
         ("testing.test", "mx.testing.test", 42),
+        ("malformed.test", "mx.malformed.test", 42),
     ] {
         e.dns.add_mx(domain, 10, mx);
         e.dns.add_ip(mx, ip(at));
@@ -88,6 +91,7 @@ async fn an_enforce_policy_is_kept_and_a_testing_one_changes_nothing() {
     let unlisted_id = send("u@unlisted.test").await;
     let plain_id = send("u@notls.test").await;
     let testing_id = send("u@testing.test").await;
+    let malformed_id = send("u@malformed.test").await;
 
     // Kept: verified TLS to the MX the policy names.
     let rec = wait_state(&e.kiln, &good_id, 0, "delivered", 30).await;
@@ -128,10 +132,23 @@ async fn an_enforce_policy_is_kept_and_a_testing_one_changes_nothing() {
         "{rec}"
     );
     assert_eq!(wrong.rcpts_seen("u@testing.test"), 1);
+    // ... yet its report shows the certificate the policy would refuse.
+    let shown = e.kiln.command(&["tls-report", "show", "testing.test"]);
+    let report: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+    assert_eq!(
+        report["policies"][0]["failure-details"][0]["result-type"], "certificate-host-mismatch",
+        "{report}"
+    );
+    // A policy file that does not parse is no policy: delivered as
+    // without one.
+    let rec = wait_state(&e.kiln, &malformed_id, 0, "delivered", 30).await;
+    assert!(rec["attempts"][0]["tls_policy"].is_null(), "{rec}");
+    assert_eq!(wrong.rcpts_seen("u@malformed.test"), 1);
     // Each session counted by policy and by RFC 8460's result type.
     for (result, at_least) in [
-        ("success", 2.0),
-        ("certificate-host-mismatch", 1.0),
+        ("success", 1.0),
+        // The enforce domain's MX and the testing one's.
+        ("certificate-host-mismatch", 2.0),
         ("starttls-not-supported", 1.0),
     ] {
         let label = format!("policy=\"mta-sts\",result=\"{result}\"");
