@@ -478,6 +478,13 @@ mod tests {
                 "15s",
                 "KILN_STORE__REDIS_FAILOVER_TIMEOUT_MS",
             ),
+            // DANE's switch takes its two words only.
+            ("KILN_DNS__DNSSEC", "yes", "KILN_DNS__DNSSEC"),
+            (
+                "KILN_DELIVERY__TLS_REPORT_FROM",
+                "postmaster",
+                "delivery.tls_report_from: \"postmaster\" is not an email address",
+            ),
         ] {
             let err = Settings::load_with(Some(&file), env(&[(var, value), ("KILN_BIN", "x")]))
                 .unwrap_err()
