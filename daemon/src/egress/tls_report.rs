@@ -87,34 +87,9 @@ pub async fn report(
     policy: Option<&Policy>,
 ) -> Result<Option<Value>, crate::store::StoreError> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let members = store.set_members(&format!("tlsrpt:{day}:{domain}")).await?;
-    if members.is_empty() {
+    let by_type = tally(store, day, &domain).await?;
+    if by_type.is_empty() {
         return Ok(None);
-    }
-    // policy type → (successes, failures, (result, mx) → count, MX hosts)
-    type Tally = (u64, u64, BTreeMap<(String, String), u64>, Vec<String>);
-    let mut by_type: BTreeMap<String, Tally> = BTreeMap::new();
-    for m in members {
-        let mut parts = m.splitn(3, '|');
-        let (Some(kind), Some(result), Some(mx)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let n: u64 = store
-            .get(&format!("tlsrpt:{day}:{domain}:{m}"))
-            .await?
-            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
-            .unwrap_or(0);
-        let t = by_type.entry(kind.to_string()).or_default();
-        if !t.3.iter().any(|h| h == mx) {
-            t.3.push(mx.to_string());
-        }
-        if result == "success" {
-            t.0 += n;
-        } else {
-            t.1 += n;
-            *t.2.entry((result.to_string(), mx.to_string())).or_default() += n;
-        }
     }
     let policies: Vec<Value> = by_type
         .into_iter()
@@ -154,6 +129,81 @@ pub async fn report(
         "report-id": format!("{day}_{domain}@{reporter}"),
         "policies": policies,
     })))
+}
+
+/// policy type → (successes, failures, (result, mx) → count, MX hosts)
+type Tally = (u64, u64, BTreeMap<(String, String), u64>, Vec<String>);
+
+/// `domain`'s sessions on `day`, by policy type.
+async fn tally(
+    store: &Store,
+    day: &str,
+    domain: &str,
+) -> Result<BTreeMap<String, Tally>, crate::store::StoreError> {
+    let members = store.set_members(&format!("tlsrpt:{day}:{domain}")).await?;
+    let mut by_type: BTreeMap<String, Tally> = BTreeMap::new();
+    for m in members {
+        let mut parts = m.splitn(3, '|');
+        let (Some(kind), Some(result), Some(mx)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let n: u64 = store
+            .get(&format!("tlsrpt:{day}:{domain}:{m}"))
+            .await?
+            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
+            .unwrap_or(0);
+        let t = by_type.entry(kind.to_string()).or_default();
+        if !t.3.iter().any(|h| h == mx) {
+            t.3.push(mx.to_string());
+        }
+        if result == "success" {
+            t.0 += n;
+        } else {
+            t.1 += n;
+            *t.2.entry((result.to_string(), mx.to_string())).or_default() += n;
+        }
+    }
+    Ok(by_type)
+}
+
+/// A receiving domain's TLS sessions over some days.
+#[derive(Debug, Clone, Default)]
+pub struct DomainWeek {
+    pub domain: String,
+    pub sessions: u64,
+    pub failed: u64,
+    /// Failed sessions by RFC 8460 result type.
+    pub failures: BTreeMap<String, u64>,
+}
+
+/// The receiving domains whose TLS failed in the `days` UTC days up to
+/// `now_ms`, most failures first (`limit` at most), for the console.
+pub async fn failures_over(
+    store: &Store,
+    now_ms: i64,
+    days: i64,
+    limit: usize,
+) -> Result<Vec<DomainWeek>, crate::store::StoreError> {
+    let mut by_domain: BTreeMap<String, DomainWeek> = BTreeMap::new();
+    for back in 0..days {
+        let day = day_of(now_ms - back * 86_400_000);
+        for domain in store.set_members(&format!("tlsrpt:{day}")).await? {
+            let w = by_domain.entry(domain.clone()).or_default();
+            w.domain = domain.clone();
+            for (ok, failed, details, _) in tally(store, &day, &domain).await?.into_values() {
+                w.sessions += ok + failed;
+                w.failed += failed;
+                for ((result, _), n) in details {
+                    *w.failures.entry(result).or_default() += n;
+                }
+            }
+        }
+    }
+    let mut out: Vec<DomainWeek> = by_domain.into_values().filter(|w| w.failed > 0).collect();
+    out.sort_by(|a, b| b.failed.cmp(&a.failed).then(a.domain.cmp(&b.domain)));
+    out.truncate(limit);
+    Ok(out)
 }
 
 /// The policy as its file said it, a line each (the report's

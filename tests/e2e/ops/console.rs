@@ -257,6 +257,17 @@ async fn the_operator_sees_what_holds_mail_and_why() {
     e.dns.add_mx("gw.test", 10, "alt1.aspmx.l.google.com");
     e.dns
         .add_ip("alt1.aspmx.l.google.com", "127.0.0.1".parse().unwrap());
+    // An MX without STARTTLS, for the week's TLS failures.
+    let plain = kiln_testkit::sink::Sink::start_with(
+        std::net::SocketAddr::new([127, 0, 0, 2].into(), e.sink.addr.port()),
+        None,
+        true,
+    )
+    .await;
+    e.dns.add_mx("plain.test", 10, "mx.plain.test");
+    e.dns.add_ip("mx.plain.test", "127.0.0.2".parse().unwrap());
+    crate::harness::submit_one(e.kiln.smtp, "ops@shop.test", "p@plain.test", "plain", 300).await;
+    assert!(plain.wait_count(1, Duration::from_secs(20)).await);
     let (mut sdk, acme, domain, template) = ready_to_send(&e, 1).await;
     // Delivered to gmail (a shaping line), then gmail suspended, then three
     // that wait.
@@ -327,6 +338,13 @@ async fn the_operator_sees_what_holds_mail_and_why() {
         "{until}"
     );
 
+    // The week's TLS failures: the MX that offered no STARTTLS.
+    let tls = &page[page.find("id=\"tls\"").unwrap()..page.find("id=\"blocklist\"").unwrap()];
+    assert!(
+        tls.contains("<td>plain.test</td>") && tls.contains("starttls-not-supported 1"),
+        "{tls}"
+    );
+    assert!(!tls.contains("dest.test</td>"), "{tls}");
     // The refusal: who sent it, by which door, why.
     let recent = &page[page.find("id=\"recent\"").unwrap()..];
     assert!(

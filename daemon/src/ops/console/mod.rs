@@ -597,6 +597,10 @@ async fn operator_page(ctx: &Services, session: &Session, q: &HomeQuery) -> Stri
     };
     let shaping = ctx.egress.shaping().await;
     let recent = crate::feedback::recent::list();
+    let tls_failures =
+        crate::egress::tls_report::failures_over(&ctx.store, ctx.store.now_ms(), 7, 50)
+            .await
+            .unwrap_or_default();
     let blocklist = match q
         .blocklist
         .as_deref()
@@ -617,6 +621,7 @@ async fn operator_page(ctx: &Services, session: &Session, q: &HomeQuery) -> Stri
         suspensions: &suspensions,
         shaping: &shaping,
         recent: &recent,
+        tls_failures: &tls_failures,
         blocklist,
         done: q.done.as_deref(),
     })

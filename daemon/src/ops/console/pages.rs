@@ -235,6 +235,8 @@ pub struct OperatorView<'a> {
     pub suspensions: &'a [Value],
     pub shaping: &'a [Value],
     pub recent: &'a [Recent],
+    /// Receiving domains whose TLS failed this week (every node's count).
+    pub tls_failures: &'a [crate::egress::tls_report::DomainWeek],
     pub blocklist: Option<(String, Option<BlockedAddress>)>,
     pub done: Option<&'a str>,
 }
@@ -382,6 +384,32 @@ pub fn operator(v: &OperatorView) -> String {
     }
     body.push_str(TABLE_END);
     body.push_str("</section>");
+
+    body.push_str("<section id=\"tls\"><h2>TLS failures in the last 7 days</h2>");
+    body.push_str(&table(
+        "<th>Receiving domain</th><th>Sessions</th><th>Failed</th><th>Why (RFC 8460)</th>",
+    ));
+    for w in v.tls_failures {
+        let why: Vec<String> = w
+            .failures
+            .iter()
+            .map(|(result, n)| format!("{} {n}", escape(result)))
+            .collect();
+        body.push_str(&format!(
+            "<tr class=\"tls-failure\"><td>{}</td><td>{}</td><td class=\"bad\">{}</td><td>{}</td></tr>",
+            escape(&w.domain),
+            w.sessions,
+            w.failed,
+            why.join(", ")
+        ));
+    }
+    if v.tls_failures.is_empty() {
+        body.push_str("<tr><td colspan=\"4\" class=\"muted\">None.</td></tr>");
+    }
+    body.push_str(TABLE_END);
+    body.push_str(
+        "<p class=\"muted\">Per domain: <code>kiln tls-report show DOMAIN</code>.</p></section>",
+    );
 
     body.push_str("<section id=\"blocklist\"><h2>Blocklist</h2><form method=\"get\" action=\"/console\"><input name=\"blocklist\" placeholder=\"address\" size=\"40\"> <button>Search</button></form>");
     match &v.blocklist {
