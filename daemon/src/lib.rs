@@ -42,6 +42,8 @@
 //! | **`egress`** | **how mail leaves: providers, sources, shaping, the SMTP client** |
 //! | `egress::mta_sts` | receiving domains' MTA-STS policies: found, fetched, kept, matched |
 //! | `egress::tls_report` | TLS sessions counted per receiving domain and day; RFC 8460 reports |
+//! | `egress::tls_report_send` | the day's TLS reports sent where `_smtp._tls` asks: POSTed, or mailed signed |
+//! | `egress::dane` | DANE: TLSA records through a validating resolver, certificates checked against them |
 //! | `egress::route` | a domain's MX hosts, resolved once and kept a while |
 //! | `egress::plan` | sources, pools, providers and their limits, from the policy |
 //! | `egress::line` | the jobs for one site from one source, bounded |

@@ -271,7 +271,9 @@ pub async fn start(
         tracking_limiter: Default::default(),
         egress: delivery.clone(),
         admin_tokens: operator_tokens(&settings, &store).await?,
-        tls_reports: tls_reports.clone(),
+        tls_reports: tls_reports
+            .clone()
+            .map(|s| s as Arc<dyn crate::services::TlsReportsView>),
     });
     let callbacks_stop = CancellationToken::new();
     let sending_task = tokio::spawn(callbacks.clone().send_due(callbacks_stop.clone()));

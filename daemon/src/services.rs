@@ -56,7 +56,14 @@ pub struct Services {
     /// source), without the stages importing egress.
     pub egress: Arc<dyn EgressView>,
     /// Sends receiving domains their TLS reports (None when it cannot).
-    pub tls_reports: Option<Arc<crate::egress::tls_report_send::TlsReportSender>>,
+    pub tls_reports: Option<Arc<dyn TlsReportsView>>,
+}
+
+/// What the TLS report sender offers the operator.
+pub trait TlsReportsView: Send + Sync {
+    /// Sends the reports due now, today's so far included; what became
+    /// of each address.
+    fn send_now<'a>(&'a self, ctx: &'a Services) -> BoxFuture<'a, serde_json::Value>;
 }
 
 /// What egress shows the operator.

@@ -350,6 +350,15 @@ impl TlsReportSender {
     }
 }
 
+impl crate::services::TlsReportsView for TlsReportSender {
+    fn send_now<'a>(
+        &'a self,
+        ctx: &'a Services,
+    ) -> futures::future::BoxFuture<'a, serde_json::Value> {
+        Box::pin(async move { serde_json::json!({ "sent": self.send_due(ctx, true).await }) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -206,7 +206,7 @@ async fn tls_reports_send(State(ctx): State<Arc<Services>>) -> Response {
             "this node cannot send TLS reports (its HTTPS client could not be made; see its log)",
         );
     };
-    Json(json!({"sent": sender.send_due(&ctx, true).await})).into_response()
+    Json(sender.send_now(&ctx).await).into_response()
 }
 
 #[derive(Deserialize)]
