@@ -156,6 +156,10 @@ pub enum Found {
     /// kept): deliver as without MTA-STS.
     Nothing,
     Policy(Arc<Policy>),
+    /// The domain publishes a policy that could not be had, and none is
+    /// kept: delivered as without MTA-STS, the failure reported (its RFC
+    /// 8460 result type).
+    Unusable(&'static str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +174,17 @@ enum FetchError {
     TooLarge,
     #[error(transparent)]
     Policy(#[from] PolicyError),
+}
+
+impl FetchError {
+    /// What a TLS report calls it (RFC 8460 4.3.2).
+    fn result_type(&self) -> &'static str {
+        match self {
+            FetchError::Policy(_) => "sts-policy-invalid",
+            FetchError::Http(text) if text.contains("certificate") => "sts-webpki-invalid",
+            _ => "sts-policy-fetch-error",
+        }
+    }
 }
 
 pub struct MtaSts {
@@ -207,6 +222,18 @@ impl MtaSts {
         let found = self.look_up(&domain).await;
         self.memo().insert(domain, (Instant::now(), found.clone()));
         found
+    }
+
+    /// Why `domain`'s policy could not be had, when it was looked up
+    /// last (for its TLS report).
+    pub fn failure_for(&self, domain: &str) -> Option<&'static str> {
+        match self
+            .memo()
+            .get(&domain.trim_end_matches('.').to_ascii_lowercase())
+        {
+            Some((_, Found::Unusable(why))) => Some(why),
+            _ => None,
+        }
     }
 
     fn memo(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Found)>> {
@@ -253,7 +280,9 @@ impl MtaSts {
             }
             Err(e) => {
                 tracing::warn!(%domain, error = %e, kept = kept.is_some(), "MTA-STS policy could not be fetched");
-                kept.map_or(Found::Nothing, |p| Found::Policy(Arc::new(p)))
+                kept.map_or(Found::Unusable(e.result_type()), |p| {
+                    Found::Policy(Arc::new(p))
+                })
             }
         }
     }

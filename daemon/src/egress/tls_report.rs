@@ -20,6 +20,8 @@ pub struct Session<'a> {
     pub policy: Option<&'a Policy>,
     /// DANE applied (the MX host's TLSA records).
     pub dane: bool,
+    /// The domain publishes an MTA-STS policy that could not be had.
+    pub sts_failed: bool,
     pub mx: &'a str,
     /// `success`, or an RFC 8460 result type.
     pub result: &'a str,
@@ -32,10 +34,10 @@ pub fn day_of(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn policy_type(policy: Option<&Policy>, dane: bool) -> &'static str {
+fn policy_type(policy: Option<&Policy>, dane: bool, sts_failed: bool) -> &'static str {
     if dane {
         "tlsa"
-    } else if policy.is_some() {
+    } else if policy.is_some() || sts_failed {
         "sts"
     } else {
         "no-policy-found"
@@ -48,7 +50,7 @@ pub fn count(store: &Store, s: &Session<'_>) {
     let day = day_of(store.now_ms());
     let member = format!(
         "{}|{}|{}",
-        policy_type(s.policy, s.dane),
+        policy_type(s.policy, s.dane, s.sts_failed),
         s.result,
         s.mx.trim_end_matches('.').to_ascii_lowercase()
     );

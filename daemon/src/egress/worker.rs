@@ -856,17 +856,20 @@ impl Delivery {
                 .inc();
         }
         // To a report, mail that went in plain text is an MX without
-        // STARTTLS.
-        let result = if result == "plaintext" {
-            "starttls-not-supported"
-        } else {
-            result
+        // STARTTLS; a session that went well for a domain whose policy
+        // could not be had failed that way.
+        let sts_failure = self.mta_sts.as_ref().and_then(|m| m.failure_for(domain));
+        let result = match (result, sts_failure) {
+            ("success", Some(why)) if !dane => why,
+            ("plaintext", _) => "starttls-not-supported",
+            (result, _) => result,
         };
         super::tls_report::count(
             &self.store,
             &super::tls_report::Session {
                 domain,
                 policy: policy.filter(|_| !dane),
+                sts_failed: sts_failure.is_some() && !dane,
                 dane,
                 mx,
                 result,

@@ -144,6 +144,17 @@ async fn an_enforce_policy_is_kept_and_a_testing_one_changes_nothing() {
     let rec = wait_state(&e.kiln, &malformed_id, 0, "delivered", 30).await;
     assert!(rec["attempts"][0]["tls_policy"].is_null(), "{rec}");
     assert_eq!(wrong.rcpts_seen("u@malformed.test"), 1);
+    // ... and its report says the policy was invalid.
+    let shown = e.kiln.command(&["tls-report", "show", "malformed.test"]);
+    let report: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+    assert_eq!(
+        report["policies"][0]["policy"]["policy-type"], "sts",
+        "{report}"
+    );
+    assert_eq!(
+        report["policies"][0]["failure-details"][0]["result-type"], "sts-policy-invalid",
+        "{report}"
+    );
     // Each session counted by policy and by RFC 8460's result type.
     for (result, at_least) in [
         ("success", 1.0),
