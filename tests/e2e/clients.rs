@@ -102,12 +102,16 @@ pub fn create_account(e: &Env, name: &str) -> Creds {
 
 /// Publishes what CreateEmailIdentity asked for in the test DNS server.
 pub fn publish(e: &Env, attributes: &Value) {
+    publish_in(&e.dns, attributes)
+}
+
+fn publish_in(dns: &kiln_testkit::dns::DnsServer, attributes: &Value) {
     for a in attributes.as_array().unwrap() {
         let name = a["SendDomain"].as_str().unwrap();
         let value = a["ExpectedValue"].as_str().unwrap();
         match a["Type"].as_str().unwrap() {
-            "MX" => e.dns.add_mx(name, 10, value),
-            "TXT" => e.dns.add_txt(name, value),
+            "MX" => dns.add_mx(name, 10, value),
+            "TXT" => dns.add_txt(name, value),
             other => panic!("unexpected record type {other}"),
         }
     }
@@ -115,6 +119,17 @@ pub fn publish(e: &Env, attributes: &Value) {
 
 /// A verified sender domain with one sender address `news@<domain>`.
 pub async fn verified_sender(e: &Env, sdk: &mut Sdk, who: &Creds, domain: &str, dkim_option: i64) {
+    verified_sender_in(&e.dns, sdk, who, domain, dkim_option).await
+}
+
+/// [`verified_sender`], its records published in `dns`.
+pub async fn verified_sender_in(
+    dns: &kiln_testkit::dns::DnsServer,
+    sdk: &mut Sdk,
+    who: &Creds,
+    domain: &str,
+    dkim_option: i64,
+) {
     let created = sdk
         .ok(
             who,
@@ -122,7 +137,7 @@ pub async fn verified_sender(e: &Env, sdk: &mut Sdk, who: &Creds, domain: &str, 
             json!({"EmailIdentity": domain, "DKIMOption": dkim_option}),
         )
         .await;
-    publish(e, &created["Attributes"]);
+    publish_in(dns, &created["Attributes"]);
     let got = sdk
         .ok(who, "GetEmailIdentity", json!({"EmailIdentity": domain}))
         .await;

@@ -20,9 +20,16 @@ use redis::{
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Tries of a command on a Redis Cluster, with waits growing to 1 s: more
-/// than any failover window allows (the window ends them, not the count).
-const CLUSTER_RETRIES: u32 = 1_000;
+/// Tries of a command on a Redis Cluster that fill about `failover`: the
+/// client waits about 0.1 s before each of the first tries, growing to
+/// about 0.55 s (between 0.1 and 1 s) from the eighth on. The caller stops
+/// waiting at `failover` in any case; the count keeps a request the caller
+/// gave up on from being tried on inside the client much longer (a
+/// question to a dead node, asked every second, would pile up).
+fn cluster_retries(failover: Duration) -> u32 {
+    let ms = failover.as_millis() as u64;
+    7 + (ms.saturating_sub(1_110) / 550) as u32
+}
 
 /// Where the store's Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +103,7 @@ impl Conn {
                 let client = ClusterClientBuilder::new(seeds.clone())
                     .response_timeout(response_timeout)
                     .connection_timeout(Duration::from_secs(2))
-                    .retries(CLUSTER_RETRIES)
+                    .retries(cluster_retries(failover))
                     .min_retry_wait(100)
                     .max_retry_wait(1_000)
                     .build()?;
