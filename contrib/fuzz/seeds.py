@@ -154,3 +154,15 @@ log += frame(6, put_change(5, b"old", b"stale"))
 put("wal_replay", log + b"\0" * 32)
 put("wal_replay", bytes([3]) + struct.pack("<Q", 0x1234567) + bytes([3, 2, 5]) + b"key12345" * 4)
 put("wal_replay", bytes([1]) + struct.pack("<Q", 0xFFFFFFFFFFFF01) + bytes([5, 3, 0x81]) + b"abcdefgh" * 8)
+
+# Transport security: a steering byte (0 an MTA-STS policy file, 1 a TXT
+# record, 2 a TLSA record and a certificate), then the input.
+put("transport_policy", b"\0version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n")
+put("transport_policy", b"\0version: STSv1\nmode: none\nmax_age: 86400\nunknown: key\n")
+put("transport_policy", b"\0version: STSv1\r\nmode: testing\r\nmx: MX.Example.COM\r\nmax_age: 99999999999\r\n")
+put("transport_policy", b"\1v=STSv1; id=20160831085700Z;")
+put("transport_policy", b"\1v=TLSRPTv1; rua=mailto:tls@example.com,https://reports.example.com/v1/tlsrpt")
+put("transport_policy", b"\1v=TLSRPTv1;rua=mailto:tls%40example.com?subject=x, http://plain.example/")
+# A TLSA 3 1 1 record (32 bytes) and a few bytes standing for a certificate.
+put("transport_policy", bytes([2, 3, 1, 1, 32]) + bytes(range(32)) + b"\x30\x82\x01\x0a" + bytes(40))
+put("transport_policy", bytes([2, 2, 0, 2, 64]) + bytes(64) + b"\x30\x03\x02\x01\x00")

@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("template", template),
     ("hook_answer", hook_answer),
     ("wal_replay", wal_replay),
+    ("transport_policy", transport_policy),
 ];
 
 /// Reads bytes off the front of the input to steer a target.
@@ -500,6 +501,58 @@ pub fn wal_replay(data: &[u8]) {
     let replayed = wal::replay(&torn).map(|r| r.changes);
     if at < *ends.last().unwrap_or(&16) {
         assert_eq!(replayed, Some(intact(survive)), "byte {at} changed");
+    }
+}
+
+/// What receiving domains publish for transport security, steered by the
+/// first byte: an MTA-STS policy file (one that parses reads back the same
+/// when written out again), a `_mta-sts` or `_smtp._tls` TXT record (the
+/// report addresses kept are `mailto:` or `https:` only), or a TLSA
+/// record and a certificate to check against it (a record whose data is
+/// the certificate itself, `x 0 0`, matches it).
+pub fn transport_policy(data: &[u8]) {
+    use crate::egress::{dane, mta_sts, tls_report_send};
+    let mut s = Steer(data);
+    match s.byte() % 3 {
+        0 => {
+            let text = String::from_utf8_lossy(s.0);
+            if let Ok((mode, mx, max_age)) = mta_sts::parse_policy(&text) {
+                let mut again = format!("version: STSv1\nmode: {}\n", mode.as_str());
+                for m in &mx {
+                    again.push_str(&format!("mx: {m}\n"));
+                }
+                again.push_str(&format!("max_age: {max_age}\n"));
+                assert_eq!(
+                    mta_sts::parse_policy(&again).ok(),
+                    Some((mode, mx.clone(), max_age)),
+                    "a policy written out again"
+                );
+                for m in &mx {
+                    let _ = mta_sts::mx_matches(m, m.trim_start_matches("*."));
+                }
+            }
+        }
+        1 => {
+            let text = String::from_utf8_lossy(s.0);
+            let _ = mta_sts::txt_id(&text);
+            if let Some(rua) = tls_report_send::parse_rua(&text) {
+                assert!(rua.iter().all(|u| {
+                    let u = u.to_ascii_lowercase();
+                    u.starts_with("mailto:") || u.starts_with("https://")
+                }));
+            }
+        }
+        _ => {
+            let (usage, selector, matching) = (s.byte(), s.byte(), s.byte());
+            let len = usize::from(s.byte());
+            let record = s.bytes(len).to_vec();
+            let cert = s.0;
+            let _ = dane::certificate_matches(usage, selector, matching, &record, cert);
+            assert!(
+                dane::certificate_matches(3, 0, 0, cert, cert),
+                "a certificate is its own full-certificate record"
+            );
+        }
     }
 }
 

@@ -215,6 +215,24 @@ fn usable(t: &TLSA) -> bool {
         )
 }
 
+/// Whether `cert` (DER, or any bytes) is what the TLSA record `usage
+/// selector matching record` describes (for the fuzz target).
+pub fn certificate_matches(
+    usage: u8,
+    selector: u8,
+    matching: u8,
+    record: &[u8],
+    cert: &[u8],
+) -> bool {
+    let t = TLSA::new(
+        CertUsage::from(usage),
+        Selector::from(selector),
+        Matching::from(matching),
+        record.to_vec(),
+    );
+    usable(&t) && matches(&t, cert)
+}
+
 /// Whether `cert` (DER) is what `t` describes.
 fn matches(t: &TLSA, cert: &[u8]) -> bool {
     let selected: Vec<u8> = match t.selector {
