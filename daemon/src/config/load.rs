@@ -328,6 +328,35 @@ mod tests {
     }
 
     #[test]
+    fn transport_security_settings_read_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        // `tls_roots` is another name for `tls_ca_file`.
+        let file = file_with(
+            &dir,
+            "kiln.toml",
+            "[delivery]\ntls_roots = \"/etc/kiln/private-ca.pem\"\nmta_sts = false\n\n[dns]\ndnssec = \"resolver\"\n",
+        );
+        let s = Settings::load_with(Some(&file), no_env()).unwrap();
+        assert_eq!(
+            s.delivery.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/kiln/private-ca.pem"))
+        );
+        assert!(!s.delivery.mta_sts);
+        assert_eq!(s.dns.dnssec, crate::config::Dnssec::Resolver);
+        let s = Settings::load_with(
+            Some(&file),
+            vec![
+                ("KILN_DELIVERY__MTA_STS".into(), "true".into()),
+                ("KILN_DNS__DNSSEC".into(), "off".into()),
+                ("KILN_DELIVERY__TLS_REPORTS".into(), "false".into()),
+            ],
+        )
+        .unwrap();
+        assert!(s.delivery.mta_sts && !s.delivery.tls_reports);
+        assert_eq!(s.dns.dnssec, crate::config::Dnssec::Off);
+    }
+
+    #[test]
     fn only_section_key_variables_are_settings_and_their_mistakes_name_them() {
         let dir = tempfile::tempdir().unwrap();
         let file = file_with(

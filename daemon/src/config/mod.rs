@@ -517,6 +517,7 @@ pub struct DeliverySettings {
     /// Destination domains that must be reached over verified TLS.
     pub require_tls_domains: Vec<String>,
     /// Extra PEM CA bundle trusted when verifying remote certificates.
+    #[serde(alias = "tls_roots")]
     pub tls_ca_file: Option<PathBuf>,
     /// Honour receiving domains' MTA-STS policies (RFC 8461): in `enforce`
     /// mode, mail goes only to the MX hosts the policy names, over TLS

@@ -22,7 +22,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `max_age` the RFC allows (a year).
 const MAX_AGE_LIMIT: u64 = 31_557_600;
 /// How long this node answers from memory before it asks DNS again.
-const MEMO: Duration = Duration::from_secs(60);
+const MEMO: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -691,6 +691,19 @@ impl Delivery {
                     ),
                     Err(e) => {
                         dane_applied = true;
+                        // No session: the domain's report counts the
+                        // lookup that kept it from one.
+                        super::tls_report::count(
+                            &self.store,
+                            &super::tls_report::Session {
+                                domain,
+                                policy: None,
+                                dane: true,
+                                sts_failed: false,
+                                mx: &host.name,
+                                result: "dnssec-invalid",
+                            },
+                        );
                         errors.push(format!("{}: {e}", host.name));
                         continue;
                     }

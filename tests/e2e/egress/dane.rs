@@ -4,10 +4,11 @@
 //! admits a self-signed certificate no root vouches for; a DANE-TA record
 //! admits the chain of the CA it names; a certificate the records do not
 //! match, or TLSA that cannot be looked up, keeps the mail back; records
-//! the resolver does not vouch for change nothing; with DNSSEC off, DANE
-//! is not applied at all.
+//! none of which SMTP may use ask for TLS, unchecked; records the resolver
+//! does not vouch for change nothing; with DNSSEC off, DANE is not
+//! applied at all. On both stores.
 
-use crate::harness::{Backend, env_with_sink, submit_one, wait_state};
+use crate::harness::{BOTH, Backend, env_with_sink, submit_one, wait_state};
 use aws_lc_rs::digest;
 use kiln_testkit::sink::Sink;
 use std::net::{IpAddr, SocketAddr};
@@ -28,32 +29,40 @@ fn spki(cert: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dane_records_decide_which_certificates_mail_may_go_to() {
+    for (backend, base) in BOTH.into_iter().zip([50, 80]) {
+        dane_on(backend, base).await;
+    }
+}
+
+async fn dane_on(backend: Backend, base: u8) {
     // Three MX servers on one port: a self-signed certificate, another
     // one, and a chain from a private CA for mx.ta.test.
     let (ee_tls, ee_cert) = kiln_testkit::tls::self_signed_with_cert("mx.ee.test");
     let (other_tls, _) = kiln_testkit::tls::self_signed_with_cert("mx.eebad.test");
     let (ca_der, ta_tls) = kiln_testkit::tls::ca_signed_with_ca_der("mx.ta.test");
-    let ee = Sink::start_with(SocketAddr::new(ip(51), 0), Some(ee_tls), true).await;
+    let ee = Sink::start_with(SocketAddr::new(ip(base + 1), 0), Some(ee_tls), true).await;
     let port = ee.addr.port();
-    let other = Sink::start_with(SocketAddr::new(ip(52), port), Some(other_tls), true).await;
-    let ta = Sink::start_with(SocketAddr::new(ip(53), port), Some(ta_tls), true).await;
+    let other = Sink::start_with(SocketAddr::new(ip(base + 2), port), Some(other_tls), true).await;
+    let ta = Sink::start_with(SocketAddr::new(ip(base + 3), port), Some(ta_tls), true).await;
 
-    let e = env_with_sink(Backend::Embedded, ee, |o, _| {
+    let e = env_with_sink(backend, ee, |o, _| {
         o.queue = "retry_schedule = [1]".into();
         o.dns = "dnssec = \"resolver\"".into();
     })
     .await;
     let ee_record = sha256(&spki(&ee_cert));
     for (domain, at, tlsa) in [
-        ("ee.test", 51, Some((3, 1, 1, ee_record.clone()))),
-        ("eebad.test", 52, Some((3, 1, 1, ee_record.clone()))),
-        ("ta.test", 53, Some((2, 0, 1, sha256(&ca_der)))),
-        ("unvouched.test", 52, Some((3, 1, 1, ee_record.clone()))),
-        ("failing.test", 51, None),
+        ("ee.test", 1, Some((3, 1, 1, ee_record.clone()))),
+        ("eebad.test", 2, Some((3, 1, 1, ee_record.clone()))),
+        ("ta.test", 3, Some((2, 0, 1, sha256(&ca_der)))),
+        // PKIX-EE: not for SMTP (RFC 7672 3.1.3).
+        ("unusable.test", 2, Some((1, 1, 1, ee_record.clone()))),
+        ("unvouched.test", 2, Some((3, 1, 1, ee_record.clone()))),
+        ("failing.test", 1, None),
     ] {
         let mx = format!("mx.{domain}");
         e.dns.add_mx(domain, 10, &mx);
-        e.dns.add_ip(&mx, ip(at));
+        e.dns.add_ip(&mx, ip(base + at));
         e.dns.set_secure(domain);
         e.dns.set_secure(&mx);
         let tlsa_name = format!("_{port}._tcp.{mx}");
@@ -73,6 +82,7 @@ async fn dane_records_decide_which_certificates_mail_may_go_to() {
     let ta_id = send("u@ta.test").await;
     let unvouched_id = send("u@unvouched.test").await;
     let failing_id = send("u@failing.test").await;
+    let unusable_id = send("u@unusable.test").await;
 
     // DANE-EE: a certificate no root vouches for, matched by its key.
     let rec = wait_state(&e.kiln, &ee_id, 0, "delivered", 30).await;
@@ -93,6 +103,16 @@ async fn dane_records_decide_which_certificates_mail_may_go_to() {
     let why = rec["attempts"][0]["message"].as_str().unwrap_or_default();
     assert!(why.contains("DNSSEC bogus or lookup failed"), "{why}");
     assert_eq!(rec["attempts"][0]["enhanced_code"], "4.7.5", "{rec}");
+    let shown = e.kiln.command(&["tls-report", "show", "failing.test"]);
+    let report: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+    assert_eq!(
+        report["policies"][0]["failure-details"][0]["result-type"], "dnssec-invalid",
+        "{report}"
+    );
+    // Secure records SMTP may not use: TLS, its certificate unchecked.
+    let rec = wait_state(&e.kiln, &unusable_id, 0, "delivered", 30).await;
+    assert_eq!(rec["attempts"][0]["tls_policy"], "DANE", "{rec}");
+    assert!(rec["attempts"][0]["tls"].is_string(), "{rec}");
     // Records the resolver does not vouch for are no DANE.
     let rec = wait_state(&e.kiln, &unvouched_id, 0, "delivered", 30).await;
     assert!(rec["attempts"][0]["tls_policy"].is_null(), "{rec}");

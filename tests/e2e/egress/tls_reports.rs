@@ -4,10 +4,10 @@
 //! CA Kiln is told to trust) and mailed to its `mailto:` one, DKIM-signed
 //! for the reporting domain (checked by mail-auth against the test's DNS);
 //! a domain that publishes nothing gets nothing; once a day has ended its
-//! report is sent once, whichever node asks again.
+//! report is sent once, whoever asks again. On both stores.
 
 use crate::egress::delivery::verify_dkim;
-use crate::harness::{Backend, env_with_sink, move_clock, submit_one, wait_state};
+use crate::harness::{BOTH, Backend, env_with_sink, move_clock, submit_one, wait_state};
 use kiln_testkit::https::{Page, StaticHttps};
 use kiln_testkit::sink::Sink;
 use mail_auth::DkimResult;
@@ -42,10 +42,17 @@ fn result_for<'a>(sent: &'a [Value], domain: &str, to: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_that_asks_gets_its_report_by_https_and_by_signed_mail() {
+    // Each store with a report endpoint of its own on port 443.
+    for (backend, endpoint_at) in BOTH.into_iter().zip([100, 101]) {
+        reports_on(backend, endpoint_at).await;
+    }
+}
+
+async fn reports_on(backend: Backend, endpoint_at: u8) {
     let sink = Sink::start("127.0.0.1:0".parse().unwrap(), true, true).await;
     let (reports_ca, reports_cert) = kiln_testkit::tls::ca_signed_server_config("reports.test");
     let endpoint = StaticHttps::start(
-        SocketAddr::new(IpAddr::from([127, 0, 0, 44]), 443),
+        SocketAddr::new(IpAddr::from([127, 0, 0, endpoint_at]), 443),
         reports_cert,
     )
     .await;
@@ -58,7 +65,7 @@ async fn a_domain_that_asks_gets_its_report_by_https_and_by_signed_mail() {
             body: "thanks\n".into(),
         },
     );
-    let e = env_with_sink(Backend::Embedded, sink, |o, dir| {
+    let e = env_with_sink(backend, sink, |o, dir| {
         let bundle = dir.join("roots.pem");
         std::fs::write(&bundle, &reports_ca).unwrap();
         o.server = "test_clock = true".into();
@@ -69,7 +76,8 @@ async fn a_domain_that_asks_gets_its_report_by_https_and_by_signed_mail() {
         "_smtp._tls.dest.test",
         "v=TLSRPTv1; rua=https://reports.test/v1/tlsrpt,mailto:tlsrpt@reports.test",
     );
-    e.dns.add_ip("reports.test", IpAddr::from([127, 0, 0, 44]));
+    e.dns
+        .add_ip("reports.test", IpAddr::from([127, 0, 0, endpoint_at]));
     e.dns.add_mx("reports.test", 10, "mx.dest.test");
     e.dns.add_mx("quiet.test", 10, "mx.dest.test");
     // The reporting domain's key: the server's hostname's.

@@ -134,6 +134,11 @@ impl DnsServer {
         self.add(name, RData::TXT(TXT::new(chunks)));
     }
 
+    /// Forgets every record of `name`.
+    pub fn remove(&self, name: &str) {
+        self.zone.lock().expect("zone").records.remove(&key(name));
+    }
+
     /// A TLSA record (`usage selector matching data`).
     pub fn add_tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: Vec<u8>) {
         use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};

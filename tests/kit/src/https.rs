@@ -16,6 +16,26 @@ pub struct Page {
     pub body: String,
 }
 
+impl Page {
+    /// `body` as `text/plain`, with `status`.
+    pub fn text(status: u16, body: &str) -> Page {
+        Page {
+            status,
+            content_type: "text/plain".into(),
+            body: body.into(),
+        }
+    }
+
+    /// A redirect to `to` (its `Location`).
+    pub fn redirect(to: &str) -> Page {
+        Page {
+            status: 301,
+            content_type: format!("text/plain\r\nLocation: {to}"),
+            body: String::new(),
+        }
+    }
+}
+
 /// A request's body, as POSTed.
 #[derive(Clone, Debug)]
 pub struct Posted {
@@ -25,8 +45,10 @@ pub struct Posted {
     pub body: Vec<u8>,
 }
 
+/// Stops listening when dropped (a host gone down).
 pub struct StaticHttps {
     pub addr: SocketAddr,
+    listening: tokio::task::JoinHandle<()>,
     /// Bodies POSTed, in order.
     pub posted: Arc<Mutex<Vec<Posted>>>,
     /// (host, path) → page.
@@ -44,7 +66,7 @@ impl StaticHttps {
         let posted: Arc<Mutex<Vec<Posted>>> = Arc::default();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let (p, r, b) = (pages.clone(), requests.clone(), posted.clone());
-        tokio::spawn(async move {
+        let listening = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
@@ -127,6 +149,7 @@ impl StaticHttps {
         });
         StaticHttps {
             addr,
+            listening,
             posted,
             pages,
             requests,
@@ -150,5 +173,11 @@ impl StaticHttps {
             .iter()
             .filter(|r| r.starts_with(&prefix))
             .count()
+    }
+}
+
+impl Drop for StaticHttps {
+    fn drop(&mut self) {
+        self.listening.abort();
     }
 }

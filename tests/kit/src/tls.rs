@@ -49,6 +49,14 @@ pub fn ca_signed_with_ca_der(name: &str) -> (Vec<u8>, Arc<rustls::ServerConfig>)
 /// A private CA's certificate and a leaf for `names` it signed (with the
 /// leaf's key).
 fn ca_and_leaf(names: &[&str]) -> (rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair) {
+    ca_and_leaf_valid(names, true)
+}
+
+/// [`ca_and_leaf`], the leaf expired a year ago unless `valid`.
+fn ca_and_leaf_valid(
+    names: &[&str],
+    valid: bool,
+) -> (rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair) {
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -58,11 +66,14 @@ fn ca_and_leaf(names: &[&str]) -> (rcgen::Certificate, rcgen::Certificate, rcgen
     let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf =
+    let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("leaf params")
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf cert");
+            .expect("leaf params");
+    if !valid {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let leaf = params.signed_by(&leaf_key, &issuer).expect("leaf cert");
     (ca_cert, leaf, leaf_key)
 }
 
@@ -70,6 +81,16 @@ fn ca_and_leaf(names: &[&str]) -> (rcgen::Certificate, rcgen::Certificate, rcgen
 /// signed; returns the CA certificate as PEM, for the client to trust.
 pub fn ca_signed_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>) {
     ca_signed_server_config_for(&[name])
+}
+
+/// Like [`ca_signed_server_config`], the certificate long expired.
+pub fn ca_signed_expired_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+    let (ca_cert, leaf, leaf_key) = ca_and_leaf_valid(&[name], false);
+    let config = serving(
+        vec![leaf.der().to_vec(), ca_cert.der().to_vec()],
+        leaf_key.serialize_der(),
+    );
+    (ca_cert.pem(), config)
 }
 
 /// Like [`ca_signed_server_config`], one certificate for all of `names`.
