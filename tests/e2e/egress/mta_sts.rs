@@ -15,10 +15,12 @@ use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// Each receiving domain: its policy's mode and MX patterns (None: the
-/// host does not serve one), and which MX server (by address offset)
-/// its MX host is.
-const DOMAINS: &[(&str, Option<(&str, &[&str])>, u8)] = &[
+/// A policy's mode and MX patterns.
+type PolicyFile = (&'static str, &'static [&'static str]);
+
+/// Each receiving domain: its policy (None: the host does not serve one),
+/// and which MX server (by address offset) its MX host is.
+const DOMAINS: &[(&str, Option<PolicyFile>, u8)] = &[
     ("good.test", Some(("enforce", &["mx.good.test"])), 1),
     (
         "wrongcert.test",
