@@ -87,9 +87,18 @@ pub struct ClientConfigs {
     pub verified: Arc<rustls::ClientConfig>,
 }
 
+/// The verifying configuration trusts Mozilla's roots (built in, so a host
+/// without a CA bundle still verifies), the platform's store (with the
+/// CAs an operator added to it: `update-ca-certificates`), and
+/// `extra_ca` (`delivery.tls_ca_file`).
 pub fn client_configs(extra_ca: Option<&Path>) -> Result<ClientConfigs, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let platform = rustls_native_certs::load_native_certs();
+    for e in &platform.errors {
+        tracing::debug!(error = %e, "a certificate of the platform's store could not be read");
+    }
+    let (_added, _skipped) = roots.add_parsable_certificates(platform.certs);
     if let Some(path) = extra_ca {
         for cert in CertificateDer::pem_file_iter(path).map_err(|e| file_err(path, e))? {
             roots

@@ -1,8 +1,9 @@
 //! TLS reports sent as RFC 8460 asks: a receiving domain that publishes
 //! `_smtp._tls` gets the day's report, gzipped JSON, POSTed to its
 //! `https:` address (a real HTTPS server with a certificate from a private
-//! CA Kiln is told to trust) and mailed to its `mailto:` one, DKIM-signed
-//! for the reporting domain (checked by mail-auth against the test's DNS);
+//! CA Kiln trusts through `delivery.tls_ca_file` or the platform's store)
+//! and mailed to its `mailto:` one, DKIM-signed for the reporting domain
+//! (checked by mail-auth against the test's DNS);
 //! a domain that publishes nothing gets nothing; once a day has ended its
 //! report is sent once, whoever asks again. On both stores.
 
@@ -69,7 +70,14 @@ async fn reports_on(backend: Backend, endpoint_at: u8) {
         let bundle = dir.join("roots.pem");
         std::fs::write(&bundle, &reports_ca).unwrap();
         o.server = "test_clock = true".into();
-        o.delivery = format!("tls_ca_file = \"{}\"", bundle.display());
+        // The private CA named in the settings, or added to the platform's
+        // store (which SSL_CERT_FILE stands for).
+        match backend {
+            Backend::Embedded => o.delivery = format!("tls_ca_file = \"{}\"", bundle.display()),
+            _ => o
+                .env
+                .push(("SSL_CERT_FILE".into(), bundle.display().to_string())),
+        }
     })
     .await;
     e.dns.add_txt(

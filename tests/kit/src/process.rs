@@ -41,6 +41,8 @@ pub struct KilnOptions {
     pub delivery: String,
     /// Extra settings for the [dns] section.
     pub dns: String,
+    /// Environment variables the daemon starts with.
+    pub env: Vec<(String, String)>,
     /// Extra settings for the first listener (e.g. relay networks).
     pub listener: String,
     /// Extra settings for the [smtp] section.
@@ -88,6 +90,7 @@ impl KilnOptions {
             server: String::new(),
             delivery: String::new(),
             dns: String::new(),
+            env: Vec::new(),
             listener: String::new(),
             smtp: String::new(),
             http: String::new(),
@@ -216,7 +219,7 @@ impl Kiln {
             child: None,
             log: opts.data_dir.join(format!("kiln-{}.log", opts.node_id)),
             log_level: opts.log_level.clone(),
-            env: Vec::new(),
+            env: opts.env.clone(),
         }
     }
 
