@@ -47,6 +47,7 @@
 //! | `egress::route` | a domain's MX hosts, resolved once and kept a while |
 //! | `egress::plan` | sources, pools, providers and their limits, from the policy |
 //! | `egress::line` | the jobs for one site from one source, bounded |
+//! | `egress::connect` | a connection to a domain's MX hosts under its TLS policy (MTA-STS, DANE), each session counted |
 //! | `egress::worker` | a line's worker: paced connections and messages |
 //! | `egress::warmup` | IP warm-up: a source's daily cap per provider, overflow to warm sources |
 //! | `egress::shaping` | limits per (provider, source), suspensions, backoff |

@@ -12,6 +12,7 @@
 //! must wait waits in the queue, not in memory.
 
 pub mod client;
+mod connect;
 pub mod dane;
 pub mod line;
 pub mod mta_sts;
