@@ -294,29 +294,16 @@ impl MtaSts {
     /// The id of `_mta-sts.DOMAIN`'s record; None when there is none; an
     /// error when DNS did not answer.
     async fn txt_id(&self, domain: &str) -> Result<Option<String>, ()> {
-        let name = format!("_mta-sts.{domain}.");
-        match self.resolver.resolver().txt_lookup(name).await {
-            Ok(found) => {
-                let ids: Vec<String> = found
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        hickory_resolver::proto::rr::RData::TXT(t) => Some(
-                            t.txt_data
-                                .iter()
-                                .map(|part| String::from_utf8_lossy(part).into_owned())
-                                .collect::<String>(),
-                        ),
-                        _ => None,
-                    })
-                    .filter_map(|t| txt_id(&t))
-                    .collect();
-                // More than one record is no record (RFC 8461 3.1).
-                Ok((ids.len() == 1).then(|| ids[0].clone()))
-            }
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(None),
-            Err(_) => Err(()),
-        }
+        let ids: Vec<String> = self
+            .resolver
+            .txt(&format!("_mta-sts.{domain}"))
+            .await
+            .map_err(|_| ())?
+            .iter()
+            .filter_map(|t| txt_id(t))
+            .collect();
+        // More than one record is no record (RFC 8461 3.1).
+        Ok((ids.len() == 1).then(|| ids[0].clone()))
     }
 
     async fn fetch(&self, domain: &str) -> Result<(Mode, Vec<String>, u64), FetchError> {

@@ -325,28 +325,15 @@ impl TlsReportSender {
     /// The `rua` of `domain`'s `_smtp._tls` record; None without one (or
     /// with more than one, RFC 8460 3).
     async fn rua_of(&self, domain: &str) -> Result<Option<Vec<String>>, String> {
-        let name = format!("_smtp._tls.{}.", domain.trim_end_matches('.'));
-        match self.resolver.resolver().txt_lookup(name).await {
-            Ok(found) => {
-                let records: Vec<Vec<String>> = found
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        hickory_resolver::proto::rr::RData::TXT(t) => Some(
-                            t.txt_data
-                                .iter()
-                                .map(|part| String::from_utf8_lossy(part).into_owned())
-                                .collect::<String>(),
-                        ),
-                        _ => None,
-                    })
-                    .filter_map(|t| parse_rua(&t))
-                    .collect();
-                Ok((records.len() == 1).then(|| records[0].clone()))
-            }
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+        let name = format!("_smtp._tls.{}", domain.trim_end_matches('.'));
+        let records: Vec<Vec<String>> = self
+            .resolver
+            .txt(&name)
+            .await?
+            .iter()
+            .filter_map(|t| parse_rua(t))
+            .collect();
+        Ok((records.len() == 1).then(|| records[0].clone()))
     }
 }
 
