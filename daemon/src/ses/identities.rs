@@ -621,21 +621,8 @@ impl Records {
                 a.current = found.join(",");
                 continue;
             }
-            let texts: Vec<String> = match self.resolver.resolver().txt_lookup(fqdn).await {
-                Ok(l) => l
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::TXT(txt) => Some(
-                            txt.txt_data
-                                .iter()
-                                .map(|part| String::from_utf8_lossy(part).into_owned())
-                                .collect::<String>(),
-                        ),
-                        _ => None,
-                    })
-                    .collect(),
-                Err(e) if e.is_no_records_found() || e.is_nx_domain() => Vec::new(),
+            let texts: Vec<String> = match self.resolver.txt(&fqdn).await {
+                Ok(texts) => texts,
                 Err(e) => {
                     a.unknown = true;
                     a.current = format!("could not look up: {e}");
