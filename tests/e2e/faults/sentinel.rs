@@ -144,9 +144,13 @@ async fn without_a_replica_nothing_is_acknowledged_that_a_failover_would_lose() 
     assert!(r.text.starts_with("451 4.3.0"), "{r:?}");
     // Refused after the wait for the replica (1 s), not at once.
     assert!(took >= Duration::from_millis(900), "{took:?}");
-    assert!(
+    // The log is written apart from the reply: looked at until it says so.
+    let logged = || {
         kiln.log_text()
-            .contains("of the 1 Redis replicas asked for have the write"),
+            .contains("of the 1 Redis replicas asked for have the write")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), logged).await,
         "{}",
         kiln.log_text()
     );
