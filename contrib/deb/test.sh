@@ -5,8 +5,9 @@
 #
 #   1. builds it from the release binary (cargo deb) and checks with
 #      dpkg-deb and lintian what it holds;
-#   2. installs the package "before" (the same build, a lower version),
-#      checks the user, /var/lib/kiln and the installed config;
+#   2. installs the package "before": the one an earlier commit's run
+#      left in the cache, or else this build at a lower version; checks
+#      the user, /var/lib/kiln and the installed config;
 #   3. changes /etc/kiln/kiln.toml as an operator would, then upgrades:
 #      the change is kept (a conffile);
 #   4. starts the unit's ExecStart as user kiln (systemd does not run in a
@@ -19,7 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-root="${KILN_DEB_ROOT:-/var/cache/kiln-deb-test/bookworm}"
+cache="${KILN_DEB_CACHE:-/var/cache/kiln-deb-test}"
+root="${KILN_DEB_ROOT:-$cache/bookworm}"
 mirror="${KILN_DEB_MIRROR:-http://deb.debian.org/debian}"
 smtp_port=2525
 sink_port=2590
@@ -43,7 +45,17 @@ out=target/debian
 rm -rf "$out" && mkdir -p "$out/before"
 cargo deb -p kiln --no-build --strip --deb-version "${version}-0" -o "$out/before/" >/dev/null
 deb="$(cargo deb -p kiln --no-build --strip --deb-version "${version}-1" -o "$out/")"
-before="$(ls "$out"/before/*.deb)"
+this_build_before="$(ls "$out"/before/*.deb)"
+commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+# The package an earlier commit built (its version -0, this one's -1): an
+# upgrade from the code before this change, where the machine kept it.
+if [ -f "$cache/before.deb" ] && [ "$(cat "$cache/before.commit" 2>/dev/null)" != "$commit" ]; then
+  before="$cache/before.deb"
+  before_from="commit $(cut -c1-8 "$cache/before.commit")"
+else
+  before="$this_build_before"
+  before_from="this build"
+fi
 echo "$deb"
 
 say "what the package holds"
@@ -103,7 +115,7 @@ rm -rf "$root/var/lib/kiln"
 cp "$before" "$root/tmp/kiln-before.deb"
 cp "$deb" "$root/tmp/kiln.deb"
 
-say "installing ($(basename "$before"))"
+say "installing the package before ($(basename "$before"), from $before_from)"
 in_root apt-get install -y -q /tmp/kiln-before.deb >/dev/null || fail "apt install"
 in_root getent passwd kiln >/dev/null || fail "no user kiln"
 in_root getent group kiln >/dev/null || fail "no group kiln"
@@ -183,5 +195,10 @@ in_root dpkg -P kiln 2>"$out/purge.log" >/dev/null
 grep -q "deleting /var/lib/kiln" "$out/purge.log" || fail "purge did not say what it deletes"
 [ ! -e "$root/etc/kiln/kiln.toml" ] || fail "/etc/kiln/kiln.toml left after purge"
 [ ! -e "$root/var/lib/kiln" ] || fail "/var/lib/kiln left after purge"
+
+# For the next commit's run: this build, as its "before".
+mkdir -p "$cache"
+cp "$this_build_before" "$cache/before.deb.new" && mv "$cache/before.deb.new" "$cache/before.deb"
+echo "$commit" >"$cache/before.commit"
 
 say "passed"
