@@ -127,6 +127,9 @@ fn report_mail(
 pub struct TlsReportSender {
     resolver: Arc<MxResolver>,
     http: reqwest::Client,
+    /// The last day whose every domain this node has claimed or seen
+    /// claimed: nothing of it is left to do here.
+    swept: std::sync::Mutex<String>,
 }
 
 impl TlsReportSender {
@@ -137,7 +140,11 @@ impl TlsReportSender {
         tls: &Arc<rustls::ClientConfig>,
     ) -> reqwest::Result<TlsReportSender> {
         let http = mta_sts::https_client(&resolver, tls, POST_TIMEOUT)?;
-        Ok(TlsReportSender { resolver, http })
+        Ok(TlsReportSender {
+            resolver,
+            http,
+            swept: std::sync::Mutex::new(String::new()),
+        })
     }
 
     /// Every node, every few minutes: the reports of the day before, each
@@ -164,7 +171,12 @@ impl TlsReportSender {
     pub async fn send_due(&self, ctx: &Services, today_too: bool) -> Vec<Sent> {
         let now = ctx.store.now_ms();
         let yesterday = tls_report::day_of(now - 86_400_000);
-        let mut days = vec![(yesterday, true)];
+        let swept = |day: &str| *self.swept.lock().unwrap_or_else(|p| p.into_inner()) == day;
+        // Once a day is swept, each round would only count its claims up.
+        let mut days = Vec::new();
+        if !swept(&yesterday) {
+            days.push((yesterday, true));
+        }
         if today_too {
             days.push((tls_report::day_of(now), false));
         }
@@ -177,17 +189,22 @@ impl TlsReportSender {
                     continue;
                 }
             };
+            let mut all_claimed = true;
             for domain in domains {
                 if claim {
                     let claimed = ctx
                         .store
                         .incr(&format!("tlsrpt:sent:{day}:{domain}"), 1, CLAIM_KEPT)
                         .await;
+                    all_claimed &= claimed.is_ok();
                     if !matches!(claimed, Ok(1)) {
                         continue;
                     }
                 }
                 out.extend(self.send(ctx, &domain, &day).await);
+            }
+            if claim && all_claimed {
+                *self.swept.lock().unwrap_or_else(|p| p.into_inner()) = day;
             }
         }
         out
