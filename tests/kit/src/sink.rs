@@ -88,6 +88,8 @@ impl Sink {
         Sink { addr, state }
     }
 
+    /// Answers RCPT TO `recipient` with `reply` instead of accepting it
+    /// (`*`: every recipient without a rule of its own).
     pub fn set_rule(&self, recipient: &str, reply: &str) {
         self.state
             .rules
@@ -207,7 +209,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            let rule = st.rules.lock().ok().and_then(|r| r.get(&rcpt).cloned());
+            let rule = st
+                .rules
+                .lock()
+                .ok()
+                .and_then(|r| r.get(&rcpt).or_else(|| r.get("*")).cloned());
             match rule {
                 Some(reply) => out.extend_from_slice(format!("{reply}\r\n").as_bytes()),
                 None => {

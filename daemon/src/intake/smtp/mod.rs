@@ -94,7 +94,9 @@ pub async fn serve(
         let ctx = ctx.clone();
         let listener = listener.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
+        // Boxed: a session's future is large, and tokio moves a task's
+        // future several times while spawning and running it.
+        tracker.spawn(Box::pin(async move {
             let _permit = permit;
             let stream: Stream = match listener.settings.tls {
                 ListenerTls::Implicit => {
@@ -112,6 +114,6 @@ pub async fn serve(
             let session =
                 session::Session::new(ctx, &listener.settings, peer, relay_allowed, shutdown);
             session.run(LineIo::new(stream)).await;
-        });
+        }));
     }
 }

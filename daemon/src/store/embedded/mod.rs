@@ -301,8 +301,11 @@ impl EmbeddedStore {
     pub fn open(path: &Path, retention: Duration, clock: Clock) -> Result<Arc<EmbeddedStore>> {
         // redb caches up to 1 GiB of pages by default: a node holding a
         // large queue would grow toward it. Recent bodies are cached by the
-        // queue, and the index of queued entries is in memory.
-        const PAGE_CACHE_BYTES: usize = 64 << 20;
+        // queue, the index of queued entries is in memory, and the file's
+        // pages stay in the kernel's page cache: a larger cache here cost
+        // memory (64 MiB of it showed as 88 MB more resident for 100,000
+        // queued recipients) and saved no measurable CPU.
+        const PAGE_CACHE_BYTES: usize = 8 << 20;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))

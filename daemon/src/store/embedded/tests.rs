@@ -123,3 +123,109 @@ async fn settle_carries_its_writes_and_they_survive_a_restart() {
             .is_empty()
     );
 }
+
+/// Rows the expiry index holds for status records.
+fn status_index_rows(store: &EmbeddedStore) -> usize {
+    let read = store.db.begin_read().expect("read");
+    let table = read.open_table(EXPIRES).expect("expires");
+    table
+        .iter()
+        .expect("iter")
+        .filter(|r| r.as_ref().is_ok_and(|(k, _)| k.value()[8] == TAG_STATUS))
+        .count()
+}
+
+/// A message's status records leave with it after the retention: the
+/// message's own record and its recipients' together, under one row of
+/// the expiry index (not one per record and rewrite), and a recipient's
+/// record rewritten later at its own later time.
+#[tokio::test]
+async fn status_records_expire_with_their_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::test();
+    let retention = Duration::from_secs(3600);
+    let store =
+        EmbeddedStore::open(&dir.path().join("kiln.redb"), retention, clock.clone()).expect("open");
+    let now = clock.now_ms();
+    let msg = crate::queued::test_message("m1", &["a@d.test", "b@d.test", "c@d.test"], now);
+    store.enqueue(&msg, &[]).await.expect("enqueue");
+    assert_eq!(status_index_rows(&store), 1, "one row for the message");
+    let entries = store.lease(10).await.expect("lease");
+    assert_eq!(entries.len(), 3);
+    let status = |e: &QueueEntry| RecipientStatus {
+        recipient: e.recipient.clone(),
+        state: RecipientState::Delivered,
+        updated_at_ms: clock.now_ms(),
+        next_attempt_at_ms: None,
+        attempts: Vec::new(),
+        reason: None,
+    };
+    store
+        .settle(&entries[0], Disposition::Final(status(&entries[0])), &[])
+        .await
+        .expect("settle");
+    // Half the retention later the others settle: their records outlive
+    // the message's.
+    clock.advance(retention / 2).expect("test clock");
+    for e in &entries[1..] {
+        store
+            .settle(e, Disposition::Final(status(e)), &[])
+            .await
+            .expect("settle");
+    }
+    assert_eq!(status_index_rows(&store), 1, "rewrites add no rows");
+    let sweep = || async { store.submit(Op::Sweep).await.expect("sweep") };
+
+    clock
+        .advance(retention / 2 + Duration::from_secs(1))
+        .expect("test clock");
+    sweep().await;
+    assert!(store.status("m1").await.expect("status").is_none());
+    let left = |store: &EmbeddedStore| {
+        let read = store.db.begin_read().expect("read");
+        let table = read.open_table(STATUS).expect("status");
+        table
+            .range("m1/".."m10")
+            .expect("range")
+            .map(|r| r.expect("row").0.value().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(left(&store), ["m1/1", "m1/2"], "the later records stay");
+    assert_eq!(status_index_rows(&store), 1, "due again when they expire");
+
+    clock.advance(retention / 2).expect("test clock");
+    sweep().await;
+    assert!(left(&store).is_empty());
+    assert_eq!(status_index_rows(&store), 0);
+}
+
+/// A recipient's record written after its message's record has gone (a
+/// delivery report arriving after the retention) still expires.
+#[tokio::test]
+async fn a_record_outliving_its_message_still_expires() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::test();
+    let retention = Duration::from_secs(3600);
+    let store =
+        EmbeddedStore::open(&dir.path().join("kiln.redb"), retention, clock.clone()).expect("open");
+    let status = RecipientStatus {
+        recipient: "a@d.test".into(),
+        state: RecipientState::Bounced,
+        updated_at_ms: clock.now_ms(),
+        next_attempt_at_ms: None,
+        attempts: Vec::new(),
+        reason: None,
+    };
+    store
+        .record_status("gone", 0, &status, &[])
+        .await
+        .expect("record");
+    assert_eq!(status_index_rows(&store), 1);
+    clock
+        .advance(retention + Duration::from_secs(1))
+        .expect("test clock");
+    store.submit(Op::Sweep).await.expect("sweep");
+    let read = store.db.begin_read().expect("read");
+    let table = read.open_table(STATUS).expect("status");
+    assert!(table.get("gone/0").expect("get").is_none());
+}

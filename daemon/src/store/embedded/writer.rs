@@ -269,14 +269,20 @@ impl<'t> Tables<'t> {
                 entries,
                 finals,
             } => {
+                // The message's record first: its recipients' records are
+                // swept with it.
+                self.put_status(f, msg_id, meta)?;
                 for (key, status) in finals {
                     self.put_status(f, key, status)?;
                 }
                 let id = msg_id.as_bytes();
                 self.put(f, TableId::Messages, id, body)?;
-                let count = (entries.len() as u64).to_le_bytes();
-                self.put(f, TableId::Pending, id, &count)?;
-                self.put_status(f, msg_id, meta)?;
+                // No row means one: most messages have a single recipient,
+                // and settling reads a missing count as 1.
+                if entries.len() != 1 {
+                    let count = (entries.len() as u64).to_le_bytes();
+                    self.put(f, TableId::Pending, id, &count)?;
+                }
                 for (key, entry, status) in entries {
                     self.put(f, TableId::Queue, key.as_bytes(), entry)?;
                     self.put_status(f, key, status)?;
@@ -381,6 +387,32 @@ impl<'t> Tables<'t> {
                 for k in due {
                     self.remove(f, TableId::Expires, &k)?;
                     let (tag, key) = (k[8], &k[9..]);
+                    if tag == TAG_STATUS && !key.contains(&b'/') {
+                        // A message's record: its recipients' records too,
+                        // and the message again when one outlives it.
+                        let msg_id = key_str(key)?.to_string();
+                        let meta = self.status.get(msg_id.as_str()).map_err(err)?;
+                        let meta = meta.map(|v| v.value().to_vec());
+                        let meta_exp = meta
+                            .as_deref()
+                            .filter(|v| live_value(v, now).is_some())
+                            .and_then(|v| v.get(..8)?.try_into().ok())
+                            .map(i64::from_be_bytes)
+                            .filter(|exp| *exp != 0);
+                        if meta.is_some() && meta_exp.is_none() {
+                            self.remove(f, TableId::Status, key)?;
+                        }
+                        let next = self.sweep_recipients(f, &msg_id, now)?;
+                        if let Some(at) = next.into_iter().chain(meta_exp).min() {
+                            self.put(
+                                f,
+                                TableId::Expires,
+                                &expiry_key(at, TAG_STATUS, &msg_id),
+                                &[],
+                            )?;
+                        }
+                        continue;
+                    }
                     let (table, current) = if tag == TAG_STATUS {
                         let v = self.status.get(key_str(key)?).map_err(err)?;
                         (TableId::Status, v.map(|v| v.value().to_vec()))
@@ -397,13 +429,54 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// Writes a status record. Only a message's own record (`<id>`) gets a
+    /// row in the expiry index: the sweep that finds it due also goes
+    /// through the message's recipient records (`<id>/<n>`), which expire
+    /// no earlier. A recipient's record gets a row of its own only when
+    /// its message's record is gone (kept past it, or never written).
     pub(super) fn put_status(&mut self, f: &mut Vec<u8>, key: &str, value: &[u8]) -> Result<()> {
-        if let Some(exp) = value.get(..8).and_then(|b| b.try_into().ok()) {
-            let exp = i64::from_be_bytes(exp);
-            if exp != 0 {
+        let exp = value
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, i64::from_be_bytes);
+        if exp != 0 {
+            let indexed_by_message = match key.split_once('/') {
+                Some((msg_id, _)) => self.status.get(msg_id).map_err(err)?.is_some(),
+                None => false,
+            };
+            if !indexed_by_message {
                 self.put(f, TableId::Expires, &expiry_key(exp, TAG_STATUS, key), &[])?;
             }
         }
         self.put(f, TableId::Status, key.as_bytes(), value)
+    }
+
+    /// Sweeps a message's recipient records (`<msg_id>/<n>`) whose time has
+    /// come; returns when the earliest one left expires (None: none left).
+    fn sweep_recipients(&mut self, f: &mut Vec<u8>, msg_id: &str, now: i64) -> Result<Option<i64>> {
+        let (start, end) = (format!("{msg_id}/"), format!("{msg_id}0")); // '0' sorts right after '/'
+        let mut expired = Vec::new();
+        let mut next: Option<i64> = None;
+        for row in self
+            .status
+            .range(start.as_str()..end.as_str())
+            .map_err(err)?
+        {
+            let (k, v) = row.map_err(err)?;
+            let exp = v
+                .value()
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, i64::from_be_bytes);
+            if live_value(v.value(), now).is_none() {
+                expired.push(k.value().to_string());
+            } else if exp != 0 {
+                next = Some(next.map_or(exp, |n| n.min(exp)));
+            }
+        }
+        for key in expired {
+            self.remove(f, TableId::Status, key.as_bytes())?;
+        }
+        Ok(next)
     }
 }
