@@ -88,9 +88,9 @@ fn openssl_us(openssl: &str, what: &str, seconds: u32) -> Option<f64> {
     text.lines()
         .filter_map(|l| {
             let fields: Vec<&str> = l.split(':').collect();
-            let at = match fields.first()? {
-                &"+F2" => 3,
-                &"+F6" => 4,
+            let at = match *fields.first()? {
+                "+F2" => 3,
+                "+F6" => 4,
                 _ => return None,
             };
             fields.get(at)?.parse::<f64>().ok()
