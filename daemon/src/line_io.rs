@@ -264,13 +264,17 @@ impl DataReader {
 /// Writes `body` as SMTP DATA content: dot-stuffed, ending in CRLF.CRLF.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 64);
-    let mut at_line_start = true;
-    for &b in body {
-        if at_line_start && b == b'.' {
+    // Line by line (a line starts the body and follows every LF), copied
+    // whole: a byte at a time cost 20 instructions a byte.
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).map(|lf| lf + 1);
+    for end in ends.chain(std::iter::once(body.len())) {
+        let line = &body[start..end];
+        if line.first() == Some(&b'.') {
             out.push(b'.');
         }
-        out.push(b);
-        at_line_start = b == b'\n';
+        out.extend_from_slice(line);
+        start = end;
     }
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -470,5 +474,37 @@ mod tests {
     fn dot_stuffing() {
         assert_eq!(dot_stuff(b".a\r\nb\r\n..c"), b"..a\r\nb\r\n...c\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+    }
+
+    /// Line by line, the same as a byte at a time: dots at the start, after
+    /// CRLF and after a bare LF; a body ending in a dot, in LF, in "\n.".
+    #[test]
+    fn dot_stuffing_by_lines_matches_byte_by_byte() {
+        fn by_bytes(body: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut at_line_start = true;
+            for &b in body {
+                if at_line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+                at_line_start = b == b'\n';
+            }
+            if !out.ends_with(b"\r\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            out
+        }
+        let alphabet = [b'.', b'\r', b'\n', b'a'];
+        // Every body of up to 7 bytes over the alphabet.
+        for len in 0..=7u32 {
+            for n in 0..4usize.pow(len) {
+                let body: Vec<u8> = (0..len)
+                    .map(|i| alphabet[(n >> (2 * i)) & 3])
+                    .collect();
+                assert_eq!(dot_stuff(&body), by_bytes(&body), "{body:?}");
+            }
+        }
     }
 }
