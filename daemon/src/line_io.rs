@@ -500,9 +500,7 @@ mod tests {
         // Every body of up to 7 bytes over the alphabet.
         for len in 0..=7u32 {
             for n in 0..4usize.pow(len) {
-                let body: Vec<u8> = (0..len)
-                    .map(|i| alphabet[(n >> (2 * i)) & 3])
-                    .collect();
+                let body: Vec<u8> = (0..len).map(|i| alphabet[(n >> (2 * i)) & 3]).collect();
                 assert_eq!(dot_stuff(&body), by_bytes(&body), "{body:?}");
             }
         }

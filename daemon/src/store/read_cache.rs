@@ -9,12 +9,15 @@
 use super::BatchValue;
 use foldhash::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The oldest answer any reader may accept; older entries are swept.
 pub const MAX_AGE: Duration = Duration::from_secs(60);
 /// Entries kept at most: beyond it, answers are not kept (reads still work).
-const MAX_ENTRIES: usize = 200_000;
+/// Every recipient's checks are reads of their own: a queue of 100,000
+/// distinct recipients held 30 MB here at 200,000.
+const MAX_ENTRIES: usize = 50_000;
 
 /// A read, by the names the store's callers use (the backend adds its own
 /// prefix when it asks Redis).
@@ -46,6 +49,9 @@ pub struct Entries {
     /// When a full cache was last swept: a sweep walks every entry, so a
     /// cache full of young entries is not swept again for a while.
     swept_at: Option<Instant>,
+    /// The widest age a reader has accepted (ms): older answers serve no
+    /// one and go at the next sweep.
+    widest_ms: AtomicU64,
 }
 
 /// A full cache is swept at most this often.
@@ -53,7 +59,19 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Entries {
     /// A key's value read at most `max_age` before `now`, if there is one.
+    /// Notes the age a reader accepts.
+    fn asked(&self, max_age: Duration) {
+        let ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        self.widest_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The age past which no reader uses an answer.
+    fn useful_age(&self) -> Duration {
+        Duration::from_millis(self.widest_ms.load(Ordering::Relaxed)).min(MAX_AGE)
+    }
+
     pub fn key(&self, key: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
+        self.asked(max_age);
         let (at, value) = self.keys.get(key)?;
         young(*at, now, max_age).then(|| BatchValue::Bytes(value.clone()))
     }
@@ -66,6 +84,7 @@ impl Entries {
         max_age: Duration,
         now: Instant,
     ) -> Option<BatchValue> {
+        self.asked(max_age);
         let (at, held) = self.members.get(set)?.get(member)?;
         young(*at, now, max_age).then_some(BatchValue::Bool(*held))
     }
@@ -73,6 +92,7 @@ impl Entries {
     /// Whether `key` had a value, read at most `max_age` before `now`
     /// (the value itself is not copied).
     pub fn key_present(&self, key: &str, max_age: Duration, now: Instant) -> Option<bool> {
+        self.asked(max_age);
         let (at, value) = self.keys.get(key)?;
         young(*at, now, max_age).then_some(value.is_some())
     }
@@ -90,7 +110,7 @@ impl Entries {
                 return false;
             }
             self.swept_at = Some(now);
-            self.retain_younger(now, MAX_AGE);
+            self.retain_younger(now, self.useful_age());
             if self.len() >= MAX_ENTRIES {
                 return false;
             }
@@ -187,13 +207,16 @@ impl ReadCache {
         let mut entries = self.entries();
         *entries = Entries {
             generation: entries.generation + 1,
+            widest_ms: AtomicU64::new(entries.widest_ms.load(Ordering::Relaxed)),
             ..Entries::default()
         };
     }
 
-    /// Drops entries no reader may use any more.
+    /// Drops entries no reader uses any more.
     pub fn sweep(&self, now: Instant) {
-        self.entries().retain_younger(now, MAX_AGE);
+        let mut entries = self.entries();
+        let age = entries.useful_age();
+        entries.retain_younger(now, age);
     }
 }
 
@@ -295,5 +318,23 @@ mod tests {
         let later = now + MAX_AGE + Duration::from_secs(1);
         assert!(e.put(Read::Key("c".into()), &none, later, 0));
         assert_eq!(e.len(), 1);
+    }
+
+    /// A full cache makes room by dropping answers older than any reader
+    /// accepts (here 1 s), not only those past the widest age allowed.
+    #[test]
+    fn a_full_cache_drops_what_no_reader_would_use() {
+        let mut e = Entries::default();
+        let now = Instant::now();
+        for i in 0..MAX_ENTRIES {
+            e.keys.insert(format!("k{i}"), (now, None));
+        }
+        let none = BatchValue::Bytes(None);
+        assert_eq!(e.key("k1", Duration::from_secs(1), now), Some(none.clone()));
+        let later = now + Duration::from_secs(2);
+        assert!(later < now + MAX_AGE);
+        assert!(e.put(Read::Key("fresh".into()), &none, later, 0));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e.key("fresh", Duration::from_secs(1), later), Some(none));
     }
 }
