@@ -30,7 +30,12 @@ pub fn escape_event(event: &[u8], colours: bool) -> std::borrow::Cow<'_, [u8]> {
         None => (event, &b""[..]),
     };
     let keep = |b: u8| b == b'\t' || (colours && b == 0x1b) || !(b < 0x20 || b == 0x7f);
-    if body.iter().all(|b| keep(*b)) {
+    // Nearly every line has no control character at all: a branch-free
+    // test over the whole line first (the compiler vectorises it).
+    let printable = body.iter().fold(true, |all, &b| {
+        all & ((b >= 0x20) & (b != 0x7f) | (b == b'\t'))
+    });
+    if printable || body.iter().all(|b| keep(*b)) {
         return std::borrow::Cow::Borrowed(event);
     }
     let mut out = Vec::with_capacity(event.len() + 16);

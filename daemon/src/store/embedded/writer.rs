@@ -13,6 +13,9 @@ pub(super) fn job_bytes(op: &Op) -> usize {
     }
 }
 
+/// The largest write-ahead frame buffer kept from one batch to the next.
+const FRAME_KEPT: usize = 1 << 20;
+
 /// Commits whatever jobs are waiting as one batch: their changes go to the
 /// write-ahead log (one sync), then into redb without a sync; redb itself is
 /// synced at checkpoints.
@@ -100,6 +103,11 @@ pub(super) fn writer_loop(
         if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             dirty = !checkpoint(db, &mut wal);
             last_checkpoint = Instant::now();
+        }
+        // A burst's frame (a second's counters for every recipient of a
+        // large queue) is not kept for the next ones.
+        if frame.capacity() > FRAME_KEPT {
+            frame = Vec::new();
         }
     }
     if dirty {
