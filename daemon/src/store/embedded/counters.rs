@@ -31,13 +31,10 @@ impl EmbeddedStore {
             .collect()
     }
 
-    /// Marks counters to be written again (their write failed).
-    pub(super) fn mark_dirty(&self, keys: &[String]) {
-        let mut counters = self.counters();
-        for k in keys {
-            if let Some(c) = counters.get_mut(k) {
-                c.dirty = true;
-            }
+    /// Marks every counter to be written again (a write failed).
+    pub(super) fn mark_all_dirty(&self) {
+        for c in self.counters().values_mut() {
+            c.dirty = true;
         }
     }
 

@@ -384,13 +384,14 @@ impl EmbeddedStore {
                     break;
                 };
                 let dirty = store.take_dirty_counters();
-                let keys: Vec<String> = dirty.iter().map(|(k, _, _)| k.clone()).collect();
                 if !dirty.is_empty()
                     && let Err(e) = store.submit(Op::Counters(dirty)).await
                 {
                     tracing::warn!(error = %e, "writing counters failed");
-                    // Not in the file: kept in memory and written next time.
-                    store.mark_dirty(&keys);
+                    // Not in the file: kept in memory and written next time
+                    // (all of them: no copy of a second's keys is kept for
+                    // a failure, which is rare).
+                    store.mark_all_dirty();
                 }
             }
         });
