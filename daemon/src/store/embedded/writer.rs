@@ -401,15 +401,16 @@ impl<'t> Tables<'t> {
                         let msg_id = key_str(key)?.to_string();
                         let meta = self.status.get(msg_id.as_str()).map_err(err)?;
                         let meta = meta.map(|v| v.value().to_vec());
-                        let meta_exp = meta
-                            .as_deref()
-                            .filter(|v| live_value(v, now).is_some())
+                        let live = meta.as_deref().filter(|v| live_value(v, now).is_some());
+                        if meta.is_some() && live.is_none() {
+                            self.remove(f, TableId::Status, key)?;
+                        }
+                        // A live record is due again at its own time (never,
+                        // if it has none).
+                        let meta_exp = live
                             .and_then(|v| v.get(..8)?.try_into().ok())
                             .map(i64::from_be_bytes)
                             .filter(|exp| *exp != 0);
-                        if meta.is_some() && meta_exp.is_none() {
-                            self.remove(f, TableId::Status, key)?;
-                        }
                         let next = self.sweep_recipients(f, &msg_id, now)?;
                         if let Some(at) = next.into_iter().chain(meta_exp).min() {
                             self.put(
