@@ -58,7 +58,6 @@ pub struct Entries {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Entries {
-    /// A key's value read at most `max_age` before `now`, if there is one.
     /// Notes the age a reader accepts.
     fn asked(&self, max_age: Duration) {
         let ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
@@ -70,6 +69,7 @@ impl Entries {
         Duration::from_millis(self.widest_ms.load(Ordering::Relaxed)).min(MAX_AGE)
     }
 
+    /// A key's value read at most `max_age` before `now`, if there is one.
     pub fn key(&self, key: &str, max_age: Duration, now: Instant) -> Option<BatchValue> {
         self.asked(max_age);
         let (at, value) = self.keys.get(key)?;

@@ -256,9 +256,16 @@ fn live_value(raw: &[u8], now: i64) -> Option<&[u8]> {
     if raw.len() < 8 {
         return None;
     }
-    let (exp, value) = raw.split_at(8);
-    let exp = i64::from_be_bytes(exp.try_into().ok()?);
-    (exp == 0 || exp > now).then_some(value)
+    let exp = expiry_of(raw);
+    (exp == 0 || exp > now).then_some(&raw[8..])
+}
+
+/// When a stored row (`with_expiry`) expires, in ms; 0: never (or a row
+/// too short to say).
+fn expiry_of(raw: &[u8]) -> i64 {
+    raw.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, i64::from_be_bytes)
 }
 
 fn expiry_key(expires_at: i64, tag: u8, key: &str) -> Vec<u8> {

@@ -11,12 +11,7 @@ impl EmbeddedStore {
             return Ok(None);
         };
         let raw = v.value();
-        let exp = raw
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(i64::from_be_bytes)
-            .unwrap_or(0);
-        Ok(live_value(raw, self.clock.now_ms()).map(|b| (b.to_vec(), exp)))
+        Ok(live_value(raw, self.clock.now_ms()).map(|b| (b.to_vec(), expiry_of(raw))))
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -397,22 +397,9 @@ impl<'t> Tables<'t> {
                     let (tag, key) = (k[8], &k[9..]);
                     if tag == TAG_STATUS && !key.contains(&b'/') {
                         // A message's record: its recipients' records too,
-                        // and the message again when one outlives it.
+                        // and the message due again when one outlives it.
                         let msg_id = key_str(key)?.to_string();
-                        let meta = self.status.get(msg_id.as_str()).map_err(err)?;
-                        let meta = meta.map(|v| v.value().to_vec());
-                        let live = meta.as_deref().filter(|v| live_value(v, now).is_some());
-                        if meta.is_some() && live.is_none() {
-                            self.remove(f, TableId::Status, key)?;
-                        }
-                        // A live record is due again at its own time (never,
-                        // if it has none).
-                        let meta_exp = live
-                            .and_then(|v| v.get(..8)?.try_into().ok())
-                            .map(i64::from_be_bytes)
-                            .filter(|exp| *exp != 0);
-                        let next = self.sweep_recipients(f, &msg_id, now)?;
-                        if let Some(at) = next.into_iter().chain(meta_exp).min() {
+                        if let Some(at) = self.sweep_message(f, &msg_id, now)? {
                             self.put(
                                 f,
                                 TableId::Expires,
@@ -444,10 +431,7 @@ impl<'t> Tables<'t> {
     /// no earlier. A recipient's record gets a row of its own only when
     /// its message's record is gone (kept past it, or never written).
     pub(super) fn put_status(&mut self, f: &mut Vec<u8>, key: &str, value: &[u8]) -> Result<()> {
-        let exp = value
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, i64::from_be_bytes);
+        let exp = expiry_of(value);
         if exp != 0 {
             let indexed_by_message = match key.split_once('/') {
                 Some((msg_id, _)) => self.status.get(msg_id).map_err(err)?.is_some(),
@@ -460,28 +444,31 @@ impl<'t> Tables<'t> {
         self.put(f, TableId::Status, key.as_bytes(), value)
     }
 
-    /// Sweeps a message's recipient records (`<msg_id>/<n>`) whose time has
-    /// come; returns when the earliest one left expires (None: none left).
-    fn sweep_recipients(&mut self, f: &mut Vec<u8>, msg_id: &str, now: i64) -> Result<Option<i64>> {
-        let (start, end) = (format!("{msg_id}/"), format!("{msg_id}0")); // '0' sorts right after '/'
+    /// Sweeps a message's status records (its own, `<msg_id>`, and its
+    /// recipients', `<msg_id>/<n>`) whose time has come; returns when the
+    /// earliest one left expires (None: none left, or none that expires).
+    fn sweep_message(&mut self, f: &mut Vec<u8>, msg_id: &str, now: i64) -> Result<Option<i64>> {
         let mut expired = Vec::new();
         let mut next: Option<i64> = None;
+        let mut look = |key: &str, value: &[u8]| {
+            let exp = expiry_of(value);
+            if live_value(value, now).is_none() {
+                expired.push(key.to_string());
+            } else if exp != 0 {
+                next = Some(next.map_or(exp, |n| n.min(exp)));
+            }
+        };
+        if let Some(v) = self.status.get(msg_id).map_err(err)? {
+            look(msg_id, v.value());
+        }
+        let (start, end) = (format!("{msg_id}/"), format!("{msg_id}0")); // '0' sorts right after '/'
         for row in self
             .status
             .range(start.as_str()..end.as_str())
             .map_err(err)?
         {
             let (k, v) = row.map_err(err)?;
-            let exp = v
-                .value()
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, i64::from_be_bytes);
-            if live_value(v.value(), now).is_none() {
-                expired.push(k.value().to_string());
-            } else if exp != 0 {
-                next = Some(next.map_or(exp, |n| n.min(exp)));
-            }
+            look(k.value(), v.value());
         }
         for key in expired {
             self.remove(f, TableId::Status, key.as_bytes())?;
