@@ -40,9 +40,8 @@ impl Delivery {
         if let Some(p) = sts
             && hosts.is_empty()
         {
-            return Err(ConnectFailure {
-                verdict: Verdict::Temporary,
-                text: format!(
+            return Err(ConnectFailure::temporary(
+                format!(
                     "{} of {domain} names none of its MX hosts ({}): not delivered",
                     p.describe(),
                     all.iter()
@@ -50,10 +49,8 @@ impl Delivery {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                enhanced: Some("4.7.5".into()),
-                reply: None,
-                source_broken: false,
-            });
+                "4.7.5",
+            ));
         }
         let d = &self.settings.delivery;
         let mode = if require_tls {
@@ -71,13 +68,10 @@ impl Delivery {
                 Ok(true) => Some(dns),
                 Ok(false) => None,
                 Err(e) => {
-                    return Err(ConnectFailure {
-                        verdict: Verdict::Temporary,
-                        text: format!("DNSSEC lookup for DANE failed: {e}"),
-                        enhanced: Some("4.7.5".into()),
-                        reply: None,
-                        source_broken: false,
-                    });
+                    return Err(ConnectFailure::temporary(
+                        format!("DNSSEC lookup for DANE failed: {e}"),
+                        "4.7.5",
+                    ));
                 }
             },
             _ => None,
@@ -247,16 +241,13 @@ impl Delivery {
             None if dane_applied => (" (as DANE requires)".to_string(), "4.7.5"),
             None => (String::new(), "4.4.1"),
         };
-        Err(ConnectFailure {
-            verdict: Verdict::Temporary,
-            text: format!(
+        Err(ConnectFailure::temporary(
+            format!(
                 "no MX of {domain} accepted a connection{why}: {}",
                 errors.join("; ")
             ),
-            enhanced: Some(enhanced.into()),
-            reply: None,
-            source_broken: false,
-        })
+            enhanced,
+        ))
     }
 }
 

@@ -49,6 +49,20 @@ pub(super) struct ConnectFailure {
     pub(super) source_broken: bool,
 }
 
+impl ConnectFailure {
+    /// A failure to try again later that the destination did not answer
+    /// (no reply of its own), with its enhanced status code.
+    pub(super) fn temporary(text: String, enhanced: &str) -> ConnectFailure {
+        ConnectFailure {
+            verdict: Verdict::Temporary,
+            text,
+            enhanced: Some(enhanced.into()),
+            reply: None,
+            source_broken: false,
+        }
+    }
+}
+
 /// How an attempt ended for the worker.
 enum Ended {
     /// The job's outcome is recorded.
