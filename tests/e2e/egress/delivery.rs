@@ -322,3 +322,34 @@ async fn required_tls_is_verified_and_never_downgraded() {
         assert!(w.tls && w.mail_params.contains("REQUIRETLS"), "{w:?}");
     }
 }
+
+/// A body whose lines begin with dots (one a lone dot, which ends the data
+/// unless stuffed; the last one unterminated) reaches the MX as Python's
+/// smtplib sent it: smtplib stuffs it, Kiln reads it back and stuffs it
+/// again for the MX, the MX reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_starting_with_a_dot_arrive_as_sent() {
+    for backend in BOTH {
+        let e = env(backend, |_| {}).await;
+        let head = "From: <news@shop.test>\r\nTo: <alice@dest.test>\r\nSubject: dots\r\n\r\n";
+        let body = ".\r\n..\r\n.leading\r\nmiddle . line\r\n...three\r\n\r\n.";
+        let r = crate::clients::smtplib(
+            e.kiln.smtp,
+            "shop",
+            "shop-password",
+            "news@shop.test",
+            &["alice@dest.test"],
+            format!("{head}{body}").as_bytes(),
+        )
+        .await;
+        assert_eq!(r.code, 250, "{backend:?}: {r:?}");
+        assert!(
+            e.sink.wait_count(1, Duration::from_secs(20)).await,
+            "{backend:?}: not delivered"
+        );
+        let got = String::from_utf8_lossy(&e.sink.messages()[0].data).into_owned();
+        let (_, got_body) = got.split_once("\r\n\r\n").expect("a header and a body");
+        // smtplib ends the unterminated last line.
+        assert_eq!(got_body, format!("{body}\r\n"), "{backend:?}");
+    }
+}
