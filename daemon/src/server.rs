@@ -234,6 +234,7 @@ pub async fn start(
     let tls_reports = match crate::egress::tls_report_send::TlsReportSender::new(
         Arc::new(resolver.clone()),
         &client_tls.verified,
+        crate::outbound_http::Destinations::new(&settings.delivery.https_allow_networks),
     ) {
         Ok(s) => Some(Arc::new(s)),
         Err(e) => {

@@ -13,6 +13,7 @@ type Overrides = Vec<(String, String)>;
 const LIST_KEYS: &[&str] = &[
     "callbacks.allow_networks",
     "dns.nameservers",
+    "delivery.https_allow_networks",
     "delivery.require_tls_domains",
     "http.metrics_networks",
     "queue.retry_schedule",

@@ -529,6 +529,11 @@ pub struct DeliverySettings {
     /// The address TLS reports come from; its domain signs them (DKIM).
     /// Empty: `tls-reports@` the server's hostname.
     pub tls_report_from: String,
+    /// Internal networks (loopback, private, link-local ...) where the
+    /// HTTPS hosts a receiving domain names, its MTA-STS policy host and
+    /// its TLS report endpoint, may be; none by default: those are asked
+    /// at public addresses only.
+    pub https_allow_networks: Vec<String>,
     /// Source address for outgoing connections.
     pub source_address: Option<std::net::IpAddr>,
 }
@@ -689,6 +694,7 @@ impl Default for DeliverySettings {
             mta_sts: true,
             tls_reports: true,
             tls_report_from: String::new(),
+            https_allow_networks: Vec::new(),
             source_address: None,
         }
     }

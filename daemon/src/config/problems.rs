@@ -6,6 +6,16 @@ use super::{Settings, StoreBackend};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// A problem for each entry of `list` (the key `key`) that is not a CIDR
+/// network.
+fn networks(list: &[String], key: &str, out: &mut Vec<String>) {
+    for (i, net) in list.iter().enumerate() {
+        if crate::net::Cidr::parse(net).is_none() {
+            out.push(format!("{key}[{i}]: {net:?} is not a CIDR network"));
+        }
+    }
+}
+
 impl Settings {
     /// Every semantic problem, each naming its key.
     pub fn problems(&self) -> Vec<String> {
@@ -38,35 +48,32 @@ impl Settings {
             out.push("smtp.listeners: at least one listener is needed".into());
         }
         for (i, l) in self.smtp.listeners.iter().enumerate() {
-            for (j, net) in l.relay_networks.iter().enumerate() {
-                if crate::net::Cidr::parse(net).is_none() {
-                    out.push(format!(
-                        "smtp.listeners[{i}].relay_networks[{j}]: {net:?} is not a CIDR network"
-                    ));
-                }
-            }
+            networks(
+                &l.relay_networks,
+                &format!("smtp.listeners[{i}].relay_networks"),
+                &mut out,
+            );
         }
-        for (i, net) in self.http.metrics_networks.iter().enumerate() {
-            if crate::net::Cidr::parse(net).is_none() {
-                out.push(format!(
-                    "http.metrics_networks[{i}]: {net:?} is not a CIDR network"
-                ));
-            }
-        }
-        for (i, net) in self.callbacks.allow_networks.iter().enumerate() {
-            if crate::net::Cidr::parse(net).is_none() {
-                out.push(format!(
-                    "callbacks.allow_networks[{i}]: {net:?} is not a CIDR network"
-                ));
-            }
-        }
-        for (i, net) in self.smtp.literal_networks.iter().enumerate() {
-            if crate::net::Cidr::parse(net).is_none() {
-                out.push(format!(
-                    "smtp.literal_networks[{i}]: {net:?} is not a CIDR network"
-                ));
-            }
-        }
+        networks(
+            &self.http.metrics_networks,
+            "http.metrics_networks",
+            &mut out,
+        );
+        networks(
+            &self.callbacks.allow_networks,
+            "callbacks.allow_networks",
+            &mut out,
+        );
+        networks(
+            &self.delivery.https_allow_networks,
+            "delivery.https_allow_networks",
+            &mut out,
+        );
+        networks(
+            &self.smtp.literal_networks,
+            "smtp.literal_networks",
+            &mut out,
+        );
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             out.push("http.tls_cert / http.tls_key: set both or neither".into());
         }

@@ -123,6 +123,7 @@ impl Delivery {
                 Arc::new(resolver.clone()),
                 tls.verified.clone(),
                 store.clone(),
+                &crate::outbound_http::Destinations::new(&settings.delivery.https_allow_networks),
             ) {
                 Ok(m) => Some(m),
                 Err(e) => {

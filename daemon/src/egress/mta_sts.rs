@@ -8,10 +8,11 @@
 //! Kiln's resolver (`dns.nameservers`).
 
 use crate::dns::MxResolver;
+use crate::outbound_http::{Destinations, Refused};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -201,8 +202,9 @@ impl MtaSts {
         resolver: Arc<MxResolver>,
         tls: Arc<rustls::ClientConfig>,
         store: Store,
+        allowed: &Destinations,
     ) -> reqwest::Result<MtaSts> {
-        let http = https_client(&resolver, &tls, FETCH_TIMEOUT)?;
+        let http = https_client(&resolver, &tls, FETCH_TIMEOUT, allowed)?;
         Ok(MtaSts {
             resolver,
             http,
@@ -356,17 +358,30 @@ fn key(domain: &str) -> String {
     format!("mta_sts:{domain}")
 }
 
+/// The setting that lists internal networks the HTTPS hosts a receiving
+/// domain names may be at.
+pub const HTTPS_ALLOW_NETWORKS: &str = "delivery.https_allow_networks";
+
 /// An HTTPS client for hosts a receiving domain names (its policy host,
 /// its TLS report endpoint): names resolved by Kiln's resolver as the MX
-/// hosts are, certificates verified with `tls`, no redirects, no proxy.
+/// hosts are, certificates verified with `tls`, no redirects, no proxy,
+/// and only to public addresses or the networks `allowed` lists. Whoever
+/// holds a recipient's domain chooses these hosts: one at 127.0.0.1 or
+/// 10.0.0.5 would make Kiln fetch from, or post to, the operator's own
+/// services. A URL's address literal is checked by the caller
+/// (`Destinations::check_url`): no resolver sees it.
 pub fn https_client(
     resolver: &Arc<MxResolver>,
     tls: &Arc<rustls::ClientConfig>,
     timeout: Duration,
+    allowed: &Destinations,
 ) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .use_preconfigured_tls((**tls).clone())
-        .dns_resolver(Arc::new(ThroughKiln(resolver.clone())))
+        .dns_resolver(Arc::new(ThroughKiln {
+            resolver: resolver.clone(),
+            allowed: allowed.clone(),
+        }))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .https_only(true)
@@ -374,16 +389,30 @@ pub fn https_client(
         .build()
 }
 
-/// Names resolved by Kiln's resolver, as the MX hosts are.
-struct ThroughKiln(Arc<MxResolver>);
+/// Names resolved by Kiln's resolver, as the MX hosts are, keeping only
+/// the addresses a request may go to.
+struct ThroughKiln {
+    resolver: Arc<MxResolver>,
+    allowed: Destinations,
+}
 
 impl reqwest::dns::Resolve for ThroughKiln {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let resolver = self.0.clone();
+        let (resolver, allowed) = (self.resolver.clone(), self.allowed.clone());
         let host = name.as_str().to_string();
         Box::pin(async move {
             let found = resolver.resolver().lookup_ip(host.as_str()).await?;
-            let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+            let (ok, refused): (Vec<IpAddr>, Vec<IpAddr>) =
+                found.iter().partition(|ip| allowed.permits(*ip));
+            if let (true, Some(ip)) = (ok.is_empty(), refused.first()) {
+                return Err(Box::new(Refused::Internal {
+                    host,
+                    ip: *ip,
+                    setting: HTTPS_ALLOW_NETWORKS,
+                })
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            let addrs: Vec<SocketAddr> = ok.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }

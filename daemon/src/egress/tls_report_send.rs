@@ -10,6 +10,7 @@
 use super::mta_sts;
 use super::tls_report;
 use crate::dns::MxResolver;
+use crate::outbound_http::Destinations;
 use crate::services::Services;
 use serde::Serialize;
 use std::io::Write as _;
@@ -127,6 +128,9 @@ fn report_mail(
 pub struct TlsReportSender {
     resolver: Arc<MxResolver>,
     http: reqwest::Client,
+    /// Where reports may be posted (an endpoint's address literal is
+    /// checked against it before the request).
+    allowed: Destinations,
     /// The last day whose every domain this node has claimed or seen
     /// claimed: nothing of it is left to do here.
     swept: std::sync::Mutex<String>,
@@ -138,11 +142,13 @@ impl TlsReportSender {
     pub fn new(
         resolver: Arc<MxResolver>,
         tls: &Arc<rustls::ClientConfig>,
+        allowed: Destinations,
     ) -> reqwest::Result<TlsReportSender> {
-        let http = mta_sts::https_client(&resolver, tls, POST_TIMEOUT)?;
+        let http = mta_sts::https_client(&resolver, tls, POST_TIMEOUT, &allowed)?;
         Ok(TlsReportSender {
             resolver,
             http,
+            allowed,
             swept: std::sync::Mutex::new(String::new()),
         })
     }
@@ -244,6 +250,10 @@ impl TlsReportSender {
             .partition(|u| u.to_ascii_lowercase().starts_with("mailto:"));
         let mut out = Vec::new();
         for url in web {
+            if let Err(refused) = self.allowed.check_url(&url, mta_sts::HTTPS_ALLOW_NETWORKS) {
+                out.push(sent(&url, format!("not posted: {refused}")));
+                continue;
+            }
             let result = match self
                 .http
                 .post(&url)

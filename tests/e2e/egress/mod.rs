@@ -5,4 +5,4 @@ pub mod delivery;
 mod mta_sts;
 mod retries;
 mod shaping;
-mod tls_reports;
+pub mod tls_reports;

@@ -23,7 +23,7 @@ fn gunzip(bytes: &[u8]) -> Value {
     serde_json::from_slice(&json).expect("the report is JSON")
 }
 
-fn sent(out: &std::process::Output) -> Vec<Value> {
+pub(crate) fn sent(out: &std::process::Output) -> Vec<Value> {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!(
             "{}{}",
@@ -34,7 +34,7 @@ fn sent(out: &std::process::Output) -> Vec<Value> {
     v["sent"].as_array().cloned().unwrap_or_default()
 }
 
-fn result_for<'a>(sent: &'a [Value], domain: &str, to: &str) -> &'a str {
+pub(crate) fn result_for<'a>(sent: &'a [Value], domain: &str, to: &str) -> &'a str {
     sent.iter()
         .find(|s| s["domain"] == domain && s["to"] == to)
         .and_then(|s| s["result"].as_str())

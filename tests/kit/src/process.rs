@@ -138,7 +138,7 @@ timeout = 2
 mx_port = {mx_port}
 connect_timeout = 3
 idle_timeout = 2
-{delivery}
+{https_allowed}{delivery}
 
 [policy]
 script = "{policy}"
@@ -187,6 +187,13 @@ secret_key = "shop-secret-key"
             queue = opts.queue,
             server = opts.server,
             delivery = opts.delivery,
+            // The test's policy hosts and report endpoints are on loopback
+            // addresses; a test that sets the list plays the default.
+            https_allowed = if opts.delivery.contains("https_allow_networks") {
+                ""
+            } else {
+                "https_allow_networks = [\"127.0.0.0/8\"]\n"
+            },
             policy = policy.display(),
             plugins = plugins_dir().display(),
             listener = opts.listener,
