@@ -8,6 +8,8 @@
 //! nothing there.
 
 use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// A writer of formatted events (each written whole, as the formatter
 /// does) that escapes what could break a line.
@@ -85,6 +87,135 @@ impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::Ma
     }
 }
 
+/// Lines wait here until the writer thread takes them all in one write.
+/// The thread sleeps [`BATCH_INTERVAL`] after each write, so a busy node
+/// makes about a hundred writes a second whatever its rate, and it parks
+/// while nothing comes, so an idle node does not wake at all. A line logged
+/// while it is parked is written at once. Nothing is dropped: past
+/// [`MAX_WAITING`] bytes a caller waits for the thread.
+pub struct LogBuffer {
+    shared: Arc<Shared>,
+}
+
+/// How long the writer thread lets lines gather after a write.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+/// Bytes of lines that may wait before callers are held back.
+pub const MAX_WAITING: usize = 4 << 20;
+
+struct Shared {
+    state: Mutex<Waiting>,
+    /// The writer thread waits here for a first line.
+    lines: Condvar,
+    /// Callers wait here for room.
+    room: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    bytes: Vec<u8>,
+    parked: bool,
+    closed: bool,
+}
+
+/// Keep it until the process exits: dropping it writes what waits and
+/// stops the thread.
+pub struct LogBufferGuard {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogBuffer {
+    /// Starts the thread that writes to `out`.
+    pub fn start<W: Write + Send + 'static>(mut out: W) -> io::Result<(LogBuffer, LogBufferGuard)> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Waiting::default()),
+            lines: Condvar::new(),
+            room: Condvar::new(),
+        });
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("kiln-log".into())
+            .spawn(move || {
+                let mut spare = Vec::new();
+                loop {
+                    let closed = {
+                        let mut w = theirs.lock();
+                        while w.bytes.is_empty() && !w.closed {
+                            w.parked = true;
+                            w = theirs.lines.wait(w).unwrap_or_else(|e| e.into_inner());
+                            w.parked = false;
+                        }
+                        std::mem::swap(&mut w.bytes, &mut spare);
+                        theirs.room.notify_all();
+                        w.closed
+                    };
+                    // A log that cannot be written has nowhere to say so.
+                    let _ = out.write_all(&spare).and_then(|()| out.flush());
+                    spare.clear();
+                    if closed && theirs.lock().bytes.is_empty() {
+                        return;
+                    }
+                    std::thread::sleep(BATCH_INTERVAL);
+                }
+            })?;
+        let guard = LogBufferGuard {
+            shared: shared.clone(),
+            thread: Some(thread),
+        };
+        Ok((LogBuffer { shared }, guard))
+    }
+}
+
+impl Shared {
+    /// The lines, also after a thread panicked holding them.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for LogBufferGuard {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.lines.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One formatted event on its way into a [`LogBuffer`].
+pub struct LogBufferWriter<'a> {
+    shared: &'a Shared,
+}
+
+impl Write for LogBufferWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut w = self.shared.lock();
+        while w.bytes.len() >= MAX_WAITING && !w.closed {
+            w = self.shared.room.wait(w).unwrap_or_else(|e| e.into_inner());
+        }
+        w.bytes.extend_from_slice(buf);
+        if w.parked {
+            self.shared.lines.notify_one();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBufferWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogBufferWriter {
+            shared: &self.shared,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +239,103 @@ mod tests {
             escape_event(b"plain\n", false),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// Where the writer thread writes, readable by the test.
+    #[derive(Clone, Default)]
+    struct Collected(Arc<Mutex<(Vec<u8>, usize)>>);
+
+    impl Write for Collected {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut c = self.0.lock().unwrap();
+            c.0.extend_from_slice(buf);
+            c.1 += 1;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log(buffer: &LogBuffer, line: &str) {
+        use tracing_subscriber::fmt::MakeWriter;
+        buffer.make_writer().write_all(line.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn lines_from_busy_threads_arrive_whole_in_few_writes() {
+        let out = Collected::default();
+        let (buffer, guard) = LogBuffer::start(out.clone()).unwrap();
+        let buffer = Arc::new(buffer);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let buffer = buffer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        log(&buffer, &format!("thread {t} line {i}\n"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(guard);
+        let (bytes, writes) = out.0.lock().unwrap().clone();
+        let text = String::from_utf8(bytes).unwrap();
+        for t in 0..4 {
+            let mine: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("thread {t} ")))
+                .collect();
+            let expected: Vec<String> =
+                (0..5_000).map(|i| format!("thread {t} line {i}")).collect();
+            assert_eq!(mine, expected, "every line of thread {t}, in its order");
+        }
+        assert!(writes < 2_000, "20,000 lines took {writes} writes");
+    }
+
+    #[test]
+    fn a_line_on_a_quiet_node_is_written_at_once() {
+        let out = Collected::default();
+        let (buffer, _guard) = LogBuffer::start(out.clone()).unwrap();
+        std::thread::sleep(BATCH_INTERVAL * 3);
+        log(&buffer, "alone\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while out.0.lock().unwrap().0.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the line never came out"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(out.0.lock().unwrap().0, b"alone\n");
+    }
+
+    #[test]
+    fn a_full_buffer_holds_callers_back_instead_of_dropping() {
+        /// A destination slower than the callers.
+        struct Slow(Collected);
+        impl Write for Slow {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(20));
+                self.0.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Collected::default();
+        let (buffer, guard) = LogBuffer::start(Slow(out.clone())).unwrap();
+        let line = format!("{}\n", "x".repeat(64 * 1024 - 1));
+        for _ in 0..(3 * MAX_WAITING / line.len()) {
+            log(&buffer, &line);
+            assert!(buffer.shared.lock().bytes.len() <= MAX_WAITING + line.len());
+        }
+        drop(guard);
+        assert_eq!(
+            out.0.lock().unwrap().0.len(),
+            3 * MAX_WAITING / line.len() * line.len()
+        );
     }
 }
