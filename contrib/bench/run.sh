@@ -13,19 +13,8 @@ cd "$(dirname "$0")/../.."
 N="${1:-20000}"
 cargo build --release -p kiln -p kiln-bench >&2
 
-source_bin="$(command -v smtp-source || true)"
-if [ -z "$source_bin" ]; then
-  tools="$PWD/target/postfix-tools"
-  if [ ! -x "$tools/usr/sbin/smtp-source" ]; then
-    mkdir -p "$tools"
-    (cd "$tools" && apt-get download postfix >&2 && dpkg -x postfix_*.deb . && rm -f postfix_*.deb) \
-      || echo "kiln-bench: smtp-source unavailable; built-in load only" >&2
-  fi
-  if [ -x "$tools/usr/sbin/smtp-source" ]; then
-    source_bin="$tools/usr/sbin/smtp-source"
-    export LD_LIBRARY_PATH="$tools/usr/lib/postfix${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  fi
-fi
+source contrib/bench/postfix-tools.sh
+find_postfix_tools
 
 for store in embedded redis; do
   for dkim in off on; do
