@@ -88,16 +88,17 @@ impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::Ma
 }
 
 /// Lines wait here until the writer thread takes them all in one write.
-/// The thread sleeps [`BATCH_INTERVAL`] after each write, so a busy node
-/// makes about a hundred writes a second whatever its rate, and it parks
-/// while nothing comes, so an idle node does not wake at all. A line logged
-/// while it is parked is written at once. Nothing is dropped: past
-/// [`MAX_WAITING`] bytes a caller waits for the thread.
+/// When the thread writes twice within [`BATCH_INTERVAL`], the node is busy:
+/// it sleeps that long before the next write, so a busy node makes a few
+/// hundred writes a second whatever its rate. On a quiet node a line is
+/// written at once, and the thread parks while nothing comes, so an idle
+/// node does not wake at all. Nothing is dropped: past [`MAX_WAITING`]
+/// bytes a caller waits for the thread.
 pub struct LogBuffer {
     shared: Arc<Shared>,
 }
 
-/// How long the writer thread lets lines gather after a write.
+/// How long the writer thread of a busy node lets lines gather.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Bytes of lines that may wait before callers are held back.
 pub const MAX_WAITING: usize = 4 << 20;
@@ -137,6 +138,7 @@ impl LogBuffer {
             .name("kiln-log".into())
             .spawn(move || {
                 let mut spare = Vec::new();
+                let mut last_write: Option<std::time::Instant> = None;
                 loop {
                     let closed = {
                         let mut w = theirs.lock();
@@ -155,7 +157,10 @@ impl LogBuffer {
                     if closed && theirs.lock().bytes.is_empty() {
                         return;
                     }
-                    std::thread::sleep(BATCH_INTERVAL);
+                    if last_write.is_some_and(|t| t.elapsed() < BATCH_INTERVAL) {
+                        std::thread::sleep(BATCH_INTERVAL);
+                    }
+                    last_write = Some(std::time::Instant::now());
                 }
             })?;
         let guard = LogBufferGuard {

@@ -461,12 +461,16 @@ async fn the_operator_sees_what_holds_mail_and_why() {
     let page = c.source().await.unwrap();
     assert!(!page.contains("id=\"domain-warning\""), "{page}");
     assert!(page.contains("<td class=\"level\">5</td>"), "{page}");
-    let log = e.kiln.log_text();
     assert!(
-        log.lines()
+        crate::harness::wait_until(Duration::from_secs(5), || e
+            .kiln
+            .log_text()
+            .lines()
             .any(|l| l.contains("reputation changed by an operator")
-                && l.contains("operator (console) from 127.0.0.1")),
-        "logged with who: {log}"
+                && l.contains("operator (console) from 127.0.0.1")))
+        .await,
+        "logged with who: {}",
+        e.kiln.log_text()
     );
     screenshot(&c, "operator-held").await;
     c.close().await.unwrap();

@@ -5,6 +5,7 @@ use crate::clients::{ready_to_send, send_params};
 use crate::harness::{Backend, env};
 use kiln_testkit::process::PERMISSIVE_POLICY;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 fn kiln_json(e: &crate::harness::Env, args: &[&str]) -> (bool, Value, String) {
     let out = e.kiln.command(args);
@@ -109,6 +110,15 @@ async fn an_operator_sets_a_moved_domains_reputation() {
         (json!(1), json!(500)),
         "{reset}"
     );
+    // The log is written a moment after the answer.
+    crate::harness::wait_until(Duration::from_secs(5), || {
+        e.kiln
+            .log_text()
+            .matches("sender domain's reputation changed by an operator")
+            .count()
+            >= 3
+    })
+    .await;
     let log = e.kiln.log_text();
     assert_eq!(
         log.matches("sender domain's reputation changed by an operator")

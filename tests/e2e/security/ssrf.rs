@@ -149,11 +149,15 @@ async fn a_recipients_domain_cannot_point_kiln_at_internal_https_hosts() {
             .contains("MTA-STS"),
         "{rec}"
     );
-    let log = e.kiln.log_text();
     assert!(
-        log.contains("mta-sts.inside.test (127.0.0.120) is an internal address")
-            && log.contains("delivery.https_allow_networks"),
-        "{log}"
+        crate::harness::wait_until(Duration::from_secs(10), || {
+            let log = e.kiln.log_text();
+            log.contains("mta-sts.inside.test (127.0.0.120) is an internal address")
+                && log.contains("delivery.https_allow_networks")
+        })
+        .await,
+        "{}",
+        e.kiln.log_text()
     );
 
     let out = sent(&e.kiln.command(&["tls-report", "send"]));
