@@ -577,6 +577,17 @@ pub enum BatchValue {
     Int(i64),
 }
 
+/// Shrinks a table to twice its entries when it has room for four times
+/// as many (and more than a few): a burst's room goes back, a table that
+/// breathes is not reallocated on every sweep.
+pub(crate) fn shrink_table<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    table: &mut std::collections::HashMap<K, V, S>,
+) {
+    if table.capacity() > 4 * table.len() + 64 {
+        table.shrink_to(2 * table.len());
+    }
+}
+
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: key.to_string(),

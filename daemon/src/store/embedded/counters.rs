@@ -17,10 +17,7 @@ impl EmbeddedStore {
             .retain(|_, c| c.expires_at > now && (c.dirty || now - c.used_at < COUNTER_IDLE_MS));
         // Per-recipient counters come and go by the hundred thousand: the
         // table gives back what a burst left empty.
-        let live = counters.len();
-        if counters.capacity() > 4096 && live < counters.capacity() / 4 {
-            counters.shrink_to(live * 2);
-        }
+        crate::store::shrink_table(&mut counters);
         counters
             .iter_mut()
             .filter(|(_, c)| c.dirty)

@@ -170,7 +170,7 @@ struct Counter {
 /// A counter written to the file and not used for this long is dropped
 /// from memory; the next use reads it back. Per-recipient counters would
 /// otherwise hold memory for every address of the hour.
-const COUNTER_IDLE_MS: i64 = 10_000;
+const COUNTER_IDLE_MS: i64 = 3_000;
 
 /// The counters in memory, by key.
 type Counters = foldhash::HashMap<String, Counter>;
@@ -390,6 +390,7 @@ impl EmbeddedStore {
                 let Some(store) = flusher.upgrade() else {
                     break;
                 };
+                store.kv.reads.sweep(Instant::now());
                 let dirty = store.take_dirty_counters();
                 if !dirty.is_empty()
                     && let Err(e) = store.submit(Op::Counters(dirty)).await
