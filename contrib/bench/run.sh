@@ -28,6 +28,11 @@ for store in embedded redis; do
   done
 done
 
+# What the kernel alone costs a receiver of the same load (smtp-sink).
+if [ -n "$source_bin" ]; then
+  contrib/bench/floor.sh "$N" 3
+fi
+
 # What the policy costs: the default plugins against no hook at all, in
 # alternating pairs (single runs vary by more than the policy costs), ending
 # with the median share; then the policy step on its own, six runs.
