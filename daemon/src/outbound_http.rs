@@ -48,6 +48,23 @@ impl Destinations {
         !is_internal(ip) || self.allowed.iter().any(|n| n.contains(ip))
     }
 
+    /// The addresses `host` resolved to that a request may go to, for a
+    /// resolver reqwest uses (port 0: the URL's port applies); refused
+    /// when it resolved only to addresses these do not permit.
+    pub fn resolved(
+        &self,
+        host: String,
+        found: impl IntoIterator<Item = IpAddr>,
+        setting: &'static str,
+    ) -> Result<reqwest::dns::Addrs, Box<dyn std::error::Error + Send + Sync>> {
+        let (ok, refused): (Vec<IpAddr>, Vec<IpAddr>) =
+            found.into_iter().partition(|ip| self.permits(*ip));
+        match (ok.is_empty(), refused.first()) {
+            (true, Some(&ip)) => Err(Box::new(Refused::Internal { host, ip, setting })),
+            _ => Ok(Box::new(ok.into_iter().map(|ip| SocketAddr::new(ip, 0)))),
+        }
+    }
+
     /// Checks what can be checked of `url` without DNS: its scheme, and
     /// its host when that is an address.
     pub fn check_url(&self, url: &str, setting: &'static str) -> Result<(), Refused> {
@@ -102,19 +119,11 @@ impl reqwest::dns::Resolve for CheckedResolver {
         let (allowed, setting) = (self.allowed.clone(), self.setting);
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let (ok, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
-                found.into_iter().partition(|a| allowed.permits(a.ip()));
-            match (ok.is_empty(), refused.first()) {
-                (true, Some(first)) => Err(Box::new(Refused::Internal {
-                    host,
-                    ip: first.ip(),
-                    setting,
-                })
-                    as Box<dyn std::error::Error + Send + Sync>),
-                _ => Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs),
-            }
+            let found: Vec<IpAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect();
+            allowed.resolved(host, found, setting)
         })
     }
 }

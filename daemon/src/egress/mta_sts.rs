@@ -8,11 +8,11 @@
 //! Kiln's resolver (`dns.nameservers`).
 
 use crate::dns::MxResolver;
-use crate::outbound_http::{Destinations, Refused};
+use crate::outbound_http::Destinations;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -402,18 +402,7 @@ impl reqwest::dns::Resolve for ThroughKiln {
         let host = name.as_str().to_string();
         Box::pin(async move {
             let found = resolver.resolver().lookup_ip(host.as_str()).await?;
-            let (ok, refused): (Vec<IpAddr>, Vec<IpAddr>) =
-                found.iter().partition(|ip| allowed.permits(*ip));
-            if let (true, Some(ip)) = (ok.is_empty(), refused.first()) {
-                return Err(Box::new(Refused::Internal {
-                    host,
-                    ip: *ip,
-                    setting: HTTPS_ALLOW_NETWORKS,
-                })
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
-            let addrs: Vec<SocketAddr> = ok.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+            allowed.resolved(host, found.iter(), HTTPS_ALLOW_NETWORKS)
         })
     }
 }
