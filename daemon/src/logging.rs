@@ -148,7 +148,10 @@ impl LogBuffer {
                             w.parked = false;
                         }
                         std::mem::swap(&mut w.bytes, &mut spare);
-                        theirs.room.notify_all();
+                        // Callers wait only for a full buffer.
+                        if spare.len() >= MAX_WAITING {
+                            theirs.room.notify_all();
+                        }
                         w.closed
                     };
                     // A log that cannot be written has nowhere to say so.
