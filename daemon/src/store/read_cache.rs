@@ -309,13 +309,19 @@ mod tests {
         assert_eq!(c.entries().len(), 0);
     }
 
+    /// A cache holding as many answers as it may, all read `at`.
+    fn full(at: Instant) -> Entries {
+        let mut e = Entries::default();
+        for i in 0..MAX_ENTRIES {
+            e.keys.insert(format!("k{i}"), (at, None));
+        }
+        e
+    }
+
     #[test]
     fn a_cache_full_of_young_entries_is_not_swept_on_every_read() {
-        let mut e = Entries::default();
         let now = Instant::now();
-        for i in 0..MAX_ENTRIES {
-            e.keys.insert(format!("k{i}"), (now, None));
-        }
+        let mut e = full(now);
         let none = BatchValue::Bytes(None);
         // The first read past the limit sweeps (nothing is old) and is not
         // kept; the next ones within a second do not sweep again.
@@ -376,11 +382,8 @@ mod tests {
     /// accepts (here 1 s), not only those past the widest age allowed.
     #[test]
     fn a_full_cache_drops_what_no_reader_would_use() {
-        let mut e = Entries::default();
         let now = Instant::now();
-        for i in 0..MAX_ENTRIES {
-            e.keys.insert(format!("k{i}"), (now, None));
-        }
+        let mut e = full(now);
         let none = BatchValue::Bytes(None);
         assert_eq!(e.key("k1", Duration::from_secs(1), now), Some(none.clone()));
         let later = now + Duration::from_secs(2);
