@@ -45,6 +45,71 @@ fn check_config_names_file_key_and_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("mx_prot"));
 }
 
+/// The internal networks MTA-STS policy hosts and TLS report endpoints
+/// may be at, as an operator gives them: in a `[delivery]` section that
+/// says nothing else, or in the environment as a comma-separated list; a
+/// network mistyped in either is named with its place in the list, a
+/// string where a list belongs is named by its key.
+#[test]
+fn check_config_names_a_mistyped_https_allow_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = check_config(
+        dir.path(),
+        "allow.toml",
+        "[delivery]\nhttps_allow_networks = [\"10.0.0.0/8\", \"fd00::/8\"]\n",
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+
+    let out = check_config(
+        dir.path(),
+        "typo.toml",
+        "[delivery]\nhttps_allow_networks = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("delivery.https_allow_networks[1]: \"10.0.0.0/33\" is not a CIDR network"),
+        "{err}"
+    );
+
+    let out = check_config(
+        dir.path(),
+        "string.toml",
+        "[delivery]\nhttps_allow_networks = \"10.0.0.0/8\"\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("https_allow_networks"), "{err}");
+
+    let file = dir.path().join("empty.toml");
+    std::fs::write(&file, "").unwrap();
+    let env = |value: &str| {
+        Command::new(binary())
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .env("KILN_DELIVERY__HTTPS_ALLOW_NETWORKS", value)
+            .output()
+            .unwrap()
+    };
+    let out = env("10.0.0.0/8,172.16.0.0/12");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env("10.0.0.0/8,172.16.0.300/12");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("delivery.https_allow_networks[1]: \"172.16.0.300/12\""),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_config_loads_the_policy_scripts() {
     let dir = tempfile::tempdir().unwrap();
